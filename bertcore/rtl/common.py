@@ -1,0 +1,120 @@
+"""Helpers shared by the RTL units and their benches: payload packing.
+
+Stream payloads are :class:`amaranth.lib.data.StructLayout` (or ``ArrayLayout``) values. On the
+emitted Verilog they are one flat bit vector (``<prefix>__payload``); :func:`pack` and
+:func:`unpack` convert between that integer and a Python value:
+
+* a struct becomes a ``dict`` of its fields,
+* an array becomes a ``list`` of its elements,
+* a plain (possibly signed) shape becomes an ``int``, sign-extended when the shape is signed,
+* an enum shape becomes the ``int`` of its value.
+
+>>> from amaranth.hdl import signed, unsigned
+>>> from amaranth.lib import data
+>>> layout = data.StructLayout({"x": signed(4), "last": unsigned(1)})
+>>> pack(layout, {"x": -1, "last": 1})
+31
+>>> unpack(layout, 31)
+{'x': -1, 'last': 1}
+"""
+
+import enum
+
+from amaranth.hdl import Shape, ShapeCastable
+from amaranth.lib import data
+
+__all__ = ["pack", "unpack", "payload_width"]
+
+
+def payload_width(layout):
+    """Width in bits of a layout or shape-castable object."""
+    if isinstance(layout, data.Layout):
+        return layout.size
+    return Shape.cast(layout).width
+
+
+def _plain_shape(shape):
+    if isinstance(shape, (data.Layout, Shape)):
+        return shape
+    if isinstance(shape, ShapeCastable):
+        return Shape.cast(shape)
+    return Shape.cast(shape)
+
+
+def pack(layout, value):
+    """Pack ``value`` into the integer bit pattern of ``layout``.
+
+    Parameters
+    ----------
+    layout : :class:`data.Layout` or shape-castable
+        Layout (struct, array) or plain shape of the payload.
+    value : dict, list or int
+        A ``dict`` with every field of a struct, a ``list`` with every element of an array, an
+        ``int`` (or enum member) for a plain shape. An ``int`` is also accepted for a whole
+        struct or array (taken as its raw bit pattern).
+
+    Raises
+    ------
+    ValueError
+        If a field is missing, unknown, or its value does not fit its shape.
+    """
+    shape = _plain_shape(layout)
+    if isinstance(shape, data.Layout):
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value < (1 << shape.size):
+                raise ValueError(f"raw payload {value!r} does not fit {shape.size} bits")
+            return value
+        if isinstance(shape, data.ArrayLayout):
+            value = list(value)
+            if len(value) != shape.length:
+                raise ValueError(
+                    f"array payload needs {shape.length} elements, not {len(value)}")
+            items = enumerate(value)
+            fields = {index: field for index, field in shape}
+        else:
+            if not isinstance(value, dict):
+                raise ValueError(f"struct payload must be a dict, not {value!r}")
+            fields = {name: field for name, field in shape}
+            missing = set(fields) - set(value)
+            unknown = set(value) - set(fields)
+            if missing or unknown:
+                raise ValueError(
+                    f"struct payload fields mismatch: missing {sorted(missing)}, "
+                    f"unknown {sorted(unknown)}")
+            items = value.items()
+        raw = 0
+        for key, item in items:
+            field = fields[key]
+            raw |= pack(field.shape, item) << field.offset
+        return raw
+    if isinstance(value, enum.Enum):
+        value = value.value
+    value = int(value)
+    lo = -(1 << (shape.width - 1)) if shape.signed else 0
+    hi = (1 << (shape.width - 1)) - 1 if shape.signed else (1 << shape.width) - 1
+    if shape.width == 0:
+        lo = hi = 0
+    if not lo <= value <= hi:
+        raise ValueError(f"value {value!r} does not fit {shape!r}")
+    return value & ((1 << shape.width) - 1)
+
+
+def unpack(layout, raw):
+    """Unpack the integer bit pattern ``raw`` of ``layout`` (inverse of :func:`pack`).
+
+    Signed fields are sign-extended; structs give dicts, arrays lists, plain shapes ints.
+    """
+    raw = int(raw)
+    shape = _plain_shape(layout)
+    if isinstance(shape, data.Layout):
+        if not 0 <= raw < (1 << shape.size):
+            raise ValueError(f"raw payload {raw!r} does not fit {shape.size} bits")
+        def sub(field):
+            return unpack(field.shape, (raw >> field.offset) & ((1 << field.width) - 1))
+        if isinstance(shape, data.ArrayLayout):
+            return [sub(field) for _, field in shape]
+        return {name: sub(field) for name, field in shape}
+    raw &= (1 << shape.width) - 1
+    if shape.signed and shape.width and raw >> (shape.width - 1):
+        raw -= 1 << shape.width
+    return raw

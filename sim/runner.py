@@ -1,0 +1,274 @@
+"""Run cocotb benches and Verilator lint on the Verilog that Amaranth emits for a unit.
+
+* :func:`run_cocotb` converts a design with ``verilog.convert``, builds it once per Verilog text
+  (cached under ``build/sim/``) with cocotb's runner for Icarus or Verilator, runs the cocotb module
+  ``sim/<test_module>.py`` and raises :class:`AssertionError` when a cocotb test fails (it then
+  re-runs with waveforms and names the file).
+* :func:`tb_params` gives the bench the JSON-able ``params`` dict passed to :func:`run_cocotb`.
+* :func:`lint` runs ``verilator --lint-only -Wall`` and raises on any warning that is not waived.
+
+Waveforms are always recorded when the environment variable ``BERTCORE_WAVES`` is ``1``.
+A missing simulator is an error (:class:`bertcore.toolchain.ToolNotFound`), never a skip.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from bertcore.toolchain import ToolNotFound, ensure_verilator_env, find_tool
+
+__all__ = ["run_cocotb", "tb_params", "lint", "emit_verilog", "LINT_WAIVERS", "BUILD_DIR"]
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Root of the simulation builds (one directory per toplevel, simulator and Verilog hash).
+BUILD_DIR = ROOT / "build" / "sim"
+
+_PARAMS_ENV = "BERTCORE_TB_PARAMS"
+SIMULATORS = ("icarus", "verilator")
+
+# Verilator build flags for the cocotb runs:
+# -O3: all of Verilator's own optimizations (cheap at these sizes);
+# --x-assign fast / --x-initial fast: Amaranth initializes every register, so X handling only
+#   costs speed (Icarus, a 4-state simulator, still catches X on the same benches);
+# -Wno-fatal is NOT given: a warning of a type not waived in LINT_WAIVERS fails the build;
+# the waived types are turned off with -Wno-<type> (see VERILATOR_BUILD_ARGS below).
+_VERILATOR_OPT_ARGS = ("-O3", "--x-assign", "fast", "--x-initial", "fast")
+
+#: Verilator -Wall warnings waived by :func:`lint` (and turned off in the cocotb Verilator build),
+#: by warning type, each with its reason. All come from how Amaranth's Verilog backend (yosys
+#: ``write_verilog``) writes a netlist; the design itself is checked bit-exact by simulation.
+LINT_WAIVERS = {
+    # yosys writes each operand at its own width (`$signed(x[7:0]) + $signed(2'h1)`) and relies
+    # on Verilog's context-determined extension, which is exactly Amaranth's arithmetic.
+    "WIDTHEXPAND": "yosys relies on Verilog operand extension, as Amaranth's semantics define",
+    "WIDTHTRUNC": "yosys relies on Verilog assignment truncation, as Amaranth's semantics define",
+    # Amaranth writes a register as `reg r = init;` plus an always block: the declaration gives
+    # the power-up value (FPGA init), the always block the reset value.
+    "PROCASSINIT": "Amaranth's encoding of a register's power-up (init) value",
+    # Amaranth emits a read-only alias wire per struct field (`\o__payload.x`) for debugging,
+    # and yosys keeps full-width intermediates of which only the low bits are used. Only these
+    # two kinds are waived (see _UNUSED_WAIVED); an unused port or design signal still fails.
+    "UNUSEDSIGNAL": "Amaranth's struct-field alias wires and yosys' `$N` temporaries",
+}
+
+# UNUSEDSIGNAL is waived only for names with a `.` (struct-field aliases) or a `$` (temporaries).
+_UNUSED_WAIVED = re.compile(r"not used: '[^']*[.$][^']*'")
+
+VERILATOR_BUILD_ARGS = (*_VERILATOR_OPT_ARGS, *(f"-Wno-{code}" for code in LINT_WAIVERS))
+
+
+def emit_verilog(dut, *, toplevel):
+    """Return the Verilog text of ``dut`` with module ``toplevel`` (Amaranth ``verilog.convert``)."""
+    return verilog.convert(dut, name=toplevel, emit_src=False)
+
+
+def _hash(*parts):
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _check_simulator(simulator):
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {SIMULATORS}, not {simulator!r}")
+    if simulator == "icarus":
+        find_tool("iverilog", "install Icarus Verilog (`apt-get install iverilog`)")
+        find_tool("vvp", "install Icarus Verilog (`apt-get install iverilog`)")
+    else:
+        ensure_verilator_env()
+
+
+def _build(runner, simulator, source, build_dir, toplevel, waves):
+    stamp = build_dir / "bertcore-build.ok"
+    if stamp.exists():
+        return
+    if build_dir.exists():
+        shutil.rmtree(build_dir)
+    build_dir.mkdir(parents=True)
+    source_path = build_dir / f"{toplevel}.v"
+    source_path.write_text(source)
+    build_args = list(VERILATOR_BUILD_ARGS) if simulator == "verilator" else []
+    runner.build(
+        sources=[source_path],
+        hdl_toplevel=toplevel,
+        build_dir=build_dir,
+        build_args=build_args,
+        timescale=("1ns", "1ps"),
+        waves=waves,
+        always=True,
+        log_file=build_dir / "build.log",
+    )
+    stamp.write_text("ok\n")
+
+
+def _results(xml_path):
+    """Return ``(names, failures)`` of the testcases in a cocotb results file."""
+    tree = ET.parse(xml_path)
+    names, failures = [], []
+    for case in tree.iter("testcase"):
+        name = case.get("name")
+        names.append(name)
+        for tag in ("failure", "error"):
+            for node in case.iter(tag):
+                failures.append((name, node.get("message") or node.text or tag))
+    return names, failures
+
+
+def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, waves):
+    from cocotb_tools.runner import get_runner
+
+    tag = f"{name}-{simulator}-{_hash(dut_source, simulator, *VERILATOR_BUILD_ARGS)}"
+    build_dir = BUILD_DIR / (tag + ("-waves" if waves else ""))
+    runner = get_runner(simulator)
+    _build(runner, simulator, dut_source, build_dir, toplevel, waves)
+
+    test_dir = build_dir / f"run-{name}"
+    test_dir.mkdir(parents=True, exist_ok=True)
+    params_path = test_dir / "params.json"
+    params_path.write_text(json.dumps(params if params is not None else {}))
+    results = test_dir / "results.xml"
+    if results.exists():
+        results.unlink()
+    env = {
+        _PARAMS_ENV: str(params_path),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path]),
+    }
+    # cocotb's runner calls sys.exit() on failures when it sees pytest; the results file is
+    # read below instead, so that a failure becomes an AssertionError with its message.
+    try:
+        runner.test(
+            test_module=f"sim.{test_module}",
+            hdl_toplevel=toplevel,
+            hdl_toplevel_lang="verilog",
+            build_dir=build_dir,
+            test_dir=test_dir,
+            results_xml=str(results),
+            extra_env=env,
+            waves=waves,
+            timescale=("1ns", "1ps"),
+            log_file=test_dir / "sim.log",
+        )
+    except SystemExit:
+        pass
+    if not results.exists():
+        log = test_dir / "sim.log"
+        tail = log.read_text()[-3000:] if log.exists() else "(no log)"
+        raise AssertionError(f"{name} ({simulator}): simulator produced no results\n{tail}")
+    names, failures = _results(results)
+    wave_file = None
+    if waves:
+        for candidate in (test_dir / "dump.vcd", test_dir / f"{toplevel}.fst",
+                          build_dir / f"{toplevel}.fst"):
+            if candidate.exists():
+                wave_file = candidate
+                break
+    return names, failures, wave_file, test_dir
+
+
+def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None):
+    """Run the cocotb bench ``sim/<test_module>.py`` on the Verilog of ``dut``.
+
+    Parameters
+    ----------
+    dut : Elaboratable
+        The design; converted with ``verilog.convert(dut, name=toplevel)``.
+    toplevel : str
+        Name of the emitted top-level module.
+    test_module : str
+        Module name under ``sim/`` (e.g. ``"tb_requant"``).
+    simulator : ``"icarus"`` or ``"verilator"``
+    params : dict, optional
+        JSON-able parameters, read in the bench with :func:`tb_params`.
+    name : str, optional
+        Names the build and run directories (``build/sim/<name>-<simulator>-<hash>``);
+        defaults to ``toplevel``.
+
+    Returns
+    -------
+    list of str
+        Names of the cocotb tests that ran (all passed).
+
+    Raises
+    ------
+    AssertionError
+        If no test ran or a test failed (the message names the tests, their messages, the log
+        and the waveform file of a re-run with waveforms).
+    ToolNotFound
+        If the simulator is not installed.
+    """
+    _check_simulator(simulator)
+    name = name or toplevel
+    source = emit_verilog(dut, toplevel=toplevel)
+    waves = os.environ.get("BERTCORE_WAVES") == "1"
+    kwargs = dict(toplevel=toplevel, test_module=test_module, simulator=simulator,
+                  params=params, name=name)
+    names, failures, wave_file, test_dir = _run_once(source, waves=waves, **kwargs)
+    if failures and not waves:
+        _, _, wave_file, test_dir = _run_once(source, waves=True, **kwargs)
+    if not names:
+        raise AssertionError(f"{name} ({simulator}): no cocotb test ran (see {test_dir})")
+    if failures:
+        lines = "\n".join(f"  {test}: {message}" for test, message in failures)
+        print(f"waveforms of the failing run: {wave_file}")
+        raise AssertionError(
+            f"{name} ({simulator}): {len(failures)} of {len(names)} cocotb tests failed:\n"
+            f"{lines}\nlog: {test_dir / 'sim.log'}\nwaveforms: {wave_file}")
+    return names
+
+
+def tb_params():
+    """Inside a cocotb bench: the ``params`` dict given to :func:`run_cocotb`."""
+    path = os.environ.get(_PARAMS_ENV)
+    if path is None:
+        raise RuntimeError(f"{_PARAMS_ENV} is not set: run the bench through sim.runner")
+    return json.loads(Path(path).read_text())
+
+
+_WARNING = re.compile(r"^%(Warning|Error)(?:-([A-Z0-9_]+))?:\s*(.*)$")
+
+
+def lint(dut, *, toplevel, waivers=None):
+    """Lint the Verilog of ``dut`` with ``verilator --lint-only -Wall``.
+
+    Warnings whose type is in ``waivers`` (default :data:`LINT_WAIVERS`) are ignored; any other
+    warning or error raises :class:`AssertionError` listing them. Returns the list of waived
+    warning lines (for information).
+    """
+    verilator = ensure_verilator_env()
+    waivers = LINT_WAIVERS if waivers is None else waivers
+    source = emit_verilog(dut, toplevel=toplevel)
+    lint_dir = BUILD_DIR / f"lint-{toplevel}-{_hash(source)}"
+    lint_dir.mkdir(parents=True, exist_ok=True)
+    path = lint_dir / f"{toplevel}.v"
+    path.write_text(source)
+    proc = subprocess.run(
+        [verilator, "--lint-only", "-Wall", "-Wno-fatal", "--top-module", toplevel, str(path)],
+        capture_output=True, text=True, cwd=lint_dir)
+    bad, waived = [], []
+    for line in (proc.stdout + proc.stderr).splitlines():
+        match = _WARNING.match(line)
+        if not match:
+            continue
+        kind, code, _ = match.groups()
+        if (kind == "Warning" and code in waivers
+                and (code != "UNUSEDSIGNAL" or _UNUSED_WAIVED.search(line))):
+            waived.append(line)
+        else:
+            bad.append(line)
+    if bad or proc.returncode != 0:
+        output = (proc.stdout + proc.stderr)[-6000:]
+        raise AssertionError(f"verilator lint of {toplevel} ({path}):\n{output}")
+    return waived
+
+
+__all__ += ["ToolNotFound"]

@@ -1,0 +1,124 @@
+"""Amaranth-simulator helpers shared by the RTL unit tests.
+
+* :func:`stream_put` drives a :class:`amaranth.lib.stream.Interface` with random idle cycles,
+* :func:`stream_get` collects payloads from one with random not-ready cycles,
+* :func:`simulate` runs a design with a 100 MHz ``sync`` clock and testbenches, optionally writing
+  ``build/waves/<name>.vcd`` (environment variable ``BERTCORE_WAVES=1``).
+
+Payloads are Python values as :mod:`bertcore.rtl.common` packs them: ``int`` for plain shapes,
+``dict`` for structs, ``list`` for arrays (nested as the layout nests).
+"""
+
+import os
+from pathlib import Path
+
+from amaranth.lib import data
+from amaranth.sim import Simulator
+
+from bertcore.rtl.common import pack, unpack
+
+__all__ = ["stream_put", "stream_get", "simulate", "WAVES_DIR"]
+
+#: Where :func:`simulate` writes waveforms.
+WAVES_DIR = Path(__file__).resolve().parent.parent / "build" / "waves"
+
+CLOCK_PERIOD = 1e-8        # 100 MHz
+
+
+def _payload_layout(stream):
+    payload = stream.payload
+    if isinstance(payload, data.View):
+        return payload.shape(), payload.as_value()
+    return payload.shape(), payload
+
+
+def _stalled(rng, stall):
+    return rng is not None and stall > 0 and rng.random() < stall
+
+
+async def stream_put(ctx, stream, payloads, *, rng=None, stall=0.0):
+    """Send ``payloads`` into ``stream`` (the DUT's sink), one per handshake.
+
+    Before each payload, idle cycles (``valid`` low) are inserted while ``rng.random() < stall``.
+    Once ``valid`` is raised it stays high with a stable payload until ``ready`` is seen, as the
+    stream rules require. Returns after the last transfer, with ``valid`` low.
+    """
+    layout, raw_payload = _payload_layout(stream)
+    for payload in payloads:
+        while _stalled(rng, stall):
+            ctx.set(stream.valid, 0)
+            await ctx.tick()
+        ctx.set(raw_payload, pack(layout, payload))
+        ctx.set(stream.valid, 1)
+        await ctx.tick().until(stream.ready)
+    ctx.set(stream.valid, 0)
+
+
+async def stream_get(ctx, stream, count, *, rng=None, stall=0.0):
+    """Receive ``count`` payloads from ``stream`` (the DUT's source).
+
+    ``ready`` is low on a cycle with probability ``stall``. Returns the payloads as Python values
+    (see :func:`bertcore.rtl.common.unpack`), with ``ready`` low again.
+    """
+    layout, raw_payload = _payload_layout(stream)
+    result = []
+    while len(result) < count:
+        ready = not _stalled(rng, stall)
+        ctx.set(stream.ready, ready)
+        _, _, valid, raw = await ctx.tick().sample(stream.valid, raw_payload)
+        if ready and valid:
+            result.append(unpack(layout, raw))
+    ctx.set(stream.ready, 0)
+    return result
+
+
+def simulate(dut, *testbenches, name, processes=(), deadline=None):
+    """Simulate ``dut`` with a 100 MHz ``sync`` clock until every testbench returns.
+
+    Parameters
+    ----------
+    dut : Elaboratable
+        The design under test.
+    *testbenches : async functions of ``ctx``
+        Added with :meth:`Simulator.add_testbench`.
+    name : str
+        Names the waveform file ``build/waves/<name>.vcd``, written when the environment variable
+        ``BERTCORE_WAVES`` is ``1``.
+    processes : iterable of async functions of ``ctx``
+        Added with :meth:`Simulator.add_process` (models of circuits around the DUT).
+    deadline : float or None
+        Simulated time in seconds after which the run stops; if a testbench has not returned
+        by then, :class:`AssertionError` is raised (a hang or a lost beat). ``None`` runs until
+        the testbenches return.
+    """
+    sim = Simulator(dut)
+    sim.add_clock(CLOCK_PERIOD, domain="sync")
+    finished = []
+
+    def wrap(testbench):
+        async def run(ctx):
+            await testbench(ctx)
+            finished.append(testbench)
+        return run
+
+    for testbench in testbenches:
+        sim.add_testbench(wrap(testbench))
+    for process in processes:
+        sim.add_process(process)
+
+    def run():
+        if deadline is None:
+            sim.run()
+        else:
+            sim.run_until(deadline)
+
+    if os.environ.get("BERTCORE_WAVES") == "1":
+        WAVES_DIR.mkdir(parents=True, exist_ok=True)
+        with sim.write_vcd(str(WAVES_DIR / f"{name}.vcd")):
+            run()
+    else:
+        run()
+    if len(finished) != len(testbenches):
+        pending = [tb.__name__ for tb in testbenches if tb not in finished]
+        raise AssertionError(
+            f"{name}: testbenches {pending} did not finish within {deadline} s of simulated time")
