@@ -53,14 +53,36 @@ LINT_WAIVERS = {
     # Amaranth writes a register as `reg r = init;` plus an always block: the declaration gives
     # the power-up value (FPGA init), the always block the reset value.
     "PROCASSINIT": "Amaranth's encoding of a register's power-up (init) value",
-    # Amaranth emits a read-only alias wire per struct field (`\o__payload.x`) for debugging,
-    # and yosys keeps full-width intermediates of which only the low bits are used. Only these
-    # two kinds are waived (see _UNUSED_WAIVED); an unused port or design signal still fails.
-    "UNUSEDSIGNAL": "Amaranth's struct-field alias wires and yosys' `$N` temporaries",
+    # Amaranth emits a read-only alias wire per struct field (`\\o__payload.x`) for debugging;
+    # yosys merges nets that carry the same value and keeps the other names as alias wires
+    # (`assign en = i_stream__ready;`), and keeps full-width `$N` temporaries of which only the
+    # low bits are used. Only these kinds are waived (see `_unused_waived`): an unused port or
+    # an unused computed signal still fails.
+    "UNUSEDSIGNAL": "Amaranth's struct-field aliases, yosys' net aliases and `$N` temporaries",
 }
 
-# UNUSEDSIGNAL is waived only for names with a `.` (struct-field aliases) or a `$` (temporaries).
-_UNUSED_WAIVED = re.compile(r"not used: '[^']*[.$][^']*'")
+_UNUSED_NAME = re.compile(r"not used: '([^']*)'")
+# `assign NAME = OTHER;` or `assign NAME = OTHER[7:0];` with OTHER a named (not `$N`) net
+_ALIAS = re.compile(r"^\s*assign\s+(\\?\S+)\s*=\s*(\\?[A-Za-z_][\w.]*)\s*(\[[\d:]+\])?\s*;")
+
+
+def _aliases(source):
+    names = set()
+    for line in source.splitlines():
+        match = _ALIAS.match(line)
+        if match:
+            names.add(match.group(1).lstrip("\\"))
+    return names
+
+
+def _unused_waived(line, aliases):
+    """UNUSEDSIGNAL is waived for struct-field aliases, `$N` temporaries and net aliases."""
+    match = _UNUSED_NAME.search(line)
+    if not match:
+        return False
+    name = match.group(1)
+    return "." in name or "$" in name or name in aliases
+
 
 VERILATOR_BUILD_ARGS = (*_VERILATOR_OPT_ARGS, *(f"-Wno-{code}" for code in LINT_WAIVERS))
 
@@ -255,19 +277,21 @@ def lint(dut, *, toplevel, waivers=None):
         [verilator, "--lint-only", "-Wall", "-Wno-fatal", "--top-module", toplevel, str(path)],
         capture_output=True, text=True, cwd=lint_dir)
     bad, waived = [], []
+    aliases = _aliases(source)
     for line in (proc.stdout + proc.stderr).splitlines():
         match = _WARNING.match(line)
         if not match:
             continue
         kind, code, _ = match.groups()
         if (kind == "Warning" and code in waivers
-                and (code != "UNUSEDSIGNAL" or _UNUSED_WAIVED.search(line))):
+                and (code != "UNUSEDSIGNAL" or _unused_waived(line, aliases))):
             waived.append(line)
         else:
             bad.append(line)
     if bad or proc.returncode != 0:
-        output = (proc.stdout + proc.stderr)[-6000:]
-        raise AssertionError(f"verilator lint of {toplevel} ({path}):\n{output}")
+        output = "\n".join(bad) if bad else (proc.stdout + proc.stderr)[-6000:]
+        raise AssertionError(
+            f"verilator lint of {toplevel} ({path}): {len(bad)} warnings not waived:\n{output}")
     return waived
 
 

@@ -17,7 +17,7 @@ from amaranth.sim import Simulator
 
 from bertcore.rtl.common import pack, unpack
 
-__all__ = ["stream_put", "stream_get", "simulate", "WAVES_DIR"]
+__all__ = ["stream_put", "stream_get", "stream_latency", "simulate", "WAVES_DIR"]
 
 #: Where :func:`simulate` writes waveforms.
 WAVES_DIR = Path(__file__).resolve().parent.parent / "build" / "waves"
@@ -106,11 +106,18 @@ def simulate(dut, *testbenches, name, processes=(), deadline=None):
     for process in processes:
         sim.add_process(process)
 
+    expired = []
+    if deadline is not None:
+        async def watchdog(ctx):
+            await ctx.delay(deadline)
+            expired.append(True)
+        sim.add_testbench(watchdog, background=True)
+
     def run():
-        if deadline is None:
-            sim.run()
-        else:
-            sim.run_until(deadline)
+        # Stop as soon as every testbench has returned, or at the deadline. (`run_until()` would
+        # always simulate up to the deadline, long after the testbenches are done.)
+        while not expired and sim.advance():
+            pass
 
     if os.environ.get("BERTCORE_WAVES") == "1":
         WAVES_DIR.mkdir(parents=True, exist_ok=True)
@@ -122,3 +129,27 @@ def simulate(dut, *testbenches, name, processes=(), deadline=None):
         pending = [tb.__name__ for tb in testbenches if tb not in finished]
         raise AssertionError(
             f"{name}: testbenches {pending} did not finish within {deadline} s of simulated time")
+
+
+async def stream_latency(ctx, i_stream, o_stream, payload, *, timeout=1000):
+    """Cycles from the input transfer of ``payload`` to the output transfer of its result.
+
+    ``o_stream.ready`` is held high; call with the pipeline empty. Returns ``(cycles, output)``.
+    """
+    i_layout, i_raw = _payload_layout(i_stream)
+    o_layout, o_raw = _payload_layout(o_stream)
+    ctx.set(o_stream.ready, 1)
+    ctx.set(i_raw, pack(i_layout, payload))
+    ctx.set(i_stream.valid, 1)
+    start = None
+    for cycle in range(timeout):
+        _, _, in_fire, out_fire, raw = await ctx.tick().sample(
+            i_stream.valid & i_stream.ready, o_stream.valid, o_raw)
+        if in_fire and start is None:
+            start = cycle
+            ctx.set(i_stream.valid, 0)
+        if out_fire:
+            assert start is not None, "output before input"
+            ctx.set(o_stream.ready, 0)
+            return cycle - start, unpack(o_layout, raw)
+    raise AssertionError(f"no output within {timeout} cycles")

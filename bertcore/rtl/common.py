@@ -23,7 +23,7 @@ import enum
 from amaranth.hdl import Shape, ShapeCastable
 from amaranth.lib import data
 
-__all__ = ["pack", "unpack", "payload_width"]
+__all__ = ["pack", "unpack", "payload_width", "DSP_WIDTH", "dsp_tiles", "dsp_partial_products"]
 
 
 def payload_width(layout):
@@ -118,3 +118,43 @@ def unpack(layout, raw):
     if shape.signed and shape.width and raw >> (shape.width - 1):
         raw -= 1 << shape.width
     return raw
+
+
+# -- Multipliers sized for 18x18 DSP blocks --------------------------------------------------------
+
+#: Operand width of one DSP multiplier (ECP5 MULT18X18D, iCE40 and most FPGA DSPs are 18x18 signed).
+DSP_WIDTH = 18
+
+
+def dsp_tiles(value):
+    """Split a signed or unsigned value into pieces that each fit one signed 18-bit DSP operand.
+
+    Returns a list of ``(piece, shift)`` with ``value == sum(piece << shift)``: the low pieces are
+    unsigned 17-bit slices, the top piece keeps the sign of ``value`` (at most 18 bits signed, 17
+    unsigned). A value that already fits is returned whole, as ``[(value, 0)]``.
+    """
+    from amaranth.hdl import Value
+    value = Value.cast(value)
+    shape = value.shape()
+    if len(value) <= (DSP_WIDTH if shape.signed else DSP_WIDTH - 1):
+        return [(value, 0)]
+    low = DSP_WIDTH - 1
+    pieces = []
+    offset = 0
+    top = DSP_WIDTH if shape.signed else DSP_WIDTH - 1
+    while len(value) - offset > top:
+        pieces.append((value[offset:offset + low], offset))       # unsigned 17-bit slice
+        offset += low
+    rest = value[offset:]
+    pieces.append((rest.as_signed() if shape.signed else rest, offset))
+    return pieces
+
+
+def dsp_partial_products(a, b):
+    """Partial products of ``a * b`` split into DSP-sized multiplies.
+
+    Returns a list of ``(product, shift)``, ``a * b == sum(product << shift)``, where every
+    ``product`` multiplies two operands of at most 18 bits (signed). The caller registers the
+    products (DSP output register) and sums them in a later pipeline stage.
+    """
+    return [(pa * pb, sa + sb) for pa, sa in dsp_tiles(a) for pb, sb in dsp_tiles(b)]

@@ -1,0 +1,233 @@
+"""Fixed-point requantization (``bertcore.quant.kernels.requantize``) as a pipelined unit."""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from bertcore.quant.kernels import REQ_M_BITS
+from .common import dsp_partial_products
+
+__all__ = ["Requantizer", "REQ_E_BITS"]
+
+#: Width of the shift ``e`` (``1 <= e <= 62`` as :func:`~bertcore.quant.kernels.requantize`).
+REQ_E_BITS = 6
+
+
+def _check_int(name, value, minimum):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if value < minimum:
+        kind = "a positive" if minimum == 1 else "a non-negative"
+        raise ValueError(f"{name} must be {kind} integer, not {value!r}")
+
+
+class Requantizer(wiring.Component):
+    """Requantize ``lanes`` values per beat: ``y = sat(floor((x*m + bias + 2**(e-1)) / 2**e))``.
+
+    This is :func:`bertcore.quant.kernels.requantize` with ``bits=out_bits`` (round half up,
+    signed saturation), bit for bit. ``m`` (signed ``REQ_M_BITS``) and ``e`` (``1..62``, unsigned
+    ``REQ_E_BITS``) travel with each element, so per-channel multipliers come from the upstream
+    unit's memory and one bitstream serves any calibrated model. With ``residual`` each lane also
+    carries ``(r, m_r, e_r)`` and the output is the residual add of the encoder::
+
+        sat(requantize(x, m, e, bias=bias) + requantize(r, m_r, e_r), out_bits)
+
+    with no saturation of either term before the sum.
+
+    The rounding shift is computed as ``floor((floor(acc / 2**(e-1)) + 1) / 2)``, which equals
+    ``floor((acc + 2**(e-1)) / 2**e)`` and needs neither a 63-bit rounding constant nor an adder
+    wider than ``acc``.
+
+    Parameters
+    ----------
+    lanes : int
+        Elements per beat (``>= 1``).
+    in_width : int
+        Width of the signed input ``x``.
+    out_bits : int
+        Width of the signed, saturated output.
+    bias_width : int
+        Width of the signed pre-shift ``bias`` of each element; 0 (default) means no bias field.
+    residual : bool
+        Add a second requantized term ``(r, m_r, e_r)`` per element (the residual add).
+    residual_width : int or None
+        Width of the signed residual ``r``; ``None`` (default) means ``in_width``. Only with
+        ``residual``.
+
+    Members
+    -------
+    i_stream : ``In(stream.Signature(i_layout))``
+        ``{"data": [lane] * lanes, "last": 1}``, each lane
+        ``{"x": signed(in_width), "m": signed(REQ_M_BITS), "e": unsigned(REQ_E_BITS)}`` plus
+        ``"bias": signed(bias_width)`` when ``bias_width > 0`` and ``"r": signed(residual_width),
+        "m_r": signed(REQ_M_BITS), "e_r": unsigned(REQ_E_BITS)`` with ``residual``.
+    o_stream : ``Out(stream.Signature(o_layout))``
+        ``{"data": [signed(out_bits)] * lanes, "last": 1}``; ``last`` is passed through.
+
+    An ``e`` (or ``e_r``) of 0 is outside the specification; the unit then outputs 0 for that term.
+
+    Latency and throughput: fully pipelined, one beat per cycle; :data:`LATENCY` cycles from an
+    input transfer to the output transfer of the same beat while ``o_stream.ready`` is high.
+    The whole pipeline advances when ``o_stream.valid`` is low or ``o_stream.ready`` is high
+    (``i_stream.ready`` is that condition, so it depends combinationally on ``o_stream.ready``).
+    Every multiplier has registered operands and a registered product; operands wider than
+    18 bits are split into 18x18 partial products (see :func:`bertcore.rtl.common.dsp_tiles`).
+
+    Raises
+    ------
+    TypeError
+        If a width or ``lanes`` is not an integer, or ``residual`` is not a bool.
+    ValueError
+        If ``lanes``, ``in_width``, ``out_bits`` or ``residual_width`` is not positive, or
+        ``bias_width`` is negative, or ``residual_width`` is given without ``residual``.
+    """
+
+    #: Cycles from an input transfer to the output transfer of that beat (output always ready).
+    LATENCY = 7
+
+    def __init__(self, *, lanes, in_width, out_bits, bias_width=0, residual=False,
+                 residual_width=None):
+        _check_int("lanes", lanes, 1)
+        _check_int("in_width", in_width, 1)
+        _check_int("out_bits", out_bits, 1)
+        _check_int("bias_width", bias_width, 0)
+        if not isinstance(residual, bool):
+            raise TypeError(f"residual must be a bool, not {residual!r}")
+        if residual_width is not None:
+            if not residual:
+                raise ValueError(
+                    f"residual_width must be None without residual, not {residual_width!r}")
+            _check_int("residual_width", residual_width, 1)
+        elif residual:
+            residual_width = in_width
+        self._lanes = lanes
+        self._in_width = in_width
+        self._out_bits = out_bits
+        self._bias_width = bias_width
+        self._residual = residual
+        self._residual_width = residual_width
+
+        fields = {"x": signed(in_width), "m": signed(REQ_M_BITS), "e": unsigned(REQ_E_BITS)}
+        if bias_width:
+            fields["bias"] = signed(bias_width)
+        if residual:
+            fields.update({"r": signed(residual_width), "m_r": signed(REQ_M_BITS),
+                           "e_r": unsigned(REQ_E_BITS)})
+        self._lane_layout = data.StructLayout(fields)
+        super().__init__({
+            "i_stream": In(stream.Signature(data.StructLayout({
+                "data": data.ArrayLayout(self._lane_layout, lanes),
+                "last": unsigned(1),
+            }))),
+            "o_stream": Out(stream.Signature(data.StructLayout({
+                "data": data.ArrayLayout(signed(out_bits), lanes),
+                "last": unsigned(1),
+            }))),
+        })
+
+    lanes = property(lambda self: self._lanes, doc="Elements per beat.")
+    in_width = property(lambda self: self._in_width, doc="Width of the signed input ``x``.")
+    out_bits = property(lambda self: self._out_bits, doc="Width of the signed output.")
+    bias_width = property(lambda self: self._bias_width, doc="Width of the bias, 0 if none.")
+    residual = property(lambda self: self._residual, doc="Whether a residual term is added.")
+    residual_width = property(lambda self: self._residual_width,
+                              doc="Width of the residual ``r`` (``None`` without residual).")
+    lane_layout = property(lambda self: self._lane_layout, doc="Layout of one input element.")
+
+    @staticmethod
+    def _acc_width(x_width, bias_width):
+        # |x*m| <= 2**(x_width-1) * 2**(REQ_M_BITS-1): x_width + REQ_M_BITS signed bits
+        width = x_width + REQ_M_BITS
+        return max(width, bias_width) + 1 if bias_width else width
+
+    def elaborate(self, platform):
+        m = Module()
+        en = Signal()          # the whole pipeline advances
+        m.d.comb += [
+            en.eq(~self.o_stream.valid | self.o_stream.ready),
+            self.i_stream.ready.eq(en),
+        ]
+
+        # valid and last, one bit per stage (stage 1 .. LATENCY)
+        valid = [Signal(name=f"valid_{k}") for k in range(1, self.LATENCY + 1)]
+        last = [Signal(name=f"last_{k}") for k in range(1, self.LATENCY + 1)]
+        with m.If(en):
+            m.d.sync += [valid[0].eq(self.i_stream.valid), last[0].eq(self.i_stream.payload.last)]
+            m.d.sync += [v.eq(p) for v, p in zip(valid[1:], valid)]
+            m.d.sync += [v.eq(p) for v, p in zip(last[1:], last)]
+        m.d.comb += [
+            self.o_stream.valid.eq(valid[-1]),
+            self.o_stream.payload.last.eq(last[-1]),
+        ]
+
+        for lane in range(self._lanes):
+            elem = self.i_stream.payload.data[lane]
+            terms = [self._term(m, en, lane, "", elem.x, elem.m, elem.e,
+                                elem.bias if self._bias_width else None)]
+            if self._residual:
+                terms.append(self._term(m, en, lane, "r_", elem.r, elem.m_r, elem.e_r, None))
+
+            # stage 7: sum of the terms, saturated to out_bits (the output register)
+            total = sum(terms[1:], terms[0])
+            lo, hi = -(1 << (self._out_bits - 1)), (1 << (self._out_bits - 1)) - 1
+            out = Signal(signed(self._out_bits), name=f"out_{lane}")
+            with m.If(en):
+                m.d.sync += out.eq(Mux(total > hi, hi, Mux(total < lo, lo, total)))
+            m.d.comb += self.o_stream.payload.data[lane].eq(out)
+        return m
+
+    def _term(self, m, en, lane, prefix, x_in, m_in, e_in, bias_in):
+        """Stages 1-6 of one requantized term; returns its (unsaturated) stage-6 register."""
+        def reg(shape, name):
+            return Signal(shape, name=f"{prefix}{name}_{lane}")
+
+        def at(stage, *assigns):
+            with m.If(en):
+                m.d.sync += assigns
+
+        x_width = len(x_in)
+        bias_width = len(bias_in) if bias_in is not None else 0
+        acc_width = self._acc_width(x_width, bias_width)
+
+        # stage 1: input registers (DSP operand registers); s = e - 1 is the first shift
+        x = reg(signed(x_width), "x")
+        mul = reg(signed(REQ_M_BITS), "m")
+        s1 = reg(unsigned(REQ_E_BITS), "s1")
+        at(1, x.eq(x_in), mul.eq(m_in), s1.eq(e_in - 1))
+        if bias_in is not None:
+            bias1 = reg(signed(bias_width), "bias1")
+            at(1, bias1.eq(bias_in))
+
+        # stage 2: partial products x*m, each at most 18x18 (DSP output registers)
+        partials = []
+        for index, (product, shift) in enumerate(dsp_partial_products(x, mul)):
+            p = reg(product.shape(), f"p{index}")
+            at(2, p.eq(product))
+            partials.append((p, shift))
+        s2 = reg(unsigned(REQ_E_BITS), "s2")
+        at(2, s2.eq(s1))
+        if bias_in is not None:
+            bias2 = reg(signed(bias_width), "bias2")
+            at(2, bias2.eq(bias1))
+
+        # stage 3: acc = x*m + bias (exact in acc_width bits)
+        acc = reg(signed(acc_width), "acc")
+        total = sum((p << shift for p, shift in partials[1:]), partials[0][0] << partials[0][1])
+        if bias_in is not None:
+            total = total + bias2
+        s3 = reg(unsigned(REQ_E_BITS), "s3")
+        at(3, acc.eq(total), s3.eq(s2))
+
+        # stage 4: coarse arithmetic shift by the multiple-of-8 part of s = e - 1
+        coarse = reg(signed(acc_width), "coarse")
+        s4 = reg(unsigned(3), "s4")
+        at(4, coarse.eq(acc >> Cat(Const(0, 3), s3[3:])), s4.eq(s3[:3]))
+
+        # stage 5: fine shift by s mod 8: floor(acc / 2**(e-1))
+        fine = reg(signed(acc_width), "fine")
+        at(5, fine.eq(coarse >> s4))
+
+        # stage 6: round half up: floor((floor(acc / 2**(e-1)) + 1) / 2)
+        rounded = reg(signed(acc_width), "rounded")
+        at(6, rounded.eq((fine + 1) >> 1))
+        return rounded
