@@ -59,11 +59,15 @@ LINT_WAIVERS = {
     # low bits are used. Only these kinds are waived (see `_unused_waived`): an unused port or
     # an unused computed signal still fails.
     "UNUSEDSIGNAL": "Amaranth's struct-field aliases, yosys' net aliases and `$N` temporaries",
+    # Amaranth writes every module of a hierarchy (`top`, `top.fifo`, `top.pe_0_0`, ...) into
+    # one file, so only one module name can match the file name.
+    "DECLFILENAME": "Amaranth emits all modules of a hierarchy into one file",
 }
 
 _UNUSED_NAME = re.compile(r"not used: '([^']*)'")
-# `assign NAME = OTHER;` or `assign NAME = OTHER[7:0];` with OTHER a named (not `$N`) net
-_ALIAS = re.compile(r"^\s*assign\s+(\\?\S+)\s*=\s*(\\?[A-Za-z_][\w.]*)\s*(\[[\d:]+\])?\s*;")
+# `assign NAME = OTHER;` or `assign NAME = OTHER[7:0];` with OTHER a named (not `$N`) net;
+# Amaranth names a submodule's port net in the parent `\\a_in$42` (name plus a unique suffix).
+_ALIAS = re.compile(r"^\s*assign\s+(\\?\S+)\s*=\s*(\\?[A-Za-z_][\w.$]*)\s*(\[[\d:]+\])?\s*;")
 
 
 def _aliases(source):
