@@ -1,0 +1,583 @@
+"""Integer softmax along a row of attention scores: :class:`IntSoftmax`.
+
+The unit implements :func:`bertcore.quant.kernels.int_softmax_int` row by row, bit for bit::
+
+    d     = max(x - rowmax, 30*x0)                 z = floor(d / x0)  (0..30)
+    p     = d - x0*z                               poly = max((p + b)*p + c, 0)
+    exp16 = min(floor((poly*m + 2**(s-1)) / 2**s), 2**16 - 1)        s = e - 30 + z
+    f     = floor(2**32 / sum(exp16))              y = floor(exp16 * f / 2**(32 - output_bits))
+
+(``y`` saturated to ``2**output_bits - 1`` when ``saturate_output``).
+
+How it is computed
+------------------
+Every row passes through four engines, each working on a different row at the same time:
+
+* **A, input**: accepts the scores of a row (one per cycle), writes them to a row buffer and keeps
+  the running maximum;
+* **B, exponential**: reads the row back, computes ``exp16`` in a 16-stage pipeline (a five-step
+  restoring division ladder gives ``z`` and ``p``; the multipliers have registered inputs and
+  outputs), overwrites the scores with ``exp16`` and sums them;
+* **V, divider**: ``f = floor(2**32 / sum)`` by restoring division, one quotient bit per cycle;
+* **D, normalization**: reads ``exp16`` back and streams ``y`` out through a pipelined multiplier.
+
+The rows rotate through :data:`IntSoftmax.SLOTS` row buffers (one
+:class:`~amaranth.lib.memory.Memory` of ``max_seq`` entries each, one write and one read port).
+A buffer (slot) is in one of four states: ``FREE`` (engine A may fill it), ``SCORES`` (waiting
+for or being read by engine B), ``EXPS`` (waiting for the divider) and ``NORM`` (waiting for or
+being read by engine D, which frees it). Each engine visits the slots in order.
+
+The divider needs ``sum >= 2**(SOFTMAX_EXP_BITS - 2)``: the row maximum alone contributes
+``exp16(0) = round(c*m / 2**(e-30))``, which the legal constants keep near ``2**15`` (see
+:meth:`IntSoftmax.check_constants`). Then ``f <= 2**18`` has :data:`IntSoftmax.QUOTIENT_BITS`
+bits and the division takes that many cycles.
+"""
+
+import math
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for, ceil_log2
+
+from bertcore.quant.kernels import (
+    EXP_N, EXP_X0, EXP_ZMAX, REQ_M_BITS, SOFTMAX_EXP_BITS, SOFTMAX_MAX_BIT, softmax_constants,
+)
+from bertcore.rtl.common import dsp_partial_products
+
+__all__ = ["IntSoftmax"]
+
+# Width of the constant x0 (signed): x0 = floor(EXP_X0 / S) >= -2**15, i.e. S >= 0.6931 / 2**15.
+_X0_BITS = 16
+# The constants b and c grow as the scale shrinks: their widths are those at the smallest scale.
+_K_WIDEST = softmax_constants(-EXP_X0 / 2 ** (_X0_BITS - 1))
+assert _K_WIDEST["x0"] == -(1 << (_X0_BITS - 1))
+
+
+def _pick(items, index):
+    """``items[index]`` as a chain of multiplexers (no case statement over the unused codes of
+    ``index`` when ``len(items)`` is not a power of two)."""
+    result = items[0]
+    for i, item in enumerate(items[1:], start=1):
+        result = Mux(index == i, item, result)
+    return result
+
+
+def _put(m, items, index, value):
+    """Register ``items[index] <- value`` (a write to one of several registers)."""
+    for i, item in enumerate(items):
+        with m.If(index == i):
+            m.d.sync += item.eq(value)
+
+
+class _SlotState(enum.Enum, shape=2):
+    FREE = 0
+    SCORES = 1
+    EXPS = 2
+    NORM = 3
+
+
+class IntSoftmax(wiring.Component):
+    """Integer softmax of rows of scores, streaming, bit-exact with ``int_softmax_int``.
+
+    Throughput and latency: engines A, B and D process one element per cycle, the divider takes
+    :data:`DIV_CYCLES` (20) cycles per row. With the input always valid and the output always
+    ready, back-to-back rows of ``L`` elements stream at exactly one row per
+    ``max(L, DIV_CYCLES)`` cycles (one element per cycle once ``L >= 20``) and the elements of a
+    row leave on consecutive cycles. The first probability of a row is valid
+    ``latency(L) = 2*L + LATENCY`` cycles (``LATENCY = 40``) after its first score is accepted,
+    when the unit holds no earlier row. :data:`SLOTS` (5) row buffers are exactly enough for
+    this throughput; under backpressure the unit holds up to :data:`SLOTS` rows, then
+    deasserts ``i_stream.ready``. Resources: ``SLOTS`` memories of ``max_seq`` words of
+    ``max(in_width, 16)`` bits, four 18x18 multipliers (one for ``(p+b)*p``, two for
+    ``poly*m``, one for ``exp16*f``) and a 16x2 one, one restoring divider.
+
+    Parameters
+    ----------
+    max_seq : int
+        Longest row (``>= 1``); each of the :data:`SLOTS` row buffers holds this many elements.
+    in_width : int
+        Width of the signed scores (``>= 2``). The encoder's scores are int8 x int8 dot products
+        over the head dimension: see :meth:`score_width`.
+    output_bits : int
+        Width of the probabilities, ``1..SOFTMAX_MAX_BIT`` (the kernel's ``output_bits``).
+    saturate_output : bool
+        The kernel's ``saturate_output``: clamp ``y`` to ``2**output_bits - 1``. The output then
+        has ``output_bits`` bits, otherwise ``output_bits + 1`` (``y`` can be ``2**output_bits``).
+    head_dim : int or None
+        When given, ``in_width`` must hold every int8 x int8 dot product over ``head_dim``
+        elements (``in_width >= score_width(head_dim)``).
+
+    Members
+    -------
+    i_stream : ``In(stream.Signature(in_layout))``
+        Scores, one per beat: ``data`` (``signed(in_width)``) and ``last`` (final element of a
+        row). A row has 1 to ``max_seq`` elements. A row that is longer keeps its first
+        ``max_seq`` elements (normalized among themselves, ``last`` on the ``max_seq``-th
+        output); the excess beats are accepted and dropped and ``error`` pulses.
+    o_stream : ``Out(stream.Signature(out_layout))``
+        Probabilities in the same order, ``data`` (``unsigned(out_bits)``) and ``last``.
+    x0, b, c, m, e : ``In(...)``
+        The constants of :func:`bertcore.quant.kernels.softmax_constants`, with the widths
+        :data:`CONSTANT_SHAPES`: ``x0`` ``signed(16)``, ``b`` ``unsigned(17)``, ``c``
+        ``unsigned(33)``, ``m`` ``unsigned(15)``, ``e`` ``unsigned(6)``. Legal values are those
+        :meth:`check_constants` accepts; ``softmax_constants(S)`` gives such values for every
+        score scale ``0.6931 / 2**15 <= S <= 1`` (about 2.1e-5 to 1). They are read at run time
+        and must be stable from the cycle the first score of a row is accepted until the last
+        probability of that row is delivered. With illegal constants the outputs are undefined
+        (the unit still streams and loses nothing).
+    error : ``Out(1)``
+        One-cycle pulse, one cycle after the first dropped beat of a row longer than ``max_seq``.
+
+    Raises
+    ------
+    TypeError
+        If a parameter has the wrong type.
+    ValueError
+        If a parameter is out of range, or ``in_width`` cannot hold the scores of ``head_dim``.
+    """
+
+    #: Shapes of the constant ports (see :meth:`check_constants`).
+    CONSTANT_SHAPES = {
+        "x0": signed(_X0_BITS),
+        "b": unsigned(_K_WIDEST["b"].bit_length()),
+        "c": unsigned(_K_WIDEST["c"].bit_length()),
+        "m": unsigned(REQ_M_BITS - 1),               # positive requantization multiplier
+        "e": unsigned(bits_for(62)),                 # requant_params' largest shift
+    }
+    #: ``sum(exp16) >= 2**MIN_SUM_LOG2`` for legal constants (the row maximum's exp16 alone).
+    MIN_SUM_LOG2 = SOFTMAX_EXP_BITS - 2
+    #: Width of ``f = floor(2**32 / sum) <= 2**(32 - MIN_SUM_LOG2)``.
+    QUOTIENT_BITS = SOFTMAX_MAX_BIT - MIN_SUM_LOG2 + 1
+    #: Cycles the divider spends on a row: a load cycle and one cycle per quotient bit.
+    DIV_CYCLES = QUOTIENT_BITS + 1
+    #: Pipeline of engine B: cycles from reading a score to writing its exp16 back.
+    EXP_STAGES = 16
+    #: Pipeline of engine D: cycles from reading an exp16 to its probability being valid.
+    NORM_STAGES = 4
+    #: ``latency(L) - 2*L``: engine A takes ``L`` cycles, engine B ``L - 1`` more to read the
+    #: row and EXP_STAGES to write its last exp16 back, the sum is handed over (1), divided
+    #: (DIV_CYCLES), and the first probability is valid NORM_STAGES cycles after D reads it.
+    LATENCY = EXP_STAGES + 1 + DIV_CYCLES + NORM_STAGES - 1
+    #: Cycles a slot stays busy beyond ``3*L`` (A, B and D each read or write ``L`` elements):
+    #: B's pipeline, the divider and the cycle that frees the slot.
+    _OCCUPANCY = EXP_STAGES + DIV_CYCLES + 1
+    #: Row buffers: enough that no engine waits for a free slot at the full throughput,
+    #: ``SLOTS * max(L, DIV_CYCLES) >= 3*L + _OCCUPANCY`` for every ``L`` (worst at
+    #: ``L = DIV_CYCLES``).
+    SLOTS = math.ceil((3 * DIV_CYCLES + _OCCUPANCY) / DIV_CYCLES)
+
+    def __init__(self, *, max_seq, in_width, output_bits=8, saturate_output=True,
+                 head_dim=None):
+        for name, value in (("max_seq", max_seq), ("in_width", in_width),
+                            ("output_bits", output_bits)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an integer, not {value!r}")
+        if max_seq < 1:
+            raise ValueError(f"max_seq must be a positive integer, not {max_seq!r}")
+        if in_width < 2:
+            raise ValueError(f"in_width must be at least 2, not {in_width!r}")
+        if not 1 <= output_bits <= SOFTMAX_MAX_BIT:
+            raise ValueError(
+                f"output_bits must lie in 1..{SOFTMAX_MAX_BIT}, not {output_bits!r}")
+        if not isinstance(saturate_output, bool):
+            raise TypeError(f"saturate_output must be a bool, not {saturate_output!r}")
+        if head_dim is not None:
+            if not isinstance(head_dim, int) or isinstance(head_dim, bool):
+                raise TypeError(f"head_dim must be an integer or None, not {head_dim!r}")
+            if head_dim < 1:
+                raise ValueError(f"head_dim must be a positive integer, not {head_dim!r}")
+            if in_width < self.score_width(head_dim):
+                raise ValueError(
+                    f"in_width must be at least {self.score_width(head_dim)} to hold int8 dot "
+                    f"products over head_dim={head_dim}, not {in_width!r}")
+        self._max_seq = max_seq
+        self._in_width = in_width
+        self._output_bits = output_bits
+        self._saturate_output = saturate_output
+        self._head_dim = head_dim
+
+        in_layout = data.StructLayout({"data": signed(in_width), "last": 1})
+        out_layout = data.StructLayout({"data": unsigned(self.out_bits), "last": 1})
+        super().__init__({
+            "i_stream": In(stream.Signature(in_layout)),
+            "o_stream": Out(stream.Signature(out_layout)),
+            **{name: In(shape) for name, shape in self.CONSTANT_SHAPES.items()},
+            "error": Out(1),
+        })
+
+    @property
+    def max_seq(self):
+        return self._max_seq
+
+    @property
+    def in_width(self):
+        return self._in_width
+
+    @property
+    def output_bits(self):
+        return self._output_bits
+
+    @property
+    def saturate_output(self):
+        return self._saturate_output
+
+    @property
+    def head_dim(self):
+        return self._head_dim
+
+    @property
+    def out_bits(self):
+        """Width of the output ``data``: ``output_bits``, plus one without saturation."""
+        return self._output_bits + (0 if self._saturate_output else 1)
+
+    @staticmethod
+    def score_width(head_dim):
+        """Signed width of an int8 x int8 dot product over ``head_dim`` elements.
+
+        The products lie in ``[-128*127, 128*128]``, so the sums in
+        ``[-head_dim*128*127, head_dim*2**14]``.
+        """
+        return bits_for(head_dim * (1 << 14), require_sign_bit=True)
+
+    @classmethod
+    def latency(cls, length):
+        """Cycles from the first score of a row of ``length`` elements being accepted to its
+        first probability being valid, when the unit holds no earlier row."""
+        return 2 * length + cls.LATENCY
+
+    @classmethod
+    def check_constants(cls, k):
+        """Check that the constants ``k`` (a dict with ``x0, b, c, m, e``, as
+        :func:`~bertcore.quant.kernels.softmax_constants` returns) are legal for the unit.
+
+        Legal: each fits its port (:data:`CONSTANT_SHAPES`), ``x0 <= -1``,
+        ``EXP_N < e <= 62``, and the exp16 of the row maximum,
+        ``min(floor((c*m + 2**(e-31)) / 2**(e-30)), 2**16 - 1)``, is at least
+        ``2**MIN_SUM_LOG2`` (so the quotient fits :data:`QUOTIENT_BITS`).
+
+        Raises
+        ------
+        ValueError
+            Naming the first constant that is not legal.
+        """
+        values = {}
+        for name, shape in cls.CONSTANT_SHAPES.items():
+            value = int(k[name])
+            lo = -(1 << (shape.width - 1)) if shape.signed else 0
+            hi = (1 << (shape.width - 1 if shape.signed else shape.width)) - 1
+            if not lo <= value <= hi:
+                raise ValueError(f"softmax constant {name} must lie in {lo}..{hi}, not {value!r}")
+            values[name] = value
+        if "exp_bits" in k and int(k["exp_bits"]) != SOFTMAX_EXP_BITS:
+            raise ValueError(
+                f"softmax constant exp_bits must be {SOFTMAX_EXP_BITS}, not {k['exp_bits']!r}")
+        if values["x0"] > -1:
+            raise ValueError(f"softmax constant x0 must be negative, not {values['x0']!r}")
+        if not EXP_N < values["e"] <= 62:
+            raise ValueError(f"softmax constant e must lie in {EXP_N + 1}..62, not {values['e']!r}")
+        shift = values["e"] - EXP_N
+        exp0 = (values["c"] * values["m"] + (1 << (shift - 1))) >> shift
+        exp0 = min(exp0, (1 << SOFTMAX_EXP_BITS) - 1)
+        if exp0 < 1 << cls.MIN_SUM_LOG2:
+            raise ValueError(
+                f"softmax constants c and m give exp(0) = {exp0}, below "
+                f"2**{cls.MIN_SUM_LOG2}")
+
+    def elaborate(self, platform):
+        m = Module()
+
+        n_slots = self.SLOTS
+        in_width = self._in_width
+        idx_bits = max(1, ceil_log2(self._max_seq))        # element index 0..max_seq-1
+        cnt_bits = bits_for(self._max_seq)                   # element count 0..max_seq
+        slot_bits = max(1, ceil_log2(n_slots))
+        exp_max = (1 << SOFTMAX_EXP_BITS) - 1
+        sum_bits = bits_for(self._max_seq * exp_max)
+        word_bits = max(in_width, SOFTMAX_EXP_BITS)          # a slot word: score, then exp16
+        x0_bits = len(self.x0)
+        lim_bits = bits_for(EXP_ZMAX << (x0_bits - 1))       # |30*x0|
+        z_bits = bits_for(EXP_ZMAX)
+
+        def next_slot(ptr):
+            return Mux(ptr == n_slots - 1, 0, ptr + 1)
+
+        # -- Run-time constants, registered (they are stable while a row is in flight, and no
+        # engine uses them within two cycles of a row's first score).
+        k_nx0 = Signal(x0_bits)                 # -x0, 1..2**15
+        k_lim = Signal(lim_bits)                # -30*x0: |d| is clamped to this
+        k_b = Signal.like(self.b)
+        k_c = Signal.like(self.c)
+        k_m = Signal.like(self.m)
+        k_sh0 = Signal(range(62 - EXP_N))       # e - 31: the shift s - 1 = e - 31 + z
+        m.d.sync += [
+            k_nx0.eq(-self.x0),
+            k_lim.eq((self.x0 << 1) - (self.x0 << 5)),
+            k_b.eq(self.b),
+            k_c.eq(self.c),
+            k_m.eq(self.m),
+            k_sh0.eq(self.e - (EXP_N + 1)),
+        ]
+
+        # -- Slots: a row buffer each, and the per-row registers the engines hand over.
+        state = [Signal(_SlotState, name=f"state{i}") for i in range(n_slots)]
+        last_idx = [Signal(idx_bits, name=f"last_idx{i}") for i in range(n_slots)]
+        row_max = [Signal(signed(in_width), name=f"row_max{i}") for i in range(n_slots)]
+        row_sum = [Signal(sum_bits, name=f"row_sum{i}") for i in range(n_slots)]
+        row_f = [Signal(self.QUOTIENT_BITS, name=f"row_f{i}") for i in range(n_slots)]
+
+        def is_state(index, value):
+            return _pick([slot == value for slot in state], index)
+
+        wports, rports = [], []
+        for i in range(n_slots):
+            mem = Memory(shape=unsigned(word_bits), depth=self._max_seq, init=[])
+            wports.append(mem.write_port())
+            rports.append(mem.read_port())
+            m.submodules[f"slot{i}"] = mem
+        rdata = [port.data for port in rports]
+
+        # -- Engine A: input. Fills the FREE slot a_ptr, one score per accepted beat.
+        a_ptr = Signal(slot_bits)
+        a_cnt = Signal(cnt_bits)                # elements stored so far in this row
+        a_max = Signal(signed(in_width))
+        a_over = Signal()                       # this row has overflowed (error already sent)
+        a_x = self.i_stream.payload.data
+        a_store = Signal()                      # the beat is stored (not beyond max_seq)
+        a_newmax = Signal(signed(in_width))
+        m.d.comb += [
+            self.i_stream.ready.eq(is_state(a_ptr, _SlotState.FREE)),
+            a_store.eq(a_cnt != self._max_seq),
+            a_newmax.eq(Mux((a_cnt == 0) | (a_x > a_max), a_x, a_max)),
+        ]
+        m.d.sync += self.error.eq(0)
+        with m.If(self.i_stream.valid & self.i_stream.ready):
+            with m.If(a_store):
+                m.d.sync += [a_cnt.eq(a_cnt + 1), a_max.eq(a_newmax)]
+            with m.Elif(~a_over):
+                m.d.sync += [a_over.eq(1), self.error.eq(1)]
+            with m.If(self.i_stream.payload.last):
+                m.d.sync += [a_cnt.eq(0), a_over.eq(0), a_ptr.eq(next_slot(a_ptr))]
+                _put(m, state, a_ptr, _SlotState.SCORES)
+                _put(m, last_idx, a_ptr, Mux(a_store, a_cnt, a_cnt - 1))
+                _put(m, row_max, a_ptr, Mux(a_store, a_newmax, a_max))
+
+        # -- Engine B: exponential, a pipeline without stalls. Stage registers are named
+        # <field><stage>; the tag (valid, slot, address, first, last) travels along.
+        tag_layout = data.StructLayout({
+            "valid": 1, "slot": slot_bits, "addr": idx_bits, "first": 1, "last": 1,
+        })
+        tags = [Signal(tag_layout, name=f"b_tag{i}") for i in range(self.EXP_STAGES + 1)]
+        for i in range(self.EXP_STAGES):
+            m.d.sync += tags[i + 1].eq(tags[i])
+
+        # stage 0: read score b_idx of slot b_ptr (while that slot holds SCORES).
+        b_ptr = Signal(slot_bits)
+        b_idx = Signal(idx_bits)
+        b_go = Signal()
+        b_last = Signal()
+        m.d.comb += [
+            b_go.eq(is_state(b_ptr, _SlotState.SCORES)),
+            b_last.eq(b_idx == _pick(last_idx, b_ptr)),
+            tags[0].valid.eq(b_go),
+            tags[0].slot.eq(b_ptr),
+            tags[0].addr.eq(b_idx),
+            tags[0].first.eq(b_idx == 0),
+            tags[0].last.eq(b_last),
+        ]
+        with m.If(b_go):
+            m.d.sync += b_idx.eq(Mux(b_last, 0, b_idx + 1))
+            with m.If(b_last):
+                m.d.sync += b_ptr.eq(next_slot(b_ptr))
+
+        # stage 1: a = rowmax - x >= 0 (the negated d).
+        b_x = _pick(rdata, tags[1].slot)[:in_width].as_signed()
+        a1 = Signal(in_width)
+        m.d.sync += a1.eq(_pick(row_max, tags[1].slot) - b_x)
+
+        # stage 2: clamp |d| to 30*|x0| (d = max(d, 30*x0)).
+        r = [Signal(lim_bits, name="r2")]
+        m.d.sync += r[0].eq(Mux(a1 > k_lim, k_lim, a1))
+
+        # stages 3..7: restoring division ladder |d| = z*|x0| + rem, one quotient bit per stage
+        # (z <= 30 < 2**5), so z = floor(d/x0) and p = d - x0*z = -rem.
+        z = [Const(0, z_bits)]
+        for bit in reversed(range(z_bits)):
+            stage = len(r) + 2
+            r_next = Signal(lim_bits, name=f"r{stage}")
+            z_next = Signal(z_bits, name=f"z{stage}")
+            step = k_nx0 << bit
+            take = r[-1] >= step
+            m.d.sync += [
+                r_next.eq(Mux(take, r[-1] - step, r[-1])),
+                z_next.eq(z[-1] | (take << bit)),
+            ]
+            r.append(r_next)
+            z.append(z_next)
+        rem7 = r[-1]                            # 0 <= rem < |x0| <= 2**15
+
+        # stage 8: multiplier inputs p = -rem and p + b.
+        p8 = Signal(signed(x0_bits))
+        pb8 = Signal(signed(len(k_b) + 1))
+        m.d.sync += [p8.eq(-rem7), pb8.eq(k_b - rem7)]
+
+        # stage 9: (p + b) * p, one 18x18 DSP with registered output.
+        (product, _), = dsp_partial_products(pb8, p8)
+        prod9 = Signal(signed(len(pb8) + len(p8)))
+        m.d.sync += prod9.eq(product)
+
+        # stage 10: poly = max(prod + c, 0). When p + b < 0 the product is positive but below
+        # 2**30, so poly < c + 2**30.
+        poly_bits = bits_for((1 << len(k_c)) - 1 + (1 << 2 * (x0_bits - 1)))
+        poly10 = Signal(poly_bits)
+        poly_sum = prod9 + k_c
+        m.d.sync += poly10.eq(Mux(poly_sum < 0, 0, poly_sum))
+
+        # stage 11: poly * m as registered partial products (two 17x15 DSP multiplies).
+        parts11 = []
+        for product, offset in dsp_partial_products(poly10, k_m):
+            part = Signal.like(product, name=f"pm{offset}_11")
+            m.d.sync += part.eq(product)
+            parts11.append((part, offset))
+
+        # stage 12: P = poly * m.
+        prod_bits = poly_bits + len(k_m)
+        big12 = Signal(prod_bits)
+        m.d.sync += big12.eq(sum(part << offset for part, offset in parts11))
+
+        # stages 13, 14: T = P >> (s - 1) with s - 1 = (e - 31) + z, in two barrel shifts.
+        big13 = Signal(prod_bits)
+        big14 = Signal(prod_bits)
+        z_now = z[-1]                           # z of the element in stage 8, then 9, ...
+        for stage in range(8, 14):
+            z_next = Signal(z_bits, name=f"z{stage}")
+            m.d.sync += z_next.eq(z_now)
+            z_now = z_next
+        m.d.sync += [big13.eq(big12 >> k_sh0), big14.eq(big13 >> z_now)]
+
+        # stage 15: exp16 = min((T + 1) >> 1, 2**16 - 1), i.e. round half up of P / 2**s.
+        exp15 = Signal(SOFTMAX_EXP_BITS)
+        round_bits = SOFTMAX_EXP_BITS + 1
+        saturated = big14 >= (1 << round_bits) - 1
+        m.d.sync += exp15.eq(Mux(saturated, exp_max, (big14[:round_bits] + 1) >> 1))
+
+        # stage 16: write exp16 over the score; sum the row; at its end hand the sum over.
+        wb = tags[self.EXP_STAGES]
+        b_acc = Signal(sum_bits)
+        b_acc_next = Mux(wb.first, exp15, b_acc + exp15)
+        with m.If(wb.valid):
+            m.d.sync += b_acc.eq(b_acc_next)
+            with m.If(wb.last):
+                _put(m, row_sum, wb.slot, b_acc_next)
+                _put(m, state, wb.slot, _SlotState.EXPS)
+
+        # -- Divider V: f = floor(2**32 / sum), restoring, one quotient bit per cycle. The
+        # quotient has QUOTIENT_BITS bits because sum >= 2**MIN_SUM_LOG2, so the division starts
+        # from the remainder 2**32 >> QUOTIENT_BITS (< sum) and shifts in zeros.
+        v_ptr = Signal(slot_bits)
+        v_busy = Signal()
+        v_count = Signal(range(self.QUOTIENT_BITS + 1))
+        v_den = Signal(sum_bits)
+        v_rem = Signal(sum_bits + 1)
+        v_quo = Signal(self.QUOTIENT_BITS)
+        v_rem2 = Cat(Const(0, 1), v_rem)                     # 2*rem, shifting in a zero
+        v_take = v_rem2 >= v_den
+        v_quo_next = Cat(v_take, v_quo)[:self.QUOTIENT_BITS]
+        with m.If(~v_busy):
+            with m.If(is_state(v_ptr, _SlotState.EXPS)):
+                m.d.sync += [
+                    v_busy.eq(1),
+                    v_count.eq(self.QUOTIENT_BITS),
+                    v_den.eq(_pick(row_sum, v_ptr)),
+                    v_rem.eq(1 << (SOFTMAX_MAX_BIT - self.QUOTIENT_BITS)),
+                    v_quo.eq(0),
+                ]
+        with m.Else():
+            m.d.sync += [
+                v_rem.eq(Mux(v_take, v_rem2 - v_den, v_rem2)),
+                v_quo.eq(v_quo_next),
+                v_count.eq(v_count - 1),
+            ]
+            with m.If(v_count == 1):
+                m.d.sync += [v_busy.eq(0), v_ptr.eq(next_slot(v_ptr))]
+                _put(m, row_f, v_ptr, v_quo_next)
+                _put(m, state, v_ptr, _SlotState.NORM)
+
+        # -- Engine D: normalization. Its pipeline (read, multiplier inputs, partial products,
+        # output register) advances whenever the output register is empty or being taken.
+        advance = Signal()
+        m.d.comb += advance.eq(~self.o_stream.valid | self.o_stream.ready)
+
+        # stage 0: read exp16 d_idx of slot d_ptr (while that slot holds NORM).
+        d_ptr = Signal(slot_bits)
+        d_idx = Signal(idx_bits)
+        d_go = Signal()
+        d_last = Signal()
+        m.d.comb += [
+            d_go.eq(advance & is_state(d_ptr, _SlotState.NORM)),
+            d_last.eq(d_idx == _pick(last_idx, d_ptr)),
+        ]
+        d_valid1, d_slot1, d_last1 = Signal(), Signal(slot_bits), Signal()
+        with m.If(advance):
+            m.d.sync += [d_valid1.eq(d_go), d_slot1.eq(d_ptr), d_last1.eq(d_last)]
+        with m.If(d_go):
+            m.d.sync += d_idx.eq(Mux(d_last, 0, d_idx + 1))
+            with m.If(d_last):
+                m.d.sync += d_ptr.eq(next_slot(d_ptr))
+
+        # stage 1: register the multiplier inputs exp16 and f. Once the row's last exp16 has
+        # left the slot's read port, the slot is free.
+        d_valid2, d_last2 = Signal(), Signal()
+        e2 = Signal(SOFTMAX_EXP_BITS)
+        f2 = Signal(self.QUOTIENT_BITS)
+        with m.If(advance):
+            m.d.sync += [
+                d_valid2.eq(d_valid1),
+                d_last2.eq(d_last1),
+                e2.eq(_pick(rdata, d_slot1)[:SOFTMAX_EXP_BITS]),
+                f2.eq(_pick(row_f, d_slot1)),
+            ]
+            with m.If(d_valid1 & d_last1):
+                _put(m, state, d_slot1, _SlotState.FREE)
+
+        # stage 2: exp16 * f as registered partial products (a 16x17 DSP and a 16x2 multiply).
+        d_valid3, d_last3 = Signal(), Signal()
+        parts3 = []
+        with m.If(advance):
+            m.d.sync += [d_valid3.eq(d_valid2), d_last3.eq(d_last2)]
+            for product, offset in dsp_partial_products(e2, f2):
+                part = Signal.like(product, name=f"ef{offset}_3")
+                m.d.sync += part.eq(product)
+                parts3.append((part, offset))
+
+        # stage 3: y = (exp16 * f) >> (32 - output_bits) <= 2**output_bits, saturated if asked.
+        y = (sum(part << offset for part, offset in parts3)
+             >> (SOFTMAX_MAX_BIT - self._output_bits))[:self._output_bits + 1]
+        y_out = y
+        if self._saturate_output:
+            y_out = Mux(y[-1], (1 << self._output_bits) - 1, y[:self._output_bits])
+        with m.If(advance):
+            m.d.sync += [
+                self.o_stream.valid.eq(d_valid3),
+                self.o_stream.payload.data.eq(y_out),
+                self.o_stream.payload.last.eq(d_last3),
+            ]
+
+        # -- Read and write ports: engine A writes FREE slots, engine B reads and writes
+        # SCORES slots, engine D reads NORM slots, so no port is claimed twice.
+        for i in range(n_slots):
+            b_write = wb.valid & (wb.slot == i)
+            m.d.comb += [
+                wports[i].en.eq(b_write | (self.i_stream.valid & self.i_stream.ready
+                                          & a_store & (a_ptr == i))),
+                wports[i].addr.eq(Mux(b_write, wb.addr, a_cnt)),
+                wports[i].data.eq(Mux(b_write, exp15, a_x.as_unsigned())),
+            ]
+            norm = state[i] == _SlotState.NORM
+            m.d.comb += [
+                rports[i].addr.eq(Mux(norm, d_idx, b_idx)),
+                rports[i].en.eq(Mux(norm, advance, 1)),
+            ]
+
+        return m
