@@ -114,6 +114,22 @@ def _check_simulator(simulator):
         ensure_verilator_env()
 
 
+# The Verilator run-time library objects do not depend on the design, only on the flags (and the
+# VM_TRACE defines, i.e. waves): they are compiled once and seeded into every new build directory
+# (copies are newer than their sources, so `make` keeps them). This halves a Verilator build.
+_VERILATOR_RUNTIME = ("verilated", "verilated_dpi", "verilated_vpi", "verilated_threads")
+
+
+def _runtime_dir(waves):
+    from bertcore.toolchain import verilator_root
+    key = _hash(str(verilator_root()), *VERILATOR_BUILD_ARGS, str(waves))
+    return BUILD_DIR / f"verilator-runtime-{key}"
+
+
+def _runtime_files(directory):
+    return [directory / f"{stem}{ext}" for stem in _VERILATOR_RUNTIME for ext in (".o", ".d")]
+
+
 def _build(runner, simulator, source, build_dir, toplevel, waves):
     stamp = build_dir / "bertcore-build.ok"
     if stamp.exists():
@@ -124,6 +140,19 @@ def _build(runner, simulator, source, build_dir, toplevel, waves):
     source_path = build_dir / f"{toplevel}.v"
     source_path.write_text(source)
     build_args = list(VERILATOR_BUILD_ARGS) if simulator == "verilator" else []
+    runtime = _runtime_dir(waves) if simulator == "verilator" else None
+    if runtime is not None and all(path.exists() for path in _runtime_files(runtime)):
+        # cocotb's Verilator build is [verilator ..., make ...]; the objects must be newer than
+        # the Vtop.mk that verilator writes, so they are copied in between the two commands.
+        build_command = runner._build_command
+
+        def seeded_build_command():
+            commands = build_command()
+            if len(commands) == 2 and commands[1][0] == "make":
+                copy = ["cp", *map(str, _runtime_files(runtime)), str(build_dir)]
+                commands = [commands[0], copy, commands[1]]
+            return commands
+        runner._build_command = seeded_build_command
     runner.build(
         sources=[source_path],
         hdl_toplevel=toplevel,
@@ -134,6 +163,15 @@ def _build(runner, simulator, source, build_dir, toplevel, waves):
         always=True,
         log_file=build_dir / "build.log",
     )
+    if runtime is not None and not runtime.exists():
+        staging = runtime.with_name(f"{runtime.name}.{os.getpid()}")
+        staging.mkdir(parents=True, exist_ok=True)
+        for path in _runtime_files(build_dir):
+            shutil.copy(path, staging / path.name)
+        try:
+            staging.rename(runtime)                 # atomic: concurrent builds race safely
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
     stamp.write_text("ok\n")
 
 

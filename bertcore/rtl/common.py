@@ -18,12 +18,14 @@ emitted Verilog they are one flat bit vector (``<prefix>__payload``); :func:`pac
 {'x': -1, 'last': 1}
 """
 
+import contextlib
 import enum
 
 from amaranth.hdl import Shape, ShapeCastable
 from amaranth.lib import data
 
-__all__ = ["pack", "unpack", "payload_width", "DSP_WIDTH", "dsp_tiles", "dsp_partial_products"]
+__all__ = ["pack", "unpack", "payload_width", "DSP_WIDTH", "dsp_tiles", "dsp_partial_products",
+           "check_int", "rejecting"]
 
 
 def payload_width(layout):
@@ -158,3 +160,36 @@ def dsp_partial_products(a, b):
     products (DSP output register) and sums them in a later pipeline stage.
     """
     return [(pa * pb, sa + sb) for pa, sa in dsp_tiles(a) for pb, sb in dsp_tiles(b)]
+
+
+# -- Parameter validation ---------------------------------------------------------------------------
+
+def check_int(name, value, minimum=1):
+    """Raise unless ``value`` is an ``int`` (not a ``bool``) of at least ``minimum``.
+
+    Messages name the parameter and the value: ``"lanes must be a positive integer, not 0"``.
+    """
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if value < minimum:
+        if minimum == 1:
+            kind = "a positive integer"
+        elif minimum == 0:
+            kind = "a non-negative integer"
+        else:
+            kind = f"an integer of at least {minimum}"
+        raise ValueError(f"{name} must be {kind}, not {value!r}")
+
+
+@contextlib.contextmanager
+def rejecting(component):
+    """Validate a component's parameters: ``with rejecting(self): check_int(...)``.
+
+    An Amaranth ``Elaboratable`` whose constructor raises would still warn, when collected, that
+    it was "created but never used"; this marks such a rejected object as silent and re-raises.
+    """
+    try:
+        yield
+    except Exception:
+        component._MustUse__silence = True
+        raise

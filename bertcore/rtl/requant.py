@@ -5,20 +5,12 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bertcore.quant.kernels import REQ_M_BITS
-from .common import dsp_partial_products
+from .common import check_int, dsp_partial_products, rejecting
 
 __all__ = ["Requantizer", "REQ_E_BITS"]
 
 #: Width of the shift ``e`` (``1 <= e <= 62`` as :func:`~bertcore.quant.kernels.requantize`).
 REQ_E_BITS = 6
-
-
-def _check_int(name, value, minimum):
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if value < minimum:
-        kind = "a positive" if minimum == 1 else "a non-negative"
-        raise ValueError(f"{name} must be {kind} integer, not {value!r}")
 
 
 class Requantizer(wiring.Component):
@@ -87,19 +79,20 @@ class Requantizer(wiring.Component):
 
     def __init__(self, *, lanes, in_width, out_bits, bias_width=0, residual=False,
                  residual_width=None):
-        _check_int("lanes", lanes, 1)
-        _check_int("in_width", in_width, 1)
-        _check_int("out_bits", out_bits, 1)
-        _check_int("bias_width", bias_width, 0)
-        if not isinstance(residual, bool):
-            raise TypeError(f"residual must be a bool, not {residual!r}")
-        if residual_width is not None:
-            if not residual:
-                raise ValueError(
-                    f"residual_width must be None without residual, not {residual_width!r}")
-            _check_int("residual_width", residual_width, 1)
-        elif residual:
-            residual_width = in_width
+        with rejecting(self):
+            check_int("lanes", lanes, 1)
+            check_int("in_width", in_width, 1)
+            check_int("out_bits", out_bits, 1)
+            check_int("bias_width", bias_width, 0)
+            if not isinstance(residual, bool):
+                raise TypeError(f"residual must be a bool, not {residual!r}")
+            if residual_width is not None:
+                if not residual:
+                    raise ValueError(
+                        f"residual_width must be None without residual, not {residual_width!r}")
+                check_int("residual_width", residual_width, 1)
+            elif residual:
+                residual_width = in_width
         self._lanes = lanes
         self._in_width = in_width
         self._out_bits = out_bits

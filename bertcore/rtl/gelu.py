@@ -1,0 +1,208 @@
+"""Integer-only GELU (``bertcore.quant.kernels.int_gelu_int``) as a pipelined unit."""
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from bertcore.quant.kernels import GELU_SHIFT, int_range
+from .common import check_int, dsp_partial_products, rejecting
+
+__all__ = ["IntGELU"]
+
+
+def _signed_bits(lo, hi):
+    """Width of the smallest signed shape holding every integer in ``[lo, hi]``."""
+    width = 1
+    while not (-(1 << (width - 1)) <= lo and hi <= (1 << (width - 1)) - 1):
+        width += 1
+    return width
+
+
+class IntGELU(wiring.Component):
+    """i-GELU of ``lanes`` signed values per beat: :func:`bertcore.quant.kernels.int_gelu_int`.
+
+    ``y = x * (floor(sign(x) * ((min(|x|, -b) + b)**2 + c) / 2**GELU_SHIFT) + q1)``, bit for bit,
+    computed as ``t = min(|x| + b, 0)`` (the same value), ``w = t*t + c``, ``erf = floor(sign(x)
+    * w / 2**GELU_SHIFT)``, ``y = x * (erf + q1)``.
+
+    The constants ``b``, ``c``, ``q1`` (from :func:`~bertcore.quant.kernels.gelu_constants` of
+    the input scale) are input ports, shared by all lanes and held stable while the unit runs;
+    one bitstream serves any input scale. Their widths follow from ``in_width`` = W:
+
+    * ``b``: signed ``W + 1``, so ``-2**W <= b``: the clip point ``-b`` covers every ``|x|``.
+      ``gelu_constants`` gives ``b = floor(-2.5017 / S)``; this holds for input scales
+      ``S >= 2.5017 / 2**W`` (``S >= 3.9e-5`` for W = 16), i.e. a real input range of at least
+      +-1.25.
+    * ``c``: signed ``2W + 2`` (``gelu_constants`` gives ``c ~ -1.107 b**2``, ``|c| < 2**(2W+1)``).
+    * ``q1``: signed ``max(2W + 3 - GELU_SHIFT, 2)`` (``q1 ~ b**2 / 14806``).
+
+    Every intermediate is sized by interval arithmetic over all values of ``x`` and of the
+    constant ports, so the result is exact for any port values (not only consistent constants).
+    The output width :attr:`out_width` is the signed width of the interval product
+    ``[x] * [erf + q1]``: ``|y| < 2**(W-1) * 7 * 2**(2W-14)``, so ``3W - 11`` bits for W >= 8
+    (37 bits for W = 16). For constants of a realistic scale the values stay far smaller, about
+    ``|x| * 2|q1|`` (33 bits at S = 1e-4).
+
+    Parameters
+    ----------
+    lanes : int
+        Elements per beat (``>= 1``).
+    in_width : int
+        Width W of the signed input (``>= 2``; the encoder feeds 16).
+
+    Members
+    -------
+    i_stream : ``In(stream.Signature({"data": [signed(W)] * lanes, "last": 1}))``
+    o_stream : ``Out(stream.Signature({"data": [signed(out_width)] * lanes, "last": 1}))``
+        ``last`` is passed through.
+    b : ``In(signed(b_width))``
+    c : ``In(signed(c_width))``
+    q1 : ``In(signed(q1_width))``
+        The i-GELU constants; registered once before use, so a change takes effect on the
+        beats entering one cycle later.
+
+    Latency and throughput: fully pipelined, one beat per cycle; :data:`LATENCY` cycles from an
+    input transfer to the output transfer of the same beat while ``o_stream.ready`` is high.
+    The pipeline advances when ``o_stream.valid`` is low or ``o_stream.ready`` is high
+    (``i_stream.ready`` is that condition). Both multipliers (``t*t``, ``x*(erf+q1)``) have
+    registered operands and registered products, split into 18x18 partial products where an
+    operand is wider (``x*(erf+q1)`` is two multiplies for W = 16).
+
+    Raises
+    ------
+    TypeError
+        If ``lanes`` or ``in_width`` is not an integer.
+    ValueError
+        If ``lanes`` is not positive or ``in_width`` is below 2.
+    """
+
+    #: Cycles from an input transfer to the output transfer of that beat (output always ready).
+    LATENCY = 8
+
+    def __init__(self, *, lanes, in_width):
+        with rejecting(self):
+            check_int("lanes", lanes, 1)
+            check_int("in_width", in_width, 2)
+        self._lanes = lanes
+        self._in_width = in_width
+        self._b_width = in_width + 1
+        self._c_width = 2 * in_width + 2
+        self._q1_width = max(2 * in_width + 3 - GELU_SHIFT, 2)
+        self._ranges = self._intervals()
+        self._out_width = _signed_bits(*self._ranges["y"])
+        super().__init__({
+            "i_stream": In(stream.Signature(data.StructLayout({
+                "data": data.ArrayLayout(signed(in_width), lanes),
+                "last": unsigned(1),
+            }))),
+            "o_stream": Out(stream.Signature(data.StructLayout({
+                "data": data.ArrayLayout(signed(self._out_width), lanes),
+                "last": unsigned(1),
+            }))),
+            "b": In(signed(self._b_width)),
+            "c": In(signed(self._c_width)),
+            "q1": In(signed(self._q1_width)),
+        })
+
+    lanes = property(lambda self: self._lanes, doc="Elements per beat.")
+    in_width = property(lambda self: self._in_width, doc="Width of the signed input.")
+    out_width = property(lambda self: self._out_width, doc="Width of the signed output.")
+    b_width = property(lambda self: self._b_width, doc="Width of the signed ``b`` port.")
+    c_width = property(lambda self: self._c_width, doc="Width of the signed ``c`` port.")
+    q1_width = property(lambda self: self._q1_width, doc="Width of the signed ``q1`` port.")
+
+    def _intervals(self):
+        """``[lo, hi]`` of every intermediate over all inputs and all constant-port values."""
+        x = int_range(self._in_width)
+        b = int_range(self._b_width)
+        c = int_range(self._c_width)
+        q1 = int_range(self._q1_width)
+        ax = (0, -x[0])                                   # |x|
+        u = (ax[0] + b[0], ax[1] + b[1])                  # |x| + b
+        t = (min(u[0], 0), min(u[1], 0))                  # min(|x| + b, 0)
+        sq = (0, max(t[0] * t[0], t[1] * t[1]))           # t*t
+        w = (sq[0] + c[0], sq[1] + c[1])                  # t*t + c
+        mag = max(-w[0], w[1])
+        e = (-mag, mag)                                   # sign(x) * w
+        erf = (e[0] >> GELU_SHIFT, e[1] >> GELU_SHIFT)
+        v = (erf[0] + q1[0], erf[1] + q1[1])              # erf + q1
+        products = [xx * vv for xx in x for vv in v]
+        y = (min(products), max(products))
+        return {"u": u, "t": t, "sq": sq, "w": w, "e": e, "erf": erf, "v": v, "y": y}
+
+    def elaborate(self, platform):
+        m = Module()
+        ranges = self._ranges
+        en = Signal()          # the whole pipeline advances
+        m.d.comb += [
+            en.eq(~self.o_stream.valid | self.o_stream.ready),
+            self.i_stream.ready.eq(en),
+        ]
+
+        # the constants, registered once (they are stable while the unit runs)
+        b = Signal.like(self.b, name="b_reg")
+        c = Signal.like(self.c, name="c_reg")
+        q1 = Signal.like(self.q1, name="q1_reg")
+        m.d.sync += [b.eq(self.b), c.eq(self.c), q1.eq(self.q1)]
+
+        # valid and last, one bit per stage (stage 1 .. LATENCY)
+        valid = [Signal(name=f"valid_{k}") for k in range(1, self.LATENCY + 1)]
+        last = [Signal(name=f"last_{k}") for k in range(1, self.LATENCY + 1)]
+        with m.If(en):
+            m.d.sync += [valid[0].eq(self.i_stream.valid), last[0].eq(self.i_stream.payload.last)]
+            m.d.sync += [v.eq(p) for v, p in zip(valid[1:], valid)]
+            m.d.sync += [v.eq(p) for v, p in zip(last[1:], last)]
+        m.d.comb += [
+            self.o_stream.valid.eq(valid[-1]),
+            self.o_stream.payload.last.eq(last[-1]),
+        ]
+
+        def sized(key, name):
+            return Signal(signed(_signed_bits(*ranges[key])), name=name)
+
+        for lane in range(self._lanes):
+            def at(*assigns):
+                with m.If(en):
+                    m.d.sync += assigns
+
+            # x travels along stages 1..7 (its sign is used in stage 5, its value in stage 7)
+            xs = [Signal(signed(self._in_width), name=f"x{k}_{lane}") for k in range(1, 8)]
+            at(xs[0].eq(self.i_stream.payload.data[lane]))        # stage 1: input register
+            at(*[x.eq(p) for x, p in zip(xs[1:], xs)])
+
+            # stage 2: t = min(|x| + b, 0) = min(|x|, -b) + b  (DSP operand register)
+            u = Mux(xs[0] < 0, b - xs[0], b + xs[0])
+            t = sized("t", f"t_{lane}")
+            at(t.eq(Mux(u < 0, u, 0)))
+
+            # stage 3: partial products of t*t (DSP output registers)
+            partials = []
+            for index, (product, shift) in enumerate(dsp_partial_products(t, t)):
+                p = Signal(product.shape(), name=f"tt{index}_{lane}")
+                at(p.eq(product))
+                partials.append((p, shift))
+
+            # stage 4: w = t*t + c
+            w = sized("w", f"w_{lane}")
+            at(w.eq(sum((p << shift for p, shift in partials), c)))
+
+            # stage 5: e = sign(x) * w
+            e = sized("e", f"e_{lane}")
+            at(e.eq(Mux(xs[3] > 0, w, Mux(xs[3] < 0, -w, 0))))
+
+            # stage 6: v = floor(e / 2**GELU_SHIFT) + q1  (DSP operand register)
+            v = sized("v", f"v_{lane}")
+            at(v.eq((e >> GELU_SHIFT) + q1))
+
+            # stage 7: partial products of x * v (DSP output registers)
+            partials = []
+            for index, (product, shift) in enumerate(dsp_partial_products(xs[5], v)):
+                p = Signal(product.shape(), name=f"xv{index}_{lane}")
+                at(p.eq(product))
+                partials.append((p, shift))
+
+            # stage 8: y = x * v (the output register)
+            y = Signal(signed(self._out_width), name=f"y_{lane}")
+            at(y.eq(sum((p << shift for p, shift in partials[1:]), partials[0][0] << partials[0][1])))
+            m.d.comb += self.o_stream.payload.data[lane].eq(y)
+        return m
