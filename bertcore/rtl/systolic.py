@@ -1,0 +1,545 @@
+"""Output-stationary integer GEMM systolic array: ``C = A·B + bias`` one tile at a time.
+
+Dataflow
+--------
+The array has ``rows × cols`` processing elements (PEs). PE ``(i, j)`` owns the output
+``C[i, j]`` of the current tile and accumulates it over the reduction index ``k`` (output
+stationary). One operand beat carries one ``k``: the A beat is column ``k`` of the A tile
+(``rows`` values), the B beat is row ``k`` of the B tile (``cols`` values). A values travel
+right along the PE rows and B values down the PE columns; row ``i`` of A is delayed by ``i``
+registers and column ``j`` of B by ``j`` registers before the array (the skew), so that
+``A[i, k]`` and ``B[k, j]`` meet in PE ``(i, j)``. A 3-bit control word (valid, first, last)
+travels with them, down column 0 and then right along every row, so every PE knows when an
+operand pair is real, when a tile starts (the accumulator is overwritten instead of added to)
+and when it ends.
+
+When a PE accumulates the last ``k`` of a tile it copies the finished sum into its *result*
+register (the second buffer of the accumulator), so the next tile accumulates in the same PE on
+the very next cycle. Results of row ``i`` are complete one cycle after the PE ``(i, cols-1)``
+captured (the wavefront reaches the last column last); that PE's capture flag selects row ``i``
+of result registers into an output queue, one row per cycle, rows in order. The bias of the tile
+is added to each row as it leaves the queue. The queue space of a tile (``rows`` entries) is
+reserved when the tile's last operand beat is accepted, so the drain never has to wait: the
+array itself never stalls, it only receives bubbles when an operand stream is not valid.
+
+Timing (cycle ``e`` = the cycle in which a tile's last operand beat is transferred)
+-----------------------------------------------------------------------------------
+* PE ``(i, j)`` holds the last beat in its operand registers at ``e+1+i+j``, in its product
+  register at ``e+2+i+j``, the finished sum in its accumulator at ``e+3+i+j`` and in its result
+  register from ``e+4+i+j`` (the accumulator may take the next tile's first product then).
+* Row ``i`` of the results enters the queue at ``e + cols + 3 + i``; the output beat of row ``i``
+  is valid at ``e + cols + 6 + i`` (if the bias beat is there and ``c`` was not stalled).
+* Result registers of a tile are read until ``e + cols + 2 + rows``: the next tile may end
+  (deliver its last beat) ``max(rows, cols)`` cycles after this one at the earliest, so the
+  steady-state period of tiles with ``K`` beats is ``max(K, rows, cols)`` cycles. Beats that do
+  not end a tile are never held back.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Shape, ShapeCastable, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["SystolicArray", "operand_layout", "shape_range", "shape_for_range"]
+
+
+def shape_range(shape):
+    """Return ``(lo, hi)``, the range of values of an integer ``shape``."""
+    shape = Shape.cast(shape)
+    if shape.signed:
+        return -(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1
+    return 0, (1 << shape.width) - 1
+
+
+def shape_for_range(lo, hi):
+    """Return the narrowest shape holding every integer of ``[lo, hi]``.
+
+    Unsigned when ``lo >= 0``, else signed.
+    """
+    if lo >= 0:
+        return unsigned(max(hi.bit_length(), 1))
+    return signed(max((-lo - 1).bit_length(), hi.bit_length()) + 1)
+
+
+def operand_layout(shape, lanes):
+    """Payload layout of a beat of ``lanes`` values of ``shape`` plus a ``last`` flag.
+
+    The layout of :attr:`SystolicArray.a` (``lanes = rows``), :attr:`SystolicArray.b` and
+    :attr:`SystolicArray.c` (``lanes = cols``).
+    """
+    return data.StructLayout({"data": data.ArrayLayout(shape, lanes), "last": unsigned(1)})
+
+
+def _check_size(name, value):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a positive integer, not {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+
+
+def _check_shape(name, value):
+    if not isinstance(value, (Shape, ShapeCastable, int, range)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a shape, not {value!r}")
+    shape = Shape.cast(value)
+    if shape.width < 1:
+        raise ValueError(f"{name} must be at least 1 bit wide, not {shape!r}")
+    return shape
+
+
+#: Control word travelling with the operands through the array.
+_CONTROL = data.StructLayout({
+    "valid": unsigned(1),   # the operand pair is a real beat (not a bubble)
+    "first": unsigned(1),   # first k of a tile: the accumulator restarts from the product
+    "last":  unsigned(1),   # last k of a tile: the finished sum goes to the result register
+})
+
+
+class _ProcessingElement(wiring.Component):
+    """One multiply-accumulate cell of :class:`SystolicArray` (4 pipeline stages).
+
+    Parameters
+    ----------
+    a_shape, b_shape, product_shape, acc_shape : Shape
+        Shapes of the operands, of their product and of the accumulator.
+    reports : bool
+        Whether the cell has the ``captured`` output (only the last column's cells need it).
+
+    Members
+    -------
+    a_in, b_in, control_in : In
+        Operands and control word from the left (A, control) and from above (B).
+    a_out, b_out, control_out : Out
+        The same, one cycle later (the stage-1 registers), to the right and below.
+    result : Out(acc_shape)
+        The sum of the last finished tile.
+    captured : Out(1)
+        High for the one cycle in which ``result`` first shows a newly finished tile (only
+        with ``reports``).
+    """
+
+    #: Cycles from ``control_in.valid`` on a tile's last beat to ``result`` holding the tile.
+    LATENCY = 4
+
+    def __init__(self, a_shape, b_shape, product_shape, acc_shape, *, reports):
+        self._product_shape = product_shape
+        self._reports = reports
+        members = {
+            "a_in": In(a_shape),
+            "b_in": In(b_shape),
+            "control_in": In(_CONTROL),
+            "a_out": Out(a_shape),
+            "b_out": Out(b_shape),
+            "control_out": Out(_CONTROL),
+            "result": Out(acc_shape),
+        }
+        if reports:
+            members["captured"] = Out(1)
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+
+        # stage 1: operand registers (also the links to the neighbours)
+        a = Signal.like(self.a_in, name="a", reset_less=True)
+        b = Signal.like(self.b_in, name="b", reset_less=True)
+        control_1 = Signal(_CONTROL)
+        m.d.sync += [a.eq(self.a_in), b.eq(self.b_in), control_1.eq(self.control_in)]
+        m.d.comb += [self.a_out.eq(a), self.b_out.eq(b), self.control_out.eq(control_1)]
+
+        # stage 2: product register (the multiplier sits between two registers)
+        product = Signal(self._product_shape, reset_less=True)
+        control_2 = Signal(_CONTROL)
+        m.d.sync += [product.eq(a * b), control_2.eq(control_1)]
+
+        # stage 3: accumulate; the first k of a tile restarts from the product
+        acc = Signal.like(self.result, name="acc", reset_less=True)
+        done = Signal()                 # acc holds a finished tile (for this cycle only)
+        with m.If(control_2.valid):
+            m.d.sync += acc.eq(Mux(control_2.first, product, acc + product))
+        m.d.sync += done.eq(control_2.valid & control_2.last)
+
+        # stage 4: copy a finished sum to the result register; the next tile may already
+        # accumulate in acc during this cycle
+        result = Signal.like(self.result, name="result", reset_less=True)
+        with m.If(done):
+            m.d.sync += result.eq(acc)
+        m.d.comb += self.result.eq(result)
+        if self._reports:
+            m.d.sync += self.captured.eq(done)
+        return m
+
+
+class _RowQueue(wiring.Component):
+    """First-in first-out queue of result rows, stored in a memory with a registered read port.
+
+    The writer has no ``ready``: it must never hold more than ``depth`` rows in the queue
+    (:class:`SystolicArray` reserves the room with credits). A row written into an empty queue
+    is valid on ``r`` two cycles later. The memory (``depth - 1`` rows, the last row sits in
+    the read port's register) maps onto block RAM.
+
+    Parameters
+    ----------
+    layout : Layout
+        Layout of a row.
+    depth : int
+        Rows the queue holds, ``>= 2``.
+
+    Members
+    -------
+    w : In(stream.Signature(layout, always_ready=True))
+        Rows in.
+    r : Out(stream.Signature(layout))
+        Rows out, in order.
+    """
+
+    def __init__(self, layout, depth):
+        self._depth = depth
+        super().__init__({
+            "w": In(stream.Signature(layout, always_ready=True)),
+            "r": Out(stream.Signature(layout)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        size = self._depth - 1
+        m.submodules.storage = storage = Memory(shape=self.w.payload.shape(), depth=size,
+                                                init=[])
+        w_port = storage.write_port()
+        r_port = storage.read_port(domain="sync")      # reads the old row on a same-address write
+
+        def advance(address):
+            return Mux(address == size - 1, 0, address + 1)
+
+        w_addr = Signal(range(size))
+        r_addr = Signal(range(size))
+        stored = Signal(range(size + 1))                # rows in the memory, not yet read out
+        load = Signal()                                 # move the oldest row into the register
+        m.d.comb += [
+            w_port.addr.eq(w_addr),
+            w_port.data.eq(self.w.payload),
+            w_port.en.eq(self.w.valid),
+            load.eq((stored != 0) & (~self.r.valid | self.r.ready)),
+            r_port.addr.eq(r_addr),
+            r_port.en.eq(load),
+            self.r.payload.eq(r_port.data),
+        ]
+        with m.If(self.w.valid):
+            m.d.sync += w_addr.eq(advance(w_addr))
+        with m.If(load):
+            m.d.sync += [r_addr.eq(advance(r_addr)), self.r.valid.eq(1)]
+        with m.Elif(self.r.ready):
+            m.d.sync += self.r.valid.eq(0)
+        m.d.sync += stored.eq(stored + self.w.valid - load)
+        return m
+
+
+class SystolicArray(wiring.Component):
+    """Output-stationary ``rows × cols`` systolic array computing ``C = A·B + bias`` per tile.
+
+    A tile is ``C[rows, cols] = A[rows, K] · B[K, cols] + bias[cols]`` for any ``1 <= K <=
+    k_max``. The operands arrive as ``K`` beats on ``a`` and ``b`` (accepted together, one ``k``
+    per cycle), the bias as one beat per tile on ``bias``, and the result leaves on ``c`` as
+    ``rows`` beats, one row of ``cols`` sums each, in row order. Tiles follow each other without
+    gaps: the next tile's operands are accepted while the previous tile drains. See the module
+    docstring for the dataflow.
+
+    Arithmetic is exact: the accumulator width is derived from ``k_max`` and the operand
+    shapes (:attr:`acc_shape` holds ``k_max`` worst-case products), and the output width from
+    the accumulator and the bias (:attr:`out_shape`). The products are
+    ``a_shape × b_shape`` (e.g. ``unsigned(8)`` softmax probabilities times ``signed(8)`` values).
+
+    Latency and throughput
+    ----------------------
+    * The first output beat of a tile is valid :attr:`latency` ``= cols + 6`` cycles after the
+      cycle in which its last operand beat is transferred; the other rows follow one per cycle.
+    * A single tile takes ``K + rows + cols + 5`` cycles from its first operand beat to its last
+      output beat (streams never stalling), see :meth:`cycles`.
+    * Back to back, a tile of ``K`` beats occupies ``max(K, rows, cols)`` cycles
+      (:attr:`tile_interval` is the ``max(rows, cols)`` floor): with ``K >= max(rows, cols)``
+      the array does ``rows·cols`` multiply-accumulates every cycle.
+
+    Parameters
+    ----------
+    rows : int
+        Rows of the array (rows of the A and C tiles), ``>= 1``.
+    cols : int
+        Columns of the array (columns of the B and C tiles), ``>= 1``.
+    k_max : int
+        Longest reduction (beats per tile) the accumulator must hold, ``>= 1``.
+    a_shape, b_shape : shape
+        Shapes of the A and B operands, ``signed(8)`` by default.
+    bias_shape : shape
+        Shape of a bias value, ``signed(32)`` by default.
+    out_shape : shape or None
+        Shape of an output value; ``None`` (default) takes the narrowest shape that holds
+        every ``A·B + bias`` of a tile of ``k_max`` beats. A given shape must be that wide.
+
+    Members
+    -------
+    a : In(stream.Signature(StructLayout({"data": ArrayLayout(a_shape, rows), "last": 1})))
+        Column ``k`` of the A tile (``data[i] = A[i, k]``); ``last`` on ``k = K-1``.
+    b : In(stream.Signature(StructLayout({"data": ArrayLayout(b_shape, cols), "last": 1})))
+        Row ``k`` of the B tile (``data[j] = B[k, j]``); ``last`` on ``k = K-1``. A beat of ``a``
+        and a beat of ``b`` are transferred together. ``a``'s ``last`` ends the tile; ``b``'s
+        must agree with it (a disagreement sets ``error``).
+    bias : In(stream.Signature(ArrayLayout(bias_shape, cols)))
+        One beat per tile, in tile order: ``data[j]`` is added to column ``j`` of every row.
+        It is read while the tile's rows leave (and transferred with its last row), so it may
+        arrive late without stalling the array.
+    c : Out(stream.Signature(StructLayout({"data": ArrayLayout(out_shape, cols), "last": 1})))
+        Row ``i`` of the C tile per beat, ``i = 0 .. rows-1``; ``last`` on row ``rows-1``.
+    error : Out(1)
+        Sticky (until reset): set when ``a`` and ``b`` disagree on ``last`` or a tile has more
+        than ``k_max`` beats (its sums may then have wrapped).
+
+    Raises
+    ------
+    TypeError
+        If ``rows``, ``cols`` or ``k_max`` is not an integer, or a shape is not a shape.
+    ValueError
+        If ``rows``, ``cols`` or ``k_max`` is below 1, a shape has no bits, or ``out_shape`` is
+        too narrow for ``k_max`` worst-case products plus the bias.
+    """
+
+    def __init__(self, rows, cols, *, k_max, a_shape=signed(8), b_shape=signed(8),
+                 bias_shape=signed(32), out_shape=None):
+        _check_size("rows", rows)
+        _check_size("cols", cols)
+        _check_size("k_max", k_max)
+        a_shape = _check_shape("a_shape", a_shape)
+        b_shape = _check_shape("b_shape", b_shape)
+        bias_shape = _check_shape("bias_shape", bias_shape)
+
+        # Size the arithmetic by the operands: the product range is spanned by the corners of
+        # the operand ranges; a tile sums at most k_max products.
+        a_lo, a_hi = shape_range(a_shape)
+        b_lo, b_hi = shape_range(b_shape)
+        corners = [a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi]
+        product_lo, product_hi = min(corners), max(corners)
+        acc_lo, acc_hi = k_max * min(product_lo, 0), k_max * max(product_hi, 0)
+        bias_lo, bias_hi = shape_range(bias_shape)
+        out_lo, out_hi = acc_lo + bias_lo, acc_hi + bias_hi
+        needed = shape_for_range(out_lo, out_hi)
+        if out_shape is None:
+            out_shape = needed
+        else:
+            out_shape = _check_shape("out_shape", out_shape)
+            lo, hi = shape_range(out_shape)
+            if not (lo <= out_lo and out_hi <= hi):
+                raise ValueError(
+                    f"out_shape {out_shape!r} is too narrow for k_max={k_max} products of "
+                    f"{a_shape!r} by {b_shape!r} plus a {bias_shape!r} bias: the sums span "
+                    f"[{out_lo}, {out_hi}], which needs {needed!r}")
+
+        self._rows = rows
+        self._cols = cols
+        self._k_max = k_max
+        self._a_shape = a_shape
+        self._b_shape = b_shape
+        self._bias_shape = bias_shape
+        self._product_shape = shape_for_range(product_lo, product_hi)
+        self._acc_shape = shape_for_range(acc_lo, acc_hi)
+        self._out_shape = out_shape
+        self._queue_depth = self._min_queue_depth(rows, cols, self.latency)
+
+        super().__init__({
+            "a": In(stream.Signature(operand_layout(a_shape, rows))),
+            "b": In(stream.Signature(operand_layout(b_shape, cols))),
+            "bias": In(stream.Signature(data.ArrayLayout(bias_shape, cols))),
+            "c": Out(stream.Signature(operand_layout(out_shape, cols))),
+            "error": Out(1),
+        })
+
+    #: Cycles from a PE's control word to its result register (operand, product, accumulator,
+    #: result).
+    PE_LATENCY = _ProcessingElement.LATENCY
+    #: Cycles from the result row entering the output queue to the output beat being valid
+    #: (memory write, registered read, bias adder register).
+    DRAIN_LATENCY = 3
+
+    @staticmethod
+    def _min_queue_depth(rows, cols, latency):
+        # Credits of a tile are taken in its end cycle e; row i gives its slot back when it
+        # leaves the queue, which the credit counter shows from e + latency + i on. With tiles
+        # ending every max(rows, cols) cycles and a consumer that is always ready, the tile that
+        # ended j periods earlier still holds the rows it has not given back; the depth covers
+        # all of them plus the new tile's rows, so credits never hold back free-flowing tiles.
+        interval = max(rows, cols)
+        depth, j = rows, 1
+        while j * interval - (latency - 1) < rows:
+            depth += rows - max(0, j * interval - (latency - 1))
+            j += 1
+        return max(depth, 3)          # the queue's memory holds depth - 1 >= 2 rows
+
+    @property
+    def rows(self):
+        return self._rows
+
+    @property
+    def cols(self):
+        return self._cols
+
+    @property
+    def k_max(self):
+        return self._k_max
+
+    @property
+    def a_shape(self):
+        return self._a_shape
+
+    @property
+    def b_shape(self):
+        return self._b_shape
+
+    @property
+    def bias_shape(self):
+        return self._bias_shape
+
+    @property
+    def product_shape(self):
+        """Shape of one PE product (exact range of ``a_shape × b_shape``)."""
+        return self._product_shape
+
+    @property
+    def acc_shape(self):
+        """Shape of the accumulators: holds any sum of ``k_max`` products."""
+        return self._acc_shape
+
+    @property
+    def out_shape(self):
+        return self._out_shape
+
+    @property
+    def queue_depth(self):
+        """Rows of results the output queue holds."""
+        return self._queue_depth
+
+    @property
+    def latency(self):
+        """Cycles from the transfer of a tile's last operand beat to its first output beat."""
+        # the last beat reaches PE (0, cols-1)'s result register, then the queue and the adder
+        return self.PE_LATENCY + (self._cols - 1) + self.DRAIN_LATENCY
+
+    @property
+    def tile_interval(self):
+        """Fewest cycles between the last operand beats of consecutive tiles."""
+        return max(self._rows, self._cols)
+
+    def cycles(self, k, tiles=1):
+        """Cycles from the first operand beat to the last output beat of ``tiles`` tiles.
+
+        Each tile has ``k`` beats; no stream stalls. The count is
+        ``k + (tiles-1)·max(k, rows, cols) + latency + rows - 1``, i.e.
+        ``k + rows + cols + 5`` for one tile.
+        """
+        _check_size("k", k)
+        _check_size("tiles", tiles)
+        return (k + (tiles - 1) * max(k, self.tile_interval) + self.latency + self._rows - 1)
+
+    def elaborate(self, platform):
+        m = Module()
+        rows, cols = self._rows, self._cols
+        row_layout = operand_layout(self._acc_shape, cols)
+        m.submodules.queue = queue = _RowQueue(row_layout, self._queue_depth)
+
+        # -- Input: join the A and B beats; hold a tile's last beat until the array can end it --
+        last = self.a.payload.last
+        can_end = Signal()
+        fire = Signal()
+        m.d.comb += [
+            self.a.ready.eq(self.b.valid & (~last | can_end)),
+            self.b.ready.eq(self.a.valid & (~last | can_end)),
+            fire.eq(self.a.valid & self.a.ready),
+        ]
+        end = fire & last
+
+        # The result registers of a tile are read for rows cycles after its end wavefront
+        # reaches the last column: the next end must come tile_interval cycles later.
+        interval = self.tile_interval
+        since_end = Signal(range(interval + 1), init=interval)
+        with m.If(end):
+            m.d.sync += since_end.eq(1)
+        with m.Elif(since_end != interval):
+            m.d.sync += since_end.eq(since_end + 1)
+
+        # Output queue credits: a tile reserves its rows when it ends, a row gives its slot back
+        # when it leaves the queue.
+        free = Signal(range(self._queue_depth + 1), init=self._queue_depth)
+        released = Signal()
+        m.d.sync += free.eq(free - Mux(end, rows, 0) + released)
+        m.d.comb += can_end.eq((since_end == interval) & (free >= rows))
+
+        # Tile framing and the control word entering PE (0, 0).
+        in_tile = Signal()              # a beat of the current tile was already transferred
+        beats = Signal(range(self._k_max + 1))
+        with m.If(fire):
+            m.d.sync += in_tile.eq(~last)
+            with m.If(last):
+                m.d.sync += beats.eq(0)
+            with m.Elif(beats != self._k_max):
+                m.d.sync += beats.eq(beats + 1)
+            with m.If((self.b.payload.last != last) | (beats == self._k_max)):
+                m.d.sync += self.error.eq(1)
+        control = Signal(_CONTROL)
+        m.d.comb += [control.valid.eq(fire), control.first.eq(~in_tile), control.last.eq(last)]
+
+        # -- Skew: row i of A waits i cycles, column j of B waits j cycles --------------------
+        def skew(value, delay, name):
+            for stage in range(delay):
+                delayed = Signal.like(value, name=f"{name}_{stage}", reset_less=True)
+                m.d.sync += delayed.eq(value)
+                value = delayed
+            return value
+
+        a_left = [skew(self.a.payload.data[i], i, f"a_skew_{i}") for i in range(rows)]
+        b_top = [skew(self.b.payload.data[j], j, f"b_skew_{j}") for j in range(cols)]
+
+        # -- The PE grid: A and control flow right, B flows down, control also down column 0 --
+        pes = [[None] * cols for _ in range(rows)]
+        for i in range(rows):
+            for j in range(cols):
+                pe = _ProcessingElement(self._a_shape, self._b_shape, self._product_shape,
+                                        self._acc_shape, reports=j == cols - 1)
+                m.submodules[f"pe_{i}_{j}"] = pes[i][j] = pe
+                m.d.comb += [
+                    pe.a_in.eq(a_left[i] if j == 0 else pes[i][j - 1].a_out),
+                    pe.b_in.eq(b_top[j] if i == 0 else pes[i - 1][j].b_out),
+                ]
+                if j > 0:
+                    m.d.comb += pe.control_in.eq(pes[i][j - 1].control_out)
+                elif i > 0:
+                    m.d.comb += pe.control_in.eq(pes[i - 1][0].control_out)
+                else:
+                    m.d.comb += pe.control_in.eq(control)
+
+        # -- Drain: row i of result registers enters the queue the cycle after PE (i, cols-1)
+        # captured; tile_interval keeps these one-hot selects from overlapping.
+        select = [pes[i][cols - 1].captured for i in range(rows)]
+        m.d.comb += [
+            queue.w.valid.eq(Cat(select).any()),
+            queue.w.payload.last.eq(select[rows - 1]),
+        ]
+        for j in range(cols):
+            chosen = Mux(select[0], pes[0][j].result, 0)
+            for i in range(1, rows):
+                chosen = chosen | Mux(select[i], pes[i][j].result, 0)
+            m.d.comb += queue.w.payload.data[j].eq(chosen)
+
+        # -- Output: add the tile's bias to each row leaving the queue (output register) ------
+        row = queue.r.payload
+        advance = ~self.c.valid | self.c.ready
+        m.d.comb += [
+            queue.r.ready.eq(self.bias.valid & advance),
+            self.bias.ready.eq(queue.r.valid & row.last & advance),
+            released.eq(queue.r.valid & queue.r.ready),
+        ]
+        with m.If(released):
+            m.d.sync += [
+                self.c.valid.eq(1),
+                self.c.payload.last.eq(row.last),
+                *(self.c.payload.data[j].eq(row.data[j] + self.bias.payload[j])
+                  for j in range(cols)),
+            ]
+        with m.Elif(self.c.ready):
+            m.d.sync += self.c.valid.eq(0)
+        return m
