@@ -66,6 +66,10 @@ class Tokenizer:
                 tok = _Tok.from_file(str(tok_json))
             elif vocab.is_file():
                 from tokenizers.implementations import BertWordPieceTokenizer
+                words = set(vocab.read_text(encoding="utf-8").split())
+                if not {"[CLS]", "[SEP]", "[UNK]"} <= words:
+                    raise BertError(f"{model_dir}: unknown tokenizer (vocab.txt is not a BERT "
+                                    f"WordPiece vocabulary: no [CLS]/[SEP]/[UNK])")
                 lower = True
                 cfg = model_dir / "tokenizer_config.json"
                 if cfg.is_file():

@@ -413,30 +413,25 @@ def test_softmax_exp16_is_the_documented_requantization():
         assert all(a <= b for a, b in zip(e16, e16[1:]))        # monotone in x
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="kernels.py bug: softmax_constants accepts scales (S < ~9.96e-8) for "
-                   "which requant_params(max_shift=62) rounds m to 0 -> ZeroDivisionError. "
-                   "Remove this marker once fixed.")
-def test_softmax_tiny_scale_is_rejected_or_works():
-    s = 5e-8                       # softmax_constants only rejects x0 < -2**40 (s < ~6.3e-13)
-    x = torch.tensor([[0, 0, -int(1 / s)]], dtype=I64)
-    try:
+def test_softmax_small_scales_keep_full_precision_or_are_rejected():
+    """Score scales down to ~2.8e-7 keep a 15-bit exp multiplier; finer ones raise ValueError."""
+    for s in [1e-4, 2e-5, 1e-5, 1e-6, 3e-7]:
+        k = K.softmax_constants(s)
+        assert k["m"].bit_length() == 15, s
+        x = torch.tensor([[0, 0, -int(1 / s)]], dtype=I64)
         y, _ = K.int_softmax(x, s)
-    except ValueError:
-        return                     # rejecting the scale up front would be fine
-    assert abs(int(y[0, 0]) - 256 * math.exp(0) / (2 + math.exp(-1))) <= 2
+        want = [256 / (2 + math.exp(-1))] * 2 + [256 * math.exp(-1) / (2 + math.exp(-1))]
+        assert all(abs(int(a) - b) <= 3 for a, b in zip(y[0], want)), (s, y)
+    for s in [5e-8, 1e-7]:
+        with pytest.raises(ValueError, match="too small"):
+            K.softmax_constants(s)
 
 
-def test_softmax_constants_lose_mantissa_bits_below_1e_5():
-    """Documents the precision loss of the exp requantizer for small score scales.
-
-    ``e`` is capped at 62, so for S below ~1.8e-5 the multiplier m has fewer than 15 bits
-    (m ~ 0.358 * S**2 * 2**47). The softmax normalizes it away as long as m >= 1.
-    """
-    widths = {s: K.softmax_constants(s)["m"].bit_length() for s in [1e-4, 2e-5, 1e-5, 1e-6, 1e-7]}
-    print(f"\nexp16 multiplier bits by score scale: {widths}")
-    assert widths[1e-4] == 15 and widths[2e-5] == 15
-    assert widths[1e-5] < 15 and widths[1e-6] < 8 and widths[1e-7] == 1
+def test_gelu_overflow_is_rejected():
+    """An input scale far too fine for int32 inputs would overflow int64: it raises instead."""
+    with pytest.raises(ValueError, match="overflow"):
+        K.int_gelu(torch.tensor([2 ** 31 - 1], dtype=I64), 2.0 ** -22)
+    y, _ = K.int_gelu(torch.tensor([2 ** 15 - 1], dtype=I64), 2.0 ** -22)   # int16 is fine
 
 
 # -- LayerNorm ------------------------------------------------------------------------------------

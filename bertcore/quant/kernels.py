@@ -26,6 +26,7 @@ import torch
 
 __all__ = [
     "REQ_M_BITS", "RESIDUAL_BITS", "SOFTMAX_EXP_BITS", "SOFTMAX_MAX_BIT", "LN_FRAC_BITS",
+    "SOFTMAX_POLY_BITS", "SOFTMAX_MAX_SHIFT",
     "GELU_K", "GELU_COEFF", "GELU_SHIFT", "EXP_X0", "EXP_COEFF", "EXP_N", "EXP_ZMAX",
     "int_range", "saturate", "floor_div", "round_half_even_div", "isqrt",
     "requant_params", "requantize",
@@ -43,6 +44,11 @@ REQ_M_BITS = 16
 RESIDUAL_BITS = 22
 #: Width of the exponentials inside the softmax (I-BERT's 16-bit ``QuantAct``); unsigned here.
 SOFTMAX_EXP_BITS = 16
+#: The exp polynomial ``(p+b)*p + c`` stays below ``2**SOFTMAX_POLY_BITS`` (so ``poly*m < 2**61``):
+#: this bounds the finest softmax input scale (about 2.8e-7).
+SOFTMAX_POLY_BITS = 45
+#: Largest ``e`` of the softmax exp requantization (the shift of ``poly*m`` is ``e - 30 + z``).
+SOFTMAX_MAX_SHIFT = 62 + 30
 #: Fixed-point precision of ``floor(2**SOFTMAX_MAX_BIT / sum(exp))`` in the softmax.
 SOFTMAX_MAX_BIT = 32
 #: Extra fractional bits of the LayerNorm reciprocal ``floor(2**(31+F) / std)``; 0 is I-BERT.
@@ -129,8 +135,9 @@ def requant_params(ratio, m_bits=REQ_M_BITS, max_shift=62):
 
     ``m`` is a signed ``m_bits``-bit integer with ``2**(m_bits-2) <= |m| < 2**(m_bits-1)`` (the
     mantissa rounded half away from zero, as I-BERT's ``batch_frexp``; a mantissa that rounds up to
-    ``2**(m_bits-1)`` is halved so it still fits) and ``1 <= e <= max_shift``. A zero ratio gives
-    ``m = 0, e = 1``. Accepts a float or a float tensor; returns int64 tensors of the same shape.
+    ``2**(m_bits-1)`` is halved so it still fits) and ``1 <= e <= max_shift``. A ratio below
+    ``2**(m_bits-2-max_shift)`` keeps ``e = max_shift`` and a smaller ``|m|`` (fewer significant
+    bits, rounded once). A zero ratio gives ``m = 0, e = 1``. Accepts a float or a float tensor; returns int64 tensors of the same shape.
     """
     r = torch.as_tensor(ratio, dtype=torch.float64)
     if not bool(torch.isfinite(r).all()):
@@ -149,9 +156,9 @@ def requant_params(ratio, m_bits=REQ_M_BITS, max_shift=62):
         if m == (1 << frac):
             m >>= 1
             e -= 1
-        if e > max_shift:                              # ratio too small: drop low mantissa bits
-            m = math.floor(m / (1 << (e - max_shift)) + 0.5)
-            e = max_shift
+        if e > max_shift:                              # ratio too small: fewer mantissa bits,
+            e = max_shift                              # rounded once from the exact ratio
+            m = math.floor(math.ldexp(abs(v), max_shift) + 0.5)
         if e < 1:
             raise ValueError(
                 f"requantization ratio {v!r} is too large for a {m_bits}-bit multiplier")
@@ -205,9 +212,19 @@ def gelu_constants(scale):
 
 
 def int_gelu_int(x, b, c, q1):
-    """Integer half of i-GELU: ``x * (floor(sign(x)*((min(|x|,-b)+b)**2 + c) / 2**14) + q1)``."""
+    """Integer half of i-GELU: ``x * (floor(sign(x)*((min(|x|,-b)+b)**2 + c) / 2**14) + q1)``.
+
+    Raises ``ValueError`` when the result could exceed 62 bits (an input scale far too fine for
+    the input width).
+    """
     x = _as_int64(x)
     b, c, q1 = _as_int64(b), _as_int64(c), _as_int64(q1)
+    if x.numel():
+        bmax, cmax, qmax = (int(v.abs().max()) for v in (b, c, q1))
+        bound = int(x.abs().max()) * (((bmax * bmax + cmax) >> GELU_SHIFT) + 1 + qmax)
+        if bound >= 1 << 62:
+            raise ValueError("i-GELU result would overflow 62 bits: the input scale is too "
+                             "fine for the input width")
     t = torch.minimum(x.abs(), -b) + b
     erf = torch.sign(x) * (t * t + c)
     erf = erf >> GELU_SHIFT                           # floor division by 2**14
@@ -239,8 +256,12 @@ def softmax_constants(scale, exp_bits=SOFTMAX_EXP_BITS):
         raise ValueError(f"softmax input scale {s!r} is out of range")
     b_int = math.floor((b / a) / s)
     c_int = math.floor((c / a) / s ** 2)
+    if c_int >= 1 << SOFTMAX_POLY_BITS:
+        raise ValueError(f"softmax input scale {s!r} is too small (the exp polynomial would "
+                         f"exceed {SOFTMAX_POLY_BITS} bits)")
     exp_scale = a * s ** 2 / 2 ** EXP_N
-    m, e = requant_params(exp_scale / 2.0 ** -(exp_bits - 1))
+    # The shift applied to poly*m is e - 30 + z, so e may reach 62 + 30 with full precision.
+    m, e = requant_params(exp_scale / 2.0 ** -(exp_bits - 1), max_shift=SOFTMAX_MAX_SHIFT)
     if int(e) <= EXP_N:
         raise ValueError(f"softmax input scale {s!r} is too large for the exp requantization")
     return {"x0": x0, "b": b_int, "c": c_int, "m": int(m), "e": int(e), "exp_bits": exp_bits}
@@ -265,7 +286,8 @@ def int_softmax_int(x, k, output_bits=8, lengths=None, saturate_output=False):
     ``x`` are int scores; ``k`` the dict from :func:`softmax_constants`. ``lengths`` (optional,
     int tensor broadcast over the leading axes) masks the tail of each row: positions ``>= length``
     take no part and output 0. Steps: rowmax; ``poly, z = int_exp(x - rowmax)``;
-    ``exp16 = min(floor((poly*m + 2**(s-1)) / 2**s), 2**exp_bits - 1)`` with ``s = e - 30 + z``
+    ``exp16 = min(floor((poly*m + 2**(s-1)) / 2**s), 2**exp_bits - 1)`` with
+    ``s = min(e - 30 + z, 62)`` (exact: ``poly*m < 2**61``)
     (the requantization of ``poly * 2**(30-z)``); ``f = floor(2**32 / sum(exp16))``;
     ``y = floor(exp16 * f / 2**(32 - output_bits))``, at most ``2**output_bits`` (or
     ``2**output_bits - 1`` with ``saturate_output``).
@@ -283,7 +305,9 @@ def int_softmax_int(x, k, output_bits=8, lengths=None, saturate_output=False):
     rowmax = torch.where(valid, x, torch.full_like(x, lo)).amax(dim=-1, keepdim=True)
     d = torch.where(valid, x - rowmax, torch.zeros_like(x))
     poly, z = int_exp_int(d, k["x0"], k["b"], k["c"])
-    sh = k["e"] - EXP_N + z                            # >= 1 by softmax_constants
+    # >= 1 by softmax_constants; poly*m < 2**61, so every shift of 62 or more gives 0 and the
+    # shift saturates at 62 without changing the result
+    sh = torch.clamp(k["e"] - EXP_N + z, max=62)
     exp16 = (poly * k["m"] + (torch.ones_like(sh) << (sh - 1))) >> sh
     exp16 = torch.clamp(exp16, 0, (1 << k["exp_bits"]) - 1)
     exp16 = torch.where(valid, exp16, torch.zeros_like(exp16))

@@ -1,0 +1,177 @@
+"""The integer BERT reference: float path, quantization, integer-only forward, artifact."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bertcore.checkpoint import BertError, load_checkpoint
+from bertcore.quant import kernels as K
+from bertcore.quant.artifact import ARTIFACT_VERSION, load_artifact, save_artifact
+from bertcore.quant.floatref import float_forward, mean_pool
+from bertcore.quant.model import QuantOptions, quantize
+
+from fixtures_bert import TINY_CALIBRATION, TINY_EVAL, minilm_ckpt, minilm_int  # noqa: F401
+from fixtures_bert import tiny_ckpt, tiny_dir, tiny_int  # noqa: F401
+
+EVAL_MINILM = [
+    "A man is riding a horse along the beach.",
+    "The central bank kept interest rates unchanged this quarter.",
+    "Where is the nearest train station?",
+    "The programmer fixed a bug that crashed the server.",
+]
+
+
+def test_float_forward_matches_transformers(tiny_ckpt):
+    model = tiny_ckpt.float_model()
+    ids = tiny_ckpt.tokenizer.encode(TINY_EVAL[0])
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).last_hidden_state[0].double()
+    assert torch.allclose(float_forward(tiny_ckpt, ids), ref, atol=1e-5)
+
+
+def test_tokenizer_from_vocab_adds_special_tokens(tiny_ckpt):
+    ids = tiny_ckpt.tokenizer.encode("the dog")
+    assert ids[0] == tiny_ckpt.tokenizer._tok.token_to_id("[CLS]")
+    assert ids[-1] == tiny_ckpt.tokenizer._tok.token_to_id("[SEP]")
+    assert len(ids) == 4
+
+
+def test_parameters_are_integers(tiny_int):
+    host_floats = {"emb.out_scale", "out_scale"}
+    for name, t in tiny_int.t.items():
+        if name in host_floats or name.endswith(".out_scale"):
+            assert t.dtype == torch.float64, name
+            continue
+        assert not t.dtype.is_floating_point, f"{name} is {t.dtype}"
+    s = tiny_int.shape
+    for i in range(s.layers):
+        assert tiny_int.t[f"layer.{i}.q.w"].dtype == torch.int8
+        assert tiny_int.t[f"layer.{i}.q.w"].abs().max() <= 127
+        assert tiny_int.t[f"layer.{i}.ffn2.b"].dtype == torch.int32
+        for key in ("q", "o", "ffn1", "ffn2", "res1", "res2", "ln1", "ln2", "gelu"):
+            m, e = tiny_int.t[f"layer.{i}.{key}.m"], tiny_int.t[f"layer.{i}.{key}.e"]
+            nz = m != 0
+            assert ((m[nz].abs() >= 1 << (K.REQ_M_BITS - 2)) & (m.abs() < 1 << (K.REQ_M_BITS - 1))[nz]).all()
+            assert ((e >= 1) & (e <= 62)).all(), key
+
+
+def test_forward_is_deterministic_int8(tiny_int):
+    ids = tiny_int.encode_text(TINY_EVAL[1])
+    a = tiny_int.forward_ids(ids)
+    b = tiny_int.forward_ids(ids)
+    assert a.dtype == torch.int64 and torch.equal(a, b)
+    assert a.shape == (len(ids), tiny_int.shape.hidden)
+    assert a.min() >= -128 and a.max() <= 127
+    assert a.abs().max() > 8    # the output uses the int8 range, it is not all zeros
+
+
+def test_layer_trace_matches_documented_dataflow(tiny_int):
+    """The traced intermediates have the widths the hardware is built for."""
+    ids = tiny_int.encode_text(TINY_EVAL[0])
+    x = tiny_int.embed_int(ids)
+    seen = {}
+    tiny_int.layer(0, x, trace=lambda n, v: seen.__setitem__(n, v))
+    assert seen["probs"].min() >= 0 and seen["probs"].max() <= 255
+    for n in ("q", "k", "v", "ctx", "ln1_out", "gelu", "ln2_out"):
+        assert seen[n].min() >= -128 and seen[n].max() <= 127, n
+    for n in ("ln1_in", "ln2_in"):
+        lo, hi = K.int_range(K.RESIDUAL_BITS)
+        assert seen[n].min() >= lo and seen[n].max() <= hi, n
+    assert seen["ffn1"].abs().max() <= 1 << 15
+
+
+def test_tiny_int_tracks_float(tiny_ckpt, tiny_int):
+    cos = []
+    for t in TINY_EVAL:
+        ids = tiny_ckpt.tokenizer.encode(t)
+        cos.append(float(mean_pool(float_forward(tiny_ckpt, ids)) @ tiny_int.sentence_embedding(ids)))
+    assert min(cos) > 0.98, cos
+
+
+def test_artifact_roundtrip(tmp_path, tiny_int):
+    path = save_artifact(tiny_int, tmp_path / "tiny.safetensors")
+    back = load_artifact(path)
+    ids = back.encode_text(TINY_EVAL[2])
+    assert ids == tiny_int.encode_text(TINY_EVAL[2])
+    assert torch.equal(back.forward_ids(ids), tiny_int.forward_ids(ids))
+    assert back.shape == tiny_int.shape and back.opts == tiny_int.opts
+
+
+def test_artifact_of_another_version(tmp_path, tiny_int):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    path = save_artifact(tiny_int, tmp_path / "a.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    meta["version"] = str(ARTIFACT_VERSION + 1)
+    save_file(load_file(str(path)), str(tmp_path / "b.safetensors"), metadata=meta)
+    with pytest.raises(BertError, match="version"):
+        load_artifact(tmp_path / "b.safetensors")
+    (tmp_path / "c.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(BertError, match="unreadable"):
+        load_artifact(tmp_path / "c.safetensors")
+    with pytest.raises(BertError, match="does not exist"):
+        load_artifact(tmp_path / "missing.safetensors")
+
+
+def test_bad_model_directories(tmp_path, tiny_dir):
+    with pytest.raises(BertError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope")
+    with pytest.raises(BertError, match="no config.json"):
+        load_checkpoint(tmp_path)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{ not json")
+    with pytest.raises(BertError, match="malformed config.json"):
+        load_checkpoint(bad)
+    import shutil
+    notok = tmp_path / "notok"
+    shutil.copytree(tiny_dir, notok)
+    (notok / "vocab.txt").unlink()
+    with pytest.raises(BertError, match="tokenizer"):
+        load_checkpoint(notok)
+    weird = tmp_path / "weird"
+    shutil.copytree(tiny_dir, weird)
+    (weird / "vocab.txt").write_text("hello\nworld\n")
+    with pytest.raises(BertError, match="unknown tokenizer"):
+        load_checkpoint(weird)
+    noweights = tmp_path / "noweights"
+    shutil.copytree(tiny_dir, noweights)
+    (noweights / "model.safetensors").unlink()
+    with pytest.raises(BertError, match="no weights"):
+        load_checkpoint(noweights)
+
+
+def test_empty_calibration(tiny_ckpt):
+    with pytest.raises(BertError, match="calibration set is empty"):
+        quantize(tiny_ckpt, ["", "   "])
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="act_granularity must be"):
+        QuantOptions(act_granularity="row")
+    with pytest.raises(ValueError, match="percentile must lie"):
+        QuantOptions(percentile=10)
+
+
+def test_per_channel_scales_fold_into_weights(tiny_ckpt):
+    """Both granularities give a working integer model; per-channel is at least as close."""
+    ids = tiny_ckpt.tokenizer.encode(TINY_EVAL[0])
+    ref = mean_pool(float_forward(tiny_ckpt, ids))
+    cos = {}
+    for g in ("tensor", "channel"):
+        m = quantize(tiny_ckpt, TINY_CALIBRATION, QuantOptions(act_granularity=g))
+        cos[g] = float(ref @ m.sentence_embedding(ids))
+    assert cos["channel"] > 0.98 and cos["tensor"] > 0.95, cos
+
+
+def test_minilm_int_agrees_with_float(minilm_ckpt, minilm_int):
+    """The real model: int embeddings of unseen sentences stay close to the float ones."""
+    cos = []
+    for t in EVAL_MINILM:
+        ids = minilm_ckpt.tokenizer.encode(t)
+        cos.append(float(mean_pool(float_forward(minilm_ckpt, ids, dtype=torch.float32))
+                         @ minilm_int.sentence_embedding(ids)))
+    assert np.mean(cos) >= 0.99 and min(cos) >= 0.97, cos
