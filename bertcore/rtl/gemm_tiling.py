@@ -22,17 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .common import check_int
 from .systolic import SystolicArray
 
 __all__ = ["GemmTile", "tile_origins", "gemm_tiles", "gemm_beats", "gemm_assemble",
            "gemm_reference", "gemm_cycles"]
-
-
-def _check_size(name, value, minimum=1):
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a positive integer, not {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be a positive integer, not {value!r}")
 
 
 def _as_int_array(name, value, ndim):
@@ -69,7 +63,7 @@ class GemmTile:
 def tile_origins(m, n, *, rows, cols):
     """Return the ``(m0, n0)`` of the output tiles of an ``m × n`` result, in stream order."""
     for name, value in (("m", m), ("n", n), ("rows", rows), ("cols", cols)):
-        _check_size(name, value)
+        check_int(name, value)
     return [(m0, n0) for m0 in range(0, m, rows) for n0 in range(0, n, cols)]
 
 
@@ -175,7 +169,7 @@ def gemm_cycles(m, k, n, *, rows, cols):
     steady state one tile every ``max(k, rows, cols)`` cycles, plus the fill and drain of the
     array once. The array's utilization is ``m·k·n / (rows·cols·cycles)`` before padding losses.
     """
-    _check_size("k", k)
+    check_int("k", k)
     tiles = len(tile_origins(m, n, rows=rows, cols=cols))
     latency = SystolicArray.PE_LATENCY + (cols - 1) + SystolicArray.DRAIN_LATENCY
     return k + (tiles - 1) * max(k, rows, cols) + latency + rows - 1

@@ -40,6 +40,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .common import check_int, rejecting
+
 __all__ = ["SystolicArray", "operand_layout", "shape_range", "shape_for_range"]
 
 
@@ -68,13 +70,6 @@ def operand_layout(shape, lanes):
     :attr:`SystolicArray.c` (``lanes = cols``).
     """
     return data.StructLayout({"data": data.ArrayLayout(shape, lanes), "last": unsigned(1)})
-
-
-def _check_size(name, value):
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a positive integer, not {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, not {value!r}")
 
 
 def _check_shape(name, value):
@@ -303,34 +298,16 @@ class SystolicArray(wiring.Component):
 
     def __init__(self, rows, cols, *, k_max, a_shape=signed(8), b_shape=signed(8),
                  bias_shape=signed(32), out_shape=None):
-        _check_size("rows", rows)
-        _check_size("cols", cols)
-        _check_size("k_max", k_max)
-        a_shape = _check_shape("a_shape", a_shape)
-        b_shape = _check_shape("b_shape", b_shape)
-        bias_shape = _check_shape("bias_shape", bias_shape)
+        with rejecting(self):
+            check_int("rows", rows)
+            check_int("cols", cols)
+            check_int("k_max", k_max)
+            a_shape = _check_shape("a_shape", a_shape)
+            b_shape = _check_shape("b_shape", b_shape)
+            bias_shape = _check_shape("bias_shape", bias_shape)
+            out_shape = self._check_out_shape(out_shape, k_max, a_shape, b_shape, bias_shape)
 
-        # Size the arithmetic by the operands: the product range is spanned by the corners of
-        # the operand ranges; a tile sums at most k_max products.
-        a_lo, a_hi = shape_range(a_shape)
-        b_lo, b_hi = shape_range(b_shape)
-        corners = [a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi]
-        product_lo, product_hi = min(corners), max(corners)
-        acc_lo, acc_hi = k_max * min(product_lo, 0), k_max * max(product_hi, 0)
-        bias_lo, bias_hi = shape_range(bias_shape)
-        out_lo, out_hi = acc_lo + bias_lo, acc_hi + bias_hi
-        needed = shape_for_range(out_lo, out_hi)
-        if out_shape is None:
-            out_shape = needed
-        else:
-            out_shape = _check_shape("out_shape", out_shape)
-            lo, hi = shape_range(out_shape)
-            if not (lo <= out_lo and out_hi <= hi):
-                raise ValueError(
-                    f"out_shape {out_shape!r} is too narrow for k_max={k_max} products of "
-                    f"{a_shape!r} by {b_shape!r} plus a {bias_shape!r} bias: the sums span "
-                    f"[{out_lo}, {out_hi}], which needs {needed!r}")
-
+        product_lo, product_hi, acc_lo, acc_hi = self._sums(k_max, a_shape, b_shape)
         self._rows = rows
         self._cols = cols
         self._k_max = k_max
@@ -349,6 +326,35 @@ class SystolicArray(wiring.Component):
             "c": Out(stream.Signature(operand_layout(out_shape, cols))),
             "error": Out(1),
         })
+
+    @staticmethod
+    def _sums(k_max, a_shape, b_shape):
+        # Size the arithmetic by the operands: the product range is spanned by the corners of
+        # the operand ranges; a tile sums at most k_max products.
+        a_lo, a_hi = shape_range(a_shape)
+        b_lo, b_hi = shape_range(b_shape)
+        corners = [a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi]
+        product_lo, product_hi = min(corners), max(corners)
+        return (product_lo, product_hi,
+                k_max * min(product_lo, 0), k_max * max(product_hi, 0))
+
+    @classmethod
+    def _check_out_shape(cls, out_shape, k_max, a_shape, b_shape, bias_shape):
+        # The output holds any accumulator plus any bias.
+        _, _, acc_lo, acc_hi = cls._sums(k_max, a_shape, b_shape)
+        bias_lo, bias_hi = shape_range(bias_shape)
+        out_lo, out_hi = acc_lo + bias_lo, acc_hi + bias_hi
+        needed = shape_for_range(out_lo, out_hi)
+        if out_shape is None:
+            return needed
+        out_shape = _check_shape("out_shape", out_shape)
+        lo, hi = shape_range(out_shape)
+        if not (lo <= out_lo and out_hi <= hi):
+            raise ValueError(
+                f"out_shape {out_shape!r} is too narrow for k_max={k_max} products of "
+                f"{a_shape!r} by {b_shape!r} plus a {bias_shape!r} bias: the sums span "
+                f"[{out_lo}, {out_hi}], which needs {needed!r}")
+        return out_shape
 
     #: Cycles from a PE's control word to its result register (operand, product, accumulator,
     #: result).
@@ -432,8 +438,8 @@ class SystolicArray(wiring.Component):
         ``k + (tiles-1)·max(k, rows, cols) + latency + rows - 1``, i.e.
         ``k + rows + cols + 5`` for one tile.
         """
-        _check_size("k", k)
-        _check_size("tiles", tiles)
+        check_int("k", k)
+        check_int("tiles", tiles)
         return (k + (tiles - 1) * max(k, self.tile_interval) + self.latency + self._rows - 1)
 
     def elaborate(self, platform):
