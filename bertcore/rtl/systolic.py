@@ -13,14 +13,21 @@ travels with them, down column 0 and then right along every row, so every PE kno
 operand pair is real, when a tile starts (the accumulator is overwritten instead of added to)
 and when it ends.
 
-When a PE accumulates the last ``k`` of a tile it copies the finished sum into its *result*
-register (the second buffer of the accumulator), so the next tile accumulates in the same PE on
-the very next cycle. Results of row ``i`` are complete one cycle after the PE ``(i, cols-1)``
-captured (the wavefront reaches the last column last); that PE's capture flag selects row ``i``
-of result registers into an output queue, one row per cycle, rows in order. The bias of the tile
-is added to each row as it leaves the queue. The queue space of a tile (``rows`` entries) is
-reserved when the tile's last operand beat is accepted, so the drain never has to wait: the
-array itself never stalls, it only receives bubbles when an operand stream is not valid.
+When a PE has accumulated the last ``k`` of a tile it copies the finished sum into its
+*result* register (the second buffer of the accumulator), so the next tile may accumulate in the
+same PE from the very next cycle on. Row ``i`` of a tile is complete when PE ``(i, cols-1)``, the
+last one of the row that the wavefront reaches, has copied its sum; that PE's capture flag then
+selects row ``i`` of result registers into an output queue (one row per cycle, rows in order, a
+one-hot AND-OR multiplexer). The bias of the tile is added to each row as it leaves the queue.
+The queue space of a tile (``rows`` rows) is reserved when the tile's last operand beat is
+accepted, so the drain never has to wait: the array itself never stalls, it only receives
+bubbles when an operand stream is not valid, and a tile's last beat waits (``ready`` low) while
+the queue is full or the previous tile's result registers are still being read.
+
+Registers: per PE the operands (``a_shape + b_shape`` bits), the product, the accumulator and
+the result register (``acc_shape`` each) and 7 control bits; the skew holds
+``rows·(rows-1)/2`` A values and ``cols·(cols-1)/2`` B values. The queue is a memory of
+``queue_depth - 1`` rows of ``cols·acc_shape + 1`` bits (block RAM) plus its read register.
 
 Timing (cycle ``e`` = the cycle in which a tile's last operand beat is transferred)
 -----------------------------------------------------------------------------------
@@ -245,6 +252,9 @@ class SystolicArray(wiring.Component):
 
     Latency and throughput
     ----------------------
+    ``c.valid`` is a register; ``a.ready`` depends combinationally on ``b.valid`` and ``b.ready``
+    on ``a.valid`` (the two operand streams are joined), ``bias.ready`` on ``c.ready``.
+
     * The first output beat of a tile is valid :attr:`latency` ``= cols + 6`` cycles after the
       cycle in which its last operand beat is transferred; the other rows follow one per cycle.
     * A single tile takes ``K + rows + cols + 5`` cycles from its first operand beat to its last
@@ -280,7 +290,7 @@ class SystolicArray(wiring.Component):
     bias : In(stream.Signature(ArrayLayout(bias_shape, cols)))
         One beat per tile, in tile order: ``data[j]`` is added to column ``j`` of every row.
         It is read while the tile's rows leave (and transferred with its last row), so it may
-        arrive late without stalling the array.
+        arrive after the operands; the array only waits for it once the output queue is full.
     c : Out(stream.Signature(StructLayout({"data": ArrayLayout(out_shape, cols), "last": 1})))
         Row ``i`` of the C tile per beat, ``i = 0 .. rows-1``; ``last`` on row ``rows-1``.
     error : Out(1)
@@ -518,8 +528,8 @@ class SystolicArray(wiring.Component):
                 else:
                     m.d.comb += pe.control_in.eq(control)
 
-        # -- Drain: row i of result registers enters the queue the cycle after PE (i, cols-1)
-        # captured; tile_interval keeps these one-hot selects from overlapping.
+        # -- Drain: row i of result registers enters the queue in the cycle in which PE
+        # (i, cols-1) reports its capture; tile_interval keeps these selects one-hot.
         select = [pes[i][cols - 1].captured for i in range(rows)]
         m.d.comb += [
             queue.w.valid.eq(Cat(select).any()),
