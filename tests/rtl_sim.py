@@ -92,7 +92,7 @@ def simulate(dut, *testbenches, name, processes=(), deadline=None):
         the testbenches return.
     """
     sim = Simulator(dut)
-    sim.add_clock(CLOCK_PERIOD, domain="sync")
+    sim.add_clock(CLOCK_PERIOD, domain="sync", if_exists=True)   # a comb-only design has none
     finished = []
 
     def wrap(testbench):

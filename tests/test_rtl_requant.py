@@ -70,13 +70,11 @@ def _tie_term(rng, width, bias):
     """``(x, m, e)`` with ``x*m + bias == 2**(e-1) (mod 2**e)``: a rounding tie."""
     lo, hi = int_range(width)
     e = rng.randint(1, max(1, min(width - 1, 20)))
-    while True:
-        m = rng.randint(M_LO, M_HI) | 1                      # odd: invertible mod 2**e
-        x = ((1 << (e - 1)) - bias) * pow(m, -1, 1 << e) % (1 << e)
-        x -= rng.randint(0, (hi - x) >> e) << e if rng.random() < 0.5 else 0
-        x = x - (1 << e) * rng.randint(0, (x - lo) >> e) if rng.random() < 0.5 else x
-        if lo <= x <= hi:
-            return x, m, e
+    m = rng.randint(M_LO, M_HI) | 1                          # odd: invertible mod 2**e
+    x0 = ((1 << (e - 1)) - bias) * pow(m, -1, 1 << e) % (1 << e)
+    x = x0 + (rng.randint(-((x0 - lo) >> e), (hi - x0) >> e) << e)
+    assert lo <= x <= hi and (x * m + bias) % (1 << e) == 1 << (e - 1)
+    return x, m, e
 
 
 def make_elements(cfg, rng, count):

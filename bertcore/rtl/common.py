@@ -1,4 +1,8 @@
-"""Helpers shared by the RTL units and their benches: payload packing.
+"""Helpers shared by the RTL units and their benches.
+
+* :func:`pack` / :func:`unpack`: stream payloads as Python values (used by the cocotb benches),
+* :func:`dsp_tiles` / :func:`dsp_partial_products`: multiplies split into 18x18 DSP pieces,
+* :func:`check_int` / :func:`rejecting`: parameter validation in component constructors.
 
 Stream payloads are :class:`amaranth.lib.data.StructLayout` (or ``ArrayLayout``) values. On the
 emitted Verilog they are one flat bit vector (``<prefix>__payload``); :func:`pack` and
