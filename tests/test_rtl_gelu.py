@@ -70,7 +70,7 @@ def make_beats(dut, rng, consts, count):
     return beats, outs
 
 
-def run_sets(dut, sets, stall, name):
+def run_sets(dut, sets, stall, name, stall_out=None):
     """Amaranth sim: for each constant set, stream the beats through with random stalls."""
     got = [[] for _ in sets]
 
@@ -88,7 +88,8 @@ def run_sets(dut, sets, stall, name):
     async def consumer(ctx):
         rng = random.Random(2)
         for index, (_, _, expected) in enumerate(sets):
-            got[index] = await stream_get(ctx, dut.o_stream, len(expected), rng=rng, stall=stall)
+            got[index] = await stream_get(ctx, dut.o_stream, len(expected), rng=rng,
+                                          stall=stall if stall_out is None else stall_out)
         for _ in range(2 * IntGELU.LATENCY):                   # nothing extra comes out
             await ctx.tick()
             assert not ctx.get(dut.o_stream.valid)
@@ -110,6 +111,15 @@ def test_amaranth_sim(lanes, in_width):
     for consts in constant_sets(dut, rng):
         sets.append((consts, *make_beats(dut, rng, consts, count)))
     run_sets(dut, sets, 0.3, f"gelu_{lanes}x{in_width}")
+
+
+@pytest.mark.parametrize("stall_in, stall_out", [(0.0, 0.8), (0.8, 0.0)])
+def test_backpressure(stall_in, stall_out):
+    dut = IntGELU(lanes=1, in_width=16)
+    rng = random.Random(f"gelu-stall-{stall_in}")
+    sets = [(consts, *make_beats(dut, rng, consts, 60))
+            for consts in constant_sets(dut, rng, randoms=1)[:3]]
+    run_sets(dut, sets, stall_in, f"gelu_stall_{stall_in}_{stall_out}", stall_out=stall_out)
 
 
 def test_latency_and_throughput():

@@ -148,25 +148,30 @@ def make_beats(cfg, rng, count):
     return beats, outs
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_amaranth_sim(name):
+@pytest.mark.parametrize("name, stall_in, stall_out", [
+    *((name, 0.3, 0.3) for name in CONFIGS),
+    ("full", 0.0, 0.8),             # heavy backpressure on a full-rate input
+    ("full", 0.8, 0.0),             # sparse input
+])
+def test_amaranth_sim(name, stall_in, stall_out):
     cfg = CONFIGS[name]
     dut = Requantizer(**cfg)
     rng = random.Random(f"requant-{name}")
-    beats, expected = make_beats(cfg, rng, 360)
+    beats, expected = make_beats(cfg, rng, 360 if stall_in == stall_out else 120)
     got = []
 
     async def producer(ctx):
-        await stream_put(ctx, dut.i_stream, beats, rng=random.Random(1), stall=0.3)
+        await stream_put(ctx, dut.i_stream, beats, rng=random.Random(1), stall=stall_in)
 
     async def consumer(ctx):
         got.extend(await stream_get(ctx, dut.o_stream, len(expected),
-                                    rng=random.Random(2), stall=0.3))
+                                    rng=random.Random(2), stall=stall_out))
         for _ in range(2 * Requantizer.LATENCY):            # nothing extra comes out
             await ctx.tick()
             assert not ctx.get(dut.o_stream.valid)
 
-    simulate(dut, producer, consumer, name=f"requant_{name}", deadline=1e-8 * 20 * len(beats))
+    simulate(dut, producer, consumer, name=f"requant_{name}_{stall_in}_{stall_out}",
+             deadline=1e-8 * 20 * len(beats))
     for index, (g, e) in enumerate(zip(got, expected)):
         assert g == e, f"beat {index}: input {beats[index]}, got {g}, expected {e}"
     assert len(got) == len(expected)

@@ -58,8 +58,9 @@ class IntGELU(wiring.Component):
     b : ``In(signed(b_width))``
     c : ``In(signed(c_width))``
     q1 : ``In(signed(q1_width))``
-        The i-GELU constants; registered once before use, so a change takes effect on the
-        beats entering one cycle later.
+        The i-GELU constants. They are registered once (not per stage) and used by stages 2, 4
+        and 6: change them only while no beat is in flight; beats entering two cycles after a
+        change see the new values.
 
     Latency and throughput: fully pipelined, one beat per cycle; :data:`LATENCY` cycles from an
     input transfer to the output transfer of the same beat while ``o_stream.ready`` is high.
