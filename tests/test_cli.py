@@ -1,0 +1,135 @@
+"""The `bertcore quantize` and `bertcore embed` commands, including bad input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bertcore.cli import main
+from bertcore.quant.artifact import load_artifact
+
+from fixtures_bert import TINY_CALIBRATION, TINY_EVAL, tiny_dir  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def calib_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("cal") / "cal.txt"
+    p.write_text("\n".join(TINY_CALIBRATION) + "\n")
+    return p
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory, tiny_dir, calib_file):
+    out = tmp_path_factory.mktemp("q") / "tiny.safetensors"
+    assert main(["quantize", "--model", str(tiny_dir), "--calibration", str(calib_file),
+                 "-o", str(out)]) == 0
+    return out
+
+
+def _error(capsys, argv):
+    """Run the CLI, expect exit code 2 and exactly one readable line on stderr."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bertcore: error: "), err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+def test_quantize_writes_artifact(artifact, tiny_dir):
+    m = load_artifact(artifact)
+    assert m.source == str(tiny_dir)
+    assert m.consts["calibration"]["texts"] == len(TINY_CALIBRATION)
+
+
+def test_embed_int_and_float(tmp_path, artifact, tiny_dir):
+    out_i, out_f = tmp_path / "i.npy", tmp_path / "f.npy"
+    assert main(["embed", "--quantized", str(artifact), "--backend", "int", *TINY_EVAL,
+                 "-o", str(out_i)]) == 0
+    inp = tmp_path / "in.txt"
+    inp.write_text("\n".join(TINY_EVAL) + "\n")
+    assert main(["embed", "--model", str(tiny_dir), "--backend", "float", "--input", str(inp),
+                 "-o", str(out_f)]) == 0
+    a, b = np.load(out_i), np.load(out_f)
+    assert a.shape == b.shape == (len(TINY_EVAL), 32) and a.dtype == np.float32
+    assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
+    cos = (a * b).sum(1)
+    assert cos.min() > 0.98, cos
+    # order is kept: each int embedding is closest to its own float embedding
+    assert (np.argmax(a @ b.T, axis=1) == np.arange(len(TINY_EVAL))).all()
+    # the float backend of an artifact uses the model it came from
+    out_f2 = tmp_path / "f2.npy"
+    assert main(["embed", "--quantized", str(artifact), "--backend", "float", *TINY_EVAL,
+                 "-o", str(out_f2)]) == 0
+    assert np.allclose(np.load(out_f2), b, atol=1e-6)
+
+
+def test_missing_model_dir(capsys, tmp_path):
+    msg = _error(capsys, ["quantize", "--model", str(tmp_path / "nope"), "-o",
+                          str(tmp_path / "o.safetensors")])
+    assert "does not exist" in msg
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_malformed_model_dir(capsys, tmp_path):
+    (tmp_path / "config.json").write_text("{")
+    msg = _error(capsys, ["quantize", "--model", str(tmp_path), "-o", str(tmp_path / "o.st")])
+    assert "malformed config.json" in msg
+    assert not (tmp_path / "o.st").exists()
+
+
+def test_empty_calibration_file(capsys, tmp_path, tiny_dir):
+    cal = tmp_path / "empty.txt"
+    cal.write_text("\n  \n")
+    msg = _error(capsys, ["quantize", "--model", str(tiny_dir), "--calibration", str(cal),
+                          "-o", str(tmp_path / "o.st")])
+    assert "empty" in msg
+    assert not (tmp_path / "o.st").exists()
+
+
+def test_artifact_of_another_version(capsys, tmp_path, artifact):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    with safe_open(str(artifact), framework="pt") as f:
+        meta = dict(f.metadata())
+    meta["version"] = "999"
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(artifact)), str(old), metadata=meta)
+    msg = _error(capsys, ["embed", "--quantized", str(old), "--backend", "int", "hi",
+                          "-o", str(tmp_path / "e.npy")])
+    assert "version" in msg
+    assert not (tmp_path / "e.npy").exists()
+
+
+def test_empty_input(capsys, tmp_path, artifact):
+    msg = _error(capsys, ["embed", "--quantized", str(artifact), "--backend", "int", "  ",
+                          "-o", str(tmp_path / "e.npy")])
+    assert "empty input" in msg
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    msg = _error(capsys, ["embed", "--quantized", str(artifact), "--backend", "int",
+                          "--input", str(empty), "-o", str(tmp_path / "e.npy")])
+    assert "empty" in msg
+    msg = _error(capsys, ["embed", "--quantized", str(artifact), "--backend", "int",
+                          "-o", str(tmp_path / "e.npy")])
+    assert "no input" in msg
+    assert not (tmp_path / "e.npy").exists()
+
+
+def test_usage_errors(capsys, tmp_path, artifact):
+    assert "--backend" in _error(capsys, ["embed", "--quantized", str(artifact), "x",
+                                          "-o", str(tmp_path / "e.npy")])
+    assert "needs --quantized" in _error(capsys, ["embed", "--model", "m", "--backend", "int",
+                                                  "x", "-o", str(tmp_path / "e.npy")])
+    assert "invalid choice" in _error(capsys, ["frobnicate"])
+    assert "does not exist" in _error(capsys, ["quantize", "-o", str(tmp_path / "no" / "o.st")])
+
+
+def test_console_script_exit_code_and_one_line(tmp_path):
+    """The real process: exit status 2 and a single stderr line, no traceback."""
+    r = subprocess.run([sys.executable, "-m", "bertcore.cli", "quantize", "--model",
+                        str(tmp_path / "missing"), "-o", str(tmp_path / "o.st")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not exist" in lines[0], r.stderr
