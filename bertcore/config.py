@@ -1,0 +1,109 @@
+"""Configuration of an encoder core: one validated dataclass and named presets."""
+
+import dataclasses
+from dataclasses import dataclass
+
+__all__ = ["CoreConfig", "PRESETS", "preset", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """An invalid core configuration (one readable sentence naming the field and value)."""
+
+
+_INT_FIELDS = ("hidden", "heads", "ffn", "layers", "max_seq", "array_rows", "array_cols",
+               "bus_width")
+#: Largest sequence length a core may be built for (position tables of BERT go to 512).
+MAX_SEQ_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Shape of the encoder a core runs and of the hardware that runs it.
+
+    Parameters
+    ----------
+    hidden, heads, ffn, layers : int
+        The BERT encoder: hidden size, attention heads (``hidden % heads == 0``), FFN size, layers.
+    max_seq : int
+        Longest sequence (tokens) the activation buffers hold.
+    array_rows, array_cols : int
+        Size of the systolic GEMM array.
+    bus_width : int
+        Bits of the AXI4-Stream data buses (a multiple of 8).
+    resident : bool
+        Keep the parameter image in an on-chip memory after the first load (small presets only).
+
+    Raises
+    ------
+    ConfigError
+        If a field has the wrong type or breaks a constraint.
+    """
+    hidden: int
+    heads: int
+    ffn: int
+    layers: int
+    max_seq: int
+    array_rows: int
+    array_cols: int
+    bus_width: int
+    resident: bool = False
+
+    def __post_init__(self):
+        for name in _INT_FIELDS:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ConfigError(f"{name} must be an integer, not {v!r}")
+            if v < 1:
+                raise ConfigError(f"{name} must be at least 1, not {v!r}")
+        if not isinstance(self.resident, bool):
+            raise ConfigError(f"resident must be true or false, not {self.resident!r}")
+        if self.hidden % self.heads:
+            raise ConfigError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if self.bus_width % 8:
+            raise ConfigError(f"bus_width must be a multiple of 8, not {self.bus_width}")
+        if self.max_seq > MAX_SEQ_LIMIT:
+            raise ConfigError(f"max_seq must be at most {MAX_SEQ_LIMIT}, not {self.max_seq}")
+
+    @property
+    def head_dim(self):
+        return self.hidden // self.heads
+
+    def replace(self, **changes):
+        """A copy with ``changes`` applied (validated); unknown keys raise :class:`ConfigError`."""
+        names = {f.name for f in dataclasses.fields(self)}
+        for key in changes:
+            if key not in names:
+                raise ConfigError(f"unknown configuration key {key!r} "
+                                  f"(known: {', '.join(sorted(names))})")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def check_model(self, shape):
+        """Raise :class:`ConfigError` unless a model of ``shape`` (a ``BertShape``) fits."""
+        for name, want in (("hidden", shape.hidden), ("heads", shape.heads), ("ffn", shape.ffn),
+                           ("layers", shape.layers)):
+            if getattr(self, name) != want:
+                raise ConfigError(f"the model has {name}={want}, the core {getattr(self, name)}")
+
+
+PRESETS = {
+    # matches bertcore.testing.make_tiny_checkpoint(); small enough for Icarus in CI
+    "tiny": CoreConfig(hidden=32, heads=4, ffn=64, layers=2, max_seq=16,
+                       array_rows=4, array_cols=4, bus_width=32),
+    # all-MiniLM-L6-v2
+    "minilm": CoreConfig(hidden=384, heads=12, ffn=1536, layers=6, max_seq=128,
+                         array_rows=16, array_cols=16, bus_width=128),
+    # BERT-base: Verilog generation and estimates only
+    "bert-base": CoreConfig(hidden=768, heads=12, ffn=3072, layers=12, max_seq=512,
+                            array_rows=16, array_cols=16, bus_width=128),
+}
+
+
+def preset(name):
+    """The preset ``name``; an unknown name raises :class:`ConfigError` listing the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})") from None
