@@ -175,3 +175,20 @@ def test_minilm_int_agrees_with_float(minilm_ckpt, minilm_int):
         cos.append(float(mean_pool(float_forward(minilm_ckpt, ids, dtype=torch.float32))
                          @ minilm_int.sentence_embedding(ids)))
     assert np.mean(cos) >= 0.99 and min(cos) >= 0.97, cos
+
+
+def test_gelu_input_scale_fits_the_hardware(tiny_ckpt):
+    """A layer with tiny FFN1 outputs still gets a GELU constant b that fits GELU_IN_BITS + 1."""
+    import dataclasses
+    from bertcore.quant.model import GELU_IN_BITS, GELU_MIN_SCALE
+    w = dict(tiny_ckpt.weights)
+    for key in ("encoder.layer.0.intermediate.dense.weight", "encoder.layer.0.intermediate.dense.bias"):
+        w[key] = w[key] * 1e-4
+    small = dataclasses.replace(tiny_ckpt, weights=w)
+    m = quantize(small, TINY_CALIBRATION)
+    lc = m.consts["layers"][0]
+    assert lc["scales"]["gelu_in"] == GELU_MIN_SCALE
+    for layer in m.consts["layers"]:
+        assert -(1 << GELU_IN_BITS) <= layer["gelu"]["b"] < 0
+    ids = m.encode_text(TINY_EVAL[0])
+    assert m.forward_ids(ids).abs().max() > 8

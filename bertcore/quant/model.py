@@ -36,6 +36,8 @@ __all__ = ["QuantOptions", "Calibration", "calibrate", "quantize", "IntBert"]
 
 INT8 = 8
 GELU_IN_BITS = 16
+#: Finest i-GELU input scale: keeps |b| = floor(1.769 * 1.4142 / S) within GELU_IN_BITS + 1 bits.
+GELU_MIN_SCALE = -K.GELU_COEFF[1] * K.GELU_K / 2 ** GELU_IN_BITS * (1 + 1e-9)
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,8 @@ def quantize(ckpt, texts, opts=QuantOptions()):
             w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"],
             s_a)
         # FFN1 -> int16 -> i-GELU -> int8
-        s_g = sc.tensor(f"{i}.ffn1", bits=GELU_IN_BITS, pct=100.0)
+        # not finer than GELU_MIN_SCALE, so |b| = 1.769*1.4142/S fits GELU_IN_BITS + 1 bits
+        s_g = max(sc.tensor(f"{i}.ffn1", bits=GELU_IN_BITS, pct=100.0), GELU_MIN_SCALE)
         wi, bi, s_acc = _quant_linear(w[p + "intermediate.dense.weight"],
                                       w[p + "intermediate.dense.bias"], s_a)
         t[L + "ffn1.w"], t[L + "ffn1.b"] = wi, bi
