@@ -57,6 +57,19 @@ def corner_rows(n, width):
         "highest/lowest alternating": [hi if i % 2 == 0 else lo for i in range(n)],
         "one below zero": [-1] + [0] * (n - 1),
     }
+    if n >= 8 and width >= 22:
+        # isqrt at its boundaries: var = k*k and var = k*k - 1 (rows c + y with sum(y) == 0:
+        # y = (a, -a, a, -a) gives var = 4a**2; y = (m, -m, m, -m, r, -r, s, -s) with
+        # 2m = r*r + s*s gives var = 4m**2 + 4m = (2m + 1)**2 - 1)
+        def centred(c, y):
+            return [c + v for v in y] + [c] * (n - len(y))
+        m = ((2**10 + 1) ** 2 + (2**10 - 1) ** 2) // 2
+        rows["var = (2**21)**2"] = centred(-5, [2**20, -2**20, 2**20, -2**20])
+        rows["var = (2**21 + 3)**2 - 1"] = centred(-123456, [m, -m, m, -m, 2**10 + 1,
+                                                             -2**10 - 1, 2**10 - 1, 1 - 2**10])
+        rows["var = 3**2 - 1"] = centred(0, [1, -1, 1, -1, 1, -1, 1, -1])
+        rows["var = 11**2 - 1"] = centred(9, [5, -5, 5, -5, 3, -3, 1, -1])
+        rows["var = 10**2"] = centred(-1, [5, -5, 5, -5])
     if n % 2 == 0:
         # the mean is an exact .5 tie: rounds to the even neighbour, both parities and signs
         rows["tie to even (up)"] = tie_row(n, 3)           # 3.5 -> 4
@@ -180,6 +193,13 @@ def test_protocol_errors_drop_rows():
         beats += bad_beats + beats_of([row])
     # the 4th bad stream swallows its following good row too (up to the next last)
     kept = [good[0], good[1], good[2], good[3], good[5]]
+    # more dropped rows than the buffer has entries: a dropped row gives back all of its own
+    for i in range(dut.buffer_depth + 1):
+        bad.append(beats_of([good[1][i % n:i % n + 1]]))
+        beats += bad[-1]
+    bad.append(beats_of([good[2] + good[3]]))
+    beats += bad[-1] + beats_of([good[4]])
+    kept.append(good[4])
     expected = reference(kept, LN_FRAC_BITS)
     got, errors = run_stream(dut, beats, len(kept) * n, seed=5, stall=0.3,
                              name="layernorm_protocol")
@@ -220,12 +240,12 @@ def measure(dut, rows):
 
 @pytest.mark.parametrize("hidden,in_width,frac_bits,stats_cycles,latency", [
     # statistics-bound: one row per stats_cycles (2*22 + 23 + 16 + 36); latency stats_cycles +
-    # squarer (3 partial products: 1 + 2) + multiplier (5 partial products: 1 + 3) + 7
-    (8, RESIDUAL_BITS, LN_FRAC_BITS, 119, 119 + 3 + 4 + 7),
+    # squarer (3 partial products: 1 + 2) + multiplier (5 partial products: 1 + 3) + 8
+    (8, RESIDUAL_BITS, LN_FRAC_BITS, 119, 119 + 3 + 4 + 8),
     # N == stats_cycles (2*8 + 10 + 0 + 36): the tightest buffer; squarer 1, multiplier 1 + 1
-    (62, 8, 0, 62, 62 + 1 + 2 + 7),
+    (62, 8, 0, 62, 62 + 1 + 2 + 8),
     # input-bound: one element per cycle (stats_cycles 2*8 + 11 + 36)
-    (70, 8, 0, 63, 63 + 1 + 2 + 7),
+    (70, 8, 0, 63, 63 + 1 + 2 + 8),
 ])
 def test_latency_and_throughput(hidden, in_width, frac_bits, stats_cycles, latency):
     dut = IntLayerNorm(hidden, in_width=in_width, frac_bits=frac_bits)
@@ -279,8 +299,10 @@ def test_parameters_exposed():
     (dict(hidden=True), TypeError, r"^hidden must be an integer, not True$"),
     (dict(hidden=8, in_width=1), ValueError, r"^in_width must be an integer >= 2, not 1$"),
     (dict(hidden=8, in_width="22"), TypeError, r"^in_width must be an integer, not '22'$"),
-    (dict(hidden=8, frac_bits=-1), ValueError, r"^frac_bits must be an integer in 0\.\.31, not -1$"),
-    (dict(hidden=8, frac_bits=32), ValueError, r"^frac_bits must be an integer in 0\.\.31, not 32$"),
+    (dict(hidden=8, frac_bits=-1), ValueError,
+     r"^frac_bits must be an integer in 0\.\.31, not -1$"),
+    (dict(hidden=8, frac_bits=32), ValueError,
+     r"^frac_bits must be an integer in 0\.\.31, not 32$"),
     (dict(hidden=8, frac_bits=None), TypeError, r"^frac_bits must be an integer, not None$"),
     (dict(hidden=384, in_width=32), ValueError,
      r"^in_width 32 with hidden 384 allows a variance up to \d+, beyond the 2\*\*62"),

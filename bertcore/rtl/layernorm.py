@@ -188,11 +188,11 @@ class IntLayerNorm(wiring.Component):
     * throughput: exactly one row per :attr:`row_period` ``= max(N, stats_cycles)`` cycles in
       steady state, each row's ``N`` outputs on consecutive cycles. So one element per cycle when
       ``N >= stats_cycles`` (with 22-bit inputs and ``F = 16``, ``stats_cycles`` is 119 at
-      ``N = 8..16`` and 122 at ``N = 384``, where the unit streams at full rate); for smaller ``N`` the
-      statistics engine limits the rate to ``N`` elements per ``stats_cycles`` cycles (the input
-      then stalls once the buffer is full);
-    * latency :attr:`latency` ``= stats_cycles + square latency + product latency + 7`` (133 at
-      ``N = 8..16`` and 136 at ``N = 384`` with 22-bit inputs and ``F = 16``): cycles from the
+      ``N = 8..16`` and 122 at ``N = 384``, where the unit streams at full rate); for smaller
+      ``N`` the statistics engine limits the rate to ``N`` elements per ``stats_cycles`` cycles
+      (the input then stalls once the buffer is full);
+    * latency :attr:`latency` ``= stats_cycles + square latency + product latency + 8`` (134 at
+      ``N = 8..16`` and 137 at ``N = 384`` with 22-bit inputs and ``F = 16``): cycles from the
       handshake of a row's last input element to the handshake of its first output element, when
       the unit was idle.
 
@@ -272,10 +272,11 @@ class IntLayerNorm(wiring.Component):
     def latency(self):
         """Cycles from the last input handshake of a row to its first output handshake (idle unit,
         ready output)."""
-        # input register, squarer, accumulator, hold register; statistics (latch .. hand-over); then buffer read,
-        # subtraction, multiplier, FIFO (write and output register)
+        # input register, squarer, accumulator, hold register; the statistics engine (latch to
+        # hand-over); buffer read and its register, subtraction, multiplier, output queue and
+        # output register
         return (1 + self._square_latency() + 2) + self.stats_cycles \
-            + (2 + self._product_latency() + 2)
+            + (3 + self._product_latency() + 2)
 
     @property
     def buffer_depth(self):
@@ -285,7 +286,7 @@ class IntLayerNorm(wiring.Component):
         the row's last one was written (input register, squarer, accumulator, hold register, the
         statistics engine), while the next rows stream in at one element per cycle at most every
         ``max(N, stats_cycles)`` cycles per row: ``N + max(N, stats_cycles) + square latency + 3``
-        entries let the input run without a bubble (and no fewer do, at ``N == stats_cycles``).
+        entries let the input run without a bubble (one fewer does not, at ``N == stats_cycles``).
         """
         return self._hidden + max(self._hidden, self.stats_cycles) + self._square_latency() + 3
 
@@ -320,14 +321,12 @@ class IntLayerNorm(wiring.Component):
         # Bookkeeping shared by the passes. The buffer is a circular queue of elements: the
         # normalizer frees each entry as it reads it, so the writer may run up to `depth` entries
         # ahead of the reader.
-        stored = Signal(range(depth + 1))     # entries of complete rows not yet read back
+        free = Signal(range(depth + 1), init=depth)   # entries neither unread nor being filled
         pending = Signal(range(3))            # complete rows whose sums the engine has not taken
         commit = Signal()                     # a well-formed row's last element is accepted
+        drop = Signal()                       # a malformed row ends (see below)
         issue = Signal()                      # the normalizer reads one entry
         take_sums = Signal()                  # the engine latches a row's sums
-
-        m.d.sync += stored.eq(stored + Mux(commit, N, 0) - issue)
-        m.d.sync += pending.eq(pending + commit - take_sums)
 
         # -- Pass 1: accept the row, write it to the buffer, sum u and u*u --------------------
         w_index = Signal(range(N))            # position within the row
@@ -341,7 +340,7 @@ class IntLayerNorm(wiring.Component):
         # A row may start when the buffer has room for its next entry and when at most one
         # complete row waits for the engine: that one leaves the accumulators for the hold
         # register (empty then) as soon as its sums land, before this row's first element does.
-        has_room = stored + w_index < depth
+        has_room = free != 0
         may_start = pending < 2
         m.d.comb += [
             self.i_stream.ready.eq(discard | (has_room & ((w_index != 0) | may_start))),
@@ -358,7 +357,13 @@ class IntLayerNorm(wiring.Component):
                 m.d.sync += discard.eq(0)
         # (comb signals are plain expressions, not set inside an If: in Verilog they become
         # continuous assignments, which event-driven simulators evaluate at time 0)
-        m.d.comb += commit.eq(beat & at_end & last)
+        m.d.comb += [
+            commit.eq(beat & at_end & last),
+            drop.eq(beat & (at_end ^ last)),
+        ]
+        # a written element takes an entry, a read one frees one, a dropped row frees its own
+        m.d.sync += free.eq(free - beat + issue + Mux(drop, w_index + 1, 0))
+        m.d.sync += pending.eq(pending + commit - take_sums)
         with m.If(beat):
             with m.If(at_end & last):
                 m.d.sync += [w_index.eq(0), w_addr.eq(next_addr), w_base.eq(next_addr)]
@@ -522,9 +527,9 @@ class IntLayerNorm(wiring.Component):
         product_latency = self._product_latency()
         # The output queue: a small memory and the output register. A read is issued only when
         # the queue has room for its result (credits), so the pipeline never stalls; an issued
-        # read reaches the output register product_latency + 4 cycles later, and a queue of that
+        # read reaches the output register product_latency + 5 cycles later, and a queue of that
         # many entries plus the output register lets an always-ready sink see no bubble.
-        queue_depth = product_latency + 4
+        queue_depth = product_latency + 5
         m.submodules.queue = queue = Memory(shape=self._o_layout, depth=queue_depth, init=[])
         q_wr = queue.write_port()
         q_rd = queue.read_port(domain="comb")
@@ -570,19 +575,23 @@ class IntLayerNorm(wiring.Component):
             n1_mean.eq(r_mean),
             n1_recip.eq(r_recip),
         ]
-        # stage n2: y = x - mean (|y| < 2**W)
-        n2_y = Signal(signed(W + 1))
-        n2_recip = Signal(self._recip_width)
-        m.d.sync += [n2_y.eq(rd.data - n1_mean), n2_recip.eq(n1_recip)]
-        n2_valid = _delay(m, n1_valid, 1, name="n2_valid")
-        n2_last = _delay(m, n1_last, 1, name="n2_last")
-        # stages n3..: y*f (partial products, adder tree), exact in 33+F bits; floor(y*f / 2**(1+F))
+        # stage n2: register the buffer's data (a block RAM's output is slow: ~6 ns on ECP5)
+        n2_x = Signal(signed(W))
+        m.d.sync += n2_x.eq(rd.data)
+        n2_mean = _delay(m, n1_mean, 1, name="n2_mean")
+        # stage n3: y = x - mean (|y| < 2**W)
+        n3_y = Signal(signed(W + 1))
+        m.d.sync += n3_y.eq(n2_x - n2_mean)
+        n3_recip = _delay(m, n1_recip, 2, name="n3_recip")
+        n3_valid = _delay(m, n1_valid, 2, name="n3_valid")
+        n3_last = _delay(m, n1_last, 2, name="n3_last")
+        # stages n4..: y*f (partial products, adder tree), exact in 33+F bits; floor(y*f / 2**(1+F))
         # is the arithmetic shift, i.e. bits 1+F and up
-        product, latency = _pipelined_product(m, n2_y, n2_recip, width=self._product_width(),
+        product, latency = _pipelined_product(m, n3_y, n3_recip, width=self._product_width(),
                                               drop=1 + F, name="scaled")
         assert latency == product_latency
-        out_valid = _delay(m, n2_valid, latency, name="out_valid")
-        out_last = _delay(m, n2_last, latency, name="out_last")
+        out_valid = _delay(m, n3_valid, latency, name="out_valid")
+        out_last = _delay(m, n3_last, latency, name="out_last")
 
         # queue: written by the pipeline, read into the output register when it is empty or
         # being emptied
