@@ -15,15 +15,16 @@ Every row passes through four engines, each working on a different row at the sa
 
 * **A, input**: accepts the scores of a row (one per cycle), writes them to a row buffer and keeps
   the running maximum;
-* **B, exponential**: reads the row back, computes ``exp16`` in a 16-stage pipeline (a five-step
+* **B, exponential**: reads the row back, computes ``exp16`` in a 17-stage pipeline (a five-step
   restoring division ladder gives ``z`` and ``p``; the multipliers have registered inputs and
-  outputs), overwrites the scores with ``exp16`` and sums them;
+  outputs), writes ``exp16`` to a second buffer and sums the row;
 * **V, divider**: ``f = floor(2**32 / sum)`` by restoring division, one quotient bit per cycle;
 * **D, normalization**: reads ``exp16`` back and streams ``y`` out through a pipelined multiplier.
 
-The rows rotate through :data:`IntSoftmax.SLOTS` row buffers (one
-:class:`~amaranth.lib.memory.Memory` of ``max_seq`` entries each, one write and one read port).
-A buffer (slot) is in one of four states: ``FREE`` (engine A may fill it), ``SCORES`` (waiting
+The rows rotate through :data:`IntSoftmax.SLOTS` slots. A slot is a row of ``2**ceil(log2(
+max_seq))`` entries in each of two :class:`~amaranth.lib.memory.Memory` (one write and one read
+port each, nothing but a register behind the read port): the scores (written by A, read by B)
+and the exp16s (written by B, read by D). A slot is in one of four states: ``FREE`` (engine A may fill it), ``SCORES`` (waiting
 for or being read by engine B), ``EXPS`` (waiting for the divider) and ``NORM`` (waiting for or
 being read by engine D, which frees it). Each engine visits the slots in order.
 
@@ -56,12 +57,14 @@ assert _K_WIDEST["x0"] == -(1 << (_X0_BITS - 1))
 
 
 def _pick(items, index):
-    """``items[index]`` as a chain of multiplexers (no case statement over the unused codes of
-    ``index`` when ``len(items)`` is not a power of two)."""
-    result = items[0]
-    for i, item in enumerate(items[1:], start=1):
-        result = Mux(index == i, item, result)
-    return result
+    """``items[index]`` as a tree of multiplexers on the bits of ``index`` (no case statement
+    over the unused codes of ``index`` when ``len(items)`` is not a power of two)."""
+    level, bit = list(items), 0
+    while len(level) > 1:
+        level = [Mux(index[bit], level[i + 1], level[i]) if i + 1 < len(level) else level[i]
+                 for i in range(0, len(level), 2)]
+        bit += 1
+    return level[0]
 
 
 def _put(m, items, index, value):
@@ -86,17 +89,17 @@ class IntSoftmax(wiring.Component):
     ready, back-to-back rows of ``L`` elements stream at exactly one row per
     ``max(L, DIV_CYCLES)`` cycles (one element per cycle once ``L >= 20``) and the elements of a
     row leave on consecutive cycles. The first probability of a row is valid
-    ``latency(L) = 2*L + LATENCY`` cycles (``LATENCY = 40``) after its first score is accepted,
-    when the unit holds no earlier row. :data:`SLOTS` (5) row buffers are exactly enough for
-    this throughput; under backpressure the unit holds up to :data:`SLOTS` rows, then
-    deasserts ``i_stream.ready``. Resources: ``SLOTS`` memories of ``max_seq`` words of
-    ``max(in_width, 16)`` bits, four 18x18 multipliers (one for ``(p+b)*p``, two for
+    ``latency(L) = 2*L + LATENCY`` cycles (``LATENCY = 41``) after its first score is accepted,
+    when the unit holds no earlier row. :data:`SLOTS` (5) slots are exactly enough for this
+    throughput; under backpressure the unit holds up to :data:`SLOTS` rows, then deasserts
+    ``i_stream.ready``. Resources: two memories of ``SLOTS * 2**ceil(log2(max_seq))`` words,
+    of ``in_width`` and of 16 bits, four 18x18 multipliers (one for ``(p+b)*p``, two for
     ``poly*m``, one for ``exp16*f``) and a 16x2 one, one restoring divider.
 
     Parameters
     ----------
     max_seq : int
-        Longest row (``>= 1``); each of the :data:`SLOTS` row buffers holds this many elements.
+        Longest row (``>= 1``); each of the :data:`SLOTS` slots holds this many elements.
     in_width : int
         Width of the signed scores (``>= 2``). The encoder's scores are int8 x int8 dot products
         over the head dimension: see :meth:`score_width`.
@@ -153,7 +156,7 @@ class IntSoftmax(wiring.Component):
     #: Cycles the divider spends on a row: a load cycle and one cycle per quotient bit.
     DIV_CYCLES = QUOTIENT_BITS + 1
     #: Pipeline of engine B: cycles from reading a score to writing its exp16 back.
-    EXP_STAGES = 16
+    EXP_STAGES = 17
     #: Pipeline of engine D: cycles from reading an exp16 to its probability being valid.
     NORM_STAGES = 4
     #: ``latency(L) - 2*L``: engine A takes ``L`` cycles, engine B ``L - 1`` more to read the
@@ -295,7 +298,6 @@ class IntSoftmax(wiring.Component):
         slot_bits = max(1, ceil_log2(n_slots))
         exp_max = (1 << SOFTMAX_EXP_BITS) - 1
         sum_bits = bits_for(self._max_seq * exp_max)
-        word_bits = max(in_width, SOFTMAX_EXP_BITS)          # a slot word: score, then exp16
         x0_bits = len(self.x0)
         lim_bits = bits_for(EXP_ZMAX << (x0_bits - 1))       # |30*x0|
         z_bits = bits_for(EXP_ZMAX)
@@ -330,13 +332,16 @@ class IntSoftmax(wiring.Component):
         def is_state(index, value):
             return _pick([slot == value for slot in state], index)
 
-        wports, rports = [], []
-        for i in range(n_slots):
-            mem = Memory(shape=unsigned(word_bits), depth=self._max_seq, init=[])
-            wports.append(mem.write_port())
-            rports.append(mem.read_port())
-            m.submodules[f"slot{i}"] = mem
-        rdata = [port.data for port in rports]
+        # Two memories, each with one write and one read port and no multiplexer behind its
+        # read port (a block RAM's clock-to-output time leaves no room for one at 100 MHz):
+        # the scores (written by A, read by B) and the exp16s (written by B, read by D). Slot s
+        # holds its row at the addresses Cat(index, s).
+        m.submodules.scores = scores = Memory(
+            shape=signed(in_width), depth=n_slots << idx_bits, init=[])
+        m.submodules.exps = exps = Memory(
+            shape=unsigned(SOFTMAX_EXP_BITS), depth=n_slots << idx_bits, init=[])
+        scores_w, scores_r = scores.write_port(), scores.read_port()
+        exps_w, exps_r = exps.write_port(), exps.read_port()
 
         # -- Engine A: input. Fills the FREE slot a_ptr, one score per accepted beat.
         a_ptr = Signal(slot_bits)
@@ -352,6 +357,11 @@ class IntSoftmax(wiring.Component):
             a_newmax.eq(Mux((a_cnt == 0) | (a_x > a_max), a_x, a_max)),
         ]
         m.d.sync += self.error.eq(0)
+        m.d.comb += [
+            scores_w.en.eq(self.i_stream.valid & self.i_stream.ready & a_store),
+            scores_w.addr.eq(Cat(a_cnt[:idx_bits], a_ptr)),
+            scores_w.data.eq(a_x),
+        ]
         with m.If(self.i_stream.valid & self.i_stream.ready):
             with m.If(a_store):
                 m.d.sync += [a_cnt.eq(a_cnt + 1), a_max.eq(a_newmax)]
@@ -373,8 +383,8 @@ class IntSoftmax(wiring.Component):
             m.d.sync += tags[i + 1].eq(tags[i])
 
         # stage 0: read score b_idx of slot b_ptr (while that slot holds SCORES).
-        b_ptr = Signal(slot_bits)
-        b_idx = Signal(idx_bits)
+        b_pos = Signal(idx_bits + slot_bits)    # read address: Cat(b_idx, b_ptr)
+        b_idx, b_ptr = b_pos[:idx_bits], b_pos[idx_bits:]
         b_go = Signal()
         b_last = Signal()
         m.d.comb += [
@@ -391,20 +401,26 @@ class IntSoftmax(wiring.Component):
             with m.If(b_last):
                 m.d.sync += b_ptr.eq(next_slot(b_ptr))
 
-        # stage 1: a = rowmax - x >= 0 (the negated d).
-        b_x = _pick(rdata, tags[1].slot)[:in_width].as_signed()
-        a1 = Signal(in_width)
-        m.d.sync += a1.eq(_pick(row_max, tags[1].slot) - b_x)
+        m.d.comb += scores_r.addr.eq(b_pos)
 
-        # stage 2: clamp |d| to 30*|x0| (d = max(d, 30*x0)).
-        r = [Signal(lim_bits, name="r2")]
-        m.d.sync += r[0].eq(Mux(a1 > k_lim, k_lim, a1))
+        # stage 1: register the score (the block RAM's clock-to-output time leaves no room for
+        # a subtraction) and the row maximum.
+        x1 = Signal(signed(in_width))
+        max1 = Signal(signed(in_width))
+        m.d.sync += [x1.eq(scores_r.data), max1.eq(_pick(row_max, tags[1].slot))]
 
-        # stages 3..7: restoring division ladder |d| = z*|x0| + rem, one quotient bit per stage
+        # stage 2: a = rowmax - x >= 0 (the negated d).
+        a2 = Signal(in_width)
+        m.d.sync += a2.eq(max1 - x1)
+
+        # stage 3: clamp |d| to 30*|x0| (d = max(d, 30*x0)).
+        r = [Signal(lim_bits, name="r3")]
+        m.d.sync += r[0].eq(Mux(a2 > k_lim, k_lim, a2))
+
+        # stages 4..8: restoring division ladder |d| = z*|x0| + rem, one quotient bit per stage
         # (z <= 30 < 2**5), so z = floor(d/x0) and p = d - x0*z = -rem.
         z = [Const(0, z_bits)]
-        for bit in reversed(range(z_bits)):
-            stage = len(r) + 2
+        for stage, bit in enumerate(reversed(range(z_bits)), start=4):
             r_next = Signal(lim_bits, name=f"r{stage}")
             z_next = Signal(z_bits, name=f"z{stage}")
             step = k_nx0 << bit
@@ -415,57 +431,62 @@ class IntSoftmax(wiring.Component):
             ]
             r.append(r_next)
             z.append(z_next)
-        rem7 = r[-1]                            # 0 <= rem < |x0| <= 2**15
+        rem8 = r[-1]                            # 0 <= rem < |x0| <= 2**15
 
-        # stage 8: multiplier inputs p = -rem and p + b.
-        p8 = Signal(signed(x0_bits))
-        pb8 = Signal(signed(len(k_b) + 1))
-        m.d.sync += [p8.eq(-rem7), pb8.eq(k_b - rem7)]
+        # stage 9: multiplier inputs p = -rem and p + b.
+        p9 = Signal(signed(x0_bits))
+        pb9 = Signal(signed(len(k_b) + 1))
+        m.d.sync += [p9.eq(-rem8), pb9.eq(k_b - rem8)]
 
-        # stage 9: (p + b) * p, one 18x18 DSP with registered output.
-        (product, _), = dsp_partial_products(pb8, p8)
-        prod9 = Signal(signed(len(pb8) + len(p8)))
-        m.d.sync += prod9.eq(product)
+        # stage 10: (p + b) * p, one 18x18 DSP with registered output.
+        (product, _), = dsp_partial_products(pb9, p9)
+        prod10 = Signal(signed(len(pb9) + len(p9)))
+        m.d.sync += prod10.eq(product)
 
-        # stage 10: poly = max(prod + c, 0). When p + b < 0 the product is positive but below
+        # stage 11: poly = max(prod + c, 0). When p + b < 0 the product is positive but below
         # 2**30, so poly < c + 2**30.
         poly_bits = bits_for((1 << len(k_c)) - 1 + (1 << 2 * (x0_bits - 1)))
-        poly10 = Signal(poly_bits)
-        poly_sum = prod9 + k_c
-        m.d.sync += poly10.eq(Mux(poly_sum < 0, 0, poly_sum))
+        poly11 = Signal(poly_bits)
+        poly_sum = prod10 + k_c
+        m.d.sync += poly11.eq(Mux(poly_sum < 0, 0, poly_sum))
 
-        # stage 11: poly * m as registered partial products (two 17x15 DSP multiplies).
-        parts11 = []
-        for product, offset in dsp_partial_products(poly10, k_m):
-            part = Signal.like(product, name=f"pm{offset}_11")
+        # stage 12: poly * m as registered partial products (two 17x15 DSP multiplies).
+        parts12 = []
+        for product, offset in dsp_partial_products(poly11, k_m):
+            part = Signal.like(product, name=f"pm{offset}_12")
             m.d.sync += part.eq(product)
-            parts11.append((part, offset))
+            parts12.append((part, offset))
 
-        # stage 12: P = poly * m.
+        # stage 13: P = poly * m.
         prod_bits = poly_bits + len(k_m)
-        big12 = Signal(prod_bits)
-        m.d.sync += big12.eq(sum(part << offset for part, offset in parts11))
-
-        # stages 13, 14: T = P >> (s - 1) with s - 1 = (e - 31) + z, in two barrel shifts.
         big13 = Signal(prod_bits)
+        m.d.sync += big13.eq(sum(part << offset for part, offset in parts12))
+
+        # stages 14, 15: T = P >> (s - 1) with s - 1 = (e - 31) + z, in two barrel shifts.
         big14 = Signal(prod_bits)
-        z_now = z[-1]                           # z of the element in stage 8, then 9, ...
-        for stage in range(8, 14):
+        big15 = Signal(prod_bits)
+        z_now = z[-1]                           # z of the element in stage 9, then 10, ...
+        for stage in range(9, 15):
             z_next = Signal(z_bits, name=f"z{stage}")
             m.d.sync += z_next.eq(z_now)
             z_now = z_next
-        m.d.sync += [big13.eq(big12 >> k_sh0), big14.eq(big13 >> z_now)]
+        m.d.sync += [big14.eq(big13 >> k_sh0), big15.eq(big14 >> z_now)]
 
-        # stage 15: exp16 = min((T + 1) >> 1, 2**16 - 1), i.e. round half up of P / 2**s.
-        exp15 = Signal(SOFTMAX_EXP_BITS)
+        # stage 16: exp16 = min((T + 1) >> 1, 2**16 - 1), i.e. round half up of P / 2**s.
+        exp16 = Signal(SOFTMAX_EXP_BITS)
         round_bits = SOFTMAX_EXP_BITS + 1
-        saturated = big14 >= (1 << round_bits) - 1
-        m.d.sync += exp15.eq(Mux(saturated, exp_max, (big14[:round_bits] + 1) >> 1))
+        saturated = big15 >= (1 << round_bits) - 1
+        m.d.sync += exp16.eq(Mux(saturated, exp_max, (big15[:round_bits] + 1) >> 1))
 
-        # stage 16: write exp16 over the score; sum the row; at its end hand the sum over.
+        # stage 17: write exp16 over the score; sum the row; at its end hand the sum over.
         wb = tags[self.EXP_STAGES]
+        m.d.comb += [
+            exps_w.en.eq(wb.valid),
+            exps_w.addr.eq(Cat(wb.addr, wb.slot)),
+            exps_w.data.eq(exp16),
+        ]
         b_acc = Signal(sum_bits)
-        b_acc_next = Mux(wb.first, exp15, b_acc + exp15)
+        b_acc_next = Mux(wb.first, exp16, b_acc + exp16)
         with m.If(wb.valid):
             m.d.sync += b_acc.eq(b_acc_next)
             with m.If(wb.last):
@@ -510,14 +531,15 @@ class IntSoftmax(wiring.Component):
         m.d.comb += advance.eq(~self.o_stream.valid | self.o_stream.ready)
 
         # stage 0: read exp16 d_idx of slot d_ptr (while that slot holds NORM).
-        d_ptr = Signal(slot_bits)
-        d_idx = Signal(idx_bits)
+        d_pos = Signal(idx_bits + slot_bits)    # read address: Cat(d_idx, d_ptr)
+        d_idx, d_ptr = d_pos[:idx_bits], d_pos[idx_bits:]
         d_go = Signal()
         d_last = Signal()
         m.d.comb += [
             d_go.eq(advance & is_state(d_ptr, _SlotState.NORM)),
             d_last.eq(d_idx == _pick(last_idx, d_ptr)),
         ]
+        m.d.comb += [exps_r.addr.eq(d_pos), exps_r.en.eq(advance)]
         d_valid1, d_slot1, d_last1 = Signal(), Signal(slot_bits), Signal()
         with m.If(advance):
             m.d.sync += [d_valid1.eq(d_go), d_slot1.eq(d_ptr), d_last1.eq(d_last)]
@@ -535,7 +557,7 @@ class IntSoftmax(wiring.Component):
             m.d.sync += [
                 d_valid2.eq(d_valid1),
                 d_last2.eq(d_last1),
-                e2.eq(_pick(rdata, d_slot1)[:SOFTMAX_EXP_BITS]),
+                e2.eq(exps_r.data),
                 f2.eq(_pick(row_f, d_slot1)),
             ]
             with m.If(d_valid1 & d_last1):
@@ -562,22 +584,6 @@ class IntSoftmax(wiring.Component):
                 self.o_stream.valid.eq(d_valid3),
                 self.o_stream.payload.data.eq(y_out),
                 self.o_stream.payload.last.eq(d_last3),
-            ]
-
-        # -- Read and write ports: engine A writes FREE slots, engine B reads and writes
-        # SCORES slots, engine D reads NORM slots, so no port is claimed twice.
-        for i in range(n_slots):
-            b_write = wb.valid & (wb.slot == i)
-            m.d.comb += [
-                wports[i].en.eq(b_write | (self.i_stream.valid & self.i_stream.ready
-                                          & a_store & (a_ptr == i))),
-                wports[i].addr.eq(Mux(b_write, wb.addr, a_cnt)),
-                wports[i].data.eq(Mux(b_write, exp15, a_x.as_unsigned())),
-            ]
-            norm = state[i] == _SlotState.NORM
-            m.d.comb += [
-                rports[i].addr.eq(Mux(norm, d_idx, b_idx)),
-                rports[i].en.eq(Mux(norm, advance, 1)),
             ]
 
         return m
