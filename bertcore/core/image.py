@@ -1,0 +1,330 @@
+"""The parameter image and the activation packets of the encoder core (bus words).
+
+Everything the core receives travels as AXI4-Stream words of ``config.bus_width`` bits. This
+module defines, for a :class:`~bertcore.config.CoreConfig`, the exact word layout (see
+``docs/interface.md``):
+
+* :func:`pack_parameter_image` turns an :class:`~bertcore.quant.model.IntBert` into the list of
+  bus words of the parameter image, in the order the core's schedule consumes them;
+* :func:`pack_activations` / :func:`unpack_activations` convert int8 hidden states
+  ``[L, hidden]`` to and from the activation packets.
+
+The image is a sequence of *vectors*. A vector of ``n`` bits (``lanes`` values of ``w`` bits,
+value ``j`` at bits ``j*w .. j*w+w-1``, two's complement, little-endian) occupies
+``ceil(n / bus_width)`` whole beats, beat 0 holding the lowest bits; unused high bits are zero.
+Records are vectors in a fixed order: the image is defined by :func:`image_schedule`, which the
+core's loader, the Python interpreter (:mod:`bertcore.core.interp`) and this packer all follow.
+"""
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from bertcore.quant import kernels as K
+from bertcore.rtl.requant import REQ_E_BITS
+
+__all__ = [
+    "FORMAT_VERSION", "MAGIC", "HEADER_BITS", "SCALAR_WORDS", "LN_BIAS_BITS", "ImageError",
+    "Vector", "image_schedule", "image_beats", "vector_beats", "config_fingerprint",
+    "check_core_config", "pack_parameter_image", "image_to_hex", "pack_activations",
+    "unpack_activations", "activation_beats", "scalar_fields",
+]
+
+#: ``"BERT"`` as a little-endian 32-bit word.
+MAGIC = int.from_bytes(b"BERT", "little")
+#: Version of the image format (bumped on any layout change).
+FORMAT_VERSION = 1
+#: The header vector: magic, version, config fingerprint, total beats (four 32-bit words).
+HEADER_BITS = 128
+#: Names of the 32-bit words of a layer's scalar record (64-bit values take two words).
+SCALAR_FIELDS = (
+    ("sm_x0", 32), ("sm_b", 32), ("sm_c", 64), ("sm_m", 32), ("sm_e", 32),
+    ("ctx_m", 32), ("ctx_e", 32), ("gelu_b", 32), ("gelu_c", 64), ("gelu_q1", 32),
+)
+SCALAR_WORDS = sum(width for _, width in SCALAR_FIELDS) // 32
+#: Width (in the core) of the LayerNorm output bias; the image carries it in 64 bits.
+LN_BIAS_BITS = 48
+#: Panel groups of a layer, in stream order, with the activation they multiply.
+PANEL_GROUPS = ("q", "k", "v", "o", "ffn1", "ffn2")
+
+
+class ImageError(ValueError):
+    """A model or image that does not fit the core's parameter image format."""
+
+
+@dataclass(frozen=True)
+class Vector:
+    """One vector of the image: ``lanes`` values of ``width`` bits.
+
+    ``kind`` names it (``"header"``, ``"scalars"``, ``"bias"``, ``"m"``, ``"e"``, ``"m2"``,
+    ``"e2"``, ``"w"``, ``"ln_m"``, ``"ln_e"``, ``"ln_bias"``); ``layer``, ``group``, ``index``
+    (panel or chunk) and ``row`` (weight row ``k``) place it.
+    """
+    kind: str
+    lanes: int
+    width: int
+    layer: int = -1
+    group: str = ""
+    index: int = 0
+    row: int = 0
+
+    @property
+    def bits(self):
+        return self.lanes * self.width
+
+
+def vector_beats(bits, bus_width):
+    """Beats of a vector of ``bits`` bits on a ``bus_width``-bit bus."""
+    return -(-bits // bus_width)
+
+
+def check_core_config(config):
+    """Raise :class:`ImageError` unless the encoder core supports ``config``.
+
+    The core needs a square array (``array_rows == array_cols``) and channel counts (hidden,
+    head dimension, FFN size) that are multiples of ``array_cols``.
+    """
+    n = config.array_cols
+    if config.array_rows != n:
+        raise ImageError(f"the encoder core needs a square array, not "
+                         f"{config.array_rows}x{config.array_cols}")
+    for name, value in (("hidden", config.hidden), ("head_dim", config.head_dim),
+                        ("ffn", config.ffn)):
+        if value % n:
+            raise ImageError(f"{name} ({value}) must be a multiple of array_cols ({n})")
+    if config.bus_width // 8 > config.hidden:
+        raise ImageError(f"bus_width ({config.bus_width}) must not exceed hidden*8 "
+                         f"({config.hidden * 8}): a sequence length is read from its packet")
+
+
+def config_fingerprint(config):
+    """32-bit CRC of the fields that define the image layout (not ``max_seq``/``resident``)."""
+    text = (f"bertcore-image v{FORMAT_VERSION} hidden={config.hidden} heads={config.heads} "
+            f"ffn={config.ffn} layers={config.layers} array={config.array_rows}x"
+            f"{config.array_cols} bus={config.bus_width}")
+    return zlib.crc32(text.encode())
+
+
+def panel_k(config, group):
+    """Reduction length (weight rows) of a panel of ``group``."""
+    return config.ffn if group == "ffn2" else config.hidden
+
+
+def panel_count(config, group):
+    """Output panels of ``group`` (``array_cols`` channels each)."""
+    return (config.ffn if group == "ffn1" else config.hidden) // config.array_cols
+
+
+def image_schedule(config):
+    """The vectors of the image, in stream order (a list of :class:`Vector`).
+
+    ::
+
+        header (128 bits)
+        per layer:
+            scalars (SCALAR_WORDS x 32 bits)
+            for group in q, k, v, o, [ln1], ffn1, ffn2, [ln2]:
+                per panel p (array_cols output channels p*n .. p*n+n-1):
+                    bias (n x 32), m (n x 16), e (n x 8), m2 (n x 16), e2 (n x 8),
+                    K weight rows (n x 8 each; row k holds W[p*n + j, k] in lane j)
+                ln1 / ln2, per chunk c of n channels: ln_m (n x 16), ln_e (n x 8),
+                    ln_bias (n x 64)
+    """
+    check_core_config(config)
+    n = config.array_cols
+    vectors = [Vector("header", 4, 32)]
+    for layer in range(config.layers):
+        vectors.append(Vector("scalars", SCALAR_WORDS, 32, layer))
+        for group in PANEL_GROUPS:
+            for p in range(panel_count(config, group)):
+                for kind, width in (("bias", 32), ("m", 16), ("e", 8), ("m2", 16), ("e2", 8)):
+                    vectors.append(Vector(kind, n, width, layer, group, p))
+                for k in range(panel_k(config, group)):
+                    vectors.append(Vector("w", n, 8, layer, group, p, k))
+            if group in ("o", "ffn2"):
+                ln = "ln1" if group == "o" else "ln2"
+                for c in range(config.hidden // n):
+                    for kind, width in (("ln_m", 16), ("ln_e", 8), ("ln_bias", 64)):
+                        vectors.append(Vector(kind, n, width, layer, ln, c))
+    return vectors
+
+
+def image_beats(config):
+    """Total beats of the parameter image of ``config`` (header included)."""
+    return sum(vector_beats(v.bits, config.bus_width) for v in image_schedule(config))
+
+
+def _fits(name, value, bits, signed=True):
+    lo, hi = K.int_range(bits, signed)
+    if not lo <= value <= hi:
+        raise ImageError(f"{name} = {value} does not fit {'signed' if signed else 'unsigned'} "
+                         f"{bits} bits")
+    return value
+
+
+def _vector_words(values, width, bus_width):
+    """Pack ``values`` (ints, ``width`` bits each, two's complement) into bus words."""
+    raw = 0
+    mask = (1 << width) - 1
+    for j, value in enumerate(values):
+        raw |= (int(value) & mask) << (j * width)
+    beats = vector_beats(len(values) * width, bus_width)
+    bus_mask = (1 << bus_width) - 1
+    return [(raw >> (b * bus_width)) & bus_mask for b in range(beats)]
+
+
+def scalar_fields(int_model, layer):
+    """The scalar record of ``layer`` as a dict (checked against the core's port widths)."""
+    from bertcore.rtl.gelu import IntGELU
+    from bertcore.rtl.softmax import IntSoftmax
+    lc = int_model.consts["layers"][layer]
+    sm = lc["softmax"]
+    try:
+        IntSoftmax.check_constants(sm)
+    except ValueError as exc:
+        raise ImageError(f"layer {layer}: {exc}") from None
+    gelu = IntGELU(lanes=1, in_width=16)
+    gelu._MustUse__silence = True
+    g = lc["gelu"]
+    values = {
+        "sm_x0": int(sm["x0"]), "sm_b": int(sm["b"]), "sm_c": int(sm["c"]),
+        "sm_m": int(sm["m"]), "sm_e": int(sm["e"]),
+        "ctx_m": _fits(f"layer {layer} ctx_m", int(lc["ctx_m"]), K.REQ_M_BITS),
+        "ctx_e": int(lc["ctx_e"]),
+        "gelu_b": _fits(f"layer {layer} gelu b", int(g["b"]), gelu.b_width),
+        "gelu_c": _fits(f"layer {layer} gelu c", int(g["c"]), gelu.c_width),
+        "gelu_q1": _fits(f"layer {layer} gelu q1", int(g["q1"]), gelu.q1_width),
+    }
+    if not 1 <= values["ctx_e"] <= 62:
+        raise ImageError(f"layer {layer} ctx_e = {values['ctx_e']} is outside 1..62")
+    return values
+
+
+def _requant_vectors(name, m, e):
+    m = [int(v) for v in m]
+    e = [int(v) for v in e]
+    for v in m:
+        _fits(f"{name} m", v, K.REQ_M_BITS)
+    for v in e:
+        if not 1 <= v <= 62:
+            raise ImageError(f"{name} e = {v} is outside 1..62")
+    return m, e
+
+
+def pack_parameter_image(int_model, config):
+    """The parameter image of ``int_model`` for a core of ``config``: a list of bus words.
+
+    Raises
+    ------
+    ImageError
+        If the model's shape does not match ``config`` or a value does not fit its field.
+    """
+    s = int_model.shape
+    for name, want in (("hidden", s.hidden), ("heads", s.heads), ("ffn", s.ffn),
+                       ("layers", s.layers)):
+        if getattr(config, name) != want:
+            raise ImageError(f"the model has {name}={want}, the core {getattr(config, name)}")
+    t = int_model.t
+    bus = config.bus_width
+    n = config.array_cols
+    total = image_beats(config)
+    words = []
+    cache = {}
+    for vec in image_schedule(config):
+        L = f"layer.{vec.layer}."
+        if vec.kind == "header":
+            values = [MAGIC, FORMAT_VERSION, config_fingerprint(config), total]
+        elif vec.kind == "scalars":
+            f = scalar_fields(int_model, vec.layer)
+            values = []
+            for name, width in SCALAR_FIELDS:
+                v = f[name] & ((1 << width) - 1)
+                values += [v & 0xFFFFFFFF] + ([v >> 32] if width == 64 else [])
+        elif vec.kind in ("bias", "m", "e", "m2", "e2", "w"):
+            g = vec.group
+            ch = slice(vec.index * n, (vec.index + 1) * n)
+            key = (vec.layer, g, vec.index)
+            if key not in cache:
+                m, e = _requant_vectors(f"{L}{g}", t[L + g + ".m"][ch], t[L + g + ".e"][ch])
+                if g in ("o", "ffn2"):
+                    r = "res1" if g == "o" else "res2"
+                    m2, e2 = _requant_vectors(L + r, t[L + r + ".m"][ch], t[L + r + ".e"][ch])
+                elif g == "ffn1":
+                    m2, e2 = _requant_vectors(L + "gelu", t[L + "gelu.m"][ch],
+                                              t[L + "gelu.e"][ch])
+                else:
+                    m2, e2 = [0] * n, [1] * n
+                cache = {key: {
+                    "bias": [int(v) for v in t[L + g + ".b"][ch]], "m": m, "e": e,
+                    "m2": m2, "e2": e2,
+                    "w": t[L + g + ".w"][ch].to(torch.int64),
+                }}
+            rec = cache[key]
+            values = (rec["w"][:, vec.row].tolist() if vec.kind == "w" else rec[vec.kind])
+        else:                               # ln_m, ln_e, ln_bias
+            ln = vec.group
+            ch = slice(vec.index * n, (vec.index + 1) * n)
+            if vec.kind == "ln_m" or vec.kind == "ln_e":
+                m, e = _requant_vectors(L + ln, t[L + ln + ".m"][ch], t[L + ln + ".e"][ch])
+                values = m if vec.kind == "ln_m" else e
+            else:
+                values = [_fits(f"{L}{ln} bias", int(v), LN_BIAS_BITS)
+                          for v in t[L + ln + ".bias"][ch]]
+        words += _vector_words(values, vec.width, bus)
+    assert len(words) == total
+    return words
+
+
+def image_to_hex(words, config):
+    """The image as ``$readmemh`` text: one bus word per line, plus a ``last`` flag bit on top.
+
+    Line ``i`` is ``{last, word}`` in hexadecimal (``bus_width + 1`` bits).
+    """
+    digits = -(-(config.bus_width + 1) // 4)
+    lines = []
+    for i, word in enumerate(words):
+        last = int(i == len(words) - 1)
+        lines.append(f"{(last << config.bus_width) | word:0{digits}x}")
+    return "\n".join(lines) + "\n"
+
+
+# -- Activations ----------------------------------------------------------------------------------
+
+def activation_beats(length, config):
+    """Beats of an activation packet of ``length`` rows."""
+    return -(-length * config.hidden * 8 // config.bus_width)
+
+
+def pack_activations(x, config):
+    """Int8 hidden states ``x`` ``[L, hidden]`` → bus words (row-major bytes, little-endian).
+
+    The last beat is padded with zero bytes; it carries ``tlast``. ``L`` must lie in
+    ``1..config.max_seq``.
+    """
+    x = torch.as_tensor(x).to(torch.int64)
+    if x.ndim != 2 or x.shape[1] != config.hidden:
+        raise ImageError(f"activations must have shape [L, {config.hidden}], not "
+                         f"{list(x.shape)}")
+    if not 1 <= x.shape[0] <= config.max_seq:
+        raise ImageError(f"sequence length must lie in 1..{config.max_seq}, not {x.shape[0]}")
+    if bool((x < -128).any()) or bool((x > 127).any()):
+        raise ImageError("activations must be int8")
+    data = bytes((x.reshape(-1) & 0xFF).tolist())
+    nb = config.bus_width // 8
+    data += bytes(-len(data) % nb)
+    return [int.from_bytes(data[i:i + nb], "little") for i in range(0, len(data), nb)]
+
+
+def unpack_activations(words, length, config):
+    """Bus words of an activation packet → int64 tensor ``[length, hidden]``."""
+    nb = config.bus_width // 8
+    data = b"".join(int(w).to_bytes(nb, "little") for w in words)
+    need = length * config.hidden
+    if len(data) < need:
+        raise ImageError(f"{len(words)} beats hold {len(data)} bytes, fewer than the {need} of "
+                         f"{length} rows")
+    x = torch.tensor(list(data[:need]), dtype=torch.int64)
+    x = torch.where(x >= 128, x - 256, x)
+    return x.reshape(length, config.hidden)

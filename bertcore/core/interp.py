@@ -1,0 +1,131 @@
+"""A Python interpreter of the parameter image: the core's schedule in software.
+
+:func:`run_image` reads the bus words of a parameter image strictly in stream order (one vector
+after the other, as the core's loader does), and computes the encoder layers with
+:mod:`bertcore.quant.kernels` panel by panel, in the order the core's sequencer does. Its result
+equals :meth:`bertcore.quant.model.IntBert.encode_int` bit for bit; this validates the image
+format and the schedule independently of the RTL.
+"""
+
+import torch
+
+from bertcore.quant import kernels as K
+from .image import (FORMAT_VERSION, HEADER_BITS, MAGIC, SCALAR_FIELDS, ImageError,
+                    check_core_config, config_fingerprint, image_beats, panel_count, panel_k,
+                    vector_beats)
+
+__all__ = ["ImageReader", "run_image"]
+
+
+class ImageReader:
+    """Reads vectors from a list of bus words, in order."""
+
+    def __init__(self, words, config):
+        self.words = list(words)
+        self.bus = config.bus_width
+        self.pos = 0
+
+    def vector(self, lanes, width, signed=True):
+        beats = vector_beats(lanes * width, self.bus)
+        if self.pos + beats > len(self.words):
+            raise ImageError(f"the image ends at beat {len(self.words)} inside a vector")
+        raw = 0
+        for b in range(beats):
+            raw |= int(self.words[self.pos + b]) << (b * self.bus)
+        self.pos += beats
+        values = []
+        for j in range(lanes):
+            v = (raw >> (j * width)) & ((1 << width) - 1)
+            if signed and v >> (width - 1):
+                v -= 1 << width
+            values.append(v)
+        return values
+
+
+def _t(values):
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def run_image(words, x, config):
+    """Run the encoder described by the image ``words`` on int8 ``x`` ``[L, hidden]``.
+
+    Raises
+    ------
+    ImageError
+        If the header does not match ``config`` or the image has the wrong length.
+    """
+    check_core_config(config)
+    r = ImageReader(words, config)
+    magic, version, fingerprint, total = r.vector(4, 32, signed=False)
+    if magic != MAGIC or version != FORMAT_VERSION:
+        raise ImageError(f"bad image header (magic {magic:#x}, version {version})")
+    if fingerprint != config_fingerprint(config):
+        raise ImageError("the image was packed for another core configuration")
+    if total != image_beats(config) or total != len(words):
+        raise ImageError(f"the image has {len(words)} beats, its header says {total}, "
+                         f"the core expects {image_beats(config)}")
+    assert HEADER_BITS == 128
+    n = config.array_cols
+    hd = config.head_dim
+    x = torch.as_tensor(x).to(torch.int64)
+    seq = x.shape[0]
+    for _ in range(config.layers):
+        # scalars
+        raw = r.vector(len(SCALAR_FIELDS) + 2, 32, signed=False)
+        sc, w = {}, 0
+        for name, width in SCALAR_FIELDS:
+            v = raw[w] | (raw[w + 1] << 32 if width == 64 else 0)
+            w += width // 32
+            if v >> (width - 1):
+                v -= 1 << width
+            sc[name] = v
+        smk = {"x0": sc["sm_x0"], "b": sc["sm_b"], "c": sc["sm_c"], "m": sc["sm_m"],
+               "e": sc["sm_e"], "exp_bits": K.SOFTMAX_EXP_BITS}
+
+        def panels(group, a, residual=None):
+            """All panels of ``group`` on the activation ``a``; returns the outputs."""
+            outs = []
+            for _ in range(panel_count(config, group)):
+                bias = _t(r.vector(n, 32))
+                m, e = _t(r.vector(n, 16)), _t(r.vector(n, 8, signed=False))
+                m2, e2 = _t(r.vector(n, 16)), _t(r.vector(n, 8, signed=False))
+                wp = _t([r.vector(n, 8) for _ in range(panel_k(config, group))])  # [K, n]
+                acc = a @ wp + bias
+                if group in ("q", "k", "v"):
+                    outs.append(K.requantize(acc, m, e, 8))
+                elif group == "ffn1":
+                    g_in = K.requantize(acc, m, e, 16)
+                    g = K.int_gelu_int(g_in, sc["gelu_b"], sc["gelu_c"], sc["gelu_q1"])
+                    outs.append(K.requantize(g, m2, e2, 8))
+                else:
+                    outs.append(K.saturate(K.requantize(acc, m, e) + K.requantize(
+                        residual[:, len(outs) * n:(len(outs) + 1) * n], m2, e2),
+                        K.RESIDUAL_BITS))
+            return torch.cat(outs, dim=1)
+
+        def layernorm(res):
+            chunks = [(_t(r.vector(n, 16)), _t(r.vector(n, 8, signed=False)), _t(r.vector(n, 64)))
+                      for _ in range(config.hidden // n)]
+            m = torch.cat([c[0] for c in chunks])
+            e = torch.cat([c[1] for c in chunks])
+            bias = torch.cat([c[2] for c in chunks])
+            return K.requantize(K.layernorm_int(res), m, e, 8, bias=bias)
+
+        q = panels("q", x)
+        k = panels("k", x)
+        v = panels("v", x)
+        ctx = torch.zeros_like(q)
+        for h in range(config.heads):
+            ch = slice(h * hd, (h + 1) * hd)
+            scores = q[:, ch] @ k[:, ch].T
+            p = K.int_softmax_int(scores, smk, output_bits=8, saturate_output=True)
+            ctx[:, ch] = K.requantize(p @ v[:, ch], sc["ctx_m"], sc["ctx_e"], 8)
+        r1 = panels("o", ctx, residual=x)
+        a = layernorm(r1)
+        hmid = panels("ffn1", a)
+        r2 = panels("ffn2", hmid, residual=a)
+        x = layernorm(r2)
+    if r.pos != len(words):
+        raise ImageError(f"the image has {len(words) - r.pos} beats beyond its last record")
+    assert x.shape[0] == seq
+    return x
