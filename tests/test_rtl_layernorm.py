@@ -124,8 +124,11 @@ def check_rows(names, rows, expected, got, n):
         assert [o["data"] for o in out] == want, f"row {r} ({name}): {row}"
 
 
-def run_stream(dut, beats, count, *, seed, stall, name):
-    """Send ``beats``, collect ``count`` outputs and count ``error`` pulses."""
+def run_stream(dut, beats, count, *, seed, stall, name, blocked=0):
+    """Send ``beats``, collect ``count`` outputs and count ``error`` pulses.
+
+    The output is not ready for the first ``blocked`` cycles.
+    """
     rng = random.Random(seed)
     got, errors, done = [], [], []
 
@@ -133,6 +136,7 @@ def run_stream(dut, beats, count, *, seed, stall, name):
         await stream_put(ctx, dut.i_stream, beats, rng=rng, stall=stall)
 
     async def consumer(ctx):
+        await ctx.tick().repeat(blocked)
         got.extend(await stream_get(ctx, dut.o_stream, count, rng=rng, stall=stall))
         await ctx.tick().repeat(dut.latency)       # nothing more may come out
         assert not ctx.get(dut.o_stream.valid), "extra output"
@@ -143,7 +147,7 @@ def run_stream(dut, beats, count, *, seed, stall, name):
             _, _, error = await ctx.tick().sample(dut.error)
             errors.append(error)
 
-    cycles = (len(beats) + count) * 3 + (len(beats) // dut.hidden + 4) * dut.row_period
+    cycles = (len(beats) + count) * 3 + (len(beats) // dut.hidden + 4) * dut.row_period + blocked
     simulate(dut, producer, consumer, monitor, name=name, deadline=2e-8 * cycles)
     return got, sum(errors)
 
@@ -158,6 +162,21 @@ def test_rows_match_kernel(hidden, in_width, frac_bits):
     got, errors = run_stream(dut, beats_of(rows), len(rows) * hidden, seed=7, stall=0.3,
                              name=f"layernorm_rows_{hidden}_{in_width}_{frac_bits}")
     check_rows(names, rows, expected, got, hidden)
+    assert errors == 0
+
+
+@pytest.mark.parametrize("hidden,in_width,frac_bits", [
+    (8, RESIDUAL_BITS, LN_FRAC_BITS),     # rows pile up: hold register, engine, normalizer
+    (70, 8, 0),                           # N > stats_cycles: the row buffer fills mid-row
+])
+def test_output_blocked(hidden, in_width, frac_bits):
+    """A long-blocked output fills every stage; the input then stalls, nothing is lost."""
+    dut = IntLayerNorm(hidden, in_width=in_width, frac_bits=frac_bits)
+    rows = random_rows(random.Random(hidden), hidden, in_width, 7)
+    got, errors = run_stream(dut, beats_of(rows), len(rows) * hidden, seed=9, stall=0.2,
+                             name=f"layernorm_blocked_{hidden}", blocked=6 * dut.row_period)
+    check_rows([f"random {i}" for i in range(len(rows))], rows, reference(rows, frac_bits), got,
+               hidden)
     assert errors == 0
 
 

@@ -24,12 +24,12 @@ statistics engine then derives everything exactly from ``S1`` and ``S2``:
 * ``f = floor(2**(31+F) / std)`` by restoring division (one quotient bit per cycle).
 
 A second pass reads the row back from the buffer and streams ``out = (y*f) >> (1+F)`` through a
-pipelined multiplier into an output FIFO (reads are issued only against free FIFO space, so the
-pipeline never stalls). The buffer (one :class:`~amaranth.lib.memory.Memory`) is a circular queue
-of elements a little over two rows deep: row ``n+1`` is written while the statistics of row ``n``
-are computed and row ``n-1`` is normalized, and each read frees its entry at once. The sums of a
-complete row wait in a hold register while the engine is busy, so the next row can stream in.
-Because ``|y| <= isqrt(var)`` for every element of a row (``y*y <= var``),
+pipelined multiplier into a small output queue (reads are issued only against free room in the
+queue, so the pipeline never stalls). The buffer (one :class:`~amaranth.lib.memory.Memory`) is a
+circular queue of elements a little over two rows deep (:attr:`IntLayerNorm.buffer_depth`): row
+``n+1`` is written while the statistics of row ``n`` are computed and row ``n-1`` is normalized,
+and each read frees its entry at once. The sums of a complete row wait in a hold register while
+the engine is busy, so the next row can stream in. Because ``|y| <= isqrt(var)`` for every element of a row (``y*y <= var``),
 ``|y*f| <= 2**(31+F)`` and ``out`` lies in ``[-2**30, 2**30]``: 32 signed bits.
 
 Only the kernel's ``shift=0`` (the encoder's setting) is supported: ``var = sum(floor(y/2**s)**2)``
