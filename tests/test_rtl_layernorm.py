@@ -136,7 +136,8 @@ def run_stream(dut, beats, count, *, seed, stall, name, blocked=0):
         await stream_put(ctx, dut.i_stream, beats, rng=rng, stall=stall)
 
     async def consumer(ctx):
-        await ctx.tick().repeat(blocked)
+        if blocked:
+            await ctx.tick().repeat(blocked)
         got.extend(await stream_get(ctx, dut.o_stream, count, rng=rng, stall=stall))
         await ctx.tick().repeat(dut.latency)       # nothing more may come out
         assert not ctx.get(dut.o_stream.valid), "extra output"
