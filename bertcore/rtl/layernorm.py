@@ -206,8 +206,8 @@ class IntLayerNorm(wiring.Component):
         If a parameter is out of range.
     """
 
-    #: Width of the signed output: ``|out| <= 2**30``.
-    OUT_WIDTH = 32
+    #: Width of the signed output: ``-2**30 <= out <= 2**30`` needs 31 bits and a sign.
+    OUT_WIDTH = (1 << 30).bit_length() + 1
 
     def __init__(self, hidden, *, in_width=RESIDUAL_BITS, frac_bits=LN_FRAC_BITS):
         _check_int("hidden", hidden, 1)
@@ -457,8 +457,8 @@ class IntLayerNorm(wiring.Component):
                     sum1.eq(hold_s1), sum2.eq(hold_s2),
                     div_rem.eq(hold_s1[W:]), div_quo.eq(hold_s1[:W]),   # S1 >> W < N
                     steps.eq(0),
+                    stage.eq(_Stage.DIVIDE),
                 ]
-                m.d.sync += stage.eq(_Stage.DIVIDE)
         with m.Elif(stage == _Stage.DIVIDE):
             # W cycles: one quotient bit of S1 / N per cycle, MSB first
             m.d.sync += [
@@ -475,8 +475,8 @@ class IntLayerNorm(wiring.Component):
                 mu.eq(mu_next), mu_bits.eq(mu_next),
                 a_val.eq(sum1 + div_rem - Mux(round_up, N, 0)),
                 prod.eq(0), steps.eq(0),
+                stage.eq(_Stage.MULTIPLY),
             ]
-            m.d.sync += stage.eq(_Stage.MULTIPLY)
         with m.Elif(stage == _Stage.MULTIPLY):
             # W cycles: prod = 2*prod + bit*A over the bits of mu, MSB first
             m.d.sync += [
@@ -491,8 +491,8 @@ class IntLayerNorm(wiring.Component):
             m.d.sync += [
                 radicand.eq((sum2 - prod)[:self._var_width]),
                 root.eq(0), root_rem.eq(0), steps.eq(0),
+                stage.eq(_Stage.SQRT),
             ]
-            m.d.sync += stage.eq(_Stage.SQRT)
         with m.Elif(stage == _Stage.SQRT):
             # root_width cycles: one root bit per cycle (restoring digit-by-digit)
             m.d.sync += [
