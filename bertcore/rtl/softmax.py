@@ -21,12 +21,13 @@ Every row passes through four engines, each working on a different row at the sa
 * **V, divider**: ``f = floor(2**32 / sum)`` by restoring division, one quotient bit per cycle;
 * **D, normalization**: reads ``exp16`` back and streams ``y`` out through a pipelined multiplier.
 
-The rows rotate through :data:`IntSoftmax.SLOTS` slots. A slot is a row of ``2**ceil(log2(
-max_seq))`` entries in each of two :class:`~amaranth.lib.memory.Memory` (one write and one read
-port each, nothing but a register behind the read port): the scores (written by A, read by B)
-and the exp16s (written by B, read by D). A slot is in one of four states: ``FREE`` (engine A may fill it), ``SCORES`` (waiting
-for or being read by engine B), ``EXPS`` (waiting for the divider) and ``NORM`` (waiting for or
-being read by engine D, which frees it). Each engine visits the slots in order.
+The rows rotate through :data:`IntSoftmax.SLOTS` slots. A slot is a row of
+``2**ceil(log2(max_seq))`` entries in each of two :class:`~amaranth.lib.memory.Memory` (one
+write and one read port each, nothing but a register behind the read port): the scores (written
+by A, read by B) and the exp16s (written by B, read by D). A slot is in one of four states:
+``FREE`` (engine A may fill it), ``SCORES`` (waiting for or being read by engine B), ``EXPS``
+(waiting for the divider) and ``NORM`` (waiting for or being read by engine D, which frees it).
+Each engine visits the slots in order.
 
 The divider needs ``sum >= 2**(SOFTMAX_EXP_BITS - 2)``: the row maximum alone contributes
 ``exp16(0) = round(c*m / 2**(e-30))``, which the legal constants keep near ``2**15`` (see
@@ -322,7 +323,7 @@ class IntSoftmax(wiring.Component):
             k_sh0.eq(self.e - (EXP_N + 1)),
         ]
 
-        # -- Slots: a row buffer each, and the per-row registers the engines hand over.
+        # -- Slots: their states, the per-row registers the engines hand over, the two buffers.
         state = [Signal(_SlotState, name=f"state{i}") for i in range(n_slots)]
         last_idx = [Signal(idx_bits, name=f"last_idx{i}") for i in range(n_slots)]
         row_max = [Signal(signed(in_width), name=f"row_max{i}") for i in range(n_slots)]
