@@ -1,7 +1,6 @@
 # amaranth: UnusedElaboratable=no
 """Tests of :class:`bertcore.rtl.softmax.IntSoftmax` against ``int_softmax_int``, bit for bit."""
 
-import math
 import random
 
 import pytest
