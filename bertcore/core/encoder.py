@@ -1,0 +1,998 @@
+"""The encoder core: all layers of an integer BERT encoder on one systolic array.
+
+Architecture
+------------
+One :class:`~bertcore.rtl.systolic.SystolicArray` (``N × N``, ``N = array_cols``) computes every
+product of a layer; the units around it are the finished RTL units of :mod:`bertcore.rtl`::
+
+    s_axis_param ─► loader ─► panel buffer (2 slots) ─┐ B          ┌► score buffer ─► IntSoftmax
+                      │   ─► scalars, LN parameters  │            │        └──► P buffer ─┐ A
+    s_axis_act ─► bytes ─► X ─┬──────────────────────► feeder ─► array ─► residual fetch ─► Requantizer
+                              │    Q/ctx, K, V, A, H ─┘            (22 bit, + residual)   │
+                              │                                      ├► sat8 ─► Q, K, V, ctx
+                              │                                      ├► sat16 ─► IntGELU ─► Requantizer ─► H
+                              │                                      └► R (22 bit) ─► IntLayerNorm
+                              └◄─────────── bytes ◄─ Requantizer (per channel, bias) ◄────┘
+                                                       └► m_axis_act (last layer)
+
+Activation buffers hold one sequence. They are banked by position: bank ``b`` of a buffer holds
+positions ``p ≡ b (mod N)``, one word of ``N`` channels (int8) per position and channel chunk,
+so that one read of every bank gives the ``N`` rows of an A operand beat (or the ``N`` key
+positions of a ``Kᵀ`` beat). ``X`` holds the layer input (and the residual of the attention
+output), ``Q`` the queries and then, in place, the attention context, ``K`` and ``V`` the keys
+and values, ``A`` the LayerNorm-1 output (the FFN input and residual), ``H`` the GELU output.
+``R`` holds the 22-bit residual sums before each LayerNorm. The score buffer holds the scores of
+one block of ``N`` query rows, the P buffer their probabilities (uint8, the array's A operand of
+``P·V``; the array's A operand is ``signed(9)`` so both int8 and uint8 fit).
+
+Schedule (sequential, one job at a time; the loader runs ahead)
+----------------------------------------------------------------
+* Per weight panel (``N`` output channels): the loader streams the panel's bias, requantization
+  vectors and ``K`` weight rows into a free slot of the double-buffered panel buffer while the
+  array computes the previous panel; the array then runs the panel over all ``ceil(L/N)`` row
+  blocks (each weight enters once per inference and is reused for every row block).
+* Q, K, V panels → Requantizer → int8 buffers.
+* Per head, per block of ``N`` query rows: scores ``Q_h·K_hᵀ`` (tiles over key blocks) → score
+  buffer → IntSoftmax row by row → P buffer → ``P·V_h`` → Requantizer (ctx scalars) → Q buffer.
+* O panels (A = context) → Requantizer with the residual ``X`` → R; LayerNorm pass R →
+  IntLayerNorm → per-channel Requantizer with bias → A.
+* FFN1 panels → Requantizer (16 bit) → IntGELU → Requantizer → H; FFN2 panels (A = H, residual
+  A) → R; LayerNorm pass → X (and ``m_axis_act`` in the last layer).
+
+Jobs do not overlap (the array drains between jobs): correct first, with the structure (slots,
+separate feeder / write-back / LayerNorm engines) ready for overlap. :mod:`bertcore.core.perf`
+models the cycles of this schedule.
+"""
+
+import math
+
+from amaranth.hdl import (Cat, Const, Module, Mux, ResetInserter, Signal, signed,
+                          unsigned)
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from bertcore.config import CoreConfig
+from bertcore.quant.kernels import REQ_M_BITS, RESIDUAL_BITS
+from bertcore.rtl.gelu import IntGELU
+from bertcore.rtl.layernorm import IntLayerNorm
+from bertcore.rtl.requant import REQ_E_BITS, Requantizer
+from bertcore.rtl.softmax import IntSoftmax
+from bertcore.rtl.systolic import SystolicArray
+
+from .image import (FORMAT_VERSION, LN_BIAS_BITS, MAGIC, ImageError, check_core_config,
+                    config_fingerprint, image_beats)
+
+__all__ = ["EncoderCore", "EncoderTop", "bus_layout"]
+
+# Panel groups (the order of the image) and write-back modes.
+G_Q, G_K, G_V, G_O, G_FFN1, G_FFN2 = range(6)
+M_Q, M_K, M_V, M_O, M_FFN1, M_FFN2, M_SCORE, M_CTX = range(8)
+# Sources of the A operand and kinds of jobs.
+A_X, A_Q, A_A, A_H, A_P = range(5)
+J_PANEL, J_SCORE, J_PV = range(3)
+#: Bits of one lane of the LayerNorm parameter memory: m, e, bias.
+_LN_LANE = REQ_M_BITS + REQ_E_BITS + LN_BIAS_BITS
+
+
+def bus_layout(bus_width):
+    """Payload layout of the core's streams: ``{"data": unsigned(bus_width), "last": 1}``."""
+    return data.StructLayout({"data": unsigned(bus_width), "last": unsigned(1)})
+
+
+def _beats(bits, bus):
+    return -(-bits // bus)
+
+
+def _pick(m, name, items, index, shape):
+    """A signal of ``shape`` driven by ``items[index]`` (a multiplexer)."""
+    sig = Signal(shape, name=name)
+    with m.Switch(index):
+        for i, item in enumerate(items):
+            with m.Case(i):
+                m.d.comb += sig.eq(item)
+    return sig
+
+
+class _Datapath(wiring.Component):
+    """Loader, sequencer, buffers and units of one run (reset by :class:`EncoderCore` on abort)."""
+
+    def __init__(self, config):
+        self._c = config
+        layout = bus_layout(config.bus_width)
+        super().__init__({
+            "param": In(stream.Signature(layout)),
+            "act": In(stream.Signature(layout)),
+            "out": Out(stream.Signature(layout)),
+            "start": In(1),
+            "done": Out(1),
+            "fail": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self._c
+        N = c.array_cols
+        BUS = c.bus_width
+        BB = BUS // 8
+        hid, ffn, hd = c.hidden, c.ffn, c.head_dim
+        CWH, CWF = hid // N, ffn // N
+        GRP = -(-c.max_seq // N)
+        KW = max(hid, ffn)
+        KMAX = max(hid, ffn, c.max_seq)
+        HPW = hd // N                                   # words per head
+
+        # -- Units ---------------------------------------------------------------------------
+        m.submodules.array = array = SystolicArray(N, N, k_max=KMAX, a_shape=signed(9))
+        acc_w = array.out_shape.width
+        m.submodules.rq = rq = Requantizer(lanes=N, in_width=acc_w, out_bits=RESIDUAL_BITS,
+                                           residual=True, residual_width=8)
+        m.submodules.gelu = gelu = IntGELU(lanes=N, in_width=16)
+        m.submodules.rq2 = rq2 = Requantizer(lanes=N, in_width=gelu.out_width, out_bits=8)
+        SW = IntSoftmax.score_width(hd)
+        m.submodules.softmax = softmax = IntSoftmax(max_seq=c.max_seq, in_width=SW,
+                                                    output_bits=8, saturate_output=True,
+                                                    head_dim=hd)
+        m.submodules.ln = ln = IntLayerNorm(hid, in_width=RESIDUAL_BITS)
+        m.submodules.rq_ln = rq_ln = Requantizer(lanes=1, in_width=IntLayerNorm.OUT_WIDTH,
+                                                 out_bits=8, bias_width=LN_BIAS_BITS)
+
+        # -- Memories ------------------------------------------------------------------------
+        def banked(name, words, read_ports):
+            banks = []
+            for b in range(N):
+                mem = Memory(shape=unsigned(8 * N), depth=words, init=[])
+                m.submodules[f"{name}_{b}"] = mem
+                banks.append({"w": mem.write_port(),
+                              "r": [mem.read_port() for _ in range(read_ports)]})
+            return banks
+
+        buf = {
+            A_X: banked("x", GRP * CWH, 2),      # A operand; residual of O
+            A_Q: banked("q", GRP * CWH, 1),      # queries, then the context
+            A_A: banked("a", GRP * CWH, 2),      # A operand; residual of FFN2
+            A_H: banked("h", GRP * CWF, 1),
+        }
+        kbuf = banked("k", GRP * CWH, 1)
+        vbuf = banked("v", GRP * CWH, 1)
+        pbuf = banked("p", GRP, 1)               # bank i = query row i of the block
+        m.submodules.r_mem = r_mem = Memory(shape=unsigned(RESIDUAL_BITS * N),
+                                            depth=GRP * N * CWH, init=[])
+        r_w, r_r = r_mem.write_port(), r_mem.read_port()
+        m.submodules.s_mem = s_mem = Memory(shape=unsigned(SW * N), depth=N * GRP, init=[])
+        s_w, s_r = s_mem.write_port(), s_mem.read_port()
+        m.submodules.panel = panel = Memory(shape=unsigned(8 * N), depth=2 * KW, init=[])
+        pw_w, pw_r = panel.write_port(), panel.read_port()
+        m.submodules.ln_mem = ln_mem = Memory(shape=unsigned(_LN_LANE * N), depth=2 * CWH,
+                                              init=[])
+        lp_w, lp_r = ln_mem.write_port(), ln_mem.read_port()
+        for banks in (*buf.values(), kbuf, vbuf, pbuf):
+            for bank in banks:
+                for port in bank["r"]:
+                    m.d.comb += port.en.eq(0)
+                m.d.comb += bank["w"].en.eq(0)
+
+        # -- Run state ---------------------------------------------------------------------
+        seq_len = Signal(range(c.max_seq + 1))           # L
+        n_blk = Signal(range(GRP + 1))                    # ceil(L / N)
+        layer = Signal(range(c.layers + 1))
+
+        # slot / record hand-over flags (loader sets, sequencer clears)
+        slot_full = Signal(2)
+        scal_full = Signal()
+        ln_full = Signal(2)
+        set_slot, clr_slot = Signal(), Signal()
+        set_slot_i, clr_slot_i = Signal(), Signal()
+        set_scal, clr_scal = Signal(), Signal()
+        set_ln, clr_ln = Signal(), Signal()
+        set_ln_i, clr_ln_i = Signal(), Signal()
+        for i in range(2):
+            with m.If(set_slot & (set_slot_i == i)):
+                m.d.sync += slot_full[i].eq(1)
+            with m.Elif(clr_slot & (clr_slot_i == i)):
+                m.d.sync += slot_full[i].eq(0)
+            with m.If(set_ln & (set_ln_i == i)):
+                m.d.sync += ln_full[i].eq(1)
+            with m.Elif(clr_ln & (clr_ln_i == i)):
+                m.d.sync += ln_full[i].eq(0)
+        with m.If(set_scal):
+            m.d.sync += scal_full.eq(1)
+        with m.Elif(clr_scal):
+            m.d.sync += scal_full.eq(0)
+
+        # per-slot panel header registers
+        s_bias = [[Signal(signed(32), name=f"s{s}_bias{j}") for j in range(N)] for s in range(2)]
+        s_m = [[Signal(signed(REQ_M_BITS), name=f"s{s}_m{j}") for j in range(N)] for s in range(2)]
+        s_e = [[Signal(REQ_E_BITS, name=f"s{s}_e{j}") for j in range(N)] for s in range(2)]
+        s_m2 = [[Signal(signed(REQ_M_BITS), name=f"s{s}_m2_{j}") for j in range(N)]
+                for s in range(2)]
+        s_e2 = [[Signal(REQ_E_BITS, name=f"s{s}_e2_{j}") for j in range(N)] for s in range(2)]
+
+        # layer scalars
+        shapes = IntSoftmax.CONSTANT_SHAPES
+        sm = {k: Signal(v, name=f"sm_{k}") for k, v in shapes.items()}
+        ctx_m = Signal(signed(REQ_M_BITS))
+        ctx_e = Signal(REQ_E_BITS)
+        g_b = Signal(signed(gelu.b_width))
+        g_c = Signal(signed(gelu.c_width))
+        g_q1 = Signal(signed(gelu.q1_width))
+        m.d.comb += [getattr(softmax, k).eq(v) for k, v in sm.items()]
+        m.d.comb += [gelu.b.eq(g_b), gelu.c.eq(g_c), gelu.q1.eq(g_q1)]
+
+        # -- Parameter loader --------------------------------------------------------------
+        total = image_beats(c)
+        pbeat = Signal(range(total + 1))
+        vec_bits = max(128, 384, N * 64)
+        VB = _beats(vec_bits, BUS)
+        vec = Signal(VB * BUS)
+        vb = Signal(range(VB + 1))
+        p_fire = Signal()
+        m.d.comb += p_fire.eq(self.param.valid & self.param.ready)
+        merged = Signal(VB * BUS)
+        m.d.comb += merged.eq(Cat(*(Mux(vb == b, self.param.payload.data, vec[b * BUS:(b + 1) * BUS])
+                                    for b in range(VB))))
+        l_layer = Signal(range(c.layers + 1))
+        l_group = Signal(range(6))
+        l_panel = Signal(range(max(CWH, CWF) + 1))
+        l_row = Signal(range(KW + 1))
+        l_slot = Signal()
+        l_chunk = Signal(range(CWH + 1))
+        l_ln = Signal()
+        ln_m_reg = Signal(16 * N)
+        ln_e_reg = Signal(8 * N)
+        param_ok = Signal()            # the loader may take a beat in its current state
+        fail_hdr = Signal()
+        vdone = Signal()                # this beat completes the current vector
+        m.d.comb += self.param.ready.eq(param_ok)
+        with m.If(p_fire):
+            m.d.sync += pbeat.eq(pbeat + 1)
+            with m.If(vdone):
+                m.d.sync += vb.eq(0)
+            with m.Else():
+                m.d.sync += [vb.eq(vb + 1), vec.eq(merged)]
+        # length checks: tlast exactly on beat total-1
+        fail_len = Signal()
+        m.d.comb += fail_len.eq(p_fire & (self.param.payload.last != (pbeat == total - 1)))
+
+        def lanes(width, j, src=merged):
+            return src[j * width:(j + 1) * width]
+
+        n_panels = Mux(l_group == G_FFN1, CWF, CWH)
+        k_rows = Mux(l_group == G_FFN2, ffn, hid)
+        with m.FSM(name="loader"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.next = "HDR"
+
+            def vector_state(name, bits, ok=1):
+                nb = _beats(bits, BUS)
+                m.d.comb += [param_ok.eq(ok), vdone.eq(vb == nb - 1)]
+                return p_fire & (vb == nb - 1)
+
+            with m.State("HDR"):
+                with m.If(vector_state("HDR", 128)):
+                    words = [merged[32 * i:32 * (i + 1)] for i in range(4)]
+                    good = ((words[0] == MAGIC) & (words[1] == FORMAT_VERSION)
+                            & (words[2] == config_fingerprint(c)) & (words[3] == total))
+                    with m.If(good):
+                        m.next = "SCAL"
+                    with m.Else():
+                        m.d.comb += fail_hdr.eq(1)
+                        m.next = "IDLE"
+            with m.State("SCAL"):
+                with m.If(vector_state("SCAL", 384, ~scal_full)):
+                    w = [merged[32 * i:32 * (i + 1)] for i in range(12)]
+                    c64 = Cat(w[2], w[3])
+                    gc64 = Cat(w[9], w[10])
+                    m.d.sync += [
+                        sm["x0"].eq(w[0]), sm["b"].eq(w[1]), sm["c"].eq(c64),
+                        sm["m"].eq(w[4]), sm["e"].eq(w[5]),
+                        ctx_m.eq(w[6]), ctx_e.eq(w[7]),
+                        g_b.eq(w[8]), g_c.eq(gc64), g_q1.eq(w[11]),
+                        l_group.eq(G_Q), l_panel.eq(0),
+                    ]
+                    m.d.comb += set_scal.eq(1)
+                    m.next = "BIAS"
+            free = ~slot_full.bit_select(l_slot, 1)
+            for name, width, regs, nxt in (("BIAS", 32, s_bias, "M"), ("M", 16, s_m, "E"),
+                                           ("E", 8, s_e, "M2"), ("M2", 16, s_m2, "E2"),
+                                           ("E2", 8, s_e2, "W")):
+                with m.State(name):
+                    with m.If(vector_state(name, N * width, free)):
+                        for s in range(2):
+                            with m.If(l_slot == s):
+                                m.d.sync += [regs[s][j].eq(lanes(width, j)) for j in range(N)]
+                        m.d.sync += l_row.eq(0)
+                        m.next = nxt
+            with m.State("W"):
+                m.d.comb += [pw_w.addr.eq(Mux(l_slot, KW, 0) + l_row),
+                             pw_w.data.eq(merged[:8 * N])]
+                with m.If(vector_state("W", N * 8, free)):
+                    m.d.comb += pw_w.en.eq(1)
+                    m.d.sync += l_row.eq(l_row + 1)
+                    with m.If(l_row == k_rows - 1):
+                        m.d.comb += [set_slot.eq(1), set_slot_i.eq(l_slot)]
+                        m.d.sync += [l_slot.eq(~l_slot), l_panel.eq(l_panel + 1)]
+                        with m.If(l_panel == n_panels - 1):
+                            m.d.sync += [l_panel.eq(0), l_group.eq(l_group + 1), l_chunk.eq(0)]
+                            with m.If(l_group == G_O):
+                                m.d.sync += l_ln.eq(0)
+                                m.next = "LNM"
+                            with m.Elif(l_group == G_FFN2):
+                                m.d.sync += l_ln.eq(1)
+                                m.next = "LNM"
+                            with m.Else():
+                                m.next = "BIAS"
+                        with m.Else():
+                            m.next = "BIAS"
+            ln_free = ~ln_full.bit_select(l_ln, 1)
+            with m.State("LNM"):
+                with m.If(vector_state("LNM", N * 16, ln_free)):
+                    m.d.sync += ln_m_reg.eq(merged[:16 * N])
+                    m.next = "LNE"
+            with m.State("LNE"):
+                with m.If(vector_state("LNE", N * 8, ln_free)):
+                    m.d.sync += ln_e_reg.eq(merged[:8 * N])
+                    m.next = "LNB"
+            with m.State("LNB"):
+                word = Cat(*(Cat(lanes(16, j, ln_m_reg), lanes(8, j, ln_e_reg)[:REQ_E_BITS],
+                                 lanes(64, j)[:LN_BIAS_BITS]) for j in range(N)))
+                m.d.comb += [lp_w.addr.eq(Mux(l_ln, CWH, 0) + l_chunk), lp_w.data.eq(word)]
+                with m.If(vector_state("LNB", N * 64, ln_free)):
+                    m.d.comb += lp_w.en.eq(1)
+                    m.d.sync += l_chunk.eq(l_chunk + 1)
+                    m.next = "LNM"
+                    with m.If(l_chunk == CWH - 1):
+                        m.d.comb += [set_ln.eq(1), set_ln_i.eq(l_ln)]
+                        with m.If(l_ln == 0):
+                            m.next = "BIAS"
+                        with m.Elif(l_layer == c.layers - 1):
+                            m.next = "END"
+                        with m.Else():
+                            m.d.sync += l_layer.eq(l_layer + 1)
+                            m.next = "SCAL"
+            with m.State("END"):
+                pass
+
+        # -- Activation input: beats -> bytes -> gatherer ----------------------------------
+        # The gatherer collects bytes (row-major) into words of N channels and writes them into
+        # the X or A buffer; it also serves the LayerNorm passes.
+        g_valid = Signal()
+        g_byte = Signal(8)
+        g_dest_a = Signal()
+        g_elem = Signal(range(N))
+        g_chunk = Signal(range(CWH))
+        g_bank = Signal(range(N))
+        g_grp = Signal(range(GRP + 1))
+        g_pos = Signal(range(c.max_seq + 2))
+        g_word = Signal(8 * N)
+        g_reset = Signal()
+        g_full = Signal(8 * N)
+        m.d.comb += g_full.eq(Cat(*(Mux(g_elem == j, g_byte, g_word[8 * j:8 * j + 8])
+                                    for j in range(N))))
+        row_end = Signal()
+        m.d.comb += row_end.eq(g_valid & (g_elem == N - 1) & (g_chunk == CWH - 1))
+        with m.If(g_reset):
+            m.d.sync += [g_elem.eq(0), g_chunk.eq(0), g_bank.eq(0), g_grp.eq(0), g_pos.eq(0)]
+        with m.Elif(g_valid):
+            m.d.sync += [g_word.eq(g_full), g_elem.eq(g_elem + 1)]
+            with m.If(g_elem == N - 1):
+                m.d.sync += [g_elem.eq(0), g_chunk.eq(g_chunk + 1)]
+                with m.If(g_chunk == CWH - 1):
+                    m.d.sync += [g_chunk.eq(0), g_pos.eq(g_pos + 1), g_bank.eq(g_bank + 1)]
+                    with m.If(g_bank == N - 1):
+                        m.d.sync += [g_bank.eq(0), g_grp.eq(g_grp + 1)]
+                for b in range(N):
+                    for dest, banks in ((0, buf[A_X]), (1, buf[A_A])):
+                        port = banks[b]["w"]
+                        m.d.comb += [port.addr.eq(g_grp * CWH + g_chunk), port.data.eq(g_full)]
+                        with m.If((g_bank == b) & (g_dest_a == dest) & (g_pos < c.max_seq)):
+                            m.d.comb += port.en.eq(1)
+
+        ib = Signal(BUS)
+        ib_valid = Signal()
+        ib_last = Signal()
+        ib_idx = Signal(range(BB))
+        in_active = Signal()
+        in_done = Signal()
+        fail_seq = Signal()
+        m.d.comb += self.act.ready.eq(in_active & ~ib_valid)
+        with m.If(self.act.valid & self.act.ready):
+            m.d.sync += [ib.eq(self.act.payload.data), ib_valid.eq(1),
+                         ib_last.eq(self.act.payload.last), ib_idx.eq(0)]
+        with m.If(ib_valid & in_active):
+            m.d.comb += [g_valid.eq(1), g_byte.eq(ib.word_select(ib_idx, 8)), g_dest_a.eq(0)]
+            m.d.sync += ib_idx.eq(ib_idx + 1)
+            with m.If(row_end & (g_pos == c.max_seq)):
+                m.d.comb += fail_seq.eq(1)
+            with m.If(ib_idx == BB - 1):
+                m.d.sync += ib_valid.eq(0)
+                with m.If(ib_last):
+                    m.d.sync += [in_active.eq(0), in_done.eq(1)]
+
+        # -- Output packer: bytes -> beats -------------------------------------------------
+        o_acc = Signal(BUS)
+        o_idx = Signal(range(BB))
+        o_in_valid = Signal()
+        o_in_byte = Signal(8)
+        o_in_final = Signal()
+        o_ready = Signal()
+        o_pending = Signal()           # the last beat has not been delivered yet
+        m.d.comb += o_ready.eq(~self.out.valid | self.out.ready)
+        with m.If(self.out.valid & self.out.ready):
+            m.d.sync += self.out.valid.eq(0)
+            with m.If(self.out.payload.last):
+                m.d.sync += o_pending.eq(0)
+        o_full = Signal(BUS)
+        m.d.comb += o_full.eq(Cat(*(Mux(o_idx == j, o_in_byte, o_acc[8 * j:8 * j + 8])
+                                    for j in range(BB))))
+        with m.If(o_in_valid & o_ready):
+            m.d.sync += [o_acc.eq(o_full), o_idx.eq(o_idx + 1)]
+            with m.If((o_idx == BB - 1) | o_in_final):
+                m.d.sync += [self.out.valid.eq(1), self.out.payload.data.eq(o_full),
+                             self.out.payload.last.eq(o_in_final), o_acc.eq(0), o_idx.eq(0)]
+
+        # -- GEMM feeder: A and B operand beats and the bias --------------------------------
+        j_kind = Signal(range(3))
+        j_asrc = Signal(range(5))
+        j_tiles = Signal(range(max(GRP, CWH, CWF, HPW) + 1))
+        j_k = Signal(range(KMAX + 1))
+        j_mb = Signal(range(GRP))          # query block (scores, PV)
+        j_chw = Signal(range(CWH + 1))    # first channel word of the head
+        j_slot = Signal()
+        j_mode = Signal(range(8))
+        j_chunk = Signal(range(max(CWH, CWF)))   # output chunk of a panel
+        f_active = Signal()
+        f_t = Signal.like(j_tiles)
+        f_k = Signal.like(j_k)
+        f_kw = Signal(range(KMAX // N + 2))
+        f_ke = Signal(range(N))
+        s1_valid = Signal()
+        s1_last = Signal()
+        s1_ke = Signal(range(N))
+        adv = Signal()
+        m.d.comb += [adv.eq(~s1_valid | array.a.ready)]
+        issue = Signal()
+        m.d.comb += issue.eq(adv & f_active)
+        with m.If(adv):
+            m.d.sync += [s1_valid.eq(f_active), s1_last.eq(f_k == j_k - 1), s1_ke.eq(f_ke)]
+        with m.If(issue):
+            m.d.sync += [f_k.eq(f_k + 1), f_ke.eq(f_ke + 1)]
+            with m.If(f_ke == N - 1):
+                m.d.sync += [f_ke.eq(0), f_kw.eq(f_kw + 1)]
+            with m.If(f_k == j_k - 1):
+                m.d.sync += [f_k.eq(0), f_ke.eq(0), f_kw.eq(0), f_t.eq(f_t + 1)]
+                with m.If(f_t == j_tiles - 1):
+                    m.d.sync += f_active.eq(0)
+        # addresses
+        a_cw = Mux(j_asrc == A_H, CWF, CWH)
+        a_grp = Mux(j_kind == J_PANEL, f_t, j_mb)
+        a_addr = a_grp * a_cw + j_chw + f_kw
+        for src, banks in buf.items():
+            for b in range(N):
+                port = banks[b]["r"][0]
+                m.d.comb += [port.addr.eq(a_addr), port.en.eq(adv)]
+        for b in range(N):
+            m.d.comb += [pbuf[b]["r"][0].addr.eq(f_kw), pbuf[b]["r"][0].en.eq(adv),
+                         kbuf[b]["r"][0].addr.eq(f_t * CWH + j_chw + f_kw),
+                         kbuf[b]["r"][0].en.eq(adv),
+                         vbuf[b]["r"][0].addr.eq(f_kw * CWH + j_chw + f_t),
+                         vbuf[b]["r"][0].en.eq(adv)]
+        m.d.comb += [pw_r.addr.eq(Mux(j_slot, KW, 0) + f_k), pw_r.en.eq(adv)]
+        s1_asrc = Signal.like(j_asrc)
+        s1_kind = Signal.like(j_kind)
+        m.d.sync += [s1_asrc.eq(j_asrc), s1_kind.eq(j_kind)]
+
+        def elem(word, idx, name):
+            return _pick(m, name, [word[8 * j:8 * j + 8] for j in range(N)], idx, 8)
+
+        for i in range(N):
+            lane = Signal(signed(9), name=f"a_lane{i}")
+            with m.Switch(s1_asrc):
+                for src, banks in buf.items():
+                    with m.Case(src):
+                        m.d.comb += lane.eq(
+                            elem(banks[i]["r"][0].data, s1_ke, f"a{src}_{i}").as_signed())
+                with m.Case(A_P):
+                    m.d.comb += lane.eq(Cat(elem(pbuf[i]["r"][0].data, s1_ke, f"ap_{i}"), Const(0, 1)))
+            m.d.comb += array.a.payload.data[i].eq(lane)
+        vword = _pick(m, "vword", [vbuf[b]["r"][0].data for b in range(N)], s1_ke, 8 * N)
+        for j in range(N):
+            lane = Signal(signed(8), name=f"b_lane{j}")
+            with m.Switch(s1_kind):
+                with m.Case(J_PANEL):
+                    m.d.comb += lane.eq(pw_r.data[8 * j:8 * j + 8])
+                with m.Case(J_SCORE):
+                    m.d.comb += lane.eq(elem(kbuf[j]["r"][0].data, s1_ke, f"bk_{j}"))
+                with m.Case(J_PV):
+                    m.d.comb += lane.eq(vword[8 * j:8 * j + 8])
+            m.d.comb += array.b.payload.data[j].eq(lane)
+        m.d.comb += [array.a.valid.eq(s1_valid), array.b.valid.eq(s1_valid),
+                     array.a.payload.last.eq(s1_last), array.b.payload.last.eq(s1_last)]
+        # bias: one beat per tile
+        bias_cnt = Signal.like(j_tiles)
+        j_bias_on = Signal()
+        bias_left = Signal()
+        m.d.comb += array.bias.valid.eq(bias_left)
+        for j in range(N):
+            m.d.comb += array.bias.payload[j].eq(
+                Mux(j_bias_on, Mux(j_slot, s_bias[1][j], s_bias[0][j]), 0))
+        with m.If(array.bias.valid & array.bias.ready):
+            m.d.sync += bias_cnt.eq(bias_cnt + 1)
+            with m.If(bias_cnt == j_tiles - 1):
+                m.d.sync += bias_left.eq(0)
+
+        # -- Array output: residual fetch, requantization, write-back -------------------------
+        c1_valid = Signal()
+        c1_data = [Signal(signed(acc_w), name=f"c1_{j}") for j in range(N)]
+        c_i = Signal(range(N))
+        c_t = Signal.like(j_tiles)
+        c1_i = Signal(range(N))
+        c1_t = Signal.like(j_tiles)
+        wb_count = Signal(range(max(GRP, CWH, CWF, HPW) * N + 1))
+        is_score = j_mode == M_SCORE
+        is_ffn1 = j_mode == M_FFN1
+        down_ready = Signal()
+        m.d.comb += down_ready.eq(Mux(is_score, 1, rq.i_stream.ready))
+        c_take = Signal()
+        m.d.comb += [array.c.ready.eq(~c1_valid | down_ready),
+                     c_take.eq(array.c.valid & array.c.ready)]
+        with m.If(~c1_valid | down_ready):
+            m.d.sync += c1_valid.eq(array.c.valid)
+        with m.If(c_take):
+            m.d.sync += [c1_data[j].eq(array.c.payload.data[j]) for j in range(N)]
+            m.d.sync += [c1_i.eq(c_i), c1_t.eq(c_t), c_i.eq(c_i + 1)]
+            with m.If(c_i == N - 1):
+                m.d.sync += [c_i.eq(0), c_t.eq(c_t + 1)]
+        # residual read (X for O, A for FFN2) issued as the beat enters c1
+        res_addr = c_t * CWH + j_chunk
+        for src in (A_X, A_A):
+            for b in range(N):
+                port = buf[src][b]["r"][1]
+                m.d.comb += [port.addr.eq(res_addr), port.en.eq(c_take)]
+        res_x = _pick(m, "res_x", [buf[A_X][b]["r"][1].data for b in range(N)], c1_i, 8 * N)
+        res_a = _pick(m, "res_a", [buf[A_A][b]["r"][1].data for b in range(N)], c1_i, 8 * N)
+        res_word = Mux(j_mode == M_O, res_x, res_a)
+        has_res = (j_mode == M_O) | (j_mode == M_FFN2)
+        # score write (directly from c1)
+        m.d.comb += [s_w.addr.eq(c1_i * GRP + c1_t),
+                     s_w.data.eq(Cat(*(d[:SW] for d in c1_data)))]
+        wb_fire = Signal()
+        with m.If(c1_valid & is_score):
+            m.d.comb += [s_w.en.eq(1), wb_fire.eq(1)]
+        # requantizer input
+        m.d.comb += [rq.i_stream.valid.eq(c1_valid & ~is_score), rq.i_stream.payload.last.eq(0)]
+        for j in range(N):
+            lane = rq.i_stream.payload.data[j]
+            slot_m = Mux(j_slot, s_m[1][j], s_m[0][j])
+            slot_e = Mux(j_slot, s_e[1][j], s_e[0][j])
+            slot_m2 = Mux(j_slot, s_m2[1][j], s_m2[0][j])
+            slot_e2 = Mux(j_slot, s_e2[1][j], s_e2[0][j])
+            m.d.comb += [
+                lane.x.eq(c1_data[j]),
+                lane.m.eq(Mux(j_mode == M_CTX, ctx_m, slot_m)),
+                lane.e.eq(Mux(j_mode == M_CTX, ctx_e, slot_e)),
+                lane.r.eq(res_word[8 * j:8 * j + 8].as_signed()),
+                lane.m_r.eq(Mux(has_res, slot_m2, 0)),
+                lane.e_r.eq(Mux(has_res, slot_e2, 1)),
+            ]
+        # requantizer output: saturate by mode; FFN1 goes on through GELU and rq2
+        def sat(value, bits):
+            lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+            return Mux(value > hi, hi, Mux(value < lo, lo, value))
+
+        m.d.comb += [rq.o_stream.ready.eq(Mux(is_ffn1, gelu.i_stream.ready, 1)),
+                     gelu.i_stream.valid.eq(rq.o_stream.valid & is_ffn1),
+                     gelu.i_stream.payload.last.eq(0)]
+        for j in range(N):
+            m.d.comb += gelu.i_stream.payload.data[j].eq(sat(rq.o_stream.payload.data[j], 16))
+        connect_g = [rq2.i_stream.valid.eq(gelu.o_stream.valid),
+                     gelu.o_stream.ready.eq(rq2.i_stream.ready),
+                     rq2.i_stream.payload.last.eq(0), rq2.o_stream.ready.eq(1)]
+        m.d.comb += connect_g
+        for j in range(N):
+            lane = rq2.i_stream.payload.data[j]
+            m.d.comb += [lane.x.eq(gelu.o_stream.payload.data[j]),
+                         lane.m.eq(Mux(j_slot, s_m2[1][j], s_m2[0][j])),
+                         lane.e.eq(Mux(j_slot, s_e2[1][j], s_e2[0][j]))]
+        w_i = Signal(range(N))
+        w_t = Signal.like(j_tiles)
+        wr_valid = Signal()
+        m.d.comb += wr_valid.eq(Mux(is_ffn1, rq2.o_stream.valid,
+                                    rq.o_stream.valid & ~is_score))
+        w8 = Cat(*(Mux(is_ffn1, rq2.o_stream.payload.data[j],
+                       sat(rq.o_stream.payload.data[j], 8))[:8] for j in range(N)))
+        w22 = Cat(*(rq.o_stream.payload.data[j] for j in range(N)))
+        w_grp = Mux(j_mode == M_CTX, j_mb, w_t)
+        w_chunk = Mux(j_mode == M_CTX, j_chw + w_t, j_chunk)
+        with m.If(wr_valid):
+            m.d.comb += wb_fire.eq(1)
+            m.d.sync += w_i.eq(w_i + 1)
+            with m.If(w_i == N - 1):
+                m.d.sync += [w_i.eq(0), w_t.eq(w_t + 1)]
+        for mode, banks, cw in ((M_Q, buf[A_Q], CWH), (M_CTX, buf[A_Q], CWH), (M_K, kbuf, CWH),
+                                (M_V, vbuf, CWH), (M_FFN1, buf[A_H], CWF)):
+            for b in range(N):
+                port = banks[b]["w"]
+                with m.If(wr_valid & (j_mode == mode) & (w_i == b)):
+                    m.d.comb += [port.addr.eq(w_grp * cw + w_chunk), port.data.eq(w8),
+                                 port.en.eq(1)]
+        m.d.comb += [r_w.addr.eq((w_t * N + w_i) * CWH + j_chunk), r_w.data.eq(w22)]
+        with m.If(wr_valid & has_res):
+            m.d.comb += r_w.en.eq(1)
+        with m.If(wb_fire):
+            m.d.sync += wb_count.eq(wb_count + 1)
+        job_done = Signal()
+        m.d.comb += job_done.eq(~f_active & (wb_count == j_tiles * N))
+
+        # -- Softmax pass: score buffer -> IntSoftmax -> P buffer ----------------------------
+        x_active = Signal()
+        x_i = Signal(range(N + 1))
+        x_e = Signal(range(c.max_seq + 1))
+        x_w = Signal(range(GRP + 1))
+        x_l = Signal(range(N))
+        x1_valid = Signal()
+        x1_l = Signal(range(N))
+        x1_last = Signal()
+        x_adv = Signal()
+        m.d.comb += [x_adv.eq(~x1_valid | softmax.i_stream.ready),
+                     s_r.addr.eq(x_i * GRP + x_w), s_r.en.eq(x_adv)]
+        with m.If(x_adv):
+            m.d.sync += [x1_valid.eq(x_active), x1_l.eq(x_l), x1_last.eq(x_e == seq_len - 1)]
+        with m.If(x_adv & x_active):
+            m.d.sync += [x_e.eq(x_e + 1), x_l.eq(x_l + 1)]
+            with m.If(x_l == N - 1):
+                m.d.sync += [x_l.eq(0), x_w.eq(x_w + 1)]
+            with m.If(x_e == seq_len - 1):
+                m.d.sync += [x_e.eq(0), x_l.eq(0), x_w.eq(0), x_i.eq(x_i + 1)]
+                with m.If(x_i == N - 1):
+                    m.d.sync += x_active.eq(0)
+        m.d.comb += [softmax.i_stream.valid.eq(x1_valid),
+                     softmax.i_stream.payload.data.eq(_pick(
+                         m, "score", [s_r.data[SW * j:SW * (j + 1)] for j in range(N)], x1_l,
+                         signed(SW))),
+                     softmax.i_stream.payload.last.eq(x1_last)]
+        y_i = Signal(range(N + 1))
+        y_w = Signal(range(GRP + 1))
+        y_l = Signal(range(N))
+        y_word = Signal(8 * N)
+        m.d.comb += softmax.o_stream.ready.eq(1)
+        y_full = Cat(*(Mux(y_l == j, softmax.o_stream.payload.data, y_word[8 * j:8 * j + 8])
+                       for j in range(N)))
+        with m.If(softmax.o_stream.valid):
+            m.d.sync += [y_word.eq(y_full), y_l.eq(y_l + 1)]
+            ylast = softmax.o_stream.payload.last
+            with m.If((y_l == N - 1) | ylast):
+                m.d.sync += [y_l.eq(0), y_w.eq(y_w + 1)]
+                for b in range(N):
+                    with m.If(y_i == b):
+                        m.d.comb += [pbuf[b]["w"].addr.eq(y_w), pbuf[b]["w"].data.eq(y_full),
+                                     pbuf[b]["w"].en.eq(1)]
+            with m.If(ylast):
+                m.d.sync += [y_w.eq(0), y_i.eq(y_i + 1)]
+
+        # -- LayerNorm pass: R -> IntLayerNorm -> requant (per channel) -> gatherer -----------
+        n_active = Signal()
+        n_pos = Signal(range(c.max_seq + 1))
+        n_c = Signal(range(CWH))
+        n_l = Signal(range(N))
+        n1_valid = Signal()
+        n1_l = Signal(range(N))
+        n1_last = Signal()
+        n_adv = Signal()
+        m.d.comb += [n_adv.eq(~n1_valid | ln.i_stream.ready),
+                     r_r.addr.eq(n_pos * CWH + n_c), r_r.en.eq(n_adv)]
+        with m.If(n_adv):
+            m.d.sync += [n1_valid.eq(n_active), n1_l.eq(n_l),
+                         n1_last.eq((n_c == CWH - 1) & (n_l == N - 1))]
+        with m.If(n_adv & n_active):
+            m.d.sync += n_l.eq(n_l + 1)
+            with m.If(n_l == N - 1):
+                m.d.sync += [n_l.eq(0), n_c.eq(n_c + 1)]
+                with m.If(n_c == CWH - 1):
+                    m.d.sync += [n_c.eq(0), n_pos.eq(n_pos + 1)]
+                    with m.If(n_pos == seq_len - 1):
+                        m.d.sync += n_active.eq(0)
+        RW = RESIDUAL_BITS
+        m.d.comb += [ln.i_stream.valid.eq(n1_valid),
+                     ln.i_stream.payload.data.eq(_pick(
+                         m, "ln_in", [r_r.data[RW * j:RW * (j + 1)] for j in range(N)], n1_l,
+                         signed(RW))),
+                     ln.i_stream.payload.last.eq(n1_last)]
+        # LayerNorm output: fetch the channel's parameters
+        n_which = Signal()
+        q1_valid = Signal()
+        q1_data = Signal(signed(IntLayerNorm.OUT_WIDTH))
+        q_c = Signal(range(CWH))
+        q_l = Signal(range(N))
+        q1_l = Signal(range(N))
+        q_adv = Signal()
+        m.d.comb += [q_adv.eq(~q1_valid | rq_ln.i_stream.ready),
+                     ln.o_stream.ready.eq(q_adv),
+                     lp_r.addr.eq(Mux(n_which, CWH, 0) + q_c),
+                     lp_r.en.eq(ln.o_stream.valid & q_adv)]
+        with m.If(q_adv):
+            m.d.sync += q1_valid.eq(ln.o_stream.valid)
+        with m.If(ln.o_stream.valid & q_adv):
+            m.d.sync += [q1_data.eq(ln.o_stream.payload.data), q1_l.eq(q_l), q_l.eq(q_l + 1)]
+            with m.If(q_l == N - 1):
+                m.d.sync += [q_l.eq(0), q_c.eq(Mux(q_c == CWH - 1, 0, q_c + 1))]
+        lp_lane = _pick(m, "lp_lane", [lp_r.data[_LN_LANE * j:_LN_LANE * (j + 1)]
+                                       for j in range(N)], q1_l, _LN_LANE)
+        lane = rq_ln.i_stream.payload.data[0]
+        m.d.comb += [rq_ln.i_stream.valid.eq(q1_valid), rq_ln.i_stream.payload.last.eq(0),
+                     lane.x.eq(q1_data),
+                     lane.m.eq(lp_lane[:REQ_M_BITS]),
+                     lane.e.eq(lp_lane[REQ_M_BITS:REQ_M_BITS + REQ_E_BITS]),
+                     lane.bias.eq(lp_lane[REQ_M_BITS + REQ_E_BITS:])]
+        n_final = Signal()            # the last layer's LN2: also stream the output
+        n_gather = Signal()           # the gatherer serves the LayerNorm pass
+        with m.If(n_gather):
+            m.d.comb += [g_byte.eq(rq_ln.o_stream.payload.data[0]), g_dest_a.eq(~n_which)]
+            m.d.comb += rq_ln.o_stream.ready.eq(~n_final | o_ready)
+            m.d.comb += g_valid.eq(rq_ln.o_stream.valid & rq_ln.o_stream.ready)
+            m.d.comb += [o_in_valid.eq(n_final & rq_ln.o_stream.valid),
+                         o_in_byte.eq(rq_ln.o_stream.payload.data[0]),
+                         o_in_final.eq((g_pos == seq_len - 1) & (g_elem == N - 1)
+                                                & (g_chunk == CWH - 1))]
+
+        # -- Sequencer -----------------------------------------------------------------------
+        s_group = Signal(range(6))
+        s_panel = Signal(range(max(CWH, CWF) + 1))
+        s_slot = Signal()
+        s_head = Signal(range(c.heads + 1))
+        s_mb = Signal(range(GRP + 1))
+
+        def start_job(kind, asrc, tiles, k, mode, *, mb=0, chw=0, chunk=0, bias=0):
+            m.d.sync += [j_kind.eq(kind), j_asrc.eq(asrc), j_tiles.eq(tiles), j_k.eq(k),
+                         j_mode.eq(mode), j_mb.eq(mb), j_chw.eq(chw), j_chunk.eq(chunk),
+                         j_slot.eq(s_slot), j_bias_on.eq(bias), bias_left.eq(1),
+                         bias_cnt.eq(0), f_active.eq(1), f_t.eq(0), f_k.eq(0), f_kw.eq(0),
+                         f_ke.eq(0), c_i.eq(0), c_t.eq(0), w_i.eq(0), w_t.eq(0),
+                         wb_count.eq(0)]
+
+        g_panels = Mux(s_group == G_FFN1, CWF, CWH)
+        with m.FSM(name="seq"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.comb += g_reset.eq(1)
+                    m.d.sync += [in_active.eq(1), in_done.eq(0), layer.eq(0), o_pending.eq(0)]
+                    m.next = "INPUT"
+            with m.State("INPUT"):
+                with m.If(in_done):
+                    m.d.sync += [seq_len.eq(g_pos), n_blk.eq(g_grp + (g_bank != 0))]
+                    with m.If(g_pos == 0):
+                        m.d.comb += fail_seq.eq(1)
+                    with m.Else():
+                        m.next = "LAYER"
+            with m.State("LAYER"):
+                with m.If(scal_full):
+                    m.d.sync += [s_group.eq(G_Q), s_panel.eq(0)]
+                    m.next = "PWAIT"
+            with m.State("PWAIT"):
+                with m.If(slot_full.bit_select(s_slot, 1)):
+                    asrc = _pick(m, "asrc", [A_X, A_X, A_X, A_Q, A_A, A_H], s_group, 3)
+                    mode = _pick(m, "mode", [M_Q, M_K, M_V, M_O, M_FFN1, M_FFN2], s_group, 3)
+                    start_job(J_PANEL, asrc, n_blk, Mux(s_group == G_FFN2, ffn, hid), mode,
+                              chunk=s_panel, bias=1)
+                    m.next = "PRUN"
+            with m.State("PRUN"):
+                with m.If(job_done):
+                    m.d.comb += [clr_slot.eq(1), clr_slot_i.eq(s_slot)]
+                    m.d.sync += [s_slot.eq(~s_slot), s_panel.eq(s_panel + 1)]
+                    m.next = "PWAIT"
+                    with m.If(s_panel == g_panels - 1):
+                        m.d.sync += [s_panel.eq(0), s_group.eq(s_group + 1)]
+                        with m.If(s_group == G_V):
+                            m.d.sync += [s_head.eq(0), s_mb.eq(0)]
+                            m.next = "SCORES"
+                        with m.Elif(s_group == G_O):
+                            m.d.sync += n_which.eq(0)
+                            m.next = "LN"
+                        with m.Elif(s_group == G_FFN1):
+                            m.d.comb += clr_scal.eq(1)
+                        with m.Elif(s_group == G_FFN2):
+                            m.d.sync += n_which.eq(1)
+                            m.next = "LN"
+            with m.State("SCORES"):
+                start_job(J_SCORE, A_Q, n_blk, hd, M_SCORE, mb=s_mb, chw=s_head * HPW)
+                m.next = "SRUN"
+            with m.State("SRUN"):
+                with m.If(job_done):
+                    m.d.sync += [x_active.eq(1), x_i.eq(0), x_e.eq(0), x_w.eq(0), x_l.eq(0),
+                                 y_i.eq(0), y_w.eq(0), y_l.eq(0)]
+                    m.next = "SMAX"
+            with m.State("SMAX"):
+                with m.If(y_i == N):
+                    start_job(J_PV, A_P, HPW, seq_len, M_CTX, mb=s_mb, chw=s_head * HPW)
+                    m.next = "PVRUN"
+            with m.State("PVRUN"):
+                with m.If(job_done):
+                    m.d.sync += s_mb.eq(s_mb + 1)
+                    m.next = "SCORES"
+                    with m.If(s_mb == n_blk - 1):
+                        m.d.sync += [s_mb.eq(0), s_head.eq(s_head + 1)]
+                        with m.If(s_head == c.heads - 1):
+                            m.next = "PWAIT"          # s_group is G_O
+            with m.State("LN"):
+                with m.If(ln_full.bit_select(n_which, 1)):
+                    m.d.comb += g_reset.eq(1)
+                    m.d.sync += [n_active.eq(1), n_pos.eq(0), n_c.eq(0), n_l.eq(0),
+                                 q_c.eq(0), q_l.eq(0),
+                                 n_final.eq(n_which & (layer == c.layers - 1)),
+                                 o_pending.eq(n_which & (layer == c.layers - 1))]
+                    m.next = "LNRUN"
+            with m.State("LNRUN"):
+                m.d.comb += n_gather.eq(1)
+                with m.If((g_pos == seq_len) & ~o_pending):
+                    m.d.comb += [clr_ln.eq(1), clr_ln_i.eq(n_which)]
+                    m.d.sync += n_final.eq(0)
+                    with m.If(n_which == 0):
+                        m.d.sync += s_group.eq(G_FFN1)
+                        m.next = "PWAIT"
+                    with m.Elif(layer == c.layers - 1):
+                        m.d.comb += self.done.eq(1)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.sync += layer.eq(layer + 1)
+                        m.next = "LAYER"
+
+        m.d.comb += self.fail.eq(fail_hdr | fail_len | fail_seq)
+        return m
+
+
+class EncoderCore(wiring.Component):
+    """The encoder core: all layers of one sequence per run (see the module docstring).
+
+    Parameters
+    ----------
+    config : CoreConfig
+        A configuration the core supports (:func:`bertcore.core.image.check_core_config`).
+
+    Members
+    -------
+    s_param : ``In(stream.Signature(bus_layout(bus_width)))``
+        The parameter image (:func:`bertcore.core.image.pack_parameter_image`), once per run.
+    s_act : ``In(stream.Signature(bus_layout(bus_width)))``
+        The int8 input of one sequence (:func:`bertcore.core.image.pack_activations`).
+    m_act : ``Out(stream.Signature(bus_layout(bus_width)))``
+        The int8 output of the last layer, same layout.
+    busy : ``Out(1)``
+        A run (or the draining of a bad packet) is in progress.
+    error : ``Out(1)``
+        Sticky: a protocol error was seen; cleared when the next image header is accepted.
+    cycles : ``Out(32)``
+        Cycles of the last successful run (first image beat to last output beat).
+
+    Protocol errors (bad image header or length, an activation beat while idle, a sequence of
+    0 or more than ``max_seq`` rows) raise ``error``, abort the run, drop the open packets up to
+    their ``tlast`` and return to idle.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not a :class:`~bertcore.config.CoreConfig`.
+    ImageError
+        If the core does not support ``config``.
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, CoreConfig):
+            self._MustUse__silence = True
+            raise TypeError(f"config must be a CoreConfig, not {config!r}")
+        try:
+            check_core_config(config)
+        except ImageError:
+            self._MustUse__silence = True
+            raise
+        self._config = config
+        layout = bus_layout(config.bus_width)
+        super().__init__({
+            "s_param": In(stream.Signature(layout)),
+            "s_act": In(stream.Signature(layout)),
+            "m_act": Out(stream.Signature(layout)),
+            "busy": Out(1),
+            "error": Out(1),
+            "cycles": Out(32),
+        })
+
+    @property
+    def config(self):
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        abort = Signal()
+        dp = _Datapath(self._config)
+        m.submodules.dp = ResetInserter(abort)(dp)
+
+        p_fire = self.s_param.valid & self.s_param.ready
+        a_fire = self.s_act.valid & self.s_act.ready
+        p_open = Signal()          # a parameter packet has started and not ended
+        a_open = Signal()
+        with m.If(p_fire):
+            m.d.sync += p_open.eq(~self.s_param.payload.last)
+        with m.If(a_fire):
+            m.d.sync += a_open.eq(~self.s_act.payload.last)
+        count = Signal(32)
+        m.d.sync += count.eq(count + 1)
+
+        with m.FSM(name="ctrl"):
+            with m.State("IDLE"):
+                with m.If(self.s_param.valid):
+                    m.d.comb += dp.start.eq(1)
+                    m.d.sync += [self.error.eq(0), count.eq(1)]
+                    m.next = "RUN"
+                with m.Elif(self.s_act.valid):
+                    m.d.sync += self.error.eq(1)
+                    m.next = "DRAIN"
+            with m.State("RUN"):
+                m.d.comb += [
+                    self.busy.eq(1),
+                    dp.param.valid.eq(self.s_param.valid),
+                    dp.param.payload.eq(self.s_param.payload),
+                    self.s_param.ready.eq(dp.param.ready),
+                    dp.act.valid.eq(self.s_act.valid),
+                    dp.act.payload.eq(self.s_act.payload),
+                    self.s_act.ready.eq(dp.act.ready),
+                    self.m_act.valid.eq(dp.out.valid),
+                    self.m_act.payload.eq(dp.out.payload),
+                    dp.out.ready.eq(self.m_act.ready),
+                ]
+                with m.If(dp.fail):
+                    m.d.comb += abort.eq(1)
+                    m.d.sync += self.error.eq(1)
+                    m.next = "DRAIN"
+                with m.Elif(dp.done):
+                    m.d.sync += self.cycles.eq(count)
+                    m.next = "IDLE"
+            with m.State("DRAIN"):
+                # drop what is left of the open packets (the failing beat itself was taken)
+                m.d.comb += [self.busy.eq(1), abort.eq(1),
+                             self.s_param.ready.eq(p_open), self.s_act.ready.eq(a_open)]
+                with m.If((~p_open | (p_fire & self.s_param.payload.last))
+                          & (~a_open | (a_fire & self.s_act.payload.last))):
+                    m.next = "IDLE"
+        return m
+
+
+class EncoderTop(wiring.Component):
+    """:class:`EncoderCore` with flat AXI4-Stream port names (``s_axis_param_tdata`` ...).
+
+    ``verilog.convert(EncoderTop(config), name="bertcore_encoder")`` emits ``clk``, ``rst``,
+    ``s_axis_param_tdata/tvalid/tready/tlast``, ``s_axis_act_tdata/tvalid/tready/tlast``,
+    ``m_axis_act_tdata/tvalid/tready/tlast``, ``busy``, ``error`` and ``cycles``.
+    """
+
+    def __init__(self, config):
+        self._core = EncoderCore(config)
+        bus = config.bus_width
+        super().__init__({
+            "s_axis_param_tdata": In(bus), "s_axis_param_tvalid": In(1),
+            "s_axis_param_tready": Out(1), "s_axis_param_tlast": In(1),
+            "s_axis_act_tdata": In(bus), "s_axis_act_tvalid": In(1),
+            "s_axis_act_tready": Out(1), "s_axis_act_tlast": In(1),
+            "m_axis_act_tdata": Out(bus), "m_axis_act_tvalid": Out(1),
+            "m_axis_act_tready": In(1), "m_axis_act_tlast": Out(1),
+            "busy": Out(1), "error": Out(1), "cycles": Out(32),
+        })
+
+    @property
+    def core(self):
+        return self._core
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self._core
+        for name, s in (("s_axis_param", core.s_param), ("s_axis_act", core.s_act)):
+            m.d.comb += [s.payload.data.eq(getattr(self, f"{name}_tdata")),
+                         s.payload.last.eq(getattr(self, f"{name}_tlast")),
+                         s.valid.eq(getattr(self, f"{name}_tvalid")),
+                         getattr(self, f"{name}_tready").eq(s.ready)]
+        m.d.comb += [self.m_axis_act_tdata.eq(core.m_act.payload.data),
+                     self.m_axis_act_tlast.eq(core.m_act.payload.last),
+                     self.m_axis_act_tvalid.eq(core.m_act.valid),
+                     core.m_act.ready.eq(self.m_axis_act_tready),
+                     self.busy.eq(core.busy), self.error.eq(core.error),
+                     self.cycles.eq(core.cycles)]
+        return m
