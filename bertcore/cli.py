@@ -97,6 +97,53 @@ def cmd_embed(args):
     print(f"wrote {emb.shape[0]} embeddings of dimension {emb.shape[1]} to {out}")
 
 
+def _config(args):
+    from .config import load_config
+    if args.preset is None and args.config is None:
+        raise CliError("give --preset NAME or --config FILE.toml")
+    return load_config(args.preset, args.config, args.set or ())
+
+
+def cmd_presets(args):
+    from .config import PRESETS
+    from .core.image import image_beats
+    print(f"{'preset':10s} {'hidden':>6s} {'heads':>5s} {'ffn':>5s} {'layers':>6s} "
+          f"{'max_seq':>7s} {'array':>7s} {'bus':>4s} {'MAC/cycle':>9s} {'image MB':>8s}")
+    for name, c in PRESETS.items():
+        mb = image_beats(c) * c.bus_width / 8 / 1e6
+        print(f"{name:10s} {c.hidden:6d} {c.heads:5d} {c.ffn:5d} {c.layers:6d} {c.max_seq:7d} "
+              f"{c.array_rows:>3d}x{c.array_cols:<3d} {c.bus_width:4d} "
+              f"{c.array_rows * c.array_cols:9d} {mb:8.2f}")
+
+
+_VERILOG_NAME = __import__("re").compile(r"[A-Za-z_][A-Za-z0-9_$]*\Z")
+
+
+def cmd_generate(args):
+    from .core.generate import generate
+    cfg = _config(args)
+    if not _VERILOG_NAME.match(args.name):
+        raise CliError(f"--name {args.name!r} is not a Verilog module name")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"output {str(out)!r} exists and is not a directory")
+    model = None
+    if args.quantized:
+        from .quant.artifact import load_artifact
+        model = load_artifact(args.quantized)
+        cfg.check_model(model.shape)
+    v_path, j_path = generate(cfg, out, name=args.name)
+    print(f"wrote {v_path} and {j_path}")
+    if model is not None:
+        from .core.image import image_to_hex, pack_parameter_image
+        words = pack_parameter_image(model, cfg)
+        nbytes = cfg.bus_width // 8
+        (out / "params.bin").write_bytes(b"".join(w.to_bytes(nbytes, "little") for w in words))
+        (out / "params.hex").write_text(image_to_hex(words, cfg))
+        print(f"wrote the parameter image ({len(words)} beats of {cfg.bus_width} bits) to "
+              f"{out / 'params.bin'} and {out / 'params.hex'}")
+
+
 def build_parser():
     p = _Parser(prog="bertcore", description="Integer-only BERT encoder accelerator generator")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -124,15 +171,29 @@ def build_parser():
     e.add_argument("text", nargs="*", metavar="TEXT")
     e.add_argument("-o", "--output", required=True, metavar="OUT.npy")
     e.set_defaults(func=cmd_embed)
+
+    pr = sub.add_parser("presets", help="list the core presets with their key figures")
+    pr.set_defaults(func=cmd_presets)
+
+    g = sub.add_parser("generate", help="emit the encoder core as Verilog (+ manifest, image)")
+    g.add_argument("--preset", metavar="NAME", help="tiny, minilm, bert-base")
+    g.add_argument("--config", metavar="FILE.toml", help="configuration file")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
+    g.add_argument("--name", default="bertcore_encoder", help="Verilog module name")
+    g.add_argument("--quantized", metavar="FILE", help="also write the parameter image of this "
+                   "quantized model (params.bin, params.hex for $readmemh)")
+    g.add_argument("-o", "--output", required=True, metavar="DIR")
+    g.set_defaults(func=cmd_generate)
     return p
 
 
 def main(argv=None):
     from .checkpoint import BertError
+    from .config import ConfigError
     try:
         args = build_parser().parse_args(argv)
         args.func(args)
-    except (CliError, BertError) as exc:
+    except (CliError, BertError, ConfigError) as exc:
         print(f"bertcore: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -107,3 +107,66 @@ def preset(name):
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})") from None
+
+
+def _coerce(key, text):
+    """Parse the text of ``--set key=text`` by the type of the field."""
+    if key == "resident":
+        low = text.strip().lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"resident must be true or false, not {text!r}")
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise ConfigError(f"{key} must be an integer, not {text!r}") from None
+
+
+def load_config(preset_name=None, config_file=None, sets=()):
+    """Build a :class:`CoreConfig` from a preset, a TOML file and ``KEY=VALUE`` overrides.
+
+    The TOML file holds the fields at top level or in a ``[core]`` table, and may name a base
+    ``preset``. Later sources override earlier ones: preset, file, then ``sets`` in order.
+    """
+    import tomllib
+    values = {}
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(config_file)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_file}: syntax error: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {str(config_file)!r} is unreadable: {exc}") from None
+        data = data.get("core", data)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{config_file}: [core] must be a table")
+        file_preset = data.pop("preset", None)
+        if file_preset is not None:
+            if preset_name is not None and preset_name != file_preset:
+                raise ConfigError(f"--preset {preset_name} contradicts preset = "
+                                  f"{file_preset!r} in {config_file}")
+            preset_name = file_preset
+        values.update(data)
+    for item in sets:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set takes KEY=VALUE, not {item!r}")
+        values[key] = _coerce(key, text)
+    if preset_name is not None:
+        return preset(preset_name).replace(**values)
+    names = {f.name for f in dataclasses.fields(CoreConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown configuration key {unknown[0]!r} "
+                          f"(known: {', '.join(sorted(names))})")
+    missing = [f.name for f in dataclasses.fields(CoreConfig)
+               if f.name not in values and f.default is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"the configuration lacks {', '.join(missing)} (or name a preset)")
+    return CoreConfig(**values)

@@ -133,3 +133,53 @@ def test_console_script_exit_code_and_one_line(tmp_path):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not exist" in lines[0], r.stderr
+
+
+def test_presets_lists_key_figures(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("tiny", "minilm", "bert-base"):
+        assert name in out
+    assert "16x16" in out and "MAC/cycle" in out
+
+
+def test_generate_tiny_with_image(tmp_path, artifact):
+    import json
+    from bertcore.core.image import image_beats
+    from bertcore.config import preset
+    out = tmp_path / "gen"
+    assert main(["generate", "--preset", "tiny", "--quantized", str(artifact), "--name", "enc",
+                 "-o", str(out)]) == 0
+    v = (out / "enc.v").read_text()
+    assert "module enc(" in v
+    for port in ("s_axis_param_tdata", "s_axis_act_tlast", "m_axis_act_tready", "busy", "error"):
+        assert port in v
+    man = json.loads((out / "enc.json").read_text())
+    assert man["config"] == preset("tiny").to_dict()
+    beats = image_beats(preset("tiny"))
+    assert man["parameter_image"]["beats"] == beats
+    assert (out / "params.bin").stat().st_size == beats * 4
+    assert len((out / "params.hex").read_text().split()) == beats
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--preset", "huge", "-o", "x"], "unknown preset 'huge'"),
+    (["generate", "--preset", "tiny", "--set", "heads=5", "-o", "x"], "divisible by heads"),
+    (["generate", "--preset", "tiny", "--set", "speed=9", "-o", "x"], "unknown configuration key"),
+    (["generate", "-o", "x"], "give --preset NAME or --config"),
+    (["generate", "--preset", "tiny", "--name", "9bad", "-o", "x"], "not a Verilog module name"),
+])
+def test_generate_bad_input(capsys, tmp_path, argv, message):
+    argv = [a if a != "x" else str(tmp_path / "out") for a in argv]
+    assert message in _error(capsys, argv)
+    assert not (tmp_path / "out").exists()
+
+
+def test_generate_config_file_errors(capsys, tmp_path, artifact):
+    bad = tmp_path / "c.toml"
+    bad.write_text("[core\nhidden = 3")
+    assert "syntax error" in _error(capsys, ["generate", "--config", str(bad), "-o",
+                                             str(tmp_path / "o")])
+    assert "the model has hidden=32" in _error(capsys, ["generate", "--preset", "minilm",
+                                                        "--quantized", str(artifact), "-o",
+                                                        str(tmp_path / "o")])

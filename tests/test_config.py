@@ -43,3 +43,46 @@ def test_replace_keeps_valid_values():
     c = preset("tiny").replace(array_rows=3, array_cols=5, resident=True)
     assert (c.array_rows, c.array_cols, c.resident) == (3, 5, True)
     assert CoreConfig(**c.to_dict()) == c
+
+
+def test_load_config_sources(tmp_path):
+    from bertcore.config import load_config
+    assert load_config("tiny") == preset("tiny")
+    f = tmp_path / "c.toml"
+    f.write_text('[core]\npreset = "tiny"\narray_rows = 2\n')
+    assert load_config(config_file=f).array_rows == 2
+    c = load_config(config_file=f, sets=["array_rows=3", "resident=true", "bus_width=0x40"])
+    assert (c.array_rows, c.resident, c.bus_width) == (3, True, 64)
+    g = tmp_path / "g.toml"
+    g.write_text("\n".join(f"{k} = {v}" for k, v in preset("minilm").to_dict().items()
+                           if k != "resident") + "\n")
+    assert load_config(config_file=g) == preset("minilm")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"preset_name": "tiny", "sets": ["array_rows"]}, "--set takes KEY=VALUE"),
+    ({"preset_name": "tiny", "sets": ["array_rows=four"]}, "array_rows must be an integer, not 'four'"),
+    ({"preset_name": "tiny", "sets": ["frequency=100"]}, "unknown configuration key 'frequency'"),
+    ({"preset_name": "tiny", "sets": ["heads=5"]}, r"hidden \(32\) must be divisible by heads \(5\)"),
+    ({"preset_name": "tiny", "sets": ["resident=maybe"]}, "resident must be true or false"),
+    ({"sets": ["hidden=32"]}, "the configuration lacks heads"),
+    ({"preset_name": "nano"}, "unknown preset 'nano'"),
+])
+def test_load_config_errors(kwargs, message):
+    from bertcore.config import load_config
+    with pytest.raises(ConfigError, match=message):
+        load_config(**kwargs)
+
+
+def test_load_config_file_errors(tmp_path):
+    from bertcore.config import load_config
+    bad = tmp_path / "bad.toml"
+    bad.write_text("array_rows = = 3\n")
+    with pytest.raises(ConfigError, match="syntax error"):
+        load_config(config_file=bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(config_file=tmp_path / "none.toml")
+    other = tmp_path / "o.toml"
+    other.write_text('preset = "minilm"\n')
+    with pytest.raises(ConfigError, match="contradicts"):
+        load_config("tiny", config_file=other)

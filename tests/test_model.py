@@ -192,3 +192,12 @@ def test_gelu_input_scale_fits_the_hardware(tiny_ckpt):
         assert -(1 << GELU_IN_BITS) <= layer["gelu"]["b"] < 0
     ids = m.encode_text(TINY_EVAL[0])
     assert m.forward_ids(ids).abs().max() > 8
+
+
+def test_score_scale_fits_the_softmax_hardware(tiny_int):
+    """Tiny random Q/K ranges would give x0 below -2**15: Q and K are coarsened to fit."""
+    from bertcore.rtl.softmax import IntSoftmax
+    for i, lc in enumerate(tiny_int.consts["layers"]):
+        assert lc["scales"]["scores"] >= K.SOFTMAX_MIN_SCALE
+        assert lc["softmax"]["x0"] >= -(1 << (K.SOFTMAX_X0_BITS - 1))
+        IntSoftmax.check_constants(lc["softmax"])

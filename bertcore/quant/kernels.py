@@ -26,7 +26,7 @@ import torch
 
 __all__ = [
     "REQ_M_BITS", "RESIDUAL_BITS", "SOFTMAX_EXP_BITS", "SOFTMAX_MAX_BIT", "LN_FRAC_BITS",
-    "SOFTMAX_POLY_BITS", "SOFTMAX_MAX_SHIFT",
+    "SOFTMAX_POLY_BITS", "SOFTMAX_MAX_SHIFT", "SOFTMAX_X0_BITS", "SOFTMAX_MIN_SCALE",
     "GELU_K", "GELU_COEFF", "GELU_SHIFT", "EXP_X0", "EXP_COEFF", "EXP_N", "EXP_ZMAX",
     "int_range", "saturate", "floor_div", "round_half_even_div", "isqrt",
     "requant_params", "requantize",
@@ -53,6 +53,11 @@ SOFTMAX_MAX_SHIFT = 62 + 30
 SOFTMAX_MAX_BIT = 32
 #: Extra fractional bits of the LayerNorm reciprocal ``floor(2**(31+F) / std)``; 0 is I-BERT.
 LN_FRAC_BITS = 16
+
+#: Width of the softmax constant x0 = floor(-0.6931 / S) in hardware (signed).
+SOFTMAX_X0_BITS = 16
+#: Finest softmax input scale the hardware takes: x0 >= -2**(SOFTMAX_X0_BITS - 1).
+SOFTMAX_MIN_SCALE = 0.6931 / 2 ** (SOFTMAX_X0_BITS - 1)
 
 GELU_K = 1.4142                      # I-BERT's literal for sqrt(2)
 GELU_COEFF = (-0.2888, -1.769, 1.0)  # erf(x) ~ sign(x) * (a * (min(|x|, -b) + b)**2 + c)

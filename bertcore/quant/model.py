@@ -210,15 +210,20 @@ def quantize(ckpt, texts, opts=QuantOptions()):
         L = f"layer.{i}."
         lc = {}
         # Q, K, V: int8 per-tensor outputs (their channels meet in dot products)
-        out_s = {}
+        out_s = {nm: sc.tensor(f"{i}.{nm}") for nm in ("q", "k", "v")}
+        # scores: scale Sq*Sk/sqrt(d), not finer than the softmax hardware takes (coarsen Q and K
+        # equally when a model's Q/K ranges are tiny)
+        s_scores = out_s["q"] * out_s["k"] / math.sqrt(hd)
+        if s_scores < K.SOFTMAX_MIN_SCALE:
+            f = math.sqrt(K.SOFTMAX_MIN_SCALE / s_scores) * (1 + 1e-9)
+            out_s["q"] *= f
+            out_s["k"] *= f
+            s_scores = out_s["q"] * out_s["k"] / math.sqrt(hd)
         for nm, hf in (("q", "query"), ("k", "key"), ("v", "value")):
             wi, bi, s_acc = _quant_linear(w[p + f"attention.self.{hf}.weight"],
                                           w[p + f"attention.self.{hf}.bias"], s_x)
-            out_s[nm] = sc.tensor(f"{i}.{nm}")
             t[L + nm + ".w"], t[L + nm + ".b"] = wi, bi
             t[L + nm + ".m"], t[L + nm + ".e"] = _rq(s_acc / out_s[nm])
-        # scores and softmax
-        s_scores = out_s["q"] * out_s["k"] / math.sqrt(hd)
         lc["softmax"] = K.softmax_constants(s_scores)
         # context: P (scale 2**-8) @ V (scale Sv) -> int8 per tensor
         s_ctx = sc.tensor(f"{i}.ctx")

@@ -44,14 +44,16 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
 from bertcore.quant.kernels import (
-    EXP_N, EXP_X0, EXP_ZMAX, REQ_M_BITS, SOFTMAX_EXP_BITS, SOFTMAX_MAX_BIT, softmax_constants,
+    EXP_N, EXP_X0, EXP_ZMAX, REQ_M_BITS, SOFTMAX_EXP_BITS, SOFTMAX_MAX_BIT, SOFTMAX_X0_BITS,
+    softmax_constants,
 )
 from bertcore.rtl.common import dsp_partial_products
 
 __all__ = ["IntSoftmax"]
 
-# Width of the constant x0 (signed): x0 = floor(EXP_X0 / S) >= -2**15, i.e. S >= 0.6931 / 2**15.
-_X0_BITS = 16
+# Width of the constant x0 (signed): x0 = floor(EXP_X0 / S) >= -2**15, i.e. S >= 0.6931 / 2**15
+# (kernels.SOFTMAX_MIN_SCALE; quantization never goes finer).
+_X0_BITS = SOFTMAX_X0_BITS
 # The constants b and c grow as the scale shrinks: their widths are those at the smallest scale.
 _K_WIDEST = softmax_constants(-EXP_X0 / 2 ** (_X0_BITS - 1))
 assert _K_WIDEST["x0"] == -(1 << (_X0_BITS - 1))
