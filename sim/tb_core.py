@@ -1,0 +1,176 @@
+"""cocotb bench of the emitted Verilog of the encoder core (``tests/test_core.py``).
+
+The toplevel is ``ImageReplayTop`` (``tests/test_core.py``): ``bertcore_encoder`` with the
+parameter image of the tiny model in a ROM that replays it into ``s_axis_param`` whenever
+``param_en`` is high (``corrupt`` flips a header bit, ``short_image`` ends the image one beat early).
+cocotb drives the activations and checks the outputs against ``IntBert.encode_int`` (computed by
+the test and passed as ``params``: ``runs`` = list of ``{"act": [words], "out": [words]}``).
+"""
+
+import random
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import ReadOnly, RisingEdge
+
+from sim.runner import tb_params
+
+
+def _enabled(name):
+    """Tests run by default: runs_back_to_back, and protocol_errors with ``errors``; ``only``
+    selects one test."""
+    p = tb_params()
+    if "only" in p:
+        return p["only"] == name
+    return name == "runs_back_to_back" or (name == "protocol_errors" and p.get("errors", False))
+
+
+async def _reset(dut):
+    dut.s_axis_act_tvalid.value = 0
+    dut.s_axis_act_tlast.value = 0
+    dut.s_axis_act_tdata.value = 0
+    dut.m_axis_act_tready.value = 0
+    dut.param_en.value = 0
+    dut.param_go.value = 0
+    dut.corrupt.value = 0
+    dut.short_image.value = 0
+    Clock(dut.clk, 10, unit="ns").start(start_high=False)
+    dut.rst.value = 1
+    for _ in range(3):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    await RisingEdge(dut.clk)
+
+
+async def _send_act(dut, words, rng, stall):
+    for i, word in enumerate(words):
+        while rng.random() < stall:
+            dut.s_axis_act_tvalid.value = 0
+            await RisingEdge(dut.clk)
+        dut.s_axis_act_tdata.value = word
+        dut.s_axis_act_tlast.value = int(i == len(words) - 1)
+        dut.s_axis_act_tvalid.value = 1
+        while True:
+            await ReadOnly()
+            ready = bool(dut.s_axis_act_tready.value)
+            await RisingEdge(dut.clk)
+            if ready:
+                break
+    dut.s_axis_act_tvalid.value = 0
+
+
+async def _recv(dut, rng, stall, timeout):
+    """Receive one output packet (up to tlast)."""
+    words = []
+    for _ in range(timeout):
+        ready = rng.random() >= stall
+        dut.m_axis_act_tready.value = int(ready)
+        await ReadOnly()
+        fire = ready and bool(dut.m_axis_act_tvalid.value)
+        if fire:
+            words.append(dut.m_axis_act_tdata.value.to_unsigned())
+            last = bool(dut.m_axis_act_tlast.value)
+        await RisingEdge(dut.clk)
+        if fire and last:
+            dut.m_axis_act_tready.value = 0
+            return words
+    raise AssertionError(f"no complete output packet within {timeout} cycles")
+
+
+async def _param_driver(dut, rng, stall):
+    """Keep the image ROM's valid gated by random stalls (forever)."""
+    while True:
+        dut.param_en.value = int(rng.random() >= stall)
+        await RisingEdge(dut.clk)
+
+
+async def _wait(dut, signal, value, timeout):
+    for _ in range(timeout):
+        await ReadOnly()
+        if int(signal.value) == value:
+            await RisingEdge(dut.clk)
+            return
+        await RisingEdge(dut.clk)
+    raise AssertionError(f"{signal._name} did not become {value} within {timeout} cycles")
+
+
+async def _go(dut):
+    """Arm the image ROM for one image."""
+    dut.param_go.value = 1
+    await RisingEdge(dut.clk)
+    dut.param_go.value = 0
+
+
+async def _run(dut, run, rng, stall, timeout):
+    """One inference: start an image, send the activations, check the output."""
+    await _go(dut)
+    await _wait(dut, dut.busy, 1, timeout)
+    sender = cocotb.start_soon(_send_act(dut, run["act"], rng, stall))
+    got = await _recv(dut, rng, stall, timeout)
+    await sender
+    assert got == run["out"], f"output mismatch: got {got[:4]}..., want {run['out'][:4]}..."
+    await _wait(dut, dut.busy, 0, 100)
+    assert not dut.error.value, "error raised on a valid run"
+    return int(dut.cycles.value)
+
+
+@cocotb.test(skip=not _enabled("runs_back_to_back"))
+async def runs_back_to_back(dut):
+    """Every run of ``params["runs"]`` in sequence, random stalls on all streams."""
+    p = tb_params()
+    rng = random.Random(p["seed"])
+    await _reset(dut)
+    driver = cocotb.start_soon(_param_driver(dut, random.Random(p["seed"] + 1), p["stall"]))
+    cycles = []
+    for run in p["runs"]:
+        cycles.append(await _run(dut, run, rng, p["stall"], p["timeout"]))
+    driver.cancel()
+    dut._log.info(f"cycles per run: {cycles}")
+
+
+@cocotb.test(skip=not _enabled("protocol_errors"))
+async def protocol_errors(dut):
+    """Bad header, activations first, too long a sequence, short image; then a valid run."""
+    p = tb_params()
+    rng = random.Random(p["seed"] + 7)
+    timeout = p["timeout"]
+    good, too_long = p["runs"][0], p["too_long"]
+    await _reset(dut)
+
+    async def expect_error(what):
+        await _wait(dut, dut.error, 1, timeout)
+        await _wait(dut, dut.busy, 0, timeout)
+        await ReadOnly()
+        assert not dut.s_axis_param_tvalid.value, "the image was not dropped to its end"
+        await RisingEdge(dut.clk)
+        dut._log.info(f"{what}: error raised, packets dropped, back to idle")
+
+    async def start_image():
+        await _go(dut)
+        await _wait(dut, dut.busy, 1, timeout)     # a run started: error is cleared
+        assert not dut.error.value
+
+    dut.param_en.value = 1
+    # 1. activations before parameters: the packet is dropped
+    await _send_act(dut, good["act"], rng, 0.0)
+    await expect_error("activations first")
+    # 2. corrupted header: the whole image is dropped
+    dut.corrupt.value = 1
+    await start_image()
+    await expect_error("bad header")
+    dut.corrupt.value = 0
+    # 3. a sequence longer than max_seq: both packets are dropped
+    await start_image()
+    await _send_act(dut, too_long, rng, 0.0)
+    await expect_error("too long")
+    # 4. an image one beat short
+    dut.short_image.value = 1
+    await start_image()
+    sender = cocotb.start_soon(_send_act(dut, good["act"], rng, 0.0))
+    await expect_error("short image")
+    await sender
+    dut.short_image.value = 0
+    assert not dut.m_axis_act_tvalid.value
+    # 5. a valid run succeeds
+    await _run(dut, good, rng, 0.2, timeout)
+
