@@ -144,6 +144,115 @@ def cmd_generate(args):
               f"{out / 'params.bin'} and {out / 'params.hex'}")
 
 
+class _Progress:
+    """A rich status line for long steps (silent with --quiet or --json)."""
+
+    def __init__(self, enabled):
+        self._status = None
+        if enabled:
+            from rich.console import Console
+            self._console = Console(stderr=True, log_path=False)
+            self._status = self._console.status("")
+
+    def __enter__(self):
+        if self._status is not None:
+            self._status.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._status is not None:
+            self._status.__exit__(*exc)
+
+    def step(self, msg):
+        if self._status is not None:
+            self._status.update(msg)
+            self._console.log(msg)
+
+
+def _parse_sweep(items):
+    from .config import ConfigError, _coerce
+    sweeps = []
+    for item in items or ():
+        key, sep, vals = item.partition("=")
+        if not sep or not vals:
+            raise ConfigError(f"--sweep takes KEY=V1,V2,..., not {item!r}")
+        sweeps.append((key.strip(), [_coerce(key.strip(), v) for v in vals.split(",")]))
+    return sweeps
+
+
+def _report_table(rows):
+    res = ("LUT", "FF", "DSP", "BRAM")
+    lines = ["point                          " + "".join(f"{r:>14s}" for r in res)
+             + f"{'Fmax MHz':>10s}"]
+    for label, r in rows:
+        cells = "".join(f"{r['resources'][k]:>7d}/{r['capacity'][k]:<6d}" for k in res)
+        fmax = f"{r['fmax_mhz']:.1f}" if r["fmax_mhz"] else "-"
+        lines.append(f"{label:30s} {cells}{fmax:>10s}")
+    return "\n".join(lines)
+
+
+def cmd_report(args):
+    import itertools
+    import json
+    from .flow.report import report_core
+    base = _config(args)
+    sweeps = _parse_sweep(args.sweep)
+    points = [((), base)]
+    if sweeps:
+        keys = [k for k, _ in sweeps]
+        points = [(tuple(zip(keys, combo)), base.replace(**dict(zip(keys, combo))))
+                  for combo in itertools.product(*[v for _, v in sweeps])]
+    rows = []
+    with _Progress(not (args.quiet or args.json)) as prog:
+        for assign, cfg in points:
+            label = ", ".join(f"{k}={v}" for k, v in assign) or (args.preset or "config")
+            r = report_core(cfg, args.device, freq_mhz=args.freq, pnr=not args.no_pnr,
+                            step=lambda m, label=label: prog.step(f"[{label}] {m}"))
+            try:
+                from .core.perf import layer_cycles
+                r["modeled_cycles_per_layer"] = layer_cycles(cfg, cfg.max_seq)
+            except ImportError:
+                r["modeled_cycles_per_layer"] = None
+            rows.append((label, r))
+    if sweeps:
+        _write_sweep(rows, [k for k, _ in sweeps], Path(args.output or "report"))
+    if args.json:
+        print(json.dumps([dict(point=label, **r) for label, r in rows], indent=2))
+    elif not args.quiet:
+        print(_report_table(rows))
+
+
+def _write_sweep(rows, keys, stem):
+    import csv
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    fields = keys + ["LUT", "FF", "DSP", "BRAM", "fmax_mhz", "modeled_cycles_per_layer"]
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        for _, r in rows:
+            w.writerow([r["config"][k] for k in keys] + [r["resources"][k] for k in
+                       ("LUT", "FF", "DSP", "BRAM")] + [r["fmax_mhz"], r["modeled_cycles_per_layer"]])
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    x = [", ".join(str(r["config"][k]) for k in keys) for _, r in rows]
+    panels = [("LUT", "LUTs"), ("FF", "flip-flops"), ("DSP", "DSP blocks"), ("BRAM", "block RAMs"),
+              ("fmax_mhz", "Fmax (MHz)"), ("modeled_cycles_per_layer", "modeled cycles / layer")]
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
+    for ax, (key, title) in zip(axes.flat, panels):
+        ys = [r["resources"].get(key, r.get(key)) for _, r in rows]
+        ys = [y if y is not None else float("nan") for y in ys]
+        ax.plot(x, ys, "o-")
+        ax.set_title(title)
+        ax.set_xlabel(", ".join(keys))
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"bertcore sweep on {rows[0][1]['device']}")
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"), dpi=110)
+    plt.close(fig)
+    print(f"wrote {stem.with_suffix('.csv')} and {stem.with_suffix('.png')}", file=sys.stderr)
+
+
 def build_parser():
     p = _Parser(prog="bertcore", description="Integer-only BERT encoder accelerator generator")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -184,16 +293,33 @@ def build_parser():
                    "quantized model (params.bin, params.hex for $readmemh)")
     g.add_argument("-o", "--output", required=True, metavar="DIR")
     g.set_defaults(func=cmd_generate)
+
+    r = sub.add_parser("report", help="synthesize and place the core: resources and Fmax")
+    r.add_argument("--preset", metavar="NAME")
+    r.add_argument("--config", metavar="FILE.toml")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE")
+    r.add_argument("--device", required=True, choices=("ecp5-85k", "ecp5-25k", "up5k"))
+    r.add_argument("--freq", type=float, default=100.0, help="target clock, MHz (default 100)")
+    r.add_argument("--no-pnr", action="store_true", help="synthesis and fit check only")
+    r.add_argument("--sweep", action="append", metavar="KEY=V1,V2",
+                   help="sweep a field; writes OUTPUT.csv and OUTPUT.png")
+    r.add_argument("-o", "--output", metavar="STEM", help="file stem of the sweep outputs "
+                   "(default: report)")
+    r.add_argument("--json", action="store_true", help="machine-readable output")
+    r.add_argument("--quiet", action="store_true", help="no progress, no table")
+    r.set_defaults(func=cmd_report)
     return p
 
 
 def main(argv=None):
     from .checkpoint import BertError
     from .config import ConfigError
+    from .flow.report import FlowError
+    from .toolchain import ToolNotFound
     try:
         args = build_parser().parse_args(argv)
         args.func(args)
-    except (CliError, BertError, ConfigError) as exc:
+    except (CliError, BertError, ConfigError, FlowError, ToolNotFound) as exc:
         print(f"bertcore: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
