@@ -4,9 +4,11 @@ The toplevel is ``ImageReplayTop`` (``tests/test_core.py``): ``bertcore_encoder`
 parameter image of the tiny model in a ROM that replays it into ``s_axis_param`` whenever
 ``param_en`` is high (``corrupt`` flips a header bit, ``short_image`` ends the image one beat early).
 cocotb drives the activations and checks the outputs against ``IntBert.encode_int`` (computed by
-the test and passed as ``params``: ``runs`` = list of ``{"act": [words], "out": [words]}``).
+the test and passed as ``params``: ``runs`` = list of ``{"length": L, "act": [words], "out": [words]}``;
+``report``, when given, is a file that receives the ``cycles`` output of each run as JSON).
 """
 
+import json
 import random
 
 import cocotb
@@ -126,6 +128,9 @@ async def runs_back_to_back(dut):
         cycles.append(await _run(dut, run, rng, p["stall"], p["timeout"]))
     driver.cancel()
     dut._log.info(f"cycles per run: {cycles}")
+    if "report" in p:
+        with open(p["report"], "w") as f:
+            json.dump({"lengths": [r["length"] for r in p["runs"]], "cycles": cycles}, f)
 
 
 @cocotb.test(skip=not _enabled("protocol_errors"))
