@@ -26,13 +26,26 @@ def _gelu(x):
     return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
+_CAST = {}
+
+
+def _weights_as(ckpt, dtype):
+    """The checkpoint's weights in ``dtype``, converted once per checkpoint and dtype."""
+    key = (id(ckpt.weights), dtype)
+    hit = _CAST.get(key)
+    if hit is None or hit[0] is not ckpt.weights:
+        _CAST.clear()          # keep only the latest checkpoint's conversion alive
+        hit = _CAST[key] = (ckpt.weights, {k: v.to(dtype) for k, v in ckpt.weights.items()})
+    return hit[1]
+
+
 def float_forward(ckpt, ids, tap=None, dtype=torch.float64):
     """Run one sequence of token ids through the float encoder; return ``[L, hidden]``.
 
     ``tap(name, layer, tensor)`` is called for every recorded activation (``layer`` is ``None``
     for the embedding stage).
     """
-    w = {k: v.to(dtype) for k, v in ckpt.weights.items()}
+    w = _weights_as(ckpt, dtype)
     s = ckpt.shape
     eps = s.layer_norm_eps
     tap = tap or (lambda *a: None)

@@ -22,6 +22,7 @@ GEMM (``W'[j, c] = W[j, c] * s[c]``) before their per-output-channel quantizatio
 still computes a plain int8 GEMM. See ``docs/quantization.md`` for every choice and its effect.
 """
 
+import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -105,17 +106,30 @@ class Calibration:
         return a.kthvalue(k, dim=0).values
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Run torch on one thread: per-sentence matrices are small, and a second OpenMP thread
+    only spins (6x slower calibration measured on this 2-core machine under load)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def calibrate(ckpt, texts):
     """Run the float encoder over ``texts`` and collect activation statistics."""
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise BertError("the calibration set is empty")
     cal = Calibration()
-    for t in texts:
-        ids = ckpt.tokenizer.encode(t)
-        float_forward(ckpt, ids, tap=cal.tap)
-        cal.texts += 1
-        cal.tokens += len(ids)
+    with _one_thread():
+        for t in texts:
+            ids = ckpt.tokenizer.encode(t)
+            float_forward(ckpt, ids, tap=cal.tap)
+            cal.texts += 1
+            cal.tokens += len(ids)
     return cal
 
 
@@ -372,7 +386,8 @@ class IntBert:
 
     def forward_ids(self, ids):
         """Token ids → int8 hidden states of the last layer ``[L, hidden]``."""
-        return self.encode_int(self.embed_int(ids))
+        with _one_thread():
+            return self.encode_int(self.embed_int(ids))
 
     def sentence_embedding(self, ids):
         """Mean-pooled, L2-normalized sentence embedding (float64) of one token sequence."""
