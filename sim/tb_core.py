@@ -1,11 +1,12 @@
 """cocotb bench of the emitted Verilog of the encoder core (``tests/test_core.py``).
 
 The toplevel is ``ImageReplayTop`` (``tests/test_core.py``): ``bertcore_encoder`` with the
-parameter image of the tiny model in a ROM that replays it into ``s_axis_param`` whenever
-``param_en`` is high (``corrupt`` flips a header bit, ``short_image`` ends the image one beat early).
-cocotb drives the activations and checks the outputs against ``IntBert.encode_int`` (computed by
-the test and passed as ``params``: ``runs`` = list of ``{"length": L, "act": [words], "out": [words]}``;
-``report``, when given, is a file that receives the ``cycles`` output of each run as JSON).
+parameter image of the tiny model in a ROM that replays one image into ``s_axis_param`` after
+each ``param_go`` pulse, ``tvalid`` gated by ``param_en`` (random stalls); ``corrupt`` flips a
+header bit, ``short_image`` ends the image one beat early. cocotb drives the activations and
+checks the outputs against ``IntBert.encode_int`` (computed by the test and passed as
+``params``: ``runs`` = list of ``{"length": L, "act": [words], "out": [words]}``; ``report``,
+when given, is a file that receives the ``cycles`` output of each run as JSON).
 """
 
 import json

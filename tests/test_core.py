@@ -123,27 +123,33 @@ from rtl_sim import simulate, stream_get, stream_put  # noqa: E402
 from sim.runner import lint, run_cocotb  # noqa: E402
 
 
-def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2):
+def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
     """Amaranth simulation of ``dut`` (an :class:`EncoderCore`) over the sequences ``xs``,
-    back to back (one image per run); returns the outputs and the ``cycles`` of each run."""
+    back to back; returns the outputs and the ``cycles`` of each run.
+
+    ``images[r]`` (default all true) says whether run ``r`` gets the image on ``s_param`` (a
+    resident core replays its stored image otherwise).
+    """
     cfg = dut.config
+    images = [True] * len(xs) if images is None else images
     image = [{"data": w, "last": int(i == len(words) - 1)} for i, w in enumerate(words)]
     outputs, cycles = [], []
-    started = []
 
     async def put_param(ctx):
         rng = random.Random(seed)
         for r in range(len(xs)):
             while len(outputs) < r:             # one image per run, after the previous output
                 await ctx.tick()
-            await stream_put(ctx, dut.s_param, image, rng=rng, stall=stall)
+            if images[r]:
+                await stream_put(ctx, dut.s_param, image, rng=rng, stall=stall)
 
     async def put_act(ctx):
         rng = random.Random(seed + 1)
         for r, x in enumerate(xs):
             while len(outputs) < r:
                 await ctx.tick()
-            await ctx.tick().until(dut.busy)      # the image of run r has started
+            if images[r]:
+                await ctx.tick().until(dut.busy)      # the image of run r has started
             words_x = pack_activations(x, cfg)
             await stream_put(ctx, dut.s_act, [{"data": w, "last": int(i == len(words_x) - 1)}
                                               for i, w in enumerate(words_x)],
@@ -289,7 +295,7 @@ def test_core_ports():
                  "s_axis_act_tvalid", "s_axis_act_tready", "s_axis_act_tlast",
                  "m_axis_act_tdata", "m_axis_act_tvalid", "m_axis_act_tready",
                  "m_axis_act_tlast", "busy", "error", "cycles"):
-        assert port in header.replace("(", " ").replace(",", " ").split(), port
+        assert port in header.replace("(", " ").replace(",", " ").replace(")", " ").split(), port
 
 
 def test_core_rejects_unsupported_configs():
@@ -316,3 +322,38 @@ def test_generate(tmp_path):
     assert manifest["config"]["hidden"] == 32
     assert {p["name"] for p in manifest["ports"]} >= {"clk", "rst", "s_axis_param_tdata",
                                                        "m_axis_act_tlast", "cycles"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("changes", [
+    pytest.param(dict(bus_width=64, max_seq=10), id="bus64-seq10"),
+    pytest.param(dict(bus_width=16, array_rows=8, array_cols=8), id="bus16-array8"),
+])
+def test_core_config_variants(tiny_core, changes):
+    """Other bus widths (vectors over several beats, bytes packed differently), a max_seq that
+    is not a multiple of the array, a larger array."""
+    cfg = TINY.replace(**changes)
+    gen = torch.Generator().manual_seed(5)
+    xs = [torch.randint(-128, 128, (n, cfg.hidden), generator=gen) for n in (cfg.max_seq, 3)]
+    outputs, _ = run_core_sim(EncoderCore(cfg), pack_parameter_image(tiny_core, cfg), xs,
+                              stall=0.2)
+    for x, got in zip(xs, outputs):
+        assert torch.equal(got, tiny_core.encode_int(x)), f"L={x.shape[0]}"
+
+
+@pytest.mark.slow          # ~2 minutes
+def test_core_resident(tiny_core, tiny_image):
+    """``resident=True``: the first run loads the image, the second replays it (activations
+    only); an activation packet before any image is still an error."""
+    cfg = TINY.replace(resident=True)
+    gen = torch.Generator().manual_seed(9)
+    xs = [torch.randint(-128, 128, (n, cfg.hidden), generator=gen) for n in (2, 3)]
+    outputs, cycles = run_core_sim(EncoderCore(cfg), tiny_image, xs, stall=0.1,
+                                   images=[True, False])
+    for x, got in zip(xs, outputs):
+        assert torch.equal(got, tiny_core.encode_int(x)), f"L={x.shape[0]}"
+    print("resident cycles (load, replay):", cycles)
+
+
+def test_core_resident_lint():
+    lint(EncoderTop(TINY.replace(resident=True)), toplevel="bertcore_encoder")

@@ -5,15 +5,15 @@ Architecture
 One :class:`~bertcore.rtl.systolic.SystolicArray` (``N × N``, ``N = array_cols``) computes every
 product of a layer; the units around it are the finished RTL units of :mod:`bertcore.rtl`::
 
-    s_axis_param ─► loader ─► panel buffer (2 slots) ─┐ B          ┌► score buffer ─► IntSoftmax
-                      │   ─► scalars, LN parameters  │            │        └──► P buffer ─┐ A
-    s_axis_act ─► bytes ─► X ─┬──────────────────────► feeder ─► array ─► residual fetch ─► Requantizer
-                              │    Q/ctx, K, V, A, H ─┘            (22 bit, + residual)   │
-                              │                                      ├► sat8 ─► Q, K, V, ctx
-                              │                                      ├► sat16 ─► IntGELU ─► Requantizer ─► H
-                              │                                      └► R (22 bit) ─► IntLayerNorm
-                              └◄─────────── bytes ◄─ Requantizer (per channel, bias) ◄────┘
-                                                       └► m_axis_act (last layer)
+    s_axis_param -> loader -> panel slots (2) ---------------------------------+ B
+                         -> layer scalars, LayerNorm parameters                 |
+    s_axis_act -> bytes -> X, Q/ctx, K, V, A, H buffers, P buffer -> feeder ---+-> array
+    array -> residual fetch (X or A) -> Requantizer (22 bit) -+-> sat8 -> Q, K, V, ctx
+                                                               +-> sat16 -> IntGELU
+                                                               |     -> Requantizer -> H
+                                                               +-> R (22 bit)
+    array (scores) -> score buffer -> IntSoftmax -> P buffer
+    R -> IntLayerNorm -> Requantizer (per channel, bias) -> bytes -> A or X, m_axis_act
 
 Activation buffers hold one sequence. They are banked by position: bank ``b`` of a buffer holds
 positions ``p ≡ b (mod N)``, one word of ``N`` channels (int8) per position and channel chunk,
@@ -765,7 +765,8 @@ class _Datapath(wiring.Component):
                          j_mode.eq(mode), j_mb.eq(mb), j_chw.eq(chw), j_chunk.eq(chunk),
                          j_slot.eq(s_slot), j_bias_on.eq(bias), bias_left.eq(1),
                          bias_cnt.eq(0), f_active.eq(1), f_t.eq(0), f_k.eq(0), f_kw.eq(0),
-                         f_ke.eq(0), f_paddr.eq(Mux(s_slot, KW, 0)), c_i.eq(0), c_t.eq(0), w_i.eq(0), w_t.eq(0),
+                         f_ke.eq(0), f_paddr.eq(Mux(s_slot, KW, 0)), c_i.eq(0), c_t.eq(0),
+                         w_i.eq(0), w_t.eq(0),
                          wb_count.eq(0)]
 
         g_panels = Mux(s_group == G_FFN1, CWF, CWH)
@@ -886,6 +887,11 @@ class EncoderCore(wiring.Component):
     0 or more than ``max_seq`` rows) raise ``error``, abort the run, drop the open packets up to
     their ``tlast`` and return to idle.
 
+    With ``config.resident`` the image of a successful run is kept in an on-chip memory
+    (``image_beats(config)`` words of ``bus_width + 1`` bits): a run that starts with an
+    activation beat replays it (no image on ``s_param``); a new image on ``s_param`` replaces it.
+    An activation beat while idle is an error only when no image is stored.
+
     Raises
     ------
     TypeError
@@ -940,12 +946,46 @@ class EncoderCore(wiring.Component):
         count = Signal(32)
         m.d.sync += count.eq(count + 1)
 
+        # resident: the image of a successful run is kept in a memory and replayed by runs
+        # that start with activations
+        resident = self._config.resident
+        total = image_beats(self._config)
+        bus = self._config.bus_width
+        replay = Signal()
+        stored = Signal()
+        cap_addr = Signal(range(total + 1))
+        r_addr = Signal(range(total + 1))
+        r_valid = Signal()
+        r_payload = Signal(bus + 1)
+        if resident:
+            m.submodules.image = image = Memory(shape=unsigned(bus + 1), depth=total, init=[])
+            wp, rp = image.write_port(), image.read_port()
+            with m.If(p_fire & ~replay & (cap_addr != total)):
+                m.d.comb += [wp.addr.eq(cap_addr), wp.en.eq(1),
+                             wp.data.eq(self.s_param.payload.as_value())]
+                m.d.sync += cap_addr.eq(cap_addr + 1)
+            r_en = ~r_valid | dp.param.ready
+            m.d.comb += [rp.addr.eq(r_addr), rp.en.eq(r_en), r_payload.eq(rp.data)]
+            with m.If(r_en & replay):
+                m.d.sync += r_valid.eq(r_addr != total)
+                with m.If(r_addr != total):
+                    m.d.sync += r_addr.eq(r_addr + 1)
+
         with _Fsm(m, "ctrl") as fsm:
             with fsm.State("IDLE"):
                 with m.If(self.s_param.valid):
                     m.d.comb += dp.start.eq(1)
                     m.d.sync += [err.eq(0), count.eq(1)]
+                    if resident:
+                        m.d.sync += [replay.eq(0), stored.eq(0), cap_addr.eq(0)]
                     fsm.next("RUN")
+                if resident:
+                    with m.Elif(self.s_act.valid & stored):
+                        # replay the stored image
+                        m.d.comb += dp.start.eq(1)
+                        m.d.sync += [err.eq(0), count.eq(1), replay.eq(1), r_addr.eq(0),
+                                     r_valid.eq(0)]
+                        fsm.next("RUN")
                 with m.Elif(self.s_act.valid):
                     m.d.sync += err.eq(1)
                     fsm.next("DROP")
@@ -967,6 +1007,10 @@ class EncoderCore(wiring.Component):
                     self.m_act.payload.eq(dp.out.payload),
                     dp.out.ready.eq(self.m_act.ready),
                 ]
+                if resident:
+                    with m.If(replay):
+                        m.d.comb += [dp.param.valid.eq(r_valid), dp.param.payload.eq(r_payload),
+                                     self.s_param.ready.eq(0)]
                 with m.If(dp.fail):
                     m.d.comb += abort.eq(1)
                     m.d.sync += err.eq(1)
@@ -975,6 +1019,8 @@ class EncoderCore(wiring.Component):
                     # the datapath restarts from its reset state for the next run
                     m.d.comb += abort.eq(1)
                     m.d.sync += self.cycles.eq(count)
+                    if resident:
+                        m.d.sync += stored.eq(1)
                     fsm.next("IDLE")
             with fsm.State("DRAIN"):
                 # drop what is left of the open packets (the failing beat itself was taken)
