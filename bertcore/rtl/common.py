@@ -197,3 +197,21 @@ def rejecting(component):
     except Exception:
         component._MustUse__silence = True
         raise
+
+
+def valid_last_pipeline(m, en, i_stream, o_stream, latency):
+    """Carry ``valid`` and ``payload.last`` through a ``latency``-stage pipeline advancing on ``en``.
+
+    For fully pipelined units whose data stages also advance on ``en`` (``en`` is typically
+    ``~o_stream.valid | o_stream.ready``): stage 1 samples ``i_stream``, stage ``latency`` drives
+    ``o_stream.valid`` and ``o_stream.payload.last``.
+    """
+    from amaranth.hdl import Signal
+    valid = [Signal(name=f"valid_{k}") for k in range(1, latency + 1)]
+    last = [Signal(name=f"last_{k}") for k in range(1, latency + 1)]
+    with m.If(en):
+        m.d.sync += [valid[0].eq(i_stream.valid), last[0].eq(i_stream.payload.last)]
+        m.d.sync += [v.eq(p) for v, p in zip(valid[1:], valid)]
+        m.d.sync += [v.eq(p) for v, p in zip(last[1:], last)]
+    m.d.comb += [o_stream.valid.eq(valid[-1]), o_stream.payload.last.eq(last[-1])]
+    return valid, last

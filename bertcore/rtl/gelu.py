@@ -5,7 +5,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bertcore.quant.kernels import GELU_SHIFT, int_range
-from .common import check_int, dsp_partial_products, rejecting
+from .common import check_int, dsp_partial_products, rejecting, valid_last_pipeline
 
 __all__ = ["IntGELU"]
 
@@ -147,16 +147,7 @@ class IntGELU(wiring.Component):
         m.d.sync += [b.eq(self.b), c.eq(self.c), q1.eq(self.q1)]
 
         # valid and last, one bit per stage (stage 1 .. LATENCY)
-        valid = [Signal(name=f"valid_{k}") for k in range(1, self.LATENCY + 1)]
-        last = [Signal(name=f"last_{k}") for k in range(1, self.LATENCY + 1)]
-        with m.If(en):
-            m.d.sync += [valid[0].eq(self.i_stream.valid), last[0].eq(self.i_stream.payload.last)]
-            m.d.sync += [v.eq(p) for v, p in zip(valid[1:], valid)]
-            m.d.sync += [v.eq(p) for v, p in zip(last[1:], last)]
-        m.d.comb += [
-            self.o_stream.valid.eq(valid[-1]),
-            self.o_stream.payload.last.eq(last[-1]),
-        ]
+        valid_last_pipeline(m, en, self.i_stream, self.o_stream, self.LATENCY)
 
         def sized(key, name):
             return Signal(signed(_signed_bits(*ranges[key])), name=name)
