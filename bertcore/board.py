@@ -1,0 +1,292 @@
+"""Host side of the UART link to a board running the encoder core (``docs/uart-protocol.md``).
+
+>>> link = load_parameters("/dev/ttyUSB0", image_words, config)     # doctest: +SKIP
+>>> out_words = run(link, pack_activations(x, config), len(x), config)  # doctest: +SKIP
+
+``port`` is a :class:`BoardLink`, a pyserial-like object (``write``, ``read``,
+``reset_input_buffer``; ``send_break`` for :meth:`BoardLink.break_reset`) or a URL opened with
+:func:`serial.serial_for_url` (``"/dev/ttyUSB0"``, ``"loop://"``, ``"socket://host:port"``).
+
+The core of this version keeps no parameters between runs (``CoreConfig.resident`` is not
+implemented yet), so :func:`load_parameters` checks the link and stores the image, and every
+:func:`run` streams it: the image header first, then the activation packet, then the rest of the
+image while the core computes, then READ frames until the output packet's last word.
+
+Every frame is sent until it is answered (stop and wait): a NAK, a corrupted reply or no reply
+within the timeout makes the host resend the same frame with the same sequence byte (the board
+executes a frame once and answers a repeat with the stored reply), at most ``retries`` times;
+then :class:`LinkError` is raised.
+"""
+
+import weakref
+
+from bertcore import uart_protocol as P
+
+__all__ = ["BoardLink", "LinkError", "BoardError", "load_parameters", "run", "status",
+           "open_port"]
+
+#: Default UART baud rate of the board tops.
+DEFAULT_BAUD = 1_000_000
+
+
+class LinkError(IOError):
+    """The link failed: no valid reply after the allowed retries, or an unexpected reply."""
+
+
+class BoardError(RuntimeError):
+    """The board answered, but the core reported an error."""
+
+
+def open_port(url, baud=DEFAULT_BAUD, timeout=0.5):
+    """Open ``url`` with :func:`serial.serial_for_url`."""
+    import serial
+    return serial.serial_for_url(url, baudrate=baud, timeout=timeout)
+
+
+class BoardLink:
+    """A stop-and-wait frame link over ``port`` (see the module docstring).
+
+    Parameters
+    ----------
+    port : pyserial-like object
+        ``read(n)`` returns fewer than ``n`` bytes when its timeout expires.
+    retries : int
+        Resends of a frame before :class:`LinkError`.
+    max_payload : int or None
+        Payload bytes per frame; ``None`` asks the board (STATUS).
+
+    Attributes
+    ----------
+    stats : dict
+        Counts of ``frames`` sent, ``naks`` and ``timeouts`` (replies missing or corrupt).
+    cycles : int or None
+        Core cycles of the last :func:`run`.
+    """
+
+    _links = weakref.WeakKeyDictionary()
+
+    def __init__(self, port, *, retries=8, max_payload=None):
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
+        self.port = port
+        self.retries = retries
+        self.stats = {"frames": 0, "naks": 0, "timeouts": 0}
+        self.cycles = None
+        self.image = None
+        self.config = None
+        self._seq = 0
+        self._max_payload = max_payload
+        self._bus_bytes = None
+
+    @classmethod
+    def of(cls, port, **kwargs):
+        """``port`` if it is a link, else the link of a port object (one per object) or of a
+        newly opened URL."""
+        if isinstance(port, BoardLink):
+            return port
+        if isinstance(port, str):
+            return cls(open_port(port), **kwargs)
+        try:
+            link = cls._links.get(port)
+        except TypeError:
+            return cls(port, **kwargs)
+        if link is None:
+            link = cls._links[port] = cls(port, **kwargs)
+        return link
+
+    # -- frames --------------------------------------------------------------------------------
+
+    def _read_reply(self):
+        """One reply frame ``(type, seq, payload)``, or ``None`` on timeout or a bad CRC."""
+        read = self.port.read
+        for _ in range(64 + P.HEADER_BYTES):          # skip line noise before SOF
+            b = read(1)
+            if not b:
+                return None
+            if b[0] == P.SOF:
+                break
+        else:
+            return None
+        head = read(4)
+        if len(head) < 4:
+            return None
+        n = head[2] | head[3] << 8
+        rest = read(n + P.TRAILER_BYTES)
+        if len(rest) < n + P.TRAILER_BYTES or P.crc16(head + rest) != 0:
+            return None
+        return head[0], head[1], bytes(rest[:n])
+
+    def transact(self, ftype, payload=b""):
+        """Send one frame until it is answered; returns the reply ``(type, payload)``.
+
+        Raises
+        ------
+        LinkError
+            After ``retries`` resends without an ACK/DATA/STATUS reply to this frame.
+        """
+        seq = self._seq
+        self._seq = (self._seq + 1) & 0xFF
+        frame = P.encode_frame(ftype, seq, payload)
+        problems = []
+        for _ in range(self.retries + 1):
+            self.stats["frames"] += 1
+            self.port.write(frame)
+            reply = self._read_reply()
+            if reply is None:
+                self.stats["timeouts"] += 1
+                problems.append("no valid reply")
+                if hasattr(self.port, "reset_input_buffer"):
+                    self.port.reset_input_buffer()
+                continue
+            rtype, rseq, body = reply
+            if not rtype & 0x80:
+                problems.append("a host frame came back (is the line looped back?)")
+                continue
+            if rtype == P.R_NAK:
+                self.stats["naks"] += 1
+                reason = P.NAK_REASONS.get(body[0] if body else 0, "unknown reason")
+                problems.append(f"NAK ({reason})")
+                continue
+            if rseq != seq:
+                problems.append(f"reply to sequence {rseq}, not {seq}")
+                continue
+            return rtype, body
+        raise LinkError(f"frame type 0x{ftype:02x} (sequence {seq}) failed after "
+                        f"{self.retries + 1} attempts: {', '.join(problems)}")
+
+    def _expect(self, ftype, payload, want):
+        rtype, body = self.transact(ftype, payload)
+        if rtype != want:
+            raise LinkError(f"frame type 0x{ftype:02x} was answered with type 0x{rtype:02x}, "
+                            f"not 0x{want:02x}")
+        return body
+
+    # -- operations ----------------------------------------------------------------------------
+
+    def status(self):
+        """``{"busy", "error", "output", "cycles", "bus_bytes", "max_payload"}`` of the board."""
+        body = self._expect(P.T_STATUS, b"", P.R_STATUS)
+        if len(body) != P.STATUS_BYTES:
+            raise LinkError(f"STATUS reply of {len(body)} bytes, not {P.STATUS_BYTES}")
+        flags = body[0]
+        st = {"busy": bool(flags & P.ST_BUSY), "error": bool(flags & P.ST_ERROR),
+              "output": bool(flags & P.ST_OUTPUT),
+              "cycles": int.from_bytes(body[1:5], "little"), "bus_bytes": body[5],
+              "max_payload": int.from_bytes(body[6:8], "little")}
+        self._bus_bytes = st["bus_bytes"]
+        if self._max_payload is None:
+            self._max_payload = st["max_payload"]
+        return st
+
+    def reset(self):
+        """Reset the core (RESET frame; aborts a run)."""
+        self._expect(P.T_RESET, b"", P.R_ACK)
+
+    def break_reset(self, duration=0.01):
+        """Reset the core with a line break (works even while the board waits on the core)."""
+        self.port.send_break(duration)
+        if hasattr(self.port, "reset_input_buffer"):
+            self.port.reset_input_buffer()
+
+    def send_words(self, ftype_more, ftype_last, words, nbytes):
+        """Send ``words`` (``nbytes`` each) in frames; the last frame is ``ftype_last``."""
+        per = self._max_payload // nbytes
+        for start in range(0, len(words), per):
+            chunk = words[start:start + per]
+            payload = b"".join(int(w).to_bytes(nbytes, "little") for w in chunk)
+            last = start + per >= len(words)
+            self._expect(ftype_last if last else ftype_more, payload, P.R_ACK)
+
+    def read_words(self, count, nbytes, *, polls=100000):
+        """READ until the output packet's last word; returns the words (at most ``count``)."""
+        words = []
+        for _ in range(polls):
+            body = self._expect(P.T_READ, b"", P.R_DATA)
+            flags, data = body[0], body[1:]
+            if len(data) % nbytes:
+                raise LinkError(f"DATA reply of {len(data)} bytes, not whole words")
+            words += [int.from_bytes(data[i:i + nbytes], "little")
+                      for i in range(0, len(data), nbytes)]
+            if flags & P.DATA_ERROR and not data:
+                raise BoardError("the core reported an error while the host waited for output "
+                                 "(bad image or activation packet?)")
+            if flags & P.DATA_LAST:
+                if len(words) != count:
+                    raise BoardError(f"the core returned {len(words)} words, expected {count}")
+                return words
+            if len(words) > count:
+                raise BoardError(f"the core returned more than {count} words")
+        raise LinkError(f"no complete output after {polls} READ frames")
+
+
+def _check_config(link, config):
+    st = link.status()
+    nbytes = config.bus_width // 8
+    if st["bus_bytes"] != nbytes:
+        raise BoardError(f"the board's bus is {8 * st['bus_bytes']} bits, the configuration's "
+                         f"{config.bus_width}")
+    if link._max_payload < nbytes or link._max_payload % nbytes:
+        raise LinkError(f"frame payload of {link._max_payload} bytes does not hold whole "
+                        f"{config.bus_width}-bit words")
+    return st
+
+
+def load_parameters(port, words, config):
+    """Prepare the board for :func:`run` with the parameter image ``words``.
+
+    Resets the core, checks that the board's bus width matches ``config`` and stores the image
+    on the link (it is streamed with every run; see the module docstring). Returns the
+    :class:`BoardLink`.
+    """
+    from bertcore.core.image import image_beats
+    link = BoardLink.of(port)
+    words = [int(w) for w in words]
+    if len(words) != image_beats(config):
+        raise ValueError(f"the image has {len(words)} words; the configuration needs "
+                         f"{image_beats(config)}")
+    link.reset()
+    _check_config(link, config)
+    link.image, link.config = words, config
+    return link
+
+
+def run(port, activation_words, length, config):
+    """Run one sequence of ``length`` rows; returns the output words (``m_axis_act``).
+
+    Raises
+    ------
+    BoardError
+        If the core reports an error, or no parameters were loaded.
+    LinkError
+        If the link fails.
+    """
+    from bertcore.core.image import activation_beats
+    link = BoardLink.of(port)
+    if link.image is None:
+        raise BoardError("load_parameters() first: the board has no parameter image")
+    if link.config != config:
+        raise BoardError("run() with another configuration than load_parameters()")
+    nbytes = config.bus_width // 8
+    beats = activation_beats(length, config)
+    if len(activation_words) != beats:
+        raise ValueError(f"{length} rows take {beats} activation words, not "
+                         f"{len(activation_words)}")
+    st = link.status()
+    if st["busy"] or st["output"]:
+        link.reset()                               # a previous run was abandoned
+    # header first (the core takes the activation packet only after it), then the rest
+    head = -(-4 * 32 // config.bus_width)
+    link.send_words(P.T_PARAM, P.T_PARAM, link.image[:head], nbytes)
+    link.send_words(P.T_ACT, P.T_ACT_LAST, list(activation_words), nbytes)
+    link.send_words(P.T_PARAM, P.T_PARAM_LAST, link.image[head:], nbytes)
+    out = link.read_words(beats, nbytes)
+    st = link.status()
+    if st["error"]:
+        raise BoardError("the core reported an error after the run")
+    link.cycles = st["cycles"]
+    return out
+
+
+def status(port):
+    """The board's status (see :meth:`BoardLink.status`)."""
+    return BoardLink.of(port).status()

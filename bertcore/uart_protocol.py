@@ -1,0 +1,83 @@
+"""Constants and the frame codec of the UART host protocol (``docs/uart-protocol.md``).
+
+Shared by the gateware (:mod:`boards.bridge`) and the host (:mod:`bertcore.board`), so that
+codes, the CRC and the layout are defined once.
+
+A frame is ``SOF, type, seq, len_lo, len_hi, payload[len], crc_hi, crc_lo``; the CRC is
+CRC-16/CCITT-FALSE (polynomial 0x1021, initial value 0xFFFF, no reflection, no final XOR) over
+``type .. payload``, sent high byte first, so that the CRC over ``type .. crc_lo`` is zero.
+"""
+
+__all__ = ["SOF", "T_PARAM", "T_PARAM_LAST", "T_ACT", "T_ACT_LAST", "T_READ", "T_STATUS",
+           "T_RESET", "R_ACK", "R_NAK", "R_DATA", "R_STATUS", "NAK_CRC", "NAK_LENGTH",
+           "NAK_TYPE", "NAK_FRAMING", "NAK_TIMEOUT", "NAK_REASONS", "HEADER_BYTES",
+           "TRAILER_BYTES", "STATUS_BYTES", "DATA_LAST", "DATA_ERROR", "ST_BUSY", "ST_ERROR",
+           "ST_OUTPUT", "crc16", "crc16_update", "encode_frame"]
+
+#: Start-of-frame byte.
+SOF = 0xA5
+
+# Host → board frame types.
+T_PARAM = 0x01          # words for s_axis_param
+T_PARAM_LAST = 0x11     # ... the last one with tlast
+T_ACT = 0x02            # words for s_axis_act
+T_ACT_LAST = 0x12       # ... the last one with tlast
+T_READ = 0x03           # take output words from m_axis_act
+T_STATUS = 0x04         # read busy/error/cycles
+T_RESET = 0x05          # reset the core (abort any run)
+
+# Board → host reply types.
+R_ACK = 0x80
+R_NAK = 0x81
+R_DATA = 0x83
+R_STATUS = 0x84
+
+# NAK reasons (the one payload byte of a NAK).
+NAK_CRC = 1             # checksum mismatch
+NAK_LENGTH = 2          # payload longer than the buffer, or not whole bus words
+NAK_TYPE = 3            # unknown frame type
+NAK_FRAMING = 4         # a UART framing error inside the frame
+NAK_TIMEOUT = 5         # the line went idle in the middle of a frame
+NAK_REASONS = {NAK_CRC: "checksum mismatch", NAK_LENGTH: "bad length",
+               NAK_TYPE: "unknown frame type", NAK_FRAMING: "UART framing error",
+               NAK_TIMEOUT: "frame timeout"}
+
+#: Bytes before the payload (SOF, type, seq, length) and after it (CRC).
+HEADER_BYTES = 5
+TRAILER_BYTES = 2
+
+# DATA payload: one flag byte, then whole bus words (little-endian bytes).
+DATA_LAST = 0x01        # the packet's last word (tlast) is in this reply
+DATA_ERROR = 0x02       # the core's error output is high
+
+# STATUS payload: flags, cycles (u32 LE), bus bytes (u8), buffer bytes (u16 LE).
+STATUS_BYTES = 8
+ST_BUSY = 0x01
+ST_ERROR = 0x02
+ST_OUTPUT = 0x04        # an output word is waiting (m_axis_act_tvalid)
+
+
+def crc16_update(crc, byte):
+    """CRC-16/CCITT-FALSE of one more ``byte``."""
+    crc ^= byte << 8
+    for _ in range(8):
+        crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+        crc &= 0xFFFF
+    return crc
+
+
+def crc16(data, crc=0xFFFF):
+    """CRC-16/CCITT-FALSE of ``data`` (``crc16(b"123456789") == 0x29B1``)."""
+    for byte in data:
+        crc = crc16_update(crc, byte)
+    return crc
+
+
+def encode_frame(ftype, seq, payload=b""):
+    """The bytes of one frame."""
+    payload = bytes(payload)
+    if len(payload) > 0xFFFF:
+        raise ValueError(f"payload of {len(payload)} bytes is longer than 65535")
+    body = bytes([ftype, seq & 0xFF, len(payload) & 0xFF, len(payload) >> 8]) + payload
+    crc = crc16(body)
+    return bytes([SOF]) + body + bytes([crc >> 8, crc & 0xFF])

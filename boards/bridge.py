@@ -1,0 +1,390 @@
+"""UART bridge: framed host protocol ↔ the encoder core's parameter, activation and output streams.
+
+The protocol is described in ``docs/uart-protocol.md``; codes and the CRC are in
+:mod:`bertcore.uart_protocol`. In short: the host sends one frame and waits for its reply (stop
+and wait). The bridge receives a whole frame into a buffer, checks its CRC-16, and only then
+executes it: PARAM/ACT frames are assembled into bus words and forwarded to ``param``/``act``
+(``last`` on the final word of a ``*_LAST`` frame), then ACKed; READ gathers output words from
+``result`` into a reply buffer and returns them in a DATA reply; STATUS returns busy, error and
+cycles; RESET pulses ``core_reset``. A frame with a bad CRC, length or type, a UART framing
+error, or a line that goes idle in the middle of a frame is NAKed and nothing of it reaches the
+core. Every frame carries a sequence byte: a frame with the same sequence byte as the previous
+executed one (a retry after a lost reply) is not executed again; its stored reply is resent.
+
+Structure::
+
+    rx ─► UARTRx ─► frame parser (CRC) ─► frame buffer (bytes) ─► word assembly ─► param / act
+                                   └──► dispatch ──► reply (ACK/NAK/STATUS/DATA) ─► UARTTx ─► tx
+    result ─► gather ─► reply buffer (words) ──────────┘
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from bertcore.core.encoder import bus_layout
+
+from bertcore import uart_protocol as P
+from .uart import UARTRx, UARTTx
+
+__all__ = ["UARTBridge", "crc16_step"]
+
+
+def _crc16_terms():
+    """For each bit of the next CRC: the set of CRC bits (0..15) and byte bits (16..23) XORed."""
+    c = [{i} for i in range(16)]
+    for i in range(8):
+        c[8 + i] = c[8 + i] ^ {16 + i}
+    for _ in range(8):
+        top = c[15]
+        c = [set()] + c[:15]
+        for i in (0, 5, 12):                       # 0x1021
+            c[i] = c[i] ^ top
+    return c
+
+
+_CRC16_TERMS = _crc16_terms()
+
+
+def crc16_step(crc, byte):
+    """CRC-16/CCITT-FALSE of one more ``byte`` as an Amaranth expression (an XOR network)."""
+    inputs = [crc[i] for i in range(16)] + [byte[i] for i in range(8)]
+    bits = []
+    for terms in _CRC16_TERMS:
+        value = Const(0, 1)
+        for t in sorted(terms):
+            value = value ^ inputs[t]
+        bits.append(value)
+    return Cat(*bits)
+
+
+class UARTBridge(wiring.Component):
+    """Framed UART link to the encoder core's streams (see the module docstring).
+
+    Parameters
+    ----------
+    bus_width : int
+        Bits of the core's stream words (``CoreConfig.bus_width``, a multiple of 8).
+    divisor : int
+        Clock cycles per UART bit (:func:`boards.uart.uart_divisor`).
+    max_payload : int
+        Bytes of the frame buffer (the longest payload accepted; a multiple of
+        ``bus_width // 8``). A DATA reply holds up to ``(max_payload - 1) // (bus_width // 8)``
+        words.
+    timeout : int or None
+        Idle cycles after which a partly received frame is abandoned (NAK ``TIMEOUT``), and the
+        idle gap awaited after a bad frame before its NAK. Default: 20 character times.
+    gather : int or None
+        Cycles a READ waits for the next output word before replying with what it has.
+        Default: one character time.
+
+    Members
+    -------
+    rx : ``In(1, init=1)``, tx : ``Out(1, init=1)``
+        The UART lines.
+    param, act : ``Out(stream.Signature(bus_layout(bus_width)))``
+        Words for the core's ``s_param`` / ``s_act``.
+    result : ``In(stream.Signature(bus_layout(bus_width)))``
+        The core's ``m_act``.
+    core_busy, core_error : ``In(1)``, core_cycles : ``In(32)``
+        The core's status, reported by STATUS (and the error flag of DATA replies).
+    core_reset : ``Out(1)``
+        One-cycle pulse on a RESET frame or a line break: reset the core.
+    nak : ``Out(1)``
+        One-cycle pulse when a NAK is sent (for a LED).
+
+    Raises
+    ------
+    ValueError
+        If a parameter is out of range.
+    """
+
+    def __init__(self, bus_width, divisor, *, max_payload=256, timeout=None, gather=None):
+        try:
+            if not isinstance(bus_width, int) or bus_width < 8 or bus_width % 8:
+                raise ValueError(f"bus_width must be a positive multiple of 8, not {bus_width!r}")
+            nb = bus_width // 8
+            if (not isinstance(max_payload, int) or max_payload % nb
+                    or not 2 * nb <= max_payload <= 0xFFFF):
+                raise ValueError(f"max_payload must be a multiple of {nb} bytes from {2 * nb} "
+                                 f"to 65535, not {max_payload!r}")
+            self._rx = UARTRx(divisor)
+            self._tx = UARTTx(divisor)
+        except ValueError:
+            self._MustUse__silence = True
+            raise
+        self._bus = bus_width
+        self._divisor = divisor
+        self._max_payload = max_payload
+        self._timeout = 200 * divisor if timeout is None else timeout
+        self._gather = 10 * divisor if gather is None else gather
+        layout = bus_layout(bus_width)
+        super().__init__({
+            "rx": In(1, init=1),
+            "tx": Out(1, init=1),
+            "param": Out(stream.Signature(layout)),
+            "act": Out(stream.Signature(layout)),
+            "result": In(stream.Signature(layout)),
+            "core_busy": In(1),
+            "core_error": In(1),
+            "core_cycles": In(32),
+            "core_reset": Out(1),
+            "nak": Out(1),
+        })
+
+    @property
+    def bus_width(self):
+        return self._bus
+
+    @property
+    def max_payload(self):
+        return self._max_payload
+
+    @property
+    def reply_words(self):
+        """Most words in one DATA reply."""
+        return (self._max_payload - 1) // (self._bus // 8)
+
+    def elaborate(self, platform):
+        m = Module()
+        BUS, NB, MAXP = self._bus, self._bus // 8, self._max_payload
+        RW = self.reply_words
+
+        m.submodules.uart_rx = urx = self._rx
+        m.submodules.uart_tx = utx = self._tx
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx), urx.o_stream.ready.eq(1)]
+        got = urx.o_stream.valid                     # a received byte, this cycle only
+        byte = urx.o_stream.payload
+
+        m.submodules.frame_mem = frame_mem = Memory(shape=8, depth=MAXP, init=[])
+        fw, fr = frame_mem.write_port(), frame_mem.read_port()
+        m.submodules.reply_mem = reply_mem = Memory(shape=BUS, depth=RW, init=[])
+        rw, rr = reply_mem.write_port(), reply_mem.read_port()
+
+        # -- Received frame -------------------------------------------------------------------
+        ftype = Signal(8)
+        seq = Signal(8)
+        length = Signal(16)
+        idx = Signal(range(MAXP + 1))               # payload byte (receive, forward)
+        part = Signal(range(NB))                    # byte within a word (receive, forward)
+        crc = Signal(16)
+        crc_next = crc16_step(crc, byte)
+        reason = Signal(8)
+
+        idle = Signal(range(self._timeout + 1))     # cycles since the last received byte
+        with m.If(got):
+            m.d.sync += idle.eq(0)
+        with m.Elif(idle != self._timeout):
+            m.d.sync += idle.eq(idle + 1)
+        idle_out = idle == self._timeout
+
+        # -- Reply --------------------------------------------------------------------------
+        rtype = Signal(8)
+        rlen = Signal(16)
+        last_seq = Signal(8)
+        last_valid = Signal()
+        last_rtype = Signal(8)
+        last_rlen = Signal(16)
+        dflags = Signal(8)                          # flags of the stored DATA reply
+        status = Signal(8 * P.STATUS_BYTES)
+        j = Signal(range(P.HEADER_BYTES))
+        k = Signal(16)                              # payload byte of the reply
+        wi = Signal(range(RW + 1))                  # word of the reply buffer
+        tcrc = Signal(16)
+        tx_byte = Signal(8)
+        m.d.comb += [rr.addr.eq(wi), fr.addr.eq(idx)]
+
+        is_param = (ftype == P.T_PARAM) | (ftype == P.T_PARAM_LAST)
+        is_act = (ftype == P.T_ACT) | (ftype == P.T_ACT_LAST)
+        is_last = (ftype == P.T_PARAM_LAST) | (ftype == P.T_ACT_LAST)
+        known = is_param | is_act | (ftype == P.T_READ) | (ftype == P.T_RESET)
+
+        word = Signal(BUS)
+        word_last = Signal()
+        gap = Signal(range(self._gather + 1))
+
+        receiving = Signal()                        # inside a frame, after SOF
+
+        def reply(m, kind, nbytes, *, record):
+            m.d.sync += [rtype.eq(kind), rlen.eq(nbytes)]
+            if record:
+                m.d.sync += [last_seq.eq(seq), last_valid.eq(1), last_rtype.eq(kind),
+                             last_rlen.eq(nbytes)]
+            m.next = "SEND"
+
+        with m.FSM():
+            # -- receive ----------------------------------------------------------------------
+            with m.State("HUNT"):
+                with m.If(got & (byte == P.SOF)):
+                    m.d.sync += crc.eq(0xFFFF)
+                    m.next = "TYPE"
+            for state, nxt in (("TYPE", "SEQ"), ("SEQ", "LEN0"), ("LEN0", "LEN1"),
+                               ("LEN1", None), ("PAYLOAD", None), ("CRC0", "CRC1"),
+                               ("CRC1", None)):
+                with m.State(state):
+                    m.d.comb += receiving.eq(1)
+                    with m.If(urx.frame_error):
+                        m.d.sync += reason.eq(P.NAK_FRAMING)
+                        m.next = "DISCARD"
+                    with m.Elif(got):
+                        m.d.sync += crc.eq(crc_next)
+                        if state == "TYPE":
+                            m.d.sync += ftype.eq(byte)
+                        elif state == "SEQ":
+                            m.d.sync += seq.eq(byte)
+                        elif state == "LEN0":
+                            m.d.sync += length[:8].eq(byte)
+                        elif state == "LEN1":
+                            new_len = Cat(length[:8], byte)
+                            m.d.sync += [length[8:].eq(byte), idx.eq(0), part.eq(0)]
+                            with m.If(new_len > MAXP):
+                                m.d.sync += reason.eq(P.NAK_LENGTH)
+                                m.next = "DISCARD"
+                            with m.Elif(new_len == 0):
+                                m.next = "CRC0"
+                            with m.Else():
+                                m.next = "PAYLOAD"
+                        elif state == "PAYLOAD":
+                            m.d.comb += [fw.addr.eq(idx), fw.data.eq(byte), fw.en.eq(1)]
+                            m.d.sync += [idx.eq(idx + 1),
+                                         part.eq(Mux(part == NB - 1, 0, part + 1))]
+                            with m.If(idx == length - 1):
+                                m.next = "CRC0"
+                        elif state == "CRC1":
+                            with m.If(crc_next == 0):
+                                m.next = "DISPATCH"
+                            with m.Else():
+                                m.d.sync += reason.eq(P.NAK_CRC)
+                                m.next = "DISCARD"
+                        if nxt is not None:
+                            m.next = nxt
+                    with m.Elif(idle_out):
+                        m.d.sync += reason.eq(P.NAK_TIMEOUT)
+                        m.next = "NAK"
+            with m.State("DISCARD"):
+                # wait for the line to go quiet, so that the NAK follows the whole bad frame
+                with m.If(idle_out):
+                    m.next = "NAK"
+            with m.State("NAK"):
+                m.d.comb += self.nak.eq(1)
+                reply(m, P.R_NAK, 1, record=False)
+
+            # -- execute ----------------------------------------------------------------------
+            with m.State("DISPATCH"):
+                m.d.sync += [idx.eq(0), wi.eq(0), gap.eq(0), word_last.eq(0)]
+                with m.If(ftype == P.T_STATUS):
+                    m.d.sync += status.eq(Cat(
+                        self.core_busy, self.core_error, self.result.valid, Const(0, 5),
+                        self.core_cycles, Const(NB, 8), Const(MAXP, 16)))
+                    reply(m, P.R_STATUS, P.STATUS_BYTES, record=False)
+                with m.Elif(~known):
+                    m.d.sync += reason.eq(P.NAK_TYPE)
+                    m.next = "NAK"
+                with m.Elif(last_valid & (seq == last_seq)):
+                    # a retry of the frame executed last: resend its reply
+                    m.d.sync += [rtype.eq(last_rtype), rlen.eq(last_rlen)]
+                    m.next = "SEND"
+                with m.Elif((is_param | is_act) & ((length == 0) | (part != 0))):
+                    m.d.sync += reason.eq(P.NAK_LENGTH)
+                    m.next = "NAK"
+                with m.Elif(is_param | is_act):
+                    m.next = "FWD_ADDR"
+                with m.Elif(ftype == P.T_READ):
+                    m.next = "GATHER"
+                with m.Else():                      # RESET
+                    m.d.comb += self.core_reset.eq(1)
+                    reply(m, P.R_ACK, 0, record=True)
+
+            with m.State("FWD_ADDR"):               # fr.addr = idx; data in FWD_DATA
+                m.next = "FWD_DATA"
+                with m.If(urx.line_break):          # abandon the frame (the core is reset)
+                    m.next = "HUNT"
+            with m.State("FWD_DATA"):
+                m.d.sync += [word.eq(Cat(word[8:], fr.data)), idx.eq(idx + 1),
+                             part.eq(Mux(part == NB - 1, 0, part + 1))]
+                with m.If(part == NB - 1):
+                    m.next = "FWD_SEND"
+                with m.Else():
+                    m.next = "FWD_ADDR"
+            with m.State("FWD_SEND"):
+                last = is_last & (idx == length)
+                for out, sel in ((self.param, is_param), (self.act, is_act)):
+                    m.d.comb += [out.payload.data.eq(word), out.payload.last.eq(last),
+                                 out.valid.eq(sel)]
+                with m.If(Mux(is_param, self.param.ready, self.act.ready)):
+                    with m.If(idx == length):
+                        reply(m, P.R_ACK, 0, record=True)
+                    with m.Else():
+                        m.next = "FWD_ADDR"
+                with m.If(urx.line_break):
+                    m.next = "HUNT"
+
+            with m.State("GATHER"):
+                m.d.comb += self.result.ready.eq(1)
+                m.d.comb += [rw.addr.eq(wi), rw.data.eq(self.result.payload.data)]
+                with m.If(self.result.valid):
+                    m.d.comb += rw.en.eq(1)
+                    m.d.sync += [wi.eq(wi + 1), gap.eq(0)]
+                    with m.If(self.result.payload.last | (wi == RW - 1)):
+                        m.d.sync += word_last.eq(self.result.payload.last)
+                        m.next = "GATHERED"
+                with m.Elif(gap == self._gather):
+                    m.next = "GATHERED"
+                with m.Else():
+                    m.d.sync += gap.eq(gap + 1)
+            with m.State("GATHERED"):
+                m.d.sync += dflags.eq(Cat(word_last, self.core_error))
+                reply(m, P.R_DATA, 1 + wi * NB, record=True)
+
+            # -- reply ------------------------------------------------------------------------
+            with m.State("SEND"):
+                m.d.sync += [j.eq(0), k.eq(0), wi.eq(0), part.eq(0), tcrc.eq(0xFFFF)]
+                m.next = "TX_HEAD"
+            with m.State("TX_HEAD"):
+                head = [Const(P.SOF, 8), rtype, seq, rlen[:8], rlen[8:]]
+                m.d.comb += tx_byte.eq(head[-1])
+                for n in range(len(head) - 2, -1, -1):
+                    with m.If(j == n):
+                        m.d.comb += tx_byte.eq(head[n])
+                m.d.comb += [utx.i_stream.valid.eq(1), utx.i_stream.payload.eq(tx_byte)]
+                with m.If(utx.i_stream.ready):
+                    m.d.sync += j.eq(j + 1)
+                    with m.If(j != 0):
+                        m.d.sync += tcrc.eq(crc16_step(tcrc, tx_byte))
+                    with m.If(j == len(head) - 1):
+                        m.next = "TX_PAY"
+                        with m.If(rlen == 0):
+                            m.next = "TX_CRC0"
+            with m.State("TX_PAY"):
+                status_bytes = [status[8 * n:8 * n + 8] for n in range(P.STATUS_BYTES)]
+                st = status_bytes[0]
+                for n in range(1, P.STATUS_BYTES):
+                    st = Mux(k == n, status_bytes[n], st)
+                data_byte = Mux(k == 0, dflags, rr.data.word_select(part, 8))
+                m.d.comb += tx_byte.eq(Mux(rtype == P.R_DATA, data_byte,
+                                           Mux(rtype == P.R_NAK, reason, st)))
+                m.d.comb += [utx.i_stream.valid.eq(1), utx.i_stream.payload.eq(tx_byte)]
+                with m.If(utx.i_stream.ready):
+                    m.d.sync += [tcrc.eq(crc16_step(tcrc, tx_byte)), k.eq(k + 1)]
+                    with m.If(k != 0):
+                        m.d.sync += part.eq(Mux(part == NB - 1, 0, part + 1))
+                        with m.If(part == NB - 1):
+                            m.d.sync += wi.eq(wi + 1)
+                    with m.If(k == rlen - 1):
+                        m.next = "TX_CRC0"
+            with m.State("TX_CRC0"):
+                m.d.comb += [utx.i_stream.valid.eq(1), utx.i_stream.payload.eq(tcrc[8:])]
+                with m.If(utx.i_stream.ready):
+                    m.next = "TX_CRC1"
+            with m.State("TX_CRC1"):
+                m.d.comb += [utx.i_stream.valid.eq(1), utx.i_stream.payload.eq(tcrc[:8])]
+                with m.If(utx.i_stream.ready):
+                    m.next = "HUNT"
+
+        # A break on the line resets the core and forgets the last sequence byte; a frame being
+        # forwarded is abandoned (above), one being received is NAKed (framing error).
+        with m.If(urx.line_break):
+            m.d.comb += self.core_reset.eq(1)
+            m.d.sync += last_valid.eq(0)
+        return m

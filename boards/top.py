@@ -1,0 +1,284 @@
+"""Board top-levels: the encoder core behind the UART bridge, with a PLL and status LEDs.
+
+* :class:`UARTCoreTop`: the platform-independent part (core + :class:`~boards.bridge.UARTBridge`,
+  the core reset by the bridge), with ports ``rx``, ``tx``, ``busy``, ``error``, ``nak``. The
+  simulation tests use it directly.
+* :class:`BoardTop`: a :class:`UARTCoreTop` on a board of :data:`BOARDS` (ULX3S-85F,
+  OrangeCrab r0.2 25F, iCEBreaker): the board clock through a PLL to the core clock, the UART
+  pins, LEDs for busy / error / NAK / heartbeat.
+
+Per board (see :data:`BOARDS`): ``clock`` is the core clock the PLL makes, ``config`` the core
+configuration (the largest that could fit, with the reason), ``baud`` the UART rate.
+
+The core of this version keeps no parameters on chip (``CoreConfig.resident`` is not
+implemented by :class:`~bertcore.core.encoder.EncoderCore` yet): the host streams the image with
+every run (:mod:`bertcore.board`).
+"""
+
+from dataclasses import dataclass
+
+from amaranth.hdl import ClockDomain, Instance, Module, ResetInserter, Signal
+from amaranth.lib import io, wiring
+from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.wiring import In, Out, connect
+
+from bertcore.config import CoreConfig, preset
+from bertcore.core.encoder import EncoderCore
+
+from .bridge import UARTBridge
+from .uart import uart_divisor
+
+__all__ = ["UARTCoreTop", "BoardTop", "BoardSpec", "BOARDS", "board_spec"]
+
+
+class UARTCoreTop(wiring.Component):
+    """The encoder core behind a UART bridge.
+
+    Parameters
+    ----------
+    config : CoreConfig
+        The core's configuration.
+    divisor : int
+        Clock cycles per UART bit.
+    core : wiring.Component or None
+        A component with the members of :class:`~bertcore.core.encoder.EncoderCore` (``s_param``,
+        ``s_act``, ``m_act``, ``busy``, ``error``, ``cycles``); default ``EncoderCore(config)``.
+    max_payload, timeout, gather
+        Passed to :class:`~boards.bridge.UARTBridge`.
+
+    Members
+    -------
+    rx : ``In(1, init=1)``, tx : ``Out(1, init=1)``
+        The UART lines.
+    busy, error : ``Out(1)``
+        The core's status.
+    nak : ``Out(1)``
+        One-cycle pulse per NAK sent.
+    """
+
+    rx: In(1, init=1)
+    tx: Out(1, init=1)
+    busy: Out(1)
+    error: Out(1)
+    nak: Out(1)
+
+    def __init__(self, config, divisor, *, core=None, max_payload=256, timeout=None,
+                 gather=None):
+        self._core = EncoderCore(config) if core is None else core
+        self._bridge = UARTBridge(config.bus_width, divisor, max_payload=max_payload,
+                                  timeout=timeout, gather=gather)
+        self._config = config
+        super().__init__()
+
+    @property
+    def config(self):
+        return self._config
+
+    @property
+    def bridge(self):
+        return self._bridge
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.bridge = bridge = self._bridge
+        core = self._core
+        m.submodules.core = ResetInserter(bridge.core_reset)(core)
+        connect(m, bridge.param, core.s_param)
+        connect(m, bridge.act, core.s_act)
+        connect(m, core.m_act, bridge.result)
+        m.d.comb += [
+            bridge.rx.eq(self.rx), self.tx.eq(bridge.tx),
+            bridge.core_busy.eq(core.busy), bridge.core_error.eq(core.error),
+            bridge.core_cycles.eq(core.cycles),
+            self.busy.eq(core.busy), self.error.eq(core.error), self.nak.eq(bridge.nak),
+        ]
+        return m
+
+
+@dataclass(frozen=True)
+class BoardSpec:
+    """How bertcore runs on one board."""
+    name: str
+    platform: str        # "module:Class" in amaranth_boards
+    family: str          # "ecp5" or "ice40"
+    board_clock: float   # Hz
+    clock: float         # core clock (PLL output), Hz
+    config: CoreConfig
+    why: str
+    baud: int = 1_000_000
+    uart_pins: tuple = None  # (connector, rx, tx) when the board has no UART resource
+
+    def make_platform(self):
+        import importlib
+        module, cls = self.platform.split(":")
+        return getattr(importlib.import_module(module), cls)()
+
+
+#: The iCE40 UP5K has 8 DSPs (16x16), 30 block RAMs (4 kbit) and 5280 LUTs: the smallest core
+#: the generator accepts (a 2x2 array, hidden 16 in 2 heads, 1 layer, 8 tokens).
+ICE40_CONFIG = CoreConfig(hidden=16, heads=2, ffn=32, layers=1, max_seq=8, array_rows=2,
+                          array_cols=2, bus_width=16)
+
+BOARDS = {
+    "ulx3s-85f": BoardSpec(
+        "ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", 25e6, 100e6,
+        preset("tiny"),
+        "tiny: a 4x4 array (16 of 156 DSP multipliers) and about 60 small memories (of 208 "
+        "EBRs); minilm (16x16, hidden 384, 6 layers) needs 256 multipliers, more than the "
+        "LFE5U-85F's 156 (it would need a custom 8x8 array)"),
+    "orangecrab-25f": BoardSpec(
+        "orangecrab-25f", "amaranth_boards.orangecrab_r0_2:OrangeCrabR0_2_25FPlatform", "ecp5",
+        48e6, 100e6, preset("tiny"),
+        "tiny: the LFE5U-25F has 28 multipliers and 56 EBRs; the tiny core's 4x4 array fits "
+        "the multipliers, its many small banked memories are the limit (EBRs, then LUT RAM)",
+        uart_pins=("io", "0", "1")),
+    "icebreaker": BoardSpec(
+        "icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform", "ice40", 12e6, 24e6,
+        ICE40_CONFIG,
+        "no preset fits the UP5K (tiny's 4x4 array of 9x8 multipliers needs 16 multipliers of "
+        "its 8 DSPs, and its ~60 memories exceed 30 EBRs): the smallest configuration the core "
+        "accepts; even that may exceed the EBRs (the build decides)",
+        baud=115200),
+}
+
+
+def board_spec(name):
+    try:
+        return BOARDS[name]
+    except KeyError:
+        raise ValueError(f"unknown board {name!r} (known: {', '.join(BOARDS)})") from None
+
+
+def _ecp5_pll(m, clk_in, clk_out, locked, f_in, f_out):
+    """EHXPLLL: ``f_in`` → ``f_out`` with a VCO in 400..800 MHz (CLKOP feedback)."""
+    for op_div in range(1, 129):
+        vco = f_out * op_div
+        if vco < 400e6:
+            continue
+        if vco > 800e6:
+            break
+        for in_div in range(1, 129):
+            fb = f_out * in_div / f_in
+            if abs(fb - round(fb)) < 1e-9 and 1 <= round(fb) <= 80:
+                break
+        else:
+            continue
+        break
+    else:
+        raise ValueError(f"no EHXPLLL setting for {f_in / 1e6:g} -> {f_out / 1e6:g} MHz")
+    m.submodules.pll = Instance(
+        "EHXPLLL",
+        p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+        p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
+        p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD",
+        p_CLKI_DIV=in_div, p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=op_div,
+        p_CLKOP_CPHASE=op_div // 2 - 1 if op_div > 1 else 0, p_CLKOP_FPHASE=0,
+        p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=round(fb),
+        a_FREQUENCY_PIN_CLKI=f"{f_in / 1e6:g}", a_FREQUENCY_PIN_CLKOP=f"{f_out / 1e6:g}",
+        a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
+        a_MFG_GMCREF_SEL="2",
+        i_RST=0, i_STDBY=0, i_CLKI=clk_in, i_CLKFB=clk_out, i_PHASESEL0=0, i_PHASESEL1=0,
+        i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
+        o_CLKOP=clk_out, o_LOCK=locked)
+
+
+def _ice40_pll(m, pad, clk_out, locked, f_in, f_out):
+    """SB_PLL40_PAD (the iCEBreaker's 12 MHz oscillator is on a PLL input pad)."""
+    best = None
+    for divr in range(16):
+        f_pfd = f_in / (divr + 1)
+        if not 10e6 <= f_pfd <= 133e6:
+            continue
+        for divq in range(1, 7):
+            divf = round(f_out * (1 << divq) / f_pfd) - 1
+            if not 0 <= divf < 128:
+                continue
+            vco = f_pfd * (divf + 1)
+            if not 533e6 <= vco <= 1066e6:
+                continue
+            err = abs(vco / (1 << divq) - f_out)
+            if best is None or err < best[0]:
+                best = (err, divr, divf, divq)
+    if best is None:
+        raise ValueError(f"no SB_PLL40 setting for {f_in / 1e6:g} -> {f_out / 1e6:g} MHz")
+    _, divr, divf, divq = best
+    m.submodules.pll = Instance(
+        "SB_PLL40_PAD",
+        p_FEEDBACK_PATH="SIMPLE", p_DIVR=divr, p_DIVF=divf, p_DIVQ=divq, p_FILTER_RANGE=1,
+        i_PACKAGEPIN=pad, i_RESETB=1, i_BYPASS=0,
+        o_PLLOUTGLOBAL=clk_out, o_LOCK=locked)
+
+
+class BoardTop(wiring.Component):
+    """:class:`UARTCoreTop` on a board (see :data:`BOARDS`).
+
+    LEDs (as many as the board has): 0 busy, 1 error, 2 NAK (stretched), 3 heartbeat.
+    """
+
+    def __init__(self, board, config=None):
+        self._spec = board_spec(board) if isinstance(board, str) else board
+        self._config = self._spec.config if config is None else config
+        self._divisor = uart_divisor(self._spec.clock, self._spec.baud)
+        super().__init__({})
+
+    @property
+    def spec(self):
+        return self._spec
+
+    @property
+    def config(self):
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        spec = self._spec
+        m.domains.sync = cd_sync = ClockDomain("sync")
+        locked = Signal()
+        if spec.family == "ecp5":
+            clk = platform.request(platform.default_clk, dir="-")
+            m.submodules.clk_buf = clk_buf = io.Buffer("i", clk)
+            _ecp5_pll(m, clk_buf.i, cd_sync.clk, locked, spec.board_clock, spec.clock)
+        else:
+            clk = platform.request(platform.default_clk, dir="-")
+            _ice40_pll(m, clk.io, cd_sync.clk, locked, spec.board_clock, spec.clock)
+        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+        platform.add_clock_constraint(cd_sync.clk, spec.clock)
+
+        if spec.uart_pins is None:
+            uart = platform.request("uart", 0, dir="-")
+        else:
+            from amaranth.build import Attrs, Resource, Pins, Subsignal
+            conn, rx, tx = spec.uart_pins
+            platform.add_resources([Resource(
+                "uart", 0, Subsignal("rx", Pins(rx, dir="i", conn=(conn, 0))),
+                Subsignal("tx", Pins(tx, dir="o", conn=(conn, 0))),
+                Attrs(IO_TYPE="LVCMOS33"))])
+            uart = platform.request("uart", 0, dir="-")
+        m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
+        m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
+
+        m.submodules.top = top = UARTCoreTop(self._config, self._divisor)
+        m.d.comb += [top.rx.eq(rx_buf.i), tx_buf.o.eq(top.tx)]
+
+        stretch = Signal(range(int(spec.clock // 10) + 1))   # 100 ms
+        with m.If(top.nak):
+            m.d.sync += stretch.eq(int(spec.clock // 10))
+        with m.Elif(stretch != 0):
+            m.d.sync += stretch.eq(stretch - 1)
+        beat = Signal(range(int(spec.clock)))
+        m.d.sync += beat.eq(beat + 1)
+        heartbeat = beat[-1]
+        flags = [top.busy, top.error, stretch != 0, heartbeat]
+        leds = []
+        for n in range(8):
+            try:
+                leds.append(platform.request("led", n, dir="-"))
+            except Exception:
+                break
+        if not leds:                                 # OrangeCrab: one RGB LED
+            rgb = platform.request("rgb_led", 0, dir="-")
+            leds = [rgb.b, rgb.r, rgb.g]
+        for n, (led, flag) in enumerate(zip(leds, flags)):
+            m.submodules[f"led_{n}"] = buf = io.Buffer("o", led)
+            m.d.comb += buf.o.eq(flag)
+        return m
