@@ -118,7 +118,7 @@ from amaranth.lib.memory import Memory  # noqa: E402
 from amaranth.lib.wiring import In, Out  # noqa: E402
 
 from bertcore.core.encoder import EncoderCore, EncoderTop  # noqa: E402
-from bertcore.core.perf import run_cycles, utilization  # noqa: E402
+from bertcore.core.perf import array_beats, run_cycles, utilization  # noqa: E402
 from rtl_sim import simulate, stream_get, stream_put  # noqa: E402
 from sim.runner import lint, run_cocotb  # noqa: E402
 
@@ -163,6 +163,7 @@ def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
             assert beats[-1]["last"] == 1 and all(b["last"] == 0 for b in beats[:-1])
             await ctx.tick().until(~dut.busy)
             assert not ctx.get(dut.error)
+            assert ctx.get(dut.array_beats) == array_beats(cfg, x.shape[0])
             cycles.append(ctx.get(dut.cycles))
             outputs.append(unpack_activations([b["data"] for b in beats], x.shape[0], cfg))
 
@@ -203,7 +204,7 @@ class ImageReplayTop(wiring.Component):
             "s_axis_act_tready": Out(1), "s_axis_act_tlast": In(1),
             "m_axis_act_tdata": Out(bus), "m_axis_act_tvalid": Out(1),
             "m_axis_act_tready": In(1), "m_axis_act_tlast": Out(1),
-            "busy": Out(1), "error": Out(1), "cycles": Out(32),
+            "busy": Out(1), "error": Out(1), "cycles": Out(32), "array_beats": Out(32),
         })
 
     def elaborate(self, platform):
@@ -236,7 +237,7 @@ class ImageReplayTop(wiring.Component):
                      "m_axis_act_tready"):
             m.d.comb += getattr(top, name).eq(getattr(self, name))
         for name in ("s_axis_act_tready", "m_axis_act_tdata", "m_axis_act_tvalid",
-                     "m_axis_act_tlast", "busy", "error", "cycles"):
+                     "m_axis_act_tlast", "busy", "error", "cycles", "array_beats"):
             m.d.comb += getattr(self, name).eq(getattr(top, name))
         return m
 
@@ -277,9 +278,10 @@ def test_core_cocotb(tiny_core, tiny_image, simulator, monkeypatch, tmp_path):
     # matter here: the core, not the 20% stalls, sets the pace)
     measured = json.loads(report.read_text())
     print("cycles per run:", dict(zip(measured["lengths"], measured["cycles"])))
-    for n, cycles in zip(measured["lengths"], measured["cycles"]):
+    for n, cycles, beats in zip(measured["lengths"], measured["cycles"], measured["beats"]):
         model = run_cycles(TINY, n)
         assert abs(cycles - model) <= 0.05 * cycles, f"L={n}: RTL {cycles}, model {model}"
+        assert beats == array_beats(TINY, n), f"L={n}"
 
 
 def test_core_lint():
@@ -294,7 +296,7 @@ def test_core_ports():
                  "s_axis_param_tready", "s_axis_param_tlast", "s_axis_act_tdata",
                  "s_axis_act_tvalid", "s_axis_act_tready", "s_axis_act_tlast",
                  "m_axis_act_tdata", "m_axis_act_tvalid", "m_axis_act_tready",
-                 "m_axis_act_tlast", "busy", "error", "cycles"):
+                 "m_axis_act_tlast", "busy", "error", "cycles", "array_beats"):
         assert port in header.replace("(", " ").replace(",", " ").replace(")", " ").split(), port
 
 

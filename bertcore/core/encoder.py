@@ -141,6 +141,7 @@ class _Datapath(wiring.Component):
             "done": Out(1),
             "fail": Out(1),
             "fault": Out(1),
+            "beat": Out(1),
         })
 
     def elaborate(self, platform):
@@ -525,6 +526,7 @@ class _Datapath(wiring.Component):
             items = [pw_r.data[8 * j:8 * j + 8], elem(kbuf[j]["r"][0].data, s1_ke, f"bk_{j}"),
                      vword[8 * j:8 * j + 8]]
             m.d.comb += array.b.payload.data[j].eq(_pick(m, f"b_lane{j}", items, s1_kind, 8))
+        m.d.comb += self.beat.eq(s1_valid & array.a.ready & array.b.ready)
         m.d.comb += [array.a.valid.eq(s1_valid), array.b.valid.eq(s1_valid),
                      array.a.payload.last.eq(s1_last), array.b.payload.last.eq(s1_last)]
         # bias: one beat per tile
@@ -882,6 +884,9 @@ class EncoderCore(wiring.Component):
         Sticky: a protocol error was seen; cleared when the next image header is accepted.
     cycles : ``Out(32)``
         Cycles of the last successful run (first image beat to last output beat).
+    array_beats : ``Out(32)``
+        Operand beats the systolic array took in the last successful run (cycles in which its
+        ``N x N`` PEs were fed; :func:`bertcore.core.perf.array_beats`).
 
     Protocol errors (bad image header or length, an activation beat while idle, a sequence of
     0 or more than ``max_seq`` rows) raise ``error``, abort the run, drop the open packets up to
@@ -918,6 +923,7 @@ class EncoderCore(wiring.Component):
             "busy": Out(1),
             "error": Out(1),
             "cycles": Out(32),
+            "array_beats": Out(32),
         })
 
     @property
@@ -945,6 +951,9 @@ class EncoderCore(wiring.Component):
             m.d.sync += a_open.eq(~self.s_act.payload.last)
         count = Signal(32)
         m.d.sync += count.eq(count + 1)
+        beats = Signal(32)
+        with m.If(dp.beat):
+            m.d.sync += beats.eq(beats + 1)
 
         # resident: the image of a successful run is kept in a memory and replayed by runs
         # that start with activations
@@ -975,7 +984,7 @@ class EncoderCore(wiring.Component):
             with fsm.State("IDLE"):
                 with m.If(self.s_param.valid):
                     m.d.comb += dp.start.eq(1)
-                    m.d.sync += [err.eq(0), count.eq(1)]
+                    m.d.sync += [err.eq(0), count.eq(1), beats.eq(0)]
                     if resident:
                         m.d.sync += [replay.eq(0), stored.eq(0), cap_addr.eq(0)]
                     fsm.next("RUN")
@@ -983,8 +992,8 @@ class EncoderCore(wiring.Component):
                     with m.Elif(self.s_act.valid & stored):
                         # replay the stored image
                         m.d.comb += dp.start.eq(1)
-                        m.d.sync += [err.eq(0), count.eq(1), replay.eq(1), r_addr.eq(0),
-                                     r_valid.eq(0)]
+                        m.d.sync += [err.eq(0), count.eq(1), beats.eq(0), replay.eq(1),
+                                     r_addr.eq(0), r_valid.eq(0)]
                         fsm.next("RUN")
                 with m.Elif(self.s_act.valid):
                     m.d.sync += err.eq(1)
@@ -1018,7 +1027,7 @@ class EncoderCore(wiring.Component):
                 with m.Elif(dp.done):
                     # the datapath restarts from its reset state for the next run
                     m.d.comb += abort.eq(1)
-                    m.d.sync += self.cycles.eq(count)
+                    m.d.sync += [self.cycles.eq(count), self.array_beats.eq(beats)]
                     if resident:
                         m.d.sync += stored.eq(1)
                     fsm.next("IDLE")
@@ -1037,7 +1046,8 @@ class EncoderTop(wiring.Component):
 
     ``verilog.convert(EncoderTop(config), name="bertcore_encoder")`` emits ``clk``, ``rst``,
     ``s_axis_param_tdata/tvalid/tready/tlast``, ``s_axis_act_tdata/tvalid/tready/tlast``,
-    ``m_axis_act_tdata/tvalid/tready/tlast``, ``busy``, ``error`` and ``cycles``.
+    ``m_axis_act_tdata/tvalid/tready/tlast``, ``busy``, ``error``, ``cycles`` and
+    ``array_beats``.
     """
 
     def __init__(self, config):
@@ -1050,7 +1060,7 @@ class EncoderTop(wiring.Component):
             "s_axis_act_tready": Out(1), "s_axis_act_tlast": In(1),
             "m_axis_act_tdata": Out(bus), "m_axis_act_tvalid": Out(1),
             "m_axis_act_tready": In(1), "m_axis_act_tlast": Out(1),
-            "busy": Out(1), "error": Out(1), "cycles": Out(32),
+            "busy": Out(1), "error": Out(1), "cycles": Out(32), "array_beats": Out(32),
         })
 
     @property
@@ -1070,5 +1080,5 @@ class EncoderTop(wiring.Component):
                      self.m_axis_act_tvalid.eq(core.m_act.valid),
                      core.m_act.ready.eq(self.m_axis_act_tready),
                      self.busy.eq(core.busy), self.error.eq(core.error),
-                     self.cycles.eq(core.cycles)]
+                     self.cycles.eq(core.cycles), self.array_beats.eq(core.array_beats)]
         return m

@@ -19,7 +19,8 @@ def _ports(config):
         back = "out" if direction == "in" else "in"
         ports += [(f"{prefix}_tdata", direction, bus), (f"{prefix}_tvalid", direction, 1),
                   (f"{prefix}_tready", back, 1), (f"{prefix}_tlast", direction, 1)]
-    ports += [("busy", "out", 1), ("error", "out", 1), ("cycles", "out", 32)]
+    ports += [("busy", "out", 1), ("error", "out", 1), ("cycles", "out", 32),
+              ("array_beats", "out", 32)]
     return [{"name": n, "direction": d, "width": w} for n, d, w in ports]
 
 

@@ -25,7 +25,8 @@ from bertcore.rtl.systolic import SystolicArray
 
 from .image import check_core_config, vector_beats
 
-__all__ = ["layer_cycles", "run_cycles", "breakdown", "utilization", "macs_per_layer"]
+__all__ = ["layer_cycles", "run_cycles", "breakdown", "utilization", "macs_per_layer",
+           "array_beats"]
 
 #: Sequencer cycles around a job (start, first operand read, hand-over).
 _JOB_OVERHEAD = 3
@@ -98,3 +99,13 @@ def utilization(config, seq_len):
     """PE utilization of one layer: MACs / (array PEs × modeled cycles)."""
     pes = config.array_rows * config.array_cols
     return macs_per_layer(config, seq_len) / (pes * layer_cycles(config, seq_len))
+
+
+def array_beats(config, seq_len):
+    """Operand beats the array takes in a run (exact; the core's ``array_beats`` output)."""
+    check_core_config(config)
+    n, hid, ffn, hd = config.array_cols, config.hidden, config.ffn, config.head_dim
+    tiles = math.ceil(seq_len / n)
+    panels = tiles * (4 * (hid // n) * hid + (ffn // n) * hid + (hid // n) * ffn)
+    attention = config.heads * tiles * (tiles * hd + (hd // n) * seq_len)
+    return config.layers * (panels + attention)
