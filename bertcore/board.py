@@ -130,6 +130,8 @@ class BoardLink:
         problems = []
         for _ in range(self.retries + 1):
             self.stats["frames"] += 1
+            if hasattr(self.port, "reset_input_buffer"):
+                self.port.reset_input_buffer()     # stop and wait: anything unread is stale
             self.port.write(frame)
             reply = self._read_reply()
             if reply is None:
@@ -164,13 +166,13 @@ class BoardLink:
     # -- operations ----------------------------------------------------------------------------
 
     def status(self):
-        """``{"busy", "error", "output", "cycles", "bus_bytes", "max_payload"}`` of the board."""
+        """``{"busy", "error", "output", "lost", "cycles", "bus_bytes", "max_payload"}``."""
         body = self._expect(P.T_STATUS, b"", P.R_STATUS)
         if len(body) != P.STATUS_BYTES:
             raise LinkError(f"STATUS reply of {len(body)} bytes, not {P.STATUS_BYTES}")
         flags = body[0]
         st = {"busy": bool(flags & P.ST_BUSY), "error": bool(flags & P.ST_ERROR),
-              "output": bool(flags & P.ST_OUTPUT),
+              "output": bool(flags & P.ST_OUTPUT), "lost": bool(flags & P.ST_LOST),
               "cycles": int.from_bytes(body[1:5], "little"), "bus_bytes": body[5],
               "max_payload": int.from_bytes(body[6:8], "little")}
         self._bus_bytes = st["bus_bytes"]

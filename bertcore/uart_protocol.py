@@ -12,7 +12,7 @@ __all__ = ["SOF", "T_PARAM", "T_PARAM_LAST", "T_ACT", "T_ACT_LAST", "T_READ", "T
            "T_RESET", "R_ACK", "R_NAK", "R_DATA", "R_STATUS", "NAK_CRC", "NAK_LENGTH",
            "NAK_TYPE", "NAK_FRAMING", "NAK_TIMEOUT", "NAK_REASONS", "HEADER_BYTES",
            "TRAILER_BYTES", "STATUS_BYTES", "DATA_LAST", "DATA_ERROR", "ST_BUSY", "ST_ERROR",
-           "ST_OUTPUT", "crc16", "crc16_update", "encode_frame"]
+           "ST_OUTPUT", "ST_LOST", "crc16", "crc16_update", "encode_frame"]
 
 #: Start-of-frame byte.
 SOF = 0xA5
@@ -55,6 +55,7 @@ STATUS_BYTES = 8
 ST_BUSY = 0x01
 ST_ERROR = 0x02
 ST_OUTPUT = 0x04        # an output word is waiting (m_axis_act_tvalid)
+ST_LOST = 0x08          # a received byte was lost (sent while the bridge was busy) since STATUS
 
 
 def crc16_update(crc, byte):

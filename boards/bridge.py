@@ -26,6 +26,7 @@ from amaranth.lib.wiring import In, Out
 from bertcore.core.encoder import bus_layout
 
 from bertcore import uart_protocol as P
+from .fsm import Fsm
 from .uart import UARTRx, UARTTx
 
 __all__ = ["UARTBridge", "crc16_step"]
@@ -153,8 +154,10 @@ class UARTBridge(wiring.Component):
 
         m.submodules.uart_rx = urx = self._rx
         m.submodules.uart_tx = utx = self._tx
-        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx), urx.o_stream.ready.eq(1)]
-        got = urx.o_stream.valid                     # a received byte, this cycle only
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
+        # bytes are taken while hunting or inside a frame; outside (executing, replying) they
+        # wait in the receiver, and further ones are lost (the host waits for the reply)
+        got = urx.o_stream.valid & urx.o_stream.ready
         byte = urx.o_stream.payload
 
         m.submodules.frame_mem = frame_mem = Memory(shape=8, depth=MAXP, init=[])
@@ -204,29 +207,32 @@ class UARTBridge(wiring.Component):
         word_last = Signal()
         gap = Signal(range(self._gather + 1))
 
-        receiving = Signal()                        # inside a frame, after SOF
+        lost = Signal()                             # a byte was lost (overrun) since STATUS
+        with m.If(urx.overrun):
+            m.d.sync += lost.eq(1)
 
-        def reply(m, kind, nbytes, *, record):
+        def reply(kind, nbytes, *, record):
             m.d.sync += [rtype.eq(kind), rlen.eq(nbytes)]
             if record:
                 m.d.sync += [last_seq.eq(seq), last_valid.eq(1), last_rtype.eq(kind),
                              last_rlen.eq(nbytes)]
-            m.next = "SEND"
+            fsm.next("SEND")
 
-        with m.FSM():
+        with Fsm(m, "link") as fsm:
             # -- receive ----------------------------------------------------------------------
-            with m.State("HUNT"):
+            with fsm.State("HUNT"):
+                m.d.comb += urx.o_stream.ready.eq(1)
                 with m.If(got & (byte == P.SOF)):
                     m.d.sync += crc.eq(0xFFFF)
-                    m.next = "TYPE"
+                    fsm.next("TYPE")
             for state, nxt in (("TYPE", "SEQ"), ("SEQ", "LEN0"), ("LEN0", "LEN1"),
                                ("LEN1", None), ("PAYLOAD", None), ("CRC0", "CRC1"),
                                ("CRC1", None)):
-                with m.State(state):
-                    m.d.comb += receiving.eq(1)
+                with fsm.State(state):
+                    m.d.comb += urx.o_stream.ready.eq(1)
                     with m.If(urx.frame_error):
                         m.d.sync += reason.eq(P.NAK_FRAMING)
-                        m.next = "DISCARD"
+                        fsm.next("DISCARD")
                     with m.Elif(got):
                         m.d.sync += crc.eq(crc_next)
                         if state == "TYPE":
@@ -240,87 +246,89 @@ class UARTBridge(wiring.Component):
                             m.d.sync += [length[8:].eq(byte), idx.eq(0), part.eq(0)]
                             with m.If(new_len > MAXP):
                                 m.d.sync += reason.eq(P.NAK_LENGTH)
-                                m.next = "DISCARD"
+                                fsm.next("DISCARD")
                             with m.Elif(new_len == 0):
-                                m.next = "CRC0"
+                                fsm.next("CRC0")
                             with m.Else():
-                                m.next = "PAYLOAD"
+                                fsm.next("PAYLOAD")
                         elif state == "PAYLOAD":
                             m.d.comb += [fw.addr.eq(idx), fw.data.eq(byte), fw.en.eq(1)]
                             m.d.sync += [idx.eq(idx + 1),
                                          part.eq(Mux(part == NB - 1, 0, part + 1))]
                             with m.If(idx == length - 1):
-                                m.next = "CRC0"
+                                fsm.next("CRC0")
                         elif state == "CRC1":
                             with m.If(crc_next == 0):
-                                m.next = "DISPATCH"
+                                fsm.next("DISPATCH")
                             with m.Else():
                                 m.d.sync += reason.eq(P.NAK_CRC)
-                                m.next = "DISCARD"
+                                fsm.next("DISCARD")
                         if nxt is not None:
-                            m.next = nxt
+                            fsm.next(nxt)
                     with m.Elif(idle_out):
                         m.d.sync += reason.eq(P.NAK_TIMEOUT)
-                        m.next = "NAK"
-            with m.State("DISCARD"):
+                        fsm.next("NAK")
+            with fsm.State("DISCARD"):
+                m.d.comb += urx.o_stream.ready.eq(1)
                 # wait for the line to go quiet, so that the NAK follows the whole bad frame
                 with m.If(idle_out):
-                    m.next = "NAK"
-            with m.State("NAK"):
+                    fsm.next("NAK")
+            with fsm.State("NAK"):
                 m.d.comb += self.nak.eq(1)
-                reply(m, P.R_NAK, 1, record=False)
+                reply(P.R_NAK, 1, record=False)
 
             # -- execute ----------------------------------------------------------------------
-            with m.State("DISPATCH"):
+            with fsm.State("DISPATCH"):
                 m.d.sync += [idx.eq(0), wi.eq(0), gap.eq(0), word_last.eq(0)]
                 with m.If(ftype == P.T_STATUS):
+                    m.d.sync += lost.eq(0)
                     m.d.sync += status.eq(Cat(
-                        self.core_busy, self.core_error, self.result.valid, Const(0, 5),
+                        self.core_busy, self.core_error, self.result.valid, lost, Const(0, 4),
                         self.core_cycles, Const(NB, 8), Const(MAXP, 16)))
-                    reply(m, P.R_STATUS, P.STATUS_BYTES, record=False)
+                    reply(P.R_STATUS, P.STATUS_BYTES, record=False)
                 with m.Elif(~known):
                     m.d.sync += reason.eq(P.NAK_TYPE)
-                    m.next = "NAK"
+                    fsm.next("NAK")
                 with m.Elif(last_valid & (seq == last_seq)):
                     # a retry of the frame executed last: resend its reply
                     m.d.sync += [rtype.eq(last_rtype), rlen.eq(last_rlen)]
-                    m.next = "SEND"
+                    fsm.next("SEND")
                 with m.Elif((is_param | is_act) & ((length == 0) | (part != 0))):
                     m.d.sync += reason.eq(P.NAK_LENGTH)
-                    m.next = "NAK"
+                    fsm.next("NAK")
                 with m.Elif(is_param | is_act):
-                    m.next = "FWD_ADDR"
+                    fsm.next("FWD_ADDR")
                 with m.Elif(ftype == P.T_READ):
-                    m.next = "GATHER"
+                    fsm.next("GATHER")
                 with m.Else():                      # RESET
                     m.d.comb += self.core_reset.eq(1)
-                    reply(m, P.R_ACK, 0, record=True)
+                    reply(P.R_ACK, 0, record=True)
 
-            with m.State("FWD_ADDR"):               # fr.addr = idx; data in FWD_DATA
-                m.next = "FWD_DATA"
+            with fsm.State("FWD_ADDR"):               # fr.addr = idx; data in FWD_DATA
+                fsm.next("FWD_DATA")
                 with m.If(urx.line_break):          # abandon the frame (the core is reset)
-                    m.next = "HUNT"
-            with m.State("FWD_DATA"):
+                    fsm.next("HUNT")
+            with fsm.State("FWD_DATA"):
                 m.d.sync += [word.eq(Cat(word[8:], fr.data)), idx.eq(idx + 1),
                              part.eq(Mux(part == NB - 1, 0, part + 1))]
                 with m.If(part == NB - 1):
-                    m.next = "FWD_SEND"
+                    fsm.next("FWD_SEND")
                 with m.Else():
-                    m.next = "FWD_ADDR"
-            with m.State("FWD_SEND"):
+                    fsm.next("FWD_ADDR")
+            with fsm.State("FWD_SEND"):
                 last = is_last & (idx == length)
                 for out, sel in ((self.param, is_param), (self.act, is_act)):
                     m.d.comb += [out.payload.data.eq(word), out.payload.last.eq(last),
                                  out.valid.eq(sel)]
                 with m.If(Mux(is_param, self.param.ready, self.act.ready)):
                     with m.If(idx == length):
-                        reply(m, P.R_ACK, 0, record=True)
+                        reply(P.R_ACK, 0, record=True)
                     with m.Else():
-                        m.next = "FWD_ADDR"
+                        fsm.next("FWD_ADDR")
                 with m.If(urx.line_break):
-                    m.next = "HUNT"
+                    fsm.next("HUNT")
 
-            with m.State("GATHER"):
+            with fsm.State("GATHER"):
                 m.d.comb += self.result.ready.eq(1)
                 m.d.comb += [rw.addr.eq(wi), rw.data.eq(self.result.payload.data)]
                 with m.If(self.result.valid):
@@ -328,20 +336,20 @@ class UARTBridge(wiring.Component):
                     m.d.sync += [wi.eq(wi + 1), gap.eq(0)]
                     with m.If(self.result.payload.last | (wi == RW - 1)):
                         m.d.sync += word_last.eq(self.result.payload.last)
-                        m.next = "GATHERED"
+                        fsm.next("GATHERED")
                 with m.Elif(gap == self._gather):
-                    m.next = "GATHERED"
+                    fsm.next("GATHERED")
                 with m.Else():
                     m.d.sync += gap.eq(gap + 1)
-            with m.State("GATHERED"):
+            with fsm.State("GATHERED"):
                 m.d.sync += dflags.eq(Cat(word_last, self.core_error))
-                reply(m, P.R_DATA, 1 + wi * NB, record=True)
+                reply(P.R_DATA, 1 + wi * NB, record=True)
 
             # -- reply ------------------------------------------------------------------------
-            with m.State("SEND"):
+            with fsm.State("SEND"):
                 m.d.sync += [j.eq(0), k.eq(0), wi.eq(0), part.eq(0), tcrc.eq(0xFFFF)]
-                m.next = "TX_HEAD"
-            with m.State("TX_HEAD"):
+                fsm.next("TX_HEAD")
+            with fsm.State("TX_HEAD"):
                 head = [Const(P.SOF, 8), rtype, seq, rlen[:8], rlen[8:]]
                 m.d.comb += tx_byte.eq(head[-1])
                 for n in range(len(head) - 2, -1, -1):
@@ -353,10 +361,10 @@ class UARTBridge(wiring.Component):
                     with m.If(j != 0):
                         m.d.sync += tcrc.eq(crc16_step(tcrc, tx_byte))
                     with m.If(j == len(head) - 1):
-                        m.next = "TX_PAY"
+                        fsm.next("TX_PAY")
                         with m.If(rlen == 0):
-                            m.next = "TX_CRC0"
-            with m.State("TX_PAY"):
+                            fsm.next("TX_CRC0")
+            with fsm.State("TX_PAY"):
                 status_bytes = [status[8 * n:8 * n + 8] for n in range(P.STATUS_BYTES)]
                 st = status_bytes[0]
                 for n in range(1, P.STATUS_BYTES):
@@ -372,15 +380,15 @@ class UARTBridge(wiring.Component):
                         with m.If(part == NB - 1):
                             m.d.sync += wi.eq(wi + 1)
                     with m.If(k == rlen - 1):
-                        m.next = "TX_CRC0"
-            with m.State("TX_CRC0"):
+                        fsm.next("TX_CRC0")
+            with fsm.State("TX_CRC0"):
                 m.d.comb += [utx.i_stream.valid.eq(1), utx.i_stream.payload.eq(tcrc[8:])]
                 with m.If(utx.i_stream.ready):
-                    m.next = "TX_CRC1"
-            with m.State("TX_CRC1"):
+                    fsm.next("TX_CRC1")
+            with fsm.State("TX_CRC1"):
                 m.d.comb += [utx.i_stream.valid.eq(1), utx.i_stream.payload.eq(tcrc[:8])]
                 with m.If(utx.i_stream.ready):
-                    m.next = "HUNT"
+                    fsm.next("HUNT")
 
         # A break on the line resets the core and forgets the last sequence byte; a frame being
         # forwarded is abandoned (above), one being received is NAKed (framing error).

@@ -215,9 +215,10 @@ class BoardTop(wiring.Component):
     LEDs (as many as the board has): 0 busy, 1 error, 2 NAK (stretched), 3 heartbeat.
     """
 
-    def __init__(self, board, config=None):
+    def __init__(self, board, config=None, *, core=None):
         self._spec = board_spec(board) if isinstance(board, str) else board
         self._config = self._spec.config if config is None else config
+        self._core = core
         self._divisor = uart_divisor(self._spec.clock, self._spec.baud)
         super().__init__({})
 
@@ -257,7 +258,7 @@ class BoardTop(wiring.Component):
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
 
-        m.submodules.top = top = UARTCoreTop(self._config, self._divisor)
+        m.submodules.top = top = UARTCoreTop(self._config, self._divisor, core=self._core)
         m.d.comb += [top.rx.eq(rx_buf.i), tx_buf.o.eq(top.tx)]
 
         stretch = Signal(range(int(spec.clock // 10) + 1))   # 100 ms

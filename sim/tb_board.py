@@ -1,0 +1,151 @@
+"""cocotb bench: the host code of :mod:`bertcore.board` talks over a bit-level simulated UART to
+the emitted Verilog of :class:`boards.top.UARTCoreTop` (UART bridge + encoder core).
+
+The host code is blocking; it runs in a :func:`cocotb.task.bridge` thread and reaches the line
+through :class:`CocotbPort`, whose ``read``/``write`` are :func:`cocotb.task.resume` coroutines.
+``params``: ``divisor``, ``config`` (CoreConfig fields), ``image`` (words), ``runs`` (list of
+``{"length", "act", "out"}``), ``corrupt`` (``[frame_index, byte_offset, mask]`` or ``None``),
+``timeout_bits``, ``report`` (a JSON file for the test: stats, cycles, simulated time).
+"""
+
+import json
+from collections import deque
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.task import bridge, resume
+from cocotb.triggers import ClockCycles, Event, FallingEdge, First, Timer
+from cocotb.utils import get_sim_time
+
+from sim.runner import tb_params
+
+CLOCK_NS = 10
+
+
+class CocotbPort:
+    """A pyserial-like port on the ``rx``/``tx`` lines of ``dut`` (see :mod:`tests.uart_port`)."""
+
+    def __init__(self, dut, divisor, timeout_bits):
+        self.dut = dut
+        self.bit_ns = divisor * CLOCK_NS
+        self.timeout_bits = timeout_bits
+        self._to_board = deque()
+        self._from_board = bytearray()
+        self._tx_faults = {}
+        self._tx_count = 0
+        self._sending = False
+        self._data = Event()
+        self._idle = Event()
+        self._got = Event()
+        self._idle.set()
+
+    def start(self):
+        self.dut.rx.value = 1
+        cocotb.start_soon(self._drive())
+        cocotb.start_soon(self._monitor())
+
+    async def _drive(self):
+        while True:
+            if not self._to_board:
+                self._idle.set()
+                self._data.clear()
+                await self._data.wait()
+                continue
+            self._idle.clear()
+            byte = self._to_board.popleft() ^ self._tx_faults.pop(self._tx_count, 0)
+            self._tx_count += 1
+            for level in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
+                self.dut.rx.value = level
+                await Timer(self.bit_ns, unit="ns")
+
+    async def _monitor(self):
+        while True:
+            await FallingEdge(self.dut.tx)
+            await Timer(self.bit_ns * 3 // 2, unit="ns")
+            byte = 0
+            for i in range(8):
+                byte |= int(self.dut.tx.value) << i
+                await Timer(self.bit_ns, unit="ns")
+            assert int(self.dut.tx.value) == 1, "framing error on the board's tx"
+            self._from_board.append(byte)
+            self._got.set()
+
+    def corrupt_tx(self, offset, mask):
+        """Flip ``mask`` in the ``offset``-th byte written after this call."""
+        self._tx_faults[self._tx_count + len(self._to_board) + offset] = mask
+
+    async def _write(self, data):
+        self._to_board.extend(data)
+        self._idle.clear()
+        self._data.set()
+
+    async def _read(self, n):
+        await self._idle.wait()
+        deadline = get_sim_time("ns") + self.timeout_bits * self.bit_ns
+        while len(self._from_board) < n:
+            left = deadline - get_sim_time("ns")
+            if left <= 0:
+                break
+            self._got.clear()
+            await First(self._got.wait(), Timer(left, unit="ns"))
+        data = bytes(self._from_board[:n])
+        del self._from_board[:n]
+        return data
+
+    async def _flush(self):
+        self._from_board.clear()
+
+    # pyserial-like, called from the bridge thread
+    def write(self, data):
+        resume(self._write)(bytes(data))
+        return len(data)
+
+    def read(self, n=1):
+        return resume(self._read)(n)
+
+    def reset_input_buffer(self):
+        resume(self._flush)()
+
+
+def _host(port, p):
+    from bertcore.board import BoardLink, load_parameters, run
+    from bertcore.config import CoreConfig
+    config = CoreConfig(**p["config"])
+    link = BoardLink(port, retries=4)
+    frames = []
+    if p.get("corrupt"):
+        index, offset, mask = p["corrupt"]
+        original = link.transact
+
+        def transact(ftype, payload=b""):
+            if len(frames) == index:
+                port.corrupt_tx(offset, mask)
+            frames.append(ftype)
+            return original(ftype, payload)
+
+        link.transact = transact
+    load_parameters(link, p["image"], config)
+    outputs, cycles = [], []
+    for r in p["runs"]:
+        outputs.append(run(link, r["act"], r["length"], config))
+        cycles.append(link.cycles)
+    return outputs, cycles, dict(link.stats)
+
+
+@cocotb.test()
+async def host_runs(dut):
+    p = tb_params()
+    Clock(dut.clk, CLOCK_NS, unit="ns").start(start_high=False)
+    dut.rx.value = 1
+    dut.rst.value = 1
+    await ClockCycles(dut.clk, 3)
+    dut.rst.value = 0
+    await ClockCycles(dut.clk, 3)
+    port = CocotbPort(dut, p["divisor"], p["timeout_bits"])
+    port.start()
+    outputs, cycles, stats = await bridge(_host)(port, p)
+    for i, (got, r) in enumerate(zip(outputs, p["runs"])):
+        assert got == r["out"], f"run {i}: output differs from encode_int"
+    dut._log.info(f"core cycles {cycles}, link {stats}, simulated {get_sim_time('ms'):.2f} ms")
+    with open(p["report"], "w") as f:
+        json.dump({"cycles": cycles, "stats": stats, "sim_ms": get_sim_time("ms")}, f)
