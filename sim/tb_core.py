@@ -140,7 +140,8 @@ async def runs_back_to_back(dut):
 
 @cocotb.test(skip=not _enabled("protocol_errors"))
 async def protocol_errors(dut):
-    """Bad header, activations first, too long a sequence, short image; then a valid run."""
+    """Activations first, bad header, too long a sequence, short image, reset mid-run; then a
+    valid run."""
     p = tb_params()
     rng = random.Random(p["seed"] + 7)
     timeout = p["timeout"]
@@ -181,6 +182,22 @@ async def protocol_errors(dut):
     await sender
     dut.short_image.value = 0
     assert not dut.m_axis_act_tvalid.value
-    # 5. a valid run succeeds
+    # 5. a reset in the middle of a run returns to idle
+    await start_image()
+    sender = cocotb.start_soon(_send_act(dut, good["act"], rng, 0.0))
+    for _ in range(3000):
+        await RisingEdge(dut.clk)
+    assert dut.busy.value and sender.done()
+    dut.rst.value = 1
+    dut.s_axis_act_tvalid.value = 0
+    for _ in range(2):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    await RisingEdge(dut.clk)
+    await ReadOnly()
+    assert not dut.busy.value and not dut.error.value and not dut.s_axis_param_tvalid.value
+    await RisingEdge(dut.clk)
+    dut._log.info("reset mid-run: back to idle")
+    # 6. a valid run succeeds
     await _run(dut, good, rng, 0.2, timeout)
 
