@@ -9,18 +9,28 @@ comparison stays exact. (``quantize`` now keeps score scales legal, so this is a
 """
 
 import copy
+import json
+import random
 
 import pytest
 import torch
+from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
 
 from bertcore.config import preset
-from bertcore.core.image import (ImageError, MAGIC, activation_beats, image_beats, image_schedule,
-                                 pack_activations, pack_parameter_image,
+from bertcore.core.encoder import EncoderCore, EncoderTop
+from bertcore.core.image import (MAGIC, ImageError, activation_beats, image_beats,
+                                 image_schedule, pack_activations, pack_parameter_image,
                                  unpack_activations)
 from bertcore.core.interp import run_image
+from bertcore.core.perf import array_beats, run_cycles, utilization
 from bertcore.quant.kernels import softmax_constants
 from bertcore.rtl.softmax import IntSoftmax
 from fixtures_bert import TINY_EVAL, tiny_ckpt, tiny_dir, tiny_int  # noqa: F401
+from rtl_sim import simulate, stream_get, stream_put
+from sim.runner import lint, run_cocotb
 
 TINY = preset("tiny")
 #: Finest score scale used for the core tests (IntSoftmax's x0 port: 16 bits).
@@ -109,18 +119,6 @@ def test_activation_packing_round_trip():
 
 # -- The RTL ----------------------------------------------------------------------------------
 
-import json  # noqa: E402
-import random  # noqa: E402
-
-from amaranth.hdl import Module, Signal  # noqa: E402
-from amaranth.lib import wiring  # noqa: E402
-from amaranth.lib.memory import Memory  # noqa: E402
-from amaranth.lib.wiring import In, Out  # noqa: E402
-
-from bertcore.core.encoder import EncoderCore, EncoderTop  # noqa: E402
-from bertcore.core.perf import array_beats, run_cycles, utilization  # noqa: E402
-from rtl_sim import simulate, stream_get, stream_put  # noqa: E402
-from sim.runner import lint, run_cocotb  # noqa: E402
 
 
 def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):

@@ -44,8 +44,6 @@ separate feeder / write-back / LayerNorm engines) ready for overlap. :mod:`bertc
 models the cycles of this schedule.
 """
 
-import math
-
 from amaranth.hdl import (Cat, Const, Module, Mux, ResetInserter, Shape, Signal, signed,
                           unsigned)
 from amaranth.lib import data, stream, wiring

@@ -16,14 +16,12 @@ Records are vectors in a fixed order: the image is defined by :func:`image_sched
 core's loader, the Python interpreter (:mod:`bertcore.core.interp`) and this packer all follow.
 """
 
-import math
 import zlib
 from dataclasses import dataclass
 
 import torch
 
 from bertcore.quant import kernels as K
-from bertcore.rtl.requant import REQ_E_BITS
 
 __all__ = [
     "FORMAT_VERSION", "MAGIC", "HEADER_BITS", "SCALAR_WORDS", "LN_BIAS_BITS", "ImageError",
