@@ -13,6 +13,7 @@ Command line: ``python -m boards.build ulx3s-85f [--preset tiny] [--out DIR] [--
 
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -62,6 +63,10 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     outdir = Path(outdir)
     env = dict(os.environ)
     env.update({k: env.get(k, v) for k, v in TOOL_ENV.items()})
+    if not do_program and shutil.which(env["OPENFPGALOADER"]) is None:
+        # some platforms list the programmer as a required tool even for a build only
+        env["OPENFPGALOADER"] = "true"
+
     kwargs = {}
     if spec.family == "ice40":
         kwargs["synth_opts"] = "-dsp"

@@ -10,7 +10,8 @@
 * The real encoder core (``tiny`` preset, quantized tiny model) through the same host code, with
   a corrupted frame on the way: cocotb + Verilator on the emitted Verilog (``sim/tb_board.py``),
   bit-exact against ``IntBert.encode_int``. (The Amaranth simulator runs the whole core at about
-  a thousand cycles per second; one run over the UART is about a million cycles.)
+  a thousand cycles per second; one run over the UART is about a million cycles.) Marked slow:
+  about 2 million simulated cycles plus a Verilator build (``pytest -m slow -k real_core``).
 """
 
 import random
@@ -239,6 +240,7 @@ from fixtures_bert import tiny_ckpt, tiny_dir, tiny_int  # noqa: E402,F401
 from test_core import TINY, VERILATOR_MAKEFLAGS, tiny_core, tiny_image  # noqa: E402,F401
 
 
+@pytest.mark.slow
 def test_real_core_uart_cocotb(tiny_core, tiny_image, tmp_path, monkeypatch):  # noqa: F811
     """Tiny preset, quantized tiny model: two sequences (5 rows, then max_seq) through the host
     code over the bit-level UART; the third frame (an activation frame) has a payload bit
