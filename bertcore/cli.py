@@ -253,6 +253,42 @@ def _write_sweep(rows, keys, stem):
     print(f"wrote {stem.with_suffix('.csv')} and {stem.with_suffix('.png')}", file=sys.stderr)
 
 
+def cmd_sim(args):
+    from .rtlsim import check_core, random_model
+    cfg = _config(args)
+    if args.seq:
+        try:
+            lengths = [int(v) for v in args.seq.split(",")]
+        except ValueError:
+            raise CliError(f"--seq takes lengths like 1,8,16, not {args.seq!r}") from None
+    else:
+        lengths = sorted({1, min(cfg.max_seq, 16)})
+    for n in lengths:
+        if not 1 <= n <= cfg.max_seq:
+            raise CliError(f"sequence length {n} is outside 1..{cfg.max_seq}")
+    with _Progress(not args.quiet) as prog:
+        if args.quantized:
+            from .quant.artifact import load_artifact
+            model = load_artifact(args.quantized)
+        else:
+            prog.step("quantizing a random model of the preset's shape")
+            model = random_model(cfg, seed=args.seed)
+        passed, rows, res = check_core(cfg, model, lengths, simulator=args.simulator,
+                                       waves=args.waves, seed=args.seed, stall=args.stall,
+                                       progress=prog.step)
+    for n, ok, cycles in rows:
+        print(f"seq {n:4d}: {'PASS' if ok else 'FAIL'}  {cycles} cycles")
+    print(f"{args.simulator}: build {res.build_s:.1f} s, simulation {res.sim_s:.1f} s "
+          f"({res.total_cycles} cycles)")
+    if res.waves:
+        print(f"waveform: {res.waves}")
+    if not passed:
+        print("bertcore: error: the simulated core differs from the integer reference",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser():
     p = _Parser(prog="bertcore", description="Integer-only BERT encoder accelerator generator")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -308,6 +344,20 @@ def build_parser():
     r.add_argument("--json", action="store_true", help="machine-readable output")
     r.add_argument("--quiet", action="store_true", help="no progress, no table")
     r.set_defaults(func=cmd_report)
+
+    sm = sub.add_parser("sim", help="simulate the core against the integer reference")
+    sm.add_argument("--preset", metavar="NAME")
+    sm.add_argument("--config", metavar="FILE.toml")
+    sm.add_argument("--set", action="append", metavar="KEY=VALUE")
+    sm.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator")
+    sm.add_argument("--quantized", metavar="FILE", help="weights of this model (default: random)")
+    sm.add_argument("--seq", metavar="N,N", help="sequence lengths (default: 1 and min(16, "
+                    "max_seq))")
+    sm.add_argument("--stall", type=float, default=0.0, help="random stall probability")
+    sm.add_argument("--seed", type=int, default=1)
+    sm.add_argument("--waves", action="store_true", help="write a waveform")
+    sm.add_argument("--quiet", action="store_true")
+    sm.set_defaults(func=cmd_sim)
     return p
 
 
@@ -318,14 +368,14 @@ def main(argv=None):
     from .toolchain import ToolNotFound
     try:
         args = build_parser().parse_args(argv)
-        args.func(args)
+        rc = args.func(args)
     except (CliError, BertError, ConfigError, FlowError, ToolNotFound) as exc:
         print(f"bertcore: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bertcore: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

