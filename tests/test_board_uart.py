@@ -284,3 +284,28 @@ def test_board_tops_elaborate(board):
                                       do_build=False)
     rtlil = plan.files["top.il"]
     assert ("EHXPLLL" if spec.family == "ecp5" else "SB_PLL40_PAD") in rtlil
+
+
+def test_parse_nextpnr_log():
+    from boards.build import parse_nextpnr_log
+    log = """Info: Max frequency for clock '$glbnet$clk': 80.00 MHz (FAIL at 100.00 MHz)
+Info: Device utilisation:
+Info:             TRELLIS_IO:       5/    365     1%
+Info:           TRELLIS_COMB:   12345/  83640    14%
+Info:             MULT18X18D:      16/    156    10%
+
+Info: Max frequency for clock '$glbnet$clk': 101.50 MHz (PASS at 100.00 MHz)
+"""
+    fmax, util = parse_nextpnr_log(log)
+    assert fmax == {"$glbnet$clk": 101.5}
+    assert util == {"TRELLIS_IO": (5, 365), "TRELLIS_COMB": (12345, 83640),
+                    "MULT18X18D": (16, 156)}
+
+
+@pytest.mark.slow
+def test_build_ulx3s_tiny(tmp_path):
+    """The tiny preset on the ULX3S-85F through yosys and nextpnr (tens of minutes)."""
+    from boards.build import build
+    report = build("ulx3s-85f", None, tmp_path / "ulx3s")
+    print(report)
+    assert report["routed"], report.get("error")
