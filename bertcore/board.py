@@ -7,10 +7,13 @@
 ``reset_input_buffer``; ``send_break`` for :meth:`BoardLink.break_reset`) or a URL opened with
 :func:`serial.serial_for_url` (``"/dev/ttyUSB0"``, ``"loop://"``, ``"socket://host:port"``).
 
-The core of this version keeps no parameters between runs (``CoreConfig.resident`` is not
-implemented yet), so :func:`load_parameters` checks the link and stores the image, and every
+The core takes the parameter image as a stream that it consumes while it computes, so
+:func:`load_parameters` resets the core, checks the link and stores the image on the link, and a
 :func:`run` streams it: the image header first, then the activation packet, then the rest of the
-image while the core computes, then READ frames until the output packet's last word.
+image while the core computes, then READ frames until the output packet's last word. With
+``config.resident`` the core keeps the image of a successful run on chip: only the first run
+after :func:`load_parameters` (or after a reset) streams the image, later runs send the
+activation packet alone.
 
 Every frame is sent until it is answered (stop and wait): a NAK, a corrupted reply or no reply
 within the timeout makes the host resend the same frame with the same sequence byte (the board
@@ -74,6 +77,7 @@ class BoardLink:
         self.cycles = None
         self.image = None
         self.config = None
+        self.resident = False          # the core holds self.image (resident configurations)
         self._seq = 0
         self._max_payload = max_payload
         self._bus_bytes = None
@@ -181,11 +185,13 @@ class BoardLink:
         return st
 
     def reset(self):
-        """Reset the core (RESET frame; aborts a run)."""
+        """Reset the core (RESET frame; aborts a run, forgets a resident image)."""
+        self.resident = False
         self._expect(P.T_RESET, b"", P.R_ACK)
 
     def break_reset(self, duration=0.01):
         """Reset the core with a line break (works even while the board waits on the core)."""
+        self.resident = False
         self.port.send_break(duration)
         if hasattr(self.port, "reset_input_buffer"):
             self.port.reset_input_buffer()
@@ -276,16 +282,24 @@ def run(port, activation_words, length, config):
     st = link.status()
     if st["busy"] or st["output"]:
         link.reset()                               # a previous run was abandoned
-    # header first (the core takes the activation packet only after it), then the rest
-    head = -(-4 * 32 // config.bus_width)
-    link.send_words(P.T_PARAM, P.T_PARAM, link.image[:head], nbytes)
-    link.send_words(P.T_ACT, P.T_ACT_LAST, list(activation_words), nbytes)
-    link.send_words(P.T_PARAM, P.T_PARAM_LAST, link.image[head:], nbytes)
+    elif st["error"]:
+        link.resident = False                      # a failed run invalidates a stored image
+    if link.resident:
+        # the core replays its stored image for a run that starts with activations
+        link.send_words(P.T_ACT, P.T_ACT_LAST, list(activation_words), nbytes)
+    else:
+        # header first (the core takes the activation packet only after it), then the rest
+        head = -(-4 * 32 // config.bus_width)
+        link.send_words(P.T_PARAM, P.T_PARAM, link.image[:head], nbytes)
+        link.send_words(P.T_ACT, P.T_ACT_LAST, list(activation_words), nbytes)
+        link.send_words(P.T_PARAM, P.T_PARAM_LAST, link.image[head:], nbytes)
     out = link.read_words(beats, nbytes)
     st = link.status()
     if st["error"]:
+        link.resident = False
         raise BoardError("the core reported an error after the run")
     link.cycles = st["cycles"]
+    link.resident = config.resident
     return out
 
 

@@ -10,8 +10,8 @@
 Per board (see :data:`BOARDS`): ``clock`` is the core clock the PLL makes, ``config`` the core
 configuration (the largest that could fit, with the reason), ``baud`` the UART rate.
 
-The core of this version keeps no parameters on chip (``CoreConfig.resident`` is not
-implemented by :class:`~bertcore.core.encoder.EncoderCore` yet): the host streams the image with
+Where the configuration is ``resident`` (ULX3S) the core keeps the image of the first run on
+chip and the host sends only activations afterwards; elsewhere the host streams the image with
 every run (:mod:`bertcore.board`).
 """
 
@@ -122,15 +122,17 @@ ICE40_CONFIG = CoreConfig(hidden=16, heads=2, ffn=32, layers=1, max_seq=8, array
 BOARDS = {
     "ulx3s-85f": BoardSpec(
         "ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", 25e6, 100e6,
-        preset("tiny"),
-        "tiny: a 4x4 array (16 of 156 DSP multipliers) and about 60 small memories (of 208 "
-        "EBRs); minilm (16x16, hidden 384, 6 layers) needs 256 multipliers, more than the "
-        "LFE5U-85F's 156 (it would need a custom 8x8 array)"),
+        preset("tiny").replace(resident=True),
+        "tiny, resident: a 4x4 array (16 of 156 multipliers), small banked memories and the "
+        "5596 x 33-bit resident image (about 11 of 208 EBRs); minilm (16x16, hidden 384, 6 "
+        "layers) needs 256 multipliers, more than the LFE5U-85F's 156, and buffers beyond its "
+        "EBRs"),
     "orangecrab-25f": BoardSpec(
         "orangecrab-25f", "amaranth_boards.orangecrab_r0_2:OrangeCrabR0_2_25FPlatform", "ecp5",
         48e6, 100e6, preset("tiny"),
-        "tiny: the LFE5U-25F has 28 multipliers and 56 EBRs; the tiny core's 4x4 array fits "
-        "the multipliers, its many small banked memories are the limit (EBRs, then LUT RAM)",
+        "tiny, streamed image: the LFE5U-25F has 28 multipliers and 56 EBRs; the tiny core's "
+        "4x4 array fits the multipliers, its many small banked memories are the limit (EBRs, "
+        "then LUT RAM), so no resident image (about 11 more EBRs)",
         uart_pins=("io", "0", "1")),
     "icebreaker": BoardSpec(
         "icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform", "ice40", 12e6, 24e6,

@@ -43,11 +43,13 @@ class EchoCore(wiring.Component):
 
     Takes a parameter packet and an activation packet (in any interleaving, after the first
     parameter word), then sends the activation words XOR the XOR of all parameter words.
-    ``error`` if an activation word arrives while idle (the encoder core's rule).
+    ``error`` if an activation word arrives while idle (the encoder core's rule), unless
+    ``config.resident`` and a run has succeeded: then the stored image is replayed.
     """
 
     def __init__(self, config, depth=64):
         self._depth = depth
+        self._resident = config.resident
         layout = bus_layout(config.bus_width)
         super().__init__({
             "s_param": In(stream.Signature(layout)), "s_act": In(stream.Signature(layout)),
@@ -65,10 +67,16 @@ class EchoCore(wiring.Component):
         i = Signal(range(self._depth + 1))
         p_done, a_done = Signal(), Signal()
         count = Signal(32)
+        have = Signal()                 # an image is stored (resident)
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += self.s_act.ready.eq(1)
-                with m.If(self.s_act.valid):
+                with m.If(self.s_act.valid & have):
+                    # resident: replay the stored image (its XOR)
+                    m.d.sync += [n_act.eq(0), p_done.eq(1), a_done.eq(0), self.error.eq(0),
+                                 count.eq(0)]
+                    m.next = "RUN"
+                with m.Elif(self.s_act.valid):
+                    m.d.comb += self.s_act.ready.eq(1)
                     m.d.sync += self.error.eq(1)
                 with m.If(self.s_param.valid):
                     m.d.sync += [acc.eq(0), n_act.eq(0), p_done.eq(0), a_done.eq(0),
@@ -95,13 +103,13 @@ class EchoCore(wiring.Component):
                 with m.If(self.m_act.ready):
                     m.d.sync += i.eq(i + 1)
                     with m.If(i == n_act - 1):
-                        m.d.sync += self.cycles.eq(count)
+                        m.d.sync += [self.cycles.eq(count), have.eq(self._resident)]
                         m.next = "IDLE"
         return m
 
 
-def echo_port(**kwargs):
-    top = UARTCoreTop(ECHO_CFG, DIVISOR, core=EchoCore(ECHO_CFG), max_payload=64, **kwargs)
+def echo_port(config=ECHO_CFG, **kwargs):
+    top = UARTCoreTop(config, DIVISOR, core=EchoCore(config), max_payload=64, **kwargs)
     return top, SimPort(top, top.rx, top.tx, DIVISOR)
 
 
@@ -134,6 +142,26 @@ def test_echo_runs_and_status():
         assert run(port, act, n, ECHO_CFG) == echo_expected(image, act)
         assert link.cycles > 0
     assert link.stats["naks"] == 0 and link.stats["timeouts"] == 0
+
+
+def test_echo_resident():
+    """Resident configuration: the first run streams the image, later ones only activations;
+    after a reset the image is streamed again."""
+    config = ECHO_CFG.replace(resident=True)
+    top, port = echo_port(config)
+    image = echo_image(8)
+    link = load_parameters(port, image, config)
+    frames = []
+    for n, seed in ((2, 1), (6, 2), (3, 3)):
+        before = link.stats["frames"]
+        act = random_act(n, seed)
+        assert run(port, act, n, config) == echo_expected(image, act)
+        frames.append(link.stats["frames"] - before)
+    assert frames[1] == frames[2] == 4 < frames[0]   # STATUS, ACT, READ, STATUS
+    link.reset()
+    act = random_act(1, 4)
+    assert run(port, act, 1, config) == echo_expected(image, act)
+    assert link.stats["frames"] - before - 4 == frames[0] + 1   # + the RESET
 
 
 def test_corrupted_frames_are_naked_and_retried():
@@ -237,36 +265,41 @@ def test_bridge_parameter_errors():
 # -- The real encoder core ---------------------------------------------------------------------
 
 from fixtures_bert import tiny_ckpt, tiny_dir, tiny_int  # noqa: E402,F401
-from test_core import TINY, VERILATOR_MAKEFLAGS, tiny_core, tiny_image  # noqa: E402,F401
+from test_core import TINY, tiny_core, tiny_image  # noqa: E402,F401
 
 
 @pytest.mark.slow
-def test_real_core_uart_cocotb(tiny_core, tiny_image, tmp_path, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("resident", [False, True], ids=["streamed", "resident"])
+def test_real_core_uart_cocotb(tiny_core, tiny_image, resident, tmp_path):  # noqa: F811
     """Tiny preset, quantized tiny model: two sequences (5 rows, then max_seq) through the host
-    code over the bit-level UART; the third frame (an activation frame) has a payload bit
-    flipped on the line: it is NAKed and resent. Outputs equal ``encode_int`` bit for bit."""
+    code over the bit-level UART; the fifth frame (the first run's activation frame) has a
+    payload bit flipped on the line: it is NAKed and resent. Outputs equal ``encode_int`` bit
+    for bit. ``resident``: the second run sends only its activations (the core replays the
+    image it kept from the first)."""
     import json
 
     from sim.runner import run_cocotb
-    monkeypatch.setenv("MAKEFLAGS", VERILATOR_MAKEFLAGS)
+    config = TINY.replace(resident=resident)
     gen = torch.Generator().manual_seed(21)
     runs = []
-    for n in (5, TINY.max_seq):
-        x = torch.randint(-128, 128, (n, TINY.hidden), generator=gen)
-        runs.append({"length": n, "act": pack_activations(x, TINY),
-                     "out": pack_activations(tiny_core.encode_int(x), TINY)})
+    for n in (5, config.max_seq):
+        x = torch.randint(-128, 128, (n, config.hidden), generator=gen)
+        runs.append({"length": n, "act": pack_activations(x, config),
+                     "out": pack_activations(tiny_core.encode_int(x), config)})
     report = tmp_path / "report.json"
     # frames of the first run: 0 RESET, 1 STATUS (load_parameters), 2 STATUS, 3 PARAM (header),
     # 4 ACT (last), ...
-    params = {"divisor": DIVISOR, "config": TINY.to_dict(), "image": tiny_image, "runs": runs,
-              "corrupt": [4, P.HEADER_BYTES + 7, 0x04], "timeout_bits": 4000,
+    params = {"divisor": DIVISOR, "config": config.to_dict(), "image": tiny_image,
+              "runs": runs, "corrupt": [4, P.HEADER_BYTES + 7, 0x04], "timeout_bits": 4000,
               "report": str(report)}
-    run_cocotb(UARTCoreTop(TINY, DIVISOR), toplevel="bertcore_uart_top",
+    run_cocotb(UARTCoreTop(config, DIVISOR), toplevel="bertcore_uart_top",
                test_module="tb_board", simulator="verilator", params=params,
-               name="board_uart_tiny")
+               name=f"board_uart_tiny{'_resident' if resident else ''}")
     result = json.loads(report.read_text())
     assert result["stats"]["naks"] == 1 and result["stats"]["timeouts"] == 0
     assert all(c > 0 for c in result["cycles"])
+    if resident:                     # the replayed run is not bound by the UART
+        assert result["cycles"][1] < result["cycles"][0] / 10
     print("board over UART:", result)
 
 
