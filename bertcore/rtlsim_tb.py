@@ -15,7 +15,8 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
 
-async def _send(dut, words, rng, stall):
+async def send_packet(dut, words, rng, stall):
+    """Drive ``words`` into ``s_axis_act`` (``tlast`` on the last one) with random idle cycles."""
     for i, word in enumerate(words):
         while stall and rng.random() < stall:
             dut.s_axis_act_tvalid.value = 0
@@ -89,7 +90,7 @@ async def run_job(dut):
             dut.param_go.value = 1
             await RisingEdge(dut.clk)
             dut.param_go.value = 0
-            sender = cocotb.start_soon(_send(dut, words, rng, stall))
+            sender = cocotb.start_soon(send_packet(dut, words, rng, stall))
             out = await _receive(dut, rng, stall, 4 * run["out_beats"] + 4)
             await sender
             if dut.busy.value:

@@ -17,6 +17,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
+from bertcore.rtlsim_tb import send_packet as _send_act
 from sim.runner import tb_params
 
 
@@ -44,23 +45,6 @@ async def _reset(dut):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
     await RisingEdge(dut.clk)
-
-
-async def _send_act(dut, words, rng, stall):
-    for i, word in enumerate(words):
-        while rng.random() < stall:
-            dut.s_axis_act_tvalid.value = 0
-            await RisingEdge(dut.clk)
-        dut.s_axis_act_tdata.value = word
-        dut.s_axis_act_tlast.value = int(i == len(words) - 1)
-        dut.s_axis_act_tvalid.value = 1
-        while True:
-            await ReadOnly()
-            ready = bool(dut.s_axis_act_tready.value)
-            await RisingEdge(dut.clk)
-            if ready:
-                break
-    dut.s_axis_act_tvalid.value = 0
 
 
 async def _recv(dut, rng, stall, timeout):
