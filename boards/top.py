@@ -119,6 +119,9 @@ class BoardSpec:
 ICE40_CONFIG = CoreConfig(hidden=16, heads=2, ffn=32, layers=1, max_seq=8, array_rows=2,
                           array_cols=2, bus_width=16)
 
+#: The tiny model's shape on a 2x2 array (the same quantized tiny model runs on it).
+ORANGECRAB_CONFIG = preset("tiny").replace(array_rows=2, array_cols=2)
+
 BOARDS = {
     "ulx3s-85f": BoardSpec(
         "ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", 25e6, 100e6,
@@ -129,17 +132,19 @@ BOARDS = {
         "EBRs"),
     "orangecrab-25f": BoardSpec(
         "orangecrab-25f", "amaranth_boards.orangecrab_r0_2:OrangeCrabR0_2_25FPlatform", "ecp5",
-        48e6, 100e6, preset("tiny"),
-        "tiny, streamed image: the LFE5U-25F has 28 multipliers and 56 EBRs; the tiny core's "
-        "4x4 array fits the multipliers, its many small banked memories are the limit (EBRs, "
-        "then LUT RAM), so no resident image (about 11 more EBRs)",
+        48e6, 100e6, ORANGECRAB_CONFIG,
+        "the tiny model on a 2x2 array, streamed image: synthesized for the ULX3S, the tiny "
+        "core (4x4) takes 68 MULT18X18D (array, requantizers, GELU, softmax, LayerNorm) and "
+        "about 14k LUT4 + 14k FF, where the LFE5U-25F has 28 multipliers and 24k LUTs; halving "
+        "the array roughly halves the per-lane units (not yet built: may still exceed 28)",
         uart_pins=("io", "0", "1")),
     "icebreaker": BoardSpec(
         "icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform", "ice40", 12e6, 24e6,
         ICE40_CONFIG,
-        "no preset fits the UP5K (tiny's 4x4 array of 9x8 multipliers needs 16 multipliers of "
-        "its 8 DSPs, and its ~60 memories exceed 30 EBRs): the smallest configuration the core "
-        "accepts; even that may exceed the EBRs (the build decides)",
+        "no preset fits the UP5K (8 DSPs, 30 EBRs, 5280 LUTs; tiny synthesizes to 68 "
+        "multipliers, ~14k LUT4 and ~60 memories): the smallest configuration the core "
+        "accepts; this core most likely does not fit either (its per-lane units alone exceed "
+        "8 DSPs and the LUTs), the top is there for a smaller future core",
         baud=115200),
 }
 
