@@ -31,6 +31,9 @@ TOOL_ENV = {
     "OPENFPGALOADER": "openFPGALoader",
 }
 
+_PROGRAMMING_TOOLS = {"OPENFPGALOADER": "openFPGALoader", "DFU_SUFFIX": "dfu-suffix",
+                      "ICEPROG": "iceprog"}
+
 #: ``synth_opts`` for ECP5 that replace ``abc9`` by ``abc`` (Amaranth writes the line
 #: ``synth_ecp5 <synth_opts> -top top``; yosys scripts separate commands with ``;``).
 ECP5_NO_ABC9 = ("-run :map_luts -top top; techmap -map +/lattice/latches_map.v; "
@@ -76,9 +79,12 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     outdir = Path(outdir)
     env = dict(os.environ)
     env.update({k: env.get(k, v) for k, v in TOOL_ENV.items()})
-    if not do_program and shutil.which(env["OPENFPGALOADER"]) is None:
-        # some platforms list the programmer as a required tool even for a build only
-        env["OPENFPGALOADER"] = "true"
+    if not do_program:
+        # some platforms list their programmer (and the OrangeCrab dfu-suffix, which only tags
+        # the bitstream for DFU) as required tools even for a build only
+        for var, tool in _PROGRAMMING_TOOLS.items():
+            if shutil.which(env.get(var, tool)) is None:
+                env[var] = "true"
 
     if synth_opts is None:
         synth_opts = "-dsp" if spec.family == "ice40" else ECP5_NO_ABC9
