@@ -91,7 +91,7 @@ class UARTBridge(wiring.Component):
     core_busy, core_error : ``In(1)``, core_cycles : ``In(32)``
         The core's status, reported by STATUS (and the error flag of DATA replies).
     core_reset : ``Out(1)``
-        One-cycle pulse on a RESET frame or a line break: reset the core.
+        One-cycle pulse (registered) on a RESET frame or a line break: reset the core.
     nak : ``Out(1)``
         One-cycle pulse when a NAK is sent (for a LED).
 
@@ -207,6 +207,7 @@ class UARTBridge(wiring.Component):
         word_last = Signal()
         gap = Signal(range(self._gather + 1))
 
+        reset_core = Signal()
         lost = Signal()                             # a byte was lost (overrun) since STATUS
         with m.If(urx.overrun):
             m.d.sync += lost.eq(1)
@@ -301,7 +302,7 @@ class UARTBridge(wiring.Component):
                 with m.Elif(ftype == P.T_READ):
                     fsm.next("GATHER")
                 with m.Else():                      # RESET
-                    m.d.comb += self.core_reset.eq(1)
+                    m.d.comb += reset_core.eq(1)
                     reply(P.R_ACK, 0, record=True)
 
             with fsm.State("FWD_ADDR"):               # fr.addr = idx; data in FWD_DATA
@@ -393,6 +394,8 @@ class UARTBridge(wiring.Component):
         # A break on the line resets the core and forgets the last sequence byte; a frame being
         # forwarded is abandoned (above), one being received is NAKed (framing error).
         with m.If(urx.line_break):
-            m.d.comb += self.core_reset.eq(1)
+            m.d.comb += reset_core.eq(1)
             m.d.sync += last_valid.eq(0)
+        # registered: the core's reset reaches every flip-flop of the core (a large fan-out)
+        m.d.sync += self.core_reset.eq(reset_core)
         return m
