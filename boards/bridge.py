@@ -26,7 +26,7 @@ from amaranth.lib.wiring import In, Out
 from bertcore.core.encoder import bus_layout
 
 from bertcore import uart_protocol as P
-from .fsm import Fsm
+from bertcore.rtl.fsm import Fsm
 from .uart import UARTRx, UARTTx
 
 __all__ = ["UARTBridge", "crc16_step"]

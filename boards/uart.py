@@ -21,7 +21,7 @@ from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .fsm import Fsm
+from bertcore.rtl.fsm import Fsm
 
 __all__ = ["UARTTx", "UARTRx", "uart_divisor", "MIN_DIVISOR"]
 

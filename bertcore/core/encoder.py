@@ -52,6 +52,7 @@ from amaranth.lib.wiring import In, Out
 
 from bertcore.config import CoreConfig
 from bertcore.quant.kernels import REQ_M_BITS, RESIDUAL_BITS
+from bertcore.rtl.fsm import Fsm
 from bertcore.rtl.gelu import IntGELU
 from bertcore.rtl.layernorm import IntLayerNorm
 from bertcore.rtl.requant import REQ_E_BITS, Requantizer
@@ -89,40 +90,6 @@ def _pick(m, name, items, index, shape):
     for i in range(len(items) - 2, -1, -1):
         value = Mux(index == i, items[i], value)
     return value.as_signed() if Shape.cast(shape).signed else value.as_unsigned()
-
-
-class _Fsm:
-    """A state machine as an explicit state register and ``If`` blocks.
-
-    ``m.FSM`` emits a Verilog ``case`` per signal covering only the states that assign it, which
-    Verilator's -Wall rejects as incomplete. States are numbered in order of first mention (the
-    first is the reset state); ``with fsm.State(name)`` and ``fsm.next(name)`` read like
-    ``m.FSM``.
-    """
-
-    def __init__(self, m, name, width=5):
-        self._m = m
-        self.state = Signal(width, name=f"{name}_state")
-        self._codes = {}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        assert len(self._codes) <= 1 << len(self.state)
-        return False
-
-    def _code(self, name):
-        return self._codes.setdefault(name, len(self._codes))
-
-    def State(self, name):
-        return self._m.If(self.state == self._code(name))
-
-    def next(self, name):
-        self._m.d.sync += self.state.eq(self._code(name))
-
-    def ongoing(self, name):
-        return self.state == self._code(name)
 
 
 class _Datapath(wiring.Component):
@@ -290,7 +257,7 @@ class _Datapath(wiring.Component):
 
         n_panels = Mux(l_group == G_FFN1, CWF, CWH)
         k_rows = Mux(l_group == G_FFN2, ffn, hid)
-        with _Fsm(m, "loader") as fsm:
+        with Fsm(m, "loader") as fsm:
             with fsm.State("IDLE"):
                 with m.If(self.start):
                     fsm.next("HDR")
@@ -770,7 +737,7 @@ class _Datapath(wiring.Component):
                          wb_count.eq(0)]
 
         g_panels = Mux(s_group == G_FFN1, CWF, CWH)
-        with _Fsm(m, "seq") as fsm:
+        with Fsm(m, "seq") as fsm:
             with fsm.State("IDLE"):
                 with m.If(self.start):
                     m.d.comb += g_reset.eq(1)
@@ -978,7 +945,7 @@ class EncoderCore(wiring.Component):
                 with m.If(r_addr != total):
                     m.d.sync += r_addr.eq(r_addr + 1)
 
-        with _Fsm(m, "ctrl") as fsm:
+        with Fsm(m, "ctrl") as fsm:
             with fsm.State("IDLE"):
                 with m.If(self.s_param.valid):
                     m.d.comb += dp.start.eq(1)
