@@ -289,6 +289,47 @@ def cmd_sim(args):
     return 0
 
 
+def _boards():
+    """The repository's ``boards`` package (board tops and the build), beside ``bertcore/``."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "boards" / "build.py").is_file():
+        raise CliError("board builds need the bertcore repository (boards/ next to bertcore/)")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import boards.build
+    import boards.top
+    return boards.top, boards.build
+
+
+def cmd_build(args):
+    import json
+    top, build = _boards()
+    try:
+        spec = top.board_spec(args.board)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    from .config import load_config
+    cfg = load_config(args.preset, args.config, args.set or (), base=spec.config)
+    out = Path(args.output or f"build/board-{spec.name}")
+    with _Progress(not (args.quiet or args.json)) as prog:
+        prog.step(f"building {spec.name} (yowasp yosys + nextpnr; this takes minutes)")
+        try:
+            rep = build.build(spec.name, cfg, out, args.program)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        except (OSError, RuntimeError) as exc:
+            raise CliError(f"the {spec.name} build failed: {str(exc).splitlines()[-1]}") from None
+    if args.json:
+        print(json.dumps(rep, indent=2, default=str))
+    elif not args.quiet:
+        for k, v in rep.items():
+            print(f"{k:14s} {v}")
+    if not rep.get("routed", False):
+        raise CliError(f"{spec.name}: the design does not fit or does not route: "
+                       f"{str(rep.get('error', '?')).strip().splitlines()[-1]}")
+    return 0
+
+
 def build_parser():
     p = _Parser(prog="bertcore", description="Integer-only BERT encoder accelerator generator")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -358,6 +399,18 @@ def build_parser():
     sm.add_argument("--waves", action="store_true", help="write a waveform")
     sm.add_argument("--quiet", action="store_true")
     sm.set_defaults(func=cmd_sim)
+
+    b = sub.add_parser("build", help="build a board's bitstream (core + UART bridge + LEDs)")
+    b.add_argument("--board", required=True, metavar="NAME",
+                   help="ulx3s-85f, orangecrab-25f, icebreaker")
+    b.add_argument("--preset", metavar="NAME", help="core preset (default: the board's)")
+    b.add_argument("--config", metavar="FILE.toml")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE")
+    b.add_argument("--program", action="store_true", help="program the board afterwards")
+    b.add_argument("-o", "--output", metavar="DIR", help="build directory")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_build)
     return p
 
 

@@ -124,11 +124,12 @@ def _coerce(key, text):
         raise ConfigError(f"{key} must be an integer, not {text!r}") from None
 
 
-def load_config(preset_name=None, config_file=None, sets=()):
+def load_config(preset_name=None, config_file=None, sets=(), base=None):
     """Build a :class:`CoreConfig` from a preset, a TOML file and ``KEY=VALUE`` overrides.
 
     The TOML file holds the fields at top level or in a ``[core]`` table, and may name a base
-    ``preset``. Later sources override earlier ones: preset, file, then ``sets`` in order.
+    ``preset``. Later sources override earlier ones: preset (or ``base``, a ``CoreConfig`` used
+    when no preset is named), file, then ``sets`` in order.
     """
     import tomllib
     values = {}
@@ -160,6 +161,8 @@ def load_config(preset_name=None, config_file=None, sets=()):
         values[key] = _coerce(key, text)
     if preset_name is not None:
         return preset(preset_name).replace(**values)
+    if base is not None:
+        return base.replace(**values)
     names = {f.name for f in dataclasses.fields(CoreConfig)}
     unknown = sorted(set(values) - names)
     if unknown:

@@ -58,6 +58,14 @@ def parse_nextpnr_log(text):
     return fmax, util
 
 
+def _tool_path(name):
+    from bertcore.toolchain import ToolNotFound, find_tool
+    try:
+        return find_tool(name, "run `make install`")
+    except ToolNotFound:
+        return name
+
+
 def build(board, config=None, outdir="build/board", do_program=False, *, name="top",
           synth_opts=None):
     """Build ``board`` (a name of :data:`boards.top.BOARDS`) with ``config`` (default: the
@@ -80,7 +88,8 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     top = BoardTop(spec.name, config)
     outdir = Path(outdir)
     env = dict(os.environ)
-    env.update({k: env.get(k, v) for k, v in TOOL_ENV.items()})
+    # the yowasp tools live beside this Python (the venv), which need not be on PATH
+    env.update({k: env.get(k, _tool_path(v)) for k, v in TOOL_ENV.items()})
     if not do_program:
         # some platforms list their programmer (and the OrangeCrab dfu-suffix, which only tags
         # the bitstream for DFU) as required tools even for a build only
@@ -93,6 +102,9 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     if synth_opts is None:
         synth_opts = "-dsp" if spec.family == "ice40" else ECP5_NO_ABC9
     kwargs = dict(kwargs_pnr, **({"synth_opts": synth_opts} if synth_opts else {}))
+    # a failed build must not report the log or bitstream of an earlier one
+    for stale in (outdir / f"{name}.tim", outdir / f"{name}.bit", outdir / f"{name}.bin"):
+        stale.unlink(missing_ok=True)
     start = time.monotonic()
     old = dict(os.environ)
     os.environ.update(env)

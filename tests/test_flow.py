@@ -67,3 +67,23 @@ def test_tiny_core_does_not_fit_up5k(capsys):
     """The iCEBreaker's UP5K cannot hold even the tiny core: the report says by how much."""
     assert main(["report", "--preset", "tiny", "--device", "up5k", "--quiet"]) == 2
     assert "does not fit up5k" in capsys.readouterr().err
+
+
+def test_cli_build_errors(capsys):
+    def err(argv):
+        assert main(argv) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines and lines[-1].startswith("bertcore: error: ")
+        return lines[-1]
+    assert "unknown board 'de10' (known: ulx3s-85f" in err(["build", "--board", "de10"])
+    assert "divisible by heads (3)" in err(["build", "--board", "ulx3s-85f", "--set", "heads=3"])
+    assert "unknown preset" in err(["build", "--board", "icebreaker", "--preset", "huge"])
+
+
+@pytest.mark.slow
+def test_build_ulx3s_bitstream(tmp_path, capsys):
+    """ULX3S-85F with its default core (tiny, resident): routes and writes a bitstream (~15 min)."""
+    import json
+    assert main(["build", "--board", "ulx3s-85f", "-o", str(tmp_path), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["routed"] and rep["bitstream"] and (tmp_path / "top.bit").stat().st_size > 0
