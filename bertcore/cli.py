@@ -5,6 +5,7 @@ line on stderr and exit code 2, never a traceback.
 """
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -98,10 +99,14 @@ def cmd_embed(args):
 
 
 def _config(args):
+    """The core configuration of a command, checked against what the core can build."""
     from .config import load_config
+    from .core.image import check_core_config
     if args.preset is None and args.config is None:
         raise CliError("give --preset NAME or --config FILE.toml")
-    return load_config(args.preset, args.config, args.set or ())
+    cfg = load_config(args.preset, args.config, args.set or ())
+    check_core_config(cfg)
+    return cfg
 
 
 def cmd_presets(args):
@@ -116,7 +121,7 @@ def cmd_presets(args):
               f"{c.array_rows * c.array_cols:9d} {mb:8.2f}")
 
 
-_VERILOG_NAME = __import__("re").compile(r"[A-Za-z_][A-Za-z0-9_$]*\Z")
+_VERILOG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*\Z")
 
 
 def cmd_generate(args):
@@ -194,6 +199,7 @@ def _report_table(rows):
 def cmd_report(args):
     import itertools
     import json
+    from .core.perf import layer_cycles
     from .flow.report import report_core
     base = _config(args)
     sweeps = _parse_sweep(args.sweep)
@@ -208,11 +214,7 @@ def cmd_report(args):
             label = ", ".join(f"{k}={v}" for k, v in assign) or (args.preset or "config")
             r = report_core(cfg, args.device, freq_mhz=args.freq, pnr=not args.no_pnr,
                             step=lambda m, label=label: prog.step(f"[{label}] {m}"))
-            try:
-                from .core.perf import layer_cycles
-                r["modeled_cycles_per_layer"] = layer_cycles(cfg, cfg.max_seq)
-            except ImportError:
-                r["modeled_cycles_per_layer"] = None
+            r["modeled_cycles_per_layer"] = layer_cycles(cfg, cfg.max_seq)
             rows.append((label, r))
     if sweeps:
         _write_sweep(rows, [k for k, _ in sweeps], Path(args.output or "report"))
@@ -309,7 +311,9 @@ def cmd_build(args):
     except ValueError as exc:
         raise CliError(str(exc)) from None
     from .config import load_config
+    from .core.image import check_core_config
     cfg = load_config(args.preset, args.config, args.set or (), base=spec.config)
+    check_core_config(cfg)
     out = Path(args.output or f"build/board-{spec.name}")
     with _Progress(not (args.quiet or args.json)) as prog:
         prog.step(f"building {spec.name} (yowasp yosys + nextpnr; this takes minutes)")
@@ -417,12 +421,13 @@ def build_parser():
 def main(argv=None):
     from .checkpoint import BertError
     from .config import ConfigError
+    from .core.image import ImageError
     from .flow.report import FlowError
     from .toolchain import ToolNotFound
     try:
         args = build_parser().parse_args(argv)
         rc = args.func(args)
-    except (CliError, BertError, ConfigError, FlowError, ToolNotFound) as exc:
+    except (CliError, BertError, ConfigError, FlowError, ToolNotFound, ImageError) as exc:
         print(f"bertcore: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -183,3 +183,10 @@ def test_generate_config_file_errors(capsys, tmp_path, artifact):
     assert "the model has hidden=32" in _error(capsys, ["generate", "--preset", "minilm",
                                                         "--quantized", str(artifact), "-o",
                                                         str(tmp_path / "o")])
+
+
+def test_generate_unsupported_core_shape(capsys, tmp_path):
+    """A valid configuration the core cannot build (non-square array): one line, exit 2."""
+    msg = _error(capsys, ["generate", "--preset", "tiny", "--set", "array_rows=2", "-o",
+                          str(tmp_path / "o")])
+    assert "array" in msg
