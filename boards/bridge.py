@@ -26,6 +26,7 @@ from amaranth.lib.wiring import In, Out
 from bertcore.core.encoder import bus_layout
 
 from bertcore import uart_protocol as P
+from bertcore.rtl.common import rejecting
 from bertcore.rtl.fsm import Fsm
 from .uart import UARTRx, UARTTx
 
@@ -102,7 +103,7 @@ class UARTBridge(wiring.Component):
     """
 
     def __init__(self, bus_width, divisor, *, max_payload=256, timeout=None, gather=None):
-        try:
+        with rejecting(self):
             if not isinstance(bus_width, int) or bus_width < 8 or bus_width % 8:
                 raise ValueError(f"bus_width must be a positive multiple of 8, not {bus_width!r}")
             nb = bus_width // 8
@@ -112,9 +113,6 @@ class UARTBridge(wiring.Component):
                                  f"to 65535, not {max_payload!r}")
             self._rx = UARTRx(divisor)
             self._tx = UARTTx(divisor)
-        except ValueError:
-            self._MustUse__silence = True
-            raise
         self._bus = bus_width
         self._divisor = divisor
         self._max_payload = max_payload

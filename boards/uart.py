@@ -21,6 +21,7 @@ from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from bertcore.rtl.common import rejecting
 from bertcore.rtl.fsm import Fsm
 
 __all__ = ["UARTTx", "UARTRx", "uart_divisor", "MIN_DIVISOR"]
@@ -84,11 +85,8 @@ class UARTTx(wiring.Component):
     tx: Out(1, init=1)
 
     def __init__(self, divisor):
-        try:
+        with rejecting(self):
             _check_divisor(divisor)
-        except ValueError:
-            self._MustUse__silence = True
-            raise
         self._divisor = divisor
         super().__init__()
 
@@ -153,11 +151,8 @@ class UARTRx(wiring.Component):
     line_break: Out(1)
 
     def __init__(self, divisor):
-        try:
+        with rejecting(self):
             _check_divisor(divisor)
-        except ValueError:
-            self._MustUse__silence = True
-            raise
         self._divisor = divisor
         super().__init__()
 

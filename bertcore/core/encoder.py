@@ -52,6 +52,7 @@ from amaranth.lib.wiring import In, Out
 
 from bertcore.config import CoreConfig
 from bertcore.quant.kernels import REQ_M_BITS, RESIDUAL_BITS
+from bertcore.rtl.common import rejecting
 from bertcore.rtl.fsm import Fsm
 from bertcore.rtl.gelu import IntGELU
 from bertcore.rtl.layernorm import IntLayerNorm
@@ -59,7 +60,7 @@ from bertcore.rtl.requant import REQ_E_BITS, Requantizer
 from bertcore.rtl.softmax import IntSoftmax
 from bertcore.rtl.systolic import SystolicArray
 
-from .image import (FORMAT_VERSION, LN_BIAS_BITS, MAGIC, ImageError, check_core_config,
+from .image import (FORMAT_VERSION, LN_BIAS_BITS, MAGIC, check_core_config,
                     config_fingerprint, image_beats)
 
 __all__ = ["EncoderCore", "EncoderTop", "bus_layout"]
@@ -871,14 +872,10 @@ class EncoderCore(wiring.Component):
     """
 
     def __init__(self, config):
-        if not isinstance(config, CoreConfig):
-            self._MustUse__silence = True
-            raise TypeError(f"config must be a CoreConfig, not {config!r}")
-        try:
+        with rejecting(self):
+            if not isinstance(config, CoreConfig):
+                raise TypeError(f"config must be a CoreConfig, not {config!r}")
             check_core_config(config)
-        except ImageError:
-            self._MustUse__silence = True
-            raise
         self._config = config
         layout = bus_layout(config.bus_width)
         super().__init__({
