@@ -59,7 +59,21 @@ def _check_divisor(divisor):
                          f"not {divisor!r}")
 
 
-class UARTTx(wiring.Component):
+class _UARTPort(wiring.Component):
+    """A UART side clocked at ``divisor`` cycles per bit (validated by ``_check_divisor``)."""
+
+    def __init__(self, divisor):
+        with rejecting(self):
+            _check_divisor(divisor)
+        self._divisor = divisor
+        super().__init__()
+
+    @property
+    def divisor(self):
+        return self._divisor
+
+
+class UARTTx(_UARTPort):
     """8N1 transmitter.
 
     Parameters
@@ -84,16 +98,6 @@ class UARTTx(wiring.Component):
     i_stream: In(stream.Signature(8))
     tx: Out(1, init=1)
 
-    def __init__(self, divisor):
-        with rejecting(self):
-            _check_divisor(divisor)
-        self._divisor = divisor
-        super().__init__()
-
-    @property
-    def divisor(self):
-        return self._divisor
-
     def elaborate(self, platform):
         m = Module()
         timer = Signal(range(self._divisor))
@@ -113,7 +117,7 @@ class UARTTx(wiring.Component):
         return m
 
 
-class UARTRx(wiring.Component):
+class UARTRx(_UARTPort):
     """8N1 receiver with mid-bit sampling and framing-error detection.
 
     Parameters
@@ -149,16 +153,6 @@ class UARTRx(wiring.Component):
     frame_error: Out(1)
     overrun: Out(1)
     line_break: Out(1)
-
-    def __init__(self, divisor):
-        with rejecting(self):
-            _check_divisor(divisor)
-        self._divisor = divisor
-        super().__init__()
-
-    @property
-    def divisor(self):
-        return self._divisor
 
     def elaborate(self, platform):
         m = Module()

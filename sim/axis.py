@@ -46,7 +46,20 @@ def _stalled(rng, stall):
     return rng is not None and stall > 0 and rng.random() < stall
 
 
-class StreamSource:
+class _StreamPort:
+    """The ``<prefix>__payload/valid/ready`` handles of an Amaranth-emitted stream."""
+
+    def __init__(self, dut, prefix, clk, *, rng=None, stall=0.0):
+        self.payload = getattr(dut, f"{prefix}__payload")
+        self.valid = getattr(dut, f"{prefix}__valid")
+        self.ready = getattr(dut, f"{prefix}__ready")
+        self.clk = clk
+        self.rng = rng
+        self.stall = stall
+        self._idle()
+
+
+class StreamSource(_StreamPort):
     """Drive the DUT's stream sink ``<prefix>__payload/valid`` and watch its ``ready``.
 
     Parameters
@@ -61,13 +74,7 @@ class StreamSource:
         Probability of an idle cycle before each payload.
     """
 
-    def __init__(self, dut, prefix, clk, *, rng=None, stall=0.0):
-        self.payload = getattr(dut, f"{prefix}__payload")
-        self.valid = getattr(dut, f"{prefix}__valid")
-        self.ready = getattr(dut, f"{prefix}__ready")
-        self.clk = clk
-        self.rng = rng
-        self.stall = stall
+    def _idle(self):
         self.valid.value = 0
 
     async def send(self, payloads):
@@ -87,19 +94,13 @@ class StreamSource:
         self.valid.value = 0
 
 
-class StreamSink:
+class StreamSink(_StreamPort):
     """Accept ``<prefix>__payload`` from the DUT's stream source, driving its ``ready``.
 
     ``ready`` is low on a cycle with probability ``stall``.
     """
 
-    def __init__(self, dut, prefix, clk, *, rng=None, stall=0.0):
-        self.payload = getattr(dut, f"{prefix}__payload")
-        self.valid = getattr(dut, f"{prefix}__valid")
-        self.ready = getattr(dut, f"{prefix}__ready")
-        self.clk = clk
-        self.rng = rng
-        self.stall = stall
+    def _idle(self):
         self.ready.value = 0
 
     async def recv(self, count):

@@ -153,11 +153,6 @@ def _quant_linear(w, b, s_in):
     return w_int.to(torch.int8), b_int.to(torch.int32), s_acc
 
 
-def _rq(ratio):
-    m, e = K.requant_params(ratio)
-    return m, e
-
-
 class _Scales:
     """Activation scales from calibration statistics under the chosen options."""
 
@@ -192,7 +187,7 @@ def _ln_out(gamma, beta, s_out):
     """Requantization ``(m, e, bias)`` of ``layernorm_int`` to int8 with gamma/beta folded in."""
     n = gamma.numel()
     s_norm = math.sqrt(n) / 2 ** 30
-    m, e = _rq(gamma.to(torch.float64) * s_norm / s_out)
+    m, e = K.requant_params(gamma.to(torch.float64) * s_norm / s_out)
     bias = torch.round(beta.to(torch.float64) / s_out * torch.pow(2.0, e.to(torch.float64)))
     return m, e, bias.to(torch.int64)
 
@@ -237,11 +232,11 @@ def quantize(ckpt, texts, opts=QuantOptions()):
             wi, bi, s_acc = _quant_linear(w[p + f"attention.self.{hf}.weight"],
                                           w[p + f"attention.self.{hf}.bias"], s_x)
             t[L + nm + ".w"], t[L + nm + ".b"] = wi, bi
-            t[L + nm + ".m"], t[L + nm + ".e"] = _rq(s_acc / out_s[nm])
+            t[L + nm + ".m"], t[L + nm + ".e"] = K.requant_params(s_acc / out_s[nm])
         lc["softmax"] = K.softmax_constants(s_scores)
         # context: P (scale 2**-8) @ V (scale Sv) -> int8 per tensor
         s_ctx = sc.tensor(f"{i}.ctx")
-        m, e = _rq(out_s["v"] * 2.0 ** -INT8 / s_ctx)
+        m, e = K.requant_params(out_s["v"] * 2.0 ** -INT8 / s_ctx)
         lc["ctx_m"], lc["ctx_e"] = int(m), int(e)
         # attention output dense + residual -> 22 bits -> LayerNorm -> int8
         s_r1 = sc.residual(f"{i}.ln1_in", s_x)
@@ -249,8 +244,8 @@ def quantize(ckpt, texts, opts=QuantOptions()):
                                       w[p + "attention.output.dense.bias"],
                                       torch.full((s.hidden,), s_ctx, dtype=torch.float64))
         t[L + "o.w"], t[L + "o.b"] = wi, bi
-        t[L + "o.m"], t[L + "o.e"] = _rq(s_acc / s_r1)
-        t[L + "res1.m"], t[L + "res1.e"] = _rq(s_x / s_r1)
+        t[L + "o.m"], t[L + "o.e"] = K.requant_params(s_acc / s_r1)
+        t[L + "res1.m"], t[L + "res1.e"] = K.requant_params(s_x / s_r1)
         s_a = sc.int8_out(f"{i}.ln1_out")
         t[L + "ln1.out_scale"] = s_a.clone()
         t[L + "ln1.m"], t[L + "ln1.e"], t[L + "ln1.bias"] = _ln_out(
@@ -262,19 +257,19 @@ def quantize(ckpt, texts, opts=QuantOptions()):
         wi, bi, s_acc = _quant_linear(w[p + "intermediate.dense.weight"],
                                       w[p + "intermediate.dense.bias"], s_a)
         t[L + "ffn1.w"], t[L + "ffn1.b"] = wi, bi
-        t[L + "ffn1.m"], t[L + "ffn1.e"] = _rq(s_acc / s_g)
+        t[L + "ffn1.m"], t[L + "ffn1.e"] = K.requant_params(s_acc / s_g)
         g = K.gelu_constants(s_g)
         lc["gelu"] = {"b": int(g["b"]), "c": int(g["c"]), "q1": int(g["q1"])}
         s_h = sc.int8_out(f"{i}.gelu")
         t[L + "gelu.out_scale"] = s_h.clone()
-        t[L + "gelu.m"], t[L + "gelu.e"] = _rq(float(g["scale_out"]) / s_h)
+        t[L + "gelu.m"], t[L + "gelu.e"] = K.requant_params(float(g["scale_out"]) / s_h)
         # FFN2 + residual -> 22 bits -> LayerNorm -> int8 (the next layer's input)
         s_r2 = sc.residual(f"{i}.ln2_in", s_a)
         wi, bi, s_acc = _quant_linear(w[p + "output.dense.weight"], w[p + "output.dense.bias"],
                                       s_h)
         t[L + "ffn2.w"], t[L + "ffn2.b"] = wi, bi
-        t[L + "ffn2.m"], t[L + "ffn2.e"] = _rq(s_acc / s_r2)
-        t[L + "res2.m"], t[L + "res2.e"] = _rq(s_a / s_r2)
+        t[L + "ffn2.m"], t[L + "ffn2.e"] = K.requant_params(s_acc / s_r2)
+        t[L + "res2.m"], t[L + "res2.e"] = K.requant_params(s_a / s_r2)
         s_out = sc.int8_out(f"{i}.ln2_out")
         t[L + "ln2.out_scale"] = s_out.clone()
         t[L + "ln2.m"], t[L + "ln2.e"], t[L + "ln2.bias"] = _ln_out(
