@@ -157,7 +157,10 @@ def test_bad_options():
 
 
 def test_per_channel_scales_fold_into_weights(tiny_ckpt):
-    """Both granularities give a working integer model; per-channel is at least as close."""
+    """Both granularities give a working integer model (folding per-channel scales into the
+    weights keeps the GEMM integer). The tiny random model has no outlier channels, so per-tensor
+    is as good here; per-channel's gain on MiniLM (0.977 -> 0.994 mean cosine) is measured by
+    bench/fidelity.py."""
     ids = tiny_ckpt.tokenizer.encode(TINY_EVAL[0])
     ref = mean_pool(float_forward(tiny_ckpt, ids))
     cos = {}

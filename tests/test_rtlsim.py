@@ -32,6 +32,7 @@ def test_embed_rtl_is_identical_to_int(tmp_path, artifact, simulator, texts):
 
 def test_rtl_cycles_and_outputs(artifact):
     import torch
+    from bertcore.config import preset
     from bertcore.core.perf import run_cycles
     from bertcore.embed import rtl_embeddings
     from bertcore.quant.artifact import load_artifact
@@ -40,7 +41,7 @@ def test_rtl_cycles_and_outputs(artifact):
     for y, t, cycles in zip(info["outputs"], TINY_EVAL, info["cycles"]):
         ids = qm.encode_text(t)
         assert torch.equal(y, qm.forward_ids(ids))
-        model = run_cycles(__import__("bertcore.config").config.preset("tiny"), len(ids))
+        model = run_cycles(preset("tiny"), len(ids))
         assert abs(cycles - model) / model < 0.05, (cycles, model)
 
 
