@@ -11,7 +11,7 @@ class ConfigError(ValueError):
 
 
 _INT_FIELDS = ("hidden", "heads", "ffn", "layers", "max_seq", "array_rows", "array_cols",
-               "bus_width")
+               "bus_width", "softmax_units", "layernorm_units")
 #: Largest sequence length a core may be built for (position tables of BERT go to 512).
 MAX_SEQ_LIMIT = 4096
 
@@ -32,6 +32,10 @@ class CoreConfig:
         Bits of the AXI4-Stream data buses (a multiple of 8).
     resident : bool
         Keep the parameter image in an on-chip memory after the first load (small presets only).
+    softmax_units, layernorm_units : int
+        ``IntSoftmax`` / ``IntLayerNorm`` instances working side by side (each a divisor of
+        ``array_cols``): area for throughput, the array idles less while they run. They do not
+        change the results or the parameter image.
 
     Raises
     ------
@@ -47,6 +51,8 @@ class CoreConfig:
     array_cols: int
     bus_width: int
     resident: bool = False
+    softmax_units: int = 1
+    layernorm_units: int = 1
 
     def __post_init__(self):
         for name in _INT_FIELDS:
@@ -92,12 +98,14 @@ PRESETS = {
     # matches bertcore.testing.make_tiny_checkpoint(); small enough for Icarus in CI
     "tiny": CoreConfig(hidden=32, heads=4, ffn=64, layers=2, max_seq=16,
                        array_rows=4, array_cols=4, bus_width=32),
-    # all-MiniLM-L6-v2
+    # all-MiniLM-L6-v2; 8 softmax and 8 LayerNorm units keep the 16x16 array >= 90% busy
     "minilm": CoreConfig(hidden=384, heads=12, ffn=1536, layers=6, max_seq=128,
-                         array_rows=16, array_cols=16, bus_width=128),
+                         array_rows=16, array_cols=16, bus_width=128,
+                         softmax_units=8, layernorm_units=8),
     # BERT-base: Verilog generation and estimates only
     "bert-base": CoreConfig(hidden=768, heads=12, ffn=3072, layers=12, max_seq=512,
-                            array_rows=16, array_cols=16, bus_width=128),
+                            array_rows=16, array_cols=16, bus_width=128,
+                            softmax_units=8, layernorm_units=8),
 }
 
 

@@ -6,8 +6,8 @@ each ``param_go`` pulse, ``tvalid`` gated by ``param_en`` (random stalls); ``cor
 header bit, ``short_image`` ends the image one beat early. cocotb drives the activations and
 checks the outputs against ``IntBert.encode_int`` (computed by the test and passed as
 ``params``: ``runs`` = list of ``{"length": L, "act": [words], "out": [words]}``; ``report``,
-when given, is a file that receives the ``cycles`` and ``array_beats`` outputs of each run as
-JSON).
+when given, is a file that receives the ``cycles``, ``array_beats`` and ``layer_cycles``
+outputs of each run as JSON).
 """
 
 import json
@@ -99,7 +99,7 @@ async def _run(dut, run, rng, stall, timeout):
     assert got == run["out"], f"output mismatch: got {got[:4]}..., want {run['out'][:4]}..."
     await _wait(dut, dut.busy, 0, 100)
     assert not dut.error.value, "error raised on a valid run"
-    return int(dut.cycles.value), int(dut.array_beats.value)
+    return int(dut.cycles.value), int(dut.array_beats.value), int(dut.layer_cycles.value)
 
 
 @cocotb.test(skip=not _enabled("runs_back_to_back"))
@@ -109,17 +109,18 @@ async def runs_back_to_back(dut):
     rng = random.Random(p["seed"])
     await _reset(dut)
     driver = cocotb.start_soon(_param_driver(dut, random.Random(p["seed"] + 1), p["stall"]))
-    cycles, beats = [], []
+    cycles, beats, layers = [], [], []
     for run in p["runs"]:
-        c, b = await _run(dut, run, rng, p["stall"], p["timeout"])
+        c, b, layer = await _run(dut, run, rng, p["stall"], p["timeout"])
         cycles.append(c)
         beats.append(b)
+        layers.append(layer)
     driver.cancel()
-    dut._log.info(f"cycles per run: {cycles}, array beats: {beats}")
+    dut._log.info(f"cycles per run: {cycles}, array beats: {beats}, last layer: {layers}")
     if "report" in p:
         with open(p["report"], "w") as f:
             json.dump({"lengths": [r["length"] for r in p["runs"]], "cycles": cycles,
-                       "beats": beats}, f)
+                       "beats": beats, "layer_cycles": layers}, f)
 
 
 @cocotb.test(skip=not _enabled("protocol_errors"))

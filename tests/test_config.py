@@ -28,6 +28,7 @@ def test_tiny_preset_matches_tiny_checkpoint(tmp_path):
     ({"bus_width": 12}, "bus_width must be a multiple of 8, not 12"),
     ({"array_rows": 0}, "array_rows must be at least 1, not 0"),
     ({"max_seq": -3}, "max_seq must be at least 1, not -3"),
+    ({"softmax_units": 0}, "softmax_units must be at least 1, not 0"),
     ({"layers": 2.5}, "layers must be an integer, not 2.5"),
     ({"heads": True}, "heads must be an integer, not True"),
     ({"resident": "yes"}, "resident must be true or false, not 'yes'"),

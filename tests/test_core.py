@@ -25,7 +25,7 @@ from bertcore.core.image import (MAGIC, ImageError, activation_beats, image_beat
                                  image_schedule, pack_activations, pack_parameter_image,
                                  unpack_activations)
 from bertcore.core.interp import run_image
-from bertcore.core.perf import array_beats, run_cycles, utilization
+from bertcore.core.perf import array_beats, layer_cycles, run_cycles, utilization
 from bertcore.quant.kernels import softmax_constants
 from bertcore.rtl.softmax import IntSoftmax
 from fixtures_bert import TINY_EVAL, tiny_ckpt, tiny_dir, tiny_int  # noqa: F401
@@ -123,7 +123,7 @@ def test_activation_packing_round_trip():
 
 def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
     """Amaranth simulation of ``dut`` (an :class:`EncoderCore`) over the sequences ``xs``,
-    back to back; returns the outputs and the ``cycles`` of each run.
+    back to back; returns the outputs, the ``cycles`` and the ``layer_cycles`` of each run.
 
     ``images[r]`` (default all true) says whether run ``r`` gets the image on ``s_param`` (a
     resident core replays its stored image otherwise).
@@ -131,7 +131,7 @@ def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
     cfg = dut.config
     images = [True] * len(xs) if images is None else images
     image = [{"data": w, "last": int(i == len(words) - 1)} for i, w in enumerate(words)]
-    outputs, cycles = [], []
+    outputs, cycles, layer_cycles = [], [], []
 
     async def put_param(ctx):
         rng = random.Random(seed)
@@ -163,10 +163,11 @@ def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
             assert not ctx.get(dut.error)
             assert ctx.get(dut.array_beats) == array_beats(cfg, x.shape[0])
             cycles.append(ctx.get(dut.cycles))
+            layer_cycles.append(ctx.get(dut.layer_cycles))
             outputs.append(unpack_activations([b["data"] for b in beats], x.shape[0], cfg))
 
     simulate(dut, put_param, put_act, get_out, name="core", deadline=deadline)
-    return outputs, cycles
+    return outputs, cycles, layer_cycles
 
 
 @pytest.mark.parametrize("lengths", [
@@ -177,7 +178,7 @@ def test_core_amaranth_sim(tiny_core, tiny_image, lengths):
     """Sequences back to back (one image each), random stalls on all three streams."""
     gen = torch.Generator().manual_seed(11)
     xs = [torch.randint(-128, 128, (n, TINY.hidden), generator=gen) for n in lengths]
-    outputs, cycles = run_core_sim(EncoderCore(TINY), tiny_image, xs, stall=0.2)
+    outputs, cycles, _ = run_core_sim(EncoderCore(TINY), tiny_image, xs, stall=0.2)
     for x, got in zip(xs, outputs):
         assert torch.equal(got, tiny_core.encode_int(x)), f"L={x.shape[0]}"
     print("cycles (with stalls):", cycles)
@@ -203,6 +204,7 @@ class ImageReplayTop(wiring.Component):
             "m_axis_act_tdata": Out(bus), "m_axis_act_tvalid": Out(1),
             "m_axis_act_tready": In(1), "m_axis_act_tlast": Out(1),
             "busy": Out(1), "error": Out(1), "cycles": Out(32), "array_beats": Out(32),
+            "layer_cycles": Out(32),
         })
 
     def elaborate(self, platform):
@@ -235,7 +237,7 @@ class ImageReplayTop(wiring.Component):
                      "m_axis_act_tready"):
             m.d.comb += getattr(top, name).eq(getattr(self, name))
         for name in ("s_axis_act_tready", "m_axis_act_tdata", "m_axis_act_tvalid",
-                     "m_axis_act_tlast", "busy", "error", "cycles", "array_beats"):
+                     "m_axis_act_tlast", "busy", "error", "cycles", "array_beats", "layer_cycles"):
             m.d.comb += getattr(self, name).eq(getattr(top, name))
         return m
 
@@ -271,14 +273,22 @@ def test_core_cocotb(tiny_core, tiny_image, simulator, tmp_path):
     # matter here: the core, not the 20% stalls, sets the pace)
     measured = json.loads(report.read_text())
     print("cycles per run:", dict(zip(measured["lengths"], measured["cycles"])))
-    for n, cycles, beats in zip(measured["lengths"], measured["cycles"], measured["beats"]):
+    for n, cycles, beats, layer in zip(measured["lengths"], measured["cycles"],
+                                       measured["beats"], measured["layer_cycles"]):
         model = run_cycles(TINY, n)
         assert abs(cycles - model) <= 0.05 * cycles, f"L={n}: RTL {cycles}, model {model}"
         assert beats == array_beats(TINY, n), f"L={n}"
+        model = layer_cycles(TINY, n)
+        assert abs(layer - model) <= 0.05 * layer, f"L={n}: RTL layer {layer}, model {model}"
 
 
-def test_core_lint():
-    lint(EncoderTop(TINY), toplevel="bertcore_encoder")
+@pytest.mark.parametrize("changes", [
+    pytest.param({}, id="tiny"),
+    pytest.param(dict(softmax_units=2, layernorm_units=4), id="smax2-ln4"),
+    pytest.param(dict(softmax_units=4, layernorm_units=2), id="smax4-ln2"),
+])
+def test_core_lint(changes):
+    lint(EncoderTop(TINY.replace(**changes)), toplevel="bertcore_encoder")
 
 
 def test_core_ports():
@@ -289,7 +299,7 @@ def test_core_ports():
                  "s_axis_param_tready", "s_axis_param_tlast", "s_axis_act_tdata",
                  "s_axis_act_tvalid", "s_axis_act_tready", "s_axis_act_tlast",
                  "m_axis_act_tdata", "m_axis_act_tvalid", "m_axis_act_tready",
-                 "m_axis_act_tlast", "busy", "error", "cycles", "array_beats"):
+                 "m_axis_act_tlast", "busy", "error", "cycles", "array_beats", "layer_cycles"):
         assert port in header.replace("(", " ").replace(",", " ").replace(")", " ").split(), port
 
 
@@ -298,6 +308,10 @@ def test_core_rejects_unsupported_configs():
         EncoderCore(TINY.replace(array_rows=2))
     with pytest.raises(TypeError, match=r"config must be a CoreConfig, not 'tiny'"):
         EncoderCore("tiny")
+    with pytest.raises(ImageError, match=r"softmax_units \(3\) must divide array_cols \(4\)"):
+        EncoderCore(TINY.replace(softmax_units=3))
+    with pytest.raises(ImageError, match=r"layernorm_units \(8\) must divide array_cols"):
+        EncoderCore(TINY.replace(layernorm_units=8))
 
 
 def test_perf_model():
@@ -330,10 +344,34 @@ def test_core_config_variants(tiny_core, changes):
     cfg = TINY.replace(**changes)
     gen = torch.Generator().manual_seed(5)
     xs = [torch.randint(-128, 128, (n, cfg.hidden), generator=gen) for n in (cfg.max_seq, 3)]
-    outputs, _ = run_core_sim(EncoderCore(cfg), pack_parameter_image(tiny_core, cfg), xs,
-                              stall=0.2)
+    outputs, _, _ = run_core_sim(EncoderCore(cfg), pack_parameter_image(tiny_core, cfg), xs,
+                                 stall=0.2)
     for x, got in zip(xs, outputs):
         assert torch.equal(got, tiny_core.encode_int(x)), f"L={x.shape[0]}"
+
+
+@pytest.mark.parametrize("changes, lengths", [
+    pytest.param(dict(softmax_units=2, layernorm_units=4), (5,), id="smax2-ln4"),
+    pytest.param(dict(softmax_units=4, layernorm_units=2, max_seq=10), (10, 3), id="smax4-ln2",
+                 marks=pytest.mark.slow),
+])
+def test_core_parallel_units(tiny_core, changes, lengths):
+    """Several softmax and LayerNorm units side by side (fork/join in lockstep), lengths that
+    leave some units idle in the last group: output and ``array_beats`` unchanged, fewer
+    cycles than with one unit each."""
+    cfg = TINY.replace(**changes)
+    gen = torch.Generator().manual_seed(6)
+    xs = [torch.randint(-128, 128, (n, cfg.hidden), generator=gen) for n in lengths]
+    image = pack_parameter_image(tiny_core, cfg)
+    outputs, cycles, layers = run_core_sim(EncoderCore(cfg), image, xs, stall=0.2)
+    for x, got in zip(xs, outputs):
+        assert torch.equal(got, tiny_core.encode_int(x)), f"L={x.shape[0]}"
+    single = cfg.replace(softmax_units=1, layernorm_units=1)
+    for x, cyc, layer in zip(xs, cycles, layers):
+        n = x.shape[0]
+        assert run_cycles(cfg, n) < run_cycles(single, n)
+        assert abs(cyc - run_cycles(cfg, n)) <= 0.05 * cyc, f"L={n}: RTL {cyc}"
+        assert abs(layer - layer_cycles(cfg, n)) <= 0.05 * layer, f"L={n}: RTL layer {layer}"
 
 
 @pytest.mark.slow          # ~2 minutes
@@ -343,8 +381,8 @@ def test_core_resident(tiny_core, tiny_image):
     cfg = TINY.replace(resident=True)
     gen = torch.Generator().manual_seed(9)
     xs = [torch.randint(-128, 128, (n, cfg.hidden), generator=gen) for n in (2, 3)]
-    outputs, cycles = run_core_sim(EncoderCore(cfg), tiny_image, xs, stall=0.1,
-                                   images=[True, False])
+    outputs, cycles, _ = run_core_sim(EncoderCore(cfg), tiny_image, xs, stall=0.1,
+                                      images=[True, False])
     for x, got in zip(xs, outputs):
         assert torch.equal(got, tiny_core.encode_int(x)), f"L={x.shape[0]}"
     print("resident cycles (load, replay):", cycles)

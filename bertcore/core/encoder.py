@@ -12,8 +12,9 @@ product of a layer; the units around it are the finished RTL units of :mod:`bert
                                                                +-> sat16 -> IntGELU
                                                                |     -> Requantizer -> H
                                                                +-> R (22 bit)
-    array (scores) -> score buffer -> IntSoftmax -> P buffer
-    R -> IntLayerNorm -> Requantizer (per channel, bias) -> bytes -> A or X, m_axis_act
+    array (scores) -> score banks -> IntSoftmax x S -> P buffer
+    R banks -> IntLayerNorm x U -> Requantizer (U lanes, per channel, bias) -> bytes -> A or X
+    X (after the last layer) -> output pass -> m_axis_act
 
 Activation buffers hold one sequence. They are banked by position: bank ``b`` of a buffer holds
 positions ``p ≡ b (mod N)``, one word of ``N`` channels (int8) per position and channel chunk,
@@ -21,9 +22,11 @@ so that one read of every bank gives the ``N`` rows of an A operand beat (or the
 positions of a ``Kᵀ`` beat). ``X`` holds the layer input (and the residual of the attention
 output), ``Q`` the queries and then, in place, the attention context, ``K`` and ``V`` the keys
 and values, ``A`` the LayerNorm-1 output (the FFN input and residual), ``H`` the GELU output.
-``R`` holds the 22-bit residual sums before each LayerNorm. The score buffer holds the scores of
-one block of ``N`` query rows, the P buffer their probabilities (uint8, the array's A operand of
-``P·V``; the array's A operand is ``signed(9)`` so both int8 and uint8 fit).
+``R`` holds the 22-bit residual sums before each LayerNorm, in ``U = layernorm_units`` banks
+(bank ``u`` holds the positions ``p ≡ u (mod U)``). The score banks hold the scores of one
+block of ``N`` query rows (bank ``k`` of ``S = softmax_units`` the rows ``≡ k (mod S)``), the P
+buffer their probabilities (uint8, the array's A operand of ``P·V``; the array's A operand is
+``signed(9)`` so both int8 and uint8 fit).
 
 Schedule (sequential, one job at a time; the loader runs ahead)
 ----------------------------------------------------------------
@@ -33,15 +36,19 @@ Schedule (sequential, one job at a time; the loader runs ahead)
   blocks (each weight enters once per inference and is reused for every row block).
 * Q, K, V panels → Requantizer → int8 buffers.
 * Per head, per block of ``N`` query rows: scores ``Q_h·K_hᵀ`` (tiles over key blocks) → score
-  buffer → IntSoftmax row by row → P buffer → ``P·V_h`` → Requantizer (ctx scalars) → Q buffer.
-* O panels (A = context) → Requantizer with the residual ``X`` → R; LayerNorm pass R →
-  IntLayerNorm → per-channel Requantizer with bias → A.
+  banks → the ``S`` IntSoftmax units, ``N / S`` rows each, side by side → P buffer → ``P·V_h``
+  → Requantizer (ctx scalars) → Q buffer.
+* O panels (A = context) → Requantizer with the residual ``X`` → R; LayerNorm pass R → the
+  ``U`` IntLayerNorm units (``U`` positions at a time, in lockstep: a fork feeds them the same
+  channel, a join hands their outputs to one ``U``-lane Requantizer with that channel's
+  parameters) → ``U`` gatherers → A.
 * FFN1 panels → Requantizer (16 bit) → IntGELU → Requantizer → H; FFN2 panels (A = H, residual
-  A) → R; LayerNorm pass → X (and ``m_axis_act`` in the last layer).
+  A) → R; LayerNorm pass → X.
+* After the last layer, the output pass streams X row-major to ``m_axis_act``.
 
-Jobs do not overlap (the array drains between jobs): correct first, with the structure (slots,
-separate feeder / write-back / LayerNorm engines) ready for overlap. :mod:`bertcore.core.perf`
-models the cycles of this schedule.
+Jobs do not overlap (the array drains between jobs); the softmax and LayerNorm units are
+replicated instead (``softmax_units``, ``layernorm_units``) so that the array waits little for
+them. :mod:`bertcore.core.perf` models the cycles of this schedule.
 """
 
 from amaranth.hdl import (Cat, Const, Module, Mux, ResetInserter, Shape, Signal, signed,
@@ -93,6 +100,26 @@ def _pick(m, name, items, index, shape):
     return value.as_signed() if Shape.cast(shape).signed else value.as_unsigned()
 
 
+def _fork(m, name, valid, sinks, on):
+    """Offer one registered beat (``valid``) to the input streams ``sinks`` at once.
+
+    Sink ``i`` gets the beat when ``on[i]`` is set; a sink that takes it early is not offered it
+    again. Returns the signal that is high when the register may advance (it is empty, or
+    every sink it is for has taken the beat).
+    """
+    took = Signal(len(sinks), name=f"{name}_took")
+    adv = Signal(name=f"{name}_adv")
+    m.d.comb += adv.eq(~valid | Cat(*(took[i] | ~on[i] | sink.ready
+                                      for i, sink in enumerate(sinks))).all())
+    for i, sink in enumerate(sinks):
+        m.d.comb += sink.valid.eq(valid & on[i] & ~took[i])
+        with m.If(adv):
+            m.d.sync += took[i].eq(0)
+        with m.Elif(sink.valid & sink.ready):
+            m.d.sync += took[i].eq(1)
+    return adv
+
+
 class _Datapath(wiring.Component):
     """Loader, sequencer, buffers and units of one run (reset by :class:`EncoderCore` on abort)."""
 
@@ -108,6 +135,7 @@ class _Datapath(wiring.Component):
             "fail": Out(1),
             "fault": Out(1),
             "beat": Out(1),
+            "layer_mark": Out(1),      # the input is in (layer 0 starts) or a layer ended
         })
 
     def elaborate(self, platform):
@@ -131,11 +159,18 @@ class _Datapath(wiring.Component):
         m.submodules.gelu = gelu = IntGELU(lanes=N, in_width=16)
         m.submodules.rq2 = rq2 = Requantizer(lanes=N, in_width=gelu.out_width, out_bits=8)
         SW = IntSoftmax.score_width(hd)
-        m.submodules.softmax = softmax = IntSoftmax(max_seq=c.max_seq, in_width=SW,
-                                                    output_bits=8, saturate_output=True,
-                                                    head_dim=hd)
-        m.submodules.ln = ln = IntLayerNorm(hid, in_width=RESIDUAL_BITS)
-        m.submodules.rq_ln = rq_ln = Requantizer(lanes=1, in_width=IntLayerNorm.OUT_WIDTH,
+        S, U = c.softmax_units, c.layernorm_units
+        RPS, PPB = N // S, N // U          # rows per softmax unit; position groups per block
+        smaxes, lns = [], []
+        for k in range(S):
+            m.submodules[f"softmax_{k}"] = unit = IntSoftmax(
+                max_seq=c.max_seq, in_width=SW, output_bits=8, saturate_output=True,
+                head_dim=hd)
+            smaxes.append(unit)
+        for u in range(U):
+            m.submodules[f"ln_{u}"] = unit = IntLayerNorm(hid, in_width=RESIDUAL_BITS)
+            lns.append(unit)
+        m.submodules.rq_ln = rq_ln = Requantizer(lanes=U, in_width=IntLayerNorm.OUT_WIDTH,
                                                  out_bits=8, bias_width=LN_BIAS_BITS)
 
         # -- Memories ------------------------------------------------------------------------
@@ -157,11 +192,19 @@ class _Datapath(wiring.Component):
         kbuf = banked("k", GRP * CWH, 1)
         vbuf = banked("v", GRP * CWH, 1)
         pbuf = banked("p", GRP, 1)               # bank i = query row i of the block
-        m.submodules.r_mem = r_mem = Memory(shape=unsigned(RESIDUAL_BITS * N),
-                                            depth=GRP * N * CWH, init=[])
-        r_w, r_r = r_mem.write_port(), r_mem.read_port()
-        m.submodules.s_mem = s_mem = Memory(shape=unsigned(SW * N), depth=N * GRP, init=[])
-        s_w, s_r = s_mem.write_port(), s_mem.read_port()
+        # R: bank u holds the positions p = g*U + u (word g*CWH + chunk); the LayerNorm units
+        # read U positions at once
+        r_banks = []
+        for u in range(U):
+            mem = Memory(shape=unsigned(RESIDUAL_BITS * N), depth=GRP * PPB * CWH, init=[])
+            m.submodules[f"r_mem_{u}"] = mem
+            r_banks.append((mem.write_port(), mem.read_port()))
+        # scores: bank k holds the query rows q*S + k of the block (word q*GRP + key block)
+        s_banks = []
+        for k in range(S):
+            mem = Memory(shape=unsigned(SW * N), depth=RPS * GRP, init=[])
+            m.submodules[f"s_mem_{k}"] = mem
+            s_banks.append((mem.write_port(), mem.read_port()))
         m.submodules.panel = panel = Memory(shape=unsigned(8 * N), depth=2 * KW, init=[])
         pw_w, pw_r = panel.write_port(), panel.read_port()
         m.submodules.ln_mem = ln_mem = Memory(shape=unsigned(_LN_LANE * N), depth=2 * CWH,
@@ -217,7 +260,8 @@ class _Datapath(wiring.Component):
         g_b = Signal(signed(gelu.b_width))
         g_c = Signal(signed(gelu.c_width))
         g_q1 = Signal(signed(gelu.q1_width))
-        m.d.comb += [getattr(softmax, k).eq(v) for k, v in sm.items()]
+        for unit in smaxes:
+            m.d.comb += [getattr(unit, k).eq(v) for k, v in sm.items()]
         m.d.comb += [gelu.b.eq(g_b), gelu.c.eq(g_c), gelu.q1.eq(g_q1)]
 
         # -- Parameter loader --------------------------------------------------------------
@@ -355,10 +399,9 @@ class _Datapath(wiring.Component):
 
         # -- Activation input: beats -> bytes -> gatherer ----------------------------------
         # The gatherer collects bytes (row-major) into words of N channels and writes them into
-        # the X or A buffer; it also serves the LayerNorm passes.
+        # the X buffer.
         g_valid = Signal()
         g_byte = Signal(8)
-        g_dest_a = Signal()
         g_elem = Signal(range(N))
         g_chunk = Signal(range(CWH))
         g_bank = Signal(range(N))
@@ -380,11 +423,10 @@ class _Datapath(wiring.Component):
                     with m.If(g_bank == N - 1):
                         m.d.sync += [g_bank.eq(0), g_grp.eq(g_grp + 1)]
                 for b in range(N):
-                    for dest, banks in ((0, buf[A_X]), (1, buf[A_A])):
-                        port = banks[b]["w"]
-                        m.d.comb += [port.addr.eq(g_grp * CWH + g_chunk), port.data.eq(g_full)]
-                        with m.If((g_bank == b) & (g_dest_a == dest) & (g_pos < c.max_seq)):
-                            m.d.comb += port.en.eq(1)
+                    port = buf[A_X][b]["w"]
+                    m.d.comb += [port.addr.eq(g_grp * CWH + g_chunk), port.data.eq(g_full)]
+                    with m.If((g_bank == b) & (g_pos < c.max_seq)):
+                        m.d.comb += port.en.eq(1)
 
         ib = Signal(BUS)
         ib_valid = Signal()
@@ -398,7 +440,7 @@ class _Datapath(wiring.Component):
             m.d.sync += [ib.eq(self.act.payload.data), ib_valid.eq(1),
                          ib_last.eq(self.act.payload.last), ib_idx.eq(0)]
         with m.If(ib_valid & in_active):
-            m.d.comb += [g_valid.eq(1), g_byte.eq(ib.word_select(ib_idx, 8)), g_dest_a.eq(0)]
+            m.d.comb += [g_valid.eq(1), g_byte.eq(ib.word_select(ib_idx, 8))]
             m.d.sync += ib_idx.eq(ib_idx + 1)
             with m.If(row_end & (g_pos == c.max_seq)):
                 m.d.comb += fail_seq.eq(1)
@@ -515,6 +557,9 @@ class _Datapath(wiring.Component):
         c_t = Signal.like(j_tiles)
         c1_i = Signal(range(N))
         c1_t = Signal.like(j_tiles)
+        # row c_i = c_q * S + c_k (at least one bit: Verilog has no zero-width vectors)
+        c_k, c1_k = Signal(range(max(S, 2))), Signal(range(max(S, 2)))
+        c_q, c1_q = Signal(range(max(RPS, 2))), Signal(range(max(RPS, 2)))
         wb_count = Signal(range(max(GRP, CWH, CWF, HPW) * N + 1))
         is_score = j_mode == M_SCORE
         is_ffn1 = j_mode == M_FFN1
@@ -526,9 +571,12 @@ class _Datapath(wiring.Component):
             m.d.sync += c1_valid.eq(array.c.valid)
         with m.If(c_take):
             m.d.sync += [c1_data[j].eq(array.c.payload.data[j]) for j in range(N)]
-            m.d.sync += [c1_i.eq(c_i), c1_t.eq(c_t), c_i.eq(c_i + 1)]
+            m.d.sync += [c1_i.eq(c_i), c1_t.eq(c_t), c_i.eq(c_i + 1),
+                         c1_k.eq(c_k), c1_q.eq(c_q), c_k.eq(c_k + 1)]
+            with m.If(c_k == S - 1):
+                m.d.sync += [c_k.eq(0), c_q.eq(c_q + 1)]
             with m.If(c_i == N - 1):
-                m.d.sync += [c_i.eq(0), c_t.eq(c_t + 1)]
+                m.d.sync += [c_i.eq(0), c_t.eq(c_t + 1), c_k.eq(0), c_q.eq(0)]
         # residual read (X for O, A for FFN2) issued as the beat enters c1
         res_addr = c_t * CWH + j_chunk
         for src in (A_X, A_A):
@@ -540,11 +588,14 @@ class _Datapath(wiring.Component):
         res_word = Mux(j_mode == M_O, res_x, res_a)
         has_res = (j_mode == M_O) | (j_mode == M_FFN2)
         # score write (directly from c1)
-        m.d.comb += [s_w.addr.eq(c1_i * GRP + c1_t),
-                     s_w.data.eq(Cat(*(d[:SW] for d in c1_data)))]
+        for k, (s_w, _) in enumerate(s_banks):
+            m.d.comb += [s_w.addr.eq(c1_q * GRP + c1_t),
+                         s_w.data.eq(Cat(*(d[:SW] for d in c1_data)))]
+            with m.If(c1_valid & is_score & (c1_k == k)):
+                m.d.comb += s_w.en.eq(1)
         wb_fire = Signal()
         with m.If(c1_valid & is_score):
-            m.d.comb += [s_w.en.eq(1), wb_fire.eq(1)]
+            m.d.comb += wb_fire.eq(1)
         # requantizer input
         m.d.comb += [rq.i_stream.valid.eq(c1_valid & ~is_score), rq.i_stream.payload.last.eq(0)]
         for j in range(N):
@@ -582,6 +633,8 @@ class _Datapath(wiring.Component):
                          lane.e.eq(Mux(j_slot, s_e2[1][j], s_e2[0][j]))]
         w_i = Signal(range(N))
         w_t = Signal.like(j_tiles)
+        w_u = Signal(range(max(U, 2)))         # position w_t*N + w_i = (w_t*PPB + w_g)*U + w_u
+        w_g = Signal(range(max(PPB, 2)))
         wr_valid = Signal()
         m.d.comb += wr_valid.eq(Mux(is_ffn1, rq2.o_stream.valid,
                                     rq.o_stream.valid & ~is_score))
@@ -592,9 +645,11 @@ class _Datapath(wiring.Component):
         w_chunk = Mux(j_mode == M_CTX, j_chw + w_t, j_chunk)
         with m.If(wr_valid):
             m.d.comb += wb_fire.eq(1)
-            m.d.sync += w_i.eq(w_i + 1)
+            m.d.sync += [w_i.eq(w_i + 1), w_u.eq(w_u + 1)]
+            with m.If(w_u == U - 1):
+                m.d.sync += [w_u.eq(0), w_g.eq(w_g + 1)]
             with m.If(w_i == N - 1):
-                m.d.sync += [w_i.eq(0), w_t.eq(w_t + 1)]
+                m.d.sync += [w_i.eq(0), w_t.eq(w_t + 1), w_u.eq(0), w_g.eq(0)]
         for mode, banks, cw in ((M_Q, buf[A_Q], CWH), (M_CTX, buf[A_Q], CWH), (M_K, kbuf, CWH),
                                 (M_V, vbuf, CWH), (M_FFN1, buf[A_H], CWF)):
             for b in range(N):
@@ -602,26 +657,34 @@ class _Datapath(wiring.Component):
                 with m.If(wr_valid & (j_mode == mode) & (w_i == b)):
                     m.d.comb += [port.addr.eq(w_grp * cw + w_chunk), port.data.eq(w8),
                                  port.en.eq(1)]
-        m.d.comb += [r_w.addr.eq((w_t * N + w_i) * CWH + j_chunk), r_w.data.eq(w22)]
-        with m.If(wr_valid & has_res):
-            m.d.comb += r_w.en.eq(1)
+        for u, (r_w, _) in enumerate(r_banks):
+            m.d.comb += [r_w.addr.eq((w_t * PPB + w_g) * CWH + j_chunk), r_w.data.eq(w22)]
+            with m.If(wr_valid & has_res & (w_u == u)):
+                m.d.comb += r_w.en.eq(1)
         with m.If(wb_fire):
             m.d.sync += wb_count.eq(wb_count + 1)
         job_done = Signal()
         m.d.comb += job_done.eq(~f_active & (wb_count == j_tiles * N))
 
-        # -- Softmax pass: score buffer -> IntSoftmax -> P buffer ----------------------------
+        # -- Softmax pass: score banks -> S IntSoftmax units -> P buffer ----------------------
+        # Unit k takes the rows q*S + k of the block; all units read the same word of their
+        # bank each cycle (a fork: a beat advances once every unit has taken it).
         x_active = Signal()
-        x_i = Signal(range(N + 1))
+        x_q = Signal(range(RPS + 1))
         x_e = Signal(range(c.max_seq + 1))
         x_w = Signal(range(GRP + 1))
         x_l = Signal(range(N))
         x1_valid = Signal()
         x1_l = Signal(range(N))
         x1_last = Signal()
-        x_adv = Signal()
-        m.d.comb += [x_adv.eq(~x1_valid | softmax.i_stream.ready),
-                     s_r.addr.eq(x_i * GRP + x_w), s_r.en.eq(x_adv)]
+        x_adv = _fork(m, "x", x1_valid, [unit.i_stream for unit in smaxes],
+                      Const((1 << S) - 1, S))
+        for k, ((_, s_r), unit) in enumerate(zip(s_banks, smaxes)):
+            m.d.comb += [s_r.addr.eq(x_q * GRP + x_w), s_r.en.eq(x_adv),
+                         unit.i_stream.payload.data.eq(_pick(
+                             m, f"score{k}", [s_r.data[SW * j:SW * (j + 1)] for j in range(N)],
+                             x1_l, signed(SW))),
+                         unit.i_stream.payload.last.eq(x1_last)]
         with m.If(x_adv):
             m.d.sync += [x1_valid.eq(x_active), x1_l.eq(x_l), x1_last.eq(x_e == seq_len - 1)]
         with m.If(x_adv & x_active):
@@ -629,97 +692,164 @@ class _Datapath(wiring.Component):
             with m.If(x_l == N - 1):
                 m.d.sync += [x_l.eq(0), x_w.eq(x_w + 1)]
             with m.If(x_e == seq_len - 1):
-                m.d.sync += [x_e.eq(0), x_l.eq(0), x_w.eq(0), x_i.eq(x_i + 1)]
-                with m.If(x_i == N - 1):
+                m.d.sync += [x_e.eq(0), x_l.eq(0), x_w.eq(0), x_q.eq(x_q + 1)]
+                with m.If(x_q == RPS - 1):
                     m.d.sync += x_active.eq(0)
-        m.d.comb += [softmax.i_stream.valid.eq(x1_valid),
-                     softmax.i_stream.payload.data.eq(_pick(
-                         m, "score", [s_r.data[SW * j:SW * (j + 1)] for j in range(N)], x1_l,
-                         signed(SW))),
-                     softmax.i_stream.payload.last.eq(x1_last)]
-        y_i = Signal(range(N + 1))
-        y_w = Signal(range(GRP + 1))
-        y_l = Signal(range(N))
-        y_word = Signal(8 * N)
-        m.d.comb += softmax.o_stream.ready.eq(y_i != N)
-        y_full = Cat(*(Mux(y_l == j, softmax.o_stream.payload.data, y_word[8 * j:8 * j + 8])
-                       for j in range(N)))
-        with m.If(softmax.o_stream.valid):
-            m.d.sync += [y_word.eq(y_full), y_l.eq(y_l + 1)]
-            ylast = softmax.o_stream.payload.last
-            with m.If((y_l == N - 1) | ylast):
-                m.d.sync += [y_l.eq(0), y_w.eq(y_w + 1)]
-                for b in range(N):
-                    with m.If(y_i == b):
-                        m.d.comb += [pbuf[b]["w"].addr.eq(y_w), pbuf[b]["w"].data.eq(y_full),
-                                     pbuf[b]["w"].en.eq(1)]
-            with m.If(ylast):
-                m.d.sync += [y_w.eq(0), y_i.eq(y_i + 1)]
+        # each unit's probabilities -> words of N -> the P bank of its row
+        y_regs, y_done = [], []
+        for k, unit in enumerate(smaxes):
+            y_q = Signal(range(RPS + 1), name=f"y_q{k}")
+            y_w = Signal(range(GRP + 1), name=f"y_w{k}")
+            y_l = Signal(range(N), name=f"y_l{k}")
+            y_word = Signal(8 * N, name=f"y_word{k}")
+            y_regs += [y_q, y_w, y_l]
+            y_done.append(y_q == RPS)
+            m.d.comb += unit.o_stream.ready.eq(y_q != RPS)
+            y_full = Cat(*(Mux(y_l == j, unit.o_stream.payload.data, y_word[8 * j:8 * j + 8])
+                           for j in range(N)))
+            with m.If(unit.o_stream.valid & unit.o_stream.ready):
+                m.d.sync += [y_word.eq(y_full), y_l.eq(y_l + 1)]
+                ylast = unit.o_stream.payload.last
+                with m.If((y_l == N - 1) | ylast):
+                    m.d.sync += [y_l.eq(0), y_w.eq(y_w + 1)]
+                    for q in range(RPS):
+                        port = pbuf[q * S + k]["w"]
+                        with m.If(y_q == q):
+                            m.d.comb += [port.addr.eq(y_w), port.data.eq(y_full),
+                                         port.en.eq(1)]
+                with m.If(ylast):
+                    m.d.sync += [y_w.eq(0), y_q.eq(y_q + 1)]
+        smax_done = Cat(*y_done).all()
 
-        # -- LayerNorm pass: R -> IntLayerNorm -> requant (per channel) -> gatherer -----------
+        # -- LayerNorm pass: R banks -> U IntLayerNorm units -> requant -> gatherers ----------
+        # Unit u normalizes the positions g*U + u; the units take the same channel of their
+        # rows each cycle (a fork), their outputs are joined into one U-lane Requantizer beat
+        # (the channel's m, e, bias are shared) and U gatherers write the words to A or X.
+        RW = RESIDUAL_BITS
+        n_which = Signal()            # 0: LN1 (R -> A), 1: LN2 (R -> X)
         n_active = Signal()
-        n_pos = Signal(range(c.max_seq + 1))
+        n_g = Signal(range(GRP * PPB + 1))
         n_c = Signal(range(CWH))
         n_l = Signal(range(N))
         n1_valid = Signal()
         n1_l = Signal(range(N))
         n1_last = Signal()
-        n_adv = Signal()
-        m.d.comb += [n_adv.eq(~n1_valid | ln.i_stream.ready),
-                     r_r.addr.eq(n_pos * CWH + n_c), r_r.en.eq(n_adv)]
+        n1_on = Signal(U)             # the unit's position is inside the sequence
+        n_adv = _fork(m, "n", n1_valid, [unit.i_stream for unit in lns], n1_on)
+        for u, ((_, r_r), unit) in enumerate(zip(r_banks, lns)):
+            m.d.comb += [r_r.addr.eq(n_g * CWH + n_c), r_r.en.eq(n_adv),
+                         unit.i_stream.payload.data.eq(_pick(
+                             m, f"ln_in{u}", [r_r.data[RW * j:RW * (j + 1)] for j in range(N)],
+                             n1_l, signed(RW))),
+                         unit.i_stream.payload.last.eq(n1_last)]
         with m.If(n_adv):
             m.d.sync += [n1_valid.eq(n_active), n1_l.eq(n_l),
-                         n1_last.eq((n_c == CWH - 1) & (n_l == N - 1))]
+                         n1_last.eq((n_c == CWH - 1) & (n_l == N - 1)),
+                         n1_on.eq(Cat(*(n_g * U + u < seq_len for u in range(U))))]
         with m.If(n_adv & n_active):
             m.d.sync += n_l.eq(n_l + 1)
             with m.If(n_l == N - 1):
                 m.d.sync += [n_l.eq(0), n_c.eq(n_c + 1)]
                 with m.If(n_c == CWH - 1):
-                    m.d.sync += [n_c.eq(0), n_pos.eq(n_pos + 1)]
-                    with m.If(n_pos == seq_len - 1):
+                    m.d.sync += [n_c.eq(0), n_g.eq(n_g + 1)]
+                    with m.If((n_g + 1) * U >= seq_len):
                         m.d.sync += n_active.eq(0)
-        RW = RESIDUAL_BITS
-        m.d.comb += [ln.i_stream.valid.eq(n1_valid),
-                     ln.i_stream.payload.data.eq(_pick(
-                         m, "ln_in", [r_r.data[RW * j:RW * (j + 1)] for j in range(N)], n1_l,
-                         signed(RW))),
-                     ln.i_stream.payload.last.eq(n1_last)]
-        # LayerNorm output: fetch the channel's parameters
-        n_which = Signal()
-        q1_valid = Signal()
-        q1_data = Signal(signed(IntLayerNorm.OUT_WIDTH))
+        # join the units' outputs (same channel) and fetch the channel's parameters
+        q_g = Signal(range(GRP * PPB + 1))
         q_c = Signal(range(CWH))
         q_l = Signal(range(N))
+        q_on = Cat(*(q_g * U + u < seq_len for u in range(U)))
+        q_join = q_on[0] & Cat(*(~q_on[u] | unit.o_stream.valid
+                                 for u, unit in enumerate(lns))).all()
+        q1_valid = Signal()
+        q1_data = [Signal(signed(IntLayerNorm.OUT_WIDTH), name=f"q1_data{u}") for u in range(U)]
         q1_l = Signal(range(N))
         q_adv = Signal()
-        m.d.comb += [q_adv.eq(~q1_valid | rq_ln.i_stream.ready),
-                     ln.o_stream.ready.eq(q_adv),
-                     lp_r.addr.eq(Mux(n_which, CWH, 0) + q_c),
-                     lp_r.en.eq(ln.o_stream.valid & q_adv)]
+        q_fire = Signal()
+        m.d.comb += [q_adv.eq(~q1_valid | rq_ln.i_stream.ready), q_fire.eq(q_join & q_adv),
+                     lp_r.addr.eq(Mux(n_which, CWH, 0) + q_c), lp_r.en.eq(q_fire)]
+        for u, unit in enumerate(lns):
+            m.d.comb += unit.o_stream.ready.eq(q_fire & q_on[u])
         with m.If(q_adv):
-            m.d.sync += q1_valid.eq(ln.o_stream.valid)
-        with m.If(ln.o_stream.valid & q_adv):
-            m.d.sync += [q1_data.eq(ln.o_stream.payload.data), q1_l.eq(q_l), q_l.eq(q_l + 1)]
+            m.d.sync += q1_valid.eq(q_join)
+        with m.If(q_fire):
+            m.d.sync += [q1_data[u].eq(unit.o_stream.payload.data) for u, unit in enumerate(lns)]
+            m.d.sync += [q1_l.eq(q_l), q_l.eq(q_l + 1)]
             with m.If(q_l == N - 1):
-                m.d.sync += [q_l.eq(0), q_c.eq(Mux(q_c == CWH - 1, 0, q_c + 1))]
+                m.d.sync += [q_l.eq(0), q_c.eq(q_c + 1)]
+                with m.If(q_c == CWH - 1):
+                    m.d.sync += [q_c.eq(0), q_g.eq(q_g + 1)]
         lp_lane = _pick(m, "lp_lane", [lp_r.data[_LN_LANE * j:_LN_LANE * (j + 1)]
                                        for j in range(N)], q1_l, _LN_LANE)
-        lane = rq_ln.i_stream.payload.data[0]
-        m.d.comb += [rq_ln.i_stream.valid.eq(q1_valid), rq_ln.i_stream.payload.last.eq(0),
-                     lane.x.eq(q1_data),
-                     lane.m.eq(lp_lane[:REQ_M_BITS]),
-                     lane.e.eq(lp_lane[REQ_M_BITS:REQ_M_BITS + REQ_E_BITS]),
-                     lane.bias.eq(lp_lane[REQ_M_BITS + REQ_E_BITS:])]
-        n_final = Signal()            # the last layer's LN2: also stream the output
-        n_gather = Signal()           # the gatherer serves the LayerNorm pass
-        with m.If(n_gather):
-            m.d.comb += [g_byte.eq(rq_ln.o_stream.payload.data[0]), g_dest_a.eq(~n_which)]
-            m.d.comb += rq_ln.o_stream.ready.eq(~n_final | o_ready)
-            m.d.comb += g_valid.eq(rq_ln.o_stream.valid & rq_ln.o_stream.ready)
-            m.d.comb += [o_in_valid.eq(n_final & rq_ln.o_stream.valid),
-                         o_in_byte.eq(rq_ln.o_stream.payload.data[0]),
-                         o_in_final.eq((g_pos == seq_len - 1) & (g_elem == N - 1)
-                                                & (g_chunk == CWH - 1))]
+        m.d.comb += [rq_ln.i_stream.valid.eq(q1_valid), rq_ln.i_stream.payload.last.eq(0)]
+        for u in range(U):
+            lane = rq_ln.i_stream.payload.data[u]
+            m.d.comb += [lane.x.eq(q1_data[u]),
+                         lane.m.eq(lp_lane[:REQ_M_BITS]),
+                         lane.e.eq(lp_lane[REQ_M_BITS:REQ_M_BITS + REQ_E_BITS]),
+                         lane.bias.eq(lp_lane[REQ_M_BITS + REQ_E_BITS:])]
+        # gatherers: position (n_blk_g * PPB + n_sub) * U + u, channel chunk n_gc, element n_ge
+        ga_blk = Signal(range(GRP + 1))
+        ga_sub = Signal(range(max(PPB, 2)))
+        ga_c = Signal(range(CWH))
+        ga_l = Signal(range(N))
+        ga_words = [Signal(8 * N, name=f"ga_word{u}") for u in range(U)]
+        ln_done = Signal()
+        m.d.comb += ln_done.eq(ga_blk * N + ga_sub * U >= seq_len)
+        with m.If(rq_ln.o_stream.valid & rq_ln.o_stream.ready):      # ready in LNRUN
+            m.d.sync += ga_l.eq(ga_l + 1)
+            with m.If(ga_l == N - 1):
+                m.d.sync += [ga_l.eq(0), ga_c.eq(ga_c + 1)]
+                with m.If(ga_c == CWH - 1):
+                    m.d.sync += [ga_c.eq(0), ga_sub.eq(ga_sub + 1)]
+                    with m.If(ga_sub == PPB - 1):
+                        m.d.sync += [ga_sub.eq(0), ga_blk.eq(ga_blk + 1)]
+            for u in range(U):
+                byte = rq_ln.o_stream.payload.data[u][:8]
+                full = Cat(*(Mux(ga_l == j, byte, ga_words[u][8 * j:8 * j + 8])
+                             for j in range(N)))
+                m.d.sync += ga_words[u].eq(full)
+                on = ga_blk * N + ga_sub * U + u < seq_len
+                with m.If((ga_l == N - 1) & on):
+                    for g in range(PPB):
+                        for dest, banks in ((0, buf[A_A]), (1, buf[A_X])):
+                            port = banks[g * U + u]["w"]
+                            with m.If((ga_sub == g) & (n_which == dest)):
+                                m.d.comb += [port.addr.eq(ga_blk * CWH + ga_c),
+                                             port.data.eq(full), port.en.eq(1)]
+
+        # -- Output pass (after the last layer): X -> bytes -> output packer -----------------
+        u_active = Signal()
+        u_blk = Signal(range(GRP + 1))
+        u_bank = Signal(range(N))
+        u_c = Signal(range(CWH))
+        u_l = Signal(range(N))
+        u_word = Signal(8 * N)
+        u_have = Signal()                 # u_word holds the word (u_blk, u_bank, u_c)
+        u_wait = Signal()                 # its read was issued last cycle
+        u_final = ((u_blk * N + u_bank == seq_len - 1) & (u_c == CWH - 1) & (u_l == N - 1))
+        with m.If(u_active & ~u_have & ~u_wait):
+            m.d.sync += u_wait.eq(1)
+            for b in range(N):
+                port = buf[A_X][b]["r"][1]
+                m.d.comb += [port.addr.eq(u_blk * CWH + u_c), port.en.eq(1)]
+        with m.If(u_wait):
+            m.d.sync += [u_wait.eq(0), u_have.eq(1),
+                         u_word.eq(_pick(m, "u_word", [buf[A_X][b]["r"][1].data
+                                                       for b in range(N)], u_bank, 8 * N))]
+        with m.If(u_have):
+            m.d.comb += [o_in_valid.eq(1), o_in_byte.eq(u_word.word_select(u_l, 8)),
+                         o_in_final.eq(u_final)]
+            with m.If(o_ready):
+                m.d.sync += u_l.eq(u_l + 1)
+                with m.If(u_l == N - 1):
+                    m.d.sync += [u_l.eq(0), u_have.eq(0), u_c.eq(u_c + 1)]
+                    with m.If(u_c == CWH - 1):
+                        m.d.sync += [u_c.eq(0), u_bank.eq(u_bank + 1)]
+                        with m.If(u_bank == N - 1):
+                            m.d.sync += [u_bank.eq(0), u_blk.eq(u_blk + 1)]
+                    with m.If(u_final):
+                        m.d.sync += u_active.eq(0)
 
         # -- Sequencer -----------------------------------------------------------------------
         s_group = Signal(range(6))
@@ -734,7 +864,7 @@ class _Datapath(wiring.Component):
                          j_slot.eq(s_slot), j_bias_on.eq(bias), bias_left.eq(1),
                          bias_cnt.eq(0), f_active.eq(1), f_t.eq(0), f_k.eq(0), f_kw.eq(0),
                          f_ke.eq(0), f_paddr.eq(Mux(s_slot, KW, 0)), c_i.eq(0), c_t.eq(0),
-                         w_i.eq(0), w_t.eq(0),
+                         c_k.eq(0), c_q.eq(0), w_i.eq(0), w_t.eq(0), w_u.eq(0), w_g.eq(0),
                          wb_count.eq(0)]
 
         g_panels = Mux(s_group == G_FFN1, CWF, CWH)
@@ -750,6 +880,7 @@ class _Datapath(wiring.Component):
                     with m.If(g_pos == 0):
                         m.d.comb += fail_seq.eq(1)
                     with m.Else():
+                        m.d.comb += self.layer_mark.eq(1)
                         fsm.next("LAYER")
             with fsm.State("LAYER"):
                 with m.If(scal_full):
@@ -785,11 +916,11 @@ class _Datapath(wiring.Component):
                 fsm.next("SRUN")
             with fsm.State("SRUN"):
                 with m.If(job_done):
-                    m.d.sync += [x_active.eq(1), x_i.eq(0), x_e.eq(0), x_w.eq(0), x_l.eq(0),
-                                 y_i.eq(0), y_w.eq(0), y_l.eq(0)]
+                    m.d.sync += [x_active.eq(1), x_q.eq(0), x_e.eq(0), x_w.eq(0), x_l.eq(0)]
+                    m.d.sync += [r.eq(0) for r in y_regs]
                     fsm.next("SMAX")
             with fsm.State("SMAX"):
-                with m.If(y_i == N):
+                with m.If(smax_done):
                     start_job(J_PV, A_P, HPW, seq_len, M_CTX, mb=s_mb, chw=s_head * HPW)
                     fsm.next("PVRUN")
             with fsm.State("PVRUN"):
@@ -802,29 +933,32 @@ class _Datapath(wiring.Component):
                             fsm.next("PWAIT")          # s_group is G_O
             with fsm.State("LN"):
                 with m.If(ln_full.bit_select(n_which, 1)):
-                    m.d.comb += g_reset.eq(1)
-                    m.d.sync += [n_active.eq(1), n_pos.eq(0), n_c.eq(0), n_l.eq(0),
-                                 q_c.eq(0), q_l.eq(0),
-                                 n_final.eq(n_which & (layer == c.layers - 1)),
-                                 o_pending.eq(n_which & (layer == c.layers - 1))]
+                    m.d.sync += [n_active.eq(1), n_g.eq(0), n_c.eq(0), n_l.eq(0),
+                                 q_g.eq(0), q_c.eq(0), q_l.eq(0),
+                                 ga_blk.eq(0), ga_sub.eq(0), ga_c.eq(0), ga_l.eq(0)]
                     fsm.next("LNRUN")
             with fsm.State("LNRUN"):
-                m.d.comb += n_gather.eq(1)
-                with m.If((g_pos == seq_len) & ~o_pending):
-                    m.d.comb += [clr_ln.eq(1), clr_ln_i.eq(n_which)]
-                    m.d.sync += n_final.eq(0)
+                m.d.comb += rq_ln.o_stream.ready.eq(1)
+                with m.If(ln_done):
+                    m.d.comb += [clr_ln.eq(1), clr_ln_i.eq(n_which), self.layer_mark.eq(n_which)]
                     with m.If(n_which == 0):
                         m.d.sync += s_group.eq(G_FFN1)
                         fsm.next("PWAIT")
                     with m.Elif(layer == c.layers - 1):
-                        m.d.comb += self.done.eq(1)
-                        fsm.next("IDLE")
+                        m.d.sync += [u_active.eq(1), u_blk.eq(0), u_bank.eq(0), u_c.eq(0),
+                                     u_l.eq(0), u_have.eq(0), u_wait.eq(0), o_pending.eq(1)]
+                        fsm.next("OUT")
                     with m.Else():
                         m.d.sync += layer.eq(layer + 1)
                         fsm.next("LAYER")
+            with fsm.State("OUT"):
+                with m.If(~u_active & ~o_pending):
+                    m.d.comb += self.done.eq(1)
+                    fsm.next("IDLE")
 
+        units = [array, *smaxes, *lns]
         m.d.comb += [self.fail.eq(fail_hdr | fail_len | fail_seq),
-                     self.fault.eq(array.error | softmax.error | ln.error)]
+                     self.fault.eq(Cat(*(unit.error for unit in units)).any())]
         return m
 
 
@@ -853,6 +987,9 @@ class EncoderCore(wiring.Component):
     array_beats : ``Out(32)``
         Operand beats the systolic array took in the last successful run (cycles in which its
         ``N x N`` PEs were fed; :func:`bertcore.core.perf.array_beats`).
+    layer_cycles : ``Out(32)``
+        Cycles of the last layer of the last successful run (from the end of the previous
+        layer to the end of its second LayerNorm; :func:`bertcore.core.perf.layer_cycles`).
 
     Protocol errors (bad image header or length, an activation beat while idle, a sequence of
     0 or more than ``max_seq`` rows) raise ``error``, abort the run, drop the open packets up to
@@ -886,6 +1023,7 @@ class EncoderCore(wiring.Component):
             "error": Out(1),
             "cycles": Out(32),
             "array_beats": Out(32),
+            "layer_cycles": Out(32),
         })
 
     @property
@@ -894,9 +1032,14 @@ class EncoderCore(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        # ``abort`` resets the whole datapath; it is registered (one cycle late) so that the
+        # decisions behind it (header/length checks, the end of a run) are not on the same
+        # path as the reset fan-out. The controller waits in IDLE while it is high.
         abort = Signal()
+        abort_q = Signal()
+        m.d.sync += abort_q.eq(abort)
         dp = _Datapath(self._config)
-        m.submodules.dp = ResetInserter(abort)(dp)
+        m.submodules.dp = ResetInserter(abort_q)(dp)
         err = Signal()             # a protocol error (sticky until the next run starts)
         fault = Signal()           # an internal unit flagged an error (sticky until reset)
         with m.If(dp.fault):
@@ -916,6 +1059,10 @@ class EncoderCore(wiring.Component):
         beats = Signal(32)
         with m.If(dp.beat):
             m.d.sync += beats.eq(beats + 1)
+        mark_at = Signal(32)       # ``count`` at the last layer mark
+        last_layer = Signal(32)
+        with m.If(dp.layer_mark):
+            m.d.sync += [mark_at.eq(count), last_layer.eq(count - mark_at)]
 
         # resident: the image of a successful run is kept in a memory and replayed by runs
         # that start with activations
@@ -944,7 +1091,9 @@ class EncoderCore(wiring.Component):
 
         with Fsm(m, "ctrl") as fsm:
             with fsm.State("IDLE"):
-                with m.If(self.s_param.valid):
+                with m.If(abort_q):
+                    pass                      # the datapath is being reset
+                with m.Elif(self.s_param.valid):
                     m.d.comb += dp.start.eq(1)
                     m.d.sync += [err.eq(0), count.eq(1), beats.eq(0)]
                     if resident:
@@ -989,7 +1138,8 @@ class EncoderCore(wiring.Component):
                 with m.Elif(dp.done):
                     # the datapath restarts from its reset state for the next run
                     m.d.comb += abort.eq(1)
-                    m.d.sync += [self.cycles.eq(count), self.array_beats.eq(beats)]
+                    m.d.sync += [self.cycles.eq(count), self.array_beats.eq(beats),
+                                 self.layer_cycles.eq(last_layer)]
                     if resident:
                         m.d.sync += stored.eq(1)
                     fsm.next("IDLE")
@@ -1008,8 +1158,8 @@ class EncoderTop(wiring.Component):
 
     ``verilog.convert(EncoderTop(config), name="bertcore_encoder")`` emits ``clk``, ``rst``,
     ``s_axis_param_tdata/tvalid/tready/tlast``, ``s_axis_act_tdata/tvalid/tready/tlast``,
-    ``m_axis_act_tdata/tvalid/tready/tlast``, ``busy``, ``error``, ``cycles`` and
-    ``array_beats``.
+    ``m_axis_act_tdata/tvalid/tready/tlast``, ``busy``, ``error``, ``cycles``, ``array_beats``
+    and ``layer_cycles``.
     """
 
     def __init__(self, config):
@@ -1023,6 +1173,7 @@ class EncoderTop(wiring.Component):
             "m_axis_act_tdata": Out(bus), "m_axis_act_tvalid": Out(1),
             "m_axis_act_tready": In(1), "m_axis_act_tlast": Out(1),
             "busy": Out(1), "error": Out(1), "cycles": Out(32), "array_beats": Out(32),
+            "layer_cycles": Out(32),
         })
 
     @property
@@ -1042,5 +1193,6 @@ class EncoderTop(wiring.Component):
                      self.m_axis_act_tvalid.eq(core.m_act.valid),
                      core.m_act.ready.eq(self.m_axis_act_tready),
                      self.busy.eq(core.busy), self.error.eq(core.error),
-                     self.cycles.eq(core.cycles), self.array_beats.eq(core.array_beats)]
+                     self.cycles.eq(core.cycles), self.array_beats.eq(core.array_beats),
+                     self.layer_cycles.eq(core.layer_cycles)]
         return m

@@ -81,8 +81,9 @@ def vector_beats(bits, bus_width):
 def check_core_config(config):
     """Raise :class:`ImageError` unless the encoder core supports ``config``.
 
-    The core needs a square array (``array_rows == array_cols``) and channel counts (hidden,
-    head dimension, FFN size) that are multiples of ``array_cols``.
+    The core needs a square array (``array_rows == array_cols``), channel counts (hidden,
+    head dimension, FFN size) that are multiples of ``array_cols`` and softmax / LayerNorm unit
+    counts that divide it.
     """
     n = config.array_cols
     if config.array_rows != n:
@@ -92,6 +93,9 @@ def check_core_config(config):
                         ("ffn", config.ffn)):
         if value % n:
             raise ImageError(f"{name} ({value}) must be a multiple of array_cols ({n})")
+    for name in ("softmax_units", "layernorm_units"):
+        if n % getattr(config, name):
+            raise ImageError(f"{name} ({getattr(config, name)}) must divide array_cols ({n})")
     if config.bus_width // 8 > config.hidden:
         raise ImageError(f"bus_width ({config.bus_width}) must not exceed hidden*8 "
                          f"({config.hidden * 8}): a sequence length is read from its packet")

@@ -8,8 +8,11 @@ layer, the cycles of each job with every stream free-flowing (no backpressure):
   the residual fetch and the requantizer(s); the loader streams the next panel meanwhile, so a
   panel takes at least the loader's beats (header vectors plus ``K`` weight rows);
 * attention per head and query block: scores (``T`` tiles of ``head_dim`` beats), the softmax
-  pass (``N`` rows of ``L``), ``P·V`` (``head_dim/N`` tiles of ``L`` beats);
-* LayerNorm passes: ``L`` rows at ``IntLayerNorm.row_period`` plus its latency.
+  pass (``N / softmax_units`` rows of ``L`` per unit), ``P·V`` (``head_dim/N`` tiles of ``L``
+  beats);
+* LayerNorm passes: ``ceil(L / layernorm_units)`` rows per unit at ``IntLayerNorm.row_period``
+  plus its latency;
+* after the last layer, the output pass: ``N + 2`` cycles per word of ``N`` output bytes.
 
 ``tests/test_core.py`` checks the model against cycle counts measured on the RTL.
 """
@@ -61,9 +64,11 @@ def breakdown(config, seq_len):
 
     ln = IntLayerNorm(hid, in_width=RESIDUAL_BITS)
     ln._MustUse__silence = True                     # only its timing properties are used
-    ln_pass = 2 + L * ln.row_period + ln.latency + hid + rq + 2
+    ln_rows = math.ceil(L / config.layernorm_units)
+    ln_pass = 2 + ln_rows * ln.row_period + ln.latency + hid + rq + 2
     smax_row = max(L, IntSoftmax.DIV_CYCLES)
-    softmax_pass = 3 + (n - 1) * smax_row + IntSoftmax.latency(L) + L
+    smax_rows = n // config.softmax_units
+    softmax_pass = 3 + (smax_rows - 1) * smax_row + IntSoftmax.latency(L) + L
     attention = config.heads * tiles * (_gemm(tiles, hd, n, 0) + softmax_pass
                                         + _gemm(hd // n, L, n, rq))
     return {
@@ -82,11 +87,14 @@ def layer_cycles(config, seq_len):
 
 
 def run_cycles(config, seq_len):
-    """Modeled cycles of a run: header, activation input, all layers (``EncoderCore.cycles``)."""
+    """Modeled cycles of a run: header, activation input, all layers, the output pass
+    (``EncoderCore.cycles``)."""
     bb = config.bus_width // 8
     beats = math.ceil(seq_len * config.hidden / bb)
     header = vector_beats(128, config.bus_width)
-    return header + 2 + beats * (bb + 1) + config.layers * layer_cycles(config, seq_len)
+    output = seq_len * (config.hidden // config.array_cols) * (config.array_cols + 2) + 4
+    return (header + 2 + beats * (bb + 1) + config.layers * layer_cycles(config, seq_len)
+            + output)
 
 
 def macs_per_layer(config, seq_len):
