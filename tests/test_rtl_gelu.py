@@ -7,7 +7,7 @@ import torch
 from amaranth.hdl import Fragment, signed
 
 from bertcore.quant.kernels import gelu_constants, int_gelu_int, int_range
-from bertcore.rtl.common import pack
+from bertcore.rtl.common import MULTIPLIER_STYLES, pack
 from bertcore.rtl.gelu import IntGELU
 from rtl_sim import simulate, stream_get, stream_latency, stream_put
 from sim.runner import lint, run_cocotb
@@ -102,15 +102,18 @@ def run_sets(dut, sets, stall, name, stall_out=None):
         assert len(out) == len(expected)
 
 
-@pytest.mark.parametrize("lanes, in_width", [(2, 16), (1, 8), (3, 20)])
-def test_amaranth_sim(lanes, in_width):
-    dut = IntGELU(lanes=lanes, in_width=in_width)
+@pytest.mark.parametrize("lanes, in_width, multipliers", [
+    (2, 16, "dsp"), (1, 8, "dsp"), (3, 20, "dsp"),
+    (2, 16, "lut"), (1, 20, "lut"),          # shift-and-add: x*v in two and in three pieces
+])
+def test_amaranth_sim(lanes, in_width, multipliers):
+    dut = IntGELU(lanes=lanes, in_width=in_width, multipliers=multipliers)
     rng = random.Random(f"gelu-{lanes}-{in_width}")
     count = 160 if in_width == 16 else 60
     sets = []
     for consts in constant_sets(dut, rng):
         sets.append((consts, *make_beats(dut, rng, consts, count)))
-    run_sets(dut, sets, 0.3, f"gelu_{lanes}x{in_width}")
+    run_sets(dut, sets, 0.3, f"gelu_{lanes}x{in_width}_{multipliers}")
 
 
 @pytest.mark.parametrize("stall_in, stall_out", [(0.0, 0.8), (0.8, 0.0)])
@@ -122,8 +125,9 @@ def test_backpressure(stall_in, stall_out):
     run_sets(dut, sets, stall_in, f"gelu_stall_{stall_in}_{stall_out}", stall_out=stall_out)
 
 
-def test_latency_and_throughput():
-    dut = IntGELU(lanes=1, in_width=16)
+@pytest.mark.parametrize("multipliers", MULTIPLIER_STYLES)
+def test_latency_and_throughput(multipliers):
+    dut = IntGELU(lanes=1, in_width=16, multipliers=multipliers)
     consts = {k: int(v) for k, v in gelu_constants(1e-4).items() if k != "scale_out"}
     beats, expected = make_beats(dut, random.Random(5), consts, 24)
     result = {}
@@ -135,10 +139,10 @@ def test_latency_and_throughput():
         result["latency"], out = await stream_latency(ctx, dut.i_stream, dut.o_stream, beats[0])
         assert out == expected[0]
 
-    simulate(dut, bench, name="gelu_latency", deadline=1e-6)
+    simulate(dut, bench, name=f"gelu_latency_{multipliers}", deadline=1e-6)
     assert result["latency"] == IntGELU.LATENCY
 
-    dut = IntGELU(lanes=1, in_width=16)
+    dut = IntGELU(lanes=1, in_width=16, multipliers=multipliers)
     fire = []
 
     async def feeder(ctx):
@@ -154,7 +158,7 @@ def test_latency_and_throughput():
             if valid:
                 fire.append(cycle)
 
-    simulate(dut, feeder, watcher, name="gelu_throughput", deadline=1e-6)
+    simulate(dut, feeder, watcher, name=f"gelu_throughput_{multipliers}", deadline=1e-6)
     assert len(fire) == len(beats)
     assert fire == list(range(fire[0], fire[0] + len(beats))), "not one beat per cycle"
 
@@ -180,14 +184,14 @@ def test_cocotb(simulator):
                                     "seed": 11, "stall": 0.3})
 
 
-@pytest.mark.parametrize("lanes, in_width", [(2, 16)])
-def test_lint(lanes, in_width):
-    lint(IntGELU(lanes=lanes, in_width=in_width), toplevel="int_gelu")
+@pytest.mark.parametrize("lanes, in_width, multipliers", [(2, 16, "dsp"), (1, 16, "lut")])
+def test_lint(lanes, in_width, multipliers):
+    lint(IntGELU(lanes=lanes, in_width=in_width, multipliers=multipliers), toplevel="int_gelu")
 
 
 def test_widths():
     dut = IntGELU(lanes=2, in_width=16)
-    assert (dut.lanes, dut.in_width) == (2, 16)
+    assert (dut.lanes, dut.in_width, dut.multipliers) == (2, 16, "dsp")
     assert (dut.b_width, dut.c_width, dut.q1_width, dut.out_width) == (17, 34, 21, 37)
     assert dut.o_stream.payload.shape()["data"].shape.elem_shape == signed(37)
     # realistic constants of 16-bit inputs fit the ports
@@ -209,6 +213,7 @@ def test_widths():
     (dict(lanes=True), TypeError, r"lanes must be an integer, not True"),
     (dict(in_width=1), ValueError, r"in_width must be an integer of at least 2, not 1"),
     (dict(in_width="16"), TypeError, r"in_width must be an integer, not '16'"),
+    (dict(multipliers="LUT"), ValueError, r"multipliers must be 'dsp' or 'lut', not 'LUT'"),
 ])
 def test_bad_parameters(kwargs, error, message):
     args = dict(lanes=1, in_width=16)

@@ -14,7 +14,7 @@ import torch
 
 from bertcore.quant.kernels import (
     LN_FRAC_BITS, RESIDUAL_BITS, int_range, layernorm_int, round_half_even_div)
-from bertcore.rtl.common import pack
+from bertcore.rtl.common import MULTIPLIER_STYLES, pack
 from bertcore.rtl.layernorm import IntLayerNorm
 from rtl_sim import simulate, stream_get, stream_put
 
@@ -155,13 +155,16 @@ def run_stream(dut, beats, count, *, seed, stall, name, blocked=0):
 
 # -- Stream tests -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("hidden,in_width,frac_bits", CONFIGS)
-def test_rows_match_kernel(hidden, in_width, frac_bits):
-    dut = IntLayerNorm(hidden, in_width=in_width, frac_bits=frac_bits)
+@pytest.mark.parametrize("hidden,in_width,frac_bits,multipliers", [
+    *(config + ("dsp",) for config in CONFIGS),
+    (8, RESIDUAL_BITS, LN_FRAC_BITS, "lut"),           # shift-and-add squarer and multiplier
+])
+def test_rows_match_kernel(hidden, in_width, frac_bits, multipliers):
+    dut = IntLayerNorm(hidden, in_width=in_width, frac_bits=frac_bits, multipliers=multipliers)
     names, rows = stimulus(hidden, in_width, seed=hidden * 1000 + in_width)
     expected = reference(rows, frac_bits)
     got, errors = run_stream(dut, beats_of(rows), len(rows) * hidden, seed=7, stall=0.3,
-                             name=f"layernorm_rows_{hidden}_{in_width}_{frac_bits}")
+                             name=f"layernorm_rows_{hidden}_{in_width}_{frac_bits}_{multipliers}")
     check_rows(names, rows, expected, got, hidden)
     assert errors == 0
 
@@ -181,16 +184,17 @@ def test_output_blocked(hidden, in_width, frac_bits):
     assert errors == 0
 
 
-def test_output_range_reached():
+@pytest.mark.parametrize("multipliers", MULTIPLIER_STYLES)
+def test_output_range_reached(multipliers):
     """The extreme outputs +-2**30 of the kernel come out (32-bit signed output, no overflow)."""
-    dut = IntLayerNorm(2, in_width=RESIDUAL_BITS, frac_bits=LN_FRAC_BITS)
+    dut = IntLayerNorm(2, in_width=RESIDUAL_BITS, frac_bits=LN_FRAC_BITS, multipliers=multipliers)
     lo, hi = int_range(RESIDUAL_BITS)
     rows = [[lo, hi], [hi, lo], [0, 1], [-1, 0], [5, 5]]
     expected = reference(rows, LN_FRAC_BITS)
     assert max(max(r) for r in expected) == 1 << 30
     assert min(min(r) for r in expected) == -(1 << 30)
     got, errors = run_stream(dut, beats_of(rows), 2 * len(rows), seed=3, stall=0.0,
-                             name="layernorm_range")
+                             name=f"layernorm_range_{multipliers}")
     check_rows([str(r) for r in rows], rows, expected, got, 2)
     assert errors == 0
 
@@ -267,8 +271,9 @@ def measure(dut, rows):
     # input-bound: one element per cycle (stats_cycles 2*8 + 11 + 36)
     (70, 8, 0, 63, 63 + 1 + 2 + 8),
 ])
-def test_latency_and_throughput(hidden, in_width, frac_bits, stats_cycles, latency):
-    dut = IntLayerNorm(hidden, in_width=in_width, frac_bits=frac_bits)
+@pytest.mark.parametrize("multipliers", MULTIPLIER_STYLES)
+def test_latency_and_throughput(hidden, in_width, frac_bits, stats_cycles, latency, multipliers):
+    dut = IntLayerNorm(hidden, in_width=in_width, frac_bits=frac_bits, multipliers=multipliers)
     assert dut.stats_cycles == stats_cycles
     assert dut.latency == latency
     assert dut.row_period == max(hidden, stats_cycles)
@@ -303,10 +308,10 @@ def test_widths_derived():
 # -- Parameters ---------------------------------------------------------------------------------
 
 def test_parameters_exposed():
-    dut = IntLayerNorm(12, in_width=20, frac_bits=3)
-    assert (dut.hidden, dut.in_width, dut.frac_bits) == (12, 20, 3)
+    dut = IntLayerNorm(12, in_width=20, frac_bits=3, multipliers="lut")
+    assert (dut.hidden, dut.in_width, dut.frac_bits, dut.multipliers) == (12, 20, 3, "lut")
     dut = IntLayerNorm(4)
-    assert (dut.in_width, dut.frac_bits) == (RESIDUAL_BITS, LN_FRAC_BITS)
+    assert (dut.in_width, dut.frac_bits, dut.multipliers) == (RESIDUAL_BITS, LN_FRAC_BITS, "dsp")
     assert len(dut.o_stream.payload.data) == IntLayerNorm.OUT_WIDTH == 32
     with pytest.raises(AttributeError):
         dut.hidden = 5
@@ -326,6 +331,8 @@ def test_parameters_exposed():
     (dict(hidden=8, frac_bits=None), TypeError, r"^frac_bits must be an integer, not None$"),
     (dict(hidden=384, in_width=32), ValueError,
      r"^in_width 32 with hidden 384 allows a variance up to \d+, beyond the 2\*\*62"),
+    (dict(hidden=8, multipliers="soft"), ValueError,
+     r"^multipliers must be 'dsp' or 'lut', not 'soft'$"),
 ])
 def test_bad_parameters(kwargs, error, message):
     with pytest.raises(error, match=message):
@@ -371,8 +378,10 @@ def test_cocotb(simulator):
     assert len(names) == 2
 
 
-def test_lint():
+@pytest.mark.parametrize("multipliers", MULTIPLIER_STYLES)
+def test_lint(multipliers):
     from sim.runner import lint
 
     n, width, frac_bits = COCOTB_CONFIG
-    lint(IntLayerNorm(n, in_width=width, frac_bits=frac_bits), toplevel="int_layernorm")
+    lint(IntLayerNorm(n, in_width=width, frac_bits=frac_bits, multipliers=multipliers),
+         toplevel="int_layernorm")

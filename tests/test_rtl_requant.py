@@ -8,7 +8,7 @@ from amaranth.hdl import Fragment, signed, unsigned
 from amaranth.lib import data
 
 from bertcore.quant.kernels import REQ_M_BITS, RESIDUAL_BITS, int_range, requantize, saturate
-from bertcore.rtl.common import pack, unpack
+from bertcore.rtl.common import MULTIPLIER_STYLES, pack, unpack
 from bertcore.rtl.requant import REQ_E_BITS, Requantizer
 from rtl_sim import simulate, stream_get, stream_latency, stream_put
 from sim.runner import lint, run_cocotb
@@ -148,14 +148,17 @@ def make_beats(cfg, rng, count):
     return beats, outs
 
 
-@pytest.mark.parametrize("name, stall_in, stall_out", [
-    *((name, 0.3, 0.3) for name in CONFIGS),
-    ("full", 0.0, 0.8),             # heavy backpressure on a full-rate input
-    ("full", 0.8, 0.0),             # sparse input
+@pytest.mark.parametrize("name, stall_in, stall_out, multipliers", [
+    *((name, 0.3, 0.3, "dsp") for name in CONFIGS),
+    ("full", 0.0, 0.8, "dsp"),      # heavy backpressure on a full-rate input
+    ("full", 0.8, 0.0, "dsp"),      # sparse input
+    # shift-and-add multipliers: three 18x18 pieces (bias), signed and unsigned pieces (full)
+    ("bias", 0.3, 0.3, "lut"),
+    ("full", 0.3, 0.3, "lut"),
 ])
-def test_amaranth_sim(name, stall_in, stall_out):
+def test_amaranth_sim(name, stall_in, stall_out, multipliers):
     cfg = CONFIGS[name]
-    dut = Requantizer(**cfg)
+    dut = Requantizer(**cfg, multipliers=multipliers)
     rng = random.Random(f"requant-{name}")
     beats, expected = make_beats(cfg, rng, 360 if stall_in == stall_out else 120)
     got = []
@@ -170,16 +173,18 @@ def test_amaranth_sim(name, stall_in, stall_out):
             await ctx.tick()
             assert not ctx.get(dut.o_stream.valid)
 
-    simulate(dut, producer, consumer, name=f"requant_{name}_{stall_in}_{stall_out}",
+    simulate(dut, producer, consumer,
+             name=f"requant_{name}_{stall_in}_{stall_out}_{multipliers}",
              deadline=1e-8 * 20 * len(beats))
     for index, (g, e) in enumerate(zip(got, expected)):
         assert g == e, f"beat {index}: input {beats[index]}, got {g}, expected {e}"
     assert len(got) == len(expected)
 
 
-def test_latency_and_throughput():
+@pytest.mark.parametrize("multipliers", MULTIPLIER_STYLES)
+def test_latency_and_throughput(multipliers):
     cfg = CONFIGS["full"]
-    dut = Requantizer(**cfg)
+    dut = Requantizer(**cfg, multipliers=multipliers)
     beats, expected = make_beats(cfg, random.Random(3), 40)
     beats, expected = beats[:32], expected[:32]
     got = []
@@ -206,10 +211,10 @@ def test_latency_and_throughput():
         cycles["latency"] = latency
         assert out == expected[0]
 
-    simulate(dut, first, name="requant_latency", deadline=1e-6)
+    simulate(dut, first, name=f"requant_latency_{multipliers}", deadline=1e-6)
     assert cycles["latency"] == Requantizer.LATENCY
-    dut = Requantizer(**cfg)
-    simulate(dut, feeder, watcher, name="requant_throughput", deadline=1e-6)
+    dut = Requantizer(**cfg, multipliers=multipliers)
+    simulate(dut, feeder, watcher, name=f"requant_throughput_{multipliers}", deadline=1e-6)
     fire = cycles["fire"]
     assert len(fire) == len(beats)
     assert fire == list(range(fire[0], fire[0] + len(beats))), "not one beat per cycle"
@@ -234,9 +239,9 @@ def test_cocotb(simulator):
                })
 
 
-@pytest.mark.parametrize("name", ["gemm", "full"])
-def test_lint(name):
-    lint(Requantizer(**CONFIGS[name]), toplevel="requantizer")
+@pytest.mark.parametrize("name, multipliers", [("gemm", "dsp"), ("full", "dsp"), ("full", "lut")])
+def test_lint(name, multipliers):
+    lint(Requantizer(**CONFIGS[name], multipliers=multipliers), toplevel="requantizer")
 
 
 def test_layout():
@@ -247,7 +252,7 @@ def test_layout():
         "r": signed(24), "m_r": signed(REQ_M_BITS), "e_r": unsigned(REQ_E_BITS),
     }
     assert (dut.lanes, dut.in_width, dut.out_bits, dut.bias_width, dut.residual,
-            dut.residual_width) == (2, 24, 8, 10, True, 24)
+            dut.residual_width, dut.multipliers) == (2, 24, 8, 10, True, 24, "dsp")
     out = dut.o_stream.payload.shape()
     assert out["data"].shape == data.ArrayLayout(signed(8), 2)
     Fragment.get(dut, None)                                  # elaborates (and marks used)
@@ -264,6 +269,8 @@ def test_layout():
     (dict(residual_width=8), ValueError, r"residual_width must be None without residual, not 8"),
     (dict(residual=True, residual_width=0), ValueError,
      r"residual_width must be a positive integer, not 0"),
+    (dict(multipliers="fabric"), ValueError, r"multipliers must be 'dsp' or 'lut', not 'fabric'"),
+    (dict(multipliers=None), ValueError, r"multipliers must be 'dsp' or 'lut', not None"),
 ])
 def test_bad_parameters(kwargs, error, message):
     args = dict(lanes=1, in_width=8, out_bits=8)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bertcore.quant.kernels import EXP_ZMAX, int_softmax_int, softmax_constants
-from bertcore.rtl.common import pack
+from bertcore.rtl.common import MULTIPLIER_STYLES, pack
 from bertcore.rtl.softmax import IntSoftmax
 from rtl_sim import simulate, stream_get, stream_put
 from sim.runner import lint, run_cocotb
@@ -97,8 +97,9 @@ def run_batches(dut, batches, *, name, stall_in=0.0, stall_out=0.0, seed=0):
     return got, errors
 
 
-def test_random_rows_and_corners_with_stalls():
-    dut = IntSoftmax(max_seq=8, in_width=21)
+@pytest.mark.parametrize("multipliers", MULTIPLIER_STYLES)
+def test_random_rows_and_corners_with_stalls(multipliers):
+    dut = IntSoftmax(max_seq=8, in_width=21, multipliers=multipliers)
     rng = random.Random(1234)
     batches = []
     for scale in SCALES:
@@ -106,15 +107,18 @@ def test_random_rows_and_corners_with_stalls():
         rows = random_rows(rng, k, count=40, max_seq=8, in_width=21)
         rows += list(corner_rows(k, max_seq=8, in_width=21).values())
         batches.append((k, rows))
-    got, errors = run_batches(dut, batches, name="softmax_random", stall_in=0.3, stall_out=0.3)
+    got, errors = run_batches(dut, batches, name=f"softmax_random_{multipliers}", stall_in=0.3,
+                              stall_out=0.3)
     for (k, rows), out in zip(batches, got):
         assert out == expected(rows, k, max_seq=8), f"scale with x0={k['x0']}"
     assert errors == []
 
 
-def test_scale_range_and_clamp_without_saturation():
+@pytest.mark.parametrize("multipliers", MULTIPLIER_STYLES)
+def test_scale_range_and_clamp_without_saturation(multipliers):
     """Extremes of the legal scales; 16-bit outputs without saturation (y can be 2**16)."""
-    dut = IntSoftmax(max_seq=4, in_width=24, output_bits=16, saturate_output=False)
+    dut = IntSoftmax(max_seq=4, in_width=24, output_bits=16, saturate_output=False,
+                     multipliers=multipliers)
     assert len(dut.o_stream.payload.data) == 17
     rng = random.Random(99)
     batches = []
@@ -131,7 +135,8 @@ def test_scale_range_and_clamp_without_saturation():
     rows = [[0, -5000 - i, -5100 + 7 * i, -4000 - 100 * i] for i in range(4)]
     assert (int_softmax_int(torch.tensor(rows), k, 16) == 0).any()
     batches.append((k, rows))
-    got, _ = run_batches(dut, batches, name="softmax_scales", stall_in=0.2, stall_out=0.2)
+    got, _ = run_batches(dut, batches, name=f"softmax_scales_{multipliers}", stall_in=0.2,
+                         stall_out=0.2)
     for (k, rows), out in zip(batches, got):
         exp = expected(rows, k, max_seq=4, output_bits=16, saturate_output=False)
         assert out == exp, f"x0={k['x0']}"
@@ -205,12 +210,14 @@ def test_overlong_rows_are_cut_and_flagged():
     assert len(errors) == 3                            # one pulse per overlong row
 
 
-@pytest.mark.parametrize("length, max_seq", [(3, 8), (8, 8), (20, 24), (24, 24)])
-def test_latency_and_throughput(length, max_seq):
+@pytest.mark.parametrize("length, max_seq, multipliers", [
+    (3, 8, "dsp"), (8, 8, "dsp"), (20, 24, "dsp"), (24, 24, "dsp"), (8, 8, "lut"),
+])
+def test_latency_and_throughput(length, max_seq, multipliers):
     """Back-to-back rows, input always valid, output always ready: the first probability of row
     r is valid at exactly latency(L) + r*max(L, DIV_CYCLES) cycles after the first score, and
     the elements of a row leave on consecutive cycles."""
-    dut = IntSoftmax(max_seq=max_seq, in_width=20)
+    dut = IntSoftmax(max_seq=max_seq, in_width=20, multipliers=multipliers)
     k = softmax_constants(1e-3)
     rng = random.Random(length)
     n_rows = 7
@@ -243,7 +250,8 @@ def test_latency_and_throughput(length, max_seq):
                 delivered.append((cycle, data))
             cycle += 1
 
-    simulate(dut, producer, consumer, name=f"softmax_rate_{length}", deadline=1e-4)
+    simulate(dut, producer, consumer, name=f"softmax_rate_{length}_{multipliers}",
+             deadline=1e-4)
     assert [d for _, d in delivered] == [b["data"] for b in expected(rows, k, max_seq=max_seq)]
     assert accepted[0] == 0
     assert [c for c, _ in delivered] == rate_schedule(length, n_rows)
@@ -303,8 +311,9 @@ def test_cocotb(simulator):
     assert sorted(names) == ["full_rate", "latency", "random_stalls"]
 
 
-def test_lint():
-    lint(IntSoftmax(**COCOTB_CONFIG), toplevel="int_softmax")
+@pytest.mark.parametrize("multipliers", MULTIPLIER_STYLES)
+def test_lint(multipliers):
+    lint(IntSoftmax(**COCOTB_CONFIG, multipliers=multipliers), toplevel="int_softmax")
 
 
 def test_documented_constants():
@@ -365,6 +374,8 @@ def test_score_width():
     ({"max_seq": 4, "in_width": 21, "saturate_output": 1}, TypeError,
      r"saturate_output must be a bool, not 1"),
     ({"max_seq": True, "in_width": 21}, TypeError, r"max_seq must be an integer, not True"),
+    ({"max_seq": 4, "in_width": 21, "multipliers": "dsp48"}, ValueError,
+     r"multipliers must be 'dsp' or 'lut', not 'dsp48'"),
 ])
 def test_bad_parameters(kwargs, error, message):
     with pytest.raises(error, match=message):
@@ -373,8 +384,8 @@ def test_bad_parameters(kwargs, error, message):
 
 def test_properties():
     dut = IntSoftmax(max_seq=6, in_width=18, output_bits=7, saturate_output=False)
-    assert (dut.max_seq, dut.in_width, dut.output_bits, dut.saturate_output, dut.head_dim) \
-        == (6, 18, 7, False, None)
+    assert (dut.max_seq, dut.in_width, dut.output_bits, dut.saturate_output, dut.head_dim,
+            dut.multipliers) == (6, 18, 7, False, None, "dsp")
     assert dut.out_bits == 8
     with pytest.raises(AttributeError):
         dut.max_seq = 3

@@ -2,6 +2,7 @@
 
 * :func:`pack` / :func:`unpack`: stream payloads as Python values (used by the cocotb benches),
 * :func:`dsp_tiles` / :func:`dsp_partial_products`: multiplies split into 18x18 DSP pieces,
+* :func:`multiply` / :func:`check_multipliers`: one product as a DSP (``*``) or in LUT logic,
 * :func:`check_int` / :func:`rejecting`: parameter validation in component constructors.
 
 Stream payloads are :class:`amaranth.lib.data.StructLayout` (or ``ArrayLayout``) values. On the
@@ -29,7 +30,7 @@ from amaranth.hdl import Shape, ShapeCastable
 from amaranth.lib import data
 
 __all__ = ["pack", "unpack", "payload_width", "DSP_WIDTH", "dsp_tiles", "dsp_partial_products",
-           "check_int", "rejecting"]
+           "MULTIPLIER_STYLES", "check_multipliers", "multiply", "check_int", "rejecting"]
 
 
 def payload_width(layout):
@@ -156,14 +157,103 @@ def dsp_tiles(value):
     return pieces
 
 
-def dsp_partial_products(a, b):
+def dsp_partial_products(a, b, *, width=None, style="dsp", m=None, name="pp"):
     """Partial products of ``a * b`` split into DSP-sized multiplies.
 
     Returns a list of ``(product, shift)``, ``a * b == sum(product << shift)``, where every
     ``product`` multiplies two operands of at most 18 bits (signed). The caller registers the
-    products (DSP output register) and sums them in a later pipeline stage.
+    products (DSP output register) and sums them in a later pipeline stage. With ``width``, the
+    products of weight ``2**width`` or more are left out (the caller needs ``a * b`` modulo
+    ``2**width`` only). ``style``, ``m`` and ``name`` are those of :func:`multiply`, which builds
+    each product: the pieces, their shapes and shifts are the same in both styles.
     """
-    return [(pa * pb, sa + sb) for pa, sa in dsp_tiles(a) for pb, sb in dsp_tiles(b)]
+    pairs = [((pa, sa), (pb, sb)) for pa, sa in dsp_tiles(a) for pb, sb in dsp_tiles(b)
+             if width is None or sa + sb < width]
+    return [(multiply(pa, pb, style=style, m=m, name=f"{name}{index}"), sa + sb)
+            for index, ((pa, sa), (pb, sb)) in enumerate(pairs)]
+
+
+#: How a unit builds its multipliers: ``"dsp"`` (the ``*`` operator, which synthesis maps onto
+#: DSP blocks) or ``"lut"`` (shift-and-add in LUT logic, which synthesis cannot map onto them).
+MULTIPLIER_STYLES = ("dsp", "lut")
+
+
+def check_multipliers(value, name="multipliers"):
+    """Raise ``ValueError`` unless ``value`` is one of :data:`MULTIPLIER_STYLES`.
+
+    Message: ``"multipliers must be 'dsp' or 'lut', not 'x'"``.
+    """
+    if not isinstance(value, str) or value not in MULTIPLIER_STYLES:
+        choices = " or ".join(repr(style) for style in MULTIPLIER_STYLES)
+        raise ValueError(f"{name} must be {choices}, not {value!r}")
+
+
+def multiply(a, b, *, style="dsp", m=None, name="product"):
+    """The product ``a * b``, of the shape Amaranth gives ``a * b``, in the chosen ``style``.
+
+    * ``"dsp"``: the ``*`` operator itself; yosys maps it onto a DSP block (a MULT18X18D on
+      ECP5) when the operands fit one. ``m`` and ``name`` are not used.
+    * ``"lut"``: shift and add, with no ``*`` operator, so synthesis cannot infer a DSP block:
+      one row per bit of the narrower operand (the wider one or 0; the sign bit of a signed
+      operand has weight ``-2**i``), summed by a balanced tree of two-input adders
+      (``ceil(log2(rows))`` levels) whose inner nodes are ``keep`` signals added to ``m`` as
+      ``<name>_l<level>_<index>``. The ``keep`` stops yosys from merging the tree into one
+      multi-operand adder (``$macc``, mapped to a carry-save tree of full adders in LUTs: about
+      three times larger than ripple adders on carry chains). On ECP5 a 17x16 signed product
+      takes about 270 LUT4 and 150 CCU2C (yosys ``synth_ecp5``).
+
+    Both styles are combinational and exact for every operand value (the sums wrap modulo
+    ``2**width`` of the result, where the true product fits).
+
+    Raises
+    ------
+    ValueError
+        If ``style`` is not one of :data:`MULTIPLIER_STYLES`.
+    TypeError
+        If ``style`` is ``"lut"`` and ``m`` is not given.
+    """
+    from amaranth.hdl import Cat, Const, Mux, Signal, Value
+    check_multipliers(style, "style")
+    a, b = Value.cast(a), Value.cast(b)
+    if style == "dsp":
+        return a * b
+    if m is None:
+        raise TypeError("multiply(style='lut') needs the module m for its adder tree")
+    shape = (a * b).shape()                  # the result's shape only; this `*` is not used
+    if len(b) > len(a):
+        a, b = b, a                          # one row per bit of the narrower operand
+    if len(b) == 0:
+        return Const(0, shape)
+    # The rows (value, shift, negative): row i is a or 0, weighs 2**i, the top row of a signed
+    # b weighs -2**i. An adder tree sums neighbouring nodes level by level; only the top node
+    # can be negative, always the right-hand one of its pair.
+    nodes = [(Mux(b[i], a, 0), i, b.shape().signed and i == len(b) - 1) for i in range(len(b))]
+    level = 0
+    while len(nodes) > 1:
+        pairs = []
+        for k in range(0, len(nodes) - 1, 2):
+            (x, x_shift, _), (y, y_shift, y_negative) = nodes[k], nodes[k + 1]
+            y = y.shift_left(y_shift - x_shift)
+            total = x - y if y_negative else x + y
+            if len(nodes) > 2:
+                # a node of the shape of its adder's output (no truncation between adders, so
+                # that the next adder reads this signal, not an unnamed wider net)
+                node = Signal(total.shape(), name=f"{name}_l{level}_{k // 2}", attrs={"keep": 1})
+                m.d.comb += node.eq(total)
+                total = node
+            pairs.append((total, x_shift, False))
+        if len(nodes) % 2:
+            pairs.append(nodes[-1])
+        nodes = pairs
+        level += 1
+    (total, _, negative), = nodes
+    if negative:                             # a one-bit signed b: the product is -a or 0
+        total = -total
+    if len(total) < shape.width:             # a single row (one-bit operand): extend it
+        pad = total[-1] if total.shape().signed else Const(0, 1)
+        total = Cat(total, pad.replicate(shape.width - len(total)))
+    total = total[:shape.width]
+    return total.as_signed() if shape.signed else total
 
 
 # -- Parameter validation ---------------------------------------------------------------------------

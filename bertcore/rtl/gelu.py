@@ -5,7 +5,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bertcore.quant.kernels import GELU_SHIFT, int_range
-from .common import check_int, dsp_partial_products, rejecting, valid_last_pipeline
+from .common import (check_int, check_multipliers, dsp_partial_products, rejecting,
+                     valid_last_pipeline)
 
 __all__ = ["IntGELU"]
 
@@ -49,6 +50,11 @@ class IntGELU(wiring.Component):
         Elements per beat (``>= 1``).
     in_width : int
         Width W of the signed input (``>= 2``; the encoder feeds 16).
+    multipliers : ``"dsp"`` or ``"lut"``
+        How the products ``t*t`` and ``x*(erf+q1)`` are built
+        (:func:`bertcore.rtl.common.multiply`): ``"dsp"`` (default) with the ``*`` operator,
+        which synthesis maps onto DSP blocks, or ``"lut"`` by shift and add in LUT logic, for
+        devices short of DSP blocks. Results, latency and throughput are the same.
 
     Members
     -------
@@ -67,23 +73,27 @@ class IntGELU(wiring.Component):
     The pipeline advances when ``o_stream.valid`` is low or ``o_stream.ready`` is high
     (``i_stream.ready`` is that condition). Both multipliers (``t*t``, ``x*(erf+q1)``) have
     registered operands and registered products, split into 18x18 partial products where an
-    operand is wider (``x*(erf+q1)`` is two multiplies for W = 16).
+    operand is wider (``x*(erf+q1)`` is two multiplies for W = 16), each one DSP block or, with
+    ``multipliers="lut"``, one shift-and-add multiplier.
 
     Raises
     ------
     TypeError
         If ``lanes`` or ``in_width`` is not an integer.
     ValueError
-        If ``lanes`` is not positive or ``in_width`` is below 2.
+        If ``lanes`` is not positive, ``in_width`` is below 2, or ``multipliers`` is not
+        ``"dsp"`` or ``"lut"``.
     """
 
     #: Cycles from an input transfer to the output transfer of that beat (output always ready).
     LATENCY = 8
 
-    def __init__(self, *, lanes, in_width):
+    def __init__(self, *, lanes, in_width, multipliers="dsp"):
         with rejecting(self):
             check_int("lanes", lanes, 1)
             check_int("in_width", in_width, 2)
+            check_multipliers(multipliers)
+        self._multipliers = multipliers
         self._lanes = lanes
         self._in_width = in_width
         self._b_width = in_width + 1
@@ -107,6 +117,8 @@ class IntGELU(wiring.Component):
 
     lanes = property(lambda self: self._lanes, doc="Elements per beat.")
     in_width = property(lambda self: self._in_width, doc="Width of the signed input.")
+    multipliers = property(lambda self: self._multipliers,
+                           doc="How the multipliers are built: ``'dsp'`` or ``'lut'``.")
     out_width = property(lambda self: self._out_width, doc="Width of the signed output.")
     b_width = property(lambda self: self._b_width, doc="Width of the signed ``b`` port.")
     c_width = property(lambda self: self._c_width, doc="Width of the signed ``c`` port.")
@@ -169,7 +181,8 @@ class IntGELU(wiring.Component):
 
             # stage 3: partial products of t*t (DSP output registers)
             partials = []
-            for index, (product, shift) in enumerate(dsp_partial_products(t, t)):
+            for index, (product, shift) in enumerate(dsp_partial_products(
+                    t, t, style=self._multipliers, m=m, name=f"tt_mul{lane}_")):
                 p = Signal(product.shape(), name=f"tt{index}_{lane}")
                 at(p.eq(product))
                 partials.append((p, shift))
@@ -188,7 +201,8 @@ class IntGELU(wiring.Component):
 
             # stage 7: partial products of x * v (DSP output registers)
             partials = []
-            for index, (product, shift) in enumerate(dsp_partial_products(xs[5], v)):
+            for index, (product, shift) in enumerate(dsp_partial_products(
+                    xs[5], v, style=self._multipliers, m=m, name=f"xv_mul{lane}_")):
                 p = Signal(product.shape(), name=f"xv{index}_{lane}")
                 at(p.eq(product))
                 partials.append((p, shift))

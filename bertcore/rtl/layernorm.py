@@ -42,24 +42,26 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from bertcore.quant.kernels import LN_FRAC_BITS, RESIDUAL_BITS
-from bertcore.rtl.common import dsp_partial_products, dsp_tiles
+from bertcore.rtl.common import check_multipliers, dsp_partial_products, dsp_tiles, multiply
 
 __all__ = ["IntLayerNorm"]
 
-def _product_terms(a, b, width):
+def _product_terms(a, b, width, *, style="dsp", m=None, name="pp"):
     """DSP-sized partial products of ``a * b`` needed modulo ``2**width``: ``(product, shift)``.
 
-    ``a is b`` builds a square: the symmetric cross products are shared (``2*ai*aj``).
+    ``a is b`` builds a square: the symmetric cross products are shared (``2*ai*aj``). ``style``,
+    ``m`` and ``name`` are those of :func:`~bertcore.rtl.common.multiply`.
     """
     if a is not b:
-        return [(p, shift) for p, shift in dsp_partial_products(a, b) if shift < width]
+        return dsp_partial_products(a, b, width=width, style=style, m=m, name=name)
     tiles = dsp_tiles(a)
     terms = []
     for i, (ai, si) in enumerate(tiles):
         for aj, sj in tiles[i:]:
             shift = si + sj + (1 if sj > si else 0)
             if shift < width:
-                terms.append((ai * aj, shift))
+                terms.append((multiply(ai, aj, style=style, m=m, name=f"{name}{len(terms)}"),
+                              shift))
     return terms
 
 
@@ -70,7 +72,7 @@ def _product_latency(a_shape, b_shape, width, *, square=False):
     return 1 + (len(terms) - 1).bit_length()
 
 
-def _pipelined_product(m, a, b, *, width, drop=0, name):
+def _pipelined_product(m, a, b, *, width, drop=0, name, style="dsp"):
     """Build bits ``drop .. width-1`` of ``a * b`` as registered partial products and a registered
     adder tree; returns ``(product, latency)`` with ``product`` an unsigned ``width - drop``-bit
     value (the caller reinterprets it) valid ``latency`` cycles after ``a`` and ``b``.
@@ -82,10 +84,12 @@ def _pipelined_product(m, a, b, *, width, drop=0, name):
 
     Pipeline: stage 1 registers the partial products (the operands must come from registers:
     DSP input and output registers), each further stage registers pairwise sums of the previous
-    one, so that no adder chain is longer than one ``width``-bit addition.
+    one, so that no adder chain is longer than one ``width``-bit addition. ``style`` is that of
+    :func:`~bertcore.rtl.common.multiply` (the partial products as DSP blocks or in LUTs).
     """
     terms = []
-    for k, (product, shift) in enumerate(_product_terms(a, b, width)):
+    for k, (product, shift) in enumerate(_product_terms(a, b, width, style=style, m=m,
+                                                        name=f"{name}_mul")):
         term = Signal.like(product, name=f"{name}_pp{k}")
         m.d.sync += term.eq(product)
         terms.append((term, shift))
@@ -157,6 +161,11 @@ class IntLayerNorm(wiring.Component):
     frac_bits : int
         Extra fractional bits ``F`` of the reciprocal ``floor(2**(31+F)/std)`` (default
         ``LN_FRAC_BITS``), 0..31.
+    multipliers : ``"dsp"`` or ``"lut"``
+        How the partial products of ``u*u`` and ``y*f`` are built
+        (:func:`bertcore.rtl.common.multiply`): ``"dsp"`` (default) with the ``*`` operator,
+        which synthesis maps onto DSP blocks, or ``"lut"`` by shift and add in LUT logic, for
+        devices short of DSP blocks. Results, latency and throughput are the same.
 
     Members
     -------
@@ -203,16 +212,19 @@ class IntLayerNorm(wiring.Component):
     TypeError
         If a parameter is not an integer.
     ValueError
-        If a parameter is out of range.
+        If a parameter is out of range, or ``multipliers`` is not ``"dsp"`` or ``"lut"``.
     """
 
     #: Width of the signed output: ``-2**30 <= out <= 2**30`` needs 31 bits and a sign.
     OUT_WIDTH = (1 << 30).bit_length() + 1
 
-    def __init__(self, hidden, *, in_width=RESIDUAL_BITS, frac_bits=LN_FRAC_BITS):
+    def __init__(self, hidden, *, in_width=RESIDUAL_BITS, frac_bits=LN_FRAC_BITS,
+                 multipliers="dsp"):
         _check_int("hidden", hidden, 1)
         _check_int("in_width", in_width, 2)
         _check_int("frac_bits", frac_bits, 0, 31)
+        check_multipliers(multipliers)
+        self._multipliers = multipliers
         self._hidden = hidden
         self._in_width = in_width
         self._frac_bits = frac_bits
@@ -252,6 +264,11 @@ class IntLayerNorm(wiring.Component):
     @property
     def frac_bits(self):
         return self._frac_bits
+
+    @property
+    def multipliers(self):
+        """How the multipliers are built: ``"dsp"`` or ``"lut"``."""
+        return self._multipliers
 
     @property
     def var_width(self):
@@ -386,7 +403,8 @@ class IntLayerNorm(wiring.Component):
             a1_commit.eq(commit),
         ]
         # stages a2..: u*u (partial products, adder tree)
-        square, square_latency = _pipelined_product(m, a1_u, a1_u, width=2 * W, name="square")
+        square, square_latency = _pipelined_product(m, a1_u, a1_u, width=2 * W, name="square",
+                                                     style=self._multipliers)
         assert square_latency == self._square_latency()
         acc_u = _delay(m, a1_u, square_latency, name="acc_u")
         acc_valid = _delay(m, a1_valid, square_latency, name="acc_valid")
@@ -588,7 +606,8 @@ class IntLayerNorm(wiring.Component):
         # stages n4..: y*f (partial products, adder tree), exact in 33+F bits; floor(y*f / 2**(1+F))
         # is the arithmetic shift, i.e. bits 1+F and up
         product, latency = _pipelined_product(m, n3_y, n3_recip, width=self._product_width(),
-                                              drop=1 + F, name="scaled")
+                                              drop=1 + F, name="scaled",
+                                              style=self._multipliers)
         assert latency == product_latency
         out_valid = _delay(m, n3_valid, latency, name="out_valid")
         out_last = _delay(m, n3_last, latency, name="out_last")

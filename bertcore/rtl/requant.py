@@ -5,7 +5,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bertcore.quant.kernels import REQ_M_BITS
-from .common import check_int, dsp_partial_products, rejecting, valid_last_pipeline
+from .common import (check_int, check_multipliers, dsp_partial_products, rejecting,
+                     valid_last_pipeline)
 
 __all__ = ["Requantizer", "REQ_E_BITS"]
 
@@ -45,6 +46,11 @@ class Requantizer(wiring.Component):
     residual_width : int or None
         Width of the signed residual ``r``; ``None`` (default) means ``in_width``. Only with
         ``residual``.
+    multipliers : ``"dsp"`` or ``"lut"``
+        How the products ``x*m`` (and ``r*m_r``) are built (:func:`bertcore.rtl.common.multiply`):
+        ``"dsp"`` (default) with the ``*`` operator, which synthesis maps onto DSP blocks, or
+        ``"lut"`` by shift and add in LUT logic, for devices short of DSP blocks. Results,
+        latency and throughput are the same.
 
     Members
     -------
@@ -63,7 +69,8 @@ class Requantizer(wiring.Component):
     The whole pipeline advances when ``o_stream.valid`` is low or ``o_stream.ready`` is high
     (``i_stream.ready`` is that condition, so it depends combinationally on ``o_stream.ready``).
     Every multiplier has registered operands and a registered product; operands wider than
-    18 bits are split into 18x18 partial products (see :func:`bertcore.rtl.common.dsp_tiles`).
+    18 bits are split into 18x18 partial products (see :func:`bertcore.rtl.common.dsp_tiles`),
+    each one DSP block or, with ``multipliers="lut"``, one shift-and-add multiplier.
 
     Raises
     ------
@@ -71,14 +78,15 @@ class Requantizer(wiring.Component):
         If a width or ``lanes`` is not an integer, or ``residual`` is not a bool.
     ValueError
         If ``lanes``, ``in_width``, ``out_bits`` or ``residual_width`` is not positive, or
-        ``bias_width`` is negative, or ``residual_width`` is given without ``residual``.
+        ``bias_width`` is negative, or ``residual_width`` is given without ``residual``, or
+        ``multipliers`` is not ``"dsp"`` or ``"lut"``.
     """
 
     #: Cycles from an input transfer to the output transfer of that beat (output always ready).
     LATENCY = 7
 
     def __init__(self, *, lanes, in_width, out_bits, bias_width=0, residual=False,
-                 residual_width=None):
+                 residual_width=None, multipliers="dsp"):
         with rejecting(self):
             check_int("lanes", lanes, 1)
             check_int("in_width", in_width, 1)
@@ -93,12 +101,14 @@ class Requantizer(wiring.Component):
                 check_int("residual_width", residual_width, 1)
             elif residual:
                 residual_width = in_width
+            check_multipliers(multipliers)
         self._lanes = lanes
         self._in_width = in_width
         self._out_bits = out_bits
         self._bias_width = bias_width
         self._residual = residual
         self._residual_width = residual_width
+        self._multipliers = multipliers
 
         fields = {"x": signed(in_width), "m": signed(REQ_M_BITS), "e": unsigned(REQ_E_BITS)}
         if bias_width:
@@ -125,6 +135,8 @@ class Requantizer(wiring.Component):
     residual = property(lambda self: self._residual, doc="Whether a residual term is added.")
     residual_width = property(lambda self: self._residual_width,
                               doc="Width of the residual ``r`` (``None`` without residual).")
+    multipliers = property(lambda self: self._multipliers,
+                           doc="How the multipliers are built: ``'dsp'`` or ``'lut'``.")
     lane_layout = property(lambda self: self._lane_layout, doc="Layout of one input element.")
 
     @staticmethod
@@ -184,7 +196,8 @@ class Requantizer(wiring.Component):
 
         # stage 2: partial products x*m, each at most 18x18 (DSP output registers)
         partials = []
-        for index, (product, shift) in enumerate(dsp_partial_products(x, mul)):
+        for index, (product, shift) in enumerate(dsp_partial_products(
+                x, mul, style=self._multipliers, m=m, name=f"{prefix}mul{lane}_")):
             p = reg(product.shape(), f"p{index}")
             at(2, p.eq(product))
             partials.append((p, shift))

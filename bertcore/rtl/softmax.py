@@ -47,7 +47,7 @@ from bertcore.quant.kernels import (
     EXP_N, EXP_X0, EXP_ZMAX, REQ_M_BITS, SOFTMAX_EXP_BITS, SOFTMAX_MAX_BIT, SOFTMAX_X0_BITS,
     softmax_constants,
 )
-from bertcore.rtl.common import dsp_partial_products
+from bertcore.rtl.common import check_multipliers, dsp_partial_products
 
 __all__ = ["IntSoftmax"]
 
@@ -114,6 +114,11 @@ class IntSoftmax(wiring.Component):
     head_dim : int or None
         When given, ``in_width`` must hold every int8 x int8 dot product over ``head_dim``
         elements (``in_width >= score_width(head_dim)``).
+    multipliers : ``"dsp"`` or ``"lut"``
+        How the products ``(p+b)*p``, ``poly*m`` and ``exp16*f`` are built
+        (:func:`bertcore.rtl.common.multiply`): ``"dsp"`` (default) with the ``*`` operator,
+        which synthesis maps onto DSP blocks, or ``"lut"`` by shift and add in LUT logic, for
+        devices short of DSP blocks. Results, latency and throughput are the same.
 
     Members
     -------
@@ -141,7 +146,8 @@ class IntSoftmax(wiring.Component):
     TypeError
         If a parameter has the wrong type.
     ValueError
-        If a parameter is out of range, or ``in_width`` cannot hold the scores of ``head_dim``.
+        If a parameter is out of range, ``in_width`` cannot hold the scores of ``head_dim``, or
+        ``multipliers`` is not ``"dsp"`` or ``"lut"``.
     """
 
     #: Shapes of the constant ports (see :meth:`check_constants`).
@@ -175,7 +181,7 @@ class IntSoftmax(wiring.Component):
     SLOTS = math.ceil((3 * DIV_CYCLES + _OCCUPANCY) / DIV_CYCLES)
 
     def __init__(self, *, max_seq, in_width, output_bits=8, saturate_output=True,
-                 head_dim=None):
+                 head_dim=None, multipliers="dsp"):
         for name, value in (("max_seq", max_seq), ("in_width", in_width),
                             ("output_bits", output_bits)):
             if not isinstance(value, int) or isinstance(value, bool):
@@ -198,7 +204,9 @@ class IntSoftmax(wiring.Component):
                 raise ValueError(
                     f"in_width must be at least {self.score_width(head_dim)} to hold int8 dot "
                     f"products over head_dim={head_dim}, not {in_width!r}")
+        check_multipliers(multipliers)
         self._max_seq = max_seq
+        self._multipliers = multipliers
         self._in_width = in_width
         self._output_bits = output_bits
         self._saturate_output = saturate_output
@@ -232,6 +240,11 @@ class IntSoftmax(wiring.Component):
     @property
     def head_dim(self):
         return self._head_dim
+
+    @property
+    def multipliers(self):
+        """How the multipliers are built: ``"dsp"`` or ``"lut"``."""
+        return self._multipliers
 
     @property
     def out_bits(self):
@@ -442,7 +455,8 @@ class IntSoftmax(wiring.Component):
         m.d.sync += [p9.eq(-rem8), pb9.eq(k_b - rem8)]
 
         # stage 10: (p + b) * p, one 18x18 DSP with registered output.
-        (product, _), = dsp_partial_products(pb9, p9)
+        (product, _), = dsp_partial_products(
+            pb9, p9, style=self._multipliers, m=m, name="pb_mul")
         prod10 = Signal(signed(len(pb9) + len(p9)))
         m.d.sync += prod10.eq(product)
 
@@ -455,7 +469,8 @@ class IntSoftmax(wiring.Component):
 
         # stage 12: poly * m as registered partial products (two 17x15 DSP multiplies).
         parts12 = []
-        for product, offset in dsp_partial_products(poly11, k_m):
+        for product, offset in dsp_partial_products(
+                poly11, k_m, style=self._multipliers, m=m, name="pm_mul"):
             part = Signal.like(product, name=f"pm{offset}_12")
             m.d.sync += part.eq(product)
             parts12.append((part, offset))
@@ -569,9 +584,10 @@ class IntSoftmax(wiring.Component):
         # stage 2: exp16 * f as registered partial products (a 16x17 DSP and a 16x2 multiply).
         d_valid3, d_last3 = Signal(), Signal()
         parts3 = []
+        products3 = dsp_partial_products(e2, f2, style=self._multipliers, m=m, name="ef_mul")
         with m.If(advance):
             m.d.sync += [d_valid3.eq(d_valid2), d_last3.eq(d_last2)]
-            for product, offset in dsp_partial_products(e2, f2):
+            for product, offset in products3:
                 part = Signal.like(product, name=f"ef{offset}_3")
                 m.d.sync += part.eq(product)
                 parts3.append((part, offset))
