@@ -14,6 +14,8 @@ _INT_FIELDS = ("hidden", "heads", "ffn", "layers", "max_seq", "array_rows", "arr
                "bus_width", "softmax_units", "layernorm_units")
 #: Largest sequence length a core may be built for (position tables of BERT go to 512).
 MAX_SEQ_LIMIT = 4096
+#: Units whose multipliers ``lut_multipliers`` may move from DSP blocks into LUT logic.
+LUT_MULTIPLIER_UNITS = ("requant", "gelu", "softmax", "layernorm")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,10 @@ class CoreConfig:
         ``IntSoftmax`` / ``IntLayerNorm`` instances working side by side (each a divisor of
         ``array_cols``): area for throughput, the array idles less while they run. They do not
         change the results or the parameter image.
+    lut_multipliers : tuple of str
+        Units (of :data:`LUT_MULTIPLIER_UNITS`) whose multipliers are built from LUTs instead
+        of DSP blocks, for FPGAs with few DSPs (about 400-550 LUTs per 18x18 multiplier moved,
+        and a lower Fmax for those units). The systolic array always uses DSPs.
 
     Raises
     ------
@@ -53,6 +59,7 @@ class CoreConfig:
     resident: bool = False
     softmax_units: int = 1
     layernorm_units: int = 1
+    lut_multipliers: tuple = ()
 
     def __post_init__(self):
         for name in _INT_FIELDS:
@@ -63,6 +70,16 @@ class CoreConfig:
                 raise ConfigError(f"{name} must be at least 1, not {v!r}")
         if not isinstance(self.resident, bool):
             raise ConfigError(f"resident must be true or false, not {self.resident!r}")
+        units = self.lut_multipliers
+        if isinstance(units, str) or not all(isinstance(u, str) for u in units):
+            raise ConfigError(f"lut_multipliers must be a list of unit names, not {units!r}")
+        unknown = [u for u in units if u not in LUT_MULTIPLIER_UNITS]
+        if unknown:
+            raise ConfigError(f"lut_multipliers: unknown unit {unknown[0]!r} "
+                              f"(known: {', '.join(LUT_MULTIPLIER_UNITS)})")
+        # a canonical, hashable form: the known order, no repeats
+        object.__setattr__(self, "lut_multipliers",
+                           tuple(u for u in LUT_MULTIPLIER_UNITS if u in units))
         if self.hidden % self.heads:
             raise ConfigError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         if self.bus_width % 8:
@@ -73,6 +90,10 @@ class CoreConfig:
     @property
     def head_dim(self):
         return self.hidden // self.heads
+
+    def multipliers(self, unit):
+        """``"lut"`` or ``"dsp"``: how the multipliers of ``unit`` are built."""
+        return "lut" if unit in self.lut_multipliers else "dsp"
 
     def replace(self, **changes):
         """A copy with ``changes`` applied (validated); unknown keys raise :class:`ConfigError`."""
@@ -126,6 +147,8 @@ def _coerce(key, text):
         if low in ("false", "0", "no", "off"):
             return False
         raise ConfigError(f"resident must be true or false, not {text!r}")
+    if key == "lut_multipliers":
+        return tuple(u.strip() for u in text.split(",") if u.strip())
     try:
         return int(text, 0)
     except ValueError:

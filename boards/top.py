@@ -119,8 +119,10 @@ class BoardSpec:
 ICE40_CONFIG = CoreConfig(hidden=16, heads=2, ffn=32, layers=1, max_seq=8, array_rows=2,
                           array_cols=2, bus_width=16)
 
-#: The tiny model's shape on a 2x2 array (the same quantized tiny model runs on it).
-ORANGECRAB_CONFIG = preset("tiny").replace(array_rows=2, array_cols=2)
+#: The tiny model's shape on a 2x2 array (the same quantized tiny model runs on it), with the
+#: GELU and softmax multipliers in LUTs: 27 of the LFE5U-25F's 28 MULT18X18D.
+ORANGECRAB_CONFIG = preset("tiny").replace(array_rows=2, array_cols=2,
+                                           lut_multipliers=("gelu", "softmax"))
 
 BOARDS = {
     "ulx3s-85f": BoardSpec(

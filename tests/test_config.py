@@ -34,6 +34,9 @@ def test_tiny_preset_matches_tiny_checkpoint(tmp_path):
     ({"resident": "yes"}, "resident must be true or false, not 'yes'"),
     ({"max_seq": 100000}, "max_seq must be at most 4096"),
     ({"colour": 3}, "unknown configuration key 'colour'"),
+    ({"lut_multipliers": ("gelu", "array")},
+     r"lut_multipliers: unknown unit 'array' \(known: requant, gelu, softmax, layernorm\)"),
+    ({"lut_multipliers": "gelu"}, "lut_multipliers must be a list of unit names, not 'gelu'"),
 ])
 def test_bad_configs(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -55,9 +58,16 @@ def test_load_config_sources(tmp_path):
     c = load_config(config_file=f, sets=["array_rows=3", "resident=true", "bus_width=0x40"])
     assert (c.array_rows, c.resident, c.bus_width) == (3, True, 64)
     g = tmp_path / "g.toml"
-    g.write_text("\n".join(f"{k} = {v}" for k, v in preset("minilm").to_dict().items()
+    g.write_text("\n".join(f"{k} = {list(v) if isinstance(v, tuple) else v}"
+                           for k, v in preset("minilm").to_dict().items()
                            if k != "resident") + "\n")
     assert load_config(config_file=g) == preset("minilm")
+    h = tmp_path / "h.toml"
+    h.write_text('preset = "tiny"\nlut_multipliers = ["softmax", "gelu", "gelu"]\n')
+    assert load_config(config_file=h).lut_multipliers == ("gelu", "softmax")
+    c = load_config("tiny", sets=["lut_multipliers=softmax, requant"])
+    assert c.lut_multipliers == ("requant", "softmax")
+    assert (c.multipliers("softmax"), c.multipliers("layernorm")) == ("lut", "dsp")
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -286,6 +286,8 @@ def test_core_cocotb(tiny_core, tiny_image, simulator, tmp_path):
     pytest.param({}, id="tiny"),
     pytest.param(dict(softmax_units=2, layernorm_units=4), id="smax2-ln4"),
     pytest.param(dict(softmax_units=4, layernorm_units=2), id="smax4-ln2"),
+    pytest.param(dict(array_rows=2, array_cols=2, lut_multipliers=("gelu", "softmax")),
+                 id="orangecrab"),
 ])
 def test_core_lint(changes):
     lint(EncoderTop(TINY.replace(**changes)), toplevel="bertcore_encoder")
@@ -352,8 +354,9 @@ def test_core_config_variants(tiny_core, changes):
 
 @pytest.mark.parametrize("changes, lengths", [
     pytest.param(dict(softmax_units=2, layernorm_units=4), (5,), id="smax2-ln4"),
-    pytest.param(dict(softmax_units=4, layernorm_units=2, max_seq=10), (10, 3), id="smax4-ln2",
-                 marks=pytest.mark.slow),
+    pytest.param(dict(softmax_units=4, layernorm_units=2, max_seq=10,
+                      lut_multipliers=("requant", "gelu", "softmax", "layernorm")), (10, 3),
+                 id="smax4-ln2-lut", marks=pytest.mark.slow),
 ])
 def test_core_parallel_units(tiny_core, changes, lengths):
     """Several softmax and LayerNorm units side by side (fork/join in lockstep), lengths that

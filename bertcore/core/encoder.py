@@ -154,10 +154,13 @@ class _Datapath(wiring.Component):
         # -- Units ---------------------------------------------------------------------------
         m.submodules.array = array = SystolicArray(N, N, k_max=KMAX, a_shape=signed(9))
         acc_w = array.out_shape.width
+        mul_rq = c.multipliers("requant")
         m.submodules.rq = rq = Requantizer(lanes=N, in_width=acc_w, out_bits=RESIDUAL_BITS,
-                                           residual=True, residual_width=8)
-        m.submodules.gelu = gelu = IntGELU(lanes=N, in_width=16)
-        m.submodules.rq2 = rq2 = Requantizer(lanes=N, in_width=gelu.out_width, out_bits=8)
+                                           residual=True, residual_width=8, multipliers=mul_rq)
+        m.submodules.gelu = gelu = IntGELU(lanes=N, in_width=16,
+                                           multipliers=c.multipliers("gelu"))
+        m.submodules.rq2 = rq2 = Requantizer(lanes=N, in_width=gelu.out_width, out_bits=8,
+                                             multipliers=mul_rq)
         SW = IntSoftmax.score_width(hd)
         S, U = c.softmax_units, c.layernorm_units
         RPS, PPB = N // S, N // U          # rows per softmax unit; position groups per block
@@ -165,13 +168,15 @@ class _Datapath(wiring.Component):
         for k in range(S):
             m.submodules[f"softmax_{k}"] = unit = IntSoftmax(
                 max_seq=c.max_seq, in_width=SW, output_bits=8, saturate_output=True,
-                head_dim=hd)
+                head_dim=hd, multipliers=c.multipliers("softmax"))
             smaxes.append(unit)
         for u in range(U):
-            m.submodules[f"ln_{u}"] = unit = IntLayerNorm(hid, in_width=RESIDUAL_BITS)
+            m.submodules[f"ln_{u}"] = unit = IntLayerNorm(hid, in_width=RESIDUAL_BITS,
+                                                          multipliers=c.multipliers("layernorm"))
             lns.append(unit)
         m.submodules.rq_ln = rq_ln = Requantizer(lanes=U, in_width=IntLayerNorm.OUT_WIDTH,
-                                                 out_bits=8, bias_width=LN_BIAS_BITS)
+                                                 out_bits=8, bias_width=LN_BIAS_BITS,
+                                                 multipliers=mul_rq)
 
         # -- Memories ------------------------------------------------------------------------
         def banked(name, words, read_ports):
