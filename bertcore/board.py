@@ -13,7 +13,8 @@ The core takes the parameter image as a stream that it consumes while it compute
 image while the core computes, then READ frames until the output packet's last word. With
 ``config.resident`` the core keeps the image of a successful run on chip: only the first run
 after :func:`load_parameters` (or after a reset) streams the image, later runs send the
-activation packet alone.
+activation packet alone; ``load_parameters(..., reuse=True)`` trusts the image the core kept
+from an earlier session (the command line's ``bertcore board run --no-load``).
 
 Every frame is sent until it is answered (stop and wait): a NAK, a corrupted reply or no reply
 within the timeout makes the host resend the same frame with the same sequence byte (the board
@@ -25,8 +26,8 @@ import weakref
 
 from bertcore import uart_protocol as P
 
-__all__ = ["BoardLink", "LinkError", "BoardError", "load_parameters", "run", "status",
-           "open_port"]
+__all__ = ["BoardLink", "LinkError", "BoardError", "load_parameters", "run", "run_texts",
+           "status", "open_port"]
 
 #: Default UART baud rate of the board tops.
 DEFAULT_BAUD = 1_000_000
@@ -64,6 +65,8 @@ class BoardLink:
         Counts of ``frames`` sent, ``naks`` and ``timeouts`` (replies missing or corrupt).
     cycles : int or None
         Core cycles of the last :func:`run`.
+    streamed : bool or None
+        Whether the last :func:`run` streamed the parameter image (else the core replayed it).
     """
 
     _links = weakref.WeakKeyDictionary()
@@ -78,6 +81,8 @@ class BoardLink:
         self.image = None
         self.config = None
         self.resident = False          # the core holds self.image (resident configurations)
+        self.assumed = False           # ... which is assumed, not known (load_parameters(reuse))
+        self.streamed = None           # the last run streamed the image
         self._seq = 0
         self._max_payload = max_payload
         self._bus_bytes = None
@@ -186,12 +191,12 @@ class BoardLink:
 
     def reset(self):
         """Reset the core (RESET frame; aborts a run, forgets a resident image)."""
-        self.resident = False
+        self.resident = self.assumed = False
         self._expect(P.T_RESET, b"", P.R_ACK)
 
     def break_reset(self, duration=0.01):
         """Reset the core with a line break (works even while the board waits on the core)."""
-        self.resident = False
+        self.resident = self.assumed = False
         self.port.send_break(duration)
         if hasattr(self.port, "reset_input_buffer"):
             self.port.reset_input_buffer()
@@ -239,12 +244,17 @@ def _check_config(link, config):
     return st
 
 
-def load_parameters(port, words, config):
+def load_parameters(port, words, config, *, reuse=False):
     """Prepare the board for :func:`run` with the parameter image ``words``.
 
     Resets the core, checks that the board's bus width matches ``config`` and stores the image
     on the link (it is streamed with every run; see the module docstring). Returns the
     :class:`BoardLink`.
+
+    With ``reuse`` (resident configurations only) the core is not reset: it is assumed to hold
+    this image from an earlier session, so the first run sends its activations alone. If the
+    core holds no image it rejects them; :func:`run` then resets it and streams the image.
+    A core holding the image of *another* model is not detected.
     """
     from bertcore.core.image import image_beats
     link = BoardLink.of(port)
@@ -252,9 +262,18 @@ def load_parameters(port, words, config):
     if len(words) != image_beats(config):
         raise ValueError(f"the image has {len(words)} words; the configuration needs "
                          f"{image_beats(config)}")
-    link.reset()
+    if reuse and not config.resident:
+        raise ValueError("reuse needs a resident configuration (a core that keeps its image)")
+    if reuse:
+        # The bridge answers a frame whose sequence byte equals that of the last frame it
+        # executed with the stored reply, also across host sessions. A READ first (harmless:
+        # it only drops a stale output) so that the run's first ACT is surely executed.
+        link.transact(P.T_READ)
+    else:
+        link.reset()
     _check_config(link, config)
     link.image, link.config = words, config
+    link.resident = link.assumed = reuse
     return link
 
 
@@ -274,16 +293,28 @@ def run(port, activation_words, length, config):
         raise BoardError("load_parameters() first: the board has no parameter image")
     if link.config != config:
         raise BoardError("run() with another configuration than load_parameters()")
-    nbytes = config.bus_width // 8
     beats = activation_beats(length, config)
     if len(activation_words) != beats:
         raise ValueError(f"{length} rows take {beats} activation words, not "
                          f"{len(activation_words)}")
+    if link.assumed:
+        link.assumed = False
+        try:
+            return _run(link, activation_words, config)
+        except BoardError:
+            link.reset()               # the core holds no image: stream it (below)
+    return _run(link, activation_words, config)
+
+
+def _run(link, activation_words, config):
+    nbytes = config.bus_width // 8
+    beats = len(activation_words)
     st = link.status()
     if st["busy"] or st["output"]:
         link.reset()                               # a previous run was abandoned
     elif st["error"]:
         link.resident = False                      # a failed run invalidates a stored image
+    link.streamed = not link.resident
     if link.resident:
         # the core replays its stored image for a run that starts with activations
         link.send_words(P.T_ACT, P.T_ACT_LAST, list(activation_words), nbytes)
@@ -306,3 +337,34 @@ def run(port, activation_words, length, config):
 def status(port):
     """The board's status (see :meth:`BoardLink.status`)."""
     return BoardLink.of(port).status()
+
+
+def run_texts(link, int_model, texts, config):
+    """Run ``texts`` through the board (after :func:`load_parameters`): the host tokenizes and
+    embeds (``int_model.embed_int``), the board runs the encoder layers.
+
+    Returns one dict per text: ``ids``, ``out`` (int8 hidden states ``[L, hidden]`` of the
+    core), ``cycles`` (core cycles), ``seconds`` (host wall time of the run), ``streamed``
+    (whether the parameter image went over the line with this run).
+
+    Raises
+    ------
+    ValueError
+        If a text has more tokens than ``config.max_seq``.
+    """
+    import time
+    from bertcore.core.image import pack_activations, unpack_activations
+    token_ids = [int_model.encode_text(text) for text in texts]
+    for text, ids in zip(texts, token_ids):          # all checked before the first run
+        if len(ids) > config.max_seq:
+            raise ValueError(f"{text[:30]!r} has {len(ids)} tokens; the core holds at most "
+                             f"{config.max_seq}")
+    results = []
+    for ids in token_ids:
+        x = int_model.embed_int(ids)
+        t0 = time.monotonic()
+        words = run(link, pack_activations(x, config), len(ids), config)
+        results.append({"ids": ids, "out": unpack_activations(words, len(ids), config),
+                        "cycles": link.cycles, "seconds": time.monotonic() - t0,
+                        "streamed": link.streamed})
+    return results

@@ -150,11 +150,12 @@ def cmd_generate(args):
 
 
 class _Progress:
-    """A rich status line for long steps (silent with --quiet or --json)."""
+    """A rich status line for long steps (silent with --quiet or --json, and when stderr is not
+    a terminal: a script then sees only the result, or one error line)."""
 
     def __init__(self, enabled):
         self._status = None
-        if enabled:
+        if enabled and sys.stderr.isatty():
             from rich.console import Console
             self._console = Console(stderr=True, log_path=False)
             self._status = self._console.status("")
@@ -174,47 +175,105 @@ class _Progress:
             self._console.log(msg)
 
 
+#: Sweep keys that set several configuration fields at once.
+SWEEP_ALIASES = {"array": ("array_rows", "array_cols")}
+
+
 def _parse_sweep(items):
-    from .config import ConfigError, _coerce
+    """``[(key, [values])]`` of ``--sweep KEY=V1,V2`` items; ``array`` sets rows and columns."""
+    import dataclasses
+    from .config import CoreConfig, ConfigError, _coerce
+    names = {f.name for f in dataclasses.fields(CoreConfig)}
     sweeps = []
     for item in items or ():
         key, sep, vals = item.partition("=")
-        if not sep or not vals:
+        key = key.strip()
+        if not sep or not key or not vals:
             raise ConfigError(f"--sweep takes KEY=V1,V2,..., not {item!r}")
-        sweeps.append((key.strip(), [_coerce(key.strip(), v) for v in vals.split(",")]))
+        if key not in names and key not in SWEEP_ALIASES:
+            raise ConfigError(f"unknown sweep key {key!r} (known: "
+                              f"{', '.join(sorted(names | set(SWEEP_ALIASES)))})")
+        fields = SWEEP_ALIASES.get(key, (key,))
+        if any(f in dict(sweeps) or any(f in SWEEP_ALIASES.get(k, (k,)) for k, _ in sweeps)
+               for f in fields):
+            raise ConfigError(f"--sweep {key} sets a field that another --sweep sets")
+        sweeps.append((key, [_coerce(fields[0], v) for v in vals.split(",")]))
     return sweeps
 
 
+def _sweep_points(base, sweeps, zipped):
+    """``[(assignment, config)]``: the product of the sweeps, or with ``zipped`` their pairs.
+
+    Every point is checked (configuration and core constraints) before any synthesis starts.
+    """
+    import itertools
+    from .core.image import check_core_config
+    if not sweeps:
+        return [((), base)]
+    keys = [k for k, _ in sweeps]
+    if zipped:
+        lengths = {len(v) for _, v in sweeps}
+        if len(lengths) > 1:
+            raise CliError("--zip needs sweeps of equal length, not "
+                           + ", ".join(f"{k} ({len(v)})" for k, v in sweeps))
+        combos = list(zip(*[v for _, v in sweeps]))
+    else:
+        combos = list(itertools.product(*[v for _, v in sweeps]))
+    points = []
+    for combo in combos:
+        changes = {}
+        for key, value in zip(keys, combo):
+            changes.update(dict.fromkeys(SWEEP_ALIASES.get(key, (key,)), value))
+        cfg = base.replace(**changes)
+        try:
+            check_core_config(cfg)
+        except Exception as exc:
+            label = ", ".join(f"{k}={v}" for k, v in zip(keys, combo))
+            raise CliError(f"sweep point {label}: {exc}") from None
+        points.append((tuple(zip(keys, combo)), cfg))
+    return points
+
+
+_RESOURCES = ("LUT", "FF", "DSP", "BRAM")
+
+
 def _report_table(rows):
-    res = ("LUT", "FF", "DSP", "BRAM")
-    lines = ["point                          " + "".join(f"{r:>14s}" for r in res)
-             + f"{'Fmax MHz':>10s}"]
+    lines = [f"{'point':30s} " + "".join(f"{r:>14s}" for r in _RESOURCES)
+             + f"{'Fmax MHz':>10s}  note"]
     for label, r in rows:
-        cells = "".join(f"{r['resources'][k]:>7d}/{r['capacity'][k]:<6d}" for k in res)
+        cells = "".join(f"{r['resources'][k]:>7d}/{r['capacity'][k]:<6d}" for k in _RESOURCES)
         fmax = f"{r['fmax_mhz']:.1f}" if r["fmax_mhz"] else "-"
-        lines.append(f"{label:30s} {cells}{fmax:>10s}")
+        lines.append(f"{label:30s} {cells}{fmax:>10s}  {r.get('note', '')}".rstrip())
     return "\n".join(lines)
 
 
 def cmd_report(args):
-    import itertools
     import json
     from .core.perf import layer_cycles
-    from .flow.report import report_core
+    from .flow.report import FitError, report_core
     base = _config(args)
     sweeps = _parse_sweep(args.sweep)
-    points = [((), base)]
-    if sweeps:
-        keys = [k for k, _ in sweeps]
-        points = [(tuple(zip(keys, combo)), base.replace(**dict(zip(keys, combo))))
-                  for combo in itertools.product(*[v for _, v in sweeps])]
-    rows = []
+    if args.zip and len(sweeps) < 2:
+        raise CliError("--zip pairs two or more --sweep keys")
+    points = _sweep_points(base, sweeps, args.zip)
+    rows, misfit = [], None
     with _Progress(not (args.quiet or args.json)) as prog:
         for assign, cfg in points:
             label = ", ".join(f"{k}={v}" for k, v in assign) or (args.preset or "config")
-            r = report_core(cfg, args.device, freq_mhz=args.freq, pnr=not args.no_pnr,
-                            step=lambda m, label=label: prog.step(f"[{label}] {m}"))
+            try:
+                r = report_core(cfg, args.device, freq_mhz=args.freq, pnr=not args.no_pnr,
+                                pnr_timeout=args.pnr_timeout,
+                                step=lambda m, label=label: prog.step(f"[{label}] {m}"))
+            except FitError as exc:
+                if exc.report is None:
+                    raise
+                r, misfit = exc.report, exc
+                r["fits"] = False
+                r["note"] = f"does not fit: {exc.resource} {exc.used / exc.capacity:.0%}"
+            if r.get("timing_met") is False:
+                r["note"] = f"misses the {args.freq:g} MHz target"
             r["modeled_cycles_per_layer"] = layer_cycles(cfg, cfg.max_seq)
+            r["sweep"] = dict(assign)
             rows.append((label, r))
     if sweeps:
         _write_sweep(rows, [k for k, _ in sweeps], Path(args.output or "report"))
@@ -222,29 +281,43 @@ def cmd_report(args):
         print(json.dumps([dict(point=label, **r) for label, r in rows], indent=2))
     elif not args.quiet:
         print(_report_table(rows))
+    if misfit is not None and not sweeps:
+        raise misfit                       # one point that does not fit: exit 2
+    return 0
 
 
 def _write_sweep(rows, keys, stem):
     import csv
     stem.parent.mkdir(parents=True, exist_ok=True)
-    fields = keys + ["LUT", "FF", "DSP", "BRAM", "fmax_mhz", "modeled_cycles_per_layer"]
+    fields = keys + list(_RESOURCES) + ["fmax_mhz", "modeled_cycles_per_layer", "fits",
+                                         "synth_s", "pnr_s", "note"]
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(fields)
         for _, r in rows:
-            w.writerow([r["config"][k] for k in keys] + [r["resources"][k] for k in
-                       ("LUT", "FF", "DSP", "BRAM")] + [r["fmax_mhz"], r["modeled_cycles_per_layer"]])
+            w.writerow([r["sweep"][k] for k in keys] + [r["resources"][k] for k in _RESOURCES]
+                       + [r["fmax_mhz"], r["modeled_cycles_per_layer"], r.get("fits", True),
+                          r.get("synth_s"), r.get("pnr_s"), r.get("note", "")])
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    x = [", ".join(str(r["config"][k]) for k in keys) for _, r in rows]
+    x = [", ".join(str(r["sweep"][k]) for k in keys) for _, r in rows]
     panels = [("LUT", "LUTs"), ("FF", "flip-flops"), ("DSP", "DSP blocks"), ("BRAM", "block RAMs"),
               ("fmax_mhz", "Fmax (MHz)"), ("modeled_cycles_per_layer", "modeled cycles / layer")]
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
     for ax, (key, title) in zip(axes.flat, panels):
         ys = [r["resources"].get(key, r.get(key)) for _, r in rows]
-        ys = [y if y is not None else float("nan") for y in ys]
-        ax.plot(x, ys, "o-")
+        ax.plot(range(len(x)), [y if y is not None else float("nan") for y in ys], "o-")
+        ax.set_xticks(range(len(x)), x)
+        ax.set_xlim(-0.5, len(x) - 0.5)
+        for i, y in enumerate(ys):
+            if y is None:                  # e.g. no place and route: say so, draw nothing
+                ax.annotate("n/a", (i, 0.5), xycoords=("data", "axes fraction"),
+                            ha="center", color="gray")
+        if key in rows[0][1]["capacity"]:
+            ax.axhline(rows[0][1]["capacity"][key], color="r", ls="--", lw=0.8,
+                       label="device capacity")
+            ax.legend(fontsize=8)
         ax.set_title(title)
         ax.set_xlabel(", ".join(keys))
         ax.grid(alpha=0.3)
@@ -284,11 +357,13 @@ def cmd_sim(args):
           f"({res.total_cycles} cycles)")
     if res.waves:
         print(f"waveform: {res.waves}")
-    if not passed:
-        print("bertcore: error: the simulated core differs from the integer reference",
-              file=sys.stderr)
-        return 1
-    return 0
+    return 0 if passed else _differs("the simulated core")
+
+
+def _differs(what):
+    """Exit code 1 with one line: ``what`` differs from the integer reference."""
+    print(f"bertcore: error: {what} differs from the integer reference", file=sys.stderr)
+    return 1
 
 
 def _boards():
@@ -334,6 +409,151 @@ def cmd_build(args):
     return 0
 
 
+def _board_config(args):
+    """``(config, baud)`` of ``board run/status``: ``--board``, a preset/config file, or the
+    preset of the ``--quantized`` model's shape."""
+    from .board import DEFAULT_BAUD
+    from .config import load_config
+    from .core.image import check_core_config
+    baud = DEFAULT_BAUD
+    if args.board is not None:
+        if args.preset is not None or args.config is not None:
+            raise CliError("give --board NAME or --preset/--config, not both")
+        top, _ = _boards()
+        try:
+            spec = top.board_spec(args.board)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        cfg, baud = load_config(None, None, args.set or (), base=spec.config), spec.baud
+    elif args.preset is not None or args.config is not None:
+        cfg = load_config(args.preset, args.config, args.set or ())
+    else:
+        return None, args.baud or baud
+    check_core_config(cfg)
+    return cfg, args.baud or baud
+
+
+def _open_link(args, baud):
+    from .board import BoardLink, open_port
+    try:
+        port = open_port(args.port, baud, timeout=args.timeout)
+    except (OSError, ValueError) as exc:       # serial.SerialException is an OSError
+        msg = re.sub(r"^\[Errno \d+\] ", "", str(exc))
+        raise CliError(msg if args.port in msg else f"serial port {args.port}: {msg}") from None
+    return BoardLink(port, retries=args.retries)
+
+
+def _board_errors(args, baud):
+    """Link and core errors of a board command as one line each."""
+    import contextlib
+    from .board import BoardError, LinkError
+
+    @contextlib.contextmanager
+    def ctx():
+        try:
+            yield
+        except LinkError as exc:
+            raise CliError(f"no valid reply from the board on {args.port} at {baud} baud "
+                           f"(bitstream loaded? baud rate?): {exc}") from None
+        except BoardError as exc:
+            raise CliError(f"the board on {args.port}: {exc}; does it run this core "
+                           f"configuration (--board/--preset)?") from None
+        except OSError as exc:
+            raise CliError(f"serial port {args.port}: {exc}") from None
+    return ctx()
+
+
+def cmd_board_status(args):
+    _, baud = _board_config(args)
+    link = _open_link(args, baud)
+    with _board_errors(args, baud):
+        st = link.status()
+    print(" ".join(f"{k}={v}" for k, v in st.items()))
+    return 0
+
+
+def cmd_board_run(args):
+    import json
+    import numpy as np
+    import torch
+    from .board import load_parameters, run_texts
+    from .core.image import pack_parameter_image
+    from .quant.floatref import mean_pool
+    cfg, baud = _board_config(args)
+    texts = _texts(args)
+    qm = None
+    if args.quantized:
+        from .quant.artifact import load_artifact
+        qm = load_artifact(args.quantized)
+        if cfg is None:
+            from .embed import preset_for
+            _, cfg = preset_for(qm.shape)
+        cfg.check_model(qm.shape)
+    elif cfg is None:
+        raise CliError("give --board NAME, --preset NAME or --config FILE (or --quantized FILE "
+                       "of a preset's shape)")
+    if not args.load and not cfg.resident:
+        raise CliError("--no-load needs a resident core configuration (one that keeps its "
+                       "image, e.g. --board ulx3s-85f)")
+    link = _open_link(args, baud)
+    with _Progress(not (args.quiet or args.json)) as prog:
+        if qm is None:
+            prog.step(f"making a random model of the configuration's shape (seed {args.seed})")
+            from .rtlsim import random_model
+            qm = random_model(cfg, seed=args.seed)
+        image = pack_parameter_image(qm, cfg)
+        with _board_errors(args, baud):
+            prog.step(f"checking the board on {args.port}")
+            load_parameters(link, image, cfg, reuse=not args.load)
+            prog.step(f"running {len(texts)} text(s) ({len(image)} image words over the UART)")
+            try:
+                results = run_texts(link, qm, texts, cfg)
+            except ValueError as exc:
+                raise CliError(str(exc)) from None
+    rows, embs, exact_all = [], [], True
+    for text, r in zip(texts, results):
+        emb = mean_pool(qm.dequantize(r["out"]))
+        ref_out = qm.forward_ids(r["ids"])
+        ref = mean_pool(qm.dequantize(ref_out))
+        exact = bool(torch.equal(r["out"], ref_out))
+        exact_all &= exact
+        embs.append(emb.numpy())
+        rows.append({"text": text, "cosine": float(emb @ ref), "bit_exact": exact,
+                     "tokens": len(r["ids"]), "cycles": r["cycles"],
+                     "seconds": round(r["seconds"], 4), "image_streamed": r["streamed"]})
+    if args.output:
+        out = _check_output(args.output)
+        np.save(out, np.stack(embs).astype(np.float32))
+    if args.json:
+        print(json.dumps({"port": args.port, "baud": baud, "config": cfg.to_dict(),
+                          "runs": rows, "link": link.stats}, indent=2))
+    elif not args.quiet:
+        print(f"{'cos(board, int)':>15s} {'bit-exact':>9s} {'tokens':>6s} {'cycles':>8s} "
+              f"{'host s':>7s}  text")
+        for r in rows:
+            print(f"{r['cosine']:15.6f} {'yes' if r['bit_exact'] else 'NO':>9s} {r['tokens']:6d} "
+                  f"{r['cycles']:8d} {r['seconds']:7.3f}  {r['text']}"
+                  + ("  (image streamed)" if r["image_streamed"] else ""))
+        st = link.stats
+        print(f"link: {st['frames']} frames, {st['naks']} NAKs, {st['timeouts']} timeouts")
+        if args.output:
+            print(f"wrote {len(embs)} embeddings to {args.output}")
+    return 0 if exact_all else _differs("the board's output")
+
+
+def _config_args(sp, preset_help="tiny, minilm, bert-base"):
+    """The ``--preset``/``--config``/``--set`` options of a command that takes a core config."""
+    sp.add_argument("--preset", metavar="NAME", help=preset_help)
+    sp.add_argument("--config", metavar="FILE.toml", help="configuration file (TOML)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
+
+
+def _script_args(sp):
+    """``--json`` and ``--quiet``: output for scripts."""
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument("--quiet", action="store_true", help="no progress, no table")
+
+
 def build_parser():
     p = _Parser(prog="bertcore", description="Integer-only BERT encoder accelerator generator")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -366,9 +586,7 @@ def build_parser():
     pr.set_defaults(func=cmd_presets)
 
     g = sub.add_parser("generate", help="emit the encoder core as Verilog (+ manifest, image)")
-    g.add_argument("--preset", metavar="NAME", help="tiny, minilm, bert-base")
-    g.add_argument("--config", metavar="FILE.toml", help="configuration file")
-    g.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
+    _config_args(g)
     g.add_argument("--name", default="bertcore_encoder", help="Verilog module name")
     g.add_argument("--quantized", metavar="FILE", help="also write the parameter image of this "
                    "quantized model (params.bin, params.hex for $readmemh)")
@@ -376,24 +594,24 @@ def build_parser():
     g.set_defaults(func=cmd_generate)
 
     r = sub.add_parser("report", help="synthesize and place the core: resources and Fmax")
-    r.add_argument("--preset", metavar="NAME")
-    r.add_argument("--config", metavar="FILE.toml")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE")
+    _config_args(r)
     r.add_argument("--device", required=True, choices=("ecp5-85k", "ecp5-25k", "up5k"))
     r.add_argument("--freq", type=float, default=100.0, help="target clock, MHz (default 100)")
     r.add_argument("--no-pnr", action="store_true", help="synthesis and fit check only")
     r.add_argument("--sweep", action="append", metavar="KEY=V1,V2",
-                   help="sweep a field; writes OUTPUT.csv and OUTPUT.png")
+                   help="sweep a field (array=N sets array_rows and array_cols); several "
+                   "sweeps form their product; writes OUTPUT.csv and OUTPUT.png")
+    r.add_argument("--zip", action="store_true", help="pair the values of several --sweep "
+                   "keys element by element (equal lengths) instead of their product")
+    r.add_argument("--pnr-timeout", type=float, metavar="SECONDS",
+                   help="stop place and route after this long and report synthesis only")
     r.add_argument("-o", "--output", metavar="STEM", help="file stem of the sweep outputs "
                    "(default: report)")
-    r.add_argument("--json", action="store_true", help="machine-readable output")
-    r.add_argument("--quiet", action="store_true", help="no progress, no table")
+    _script_args(r)
     r.set_defaults(func=cmd_report)
 
     sm = sub.add_parser("sim", help="simulate the core against the integer reference")
-    sm.add_argument("--preset", metavar="NAME")
-    sm.add_argument("--config", metavar="FILE.toml")
-    sm.add_argument("--set", action="append", metavar="KEY=VALUE")
+    _config_args(sm)
     sm.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator")
     sm.add_argument("--quantized", metavar="FILE", help="weights of this model (default: random)")
     sm.add_argument("--seq", metavar="N,N", help="sequence lengths (default: 1 and min(16, "
@@ -407,14 +625,47 @@ def build_parser():
     b = sub.add_parser("build", help="build a board's bitstream (core + UART bridge + LEDs)")
     b.add_argument("--board", required=True, metavar="NAME",
                    help="ulx3s-85f, orangecrab-25f, icebreaker")
-    b.add_argument("--preset", metavar="NAME", help="core preset (default: the board's)")
-    b.add_argument("--config", metavar="FILE.toml")
-    b.add_argument("--set", action="append", metavar="KEY=VALUE")
+    _config_args(b, "core preset (default: the board's)")
     b.add_argument("--program", action="store_true", help="program the board afterwards")
     b.add_argument("-o", "--output", metavar="DIR", help="build directory")
-    b.add_argument("--json", action="store_true")
-    b.add_argument("--quiet", action="store_true")
+    _script_args(b)
     b.set_defaults(func=cmd_build)
+
+    bd = sub.add_parser("board", help="talk to a board over its UART (docs/uart-protocol.md)")
+    bsub = bd.add_subparsers(dest="board_command", required=True, parser_class=_Parser)
+
+    def board_args(sp):
+        sp.add_argument("--port", required=True, metavar="DEV", help="serial device or pyserial "
+                        "URL (/dev/ttyUSB0, socket://host:port)")
+        sp.add_argument("--baud", type=int, help="UART rate (default: the board's, else "
+                        "1000000)")
+        sp.add_argument("--board", metavar="NAME", help="the board's core configuration and "
+                        "baud rate: ulx3s-85f, orangecrab-25f, icebreaker")
+        _config_args(sp, "core preset the board runs")
+        sp.add_argument("--timeout", type=float, default=0.5, help="seconds to wait for a "
+                        "reply before resending a frame (default 0.5)")
+        sp.add_argument("--retries", type=int, default=8, help="resends of a frame before "
+                        "giving up (default 8)")
+
+    br = bsub.add_parser("run", help="run sentences on the board; print the cosine of each "
+                         "embedding to the int backend")
+    board_args(br)
+    br.add_argument("--quantized", metavar="FILE", help="model artifact (default: a random "
+                    "model of the configuration's shape, see --seed)")
+    br.add_argument("--seed", type=int, default=1, help="seed of the random model")
+    br.add_argument("--load", action=argparse.BooleanOptionalAction, default=True,
+                    help="reset the core and stream the parameter image with the first run "
+                    "(default); --no-load: a resident core keeps the image of an earlier run, "
+                    "send activations only (the image is streamed if the core has none)")
+    br.add_argument("--input", metavar="FILE", help="texts, one per line")
+    br.add_argument("text", nargs="*", metavar="TEXT")
+    br.add_argument("-o", "--output", metavar="OUT.npy", help="also write the embeddings")
+    _script_args(br)
+    br.set_defaults(func=cmd_board_run)
+
+    bs = bsub.add_parser("status", help="print the board's status (busy, error, cycles, ...)")
+    board_args(bs)
+    bs.set_defaults(func=cmd_board_status)
     return p
 
 

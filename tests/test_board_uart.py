@@ -164,6 +164,26 @@ def test_echo_resident():
     assert link.stats["frames"] - before - 4 == frames[0] + 1   # + the RESET
 
 
+def test_echo_reuse_across_sessions():
+    """``load_parameters(reuse=True)`` through the real bridge: on a core without an image the
+    activations are rejected and the image is streamed; a later session (a new link, sequence
+    bytes from 0 again) on the same board sends activations only."""
+    config = ECHO_CFG.replace(resident=True)
+    top, port = echo_port(config)
+    image = echo_image(9)
+    link = load_parameters(BoardLink(port), image, config, reuse=True)
+    act = random_act(3, 1)
+    assert run(link, act, 3, config) == echo_expected(image, act)
+    assert link.streamed
+    for seed in (2, 3):
+        link = load_parameters(BoardLink(port), image, config, reuse=True)
+        act = random_act(2, seed)
+        assert run(link, act, 2, config) == echo_expected(image, act)
+        assert not link.streamed and link.stats["naks"] == 0
+    with pytest.raises(ValueError, match="reuse needs a resident configuration"):
+        load_parameters(BoardLink(port), image, ECHO_CFG, reuse=True)
+
+
 def test_corrupted_frames_are_naked_and_retried():
     """Bit errors in the payload, the CRC, the type and the length: each NAKed (or left
     unanswered), resent, and the output is still exact: nothing of a bad frame was forwarded."""
@@ -342,3 +362,283 @@ def test_build_ulx3s_tiny(tmp_path):
     report = build("ulx3s-85f", None, tmp_path / "ulx3s")
     print(report)
     assert report["routed"], report.get("error")
+
+
+# -- `bertcore board run` against a host-protocol-level fake board on a pty ------------------------
+
+class FakeBoard:
+    """A board at frame level behind a pseudo-terminal: ``FakeBoard(config).port`` is a device
+    path (``/dev/pts/N``) that pyserial opens like ``/dev/ttyUSB0``.
+
+    It speaks ``docs/uart-protocol.md`` like :class:`boards.bridge.UARTBridge` (CRC check and
+    NAK, stored reply for a repeated sequence byte, STATUS, RESET, READ in chunks) and computes
+    with :func:`bertcore.core.interp.run_image` on the image it received, so an image of another
+    core configuration raises the core's error flag as on the board. ``config.resident`` keeps
+    the image of a successful run for runs that start with activations; :meth:`power_cycle`
+    forgets it. The real core behind the real bridge is covered by
+    :func:`test_real_core_uart_cocotb`.
+    """
+
+    def __init__(self, config, max_payload=256):
+        import os
+        import pty
+        import threading
+        self.config = config
+        self.max_payload = max_payload
+        self._nb = config.bus_width // 8
+        self._master, self._slave = pty.openpty()
+        self.port = os.ttyname(self._slave)
+        self.frames = []                     # types of the frames received
+        self.power_cycle()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def power_cycle(self):
+        self._stored = None
+        self._last = None
+        self._reset()
+
+    def _reset(self):
+        self._params, self._acts, self._out = [], [], []
+        self._running = self._dropping = self._replay = False
+        self._p_done = self._a_done = False
+        self._error = False
+        self._cycles = 0
+
+    def close(self):
+        import os
+        self._stop.set()
+        self._thread.join()
+        os.close(self._master)
+        os.close(self._slave)
+
+    # -- line ---------------------------------------------------------------------------------
+
+    def _read(self, n):
+        import os
+        import select
+        data = b""
+        while len(data) < n:
+            if self._stop.is_set():
+                raise EOFError
+            if select.select([self._master], [], [], 0.02)[0]:
+                data += os.read(self._master, n - len(data))
+        return data
+
+    def _serve(self):
+        import os
+        try:
+            while True:
+                if self._read(1)[0] != P.SOF:
+                    continue
+                head = self._read(4)
+                n = head[2] | head[3] << 8
+                if n > self.max_payload:
+                    reply = P.encode_frame(P.R_NAK, head[1], [P.NAK_LENGTH])
+                else:
+                    rest = self._read(n + P.TRAILER_BYTES)
+                    if P.crc16(head + rest):
+                        reply = P.encode_frame(P.R_NAK, head[1], [P.NAK_CRC])
+                    elif self._last and self._last[0] == head[:2]:
+                        reply = self._last[1]        # a repeat: answered, not executed
+                    else:
+                        rtype, body = self._frame(head[0], rest[:n])
+                        reply = P.encode_frame(rtype, head[1], body)
+                        if rtype != P.R_NAK:
+                            self._last = (head[:2], reply)
+                os.write(self._master, reply)
+        except (EOFError, OSError):
+            pass
+
+    # -- frames -------------------------------------------------------------------------------
+
+    def _frame(self, ftype, payload):
+        nb = self._nb
+        if ftype == P.T_STATUS:
+            flags = ((P.ST_BUSY if self._running else 0) | (P.ST_ERROR if self._error else 0)
+                     | (P.ST_OUTPUT if self._out else 0))
+            return P.R_STATUS, (bytes([flags]) + self._cycles.to_bytes(4, "little")
+                                + bytes([nb]) + self.max_payload.to_bytes(2, "little"))
+        if ftype == P.T_RESET:
+            self._reset()
+            self._stored = None
+            return P.R_ACK, b""
+        if ftype == P.T_READ:
+            per = (self.max_payload - 1) // nb
+            words, self._out = self._out[:per], self._out[per:]
+            last = bool(words) and not self._out and not self._running
+            flags = (P.DATA_LAST if last else 0) | (P.DATA_ERROR if self._error else 0)
+            return P.R_DATA, bytes([flags]) + b"".join(w.to_bytes(nb, "little") for w in words)
+        if ftype not in (P.T_PARAM, P.T_PARAM_LAST, P.T_ACT, P.T_ACT_LAST) or len(payload) % nb:
+            return P.R_NAK, bytes([P.NAK_TYPE if len(payload) % nb == 0 else P.NAK_LENGTH])
+        words = [int.from_bytes(payload[i:i + nb], "little") for i in range(0, len(payload), nb)]
+        last = ftype & 0x10
+        if ftype in (P.T_PARAM, P.T_PARAM_LAST):
+            if not self._running:
+                self._reset()
+                self._running = True
+            self._params += words
+            self._p_done = bool(last)
+        elif self._dropping or not self._running and self._stored is None:
+            self._error, self._dropping = True, not last     # activations before parameters
+        else:
+            if not self._running:                            # resident: replay the image
+                self._reset()
+                self._running, self._replay = True, True
+                self._params, self._p_done = list(self._stored), True
+            self._acts += words
+            self._a_done = bool(last)
+        if self._running and self._p_done and self._a_done:
+            self._compute()
+        return P.R_ACK, b""
+
+    def _compute(self):
+        from bertcore.core.image import ImageError, pack_activations, unpack_activations
+        from bertcore.core.interp import run_image
+        cfg = self.config
+        rows = len(self._acts) * self._nb // cfg.hidden
+        self._running = False
+        try:
+            y = run_image(self._params, unpack_activations(self._acts, rows, cfg), cfg)
+        except ImageError:
+            self._error, self._stored = True, None
+            return
+        self._out = pack_activations(y, cfg)
+        self._cycles = 1000 + rows
+        if cfg.resident:
+            self._stored = self._params
+
+
+@pytest.fixture
+def fake_board(request):
+    boards = []
+
+    def make(config):
+        boards.append(FakeBoard(config))
+        return boards[-1]
+    yield make
+    for b in boards:
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tmp_path_factory, tiny_core):  # noqa: F811
+    from bertcore.quant.artifact import save_artifact
+    path = tmp_path_factory.mktemp("board") / "tiny.safetensors"
+    save_artifact(tiny_core, path)
+    return path
+
+
+BOARD_TEXTS = ["a woman plays music on the beach", "the old car is fast"]
+
+
+def _board_run(capsys, argv):
+    import json
+
+    from bertcore.cli import main
+    rc = main(["board", "run", "--json", *argv])
+    captured = capsys.readouterr()
+    return rc, (json.loads(captured.out) if rc == 0 else None), captured.err
+
+
+def test_cli_board_run_streamed(fake_board, tiny_artifact, capsys, tmp_path):
+    """`bertcore board run` through pyserial on a pty: every run streams the image (not
+    resident), the outputs are bit-exact and the cosine to the int backend is 1."""
+    board = fake_board(TINY)
+    out = tmp_path / "emb.npy"
+    rc, rep, err = _board_run(capsys, ["--port", board.port, "--quantized", str(tiny_artifact),
+                                       "--preset", "tiny", *BOARD_TEXTS, "-o", str(out)])
+    assert rc == 0, err
+    assert [r["bit_exact"] for r in rep["runs"]] == [True, True]
+    assert all(abs(r["cosine"] - 1) < 1e-9 and r["image_streamed"] for r in rep["runs"])
+    assert rep["link"]["naks"] == 0 and board.frames == []
+    import numpy as np
+    from bertcore.embed import embed_texts
+    ref = embed_texts(BOARD_TEXTS, backend="int", quantized=tiny_artifact)
+    assert np.allclose(np.load(out), ref, atol=1e-6)
+
+
+def test_cli_board_run_resident_load_once(fake_board, tiny_artifact, capsys):
+    """Resident core: the image goes over the line once; `--no-load` in a later session sends
+    activations only; after a power cycle `--no-load` finds no image and streams it."""
+    config = TINY.replace(resident=True)
+    board = fake_board(config)
+    args = ["--port", board.port, "--quantized", str(tiny_artifact), "--preset", "tiny",
+            "--set", "resident=true"]
+    rc, rep, err = _board_run(capsys, args + BOARD_TEXTS)
+    assert rc == 0, err
+    assert [r["image_streamed"] for r in rep["runs"]] == [True, False]
+    rc, rep, err = _board_run(capsys, args + ["--no-load", *BOARD_TEXTS])
+    assert rc == 0, err
+    assert [r["image_streamed"] for r in rep["runs"]] == [False, False]
+    assert all(r["bit_exact"] for r in rep["runs"])
+    board.power_cycle()
+    rc, rep, err = _board_run(capsys, args + ["--no-load", BOARD_TEXTS[0]])
+    assert rc == 0, err
+    assert rep["runs"][0]["image_streamed"] and rep["runs"][0]["bit_exact"]
+
+
+def test_cli_board_run_prints_table(fake_board, tiny_artifact, capsys):
+    from bertcore.cli import main
+    board = fake_board(TINY)
+    assert main(["board", "run", "--quiet", "--port", board.port, "--quantized",
+                 str(tiny_artifact), BOARD_TEXTS[0]]) == 0      # preset from the model shape
+    assert main(["board", "run", "--port", board.port, "--quantized", str(tiny_artifact),
+                 BOARD_TEXTS[0]]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:2] == ["cos(board,", "int)"]
+    assert out[1].split()[:2] == ["1.000000", "yes"] and out[-1].startswith("link: ")
+    assert main(["board", "status", "--port", board.port]) == 0
+    assert "busy=False error=False" in capsys.readouterr().out
+
+
+def _one_line_error(capsys, argv):
+    from bertcore.cli import main
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bertcore: error: "), err
+    return err[0]
+
+
+def test_cli_board_run_bad_input(fake_board, tiny_artifact, capsys, tmp_path):
+    """Missing or unopenable port, a silent line, a board of another configuration or bus
+    width, an artifact of another shape, --no-load without residency: one line, exit 2."""
+    import os
+    import pty
+    art = str(tiny_artifact)
+    assert "--port" in _one_line_error(capsys, ["board", "run", "--quantized", art, "x"])
+    msg = _one_line_error(capsys, ["board", "run", "--port", str(tmp_path / "ttyUSB9"),
+                                   "--quantized", art, "x"])
+    assert "could not open port" in msg and "ttyUSB9" in msg
+    master, slave = pty.openpty()                   # a device nobody answers on
+    try:
+        msg = _one_line_error(capsys, ["board", "run", "--port", os.ttyname(slave),
+                                       "--timeout", "0.02", "--retries", "1", "--quantized",
+                                       art, "x"])
+        assert "no valid reply from the board" in msg and "failed after 2 attempts" in msg
+    finally:
+        os.close(master)
+        os.close(slave)
+    board = fake_board(TINY)
+    msg = _one_line_error(capsys, ["board", "run", "--port", board.port, "--quantized", art,
+                                   "--preset", "tiny", "--set", "array_rows=2", "--set",
+                                   "array_cols=2", "x"])
+    assert "the core reported an error" in msg and "configuration" in msg
+    msg = _one_line_error(capsys, ["board", "run", "--port", board.port, "--quantized", art,
+                                   "--preset", "tiny", "--set", "bus_width=16", "x"])
+    assert "the board's bus is 32 bits" in msg
+    msg = _one_line_error(capsys, ["board", "run", "--port", board.port, "--quantized", art,
+                                   "--preset", "minilm", "x"])
+    assert "the model has hidden=32, the core 384" in msg
+    msg = _one_line_error(capsys, ["board", "run", "--port", board.port, "--quantized", art,
+                                   "--preset", "nope", "x"])
+    assert "unknown preset 'nope'" in msg
+    msg = _one_line_error(capsys, ["board", "run", "--port", board.port, "--quantized", art,
+                                   "--no-load", "x"])
+    assert "--no-load needs a resident" in msg
+    msg = _one_line_error(capsys, ["board", "run", "--port", board.port, "--quantized", art,
+                                   " ".join(["the"] * 40)])
+    assert "the core holds at most 16" in msg
+    # the board still works after all that
+    assert _board_run(capsys, ["--port", board.port, "--quantized", art, "x"])[0] == 0

