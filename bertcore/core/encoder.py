@@ -1043,6 +1043,7 @@ class EncoderCore(wiring.Component):
         abort = Signal()
         abort_q = Signal()
         m.d.sync += abort_q.eq(abort)
+        fail_q = Signal()
         dp = _Datapath(self._config)
         m.submodules.dp = ResetInserter(abort_q)(dp)
         err = Signal()             # a protocol error (sticky until the next run starts)
@@ -1078,8 +1079,9 @@ class EncoderCore(wiring.Component):
         stored = Signal()
         cap_addr = Signal(range(total + 1))
         r_addr = Signal(range(total + 1))
-        r_valid = Signal()
-        r_payload = Signal(bus + 1)
+        r_valid = Signal()             # the memory's output holds a beat
+        q_valid = Signal()             # the register after it (the replayed stream) holds one
+        q_payload = Signal(bus + 1)
         if resident:
             m.submodules.image = image = Memory(shape=unsigned(bus + 1), depth=total, init=[])
             wp, rp = image.write_port(), image.read_port()
@@ -1087,8 +1089,13 @@ class EncoderCore(wiring.Component):
                 m.d.comb += [wp.addr.eq(cap_addr), wp.en.eq(1),
                              wp.data.eq(self.s_param.payload.as_value())]
                 m.d.sync += cap_addr.eq(cap_addr + 1)
-            r_en = ~r_valid | dp.param.ready
-            m.d.comb += [rp.addr.eq(r_addr), rp.en.eq(r_en), r_payload.eq(rp.data)]
+            # memory -> register -> datapath: the block RAM's slow clock-to-out ends in a
+            # flip-flop instead of running on into the header checks
+            q_load = ~q_valid | dp.param.ready
+            r_en = ~r_valid | q_load
+            m.d.comb += [rp.addr.eq(r_addr), rp.en.eq(r_en)]
+            with m.If(q_load):
+                m.d.sync += [q_valid.eq(r_valid & replay), q_payload.eq(rp.data)]
             with m.If(r_en & replay):
                 m.d.sync += r_valid.eq(r_addr != total)
                 with m.If(r_addr != total):
@@ -1109,7 +1116,7 @@ class EncoderCore(wiring.Component):
                         # replay the stored image
                         m.d.comb += dp.start.eq(1)
                         m.d.sync += [err.eq(0), count.eq(1), beats.eq(0), replay.eq(1),
-                                     r_addr.eq(0), r_valid.eq(0)]
+                                     r_addr.eq(0), r_valid.eq(0), q_valid.eq(0)]
                         fsm.next("RUN")
                 with m.Elif(self.s_act.valid):
                     m.d.sync += err.eq(1)
@@ -1120,23 +1127,26 @@ class EncoderCore(wiring.Component):
                 with m.If(a_fire & self.s_act.payload.last):
                     fsm.next("IDLE")
             with fsm.State("RUN"):
+                # a failure is acted on one cycle late (``fail_q``, off the header-check path);
+                # in that cycle no beat is taken, so nothing of the next packet is swallowed
+                m.d.sync += fail_q.eq(dp.fail)
                 m.d.comb += [
                     self.busy.eq(1),
-                    dp.param.valid.eq(self.s_param.valid),
+                    dp.param.valid.eq(self.s_param.valid & ~fail_q),
                     dp.param.payload.eq(self.s_param.payload),
-                    self.s_param.ready.eq(dp.param.ready),
-                    dp.act.valid.eq(self.s_act.valid),
+                    self.s_param.ready.eq(dp.param.ready & ~fail_q),
+                    dp.act.valid.eq(self.s_act.valid & ~fail_q),
                     dp.act.payload.eq(self.s_act.payload),
-                    self.s_act.ready.eq(dp.act.ready),
+                    self.s_act.ready.eq(dp.act.ready & ~fail_q),
                     self.m_act.valid.eq(dp.out.valid),
                     self.m_act.payload.eq(dp.out.payload),
                     dp.out.ready.eq(self.m_act.ready),
                 ]
                 if resident:
                     with m.If(replay):
-                        m.d.comb += [dp.param.valid.eq(r_valid), dp.param.payload.eq(r_payload),
-                                     self.s_param.ready.eq(0)]
-                with m.If(dp.fail):
+                        m.d.comb += [dp.param.valid.eq(q_valid & ~fail_q),
+                                     dp.param.payload.eq(q_payload), self.s_param.ready.eq(0)]
+                with m.If(fail_q):
                     m.d.comb += abort.eq(1)
                     m.d.sync += err.eq(1)
                     fsm.next("DRAIN")
@@ -1149,6 +1159,7 @@ class EncoderCore(wiring.Component):
                         m.d.sync += stored.eq(1)
                     fsm.next("IDLE")
             with fsm.State("DRAIN"):
+                m.d.sync += fail_q.eq(0)
                 # drop what is left of the open packets (the failing beat itself was taken)
                 m.d.comb += [self.busy.eq(1), abort.eq(1),
                              self.s_param.ready.eq(p_open), self.s_act.ready.eq(a_open)]
