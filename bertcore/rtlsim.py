@@ -20,14 +20,23 @@ from pathlib import Path
 
 from .checkpoint import BertError
 from .toolchain import (
-    VERILATOR_BUILD_ARGS, VERILATOR_MAKE_VARS, ToolNotFound, ensure_verilator_env,
-    patch_verilator_make,
+    VERILATOR_BUILD_ARGS, VERILATOR_MAKE_VARS, VERILATOR_PORTS_ONLY_ARGS,
+    VERILATOR_SIM_MAKE_VARS, ToolNotFound, ensure_verilator_env, patch_verilator_make,
+    verilator_public_ports,
 )
 
 __all__ = ["REPLAY_TOP", "CoreSimulator", "SimResult"]
 
 #: Simulation top: the core plus a ROM that replays the parameter image on each ``param_go``.
 #: ``{extra_ports}``/``{extra_conns}`` take the core's further outputs (performance counters).
+#:
+#: Every input of the top reaches the core through a register (``rst_q``, and a two-entry
+#: register slice per activation stream): Amaranth writes each register's next value, reset
+#: included, as combinational logic, and Verilator re-evaluates all logic that depends
+#: combinationally on a top-level input at every ``eval`` (its ``ico`` region), i.e. at each clock
+#: edge and at each of cocotb's writes. With registered inputs that logic runs once per cycle
+#: (see the "MiniLM through the simulated core" section of docs/core.md for the figures). The
+#: slices add one cycle of latency on each stream; the core's ``cycles`` counter is unchanged.
 REPLAY_TOP = """\
 // bertcore simulation top: replays the parameter image from $readmemh into s_axis_param.
 `default_nettype none
@@ -58,12 +67,15 @@ module bertcore_sim_top #(
         else
             $display("bertcore_sim_top: no +params=FILE given");
     end
+    reg rst_q;
+    always @(posedge clk)
+        rst_q <= rst;
     reg [$clog2(DEPTH+1)-1:0] idx;
     reg armed;
     wire [BUS:0] word = rom[idx];
     wire param_tready;
     always @(posedge clk) begin
-        if (rst) begin
+        if (rst_q) begin
             idx <= 0;
             armed <= 1'b0;
         end else begin
@@ -78,17 +90,70 @@ module bertcore_sim_top #(
             end
         end
     end
+    wire [BUS:0] act_in, act_out;
+    wire act_in_valid, act_in_ready, act_out_valid, act_out_ready;
+    bertcore_sim_slice #(.W(BUS + 1)) act_in_slice (
+        .clk(clk), .rst(rst_q),
+        .i_data({s_axis_act_tlast, s_axis_act_tdata}), .i_valid(s_axis_act_tvalid),
+        .i_ready(s_axis_act_tready),
+        .o_data(act_in), .o_valid(act_in_valid), .o_ready(act_in_ready)
+    );
+    bertcore_sim_slice #(.W(BUS + 1)) act_out_slice (
+        .clk(clk), .rst(rst_q),
+        .i_data(act_out), .i_valid(act_out_valid), .i_ready(act_out_ready),
+        .o_data({m_axis_act_tlast, m_axis_act_tdata}), .o_valid(m_axis_act_tvalid),
+        .o_ready(m_axis_act_tready)
+    );
     bertcore_encoder core (
-        .clk(clk), .rst(rst),
+        .clk(clk), .rst(rst_q),
         .s_axis_param_tdata(word[BUS-1:0]), .s_axis_param_tvalid(armed),
         .s_axis_param_tready(param_tready), .s_axis_param_tlast(word[BUS]),
-        .s_axis_act_tdata(s_axis_act_tdata), .s_axis_act_tvalid(s_axis_act_tvalid),
-        .s_axis_act_tready(s_axis_act_tready), .s_axis_act_tlast(s_axis_act_tlast),
-        .m_axis_act_tdata(m_axis_act_tdata), .m_axis_act_tvalid(m_axis_act_tvalid),
-        .m_axis_act_tready(m_axis_act_tready), .m_axis_act_tlast(m_axis_act_tlast),
+        .s_axis_act_tdata(act_in[BUS-1:0]), .s_axis_act_tvalid(act_in_valid),
+        .s_axis_act_tready(act_in_ready), .s_axis_act_tlast(act_in[BUS]),
+        .m_axis_act_tdata(act_out[BUS-1:0]), .m_axis_act_tvalid(act_out_valid),
+        .m_axis_act_tready(act_out_ready), .m_axis_act_tlast(act_out[BUS]),
         .busy(busy), .error(error), .cycles(cycles){extra_conns}
     );
 endmodule
+
+// Two-entry register slice: both of its outputs come from registers, so no combinational path
+// joins the ports of the simulation top to the core. It belongs to the simulation top's file:
+// verilator lint_off DECLFILENAME
+module bertcore_sim_slice #(
+    parameter integer W = 1
+) (
+    input  wire         clk,
+    input  wire         rst,
+    input  wire [W-1:0] i_data,
+    input  wire         i_valid,
+    output wire         i_ready,
+    output wire [W-1:0] o_data,
+    output wire         o_valid,
+    input  wire         o_ready
+);
+    reg [W-1:0] head, tail;
+    reg [1:0] count;
+    wire push = i_valid && i_ready;
+    wire pop = o_valid && o_ready;
+    assign i_ready = count != 2'd2;
+    assign o_valid = count != 2'd0;
+    assign o_data = head;
+    always @(posedge clk) begin
+        if (rst)
+            count <= 2'd0;
+        else if (push && !pop)
+            count <= count + 2'd1;
+        else if (pop && !push)
+            count <= count - 2'd1;
+        if (pop)
+            head <= count == 2'd2 ? tail : i_data;
+        else if (push && count == 2'd0)
+            head <= i_data;
+        if (push && !pop && count == 2'd1)
+            tail <= i_data;
+    end
+endmodule
+// verilator lint_on DECLFILENAME
 `default_nettype wire
 """
 
@@ -97,19 +162,31 @@ _WRAPPED = {"clk", "rst", "busy", "error", "cycles"} | {
     f"{p}_{f}" for p in ("s_axis_param", "s_axis_act", "m_axis_act")
     for f in ("tdata", "tvalid", "tready", "tlast")}
 
+#: Ports of :data:`REPLAY_TOP` before the core's further outputs.
+_TOP_PORTS = ("clk", "rst", "param_go", *(f"{p}_{f}" for p in ("s_axis_act", "m_axis_act")
+                                          for f in ("tdata", "tvalid", "tready", "tlast")),
+              "busy", "error", "cycles")
 
-def replay_top(top):
-    """The Verilog of :data:`REPLAY_TOP` for the core ``top`` (an ``EncoderTop``): every further
-    output of the core (counters) becomes an output of the wrapper."""
+
+def _extra_outputs(top):
+    """``(name, width)`` of each output of the core ``top`` the wrapper passes through."""
+    from amaranth.hdl import Shape
     from amaranth.lib.wiring import Out
-    ports, conns = [], []
+    extra = []
     for name, member in top.signature.members.items():
         if name in _WRAPPED:
             continue
         if member.flow != Out or not member.is_port:
             raise BertError(f"the core has an input port {name!r} the simulation top cannot drive")
-        from amaranth.hdl import Shape
-        width = Shape.cast(member.shape).width
+        extra.append((name, Shape.cast(member.shape).width))
+    return extra
+
+
+def replay_top(top):
+    """The Verilog of :data:`REPLAY_TOP` for the core ``top`` (an ``EncoderTop``): every further
+    output of the core (counters) becomes an output of the wrapper."""
+    ports, conns = [], []
+    for name, width in _extra_outputs(top):
         rng = f"[{width - 1}:0] " if width > 1 else ""
         ports.append(f",\n    output wire {rng}{name}")
         conns.append(f", .{name}({name})")
@@ -118,11 +195,17 @@ def replay_top(top):
 
 
 class SimResult:
-    """Outputs of a simulation: per run the output words, the core's ``cycles`` and timings."""
+    """Outputs of a simulation: per run the output words, the core's ``cycles`` and timings.
+
+    ``sim_s`` is the wall time of the whole simulation (simulator start-up, ``$readmemh`` of the
+    image, cocotb); :attr:`run_s` and :attr:`run_cpu_s` cover only the runs, as wall time and as
+    CPU time of the simulator process (the figure that does not depend on the machine's load).
+    """
 
     def __init__(self, data, build_s, sim_s, waves):
         self.runs = [{"out": [int(w, 16) for w in r["out"]], "cycles": r["cycles"],
-                      "sim_cycles": r["sim_cycles"], "error": r["error"]} for r in data["runs"]]
+                      "sim_cycles": r["sim_cycles"], "error": r["error"],
+                      "wall_s": r["wall_s"], "cpu_s": r["cpu_s"]} for r in data["runs"]]
         self.build_s = build_s
         self.sim_s = sim_s
         self.waves = waves
@@ -130,6 +213,14 @@ class SimResult:
     @property
     def total_cycles(self):
         return sum(r["sim_cycles"] for r in self.runs)
+
+    @property
+    def run_s(self):
+        return sum(r["wall_s"] for r in self.runs)
+
+    @property
+    def run_cpu_s(self):
+        return sum(r["cpu_s"] for r in self.runs)
 
 
 def _cache_root():
@@ -167,7 +258,7 @@ class CoreSimulator:
     def build(self, progress=lambda msg: None):
         """Generate the Verilog and build the simulator (cached); returns the build directory."""
         from amaranth.back import verilog
-        from cocotb_tools.runner import get_runner
+        from cocotb_tools.runner import VerilatorControlFile, get_runner
         from .core.encoder import EncoderTop
         from .core.image import image_beats
         self._check_tools()
@@ -175,29 +266,36 @@ class CoreSimulator:
         top = EncoderTop(self.config)
         core_v = verilog.convert(top, name="bertcore_encoder", emit_src=False)
         wrapper_v = replay_top(top)
+        # cocotb touches only the wrapper's ports: the rest of the design stays private to Verilator
+        public_vlt = verilator_public_ports(
+            "bertcore_sim_top", [*_TOP_PORTS, *(name for name, _ in _extra_outputs(top))])
+        build_args = [*VERILATOR_BUILD_ARGS, *VERILATOR_PORTS_ONLY_ARGS]
+        make_vars = [*VERILATOR_MAKE_VARS, *VERILATOR_SIM_MAKE_VARS]
         depth = image_beats(self.config)
-        key = hashlib.sha256("\0".join([core_v, wrapper_v, self.simulator, str(self.waves),
-                                        *VERILATOR_BUILD_ARGS, *VERILATOR_MAKE_VARS]).encode()).hexdigest()[:16]
+        key = hashlib.sha256("\0".join([core_v, wrapper_v, public_vlt, self.simulator,
+                                        str(self.waves), *build_args,
+                                        *make_vars]).encode()).hexdigest()[:16]
         build_dir = _cache_root() / f"{self.simulator}-{key}"
         stamp = build_dir / ".built"
         if not stamp.exists():
             build_dir.mkdir(parents=True, exist_ok=True)
             (build_dir / "bertcore_encoder.v").write_text(core_v)
             (build_dir / "bertcore_sim_top.v").write_text(wrapper_v)
+            sources = [build_dir / "bertcore_encoder.v", build_dir / "bertcore_sim_top.v"]
             runner = get_runner(self.simulator)
             if self.simulator == "verilator":
-                patch_verilator_make(runner)
+                patch_verilator_make(runner, make_vars=make_vars)
             kw = {}
             if self.simulator == "icarus":
                 kw["timescale"] = ("1ns", "1ps")
             else:
-                kw["build_args"] = list(VERILATOR_BUILD_ARGS)
+                (build_dir / "public_ports.vlt").write_text(public_vlt)
+                sources.append(VerilatorControlFile(build_dir / "public_ports.vlt"))
+                kw["build_args"] = build_args
             progress(f"building the {self.simulator} model (cached afterwards)")
             t0 = time.time()
             try:
-                runner.build(sources=[build_dir / "bertcore_encoder.v",
-                                      build_dir / "bertcore_sim_top.v"],
-                             hdl_toplevel="bertcore_sim_top", build_dir=build_dir,
+                runner.build(sources=sources, hdl_toplevel="bertcore_sim_top", build_dir=build_dir,
                              parameters={"BUS": self.config.bus_width, "DEPTH": depth},
                              waves=self.waves, always=True, log_file=build_dir / "build.log",
                              **kw)
@@ -251,8 +349,8 @@ class CoreSimulator:
             data = json.loads(result_file.read_text())
             waves = None
             if self.waves:
-                found = sorted(tmp.glob("*.fst")) + sorted(tmp.glob("*.vcd")) + \
-                    sorted(Path(self._build_dir).glob("*.fst")) + sorted(Path(self._build_dir).glob("*.vcd"))
+                found = [f for d in (tmp, Path(self._build_dir)) for ext in ("fst", "vcd")
+                         for f in sorted(d.glob(f"*.{ext}"))]
                 if found:
                     keep = _cache_root() / "waves"
                     keep.mkdir(parents=True, exist_ok=True)
