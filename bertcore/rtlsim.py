@@ -195,7 +195,8 @@ def replay_top(top):
 
 
 class SimResult:
-    """Outputs of a simulation: per run the output words, the core's ``cycles`` and timings.
+    """Outputs of a simulation: per run the output words, the core's counters (``cycles``,
+    ``array_beats``, ``layer_cycles``) and timings.
 
     ``sim_s`` is the wall time of the whole simulation (simulator start-up, ``$readmemh`` of the
     image, cocotb); :attr:`run_s` and :attr:`run_cpu_s` cover only the runs, as wall time and as
@@ -205,7 +206,9 @@ class SimResult:
     def __init__(self, data, build_s, sim_s, waves):
         self.runs = [{"out": [int(w, 16) for w in r["out"]], "cycles": r["cycles"],
                       "sim_cycles": r["sim_cycles"], "error": r["error"],
-                      "wall_s": r["wall_s"], "cpu_s": r["cpu_s"]} for r in data["runs"]]
+                      "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
+                      "array_beats": r.get("array_beats"),
+                      "layer_cycles": r.get("layer_cycles")} for r in data["runs"]]
         self.build_s = build_s
         self.sim_s = sim_s
         self.waves = waves

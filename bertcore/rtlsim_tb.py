@@ -107,7 +107,11 @@ async def run_job(dut):
             results.append({"out": [f"{w:x}" for w in out], "cycles": int(dut.cycles.value),
                             "sim_cycles": cycles, "error": int(dut.error.value),
                             "wall_s": time.perf_counter() - wall,
-                            "cpu_s": time.process_time() - cpu})
+                            "cpu_s": time.process_time() - cpu,
+                            # the core's performance counters of this run
+                            **{name: int(getattr(dut, name).value)
+                               for name in ("array_beats", "layer_cycles")
+                               if hasattr(dut, name)}})
     except AssertionError as exc:
         failure = str(exc)
     with open(job["result"], "w") as f:

@@ -45,6 +45,20 @@ def test_rtl_cycles_and_outputs(artifact):
         assert abs(cycles - model) / model < 0.05, (cycles, model)
 
 
+def test_check_core_counters():
+    """The simulation reports the core's performance counters per run (what
+    ``bench/utilization.py`` reads): ``array_beats`` exact, ``layer_cycles`` near the model."""
+    from bertcore.config import preset
+    from bertcore.core.perf import array_beats, layer_cycles
+    from bertcore.rtlsim import check_core, random_model
+    cfg = preset("tiny")
+    ok, rows, res = check_core(cfg, random_model(cfg), [3, 16], stall=0.1)
+    assert ok and [n for n, _, _ in rows] == [3, 16]
+    for (n, _, _), run in zip(rows, res.runs):
+        assert run["array_beats"] == array_beats(cfg, n)
+        assert abs(run["layer_cycles"] - layer_cycles(cfg, n)) <= 0.05 * run["layer_cycles"]
+
+
 def test_sim_command_with_stalls(capsys):
     assert main(["sim", "--preset", "tiny", "--seq", "1,5", "--stall", "0.3", "--quiet"]) == 0
     out = capsys.readouterr().out
