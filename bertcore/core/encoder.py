@@ -507,9 +507,9 @@ class _Datapath(wiring.Component):
                 with m.If(f_t == j_tiles - 1):
                     m.d.sync += f_active.eq(0)
         # addresses
-        a_cw = Mux(j_asrc == A_H, CWF, CWH)
         a_grp = Mux(j_kind == J_PANEL, f_t, j_mb)
-        a_addr = a_grp * a_cw + j_chw + f_kw
+        # products by constants (LUT logic; a product by a multiplexed constant became a DSP)
+        a_addr = Mux(j_asrc == A_H, a_grp * CWF, a_grp * CWH) + j_chw + f_kw
         for src, banks in buf.items():
             for b in range(N):
                 port = banks[b]["r"][0]
