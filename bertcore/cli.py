@@ -111,14 +111,19 @@ def _config(args):
 
 def cmd_presets(args):
     from .config import PRESETS
+    from .core import perf
     from .core.image import image_beats
     print(f"{'preset':10s} {'hidden':>6s} {'heads':>5s} {'ffn':>5s} {'layers':>6s} "
-          f"{'max_seq':>7s} {'array':>7s} {'bus':>4s} {'MAC/cycle':>9s} {'image MB':>8s}")
+          f"{'max_seq':>7s} {'array':>7s} {'smax+LN':>7s} {'bus':>4s} {'MAC/cycle':>9s} "
+          f"{'util@max':>8s} {'image MB':>8s}")
     for name, c in PRESETS.items():
         mb = image_beats(c) * c.bus_width / 8 / 1e6
+        units = f"{c.softmax_units}+{c.layernorm_units}"
+        # util@max: modeled PE utilization of one layer at max_seq (bertcore.core.perf)
         print(f"{name:10s} {c.hidden:6d} {c.heads:5d} {c.ffn:5d} {c.layers:6d} {c.max_seq:7d} "
-              f"{c.array_rows:>3d}x{c.array_cols:<3d} {c.bus_width:4d} "
-              f"{c.array_rows * c.array_cols:9d} {mb:8.2f}")
+              f"{c.array_rows:>3d}x{c.array_cols:<3d} {units:>7s} {c.bus_width:4d} "
+              f"{c.array_rows * c.array_cols:9d} {perf.utilization(c, c.max_seq):8.1%} "
+              f"{mb:8.2f}")
 
 
 _VERILOG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*\Z")

@@ -141,6 +141,8 @@ def test_presets_lists_key_figures(capsys):
     for name in ("tiny", "minilm", "bert-base"):
         assert name in out
     assert "16x16" in out and "MAC/cycle" in out
+    minilm = next(line for line in out.splitlines() if line.startswith("minilm"))
+    assert "8+8" in minilm and "91.5%" in minilm        # units; modeled utilization at 128
 
 
 def test_generate_tiny_with_image(tmp_path, artifact):
