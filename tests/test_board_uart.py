@@ -355,15 +355,6 @@ Info: Max frequency for clock '$glbnet$clk': 101.50 MHz (PASS at 100.00 MHz)
                     "MULT18X18D": (16, 156)}
 
 
-@pytest.mark.slow
-def test_build_ulx3s_tiny(tmp_path):
-    """The tiny preset on the ULX3S-85F through yosys and nextpnr (tens of minutes)."""
-    from boards.build import build
-    report = build("ulx3s-85f", None, tmp_path / "ulx3s")
-    print(report)
-    assert report["routed"], report.get("error")
-
-
 # -- `bertcore board run` against a host-protocol-level fake board on a pty ------------------------
 
 class FakeBoard:

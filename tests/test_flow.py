@@ -143,9 +143,15 @@ def test_cli_build_errors(capsys):
 
 
 @pytest.mark.slow
-def test_build_ulx3s_bitstream(tmp_path, capsys):
-    """ULX3S-85F with its default core (tiny, resident): routes and writes a bitstream (~15 min)."""
+@pytest.mark.parametrize("board", [
+    pytest.param("ulx3s-85f", id="ulx3s"),           # tiny, resident: ~17 min
+    pytest.param("orangecrab-25f", id="orangecrab"),   # tiny on 2x2, LUT multipliers: ~8 min
+])
+def test_build_bitstream(board, tmp_path, capsys):
+    """Each ECP5 board with its default core routes, meets its core clock and writes a
+    bitstream."""
     import json
-    assert main(["build", "--board", "ulx3s-85f", "-o", str(tmp_path), "--json"]) == 0
+    assert main(["build", "--board", board, "-o", str(tmp_path), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["routed"] and rep["bitstream"] and (tmp_path / "top.bit").stat().st_size > 0
+    assert rep["timing_met"], rep["fmax"]
