@@ -42,8 +42,9 @@ from bertcore.toolchain import (  # noqa: E402
 
 _UNUSED_NAME = re.compile(r"not used: '([^']*)'")
 # `assign NAME = OTHER;` or `assign NAME = OTHER[7:0];` with OTHER a named (not `$N`) net;
-# Amaranth names a submodule's port net in the parent `\\a_in$42` (name plus a unique suffix).
-_ALIAS = re.compile(r"^\s*assign\s+(\\?\S+)\s*=\s*(\\?[A-Za-z_][\w.$]*)\s*(\[[\d:]+\])?\s*;")
+# Amaranth names a submodule's port net in the parent `\\a_in$42` (name plus a unique suffix),
+# and a memory port's nets `\\$signature__addr$354` (a register merged into a write port).
+_ALIAS = re.compile(r"^\s*assign\s+(\\?\S+)\s*=\s*(\\?\$?[A-Za-z_][\w.$]*)\s*(\[[\d:]+\])?\s*;")
 
 
 def _aliases(source):

@@ -655,16 +655,31 @@ class _Datapath(wiring.Component):
                 m.d.sync += [w_u.eq(0), w_g.eq(w_g + 1)]
             with m.If(w_i == N - 1):
                 m.d.sync += [w_i.eq(0), w_t.eq(w_t + 1), w_u.eq(0), w_g.eq(0)]
-        for mode, banks, cw in ((M_Q, buf[A_Q], CWH), (M_CTX, buf[A_Q], CWH), (M_K, kbuf, CWH),
-                                (M_V, vbuf, CWH), (M_FFN1, buf[A_H], CWF)):
+        # One register stage before the buffers' write ports (they sit far from the
+        # requantizers; this was the ECP5 critical path). A job ends when its last write is in
+        # that register; the next job reads two or more cycles later, after the write landed.
+        v_valid = Signal()
+        v_res = Signal()
+        v_mode = Signal.like(j_mode)
+        v_bank = Signal.like(w_i)
+        v_u = Signal.like(w_u)
+        v_addr = Signal(range(GRP * max(CWH, CWF)))
+        v_raddr = Signal(range(GRP * PPB * CWH))
+        v_w8 = Signal(8 * N)
+        v_w22 = Signal(RESIDUAL_BITS * N)
+        m.d.sync += [v_valid.eq(wr_valid), v_res.eq(has_res), v_mode.eq(j_mode), v_bank.eq(w_i),
+                     v_u.eq(w_u), v_w8.eq(w8), v_w22.eq(w22),
+                     v_addr.eq(Mux(is_ffn1, w_grp * CWF, w_grp * CWH) + w_chunk),
+                     v_raddr.eq((w_t * PPB + w_g) * CWH + j_chunk)]
+        for mode, banks in ((M_Q, buf[A_Q]), (M_CTX, buf[A_Q]), (M_K, kbuf), (M_V, vbuf),
+                            (M_FFN1, buf[A_H])):
             for b in range(N):
                 port = banks[b]["w"]
-                with m.If(wr_valid & (j_mode == mode) & (w_i == b)):
-                    m.d.comb += [port.addr.eq(w_grp * cw + w_chunk), port.data.eq(w8),
-                                 port.en.eq(1)]
+                with m.If(v_valid & (v_mode == mode) & (v_bank == b)):
+                    m.d.comb += [port.addr.eq(v_addr), port.data.eq(v_w8), port.en.eq(1)]
         for u, (r_w, _) in enumerate(r_banks):
-            m.d.comb += [r_w.addr.eq((w_t * PPB + w_g) * CWH + j_chunk), r_w.data.eq(w22)]
-            with m.If(wr_valid & has_res & (w_u == u)):
+            m.d.comb += [r_w.addr.eq(v_raddr), r_w.data.eq(v_w22)]
+            with m.If(v_valid & v_res & (v_u == u)):
                 m.d.comb += r_w.en.eq(1)
         with m.If(wb_fire):
             m.d.sync += wb_count.eq(wb_count + 1)
