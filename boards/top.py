@@ -292,6 +292,7 @@ class BoardTop(wiring.Component):
             rgb = platform.request("rgb_led", 0, dir="-")
             leds = [rgb.b, rgb.r, rgb.g]
         for n, (led, flag) in enumerate(zip(leds, flags)):
-            m.submodules[f"led_{n}"] = buf = io.Buffer("o", led)
+            # registered in the I/O cell: the pin is not at the end of the core's logic paths
+            m.submodules[f"led_{n}"] = buf = io.FFBuffer("o", led)
             m.d.comb += buf.o.eq(flag)
         return m
