@@ -71,7 +71,8 @@ class CoreConfig:
         if not isinstance(self.resident, bool):
             raise ConfigError(f"resident must be true or false, not {self.resident!r}")
         units = self.lut_multipliers
-        if isinstance(units, str) or not all(isinstance(u, str) for u in units):
+        if (not isinstance(units, (tuple, list))
+                or not all(isinstance(u, str) for u in units)):
             raise ConfigError(f"lut_multipliers must be a list of unit names, not {units!r}")
         unknown = [u for u in units if u not in LUT_MULTIPLIER_UNITS]
         if unknown:

@@ -37,6 +37,7 @@ def test_tiny_preset_matches_tiny_checkpoint(tmp_path):
     ({"lut_multipliers": ("gelu", "array")},
      r"lut_multipliers: unknown unit 'array' \(known: requant, gelu, softmax, layernorm\)"),
     ({"lut_multipliers": "gelu"}, "lut_multipliers must be a list of unit names, not 'gelu'"),
+    ({"lut_multipliers": 3}, "lut_multipliers must be a list of unit names, not 3"),
 ])
 def test_bad_configs(changes, message):
     with pytest.raises(ConfigError, match=message):
