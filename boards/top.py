@@ -126,7 +126,7 @@ ORANGECRAB_CONFIG = preset("tiny").replace(array_rows=2, array_cols=2,
 
 BOARDS = {
     "ulx3s-85f": BoardSpec(
-        # 60 MHz: routed at a 100 MHz target the tiny core reaches 69.6 MHz (the goal is
+        # 60 MHz: routed at a 100 MHz target the tiny core reaches 68-70 MHz (the goal is
         # 100 MHz; docs/boards.md)
         "ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", 25e6, 60e6,
         preset("tiny").replace(resident=True),
