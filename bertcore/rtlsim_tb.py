@@ -19,23 +19,34 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
 
-async def send_packet(dut, words, rng, stall):
-    """Drive ``words`` into ``s_axis_act`` (``tlast`` on the last one) with random idle cycles."""
+async def drive_stream(clk, valid, ready, data, words, *, last=None, rng=None, stall=0.0):
+    """Drive ``words`` on a valid/ready stream (``data``, and ``last`` on the final word when
+    given), each word held until a clock edge with ``ready``; before each word an idle cycle
+    with probability ``stall`` (drawn from ``rng``). Shared with ``sim/axis.py``."""
     for i, word in enumerate(words):
-        while stall and rng.random() < stall:
-            dut.s_axis_act_tvalid.value = 0
-            await RisingEdge(dut.clk)
-        dut.s_axis_act_tdata.value = word
-        dut.s_axis_act_tlast.value = int(i == len(words) - 1)
-        dut.s_axis_act_tvalid.value = 1
+        while rng is not None and stall > 0 and rng.random() < stall:
+            valid.value = 0
+            await RisingEdge(clk)
+        data.value = int(word)
+        if last is not None:
+            last.value = int(i == len(words) - 1)
+        valid.value = 1
         while True:
             await ReadOnly()
-            ready = bool(dut.s_axis_act_tready.value)
-            await RisingEdge(dut.clk)
-            if ready:
+            taken = bool(ready.value)
+            await RisingEdge(clk)
+            if taken:
                 break
-    dut.s_axis_act_tvalid.value = 0
-    dut.s_axis_act_tlast.value = 0
+    valid.value = 0
+    if last is not None:
+        last.value = 0
+
+
+async def send_packet(dut, words, rng, stall):
+    """Drive ``words`` into ``s_axis_act`` (``tlast`` on the last one) with random idle cycles."""
+    await drive_stream(dut.clk, dut.s_axis_act_tvalid, dut.s_axis_act_tready,
+                       dut.s_axis_act_tdata, words, last=dut.s_axis_act_tlast, rng=rng,
+                       stall=stall)
 
 
 async def _receive(dut, rng, stall, limit):

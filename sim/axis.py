@@ -12,6 +12,8 @@ right after :func:`reset`).
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
+from bertcore.rtlsim_tb import drive_stream
+
 __all__ = ["StreamSource", "StreamSink", "start_clock", "reset", "check_stream", "measure_latency"]
 
 CLOCK_PERIOD_NS = 10        # 100 MHz
@@ -79,19 +81,8 @@ class StreamSource(_StreamPort):
 
     async def send(self, payloads):
         """Send each (flat, unsigned) integer of ``payloads``; returns after the last transfer."""
-        for payload in payloads:
-            while _stalled(self.rng, self.stall):
-                self.valid.value = 0
-                await RisingEdge(self.clk)
-            self.payload.value = int(payload)
-            self.valid.value = 1
-            while True:
-                await ReadOnly()
-                ready = bool(self.ready.value)
-                await RisingEdge(self.clk)
-                if ready:
-                    break
-        self.valid.value = 0
+        await drive_stream(self.clk, self.valid, self.ready, self.payload, payloads,
+                           rng=self.rng, stall=self.stall)
 
 
 class StreamSink(_StreamPort):

@@ -120,6 +120,18 @@ def _fork(m, name, valid, sinks, on):
     return adv
 
 
+def _feed(m, name, ports, sinks, addr, adv, lane, width, last):
+    """Each read port of ``ports`` reads word ``addr`` (when ``adv``); its ``lane``-th
+    ``width``-bit element (signed) and ``last`` go to the payload of the matching sink."""
+    n = len(ports[0].data) // width
+    for i, (port, sink) in enumerate(zip(ports, sinks)):
+        m.d.comb += [port.addr.eq(addr), port.en.eq(adv),
+                     sink.payload.data.eq(_pick(
+                         m, f"{name}{i}", [port.data[width * j:width * (j + 1)]
+                                           for j in range(n)], lane, signed(width))),
+                     sink.payload.last.eq(last)]
+
+
 class _Datapath(wiring.Component):
     """Loader, sequencer, buffers and units of one run (reset by :class:`EncoderCore` on abort)."""
 
@@ -697,14 +709,10 @@ class _Datapath(wiring.Component):
         x1_valid = Signal()
         x1_l = Signal(range(N))
         x1_last = Signal()
-        x_adv = _fork(m, "x", x1_valid, [unit.i_stream for unit in smaxes],
-                      Const((1 << S) - 1, S))
-        for k, ((_, s_r), unit) in enumerate(zip(s_banks, smaxes)):
-            m.d.comb += [s_r.addr.eq(x_q * GRP + x_w), s_r.en.eq(x_adv),
-                         unit.i_stream.payload.data.eq(_pick(
-                             m, f"score{k}", [s_r.data[SW * j:SW * (j + 1)] for j in range(N)],
-                             x1_l, signed(SW))),
-                         unit.i_stream.payload.last.eq(x1_last)]
+        sinks = [unit.i_stream for unit in smaxes]
+        x_adv = _fork(m, "x", x1_valid, sinks, Const((1 << S) - 1, S))
+        _feed(m, "score", [r for _, r in s_banks], sinks, x_q * GRP + x_w, x_adv, x1_l, SW,
+              x1_last)
         with m.If(x_adv):
             m.d.sync += [x1_valid.eq(x_active), x1_l.eq(x_l), x1_last.eq(x_e == seq_len - 1)]
         with m.If(x_adv & x_active):
@@ -755,13 +763,10 @@ class _Datapath(wiring.Component):
         n1_l = Signal(range(N))
         n1_last = Signal()
         n1_on = Signal(U)             # the unit's position is inside the sequence
-        n_adv = _fork(m, "n", n1_valid, [unit.i_stream for unit in lns], n1_on)
-        for u, ((_, r_r), unit) in enumerate(zip(r_banks, lns)):
-            m.d.comb += [r_r.addr.eq(n_g * CWH + n_c), r_r.en.eq(n_adv),
-                         unit.i_stream.payload.data.eq(_pick(
-                             m, f"ln_in{u}", [r_r.data[RW * j:RW * (j + 1)] for j in range(N)],
-                             n1_l, signed(RW))),
-                         unit.i_stream.payload.last.eq(n1_last)]
+        sinks = [unit.i_stream for unit in lns]
+        n_adv = _fork(m, "n", n1_valid, sinks, n1_on)
+        _feed(m, "ln_in", [r for _, r in r_banks], sinks, n_g * CWH + n_c, n_adv, n1_l, RW,
+              n1_last)
         with m.If(n_adv):
             m.d.sync += [n1_valid.eq(n_active), n1_l.eq(n_l),
                          n1_last.eq((n_c == CWH - 1) & (n_l == N - 1)),
