@@ -83,7 +83,7 @@ class Requantizer(wiring.Component):
     """
 
     #: Cycles from an input transfer to the output transfer of that beat (output always ready).
-    LATENCY = 7
+    LATENCY = 8
 
     def __init__(self, *, lanes, in_width, out_bits, bias_width=0, residual=False,
                  residual_width=None, multipliers="dsp"):
@@ -163,12 +163,25 @@ class Requantizer(wiring.Component):
             if self._residual:
                 terms.append(self._term(m, en, lane, "r_", elem.r, elem.m_r, elem.e_r, None))
 
-            # stage 7: sum of the terms, saturated to out_bits (the output register)
-            total = sum(terms[1:], terms[0])
-            lo, hi = -(1 << (self._out_bits - 1)), (1 << (self._out_bits - 1)) - 1
-            out = Signal(signed(self._out_bits), name=f"out_{lane}")
+            # stage 7: sum of the terms
+            total = Signal(signed(max(len(t) for t in terms) + len(terms) - 1),
+                           name=f"total_{lane}")
             with m.If(en):
-                m.d.sync += out.eq(Mux(total > hi, hi, Mux(total < lo, lo, total)))
+                m.d.sync += total.eq(sum(terms[1:], terms[0]))
+
+            # stage 8: saturated to out_bits (the output register). The value fits when its
+            # bits from out_bits-1 up are all equal (a reduction in LUTs, no carry chain).
+            n = self._out_bits
+            out = Signal(signed(n), name=f"out_{lane}")
+            if len(total) <= n:
+                sat = total
+            else:
+                high = total[n - 1:]
+                fits = (high == 0) | (high == (1 << len(high)) - 1)
+                lo, hi = -(1 << (n - 1)), (1 << (n - 1)) - 1
+                sat = Mux(fits, total[:n], Mux(total[-1], lo, hi))
+            with m.If(en):
+                m.d.sync += out.eq(sat)
             m.d.comb += self.o_stream.payload.data[lane].eq(out)
         return m
 
