@@ -11,7 +11,8 @@ from amaranth.back import verilog
 
 from bertcore.flow.report import report_verilog
 from bertcore.rtl.common import (MULTIPLIER_STYLES, check_int, check_multipliers,
-                                 dsp_partial_products, dsp_tiles, multiply, pack, unpack)
+                                 dsp_partial_products, dsp_tiles, multiply, multiply_latency,
+                                 pack, unpack)
 from bertcore.rtl.gelu import IntGELU
 from bertcore.rtl.layernorm import IntLayerNorm
 from bertcore.rtl.requant import Requantizer
@@ -132,6 +133,44 @@ def test_multiply_lut_exhaustive(a_shape, b_shape):
     simulate(m, bench, name="multiply_lut")
     text = verilog.convert(m, ports=[a, b, out])
     assert " * " not in text
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [
+    (signed(17), signed(17)), (signed(18), unsigned(17)), (signed(6), signed(5)),
+    (unsigned(4), signed(3)), (signed(5), unsigned(2)), (signed(1), signed(4)),
+    (signed(5), unsigned(1)),
+])
+def test_multiply_lut_pipelined(a_shape, b_shape):
+    """With ``en``, the product of the operands of one enabled cycle appears after the next
+    one (one register inside the tree, any number of rows); a cycle without ``en`` holds it."""
+    a, b, en = Signal(a_shape), Signal(b_shape), Signal()
+    m = Module()
+    product = multiply(a, b, style="lut", m=m, name="ab", en=en)
+    assert multiply_latency("lut", True) == 1 and multiply_latency("dsp", True) == 0
+    assert product.shape() == (a * b).shape()
+    out = Signal(product.shape())
+    m.d.comb += out.eq(product)
+    rng = random.Random(f"pipe-{a_shape}-{b_shape}")
+
+    def pick(shape):
+        lo = -(1 << (shape.width - 1)) if shape.signed else 0
+        hi = lo + (1 << shape.width) - 1
+        return rng.choice([lo, hi, 0, rng.randint(lo, hi), rng.randint(lo, hi)])
+
+    async def bench(ctx):
+        expected = None
+        for _ in range(300):
+            x, y, enable = pick(a_shape), pick(b_shape), rng.random() < 0.7
+            ctx.set(a, x)
+            ctx.set(b, y)
+            ctx.set(en, enable)
+            await ctx.tick()
+            if enable:
+                expected = x * y
+            if expected is not None:
+                assert ctx.get(out) == expected
+
+    simulate(m, bench, name="multiply_lut_pipelined")
 
 
 def test_multiply_styles():

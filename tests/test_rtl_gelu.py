@@ -90,7 +90,7 @@ def run_sets(dut, sets, stall, name, stall_out=None):
         for index, (_, _, expected) in enumerate(sets):
             got[index] = await stream_get(ctx, dut.o_stream, len(expected), rng=rng,
                                           stall=stall if stall_out is None else stall_out)
-        for _ in range(2 * IntGELU.LATENCY):                   # nothing extra comes out
+        for _ in range(2 * dut.latency):                       # nothing extra comes out
             await ctx.tick()
             assert not ctx.get(dut.o_stream.valid)
 
@@ -140,7 +140,8 @@ def test_latency_and_throughput(multipliers):
         assert out == expected[0]
 
     simulate(dut, bench, name=f"gelu_latency_{multipliers}", deadline=1e-6)
-    assert result["latency"] == IntGELU.LATENCY
+    assert result["latency"] == dut.latency == IntGELU.latency_for(multipliers)
+    assert IntGELU.latency_for("dsp") == IntGELU.LATENCY
 
     dut = IntGELU(lanes=1, in_width=16, multipliers=multipliers)
     fire = []
@@ -153,7 +154,7 @@ def test_latency_and_throughput(multipliers):
 
     async def watcher(ctx):
         ctx.set(dut.o_stream.ready, 1)
-        for cycle in range(len(beats) + 4 * IntGELU.LATENCY):
+        for cycle in range(len(beats) + 4 * dut.latency):
             _, _, valid = await ctx.tick().sample(dut.o_stream.valid)
             if valid:
                 fire.append(cycle)

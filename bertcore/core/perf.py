@@ -57,7 +57,7 @@ def breakdown(config, seq_len):
     L = seq_len
     tiles = math.ceil(L / n)
     rq = Requantizer.LATENCY
-    post_ffn1 = rq + IntGELU.LATENCY + rq
+    post_ffn1 = rq + IntGELU.latency_for(config.multipliers("gelu")) + rq
 
     def panels(count, k, post):
         return count * max(_gemm(tiles, k, n, post), _panel_load(config, k) + 1)

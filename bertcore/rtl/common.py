@@ -30,7 +30,8 @@ from amaranth.hdl import Shape, ShapeCastable
 from amaranth.lib import data
 
 __all__ = ["pack", "unpack", "payload_width", "DSP_WIDTH", "dsp_tiles", "dsp_partial_products",
-           "MULTIPLIER_STYLES", "check_multipliers", "multiply", "check_int", "rejecting"]
+           "MULTIPLIER_STYLES", "check_multipliers", "multiply", "multiply_latency", "check_int",
+           "rejecting"]
 
 
 def payload_width(layout):
@@ -157,19 +158,19 @@ def dsp_tiles(value):
     return pieces
 
 
-def dsp_partial_products(a, b, *, width=None, style="dsp", m=None, name="pp"):
+def dsp_partial_products(a, b, *, width=None, style="dsp", m=None, name="pp", en=None):
     """Partial products of ``a * b`` split into DSP-sized multiplies.
 
     Returns a list of ``(product, shift)``, ``a * b == sum(product << shift)``, where every
     ``product`` multiplies two operands of at most 18 bits (signed). The caller registers the
     products (DSP output register) and sums them in a later pipeline stage. With ``width``, the
     products of weight ``2**width`` or more are left out (the caller needs ``a * b`` modulo
-    ``2**width`` only). ``style``, ``m`` and ``name`` are those of :func:`multiply`, which builds
-    each product: the pieces, their shapes and shifts are the same in both styles.
+    ``2**width`` only). ``style``, ``m``, ``name`` and ``en`` are those of :func:`multiply`, which
+    builds each product: the pieces, their shapes and shifts are the same in both styles.
     """
     pairs = [((pa, sa), (pb, sb)) for pa, sa in dsp_tiles(a) for pb, sb in dsp_tiles(b)
              if width is None or sa + sb < width]
-    return [(multiply(pa, pb, style=style, m=m, name=f"{name}{index}"), sa + sb)
+    return [(multiply(pa, pb, style=style, m=m, name=f"{name}{index}", en=en), sa + sb)
             for index, ((pa, sa), (pb, sb)) in enumerate(pairs)]
 
 
@@ -188,7 +189,7 @@ def check_multipliers(value, name="multipliers"):
         raise ValueError(f"{name} must be {choices}, not {value!r}")
 
 
-def multiply(a, b, *, style="dsp", m=None, name="product"):
+def multiply(a, b, *, style="dsp", m=None, name="product", en=None):
     """The product ``a * b``, of the shape Amaranth gives ``a * b``, in the chosen ``style``.
 
     * ``"dsp"``: the ``*`` operator itself; yosys maps it onto a DSP block (a MULT18X18D on
@@ -203,7 +204,11 @@ def multiply(a, b, *, style="dsp", m=None, name="product"):
       takes about 270 LUT4 and 150 CCU2C (yosys ``synth_ecp5``).
 
     Both styles are combinational and exact for every operand value (the sums wrap modulo
-    ``2**width`` of the result, where the true product fits).
+    ``2**width`` of the result, where the true product fits). With ``en`` (a signal) the
+    ``"lut"`` tree is cut by one register stage, loaded while ``en`` is high, after its middle
+    level (after the tree of a product of one or two rows): the product then belongs to the
+    operands of the previous ``en`` cycle (:func:`multiply_latency`). The ``"dsp"`` style
+    ignores ``en``: its product stays combinational.
 
     Raises
     ------
@@ -228,8 +233,20 @@ def multiply(a, b, *, style="dsp", m=None, name="product"):
     # b weighs -2**i. An adder tree sums neighbouring nodes level by level; only the top node
     # can be negative, always the right-hand one of its pair.
     nodes = [(Mux(b[i], a, 0), i, b.shape().signed and i == len(b) - 1) for i in range(len(b))]
+    levels = (len(nodes) - 1).bit_length()
+    cut = (levels + 1) // 2 if en is not None else None
     level = 0
     while len(nodes) > 1:
+        if level == cut:
+            cut = None
+            # the pipeline register: every node of this level (values, not their tree)
+            staged = []
+            for k, (x, shift, negative) in enumerate(nodes):
+                reg = Signal(x.shape(), name=f"{name}_r{k}")
+                with m.If(en):
+                    m.d.sync += reg.eq(x)
+                staged.append((reg, shift, negative))
+            nodes = staged
         pairs = []
         for k in range(0, len(nodes) - 1, 2):
             (x, x_shift, _), (y, y_shift, y_negative) = nodes[k], nodes[k + 1]
@@ -247,6 +264,11 @@ def multiply(a, b, *, style="dsp", m=None, name="product"):
         nodes = pairs
         level += 1
     (total, _, negative), = nodes
+    if cut is not None:                      # a tree too small to cut: register its output
+        reg = Signal(total.shape(), name=f"{name}_r")
+        with m.If(en):
+            m.d.sync += reg.eq(total)
+        total = reg
     if negative:                             # a one-bit signed b: the product is -a or 0
         total = -total
     if len(total) < shape.width:             # a single row (one-bit operand): extend it
@@ -254,6 +276,12 @@ def multiply(a, b, *, style="dsp", m=None, name="product"):
         total = Cat(total, pad.replicate(shape.width - len(total)))
     total = total[:shape.width]
     return total.as_signed() if shape.signed else total
+
+
+def multiply_latency(style, pipelined):
+    """Register stages inside :func:`multiply`: 1 for a ``"lut"`` product with ``en``
+    (``pipelined``), else 0."""
+    return int(style == "lut" and pipelined)
 
 
 # -- Parameter validation ---------------------------------------------------------------------------

@@ -5,8 +5,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bertcore.quant.kernels import GELU_SHIFT, int_range
-from .common import (check_int, check_multipliers, dsp_partial_products, rejecting,
-                     valid_last_pipeline)
+from .common import (check_int, check_multipliers, dsp_partial_products, multiply_latency,
+                     rejecting, valid_last_pipeline)
 
 __all__ = ["IntGELU"]
 
@@ -68,8 +68,10 @@ class IntGELU(wiring.Component):
         and 6: change them only while no beat is in flight; beats entering two cycles after a
         change see the new values.
 
-    Latency and throughput: fully pipelined, one beat per cycle; :data:`LATENCY` cycles from an
-    input transfer to the output transfer of the same beat while ``o_stream.ready`` is high.
+    Latency and throughput: fully pipelined, one beat per cycle; :attr:`latency` cycles from an
+    input transfer to the output transfer of the same beat while ``o_stream.ready`` is high:
+    :data:`LATENCY` with DSP multipliers, two more with ``multipliers="lut"``, whose two
+    shift-and-add multipliers each have a register stage in the middle of their adder tree.
     The pipeline advances when ``o_stream.valid`` is low or ``o_stream.ready`` is high
     (``i_stream.ready`` is that condition). Both multipliers (``t*t``, ``x*(erf+q1)``) have
     registered operands and registered products, split into 18x18 partial products where an
@@ -85,8 +87,15 @@ class IntGELU(wiring.Component):
         ``"dsp"`` or ``"lut"``.
     """
 
-    #: Cycles from an input transfer to the output transfer of that beat (output always ready).
+    #: Cycles from an input transfer to the output transfer of that beat (output always ready),
+    #: with DSP multipliers (see :meth:`latency_for`).
     LATENCY = 8
+
+    @classmethod
+    def latency_for(cls, multipliers):
+        """The latency of a unit built with ``multipliers`` (``"dsp"`` or ``"lut"``)."""
+        check_multipliers(multipliers)
+        return cls.LATENCY + 2 * multiply_latency(multipliers, True)
 
     def __init__(self, *, lanes, in_width, multipliers="dsp"):
         with rejecting(self):
@@ -120,6 +129,8 @@ class IntGELU(wiring.Component):
     multipliers = property(lambda self: self._multipliers,
                            doc="How the multipliers are built: ``'dsp'`` or ``'lut'``.")
     out_width = property(lambda self: self._out_width, doc="Width of the signed output.")
+    latency = property(lambda self: self.latency_for(self._multipliers),
+                       doc="Cycles from an input transfer to the output of that beat.")
     b_width = property(lambda self: self._b_width, doc="Width of the signed ``b`` port.")
     c_width = property(lambda self: self._c_width, doc="Width of the signed ``c`` port.")
     q1_width = property(lambda self: self._q1_width, doc="Width of the signed ``q1`` port.")
@@ -158,8 +169,11 @@ class IntGELU(wiring.Component):
         q1 = Signal.like(self.q1, name="q1_reg")
         m.d.sync += [b.eq(self.b), c.eq(self.c), q1.eq(self.q1)]
 
-        # valid and last, one bit per stage (stage 1 .. LATENCY)
-        valid_last_pipeline(m, en, self.i_stream, self.o_stream, self.LATENCY)
+        # valid and last, one bit per stage (stage 1 .. latency)
+        valid_last_pipeline(m, en, self.i_stream, self.o_stream, self.latency)
+        # LUT multipliers take one more stage each (a register inside the adder tree)
+        mul_en = en if self._multipliers == "lut" else None
+        d = multiply_latency(self._multipliers, True)
 
         def sized(key, name):
             return Signal(signed(_signed_bits(*ranges[key])), name=name)
@@ -169,8 +183,8 @@ class IntGELU(wiring.Component):
                 with m.If(en):
                     m.d.sync += assigns
 
-            # x travels along stages 1..7 (its sign is used in stage 5, its value in stage 7)
-            xs = [Signal(signed(self._in_width), name=f"x{k}_{lane}") for k in range(1, 8)]
+            # x travels along (its sign is used in stage 5, its value in stage 7; each +d)
+            xs = [Signal(signed(self._in_width), name=f"x{k}_{lane}") for k in range(1, 8 + d)]
             at(xs[0].eq(self.i_stream.payload.data[lane]))        # stage 1: input register
             at(*[x.eq(p) for x, p in zip(xs[1:], xs)])
 
@@ -179,10 +193,10 @@ class IntGELU(wiring.Component):
             t = sized("t", f"t_{lane}")
             at(t.eq(Mux(u < 0, u, 0)))
 
-            # stage 3: partial products of t*t (DSP output registers)
+            # stage 3 (+d): partial products of t*t (DSP output registers)
             partials = []
             for index, (product, shift) in enumerate(dsp_partial_products(
-                    t, t, style=self._multipliers, m=m, name=f"tt_mul{lane}_")):
+                    t, t, style=self._multipliers, m=m, name=f"tt_mul{lane}_", en=mul_en)):
                 p = Signal(product.shape(), name=f"tt{index}_{lane}")
                 at(p.eq(product))
                 partials.append((p, shift))
@@ -193,16 +207,17 @@ class IntGELU(wiring.Component):
 
             # stage 5: e = sign(x) * w
             e = sized("e", f"e_{lane}")
-            at(e.eq(Mux(xs[3] > 0, w, Mux(xs[3] < 0, -w, 0))))
+            at(e.eq(Mux(xs[3 + d] > 0, w, Mux(xs[3 + d] < 0, -w, 0))))
 
             # stage 6: v = floor(e / 2**GELU_SHIFT) + q1  (DSP operand register)
             v = sized("v", f"v_{lane}")
             at(v.eq((e >> GELU_SHIFT) + q1))
 
-            # stage 7: partial products of x * v (DSP output registers)
+            # stage 7 (+d): partial products of x * v (DSP output registers)
             partials = []
             for index, (product, shift) in enumerate(dsp_partial_products(
-                    xs[5], v, style=self._multipliers, m=m, name=f"xv_mul{lane}_")):
+                    xs[5 + d], v, style=self._multipliers, m=m, name=f"xv_mul{lane}_",
+                    en=mul_en)):
                 p = Signal(product.shape(), name=f"xv{index}_{lane}")
                 at(p.eq(product))
                 partials.append((p, shift))
