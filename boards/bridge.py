@@ -18,16 +18,17 @@ Structure::
     result ─► gather ─► reply buffer (words) ──────────┘
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In, Out, connect
 
 from bertcore.core.encoder import bus_layout
 
 from bertcore import uart_protocol as P
 from bertcore.rtl.common import rejecting
 from bertcore.rtl.fsm import Fsm
+from bertcore.rtl.stream import RegisterSlice
 from .uart import UARTRx, UARTTx
 
 __all__ = ["UARTBridge", "crc16_step"]
@@ -153,6 +154,11 @@ class UARTBridge(wiring.Component):
         m.submodules.uart_rx = urx = self._rx
         m.submodules.uart_tx = utx = self._tx
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
+        # reply bytes pass a register slice on their way to the transmitter (the byte
+        # multiplexer of the reply does not run on into its shift register)
+        m.submodules.tx_slice = tx_slice = RegisterSlice(unsigned(8))
+        connect(m, tx_slice.o_stream, utx.i_stream)
+        tx_in = tx_slice.i_stream
         # bytes are taken while hunting or inside a frame; outside (executing, replying) they
         # wait in the receiver, and further ones are lost (the host waits for the reply)
         got = urx.o_stream.valid & urx.o_stream.ready
@@ -194,6 +200,13 @@ class UARTBridge(wiring.Component):
         wi = Signal(range(RW + 1))                  # word of the reply buffer
         tcrc = Signal(16)
         tx_byte = Signal(8)
+        # the reply CRC takes each sent byte one cycle later, from a register (``crc_pend``:
+        # a byte is waiting); the CRC bytes go out once it has taken the last one
+        crc_in = Signal(8)
+        crc_pend = Signal()
+        m.d.sync += crc_pend.eq(0)
+        with m.If(crc_pend):
+            m.d.sync += tcrc.eq(crc16_step(tcrc, crc_in))
         m.d.comb += [rr.addr.eq(wi), fr.addr.eq(idx)]
 
         is_param = (ftype == P.T_PARAM) | (ftype == P.T_PARAM_LAST)
@@ -354,11 +367,11 @@ class UARTBridge(wiring.Component):
                 for n in range(len(head) - 2, -1, -1):
                     with m.If(j == n):
                         m.d.comb += tx_byte.eq(head[n])
-                m.d.comb += [utx.i_stream.valid.eq(1), utx.i_stream.payload.eq(tx_byte)]
-                with m.If(utx.i_stream.ready):
+                m.d.comb += [tx_in.valid.eq(1), tx_in.payload.eq(tx_byte)]
+                with m.If(tx_in.ready):
                     m.d.sync += j.eq(j + 1)
                     with m.If(j != 0):
-                        m.d.sync += tcrc.eq(crc16_step(tcrc, tx_byte))
+                        m.d.sync += [crc_in.eq(tx_byte), crc_pend.eq(1)]
                     with m.If(j == len(head) - 1):
                         fsm.next("TX_PAY")
                         with m.If(rlen == 0):
@@ -371,9 +384,9 @@ class UARTBridge(wiring.Component):
                 data_byte = Mux(k == 0, dflags, rr.data.word_select(part, 8))
                 m.d.comb += tx_byte.eq(Mux(rtype == P.R_DATA, data_byte,
                                            Mux(rtype == P.R_NAK, reason, st)))
-                m.d.comb += [utx.i_stream.valid.eq(1), utx.i_stream.payload.eq(tx_byte)]
-                with m.If(utx.i_stream.ready):
-                    m.d.sync += [tcrc.eq(crc16_step(tcrc, tx_byte)), k.eq(k + 1)]
+                m.d.comb += [tx_in.valid.eq(1), tx_in.payload.eq(tx_byte)]
+                with m.If(tx_in.ready):
+                    m.d.sync += [crc_in.eq(tx_byte), crc_pend.eq(1), k.eq(k + 1)]
                     with m.If(k != 0):
                         m.d.sync += part.eq(Mux(part == NB - 1, 0, part + 1))
                         with m.If(part == NB - 1):
@@ -381,12 +394,12 @@ class UARTBridge(wiring.Component):
                     with m.If(k == rlen - 1):
                         fsm.next("TX_CRC0")
             with fsm.State("TX_CRC0"):
-                m.d.comb += [utx.i_stream.valid.eq(1), utx.i_stream.payload.eq(tcrc[8:])]
-                with m.If(utx.i_stream.ready):
+                m.d.comb += [tx_in.valid.eq(~crc_pend), tx_in.payload.eq(tcrc[8:])]
+                with m.If(tx_in.ready & ~crc_pend):
                     fsm.next("TX_CRC1")
             with fsm.State("TX_CRC1"):
-                m.d.comb += [utx.i_stream.valid.eq(1), utx.i_stream.payload.eq(tcrc[:8])]
-                with m.If(utx.i_stream.ready):
+                m.d.comb += [tx_in.valid.eq(1), tx_in.payload.eq(tcrc[:8])]
+                with m.If(tx_in.ready):
                     fsm.next("HUNT")
 
         # A break on the line resets the core and forgets the last sequence byte; a frame being
