@@ -51,11 +51,13 @@ replicated instead (``softmax_units``, ``layernorm_units``) so that the array wa
 them. :mod:`bertcore.core.perf` models the cycles of this schedule.
 """
 
-from amaranth.hdl import (Cat, Const, Module, Mux, ResetInserter, Shape, Signal, signed,
-                          unsigned)
+from types import SimpleNamespace
+
+from amaranth.hdl import (Cat, Const, Module, Mux, ResetInserter, Shape, Signal, Value,
+                          signed, unsigned)
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In, Out, connect, flipped
 
 from bertcore.config import CoreConfig
 from bertcore.quant.kernels import REQ_M_BITS, RESIDUAL_BITS
@@ -65,6 +67,7 @@ from bertcore.rtl.gelu import IntGELU
 from bertcore.rtl.layernorm import IntLayerNorm
 from bertcore.rtl.requant import REQ_E_BITS, Requantizer
 from bertcore.rtl.softmax import IntSoftmax
+from bertcore.rtl.stream import RegisterSlice
 from bertcore.rtl.systolic import SystolicArray
 
 from .image import (FORMAT_VERSION, LN_BIAS_BITS, MAGIC, check_core_config,
@@ -92,11 +95,19 @@ def _beats(bits, bus):
 
 
 def _pick(m, name, items, index, shape):
-    """A signal of ``shape`` driven by ``items[index]`` (a chain of multiplexers; no ``case``,
-    which Verilator's -Wall flags as incomplete when ``len(items)`` is not a power of two)."""
-    value = items[-1]
-    for i in range(len(items) - 2, -1, -1):
-        value = Mux(index == i, items[i], value)
+    """A signal of ``shape`` driven by ``items[index]`` (``items[-1]`` for an index past the
+    end): a balanced tree of two-input multiplexers on the bits of ``index``, ``log2(len)``
+    levels deep (no ``case``, which Verilator's -Wall flags as incomplete when ``len(items)``
+    is not a power of two, and no chain of comparisons)."""
+    bits = min((len(items) - 1).bit_length(), len(index))
+    level = list(items[:1 << bits])
+    level += [items[-1]] * ((1 << bits) - len(level))
+    for k in range(bits):
+        level = [Mux(index[k], level[2 * i + 1], level[2 * i]) for i in range(len(level) // 2)]
+    value = level[0]
+    if len(index) > bits:                    # index values past the tree: the last item
+        value = Mux(index >= len(items), items[-1], value)
+    value = Value.cast(value)
     return value.as_signed() if Shape.cast(shape).signed else value.as_unsigned()
 
 
@@ -118,6 +129,23 @@ def _fork(m, name, valid, sinks, on):
         with m.Elif(sink.valid & sink.ready):
             m.d.sync += took[i].eq(1)
     return adv
+
+
+def _sliced(m, name, streams, *, inputs=True):
+    """A :class:`RegisterSlice` on each of ``streams`` (the units sit apart from the banks that
+    feed them and from the logic that joins their outputs). With ``inputs``, ``streams`` are
+    the units' input streams and the slices' inputs are returned; else they are output streams
+    and the slices' outputs are returned."""
+    ends = []
+    for k, s in enumerate(streams):
+        m.submodules[f"{name}{k}"] = rs = RegisterSlice(s.payload.shape())
+        if inputs:
+            connect(m, rs.o_stream, s)
+            ends.append(rs.i_stream)
+        else:
+            connect(m, s, rs.i_stream)
+            ends.append(rs.o_stream)
+    return ends
 
 
 def _feed(m, name, ports, sinks, addr, adv, lane, width, last):
@@ -191,19 +219,32 @@ class _Datapath(wiring.Component):
                                                  multipliers=mul_rq)
 
         # -- Memories ------------------------------------------------------------------------
-        def banked(name, words, read_ports):
+        def banked(name, words, read_ports, *, late=False):
+            """``N`` memories of ``words`` words. With ``late``, ``"w"`` is a write request
+            (``addr``, ``data``, ``en``) registered before the write port: the port's signals
+            come from flip-flops (the writers' multiplexers do not run on across the chip
+            into every LUT-RAM cell), and a write lands one cycle after its request. The
+            writers of X and A are the input gatherer and the LayerNorm gatherers; the
+            sequencer reads those buffers two or more cycles after their last request."""
             banks = []
             for b in range(N):
                 mem = Memory(shape=unsigned(8 * N), depth=words, init=[])
                 m.submodules[f"{name}_{b}"] = mem
-                banks.append({"w": mem.write_port(),
-                              "r": [mem.read_port() for _ in range(read_ports)]})
+                port = mem.write_port()
+                if late:
+                    req = SimpleNamespace(addr=Signal.like(port.addr, name=f"{name}_{b}_wa"),
+                                          data=Signal.like(port.data, name=f"{name}_{b}_wd"),
+                                          en=Signal(name=f"{name}_{b}_we"))
+                    m.d.sync += [port.addr.eq(req.addr), port.data.eq(req.data),
+                                 port.en.eq(req.en)]
+                    port = req
+                banks.append({"w": port, "r": [mem.read_port() for _ in range(read_ports)]})
             return banks
 
         buf = {
-            A_X: banked("x", GRP * CWH, 2),      # A operand; residual of O
-            A_Q: banked("q", GRP * CWH, 1),      # queries, then the context
-            A_A: banked("a", GRP * CWH, 2),      # A operand; residual of FFN2
+            A_X: banked("x", GRP * CWH, 2, late=True),   # A operand; residual of O
+            A_Q: banked("q", GRP * CWH, 1),              # queries, then the context
+            A_A: banked("a", GRP * CWH, 2, late=True),   # A operand; residual of FFN2
             A_H: banked("h", GRP * CWF, 1),
         }
         kbuf = banked("k", GRP * CWH, 1)
@@ -709,7 +750,7 @@ class _Datapath(wiring.Component):
         x1_valid = Signal()
         x1_l = Signal(range(N))
         x1_last = Signal()
-        sinks = [unit.i_stream for unit in smaxes]
+        sinks = _sliced(m, "softmax_in", [unit.i_stream for unit in smaxes])
         x_adv = _fork(m, "x", x1_valid, sinks, Const((1 << S) - 1, S))
         _feed(m, "score", [r for _, r in s_banks], sinks, x_q * GRP + x_w, x_adv, x1_l, SW,
               x1_last)
@@ -763,7 +804,8 @@ class _Datapath(wiring.Component):
         n1_l = Signal(range(N))
         n1_last = Signal()
         n1_on = Signal(U)             # the unit's position is inside the sequence
-        sinks = [unit.i_stream for unit in lns]
+        sinks = _sliced(m, "ln_in", [unit.i_stream for unit in lns])
+        ln_outs = _sliced(m, "ln_out", [unit.o_stream for unit in lns], inputs=False)
         n_adv = _fork(m, "n", n1_valid, sinks, n1_on)
         _feed(m, "ln_in", [r for _, r in r_banks], sinks, n_g * CWH + n_c, n_adv, n1_l, RW,
               n1_last)
@@ -784,8 +826,8 @@ class _Datapath(wiring.Component):
         q_c = Signal(range(CWH))
         q_l = Signal(range(N))
         q_on = Cat(*(q_g * U + u < seq_len for u in range(U)))
-        q_join = q_on[0] & Cat(*(~q_on[u] | unit.o_stream.valid
-                                 for u, unit in enumerate(lns))).all()
+        q_join = q_on[0] & Cat(*(~q_on[u] | unit.valid
+                                 for u, unit in enumerate(ln_outs))).all()
         q1_valid = Signal()
         q1_data = [Signal(signed(IntLayerNorm.OUT_WIDTH), name=f"q1_data{u}") for u in range(U)]
         q1_l = Signal(range(N))
@@ -793,12 +835,12 @@ class _Datapath(wiring.Component):
         q_fire = Signal()
         m.d.comb += [q_adv.eq(~q1_valid | rq_ln.i_stream.ready), q_fire.eq(q_join & q_adv),
                      lp_r.addr.eq(Mux(n_which, CWH, 0) + q_c), lp_r.en.eq(q_fire)]
-        for u, unit in enumerate(lns):
-            m.d.comb += unit.o_stream.ready.eq(q_fire & q_on[u])
+        for u, unit in enumerate(ln_outs):
+            m.d.comb += unit.ready.eq(q_fire & q_on[u])
         with m.If(q_adv):
             m.d.sync += q1_valid.eq(q_join)
         with m.If(q_fire):
-            m.d.sync += [q1_data[u].eq(unit.o_stream.payload.data) for u, unit in enumerate(lns)]
+            m.d.sync += [q1_data[u].eq(unit.payload.data) for u, unit in enumerate(ln_outs)]
             m.d.sync += [q1_l.eq(q_l), q_l.eq(q_l + 1)]
             with m.If(q_l == N - 1):
                 m.d.sync += [q_l.eq(0), q_c.eq(q_c + 1)]
@@ -1057,6 +1099,16 @@ class EncoderCore(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        # Register slices on all three stream ports: every port signal (valid, ready, payload)
+        # comes from or ends in a flip-flop, so no path runs from a neighbour's logic into the
+        # controller or the datapath (they are the ECP5 critical paths otherwise).
+        m.submodules.s_param_slice = p_slice = RegisterSlice(self.s_param.payload.shape())
+        m.submodules.s_act_slice = a_slice = RegisterSlice(self.s_act.payload.shape())
+        m.submodules.m_act_slice = o_slice = RegisterSlice(self.m_act.payload.shape())
+        connect(m, flipped(self.s_param), p_slice.i_stream)
+        connect(m, flipped(self.s_act), a_slice.i_stream)
+        connect(m, o_slice.o_stream, flipped(self.m_act))
+        s_param, s_act, m_act = p_slice.o_stream, a_slice.o_stream, o_slice.i_stream
         # ``abort`` resets the whole datapath; it is registered (one cycle late) so that the
         # decisions behind it (header/length checks, the end of a run) are not on the same
         # path as the reset fan-out. The controller waits in IDLE while it is high.
@@ -1072,14 +1124,14 @@ class EncoderCore(wiring.Component):
             m.d.sync += fault.eq(1)
         m.d.comb += self.error.eq(err | fault)
 
-        p_fire = self.s_param.valid & self.s_param.ready
-        a_fire = self.s_act.valid & self.s_act.ready
+        p_fire = s_param.valid & s_param.ready
+        a_fire = s_act.valid & s_act.ready
         p_open = Signal()          # a parameter packet has started and not ended
         a_open = Signal()
         with m.If(p_fire):
-            m.d.sync += p_open.eq(~self.s_param.payload.last)
+            m.d.sync += p_open.eq(~s_param.payload.last)
         with m.If(a_fire):
-            m.d.sync += a_open.eq(~self.s_act.payload.last)
+            m.d.sync += a_open.eq(~s_act.payload.last)
         count = Signal(32)
         m.d.sync += count.eq(count + 1)
         beats = Signal(32)
@@ -1107,7 +1159,7 @@ class EncoderCore(wiring.Component):
             wp, rp = image.write_port(), image.read_port()
             with m.If(p_fire & ~replay & (cap_addr != total)):
                 m.d.comb += [wp.addr.eq(cap_addr), wp.en.eq(1),
-                             wp.data.eq(self.s_param.payload.as_value())]
+                             wp.data.eq(s_param.payload.as_value())]
                 m.d.sync += cap_addr.eq(cap_addr + 1)
             # memory -> register -> datapath: the block RAM's slow clock-to-out ends in a
             # flip-flop instead of running on into the header checks
@@ -1125,26 +1177,26 @@ class EncoderCore(wiring.Component):
             with fsm.State("IDLE"):
                 with m.If(abort_q):
                     pass                      # the datapath is being reset
-                with m.Elif(self.s_param.valid):
+                with m.Elif(s_param.valid):
                     m.d.comb += dp.start.eq(1)
                     m.d.sync += [err.eq(0), count.eq(1), beats.eq(0)]
                     if resident:
                         m.d.sync += [replay.eq(0), stored.eq(0), cap_addr.eq(0)]
                     fsm.next("RUN")
                 if resident:
-                    with m.Elif(self.s_act.valid & stored):
+                    with m.Elif(s_act.valid & stored):
                         # replay the stored image
                         m.d.comb += dp.start.eq(1)
                         m.d.sync += [err.eq(0), count.eq(1), beats.eq(0), replay.eq(1),
                                      r_addr.eq(0), r_valid.eq(0), q_valid.eq(0)]
                         fsm.next("RUN")
-                with m.Elif(self.s_act.valid):
+                with m.Elif(s_act.valid):
                     m.d.sync += err.eq(1)
                     fsm.next("DROP")
             with fsm.State("DROP"):
                 # activations before parameters: drop that packet
-                m.d.comb += [self.busy.eq(1), self.s_act.ready.eq(1)]
-                with m.If(a_fire & self.s_act.payload.last):
+                m.d.comb += [self.busy.eq(1), s_act.ready.eq(1)]
+                with m.If(a_fire & s_act.payload.last):
                     fsm.next("IDLE")
             with fsm.State("RUN"):
                 # a failure is acted on one cycle late (``fail_q``, off the header-check path);
@@ -1152,20 +1204,20 @@ class EncoderCore(wiring.Component):
                 m.d.sync += fail_q.eq(dp.fail)
                 m.d.comb += [
                     self.busy.eq(1),
-                    dp.param.valid.eq(self.s_param.valid & ~fail_q),
-                    dp.param.payload.eq(self.s_param.payload),
-                    self.s_param.ready.eq(dp.param.ready & ~fail_q),
-                    dp.act.valid.eq(self.s_act.valid & ~fail_q),
-                    dp.act.payload.eq(self.s_act.payload),
-                    self.s_act.ready.eq(dp.act.ready & ~fail_q),
-                    self.m_act.valid.eq(dp.out.valid),
-                    self.m_act.payload.eq(dp.out.payload),
-                    dp.out.ready.eq(self.m_act.ready),
+                    dp.param.valid.eq(s_param.valid & ~fail_q),
+                    dp.param.payload.eq(s_param.payload),
+                    s_param.ready.eq(dp.param.ready & ~fail_q),
+                    dp.act.valid.eq(s_act.valid & ~fail_q),
+                    dp.act.payload.eq(s_act.payload),
+                    s_act.ready.eq(dp.act.ready & ~fail_q),
+                    m_act.valid.eq(dp.out.valid),
+                    m_act.payload.eq(dp.out.payload),
+                    dp.out.ready.eq(m_act.ready),
                 ]
                 if resident:
                     with m.If(replay):
                         m.d.comb += [dp.param.valid.eq(q_valid & ~fail_q),
-                                     dp.param.payload.eq(q_payload), self.s_param.ready.eq(0)]
+                                     dp.param.payload.eq(q_payload), s_param.ready.eq(0)]
                 with m.If(fail_q):
                     m.d.comb += abort.eq(1)
                     m.d.sync += err.eq(1)
@@ -1182,9 +1234,9 @@ class EncoderCore(wiring.Component):
                 m.d.sync += fail_q.eq(0)
                 # drop what is left of the open packets (the failing beat itself was taken)
                 m.d.comb += [self.busy.eq(1), abort.eq(1),
-                             self.s_param.ready.eq(p_open), self.s_act.ready.eq(a_open)]
-                with m.If((~p_open | (p_fire & self.s_param.payload.last))
-                          & (~a_open | (a_fire & self.s_act.payload.last))):
+                             s_param.ready.eq(p_open), s_act.ready.eq(a_open)]
+                with m.If((~p_open | (p_fire & s_param.payload.last))
+                          & (~a_open | (a_fire & s_act.payload.last))):
                     fsm.next("IDLE")
         return m
 
