@@ -17,7 +17,8 @@ every run (:mod:`bertcore.board`).
 
 from dataclasses import dataclass
 
-from amaranth.hdl import ClockDomain, Instance, Module, ResetInserter, Signal
+from amaranth.hdl import (ClockDomain, ClockSignal, DomainRenamer, Instance, Module,
+                          ResetInserter, Signal)
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out, connect
@@ -45,6 +46,14 @@ class UARTCoreTop(wiring.Component):
         ``s_act``, ``m_act``, ``busy``, ``error``, ``cycles``); default ``EncoderCore(config)``.
     max_payload, timeout, gather
         Passed to :class:`~boards.bridge.UARTBridge`.
+    core_domain : bool
+        Put the core in a local clock domain ``core`` on the same clock whose reset is one
+        flip-flop (the ``sync`` reset or the bridge's ``core_reset``, registered), so that the
+        reset reaching the core's flip-flops is not a chain of OR gates across the chip (the
+        ECP5 critical path otherwise). The board tops use it. The Amaranth simulator sees the
+        ``core`` clock, assigned from ``sync``, one delta cycle late (a race), so Amaranth
+        simulations keep the default (the core in ``sync`` with the bridge's reset inserted);
+        Verilog simulators do not have that race.
 
     Members
     -------
@@ -63,8 +72,9 @@ class UARTCoreTop(wiring.Component):
     nak: Out(1)
 
     def __init__(self, config, divisor, *, core=None, max_payload=256, timeout=None,
-                 gather=None):
+                 gather=None, core_domain=False):
         self._core = EncoderCore(config) if core is None else core
+        self._core_domain = core_domain
         self._bridge = UARTBridge(config.bus_width, divisor, max_payload=max_payload,
                                   timeout=timeout, gather=gather)
         self._config = config
@@ -82,7 +92,14 @@ class UARTCoreTop(wiring.Component):
         m = Module()
         m.submodules.bridge = bridge = self._bridge
         core = self._core
-        m.submodules.core = ResetInserter(bridge.core_reset)(core)
+        if self._core_domain:
+            m.domains.core = cd_core = ClockDomain("core", local=True)
+            core_rst = Signal(init=1)           # 1 in and right after the sync reset
+            m.d.sync += core_rst.eq(bridge.core_reset)
+            m.d.comb += [cd_core.clk.eq(ClockSignal("sync")), cd_core.rst.eq(core_rst)]
+            m.submodules.core = DomainRenamer("core")(core)
+        else:
+            m.submodules.core = ResetInserter(bridge.core_reset)(core)
         connect(m, bridge.param, core.s_param)
         connect(m, bridge.act, core.s_act)
         connect(m, core.m_act, bridge.result)
@@ -270,7 +287,8 @@ class BoardTop(wiring.Component):
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
 
-        m.submodules.top = top = UARTCoreTop(self._config, self._divisor, core=self._core)
+        m.submodules.top = top = UARTCoreTop(self._config, self._divisor, core=self._core,
+                                             core_domain=True)
         m.d.comb += [top.rx.eq(rx_buf.i), tx_buf.o.eq(top.tx)]
 
         stretch = Signal(range(int(spec.clock // 10) + 1))   # 100 ms

@@ -312,7 +312,7 @@ def test_real_core_uart_cocotb(tiny_core, tiny_image, resident, tmp_path):  # no
     params = {"divisor": DIVISOR, "config": config.to_dict(), "image": tiny_image,
               "runs": runs, "corrupt": [4, P.HEADER_BYTES + 7, 0x04], "timeout_bits": 4000,
               "report": str(report)}
-    run_cocotb(UARTCoreTop(config, DIVISOR), toplevel="bertcore_uart_top",
+    run_cocotb(UARTCoreTop(config, DIVISOR, core_domain=True), toplevel="bertcore_uart_top",
                test_module="tb_board", simulator="verilator", params=params,
                name=f"board_uart_tiny{'_resident' if resident else ''}")
     result = json.loads(report.read_text())
