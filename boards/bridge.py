@@ -197,6 +197,10 @@ class UARTBridge(wiring.Component):
         status = Signal(8 * P.STATUS_BYTES)
         j = Signal(range(P.HEADER_BYTES))
         k = Signal(16)                              # payload byte of the reply
+        k_first = Signal()                          # k == 0
+        r_data = Signal()                           # rtype is R_DATA (registered in SEND)
+        r_nak = Signal()                            # rtype is R_NAK
+        k_end = Signal(16)                          # rlen - 1
         wi = Signal(range(RW + 1))                  # word of the reply buffer
         tcrc = Signal(16)
         tx_byte = Signal(8)
@@ -359,39 +363,38 @@ class UARTBridge(wiring.Component):
 
             # -- reply ------------------------------------------------------------------------
             with fsm.State("SEND"):
-                m.d.sync += [j.eq(0), k.eq(0), wi.eq(0), part.eq(0), tcrc.eq(0xFFFF)]
+                m.d.sync += [j.eq(0), k.eq(0), k_first.eq(1), wi.eq(0), part.eq(0),
+                             tcrc.eq(0xFFFF), r_data.eq(rtype == P.R_DATA),
+                             r_nak.eq(rtype == P.R_NAK), k_end.eq(rlen - 1)]
                 fsm.next("TX_HEAD")
             with fsm.State("TX_HEAD"):
-                head = [Const(P.SOF, 8), rtype, seq, rlen[:8], rlen[8:]]
-                m.d.comb += tx_byte.eq(head[-1])
-                for n in range(len(head) - 2, -1, -1):
-                    with m.If(j == n):
-                        m.d.comb += tx_byte.eq(head[n])
+                head = Cat(Const(P.SOF, 8), rtype, seq, rlen[:8], rlen[8:])
+                m.d.comb += tx_byte.eq(head.word_select(j, 8))
                 m.d.comb += [tx_in.valid.eq(1), tx_in.payload.eq(tx_byte)]
                 with m.If(tx_in.ready):
                     m.d.sync += j.eq(j + 1)
                     with m.If(j != 0):
                         m.d.sync += [crc_in.eq(tx_byte), crc_pend.eq(1)]
-                    with m.If(j == len(head) - 1):
+                    with m.If(j == P.HEADER_BYTES - 1):
                         fsm.next("TX_PAY")
                         with m.If(rlen == 0):
                             fsm.next("TX_CRC0")
             with fsm.State("TX_PAY"):
-                status_bytes = [status[8 * n:8 * n + 8] for n in range(P.STATUS_BYTES)]
-                st = status_bytes[0]
-                for n in range(1, P.STATUS_BYTES):
-                    st = Mux(k == n, status_bytes[n], st)
-                data_byte = Mux(k == 0, dflags, rr.data.word_select(part, 8))
-                m.d.comb += tx_byte.eq(Mux(rtype == P.R_DATA, data_byte,
-                                           Mux(rtype == P.R_NAK, reason, st)))
+                # shallow selects: status byte k by the low bits of k (a status reply has
+                # STATUS_BYTES bytes), the reply kind and first byte from registered flags
+                st = status.word_select(k[:(P.STATUS_BYTES - 1).bit_length()], 8)
+                # (rr.data follows wi one cycle late: payload bytes are taken one per UART byte
+                # time, the slice's two places being filled by the five header bytes)
+                data_byte = Mux(k_first, dflags, rr.data.word_select(part, 8))
+                m.d.comb += tx_byte.eq(Mux(r_data, data_byte, Mux(r_nak, reason, st)))
                 m.d.comb += [tx_in.valid.eq(1), tx_in.payload.eq(tx_byte)]
                 with m.If(tx_in.ready):
-                    m.d.sync += [crc_in.eq(tx_byte), crc_pend.eq(1), k.eq(k + 1)]
-                    with m.If(k != 0):
+                    m.d.sync += [crc_in.eq(tx_byte), crc_pend.eq(1), k.eq(k + 1), k_first.eq(0)]
+                    with m.If(~k_first):
                         m.d.sync += part.eq(Mux(part == NB - 1, 0, part + 1))
                         with m.If(part == NB - 1):
                             m.d.sync += wi.eq(wi + 1)
-                    with m.If(k == rlen - 1):
+                    with m.If(k == k_end):
                         fsm.next("TX_CRC0")
             with fsm.State("TX_CRC0"):
                 m.d.comb += [tx_in.valid.eq(~crc_pend), tx_in.payload.eq(tcrc[8:])]
