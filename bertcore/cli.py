@@ -407,7 +407,13 @@ def cmd_build(args):
         print(json.dumps(rep, indent=2, default=str))
     elif not args.quiet:
         for k, v in rep.items():
-            print(f"{k:14s} {v}")
+            if k != "failing":
+                print(f"{k:14s} {v}")
+        if rep.get("failing"):
+            print(f"latest endpoints over the {rep['target_mhz']:g} MHz period "
+                  "(arrival ns, count):")
+            for group in rep["failing"]:
+                print(f"  {group['arrival_ns']:6.2f}  x{group['count']:<4d} {group['endpoint']}")
     if not rep.get("routed", False):
         raise CliError(f"{spec.name}: the design does not fit or does not route: "
                        f"{str(rep.get('error', '?')).strip().splitlines()[-1]}")

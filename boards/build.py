@@ -6,16 +6,23 @@ utilization and Fmax parsed from the nextpnr log (``top.tim``)::
 
     {"board": ..., "routed": True, "timing_met": False, "fmax": {"clk": 41.5}, "target_mhz": 100.0,
      "utilization": {"TRELLIS_SLICE": (used, total), "MULT18X18D": (used, total), ...},
-     "bitstream": "build/ulx3s/top.bit", "seconds": ...}
+     "bitstream": "build/ulx3s/top.bit", "seconds": ...,
+     "failing": [{"endpoint": "core.dp.x.DI", "arrival_ns": 11.2, "count": 8}, ...]}
+
+``failing`` (only when timing is not met) lists the ten latest groups of endpoints
+(:func:`bertcore.flow.paths.failing_endpoints`, from ``top.report.json``).
 
 Command line: ``python -m boards.build ulx3s-85f [--preset tiny] [--out DIR] [--program]``.
 """
 
+import json
 import os
 import re
 import shutil
 import time
 from pathlib import Path
+
+from bertcore.flow.paths import failing_endpoints
 
 from .top import BoardTop, board_spec
 
@@ -97,13 +104,16 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
             if shutil.which(env.get(var, tool)) is None:
                 env[var] = "true"
 
-    # write the bitstream even when timing fails (the report says whether it was met)
-    kwargs_pnr = {"nextpnr_opts": "--timing-allow-fail"}
+    # write the bitstream even when timing fails (the report says whether it was met); the
+    # JSON report with every endpoint's arrival names the paths that miss the clock
+    kwargs_pnr = {"nextpnr_opts": f"--timing-allow-fail --report {name}.report.json "
+                                  "--detailed-timing-report"}
     if synth_opts is None:
         synth_opts = "-dsp" if spec.family == "ice40" else ECP5_NO_ABC9
     kwargs = dict(kwargs_pnr, **({"synth_opts": synth_opts} if synth_opts else {}))
     # a failed build must not report the log or bitstream of an earlier one
-    for stale in (outdir / f"{name}.tim", outdir / f"{name}.bit", outdir / f"{name}.bin"):
+    for stale in (outdir / f"{name}.tim", outdir / f"{name}.bit", outdir / f"{name}.bin",
+                  outdir / f"{name}.report.json"):
         stale.unlink(missing_ok=True)
     start = time.monotonic()
     old = dict(os.environ)
@@ -126,6 +136,10 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
               "target_mhz": spec.clock / 1e6, "utilization": util,
               "bitstream": str(bitstream) if bitstream.exists() else None,
               "seconds": round(time.monotonic() - start, 1)}
+    timing = outdir / f"{name}.report.json"
+    if fmax and not met and timing.exists():
+        report["failing"] = failing_endpoints(json.loads(timing.read_text()),
+                                              1e9 / spec.clock, limit=10)
     if error is not None:
         if not text:
             rpt = outdir / f"{name}.rpt"
@@ -138,7 +152,6 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
 
 def main(argv=None):
     import argparse
-    import json
 
     from bertcore.config import preset
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

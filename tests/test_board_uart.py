@@ -355,6 +355,36 @@ Info: Max frequency for clock '$glbnet$clk': 101.50 MHz (PASS at 100.00 MHz)
                     "MULT18X18D": (16, 156)}
 
 
+def test_failing_endpoints():
+    """Endpoints over the period, grouped by register or memory, latest first; logic cells,
+    combinational multipliers and clock pins are not endpoints."""
+    from bertcore.flow.paths import failing_endpoints
+
+    def net(driver, port, *sinks):
+        return {"driver": driver, "port": port, "net": driver,
+                "endpoints": [{"cell": c, "port": p, "delay": [0.5, d]} for c, p, d in sinks]}
+
+    report = {"detailed_net_timings": [
+        net("top.core.a_TRELLIS_FF_Q", "Q", ("top.core.lut_LUT4_Z", "A", 12.0),
+            ("top.core.b_TRELLIS_FF_Q_1", "CE", 10.4), ("top.core.b_TRELLIS_FF_Q", "CLK", 99.0)),
+        net("top.core.lut_LUT4_Z", "F", ("top.core.b_TRELLIS_FF_Q_2", "DI", 11.0),
+            ("top.core.b_TRELLIS_FF_Q_3", "DI", 10.2), ("top.core.k_2.0.15$DPRAM_COMB1", "WD", 10.6),
+            ("top.core.k_2.1.3$DPRAM_COMB0", "WD", 9.9), ("top.core.m_MULT18X18D", "A3", 20.0)),
+        net("top.core.m_MULT18X18D", "P3", ("top.core.p_TRELLIS_FF_Q_7", "M", 10.8)),
+        net("top.bridge.x_TRELLIS_FF_Q", "Q", ("top.core.b_TRELLIS_FF_Q_2", "LSR", 9.0)),
+    ]}
+    assert failing_endpoints(report, 10.0) == [
+        {"endpoint": "core.b.DI", "arrival_ns": 11.0, "count": 2},
+        {"endpoint": "core.p.M", "arrival_ns": 10.8, "count": 1},
+        {"endpoint": "core.k_*.WD", "arrival_ns": 10.6, "count": 1},
+        {"endpoint": "core.b.CE", "arrival_ns": 10.4, "count": 1},
+    ]
+    assert len(failing_endpoints(report, 10.0, limit=2)) == 2
+    assert failing_endpoints(report, 30.0) == []
+    with pytest.raises(ValueError, match="detailed-timing-report"):
+        failing_endpoints({"fmax": {}}, 10.0)
+
+
 # -- `bertcore board run` against a host-protocol-level fake board on a pty ------------------------
 
 class FakeBoard:

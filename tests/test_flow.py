@@ -142,6 +142,26 @@ def test_cli_build_errors(capsys):
     assert "unknown preset" in err(["build", "--board", "icebreaker", "--preset", "huge"])
 
 
+def test_cli_build_prints_failing_endpoints(monkeypatch, capsys, tmp_path):
+    """A build that misses its clock prints the latest endpoint groups under the report."""
+    import boards.build
+    failing = [{"endpoint": "core.dp.array.a_in.DI", "arrival_ns": 11.44, "count": 9},
+               {"endpoint": "bridge.crc_in.M", "arrival_ns": 10.2, "count": 8}]
+
+    def fake_build(board, config, outdir, do_program=False):
+        return {"board": board, "routed": True, "timing_met": False, "fmax": {"clk": 87.4},
+                "target_mhz": 100.0, "utilization": {}, "bitstream": None, "seconds": 1.0,
+                "failing": failing}
+
+    monkeypatch.setattr(boards.build, "build", fake_build)
+    assert main(["build", "--board", "ulx3s-85f", "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "timing_met     False" in out
+    assert "latest endpoints over the 100 MHz period (arrival ns, count):" in out
+    assert " 11.44  x9    core.dp.array.a_in.DI" in out
+    assert "failing" not in out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("board", [
     pytest.param("ulx3s-85f", id="ulx3s"),           # tiny, resident: ~17 min
