@@ -360,9 +360,22 @@ class _Datapath(wiring.Component):
 
         n_panels = Mux(l_group == G_FFN1, CWF, CWH)
         k_rows = Mux(l_group == G_FFN2, ffn, hid)
+        # header (MAGIC, FORMAT_VERSION, fingerprint, beats; 32 bits each): each beat is
+        # compared with its part of the expected header as it arrives (a compare with
+        # constants, not a multiplexer of the assembled vector), the results kept in hdr_ok
+        expected = (MAGIC | FORMAT_VERSION << 32 | config_fingerprint(c) << 64 | total << 96)
+        hdr_checks = []
+        for b in range(_beats(128, BUS)):
+            width = min(BUS, 128 - b * BUS)
+            part = (expected >> (b * BUS)) & ((1 << width) - 1)
+            hdr_checks.append(self.param.payload.data[:width] == part)
+        hdr_ok = Signal()               # the header's beats so far were as expected
+        beat_ok = Signal()              # and so is this one
+        m.d.comb += beat_ok.eq(Cat(*hdr_checks).bit_select(vb, 1))
         with Fsm(m, "loader") as fsm:
             with fsm.State("IDLE"):
                 with m.If(self.start):
+                    m.d.sync += hdr_ok.eq(1)
                     fsm.next("HDR")
 
             def vector_state(name, bits, ok=1):
@@ -372,14 +385,13 @@ class _Datapath(wiring.Component):
 
             with fsm.State("HDR"):
                 with m.If(vector_state("HDR", 128)):
-                    words = [merged[32 * i:32 * (i + 1)] for i in range(4)]
-                    good = ((words[0] == MAGIC) & (words[1] == FORMAT_VERSION)
-                            & (words[2] == config_fingerprint(c)) & (words[3] == total))
-                    with m.If(good):
+                    with m.If(hdr_ok & beat_ok):
                         fsm.next("SCAL")
                     with m.Else():
                         m.d.comb += fail_hdr.eq(1)
                         fsm.next("IDLE")
+                with m.Elif(p_fire):
+                    m.d.sync += hdr_ok.eq(hdr_ok & beat_ok)
             with fsm.State("SCAL"):
                 with m.If(vector_state("SCAL", 384, ~scal_full)):
                     w = [merged[32 * i:32 * (i + 1)] for i in range(12)]
