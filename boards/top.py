@@ -152,9 +152,9 @@ BOARDS = {
         "layers) needs 256 multipliers, more than the LFE5U-85F's 156, and buffers beyond its "
         "EBRs"),
     "orangecrab-25f": BoardSpec(
-        # 72 MHz: routed with this target the core reaches 87.8 MHz (docs/boards.md)
+        # 100 MHz: routed with this target the core reaches 100.7-102.7 MHz (docs/boards.md)
         "orangecrab-25f", "amaranth_boards.orangecrab_r0_2:OrangeCrabR0_2_25FPlatform", "ecp5",
-        48e6, 72e6, ORANGECRAB_CONFIG,
+        48e6, 100e6, ORANGECRAB_CONFIG,
         "the tiny model on a 2x2 array with GELU and softmax multipliers in LUTs, streamed "
         "image: the 4x4 tiny core takes 68 MULT18X18D where the LFE5U-25F has 28; on a 2x2 "
         "array with all units on DSPs it still needs 38; moving GELU and softmax into LUTs "
