@@ -212,6 +212,10 @@ class UARTBridge(wiring.Component):
         with m.If(crc_pend):
             m.d.sync += tcrc.eq(crc16_step(tcrc, crc_in))
         m.d.comb += [rr.addr.eq(wi), fr.addr.eq(idx)]
+        # the reply word passes a register (a block RAM's clock-to-out without its output
+        # register is 5.6 ns on the ULX3S's -6 part; it ran on into the byte select)
+        rr_word = Signal.like(rr.data)
+        m.d.sync += rr_word.eq(rr.data)
 
         is_param = (ftype == P.T_PARAM) | (ftype == P.T_PARAM_LAST)
         is_act = (ftype == P.T_ACT) | (ftype == P.T_ACT_LAST)
@@ -383,9 +387,9 @@ class UARTBridge(wiring.Component):
                 # shallow selects: status byte k by the low bits of k (a status reply has
                 # STATUS_BYTES bytes), the reply kind and first byte from registered flags
                 st = status.word_select(k[:(P.STATUS_BYTES - 1).bit_length()], 8)
-                # (rr.data follows wi one cycle late: payload bytes are taken one per UART byte
-                # time, the slice's two places being filled by the five header bytes)
-                data_byte = Mux(k_first, dflags, rr.data.word_select(part, 8))
+                # (rr_word follows wi two cycles late: payload bytes are taken one per UART
+                # byte time, the slice's two places being filled by the five header bytes)
+                data_byte = Mux(k_first, dflags, rr_word.word_select(part, 8))
                 m.d.comb += tx_byte.eq(Mux(r_data, data_byte, Mux(r_nak, reason, st)))
                 m.d.comb += [tx_in.valid.eq(1), tx_in.payload.eq(tx_byte)]
                 with m.If(tx_in.ready):

@@ -558,7 +558,17 @@ class _Datapath(wiring.Component):
         s1_valid = Signal()
         s1_last = Signal()
         s1_ke = Signal(range(N))
-        adv = ~s1_valid | (array.a.ready & array.b.ready)
+        # A and B beats reach the array through one register slice (the operand picks of the
+        # banks run on into the array's input registers otherwise, across the chip)
+        m.submodules.operand_slice = ops = RegisterSlice(data.StructLayout({
+            "a": array.a.payload.shape(), "b": array.b.payload.shape()}))
+        a_beat, b_beat = ops.i_stream.payload.a, ops.i_stream.payload.b
+        m.d.comb += [ops.i_stream.valid.eq(s1_valid),
+                     array.a.valid.eq(ops.o_stream.valid), array.b.valid.eq(ops.o_stream.valid),
+                     array.a.payload.eq(ops.o_stream.payload.a),
+                     array.b.payload.eq(ops.o_stream.payload.b),
+                     ops.o_stream.ready.eq(array.a.ready & array.b.ready)]
+        adv = ~s1_valid | ops.i_stream.ready
         issue = adv & f_active
         with m.If(adv):
             m.d.sync += [s1_valid.eq(f_active), s1_last.eq(f_k == j_k - 1), s1_ke.eq(f_ke)]
@@ -597,16 +607,14 @@ class _Datapath(wiring.Component):
             items = [elem(buf[src][i]["r"][0].data, s1_ke, f"a{src}_{i}").as_signed()
                      for src in (A_X, A_Q, A_A, A_H)]
             items.append(Cat(elem(pbuf[i]["r"][0].data, s1_ke, f"ap_{i}"), Const(0, 1)))
-            m.d.comb += array.a.payload.data[i].eq(
-                _pick(m, f"a_lane{i}", items, s1_asrc, signed(9)))
+            m.d.comb += a_beat.data[i].eq(_pick(m, f"a_lane{i}", items, s1_asrc, signed(9)))
         vword = _pick(m, "vword", [vbuf[b]["r"][0].data for b in range(N)], s1_ke, 8 * N)
         for j in range(N):
             items = [pw_r.data[8 * j:8 * j + 8], elem(kbuf[j]["r"][0].data, s1_ke, f"bk_{j}"),
                      vword[8 * j:8 * j + 8]]
-            m.d.comb += array.b.payload.data[j].eq(_pick(m, f"b_lane{j}", items, s1_kind, 8))
-        m.d.comb += self.beat.eq(s1_valid & array.a.ready & array.b.ready)
-        m.d.comb += [array.a.valid.eq(s1_valid), array.b.valid.eq(s1_valid),
-                     array.a.payload.last.eq(s1_last), array.b.payload.last.eq(s1_last)]
+            m.d.comb += b_beat.data[j].eq(_pick(m, f"b_lane{j}", items, s1_kind, 8))
+        m.d.comb += [a_beat.last.eq(s1_last), b_beat.last.eq(s1_last),
+                     self.beat.eq(ops.o_stream.valid & array.a.ready & array.b.ready)]
         # bias: one beat per tile
         bias_cnt = Signal.like(j_tiles)
         j_bias_on = Signal()
