@@ -70,8 +70,7 @@ from bertcore.rtl.softmax import IntSoftmax
 from bertcore.rtl.stream import RegisterSlice
 from bertcore.rtl.systolic import SystolicArray
 
-from .image import (FORMAT_VERSION, LN_BIAS_BITS, MAGIC, check_core_config,
-                    config_fingerprint, image_beats)
+from .image import HEADER_BITS, LN_BIAS_BITS, check_core_config, header_words, image_beats
 
 __all__ = ["EncoderCore", "EncoderTop", "bus_layout"]
 
@@ -360,13 +359,13 @@ class _Datapath(wiring.Component):
 
         n_panels = Mux(l_group == G_FFN1, CWF, CWH)
         k_rows = Mux(l_group == G_FFN2, ffn, hid)
-        # header (MAGIC, FORMAT_VERSION, fingerprint, beats; 32 bits each): each beat is
-        # compared with its part of the expected header as it arrives (a compare with
-        # constants, not a multiplexer of the assembled vector), the results kept in hdr_ok
-        expected = (MAGIC | FORMAT_VERSION << 32 | config_fingerprint(c) << 64 | total << 96)
+        # header (image.header_words, 32 bits each): each beat is compared with its part of
+        # the expected header as it arrives (a compare with constants, not a multiplexer of the
+        # assembled vector), the results kept in hdr_ok
+        expected = sum(word << (32 * i) for i, word in enumerate(header_words(c)))
         hdr_checks = []
-        for b in range(_beats(128, BUS)):
-            width = min(BUS, 128 - b * BUS)
+        for b in range(_beats(HEADER_BITS, BUS)):
+            width = min(BUS, HEADER_BITS - b * BUS)
             part = (expected >> (b * BUS)) & ((1 << width) - 1)
             hdr_checks.append(self.param.payload.data[:width] == part)
         hdr_ok = Signal()               # the header's beats so far were as expected
@@ -384,7 +383,7 @@ class _Datapath(wiring.Component):
                 return p_fire & (vb == nb - 1)
 
             with fsm.State("HDR"):
-                with m.If(vector_state("HDR", 128)):
+                with m.If(vector_state("HDR", HEADER_BITS)):
                     with m.If(hdr_ok & beat_ok):
                         fsm.next("SCAL")
                     with m.Else():

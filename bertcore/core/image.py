@@ -25,7 +25,8 @@ from bertcore.quant import kernels as K
 
 __all__ = [
     "FORMAT_VERSION", "MAGIC", "HEADER_BITS", "SCALAR_WORDS", "LN_BIAS_BITS", "ImageError",
-    "Vector", "image_schedule", "image_beats", "vector_beats", "config_fingerprint",
+    "Vector", "image_schedule", "image_beats", "header_words", "vector_beats",
+    "config_fingerprint",
     "check_core_config", "pack_parameter_image", "image_to_hex", "pack_activations",
     "unpack_activations", "activation_beats", "scalar_fields",
 ]
@@ -158,6 +159,12 @@ def image_beats(config):
     return sum(vector_beats(v.bits, config.bus_width) for v in image_schedule(config))
 
 
+def header_words(config):
+    """The four 32-bit words of the image header of ``config``: magic, version, fingerprint,
+    total beats (:data:`HEADER_BITS`)."""
+    return [MAGIC, FORMAT_VERSION, config_fingerprint(config), image_beats(config)]
+
+
 def _fits(name, value, bits, signed=True):
     lo, hi = K.int_range(bits, signed)
     if not lo <= value <= hi:
@@ -237,7 +244,7 @@ def pack_parameter_image(int_model, config):
     for vec in image_schedule(config):
         L = f"layer.{vec.layer}."
         if vec.kind == "header":
-            values = [MAGIC, FORMAT_VERSION, config_fingerprint(config), total]
+            values = header_words(config)
         elif vec.kind == "scalars":
             f = scalar_fields(int_model, vec.layer)
             values = []
