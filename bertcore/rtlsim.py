@@ -30,13 +30,13 @@ __all__ = ["REPLAY_TOP", "CoreSimulator", "SimResult"]
 #: Simulation top: the core plus a ROM that replays the parameter image on each ``param_go``.
 #: ``{extra_ports}``/``{extra_conns}`` take the core's further outputs (performance counters).
 #:
-#: Every input of the top reaches the core through a register (``rst_q``, and a two-entry
-#: register slice per activation stream): Amaranth writes each register's next value, reset
-#: included, as combinational logic, and Verilator re-evaluates all logic that depends
-#: combinationally on a top-level input at every ``eval`` (its ``ico`` region), i.e. at each clock
-#: edge and at each of cocotb's writes. With registered inputs that logic runs once per cycle
-#: (see the "MiniLM through the simulated core" section of docs/core.md for the figures). The
-#: slices add one cycle of latency on each stream; the core's ``cycles`` counter is unchanged.
+#: Every input of the top reaches the core's logic through a register: the reset through
+#: ``rst_q`` here, the streams through the core's own port register slices. Amaranth writes
+#: each register's next value, reset included, as combinational logic, and Verilator
+#: re-evaluates all logic that depends combinationally on a top-level input at every ``eval``
+#: (its ``ico`` region), i.e. at each clock edge and at each of cocotb's writes. With registered
+#: inputs that logic runs once per cycle (see the "MiniLM through the simulated core" section of
+#: docs/core.md for the figures).
 REPLAY_TOP = """\
 // bertcore simulation top: replays the parameter image from $readmemh into s_axis_param.
 `default_nettype none
@@ -90,70 +90,18 @@ module bertcore_sim_top #(
             end
         end
     end
-    wire [BUS:0] act_in, act_out;
-    wire act_in_valid, act_in_ready, act_out_valid, act_out_ready;
-    bertcore_sim_slice #(.W(BUS + 1)) act_in_slice (
-        .clk(clk), .rst(rst_q),
-        .i_data({s_axis_act_tlast, s_axis_act_tdata}), .i_valid(s_axis_act_tvalid),
-        .i_ready(s_axis_act_tready),
-        .o_data(act_in), .o_valid(act_in_valid), .o_ready(act_in_ready)
-    );
-    bertcore_sim_slice #(.W(BUS + 1)) act_out_slice (
-        .clk(clk), .rst(rst_q),
-        .i_data(act_out), .i_valid(act_out_valid), .i_ready(act_out_ready),
-        .o_data({m_axis_act_tlast, m_axis_act_tdata}), .o_valid(m_axis_act_tvalid),
-        .o_ready(m_axis_act_tready)
-    );
     bertcore_encoder core (
         .clk(clk), .rst(rst_q),
         .s_axis_param_tdata(word[BUS-1:0]), .s_axis_param_tvalid(armed),
         .s_axis_param_tready(param_tready), .s_axis_param_tlast(word[BUS]),
-        .s_axis_act_tdata(act_in[BUS-1:0]), .s_axis_act_tvalid(act_in_valid),
-        .s_axis_act_tready(act_in_ready), .s_axis_act_tlast(act_in[BUS]),
-        .m_axis_act_tdata(act_out[BUS-1:0]), .m_axis_act_tvalid(act_out_valid),
-        .m_axis_act_tready(act_out_ready), .m_axis_act_tlast(act_out[BUS]),
+        .s_axis_act_tdata(s_axis_act_tdata), .s_axis_act_tvalid(s_axis_act_tvalid),
+        .s_axis_act_tready(s_axis_act_tready), .s_axis_act_tlast(s_axis_act_tlast),
+        .m_axis_act_tdata(m_axis_act_tdata), .m_axis_act_tvalid(m_axis_act_tvalid),
+        .m_axis_act_tready(m_axis_act_tready), .m_axis_act_tlast(m_axis_act_tlast),
         .busy(busy), .error(error), .cycles(cycles){extra_conns}
     );
 endmodule
 
-// Two-entry register slice: both of its outputs come from registers, so no combinational path
-// joins the ports of the simulation top to the core. It belongs to the simulation top's file:
-// verilator lint_off DECLFILENAME
-module bertcore_sim_slice #(
-    parameter integer W = 1
-) (
-    input  wire         clk,
-    input  wire         rst,
-    input  wire [W-1:0] i_data,
-    input  wire         i_valid,
-    output wire         i_ready,
-    output wire [W-1:0] o_data,
-    output wire         o_valid,
-    input  wire         o_ready
-);
-    reg [W-1:0] head, tail;
-    reg [1:0] count;
-    wire push = i_valid && i_ready;
-    wire pop = o_valid && o_ready;
-    assign i_ready = count != 2'd2;
-    assign o_valid = count != 2'd0;
-    assign o_data = head;
-    always @(posedge clk) begin
-        if (rst)
-            count <= 2'd0;
-        else if (push && !pop)
-            count <= count + 2'd1;
-        else if (pop && !push)
-            count <= count - 2'd1;
-        if (pop)
-            head <= count == 2'd2 ? tail : i_data;
-        else if (push && count == 2'd0)
-            head <= i_data;
-        if (push && !pop && count == 2'd1)
-            tail <= i_data;
-    end
-endmodule
-// verilator lint_on DECLFILENAME
 `default_nettype wire
 """
 
