@@ -372,7 +372,9 @@ def test_core_parallel_units(tiny_core, changes, lengths):
     single = cfg.replace(softmax_units=1, layernorm_units=1)
     for x, cyc, layer in zip(xs, cycles, layers):
         n = x.shape[0]
-        assert run_cycles(cfg, n) < run_cycles(single, n)
+        # the RTL itself beats one unit of each (as modeled; the model is within 5 % of the
+        # single-unit RTL in test_core_cocotb)
+        assert cyc < run_cycles(single, n), f"L={n}: RTL {cyc}, one unit each modeled"
         assert abs(cyc - run_cycles(cfg, n)) <= 0.05 * cyc, f"L={n}: RTL {cyc}"
         assert abs(layer - layer_cycles(cfg, n)) <= 0.05 * layer, f"L={n}: RTL layer {layer}"
 
