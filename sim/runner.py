@@ -56,13 +56,19 @@ def _aliases(source):
     return names
 
 
+# The fill levels of an `amaranth.lib.fifo` queue (`level`, `r_level`, `w_level`): outputs of the
+# library's FIFO that a user whose flow control needs no level leaves unconnected.
+_FIFO_LEVELS = {"level", "r_level", "w_level"}
+
+
 def _unused_waived(line, aliases):
-    """UNUSEDSIGNAL is waived for struct-field aliases, `$N` temporaries and net aliases."""
+    """UNUSEDSIGNAL is waived for struct-field aliases, `$N` temporaries, net aliases and the
+    fill levels of `amaranth.lib.fifo` queues."""
     match = _UNUSED_NAME.search(line)
     if not match:
         return False
     name = match.group(1)
-    return "." in name or "$" in name or name in aliases
+    return "." in name or "$" in name or name in aliases or name in _FIFO_LEVELS
 
 
 

@@ -26,8 +26,9 @@ the queue is full or the previous tile's result registers are still being read.
 
 Registers: per PE the operands (``a_shape + b_shape`` bits), the product, the accumulator and
 the result register (``acc_shape`` each) and 7 control bits; the skew holds
-``rows·(rows-1)/2`` A values and ``cols·(cols-1)/2`` B values. The queue is a memory of
-``queue_depth - 1`` rows of ``cols·acc_shape + 1`` bits (block RAM) plus its read register.
+``rows·(rows-1)/2`` A values and ``cols·(cols-1)/2`` B values. The queue
+(:class:`amaranth.lib.fifo.SyncFIFOBuffered`) is a memory of ``queue_depth - 1`` rows of
+``cols·acc_shape + 1`` bits (block RAM) plus its read register.
 
 Timing (cycle ``e`` = the cycle in which a tile's last operand beat is transferred)
 -----------------------------------------------------------------------------------
@@ -44,7 +45,7 @@ Timing (cycle ``e`` = the cycle in which a tile's last operand beat is transferr
 
 from amaranth.hdl import Cat, Module, Mux, Shape, ShapeCastable, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .common import check_int, rejecting
@@ -168,70 +169,6 @@ class _ProcessingElement(wiring.Component):
         m.d.comb += self.result.eq(result)
         if self._reports:
             m.d.sync += self.captured.eq(done)
-        return m
-
-
-class _RowQueue(wiring.Component):
-    """First-in first-out queue of result rows, stored in a memory with a registered read port.
-
-    The writer has no ``ready``: it must never hold more than ``depth`` rows in the queue
-    (:class:`SystolicArray` reserves the room with credits). A row written into an empty queue
-    is valid on ``r`` two cycles later. The memory (``depth - 1`` rows, the last row sits in
-    the read port's register) maps onto block RAM.
-
-    Parameters
-    ----------
-    layout : Layout
-        Layout of a row.
-    depth : int
-        Rows the queue holds, ``>= 2``.
-
-    Members
-    -------
-    w : In(stream.Signature(layout, always_ready=True))
-        Rows in.
-    r : Out(stream.Signature(layout))
-        Rows out, in order.
-    """
-
-    def __init__(self, layout, depth):
-        self._depth = depth
-        super().__init__({
-            "w": In(stream.Signature(layout, always_ready=True)),
-            "r": Out(stream.Signature(layout)),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        size = self._depth - 1
-        m.submodules.storage = storage = Memory(shape=self.w.payload.shape(), depth=size,
-                                                init=[])
-        w_port = storage.write_port()
-        r_port = storage.read_port(domain="sync")      # reads the old row on a same-address write
-
-        def advance(address):
-            return Mux(address == size - 1, 0, address + 1)
-
-        w_addr = Signal(range(size))
-        r_addr = Signal(range(size))
-        stored = Signal(range(size + 1))                # rows in the memory, not yet read out
-        load = Signal()                                 # move the oldest row into the register
-        m.d.comb += [
-            w_port.addr.eq(w_addr),
-            w_port.data.eq(self.w.payload),
-            w_port.en.eq(self.w.valid),
-            load.eq((stored != 0) & (~self.r.valid | self.r.ready)),
-            r_port.addr.eq(r_addr),
-            r_port.en.eq(load),
-            self.r.payload.eq(r_port.data),
-        ]
-        with m.If(self.w.valid):
-            m.d.sync += w_addr.eq(advance(w_addr))
-        with m.If(load):
-            m.d.sync += [r_addr.eq(advance(r_addr)), self.r.valid.eq(1)]
-        with m.Elif(self.r.ready):
-            m.d.sync += self.r.valid.eq(0)
-        m.d.sync += stored.eq(stored + self.w.valid - load)
         return m
 
 
@@ -456,7 +393,16 @@ class SystolicArray(wiring.Component):
         m = Module()
         rows, cols = self._rows, self._cols
         row_layout = operand_layout(self._acc_shape, cols)
-        m.submodules.queue = queue = _RowQueue(row_layout, self._queue_depth)
+        # The output queue: a memory of queue_depth - 1 rows (block RAM) behind a registered
+        # read port, plus that register; a row written into an empty queue is readable two
+        # cycles later. Its writer has no `ready`: the credits below reserve a tile's rows
+        # before they are written, so `w_rdy` is always high when a row arrives.
+        m.submodules.queue = queue = SyncFIFOBuffered(width=row_layout.size,
+                                                      depth=self._queue_depth)
+        queue_w = queue.w_stream
+        queue_r = queue.r_stream
+        queue_row = data.View(row_layout, queue_w.payload)
+        row = data.View(row_layout, queue_r.payload)
 
         # -- Input: join the A and B beats; hold a tile's last beat until the array can end it --
         last = self.a.payload.last
@@ -532,22 +478,21 @@ class SystolicArray(wiring.Component):
         # (i, cols-1) reports its capture; tile_interval keeps these selects one-hot.
         select = [pes[i][cols - 1].captured for i in range(rows)]
         m.d.comb += [
-            queue.w.valid.eq(Cat(select).any()),
-            queue.w.payload.last.eq(select[rows - 1]),
+            queue_w.valid.eq(Cat(select).any()),
+            queue_row.last.eq(select[rows - 1]),
         ]
         for j in range(cols):
             chosen = Mux(select[0], pes[0][j].result, 0)
             for i in range(1, rows):
                 chosen = chosen | Mux(select[i], pes[i][j].result, 0)
-            m.d.comb += queue.w.payload.data[j].eq(chosen)
+            m.d.comb += queue_row.data[j].eq(chosen)
 
         # -- Output: add the tile's bias to each row leaving the queue (output register) ------
-        row = queue.r.payload
         advance = ~self.c.valid | self.c.ready
         m.d.comb += [
-            queue.r.ready.eq(self.bias.valid & advance),
-            self.bias.ready.eq(queue.r.valid & row.last & advance),
-            released.eq(queue.r.valid & queue.r.ready),
+            queue_r.ready.eq(self.bias.valid & advance),
+            self.bias.ready.eq(queue_r.valid & row.last & advance),
+            released.eq(queue_r.valid & queue_r.ready),
         ]
         with m.If(released):
             m.d.sync += [
