@@ -9,28 +9,44 @@ bit::
 
 How it is computed
 ------------------
-One pass over the input collects, per row, ``S1 = sum(u)`` and ``S2 = sum(u*u)`` of the offset
-values ``u = x + 2**(W-1)`` (the input with its sign bit inverted: unsigned, ``0 <= u < 2**W``),
-while the row is written into a row buffer. Because the offset cancels in ``x - mean``, a serial
-statistics engine then derives everything exactly from ``S1`` and ``S2``:
+Three components, joined by streams and sharing the row buffer (one
+:class:`~amaranth.lib.memory.Memory` whose write port belongs to the first, its read port to the
+third)::
 
-* ``S1 = N*q + r`` by restoring division (one quotient bit per cycle), ``mu = q + up`` with ``up``
-  the tie-to-even rounding (``2r > N``, or ``2r == N`` and ``q`` odd): ``mu = mean + 2**(W-1)``;
-* ``var = sum((u - mu)**2) = S2 - mu*(2*S1 - N*mu) = S2 - mu*A`` with
-  ``A = S1 + d`` and ``d = S1 - N*mu = r - N*up`` (no multiplication by ``N``); ``mu*A`` by
-  shift-and-add (one bit of ``mu`` per cycle); ``A >= 0`` always;
-* ``isqrt(var)`` digit by digit (restoring, one root bit per cycle), which is exactly
-  ``floor(sqrt(var))``;
-* ``f = floor(2**(31+F) / std)`` by restoring division (one quotient bit per cycle).
+    i_stream --> _RowIntake --sums--> _Statistics --params--> _Normalizer --> o_stream
+                   |    ^                                        |    |
+             write |    +----------------- freed ----------------+    | read
+                   v                                                  |
+                 row buffer (Memory) <--------------------------------+
 
-A second pass reads the row back from the buffer and streams ``out = (y*f) >> (1+F)`` through a
-pipelined multiplier into a small output queue (reads are issued only against free room in the
-queue, so the pipeline never stalls). The buffer (one :class:`~amaranth.lib.memory.Memory`) is a
-circular queue of elements a little over two rows deep (:attr:`IntLayerNorm.buffer_depth`): row
-``n+1`` is written while the statistics of row ``n`` are computed and row ``n-1`` is normalized,
-and each read frees its entry at once. The sums of a complete row wait in a hold register while
-the engine is busy, so the next row can stream in. Because ``|y| <= isqrt(var)`` for every element of a row (``y*y <= var``),
-``|y*f| <= 2**(31+F)`` and ``out`` lies in ``[-2**30, 2**30]``: 32 signed bits.
+* :class:`_RowIntake` (pass 1) collects, per row, ``S1 = sum(u)`` and ``S2 = sum(u*u)`` of the
+  offset values ``u = x + 2**(W-1)`` (the input with its sign bit inverted: unsigned,
+  ``0 <= u < 2**W``), while it writes the row into the row buffer. The sums of a complete row
+  wait in a hold register (the ``sums`` stream's output register) while the engine is busy, so
+  the next row can stream in.
+* :class:`_Statistics`, a serial engine, derives everything exactly from ``S1`` and ``S2``,
+  because the offset cancels in ``x - mean``:
+
+  * ``S1 = N*q + r`` by restoring division (one quotient bit per cycle), ``mu = q + up`` with
+    ``up`` the tie-to-even rounding (``2r > N``, or ``2r == N`` and ``q`` odd):
+    ``mu = mean + 2**(W-1)``;
+  * ``var = sum((u - mu)**2) = S2 - mu*(2*S1 - N*mu) = S2 - mu*A`` with
+    ``A = S1 + d`` and ``d = S1 - N*mu = r - N*up`` (no multiplication by ``N``); ``mu*A`` by
+    shift-and-add (one bit of ``mu`` per cycle); ``A >= 0`` always;
+  * ``isqrt(var)`` digit by digit (restoring, one root bit per cycle), which is exactly
+    ``floor(sqrt(var))``;
+  * ``f = floor(2**(31+F) / std)`` by restoring division (one quotient bit per cycle).
+
+* :class:`_Normalizer` (pass 2) reads the row back from the buffer and streams
+  ``out = (y*f) >> (1+F)`` through a pipelined multiplier into a small output queue (reads are
+  issued only against free room in the queue, so the pipeline never stalls); each read frees
+  its buffer entry at once (``freed``, counted by the intake).
+
+The buffer is a circular queue of elements a little over two rows deep
+(:attr:`IntLayerNorm.buffer_depth`): row ``n+1`` is written while the statistics of row ``n``
+are computed and row ``n-1`` is normalized. Because ``|y| <= isqrt(var)`` for every element of a
+row (``y*y <= var``), ``|y*f| <= 2**(31+F)`` and ``out`` lies in ``[-2**30, 2**30]``: 32 signed
+bits.
 
 Only the kernel's ``shift=0`` (the encoder's setting) is supported: ``var = sum(floor(y/2**s)**2)``
 with ``s > 0`` cannot be derived from ``S1`` and ``S2`` and would need a second pass over the row.
@@ -38,13 +54,15 @@ with ``s > 0`` cannot be derived from ``S1`` and ``S2`` and would need a second 
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
-from amaranth.lib.memory import Memory
+from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from bertcore.quant.kernels import LN_FRAC_BITS, RESIDUAL_BITS
 from bertcore.rtl.common import check_multipliers, dsp_partial_products, dsp_tiles, multiply
 
 __all__ = ["IntLayerNorm"]
+
 
 def _product_terms(a, b, width, *, style="dsp", m=None, name="pp"):
     """DSP-sized partial products of ``a * b`` needed modulo ``2**width``: ``(product, shift)``.
@@ -145,6 +163,474 @@ def _check_int(name, value, minimum, maximum=None):
         else:
             what = f"an integer in {minimum}..{maximum}"
         raise ValueError(f"{name} must be {what}, not {value!r}")
+
+
+def _sums_layout(sum_width, sq_sum_width):
+    """Payload of :class:`_RowIntake`'s ``sums`` stream: the two sums of one row."""
+    return data.StructLayout({"s1": unsigned(sum_width), "s2": unsigned(sq_sum_width)})
+
+
+def _params_layout(in_width, recip_width):
+    """Payload of :class:`_Statistics`' ``params`` stream: what the normalizer needs of a row."""
+    return data.StructLayout({"mean": signed(in_width), "recip": unsigned(recip_width)})
+
+
+class _RowIntake(wiring.Component):
+    """Pass 1 of :class:`IntLayerNorm`: accept rows, write them into the row buffer, and sum
+    ``u = x + 2**(W-1)`` and ``u*u`` per row.
+
+    Parameters
+    ----------
+    hidden, in_width : int
+        Row length ``N`` and input width ``W``.
+    depth : int
+        Entries of the row buffer (a circular queue of elements).
+    sum_width, sq_sum_width : int
+        Widths of ``S1 = sum(u)`` and ``S2 = sum(u*u)``.
+    multipliers : str
+        Style of the squarer's partial products (:func:`~bertcore.rtl.common.multiply`).
+
+    Members
+    -------
+    i_stream : In(stream.Signature(StructLayout({"data": signed(W), "last": 1})))
+        The unit's input.
+    buffer : In(WritePort.Signature(...))
+        The row buffer's write port (driven here).
+    freed : In(1)
+        The normalizer read (and so freed) one buffer entry this cycle.
+    sums : Out(stream.Signature(_sums_layout(...)))
+        ``S1, S2`` of each well-formed row, in order. A hold register is the stream's
+        output register, so that the next row can stream in while the consumer is busy.
+    error : Out(1)
+        One-cycle pulse on a malformed row (dropped whole, see :class:`IntLayerNorm`).
+
+    The sums of a row's last element are valid on ``sums`` ``square latency + 3`` cycles after
+    its handshake (input register, squarer, accumulator, hold register).
+    """
+
+    def __init__(self, *, hidden, in_width, depth, sum_width, sq_sum_width, multipliers):
+        self._hidden = hidden
+        self._in_width = in_width
+        self._depth = depth
+        self._multipliers = multipliers
+        self._sum_width = sum_width
+        self._sq_sum_width = sq_sum_width
+        super().__init__({
+            "i_stream": In(stream.Signature(
+                data.StructLayout({"data": signed(in_width), "last": 1}))),
+            "buffer": In(WritePort.Signature(addr_width=ceil_log2(depth),
+                                             shape=signed(in_width))),
+            "freed": In(1),
+            "sums": Out(stream.Signature(_sums_layout(sum_width, sq_sum_width))),
+            "error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        N, W, depth = self._hidden, self._in_width, self._depth
+
+        # Bookkeeping. The buffer is a circular queue of elements: the normalizer frees each
+        # entry as it reads it, so the writer may run up to `depth` entries ahead of the reader.
+        free = Signal(range(depth + 1), init=depth)   # entries neither unread nor being filled
+        pending = Signal(range(3))            # complete rows whose sums are not yet taken
+        commit = Signal()                     # a well-formed row's last element is accepted
+        drop = Signal()                       # a malformed row ends (see below)
+        take_sums = Signal()                  # the consumer takes a row's sums
+
+        # -- accept the row, write it to the buffer --------------------------------------------
+        w_index = Signal(range(N))            # position within the row
+        w_addr = Signal(range(depth))
+        w_base = Signal(range(depth))         # buffer address of the row's first element
+        discard = Signal()                    # skipping the tail of a too long row
+        beat = Signal()
+
+        x = self.i_stream.payload.data
+        last = self.i_stream.payload.last
+        # A row may start when the buffer has room for its next entry and when at most one
+        # complete row waits for the consumer: that one leaves the accumulators for the hold
+        # register (empty then) as soon as its sums land, before this row's first element does.
+        has_room = free != 0
+        may_start = pending < 2
+        m.d.comb += [
+            self.i_stream.ready.eq(discard | (has_room & ((w_index != 0) | may_start))),
+            beat.eq(self.i_stream.valid & self.i_stream.ready & ~discard),
+            self.buffer.addr.eq(w_addr),
+            self.buffer.data.eq(x),
+            self.buffer.en.eq(beat),
+            take_sums.eq(self.sums.valid & self.sums.ready),
+        ]
+        next_addr = Mux(w_addr == depth - 1, 0, w_addr + 1)
+        at_end = w_index == N - 1
+        m.d.sync += self.error.eq(0)
+        with m.If(self.i_stream.valid & self.i_stream.ready & discard):
+            with m.If(last):
+                m.d.sync += discard.eq(0)
+        # (comb signals are plain expressions, not set inside an If: in Verilog they become
+        # continuous assignments, which event-driven simulators evaluate at time 0)
+        m.d.comb += [
+            commit.eq(beat & at_end & last),
+            drop.eq(beat & (at_end ^ last)),
+        ]
+        # a written element takes an entry, a read one frees one, a dropped row frees its own
+        m.d.sync += free.eq(free - beat + self.freed + Mux(drop, w_index + 1, 0))
+        m.d.sync += pending.eq(pending + commit - take_sums)
+        with m.If(beat):
+            with m.If(at_end & last):
+                m.d.sync += [w_index.eq(0), w_addr.eq(next_addr), w_base.eq(next_addr)]
+            with m.Elif(last | at_end):
+                # Too short (early last) or too long (no last on the N-th element): drop it.
+                m.d.sync += [w_index.eq(0), w_addr.eq(w_base), self.error.eq(1)]
+                m.d.sync += discard.eq(~last)
+            with m.Else():
+                m.d.sync += [w_index.eq(w_index + 1), w_addr.eq(next_addr)]
+
+        # -- sum u and u*u ---------------------------------------------------------------------
+        # stage a1: register the offset value u = x + 2**(W-1) (sign bit inverted)
+        a1_u = Signal(W)
+        a1_valid = Signal()
+        a1_first = Signal()
+        a1_commit = Signal()
+        m.d.sync += [
+            a1_u.eq(Cat(x[:W - 1], ~x[W - 1])),
+            a1_valid.eq(beat),
+            a1_first.eq(w_index == 0),
+            a1_commit.eq(commit),
+        ]
+        # stages a2..: u*u (partial products, adder tree)
+        square, square_latency = _pipelined_product(m, a1_u, a1_u, width=2 * W, name="square",
+                                                     style=self._multipliers)
+        acc_u = _delay(m, a1_u, square_latency, name="acc_u")
+        acc_valid = _delay(m, a1_valid, square_latency, name="acc_valid")
+        acc_first = _delay(m, a1_first, square_latency, name="acc_first")
+        acc_commit = _delay(m, a1_commit, square_latency, name="acc_commit")
+        # accumulate stage: the first element of a row restarts the sums
+        s1 = Signal(self._sum_width)
+        s2 = Signal(self._sq_sum_width)
+        sums_valid = Signal()                 # s1, s2 hold a complete row not yet moved on
+        # hold register (the output register of `sums`): a second landing place, so that the
+        # next row can stream in while the consumer is busy
+        hold = self.sums
+        move = sums_valid & (~hold.valid | take_sums)
+        with m.If(take_sums):
+            m.d.sync += hold.valid.eq(0)
+        with m.If(move):
+            m.d.sync += [hold.payload.s1.eq(s1), hold.payload.s2.eq(s2), hold.valid.eq(1),
+                         sums_valid.eq(0)]
+        with m.If(acc_valid):
+            m.d.sync += [
+                s1.eq(Mux(acc_first, 0, s1) + acc_u),
+                s2.eq(Mux(acc_first, 0, s2) + square),
+            ]
+            with m.If(acc_commit):
+                m.d.sync += sums_valid.eq(1)
+        return m
+
+
+class _Statistics(wiring.Component):
+    """The serial statistics engine of :class:`IntLayerNorm`: from a row's ``S1``, ``S2`` to its
+    ``mean`` and ``recip = floor(2**(31+F) / std)``, exactly, one bit per cycle (see the module
+    docstring for the arithmetic).
+
+    Parameters
+    ----------
+    hidden, in_width, frac_bits : int
+        ``N``, ``W``, ``F`` of the unit.
+    sum_width, sq_sum_width, var_width, root_width : int
+        Widths of ``S1``, ``S2``, ``var`` and ``isqrt(var)``.
+
+    Members
+    -------
+    sums : In(stream.Signature(_sums_layout(...)))
+        The sums of a row; taken (``ready``) only while the engine is idle.
+    params : Out(stream.Signature(_params_layout(...)))
+        ``mean`` and ``recip`` of the row, valid ``2*W + root_width + F + 35`` cycles after its
+        sums were taken (:attr:`IntLayerNorm.stats_cycles` counts the hand-over cycle too); held
+        until taken, the engine then returns to idle.
+    """
+
+    def __init__(self, *, hidden, in_width, frac_bits, sum_width, sq_sum_width, var_width,
+                 root_width):
+        self._hidden = hidden
+        self._in_width = in_width
+        self._sum_width = sum_width
+        self._sq_sum_width = sq_sum_width
+        self._var_width = var_width
+        self._root_width = root_width
+        self._recip_width = 32 + frac_bits
+        super().__init__({
+            "sums": In(stream.Signature(_sums_layout(sum_width, sq_sum_width))),
+            "params": Out(stream.Signature(_params_layout(in_width, self._recip_width))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        N, W = self._hidden, self._in_width
+        root_width, recip_width = self._root_width, self._recip_width
+
+        n_width = N.bit_length()
+        steps = Signal(range(max(W, root_width, recip_width) + 1))
+        # division S1 / N: remainder (< N) and quotient shift register
+        div_rem = Signal(n_width)
+        div_quo = Signal(W)
+        sum1 = Signal(self._sum_width)        # S1 kept for A
+        sum2 = Signal(self._sq_sum_width)     # S2 kept for var
+        mu = Signal(W)                        # mean + 2**(W-1)
+        mu_bits = Signal(W)                   # mu shifted out MSB first by the multiplication
+        a_val = Signal(self._sum_width + 1)   # A = S1 + r - N*up <= S1 + N - 1
+        prod = Signal(self._sq_sum_width)     # mu*A = S2 - var <= S2
+        radicand = Signal(2 * root_width)
+        root = Signal(root_width)
+        root_rem = Signal(root_width + 2)     # var - root**2 <= 2*root
+        rec_rem = Signal(root_width + 1)      # < std
+        recip = self.params.payload.recip
+        mean = self.params.payload.mean
+        # (an explicit state register and an If/Elif chain rather than m.FSM: the latter emits a
+        # Verilog `case` per signal covering only the states that assign it, which Verilator's
+        # -Wall rejects as incomplete)
+        stage = Signal(_Stage)
+
+        # combinational step of each serial operation
+        div_trial = Cat(div_quo[W - 1], div_rem)                 # 2*rem + next dividend bit
+        div_fits = div_trial >= N
+        twice_rem = Cat(Const(0, 1), div_rem)
+        round_up = (twice_rem > N) | ((twice_rem == N) & div_quo[0])
+        sqrt_trial = Cat(radicand[-2:], root_rem)                # 4*rem + next two bits
+        sqrt_sub = Cat(Const(1, 2), root)                        # 4*root + 1
+        sqrt_fits = sqrt_trial >= sqrt_sub
+        std = Mux(root == 0, 1, root)
+        rec_trial = Cat(steps == 0, rec_rem)                     # 2*rem + next bit of 2**(31+F)
+        rec_fits = rec_trial >= std
+
+        with m.If(stage == _Stage.IDLE):
+            with m.If(self.sums.valid):
+                s1 = self.sums.payload.s1
+                m.d.sync += [
+                    sum1.eq(s1), sum2.eq(self.sums.payload.s2),
+                    div_rem.eq(s1[W:]), div_quo.eq(s1[:W]),     # S1 >> W < N
+                    steps.eq(0),
+                    stage.eq(_Stage.DIVIDE),
+                ]
+        with m.Elif(stage == _Stage.DIVIDE):
+            # W cycles: one quotient bit of S1 / N per cycle, MSB first
+            m.d.sync += [
+                div_rem.eq(Mux(div_fits, div_trial - N, div_trial)),
+                div_quo.eq(Cat(div_fits, div_quo[:W - 1])),
+                steps.eq(steps + 1),
+            ]
+            with m.If(steps == W - 1):
+                m.d.sync += stage.eq(_Stage.ROUND)
+        with m.Elif(stage == _Stage.ROUND):
+            # mean rounded half to even; A = S1 + d with d = r - N*up
+            mu_next = div_quo + round_up
+            m.d.sync += [
+                mu.eq(mu_next), mu_bits.eq(mu_next),
+                a_val.eq(sum1 + div_rem - Mux(round_up, N, 0)),
+                prod.eq(0), steps.eq(0),
+                stage.eq(_Stage.MULTIPLY),
+            ]
+        with m.Elif(stage == _Stage.MULTIPLY):
+            # W cycles: prod = 2*prod + bit*A over the bits of mu, MSB first
+            m.d.sync += [
+                prod.eq((prod << 1) + Mux(mu_bits[W - 1], a_val, 0)),
+                mu_bits.eq(mu_bits << 1),
+                steps.eq(steps + 1),
+            ]
+            with m.If(steps == W - 1):
+                m.d.sync += stage.eq(_Stage.VARIANCE)
+        with m.Elif(stage == _Stage.VARIANCE):
+            # var = S2 - mu*A, which fits var_width bits
+            m.d.sync += [
+                radicand.eq((sum2 - prod)[:self._var_width]),
+                root.eq(0), root_rem.eq(0), steps.eq(0),
+                stage.eq(_Stage.SQRT),
+            ]
+        with m.Elif(stage == _Stage.SQRT):
+            # root_width cycles: one root bit per cycle (restoring digit-by-digit)
+            m.d.sync += [
+                root_rem.eq(Mux(sqrt_fits, sqrt_trial - sqrt_sub, sqrt_trial)),
+                root.eq(Cat(sqrt_fits, root[:-1])),
+                radicand.eq(radicand << 2),
+                steps.eq(steps + 1),
+            ]
+            with m.If(steps == root_width - 1):
+                m.d.sync += [rec_rem.eq(0), steps.eq(0)]
+                m.d.sync += stage.eq(_Stage.RECIPROCAL)
+        with m.Elif(stage == _Stage.RECIPROCAL):
+            # 32+F cycles: one bit of floor(2**(31+F) / std) per cycle, MSB first
+            m.d.sync += [
+                rec_rem.eq(Mux(rec_fits, rec_trial - std, rec_trial)),
+                recip.eq(Cat(rec_fits, recip[:-1])),
+                steps.eq(steps + 1),
+            ]
+            with m.If(steps == recip_width - 1):
+                m.d.sync += mean.eq(Cat(mu[:W - 1], ~mu[W - 1]).as_signed())
+                m.d.sync += stage.eq(_Stage.DONE)
+        with m.Elif(stage == _Stage.DONE):
+            with m.If(self.params.ready):
+                m.d.sync += stage.eq(_Stage.IDLE)
+
+        m.d.comb += [
+            self.sums.ready.eq(stage == _Stage.IDLE),
+            self.params.valid.eq(stage == _Stage.DONE),
+        ]
+        return m
+
+
+class _Normalizer(wiring.Component):
+    """Pass 2 of :class:`IntLayerNorm`: read a row back from the row buffer and stream
+    ``out = (x - mean) * recip >> (1 + F)`` through a pipelined multiplier and an output queue.
+
+    Parameters
+    ----------
+    hidden, in_width, frac_bits : int
+        ``N``, ``W``, ``F`` of the unit.
+    depth : int
+        Entries of the row buffer.
+    product_width : int
+        Width in which ``y * recip`` is exact (two's complement).
+    multipliers : str
+        Style of the partial products (:func:`~bertcore.rtl.common.multiply`).
+
+    Members
+    -------
+    params : In(stream.Signature(_params_layout(...)))
+        ``mean`` and ``recip`` of the next row; taken when the previous row's last element is
+        read (or at once when idle).
+    buffer : In(ReadPort.Signature(...))
+        The row buffer's read port (a synchronous one, driven here).
+    freed : Out(1)
+        High in each cycle in which an element is read (its buffer entry is free again).
+    o_stream : Out(stream.Signature(StructLayout({"data": signed(32), "last": 1})))
+        The unit's output.
+    """
+
+    def __init__(self, *, hidden, in_width, frac_bits, depth, product_width, multipliers):
+        self._hidden = hidden
+        self._in_width = in_width
+        self._frac_bits = frac_bits
+        self._depth = depth
+        self._product_width = product_width
+        self._multipliers = multipliers
+        self._o_layout = data.StructLayout({"data": signed(IntLayerNorm.OUT_WIDTH), "last": 1})
+        super().__init__({
+            "params": In(stream.Signature(_params_layout(in_width, 32 + frac_bits))),
+            "buffer": In(ReadPort.Signature(addr_width=ceil_log2(depth),
+                                            shape=signed(in_width))),
+            "freed": Out(1),
+            "o_stream": Out(stream.Signature(self._o_layout)),
+        })
+
+    @property
+    def product_latency(self):
+        """Latency of the pipelined ``y * recip``."""
+        return _product_latency(signed(self._in_width + 1), unsigned(32 + self._frac_bits),
+                                self._product_width)
+
+    def elaborate(self, platform):
+        m = Module()
+        N, W, F, depth = self._hidden, self._in_width, self._frac_bits, self._depth
+        recip_width = 32 + F
+        product_latency = self.product_latency
+        # The output queue: a small memory and the output register. A read is issued only when
+        # the queue has room for its result (credits), so the pipeline never stalls; an issued
+        # read reaches the output register product_latency + 5 cycles later, and a queue of that
+        # many entries plus the output register lets an always-ready sink see no bubble.
+        # (Not a SyncFIFOBuffered: that one reads its memory through a register, one cycle
+        # later, which a queue this small in distributed RAM does not need.)
+        queue_depth = product_latency + 5
+        m.submodules.queue = queue = Memory(shape=self._o_layout, depth=queue_depth, init=[])
+        q_wr = queue.write_port()
+        q_rd = queue.read_port(domain="comb")
+        q_head = Signal(range(queue_depth))
+        q_tail = Signal(range(queue_depth))
+        q_count = Signal(range(queue_depth + 1))
+        credits = Signal(range(queue_depth + 2), init=queue_depth + 1)   # room not yet claimed
+        active = Signal()
+        r_index = Signal(range(N))
+        r_addr = Signal(range(depth))
+        r_mean = Signal(signed(W))
+        r_recip = Signal(recip_width)
+        issue = Signal()                      # read one entry
+        release = Signal()                    # read a row's last element
+        handover = Signal()                   # take the next row's parameters
+        pop = Signal()
+
+        m.d.comb += [
+            issue.eq(active & (credits != 0)),
+            release.eq(issue & (r_index == N - 1)),
+            self.params.ready.eq(~active | release),
+            handover.eq(self.params.valid & self.params.ready),
+            self.freed.eq(issue),
+            self.buffer.addr.eq(r_addr),
+            self.buffer.en.eq(issue),
+            pop.eq(self.o_stream.valid & self.o_stream.ready),
+        ]
+        m.d.sync += credits.eq(credits - issue + pop)
+        with m.If(issue):
+            m.d.sync += [
+                r_addr.eq(Mux(r_addr == depth - 1, 0, r_addr + 1)),
+                r_index.eq(Mux(r_index == N - 1, 0, r_index + 1)),
+            ]
+            with m.If(r_index == N - 1):
+                m.d.sync += active.eq(0)
+        with m.If(handover):
+            m.d.sync += [active.eq(1), r_mean.eq(self.params.payload.mean),
+                         r_recip.eq(self.params.payload.recip)]
+
+        # stage n1: the buffer's data arrives (parameters of its row travel along)
+        n1_valid = Signal()
+        n1_last = Signal()
+        n1_mean = Signal(signed(W))
+        n1_recip = Signal(recip_width)
+        m.d.sync += [
+            n1_valid.eq(issue),
+            n1_last.eq(r_index == N - 1),
+            n1_mean.eq(r_mean),
+            n1_recip.eq(r_recip),
+        ]
+        # stage n2: register the buffer's data (a block RAM's output is slow: ~6 ns on ECP5)
+        n2_x = Signal(signed(W))
+        m.d.sync += n2_x.eq(self.buffer.data)
+        n2_mean = _delay(m, n1_mean, 1, name="n2_mean")
+        # stage n3: y = x - mean (|y| < 2**W)
+        n3_y = Signal(signed(W + 1))
+        m.d.sync += n3_y.eq(n2_x - n2_mean)
+        n3_recip = _delay(m, n1_recip, 2, name="n3_recip")
+        n3_valid = _delay(m, n1_valid, 2, name="n3_valid")
+        n3_last = _delay(m, n1_last, 2, name="n3_last")
+        # stages n4..: y*f (partial products, adder tree), exact in 33+F bits; floor(y*f / 2**(1+F))
+        # is the arithmetic shift, i.e. bits 1+F and up
+        product, latency = _pipelined_product(m, n3_y, n3_recip, width=self._product_width,
+                                              drop=1 + F, name="scaled",
+                                              style=self._multipliers)
+        assert latency == product_latency
+        out_valid = _delay(m, n3_valid, latency, name="out_valid")
+        out_last = _delay(m, n3_last, latency, name="out_last")
+
+        # queue: written by the pipeline, read into the output register when it is empty or
+        # being emptied
+        load = (q_count != 0) & (~self.o_stream.valid | self.o_stream.ready)
+        result = Signal(self._o_layout)
+        m.d.comb += [
+            result.data.eq(product),
+            result.last.eq(out_last),
+            q_wr.addr.eq(q_tail),
+            q_wr.data.eq(result),
+            q_wr.en.eq(out_valid),
+            q_rd.addr.eq(q_head),
+        ]
+        m.d.sync += q_count.eq(q_count + out_valid - load)
+        with m.If(out_valid):
+            m.d.sync += q_tail.eq(Mux(q_tail == queue_depth - 1, 0, q_tail + 1))
+        with m.If(load):
+            m.d.sync += [
+                q_head.eq(Mux(q_head == queue_depth - 1, 0, q_head + 1)),
+                self.o_stream.payload.eq(q_rd.data),
+                self.o_stream.valid.eq(1),
+            ]
+        with m.Elif(self.o_stream.ready):
+            m.d.sync += self.o_stream.valid.eq(0)
+        return m
 
 
 class IntLayerNorm(wiring.Component):
@@ -328,311 +814,32 @@ class IntLayerNorm(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
-        N, W, F = self._hidden, self._in_width, self._frac_bits
-        depth = self.buffer_depth
+        # The row buffer, a circular queue of elements: pass 1 writes a row into it while the
+        # statistics of the previous row are computed and the one before is read back by pass 2.
+        m.submodules.buffer = buffer = Memory(shape=signed(self._in_width),
+                                              depth=self.buffer_depth, init=[])
+        m.submodules.intake = intake = _RowIntake(
+            hidden=self._hidden, in_width=self._in_width, depth=self.buffer_depth,
+            sum_width=self._sum_width, sq_sum_width=self._sq_sum_width,
+            multipliers=self._multipliers)
+        m.submodules.statistics = statistics = _Statistics(
+            hidden=self._hidden, in_width=self._in_width, frac_bits=self._frac_bits,
+            sum_width=self._sum_width, sq_sum_width=self._sq_sum_width,
+            var_width=self._var_width, root_width=self._root_width)
+        m.submodules.normalizer = normalizer = _Normalizer(
+            hidden=self._hidden, in_width=self._in_width, frac_bits=self._frac_bits,
+            depth=self.buffer_depth, product_width=self._product_width(),
+            multipliers=self._multipliers)
+        assert normalizer.product_latency == self._product_latency()
 
-        m.submodules.buffer = buffer = Memory(shape=signed(W), depth=depth, init=[])
-        wr = buffer.write_port()
-        rd = buffer.read_port(domain="sync")
-
-        # Bookkeeping shared by the passes. The buffer is a circular queue of elements: the
-        # normalizer frees each entry as it reads it, so the writer may run up to `depth` entries
-        # ahead of the reader.
-        free = Signal(range(depth + 1), init=depth)   # entries neither unread nor being filled
-        pending = Signal(range(3))            # complete rows whose sums the engine has not taken
-        commit = Signal()                     # a well-formed row's last element is accepted
-        drop = Signal()                       # a malformed row ends (see below)
-        issue = Signal()                      # the normalizer reads one entry
-        take_sums = Signal()                  # the engine latches a row's sums
-
-        # -- Pass 1: accept the row, write it to the buffer, sum u and u*u --------------------
-        w_index = Signal(range(N))            # position within the row
-        w_addr = Signal(range(depth))
-        w_base = Signal(range(depth))         # buffer address of the row's first element
-        discard = Signal()                    # skipping the tail of a too long row
-        beat = Signal()
-
-        x = self.i_stream.payload.data
-        last = self.i_stream.payload.last
-        # A row may start when the buffer has room for its next entry and when at most one
-        # complete row waits for the engine: that one leaves the accumulators for the hold
-        # register (empty then) as soon as its sums land, before this row's first element does.
-        has_room = free != 0
-        may_start = pending < 2
+        wiring.connect(m, wiring.flipped(self.i_stream), intake.i_stream)
+        wiring.connect(m, intake.buffer, buffer.write_port())
+        wiring.connect(m, intake.sums, statistics.sums)
+        wiring.connect(m, statistics.params, normalizer.params)
+        wiring.connect(m, normalizer.buffer, buffer.read_port(domain="sync"))
+        wiring.connect(m, normalizer.o_stream, wiring.flipped(self.o_stream))
         m.d.comb += [
-            self.i_stream.ready.eq(discard | (has_room & ((w_index != 0) | may_start))),
-            beat.eq(self.i_stream.valid & self.i_stream.ready & ~discard),
-            wr.addr.eq(w_addr),
-            wr.data.eq(x),
-            wr.en.eq(beat),
+            intake.freed.eq(normalizer.freed),
+            self.error.eq(intake.error),
         ]
-        next_addr = Mux(w_addr == depth - 1, 0, w_addr + 1)
-        at_end = w_index == N - 1
-        m.d.sync += self.error.eq(0)
-        with m.If(self.i_stream.valid & self.i_stream.ready & discard):
-            with m.If(last):
-                m.d.sync += discard.eq(0)
-        # (comb signals are plain expressions, not set inside an If: in Verilog they become
-        # continuous assignments, which event-driven simulators evaluate at time 0)
-        m.d.comb += [
-            commit.eq(beat & at_end & last),
-            drop.eq(beat & (at_end ^ last)),
-        ]
-        # a written element takes an entry, a read one frees one, a dropped row frees its own
-        m.d.sync += free.eq(free - beat + issue + Mux(drop, w_index + 1, 0))
-        m.d.sync += pending.eq(pending + commit - take_sums)
-        with m.If(beat):
-            with m.If(at_end & last):
-                m.d.sync += [w_index.eq(0), w_addr.eq(next_addr), w_base.eq(next_addr)]
-            with m.Elif(last | at_end):
-                # Too short (early last) or too long (no last on the N-th element): drop it.
-                m.d.sync += [w_index.eq(0), w_addr.eq(w_base), self.error.eq(1)]
-                m.d.sync += discard.eq(~last)
-            with m.Else():
-                m.d.sync += [w_index.eq(w_index + 1), w_addr.eq(next_addr)]
-
-        # stage a1: register the offset value u = x + 2**(W-1) (sign bit inverted)
-        a1_u = Signal(W)
-        a1_valid = Signal()
-        a1_first = Signal()
-        a1_commit = Signal()
-        m.d.sync += [
-            a1_u.eq(Cat(x[:W - 1], ~x[W - 1])),
-            a1_valid.eq(beat),
-            a1_first.eq(w_index == 0),
-            a1_commit.eq(commit),
-        ]
-        # stages a2..: u*u (partial products, adder tree)
-        square, square_latency = _pipelined_product(m, a1_u, a1_u, width=2 * W, name="square",
-                                                     style=self._multipliers)
-        assert square_latency == self._square_latency()
-        acc_u = _delay(m, a1_u, square_latency, name="acc_u")
-        acc_valid = _delay(m, a1_valid, square_latency, name="acc_valid")
-        acc_first = _delay(m, a1_first, square_latency, name="acc_first")
-        acc_commit = _delay(m, a1_commit, square_latency, name="acc_commit")
-        # accumulate stage: the first element of a row restarts the sums
-        s1 = Signal(self._sum_width)
-        s2 = Signal(self._sq_sum_width)
-        sums_valid = Signal()                 # s1, s2 hold a complete row not yet moved on
-        # hold register: the sums of the next row for the engine (a second landing place, so that
-        # the next row can stream in while the engine is busy)
-        hold_s1 = Signal(self._sum_width)
-        hold_s2 = Signal(self._sq_sum_width)
-        hold_valid = Signal()
-        move = sums_valid & (~hold_valid | take_sums)
-        with m.If(take_sums):
-            m.d.sync += hold_valid.eq(0)
-        with m.If(move):
-            m.d.sync += [hold_s1.eq(s1), hold_s2.eq(s2), hold_valid.eq(1), sums_valid.eq(0)]
-        with m.If(acc_valid):
-            m.d.sync += [
-                s1.eq(Mux(acc_first, 0, s1) + acc_u),
-                s2.eq(Mux(acc_first, 0, s2) + square),
-            ]
-            with m.If(acc_commit):
-                m.d.sync += sums_valid.eq(1)
-
-        # -- Statistics engine: mean, var, isqrt, reciprocal; serial -------------------------
-        n_width = N.bit_length()
-        steps = Signal(range(max(W, self._root_width, self._recip_width) + 1))
-        # division S1 / N: remainder (< N) and quotient shift register
-        div_rem = Signal(n_width)
-        div_quo = Signal(W)
-        sum1 = Signal(self._sum_width)        # S1 kept for A
-        sum2 = Signal(self._sq_sum_width)     # S2 kept for var
-        mu = Signal(W)                        # mean + 2**(W-1)
-        mu_bits = Signal(W)                   # mu shifted out MSB first by the multiplication
-        a_val = Signal(self._sum_width + 1)   # A = S1 + r - N*up <= S1 + N - 1
-        prod = Signal(self._sq_sum_width)     # mu*A = S2 - var <= S2
-        radicand = Signal(2 * self._root_width)
-        root = Signal(self._root_width)
-        root_rem = Signal(self._root_width + 2)   # var - root**2 <= 2*root
-        rec_rem = Signal(self._root_width + 1)    # < std
-        recip = Signal(self._recip_width)
-        mean = Signal(signed(W))
-        # (an explicit state register and an If/Elif chain rather than m.FSM: the latter emits a
-        # Verilog `case` per signal covering only the states that assign it, which Verilator's
-        # -Wall rejects as incomplete)
-        stage = Signal(_Stage)
-        engine_done = Signal()                # (mean, recip) of a row are ready
-        handover = Signal()                   # the normalizer takes (mean, recip)
-
-        # combinational step of each serial operation
-        div_trial = Cat(div_quo[W - 1], div_rem)                 # 2*rem + next dividend bit
-        div_fits = div_trial >= N
-        twice_rem = Cat(Const(0, 1), div_rem)
-        round_up = (twice_rem > N) | ((twice_rem == N) & div_quo[0])
-        sqrt_trial = Cat(radicand[-2:], root_rem)                # 4*rem + next two bits
-        sqrt_sub = Cat(Const(1, 2), root)                        # 4*root + 1
-        sqrt_fits = sqrt_trial >= sqrt_sub
-        std = Mux(root == 0, 1, root)
-        rec_trial = Cat(steps == 0, rec_rem)                     # 2*rem + next bit of 2**(31+F)
-        rec_fits = rec_trial >= std
-
-        with m.If(stage == _Stage.IDLE):
-            with m.If(hold_valid):
-                m.d.sync += [
-                    sum1.eq(hold_s1), sum2.eq(hold_s2),
-                    div_rem.eq(hold_s1[W:]), div_quo.eq(hold_s1[:W]),   # S1 >> W < N
-                    steps.eq(0),
-                    stage.eq(_Stage.DIVIDE),
-                ]
-        with m.Elif(stage == _Stage.DIVIDE):
-            # W cycles: one quotient bit of S1 / N per cycle, MSB first
-            m.d.sync += [
-                div_rem.eq(Mux(div_fits, div_trial - N, div_trial)),
-                div_quo.eq(Cat(div_fits, div_quo[:W - 1])),
-                steps.eq(steps + 1),
-            ]
-            with m.If(steps == W - 1):
-                m.d.sync += stage.eq(_Stage.ROUND)
-        with m.Elif(stage == _Stage.ROUND):
-            # mean rounded half to even; A = S1 + d with d = r - N*up
-            mu_next = div_quo + round_up
-            m.d.sync += [
-                mu.eq(mu_next), mu_bits.eq(mu_next),
-                a_val.eq(sum1 + div_rem - Mux(round_up, N, 0)),
-                prod.eq(0), steps.eq(0),
-                stage.eq(_Stage.MULTIPLY),
-            ]
-        with m.Elif(stage == _Stage.MULTIPLY):
-            # W cycles: prod = 2*prod + bit*A over the bits of mu, MSB first
-            m.d.sync += [
-                prod.eq((prod << 1) + Mux(mu_bits[W - 1], a_val, 0)),
-                mu_bits.eq(mu_bits << 1),
-                steps.eq(steps + 1),
-            ]
-            with m.If(steps == W - 1):
-                m.d.sync += stage.eq(_Stage.VARIANCE)
-        with m.Elif(stage == _Stage.VARIANCE):
-            # var = S2 - mu*A, which fits var_width bits
-            m.d.sync += [
-                radicand.eq((sum2 - prod)[:self._var_width]),
-                root.eq(0), root_rem.eq(0), steps.eq(0),
-                stage.eq(_Stage.SQRT),
-            ]
-        with m.Elif(stage == _Stage.SQRT):
-            # root_width cycles: one root bit per cycle (restoring digit-by-digit)
-            m.d.sync += [
-                root_rem.eq(Mux(sqrt_fits, sqrt_trial - sqrt_sub, sqrt_trial)),
-                root.eq(Cat(sqrt_fits, root[:-1])),
-                radicand.eq(radicand << 2),
-                steps.eq(steps + 1),
-            ]
-            with m.If(steps == self._root_width - 1):
-                m.d.sync += [rec_rem.eq(0), steps.eq(0)]
-                m.d.sync += stage.eq(_Stage.RECIPROCAL)
-        with m.Elif(stage == _Stage.RECIPROCAL):
-            # 32+F cycles: one bit of floor(2**(31+F) / std) per cycle, MSB first
-            m.d.sync += [
-                rec_rem.eq(Mux(rec_fits, rec_trial - std, rec_trial)),
-                recip.eq(Cat(rec_fits, recip[:-1])),
-                steps.eq(steps + 1),
-            ]
-            with m.If(steps == self._recip_width - 1):
-                m.d.sync += mean.eq(Cat(mu[:W - 1], ~mu[W - 1]).as_signed())
-                m.d.sync += stage.eq(_Stage.DONE)
-        with m.Elif(stage == _Stage.DONE):
-            with m.If(handover):
-                m.d.sync += stage.eq(_Stage.IDLE)
-
-        m.d.comb += [
-            take_sums.eq((stage == _Stage.IDLE) & hold_valid),
-            engine_done.eq(stage == _Stage.DONE),
-        ]
-
-        # -- Pass 2: read the row back, out = (x - mean) * f >> (1 + F) ---------------------
-        product_latency = self._product_latency()
-        # The output queue: a small memory and the output register. A read is issued only when
-        # the queue has room for its result (credits), so the pipeline never stalls; an issued
-        # read reaches the output register product_latency + 5 cycles later, and a queue of that
-        # many entries plus the output register lets an always-ready sink see no bubble.
-        queue_depth = product_latency + 5
-        m.submodules.queue = queue = Memory(shape=self._o_layout, depth=queue_depth, init=[])
-        q_wr = queue.write_port()
-        q_rd = queue.read_port(domain="comb")
-        q_head = Signal(range(queue_depth))
-        q_tail = Signal(range(queue_depth))
-        q_count = Signal(range(queue_depth + 1))
-        credits = Signal(range(queue_depth + 2), init=queue_depth + 1)   # room not yet claimed
-        active = Signal()
-        r_index = Signal(range(N))
-        r_addr = Signal(range(depth))
-        r_mean = Signal(signed(W))
-        r_recip = Signal(self._recip_width)
-        release = Signal()                    # the normalizer reads a row's last element
-        pop = Signal()
-
-        m.d.comb += [
-            issue.eq(active & (credits != 0)),
-            release.eq(issue & (r_index == N - 1)),
-            handover.eq(engine_done & (~active | release)),
-            rd.addr.eq(r_addr),
-            rd.en.eq(issue),
-            pop.eq(self.o_stream.valid & self.o_stream.ready),
-        ]
-        m.d.sync += credits.eq(credits - issue + pop)
-        with m.If(issue):
-            m.d.sync += [
-                r_addr.eq(Mux(r_addr == depth - 1, 0, r_addr + 1)),
-                r_index.eq(Mux(r_index == N - 1, 0, r_index + 1)),
-            ]
-            with m.If(r_index == N - 1):
-                m.d.sync += active.eq(0)
-        with m.If(handover):
-            m.d.sync += [active.eq(1), r_mean.eq(mean), r_recip.eq(recip)]
-
-        # stage n1: the buffer's data arrives (parameters of its row travel along)
-        n1_valid = Signal()
-        n1_last = Signal()
-        n1_mean = Signal(signed(W))
-        n1_recip = Signal(self._recip_width)
-        m.d.sync += [
-            n1_valid.eq(issue),
-            n1_last.eq(r_index == N - 1),
-            n1_mean.eq(r_mean),
-            n1_recip.eq(r_recip),
-        ]
-        # stage n2: register the buffer's data (a block RAM's output is slow: ~6 ns on ECP5)
-        n2_x = Signal(signed(W))
-        m.d.sync += n2_x.eq(rd.data)
-        n2_mean = _delay(m, n1_mean, 1, name="n2_mean")
-        # stage n3: y = x - mean (|y| < 2**W)
-        n3_y = Signal(signed(W + 1))
-        m.d.sync += n3_y.eq(n2_x - n2_mean)
-        n3_recip = _delay(m, n1_recip, 2, name="n3_recip")
-        n3_valid = _delay(m, n1_valid, 2, name="n3_valid")
-        n3_last = _delay(m, n1_last, 2, name="n3_last")
-        # stages n4..: y*f (partial products, adder tree), exact in 33+F bits; floor(y*f / 2**(1+F))
-        # is the arithmetic shift, i.e. bits 1+F and up
-        product, latency = _pipelined_product(m, n3_y, n3_recip, width=self._product_width(),
-                                              drop=1 + F, name="scaled",
-                                              style=self._multipliers)
-        assert latency == product_latency
-        out_valid = _delay(m, n3_valid, latency, name="out_valid")
-        out_last = _delay(m, n3_last, latency, name="out_last")
-
-        # queue: written by the pipeline, read into the output register when it is empty or
-        # being emptied
-        load = (q_count != 0) & (~self.o_stream.valid | self.o_stream.ready)
-        result = Signal(self._o_layout)
-        m.d.comb += [
-            result.data.eq(product),
-            result.last.eq(out_last),
-            q_wr.addr.eq(q_tail),
-            q_wr.data.eq(result),
-            q_wr.en.eq(out_valid),
-            q_rd.addr.eq(q_head),
-        ]
-        m.d.sync += q_count.eq(q_count + out_valid - load)
-        with m.If(out_valid):
-            m.d.sync += q_tail.eq(Mux(q_tail == queue_depth - 1, 0, q_tail + 1))
-        with m.If(load):
-            m.d.sync += [
-                q_head.eq(Mux(q_head == queue_depth - 1, 0, q_head + 1)),
-                self.o_stream.payload.eq(q_rd.data),
-                self.o_stream.valid.eq(1),
-            ]
-        with m.Elif(self.o_stream.ready):
-            m.d.sync += self.o_stream.valid.eq(0)
         return m
