@@ -21,6 +21,11 @@ Every row passes through four engines, each working on a different row at the sa
 * **V, divider**: ``f = floor(2**32 / sum)`` by restoring division, one quotient bit per cycle;
 * **D, normalization**: reads ``exp16`` back and streams ``y`` out through a pipelined multiplier.
 
+Each engine is built by its own method of :class:`IntSoftmax` (``_build_input``,
+``_build_exponential``, ``_build_divider``, ``_build_normalization``); they share only the
+slot table (:class:`_SlotTable`) and the two row buffers, each buffer port driven by one engine.
+They are methods rather than components because all four write the table's slot states.
+
 The rows rotate through :data:`IntSoftmax.SLOTS` slots. A slot is a row of
 ``2**ceil(log2(max_seq))`` entries in each of two :class:`~amaranth.lib.memory.Memory` (one
 write and one read port each, nothing but a register behind the read port): the scores (written
@@ -82,6 +87,45 @@ class _SlotState(enum.Enum, shape=2):
     SCORES = 1
     EXPS = 2
     NORM = 3
+
+
+class _SlotTable:
+    """The slots of :class:`IntSoftmax`: per slot its state and the per-row registers the engines
+    hand a row over with (each engine writes the fields of the slot it works on; the
+    row buffers themselves are two memories addressed ``Cat(index, slot)``).
+
+    Attributes
+    ----------
+    state : list of Signal(_SlotState)
+        FREE -> SCORES (engine A) -> EXPS (engine B) -> NORM (divider V) -> FREE (engine D).
+    last_idx : list of Signal
+        Index of the row's last element (written by A).
+    row_max : list of Signal
+        The row's maximum score (written by A, read by B).
+    row_sum : list of Signal
+        ``sum(exp16)`` of the row (written by B, read by V).
+    row_f : list of Signal
+        ``f = floor(2**32 / sum)`` (written by V, read by D).
+    """
+
+    def __init__(self, n_slots, *, idx_bits, in_width, sum_bits, quotient_bits):
+        self.n_slots = n_slots
+        self.idx_bits = idx_bits
+        self.slot_bits = max(1, ceil_log2(n_slots))
+        self.sum_bits = sum_bits
+        self.state = [Signal(_SlotState, name=f"state{i}") for i in range(n_slots)]
+        self.last_idx = [Signal(idx_bits, name=f"last_idx{i}") for i in range(n_slots)]
+        self.row_max = [Signal(signed(in_width), name=f"row_max{i}") for i in range(n_slots)]
+        self.row_sum = [Signal(sum_bits, name=f"row_sum{i}") for i in range(n_slots)]
+        self.row_f = [Signal(quotient_bits, name=f"row_f{i}") for i in range(n_slots)]
+
+    def next(self, ptr):
+        """The slot after ``ptr`` (every engine visits the slots in order)."""
+        return Mux(ptr == self.n_slots - 1, 0, ptr + 1)
+
+    def is_state(self, index, value):
+        """Whether slot ``index`` is in state ``value``."""
+        return _pick([slot == value for slot in self.state], index)
 
 
 class IntSoftmax(wiring.Component):
@@ -306,25 +350,68 @@ class IntSoftmax(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-
-        n_slots = self.SLOTS
-        in_width = self._in_width
         idx_bits = max(1, ceil_log2(self._max_seq))        # element index 0..max_seq-1
-        cnt_bits = bits_for(self._max_seq)                   # element count 0..max_seq
-        slot_bits = max(1, ceil_log2(n_slots))
-        exp_max = (1 << SOFTMAX_EXP_BITS) - 1
-        sum_bits = bits_for(self._max_seq * exp_max)
+        slots = _SlotTable(self.SLOTS, idx_bits=idx_bits, in_width=self._in_width,
+                           sum_bits=bits_for(self._max_seq * ((1 << SOFTMAX_EXP_BITS) - 1)),
+                           quotient_bits=self.QUOTIENT_BITS)
+
+        # Two memories, each with one write and one read port and no multiplexer behind its
+        # read port (a block RAM's clock-to-output time leaves no room for one at 100 MHz):
+        # the scores (written by A, read by B) and the exp16s (written by B, read by D). Slot s
+        # holds its row at the addresses Cat(index, s).
+        m.submodules.scores = scores = Memory(
+            shape=signed(self._in_width), depth=self.SLOTS << idx_bits, init=[])
+        m.submodules.exps = exps = Memory(
+            shape=unsigned(SOFTMAX_EXP_BITS), depth=self.SLOTS << idx_bits, init=[])
+
+        # The engines, each on its own row (the order of their slot-state writes does not
+        # matter: no two engines ever write the state of the same slot in the same cycle).
+        self._build_input(m, slots, scores.write_port())
+        self._build_exponential(m, slots, scores.read_port(), exps.write_port())
+        self._build_divider(m, slots)
+        self._build_normalization(m, slots, exps.read_port())
+        return m
+
+    def _build_input(self, m, slots, scores_w):
+        """Engine A: fills the FREE slot ``a_ptr``, one score per accepted beat, and keeps the
+        row's maximum; at the row's end the slot holds SCORES."""
+        in_width = self._in_width
+        a_ptr = Signal(slots.slot_bits)
+        a_cnt = Signal(bits_for(self._max_seq))   # elements stored so far in this row
+        a_max = Signal(signed(in_width))
+        a_over = Signal()                       # this row has overflowed (error already sent)
+        a_x = self.i_stream.payload.data
+        a_store = Signal()                      # the beat is stored (not beyond max_seq)
+        a_newmax = Signal(signed(in_width))
+        m.d.comb += [
+            self.i_stream.ready.eq(slots.is_state(a_ptr, _SlotState.FREE)),
+            a_store.eq(a_cnt != self._max_seq),
+            a_newmax.eq(Mux((a_cnt == 0) | (a_x > a_max), a_x, a_max)),
+        ]
+        m.d.sync += self.error.eq(0)
+        m.d.comb += [
+            scores_w.en.eq(self.i_stream.valid & self.i_stream.ready & a_store),
+            scores_w.addr.eq(Cat(a_cnt[:slots.idx_bits], a_ptr)),
+            scores_w.data.eq(a_x),
+        ]
+        with m.If(self.i_stream.valid & self.i_stream.ready):
+            with m.If(a_store):
+                m.d.sync += [a_cnt.eq(a_cnt + 1), a_max.eq(a_newmax)]
+            with m.Elif(~a_over):
+                m.d.sync += [a_over.eq(1), self.error.eq(1)]
+            with m.If(self.i_stream.payload.last):
+                m.d.sync += [a_cnt.eq(0), a_over.eq(0), a_ptr.eq(slots.next(a_ptr))]
+                _put(m, slots.state, a_ptr, _SlotState.SCORES)
+                _put(m, slots.last_idx, a_ptr, Mux(a_store, a_cnt, a_cnt - 1))
+                _put(m, slots.row_max, a_ptr, Mux(a_store, a_newmax, a_max))
+
+    def _constants(self, m):
+        """The run-time constants as engine B uses them, registered (they are stable while a row
+        is in flight, and no engine uses them within two cycles of a row's first score):
+        ``(-x0, -30*x0, b, c, m, e - 31)``."""
         x0_bits = len(self.x0)
-        lim_bits = bits_for(EXP_ZMAX << (x0_bits - 1))       # |30*x0|
-        z_bits = bits_for(EXP_ZMAX)
-
-        def next_slot(ptr):
-            return Mux(ptr == n_slots - 1, 0, ptr + 1)
-
-        # -- Run-time constants, registered (they are stable while a row is in flight, and no
-        # engine uses them within two cycles of a row's first score).
         k_nx0 = Signal(x0_bits)                 # -x0, 1..2**15
-        k_lim = Signal(lim_bits)                # -30*x0: |d| is clamped to this
+        k_lim = Signal(bits_for(EXP_ZMAX << (x0_bits - 1)))  # -30*x0: |d| is clamped to this
         k_b = Signal.like(self.b)
         k_c = Signal.like(self.c)
         k_m = Signal.like(self.m)
@@ -337,60 +424,19 @@ class IntSoftmax(wiring.Component):
             k_m.eq(self.m),
             k_sh0.eq(self.e - (EXP_N + 1)),
         ]
+        return k_nx0, k_lim, k_b, k_c, k_m, k_sh0
 
-        # -- Slots: their states, the per-row registers the engines hand over, the two buffers.
-        state = [Signal(_SlotState, name=f"state{i}") for i in range(n_slots)]
-        last_idx = [Signal(idx_bits, name=f"last_idx{i}") for i in range(n_slots)]
-        row_max = [Signal(signed(in_width), name=f"row_max{i}") for i in range(n_slots)]
-        row_sum = [Signal(sum_bits, name=f"row_sum{i}") for i in range(n_slots)]
-        row_f = [Signal(self.QUOTIENT_BITS, name=f"row_f{i}") for i in range(n_slots)]
-
-        def is_state(index, value):
-            return _pick([slot == value for slot in state], index)
-
-        # Two memories, each with one write and one read port and no multiplexer behind its
-        # read port (a block RAM's clock-to-output time leaves no room for one at 100 MHz):
-        # the scores (written by A, read by B) and the exp16s (written by B, read by D). Slot s
-        # holds its row at the addresses Cat(index, s).
-        m.submodules.scores = scores = Memory(
-            shape=signed(in_width), depth=n_slots << idx_bits, init=[])
-        m.submodules.exps = exps = Memory(
-            shape=unsigned(SOFTMAX_EXP_BITS), depth=n_slots << idx_bits, init=[])
-        scores_w, scores_r = scores.write_port(), scores.read_port()
-        exps_w, exps_r = exps.write_port(), exps.read_port()
-
-        # -- Engine A: input. Fills the FREE slot a_ptr, one score per accepted beat.
-        a_ptr = Signal(slot_bits)
-        a_cnt = Signal(cnt_bits)                # elements stored so far in this row
-        a_max = Signal(signed(in_width))
-        a_over = Signal()                       # this row has overflowed (error already sent)
-        a_x = self.i_stream.payload.data
-        a_store = Signal()                      # the beat is stored (not beyond max_seq)
-        a_newmax = Signal(signed(in_width))
-        m.d.comb += [
-            self.i_stream.ready.eq(is_state(a_ptr, _SlotState.FREE)),
-            a_store.eq(a_cnt != self._max_seq),
-            a_newmax.eq(Mux((a_cnt == 0) | (a_x > a_max), a_x, a_max)),
-        ]
-        m.d.sync += self.error.eq(0)
-        m.d.comb += [
-            scores_w.en.eq(self.i_stream.valid & self.i_stream.ready & a_store),
-            scores_w.addr.eq(Cat(a_cnt[:idx_bits], a_ptr)),
-            scores_w.data.eq(a_x),
-        ]
-        with m.If(self.i_stream.valid & self.i_stream.ready):
-            with m.If(a_store):
-                m.d.sync += [a_cnt.eq(a_cnt + 1), a_max.eq(a_newmax)]
-            with m.Elif(~a_over):
-                m.d.sync += [a_over.eq(1), self.error.eq(1)]
-            with m.If(self.i_stream.payload.last):
-                m.d.sync += [a_cnt.eq(0), a_over.eq(0), a_ptr.eq(next_slot(a_ptr))]
-                _put(m, state, a_ptr, _SlotState.SCORES)
-                _put(m, last_idx, a_ptr, Mux(a_store, a_cnt, a_cnt - 1))
-                _put(m, row_max, a_ptr, Mux(a_store, a_newmax, a_max))
-
-        # -- Engine B: exponential, a pipeline without stalls. Stage registers are named
-        # <field><stage>; the tag (valid, slot, address, first, last) travels along.
+    def _build_exponential(self, m, slots, scores_r, exps_w):
+        """Engine B: reads a SCORES slot, computes ``exp16`` of each score in an
+        :data:`EXP_STAGES`-stage pipeline without stalls, writes it to the exps buffer and sums
+        the row; at the row's end the slot holds EXPS. Stage registers are named
+        ``<field><stage>``; the tag (valid, slot, address, first, last) travels along."""
+        in_width = self._in_width
+        idx_bits, slot_bits = slots.idx_bits, slots.slot_bits
+        k_nx0, k_lim, k_b, k_c, k_m, k_sh0 = self._constants(m)
+        x0_bits, lim_bits = len(k_nx0), len(k_lim)
+        z_bits = bits_for(EXP_ZMAX)
+        exp_max = (1 << SOFTMAX_EXP_BITS) - 1
         tag_layout = data.StructLayout({
             "valid": 1, "slot": slot_bits, "addr": idx_bits, "first": 1, "last": 1,
         })
@@ -404,8 +450,8 @@ class IntSoftmax(wiring.Component):
         b_go = Signal()
         b_last = Signal()
         m.d.comb += [
-            b_go.eq(is_state(b_ptr, _SlotState.SCORES)),
-            b_last.eq(b_idx == _pick(last_idx, b_ptr)),
+            b_go.eq(slots.is_state(b_ptr, _SlotState.SCORES)),
+            b_last.eq(b_idx == _pick(slots.last_idx, b_ptr)),
             tags[0].valid.eq(b_go),
             tags[0].slot.eq(b_ptr),
             tags[0].addr.eq(b_idx),
@@ -415,7 +461,7 @@ class IntSoftmax(wiring.Component):
         with m.If(b_go):
             m.d.sync += b_idx.eq(Mux(b_last, 0, b_idx + 1))
             with m.If(b_last):
-                m.d.sync += b_ptr.eq(next_slot(b_ptr))
+                m.d.sync += b_ptr.eq(slots.next(b_ptr))
 
         m.d.comb += scores_r.addr.eq(b_pos)
 
@@ -423,7 +469,7 @@ class IntSoftmax(wiring.Component):
         # a subtraction) and the row maximum.
         x1 = Signal(signed(in_width))
         max1 = Signal(signed(in_width))
-        m.d.sync += [x1.eq(scores_r.data), max1.eq(_pick(row_max, tags[1].slot))]
+        m.d.sync += [x1.eq(scores_r.data), max1.eq(_pick(slots.row_max, tags[1].slot))]
 
         # stage 2: a = rowmax - x >= 0 (the negated d).
         a2 = Signal(in_width)
@@ -503,32 +549,34 @@ class IntSoftmax(wiring.Component):
             exps_w.addr.eq(Cat(wb.addr, wb.slot)),
             exps_w.data.eq(exp16),
         ]
-        b_acc = Signal(sum_bits)
+        b_acc = Signal(slots.sum_bits)
         b_acc_next = Mux(wb.first, exp16, b_acc + exp16)
         with m.If(wb.valid):
             m.d.sync += b_acc.eq(b_acc_next)
             with m.If(wb.last):
-                _put(m, row_sum, wb.slot, b_acc_next)
-                _put(m, state, wb.slot, _SlotState.EXPS)
+                _put(m, slots.row_sum, wb.slot, b_acc_next)
+                _put(m, slots.state, wb.slot, _SlotState.EXPS)
 
-        # -- Divider V: f = floor(2**32 / sum), restoring, one quotient bit per cycle. The
-        # quotient has QUOTIENT_BITS bits because sum >= 2**MIN_SUM_LOG2, so the division starts
-        # from the remainder 2**32 >> QUOTIENT_BITS (< sum) and shifts in zeros.
-        v_ptr = Signal(slot_bits)
+    def _build_divider(self, m, slots):
+        """Divider V: ``f = floor(2**32 / sum)`` of the EXPS slot ``v_ptr``, restoring, one
+        quotient bit per cycle; the slot then holds NORM. The quotient has
+        :data:`QUOTIENT_BITS` bits because ``sum >= 2**MIN_SUM_LOG2``, so the division starts
+        from the remainder ``2**32 >> QUOTIENT_BITS`` (< sum) and shifts in zeros."""
+        v_ptr = Signal(slots.slot_bits)
         v_busy = Signal()
         v_count = Signal(range(self.QUOTIENT_BITS + 1))
-        v_den = Signal(sum_bits)
-        v_rem = Signal(sum_bits + 1)
+        v_den = Signal(slots.sum_bits)
+        v_rem = Signal(slots.sum_bits + 1)
         v_quo = Signal(self.QUOTIENT_BITS)
         v_rem2 = Cat(Const(0, 1), v_rem)                     # 2*rem, shifting in a zero
         v_take = v_rem2 >= v_den
         v_quo_next = Cat(v_take, v_quo)[:self.QUOTIENT_BITS]
         with m.If(~v_busy):
-            with m.If(is_state(v_ptr, _SlotState.EXPS)):
+            with m.If(slots.is_state(v_ptr, _SlotState.EXPS)):
                 m.d.sync += [
                     v_busy.eq(1),
                     v_count.eq(self.QUOTIENT_BITS),
-                    v_den.eq(_pick(row_sum, v_ptr)),
+                    v_den.eq(_pick(slots.row_sum, v_ptr)),
                     v_rem.eq(1 << (SOFTMAX_MAX_BIT - self.QUOTIENT_BITS)),
                     v_quo.eq(0),
                 ]
@@ -539,12 +587,16 @@ class IntSoftmax(wiring.Component):
                 v_count.eq(v_count - 1),
             ]
             with m.If(v_count == 1):
-                m.d.sync += [v_busy.eq(0), v_ptr.eq(next_slot(v_ptr))]
-                _put(m, row_f, v_ptr, v_quo_next)
-                _put(m, state, v_ptr, _SlotState.NORM)
+                m.d.sync += [v_busy.eq(0), v_ptr.eq(slots.next(v_ptr))]
+                _put(m, slots.row_f, v_ptr, v_quo_next)
+                _put(m, slots.state, v_ptr, _SlotState.NORM)
 
-        # -- Engine D: normalization. Its pipeline (read, multiplier inputs, partial products,
-        # output register) advances whenever the output register is empty or being taken.
+    def _build_normalization(self, m, slots, exps_r):
+        """Engine D: reads the NORM slot ``d_ptr`` and streams ``y = exp16 * f >> (32 -
+        output_bits)`` out; the slot is FREE again once its last exp16 has been read. The
+        pipeline (read, multiplier inputs, partial products, output register) advances whenever
+        the output register is empty or being taken."""
+        idx_bits, slot_bits = slots.idx_bits, slots.slot_bits
         advance = Signal()
         m.d.comb += advance.eq(~self.o_stream.valid | self.o_stream.ready)
 
@@ -554,8 +606,8 @@ class IntSoftmax(wiring.Component):
         d_go = Signal()
         d_last = Signal()
         m.d.comb += [
-            d_go.eq(advance & is_state(d_ptr, _SlotState.NORM)),
-            d_last.eq(d_idx == _pick(last_idx, d_ptr)),
+            d_go.eq(advance & slots.is_state(d_ptr, _SlotState.NORM)),
+            d_last.eq(d_idx == _pick(slots.last_idx, d_ptr)),
         ]
         m.d.comb += [exps_r.addr.eq(d_pos), exps_r.en.eq(advance)]
         d_valid1, d_slot1, d_last1 = Signal(), Signal(slot_bits), Signal()
@@ -564,7 +616,7 @@ class IntSoftmax(wiring.Component):
         with m.If(d_go):
             m.d.sync += d_idx.eq(Mux(d_last, 0, d_idx + 1))
             with m.If(d_last):
-                m.d.sync += d_ptr.eq(next_slot(d_ptr))
+                m.d.sync += d_ptr.eq(slots.next(d_ptr))
 
         # stage 1: register the multiplier inputs exp16 and f. Once the row's last exp16 has
         # left the slot's read port, the slot is free.
@@ -576,10 +628,10 @@ class IntSoftmax(wiring.Component):
                 d_valid2.eq(d_valid1),
                 d_last2.eq(d_last1),
                 e2.eq(exps_r.data),
-                f2.eq(_pick(row_f, d_slot1)),
+                f2.eq(_pick(slots.row_f, d_slot1)),
             ]
             with m.If(d_valid1 & d_last1):
-                _put(m, state, d_slot1, _SlotState.FREE)
+                _put(m, slots.state, d_slot1, _SlotState.FREE)
 
         # stage 2: exp16 * f as registered partial products (a 16x17 DSP and a 16x2 multiply).
         d_valid3, d_last3 = Signal(), Signal()
@@ -604,5 +656,3 @@ class IntSoftmax(wiring.Component):
                 self.o_stream.payload.data.eq(y_out),
                 self.o_stream.payload.last.eq(d_last3),
             ]
-
-        return m
