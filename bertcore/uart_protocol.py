@@ -8,11 +8,15 @@ CRC-16/CCITT-FALSE (polynomial 0x1021, initial value 0xFFFF, no reflection, no f
 ``type .. payload``, sent high byte first, so that the CRC over ``type .. crc_lo`` is zero.
 """
 
+import binascii
+
+from amaranth.lib.crc import catalog
+
 __all__ = ["SOF", "T_PARAM", "T_PARAM_LAST", "T_ACT", "T_ACT_LAST", "T_READ", "T_STATUS",
            "T_RESET", "R_ACK", "R_NAK", "R_DATA", "R_STATUS", "NAK_CRC", "NAK_LENGTH",
            "NAK_TYPE", "NAK_FRAMING", "NAK_TIMEOUT", "NAK_REASONS", "HEADER_BYTES",
            "TRAILER_BYTES", "STATUS_BYTES", "DATA_LAST", "DATA_ERROR", "ST_BUSY", "ST_ERROR",
-           "ST_OUTPUT", "ST_LOST", "crc16", "crc16_update", "encode_frame"]
+           "ST_OUTPUT", "ST_LOST", "CRC16", "crc16", "encode_frame"]
 
 #: Start-of-frame byte.
 SOF = 0xA5
@@ -58,20 +62,19 @@ ST_OUTPUT = 0x04        # an output word is waiting (m_axis_act_tvalid)
 ST_LOST = 0x08          # a received byte was lost (sent while the bridge was busy) since STATUS
 
 
-def crc16_update(crc, byte):
-    """CRC-16/CCITT-FALSE of one more ``byte``."""
-    crc ^= byte << 8
-    for _ in range(8):
-        crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-        crc &= 0xFFFF
-    return crc
+#: The frame check sequence as an Amaranth CRC algorithm (the gateware's ``crc.Processor``).
+CRC16 = catalog.CRC16_CCITT_FALSE
 
 
-def crc16(data, crc=0xFFFF):
-    """CRC-16/CCITT-FALSE of ``data`` (``crc16(b"123456789") == 0x29B1``)."""
-    for byte in data:
-        crc = crc16_update(crc, byte)
-    return crc
+def crc16(data, crc=CRC16.initial_crc):
+    """CRC-16/CCITT-FALSE of ``data``, continued from ``crc``.
+
+    ``binascii.crc_hqx`` is this CRC (no reflection, no final XOR) when started at 0xFFFF.
+
+    >>> hex(crc16(b"123456789"))
+    '0x29b1'
+    """
+    return binascii.crc_hqx(bytes(data), crc)
 
 
 def encode_frame(ftype, seq, payload=b""):

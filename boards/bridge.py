@@ -19,7 +19,7 @@ Structure::
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import crc, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect
 
@@ -31,35 +31,7 @@ from bertcore.rtl.fsm import Fsm
 from bertcore.rtl.stream import RegisterSlice
 from .uart import UARTRx, UARTTx
 
-__all__ = ["UARTBridge", "crc16_step"]
-
-
-def _crc16_terms():
-    """For each bit of the next CRC: the set of CRC bits (0..15) and byte bits (16..23) XORed."""
-    c = [{i} for i in range(16)]
-    for i in range(8):
-        c[8 + i] = c[8 + i] ^ {16 + i}
-    for _ in range(8):
-        top = c[15]
-        c = [set()] + c[:15]
-        for i in (0, 5, 12):                       # 0x1021
-            c[i] = c[i] ^ top
-    return c
-
-
-_CRC16_TERMS = _crc16_terms()
-
-
-def crc16_step(crc, byte):
-    """CRC-16/CCITT-FALSE of one more ``byte`` as an Amaranth expression (an XOR network)."""
-    inputs = [crc[i] for i in range(16)] + [byte[i] for i in range(8)]
-    bits = []
-    for terms in _CRC16_TERMS:
-        value = Const(0, 1)
-        for t in sorted(terms):
-            value = value ^ inputs[t]
-        bits.append(value)
-    return Cat(*bits)
+__all__ = ["UARTBridge"]
 
 
 class UARTBridge(wiring.Component):
@@ -175,8 +147,12 @@ class UARTBridge(wiring.Component):
         length = Signal(16)
         idx = Signal(range(MAXP + 1))               # payload byte (receive, forward)
         part = Signal(range(NB))                    # byte within a word (receive, forward)
-        crc = Signal(16)
-        crc_next = crc16_step(crc, byte)
+        # One CRC unit serves both directions (stop and wait: a frame is received whole before
+        # its reply is sent, and no byte is taken while replying). Receive: ``start`` on SOF,
+        # then every byte from the type to the last CRC byte; a whole frame leaves the residue
+        # (``match_detected``) a cycle later. Reply: ``start`` in SEND, then each sent byte
+        # one cycle later from ``crc_in`` (below); ``crc`` is the CRC to send.
+        m.submodules.crc = crc_unit = crc.Processor(P.CRC16(8))
         reason = Signal(8)
 
         idle = Signal(range(self._timeout + 1))     # cycles since the last received byte
@@ -202,15 +178,16 @@ class UARTBridge(wiring.Component):
         r_nak = Signal()                            # rtype is R_NAK
         k_end = Signal(16)                          # rlen - 1
         wi = Signal(range(RW + 1))                  # word of the reply buffer
-        tcrc = Signal(16)
         tx_byte = Signal(8)
         # the reply CRC takes each sent byte one cycle later, from a register (``crc_pend``:
-        # a byte is waiting); the CRC bytes go out once it has taken the last one
+        # a byte is waiting; the byte multiplexer does not run on into the XOR network); the
+        # CRC bytes go out once it has taken the last one
+        tcrc = crc_unit.crc
         crc_in = Signal(8)
         crc_pend = Signal()
         m.d.sync += crc_pend.eq(0)
-        with m.If(crc_pend):
-            m.d.sync += tcrc.eq(crc16_step(tcrc, crc_in))
+        m.d.comb += [crc_unit.data.eq(Mux(crc_pend, crc_in, byte)),
+                     crc_unit.valid.eq(crc_pend)]      # (receive states add their bytes)
         m.d.comb += [rr.addr.eq(wi), fr.addr.eq(idx)]
         # the reply word passes a register (a block RAM's clock-to-out without its output
         # register is 5.6 ns on the ULX3S's -6 part; it ran on into the byte select)
@@ -243,7 +220,7 @@ class UARTBridge(wiring.Component):
             with fsm.State("HUNT"):
                 m.d.comb += urx.o_stream.ready.eq(1)
                 with m.If(got & (byte == P.SOF)):
-                    m.d.sync += crc.eq(0xFFFF)
+                    m.d.comb += crc_unit.start.eq(1)
                     fsm.next("TYPE")
             for state, nxt in (("TYPE", "SEQ"), ("SEQ", "LEN0"), ("LEN0", "LEN1"),
                                ("LEN1", None), ("PAYLOAD", None), ("CRC0", "CRC1"),
@@ -254,7 +231,7 @@ class UARTBridge(wiring.Component):
                         m.d.sync += reason.eq(P.NAK_FRAMING)
                         fsm.next("DISCARD")
                     with m.Elif(got):
-                        m.d.sync += crc.eq(crc_next)
+                        m.d.comb += crc_unit.valid.eq(1)
                         if state == "TYPE":
                             m.d.sync += ftype.eq(byte)
                         elif state == "SEQ":
@@ -278,16 +255,19 @@ class UARTBridge(wiring.Component):
                             with m.If(idx == length - 1):
                                 fsm.next("CRC0")
                         elif state == "CRC1":
-                            with m.If(crc_next == 0):
-                                fsm.next("DISPATCH")
-                            with m.Else():
-                                m.d.sync += reason.eq(P.NAK_CRC)
-                                fsm.next("DISCARD")
+                            fsm.next("CHECK")
                         if nxt is not None:
                             fsm.next(nxt)
                     with m.Elif(idle_out):
                         m.d.sync += reason.eq(P.NAK_TIMEOUT)
                         fsm.next("NAK")
+            with fsm.State("CHECK"):
+                # the CRC has taken the last byte
+                with m.If(crc_unit.match_detected):
+                    fsm.next("DISPATCH")
+                with m.Else():
+                    m.d.sync += reason.eq(P.NAK_CRC)
+                    fsm.next("DISCARD")
             with fsm.State("DISCARD"):
                 m.d.comb += urx.o_stream.ready.eq(1)
                 # wait for the line to go quiet, so that the NAK follows the whole bad frame
@@ -367,8 +347,9 @@ class UARTBridge(wiring.Component):
 
             # -- reply ------------------------------------------------------------------------
             with fsm.State("SEND"):
+                m.d.comb += crc_unit.start.eq(1)
                 m.d.sync += [j.eq(0), k.eq(0), k_first.eq(1), wi.eq(0), part.eq(0),
-                             tcrc.eq(0xFFFF), r_data.eq(rtype == P.R_DATA),
+                             r_data.eq(rtype == P.R_DATA),
                              r_nak.eq(rtype == P.R_NAK), k_end.eq(rlen - 1)]
                 fsm.next("TX_HEAD")
             with fsm.State("TX_HEAD"):

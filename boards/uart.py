@@ -2,13 +2,14 @@
 
 * :class:`UARTTx` sends the bytes of ``i_stream`` on ``tx`` (start bit, 8 data bits LSB first,
   one stop bit), one bit every ``divisor`` clock cycles; ``i_stream.ready`` while idle.
-* :class:`UARTRx` samples ``rx`` through a 2-flip-flop synchronizer, finds the falling edge of
-  a start bit, re-checks the start bit half a bit later (glitch rejection) and samples each data
-  bit and the stop bit in the middle of the bit. A low stop bit is a framing error: the byte is
-  dropped, ``frame_error`` pulses for one cycle, and the receiver waits for the line to return
-  high (a break is one error, not many). A byte that completes while the previous one has not
-  been taken from ``o_stream`` is dropped with a one-cycle ``overrun`` pulse (a UART cannot be
-  stalled; the consumer must keep up, one byte per ``10 * divisor`` cycles).
+* :class:`UARTRx` samples ``rx`` through a 2-flip-flop synchronizer (``FFSynchronizer``), finds
+  the falling edge of a start bit, re-checks the start bit half a bit later (glitch rejection)
+  and samples each data bit and the stop bit in the middle of the bit. A low stop bit is a
+  framing error: the byte is dropped, ``frame_error`` pulses for one cycle, and the receiver
+  waits for the line to return high (a break is one error, not many). A byte that completes
+  while the previous one has not been taken from ``o_stream`` is dropped with a one-cycle
+  ``overrun`` pulse (a UART cannot be stalled; the consumer must keep up, one byte per
+  ``10 * divisor`` cycles).
 
 Baud tolerance: the stop bit is sampled 9.5 bit periods after the start edge, so a transmitter
 whose bit period differs by up to about ``(0.5 - 2.5 / divisor) / 9.5`` (4.6 % at ``divisor`` 16,
@@ -19,6 +20,7 @@ divisor and the requested baud rate.
 
 from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import stream, wiring
+from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from bertcore.rtl.common import rejecting
@@ -157,11 +159,11 @@ class UARTRx(_UARTPort):
     def elaborate(self, platform):
         m = Module()
         d = self._divisor
-        # 2-FF synchronizer (plain registers rather than FFSynchronizer, whose reset-less
-        # flip-flops leave a module with an unused reset, which verilator -Wall flags)
-        stage1 = Signal(init=1, attrs={"ASYNC_REG": "TRUE"})
-        line = Signal(init=1, attrs={"ASYNC_REG": "TRUE"})
-        m.d.sync += [stage1.eq(self.rx), line.eq(stage1)]
+        # 2-FF synchronizer, reset to the idle level (resettable: reset-less flip-flops would
+        # leave the domain's reset unused in the synchronizer's module, which verilator -Wall
+        # flags)
+        line = Signal(init=1)
+        m.submodules.rx_sync = FFSynchronizer(self.rx, line, init=1, reset_less=False)
 
         timer = Signal(range(d))
         shift = Signal(8)

@@ -323,6 +323,18 @@ def test_real_core_uart_cocotb(tiny_core, tiny_image, resident, tmp_path):  # no
     print("board over UART:", result)
 
 
+def test_host_crc_is_the_gateware_crc():
+    """The host's CRC (``binascii.crc_hqx``) is the bridge's ``amaranth.lib.crc`` algorithm;
+    a frame's CRC over ``type .. crc_lo`` is the residue (zero)."""
+    params = P.CRC16(8)
+    assert P.crc16(b"123456789") == params.compute(b"123456789") == 0x29B1
+    rng = random.Random(11)
+    for n in (0, 1, 2, 7, 300):
+        data = bytes(rng.randrange(256) for _ in range(n))
+        assert P.crc16(data) == params.compute(data), n
+        assert P.crc16(P.encode_frame(P.T_ACT, n, data)[1:]) == params.residue() == 0
+
+
 def test_bridge_lint():
     from sim.runner import lint
     lint(UARTBridge(32, DIVISOR), toplevel="bertcore_uart_bridge")
