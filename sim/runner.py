@@ -78,6 +78,17 @@ def emit_verilog(dut, *, toplevel):
     return verilog.convert(dut, name=toplevel, emit_src=False)
 
 
+# A primitive's model declares every port of the primitive; the design connects only those it
+# uses and leaves the other outputs open (as synthesis does), which Verilator's build would
+# otherwise reject as missing pins.
+_MODEL_ARGS = ("-Wno-PINMISSING",)
+
+
+def _model_text(models):
+    """The text of the Verilog files ``models``, to append to a design's source."""
+    return "".join(f"\n// ---- {Path(path).name}\n" + Path(path).read_text() for path in models)
+
+
 def _hash(*parts):
     digest = hashlib.sha256()
     for part in parts:
@@ -112,7 +123,7 @@ def _runtime_files(directory):
     return [directory / f"{stem}{ext}" for stem in _VERILATOR_RUNTIME for ext in (".o", ".d")]
 
 
-def _build(runner, simulator, source, build_dir, toplevel, waves):
+def _build(runner, simulator, source, build_dir, toplevel, waves, extra_args=()):
     stamp = build_dir / "bertcore-build.ok"
     if stamp.exists():
         return
@@ -121,7 +132,7 @@ def _build(runner, simulator, source, build_dir, toplevel, waves):
     build_dir.mkdir(parents=True)
     source_path = build_dir / f"{toplevel}.v"
     source_path.write_text(source)
-    build_args = list(VERILATOR_BUILD_ARGS) if simulator == "verilator" else []
+    build_args = [*VERILATOR_BUILD_ARGS, *extra_args] if simulator == "verilator" else []
     runtime = _runtime_dir(waves) if simulator == "verilator" else None
     if simulator == "verilator":
         # cocotb's Verilator build is [verilator ..., make ...]: make gets the variables the PyPI
@@ -166,13 +177,14 @@ def _results(xml_path):
     return names, failures
 
 
-def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, waves):
+def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, waves,
+              extra_args=()):
     from cocotb_tools.runner import get_runner
 
     tag = f"{name}-{simulator}-{_hash(dut_source, simulator, *VERILATOR_BUILD_ARGS)}"
     build_dir = BUILD_DIR / (tag + ("-waves" if waves else ""))
     runner = get_runner(simulator)
-    _build(runner, simulator, dut_source, build_dir, toplevel, waves)
+    _build(runner, simulator, dut_source, build_dir, toplevel, waves, extra_args)
 
     test_dir = build_dir / f"run-{name}"
     test_dir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +229,8 @@ def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, wav
     return names, failures, wave_file, test_dir
 
 
-def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None):
+def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None,
+               models=()):
     """Run the cocotb bench ``sim/<test_module>.py`` on the Verilog of ``dut``.
 
     Parameters
@@ -234,6 +247,9 @@ def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None)
     name : str, optional
         Names the build and run directories (``build/sim/<name>-<simulator>-<hash>``);
         defaults to ``toplevel``.
+    models : sequence of path, optional
+        Verilog files compiled with the design: simulation models of the primitives it
+        instantiates (e.g. ``sim/models/MULT18X18D.v``).
 
     Returns
     -------
@@ -250,10 +266,10 @@ def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None)
     """
     _check_simulator(simulator)
     name = name or toplevel
-    source = emit_verilog(dut, toplevel=toplevel)
+    source = emit_verilog(dut, toplevel=toplevel) + _model_text(models)
     waves = os.environ.get("BERTCORE_WAVES") == "1"
     kwargs = dict(toplevel=toplevel, test_module=test_module, simulator=simulator,
-                  params=params, name=name)
+                  params=params, name=name, extra_args=_MODEL_ARGS if models else ())
     names, failures, wave_file, test_dir = _run_once(source, waves=waves, **kwargs)
     if failures and not waves:
         _, _, wave_file, test_dir = _run_once(source, waves=True, **kwargs)
@@ -279,16 +295,17 @@ def tb_params():
 _WARNING = re.compile(r"^%(Warning|Error)(?:-([A-Z0-9_]+))?:\s*(.*)$")
 
 
-def lint(dut, *, toplevel, waivers=None):
+def lint(dut, *, toplevel, waivers=None, models=()):
     """Lint the Verilog of ``dut`` with ``verilator --lint-only -Wall``.
 
     Warnings whose type is in ``waivers`` (default :data:`LINT_WAIVERS`) are ignored; any other
     warning or error raises :class:`AssertionError` listing them. Returns the list of waived
-    warning lines (for information).
+    warning lines (for information). ``models`` are Verilog files linted with the design (as
+    in :func:`run_cocotb`).
     """
     verilator = ensure_verilator_env()
     waivers = LINT_WAIVERS if waivers is None else waivers
-    source = emit_verilog(dut, toplevel=toplevel)
+    source = emit_verilog(dut, toplevel=toplevel) + _model_text(models)
     lint_dir = BUILD_DIR / f"lint-{toplevel}-{_hash(source)}"
     lint_dir.mkdir(parents=True, exist_ok=True)
     path = lint_dir / f"{toplevel}.v"
