@@ -106,7 +106,7 @@ def _runtime_files(directory):
     return [directory / f"{stem}{ext}" for stem in _VERILATOR_RUNTIME for ext in (".o", ".d")]
 
 
-def _build(runner, simulator, source, build_dir, toplevel, waves):
+def _build(runner, simulator, source, build_dir, toplevel, waves, extra_sources=()):
     stamp = build_dir / "bertcore-build.ok"
     if stamp.exists():
         return
@@ -126,7 +126,7 @@ def _build(runner, simulator, source, build_dir, toplevel, waves):
             seed = [["cp", *map(str, _runtime_files(runtime)), str(build_dir)]]
         patch_verilator_make(runner, seed)
     runner.build(
-        sources=[source_path],
+        sources=[source_path, *extra_sources],
         hdl_toplevel=toplevel,
         build_dir=build_dir,
         build_args=build_args,
@@ -160,13 +160,15 @@ def _results(xml_path):
     return names, failures
 
 
-def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, waves):
+def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, waves,
+              extra_sources=()):
     from cocotb_tools.runner import get_runner
 
-    tag = f"{name}-{simulator}-{_hash(dut_source, simulator, *VERILATOR_BUILD_ARGS)}"
+    extra = [Path(path).read_text() for path in extra_sources]
+    tag = f"{name}-{simulator}-{_hash(dut_source, *extra, simulator, *VERILATOR_BUILD_ARGS)}"
     build_dir = BUILD_DIR / (tag + ("-waves" if waves else ""))
     runner = get_runner(simulator)
-    _build(runner, simulator, dut_source, build_dir, toplevel, waves)
+    _build(runner, simulator, dut_source, build_dir, toplevel, waves, extra_sources)
 
     test_dir = build_dir / f"run-{name}"
     test_dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +213,8 @@ def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, wav
     return names, failures, wave_file, test_dir
 
 
-def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None):
+def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None,
+               extra_sources=()):
     """Run the cocotb bench ``sim/<test_module>.py`` on the Verilog of ``dut``.
 
     Parameters
@@ -228,6 +231,9 @@ def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None)
     name : str, optional
         Names the build and run directories (``build/sim/<name>-<simulator>-<hash>``);
         defaults to ``toplevel``.
+    extra_sources : list of Path, optional
+        Verilog files compiled with the design (modules it instantiates, e.g. a generated
+        LiteDRAM core); their text is part of the build's key.
 
     Returns
     -------
@@ -247,7 +253,7 @@ def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None)
     source = emit_verilog(dut, toplevel=toplevel)
     waves = os.environ.get("BERTCORE_WAVES") == "1"
     kwargs = dict(toplevel=toplevel, test_module=test_module, simulator=simulator,
-                  params=params, name=name)
+                  params=params, name=name, extra_sources=tuple(map(str, extra_sources)))
     names, failures, wave_file, test_dir = _run_once(source, waves=waves, **kwargs)
     if failures and not waves:
         _, _, wave_file, test_dir = _run_once(source, waves=True, **kwargs)
