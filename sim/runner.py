@@ -123,7 +123,8 @@ def _runtime_files(directory):
     return [directory / f"{stem}{ext}" for stem in _VERILATOR_RUNTIME for ext in (".o", ".d")]
 
 
-def _build(runner, simulator, source, build_dir, toplevel, waves, extra_args=()):
+def _build(runner, simulator, source, build_dir, toplevel, waves, extra_args=(),
+           extra_sources=()):
     stamp = build_dir / "bertcore-build.ok"
     if stamp.exists():
         return
@@ -143,7 +144,7 @@ def _build(runner, simulator, source, build_dir, toplevel, waves, extra_args=())
             seed = [["cp", *map(str, _runtime_files(runtime)), str(build_dir)]]
         patch_verilator_make(runner, seed)
     runner.build(
-        sources=[source_path],
+        sources=[source_path, *extra_sources],
         hdl_toplevel=toplevel,
         build_dir=build_dir,
         build_args=build_args,
@@ -178,13 +179,14 @@ def _results(xml_path):
 
 
 def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, waves,
-              extra_args=()):
+              extra_args=(), extra_sources=()):
     from cocotb_tools.runner import get_runner
 
-    tag = f"{name}-{simulator}-{_hash(dut_source, simulator, *VERILATOR_BUILD_ARGS)}"
+    extra = [Path(path).read_text() for path in extra_sources]
+    tag = f"{name}-{simulator}-{_hash(dut_source, *extra, simulator, *VERILATOR_BUILD_ARGS)}"
     build_dir = BUILD_DIR / (tag + ("-waves" if waves else ""))
     runner = get_runner(simulator)
-    _build(runner, simulator, dut_source, build_dir, toplevel, waves, extra_args)
+    _build(runner, simulator, dut_source, build_dir, toplevel, waves, extra_args, extra_sources)
 
     test_dir = build_dir / f"run-{name}"
     test_dir.mkdir(parents=True, exist_ok=True)
@@ -230,7 +232,7 @@ def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, wav
 
 
 def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None,
-               models=()):
+               models=(), extra_sources=()):
     """Run the cocotb bench ``sim/<test_module>.py`` on the Verilog of ``dut``.
 
     Parameters
@@ -250,6 +252,9 @@ def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None,
     models : sequence of path, optional
         Verilog files compiled with the design: simulation models of the primitives it
         instantiates (e.g. ``sim/models/MULT18X18D.v``).
+    extra_sources : list of Path, optional
+        Verilog files compiled with the design (modules it instantiates, e.g. a generated
+        LiteDRAM core); their text is part of the build's key.
 
     Returns
     -------
@@ -269,7 +274,8 @@ def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None,
     source = emit_verilog(dut, toplevel=toplevel) + _model_text(models)
     waves = os.environ.get("BERTCORE_WAVES") == "1"
     kwargs = dict(toplevel=toplevel, test_module=test_module, simulator=simulator,
-                  params=params, name=name, extra_args=_MODEL_ARGS if models else ())
+                  params=params, name=name, extra_args=_MODEL_ARGS if models else (),
+                  extra_sources=tuple(map(str, extra_sources)))
     names, failures, wave_file, test_dir = _run_once(source, waves=waves, **kwargs)
     if failures and not waves:
         _, _, wave_file, test_dir = _run_once(source, waves=True, **kwargs)

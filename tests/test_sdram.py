@@ -1,0 +1,163 @@
+# amaranth: UnusedElaboratable=no
+"""LiteDRAM on the ULX3S: generation, the bring-up program, the DRAM reader and writer.
+
+The simulation test runs the generated LiteDRAM core (``litedram.gen --sim``: the controller on
+LiteDRAM's SDRAMPHYModel) with :class:`boards.litedram.DRAMSubsystem` in Verilator: bring-up,
+an image written through the writer, read back through the reader bit for bit with random
+backpressure, refreshes counted. Icarus is not used: the model's four 4M x 16-bit arrays make
+its start slow and its memory large (see docs/boards.md).
+"""
+
+import json
+import math
+import random
+
+import pytest
+
+from boards.sdram import ULX3S_SDRAM, SDRAMConfig, generate
+
+
+@pytest.fixture(scope="module")
+def sim_core():
+    return generate(ULX3S_SDRAM, sim=True)
+
+
+def test_config_yaml_and_validation():
+    import yaml
+    cfg = yaml.safe_load(ULX3S_SDRAM.yaml())
+    assert cfg["cpu"] == "None" and cfg["sdram_phy"] == "GENSDRPHY"
+    assert cfg["sdram_module"] == "MT48LC16M16" and cfg["sdram_module_nb"] == 2
+    assert cfg["user_ports"] == {"native_0": {"type": "native", "data_width": 32}}
+    with pytest.raises(ValueError, match="port_width must be a multiple of the DRAM's 16 bits"):
+        SDRAMConfig(port_width=24)
+    with pytest.raises(TypeError, match="config must be an SDRAMConfig"):
+        generate({"module": "MT48LC16M16"})
+
+
+def test_generate_sim_and_board(sim_core, tmp_path):
+    """Both variants generate; the result is cached (same key: no second run)."""
+    assert sim_core.sim and sim_core.verilog.exists()
+    text = sim_core.verilog.read_text()
+    assert "module litedram_core" in text and "reg [15:0] mem[0:4194303]" in text
+    assert sim_core.size == 32 << 20 and sim_core.data_width == 32
+    assert sim_core.address_width == 23                   # 8M words of 32 bits
+    assert sim_core.trefi == math.ceil(64e-3 / 8192 * ULX3S_SDRAM.clock)   # 7.8 us: 391
+    kinds = [step["kind"] for step in sim_core.init_sequence]
+    assert kinds[0] == "control" and kinds.count("command") == 6
+    board = generate(ULX3S_SDRAM)
+    assert not board.sim
+    text = board.verilog.read_text()
+    assert "TRELLIS_IO" in text and "sdram_dq" in text
+    assert generate(ULX3S_SDRAM) == board                 # cached
+
+
+def test_init_program(sim_core):
+    """The baked program: software control and CKE low first, LiteDRAM's sequence, the check,
+    hardware control, init_done last."""
+    from boards.sdram_init import init_program
+    prog, _ = init_program(sim_core, ULX3S_SDRAM.clock)
+    writes = [(reg, arg) for op, reg, arg, _ in prog if op == 0]
+    assert writes[0] == ("sdram_dfii_control", 0)
+    assert writes[-3:] == [("sdram_dfii_control", sim_core.dfii["dfii_control_sel"]),
+                           ("ddrctrl_init_done", 1), ("ddrctrl_init_error", 1)]  # last: on failure
+    waits = [arg for op, _, arg, _ in prog if op == 1]
+    assert waits[0] == 5000 and 20000 in waits            # 100 us at 50 MHz; LiteDRAM's CKE wait
+    checks = [arg for op, _, arg, _ in prog if op == 2]
+    assert len(checks) == 2 and checks[0] ^ checks[1] == 0xFFFF
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_dram_roundtrip_verilator(sim_core, tmp_path, seed):
+    """Bring-up, 8192 words written and streamed back twice (random backpressure, then none)
+    through 32 rows of the simulated SDRAM, bit-exact, with refreshes during the reads."""
+    from boards.litedram import DRAMSubsystem
+    from sim.runner import run_cocotb
+    rng = random.Random(seed)
+    words = [rng.getrandbits(32) for _ in range(8192)]
+    report = tmp_path / "report.json"
+    run_cocotb(DRAMSubsystem(sim_core), toplevel="dram_subsystem", test_module="tb_sdram",
+               simulator="verilator", extra_sources=sim_core.verilator_sources, name="dram_subsystem",
+               params={"words": words, "base": 0x1234, "seed": seed, "ready_prob": 0.7,
+                       "width": 32, "init_timeout": 60000, "report": str(report),
+                       "refresher": "dram.core.litedramcore_refresher_state"})
+    rep = json.loads(report.read_text())
+    print("dram roundtrip:", rep)
+    # the controller refreshes every tREFI cycles: a read of N cycles sees about N / tREFI
+    for run in ("read_backpressure_cycles", "read_stream_cycles"):
+        assert rep[run] > 4 * sim_core.trefi
+    assert rep["refreshes_backpressure_read"] >= rep["read_backpressure_cycles"] // sim_core.trefi - 1
+    assert rep["refreshes_full_speed_read"] >= 2
+    assert rep["refreshes_after_init"] >= (rep["total_cycles"] - rep["init_cycles"]) \
+        // sim_core.trefi - 2
+
+
+def test_units_lint_clean_and_bad_parameters(sim_core):
+    from boards.dram_stream import DRAMReader, DRAMWriter
+    from boards.sdram_init import SDRAMInit
+    from sim.runner import lint
+    lint(DRAMReader(23, 32, depth=64), toplevel="dram_reader")
+    lint(DRAMWriter(23, 32), toplevel="dram_writer")
+    lint(SDRAMInit(sim_core), toplevel="sdram_init")
+    with pytest.raises(ValueError, match="depth must be an integer of at least 2, not 1"):
+        DRAMReader(23, 32, depth=1)
+    with pytest.raises(TypeError, match="data_width must be a positive multiple of 8, not 12"):
+        DRAMWriter(23, 12)
+
+
+def _run_init(core, *, flip=0, answer=True):
+    """SDRAMInit against a model of the core's control registers: a DFII write command stores
+    ``wrdata`` at the column in ``address``, a read command loads it (XOR ``flip``) into
+    ``rddata``. Returns (done, error, registers written in order)."""
+    from amaranth.sim import Simulator
+    from boards.sdram_init import SDRAMInit
+    dut = SDRAMInit(core, clock=1e6)
+    names = {addr // 4: name for name, addr in core.csr.items()}
+    regs, columns, log, result = {}, {}, [], {}
+    dfii = core.dfii
+
+    async def bench(ctx):
+        for _ in range(40000):
+            await ctx.tick()
+            if ctx.get(dut.done) or ctx.get(dut.error):
+                break
+            if not (ctx.get(dut.bus.cyc) and ctx.get(dut.bus.stb)) or not answer:
+                ctx.set(dut.bus.ack, 0)
+                continue
+            if ctx.get(dut.bus.ack):                 # one ack per access
+                ctx.set(dut.bus.ack, 0)
+                continue
+            name = names[ctx.get(dut.bus.adr)]
+            if ctx.get(dut.bus.we):
+                value = ctx.get(dut.bus.dat_w)
+                regs[name] = value
+                log.append((name, value))
+                if name == "sdram_dfii_pi0_command_issue":
+                    cmd, col = regs["sdram_dfii_pi0_command"], regs["sdram_dfii_pi0_address"]
+                    if cmd & dfii["dfii_command_wrdata"]:
+                        columns[col] = regs["sdram_dfii_pi0_wrdata"]
+                    if cmd & dfii["dfii_command_rddata"]:
+                        regs["sdram_dfii_pi0_rddata"] = columns.get(col, 0) ^ flip
+            else:
+                ctx.set(dut.bus.dat_r, regs.get(name, 0))
+            ctx.set(dut.bus.ack, 1)
+        result["done"], result["error"] = ctx.get(dut.done), ctx.get(dut.error)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return result["done"], result["error"], log
+
+
+def test_init_fsm_paths(sim_core):
+    """The bring-up in the Amaranth simulator: a good chip ends in done with the core's
+    init_done written; a stuck data bit ends in error with init_error written; a control bus
+    that never answers ends in error."""
+    done, error, log = _run_init(sim_core)
+    assert (done, error) == (1, 0) and log[-1] == ("ddrctrl_init_done", 1)
+    assert ("ddrctrl_init_error", 1) not in log
+    done, error, log = _run_init(sim_core, flip=1 << 7)
+    assert (done, error) == (0, 1) and log[-1] == ("ddrctrl_init_error", 1)
+    assert ("ddrctrl_init_done", 1) not in log
+    done, error, log = _run_init(sim_core, answer=False)
+    assert (done, error) == (0, 1) and log == []
