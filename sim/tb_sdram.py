@@ -8,7 +8,7 @@ while counting the refresh commands LiteDRAM's refresher issues (its state machi
 sequencer state, read through VPI).
 
 ``params``: ``words`` (list of ints), ``base``, ``seed``, ``ready_prob``, ``init_timeout``,
-``refresher`` (hierarchical name of the refresher's state register), ``report`` (a JSON file).
+``refresher`` (candidate hierarchical names of the refresher's state register), ``report`` (a JSON file).
 """
 
 import json
@@ -35,11 +35,19 @@ class RefreshCounter:
                 self.count += 1
 
 
-def _lookup(dut, path):
-    handle = dut
-    for part in path.split("."):
-        handle = getattr(handle, part)
-    return handle
+def _lookup(dut, paths):
+    """The first of ``paths`` (dotted names below ``dut``) that exists: Migen prefixes names
+    only where they would clash, so the refresher's state register is named differently in
+    differently configured cores."""
+    for path in paths:
+        handle = dut
+        try:
+            for part in path.split("."):
+                handle = getattr(handle, part)
+        except AttributeError:
+            continue
+        return handle
+    raise AssertionError(f"none of {paths} in the design")
 
 
 @cocotb.test()
