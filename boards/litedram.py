@@ -104,8 +104,11 @@ class DRAMSubsystem(wiring.Component):
     core : GeneratedCore
     pads : object, optional
         For the board variant (see :class:`LiteDRAMCore`).
+    data_width : int
+        Width of the streams (the core's bus width); default the port's. A multiple of the
+        port's width: the reader and writer split words into port words.
     prefetch : int
-        The reader's FIFO depth in words.
+        The reader's FIFO depth in port words.
 
     Members
     -------
@@ -118,12 +121,14 @@ class DRAMSubsystem(wiring.Component):
         The reader's members (:class:`~boards.dram_stream.DRAMReader`).
     """
 
-    def __init__(self, core, pads=None, *, prefetch=64):
+    def __init__(self, core, pads=None, *, data_width=None, prefetch=64):
+        dw = core.data_width if data_width is None else data_width
         self._dram = LiteDRAMCore(core, pads)
         self._init = SDRAMInit(core)
-        self._writer = DRAMWriter(core.address_width, core.data_width)
-        self._reader = DRAMReader(core.address_width, core.data_width, depth=prefetch)
-        aw, dw = core.address_width, core.data_width
+        self._writer = DRAMWriter(core.address_width, dw, port_width=core.data_width)
+        self._reader = DRAMReader(core.address_width, dw, port_width=core.data_width,
+                                  depth=prefetch)
+        aw = len(self._reader.base)
         super().__init__({
             "init_done": Out(1), "init_error": Out(1),
             "w_start": In(1), "w_base": In(aw), "w_data": In(stream.Signature(dw)),

@@ -53,8 +53,10 @@ class SDRAMConfig:
     device : str
         The FPGA, for the board variant's I/O primitives.
     port_width : int
-        Data width of the native user port in bits (a multiple of the DRAM's; LiteDRAM's
-        crossbar converts). The DRAM reader streams words of this width.
+        Data width of the native user port in bits: a multiple of the DRAM's (LiteDRAM's
+        crossbar then converts). Default the DRAM's own width: LiteDRAM's down-converter costs
+        a cycle per user command, so the DRAM reader and writer split wider stream words into
+        port words themselves (:mod:`boards.dram_stream`).
     cmd_buffer_depth : int
         Commands each bank machine queues.
     """
@@ -64,7 +66,7 @@ class SDRAMConfig:
     memtype: str = "SDR"
     clock: float = 50e6
     device: str = "LFE5U-85F-6BG381C"
-    port_width: int = 32
+    port_width: int = 16
     cmd_buffer_depth: int = 16
 
     def __post_init__(self):

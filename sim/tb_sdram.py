@@ -1,14 +1,15 @@
-"""cocotb bench: :class:`boards.litedram.DRAMSubsystem` on LiteDRAM's simulation core.
+"""cocotb bench: :class:`boards.image_store.ImageStore` on LiteDRAM's simulation core.
 
 The generated ``litedram_core`` (``litedram.gen --sim``: the controller with LiteDRAM's
-SDRAMPHYModel, 32 MB of simulated SDRAM) behind the bring-up FSM, the writer and the reader.
-The bench waits for ``init_done``, writes ``words`` through the writer (random gaps), streams
-them back through the reader twice (random backpressure, then none) and compares bit for bit,
-while counting the refresh commands LiteDRAM's refresher issues (its state machine entering the
-sequencer state, read through VPI).
+SDRAMPHYModel, 32 MB of simulated SDRAM) behind the bring-up FSM, the writer, the reader and
+the image store. The bench waits for ``init_done``, checks that a run without an image raises
+``error``, loads ``words`` (random gaps; the store writes them, reads them back and compares
+CRC-32s), checks ``valid`` and the fingerprint, then runs the image twice (random
+backpressure, then none) comparing bit for bit, while counting the refresh commands LiteDRAM's
+refresher issues (its state machine entering the sequencer state, read through VPI).
 
-``params``: ``words`` (list of ints), ``base``, ``seed``, ``ready_prob``, ``init_timeout``,
-``refresher`` (hierarchical name of the refresher's state register), ``report`` (a JSON file).
+``params``: ``words`` (list of ints), ``fingerprint``, ``seed``, ``ready_prob``, ``init_timeout``,
+``refresher`` (candidate hierarchical names of the refresher's state register), ``report`` (a JSON file).
 """
 
 import json
@@ -35,23 +36,44 @@ class RefreshCounter:
                 self.count += 1
 
 
-def _lookup(dut, path):
-    handle = dut
-    for part in path.split("."):
-        handle = getattr(handle, part)
-    return handle
+def _lookup(dut, paths):
+    """The first of ``paths`` (dotted names below ``dut``) that exists: Migen prefixes names
+    only where they would clash, so the refresher's state register is named differently in
+    differently configured cores."""
+    for path in paths:
+        handle = dut
+        try:
+            for part in path.split("."):
+                handle = getattr(handle, part)
+        except AttributeError:
+            continue
+        return handle
+    raise AssertionError(f"none of {paths} in the design")
+
+
+async def _pulse(dut, signal):
+    await RisingEdge(dut.clk)
+    signal.value = 1
+    await RisingEdge(dut.clk)
+    signal.value = 0
+
+
+async def _until_idle(dut, limit, what):
+    for n in range(limit):
+        await RisingEdge(dut.clk)
+        if not dut.busy.value:
+            return n
+    raise AssertionError(f"{what}: still busy after {limit} cycles")
 
 
 @cocotb.test()
-async def dram_roundtrip(dut):
+async def image_store(dut):
     p = tb_params()
     rng = random.Random(p["seed"])
-    words, base = p["words"], p["base"]
+    words, width = p["words"], p["width"]
     report = {}
-    dut.w_start.value = 0
-    dut.r_start.value = 0
-    dut.w_data__valid.value = 0
-    dut.m_axis__ready.value = 0
+    for name in ("load", "run", "s_load__valid", "m_param__ready"):
+        getattr(dut, name).value = 0
     dut.rst.value = 1
     cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
     await ClockCycles(dut.clk, 4)
@@ -69,72 +91,69 @@ async def dram_roundtrip(dut):
     report["init_cycles"] = cycle
     refresh_at_init = refreshes.count
 
-    # write the image through the writer, with random gaps
-    await RisingEdge(dut.clk)
-    dut.w_base.value = base
-    dut.w_start.value = 1
-    await RisingEdge(dut.clk)
-    dut.w_start.value = 0
+    # a run before any image: error, nothing streamed
+    dut.m_param__ready.value = 1
+    await _pulse(dut, dut.run)
+    for _ in range(50):
+        await RisingEdge(dut.clk)
+        assert not dut.m_param__valid.value, "a word streamed without an image"
+    assert dut.error.value and not dut.valid.value, "no error for a run without an image"
+
+    # load: words with random gaps, last on the final one; written, read back, compared
     start = cocotb.utils.get_sim_time("ns")
+    await _pulse(dut, dut.load)
     i = 0
     while i < len(words):
         valid = rng.random() < 0.8
-        dut.w_data__valid.value = int(valid)
-        dut.w_data__payload.value = words[i]
+        dut.s_load__valid.value = int(valid)
+        dut.s_load__payload.value = words[i] | (int(i == len(words) - 1) << width)
         await RisingEdge(dut.clk)
-        if valid and dut.w_data__ready.value:
+        if valid and dut.s_load__ready.value:
             i += 1
-    dut.w_data__valid.value = 0
-    for _ in range(10000):
-        await RisingEdge(dut.clk)
-        if dut.w_idle.value and int(dut.w_written.value) == len(words):
-            break
-    assert int(dut.w_written.value) == len(words) and dut.w_idle.value, "writer did not finish"
-    assert int(dut.w_overflow.value) == 0
-    report["write_cycles"] = int((cocotb.utils.get_sim_time("ns") - start) // CLOCK_NS)
+    dut.s_load__valid.value = 0
+    await _until_idle(dut, 50 * len(words), "load")
+    report["load_cycles"] = int((cocotb.utils.get_sim_time("ns") - start) // CLOCK_NS)
+    assert dut.valid.value and not dut.error.value, "the image did not verify"
+    assert int(dut.words.value) == len(words)
+    assert int(dut.fingerprint.value) == p["fingerprint"], (
+        f"fingerprint {int(dut.fingerprint.value):#010x} != {p['fingerprint']:#010x}")
 
-    async def read_back(ready_prob):
-        dut.r_base.value = base
-        dut.r_count.value = len(words)
-        dut.r_start.value = 1
-        await RisingEdge(dut.clk)
-        dut.r_start.value = 0
-        got, first, last_seen = [], None, None
-        n = 0
+    async def run(ready_prob):
+        await _pulse(dut, dut.run)
+        got, first, last_seen, n = [], None, None, 0
         while len(got) < len(words):
             ready = rng.random() < ready_prob
-            dut.m_axis__ready.value = int(ready)
+            dut.m_param__ready.value = int(ready)
             await RisingEdge(dut.clk)
             n += 1
-            if ready and dut.m_axis__valid.value:
-                if first is None:
-                    first = n
-                got.append(int(dut.m_axis__payload.value) & ((1 << p["width"]) - 1))
-                last = (int(dut.m_axis__payload.value) >> p["width"]) & 1
-                assert last == (len(got) == len(words)), f"last wrong at word {len(got) - 1}"
+            if ready and dut.m_param__valid.value:
+                first = n if first is None else first
+                value = int(dut.m_param__payload.value)
+                got.append(value & ((1 << width) - 1))
+                assert (value >> width) == (len(got) == len(words)), \
+                    f"last wrong at word {len(got) - 1}"
                 last_seen = n
-            assert n < 50 * len(words) + 1000, f"read stalled after {len(got)} words"
-        dut.m_axis__ready.value = 0
+            assert n < 50 * len(words) + 1000, f"run stalled after {len(got)} words"
+        dut.m_param__ready.value = 1
         for _ in range(4):
             await RisingEdge(dut.clk)
-            assert not dut.m_axis__valid.value, "a word after last"
+            assert not dut.m_param__valid.value, "a word after last"
         bad = [k for k, (a, b) in enumerate(zip(got, words)) if a != b]
         assert not bad, (f"{len(bad)} words differ, first at {bad[0]}: "
                          f"{got[bad[0]]:#x} != {words[bad[0]]:#x}")
-        assert not dut.r_busy.value
+        assert not dut.busy.value and not dut.error.value
         return first, last_seen
 
-    refresh_before = refreshes.count
-    start = cocotb.utils.get_sim_time("ns")
-    await read_back(p["ready_prob"])
-    report["read_backpressure_cycles"] = int((cocotb.utils.get_sim_time("ns") - start)
-                                             // CLOCK_NS)
-    report["refreshes_backpressure_read"] = refreshes.count - refresh_before
-    refresh_before = refreshes.count
-    first, last = await read_back(1.0)
-    report["read_latency_cycles"] = first
-    report["read_stream_cycles"] = last - first + 1
-    report["refreshes_full_speed_read"] = refreshes.count - refresh_before
+    before, start = refreshes.count, cocotb.utils.get_sim_time("ns")
+    await run(p["ready_prob"])
+    report["run_backpressure_cycles"] = int((cocotb.utils.get_sim_time("ns") - start)
+                                            // CLOCK_NS)
+    report["refreshes_backpressure_run"] = refreshes.count - before
+    before = refreshes.count
+    first, last = await run(1.0)
+    report["run_latency_cycles"] = first
+    report["run_stream_cycles"] = last - first + 1
+    report["refreshes_full_speed_run"] = refreshes.count - before
     report["refreshes"] = refreshes.count
     report["refreshes_after_init"] = refreshes.count - refresh_at_init
     report["total_cycles"] = int(cocotb.utils.get_sim_time("ns") // CLOCK_NS)
