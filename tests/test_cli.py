@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +197,276 @@ def test_generate_unsupported_core_shape(capsys, tmp_path):
     msg = _error(capsys, ["generate", "--preset", "tiny", "--set", "array_rows=2", "-o",
                           str(tmp_path / "o")])
     assert "array" in msg
+
+
+# -- issue 14: every bad input found by trying the command line ----------------------------------
+
+def _leftovers(directory):
+    """Temporary files or directories that an aborted write left in ``directory``."""
+    return sorted(p.name for p in directory.iterdir() if ".tmp" in p.name)
+
+
+@pytest.fixture
+def fake_generate(monkeypatch):
+    """``bertcore generate`` without the Verilog conversion: records the configuration and
+    writes one file (the routing, output handling and errors of the command are real)."""
+    import bertcore.core.generate as gen
+    seen = []
+
+    def fake(config, outdir, name="bertcore_encoder", model=None):
+        seen.append(config)
+        path = outdir / f"{name}.v"
+        path.write_text("module x; endmodule\n")
+        return [path]
+    monkeypatch.setattr(gen, "generate", fake)
+    return seen
+
+
+@pytest.mark.parametrize("value", ["1.5", "nan", "-1", "1", "inf", "fast"])
+def test_sim_stall_range(capsys, value):
+    """--stall 1.5 or nan never ended, -1 was accepted: 0 <= p < 1 before anything runs."""
+    msg = _error(capsys, ["sim", "--preset", "tiny", "--stall", value])
+    assert "--stall" in msg
+
+
+@pytest.mark.parametrize("argv", [
+    ["report", "--preset", "tiny", "--device", "up5k", "--freq", "0"],
+    ["report", "--preset", "tiny", "--device", "up5k", "--pnr-timeout", "nan"],
+    ["build", "--board", "ulx3s-85f", "--clock", "-50"],
+    ["board", "status", "--port", "x", "--timeout", "-1"],
+    ["board", "status", "--port", "x", "--retries", "-1"],
+    ["board", "status", "--port", "x", "--baud", "0"],
+])
+def test_numeric_options_range_checked(capsys, argv):
+    assert "must be" in _error(capsys, argv)
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 2, b"hidden = 32\n\xff\xfe\n",
+                                     "preset = 'tiny'\n".encode("utf-16")])
+def test_config_file_not_utf8_text(capsys, tmp_path, content):
+    cfg = tmp_path / "c.toml"
+    cfg.write_bytes(content)
+    msg = _error(capsys, ["generate", "--config", str(cfg), "-o", str(tmp_path / "o")])
+    assert "not UTF-8 TOML text" in msg
+    assert not (tmp_path / "o").exists()
+    assert "is a directory" in _error(capsys, ["generate", "--config", str(tmp_path), "-o",
+                                               str(tmp_path / "o")])
+
+
+def test_readme_toml_form(capsys, tmp_path, fake_generate):
+    """The README's form: `preset = "tiny"` at top level plus a [core] table."""
+    from bertcore.config import load_config, preset
+    cfg = tmp_path / "my.toml"
+    cfg.write_text('preset = "tiny"\n\n[core]\narray_rows = 2\narray_cols = 2\n')
+    assert load_config(config_file=cfg) == preset("tiny").replace(array_rows=2, array_cols=2)
+    assert main(["generate", "--config", str(cfg), "--set", "resident=true", "-o",
+                 str(tmp_path / "o")]) == 0
+    assert fake_generate[-1] == preset("tiny").replace(array_rows=2, array_cols=2,
+                                                       resident=True)
+    # fields at top level and in [core] together, preset inside [core]
+    cfg.write_text('array_rows = 2\n[core]\npreset = "tiny"\narray_cols = 2\n')
+    assert load_config(config_file=cfg) == preset("tiny").replace(array_rows=2, array_cols=2)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('preset = "tiny"\nspeeed = 3\n', "unknown key 'speeed' at top level"),
+    ('colour = 1\n[core]\npreset = "tiny"\n', "unknown key 'colour' at top level"),
+    ('preset = "tiny"\n[core]\nspeed = 3\n', r"unknown key 'speed' in \[core\]"),
+    ('preset = "tiny"\n[board]\nname = "x"\n', "unknown key 'board' at top level"),
+    ('array_rows = 2\n[core]\npreset = "tiny"\narray_rows = 4\n',
+     r"array_rows is given both at top level and in \[core\]"),
+    ('preset = "tiny"\n[core]\npreset = "minilm"\n', "preset is given twice"),
+    ('preset = 3\n', "preset must be a name"),
+    ('core = 3\n', r"core must be a table"),
+])
+def test_toml_unknown_keys_rejected_by_name(capsys, tmp_path, text, message):
+    import re
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    msg = _error(capsys, ["generate", "--config", str(cfg), "-o", str(tmp_path / "o")])
+    assert re.search(message, msg), msg
+    assert str(cfg) in msg
+    assert not (tmp_path / "o").exists()
+
+
+def test_set_unknown_key_named(capsys, tmp_path):
+    """`--set speed=fast` names the unknown key (not "must be an integer")."""
+    msg = _error(capsys, ["generate", "--preset", "tiny", "--set", "speed=fast", "-o",
+                          str(tmp_path / "o")])
+    assert "unknown configuration key 'speed'" in msg
+
+
+def test_output_under_a_file(capsys, tmp_path, artifact, tiny_dir):
+    """-o below an existing file: one line naming the file, nothing written, no traceback."""
+    f = tmp_path / "afile"
+    f.write_text("keep")
+    cases = [
+        ["quantize", "--model", str(tiny_dir), "-o", str(f / "q.safetensors")],
+        ["embed", "--quantized", str(artifact), "--backend", "int", "hi", "-o",
+         str(f / "e.npy")],
+        ["generate", "--preset", "tiny", "-o", str(f / "sub")],
+        ["generate", "--preset", "tiny", "-o", str(f / "a" / "b")],
+        ["board", "run", "--port", str(tmp_path / "no-port"), "--preset", "tiny", "hi", "-o",
+         str(f / "x.npy")],
+        ["report", "--preset", "tiny", "--device", "up5k", "--sweep", "array=2,4", "-o",
+         str(f / "stem")],
+        ["build", "--board", "ulx3s-85f", "-o", str(f / "b")],
+    ]
+    for argv in cases:
+        msg = _error(capsys, argv)
+        assert "is a file, not a directory" in msg, (argv, msg)
+    assert f.read_text() == "keep"
+    assert _leftovers(tmp_path) == []
+
+
+def test_output_that_cannot_be_created(capsys, tmp_path, artifact):
+    """A directory that cannot be created (under /proc, even for root): one line."""
+    base = Path("/proc/bertcore-test-no-such-dir")
+    msg = _error(capsys, ["generate", "--preset", "tiny", "-o", str(base / "out")])
+    assert "cannot create" in msg or "not writable" in msg
+    msg = _error(capsys, ["embed", "--quantized", str(artifact), "--backend", "int", "hi",
+                          "-o", str(base / "e.npy")])
+    assert "does not exist" in msg
+    msg = _error(capsys, ["embed", "--quantized", str(artifact), "--backend", "int", "hi",
+                          "-o", "/proc/e.npy"])
+    assert "cannot write" in msg or "not writable" in msg
+
+
+def test_empty_output_paths(capsys, tmp_path, monkeypatch, artifact):
+    """`generate -o ""` wrote into the current directory: rejected, like the other commands."""
+    monkeypatch.chdir(tmp_path)
+    assert "output directory is empty" in _error(capsys, ["generate", "--preset", "tiny",
+                                                          "-o", ""])
+    assert "output" in _error(capsys, ["embed", "--quantized", str(artifact), "--backend",
+                                       "int", "hi", "-o", ""])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_safetensors_lacking_a_tensor(capsys, tmp_path, tiny_dir):
+    """A checkpoint whose model.safetensors lacks a tensor (a bias): one line naming it."""
+    import shutil
+    from safetensors.torch import load_file, save_file
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_dir, bad)
+    for name in ("encoder.layer.1.output.dense.bias", "embeddings.token_type_embeddings.weight"):
+        weights = load_file(str(tiny_dir / "model.safetensors"))
+        del weights[name]
+        save_file(weights, str(bad / "model.safetensors"))
+        for argv in (["quantize", "--model", str(bad), "-o", str(tmp_path / "q.st")],
+                     ["embed", "--model", str(bad), "--backend", "float", "hi", "-o",
+                      str(tmp_path / "e.npy")]):
+            msg = _error(capsys, argv)
+            assert f"tensor {name} is missing" in msg
+    assert not (tmp_path / "q.st").exists() and not (tmp_path / "e.npy").exists()
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16", "cp1252"])
+def test_input_in_another_encoding(capsys, tmp_path, artifact, encoding):
+    inp = tmp_path / "in.txt"
+    inp.write_bytes("café au lait\nnaïve señor\n".encode(encoding))
+    msg = _error(capsys, ["embed", "--quantized", str(artifact), "--backend", "int", "--input",
+                          str(inp), "-o", str(tmp_path / "e.npy")])
+    assert str(inp) in msg
+    assert not (tmp_path / "e.npy").exists()
+
+
+def test_quantize_model_checks(capsys, tmp_path, tiny_dir):
+    """--model FILE says it is a file; the model is checked before the calibration file."""
+    f = tmp_path / "model.bin"
+    f.write_bytes(b"\0")
+    out = str(tmp_path / "q.st")
+    msg = _error(capsys, ["quantize", "--model", str(f), "-o", out])
+    assert "is a file, not a model directory" in msg
+    msg = _error(capsys, ["quantize", "--model", str(tmp_path / "none"), "--calibration",
+                          str(tmp_path / "no-cal.txt"), "-o", out])
+    assert "model directory" in msg and "calibration" not in msg
+    assert "calibration" in _error(capsys, ["quantize", "--model", str(tiny_dir),
+                                            "--calibration", str(tmp_path / "no-cal.txt"),
+                                            "-o", out])
+    assert not (tmp_path / "q.st").exists()
+
+
+def test_board_run_checks_output_before_the_run(capsys, tmp_path):
+    """The output path is checked before the port is opened (not after the whole run)."""
+    msg = _error(capsys, ["board", "run", "--port", str(tmp_path / "no-such-port"), "--preset",
+                          "tiny", "hi", "-o", str(tmp_path / "missing" / "x.npy")])
+    assert "output directory" in msg and "does not exist" in msg
+
+
+def test_generate_interrupted_leaves_nothing(capsys, tmp_path, monkeypatch):
+    """An interrupt (or error) in the middle of `generate` leaves no directory and no temp."""
+    import bertcore.core.generate as gen
+
+    def interrupted(config, outdir, name="bertcore_encoder", model=None):
+        (outdir / f"{name}.v").write_text("half")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(gen, "generate", interrupted)
+    out = tmp_path / "out"
+    assert main(["generate", "--preset", "tiny", "-o", str(out)]) == 130
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    # into an existing directory: its files are untouched
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    assert main(["generate", "--preset", "tiny", "-o", str(out)]) == 130
+    assert [p.name for p in out.iterdir()] == ["mine.txt"] and _leftovers(tmp_path) == []
+
+
+def test_generate_into_existing_directory(tmp_path, fake_generate):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    (out / "bertcore_encoder.v").write_text("old")
+    assert main(["generate", "--preset", "tiny", "-o", str(out)]) == 0
+    assert (out / "bertcore_encoder.v").read_text().startswith("module")
+    assert (out / "mine.txt").read_text() == "keep" and _leftovers(tmp_path) == []
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"bertcore {version('bertcore')}"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--frobnicate"], ["unknown option '--frobnicate'", "quantize", "generate", "board"]),
+    ([], ["a command is required", "quantize", "embed", "sim"]),
+    (["embed", "--frobnicate"], ["unknown option '--frobnicate'", "bertcore embed"]),
+    (["sim", "--preset", "tiny", "--wave"], ["unknown option '--wave'"]),  # no abbreviations
+    (["board"], ["a command is required", "run", "status"]),
+    (["presets", "extra"], ["unknown argument 'extra'", "bertcore presets"]),
+])
+def test_unknown_options_and_missing_commands(capsys, argv, words):
+    msg = _error(capsys, argv)
+    for w in words:
+        assert w in msg, msg
+
+
+def test_help_texts_and_examples(capsys):
+    """Every option of embed, --set's keys, --stall's range and --waves' path have help;
+    each command has examples."""
+    def helptext(*argv):
+        assert main([*argv, "--help"]) == 0
+        return " ".join(capsys.readouterr().out.split())
+    embed = helptext("embed")
+    for opt in ("--quantized", "--model", "--backend", "--simulator", "--input", "TEXT",
+                "--output"):
+        line = embed[embed.index(opt):]
+        assert len(line.split(opt, 1)[1].strip()) > 10, opt
+    assert "integer reference" in embed and "examples:" in embed
+    sim = helptext("sim")
+    assert "0 <= P < 1" in sim and "build/rtlsim/waves" in sim
+    for key in ("hidden", "array_rows", "lut_multipliers", "resident"):
+        assert key in sim.split("--set KEY=VALUE", 1)[1]
+    for cmd in (["quantize"], ["generate"], ["report"], ["build"], ["board", "run"],
+                ["board", "status"], ["presets"]):
+        assert "examples: bertcore" in helptext(*cmd), cmd
+
+
+def test_cli_functions_short():
+    """No function of the command line is longer than 200 lines (the parser builder is split
+    per command)."""
+    import inspect
+    import bertcore.cli as cli
+    for name, fn in inspect.getmembers(cli, inspect.isfunction):
+        if fn.__module__ == cli.__name__:
+            assert len(inspect.getsource(fn).splitlines()) <= 200, name

@@ -1,0 +1,113 @@
+"""A sentence-transformers-like Python API: ``SentenceEncoder(artifact).encode(texts)``.
+
+>>> from bertcore import SentenceEncoder                                 # doctest: +SKIP
+>>> enc = SentenceEncoder("minilm.safetensors", backend="int")          # doctest: +SKIP
+>>> enc.encode(["A man is riding a horse.", "A woman plays music."]).shape  # doctest: +SKIP
+(2, 384)
+
+Every backend goes through the code of ``bertcore embed`` (:mod:`bertcore.embed`): the same
+tokenization and truncation (the tokenizer stored in the artifact), mean pooling over the
+tokens and L2 normalization, as sentence-transformers' ``Pooling`` (mean) and ``Normalize``
+modules of all-MiniLM-L6-v2 do.
+"""
+
+import numpy as np
+
+from .checkpoint import BertError
+
+__all__ = ["SentenceEncoder", "BACKENDS"]
+
+#: The backends of :class:`SentenceEncoder`.
+BACKENDS = ("int", "float", "rtl", "board")
+
+
+class SentenceEncoder:
+    """Sentence embeddings of a quantized artifact (``bertcore quantize``) on a backend.
+
+    Parameters
+    ----------
+    artifact : str or Path
+        Quantized model written by ``bertcore quantize``.
+    backend : str
+        ``"int"``: the integer reference model (the spec); ``"float"``: the float model the
+        artifact was quantized from; ``"rtl"``: the emitted Verilog of the encoder core in a
+        simulator (bit-identical to ``"int"``; the first call builds it, cached in
+        ``build/rtlsim/``); ``"board"``: an FPGA board running the core over its UART.
+    simulator : str
+        ``"verilator"`` or ``"icarus"`` (``backend="rtl"``).
+    port : str or pyserial-like object
+        Serial device or pyserial URL of the board (``backend="board"``).
+    config : CoreConfig, optional
+        Core configuration the board runs (default: the preset of the model's shape), e.g.
+        ``boards.top.board_spec("ulx3s-85f").config``.
+    baud : int
+        UART rate of the board (``backend="board"``).
+
+    Raises
+    ------
+    BertError
+        If the artifact is missing or unreadable, or the backend is unknown.
+    """
+
+    def __init__(self, artifact, backend="int", *, simulator="verilator", port=None,
+                 config=None, baud=None):
+        from .quant.artifact import load_artifact
+        if backend not in BACKENDS:
+            raise BertError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
+        if backend == "board" and port is None:
+            raise BertError("backend 'board' needs port= (a serial device or pyserial URL)")
+        self.artifact = artifact
+        self.backend = backend
+        self.simulator = simulator
+        self._model = load_artifact(artifact)          # checked now, not at the first encode
+        self._port, self._config, self._baud, self._link = port, config, baud, None
+
+    @property
+    def dimension(self):
+        """Size of an embedding (the model's hidden size)."""
+        return self._model.shape.hidden
+
+    def get_sentence_embedding_dimension(self):
+        """Size of an embedding (sentence-transformers' name)."""
+        return self.dimension
+
+    def encode(self, sentences):
+        """Embeddings of ``sentences``: float32 ``[N, dimension]``, L2-normalized, input order
+        kept; a single string gives one vector ``[dimension]`` (as sentence-transformers)."""
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        if not texts:
+            return np.zeros((0, self.dimension), np.float32)
+        if self.backend == "board":
+            emb = self._board(texts)
+        else:
+            from .embed import embed_texts
+            emb = embed_texts(texts, backend=self.backend, quantized=self.artifact,
+                              simulator=self.simulator)
+        return emb[0] if single else emb
+
+    def _board(self, texts):
+        """The board runs the encoder layers; the host embeds, pools and normalizes as the
+        other backends (``bertcore board run``)."""
+        from .board import DEFAULT_BAUD, BoardLink, load_parameters, open_port, run_texts
+        from .core.image import pack_parameter_image
+        from .quant.floatref import mean_pool
+        qm = self._model
+        if self._link is None:
+            config = self._config
+            if config is None:
+                from .embed import preset_for
+                _, config = preset_for(qm.shape)
+            config.check_model(qm.shape)
+            port = self._port
+            if isinstance(port, str):
+                port = open_port(port, self._baud or DEFAULT_BAUD)
+            link = BoardLink.of(port)
+            load_parameters(link, pack_parameter_image(qm, config), config)
+            self._link, self._config = link, config
+        try:
+            results = run_texts(self._link, qm, texts, self._config)
+        except ValueError as exc:
+            raise BertError(str(exc)) from None
+        return np.stack([mean_pool(qm.dequantize(r["out"])).numpy()
+                         for r in results]).astype(np.float32)
