@@ -117,8 +117,10 @@ def _atomic_dir(out):
     import shutil
     import tempfile
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        # inside an existing output directory (its parent may be read-only), else beside it
+        home = out if out.is_dir() else out.parent
+        home.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=home))
     except OSError as exc:
         raise CliError(f"cannot create {str(out)!r}: {exc.strerror or exc}") from None
     try:
@@ -695,6 +697,14 @@ def _count(text):
     return v
 
 
+def _seed(text):
+    """A random seed: a whole number ``0 <= seed < 2**63`` (what torch and numpy take)."""
+    v = _count(text)
+    if v >= 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be below 2**63, not {text}")
+    return v
+
+
 def _set_help():
     import dataclasses
     from .config import CoreConfig
@@ -824,7 +834,7 @@ def _add_sim(sub):
     sm.add_argument("--stall", type=_probability, default=0.0, metavar="P",
                     help="probability of an idle cycle before each input beat and of a "
                     "cycle without tready on the output, 0 <= P < 1 (default 0)")
-    sm.add_argument("--seed", type=int, default=1, help="seed of the random model, inputs and "
+    sm.add_argument("--seed", type=_seed, default=1, help="seed of the random model, inputs and "
                     "stalls (default 1)")
     sm.add_argument("--waves", action="store_true", help="write a waveform file (.fst or "
                     ".vcd) to build/rtlsim/waves/ (or "
@@ -875,7 +885,8 @@ def _add_board(sub):
     _board_args(br)
     br.add_argument("--quantized", metavar="FILE", help="model artifact (default: a random "
                     "model of the configuration's shape, see --seed)")
-    br.add_argument("--seed", type=int, default=1, help="seed of the random model")
+    br.add_argument("--seed", type=_seed, default=1, help="seed of the random model "
+                    "(default 1)")
     br.add_argument("--load", action=argparse.BooleanOptionalAction, default=True,
                     help="reset the core and stream the parameter image with the first run "
                     "(default); --no-load: a resident core keeps the image of an earlier run, "

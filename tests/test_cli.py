@@ -239,6 +239,8 @@ def test_sim_stall_range(capsys, value):
     ["board", "status", "--port", "x", "--timeout", "-1"],
     ["board", "status", "--port", "x", "--retries", "-1"],
     ["board", "status", "--port", "x", "--baud", "0"],
+    ["sim", "--preset", "tiny", "--seed", str(2 ** 70)],
+    ["board", "run", "--port", "x", "--preset", "tiny", "--seed", "-3", "hi"],
 ])
 def test_numeric_options_range_checked(capsys, argv):
     assert "must be" in _error(capsys, argv)
@@ -418,6 +420,7 @@ def test_generate_interrupted_leaves_nothing(capsys, tmp_path, monkeypatch):
     (out / "mine.txt").write_text("keep")
     assert main(["generate", "--preset", "tiny", "-o", str(out)]) == 130
     assert [p.name for p in out.iterdir()] == ["mine.txt"] and _leftovers(tmp_path) == []
+    assert _leftovers(out) == []
 
 
 def test_generate_into_existing_directory(tmp_path, fake_generate):
@@ -428,6 +431,7 @@ def test_generate_into_existing_directory(tmp_path, fake_generate):
     assert main(["generate", "--preset", "tiny", "-o", str(out)]) == 0
     assert (out / "bertcore_encoder.v").read_text().startswith("module")
     assert (out / "mine.txt").read_text() == "keep" and _leftovers(tmp_path) == []
+    assert sorted(p.name for p in out.iterdir()) == ["bertcore_encoder.v", "mine.txt"]
 
 
 def test_version(capsys):

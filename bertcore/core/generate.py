@@ -282,6 +282,11 @@ def fusesoc_core(config, name, *, example):
              f"{config.array_rows}x{config.array_cols} array, {config.bus_width}-bit buses")
     # the example runs a few 10k cycles: its C++ is compiled without optimization (-O0, the
     # build takes minutes less)
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        core_version = version("bertcore")
+    except PackageNotFoundError:
+        core_version = "0.0.0"
     make_flags = "".join(f"\n        - -MAKEFLAGS {v}"
                          for v in (*VERILATOR_TIMING_MAKE_VARS, "OPT_FAST=-O0"))
     text = f"""\
@@ -289,7 +294,7 @@ CAPI=2:
 # FuseSoC core of {name}, written by bertcore generate.
 #   fusesoc --cores-root . run --target lint bertcore:ip:{name}
 #   fusesoc --cores-root . run --target sim bertcore:ip:{name}   (with --quantized only)
-name: bertcore:ip:{name}:0.1.0
+name: bertcore:ip:{name}:{core_version}
 description: "bertcore integer-only BERT encoder core ({shape})"
 
 filesets:
