@@ -117,8 +117,10 @@ def _atomic_dir(out):
     import shutil
     import tempfile
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        # inside an existing output directory (its parent may be read-only), else beside it
+        home = out if out.is_dir() else out.parent
+        home.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=home))
     except OSError as exc:
         raise CliError(f"cannot create {str(out)!r}: {exc.strerror or exc}") from None
     try:
@@ -156,6 +158,8 @@ def _texts(args):
     if args.input and args.text:
         raise CliError("give either --input FILE or TEXT arguments, not both")
     if args.input:
+        if Path(args.input).is_dir():
+            raise CliError(f"input {args.input!r} is a directory, not a text file")
         return _read_lines(args.input, "input")
     texts = [t for t in args.text]
     if not texts:
@@ -210,14 +214,33 @@ def cmd_presets(args):
               f"{mb:8.2f}")
 
 
-_VERILOG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*\Z")
+_VERILOG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+#: Reserved words of Verilog-2005 and SystemVerilog that a module name could collide with.
+_VERILOG_KEYWORDS = frozenset("""
+    always and assign automatic begin buf bufif0 bufif1 case casex casez cell cmos config
+    deassign default defparam design disable edge else end endcase endconfig endfunction
+    endgenerate endmodule endprimitive endspecify endtable endtask event for force forever fork
+    function generate genvar highz0 highz1 if ifnone incdir include initial inout input instance
+    integer join large liblist library localparam macromodule medium module nand negedge nmos
+    nor noshowcancelled not notif0 notif1 or output parameter pmos posedge primitive pull0 pull1
+    pulldown pullup pulsestyle_ondetect pulsestyle_onevent rcmos real realtime reg release repeat
+    rnmos rpmos rtran rtranif0 rtranif1 scalared showcancelled signed small specify specparam
+    strong0 strong1 supply0 supply1 table task time tran tranif0 tranif1 tri tri0 tri1 triand
+    trior trireg unsigned use uwire vectored wait wand weak0 weak1 while wire wor xnor xor
+    alias always_comb always_ff always_latch assert assume bit break byte chandle class const
+    constraint context continue cover do enum export extends extern final foreach forkjoin
+    iff import inside int interface logic longint modport new null package packed priority
+    program property protected pure rand randc ref return sequence shortint shortreal solve
+    static string struct super this throughout timeprecision timeunit type typedef union unique
+    var virtual void wait_order with within expect""".split())
 
 
 def cmd_generate(args):
-    from .core.generate import generate
+    from .core.generate import write_ip
     cfg = _config(args)
-    if not _VERILOG_NAME.match(args.name):
-        raise CliError(f"--name {args.name!r} is not a Verilog module name")
+    if not _VERILOG_NAME.match(args.name) or args.name in _VERILOG_KEYWORDS:
+        raise CliError(f"--name {args.name!r} is not a Verilog module name (letters, digits "
+                       f"and _, not starting with a digit, not a reserved word)")
     out = _check_output_dir(args.output)
     model = None
     if args.quantized:
@@ -227,7 +250,7 @@ def cmd_generate(args):
     # written into a temporary directory beside the output, moved there when complete: an
     # error or an interrupt leaves nothing behind
     with _atomic_dir(out) as tmp:
-        names = [p.name for p in generate(cfg, tmp, name=args.name, model=model)]
+        names = [p.name for p in write_ip(cfg, tmp, name=args.name, model=model)]
     print(f"wrote {', '.join(names)} to {out}")
     if model is not None:
         from .core.image import image_beats
@@ -642,7 +665,7 @@ def _probability(text):
     try:
         p = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
     if not 0 <= p < 1:                     # also rejects nan
         raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, not {text}")
     return p
@@ -654,8 +677,8 @@ def _positive(kind):
         try:
             v = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}"
-                                             f": {text!r}") from None
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") \
+                from None
         if not (math.isfinite(v) and v > 0):
             raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
         return v
@@ -668,9 +691,17 @@ def _count(text):
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, not {text}")
+    return v
+
+
+def _seed(text):
+    """A random seed: a whole number ``0 <= seed < 2**63`` (what torch and numpy take)."""
+    v = _count(text)
+    if v >= 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be below 2**63, not {text}")
     return v
 
 
@@ -803,7 +834,7 @@ def _add_sim(sub):
     sm.add_argument("--stall", type=_probability, default=0.0, metavar="P",
                     help="probability of an idle cycle before each input beat and of a "
                     "cycle without tready on the output, 0 <= P < 1 (default 0)")
-    sm.add_argument("--seed", type=int, default=1, help="seed of the random model, inputs and "
+    sm.add_argument("--seed", type=_seed, default=1, help="seed of the random model, inputs and "
                     "stalls (default 1)")
     sm.add_argument("--waves", action="store_true", help="write a waveform file (.fst or "
                     ".vcd) to build/rtlsim/waves/ (or "
@@ -854,7 +885,8 @@ def _add_board(sub):
     _board_args(br)
     br.add_argument("--quantized", metavar="FILE", help="model artifact (default: a random "
                     "model of the configuration's shape, see --seed)")
-    br.add_argument("--seed", type=int, default=1, help="seed of the random model")
+    br.add_argument("--seed", type=_seed, default=1, help="seed of the random model "
+                    "(default 1)")
     br.add_argument("--load", action=argparse.BooleanOptionalAction, default=True,
                     help="reset the core and stream the parameter image with the first run "
                     "(default); --no-load: a resident core keeps the image of an earlier run, "

@@ -175,6 +175,9 @@ def test_generate_tiny_with_image(tmp_path, artifact):
     (["generate", "--preset", "tiny", "--set", "speed=9", "-o", "x"], "unknown configuration key"),
     (["generate", "-o", "x"], "give --preset NAME or --config"),
     (["generate", "--preset", "tiny", "--name", "9bad", "-o", "x"], "not a Verilog module name"),
+    (["generate", "--preset", "tiny", "--name", "module", "-o", "x"], "not a Verilog module name"),
+    (["generate", "--preset", "tiny", "--name", "a$b", "-o", "x"], "not a Verilog module name"),
+    (["generate", "--preset", "tiny", "--name", "", "-o", "x"], "not a Verilog module name"),
 ])
 def test_generate_bad_input(capsys, tmp_path, argv, message):
     argv = [a if a != "x" else str(tmp_path / "out") for a in argv]
@@ -218,7 +221,7 @@ def fake_generate(monkeypatch):
         path = outdir / f"{name}.v"
         path.write_text("module x; endmodule\n")
         return [path]
-    monkeypatch.setattr(gen, "generate", fake)
+    monkeypatch.setattr(gen, "write_ip", fake)
     return seen
 
 
@@ -236,6 +239,8 @@ def test_sim_stall_range(capsys, value):
     ["board", "status", "--port", "x", "--timeout", "-1"],
     ["board", "status", "--port", "x", "--retries", "-1"],
     ["board", "status", "--port", "x", "--baud", "0"],
+    ["sim", "--preset", "tiny", "--seed", str(2 ** 70)],
+    ["board", "run", "--port", "x", "--preset", "tiny", "--seed", "-3", "hi"],
 ])
 def test_numeric_options_range_checked(capsys, argv):
     assert "must be" in _error(capsys, argv)
@@ -370,6 +375,12 @@ def test_input_in_another_encoding(capsys, tmp_path, artifact, encoding):
     assert not (tmp_path / "e.npy").exists()
 
 
+def test_input_is_a_directory(capsys, tmp_path, artifact):
+    msg = _error(capsys, ["embed", "--quantized", str(artifact), "--backend", "int", "--input",
+                          str(tmp_path), "-o", str(tmp_path / "e.npy")])
+    assert "is a directory" in msg
+
+
 def test_quantize_model_checks(capsys, tmp_path, tiny_dir):
     """--model FILE says it is a file; the model is checked before the calibration file."""
     f = tmp_path / "model.bin"
@@ -400,7 +411,7 @@ def test_generate_interrupted_leaves_nothing(capsys, tmp_path, monkeypatch):
     def interrupted(config, outdir, name="bertcore_encoder", model=None):
         (outdir / f"{name}.v").write_text("half")
         raise KeyboardInterrupt
-    monkeypatch.setattr(gen, "generate", interrupted)
+    monkeypatch.setattr(gen, "write_ip", interrupted)
     out = tmp_path / "out"
     assert main(["generate", "--preset", "tiny", "-o", str(out)]) == 130
     assert not out.exists() and list(tmp_path.iterdir()) == []
@@ -409,6 +420,7 @@ def test_generate_interrupted_leaves_nothing(capsys, tmp_path, monkeypatch):
     (out / "mine.txt").write_text("keep")
     assert main(["generate", "--preset", "tiny", "-o", str(out)]) == 130
     assert [p.name for p in out.iterdir()] == ["mine.txt"] and _leftovers(tmp_path) == []
+    assert _leftovers(out) == []
 
 
 def test_generate_into_existing_directory(tmp_path, fake_generate):
@@ -419,6 +431,7 @@ def test_generate_into_existing_directory(tmp_path, fake_generate):
     assert main(["generate", "--preset", "tiny", "-o", str(out)]) == 0
     assert (out / "bertcore_encoder.v").read_text().startswith("module")
     assert (out / "mine.txt").read_text() == "keep" and _leftovers(tmp_path) == []
+    assert sorted(p.name for p in out.iterdir()) == ["bertcore_encoder.v", "mine.txt"]
 
 
 def test_version(capsys):

@@ -1,6 +1,6 @@
 """Write an encoder core as IP: Verilog, manifest, lint waivers, FuseSoC core, example bench.
 
-:func:`generate` writes, for a core named ``name``:
+:func:`write_ip` writes, for a core named ``name``:
 
 * ``<name>.v``: the Verilog of :class:`EncoderTop` (``verilog.convert``);
 * ``<name>.json``: the manifest (configuration, every port from the component's signature,
@@ -25,7 +25,7 @@ from amaranth.lib.wiring import In
 from .encoder import EncoderTop
 from .image import FORMAT_VERSION, config_fingerprint, image_beats
 
-__all__ = ["generate", "manifest", "ports", "EXAMPLE_TEXT"]
+__all__ = ["generate", "write_ip", "manifest", "ports", "EXAMPLE_TEXT"]
 
 #: The sentence of the example the testbench replays (truncated to the core's ``max_seq``).
 EXAMPLE_TEXT = "A man is riding a horse along the beach."
@@ -71,7 +71,15 @@ def manifest(config, top, name="bertcore_encoder"):
 
 
 def generate(config, outdir, name="bertcore_encoder", model=None):
-    """Write the core's files into ``outdir`` (created if needed); returns the written paths.
+    """Write the core's files into ``outdir`` (:func:`write_ip`); returns the paths of the
+    Verilog and of the manifest."""
+    files = write_ip(config, outdir, name, model)
+    return files[0], files[1]
+
+
+def write_ip(config, outdir, name="bertcore_encoder", model=None):
+    """Write the core's files into ``outdir`` (created if needed); returns the written paths,
+    the Verilog and the manifest first.
 
     ``model`` (an ``IntBert`` of the configuration's shape) adds the parameter image, the
     example and its testbench.
@@ -274,6 +282,11 @@ def fusesoc_core(config, name, *, example):
              f"{config.array_rows}x{config.array_cols} array, {config.bus_width}-bit buses")
     # the example runs a few 10k cycles: its C++ is compiled without optimization (-O0, the
     # build takes minutes less)
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        core_version = version("bertcore")
+    except PackageNotFoundError:
+        core_version = "0.0.0"
     make_flags = "".join(f"\n        - -MAKEFLAGS {v}"
                          for v in (*VERILATOR_TIMING_MAKE_VARS, "OPT_FAST=-O0"))
     text = f"""\
@@ -281,7 +294,7 @@ CAPI=2:
 # FuseSoC core of {name}, written by bertcore generate.
 #   fusesoc --cores-root . run --target lint bertcore:ip:{name}
 #   fusesoc --cores-root . run --target sim bertcore:ip:{name}   (with --quantized only)
-name: bertcore:ip:{name}:0.1.0
+name: bertcore:ip:{name}:{core_version}
 description: "bertcore integer-only BERT encoder core ({shape})"
 
 filesets:
