@@ -44,7 +44,10 @@ _UNUSED_NAME = re.compile(r"not used: '([^']*)'")
 # `assign NAME = OTHER;` or `assign NAME = OTHER[7:0];` with OTHER a named (not `$N`) net;
 # Amaranth names a submodule's port net in the parent `\\a_in$42` (name plus a unique suffix),
 # and a memory port's nets `\\$signature__addr$354` (a register merged into a write port).
-_ALIAS = re.compile(r"^\s*assign\s+(\\?\S+)\s*=\s*(\\?\$?[A-Za-z_][\w.$]*)\s*(\[[\d:]+\])?\s*;")
+# Also `assign NAME = 1'h1;`: a component's input left unconnected keeps its init value, and
+# yosys keeps the signal's name on that constant (e.g. a Multiplier's `en`).
+_ALIAS = re.compile(r"^\s*assign\s+(\\?\S+)\s*=\s*(\\?\$?[A-Za-z_][\w.$]*|\d+'h[0-9a-f]+)"
+                    r"\s*(\[[\d:]+\])?\s*;")
 
 
 def _aliases(source):
@@ -73,9 +76,10 @@ def _unused_waived(line, aliases):
 
 
 
-def emit_verilog(dut, *, toplevel):
-    """Return the Verilog text of ``dut`` with module ``toplevel`` (Amaranth ``verilog.convert``)."""
-    return verilog.convert(dut, name=toplevel, emit_src=False)
+def emit_verilog(dut, *, toplevel, platform=None):
+    """Return the Verilog text of ``dut`` with module ``toplevel`` (Amaranth ``verilog.convert``,
+    elaborated for ``platform``)."""
+    return verilog.convert(dut, name=toplevel, platform=platform, emit_src=False)
 
 
 # A primitive's model declares every port of the primitive; the design connects only those it
@@ -230,7 +234,7 @@ def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, wav
 
 
 def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None,
-               models=()):
+               models=(), platform=None):
     """Run the cocotb bench ``sim/<test_module>.py`` on the Verilog of ``dut``.
 
     Parameters
@@ -250,6 +254,8 @@ def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None,
     models : sequence of path, optional
         Verilog files compiled with the design: simulation models of the primitives it
         instantiates (e.g. ``sim/models/MULT18X18D.v``).
+    platform : optional
+        The platform ``dut`` is elaborated for (e.g. ``sim.models.ECP5``); ``None`` by default.
 
     Returns
     -------
@@ -266,7 +272,7 @@ def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None,
     """
     _check_simulator(simulator)
     name = name or toplevel
-    source = emit_verilog(dut, toplevel=toplevel) + _model_text(models)
+    source = emit_verilog(dut, toplevel=toplevel, platform=platform) + _model_text(models)
     waves = os.environ.get("BERTCORE_WAVES") == "1"
     kwargs = dict(toplevel=toplevel, test_module=test_module, simulator=simulator,
                   params=params, name=name, extra_args=_MODEL_ARGS if models else ())
@@ -295,17 +301,17 @@ def tb_params():
 _WARNING = re.compile(r"^%(Warning|Error)(?:-([A-Z0-9_]+))?:\s*(.*)$")
 
 
-def lint(dut, *, toplevel, waivers=None, models=()):
+def lint(dut, *, toplevel, waivers=None, models=(), platform=None):
     """Lint the Verilog of ``dut`` with ``verilator --lint-only -Wall``.
 
     Warnings whose type is in ``waivers`` (default :data:`LINT_WAIVERS`) are ignored; any other
     warning or error raises :class:`AssertionError` listing them. Returns the list of waived
-    warning lines (for information). ``models`` are Verilog files linted with the design (as
-    in :func:`run_cocotb`).
+    warning lines (for information). ``models`` and ``platform`` are those of
+    :func:`run_cocotb`.
     """
     verilator = ensure_verilator_env()
     waivers = LINT_WAIVERS if waivers is None else waivers
-    source = emit_verilog(dut, toplevel=toplevel) + _model_text(models)
+    source = emit_verilog(dut, toplevel=toplevel, platform=platform) + _model_text(models)
     lint_dir = BUILD_DIR / f"lint-{toplevel}-{_hash(source)}"
     lint_dir.mkdir(parents=True, exist_ok=True)
     path = lint_dir / f"{toplevel}.v"

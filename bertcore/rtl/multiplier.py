@@ -38,7 +38,7 @@ from amaranth.lib.wiring import In, Out
 
 from .common import DSP_WIDTH, rejecting
 
-__all__ = ["Multiplier", "MULTIPLIER_TARGETS", "mult18x18d_operand_shapes"]
+__all__ = ["Multiplier", "MULTIPLIER_TARGETS", "mult18x18d_operand_shapes", "uses_mult18x18d"]
 
 #: Values of :class:`Multiplier`'s ``target``: ``None`` (from the platform), ``"ecp5"`` (the
 #: ``MULT18X18D`` instance), ``"generic"`` (behavioural).
@@ -67,6 +67,14 @@ def mult18x18d_operand_shapes(a_shape, b_shape):
                 f"{name} must fit an 18x18 multiplier ({limit[name]} bits "
                 f"{'signed' if shape.signed else 'unsigned'} at most here), not {shape!r}")
     return signed_
+
+
+def uses_mult18x18d(platform, target=None):
+    """Whether a :class:`Multiplier` with this ``target`` instantiates ``MULT18X18D`` when
+    elaborated for ``platform`` (for a parent whose structure around it depends on that)."""
+    if target is not None:
+        return target == "ecp5"
+    return getattr(platform, "family", None) == "ecp5"
 
 
 class Multiplier(wiring.Component):
@@ -166,9 +174,7 @@ class Multiplier(wiring.Component):
 
     def uses_primitive(self, platform):
         """Whether :meth:`elaborate` with this ``platform`` instantiates ``MULT18X18D``."""
-        if self._target is not None:
-            return self._target == "ecp5"
-        return getattr(platform, "family", None) == "ecp5"
+        return uses_mult18x18d(platform, self._target)
 
     def elaborate(self, platform):
         if self.uses_primitive(platform):
