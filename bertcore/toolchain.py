@@ -53,7 +53,10 @@ _UNUSED_NAME = re.compile(r"not used: '([^']*)'")
 # `assign NAME = OTHER;` or `assign NAME = OTHER[7:0];` with OTHER a named (not `$N`) net;
 # Amaranth names a submodule's port net in the parent `\\a_in$42` (name plus a unique suffix),
 # and a memory port's nets `\\$signature__addr$354` (a register merged into a write port).
-_ALIAS = re.compile(r"^\s*assign\s+(\\?\S+)\s*=\s*(\\?\$?[A-Za-z_][\w.$]*)\s*(\[[\d:]+\])?\s*;")
+# Also `assign NAME = 1'h1;`: a component's input left unconnected keeps its init value, and
+# yosys keeps the signal's name on that constant (e.g. a Multiplier's `en`).
+_ALIAS = re.compile(r"^\s*assign\s+(\\?\S+)\s*=\s*(\\?\$?[A-Za-z_][\w.$]*|\d+'h[0-9a-f]+)"
+                    r"\s*(\[[\d:]+\])?\s*;")
 
 
 def net_aliases(source):

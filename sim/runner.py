@@ -45,9 +45,10 @@ from bertcore.toolchain import net_aliases as _aliases  # noqa: E402
 from bertcore.toolchain import unused_signal_waived as _unused_waived  # noqa: E402
 
 
-def emit_verilog(dut, *, toplevel):
-    """Return the Verilog text of ``dut`` with module ``toplevel`` (Amaranth ``verilog.convert``)."""
-    return verilog.convert(dut, name=toplevel, emit_src=False)
+def emit_verilog(dut, *, toplevel, platform=None):
+    """Return the Verilog text of ``dut`` with module ``toplevel`` (Amaranth ``verilog.convert``,
+    elaborated for ``platform``)."""
+    return verilog.convert(dut, name=toplevel, platform=platform, emit_src=False)
 
 
 # A primitive's model declares every port of the primitive; the design connects only those it
@@ -204,7 +205,7 @@ def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, wav
 
 
 def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None,
-               models=(), extra_sources=()):
+               models=(), extra_sources=(), platform=None):
     """Run the cocotb bench ``sim/<test_module>.py`` on the Verilog of ``dut``.
 
     Parameters
@@ -227,6 +228,8 @@ def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None,
     extra_sources : list of Path, optional
         Verilog files compiled with the design (modules it instantiates, e.g. a generated
         LiteDRAM core); their text is part of the build's key.
+    platform : optional
+        The platform ``dut`` is elaborated for (e.g. ``sim.models.ECP5``); ``None`` by default.
 
     Returns
     -------
@@ -243,7 +246,7 @@ def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None,
     """
     _check_simulator(simulator)
     name = name or toplevel
-    source = emit_verilog(dut, toplevel=toplevel) + _model_text(models)
+    source = emit_verilog(dut, toplevel=toplevel, platform=platform) + _model_text(models)
     waves = os.environ.get("BERTCORE_WAVES") == "1"
     kwargs = dict(toplevel=toplevel, test_module=test_module, simulator=simulator,
                   params=params, name=name, extra_args=_MODEL_ARGS if models else (),
@@ -273,17 +276,17 @@ def tb_params():
 _WARNING = re.compile(r"^%(Warning|Error)(?:-([A-Z0-9_]+))?:\s*(.*)$")
 
 
-def lint(dut, *, toplevel, waivers=None, models=()):
+def lint(dut, *, toplevel, waivers=None, models=(), platform=None):
     """Lint the Verilog of ``dut`` with ``verilator --lint-only -Wall``.
 
     Warnings whose type is in ``waivers`` (default :data:`LINT_WAIVERS`) are ignored; any other
     warning or error raises :class:`AssertionError` listing them. Returns the list of waived
-    warning lines (for information). ``models`` are Verilog files linted with the design (as
-    in :func:`run_cocotb`).
+    warning lines (for information). ``models`` and ``platform`` are those of
+    :func:`run_cocotb`.
     """
     verilator = ensure_verilator_env()
     waivers = LINT_WAIVERS if waivers is None else waivers
-    source = emit_verilog(dut, toplevel=toplevel) + _model_text(models)
+    source = emit_verilog(dut, toplevel=toplevel, platform=platform) + _model_text(models)
     lint_dir = BUILD_DIR / f"lint-{toplevel}-{_hash(source)}"
     lint_dir.mkdir(parents=True, exist_ok=True)
     path = lint_dir / f"{toplevel}.v"

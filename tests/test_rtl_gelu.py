@@ -10,6 +10,7 @@ from bertcore.quant.kernels import gelu_constants, int_gelu_int, int_range
 from bertcore.rtl.common import MULTIPLIER_STYLES, pack
 from bertcore.rtl.gelu import IntGELU
 from rtl_sim import simulate, stream_get, stream_latency, stream_put
+from sim.models import ECP5, MULT18X18D
 from sim.runner import lint, run_cocotb
 
 #: Input scales of the 16-bit GELU input in the encoder (FFN1 requantized to int16).
@@ -164,8 +165,12 @@ def test_latency_and_throughput(multipliers):
     assert fire == list(range(fire[0], fire[0] + len(beats))), "not one beat per cycle"
 
 
-@pytest.mark.parametrize("simulator", ["icarus", "verilator"])
-def test_cocotb(simulator):
+@pytest.mark.parametrize("simulator, ecp5", [("icarus", False), ("verilator", False),
+                                             ("verilator", True)])
+def test_cocotb(simulator, ecp5):
+    """The emitted Verilog, bit-exact under random stalls and constant sets; with ``ecp5`` as
+    built for ECP5 (t*t and x*v in MULT18X18Ds with the operand and product registers inside,
+    simulated with our model of the primitive)."""
     dut = IntGELU(lanes=2, in_width=16)
     rng = random.Random("gelu-cocotb")
     i_layout = dut.i_stream.payload.shape()
@@ -180,9 +185,11 @@ def test_cocotb(simulator):
             "inputs": [pack(i_layout, beat) for beat in beats],
             "expected": [pack(o_layout, beat) for beat in expected],
         })
+    target = dict(platform=ECP5, models=[MULT18X18D]) if ecp5 else {}
     run_cocotb(dut, toplevel="int_gelu", test_module="tb_gelu", simulator=simulator,
-               name="gelu", params={"sets": sets, "latency": IntGELU.LATENCY,
-                                    "seed": 11, "stall": 0.3})
+               name="gelu_ecp5" if ecp5 else "gelu",
+               params={"sets": sets, "latency": IntGELU.LATENCY, "seed": 11, "stall": 0.3},
+               **target)
 
 
 @pytest.mark.parametrize("lanes, in_width, multipliers", [(2, 16, "dsp"), (1, 16, "lut")])

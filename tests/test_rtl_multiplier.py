@@ -13,7 +13,6 @@
 
 import itertools
 import random
-from pathlib import Path
 
 import pytest
 from amaranth.back import verilog
@@ -25,9 +24,8 @@ from bertcore.flow.report import report_verilog
 from bertcore.rtl.multiplier import Multiplier
 from bertcore.toolchain import ToolNotFound
 from rtl_sim import simulate
+from sim.models import MULT18X18D as MODEL
 from sim.runner import lint, run_cocotb
-
-MODEL = Path(__file__).resolve().parent.parent / "sim" / "models" / "MULT18X18D.v"
 
 #: Operand shapes: both signed, both unsigned (18 bits: the block's unsigned mode), mixed
 #: (the unsigned one at most 17 bits), narrow ones.

@@ -11,6 +11,7 @@ from bertcore.quant.kernels import REQ_M_BITS, RESIDUAL_BITS, int_range, requant
 from bertcore.rtl.common import MULTIPLIER_STYLES, pack, unpack
 from bertcore.rtl.requant import REQ_E_BITS, Requantizer
 from rtl_sim import simulate, stream_get, stream_latency, stream_put
+from sim.models import ECP5, MULT18X18D
 from sim.runner import lint, run_cocotb
 
 CONFIGS = {
@@ -221,22 +222,27 @@ def test_latency_and_throughput(multipliers):
     assert [unpack(dut.o_stream.payload.shape(), raw) for raw in got] == expected
 
 
-@pytest.mark.parametrize("simulator", ["icarus", "verilator"])
-def test_cocotb(simulator):
+@pytest.mark.parametrize("simulator, ecp5", [("icarus", False), ("verilator", False),
+                                             ("verilator", True)])
+def test_cocotb(simulator, ecp5):
+    """The emitted Verilog, bit-exact under random stalls; with ``ecp5`` as built for ECP5
+    (every partial product a MULT18X18D with the operand and product registers inside,
+    simulated with our model of the primitive)."""
     cfg = dict(lanes=2, in_width=32, out_bits=RESIDUAL_BITS - 8, bias_width=20, residual=True,
                residual_width=12)
     dut = Requantizer(**cfg)
     i_layout = dut.i_stream.payload.shape()
     o_layout = dut.o_stream.payload.shape()
     beats, expected = make_beats(cfg, random.Random("requant-cocotb"), 1200)
+    target = dict(platform=ECP5, models=[MULT18X18D]) if ecp5 else {}
     run_cocotb(dut, toplevel="requantizer", test_module="tb_requant", simulator=simulator,
-               name="requant", params={
+               name="requant_ecp5" if ecp5 else "requant", params={
                    "inputs": [pack(i_layout, beat) for beat in beats],
                    "expected": [pack(o_layout, beat) for beat in expected],
                    "probe": pack(i_layout, beats[0]),
                    "latency": Requantizer.LATENCY,
                    "seed": 7, "stall": 0.3,
-               })
+               }, **target)
 
 
 @pytest.mark.parametrize("name, multipliers", [("gemm", "dsp"), ("full", "dsp"), ("full", "lut")])

@@ -15,6 +15,7 @@ from bertcore.rtl.gemm_tiling import (gemm_assemble, gemm_beats, gemm_cycles, ge
                                       gemm_tiles)
 from bertcore.rtl.systolic import SystolicArray, shape_range
 from rtl_sim import simulate, stream_get, stream_put
+from sim.models import ECP5, MULT18X18D
 from sim.runner import lint, run_cocotb
 
 STALL = 0.3
@@ -348,6 +349,20 @@ def test_cocotb(config, simulator):
                   out_width=dut.out_shape.width)
     names = run_cocotb(dut, toplevel="systolic_array", test_module="tb_systolic",
                        simulator=simulator, params=params, name=f"systolic_{config}")
+    assert len(names) == 4
+
+
+@pytest.mark.parametrize("config, simulator", [("3x4_s8", "verilator"), ("2x3_u8", "icarus")])
+def test_cocotb_ecp5(config, simulator):
+    """The array as built for ECP5 (each PE's multiply a MULT18X18D with its input and output
+    registers, simulated with our model of the primitive): the same bench, bit-exact, same
+    latency."""
+    dut = _cocotb_dut(config)
+    params = dict(COCOTB_CONFIGS[config][0], seed=6, latency=dut.latency,
+                  out_width=dut.out_shape.width)
+    names = run_cocotb(dut, toplevel="systolic_array", test_module="tb_systolic",
+                       simulator=simulator, params=params, name=f"systolic_ecp5_{config}",
+                       platform=ECP5, models=[MULT18X18D])
     assert len(names) == 4
 
 

@@ -7,6 +7,7 @@ from amaranth.lib.wiring import In, Out
 from bertcore.quant.kernels import GELU_SHIFT, int_range
 from .common import (check_int, check_multipliers, dsp_partial_products, multiply_latency,
                      rejecting, valid_last_pipeline)
+from .multiplier import mult18x18d_products, uses_mult18x18d
 
 __all__ = ["IntGELU"]
 
@@ -154,6 +155,17 @@ class IntGELU(wiring.Component):
         y = (min(products), max(products))
         return {"u": u, "t": t, "sq": sq, "w": w, "e": e, "erf": erf, "v": v, "y": y}
 
+    def _registered_products(self, m, at, a, b, mul_en, prefix, lane):
+        """The partial products of ``a * b`` (:func:`dsp_partial_products` in the unit's style),
+        each registered (``at``): a list of ``(register, shift)``."""
+        partials = []
+        for index, (product, shift) in enumerate(dsp_partial_products(
+                a, b, style=self._multipliers, m=m, name=f"{prefix}_mul{lane}_", en=mul_en)):
+            p = Signal(product.shape(), name=f"{prefix}{index}_{lane}")
+            at(p.eq(product))
+            partials.append((p, shift))
+        return partials
+
     def elaborate(self, platform):
         m = Module()
         ranges = self._ranges
@@ -174,6 +186,7 @@ class IntGELU(wiring.Component):
         # LUT multipliers take one more stage each (a register inside the adder tree)
         mul_en = en if self._multipliers == "lut" else None
         d = multiply_latency(self._multipliers, True)
+        on_dsp = self._multipliers == "dsp" and uses_mult18x18d(platform)
 
         def sized(key, name):
             return Signal(signed(_signed_bits(*ranges[key])), name=name)
@@ -191,15 +204,16 @@ class IntGELU(wiring.Component):
             # stage 2: t = min(|x| + b, 0) = min(|x|, -b) + b  (DSP operand register)
             u = Mux(xs[0] < 0, b - xs[0], b + xs[0])
             t = sized("t", f"t_{lane}")
-            at(t.eq(Mux(u < 0, u, 0)))
 
-            # stage 3 (+d): partial products of t*t (DSP output registers)
-            partials = []
-            for index, (product, shift) in enumerate(dsp_partial_products(
-                    t, t, style=self._multipliers, m=m, name=f"tt_mul{lane}_", en=mul_en)):
-                p = Signal(product.shape(), name=f"tt{index}_{lane}")
-                at(p.eq(product))
-                partials.append((p, shift))
+            # stage 3 (+d): partial products of t*t (DSP output registers); on ECP5 MULT18X18Ds
+            # holding the stage-2 and stage-3 registers (mult18x18d_products): t is then the
+            # value their input registers load
+            if on_dsp:
+                m.d.comb += t.eq(Mux(u < 0, u, 0))
+                partials = mult18x18d_products(m, t, t, en=en, name=f"tt_dsp{lane}_")
+            else:
+                at(t.eq(Mux(u < 0, u, 0)))
+                partials = self._registered_products(m, at, t, t, mul_en, "tt", lane)
 
             # stage 4: w = t*t + c
             w = sized("w", f"w_{lane}")
@@ -211,16 +225,15 @@ class IntGELU(wiring.Component):
 
             # stage 6: v = floor(e / 2**GELU_SHIFT) + q1  (DSP operand register)
             v = sized("v", f"v_{lane}")
-            at(v.eq((e >> GELU_SHIFT) + q1))
 
-            # stage 7 (+d): partial products of x * v (DSP output registers)
-            partials = []
-            for index, (product, shift) in enumerate(dsp_partial_products(
-                    xs[5 + d], v, style=self._multipliers, m=m, name=f"xv_mul{lane}_",
-                    en=mul_en)):
-                p = Signal(product.shape(), name=f"xv{index}_{lane}")
-                at(p.eq(product))
-                partials.append((p, shift))
+            # stage 7 (+d): partial products of x * v (DSP output registers); on ECP5 inside
+            # MULT18X18Ds, which load v and x from the register before xs[5] (xs[5] loads xs[4])
+            if on_dsp:
+                m.d.comb += v.eq((e >> GELU_SHIFT) + q1)
+                partials = mult18x18d_products(m, xs[4], v, en=en, name=f"xv_dsp{lane}_")
+            else:
+                at(v.eq((e >> GELU_SHIFT) + q1))
+                partials = self._registered_products(m, at, xs[5 + d], v, mul_en, "xv", lane)
 
             # stage 8: y = x * v (the output register)
             y = Signal(signed(self._out_width), name=f"y_{lane}")

@@ -36,9 +36,10 @@ from amaranth.hdl import (Cat, ClockSignal, Const, Instance, Module, ResetSignal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .common import DSP_WIDTH, rejecting
+from .common import DSP_WIDTH, dsp_tiles, rejecting
 
-__all__ = ["Multiplier", "MULTIPLIER_TARGETS", "mult18x18d_operand_shapes"]
+__all__ = ["Multiplier", "MULTIPLIER_TARGETS", "mult18x18d_operand_shapes", "uses_mult18x18d",
+           "mult18x18d_products"]
 
 #: Values of :class:`Multiplier`'s ``target``: ``None`` (from the platform), ``"ecp5"`` (the
 #: ``MULT18X18D`` instance), ``"generic"`` (behavioural).
@@ -67,6 +68,14 @@ def mult18x18d_operand_shapes(a_shape, b_shape):
                 f"{name} must fit an 18x18 multiplier ({limit[name]} bits "
                 f"{'signed' if shape.signed else 'unsigned'} at most here), not {shape!r}")
     return signed_
+
+
+def uses_mult18x18d(platform, target=None):
+    """Whether a :class:`Multiplier` with this ``target`` instantiates ``MULT18X18D`` when
+    elaborated for ``platform`` (for a parent whose structure around it depends on that)."""
+    if target is not None:
+        return target == "ecp5"
+    return getattr(platform, "family", None) == "ecp5"
 
 
 class Multiplier(wiring.Component):
@@ -166,9 +175,7 @@ class Multiplier(wiring.Component):
 
     def uses_primitive(self, platform):
         """Whether :meth:`elaborate` with this ``platform`` instantiates ``MULT18X18D``."""
-        if self._target is not None:
-            return self._target == "ecp5"
-        return getattr(platform, "family", None) == "ecp5"
+        return uses_mult18x18d(platform, self._target)
 
     def elaborate(self, platform):
         if self.uses_primitive(platform):
@@ -245,3 +252,27 @@ class Multiplier(wiring.Component):
             **ports,
         )
         return m
+
+
+def mult18x18d_products(m, a, b, *, en=None, name="mul", domain="sync"):
+    """The partial products of ``a * b`` as :class:`Multiplier` instances with their input and
+    output registers (for an ECP5 target): a list of ``(product, shift)``,
+    ``a * b == sum(product << shift)``, each ``product`` valid two ``en`` cycles after ``a`` and
+    ``b`` were presented.
+
+    The operands are split by :func:`~bertcore.rtl.common.dsp_tiles` (each piece fits one block),
+    so a unit whose stage 1 registers ``a`` and ``b`` and whose stage 2 registers their
+    :func:`~bertcore.rtl.common.dsp_partial_products` gets, from this, the same values in the
+    same cycles with both registers inside the DSP blocks: it passes the values its operand
+    registers would load (``a``, ``b``) and the enable of those stages (``en``).
+    """
+    products = []
+    for pa, sa in dsp_tiles(a):
+        for pb, sb in dsp_tiles(b):
+            mul = Multiplier(pa.shape(), pb.shape(), target="ecp5", domain=domain)
+            m.submodules[f"{name}{len(products)}"] = mul
+            m.d.comb += [mul.a.eq(pa), mul.b.eq(pb)]
+            if en is not None:
+                m.d.comb += mul.en.eq(en)
+            products.append((mul.p, sa + sb))
+    return products

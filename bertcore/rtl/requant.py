@@ -7,6 +7,7 @@ from amaranth.lib.wiring import In, Out
 from bertcore.quant.kernels import REQ_M_BITS
 from .common import (check_int, check_multipliers, dsp_partial_products, rejecting,
                      valid_last_pipeline)
+from .multiplier import mult18x18d_products, uses_mult18x18d
 
 __all__ = ["Requantizer", "REQ_E_BITS"]
 
@@ -159,9 +160,10 @@ class Requantizer(wiring.Component):
         for lane in range(self._lanes):
             elem = self.i_stream.payload.data[lane]
             terms = [self._term(m, en, lane, "", elem.x, elem.m, elem.e,
-                                elem.bias if self._bias_width else None)]
+                                elem.bias if self._bias_width else None, platform)]
             if self._residual:
-                terms.append(self._term(m, en, lane, "r_", elem.r, elem.m_r, elem.e_r, None))
+                terms.append(self._term(m, en, lane, "r_", elem.r, elem.m_r, elem.e_r, None,
+                                        platform))
 
             # stage 7: sum of the terms
             total = Signal(signed(max(len(t) for t in terms) + len(terms) - 1),
@@ -185,7 +187,7 @@ class Requantizer(wiring.Component):
             m.d.comb += self.o_stream.payload.data[lane].eq(out)
         return m
 
-    def _term(self, m, en, lane, prefix, x_in, m_in, e_in, bias_in):
+    def _term(self, m, en, lane, prefix, x_in, m_in, e_in, bias_in, platform=None):
         """Stages 1-6 of one requantized term; returns its (unsaturated) stage-6 register."""
         def reg(shape, name):
             return Signal(shape, name=f"{prefix}{name}_{lane}")
@@ -198,22 +200,28 @@ class Requantizer(wiring.Component):
         bias_width = len(bias_in) if bias_in is not None else 0
         acc_width = self._acc_width(x_width, bias_width)
 
-        # stage 1: input registers (DSP operand registers); s = e - 1 is the first shift
-        x = reg(signed(x_width), "x")
-        mul = reg(signed(REQ_M_BITS), "m")
+        # stages 1 and 2: the operand registers x, m and the partial products x*m, each at
+        # most 18x18 (DSP input and output registers). On ECP5 each partial product is a
+        # MULT18X18D with both registers inside it (mult18x18d_products).
+        if self._multipliers == "dsp" and uses_mult18x18d(platform):
+            partials = mult18x18d_products(m, x_in, m_in, en=en, name=f"{prefix}dsp{lane}_")
+        else:
+            x = reg(signed(x_width), "x")
+            mul = reg(signed(REQ_M_BITS), "m")
+            at(1, x.eq(x_in), mul.eq(m_in))
+            partials = []
+            for index, (product, shift) in enumerate(dsp_partial_products(
+                    x, mul, style=self._multipliers, m=m, name=f"{prefix}mul{lane}_")):
+                p = reg(product.shape(), f"p{index}")
+                at(2, p.eq(product))
+                partials.append((p, shift))
+        # stage 1: s = e - 1 is the first shift; the bias waits for the products
         s1 = reg(unsigned(REQ_E_BITS), "s1")
-        at(1, x.eq(x_in), mul.eq(m_in), s1.eq(e_in - 1))
+        at(1, s1.eq(e_in - 1))
         if bias_in is not None:
             bias1 = reg(signed(bias_width), "bias1")
             at(1, bias1.eq(bias_in))
 
-        # stage 2: partial products x*m, each at most 18x18 (DSP output registers)
-        partials = []
-        for index, (product, shift) in enumerate(dsp_partial_products(
-                x, mul, style=self._multipliers, m=m, name=f"{prefix}mul{lane}_")):
-            p = reg(product.shape(), f"p{index}")
-            at(2, p.eq(product))
-            partials.append((p, shift))
         s2 = reg(unsigned(REQ_E_BITS), "s2")
         at(2, s2.eq(s1))
         if bias_in is not None:

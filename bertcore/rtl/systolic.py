@@ -49,6 +49,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .common import check_int, rejecting
+from .multiplier import Multiplier, mult18x18d_operand_shapes, uses_mult18x18d
 
 __all__ = ["SystolicArray", "operand_layout", "shape_range", "shape_for_range"]
 
@@ -126,6 +127,11 @@ class _ProcessingElement(wiring.Component):
     def __init__(self, a_shape, b_shape, product_shape, acc_shape, *, reports):
         self._product_shape = product_shape
         self._reports = reports
+        try:
+            mult18x18d_operand_shapes(a_shape, b_shape)
+            self._dsp_fits = True
+        except ValueError:
+            self._dsp_fits = False
         members = {
             "a_in": In(a_shape),
             "b_in": In(b_shape),
@@ -149,10 +155,29 @@ class _ProcessingElement(wiring.Component):
         m.d.sync += [a.eq(self.a_in), b.eq(self.b_in), control_1.eq(self.control_in)]
         m.d.comb += [self.a_out.eq(a), self.b_out.eq(b), self.control_out.eq(control_1)]
 
-        # stage 2: product register (the multiplier sits between two registers)
-        product = Signal(self._product_shape, reset_less=True)
+        # stage 2: product register; the multiplier sits between two registers. On ECP5 they
+        # are the input and output registers of its MULT18X18D: the block's input registers
+        # load a_in/b_in like the operand registers above, which stay in the fabric as the
+        # links to the neighbours, so no fabric path runs through the multiplier. Elsewhere the
+        # multiplier reads the operand registers (one copy of them) and registers the product.
+        product = Signal(self._product_shape)
         control_2 = Signal(_CONTROL)
-        m.d.sync += [product.eq(a * b), control_2.eq(control_1)]
+        if self._dsp_fits:
+            on_dsp = uses_mult18x18d(platform)
+            m.submodules.multiplier = multiplier = Multiplier(
+                self.a_in.shape(), self.b_in.shape(), input_register=on_dsp,
+                output_register=True)
+            m.d.comb += [
+                multiplier.a.eq(self.a_in if on_dsp else a),
+                multiplier.b.eq(self.b_in if on_dsp else b),
+                product.eq(multiplier.p),
+            ]
+        else:
+            # operands wider than one DSP: a plain product register (synthesis splits it)
+            product_reg = Signal(self._product_shape, reset_less=True)
+            m.d.sync += product_reg.eq(a * b)
+            m.d.comb += product.eq(product_reg)
+        m.d.sync += control_2.eq(control_1)
 
         # stage 3: accumulate; the first k of a tile restarts from the product
         acc = Signal.like(self.result, name="acc", reset_less=True)
