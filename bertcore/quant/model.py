@@ -36,6 +36,8 @@ from ..checkpoint import BertError, BertShape
 __all__ = ["QuantOptions", "Calibration", "calibrate", "quantize", "IntBert"]
 
 INT8 = 8
+#: Fewest calibration texts :func:`calibrate` takes (one text says little about the ranges).
+MIN_CALIBRATION_TEXTS = 2
 GELU_IN_BITS = 16
 #: Finest i-GELU input scale: keeps |b| = floor(1.769 * 1.4142 / S) within GELU_IN_BITS + 1 bits.
 GELU_MIN_SCALE = -K.GELU_COEFF[1] * K.GELU_K / 2 ** GELU_IN_BITS * (1 + 1e-9)
@@ -171,10 +173,17 @@ def calibrate(ckpt, texts, pack_tokens=0):
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise BertError("the calibration set is empty")
+    if len(texts) < MIN_CALIBRATION_TEXTS:
+        raise BertError(f"the calibration set has {len(texts)} text; at least "
+                        f"{MIN_CALIBRATION_TEXTS} are needed (a few dozen varied texts is better)")
     cal = Calibration()
-    seqs = [ckpt.tokenizer.encode(t) for t in texts]
+    enc = [ckpt.tokenizer.encode_checked(t) for t in texts]
+    if all(truncated for _, truncated in enc):
+        raise BertError(f"every calibration text is longer than the model's limit of "
+                        f"{ckpt.tokenizer.max_length} tokens; calibrate on texts that fit")
+    seqs = [ids for ids, _ in enc]
     if pack_tokens:
-        seqs += _packed(seqs, min(pack_tokens, ckpt.shape.max_position))
+        seqs += _packed(seqs, min(pack_tokens, ckpt.tokenizer.max_length))
     cal.texts = len(texts)
     with _one_thread():
         for ids in seqs:
@@ -481,7 +490,9 @@ class IntBert:
     def manifest(self):
         return {"shape": self.shape.to_dict(), "options": asdict(self.opts),
                 "consts": self.consts, "source_model": self.source,
-                "tokenizer": self.tokenizer.to_json() if self.tokenizer is not None else None}
+                "tokenizer": self.tokenizer.to_json() if self.tokenizer is not None else None,
+                "max_seq_length": (self.tokenizer.max_length if self.tokenizer is not None
+                                   else self.shape.max_position)}
 
     @classmethod
     def from_manifest(cls, manifest, tensors):
@@ -489,7 +500,9 @@ class IntBert:
         shape = BertShape(**manifest["shape"])
         opts = QuantOptions(**manifest["options"])
         tok = manifest.get("tokenizer")
-        tok = Tokenizer.from_json(tok, shape.max_position) if tok else None
+        # artifacts written before max_seq_length was stored truncate at max_position
+        max_len = int(manifest.get("max_seq_length") or shape.max_position)
+        tok = Tokenizer.from_json(tok, max_len) if tok else None
         return cls(shape, tensors, manifest["consts"], opts, manifest["source_model"], tok)
 
     def manifest_json(self):
