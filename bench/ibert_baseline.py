@@ -46,7 +46,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CALIBRATION_FILE = REPO / "bertcore" / "data" / "calibration.txt"
-EVAL_FILE = REPO / "bench" / "eval_sentences.txt"
+EVAL_FILE = REPO / "bench" / "texts" / "eval.txt"
 
 # Buffers of I-BERT that are derived (recomputed in forward) or filled by calibration.
 _DERIVED_BUFFER_SUFFIXES = (

@@ -107,18 +107,33 @@ class Tokenizer:
 
     def encode(self, text):
         """Token ids of one text, with [CLS] and [SEP], truncated to ``max_length``."""
+        return self.encode_checked(text)[0]
+
+    def encode_checked(self, text):
+        """``(ids, truncated)``: :meth:`encode` and whether the text was longer than
+        ``max_length`` tokens."""
         if not isinstance(text, str) or not text.strip():
             raise BertError("empty input text")
-        return list(self._tok.encode(text).ids)
+        enc = self._tok.encode(text)
+        return list(enc.ids), bool(enc.overflowing)
 
 
 @dataclass
 class BertCheckpoint:
-    """A loaded checkpoint: its directory, shape, float weights (name → tensor) and tokenizer."""
+    """A loaded checkpoint: its directory, shape, float weights (name → tensor) and tokenizer.
+
+    The tokenizer truncates at :attr:`max_seq_length`: sentence-transformers' ``max_seq_length``
+    when the directory has a ``sentence_bert_config.json`` (256 for all-MiniLM-L6-v2), otherwise
+    the model's ``max_position_embeddings`` (what sentence-transformers does then).
+    """
     path: Path
     shape: BertShape
     weights: dict
     tokenizer: Tokenizer
+
+    @property
+    def max_seq_length(self):
+        return self.tokenizer.max_length
 
     def float_model(self):
         """The transformers ``BertModel`` of this checkpoint (float32, eval mode)."""
@@ -197,8 +212,22 @@ def load_checkpoint(model_dir=None, max_length=None):
         raise BertError(f"{cfg_path}: only absolute position embeddings are supported")
     weights = _read_weights(path)
     _check_weights(path, shape, weights)
-    tok = Tokenizer(path, max_length or shape.max_position)
+    tok = Tokenizer(path, max_length or _max_seq_length(path, shape))
     return BertCheckpoint(path=path, shape=shape, weights=weights, tokenizer=tok)
+
+
+def _max_seq_length(path, shape):
+    """sentence-transformers' truncation length of the checkpoint in ``path``."""
+    cfg = path / "sentence_bert_config.json"
+    if not cfg.is_file():
+        return shape.max_position
+    try:
+        n = int(json.loads(cfg.read_text())["max_seq_length"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BertError(f"{cfg}: malformed sentence-transformers config: {exc}") from None
+    if n < 2:
+        raise BertError(f"{cfg}: max_seq_length {n} is too small")
+    return min(n, shape.max_position)
 
 
 def _check_weights(path, shape, w):

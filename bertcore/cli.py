@@ -44,9 +44,18 @@ def _read_lines(path, what):
     if not p.is_file():
         raise CliError(f"{what} file {str(p)!r} does not exist")
     try:
-        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CliError(f"{what} file {str(p)!r} is unreadable: {exc}") from None
+        data = p.read_bytes()
+    except OSError as exc:
+        raise CliError(f"{what} file {str(p)!r} is unreadable: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")          # a UTF-8 byte-order mark is dropped
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{what} file {str(p)!r} is not UTF-8 text (byte 0x{data[exc.start]:02x} "
+                       f"at offset {exc.start}); convert it to UTF-8 first") from None
+    if "\x00" in text:
+        raise CliError(f"{what} file {str(p)!r} is not a text file (it has NUL bytes; UTF-16 "
+                       f"or binary?)")
+    lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln]
     if not lines:
         raise CliError(f"{what} file {str(p)!r} is empty")

@@ -88,6 +88,34 @@ def test_empty_calibration_file(capsys, tmp_path, tiny_dir):
     assert not (tmp_path / "o.st").exists()
 
 
+@pytest.mark.parametrize("name, data, expect", [
+    ("one-line", b"the dog runs in the park\n", "at least 2"),
+    ("too-long", ("the dog runs in the park " * 30 + "\n").encode() * 3, "longer than"),
+    ("latin-1", "the caf\u00e9 is open\nthe dog runs\n".encode("latin-1"), "not UTF-8"),
+    ("utf-16", "the dog runs\nthe cat sleeps\n".encode("utf-16"), "not UTF-8"),
+    ("nul", b"the dog\x00runs\nthe cat sleeps\n", "not a text file"),
+])
+def test_bad_calibration_file(capsys, tmp_path, tiny_dir, name, data, expect):
+    """One clear line, exit code 2, nothing written."""
+    cal = tmp_path / f"{name}.txt"
+    cal.write_bytes(data)
+    msg = _error(capsys, ["quantize", "--model", str(tiny_dir), "--calibration", str(cal),
+                          "-o", str(tmp_path / "o.st")])
+    assert expect in msg, msg
+    assert not (tmp_path / "o.st").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [cal.name]
+
+
+def test_calibration_file_with_bom_and_some_long_texts(tmp_path, tiny_dir):
+    """A UTF-8 byte-order mark is dropped; texts past the limit are truncated, not refused."""
+    cal = tmp_path / "bom.txt"
+    cal.write_bytes(b"\xef\xbb\xbf" + "\n".join(TINY_CALIBRATION + ["the dog " * 80]).encode())
+    out = tmp_path / "o.st"
+    assert main(["quantize", "--model", str(tiny_dir), "--calibration", str(cal),
+                 "-o", str(out)]) == 0
+    assert load_artifact(out).consts["calibration"]["texts"] == len(TINY_CALIBRATION) + 1
+
+
 def test_artifact_of_another_version(capsys, tmp_path, artifact):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file

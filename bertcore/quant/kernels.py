@@ -28,10 +28,11 @@ __all__ = [
     "REQ_M_BITS", "RESIDUAL_BITS", "SOFTMAX_EXP_BITS", "SOFTMAX_MAX_BIT", "LN_FRAC_BITS",
     "SOFTMAX_POLY_BITS", "SOFTMAX_MAX_SHIFT", "SOFTMAX_X0_BITS", "SOFTMAX_MIN_SCALE",
     "GELU_K", "GELU_COEFF", "GELU_SHIFT", "EXP_X0", "EXP_COEFF", "EXP_N", "EXP_ZMAX",
-    "int_range", "saturate", "floor_div", "round_half_even_div", "isqrt",
+    "int_range", "saturate", "floor_div", "round_half_even_div", "bit_length", "isqrt",
+    "matmul_int",
     "requant_params", "requantize",
     "gelu_constants", "int_gelu_int", "int_gelu",
-    "softmax_constants", "int_exp_int", "int_softmax_int", "int_softmax",
+    "softmax_constants", "int_exp_int", "int_softmax_int", "int_softmax_row_int", "int_softmax",
     "layernorm_int", "int_layernorm",
 ]
 
@@ -105,6 +106,16 @@ def round_half_even_div(a, n):
     return q + up.to(torch.int64)
 
 
+def bit_length(n):
+    """Number of significant bits of each non-negative element (0 for 0), like ``int.bit_length``."""
+    m = _as_int64(n).clone()
+    bits = torch.zeros_like(m)
+    while bool((m > 0).any()):
+        bits += (m > 0).to(torch.int64)
+        m = m >> 1
+    return bits
+
+
 def isqrt(n):
     """Exact ``floor(sqrt(n))`` of a non-negative int64 tensor by Newton's iteration.
 
@@ -119,18 +130,34 @@ def isqrt(n):
         raise ValueError("isqrt takes integers below 2**62")
     zero = n == 0
     n = torch.where(zero, torch.ones_like(n), n)
-    bits = torch.zeros_like(n)
-    m = n.clone()
-    while bool((m > 0).any()):
-        bits += (m > 0).to(torch.int64)
-        m = m >> 1
-    x = torch.ones_like(n) << ((bits + 1) // 2)   # 2**ceil(bits/2) > sqrt(n)
+    x = torch.ones_like(n) << ((bit_length(n) + 1) // 2)   # 2**ceil(bits/2) > sqrt(n)
     while True:
         y = (x + torch.div(n, x, rounding_mode="floor")) >> 1
         if not bool((y < x).any()):
             break
         x = torch.minimum(x, y)
     return torch.where(zero, torch.zeros_like(n), x)
+
+
+#: Integers below 2**53 are exact in float64, whatever the order of the additions.
+_F64_EXACT = 1 << 53
+
+
+def matmul_int(a, b):
+    """Exact integer product ``a @ b`` (int64 result) of integer tensors.
+
+    When every partial sum is bounded by ``max|a| * max|b| * K < 2**53`` (``K`` the inner
+    dimension), the product runs through float64 BLAS: each partial sum is an integer below
+    ``2**53`` and therefore exact, so the result equals the int64 product bit for bit, about 30x
+    faster (torch has no integer BLAS). Otherwise it falls back to int64.
+    """
+    a, b = _as_int64(a), _as_int64(b)
+    if a.numel() == 0 or b.numel() == 0:
+        return a @ b
+    bound = int(a.abs().max()) * int(b.abs().max()) * a.shape[-1]
+    if bound < _F64_EXACT:
+        return (a.to(torch.float64) @ b.to(torch.float64)).to(torch.int64)
+    return a @ b
 
 
 # -- Requantization -----------------------------------------------------------------------------
@@ -285,18 +312,8 @@ def int_exp_int(x, x0, b, c):
     return poly, z
 
 
-def int_softmax_int(x, k, output_bits=8, lengths=None, saturate_output=False):
-    """Integer half of the softmax along the last axis.
-
-    ``x`` are int scores; ``k`` the dict from :func:`softmax_constants`. ``lengths`` (optional,
-    int tensor broadcast over the leading axes) masks the tail of each row: positions ``>= length``
-    take no part and output 0. Steps: rowmax; ``poly, z = int_exp(x - rowmax)``;
-    ``exp16 = min(floor((poly*m + 2**(s-1)) / 2**s), 2**exp_bits - 1)`` with
-    ``s = min(e - 30 + z, 62)`` (exact: ``poly*m < 2**61``)
-    (the requantization of ``poly * 2**(30-z)``); ``f = floor(2**32 / sum(exp16))``;
-    ``y = floor(exp16 * f / 2**(32 - output_bits))``, at most ``2**output_bits`` (or
-    ``2**output_bits - 1`` with ``saturate_output``).
-    """
+def _softmax_exp(x, k, lengths):
+    """The 16-bit exponentials of a softmax row and their sum (shared by both output forms)."""
     x = _as_int64(x)
     n = x.shape[-1]
     if lengths is None:
@@ -316,12 +333,47 @@ def int_softmax_int(x, k, output_bits=8, lengths=None, saturate_output=False):
     exp16 = (poly * k["m"] + (torch.ones_like(sh) << (sh - 1))) >> sh
     exp16 = torch.clamp(exp16, 0, (1 << k["exp_bits"]) - 1)
     exp16 = torch.where(valid, exp16, torch.zeros_like(exp16))
-    total = exp16.sum(dim=-1, keepdim=True)
+    return exp16, exp16.sum(dim=-1, keepdim=True)
+
+
+def int_softmax_int(x, k, output_bits=8, lengths=None, saturate_output=False):
+    """Integer half of the softmax along the last axis.
+
+    ``x`` are int scores; ``k`` the dict from :func:`softmax_constants`. ``lengths`` (optional,
+    int tensor broadcast over the leading axes) masks the tail of each row: positions ``>= length``
+    take no part and output 0. Steps: rowmax; ``poly, z = int_exp(x - rowmax)``;
+    ``exp16 = min(floor((poly*m + 2**(s-1)) / 2**s), 2**exp_bits - 1)`` with
+    ``s = min(e - 30 + z, 62)`` (exact: ``poly*m < 2**61``)
+    (the requantization of ``poly * 2**(30-z)``); ``f = floor(2**32 / sum(exp16))``;
+    ``y = floor(exp16 * f / 2**(32 - output_bits))``, at most ``2**output_bits`` (or
+    ``2**output_bits - 1`` with ``saturate_output``).
+    """
+    exp16, total = _softmax_exp(x, k, lengths)
     f = torch.div(torch.full_like(total, 1 << SOFTMAX_MAX_BIT), total, rounding_mode="floor")
     y = (exp16 * f) >> (SOFTMAX_MAX_BIT - output_bits)
     if saturate_output:
         y = torch.clamp(y, max=(1 << output_bits) - 1)
     return y
+
+
+def int_softmax_row_int(x, k, output_bits=8, lengths=None):
+    """The softmax with a power-of-two scale per row: returns ``(y, r)``.
+
+    ``y`` has the scale ``2**-(output_bits + r)`` (``r`` per row, shape ``[..., 1]``), so that
+    every row keeps ``output_bits`` significant bits however many keys share the probability
+    mass; the consumer folds ``r`` into its requantization shift (exact). With ``exp16`` and
+    ``S = sum(exp16)`` as in :func:`int_softmax_int` (``exp16 <= 2**(exp_bits-1)`` at the row
+    maximum, about): ``r = max(bitlen(S) - exp_bits, 0)``, ``f = floor(2**(32 + r) / S)``
+    (``2**16 < f <= 2**17``: 17 bits whatever ``r``), ``y = min(floor(exp16 * f /
+    2**(32 - output_bits)), 2**output_bits - 1)``; the row maximum of ``y`` is at least
+    ``2**(output_bits-1)`` once ``r > 0``. ``r = 0`` gives exactly :func:`int_softmax_int`
+    with ``saturate_output``.
+    """
+    exp16, total = _softmax_exp(x, k, lengths)
+    r = torch.clamp(bit_length(total) - k["exp_bits"], min=0)
+    f = torch.div(torch.ones_like(total) << (SOFTMAX_MAX_BIT + r), total, rounding_mode="floor")
+    y = torch.clamp((exp16 * f) >> (SOFTMAX_MAX_BIT - output_bits), max=(1 << output_bits) - 1)
+    return y, r
 
 
 def int_softmax(x_int, scale, output_bits=8, lengths=None):

@@ -36,6 +36,8 @@ from ..checkpoint import BertError, BertShape
 __all__ = ["QuantOptions", "Calibration", "calibrate", "quantize", "IntBert"]
 
 INT8 = 8
+#: Fewest calibration texts :func:`calibrate` takes (one text says little about the ranges).
+MIN_CALIBRATION_TEXTS = 2
 GELU_IN_BITS = 16
 #: Finest i-GELU input scale: keeps |b| = floor(1.769 * 1.4142 / S) within GELU_IN_BITS + 1 bits.
 GELU_MIN_SCALE = -K.GELU_COEFF[1] * K.GELU_K / 2 ** GELU_IN_BITS * (1 + 1e-9)
@@ -55,10 +57,28 @@ class QuantOptions:
         Calibration percentile of |x| for per-tensor int8 activations (100 = max).
     residual_margin : float
         Headroom factor of the 22-bit residual path over the calibrated maximum.
+    act_margin : float
+        Headroom factor of the per-channel int8 outputs (LayerNorm, GELU) over the calibrated
+        per-channel range: a few calibration texts see only part of each channel's range.
+    pack_tokens : int
+        Length-aware calibration: besides each calibration text alone, the texts joined end to
+        end into sequences of up to ``pack_tokens`` tokens (0: off), so that the activation
+        ranges also cover inputs longer than the calibration texts.
+    prob_scale : "fixed" or "row"
+        Scale of the uint8 attention probabilities: ``"fixed"`` is 2**-8 for every row;
+        ``"row"`` is a power of two per row (:func:`~bertcore.quant.kernels.int_softmax_row_int`)
+        folded into the context requantization shift. Changes the arithmetic the RTL follows.
+    prob_bits : int
+        Width of the unsigned attention probabilities (8..16; 8 is the uint8 operand the RTL
+        has). Changes the arithmetic the RTL follows.
     """
     act_granularity: str = "channel"
     percentile: float = 100.0
     residual_margin: float = 2.0
+    act_margin: float = 1.0
+    pack_tokens: int = 0
+    prob_scale: str = "fixed"
+    prob_bits: int = 8
 
     def __post_init__(self):
         if self.act_granularity not in ("channel", "tensor"):
@@ -68,6 +88,14 @@ class QuantOptions:
             raise ValueError(f"percentile must lie in [50, 100], not {self.percentile!r}")
         if not self.residual_margin >= 1.0:
             raise ValueError(f"residual_margin must be >= 1, not {self.residual_margin!r}")
+        if not self.act_margin >= 1.0:
+            raise ValueError(f"act_margin must be >= 1, not {self.act_margin!r}")
+        if self.pack_tokens < 0:
+            raise ValueError(f"pack_tokens must be >= 0, not {self.pack_tokens!r}")
+        if self.prob_scale not in ("fixed", "row"):
+            raise ValueError(f"prob_scale must be 'fixed' or 'row', not {self.prob_scale!r}")
+        if not 8 <= self.prob_bits <= 16:
+            raise ValueError(f"prob_bits must lie in 8..16, not {self.prob_bits!r}")
 
 
 class Calibration:
@@ -118,17 +146,48 @@ def _one_thread():
         torch.set_num_threads(n)
 
 
-def calibrate(ckpt, texts):
-    """Run the float encoder over ``texts`` and collect activation statistics."""
+def _packed(seqs, pack_tokens):
+    """The token sequences ``seqs`` (each with [CLS] ... [SEP]) joined end to end into sequences
+    of at most ``pack_tokens`` tokens: one [CLS], the texts' word pieces, one [SEP]. Only packs
+    longer than the longest single sequence are kept (the others add nothing)."""
+    cls, sep = seqs[0][0], seqs[0][-1]
+    packs, cur = [], []
+    for ids in seqs:
+        body = ids[1:-1]
+        if cur and len(cur) + len(body) + 2 > pack_tokens:
+            packs.append([cls] + cur + [sep])
+            cur = []
+        cur = (cur + body)[:pack_tokens - 2]
+    if cur:
+        packs.append([cls] + cur + [sep])
+    longest = max(len(s) for s in seqs)
+    return [p for p in packs if len(p) > longest]
+
+
+def calibrate(ckpt, texts, pack_tokens=0):
+    """Run the float encoder over ``texts`` and collect activation statistics.
+
+    With ``pack_tokens``, the texts also run joined end to end into sequences of up to that many
+    tokens (length-aware calibration, see :class:`QuantOptions`).
+    """
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise BertError("the calibration set is empty")
+    if len(texts) < MIN_CALIBRATION_TEXTS:
+        raise BertError(f"the calibration set has {len(texts)} text; at least "
+                        f"{MIN_CALIBRATION_TEXTS} are needed (a few dozen varied texts is better)")
     cal = Calibration()
+    enc = [ckpt.tokenizer.encode_checked(t) for t in texts]
+    if all(truncated for _, truncated in enc):
+        raise BertError(f"every calibration text is longer than the model's limit of "
+                        f"{ckpt.tokenizer.max_length} tokens; calibrate on texts that fit")
+    seqs = [ids for ids, _ in enc]
+    if pack_tokens:
+        seqs += _packed(seqs, min(pack_tokens, ckpt.tokenizer.max_length))
+    cal.texts = len(texts)
     with _one_thread():
-        for t in texts:
-            ids = ckpt.tokenizer.encode(t)
+        for ids in seqs:
             float_forward(ckpt, ids, tap=cal.tap)
-            cal.texts += 1
             cal.tokens += len(ids)
     return cal
 
@@ -170,6 +229,7 @@ class _Scales:
         if self.opts.act_granularity == "tensor":
             return torch.full((n,), self.tensor(key), dtype=torch.float64)
         # floor dead channels at 1/1000 of the tensor maximum so the folded weights stay bounded
+        cm = cm * self.opts.act_margin
         return cm.clamp_min(float(cm.max()) * 1e-3).clamp_min(1e-8) / _qmax(INT8)
 
     def residual(self, key, s_in):
@@ -194,7 +254,7 @@ def _ln_out(gamma, beta, s_out):
 
 def quantize(ckpt, texts, opts=QuantOptions()):
     """Quantize a float checkpoint into an :class:`IntBert` by calibration on ``texts``."""
-    cal = calibrate(ckpt, texts)
+    cal = calibrate(ckpt, texts, opts.pack_tokens)
     s = ckpt.shape
     w = ckpt.weights
     sc = _Scales(cal, opts, s.hidden)
@@ -234,9 +294,10 @@ def quantize(ckpt, texts, opts=QuantOptions()):
             t[L + nm + ".w"], t[L + nm + ".b"] = wi, bi
             t[L + nm + ".m"], t[L + nm + ".e"] = K.requant_params(s_acc / out_s[nm])
         lc["softmax"] = K.softmax_constants(s_scores)
-        # context: P (scale 2**-8) @ V (scale Sv) -> int8 per tensor
+        # context: P (scale 2**-prob_bits, times 2**-r per row with prob_scale "row") @ V
+        # (scale Sv) -> int8 per tensor
         s_ctx = sc.tensor(f"{i}.ctx")
-        m, e = K.requant_params(out_s["v"] * 2.0 ** -INT8 / s_ctx)
+        m, e = K.requant_params(out_s["v"] * 2.0 ** -opts.prob_bits / s_ctx)
         lc["ctx_m"], lc["ctx_e"] = int(m), int(e)
         # attention output dense + residual -> 22 bits -> LayerNorm -> int8
         s_r1 = sc.residual(f"{i}.ln1_in", s_x)
@@ -306,6 +367,9 @@ class IntBert:
         self.consts = consts
         self.opts = opts
         self.source = source
+        #: Stages of :attr:`WIDEN_STAGES` carried 8 bits wider (error isolation only; empty in
+        #: every model the hardware runs).
+        self.widen = set()
 
     # host side ----------------------------------------------------------------------------------
     def embed_int(self, ids):
@@ -318,14 +382,22 @@ class IntBert:
             raise BertError(f"sequence of {n} tokens exceeds {self.shape.max_position} positions")
         x = (self.t["emb.word"][ids].to(torch.int64) + self.t["emb.position"][:n].to(torch.int64)
              + self.t["emb.type"][0].to(torch.int64))
-        return K.requantize(K.layernorm_int(x), self.t["emb.ln.m"], self.t["emb.ln.e"], INT8,
-                            bias=self.t["emb.ln.bias"])
+        xw = self._WIDE if "hidden" in self.widen else 0
+        return K.requantize(K.layernorm_int(x), self.t["emb.ln.m"], self.t["emb.ln.e"] - xw,
+                            INT8 + xw, bias=self.t["emb.ln.bias"])
 
     def dequantize(self, x_int):
         """Final int8 hidden states → float (host side, for pooling)."""
-        return x_int.to(torch.float64) * self.t["out_scale"]
+        xw = self._WIDE if "hidden" in self.widen else 0
+        return x_int.to(torch.float64) * self.t["out_scale"] / 2 ** xw
 
     # encoder ------------------------------------------------------------------------------------
+    #: Stages that :attr:`widen` can carry 8 bits wider (error isolation, ``bench/fidelity.py
+    #: --isolate``): the layer input (embedding and LayerNorm-2 outputs), Q, K, V, the attention
+    #: probabilities, the context, the LayerNorm-1 output and the GELU output.
+    WIDEN_STAGES = ("hidden", "q", "k", "v", "probs", "ctx", "ln1_out", "gelu")
+    _WIDE = 8
+
     def layer(self, i, x, trace=None):
         """One encoder layer on int8 hidden states ``x`` ``[L, hidden]`` (int64 tensor).
 
@@ -335,40 +407,60 @@ class IntBert:
         t, lc, s = self.t, self.consts["layers"][i], self.shape
         L = f"layer.{i}."
         n, hd = x.shape[0], s.head_dim
+        # Diagnosis only (empty by default): a stage in self.widen keeps 8 more bits, its scale
+        # 2**-8 of the stored one; its producer shifts 8 less, its consumers 8 more.
+        wide = {st: (self._WIDE if st in self.widen else 0) for st in self.WIDEN_STAGES}
 
-        def gemm(a, name):
-            return a @ t[L + name + ".w"].to(torch.int64).T + t[L + name + ".b"].to(torch.int64)
+        def gemm(a, name, extra=0):
+            return (K.matmul_int(a, t[L + name + ".w"].T)
+                    + (t[L + name + ".b"].to(torch.int64) << extra))
 
-        def rq(acc, name, bits=None, bias=None):
-            return K.requantize(acc, t[L + name + ".m"], t[L + name + ".e"], bits, bias=bias)
+        def rq(acc, name, bits=None, bias=None, extra_in=0, extra_out=0):
+            return K.requantize(acc, t[L + name + ".m"], t[L + name + ".e"] + extra_in - extra_out,
+                                None if bits is None else bits + extra_out, bias=bias)
 
-        q = rq(gemm(x, "q"), "q", INT8)
-        k = rq(gemm(x, "k"), "k", INT8)
-        v = rq(gemm(x, "v"), "v", INT8)
+        xw = wide["hidden"]
+        q = rq(gemm(x, "q", xw), "q", INT8, extra_in=xw, extra_out=wide["q"])
+        k = rq(gemm(x, "k", xw), "k", INT8, extra_in=xw, extra_out=wide["k"])
+        v = rq(gemm(x, "v", xw), "v", INT8, extra_in=xw, extra_out=wide["v"])
         trace("q", q)
         trace("k", k)
         trace("v", v)
         qh = q.view(n, s.heads, hd).transpose(0, 1)
         kh = k.view(n, s.heads, hd).transpose(0, 1)
         vh = v.view(n, s.heads, hd).transpose(0, 1)
-        scores = qh @ kh.transpose(1, 2)
-        p = K.int_softmax_int(scores, lc["softmax"], output_bits=INT8, saturate_output=True)
-        ctx = (p @ vh).transpose(0, 1).reshape(n, s.hidden)
+        scores = K.matmul_int(qh, kh.transpose(1, 2))
+        sw = wide["q"] + wide["k"]
+        if sw:    # back to the score scale the softmax constants are made for, rounded
+            scores = (scores + (1 << (sw - 1))) >> sw
+        sm = lc["softmax"]
+        if self.opts.prob_scale == "row":
+            p, r = K.int_softmax_row_int(scores, sm, output_bits=self.opts.prob_bits + wide["probs"])
+        else:
+            p = K.int_softmax_int(scores, sm, output_bits=self.opts.prob_bits + wide["probs"],
+                                  saturate_output=True)
+            r = torch.zeros((s.heads, n, 1), dtype=torch.int64)
         trace("probs", p)
-        ctx = K.requantize(ctx, lc["ctx_m"], lc["ctx_e"], INT8)
+        # the context requantization shift takes the probabilities' per-row exponent r
+        ctx_e = lc["ctx_e"] + r + wide["probs"] + wide["v"] - wide["ctx"]
+        ctx = K.requantize(K.matmul_int(p, vh), lc["ctx_m"], ctx_e, INT8 + wide["ctx"])
+        ctx = ctx.transpose(0, 1).reshape(n, s.hidden)
         trace("ctx", ctx)
-        r1 = K.saturate(rq(gemm(ctx, "o"), "o") + rq(x, "res1"), K.RESIDUAL_BITS)
+        r1 = K.saturate(rq(gemm(ctx, "o", wide["ctx"]), "o", extra_in=wide["ctx"])
+                        + rq(x, "res1", extra_in=xw), K.RESIDUAL_BITS)
         trace("ln1_in", r1)
-        a = rq(K.layernorm_int(r1), "ln1", INT8, bias=t[L + "ln1.bias"])
+        aw = wide["ln1_out"]
+        a = rq(K.layernorm_int(r1), "ln1", INT8, bias=t[L + "ln1.bias"], extra_out=aw)
         trace("ln1_out", a)
-        g_in = rq(gemm(a, "ffn1"), "ffn1", GELU_IN_BITS)
+        g_in = rq(gemm(a, "ffn1", aw), "ffn1", GELU_IN_BITS, extra_in=aw)
         g = K.int_gelu_int(g_in, lc["gelu"]["b"], lc["gelu"]["c"], lc["gelu"]["q1"])
         trace("ffn1", g_in)
-        h = rq(g, "gelu", INT8)
+        h = rq(g, "gelu", INT8, extra_out=wide["gelu"])
         trace("gelu", h)
-        r2 = K.saturate(rq(gemm(h, "ffn2"), "ffn2") + rq(a, "res2"), K.RESIDUAL_BITS)
+        r2 = K.saturate(rq(gemm(h, "ffn2", wide["gelu"]), "ffn2", extra_in=wide["gelu"])
+                        + rq(a, "res2", extra_in=aw), K.RESIDUAL_BITS)
         trace("ln2_in", r2)
-        out = rq(K.layernorm_int(r2), "ln2", INT8, bias=t[L + "ln2.bias"])
+        out = rq(K.layernorm_int(r2), "ln2", INT8, bias=t[L + "ln2.bias"], extra_out=xw)
         trace("ln2_out", out)
         return out
 
@@ -398,7 +490,9 @@ class IntBert:
     def manifest(self):
         return {"shape": self.shape.to_dict(), "options": asdict(self.opts),
                 "consts": self.consts, "source_model": self.source,
-                "tokenizer": self.tokenizer.to_json() if self.tokenizer is not None else None}
+                "tokenizer": self.tokenizer.to_json() if self.tokenizer is not None else None,
+                "max_seq_length": (self.tokenizer.max_length if self.tokenizer is not None
+                                   else self.shape.max_position)}
 
     @classmethod
     def from_manifest(cls, manifest, tensors):
@@ -406,7 +500,9 @@ class IntBert:
         shape = BertShape(**manifest["shape"])
         opts = QuantOptions(**manifest["options"])
         tok = manifest.get("tokenizer")
-        tok = Tokenizer.from_json(tok, shape.max_position) if tok else None
+        # artifacts written before max_seq_length was stored truncate at max_position
+        max_len = int(manifest.get("max_seq_length") or shape.max_position)
+        tok = Tokenizer.from_json(tok, max_len) if tok else None
         return cls(shape, tensors, manifest["consts"], opts, manifest["source_model"], tok)
 
     def manifest_json(self):
