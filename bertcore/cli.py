@@ -90,8 +90,10 @@ def cmd_embed(args):
                        f"(make one with `bertcore quantize`)")
     out = _check_output(args.output)
     texts = _texts(args)
+    if args.pack and args.backend == "float":
+        raise CliError("--pack packs runs of the core: use it with --backend int or rtl")
     emb = embed_texts(texts, backend=args.backend, quantized=args.quantized, model=args.model,
-                      simulator=args.simulator)
+                      simulator=args.simulator, pack=args.pack)
     tmp = out.with_name(out.name + ".tmp.npy")
     np.save(tmp, emb.astype(np.float32))
     tmp.replace(out)
@@ -588,6 +590,9 @@ def build_parser():
     e.add_argument("--backend", choices=("float", "int", "rtl"), required=True)
     e.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
                    help="simulator of --backend rtl")
+    e.add_argument("--pack", action=argparse.BooleanOptionalAction, default=False,
+                   help="pack several texts per run of the core (docs/interface.md, packed "
+                   "runs; --backend int runs the packets through the reference; default: off)")
     e.add_argument("--input", metavar="FILE", help="texts, one per line")
     e.add_argument("text", nargs="*", metavar="TEXT")
     e.add_argument("-o", "--output", required=True, metavar="OUT.npy")

@@ -285,12 +285,14 @@ def int_exp_int(x, x0, b, c):
     return poly, z
 
 
-def int_softmax_int(x, k, output_bits=8, lengths=None, saturate_output=False):
+def int_softmax_int(x, k, output_bits=8, lengths=None, saturate_output=False, mask=None):
     """Integer half of the softmax along the last axis.
 
     ``x`` are int scores; ``k`` the dict from :func:`softmax_constants`. ``lengths`` (optional,
     int tensor broadcast over the leading axes) masks the tail of each row: positions ``>= length``
-    take no part and output 0. Steps: rowmax; ``poly, z = int_exp(x - rowmax)``;
+    take no part and output 0. ``mask`` (optional, bool tensor broadcast against ``x``) masks any
+    positions the same way (``False``: no part, output 0; every row needs one ``True``): the
+    key mask of packed sequences. Steps: rowmax; ``poly, z = int_exp(x - rowmax)``;
     ``exp16 = min(floor((poly*m + 2**(s-1)) / 2**s), 2**exp_bits - 1)`` with
     ``s = min(e - 30 + z, 62)`` (exact: ``poly*m < 2**61``)
     (the requantization of ``poly * 2**(30-z)``); ``f = floor(2**32 / sum(exp16))``;
@@ -306,6 +308,11 @@ def int_softmax_int(x, k, output_bits=8, lengths=None, saturate_output=False):
         if bool((lengths < 1).any()) or bool((lengths > n).any()):
             raise ValueError(f"softmax row lengths must lie in 1..{n}")
         valid = torch.arange(n) < lengths.unsqueeze(-1)
+    if mask is not None:
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        valid = valid & mask
+        if not bool(valid.any(dim=-1).all()):
+            raise ValueError("every softmax row needs at least one unmasked position")
     lo = torch.iinfo(torch.int64).min
     rowmax = torch.where(valid, x, torch.full_like(x, lo)).amax(dim=-1, keepdim=True)
     d = torch.where(valid, x - rowmax, torch.zeros_like(x))

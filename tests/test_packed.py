@@ -1,0 +1,222 @@
+"""Packed runs (several sequences per run of the core): the integer reference with segments,
+the segment table of the activation packet, the host's packer and the cycle model.
+
+The reference of a packed run is ``IntBert.encode_int(x, segments=...)``; each segment's rows
+must equal ``encode_int`` of that sequence alone, bit for bit.
+"""
+
+import random
+
+import pytest
+import torch
+
+from bertcore.checkpoint import BertError
+from bertcore.config import preset
+from bertcore.core.image import (ImageError, activation_beats, check_activation_packet,
+                                 pack_activations, pack_segment_table, pack_segments,
+                                 parse_segment_table, segment_table_beats, unpack_segments)
+from bertcore.packing import first_fit, plan_runs, reference_runner, split_outputs
+from bertcore.quant import kernels as K
+from bertcore.quant.model import segment_mask
+from fixtures_bert import TINY_EVAL, tiny_ckpt, tiny_dir, tiny_int  # noqa: F401
+
+TINY = preset("tiny")
+
+
+def random_layout(rng, max_rows, max_segments):
+    """Random segment lengths: 1..max_segments segments of 1.. rows, at most max_rows in all."""
+    count = rng.randint(1, min(max_segments, max_rows))
+    total = rng.randint(count, max_rows)
+    cuts = sorted(rng.sample(range(1, total), count - 1))
+    return [b - a for a, b in zip([0, *cuts], [*cuts, total])]
+
+
+# -- The reference ----------------------------------------------------------------------------
+
+def test_masked_softmax_ignores_masked_keys():
+    k = K.softmax_constants(0.01)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(-3000, 3000, (6, 9), generator=gen)
+    mask = torch.zeros((6, 9), dtype=torch.bool)
+    mask[:, 2:6] = True
+    y = K.int_softmax_int(x, k, saturate_output=True, mask=mask)
+    assert torch.equal(y[:, 2:6], K.int_softmax_int(x[:, 2:6], k, saturate_output=True))
+    assert int(y[:, :2].abs().sum()) == 0 and int(y[:, 6:].abs().sum()) == 0
+    # masked scores may be anything (here larger than every kept score): no effect
+    x2 = x.clone()
+    x2[:, 0] = 10 ** 6
+    assert torch.equal(K.int_softmax_int(x2, k, saturate_output=True, mask=mask), y)
+    with pytest.raises(ValueError, match="at least one unmasked"):
+        K.int_softmax_int(x, k, mask=torch.zeros((6, 9), dtype=torch.bool))
+
+
+def test_segment_mask():
+    m = segment_mask([2, 1, 3], 6)
+    assert m.tolist()[0] == [True, True, False, False, False, False]
+    assert m.tolist()[2] == [False, False, True, False, False, False]
+    assert m.tolist()[5] == [False, False, False, True, True, True]
+    assert torch.equal(segment_mask(None, 3), torch.ones((3, 3), dtype=torch.bool))
+    for bad, match in (([2, 2], "add up to 4"), ([3, 0, 3], "positive"), ([], "at least one")):
+        with pytest.raises(ValueError, match=match):
+            segment_mask(bad, 6)
+
+
+def test_packed_reference_is_bit_exact_per_segment(tiny_int):  # noqa: F811
+    rng = random.Random(5)
+    gen = torch.Generator().manual_seed(5)
+    layouts = [[TINY.max_seq], [1], [1] * TINY.max_seq, [15, 1], [1, 15]]
+    layouts += [random_layout(rng, TINY.max_seq, TINY.max_segments) for _ in range(25)]
+    for lengths in layouts:
+        xs = [torch.randint(-128, 128, (n, TINY.hidden), generator=gen) for n in lengths]
+        y = tiny_int.encode_int(torch.cat(xs), segments=lengths)
+        for x, ys in zip(xs, torch.split(y, lengths)):
+            assert torch.equal(ys, tiny_int.encode_int(x)), lengths
+
+
+def test_packed_reference_real_sentences(tiny_int, tiny_ckpt):  # noqa: F811
+    xs = [tiny_int.embed_int(tiny_ckpt.tokenizer.encode(s)) for s in TINY_EVAL]
+    lengths = [x.shape[0] for x in xs]
+    y = tiny_int.encode_int(torch.cat(xs), segments=lengths)
+    for x, ys in zip(xs, torch.split(y, lengths)):
+        assert torch.equal(ys, tiny_int.encode_int(x))
+    # one segment is the unpacked run
+    x = torch.cat(xs)
+    assert torch.equal(tiny_int.encode_int(x, segments=[x.shape[0]]), tiny_int.encode_int(x))
+
+
+# -- The segment table ------------------------------------------------------------------------
+
+def test_segment_table_layout():
+    # 32-bit bus: two 16-bit lanes per beat; count, then the lengths; unused lanes zero
+    assert pack_segment_table([5, 3, 8], TINY) == [5 << 16 | 3, 8 << 16 | 3]
+    assert pack_segment_table([7], TINY) == [7 << 16 | 1]
+    assert segment_table_beats(16, TINY) == 9
+    minilm = preset("minilm")
+    assert segment_table_beats(7, minilm) == 1 and segment_table_beats(8, minilm) == 2
+    rng = random.Random(2)
+    for _ in range(50):
+        lengths = random_layout(rng, TINY.max_seq, TINY.max_segments)
+        words = pack_segment_table(lengths, TINY)
+        assert len(words) == segment_table_beats(len(lengths), TINY)
+        assert parse_segment_table(words, TINY) == lengths
+
+
+@pytest.mark.parametrize("table, match", [
+    ([0], r"count 0 is outside 1\.\.16"),
+    ([17], r"count 17 is outside 1\.\.16"),
+    ([2 | 3 << 16], r"takes 2 beats, not 1"),
+    ([1 | 3 << 16, 0], r"takes 1 beats, not 2"),
+    ([2 | 3 << 16, 0], r"positive"),
+    ([1], r"positive"),
+    ([2 | 3 << 16, 4 | 5 << 16], r"unused lanes are not zero"),
+    ([2 | 9 << 16, 9], r"exceed max_seq \(16\)"),
+    ([], r"empty"),
+])
+def test_malformed_segment_tables(table, match):
+    with pytest.raises(ImageError, match=match):
+        parse_segment_table(table, TINY)
+
+
+def test_segment_limit_follows_the_config():
+    cfg = TINY.replace(max_segments=3)
+    with pytest.raises(ImageError, match=r"1\.\.3 segments, not 4"):
+        pack_segment_table([1, 1, 1, 1], cfg)
+    with pytest.raises(ImageError, match=r"count 4 is outside 1\.\.3"):
+        parse_segment_table(pack_segment_table([1, 1, 1, 1], TINY), cfg)
+    assert parse_segment_table(pack_segment_table([1, 1, 1], TINY), cfg) == [1, 1, 1]
+
+
+def test_packed_packet_round_trip_and_checks():
+    gen = torch.Generator().manual_seed(4)
+    xs = [torch.randint(-128, 128, (n, TINY.hidden), generator=gen) for n in (3, 1, 6)]
+    table, data = pack_segments(xs, TINY)
+    assert table == pack_segment_table([3, 1, 6], TINY)
+    assert data == pack_activations(torch.cat(xs), TINY)          # rows as for one sequence
+    assert check_activation_packet(table, data, TINY) == [3, 1, 6]
+    for a, b in zip(unpack_segments(data, [3, 1, 6], TINY), xs):
+        assert torch.equal(a, b)
+    # a plain packet: one segment of all its rows
+    assert check_activation_packet([], data, TINY) == [10]
+    with pytest.raises(ImageError, match="add up to 10 rows, the packet holds"):
+        check_activation_packet(table, data[:-activation_beats(1, TINY)], TINY)
+    with pytest.raises(ImageError, match="add up to 10 rows"):
+        check_activation_packet(table, data + [0], TINY)
+    with pytest.raises(ImageError, match=r"sequence length must lie in 1\.\.16, not 0"):
+        check_activation_packet([], [], TINY)
+    with pytest.raises(ImageError, match=r"shape \[L, 32\]"):
+        pack_segments([torch.zeros((2, 8), dtype=torch.int64)], TINY)
+
+
+# -- The host's packer ------------------------------------------------------------------------
+
+def test_first_fit():
+    assert first_fit([10, 6, 6, 3], 16, 16) == [[0, 1], [2, 3]]
+    assert first_fit([4] * 5, 16, 16) == [[0, 1, 2, 3], [4]]
+    assert first_fit([4] * 5, 16, 2) == [[0, 1], [2, 3], [4]]
+    assert first_fit([1, 16, 15], 16, 16) == [[0, 2], [1]]
+    rng = random.Random(3)
+    for _ in range(30):
+        lengths = [rng.randint(1, 16) for _ in range(rng.randint(1, 40))]
+        runs = first_fit(lengths, 16, 5)
+        assert sorted(i for run in runs for i in run) == list(range(len(lengths)))
+        assert all(sum(lengths[i] for i in run) <= 16 and len(run) <= 5 for run in runs)
+        assert all(run == sorted(run) for run in runs)
+        # never worse than the volume bound by more than one run per half-full run
+        assert len(runs) <= 2 * -(-sum(lengths) // 16) + 1
+    with pytest.raises(BertError, match=r"17 tokens does not fit a run of 1\.\.16"):
+        first_fit([3, 17], 16, 16)
+
+
+def test_packed_runs_through_the_reference(tiny_int):  # noqa: F811
+    rng = random.Random(9)
+    gen = torch.Generator().manual_seed(9)
+    xs = [torch.randint(-128, 128, (rng.randint(1, 9), TINY.hidden), generator=gen)
+          for _ in range(11)]
+    run = reference_runner(tiny_int, TINY)
+    want = [tiny_int.encode_int(x) for x in xs]
+    for pack in (True, False):
+        runs = plan_runs(xs, TINY, pack=pack)
+        assert len(runs) < len(xs) if pack else len(runs) == len(xs)
+        got = split_outputs(runs, run(runs), TINY)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    # a run the core would reject (a table that does not match its rows)
+    bad = plan_runs(xs[:3], TINY)
+    bad = [type(bad[0])(r.indices, r.lengths, r.table, r.data[:-1]) for r in bad]
+    with pytest.raises(BertError, match="the core would reject this packet"):
+        run(bad)
+
+
+# -- embed --pack ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tmp_path_factory, tiny_int):  # noqa: F811
+    from bertcore.quant.artifact import save_artifact
+    path = tmp_path_factory.mktemp("packed") / "tiny.safetensors"
+    save_artifact(tiny_int, path)
+    return path
+
+
+def test_embed_pack_matches_unpacked(tiny_artifact, tiny_int, tmp_path, capsys):  # noqa: F811
+    import numpy as np
+    from bertcore.cli import main
+    from bertcore.embed import embed_texts, rtl_embeddings
+    texts = TINY_EVAL * 3 + ["the dog", "a man is playing a guitar on the street ."]
+    plain = embed_texts(texts, backend="int", quantized=tiny_artifact)
+    packed = embed_texts(texts, backend="int", quantized=tiny_artifact, pack=True)
+    assert np.array_equal(plain, packed)
+    _, info = rtl_embeddings(tiny_int, texts, pack=True,
+                             runner=reference_runner(tiny_int, TINY))
+    assert info["runs"] < len(texts)
+    out = tmp_path / "e.npy"
+    assert main(["embed", "--quantized", str(tiny_artifact), "--backend", "int", "--pack",
+                 *texts, "-o", str(out)]) == 0
+    assert np.array_equal(np.load(out), plain)
+    capsys.readouterr()
+    for argv, match in (
+            (["--backend", "rtl", "--pack"], "packed runs need a core that reads segment"),
+            (["--backend", "float", "--pack"], "--pack packs runs of the core")):
+        assert main(["embed", "--quantized", str(tiny_artifact), *argv, *texts,
+                     "-o", str(tmp_path / "x.npy")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and match in err[0], err
+        assert not (tmp_path / "x.npy").exists()
