@@ -220,3 +220,64 @@ def test_embed_pack_matches_unpacked(tiny_artifact, tiny_int, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0], err
         assert not (tmp_path / "x.npy").exists()
+
+
+# -- The cycle model --------------------------------------------------------------------------
+
+def test_key_spans():
+    from bertcore.core.perf import key_spans
+    assert key_spans(TINY, 16) == [(4, 16)] * 4
+    assert key_spans(TINY, 6) == [(2, 6)] * 2
+    # segments [0,3) [3,9) [9,16) on 4-row blocks
+    assert key_spans(TINY, 16, [3, 6, 7]) == [(3, 12), (3, 12), (4, 16), (2, 8)]
+    assert key_spans(TINY, 16, [4] * 4) == [(1, 4)] * 4
+    assert key_spans(TINY, 7, [2, 5]) == [(2, 7), (2, 7)]
+
+
+def test_packed_cycle_model():
+    from bertcore.core import perf
+    from bertcore.core.image import image_beats
+    # packing only removes attention tiles: the rest of a layer is that of the whole run
+    full, packed = perf.breakdown(TINY, 16), perf.breakdown(TINY, 16, [4] * 4)
+    assert packed["attention"] < full["attention"]
+    assert {k: v for k, v in packed.items() if k != "attention"} == \
+        {k: v for k, v in full.items() if k != "attention"}
+    assert perf.array_beats(TINY, 16, [4] * 4) < perf.array_beats(TINY, 16)
+    assert perf.array_beats(TINY, 16, [16]) == perf.array_beats(TINY, 16)
+    assert perf.macs_per_layer(TINY, 16, [4] * 4) == 16 * (4 * 32 * 32 + 2 * 32 * 64) \
+        + 2 * 32 * 4 * 16
+    minilm = preset("minilm")
+    assert perf.utilization(minilm, 128, [16] * 8) >= 0.9
+    # at the full rate the stream model is the closed form where the array sets the pace
+    for cfg, n in ((TINY, 9), (TINY, 16), (minilm, 64), (minilm, 128)):
+        assert perf.run_cycles(cfg, n, param_rate=cfg.bus_width // 8) == perf.run_cycles(cfg, n)
+    for n in (1, 16, 40):
+        fast = perf.run_cycles(minilm, n, param_rate=16)
+        assert abs(fast - perf.run_cycles(minilm, n)) < 0.01 * fast
+        # at 2 bytes per cycle the image (8 cycles a beat) bounds a short run
+        slow = perf.run_cycles(minilm, n, param_rate=2)
+        assert image_beats(minilm) * 8 < slow < image_beats(minilm) * 8 * 1.05
+    # the stream's pace: a lower rate never helps
+    rates = [perf.run_cycles(minilm, 128, [32] * 4, param_rate=r) for r in (16, 8, 4, 2, 1)]
+    assert rates == sorted(rates)
+    with pytest.raises(ValueError, match="param_rate must be positive"):
+        perf.run_cycles(minilm, 16, param_rate=0)
+
+
+def test_throughput_bench_last_line():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    bench = Path(__file__).resolve().parent.parent / "bench" / "throughput.py"
+    out = subprocess.run([sys.executable, str(bench), "--preset", "minilm"], capture_output=True,
+                         text=True, check=True).stdout.strip().splitlines()
+    m = re.fullmatch(r"throughput: cycles_per_sentence@2Bpc packed=(\d+) unpacked=(\d+) "
+                     r"speedup=(\d+\.\d)", out[-1])
+    assert m, out[-1]
+    packed, unpacked = int(m[1]), int(m[2])
+    assert packed < unpacked and float(m[3]) == round(unpacked / packed, 1)
+    bad = subprocess.run([sys.executable, str(bench), "--preset", "tiny"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "1..16 tokens" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
