@@ -281,3 +281,19 @@ def test_throughput_bench_last_line():
                          text=True)
     assert bad.returncode == 2 and "1..16 tokens" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_throttled_parameter_stream_matches_the_model():
+    """The image offered one beat every P cycles (the replay wrapper's +param_period): the
+    Verilated tiny core stays bit-exact and its cycles follow perf.run_cycles(param_rate=)."""
+    from bertcore.core import perf
+    from bertcore.rtlsim import check_core, random_model
+    model = random_model(TINY)
+    for period in (2, 8):
+        ok, rows, _ = check_core(TINY, model, [1, 9, 16], param_period=period, stall=0.1)
+        assert ok
+        for n, _, cycles in rows:
+            want = perf.run_cycles(TINY, n, param_rate=TINY.bus_width / 8 / period)
+            assert abs(want - cycles) <= 0.04 * cycles, (period, n, cycles, want)
+    with pytest.raises(BertError, match="param_period must be an integer"):
+        check_core(TINY, model, [1], param_period=0)
