@@ -188,8 +188,10 @@ def cmd_embed(args):
                        f"(make one with `bertcore quantize`)")
     out = _check_output(args.output)
     texts = _texts(args)
+    if args.pack and args.backend == "float":
+        raise CliError("--pack packs runs of the core: use it with --backend int or rtl")
     emb = embed_texts(texts, backend=args.backend, quantized=args.quantized, model=args.model,
-                      simulator=args.simulator)
+                      simulator=args.simulator, pack=args.pack)
     with _atomic_file(out) as tmp, open(tmp, "wb") as f:
         np.save(f, emb.astype(np.float32))
     print(f"wrote {emb.shape[0]} embeddings of dimension {emb.shape[1]} to {out}")
@@ -784,6 +786,9 @@ def _add_embed(sub):
                    "Verilog of the encoder core in a simulator (bit-identical to int)")
     e.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
                    help="simulator of --backend rtl (default: verilator)")
+    e.add_argument("--pack", action=argparse.BooleanOptionalAction, default=False,
+                   help="pack several texts per run of the core (docs/interface.md, packed "
+                   "runs; --backend int runs the packets through the reference; default: off)")
     _texts_args(e)
     e.add_argument("-o", "--output", required=True, metavar="OUT.npy",
                    help="float32 array [texts, hidden], input order kept")

@@ -11,7 +11,7 @@ class ConfigError(ValueError):
 
 
 _INT_FIELDS = ("hidden", "heads", "ffn", "layers", "max_seq", "array_rows", "array_cols",
-               "bus_width", "softmax_units", "layernorm_units")
+               "bus_width", "softmax_units", "layernorm_units", "max_segments")
 #: Largest sequence length a core may be built for (position tables of BERT go to 512).
 MAX_SEQ_LIMIT = 4096
 #: Units whose multipliers ``lut_multipliers`` may move from DSP blocks into LUT logic.
@@ -38,6 +38,10 @@ class CoreConfig:
         ``IntSoftmax`` / ``IntLayerNorm`` instances working side by side (each a divisor of
         ``array_cols``): area for throughput, the array idles less while they run. They do not
         change the results or the parameter image.
+    max_segments : int
+        Most sequences (segments) one packed run may carry (its activation packet's segment
+        table, ``docs/interface.md``); at most ``max_seq`` can occur. Does not change the
+        parameter image.
     lut_multipliers : tuple of str
         Units (of :data:`LUT_MULTIPLIER_UNITS`) whose multipliers are built from LUTs instead
         of DSP blocks, for FPGAs with few DSPs (about 400-550 LUTs per 18x18 multiplier moved,
@@ -60,6 +64,7 @@ class CoreConfig:
     softmax_units: int = 1
     layernorm_units: int = 1
     lut_multipliers: tuple = ()
+    max_segments: int = 16
 
     def __post_init__(self):
         for name in _INT_FIELDS:
@@ -87,6 +92,9 @@ class CoreConfig:
             raise ConfigError(f"bus_width must be a multiple of 8, not {self.bus_width}")
         if self.max_seq > MAX_SEQ_LIMIT:
             raise ConfigError(f"max_seq must be at most {MAX_SEQ_LIMIT}, not {self.max_seq}")
+        if self.max_segments > MAX_SEQ_LIMIT:
+            raise ConfigError(f"max_segments must be at most {MAX_SEQ_LIMIT}, not "
+                              f"{self.max_segments}")
 
     @property
     def head_dim(self):

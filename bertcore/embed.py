@@ -20,11 +20,15 @@ def float_embeddings(ckpt, texts):
     return np.stack(out).astype(np.float32)
 
 
-def embed_texts(texts, *, backend, quantized=None, model=None, simulator="verilator"):
+def embed_texts(texts, *, backend, quantized=None, model=None, simulator="verilator",
+                pack=False):
     """Embeddings ``[N, hidden]`` (float32, input order kept) of ``texts`` with ``backend``.
 
     ``backend="float"`` runs the float checkpoint ``model`` (or, with ``quantized``, the float
     model the artifact came from); ``"int"`` runs the integer reference of the artifact.
+    ``pack`` (``int`` and ``rtl``) packs several texts per run of the core
+    (:mod:`bertcore.packing`; the ``int`` backend then runs the packets through the integer
+    reference, as the core would): the embeddings do not change.
     """
     if not texts:
         raise BertError("no input texts")
@@ -41,7 +45,12 @@ def embed_texts(texts, *, backend, quantized=None, model=None, simulator="verila
     from .quant.artifact import load_artifact
     qm = load_artifact(quantized)
     if backend == "rtl":
-        return rtl_embeddings(qm, texts, simulator=simulator)[0]
+        return rtl_embeddings(qm, texts, simulator=simulator, pack=pack)[0]
+    if pack:
+        from .packing import reference_runner
+        _, config = preset_for(qm.shape)
+        return rtl_embeddings(qm, texts, config=config, pack=True,
+                              runner=reference_runner(qm, config))[0]
     out = [qm.sentence_embedding(qm.encode_text(t)).numpy() for t in texts]
     return np.stack(out).astype(np.float32)
 
@@ -57,13 +66,18 @@ def preset_for(shape):
                     f"ffn={shape.ffn}, layers={shape.layers})")
 
 
-def rtl_embeddings(qm, texts, *, simulator="verilator", config=None, progress=lambda m: None):
+def rtl_embeddings(qm, texts, *, simulator="verilator", config=None, progress=lambda m: None,
+                   pack=False, runner=None):
     """Embeddings through the simulated encoder core (the host embeds, pools and normalizes).
 
-    Returns ``(embeddings, info)``: ``info`` has the core's cycles per sentence, the build and
-    simulation wall times, and the int8 outputs of the core per sentence.
+    Returns ``(embeddings, info)``: ``info`` has the core's cycles per run, the build and
+    simulation wall times, and the int8 outputs of the core per sentence. ``pack`` packs
+    several sentences per run (:func:`bertcore.packing.plan_runs`); ``runner`` (a function
+    ``runs -> output words per run``, e.g. :func:`bertcore.packing.reference_runner`) replaces
+    the simulator.
     """
-    from .core.image import pack_activations, pack_parameter_image, unpack_activations
+    from .core.image import pack_parameter_image
+    from .packing import plan_runs, split_outputs
     from .rtlsim import CoreSimulator
     if config is None:
         _, config = preset_for(qm.shape)
@@ -74,17 +88,23 @@ def rtl_embeddings(qm, texts, *, simulator="verilator", config=None, progress=la
             raise BertError(f"a text has {len(ids)} tokens; the core holds at most "
                             f"{config.max_seq}")
         xs.append(qm.embed_int(ids))
-    image = pack_parameter_image(qm, config)
-    packets = [(pack_activations(x, config), x.shape[0]) for x in xs]
-    sim = CoreSimulator(config, simulator)
-    res = sim.run(image, packets, progress=progress)
-    outs, emb = [], []
-    for x, run in zip(xs, res.runs):
-        if run["error"]:
+    runs = plan_runs(xs, config, pack=pack)
+    info = {"cycles": None, "build_s": 0.0, "sim_s": 0.0, "sim_cycles": None, "runs": len(runs)}
+    if runner is not None:
+        words = runner(runs)
+    elif any(run.table for run in runs):
+        raise BertError("packed runs need a core that reads segment tables, which the RTL "
+                        "does not do yet: run without packing")
+    else:
+        image = pack_parameter_image(qm, config)
+        sim = CoreSimulator(config, simulator)
+        res = sim.run(image, [(run.data, sum(run.lengths)) for run in runs], progress=progress)
+        if any(r["error"] for r in res.runs):
             raise BertError("the simulated core raised its error flag")
-        y = unpack_activations(run["out"], x.shape[0], config)
-        outs.append(y)
-        emb.append(mean_pool(qm.dequantize(y)).numpy())
-    info = {"cycles": [r["cycles"] for r in res.runs], "build_s": res.build_s,
-            "sim_s": res.sim_s, "outputs": outs, "sim_cycles": res.total_cycles}
+        words = [r["out"] for r in res.runs]
+        info.update(cycles=[r["cycles"] for r in res.runs], build_s=res.build_s,
+                    sim_s=res.sim_s, sim_cycles=res.total_cycles)
+    outs = split_outputs(runs, words, config)
+    emb = [mean_pool(qm.dequantize(y)).numpy() for y in outs]
+    info["outputs"] = outs
     return np.stack(emb).astype(np.float32), info

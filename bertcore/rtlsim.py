@@ -67,21 +67,35 @@ module bertcore_sim_top #(
         else
             $display("bertcore_sim_top: no +params=FILE given");
     end
+    // +param_period=P: at most one image beat every P cycles (tvalid rises P-1 cycles after
+    // each transfer; a slower parameter memory, e.g. an SDRAM)
+    reg [15:0] period;
+    initial begin
+        if (!$value$plusargs("param_period=%d", period))
+            period = 16'd1;
+    end
     reg rst_q;
     always @(posedge clk)
         rst_q <= rst;
     reg [$clog2(DEPTH+1)-1:0] idx;
     reg armed;
+    reg [15:0] gap;
+    wire offer = armed && (gap == 16'd0);
     wire [BUS:0] word = rom[idx];
     wire param_tready;
     always @(posedge clk) begin
         if (rst_q) begin
             idx <= 0;
             armed <= 1'b0;
+            gap <= 16'd0;
         end else begin
             if (param_go)
                 armed <= 1'b1;
-            if (armed && param_tready) begin
+            if (offer && param_tready)
+                gap <= period - 16'd1;
+            else if (gap != 16'd0)
+                gap <= gap - 16'd1;
+            if (offer && param_tready) begin
                 if (word[BUS]) begin
                     idx <= 0;
                     armed <= 1'b0;
@@ -92,7 +106,7 @@ module bertcore_sim_top #(
     end
     bertcore_encoder core (
         .clk(clk), .rst(rst_q),
-        .s_axis_param_tdata(word[BUS-1:0]), .s_axis_param_tvalid(armed),
+        .s_axis_param_tdata(word[BUS-1:0]), .s_axis_param_tvalid(offer),
         .s_axis_param_tready(param_tready), .s_axis_param_tlast(word[BUS]),
         .s_axis_act_tdata(s_axis_act_tdata), .s_axis_act_tvalid(s_axis_act_tvalid),
         .s_axis_act_tready(s_axis_act_tready), .s_axis_act_tlast(s_axis_act_tlast),
@@ -276,8 +290,14 @@ class CoreSimulator:
         return build_dir
 
     def run(self, image_words, activation_packets, *, stall=0.0, seed=1,
-            progress=lambda msg: None):
-        """Run one inference per activation packet (lists of bus words); returns a SimResult."""
+            progress=lambda msg: None, param_period=1):
+        """Run one inference per activation packet (lists of bus words); returns a SimResult.
+
+        ``param_period``: the image is offered at most one beat every ``param_period`` cycles
+        (``bus_width / 8 / param_period`` bytes per cycle).
+        """
+        if not isinstance(param_period, int) or not 1 <= param_period < 1 << 16:
+            raise BertError(f"param_period must be an integer in 1..65535, not {param_period!r}")
         from cocotb_tools.runner import get_runner
         from .core.image import activation_beats, image_to_hex
         if self._build_dir is None:
@@ -304,7 +324,8 @@ class CoreSimulator:
                 hdl_toplevel="bertcore_sim_top", hdl_toplevel_lang="verilog",
                 test_module="bertcore.rtlsim_tb",
                 build_dir=self._build_dir, test_dir=tmp, extra_env=env,
-                plusargs=[f"+params={tmp / 'params.hex'}"], waves=self.waves,
+                plusargs=[f"+params={tmp / 'params.hex'}", f"+param_period={param_period}"],
+                waves=self.waves,
                 log_file=tmp / "sim.log")
             sim_s = time.time() - t0
             result_file = tmp / "result.json"
@@ -345,7 +366,7 @@ def random_model(config, seed=0):
 
 
 def check_core(config, model, lengths, *, simulator="verilator", waves=False, seed=1,
-               stall=0.0, progress=lambda msg: None):
+               stall=0.0, progress=lambda msg: None, param_period=1):
     """Run random int8 inputs of ``lengths`` rows through the simulated core of ``config``.
 
     Returns ``(passed, rows, result)``: per run ``(length, identical, cycles)`` against
@@ -359,7 +380,7 @@ def check_core(config, model, lengths, *, simulator="verilator", waves=False, se
     image = pack_parameter_image(model, config)
     sim = CoreSimulator(config, simulator, waves=waves)
     res = sim.run(image, [(pack_activations(x, config), x.shape[0]) for x in xs], stall=stall,
-                  seed=seed, progress=progress)
+                  seed=seed, progress=progress, param_period=param_period)
     rows = []
     for x, run in zip(xs, res.runs):
         y = unpack_activations(run["out"], x.shape[0], config) if run["out"] else None

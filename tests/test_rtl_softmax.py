@@ -316,6 +316,10 @@ def test_lint(multipliers):
     lint(IntSoftmax(**COCOTB_CONFIG, multipliers=multipliers), toplevel="int_softmax")
 
 
+def test_lint_masking():
+    lint(IntSoftmax(**COCOTB_CONFIG, masking=True), toplevel="int_softmax")
+
+
 def test_documented_constants():
     assert IntSoftmax.LATENCY == 41
     assert IntSoftmax.DIV_CYCLES == 20
@@ -389,3 +393,42 @@ def test_properties():
     assert dut.out_bits == 8
     with pytest.raises(AttributeError):
         dut.max_seq = 3
+
+
+@pytest.mark.parametrize("multipliers", MULTIPLIER_STYLES)
+def test_masked_rows_with_stalls(multipliers):
+    """``masking``: skipped elements take no part (the kernel's ``mask``) and give 0; they may
+    hold any score, also above the kept maximum."""
+    max_seq, in_width = 8, 21
+    dut = IntSoftmax(max_seq=max_seq, in_width=in_width, multipliers=multipliers, masking=True)
+    assert dut.masking
+    rng = random.Random(77)
+    k = softmax_constants(1e-3)
+    rows = random_rows(rng, k, count=60, max_seq=max_seq, in_width=in_width)
+    rows += list(corner_rows(k, max_seq=max_seq, in_width=in_width).values())
+    masks = []
+    for row in rows:
+        n = len(row)
+        lo = rng.randint(0, n - 1)                      # a contiguous kept range, as segments
+        hi = rng.randint(lo + 1, n)
+        masks.append([lo <= i < hi for i in range(n)])
+    masks[0] = [True] * len(rows[0])
+    beats = [{"data": v, "last": int(i == len(row) - 1), "skip": int(not keep)}
+             for row, mask in zip(rows, masks) for i, (v, keep) in enumerate(zip(row, mask))]
+    want = []
+    for row, mask in zip(rows, masks):
+        y = int_softmax_int(torch.tensor([row]), k, saturate_output=True,
+                            mask=torch.tensor([mask]))[0].tolist()
+        want += [{"data": v, "last": int(i == len(row) - 1)} for i, v in enumerate(y)]
+    got = []
+
+    async def producer(ctx):
+        set_constants(ctx, dut, k)
+        await stream_put(ctx, dut.i_stream, beats, rng=random.Random(1), stall=0.3)
+
+    async def consumer(ctx):
+        got.extend(await stream_get(ctx, dut.o_stream, len(want), rng=random.Random(2),
+                                    stall=0.3))
+
+    simulate(dut, producer, consumer, name=f"softmax_masked_{multipliers}", deadline=1e-3)
+    assert got == want

@@ -7,7 +7,10 @@ module defines, for a :class:`~bertcore.config.CoreConfig`, the exact word layou
 * :func:`pack_parameter_image` turns an :class:`~bertcore.quant.model.IntBert` into the list of
   bus words of the parameter image, in the order the core's schedule consumes them;
 * :func:`pack_activations` / :func:`unpack_activations` convert int8 hidden states
-  ``[L, hidden]`` to and from the activation packets.
+  ``[L, hidden]`` to and from the activation packets;
+* :func:`pack_segments` / :func:`unpack_segments` do the same for a packed run (several
+  sequences in one packet, announced by a segment table: :func:`pack_segment_table`), and
+  :func:`check_activation_packet` applies the core's protocol checks to a packet.
 
 The image is a sequence of *vectors*. A vector of ``n`` bits (``lanes`` values of ``w`` bits,
 value ``j`` at bits ``j*w .. j*w+w-1``, two's complement, little-endian) occupies
@@ -29,6 +32,8 @@ __all__ = [
     "config_fingerprint",
     "check_core_config", "pack_parameter_image", "image_to_hex", "pack_activations",
     "unpack_activations", "activation_beats", "scalar_fields",
+    "SEGMENT_LANE_BITS", "segment_table_beats", "pack_segment_table", "parse_segment_table",
+    "pack_segments", "unpack_segments", "check_activation_packet",
 ]
 
 #: ``"BERT"`` as a little-endian 32-bit word.
@@ -337,3 +342,107 @@ def unpack_activations(words, length, config):
     x = torch.tensor(list(data[:need]), dtype=torch.int64)
     x = torch.where(x >= 128, x - 256, x)
     return x.reshape(length, config.hidden)
+
+
+# -- Packed runs: the segment table ---------------------------------------------------------------
+
+#: Width of a segment table lane: the segment count, then one length (rows) per segment.
+SEGMENT_LANE_BITS = 16
+
+
+def segment_table_beats(count, config):
+    """Beats of the segment table of ``count`` segments (``tuser`` set on each)."""
+    return vector_beats((1 + count) * SEGMENT_LANE_BITS, config.bus_width)
+
+
+def pack_segment_table(lengths, config):
+    """The segment table of a packed run: bus words, sent with ``s_axis_act_tuser = 1``.
+
+    A vector of 16-bit lanes (the image's vector rule: lane ``j`` at bits ``16j ..``, whole
+    beats, unused lanes zero): lane 0 the segment count ``S``, lanes ``1..S`` the lengths in
+    rows, in packet order. Raises :class:`ImageError` for a table the core would reject.
+    """
+    lengths = [int(n) for n in lengths]
+    _check_segments(lengths, config)
+    return _vector_words([len(lengths), *lengths], SEGMENT_LANE_BITS, config.bus_width)
+
+
+def _check_segments(lengths, config):
+    limit = min(config.max_segments, config.max_seq)
+    if not 1 <= len(lengths) <= limit:
+        raise ImageError(f"a packed run carries 1..{limit} segments, not {len(lengths)}")
+    if any(n < 1 for n in lengths):
+        raise ImageError(f"segment lengths must be positive, not {lengths}")
+    if sum(lengths) > config.max_seq:
+        raise ImageError(f"segments of {sum(lengths)} rows exceed max_seq ({config.max_seq})")
+
+
+def parse_segment_table(words, config):
+    """Segment lengths from the table beats ``words`` (the checks of the core, in its order).
+
+    Raises :class:`ImageError` naming the protocol error: a count outside
+    ``1..min(max_segments, max_seq)``, a table of the wrong number of beats, a zero length,
+    non-zero unused lanes, lengths adding up to more than ``max_seq`` rows.
+    """
+    words = [int(w) for w in words]
+    if not words:
+        raise ImageError("empty segment table")
+    lane_mask = (1 << SEGMENT_LANE_BITS) - 1
+    raw = 0
+    for b, w in enumerate(words):
+        raw |= w << (b * config.bus_width)
+    count = raw & lane_mask
+    limit = min(config.max_segments, config.max_seq)
+    if not 1 <= count <= limit:
+        raise ImageError(f"segment table: count {count} is outside 1..{limit}")
+    if len(words) != segment_table_beats(count, config):
+        raise ImageError(f"segment table of {count} segments takes "
+                         f"{segment_table_beats(count, config)} beats, not {len(words)}")
+    lengths = [(raw >> (SEGMENT_LANE_BITS * (1 + s))) & lane_mask for s in range(count)]
+    if raw >> (SEGMENT_LANE_BITS * (1 + count)):
+        raise ImageError("segment table: unused lanes are not zero")
+    _check_segments(lengths, config)
+    return lengths
+
+
+def pack_segments(xs, config):
+    """Sequences ``xs`` (int8 ``[L_s, hidden]`` each) as one packed run: ``(table, data)``.
+
+    ``table`` are the segment table's words (``tuser = 1``), ``data`` the rows of all
+    sequences one after the other, as :func:`pack_activations` packs one sequence (the last beat
+    padded, ``tlast`` on it).
+    """
+    xs = [torch.as_tensor(x).to(torch.int64) for x in xs]
+    for x in xs:
+        if x.ndim != 2 or x.shape[1] != config.hidden:
+            raise ImageError(f"activations must have shape [L, {config.hidden}], not "
+                             f"{list(x.shape)}")
+    lengths = [x.shape[0] for x in xs]
+    table = pack_segment_table(lengths, config)
+    return table, pack_activations(torch.cat(xs), config)
+
+
+def unpack_segments(words, lengths, config):
+    """Output words of a packed run → one tensor per segment (the rows in packet order)."""
+    x = unpack_activations(words, sum(lengths), config)
+    return list(torch.split(x, [int(n) for n in lengths]))
+
+
+def check_activation_packet(table, data, config):
+    """The segment lengths of an activation packet, or :class:`ImageError` as the core flags it.
+
+    ``table`` are the beats with ``tuser = 1`` (empty: a single sequence), ``data`` the beats
+    after them. The rows (complete rows of ``data``) must lie in ``1..max_seq`` and, with a
+    table, add up to its lengths; the data must fill exactly the beats of those rows.
+    """
+    nb = config.bus_width // 8
+    rows = len(data) * nb // config.hidden
+    if table:
+        lengths = parse_segment_table(table, config)
+        if sum(lengths) != rows or len(data) != activation_beats(rows, config):
+            raise ImageError(f"segment lengths add up to {sum(lengths)} rows, the packet "
+                             f"holds {len(data)} beats")
+        return lengths
+    if not 1 <= rows <= config.max_seq:
+        raise ImageError(f"sequence length must lie in 1..{config.max_seq}, not {rows}")
+    return [rows]

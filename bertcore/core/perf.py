@@ -14,6 +14,14 @@ layer, the cycles of each job with every stream free-flowing (no backpressure):
   plus its latency;
 * after the last layer, the output pass: ``N + 2`` cycles per word of ``N`` output bytes.
 
+A packed run (``segments``: the lengths of the sequences in its rows, ``docs/interface.md``)
+computes the projections, FFN and LayerNorm over all rows and, per query block, only the
+score and ``P·V`` tiles of the key blocks its segments reach (:func:`key_spans`). With
+``param_rate`` (bytes of the parameter stream per cycle, e.g. 2 for a 16-bit SDRAM) the run is
+modeled as the loader and the sequencer in step (:func:`stream_run_cycles`): a panel's job
+starts when its slot is loaded, the loader fills a slot once the job two panels back has
+released it, so the slower of the stream and the array sets the pace panel by panel.
+
 ``tests/test_core.py`` checks the model against cycle counts measured on the RTL.
 """
 
@@ -26,10 +34,12 @@ from bertcore.rtl.requant import Requantizer
 from bertcore.rtl.softmax import IntSoftmax
 from bertcore.rtl.systolic import SystolicArray
 
-from .image import check_core_config, vector_beats
+from bertcore.quant.model import check_segments
+
+from .image import check_core_config, segment_table_beats, vector_beats
 
 __all__ = ["layer_cycles", "run_cycles", "breakdown", "utilization", "macs_per_layer",
-           "array_beats"]
+           "array_beats", "key_spans", "stream_run_cycles"]
 
 #: Sequencer cycles around a job (start, first operand read, hand-over).
 _JOB_OVERHEAD = 3
@@ -50,70 +60,173 @@ def _panel_load(config, k):
     return header + k * vector_beats(8 * n, bus)
 
 
-def breakdown(config, seq_len):
-    """Cycles of one layer by job kind (a dict), for a sequence of ``seq_len`` rows."""
-    check_core_config(config)
-    n, hid, ffn, hd = config.array_cols, config.hidden, config.ffn, config.head_dim
-    L = seq_len
-    tiles = math.ceil(L / n)
+def key_spans(config, seq_len, segments=None):
+    """Per block of ``N`` query rows, ``(key_tiles, keys)``: the key blocks (tiles of ``N``
+    keys) that some segment of the block reaches, and the keys they span.
+
+    Without ``segments`` every block spans all ``ceil(L/N)`` tiles and ``L`` keys; in a packed
+    run a query block attends only to the key blocks of its segments (a contiguous range): the
+    score tiles, the softmax rows and the ``P·V`` reduction cover that range only.
+    """
+    n, L = config.array_cols, seq_len
+    lengths = check_segments(segments, L)
+    ends = [sum(lengths[:s + 1]) for s in range(len(lengths))]
+    starts = [e - ln for e, ln in zip(ends, lengths)]
+    spans = []
+    for q0 in range(0, L, n):
+        q1 = min(L, q0 + n)
+        lo = max(st for st in starts if st <= q0)
+        hi = min(e for e in ends if e >= q1)
+        kb0, kb1 = lo // n, (hi - 1) // n
+        spans.append((kb1 - kb0 + 1, min(L, (kb1 + 1) * n) - kb0 * n))
+    return spans
+
+
+def _softmax_pass(config, keys):
+    smax_row = max(keys, IntSoftmax.DIV_CYCLES)
+    smax_rows = config.array_cols // config.softmax_units
+    return 3 + (smax_rows - 1) * smax_row + IntSoftmax.latency(keys) + keys
+
+
+def _ln_pass(config, seq_len):
+    ln = IntLayerNorm(config.hidden, in_width=RESIDUAL_BITS)
+    ln._MustUse__silence = True                     # only its timing properties are used
+    ln_rows = math.ceil(seq_len / config.layernorm_units)
+    return 2 + ln_rows * ln.row_period + ln.latency + config.hidden + Requantizer.LATENCY + 2
+
+
+def _panel_jobs(config, seq_len):
+    """``(group, panels, K, cycles of one panel's job)`` per panel group, in image order."""
+    n, hid, ffn = config.array_cols, config.hidden, config.ffn
+    tiles = math.ceil(seq_len / n)
     rq = Requantizer.LATENCY
     post_ffn1 = rq + IntGELU.latency_for(config.multipliers("gelu")) + rq
-
-    def panels(count, k, post):
-        return count * max(_gemm(tiles, k, n, post), _panel_load(config, k) + 1)
-
-    ln = IntLayerNorm(hid, in_width=RESIDUAL_BITS)
-    ln._MustUse__silence = True                     # only its timing properties are used
-    ln_rows = math.ceil(L / config.layernorm_units)
-    ln_pass = 2 + ln_rows * ln.row_period + ln.latency + hid + rq + 2
-    smax_row = max(L, IntSoftmax.DIV_CYCLES)
-    smax_rows = n // config.softmax_units
-    softmax_pass = 3 + (smax_rows - 1) * smax_row + IntSoftmax.latency(L) + L
-    attention = config.heads * tiles * (_gemm(tiles, hd, n, 0) + softmax_pass
-                                        + _gemm(hd // n, L, n, rq))
-    return {
-        "qkv": panels(3 * hid // n, hid, rq),
-        "attention": attention,
-        "o": panels(hid // n, hid, rq),
-        "ln": 2 * ln_pass,
-        "ffn1": panels(ffn // n, hid, post_ffn1),
-        "ffn2": panels(hid // n, ffn, rq),
-    }
+    return [("qkv", 3 * hid // n, hid, _gemm(tiles, hid, n, rq)),
+            ("o", hid // n, hid, _gemm(tiles, hid, n, rq)),
+            ("ffn1", ffn // n, hid, _gemm(tiles, hid, n, post_ffn1)),
+            ("ffn2", hid // n, ffn, _gemm(tiles, ffn, n, rq))]
 
 
-def layer_cycles(config, seq_len):
-    """Modeled cycles of one encoder layer for ``seq_len`` rows."""
-    return sum(breakdown(config, seq_len).values())
+def _attention(config, seq_len, segments):
+    n, hd = config.array_cols, config.head_dim
+    rq = Requantizer.LATENCY
+    return config.heads * sum(
+        _gemm(kt, hd, n, 0) + _softmax_pass(config, keys) + _gemm(hd // n, keys, n, rq)
+        for kt, keys in key_spans(config, seq_len, segments))
 
 
-def run_cycles(config, seq_len):
-    """Modeled cycles of a run: header, activation input, all layers, the output pass
-    (``EncoderCore.cycles``)."""
+def breakdown(config, seq_len, segments=None):
+    """Cycles of one layer by job kind (a dict), for a sequence of ``seq_len`` rows (or a
+    packed run of ``segments`` adding up to ``seq_len``)."""
+    check_core_config(config)
+    out = {group: count * max(job, _panel_load(config, k) + 1)
+           for group, count, k, job in _panel_jobs(config, seq_len)}
+    return {"qkv": out["qkv"], "attention": _attention(config, seq_len, segments),
+            "o": out["o"], "ln": 2 * _ln_pass(config, seq_len), "ffn1": out["ffn1"],
+            "ffn2": out["ffn2"]}
+
+
+def layer_cycles(config, seq_len, segments=None):
+    """Modeled cycles of one encoder layer for ``seq_len`` rows (``segments``: packed)."""
+    return sum(breakdown(config, seq_len, segments).values())
+
+
+def _input_cycles(config, seq_len, segments):
+    """Cycles from the first image beat to the end of the activation input."""
     bb = config.bus_width // 8
     beats = math.ceil(seq_len * config.hidden / bb)
     header = vector_beats(128, config.bus_width)
-    output = seq_len * (config.hidden // config.array_cols) * (config.array_cols + 2) + 4
-    return (header + 2 + beats * (bb + 1) + config.layers * layer_cycles(config, seq_len)
-            + output)
+    table = 0 if segments is None else segment_table_beats(len(segments), config)
+    return header + 2 + table + beats * (bb + 1)
 
 
-def macs_per_layer(config, seq_len):
-    """Multiply-accumulates of one layer (projections, FFN, scores and ``P·V``)."""
+def _output_cycles(config, seq_len):
+    return seq_len * (config.hidden // config.array_cols) * (config.array_cols + 2) + 4
+
+
+def run_cycles(config, seq_len, segments=None, param_rate=None):
+    """Modeled cycles of a run: header, activation input, all layers, the output pass
+    (``EncoderCore.cycles``). ``segments``: a packed run; ``param_rate``: the parameter
+    stream's bytes per cycle (:func:`stream_run_cycles`; default: one beat per cycle)."""
+    if param_rate is not None:
+        return stream_run_cycles(config, seq_len, segments, param_rate)
+    return (_input_cycles(config, seq_len, segments)
+            + config.layers * layer_cycles(config, seq_len, segments)
+            + _output_cycles(config, seq_len))
+
+
+def stream_run_cycles(config, seq_len, segments=None, param_rate=None):
+    """Modeled cycles of a run whose parameter image streams at ``param_rate`` bytes/cycle.
+
+    The loader (one image beat per ``bus_width / 8 / param_rate`` cycles, at most one per
+    cycle) and the sequencer are modeled in step: a panel's job starts when the sequencer is
+    free and the panel is loaded; the loader starts a panel once its slot (two slots,
+    alternating) has been released by the job two panels back, the next layer's scalars once
+    FFN1 of this layer is done, LayerNorm parameters once the previous pass using them ended;
+    each LayerNorm pass waits for its parameters. At the full rate this is :func:`run_cycles`
+    whenever the array, not the stream, sets the pace.
+    """
+    check_core_config(config)
+    bus, n, hid = config.bus_width, config.array_cols, config.hidden
+    bb = bus // 8
+    if param_rate is not None and not param_rate > 0:
+        raise ValueError(f"param_rate must be positive, not {param_rate!r}")
+    cpb = 1.0 if param_rate is None else max(1.0, bb / float(param_rate))
+    header = vector_beats(128, bus)
+    scalars = vector_beats(32 * 12, bus)
+    ln_beats = (hid // n) * sum(vector_beats(n * w, bus) for w in (16, 8, 64))
+    jobs = _panel_jobs(config, seq_len)
+    attention = _attention(config, seq_len, segments)
+    ln_pass = _ln_pass(config, seq_len)
+    t_load = header * cpb
+    t_seq = t_load + _input_cycles(config, seq_len, segments) - header
+    slot_free = [0.0, 0.0]
+    ln_free = [0.0, 0.0]
+    scal_free = 0.0
+    panel = 0
+    for _ in range(config.layers):
+        t_load = max(t_load, scal_free) + scalars * cpb
+        t_seq = max(t_seq, t_load)
+        for group, count, k, job in jobs:
+            load = _panel_load(config, k) * cpb + 1
+            for _ in range(count):
+                t_load = max(t_load, slot_free[panel % 2]) + load
+                t_seq = max(t_seq, t_load) + job
+                slot_free[panel % 2] = t_seq
+                panel += 1
+            if group == "qkv":
+                t_seq += attention
+            elif group in ("o", "ffn2"):
+                i = int(group == "ffn2")
+                t_load = max(t_load, ln_free[i]) + ln_beats * cpb
+                t_seq = max(t_seq, t_load) + ln_pass
+                ln_free[i] = t_seq
+            else:
+                scal_free = t_seq
+    return math.ceil(t_seq + _output_cycles(config, seq_len))
+
+
+def macs_per_layer(config, seq_len, segments=None):
+    """Multiply-accumulates of one layer (projections, FFN, scores and ``P·V``; in a packed
+    run only the scores and ``P·V`` within each segment)."""
     L, hid, ffn = seq_len, config.hidden, config.ffn
-    return L * (4 * hid * hid + 2 * hid * ffn) + 2 * L * L * hid
+    return (L * (4 * hid * hid + 2 * hid * ffn)
+            + 2 * hid * sum(ln * ln for ln in check_segments(segments, L)))
 
 
-def utilization(config, seq_len):
+def utilization(config, seq_len, segments=None):
     """PE utilization of one layer: MACs / (array PEs × modeled cycles)."""
     pes = config.array_rows * config.array_cols
-    return macs_per_layer(config, seq_len) / (pes * layer_cycles(config, seq_len))
+    return (macs_per_layer(config, seq_len, segments)
+            / (pes * layer_cycles(config, seq_len, segments)))
 
 
-def array_beats(config, seq_len):
+def array_beats(config, seq_len, segments=None):
     """Operand beats the array takes in a run (exact; the core's ``array_beats`` output)."""
     check_core_config(config)
     n, hid, ffn, hd = config.array_cols, config.hidden, config.ffn, config.head_dim
     tiles = math.ceil(seq_len / n)
     panels = tiles * (4 * (hid // n) * hid + (ffn // n) * hid + (hid // n) * ffn)
-    attention = config.heads * tiles * (tiles * hd + (hd // n) * seq_len)
+    attention = config.heads * sum(kt * hd + (hd // n) * keys
+                                   for kt, keys in key_spans(config, seq_len, segments))
     return config.layers * (panels + attention)

@@ -312,8 +312,10 @@ def int_exp_int(x, x0, b, c):
     return poly, z
 
 
-def _softmax_exp(x, k, lengths):
-    """The 16-bit exponentials of a softmax row and their sum (shared by both output forms)."""
+def _softmax_exp(x, k, lengths, mask=None):
+    """The 16-bit exponentials of a softmax row and their sum (shared by both output forms).
+
+    Positions past ``lengths`` or where ``mask`` is false take no part and get 0."""
     x = _as_int64(x)
     n = x.shape[-1]
     if lengths is None:
@@ -323,6 +325,11 @@ def _softmax_exp(x, k, lengths):
         if bool((lengths < 1).any()) or bool((lengths > n).any()):
             raise ValueError(f"softmax row lengths must lie in 1..{n}")
         valid = torch.arange(n) < lengths.unsqueeze(-1)
+    if mask is not None:
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        valid = valid & mask
+        if not bool(valid.any(dim=-1).all()):
+            raise ValueError("every softmax row needs at least one unmasked position")
     lo = torch.iinfo(torch.int64).min
     rowmax = torch.where(valid, x, torch.full_like(x, lo)).amax(dim=-1, keepdim=True)
     d = torch.where(valid, x - rowmax, torch.zeros_like(x))
@@ -336,19 +343,21 @@ def _softmax_exp(x, k, lengths):
     return exp16, exp16.sum(dim=-1, keepdim=True)
 
 
-def int_softmax_int(x, k, output_bits=8, lengths=None, saturate_output=False):
+def int_softmax_int(x, k, output_bits=8, lengths=None, saturate_output=False, mask=None):
     """Integer half of the softmax along the last axis.
 
     ``x`` are int scores; ``k`` the dict from :func:`softmax_constants`. ``lengths`` (optional,
     int tensor broadcast over the leading axes) masks the tail of each row: positions ``>= length``
-    take no part and output 0. Steps: rowmax; ``poly, z = int_exp(x - rowmax)``;
+    take no part and output 0. ``mask`` (optional, bool tensor broadcast against ``x``) masks any
+    positions the same way (``False``: no part, output 0; every row needs one ``True``): the
+    key mask of packed sequences. Steps: rowmax; ``poly, z = int_exp(x - rowmax)``;
     ``exp16 = min(floor((poly*m + 2**(s-1)) / 2**s), 2**exp_bits - 1)`` with
     ``s = min(e - 30 + z, 62)`` (exact: ``poly*m < 2**61``)
     (the requantization of ``poly * 2**(30-z)``); ``f = floor(2**32 / sum(exp16))``;
     ``y = floor(exp16 * f / 2**(32 - output_bits))``, at most ``2**output_bits`` (or
     ``2**output_bits - 1`` with ``saturate_output``).
     """
-    exp16, total = _softmax_exp(x, k, lengths)
+    exp16, total = _softmax_exp(x, k, lengths, mask)
     f = torch.div(torch.full_like(total, 1 << SOFTMAX_MAX_BIT), total, rounding_mode="floor")
     y = (exp16 * f) >> (SOFTMAX_MAX_BIT - output_bits)
     if saturate_output:
@@ -356,7 +365,7 @@ def int_softmax_int(x, k, output_bits=8, lengths=None, saturate_output=False):
     return y
 
 
-def int_softmax_row_int(x, k, output_bits=8, lengths=None):
+def int_softmax_row_int(x, k, output_bits=8, lengths=None, mask=None):
     """The softmax with a power-of-two scale per row: returns ``(y, r)``.
 
     ``y`` has the scale ``2**-(output_bits + r)`` (``r`` per row, shape ``[..., 1]``), so that
@@ -367,9 +376,9 @@ def int_softmax_row_int(x, k, output_bits=8, lengths=None):
     (``2**16 < f <= 2**17``: 17 bits whatever ``r``), ``y = min(floor(exp16 * f /
     2**(32 - output_bits)), 2**output_bits - 1)``; the row maximum of ``y`` is at least
     ``2**(output_bits-1)`` once ``r > 0``. ``r = 0`` gives exactly :func:`int_softmax_int`
-    with ``saturate_output``.
+    with ``saturate_output``. ``lengths`` and ``mask`` as in :func:`int_softmax_int`.
     """
-    exp16, total = _softmax_exp(x, k, lengths)
+    exp16, total = _softmax_exp(x, k, lengths, mask)
     r = torch.clamp(bit_length(total) - k["exp_bits"], min=0)
     f = torch.div(torch.ones_like(total) << (SOFTMAX_MAX_BIT + r), total, rounding_mode="floor")
     y = torch.clamp((exp16 * f) >> (SOFTMAX_MAX_BIT - output_bits), max=(1 << output_bits) - 1)

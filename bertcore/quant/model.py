@@ -33,7 +33,8 @@ from . import kernels as K
 from .floatref import float_forward, mean_pool
 from ..checkpoint import BertError, BertShape
 
-__all__ = ["QuantOptions", "Calibration", "calibrate", "quantize", "IntBert"]
+__all__ = ["QuantOptions", "Calibration", "calibrate", "quantize", "IntBert", "check_segments",
+           "segment_mask"]
 
 INT8 = 8
 #: Fewest calibration texts :func:`calibrate` takes (one text says little about the ranges).
@@ -344,6 +345,36 @@ def quantize(ckpt, texts, opts=QuantOptions()):
     return IntBert(s, t, consts, opts, source=str(ckpt.path), tokenizer=ckpt.tokenizer)
 
 
+# -- Packed sequences ----------------------------------------------------------------------------
+
+def check_segments(segments, rows):
+    """The segment lengths of a packed run of ``rows`` rows as a list of ints.
+
+    ``segments`` lists the lengths of the sequences packed one after the other into the rows;
+    ``None`` means one segment of all rows. Raises ``ValueError`` unless every length is a
+    positive integer and they add up to ``rows``.
+    """
+    if segments is None:
+        return [rows]
+    lengths = [int(n) for n in segments]
+    if not lengths:
+        raise ValueError("a packed run needs at least one segment")
+    if any(n < 1 for n in lengths):
+        raise ValueError(f"segment lengths must be positive, not {lengths}")
+    if sum(lengths) != rows:
+        raise ValueError(f"segment lengths {lengths} add up to {sum(lengths)}, not to the "
+                         f"{rows} rows of the run")
+    return lengths
+
+
+def segment_mask(segments, rows):
+    """Bool ``[rows, rows]``: ``mask[q, k]`` is true when query ``q`` and key ``k`` lie in the
+    same segment (the keys a query of a packed run attends to)."""
+    lengths = check_segments(segments, rows)
+    seg = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    return seg[:, None] == seg[None, :]
+
+
 # -- The integer encoder -------------------------------------------------------------------------
 
 class IntBert:
@@ -398,10 +429,13 @@ class IntBert:
     WIDEN_STAGES = ("hidden", "q", "k", "v", "probs", "ctx", "ln1_out", "gelu")
     _WIDE = 8
 
-    def layer(self, i, x, trace=None):
+    def layer(self, i, x, trace=None, segments=None):
         """One encoder layer on int8 hidden states ``x`` ``[L, hidden]`` (int64 tensor).
 
         ``trace(name, tensor)``, when given, receives every intermediate integer tensor.
+        ``segments`` (lengths adding up to ``L``) packs several sequences into the rows: each
+        query attends only to the keys of its own segment (the other keys get probability 0
+        and take no part in the softmax's maximum and sum); every other step is row-wise.
         """
         trace = trace or (lambda name, value: None)
         t, lc, s = self.t, self.consts["layers"][i], self.shape
@@ -434,11 +468,13 @@ class IntBert:
         if sw:    # back to the score scale the softmax constants are made for, rounded
             scores = (scores + (1 << (sw - 1))) >> sw
         sm = lc["softmax"]
+        mask = None if segments is None else segment_mask(segments, n)
         if self.opts.prob_scale == "row":
-            p, r = K.int_softmax_row_int(scores, sm, output_bits=self.opts.prob_bits + wide["probs"])
+            p, r = K.int_softmax_row_int(scores, sm, output_bits=self.opts.prob_bits + wide["probs"],
+                                         mask=mask)
         else:
             p = K.int_softmax_int(scores, sm, output_bits=self.opts.prob_bits + wide["probs"],
-                                  saturate_output=True)
+                                  saturate_output=True, mask=mask)
             r = torch.zeros((s.heads, n, 1), dtype=torch.int64)
         trace("probs", p)
         # the context requantization shift takes the probabilities' per-row exponent r
@@ -464,11 +500,18 @@ class IntBert:
         trace("ln2_out", out)
         return out
 
-    def encode_int(self, x):
-        """All encoder layers on the int8 input of layer 0; returns the int8 output."""
+    def encode_int(self, x, segments=None):
+        """All encoder layers on the int8 input of layer 0; returns the int8 output.
+
+        ``segments`` (optional): lengths of the sequences packed into the rows of ``x`` (see
+        :meth:`layer`); the rows of segment ``s`` of the output equal ``encode_int`` of that
+        sequence alone, bit for bit.
+        """
         x = torch.as_tensor(x).to(torch.int64)
+        if segments is not None:
+            check_segments(segments, x.shape[0])
         for i in range(self.shape.layers):
-            x = self.layer(i, x)
+            x = self.layer(i, x, segments=segments)
         return x
 
     def forward_ids(self, ids):

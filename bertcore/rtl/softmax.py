@@ -163,6 +163,9 @@ class IntSoftmax(wiring.Component):
         (:func:`bertcore.rtl.common.multiply`): ``"dsp"`` (default) with the ``*`` operator,
         which synthesis maps onto DSP blocks, or ``"lut"`` by shift and add in LUT logic, for
         devices short of DSP blocks. Results, latency and throughput are the same.
+    masking : bool
+        Add the ``skip`` bit to the input (the key mask of packed sequences); one more bit per
+        entry of the score buffer, latency and throughput unchanged.
 
     Members
     -------
@@ -170,7 +173,10 @@ class IntSoftmax(wiring.Component):
         Scores, one per beat: ``data`` (``signed(in_width)``) and ``last`` (final element of a
         row). A row has 1 to ``max_seq`` elements. A row that is longer keeps its first
         ``max_seq`` elements (normalized among themselves, ``last`` on the ``max_seq``-th
-        output); the excess beats are accepted and dropped and ``error`` pulses.
+        output); the excess beats are accepted and dropped and ``error`` pulses. With
+        ``masking`` a third field, ``skip``: a skipped element takes no part in the row (not in
+        its maximum, its exp16 is 0, so not in the sum) and its probability is 0, exactly as
+        the kernel's ``mask``; every row needs at least one element that is not skipped.
     o_stream : ``Out(stream.Signature(out_layout))``
         Probabilities in the same order, ``data`` (``unsigned(out_bits)``) and ``last``.
     x0, b, c, m, e : ``In(...)``
@@ -225,7 +231,7 @@ class IntSoftmax(wiring.Component):
     SLOTS = math.ceil((3 * DIV_CYCLES + _OCCUPANCY) / DIV_CYCLES)
 
     def __init__(self, *, max_seq, in_width, output_bits=8, saturate_output=True,
-                 head_dim=None, multipliers="dsp"):
+                 head_dim=None, multipliers="dsp", masking=False):
         for name, value in (("max_seq", max_seq), ("in_width", in_width),
                             ("output_bits", output_bits)):
             if not isinstance(value, int) or isinstance(value, bool):
@@ -249,6 +255,9 @@ class IntSoftmax(wiring.Component):
                     f"in_width must be at least {self.score_width(head_dim)} to hold int8 dot "
                     f"products over head_dim={head_dim}, not {in_width!r}")
         check_multipliers(multipliers)
+        if not isinstance(masking, bool):
+            raise TypeError(f"masking must be a bool, not {masking!r}")
+        self._masking = masking
         self._max_seq = max_seq
         self._multipliers = multipliers
         self._in_width = in_width
@@ -256,7 +265,10 @@ class IntSoftmax(wiring.Component):
         self._saturate_output = saturate_output
         self._head_dim = head_dim
 
-        in_layout = data.StructLayout({"data": signed(in_width), "last": 1})
+        in_fields = {"data": signed(in_width), "last": 1}
+        if masking:
+            in_fields["skip"] = 1
+        in_layout = data.StructLayout(in_fields)
         out_layout = data.StructLayout({"data": unsigned(self.out_bits), "last": 1})
         super().__init__({
             "i_stream": In(stream.Signature(in_layout)),
@@ -284,6 +296,11 @@ class IntSoftmax(wiring.Component):
     @property
     def head_dim(self):
         return self._head_dim
+
+    @property
+    def masking(self):
+        """Whether the input has a ``skip`` bit (masked elements: see ``i_stream``)."""
+        return self._masking
 
     @property
     def multipliers(self):
@@ -359,8 +376,10 @@ class IntSoftmax(wiring.Component):
         # read port (a block RAM's clock-to-output time leaves no room for one at 100 MHz):
         # the scores (written by A, read by B) and the exp16s (written by B, read by D). Slot s
         # holds its row at the addresses Cat(index, s).
+        # with masking, each score carries its skip bit on top
         m.submodules.scores = scores = Memory(
-            shape=signed(self._in_width), depth=self.SLOTS << idx_bits, init=[])
+            shape=signed(self._in_width + self._masking), depth=self.SLOTS << idx_bits,
+            init=[])
         m.submodules.exps = exps = Memory(
             shape=unsigned(SOFTMAX_EXP_BITS), depth=self.SLOTS << idx_bits, init=[])
 
@@ -383,16 +402,29 @@ class IntSoftmax(wiring.Component):
         a_x = self.i_stream.payload.data
         a_store = Signal()                      # the beat is stored (not beyond max_seq)
         a_newmax = Signal(signed(in_width))
+        if self._masking:
+            # the maximum is over the kept elements: the first kept one starts it
+            a_skip = self.i_stream.payload.skip
+            a_have = Signal()                   # a kept element of this row has been stored
+            a_take = ~a_skip & (~a_have | (a_x > a_max))
+            with m.If(self.i_stream.valid & self.i_stream.ready & a_store & ~a_skip):
+                m.d.sync += a_have.eq(1)
+            with m.If(self.i_stream.valid & self.i_stream.ready & self.i_stream.payload.last):
+                m.d.sync += a_have.eq(0)
+            a_word = Cat(a_x, a_skip)
+        else:
+            a_take = (a_cnt == 0) | (a_x > a_max)
+            a_word = a_x
         m.d.comb += [
             self.i_stream.ready.eq(slots.is_state(a_ptr, _SlotState.FREE)),
             a_store.eq(a_cnt != self._max_seq),
-            a_newmax.eq(Mux((a_cnt == 0) | (a_x > a_max), a_x, a_max)),
+            a_newmax.eq(Mux(a_take, a_x, a_max)),
         ]
         m.d.sync += self.error.eq(0)
         m.d.comb += [
             scores_w.en.eq(self.i_stream.valid & self.i_stream.ready & a_store),
             scores_w.addr.eq(Cat(a_cnt[:slots.idx_bits], a_ptr)),
-            scores_w.data.eq(a_x),
+            scores_w.data.eq(a_word),
         ]
         with m.If(self.i_stream.valid & self.i_stream.ready):
             with m.If(a_store):
@@ -438,7 +470,7 @@ class IntSoftmax(wiring.Component):
         z_bits = bits_for(EXP_ZMAX)
         exp_max = (1 << SOFTMAX_EXP_BITS) - 1
         tag_layout = data.StructLayout({
-            "valid": 1, "slot": slot_bits, "addr": idx_bits, "first": 1, "last": 1,
+            "valid": 1, "slot": slot_bits, "addr": idx_bits, "first": 1, "last": 1, "skip": 1,
         })
         tags = [Signal(tag_layout, name=f"b_tag{i}") for i in range(self.EXP_STAGES + 1)]
         for i in range(self.EXP_STAGES):
@@ -469,7 +501,10 @@ class IntSoftmax(wiring.Component):
         # a subtraction) and the row maximum.
         x1 = Signal(signed(in_width))
         max1 = Signal(signed(in_width))
-        m.d.sync += [x1.eq(scores_r.data), max1.eq(_pick(slots.row_max, tags[1].slot))]
+        m.d.sync += [x1.eq(scores_r.data[:in_width].as_signed()),
+                     max1.eq(_pick(slots.row_max, tags[1].slot))]
+        if self._masking:                       # a masked element's exp16 will be 0
+            m.d.sync += tags[2].skip.eq(scores_r.data[in_width])
 
         # stage 2: a = rowmax - x >= 0 (the negated d).
         a2 = Signal(in_width)
@@ -544,13 +579,14 @@ class IntSoftmax(wiring.Component):
 
         # stage 17: write exp16 over the score; sum the row; at its end hand the sum over.
         wb = tags[self.EXP_STAGES]
+        wb_exp = Mux(wb.skip, 0, exp16) if self._masking else exp16
         m.d.comb += [
             exps_w.en.eq(wb.valid),
             exps_w.addr.eq(Cat(wb.addr, wb.slot)),
-            exps_w.data.eq(exp16),
+            exps_w.data.eq(wb_exp),
         ]
         b_acc = Signal(slots.sum_bits)
-        b_acc_next = Mux(wb.first, exp16, b_acc + exp16)
+        b_acc_next = Mux(wb.first, wb_exp, b_acc + wb_exp)
         with m.If(wb.valid):
             m.d.sync += b_acc.eq(b_acc_next)
             with m.If(wb.last):

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Sentences per run: packed against unpacked runs of the encoder core, by the cycle model.
+
+Embeds a fixed mixed-length corpus (`bench/throughput_corpus.txt`: 80 texts of 4-39 tokens of
+the MiniLM tokenizer, [CLS] and [SEP] included) through the analytic cycle model of the core
+(`bertcore.core.perf`), each text in its own run (unpacked) and packed several per run by the
+host packer (`bertcore.packing.first_fit`, docs/interface.md "Packed runs"), with the
+parameter image streamed at the full rate of the bus (one beat per cycle) and throttled to
+--rate bytes per cycle (default 2: a 16-bit SDRAM). Prints cycles per sentence each way and
+sentences per second at --mhz; the last line is
+
+    throughput: cycles_per_sentence@2Bpc packed=N unpacked=M speedup=X.X
+
+The cycle counts are the model's; the RTL does not read segment tables yet (docs/interface.md),
+so no simulated run is part of this bench.
+
+    .venv/bin/python bench/throughput.py --preset minilm
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bertcore.config import ConfigError, load_config  # noqa: E402
+from bertcore.core import perf  # noqa: E402
+from bertcore.packing import first_fit  # noqa: E402
+
+CORPUS = Path(__file__).resolve().parent / "throughput_corpus.txt"
+
+
+def corpus_lengths(path):
+    """Token counts of the texts of ``path`` (one per line) with the MiniLM tokenizer."""
+    from bertcore.checkpoint import load_checkpoint
+    tok = load_checkpoint().tokenizer
+    texts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    return [len(tok.encode(t)) for t in texts]
+
+
+def model_cycles(cfg, lengths, runs, rate):
+    """Modeled cycles of ``runs`` (lists of indices of ``lengths``) at ``rate`` bytes/cycle."""
+    total = 0
+    for run in runs:
+        segs = [lengths[i] for i in run]
+        total += perf.run_cycles(cfg, sum(segs), segments=segs if len(segs) > 1 else None,
+                                 param_rate=rate)
+    return total
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="minilm")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a configuration field (e.g. max_segments=8)")
+    ap.add_argument("--corpus", default=str(CORPUS), help="texts, one per line")
+    ap.add_argument("--rate", type=float, default=2.0,
+                    help="throttled parameter stream, bytes per cycle (default 2)")
+    ap.add_argument("--mhz", type=float, default=100.0, help="clock for sentences/s")
+    args = ap.parse_args()
+    try:
+        cfg = load_config(args.preset, sets=args.set)
+    except ConfigError as exc:
+        print(f"throughput.py: error: {exc}", file=sys.stderr)
+        return 2
+    if not args.rate > 0:
+        print(f"throughput.py: error: --rate must be positive, not {args.rate}", file=sys.stderr)
+        return 2
+    lengths = corpus_lengths(args.corpus)
+    if not lengths or max(lengths) > cfg.max_seq:
+        print(f"throughput.py: error: the corpus needs 1..{cfg.max_seq} tokens per text "
+              f"(max_seq), it has {max(lengths, default=0)}", file=sys.stderr)
+        return 2
+    n = len(lengths)
+    packed = first_fit(lengths, cfg.max_seq, min(cfg.max_segments, cfg.max_seq))
+    single = [[i] for i in range(n)]
+    bus_bytes = cfg.bus_width // 8
+    rows = sum(lengths)
+    print(f"{args.preset}: {n} texts of {min(lengths)}..{max(lengths)} tokens ({rows} in all, "
+          f"mean {rows / n:.1f}); packed into {len(packed)} runs of max_seq {cfg.max_seq} "
+          f"(rows filled {rows / (len(packed) * cfg.max_seq):.1%}, up to "
+          f"{max(len(r) for r in packed)} segments per run, max_segments {cfg.max_segments})")
+    util = [perf.utilization(cfg, sum(lengths[i] for i in r), [lengths[i] for i in r])
+            for r in packed]
+    print(f"modeled PE utilization of a layer, packed runs: mean {sum(util) / len(util):.3f} "
+          f"(min {min(util):.3f}); of a full packed run (8 x 16 rows): "
+          f"{perf.utilization(cfg, cfg.max_seq, [cfg.max_seq // 8] * 8):.3f}")
+    print(f"{'parameter stream':>18s} {'way':>9s} {'runs':>5s} {'cycles':>13s} "
+          f"{'cycles/sentence':>15s} {'sentences/s':>11s} {'speedup':>7s}")
+    result = {}
+    for label, rate in ((f"{bus_bytes} B/cycle (full)", bus_bytes),
+                        (f"{args.rate:g} B/cycle", args.rate)):
+        per = {}
+        for way, runs in (("unpacked", single), ("packed", packed)):
+            cycles = model_cycles(cfg, lengths, runs, rate)
+            per[way] = cycles / n
+            speed = per["unpacked"] / per[way]
+            print(f"{label:>18s} {way:>9s} {len(runs):5d} {cycles:13,d} {per[way]:15,.0f} "
+                  f"{args.mhz * 1e6 / per[way]:11.1f} {speed:7.2f}")
+        result[rate] = per
+    slow = result[args.rate]
+    print(f"throughput: cycles_per_sentence@{args.rate:g}Bpc packed={slow['packed']:.0f} "
+          f"unpacked={slow['unpacked']:.0f} speedup={slow['unpacked'] / slow['packed']:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
