@@ -9,7 +9,9 @@ backpressure, then none) comparing bit for bit, while counting the refresh comma
 refresher issues (its state machine entering the sequencer state, read through VPI).
 
 ``params``: ``words`` (list of ints), ``fingerprint``, ``seed``, ``ready_prob``, ``init_timeout``,
-``refresher`` (candidate hierarchical names of the refresher's state register), ``report`` (a JSON file).
+``refresher`` (candidate hierarchical names of the refresher's state register),
+``model_arrays`` (per bank: candidate names of the model's memory array), ``model_samples``
+(``[port address, bank, index, 16-bit value]`` expected there after the load), ``report`` (a JSON file).
 """
 
 import json
@@ -117,6 +119,14 @@ async def image_store(dut):
     assert int(dut.words.value) == len(words)
     assert int(dut.fingerprint.value) == p["fingerprint"], (
         f"fingerprint {int(dut.fingerprint.value):#010x} != {p['fingerprint']:#010x}")
+
+    # where the model keeps the words (the layout a preloaded image must follow)
+    banks = [_lookup(dut, names) for names in p["model_arrays"]]
+    for address, bank, index, value in p["model_samples"]:
+        got = int(banks[bank][index].value)
+        assert got == value, (f"port word {address:#x}: model bank {bank}[{index:#x}] = "
+                              f"{got:#06x}, expected {value:#06x}")
+    report["model_samples_checked"] = len(p["model_samples"])
 
     async def run(ready_prob):
         await _pulse(dut, dut.run)

@@ -42,6 +42,11 @@ def test_generate_sim_and_board(sim_core, tmp_path):
     assert sim_core.size == 32 << 20 and sim_core.data_width == 16
     assert sim_core.address_width == 24                   # 16M words of 16 bits
     assert sim_core.trefi == math.ceil(64e-3 / 8192 * ULX3S_SDRAM.clock)   # 7.8 us: 391
+    # ROW_BANK_COL: 512 columns, then 4 banks, then rows (checked against the model in Verilator)
+    assert [sim_core.model_location(a) for a in (0, 511, 512, 2047, 2048, (1 << 24) - 1)] == \
+        [(0, 0), (0, 511), (1, 0), (3, 511), (0, 512), (3, (1 << 22) - 1)]
+    with pytest.raises(ValueError, match="address must be in 0..16777215, not 16777216"):
+        sim_core.model_location(1 << 24)
     kinds = [step["kind"] for step in sim_core.init_sequence]
     assert kinds[0] == "control" and kinds.count("command") == 6
     board = generate(ULX3S_SDRAM)
@@ -79,6 +84,14 @@ def test_image_store_verilator(sim_core, tmp_path, seed):
     words = [rng.getrandbits(32) for _ in range(8192)]
     fingerprint = zlib.crc32(b"".join(w.to_bytes(4, "little") for w in words))
     report = tmp_path / "report.json"
+    # sampled port words (16 bits: two per stream word, low half first) and where the model
+    # must hold them (GeneratedCore.model_location), across all banks and several rows
+    samples = []
+    for address in sorted(rng.sample(range(2 * len(words)), 96)) + [0, 2 * len(words) - 1]:
+        bank, index = sim_core.model_location(address)
+        samples.append([address, bank, index, (words[address // 2] >> 16 * (address % 2))
+                        & 0xFFFF])
+    assert {bank for _, bank, _, _ in samples} == {0, 1, 2, 3}
     run_cocotb(ImageStore(sim_core, 32), toplevel="image_store", test_module="tb_sdram",
                simulator="verilator", extra_sources=sim_core.verilator_sources,
                name="image_store",
@@ -86,9 +99,13 @@ def test_image_store_verilator(sim_core, tmp_path, seed):
                        "ready_prob": 0.7, "width": 32, "init_timeout": 60000,
                        "report": str(report),
                        "refresher": [f"dram.dram.core.{prefix}refresher_state"
-                                     for prefix in ("", "litedramcore_")]})
+                                     for prefix in ("", "litedramcore_")],
+                       "model_arrays": [[f"dram.dram.core.mem{f'_{b}' if b else ''}"]
+                                        for b in range(4)],
+                       "model_samples": samples})
     rep = json.loads(report.read_text())
     print("image store:", rep)
+    assert rep["model_samples_checked"] == len(samples)
     # the controller refreshes every tREFI cycles: a run of N cycles sees about N / tREFI
     for run in ("run_backpressure_cycles", "run_stream_cycles"):
         assert rep[run] > 4 * sim_core.trefi
