@@ -121,7 +121,7 @@ class DRAMSubsystem(wiring.Component):
         follow it.
     w_start, w_base, w_data, w_written, w_idle, w_overflow
         The writer's members (:class:`~boards.dram_stream.DRAMWriter` ``start``, ...).
-    r_start, r_base, r_count, r_busy, m_axis
+    r_start, r_base, r_count, r_busy, r_cancel, m_axis
         The reader's members (:class:`~boards.dram_stream.DRAMReader`).
     """
 
@@ -138,6 +138,7 @@ class DRAMSubsystem(wiring.Component):
             "w_start": In(1), "w_base": In(aw), "w_data": In(stream.Signature(dw)),
             "w_written": Out(aw + 1), "w_idle": Out(1), "w_overflow": Out(1),
             "r_start": In(1), "r_base": In(aw), "r_count": In(aw + 1), "r_busy": Out(1),
+            "r_cancel": In(1),
             "m_axis": Out(stream.Signature(data.StructLayout({"data": dw, "last": 1}))),
         })
 
@@ -159,6 +160,7 @@ class DRAMSubsystem(wiring.Component):
             self.w_overflow.eq(writer.overflow),
             reader.start.eq(self.r_start), reader.base.eq(self.r_base),
             reader.count.eq(self.r_count), self.r_busy.eq(reader.busy),
+            reader.cancel.eq(self.r_cancel),
         ]
         connect(m, flipped(self.w_data), writer.s_axis)
         connect(m, reader.m_axis, flipped(self.m_axis))

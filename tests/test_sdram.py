@@ -76,13 +76,16 @@ def test_image_store_verilator(sim_core, tmp_path, seed):
     """The image store on the generated --sim core: bring-up; a run without an image raises
     error; 8192 words (32 rows of the SDRAM) loaded, read back and verified, fingerprint =
     zlib.crc32; streamed twice (random backpressure, then none) bit-exact with last, with
-    refreshes during the runs and the DRAM's bandwidth."""
+    refreshes during the runs and the DRAM's bandwidth; an aborted run keeps the image, an
+    aborted load leaves none, a smaller image replaces it (tb_sdram.py)."""
     import zlib
     from boards.image_store import ImageStore
     from sim.runner import run_cocotb
     rng = random.Random(seed)
     words = [rng.getrandbits(32) for _ in range(8192)]
-    fingerprint = zlib.crc32(b"".join(w.to_bytes(4, "little") for w in words))
+    def crc(image):
+        return zlib.crc32(b"".join(w.to_bytes(4, "little") for w in image))
+    smaller = [rng.getrandbits(32) for _ in range(1024)]
     report = tmp_path / "report.json"
     # sampled port words (16 bits: two per stream word, low half first) and where the model
     # must hold them (GeneratedCore.model_location), across all banks and several rows
@@ -95,7 +98,8 @@ def test_image_store_verilator(sim_core, tmp_path, seed):
     run_cocotb(ImageStore(sim_core, 32), toplevel="image_store", test_module="tb_sdram",
                simulator="verilator", extra_sources=sim_core.verilator_sources,
                name="image_store",
-               params={"words": words, "fingerprint": fingerprint, "seed": seed,
+               params={"words": words, "fingerprint": crc(words), "seed": seed,
+                       "smaller": {"words": smaller, "fingerprint": crc(smaller)},
                        "ready_prob": 0.7, "width": 32, "init_timeout": 60000,
                        "report": str(report),
                        "refresher": [f"dram.dram.core.{prefix}refresher_state"
