@@ -10,6 +10,7 @@ from bertcore.quant.kernels import EXP_ZMAX, int_softmax_int, softmax_constants
 from bertcore.rtl.common import MULTIPLIER_STYLES, pack
 from bertcore.rtl.softmax import IntSoftmax
 from rtl_sim import simulate, stream_get, stream_put
+from sim.models import ECP5, MULT18X18D
 from sim.runner import lint, run_cocotb
 
 CONSTANTS = ("x0", "b", "c", "m", "e")
@@ -303,11 +304,17 @@ def cocotb_params():
     }
 
 
-@pytest.mark.parametrize("simulator", ["icarus", "verilator"])
-def test_cocotb(simulator):
+@pytest.mark.parametrize("simulator, ecp5", [("icarus", False), ("verilator", False),
+                                             ("verilator", True)])
+def test_cocotb(simulator, ecp5):
+    """The emitted Verilog, bit-exact; with ``ecp5`` as built for ECP5 (the three multiplies
+    in MULT18X18Ds with their operand and product registers inside, simulated with our model
+    of the primitive)."""
     dut, params = cocotb_params()
+    target = dict(platform=ECP5, models=[MULT18X18D]) if ecp5 else {}
     names = run_cocotb(dut, toplevel="int_softmax", test_module="tb_softmax",
-                       simulator=simulator, params=params, name="int_softmax")
+                       simulator=simulator, params=params,
+                       name="int_softmax_ecp5" if ecp5 else "int_softmax", **target)
     assert sorted(names) == ["full_rate", "latency", "random_stalls"]
 
 

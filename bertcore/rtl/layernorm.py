@@ -60,6 +60,7 @@ from amaranth.utils import ceil_log2
 
 from bertcore.quant.kernels import LN_FRAC_BITS, RESIDUAL_BITS
 from bertcore.rtl.common import check_multipliers, dsp_partial_products, dsp_tiles, multiply
+from bertcore.rtl.multiplier import Multiplier, uses_mult18x18d
 
 __all__ = ["IntLayerNorm"]
 
@@ -90,7 +91,31 @@ def _product_latency(a_shape, b_shape, width, *, square=False):
     return 1 + (len(terms) - 1).bit_length()
 
 
-def _pipelined_product(m, a, b, *, width, drop=0, name, style="dsp"):
+def _dsp_product_terms(m, a, b, width, *, name):
+    """The terms of :func:`_product_terms` (same pieces, order and shifts) as
+    :class:`~bertcore.rtl.multiplier.Multiplier` instances with input and output registers:
+    ``a`` and ``b`` are the values the operand registers would load, each product is valid two
+    cycles later (it is the registered term)."""
+    tiles_a = dsp_tiles(a)
+    if a is b:
+        pairs = []
+        for i, (ai, si) in enumerate(tiles_a):
+            for aj, sj in tiles_a[i:]:
+                shift = si + sj + (1 if sj > si else 0)
+                if shift < width:
+                    pairs.append((ai, aj, shift))
+    else:
+        pairs = [(pa, pb, sa + sb) for pa, sa in tiles_a for pb, sb in dsp_tiles(b)
+                 if sa + sb < width]
+    terms = []
+    for k, (x, y, shift) in enumerate(pairs):
+        m.submodules[f"{name}_dsp{k}"] = mul = Multiplier(x.shape(), y.shape(), target="ecp5")
+        m.d.comb += [mul.a.eq(x), mul.b.eq(y)]
+        terms.append((mul.p, shift))
+    return terms
+
+
+def _pipelined_product(m, a, b, *, width, drop=0, name, style="dsp", dsp_operands=None):
     """Build bits ``drop .. width-1`` of ``a * b`` as registered partial products and a registered
     adder tree; returns ``(product, latency)`` with ``product`` an unsigned ``width - drop``-bit
     value (the caller reinterprets it) valid ``latency`` cycles after ``a`` and ``b``.
@@ -104,13 +129,21 @@ def _pipelined_product(m, a, b, *, width, drop=0, name, style="dsp"):
     DSP input and output registers), each further stage registers pairwise sums of the previous
     one, so that no adder chain is longer than one ``width``-bit addition. ``style`` is that of
     :func:`~bertcore.rtl.common.multiply` (the partial products as DSP blocks or in LUTs).
+
+    With ``dsp_operands = (a_next, b_next)``, the values the registers ``a`` and ``b`` load
+    (``a_next is b_next`` for a square), stage 1 is built of MULT18X18Ds instead
+    (:func:`_dsp_product_terms`: the operand registers and the partial-product registers inside
+    the blocks); ``a`` and ``b`` are then not used. Same terms, latency and result.
     """
-    terms = []
-    for k, (product, shift) in enumerate(_product_terms(a, b, width, style=style, m=m,
-                                                        name=f"{name}_mul")):
-        term = Signal.like(product, name=f"{name}_pp{k}")
-        m.d.sync += term.eq(product)
-        terms.append((term, shift))
+    if dsp_operands is not None:
+        terms = _dsp_product_terms(m, *dsp_operands, width, name=name)
+    else:
+        terms = []
+        for k, (product, shift) in enumerate(_product_terms(a, b, width, style=style, m=m,
+                                                            name=f"{name}_mul")):
+            term = Signal.like(product, name=f"{name}_pp{k}")
+            m.d.sync += term.eq(product)
+            terms.append((term, shift))
     latency = 1
     while len(terms) > 1:
         paired = []
@@ -286,19 +319,23 @@ class _RowIntake(wiring.Component):
 
         # -- sum u and u*u ---------------------------------------------------------------------
         # stage a1: register the offset value u = x + 2**(W-1) (sign bit inverted)
+        u = Cat(x[:W - 1], ~x[W - 1])
         a1_u = Signal(W)
         a1_valid = Signal()
         a1_first = Signal()
         a1_commit = Signal()
         m.d.sync += [
-            a1_u.eq(Cat(x[:W - 1], ~x[W - 1])),
+            a1_u.eq(u),
             a1_valid.eq(beat),
             a1_first.eq(w_index == 0),
             a1_commit.eq(commit),
         ]
-        # stages a2..: u*u (partial products, adder tree)
+        # stages a2..: u*u (partial products, adder tree); on ECP5 the partial products are
+        # MULT18X18Ds whose input registers load u beside a1_u
+        on_dsp = self._multipliers == "dsp" and uses_mult18x18d(platform)
         square, square_latency = _pipelined_product(m, a1_u, a1_u, width=2 * W, name="square",
-                                                     style=self._multipliers)
+                                                     style=self._multipliers,
+                                                     dsp_operands=(u, u) if on_dsp else None)
         acc_u = _delay(m, a1_u, square_latency, name="acc_u")
         acc_valid = _delay(m, a1_valid, square_latency, name="acc_valid")
         acc_first = _delay(m, a1_first, square_latency, name="acc_first")
@@ -593,16 +630,21 @@ class _Normalizer(wiring.Component):
         m.d.sync += n2_x.eq(self.buffer.data)
         n2_mean = _delay(m, n1_mean, 1, name="n2_mean")
         # stage n3: y = x - mean (|y| < 2**W)
+        y = n2_x - n2_mean
         n3_y = Signal(signed(W + 1))
-        m.d.sync += n3_y.eq(n2_x - n2_mean)
-        n3_recip = _delay(m, n1_recip, 2, name="n3_recip")
+        m.d.sync += n3_y.eq(y)
+        n2_recip = _delay(m, n1_recip, 1, name="n2_recip")
+        n3_recip = _delay(m, n2_recip, 1, name="n3_recip")
         n3_valid = _delay(m, n1_valid, 2, name="n3_valid")
         n3_last = _delay(m, n1_last, 2, name="n3_last")
         # stages n4..: y*f (partial products, adder tree), exact in 33+F bits; floor(y*f / 2**(1+F))
-        # is the arithmetic shift, i.e. bits 1+F and up
+        # is the arithmetic shift, i.e. bits 1+F and up. On ECP5 the partial products are
+        # MULT18X18Ds whose input registers load y and f beside n3_y and n3_recip.
+        on_dsp = self._multipliers == "dsp" and uses_mult18x18d(platform)
         product, latency = _pipelined_product(m, n3_y, n3_recip, width=self._product_width,
                                               drop=1 + F, name="scaled",
-                                              style=self._multipliers)
+                                              style=self._multipliers,
+                                              dsp_operands=(y, n2_recip) if on_dsp else None)
         assert latency == product_latency
         out_valid = _delay(m, n3_valid, latency, name="out_valid")
         out_last = _delay(m, n3_last, latency, name="out_last")

@@ -53,6 +53,7 @@ from bertcore.quant.kernels import (
     softmax_constants,
 )
 from bertcore.rtl.common import check_multipliers, dsp_partial_products
+from bertcore.rtl.multiplier import mult18x18d_products, uses_mult18x18d
 
 __all__ = ["IntSoftmax"]
 
@@ -386,9 +387,11 @@ class IntSoftmax(wiring.Component):
         # The engines, each on its own row (the order of their slot-state writes does not
         # matter: no two engines ever write the state of the same slot in the same cycle).
         self._build_input(m, slots, scores.write_port())
-        self._build_exponential(m, slots, scores.read_port(), exps.write_port())
+        # on ECP5 the multipliers are MULT18X18Ds holding their operand and product registers
+        on_dsp = self._multipliers == "dsp" and uses_mult18x18d(platform)
+        self._build_exponential(m, slots, scores.read_port(), exps.write_port(), on_dsp)
         self._build_divider(m, slots)
-        self._build_normalization(m, slots, exps.read_port())
+        self._build_normalization(m, slots, exps.read_port(), on_dsp)
         return m
 
     def _build_input(self, m, slots, scores_w):
@@ -458,7 +461,7 @@ class IntSoftmax(wiring.Component):
         ]
         return k_nx0, k_lim, k_b, k_c, k_m, k_sh0
 
-    def _build_exponential(self, m, slots, scores_r, exps_w):
+    def _build_exponential(self, m, slots, scores_r, exps_w, on_dsp):
         """Engine B: reads a SCORES slot, computes ``exp16`` of each score in an
         :data:`EXP_STAGES`-stage pipeline without stalls, writes it to the exps buffer and sums
         the row; at the row's end the slot holds EXPS. Stage registers are named
@@ -533,28 +536,39 @@ class IntSoftmax(wiring.Component):
         # stage 9: multiplier inputs p = -rem and p + b.
         p9 = Signal(signed(x0_bits))
         pb9 = Signal(signed(len(k_b) + 1))
-        m.d.sync += [p9.eq(-rem8), pb9.eq(k_b - rem8)]
 
-        # stage 10: (p + b) * p, one 18x18 DSP with registered output.
-        (product, _), = dsp_partial_products(
-            pb9, p9, style=self._multipliers, m=m, name="pb_mul")
+        # stage 10: (p + b) * p, one 18x18 DSP with registered output. On ECP5 its input
+        # registers are the stage-9 registers (p9, pb9 are then what they load).
         prod10 = Signal(signed(len(pb9) + len(p9)))
-        m.d.sync += prod10.eq(product)
+        if on_dsp:
+            m.d.comb += [p9.eq(-rem8), pb9.eq(k_b - rem8)]
+            (product, _), = mult18x18d_products(m, pb9, p9, name="pb_dsp")
+            m.d.comb += prod10.eq(product)
+        else:
+            m.d.sync += [p9.eq(-rem8), pb9.eq(k_b - rem8)]
+            (product, _), = dsp_partial_products(
+                pb9, p9, style=self._multipliers, m=m, name="pb_mul")
+            m.d.sync += prod10.eq(product)
 
         # stage 11: poly = max(prod + c, 0). When p + b < 0 the product is positive but below
         # 2**30, so poly < c + 2**30.
         poly_bits = bits_for((1 << len(k_c)) - 1 + (1 << 2 * (x0_bits - 1)))
         poly11 = Signal(poly_bits)
         poly_sum = prod10 + k_c
-        m.d.sync += poly11.eq(Mux(poly_sum < 0, 0, poly_sum))
 
-        # stage 12: poly * m as registered partial products (two 17x15 DSP multiplies).
-        parts12 = []
-        for product, offset in dsp_partial_products(
-                poly11, k_m, style=self._multipliers, m=m, name="pm_mul"):
-            part = Signal.like(product, name=f"pm{offset}_12")
-            m.d.sync += part.eq(product)
-            parts12.append((part, offset))
+        # stage 12: poly * m as registered partial products (two 17x15 DSP multiplies). On
+        # ECP5 MULT18X18Ds whose input registers are poly11 and k_m (which load poly and m).
+        if on_dsp:
+            m.d.comb += poly11.eq(Mux(poly_sum < 0, 0, poly_sum))
+            parts12 = mult18x18d_products(m, poly11, self.m, name="pm_dsp")
+        else:
+            m.d.sync += poly11.eq(Mux(poly_sum < 0, 0, poly_sum))
+            parts12 = []
+            for product, offset in dsp_partial_products(
+                    poly11, k_m, style=self._multipliers, m=m, name="pm_mul"):
+                part = Signal.like(product, name=f"pm{offset}_12")
+                m.d.sync += part.eq(product)
+                parts12.append((part, offset))
 
         # stage 13: P = poly * m.
         prod_bits = poly_bits + len(k_m)
@@ -627,7 +641,7 @@ class IntSoftmax(wiring.Component):
                 _put(m, slots.row_f, v_ptr, v_quo_next)
                 _put(m, slots.state, v_ptr, _SlotState.NORM)
 
-    def _build_normalization(self, m, slots, exps_r):
+    def _build_normalization(self, m, slots, exps_r, on_dsp):
         """Engine D: reads the NORM slot ``d_ptr`` and streams ``y = exp16 * f >> (32 -
         output_bits)`` out; the slot is FREE again once its last exp16 has been read. The
         pipeline (read, multiplier inputs, partial products, output register) advances whenever
@@ -659,25 +673,29 @@ class IntSoftmax(wiring.Component):
         d_valid2, d_last2 = Signal(), Signal()
         e2 = Signal(SOFTMAX_EXP_BITS)
         f2 = Signal(self.QUOTIENT_BITS)
+        operands = [e2.eq(exps_r.data), f2.eq(_pick(slots.row_f, d_slot1))]
         with m.If(advance):
-            m.d.sync += [
-                d_valid2.eq(d_valid1),
-                d_last2.eq(d_last1),
-                e2.eq(exps_r.data),
-                f2.eq(_pick(slots.row_f, d_slot1)),
-            ]
+            m.d.sync += [d_valid2.eq(d_valid1), d_last2.eq(d_last1)]
+            if not on_dsp:
+                m.d.sync += operands
             with m.If(d_valid1 & d_last1):
                 _put(m, slots.state, d_slot1, _SlotState.FREE)
 
         # stage 2: exp16 * f as registered partial products (a 16x17 DSP and a 16x2 multiply).
+        # On ECP5 MULT18X18Ds (enabled by advance) whose input registers are e2 and f2.
         d_valid3, d_last3 = Signal(), Signal()
-        parts3 = []
-        products3 = dsp_partial_products(e2, f2, style=self._multipliers, m=m, name="ef_mul")
         with m.If(advance):
             m.d.sync += [d_valid3.eq(d_valid2), d_last3.eq(d_last2)]
-            for product, offset in products3:
+        if on_dsp:
+            m.d.comb += operands
+            parts3 = mult18x18d_products(m, e2, f2, en=advance, name="ef_dsp")
+        else:
+            parts3 = []
+            for product, offset in dsp_partial_products(e2, f2, style=self._multipliers, m=m,
+                                                        name="ef_mul"):
                 part = Signal.like(product, name=f"ef{offset}_3")
-                m.d.sync += part.eq(product)
+                with m.If(advance):
+                    m.d.sync += part.eq(product)
                 parts3.append((part, offset))
 
         # stage 3: y = (exp16 * f) >> (32 - output_bits) <= 2**output_bits, saturated if asked.
