@@ -19,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench lint clean
+.PHONY: install demo test test-slow wheel-smoke bench lint clean
 
 install: $(STAMP)
 
@@ -39,8 +39,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# the long simulations (real core over the UART, other core configurations, MiniLM in
+# Verilator, ...): not part of `make test`
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+# build the wheel, install it in a fresh venv, run the main commands outside the repository
+wheel-smoke: $(STAMP)
+	.ci/wheel-smoke
 
 bench: $(STAMP)
 	$(BIN)/python bench/fidelity.py

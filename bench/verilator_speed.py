@@ -7,7 +7,8 @@ Two builds of ``bertcore_sim_top`` (:data:`bertcore.rtlsim.REPLAY_TOP` around th
 * ``model``: a C++ main clocks the Verilated model and streams one activation packet per run (no
   VPI, no Python): the ceiling of any harness. The build goes to ``--work`` (not cached).
 * ``cocotb``: the package's own path, :class:`bertcore.rtlsim.CoreSimulator` (cached in
-  ``build/rtlsim/``), as ``bertcore embed --backend rtl`` and the benches use it.
+  ``rtlsim/`` of :func:`bertcore.cache.cache_dir`), as ``bertcore embed --backend rtl`` and the
+  benches use it.
 
 Both check the outputs against the integer reference and print the build time and cycles/s.
 Parameters are random (:func:`bertcore.rtlsim.random_model`); the speed does not depend on them.

@@ -1,7 +1,9 @@
 """Host side of the UART link to a board running the encoder core (``docs/uart-protocol.md``).
 
->>> link = load_parameters("/dev/ttyUSB0", image_words, config)     # doctest: +SKIP
->>> out_words = run(link, pack_activations(x, config), len(x), config)  # doctest: +SKIP
+Usage (with a board on a serial port)::
+
+    link = load_parameters("/dev/ttyUSB0", image_words, config)
+    out_words = run(link, pack_activations(x, config), len(x), config)
 
 ``port`` is a :class:`BoardLink`, a pyserial-like object (``write``, ``read``,
 ``reset_input_buffer``; ``send_break`` for :meth:`BoardLink.break_reset`) or a URL opened with

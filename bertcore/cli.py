@@ -64,8 +64,9 @@ def _read_lines(path, what):
 
 def default_calibration_texts():
     """The built-in calibration set (64 short English sentences of varied topics)."""
-    path = Path(__file__).parent / "data" / "calibration.txt"
-    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    from importlib.resources import files
+    text = (files("bertcore.data") / "calibration.txt").read_text(encoding="utf-8")
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
 def _check_output(path):
@@ -490,15 +491,9 @@ def _differs(what):
 
 
 def _boards():
-    """The repository's ``boards`` package (board tops and the build), beside ``bertcore/``."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "boards" / "build.py").is_file():
-        raise CliError("board builds need the bertcore repository (boards/ next to bertcore/)")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    import boards.build
-    import boards.top
-    return boards.top, boards.build
+    """The board tops and their build (:mod:`bertcore.boards`, the repository's ``boards/``)."""
+    from .boards import build, top
+    return top, build
 
 
 def cmd_build(args):

@@ -5,8 +5,9 @@ The parameter image is replayed from the simulator side: a small hand-written Ve
 ROM and streams it into ``s_axis_param`` at the start of every run, so Python is not in the loop
 for every weight beat. cocotb (:mod:`bertcore.rtlsim_tb`) drives the activation packets, reads
 the outputs and the ``cycles`` counter. One build per configuration and simulator is cached under
-``build/rtlsim/`` (or ``$BERTCORE_CACHE/rtlsim``): the image is a run-time file, so a new model
-of the same shape needs no rebuild.
+``rtlsim/`` of the cache directory (:func:`bertcore.cache.cache_dir`: ``$BERTCORE_CACHE`` or the
+user's cache directory): the image is a run-time file, so a new model of the same shape needs no
+rebuild.
 """
 
 import hashlib
@@ -18,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .cache import cache_dir
 from .checkpoint import BertError
 from .toolchain import (
     VERILATOR_BUILD_ARGS, VERILATOR_MAKE_VARS, VERILATOR_PORTS_ONLY_ARGS,
@@ -188,11 +190,6 @@ class SimResult:
         return sum(r["cpu_s"] for r in self.runs)
 
 
-def _cache_root():
-    base = os.environ.get("BERTCORE_CACHE")
-    return Path(base) / "rtlsim" if base else Path.cwd() / "build" / "rtlsim"
-
-
 class CoreSimulator:
     """The encoder core of ``config`` built once for ``simulator`` ("verilator" or "icarus").
 
@@ -242,7 +239,7 @@ class CoreSimulator:
             digest.update(str(source.relative_to(package)).encode() + b"\0")
             digest.update(source.read_bytes() + b"\0")
         key = digest.hexdigest()[:16]
-        build_dir = _cache_root() / f"{self.simulator}-{key}"
+        build_dir = cache_dir("rtlsim", f"{self.simulator}-{key}")
         stamp = build_dir / ".built"
         if not stamp.exists():
             from amaranth.back import verilog
@@ -339,7 +336,7 @@ class CoreSimulator:
                 found = [f for d in (tmp, Path(self._build_dir)) for ext in ("fst", "vcd")
                          for f in sorted(d.glob(f"*.{ext}"))]
                 if found:
-                    keep = _cache_root() / "waves"
+                    keep = cache_dir("rtlsim", "waves")
                     keep.mkdir(parents=True, exist_ok=True)
                     waves = keep / f"core-{self.simulator}-{int(time.time())}{found[0].suffix}"
                     shutil.copy(found[0], waves)

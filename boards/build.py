@@ -12,7 +12,8 @@ utilization and Fmax parsed from the nextpnr log (``top.tim``)::
 ``failing`` (only when timing is not met) lists the ten latest groups of endpoints
 (:func:`bertcore.flow.paths.failing_endpoints`, from ``top.report.json``).
 
-Command line: ``python -m boards.build ulx3s-85f [--preset tiny] [--out DIR] [--program]``.
+Command line: ``python -m bertcore.boards.build ulx3s-85f [--preset tiny] [--out DIR]
+[--program]``.
 """
 
 import dataclasses

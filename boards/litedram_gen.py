@@ -1,6 +1,6 @@
 """Run LiteDRAM's standalone generator on a YAML configuration (a subprocess of :mod:`boards.sdram`).
 
-``python -m boards.litedram_gen CONFIG.yml --output-dir DIR [--sim] [--name NAME]``
+``python litedram_gen.py CONFIG.yml --output-dir DIR [--sim] [--name NAME]``
 
 This does what ``python -m litedram.gen`` does (``litedram.gen.main``: read the YAML, build
 ``litedram.gen.LiteDRAMCore`` on a Lattice or simulation platform, run LiteX's ``Builder`` without
@@ -79,7 +79,7 @@ def main(argv=None):
 
     config = _load_config(args.config)
     if config.get("cpu") is not None:
-        raise SystemExit("boards.litedram_gen: the configuration must have cpu: None")
+        raise SystemExit("litedram_gen: the configuration must have cpu: None")
     output_dir = os.path.abspath(args.output_dir)
     if args.sim:
         platform = SimPlatform("", io=[])

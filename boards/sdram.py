@@ -2,7 +2,7 @@
 
 :class:`SDRAMConfig` describes a LiteDRAM standalone core (PHY, SDRAM chip, clock, one native user
 port; no CPU) and writes it as the YAML that LiteDRAM's generator reads. :func:`generate` runs the
-generator (:mod:`boards.litedram_gen`, LiteDRAM's ``litedram.gen`` core and builder) in a
+generator (:mod:`bertcore.boards.litedram_gen`, LiteDRAM's ``litedram.gen`` core and builder) in a
 subprocess into ``build/litedram/<key>/``, keyed by the YAML, the variant (board or ``sim``) and
 the LiteDRAM/LiteX/Migen versions, and returns a :class:`GeneratedCore`: the Verilog file, the
 init sequence, the CSR addresses, the refresh interval. The Verilog is a build product, never
@@ -23,12 +23,16 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["SDRAMConfig", "GeneratedCore", "generate", "ULX3S_SDRAM", "CACHE_DIR",
+__all__ = ["SDRAMConfig", "GeneratedCore", "generate", "ULX3S_SDRAM",
            "LiteDRAMError"]
 
-ROOT = Path(__file__).resolve().parent.parent
-#: Where generated cores are cached (one directory per key).
-CACHE_DIR = ROOT / "build" / "litedram"
+
+
+def _cache_dir():
+    """Where generated cores are cached (one directory per key): ``litedram/`` of the package's
+    cache directory (:func:`bertcore.cache.cache_dir`)."""
+    from bertcore.cache import cache_dir
+    return cache_dir("litedram")
 
 
 class LiteDRAMError(RuntimeError):
@@ -211,7 +215,8 @@ def generate(config=ULX3S_SDRAM, *, sim=False, cache_dir=None):
     sim : bool
         The simulation variant (``litedram.gen --sim``) instead of the board's.
     cache_dir : Path, optional
-        Default :data:`CACHE_DIR`.
+        Default: ``litedram/`` of the package's cache directory (``$BERTCORE_CACHE`` or the
+        user's cache directory).
 
     Returns
     -------
@@ -228,19 +233,19 @@ def generate(config=ULX3S_SDRAM, *, sim=False, cache_dir=None):
     driver = Path(__file__).with_name("litedram_gen.py").read_text()
     key = hashlib.sha256("\0".join(
         [text, str(sim), json.dumps(_versions(), sort_keys=True), driver]).encode()).hexdigest()
-    directory = Path(cache_dir or CACHE_DIR) / f"{'sim' if sim else 'board'}-{key[:16]}"
+    directory = Path(cache_dir or _cache_dir()) / f"{'sim' if sim else 'board'}-{key[:16]}"
     if (directory / "bertcore-litedram.json").exists():
         return _load(directory, config)
     staging = directory.with_name(f"{directory.name}.{os.getpid()}")
     staging.mkdir(parents=True, exist_ok=True)
     (staging / "config.yml").write_text(text)
-    cmd = [sys.executable, "-m", "boards.litedram_gen", "config.yml", "--output-dir", "."]
+    # the driver runs as a script (it imports only LiteDRAM), from a checkout or an installed wheel
+    cmd = [sys.executable, str(Path(__file__).with_name("litedram_gen.py")), "config.yml",
+           "--output-dir", "."]
     if sim:
         cmd.append("--sim")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     with open(staging / "generate.log", "w") as log:
-        proc = subprocess.run(cmd, cwd=staging, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.run(cmd, cwd=staging, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise LiteDRAMError(f"LiteDRAM's generator failed (exit {proc.returncode}); "
                             f"see {staging / 'generate.log'}")

@@ -2,8 +2,9 @@
 
 * :func:`run_cocotb` converts a design with ``verilog.convert``, builds it once per Verilog text
   (cached under ``build/sim/``) with cocotb's runner for Icarus or Verilator, runs the cocotb module
-  ``sim/<test_module>.py`` and raises :class:`AssertionError` when a cocotb test fails (it then
-  re-runs with waveforms and names the file).
+  ``sim/<test_module>.py`` (or the tests of it named by ``tests=``) and raises
+  :class:`AssertionError` when a cocotb test fails or is skipped, or a named test did not run (it
+  then re-runs with waveforms and names the file).
 * :func:`tb_params` gives the bench the JSON-able ``params`` dict passed to :func:`run_cocotb`.
 * :func:`lint` runs ``verilator --lint-only -Wall`` and raises on any warning that is not waived.
 
@@ -139,19 +140,25 @@ def _build(runner, simulator, source, build_dir, toplevel, waves, extra_args=(),
 
 
 def _results(xml_path):
-    """Return ``(names, failures)`` of the testcases in a cocotb results file."""
+    """Return ``(names, failures)`` of the testcases in a cocotb results file.
+
+    A skipped testcase is a failure: a bench selects its tests through ``run_cocotb(tests=)``,
+    so a skip means that a test did not check what its caller asked for.
+    """
     tree = ET.parse(xml_path)
     names, failures = [], []
     for case in tree.iter("testcase"):
         name = case.get("name")
         names.append(name)
-        for tag in ("failure", "error"):
+        for tag in ("failure", "error", "skipped"):
             for node in case.iter(tag):
-                failures.append((name, node.get("message") or node.text or tag))
+                message = node.get("message") or node.text or ""
+                failures.append((name, f"{tag}: {message}" if tag == "skipped"
+                                 else message or tag))
     return names, failures
 
 
-def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, waves,
+def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, waves, tests,
               extra_args=(), extra_sources=()):
     from cocotb_tools.runner import get_runner
 
@@ -174,9 +181,13 @@ def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, wav
     }
     # cocotb's runner calls sys.exit() on failures when it sees pytest; the results file is
     # read below instead, so that a failure becomes an AssertionError with its message.
+    # only the selected tests run (an exact match of the name, unlike ``testcase=``, which
+    # matches a suffix); the others are not reported at all
+    test_filter = None if tests is None else rf"\.({'|'.join(map(re.escape, tests))})$"
     try:
         runner.test(
             test_module=f"sim.{test_module}",
+            test_filter=test_filter,
             hdl_toplevel=toplevel,
             hdl_toplevel_lang="verilog",
             build_dir=build_dir,
@@ -204,7 +215,7 @@ def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, wav
     return names, failures, wave_file, test_dir
 
 
-def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None,
+def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None, tests=None,
                models=(), extra_sources=(), platform=None):
     """Run the cocotb bench ``sim/<test_module>.py`` on the Verilog of ``dut``.
 
@@ -222,6 +233,8 @@ def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None,
     name : str, optional
         Names the build and run directories (``build/sim/<name>-<simulator>-<hash>``);
         defaults to ``toplevel``.
+    tests : list of str, optional
+        The cocotb tests to run (default: every test of the module); each must run.
     models : sequence of path, optional
         Verilog files compiled with the design: simulation models of the primitives it
         instantiates (e.g. ``sim/models/MULT18X18D.v``).
@@ -239,8 +252,9 @@ def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None,
     Raises
     ------
     AssertionError
-        If no test ran or a test failed (the message names the tests, their messages, the log
-        and the waveform file of a re-run with waveforms).
+        If no test ran, a test of ``tests`` did not run, a test failed or was skipped (the
+        message names the tests, their messages, the log and the waveform file of a re-run
+        with waveforms).
     ToolNotFound
         If the simulator is not installed.
     """
@@ -248,14 +262,21 @@ def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None,
     name = name or toplevel
     source = emit_verilog(dut, toplevel=toplevel, platform=platform) + _model_text(models)
     waves = os.environ.get("BERTCORE_WAVES") == "1"
+    if tests is not None:
+        tests = [tests] if isinstance(tests, str) else list(tests)
     kwargs = dict(toplevel=toplevel, test_module=test_module, simulator=simulator,
-                  params=params, name=name, extra_args=_MODEL_ARGS if models else (),
+                  params=params, name=name, tests=tests,
+                  extra_args=_MODEL_ARGS if models else (),
                   extra_sources=tuple(map(str, extra_sources)))
     names, failures, wave_file, test_dir = _run_once(source, waves=waves, **kwargs)
     if failures and not waves:
         _, _, wave_file, test_dir = _run_once(source, waves=True, **kwargs)
     if not names:
         raise AssertionError(f"{name} ({simulator}): no cocotb test ran (see {test_dir})")
+    missing = sorted(set(tests or ()) - set(names))
+    if missing:
+        raise AssertionError(f"{name} ({simulator}): cocotb tests {missing} did not run "
+                             f"(ran: {names}; see {test_dir})")
     if failures:
         lines = "\n".join(f"  {test}: {message}" for test, message in failures)
         print(f"waveforms of the failing run: {wave_file}")

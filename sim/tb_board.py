@@ -1,5 +1,5 @@
 """cocotb bench: the host code of :mod:`bertcore.board` talks over a bit-level simulated UART to
-the emitted Verilog of :class:`boards.top.UARTCoreTop` (UART bridge + encoder core).
+the emitted Verilog of :class:`bertcore.boards.top.UARTCoreTop` (UART bridge + encoder core).
 
 The host code is blocking; it runs in a :func:`cocotb.task.bridge` thread and reaches the line
 through :class:`CocotbPort`, whose ``read``/``write`` are :func:`cocotb.task.resume` coroutines.

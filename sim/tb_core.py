@@ -7,7 +7,8 @@ header bit, ``short_image`` ends the image one beat early. cocotb drives the act
 checks the outputs against ``IntBert.encode_int`` (computed by the test and passed as
 ``params``: ``runs`` = list of ``{"length": L, "act": [words], "out": [words]}``; ``report``,
 when given, is a file that receives the ``cycles``, ``array_beats`` and ``layer_cycles``
-outputs of each run as JSON).
+outputs of each run as JSON). The caller selects the tests (``run_cocotb(tests=)``):
+``protocol_errors`` also needs ``too_long`` (an over-long activation packet).
 """
 
 import json
@@ -19,15 +20,6 @@ from cocotb.triggers import ReadOnly, RisingEdge
 
 from bertcore.rtlsim_tb import send_packet as _send_act
 from sim.runner import tb_params
-
-
-def _enabled(name):
-    """Tests run by default: runs_back_to_back, and protocol_errors with ``errors``; ``only``
-    selects one test."""
-    p = tb_params()
-    if "only" in p:
-        return p["only"] == name
-    return name == "runs_back_to_back" or (name == "protocol_errors" and p.get("errors", False))
 
 
 async def _reset(dut):
@@ -102,7 +94,7 @@ async def _run(dut, run, rng, stall, timeout):
     return int(dut.cycles.value), int(dut.array_beats.value), int(dut.layer_cycles.value)
 
 
-@cocotb.test(skip=not _enabled("runs_back_to_back"))
+@cocotb.test()
 async def runs_back_to_back(dut):
     """Every run of ``params["runs"]`` in sequence, random stalls on all streams."""
     p = tb_params()
@@ -123,7 +115,7 @@ async def runs_back_to_back(dut):
                        "beats": beats, "layer_cycles": layers}, f)
 
 
-@cocotb.test(skip=not _enabled("protocol_errors"))
+@cocotb.test()
 async def protocol_errors(dut):
     """Activations first, bad header, too long a sequence, short image, reset mid-run; then a
     valid run."""

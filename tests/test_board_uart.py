@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
 """End-to-end tests of the UART link: host code (:mod:`bertcore.board`) ↔ simulated UART lines
-↔ board top (:class:`boards.top.UARTCoreTop`: UART bridge + core).
+↔ board top (:class:`bertcore.boards.top.UARTCoreTop`: UART bridge + core).
 
 * Amaranth simulator, bit-level UART at divisor 4, a small stand-in core with the encoder core's
   members (``EchoCore``: the output is the activation packet XOR the XOR of all parameter
@@ -28,8 +28,8 @@ from bertcore.board import BoardError, BoardLink, LinkError, load_parameters, ru
 from bertcore.config import CoreConfig
 from bertcore.core.encoder import bus_layout
 from bertcore.core.image import image_beats, pack_activations
-from boards.bridge import UARTBridge
-from boards.top import UARTCoreTop
+from bertcore.boards.bridge import UARTBridge
+from bertcore.boards.top import UARTCoreTop
 from uart_port import SimPort
 
 DIVISOR = 4
@@ -343,7 +343,7 @@ def test_bridge_lint():
 @pytest.mark.parametrize("board", ["ulx3s-85f", "orangecrab-25f", "icebreaker"])
 def test_board_tops_elaborate(board):
     """Each board top elaborates on its platform (stand-in core: fast) with its PLL."""
-    from boards.top import BoardTop, board_spec
+    from bertcore.boards.top import BoardTop, board_spec
     spec = board_spec(board)
     plan = spec.make_platform().build(BoardTop(board, core=EchoCore(spec.config)), name="top",
                                       do_build=False)
@@ -352,7 +352,7 @@ def test_board_tops_elaborate(board):
 
 
 def test_parse_nextpnr_log():
-    from boards.build import parse_nextpnr_log
+    from bertcore.boards.build import parse_nextpnr_log
     log = """Info: Max frequency for clock '$glbnet$clk': 80.00 MHz (FAIL at 100.00 MHz)
 Info: Device utilisation:
 Info:             TRELLIS_IO:       5/    365     1%
@@ -403,12 +403,12 @@ class FakeBoard:
     """A board at frame level behind a pseudo-terminal: ``FakeBoard(config).port`` is a device
     path (``/dev/pts/N``) that pyserial opens like ``/dev/ttyUSB0``.
 
-    It speaks ``docs/uart-protocol.md`` like :class:`boards.bridge.UARTBridge` (CRC check and
-    NAK, stored reply for a repeated sequence byte, STATUS, RESET, READ in chunks) and computes
-    with :func:`bertcore.core.interp.run_image` on the image it received, so an image of another
-    core configuration raises the core's error flag as on the board. ``config.resident`` keeps
-    the image of a successful run for runs that start with activations; :meth:`power_cycle`
-    forgets it. The real core behind the real bridge is covered by
+    It speaks ``docs/uart-protocol.md`` like :class:`bertcore.boards.bridge.UARTBridge` (CRC
+    check and NAK, stored reply for a repeated sequence byte, STATUS, RESET, READ in chunks) and
+    computes with :func:`bertcore.core.interp.run_image` on the image it received, so an image
+    of another core configuration raises the core's error flag as on the board.
+    ``config.resident`` keeps the image of a successful run for runs that start with
+    activations; :meth:`power_cycle` forgets it. The real core behind the real bridge is covered by
     :func:`test_real_core_uart_cocotb`.
     """
 

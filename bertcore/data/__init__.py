@@ -1,0 +1,1 @@
+"""Package data: ``calibration.txt``, the built-in calibration set of ``bertcore quantize``."""
