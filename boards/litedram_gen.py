@@ -1,6 +1,6 @@
 """Run LiteDRAM's standalone generator on a YAML configuration (a subprocess of :mod:`boards.sdram`).
 
-``python litedram_gen.py CONFIG.yml --output-dir DIR [--sim] [--name NAME]``
+``python -m bertcore.boards.litedram_gen CONFIG.yml --output-dir DIR [--sim] [--name NAME]``
 
 This does what ``python -m litedram.gen`` does (``litedram.gen.main``: read the YAML, build
 ``litedram.gen.LiteDRAMCore`` on a Lattice or simulation platform, run LiteX's ``Builder`` without

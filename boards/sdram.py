@@ -239,9 +239,9 @@ def generate(config=ULX3S_SDRAM, *, sim=False, cache_dir=None):
     staging = directory.with_name(f"{directory.name}.{os.getpid()}")
     staging.mkdir(parents=True, exist_ok=True)
     (staging / "config.yml").write_text(text)
-    # the driver runs as a script (it imports only LiteDRAM), from a checkout or an installed wheel
-    cmd = [sys.executable, str(Path(__file__).with_name("litedram_gen.py")), "config.yml",
-           "--output-dir", "."]
+    # the driver runs as a module of the installed package (as a script, its folder would come
+    # first on sys.path and boards/litedram.py would shadow LiteDRAM's own `litedram`)
+    cmd = [sys.executable, "-m", "bertcore.boards.litedram_gen", "config.yml", "--output-dir", "."]
     if sim:
         cmd.append("--sim")
     with open(staging / "generate.log", "w") as log:
