@@ -122,8 +122,9 @@ def _check_output_dir(path):
 
 @contextlib.contextmanager
 def _atomic_dir(out):
-    """Yield a temporary directory beside ``out``; on success its files move into ``out``
-    (created if needed), on any error or interruption it is removed with its contents."""
+    """Yield a temporary directory (beside ``out``, or inside it when it exists); on success
+    its files move into ``out`` (created if needed), on any error or interruption it is removed
+    with its contents."""
     import shutil
     import tempfile
     try:
