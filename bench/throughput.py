@@ -11,10 +11,14 @@ sentences per second at --mhz; the last line is
 
     throughput: cycles_per_sentence@2Bpc packed=N unpacked=M speedup=X.X
 
-The cycle counts are the model's; the RTL does not read segment tables yet (docs/interface.md),
-so no simulated run is part of this bench.
+With --rtl N the first N texts also run unpacked through the Verilated core (random weights
+of the preset's shape: the schedule does not depend on the values; bit-exact against the
+integer reference), the image replayed at the full rate and throttled by the wrapper's tvalid
+duty cycle (+param_period = bus bytes / --rate), next to the model. The RTL does not read
+segment tables yet (docs/interface.md), so packed runs are the model's only.
 
     .venv/bin/python bench/throughput.py --preset minilm
+    .venv/bin/python bench/throughput.py --preset minilm --rtl 3     # + a minilm Verilator build
 """
 
 import argparse
@@ -48,6 +52,26 @@ def model_cycles(cfg, lengths, runs, rate):
     return total
 
 
+def rtl_check(cfg, lengths, bus_bytes, rate):
+    """Run ``lengths`` unpacked through the Verilated core at the full and the throttled rate;
+    print the core's cycles beside the model's."""
+    import time
+    from bertcore.rtlsim import check_core, random_model
+    period = max(1, round(bus_bytes / rate))
+    model = random_model(cfg)
+    t0 = time.time()
+    for p in (1, period):
+        ok, rows, res = check_core(cfg, model, lengths, param_period=p,
+                                   progress=lambda msg: print(f"[{time.time() - t0:6.0f} s] "
+                                                              f"{msg}", flush=True))
+        for n, same, cycles in rows:
+            want = perf.run_cycles(cfg, n, param_rate=bus_bytes / p)
+            print(f"RTL unpacked, {bus_bytes / p:g} B/cycle, {n:3d} tokens: bit-exact {same}, "
+                  f"{cycles:,} cycles, model {want:,} ({(want - cycles) / cycles:+.2%})")
+        if not ok:
+            print("the simulated core differs from the integer reference", file=sys.stderr)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="minilm")
@@ -57,6 +81,8 @@ def main():
     ap.add_argument("--rate", type=float, default=2.0,
                     help="throttled parameter stream, bytes per cycle (default 2)")
     ap.add_argument("--mhz", type=float, default=100.0, help="clock for sentences/s")
+    ap.add_argument("--rtl", type=int, default=0, metavar="N",
+                    help="also run the first N texts unpacked in Verilator")
     args = ap.parse_args()
     try:
         cfg = load_config(args.preset, sets=args.set)
@@ -98,6 +124,8 @@ def main():
             print(f"{label:>18s} {way:>9s} {len(runs):5d} {cycles:13,d} {per[way]:15,.0f} "
                   f"{args.mhz * 1e6 / per[way]:11.1f} {speed:7.2f}")
         result[rate] = per
+    if args.rtl > 0:
+        rtl_check(cfg, lengths[:args.rtl], bus_bytes, args.rate)
     slow = result[args.rate]
     print(f"throughput: cycles_per_sentence@{args.rate:g}Bpc packed={slow['packed']:.0f} "
           f"unpacked={slow['unpacked']:.0f} speedup={slow['unpacked'] / slow['packed']:.1f}")

@@ -297,3 +297,18 @@ def test_throttled_parameter_stream_matches_the_model():
             assert abs(want - cycles) <= 0.04 * cycles, (period, n, cycles, want)
     with pytest.raises(BertError, match="param_period must be an integer"):
         check_core(TINY, model, [1], param_period=0)
+
+
+def test_throughput_bench_rtl_part(capsys):
+    """bench/throughput.py --rtl: texts run unpacked in Verilator at both rates, beside the
+    model (here on tiny)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "bench" / "throughput.py"
+    spec = importlib.util.spec_from_file_location("throughput_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.rtl_check(TINY, [3, 9], TINY.bus_width // 8, 2.0)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("RTL")]
+    assert len(lines) == 4 and all("bit-exact True" in ln for ln in lines), lines
+    assert sum("2 B/cycle" in ln for ln in lines) == 2

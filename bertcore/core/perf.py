@@ -137,7 +137,7 @@ def _input_cycles(config, seq_len, segments):
     beats = math.ceil(seq_len * config.hidden / bb)
     header = vector_beats(128, config.bus_width)
     table = 0 if segments is None else segment_table_beats(len(segments), config)
-    return header + 2 + table + beats * (bb + 1)
+    return header + 2 + (table + beats) * (bb + 1)      # one byte per cycle, table too
 
 
 def _output_cycles(config, seq_len):
