@@ -16,7 +16,7 @@ import random
 
 import pytest
 from amaranth.back import verilog
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 

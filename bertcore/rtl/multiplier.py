@@ -35,8 +35,7 @@ value of these registers, and bertcore's units do not (their valid bits, reset i
 say when a product is used; the registers refill within the latency).
 """
 
-from amaranth.hdl import (Cat, ClockSignal, Const, Instance, Module, ResetSignal, Shape, Signal,
-                          signed, unsigned)
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, ResetSignal, Shape, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
