@@ -34,7 +34,8 @@ def _corner_operands(width, signed):
 @cocotb.test()
 async def products_match(dut):
     """Every cycle, both forms of every configuration show the product of the operands
-    presented ``latency`` enabled cycles earlier (zeros before that), under a random ``en``."""
+    presented ``latency`` enabled cycles earlier (zeros before that and after a reset), under a
+    random ``en``."""
     params = tb_params()
     rng = random.Random(params["seed"])
     configs = params["configs"]
@@ -54,7 +55,10 @@ async def products_match(dut):
         else:
             a, b = rng.getrandbits(18), rng.getrandbits(18)
             en = int(rng.random() >= params["en_low"])
-        dut.a.value, dut.b.value, dut.en.value = a, b, en
+        # one reset pulse half-way (the domain's synchronous reset clears every register,
+        # whatever en is)
+        rst = int(cycle == params["cycles"] // 2)
+        dut.a.value, dut.b.value, dut.en.value, dut.rst.value = a, b, en, rst
         await ReadOnly()
         for k, cfg in enumerate(configs):
             expected = pipes[k][0] if cfg["latency"] else None
@@ -66,7 +70,9 @@ async def products_match(dut):
                 f"cycle {cycle}, config {k} {cfg}: MULT18X18D {dsp}, behavioural {ref}, "
                 f"expected {expected}")
         await RisingEdge(dut.clk)
-        if en:
+        if rst:
+            pipes = [[0] * cfg["latency"] for cfg in configs]
+        elif en:
             for k, cfg in enumerate(configs):
                 if cfg["latency"]:
                     x = _value(a, *cfg["a"])

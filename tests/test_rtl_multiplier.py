@@ -16,7 +16,7 @@ import random
 
 import pytest
 from amaranth.back import verilog
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -134,7 +134,8 @@ PAIR_CONFIGS = [(a, b, registers) for (a, b), registers in zip(SHAPES, REGISTERS
 @pytest.mark.parametrize("simulator", ["icarus", "verilator"])
 def test_cocotb_mult18x18d_equals_behavioural(simulator):
     """The emitted Verilog: each ``MULT18X18D`` instance (with our model of the primitive)
-    equals its behavioural twin and the product, every cycle, under a random ``en``."""
+    equals its behavioural twin and the product, every cycle, under a random ``en`` and across
+    a reset."""
     params = {
         "configs": [{"a": [a.width, a.signed], "b": [b.width, b.signed],
                      "p": [len(Multiplier(a, b).p), Multiplier(a, b).product_shape.signed],

@@ -28,11 +28,14 @@ All registers use the block's ``CLK0``/``CE0``/``RST0``: the clock and the (sync
 of ``domain``, and the ``en`` input (default high). The DSPs of one ECP5 block share their
 CLK/CE/RST lines, so the placer may put two multipliers in one block only when these agree:
 every multiplier of a clock domain whose ``en`` is left unconnected has the same control set
-(clock, 1, reset), and any two of them pair up. Both forms reset every register to 0.
+(clock, 1, reset), and any two of them pair up. Both forms reset every register to 0 on the
+domain's reset. A ``ResetInserter`` around a design resets the behavioural registers but does
+not reach the primitive's ``RST0`` (an instance port): a datapath must not rely on the reset
+value of these registers, and bertcore's units do not (their valid bits, reset in the fabric,
+say when a product is used; the registers refill within the latency).
 """
 
-from amaranth.hdl import (Cat, ClockSignal, Const, Instance, Module, ResetSignal, Shape, Signal,
-                          signed, unsigned)
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, ResetSignal, Shape, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
