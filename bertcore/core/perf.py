@@ -26,7 +26,7 @@ from bertcore.rtl.requant import Requantizer
 from bertcore.rtl.softmax import IntSoftmax
 from bertcore.rtl.systolic import SystolicArray
 
-from .image import check_core_config, vector_beats
+from .image import HEADER_BITS, PANEL_FIELDS, PANEL_ROW, check_core_config, vector_beats
 
 __all__ = ["layer_cycles", "run_cycles", "breakdown", "utilization", "macs_per_layer",
            "array_beats"]
@@ -46,8 +46,8 @@ def _gemm(tiles, k, n, post):
 
 def _panel_load(config, k):
     bus, n = config.bus_width, config.array_cols
-    header = sum(vector_beats(n * w, bus) for w in (32, 16, 8, 16, 8))
-    return header + k * vector_beats(8 * n, bus)
+    header = sum(vector_beats(n * f.width, bus) for f in PANEL_FIELDS)
+    return header + k * vector_beats(n * PANEL_ROW.width, bus)
 
 
 def breakdown(config, seq_len):
@@ -91,7 +91,7 @@ def run_cycles(config, seq_len):
     (``EncoderCore.cycles``)."""
     bb = config.bus_width // 8
     beats = math.ceil(seq_len * config.hidden / bb)
-    header = vector_beats(128, config.bus_width)
+    header = vector_beats(HEADER_BITS, config.bus_width)
     output = seq_len * (config.hidden // config.array_cols) * (config.array_cols + 2) + 4
     return (header + 2 + beats * (bb + 1) + config.layers * layer_cycles(config, seq_len)
             + output)
