@@ -35,7 +35,7 @@ from types import SimpleNamespace
 from amaranth.hdl import Module, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out, flipped
+from amaranth.lib.wiring import In, flipped
 
 from bertcore.quant.kernels import RESIDUAL_BITS
 from bertcore.rtl.softmax import IntSoftmax

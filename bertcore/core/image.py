@@ -87,7 +87,8 @@ LN_AFTER = {"o": "ln1", "ffn2": "ln2"}
 
 
 def scalar_slices():
-    """``{name: (bit offset, width)}`` of the fields of the scalar record (:data:`SCALAR_FIELDS`)."""
+    """``{name: (bit offset, width)}`` of the fields of the scalar record
+    (:data:`SCALAR_FIELDS`)."""
     slices, offset = {}, 0
     for name, width in SCALAR_FIELDS:
         slices[name] = (offset, width)

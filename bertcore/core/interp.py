@@ -55,7 +55,8 @@ class ImageReader:
         return {f.name: v for f, v in zip(HEADER_FIELDS, values)}
 
     def scalars(self):
-        """A scalar record as ``{name: value}`` (signed; :func:`~bertcore.core.image.scalar_slices`)."""
+        """A scalar record as ``{name: value}`` (signed;
+        :func:`~bertcore.core.image.scalar_slices`)."""
         raw = self.vector(1, 32 * SCALAR_WORDS, signed=False)[0]
         values = {}
         for name, (offset, width) in scalar_slices().items():

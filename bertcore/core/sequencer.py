@@ -18,7 +18,7 @@ from amaranth.lib.wiring import In, Out
 
 from bertcore.rtl.fsm import Fsm
 
-from .common import (A_A, A_H, A_P, A_Q, A_X, G_FFN1, G_FFN2, G_K, G_O, G_Q, G_V, J_PANEL,
+from .common import (A_A, A_H, A_P, A_Q, A_X, G_FFN1, G_FFN2, G_O, G_Q, G_V, J_PANEL,
                      J_PV, J_SCORE, M_CTX, M_FFN1, M_FFN2, M_K, M_O, M_Q, M_SCORE, M_V,
                      handover, job_layout, pick, task)
 

@@ -5,7 +5,8 @@ Requantizer(s) and IntGELU -> the buffers.
 
     array.c -> c1 -+-> score banks (scores)
                    +-> Requantizer (22 bit, residual X or A) -+-> sat8 -> Q, K, V, context
-                                                              +-> sat16 -> IntGELU -> Requantizer -> H
+                                                              +-> sat16 -> IntGELU
+                                                              |     -> Requantizer -> H
                                                               +-> R (22 bit)
 
 A result row enters register ``c1`` and issues the read of its residual (X for O panels, A for
@@ -14,7 +15,7 @@ through one register stage (``v_*``) before the buffers' write ports.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bertcore.quant.kernels import GELU_IN_BITS, RESIDUAL_BITS
