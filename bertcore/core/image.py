@@ -15,8 +15,11 @@ module defines, for a :class:`~bertcore.config.CoreConfig`, the exact word layou
 The image is a sequence of *vectors*. A vector of ``n`` bits (``lanes`` values of ``w`` bits,
 value ``j`` at bits ``j*w .. j*w+w-1``, two's complement, little-endian) occupies
 ``ceil(n / bus_width)`` whole beats, beat 0 holding the lowest bits; unused high bits are zero.
-Records are vectors in a fixed order: the image is defined by :func:`image_schedule`, which the
-core's loader, the Python interpreter (:mod:`bertcore.core.interp`) and this packer all follow.
+Records are vectors in a fixed order. The records are described once, here
+(:data:`HEADER_FIELDS`, :data:`SCALAR_FIELDS`, :data:`PANEL_FIELDS`, :data:`PANEL_ROW`,
+:data:`LN_FIELDS`), and :func:`image_schedule` orders them; the packer below, the core's loader
+(:mod:`bertcore.core.loader` generates its states from the records) and the Python
+interpreter (:mod:`bertcore.core.interp` reads by them) all follow this description.
 """
 
 import zlib
@@ -27,8 +30,10 @@ import torch
 from bertcore.quant import kernels as K
 
 __all__ = [
-    "FORMAT_VERSION", "MAGIC", "HEADER_BITS", "SCALAR_WORDS", "LN_BIAS_BITS", "ImageError",
-    "Vector", "image_schedule", "image_beats", "header_words", "vector_beats",
+    "FORMAT_VERSION", "MAGIC", "Field", "HEADER_FIELDS", "HEADER_BITS", "SCALAR_FIELDS",
+    "SCALAR_WORDS", "SCALAR_BITS", "PANEL_FIELDS", "PANEL_ROW", "LN_FIELDS", "LN_BIAS_BITS",
+    "PANEL_GROUPS", "LN_AFTER", "ImageError", "Vector", "image_schedule", "image_beats",
+    "header_words", "vector_beats", "scalar_slices", "max_vector_bits",
     "config_fingerprint",
     "check_core_config", "pack_parameter_image", "image_to_hex", "pack_activations",
     "unpack_activations", "activation_beats", "scalar_fields",
@@ -40,18 +45,66 @@ __all__ = [
 MAGIC = int.from_bytes(b"BERT", "little")
 #: Version of the image format (bumped on any layout change).
 FORMAT_VERSION = 1
-#: The header vector: magic, version, config fingerprint, total beats (four 32-bit words).
-HEADER_BITS = 128
-#: Names of the 32-bit words of a layer's scalar record (64-bit values take two words).
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a record: a value of ``width`` bits, two's complement unless not ``signed``.
+
+    In a record of per-channel vectors (:data:`PANEL_FIELDS`, :data:`LN_FIELDS`) each field is
+    one vector of ``array_cols`` such values; in the header and the scalar record each field
+    is one value.
+    """
+    name: str
+    width: int
+    signed: bool = True
+
+
+# -- The image layout: one description for the packer, the core's loader and the interpreter ------
+
+#: The header (one vector): magic, version, config fingerprint, total beats.
+HEADER_FIELDS = (Field("magic", 32, False), Field("version", 32, False),
+                 Field("fingerprint", 32, False), Field("beats", 32, False))
+HEADER_BITS = sum(f.width for f in HEADER_FIELDS)
+#: A layer's scalar record (one vector of 32-bit words; 64-bit values take two words, low first).
 SCALAR_FIELDS = (
     ("sm_x0", 32), ("sm_b", 32), ("sm_c", 64), ("sm_m", 32), ("sm_e", 32),
     ("ctx_m", 32), ("ctx_e", 32), ("gelu_b", 32), ("gelu_c", 64), ("gelu_q1", 32),
 )
 SCALAR_WORDS = sum(width for _, width in SCALAR_FIELDS) // 32
+SCALAR_BITS = 32 * SCALAR_WORDS
+#: A weight panel's header, one vector of ``array_cols`` lanes each (lane ``j``: output channel
+#: ``p*n + j``): bias, requantization ``(m, e)`` of the product and ``(m2, e2)`` of the second
+#: term (the residual for O/FFN2, the GELU output for FFN1; ``(0, 1)`` otherwise).
+PANEL_FIELDS = (Field("bias", 32), Field("m", 16), Field("e", 8, False), Field("m2", 16),
+                Field("e2", 8, False))
+#: The ``K`` weight rows that follow a panel's header (row ``k`` holds ``W[p*n + j, k]`` in
+#: lane ``j``).
+PANEL_ROW = Field("w", 8)
+#: A LayerNorm record, per chunk of ``array_cols`` channels: output requantization and bias.
+LN_FIELDS = (Field("ln_m", 16), Field("ln_e", 8, False), Field("ln_bias", 64))
 #: Width (in the core) of the LayerNorm output bias; the image carries it in 64 bits.
 LN_BIAS_BITS = 48
 #: Panel groups of a layer, in stream order, with the activation they multiply.
 PANEL_GROUPS = ("q", "k", "v", "o", "ffn1", "ffn2")
+#: The LayerNorm record that follows a panel group.
+LN_AFTER = {"o": "ln1", "ffn2": "ln2"}
+
+
+def scalar_slices():
+    """``{name: (bit offset, width)}`` of the fields of the scalar record
+    (:data:`SCALAR_FIELDS`)."""
+    slices, offset = {}, 0
+    for name, width in SCALAR_FIELDS:
+        slices[name] = (offset, width)
+        offset += width
+    return slices
+
+
+def max_vector_bits(config):
+    """Bits of the largest vector of the image of ``config`` (the loader's assembly register)."""
+    lane = max(f.width for f in (*PANEL_FIELDS, PANEL_ROW, *LN_FIELDS))
+    return max(HEADER_BITS, SCALAR_BITS, config.array_cols * lane)
 
 
 class ImageError(ValueError):
@@ -130,32 +183,31 @@ def image_schedule(config):
 
     ::
 
-        header (128 bits)
+        header (HEADER_FIELDS, 128 bits)
         per layer:
-            scalars (SCALAR_WORDS x 32 bits)
+            scalars (SCALAR_FIELDS: SCALAR_WORDS x 32 bits)
             for group in q, k, v, o, [ln1], ffn1, ffn2, [ln2]:
                 per panel p (array_cols output channels p*n .. p*n+n-1):
-                    bias (n x 32), m (n x 16), e (n x 8), m2 (n x 16), e2 (n x 8),
-                    K weight rows (n x 8 each; row k holds W[p*n + j, k] in lane j)
-                ln1 / ln2, per chunk c of n channels: ln_m (n x 16), ln_e (n x 8),
+                    PANEL_FIELDS: bias (n x 32), m (n x 16), e (n x 8), m2 (n x 16), e2 (n x 8),
+                    K weight rows (PANEL_ROW, n x 8 each; row k holds W[p*n + j, k] in lane j)
+                ln1 / ln2, per chunk c of n channels: LN_FIELDS: ln_m (n x 16), ln_e (n x 8),
                     ln_bias (n x 64)
     """
     check_core_config(config)
     n = config.array_cols
-    vectors = [Vector("header", 4, 32)]
+    vectors = [Vector("header", len(HEADER_FIELDS), 32)]
     for layer in range(config.layers):
         vectors.append(Vector("scalars", SCALAR_WORDS, 32, layer))
         for group in PANEL_GROUPS:
             for p in range(panel_count(config, group)):
-                for kind, width in (("bias", 32), ("m", 16), ("e", 8), ("m2", 16), ("e2", 8)):
-                    vectors.append(Vector(kind, n, width, layer, group, p))
+                for f in PANEL_FIELDS:
+                    vectors.append(Vector(f.name, n, f.width, layer, group, p))
                 for k in range(panel_k(config, group)):
-                    vectors.append(Vector("w", n, 8, layer, group, p, k))
-            if group in ("o", "ffn2"):
-                ln = "ln1" if group == "o" else "ln2"
+                    vectors.append(Vector(PANEL_ROW.name, n, PANEL_ROW.width, layer, group, p, k))
+            if group in LN_AFTER:
                 for c in range(config.hidden // n):
-                    for kind, width in (("ln_m", 16), ("ln_e", 8), ("ln_bias", 64)):
-                        vectors.append(Vector(kind, n, width, layer, ln, c))
+                    for f in LN_FIELDS:
+                        vectors.append(Vector(f.name, n, f.width, layer, LN_AFTER[group], c))
     return vectors
 
 
@@ -165,9 +217,11 @@ def image_beats(config):
 
 
 def header_words(config):
-    """The four 32-bit words of the image header of ``config``: magic, version, fingerprint,
-    total beats (:data:`HEADER_BITS`)."""
-    return [MAGIC, FORMAT_VERSION, config_fingerprint(config), image_beats(config)]
+    """The 32-bit words of the image header of ``config`` (:data:`HEADER_FIELDS`): magic,
+    version, fingerprint, total beats."""
+    values = {"magic": MAGIC, "version": FORMAT_VERSION,
+              "fingerprint": config_fingerprint(config), "beats": image_beats(config)}
+    return [values[f.name] for f in HEADER_FIELDS]
 
 
 def _fits(name, value, bits, signed=True):
@@ -199,7 +253,7 @@ def scalar_fields(int_model, layer):
         IntSoftmax.check_constants(sm)
     except ValueError as exc:
         raise ImageError(f"layer {layer}: {exc}") from None
-    gelu = IntGELU(lanes=1, in_width=16)
+    gelu = IntGELU(lanes=1, in_width=K.GELU_IN_BITS)
     gelu._MustUse__silence = True
     g = lc["gelu"]
     values = {
@@ -211,8 +265,9 @@ def scalar_fields(int_model, layer):
         "gelu_c": _fits(f"layer {layer} gelu c", int(g["c"]), gelu.c_width),
         "gelu_q1": _fits(f"layer {layer} gelu q1", int(g["q1"]), gelu.q1_width),
     }
-    if not 1 <= values["ctx_e"] <= 62:
-        raise ImageError(f"layer {layer} ctx_e = {values['ctx_e']} is outside 1..62")
+    if not 1 <= values["ctx_e"] <= K.REQ_MAX_SHIFT:
+        raise ImageError(f"layer {layer} ctx_e = {values['ctx_e']} is outside "
+                         f"1..{K.REQ_MAX_SHIFT}")
     return values
 
 
@@ -222,9 +277,12 @@ def _requant_vectors(name, m, e):
     for v in m:
         _fits(f"{name} m", v, K.REQ_M_BITS)
     for v in e:
-        if not 1 <= v <= 62:
-            raise ImageError(f"{name} e = {v} is outside 1..62")
+        if not 1 <= v <= K.REQ_MAX_SHIFT:
+            raise ImageError(f"{name} e = {v} is outside 1..{K.REQ_MAX_SHIFT}")
     return m, e
+
+
+_PANEL_KINDS = {f.name for f in PANEL_FIELDS} | {PANEL_ROW.name}
 
 
 def pack_parameter_image(int_model, config):
@@ -256,7 +314,7 @@ def pack_parameter_image(int_model, config):
             for name, width in SCALAR_FIELDS:
                 v = f[name] & ((1 << width) - 1)
                 values += [v & 0xFFFFFFFF] + ([v >> 32] if width == 64 else [])
-        elif vec.kind in ("bias", "m", "e", "m2", "e2", "w"):
+        elif vec.kind in _PANEL_KINDS:
             g = vec.group
             ch = slice(vec.index * n, (vec.index + 1) * n)
             key = (vec.layer, g, vec.index)
@@ -270,22 +328,23 @@ def pack_parameter_image(int_model, config):
                                               t[L + "gelu.e"][ch])
                 else:
                     m2, e2 = [0] * n, [1] * n
-                cache = {key: {
-                    "bias": [int(v) for v in t[L + g + ".b"][ch]], "m": m, "e": e,
-                    "m2": m2, "e2": e2,
-                    "w": t[L + g + ".w"][ch].to(torch.int64),
-                }}
+                bias = [int(v) for v in t[L + g + ".b"][ch]]
+                rec = dict(zip((f.name for f in PANEL_FIELDS), (bias, m, e, m2, e2), strict=True))
+                rec[PANEL_ROW.name] = t[L + g + ".w"][ch].to(torch.int64)
+                cache = {key: rec}
             rec = cache[key]
-            values = (rec["w"][:, vec.row].tolist() if vec.kind == "w" else rec[vec.kind])
-        else:                               # ln_m, ln_e, ln_bias
+            values = (rec["w"][:, vec.row].tolist() if vec.kind == PANEL_ROW.name
+                      else rec[vec.kind])
+        else:                               # a LayerNorm record (LN_FIELDS)
             ln = vec.group
             ch = slice(vec.index * n, (vec.index + 1) * n)
-            if vec.kind == "ln_m" or vec.kind == "ln_e":
+            key = (vec.layer, ln, vec.index)
+            if key not in cache:
                 m, e = _requant_vectors(L + ln, t[L + ln + ".m"][ch], t[L + ln + ".e"][ch])
-                values = m if vec.kind == "ln_m" else e
-            else:
-                values = [_fits(f"{L}{ln} bias", int(v), LN_BIAS_BITS)
-                          for v in t[L + ln + ".bias"][ch]]
+                bias = [_fits(f"{L}{ln} bias", int(v), LN_BIAS_BITS)
+                        for v in t[L + ln + ".bias"][ch]]
+                cache = {key: dict(zip((f.name for f in LN_FIELDS), (m, e, bias), strict=True))}
+            values = cache[key][vec.kind]
         words += _vector_words(values, vec.width, bus)
     assert len(words) == total
     return words

@@ -10,15 +10,16 @@ format and the schedule independently of the RTL.
 import torch
 
 from bertcore.quant import kernels as K
-from .image import (FORMAT_VERSION, HEADER_BITS, MAGIC, SCALAR_FIELDS, ImageError,
-                    check_core_config, config_fingerprint, image_beats, panel_count, panel_k,
-                    vector_beats)
+from .image import (FORMAT_VERSION, HEADER_FIELDS, LN_FIELDS, MAGIC, PANEL_FIELDS, PANEL_ROW,
+                    SCALAR_WORDS, ImageError, check_core_config, config_fingerprint,
+                    image_beats, panel_count, panel_k, scalar_slices, vector_beats)
 
 __all__ = ["ImageReader", "run_image"]
 
 
 class ImageReader:
-    """Reads vectors from a list of bus words, in order."""
+    """Reads vectors and records (:mod:`bertcore.core.image`'s field lists) from a list of bus
+    words, in order."""
 
     def __init__(self, words, config):
         self.words = list(words)
@@ -41,6 +42,28 @@ class ImageReader:
             values.append(v)
         return values
 
+    def record(self, fields, lanes):
+        """The vectors of ``fields`` (:class:`~bertcore.core.image.Field`), ``lanes`` values
+        each, as ``{name: list}``."""
+        return {f.name: self.vector(lanes, f.width, f.signed) for f in fields}
+
+    def header(self):
+        """The header vector as ``{name: value}`` (:data:`~bertcore.core.image.HEADER_FIELDS`)."""
+        widths = {f.width for f in HEADER_FIELDS}
+        assert len(widths) == 1 and not any(f.signed for f in HEADER_FIELDS)
+        values = self.vector(len(HEADER_FIELDS), widths.pop(), signed=False)
+        return {f.name: v for f, v in zip(HEADER_FIELDS, values)}
+
+    def scalars(self):
+        """A scalar record as ``{name: value}`` (signed;
+        :func:`~bertcore.core.image.scalar_slices`)."""
+        raw = self.vector(1, 32 * SCALAR_WORDS, signed=False)[0]
+        values = {}
+        for name, (offset, width) in scalar_slices().items():
+            v = (raw >> offset) & ((1 << width) - 1)
+            values[name] = v - (1 << width) if v >> (width - 1) else v
+        return values
+
 
 def _t(values):
     return torch.tensor(values, dtype=torch.int64)
@@ -56,7 +79,8 @@ def run_image(words, x, config):
     """
     check_core_config(config)
     r = ImageReader(words, config)
-    magic, version, fingerprint, total = r.vector(4, 32, signed=False)
+    h = r.header()
+    magic, version, fingerprint, total = h["magic"], h["version"], h["fingerprint"], h["beats"]
     if magic != MAGIC or version != FORMAT_VERSION:
         raise ImageError(f"bad image header (magic {magic:#x}, version {version})")
     if fingerprint != config_fingerprint(config):
@@ -64,21 +88,12 @@ def run_image(words, x, config):
     if total != image_beats(config) or total != len(words):
         raise ImageError(f"the image has {len(words)} beats, its header says {total}, "
                          f"the core expects {image_beats(config)}")
-    assert HEADER_BITS == 128
     n = config.array_cols
     hd = config.head_dim
     x = torch.as_tensor(x).to(torch.int64)
     seq = x.shape[0]
     for _ in range(config.layers):
-        # scalars
-        raw = r.vector(len(SCALAR_FIELDS) + 2, 32, signed=False)
-        sc, w = {}, 0
-        for name, width in SCALAR_FIELDS:
-            v = raw[w] | (raw[w + 1] << 32 if width == 64 else 0)
-            w += width // 32
-            if v >> (width - 1):
-                v -= 1 << width
-            sc[name] = v
+        sc = r.scalars()
         smk = {"x0": sc["sm_x0"], "b": sc["sm_b"], "c": sc["sm_c"], "m": sc["sm_m"],
                "e": sc["sm_e"], "exp_bits": K.SOFTMAX_EXP_BITS}
 
@@ -86,15 +101,15 @@ def run_image(words, x, config):
             """All panels of ``group`` on the activation ``a``; returns the outputs."""
             outs = []
             for _ in range(panel_count(config, group)):
-                bias = _t(r.vector(n, 32))
-                m, e = _t(r.vector(n, 16)), _t(r.vector(n, 8, signed=False))
-                m2, e2 = _t(r.vector(n, 16)), _t(r.vector(n, 8, signed=False))
-                wp = _t([r.vector(n, 8) for _ in range(panel_k(config, group))])  # [K, n]
-                acc = a @ wp + bias
+                rec = {k: _t(v) for k, v in r.record(PANEL_FIELDS, n).items()}
+                m, e, m2, e2 = rec["m"], rec["e"], rec["m2"], rec["e2"]
+                wp = _t([r.vector(n, PANEL_ROW.width, PANEL_ROW.signed)
+                         for _ in range(panel_k(config, group))])                   # [K, n]
+                acc = a @ wp + rec["bias"]
                 if group in ("q", "k", "v"):
                     outs.append(K.requantize(acc, m, e, 8))
                 elif group == "ffn1":
-                    g_in = K.requantize(acc, m, e, 16)
+                    g_in = K.requantize(acc, m, e, K.GELU_IN_BITS)
                     g = K.int_gelu_int(g_in, sc["gelu_b"], sc["gelu_c"], sc["gelu_q1"])
                     outs.append(K.requantize(g, m2, e2, 8))
                 else:
@@ -104,12 +119,9 @@ def run_image(words, x, config):
             return torch.cat(outs, dim=1)
 
         def layernorm(res):
-            chunks = [(_t(r.vector(n, 16)), _t(r.vector(n, 8, signed=False)), _t(r.vector(n, 64)))
-                      for _ in range(config.hidden // n)]
-            m = torch.cat([c[0] for c in chunks])
-            e = torch.cat([c[1] for c in chunks])
-            bias = torch.cat([c[2] for c in chunks])
-            return K.requantize(K.layernorm_int(res), m, e, 8, bias=bias)
+            chunks = [r.record(LN_FIELDS, n) for _ in range(config.hidden // n)]
+            v = {f.name: _t(sum((c[f.name] for c in chunks), [])) for f in LN_FIELDS}
+            return K.requantize(K.layernorm_int(res), v["ln_m"], v["ln_e"], 8, bias=v["ln_bias"])
 
         q = panels("q", x)
         k = panels("k", x)

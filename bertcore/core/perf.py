@@ -36,7 +36,8 @@ from bertcore.rtl.systolic import SystolicArray
 
 from bertcore.quant.model import check_segments
 
-from .image import check_core_config, segment_table_beats, vector_beats
+from .image import (HEADER_BITS, LN_FIELDS, PANEL_FIELDS, PANEL_ROW, SCALAR_BITS,
+                    check_core_config, segment_table_beats, vector_beats)
 
 __all__ = ["layer_cycles", "run_cycles", "breakdown", "utilization", "macs_per_layer",
            "array_beats", "key_spans", "stream_run_cycles"]
@@ -56,8 +57,8 @@ def _gemm(tiles, k, n, post):
 
 def _panel_load(config, k):
     bus, n = config.bus_width, config.array_cols
-    header = sum(vector_beats(n * w, bus) for w in (32, 16, 8, 16, 8))
-    return header + k * vector_beats(8 * n, bus)
+    header = sum(vector_beats(n * f.width, bus) for f in PANEL_FIELDS)
+    return header + k * vector_beats(n * PANEL_ROW.width, bus)
 
 
 def key_spans(config, seq_len, segments=None):
@@ -135,7 +136,7 @@ def _input_cycles(config, seq_len, segments):
     """Cycles from the first image beat to the end of the activation input."""
     bb = config.bus_width // 8
     beats = math.ceil(seq_len * config.hidden / bb)
-    header = vector_beats(128, config.bus_width)
+    header = vector_beats(HEADER_BITS, config.bus_width)
     table = 0 if segments is None else segment_table_beats(len(segments), config)
     return header + 2 + (table + beats) * (bb + 1)      # one byte per cycle, table too
 
@@ -172,9 +173,9 @@ def stream_run_cycles(config, seq_len, segments=None, param_rate=None):
     if param_rate is not None and not param_rate > 0:
         raise ValueError(f"param_rate must be positive, not {param_rate!r}")
     cpb = 1.0 if param_rate is None else max(1.0, bb / float(param_rate))
-    header = vector_beats(128, bus)
-    scalars = vector_beats(32 * 12, bus)
-    ln_beats = (hid // n) * sum(vector_beats(n * w, bus) for w in (16, 8, 64))
+    header = vector_beats(HEADER_BITS, bus)
+    scalars = vector_beats(SCALAR_BITS, bus)
+    ln_beats = (hid // n) * sum(vector_beats(n * f.width, bus) for f in LN_FIELDS)
     jobs = _panel_jobs(config, seq_len)
     attention = _attention(config, seq_len, segments)
     ln_pass = _ln_pass(config, seq_len)

@@ -25,7 +25,7 @@ import math
 import torch
 
 __all__ = [
-    "REQ_M_BITS", "RESIDUAL_BITS", "SOFTMAX_EXP_BITS", "SOFTMAX_MAX_BIT", "LN_FRAC_BITS",
+    "REQ_M_BITS", "REQ_MAX_SHIFT", "RESIDUAL_BITS", "GELU_IN_BITS", "SOFTMAX_EXP_BITS", "SOFTMAX_MAX_BIT", "LN_FRAC_BITS",
     "SOFTMAX_POLY_BITS", "SOFTMAX_MAX_SHIFT", "SOFTMAX_X0_BITS", "SOFTMAX_MIN_SCALE",
     "GELU_K", "GELU_COEFF", "GELU_SHIFT", "EXP_X0", "EXP_COEFF", "EXP_N", "EXP_ZMAX",
     "int_range", "saturate", "floor_div", "round_half_even_div", "bit_length", "isqrt",
@@ -41,15 +41,21 @@ __all__ = [
 #: Requantization multipliers are signed ``REQ_M_BITS``-bit integers with
 #: ``2**(REQ_M_BITS-2) <= |m| < 2**(REQ_M_BITS-1)`` (15 significant bits): one 18x18 DSP operand.
 REQ_M_BITS = 16
+#: Largest requantization shift ``e`` (``1 <= e <= REQ_MAX_SHIFT``): the rounding constant
+#: ``2**(e-1)`` and the shift stay within int64.
+REQ_MAX_SHIFT = 62
 #: Width of the residual path (the LayerNorm inputs), as in I-BERT's ``ln_input_bit``.
 RESIDUAL_BITS = 22
+#: Width of the i-GELU input (the FFN1 output is requantized to this many signed bits).
+GELU_IN_BITS = 16
 #: Width of the exponentials inside the softmax (I-BERT's 16-bit ``QuantAct``); unsigned here.
 SOFTMAX_EXP_BITS = 16
 #: The exp polynomial ``(p+b)*p + c`` stays below ``2**SOFTMAX_POLY_BITS`` (so ``poly*m < 2**61``):
 #: this bounds the finest softmax input scale (about 2.8e-7).
 SOFTMAX_POLY_BITS = 45
-#: Largest ``e`` of the softmax exp requantization (the shift of ``poly*m`` is ``e - 30 + z``).
-SOFTMAX_MAX_SHIFT = 62 + 30
+#: Largest ``e`` of the softmax exp requantization (the shift of ``poly*m`` is ``e - 30 + z``,
+#: 30 being ``EXP_N``).
+SOFTMAX_MAX_SHIFT = REQ_MAX_SHIFT + 30
 #: Fixed-point precision of ``floor(2**SOFTMAX_MAX_BIT / sum(exp))`` in the softmax.
 SOFTMAX_MAX_BIT = 32
 #: Extra fractional bits of the LayerNorm reciprocal ``floor(2**(31+F) / std)``; 0 is I-BERT.
@@ -162,7 +168,7 @@ def matmul_int(a, b):
 
 # -- Requantization -----------------------------------------------------------------------------
 
-def requant_params(ratio, m_bits=REQ_M_BITS, max_shift=62):
+def requant_params(ratio, m_bits=REQ_M_BITS, max_shift=REQ_MAX_SHIFT):
     """Fixed-point form ``(m, e)`` of a positive or negative real ``ratio ~= m / 2**e``.
 
     ``m`` is a signed ``m_bits``-bit integer with ``2**(m_bits-2) <= |m| < 2**(m_bits-1)`` (the
@@ -210,8 +216,8 @@ def requantize(x, m, e, bits=None, bias=None, signed=True):
     x = _as_int64(x)
     m = _as_int64(m)
     e = _as_int64(e)
-    if bool((e < 1).any()) or bool((e > 62).any()):
-        raise ValueError("requantization shifts must lie in 1..62")
+    if bool((e < 1).any()) or bool((e > REQ_MAX_SHIFT).any()):
+        raise ValueError(f"requantization shifts must lie in 1..{REQ_MAX_SHIFT}")
     acc = x * m
     if bias is not None:
         acc = acc + _as_int64(bias)

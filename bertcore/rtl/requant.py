@@ -4,15 +4,16 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from bertcore.quant.kernels import REQ_M_BITS
+from bertcore.quant.kernels import REQ_M_BITS, REQ_MAX_SHIFT
 from .common import (check_int, check_multipliers, dsp_partial_products, rejecting,
                      valid_last_pipeline)
 from .multiplier import mult18x18d_products, uses_mult18x18d
 
 __all__ = ["Requantizer", "REQ_E_BITS"]
 
-#: Width of the shift ``e`` (``1 <= e <= 62`` as :func:`~bertcore.quant.kernels.requantize`).
-REQ_E_BITS = 6
+#: Width of the shift ``e`` (``1 <= e <= REQ_MAX_SHIFT`` as
+#: :func:`~bertcore.quant.kernels.requantize`): 6 bits for 62.
+REQ_E_BITS = REQ_MAX_SHIFT.bit_length()
 
 
 class Requantizer(wiring.Component):

@@ -1,0 +1,117 @@
+"""The softmax pass of attention: score banks -> ``S`` IntSoftmax units -> P buffer.
+
+It runs between the scores job of a query block and its ``P·V`` job. Unit ``k`` takes the
+rows ``q*S + k`` of the block (``N / S`` rows each, side by side); all units read the same word
+of their score bank each cycle (a fork: a beat advances once every unit has taken it).
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from bertcore.rtl.softmax import IntSoftmax
+
+from .common import feed, fork, row_read, sliced, task, write_port
+
+__all__ = ["SoftmaxPass"]
+
+
+class SoftmaxPass(wiring.Component):
+    """The probabilities of one block of ``N`` query rows.
+
+    Members
+    -------
+    ctl : ``In(task())``
+        ``start`` starts the pass; ``done`` is high once every row's probabilities are in P.
+    seq_len : ``In(range(max_seq + 1))``
+        Key positions per row.
+    consts : ``In(StructLayout(IntSoftmax.CONSTANT_SHAPES))``
+        The layer's softmax constants.
+    scores : ``Out(row_read(...))``
+        The score banks (bank ``k``: rows ``q*S + k``, word ``q*ceil(max_seq/N) + key block``).
+    p : ``Out(write_port(...)).array(N)``
+        The P buffer (bank ``i``: query row ``i`` of the block, word: key block).
+    error : ``Out(1)``
+        A unit flagged an error.
+    """
+
+    def __init__(self, config):
+        self._c = config
+        n, s = config.array_cols, config.softmax_units
+        self._grp = -(-config.max_seq // n)
+        self._sw = IntSoftmax.score_width(config.head_dim)
+        super().__init__({
+            "ctl": In(task()),
+            "seq_len": In(range(config.max_seq + 1)),
+            "consts": In(data.StructLayout(IntSoftmax.CONSTANT_SHAPES)),
+            "scores": Out(row_read((n // s) * self._grp, unsigned(self._sw * n), s)),
+            "p": Out(write_port(self._grp, unsigned(8 * n))).array(n),
+            "error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self._c
+        N, S, GRP = c.array_cols, c.softmax_units, self._grp
+        RPS = N // S                        # rows per unit
+        smaxes = []
+        for k in range(S):
+            m.submodules[f"softmax_{k}"] = unit = IntSoftmax(
+                max_seq=c.max_seq, in_width=self._sw, output_bits=8, saturate_output=True,
+                head_dim=c.head_dim, multipliers=c.multipliers("softmax"))
+            m.d.comb += [getattr(unit, name).eq(getattr(self.consts, name))
+                         for name in IntSoftmax.CONSTANT_SHAPES]
+            smaxes.append(unit)
+        m.d.comb += self.error.eq(Cat(*(unit.error for unit in smaxes)).any())
+        # score word (x_q, x_w), element x_l -> every unit
+        x_active = Signal()
+        x_q = Signal(range(RPS + 1))
+        x_e = Signal(range(c.max_seq + 1))
+        x_w = Signal(range(GRP + 1))
+        x_l = Signal(range(N))
+        x1_valid = Signal()
+        x1_l = Signal(range(N))
+        x1_last = Signal()
+        sinks = sliced(m, "softmax_in", [unit.i_stream for unit in smaxes])
+        x_adv = fork(m, "x", x1_valid, sinks, Const((1 << S) - 1, S))
+        feed(m, self.scores, sinks, x_q * GRP + x_w, x_adv, x1_l, self._sw, x1_last)
+        with m.If(x_adv):
+            m.d.sync += [x1_valid.eq(x_active), x1_l.eq(x_l),
+                         x1_last.eq(x_e == self.seq_len - 1)]
+        with m.If(x_adv & x_active):
+            m.d.sync += [x_e.eq(x_e + 1), x_l.eq(x_l + 1)]
+            with m.If(x_l == N - 1):
+                m.d.sync += [x_l.eq(0), x_w.eq(x_w + 1)]
+            with m.If(x_e == self.seq_len - 1):
+                m.d.sync += [x_e.eq(0), x_l.eq(0), x_w.eq(0), x_q.eq(x_q + 1)]
+                with m.If(x_q == RPS - 1):
+                    m.d.sync += x_active.eq(0)
+        # each unit's probabilities -> words of N -> the P bank of its row
+        y_regs, y_done = [], []
+        for k, unit in enumerate(smaxes):
+            y_q = Signal(range(RPS + 1), name=f"y_q{k}")
+            y_w = Signal(range(GRP + 1), name=f"y_w{k}")
+            y_l = Signal(range(N), name=f"y_l{k}")
+            y_word = Signal(8 * N, name=f"y_word{k}")
+            y_regs += [y_q, y_w, y_l]
+            y_done.append(y_q == RPS)
+            m.d.comb += unit.o_stream.ready.eq(y_q != RPS)
+            y_full = Cat(*(Mux(y_l == j, unit.o_stream.payload.data, y_word[8 * j:8 * j + 8])
+                           for j in range(N)))
+            with m.If(unit.o_stream.valid & unit.o_stream.ready):
+                m.d.sync += [y_word.eq(y_full), y_l.eq(y_l + 1)]
+                ylast = unit.o_stream.payload.last
+                with m.If((y_l == N - 1) | ylast):
+                    m.d.sync += [y_l.eq(0), y_w.eq(y_w + 1)]
+                    for q in range(RPS):
+                        port = self.p[q * S + k]
+                        with m.If(y_q == q):
+                            m.d.comb += [port.addr.eq(y_w), port.data.eq(y_full),
+                                         port.en.eq(1)]
+                with m.If(ylast):
+                    m.d.sync += [y_w.eq(0), y_q.eq(y_q + 1)]
+        m.d.comb += self.ctl.done.eq(Cat(*y_done).all())
+        with m.If(self.ctl.start):
+            m.d.sync += [x_active.eq(1), x_q.eq(0), x_e.eq(0), x_w.eq(0), x_l.eq(0)]
+            m.d.sync += [r.eq(0) for r in y_regs]
+        return m

@@ -1,0 +1,178 @@
+"""The encoder core's on-chip buffers: banked activation, score, probability and residual
+memories, with one owner per port.
+
+Activation buffers hold one sequence, banked by position: bank ``b`` holds the positions
+``p ≡ b (mod N)``, one word of ``N`` channels (int8) per position and channel chunk, so that one
+read of every bank gives the ``N`` rows of an A operand beat (or the ``N`` key positions of a
+``Kᵀ`` beat). ``X`` holds the layer input (and the residual of the attention output), ``Q`` the
+queries and then, in place, the attention context, ``K`` and ``V`` the keys and values, ``A``
+the LayerNorm-1 output (the FFN input and residual), ``H`` the GELU output. ``R`` holds the
+22-bit residual sums before each LayerNorm in ``U = layernorm_units`` banks (bank ``u`` holds
+the positions ``p ≡ u (mod U)``). The score banks hold the scores of one block of ``N`` query
+rows (bank ``k`` of ``S = softmax_units`` the rows ``≡ k (mod S)``), the P buffer their
+probabilities (bank ``i`` = query row ``i`` of the block).
+
+Port owners (each member of :class:`Buffers` is connected to exactly one component)::
+
+    buffer  write port                        read port 0        read port 1
+    X       input gatherer | LN-2 gatherers   feeder             residual fetch | output pass
+    Q       write-back (queries, context)     feeder
+    K, V    write-back                        feeder
+    A       LN-1 gatherers                    feeder             residual fetch
+    H       write-back (GELU output)          feeder
+    P       softmax pass                      feeder
+    R       write-back                        LayerNorm pass
+    S       write-back (scores)               softmax pass
+
+The two shared ports of ``X`` have an explicit fixed-priority arbiter (:func:`_arbitrate`):
+their users never run at the same time (the input before the first layer, the LN-2 gatherers at
+the end of each layer; the residual fetch during O panels, the output pass after the last
+layer), and the later user has priority.
+"""
+
+from types import SimpleNamespace
+
+from amaranth.hdl import Module, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, flipped
+
+from bertcore.quant.kernels import RESIDUAL_BITS
+from bertcore.rtl.softmax import IntSoftmax
+
+from .common import row_read, write_port
+
+__all__ = ["Buffers"]
+
+
+def _banked(m, name, banks, depth, shape, read_ports, late):
+    """``banks`` memories of ``depth`` words of ``shape`` (submodules ``{name}_{b}`` of ``m``).
+
+    Returns the user-side ports: the write port of each bank (a list) and the row reads (a
+    list of ``read_ports``), as interfaces of :func:`~bertcore.core.common.write_port` /
+    :func:`~bertcore.core.common.row_read` that ``m`` drives.
+
+    With ``late``, each bank's write request (``addr``, ``data``, ``en``) is registered before
+    its write port: the port's signals come from flip-flops (the writers' multiplexers do not
+    run on across the chip into every LUT-RAM cell), and a write lands one cycle after its
+    request. The writers of X and A are the input gatherer and the LayerNorm gatherers; the
+    sequencer reads those buffers two or more cycles after their last request.
+    """
+    writes = [write_port(depth, shape).flip().create(path=(f"{name}_{b}_w",))
+              for b in range(banks)]
+    rows = [row_read(depth, shape, banks).flip().create(path=(f"{name}_r{i}",))
+            for i in range(read_ports)]
+    for b in range(banks):
+        m.submodules[f"{name}_{b}"] = mem = Memory(shape=shape, depth=depth, init=[])
+        wp, req = mem.write_port(), writes[b]
+        domain = m.d.sync if late else m.d.comb
+        domain += [wp.addr.eq(req.addr), wp.data.eq(req.data), wp.en.eq(req.en)]
+        for row in rows:
+            rp = mem.read_port()
+            m.d.comb += [rp.addr.eq(row.addr), rp.en.eq(row.en), row.data[b].eq(rp.data)]
+    return writes, rows
+
+
+def _arbitrate(m, port, users, names):
+    """Drive the fields ``names`` of ``port`` from ``users``: the first user whose ``en`` is
+    high, else the last user (a fixed-priority arbiter)."""
+    m.d.comb += [getattr(port, name).eq(getattr(users[-1], name)) for name in names]
+    for user in reversed(users[:-1]):           # the statement made last wins
+        with m.If(user.en):
+            m.d.comb += [getattr(port, name).eq(getattr(user, name)) for name in names]
+
+
+class Buffers(wiring.Component):
+    """All activation, score, probability and residual buffers of the core (see the module
+    docstring for their contents and the owner of each port).
+
+    Members
+    -------
+    feed_x, feed_q, feed_a, feed_h, feed_k, feed_v, feed_p : ``In(row_read(...))``
+        The feeder's operand reads.
+    res_x, res_a : ``In(row_read(...))``
+        The write-back's residual fetch.
+    out_x : ``In(row_read(...))``
+        The output pass (shares X's read port 1 with ``res_x``; it has priority).
+    wb_q, wb_k, wb_v, wb_h : ``In(write_port(...)).array(N)``
+        The write-back's int8 results (Q also takes the attention context).
+    wb_r : ``In(write_port(...)).array(U)``
+        The write-back's residual sums.
+    wb_s : ``In(write_port(...)).array(S)``
+        The write-back's scores.
+    in_x : ``In(write_port(...)).array(N)``
+        The input gatherer (shares X's write port with ``ln_x``, which has priority).
+    ln_x, ln_a : ``In(write_port(...)).array(N)``
+        The LayerNorm gatherers (LN-2 into X, LN-1 into A).
+    ln_r : ``In(row_read(...))``
+        The LayerNorm pass's reads of R.
+    smax_s : ``In(row_read(...))``
+        The softmax pass's reads of the scores.
+    smax_p : ``In(write_port(...)).array(N)``
+        The softmax pass's probabilities.
+    """
+
+    def __init__(self, config):
+        c = self._c = config
+        n = c.array_cols
+        cwh, cwf = c.hidden // n, c.ffn // n
+        grp = -(-c.max_seq // n)
+        s, u = c.softmax_units, c.layernorm_units
+        word = unsigned(8 * n)
+        self._geometry = {                      # name: banks, depth, word, read ports, late
+            "x": (n, grp * cwh, word, 2, True),     # A operand; residual of O
+            "q": (n, grp * cwh, word, 1, False),    # queries, then the context
+            "a": (n, grp * cwh, word, 2, True),     # A operand; residual of FFN2
+            "h": (n, grp * cwf, word, 1, False),
+            "k": (n, grp * cwh, word, 1, False),
+            "v": (n, grp * cwh, word, 1, False),
+            "p": (n, grp, word, 1, False),
+            # R: bank u holds the positions p = g*U + u (word g*CWH + chunk); the LayerNorm
+            # units read U positions at once
+            "r": (u, grp * (n // u) * cwh, unsigned(RESIDUAL_BITS * n), 1, False),
+            # scores: bank k holds the query rows q*S + k of the block (word q*GRP + key block)
+            "s": (s, (n // s) * grp,
+                  unsigned(IntSoftmax.score_width(c.head_dim) * n), 1, False),
+        }
+
+        def rd(name):
+            banks, depth, shape, _, _ = self._geometry[name]
+            return In(row_read(depth, shape, banks))
+
+        def wr(name):
+            banks, depth, shape, _, _ = self._geometry[name]
+            return In(write_port(depth, shape)).array(banks)
+
+        super().__init__({
+            **{f"feed_{b}": rd(b) for b in "xqahkvp"},
+            "res_x": rd("x"), "res_a": rd("a"), "out_x": rd("x"),
+            **{f"wb_{b}": wr(b) for b in "qkvhrs"},
+            "in_x": wr("x"), "ln_x": wr("x"), "ln_a": wr("a"),
+            "ln_r": rd("r"), "smax_s": rd("s"), "smax_p": wr("p"),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        mems = {}
+        for name, (banks, depth, shape, reads, late) in self._geometry.items():
+            w, r = _banked(m, name, banks, depth, shape, reads, late)
+            mems[name] = SimpleNamespace(w=w, r=r)
+        owners = {                              # memory port: the member that owns it
+            ("q", "w"): "wb_q", ("k", "w"): "wb_k", ("v", "w"): "wb_v", ("h", "w"): "wb_h",
+            ("r", "w"): "wb_r", ("s", "w"): "wb_s", ("p", "w"): "smax_p", ("a", "w"): "ln_a",
+            ("r", 0): "ln_r", ("s", 0): "smax_s", ("a", 1): "res_a",
+            **{(b, 0): f"feed_{b}" for b in "xqahkvp"},
+        }
+        for (name, port), member in owners.items():
+            if port == "w":
+                for mine, theirs in zip(mems[name].w, getattr(self, member)):
+                    wiring.connect(m, flipped(theirs), mine)
+            else:
+                wiring.connect(m, flipped(getattr(self, member)), mems[name].r[port])
+        # the shared ports of X: fixed priority (the users never overlap in time)
+        for b in range(len(self.in_x)):
+            _arbitrate(m, mems["x"].w[b], [self.ln_x[b], self.in_x[b]], ("addr", "data", "en"))
+        _arbitrate(m, mems["x"].r[1], [self.out_x, self.res_x], ("addr", "en"))
+        m.d.comb += [self.out_x.data.eq(mems["x"].r[1].data),
+                     self.res_x.data.eq(mems["x"].r[1].data)]
+        return m

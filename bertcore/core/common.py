@@ -1,0 +1,175 @@
+"""What the encoder core's components share: stream and port signatures, the job descriptor,
+and the small multiplexer and stream helpers they are built from.
+
+Port signatures are seen from the side that *uses* a memory port (the side that drives the
+address): ``read_port`` and ``write_port`` are :class:`amaranth.lib.memory.ReadPort` /
+``WritePort`` signatures flipped, except that ``en`` resets to 0, so a port nobody enables stays
+disabled. A *row read* reads one address in every bank of a banked buffer at once; its data is
+one word per bank (``data[b]``), one cycle after ``en``.
+"""
+
+from amaranth.hdl import Cat, Mux, Shape, Signal, Value, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out, connect
+
+from bertcore.rtl.stream import RegisterSlice
+
+__all__ = [
+    "bus_layout", "bus_signature", "beats", "read_port", "row_read", "write_port", "task",
+    "handover", "job_layout", "pick", "fork", "sliced", "feed", "saturate",
+    "G_Q", "G_K", "G_V", "G_O", "G_FFN1", "G_FFN2",
+    "M_Q", "M_K", "M_V", "M_O", "M_FFN1", "M_FFN2", "M_SCORE", "M_CTX",
+    "A_X", "A_Q", "A_A", "A_H", "A_P", "J_PANEL", "J_SCORE", "J_PV",
+]
+
+# Panel groups (the order of the image) and write-back modes.
+G_Q, G_K, G_V, G_O, G_FFN1, G_FFN2 = range(6)
+M_Q, M_K, M_V, M_O, M_FFN1, M_FFN2, M_SCORE, M_CTX = range(8)
+# Sources of the A operand and kinds of jobs.
+A_X, A_Q, A_A, A_H, A_P = range(5)
+J_PANEL, J_SCORE, J_PV = range(3)
+
+
+def bus_layout(bus_width):
+    """Payload layout of the core's streams: ``{"data": unsigned(bus_width), "last": 1}``."""
+    return data.StructLayout({"data": unsigned(bus_width), "last": unsigned(1)})
+
+
+def bus_signature(bus_width):
+    """``stream.Signature(bus_layout(bus_width))``: one AXI4-Stream word with ``tlast``."""
+    return stream.Signature(bus_layout(bus_width))
+
+
+def beats(bits, bus):
+    """Beats of ``bits`` bits on a ``bus``-bit bus."""
+    return -(-bits // bus)
+
+
+def _addr_width(depth):
+    return (depth - 1).bit_length()
+
+
+def read_port(depth, shape):
+    """A synchronous read port of a memory of ``depth`` words (user side): ``addr``, ``en`` out,
+    ``data`` in (the word at ``addr`` one cycle after ``en``)."""
+    return wiring.Signature({"addr": Out(_addr_width(depth)), "en": Out(1), "data": In(shape)})
+
+
+def row_read(depth, word_shape, banks):
+    """A read port of a banked buffer (user side): one address for all ``banks``, ``data[b]``
+    the word of bank ``b``."""
+    return read_port(depth, data.ArrayLayout(word_shape, banks))
+
+
+def write_port(depth, shape):
+    """A write port of a memory of ``depth`` words (user side): ``addr``, ``data``, ``en`` out."""
+    return wiring.Signature({"addr": Out(_addr_width(depth)), "data": Out(shape), "en": Out(1)})
+
+
+def task(**params):
+    """Control of a pass or job (sequencer side): ``start`` (a one-cycle pulse) and the task's
+    ``params`` (shapes, valid with ``start``) out, ``done`` in (sampled only while waiting)."""
+    return wiring.Signature({"start": Out(1), **{k: Out(v) for k, v in params.items()},
+                             "done": In(1)})
+
+
+def handover(slots):
+    """Records handed from the loader to the sequencer in ``slots`` slots (loader side):
+    ``full[i]`` out (slot ``i`` holds a record), ``release`` in (a one-cycle pulse: the
+    sequencer has used slot ``index``; ``index`` only with two or more slots)."""
+    members = {"full": Out(slots), "release": In(1)}
+    if slots > 1:
+        members["index"] = In(range(slots))
+    return wiring.Signature(members)
+
+
+def job_layout(config):
+    """The descriptor of one GEMM job (:class:`~bertcore.core.gemm.GemmEngine`)."""
+    n = config.array_cols
+    cwh, cwf = config.hidden // n, config.ffn // n
+    grp = -(-config.max_seq // n)
+    kmax = max(config.hidden, config.ffn, config.max_seq)
+    return data.StructLayout({
+        "kind": range(3),                                 # J_PANEL, J_SCORE, J_PV
+        "asrc": range(5),                                 # A operand: A_X ... A_P
+        "tiles": range(max(grp, cwh, cwf, config.head_dim // n) + 1),
+        "k": range(kmax + 1),                             # beats per tile (reduction length)
+        "mode": range(8),                                 # write-back: M_Q ... M_CTX
+        "mb": range(grp),                                 # query block (scores, P·V)
+        "chw": range(cwh + 1),                            # first channel word of the head
+        "chunk": range(max(cwh, cwf)),                    # output chunk of a panel
+        "slot": 1,                                        # panel slot of the loader
+        "bias": 1,                                        # add the slot's bias
+    })
+
+
+def pick(items, index, shape):
+    """A value of ``shape`` driven by ``items[index]`` (``items[-1]`` for an index past the
+    end): a balanced tree of two-input multiplexers on the bits of ``index``, ``log2(len)``
+    levels deep (no ``case``, which Verilator's -Wall flags as incomplete when ``len(items)``
+    is not a power of two, and no chain of comparisons)."""
+    bits = min((len(items) - 1).bit_length(), len(index))
+    level = list(items[:1 << bits])
+    level += [items[-1]] * ((1 << bits) - len(level))
+    for k in range(bits):
+        level = [Mux(index[k], level[2 * i + 1], level[2 * i]) for i in range(len(level) // 2)]
+    value = level[0]
+    if len(index) > bits:                    # index values past the tree: the last item
+        value = Mux(index >= len(items), items[-1], value)
+    value = Value.cast(value)
+    return value.as_signed() if Shape.cast(shape).signed else value.as_unsigned()
+
+
+def fork(m, name, valid, sinks, on):
+    """Offer one registered beat (``valid``) to the input streams ``sinks`` at once.
+
+    Sink ``i`` gets the beat when ``on[i]`` is set; a sink that takes it early is not offered it
+    again. Returns the signal that is high when the register may advance (it is empty, or
+    every sink it is for has taken the beat).
+    """
+    took = Signal(len(sinks), name=f"{name}_took")
+    adv = Signal(name=f"{name}_adv")
+    m.d.comb += adv.eq(~valid | Cat(*(took[i] | ~on[i] | sink.ready
+                                      for i, sink in enumerate(sinks))).all())
+    for i, sink in enumerate(sinks):
+        m.d.comb += sink.valid.eq(valid & on[i] & ~took[i])
+        with m.If(adv):
+            m.d.sync += took[i].eq(0)
+        with m.Elif(sink.valid & sink.ready):
+            m.d.sync += took[i].eq(1)
+    return adv
+
+
+def sliced(m, name, streams, *, inputs=True):
+    """A :class:`RegisterSlice` on each of ``streams`` (the units sit apart from the banks that
+    feed them and from the logic that joins their outputs). With ``inputs``, ``streams`` are
+    the units' input streams and the slices' inputs are returned; else they are output streams
+    and the slices' outputs are returned."""
+    ends = []
+    for k, s in enumerate(streams):
+        m.submodules[f"{name}{k}"] = rs = RegisterSlice(s.payload.shape())
+        if inputs:
+            connect(m, rs.o_stream, s)
+            ends.append(rs.i_stream)
+        else:
+            connect(m, s, rs.i_stream)
+            ends.append(rs.o_stream)
+    return ends
+
+
+def feed(m, port, sinks, addr, adv, lane, width, last):
+    """The row read ``port`` reads word ``addr`` (when ``adv``); the ``lane``-th ``width``-bit
+    element (signed) of bank ``i``'s word and ``last`` go to the payload of ``sinks[i]``."""
+    m.d.comb += [port.addr.eq(addr), port.en.eq(adv)]
+    for i, sink in enumerate(sinks):
+        word = port.data[i]
+        n = len(word) // width
+        m.d.comb += [sink.payload.data.eq(pick([word[width * j:width * (j + 1)]
+                                                for j in range(n)], lane, signed(width))),
+                     sink.payload.last.eq(last)]
+
+
+def saturate(value, bits):
+    """``value`` clamped to the signed ``bits``-bit range."""
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return Mux(value > hi, hi, Mux(value < lo, lo, value))

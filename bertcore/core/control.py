@@ -1,0 +1,197 @@
+"""Run control of the encoder core: starts and ends runs, handles protocol errors, keeps the
+performance counters and (``resident``) the stored parameter image.
+
+It sits between the core's (registered) stream ports and the :class:`~bertcore.core.datapath.
+Datapath`, which it resets (``abort``) after every run and on every error.
+"""
+
+from types import SimpleNamespace
+
+from amaranth.hdl import Module, Signal, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from bertcore.rtl.fsm import Fsm
+
+from .common import bus_signature
+from .image import image_beats
+
+__all__ = ["RunControl"]
+
+
+class RunControl(wiring.Component):
+    """The controller of :class:`~bertcore.core.encoder.EncoderCore`.
+
+    Members
+    -------
+    s_param, s_act : ``In(bus_signature(bus_width))``
+        The core's input streams (after their port register slices).
+    m_act : ``Out(bus_signature(bus_width))``
+        The core's output stream (before its port register slice).
+    dp_param, dp_act : ``Out(bus_signature(bus_width))``
+        The datapath's input streams (the image replayed from memory with ``resident``).
+    dp_out : ``In(bus_signature(bus_width))``
+        The datapath's output stream.
+    dp_start : ``Out(1)``
+        Start the datapath.
+    dp_done, dp_fail, dp_fault, dp_beat, dp_layer_mark : ``In(1)``
+        The datapath's status (:class:`~bertcore.core.datapath.Datapath`).
+    abort : ``Out(1)``
+        Reset the datapath (registered: one cycle after the decision).
+    busy, error, cycles, array_beats, layer_cycles : ``Out``
+        The core's status outputs (:class:`~bertcore.core.encoder.EncoderCore`).
+    """
+
+    def __init__(self, config):
+        self._c = config
+        bus = bus_signature(config.bus_width)
+        super().__init__({
+            "s_param": In(bus), "s_act": In(bus), "m_act": Out(bus),
+            "dp_param": Out(bus), "dp_act": Out(bus), "dp_out": In(bus),
+            "dp_start": Out(1), "dp_done": In(1), "dp_fail": In(1), "dp_fault": In(1),
+            "dp_beat": In(1), "dp_layer_mark": In(1), "abort": Out(1),
+            "busy": Out(1), "error": Out(1), "cycles": Out(32), "array_beats": Out(32),
+            "layer_cycles": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        s_param, s_act = self.s_param, self.s_act
+        # ``abort`` resets the whole datapath; it is registered (one cycle late) so that the
+        # decisions behind it (header/length checks, the end of a run) are not on the same
+        # path as the reset fan-out. The controller waits in IDLE while it is high.
+        abort = Signal()
+        abort_q = self.abort
+        m.d.sync += abort_q.eq(abort)
+        fail_q = Signal()
+        err = Signal()             # a protocol error (sticky until the next run starts)
+        fault = Signal()           # an internal unit flagged an error (sticky until reset)
+        with m.If(self.dp_fault):
+            m.d.sync += fault.eq(1)
+        m.d.comb += self.error.eq(err | fault)
+
+        p_fire = s_param.valid & s_param.ready
+        a_fire = s_act.valid & s_act.ready
+        p_open = Signal()          # a parameter packet has started and not ended
+        a_open = Signal()
+        with m.If(p_fire):
+            m.d.sync += p_open.eq(~s_param.payload.last)
+        with m.If(a_fire):
+            m.d.sync += a_open.eq(~s_act.payload.last)
+        count = Signal(32)
+        m.d.sync += count.eq(count + 1)
+        beats = Signal(32)
+        with m.If(self.dp_beat):
+            m.d.sync += beats.eq(beats + 1)
+        mark_at = Signal(32)       # ``count`` at the last layer mark
+        last_layer = Signal(32)
+        with m.If(self.dp_layer_mark):
+            m.d.sync += [mark_at.eq(count), last_layer.eq(count - mark_at)]
+        store = self._image_store(m, p_fire) if self._c.resident else None
+        restart = [err.eq(0), count.eq(1), beats.eq(0)]
+
+        with Fsm(m, "ctrl") as fsm:
+            with fsm.State("IDLE"):
+                with m.If(abort_q):
+                    pass                      # the datapath is being reset
+                with m.Elif(s_param.valid):
+                    m.d.comb += self.dp_start.eq(1)
+                    m.d.sync += restart
+                    if store:
+                        m.d.sync += store.record
+                    fsm.next("RUN")
+                if store:
+                    with m.Elif(s_act.valid & store.stored):
+                        # replay the stored image
+                        m.d.comb += self.dp_start.eq(1)
+                        m.d.sync += restart + store.play
+                        fsm.next("RUN")
+                with m.Elif(s_act.valid):
+                    m.d.sync += err.eq(1)
+                    fsm.next("DROP")
+            with fsm.State("DROP"):
+                # activations before parameters: drop that packet
+                m.d.comb += [self.busy.eq(1), s_act.ready.eq(1)]
+                with m.If(a_fire & s_act.payload.last):
+                    fsm.next("IDLE")
+            with fsm.State("RUN"):
+                # a failure is acted on one cycle late (``fail_q``, off the header-check path);
+                # in that cycle no beat is taken, so nothing of the next packet is swallowed
+                m.d.sync += fail_q.eq(self.dp_fail)
+                m.d.comb += [
+                    self.busy.eq(1),
+                    self.dp_param.valid.eq(s_param.valid & ~fail_q),
+                    self.dp_param.payload.eq(s_param.payload),
+                    s_param.ready.eq(self.dp_param.ready & ~fail_q),
+                    self.dp_act.valid.eq(s_act.valid & ~fail_q),
+                    self.dp_act.payload.eq(s_act.payload),
+                    s_act.ready.eq(self.dp_act.ready & ~fail_q),
+                    self.m_act.valid.eq(self.dp_out.valid),
+                    self.m_act.payload.eq(self.dp_out.payload),
+                    self.dp_out.ready.eq(self.m_act.ready),
+                ]
+                if store:
+                    with m.If(store.replay):
+                        m.d.comb += [self.dp_param.valid.eq(store.q_valid & ~fail_q),
+                                     self.dp_param.payload.eq(store.q_payload),
+                                     s_param.ready.eq(0)]
+                with m.If(fail_q):
+                    m.d.comb += abort.eq(1)
+                    m.d.sync += err.eq(1)
+                    fsm.next("DRAIN")
+                with m.Elif(self.dp_done):
+                    # the datapath restarts from its reset state for the next run
+                    m.d.comb += abort.eq(1)
+                    m.d.sync += [self.cycles.eq(count), self.array_beats.eq(beats),
+                                 self.layer_cycles.eq(last_layer)]
+                    if store:
+                        m.d.sync += store.keep
+                    fsm.next("IDLE")
+            with fsm.State("DRAIN"):
+                m.d.sync += fail_q.eq(0)
+                # drop what is left of the open packets (the failing beat itself was taken)
+                m.d.comb += [self.busy.eq(1), abort.eq(1),
+                             s_param.ready.eq(p_open), s_act.ready.eq(a_open)]
+                with m.If((~p_open | (p_fire & s_param.payload.last))
+                          & (~a_open | (a_fire & s_act.payload.last))):
+                    fsm.next("IDLE")
+        return m
+
+    def _image_store(self, m, p_fire):
+        """``resident``: the image of a successful run is kept in a memory and replayed by runs
+        that start with activations. Returns its signals and the statements that start a
+        recording (``record``), start a replay (``play``) and keep the recorded image
+        (``keep``)."""
+        total = image_beats(self._c)
+        bus = self._c.bus_width
+        replay = Signal()
+        stored = Signal()
+        cap_addr = Signal(range(total + 1))
+        r_addr = Signal(range(total + 1))
+        r_valid = Signal()             # the memory's output holds a beat
+        q_valid = Signal()             # the register after it (the replayed stream) holds one
+        q_payload = Signal(bus + 1)
+        m.submodules.image = image = Memory(shape=unsigned(bus + 1), depth=total, init=[])
+        wp, rp = image.write_port(), image.read_port()
+        with m.If(p_fire & ~replay & (cap_addr != total)):
+            m.d.comb += [wp.addr.eq(cap_addr), wp.en.eq(1),
+                         wp.data.eq(self.s_param.payload.as_value())]
+            m.d.sync += cap_addr.eq(cap_addr + 1)
+        # memory -> register -> datapath: the block RAM's slow clock-to-out ends in a
+        # flip-flop instead of running on into the header checks
+        q_load = ~q_valid | self.dp_param.ready
+        r_en = ~r_valid | q_load
+        m.d.comb += [rp.addr.eq(r_addr), rp.en.eq(r_en)]
+        with m.If(q_load):
+            m.d.sync += [q_valid.eq(r_valid & replay), q_payload.eq(rp.data)]
+        with m.If(r_en & replay):
+            m.d.sync += r_valid.eq(r_addr != total)
+            with m.If(r_addr != total):
+                m.d.sync += r_addr.eq(r_addr + 1)
+
+        return SimpleNamespace(
+            replay=replay, stored=stored, q_valid=q_valid, q_payload=q_payload,
+            record=[replay.eq(0), stored.eq(0), cap_addr.eq(0)],
+            play=[replay.eq(1), r_addr.eq(0), r_valid.eq(0), q_valid.eq(0)],
+            keep=[stored.eq(1)])

@@ -1,0 +1,110 @@
+"""The datapath of one run: the core's components, wired (reset by
+:class:`~bertcore.core.encoder.EncoderCore` between runs).
+
+::
+
+    param ─> ParameterLoader ─(panel slots, scalars, LN parameters)─┐
+    act ──> ActivationInput ─> Buffers <─> GemmEngine, SoftmaxPass, LayerNormPass
+    out <── ActivationOutput <─ Buffers
+                       Sequencer: start/done of each of them (task interfaces)
+"""
+
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out, connect, flipped
+
+from .attention import SoftmaxPass
+from .buffers import Buffers
+from .common import bus_signature
+from .gemm import GemmEngine
+from .loader import ParameterLoader
+from .norm import LayerNormPass
+from .sequencer import Sequencer
+from .streamio import ActivationInput, ActivationOutput
+
+__all__ = ["Datapath"]
+
+
+class Datapath(wiring.Component):
+    """Loader, buffers, GEMM job engine, softmax and LayerNorm passes, stream I/O and sequencer.
+
+    Members
+    -------
+    param, act : ``In(bus_signature(bus_width))``
+        The parameter image and the activation packet of the run.
+    out : ``Out(bus_signature(bus_width))``
+        The output packet.
+    start : ``In(1)``
+        Start a run.
+    done : ``Out(1)``
+        The run ended (a one-cycle pulse after the output's last beat was delivered).
+    fail : ``Out(1)``
+        A protocol error: a bad image header or length, a sequence of 0 or more than
+        ``max_seq`` positions.
+    fault : ``Out(1)``
+        An internal unit flagged an error.
+    beat : ``Out(1)``
+        The array takes an operand beat.
+    layer_mark : ``Out(1)``
+        The input is in (layer 0 starts) or a layer ended.
+    """
+
+    def __init__(self, config):
+        self._c = config
+        bus = bus_signature(config.bus_width)
+        super().__init__({
+            "param": In(bus), "act": In(bus), "out": Out(bus),
+            "start": In(1), "done": Out(1), "fail": Out(1), "fault": Out(1),
+            "beat": Out(1), "layer_mark": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self._c
+        m.submodules.loader = loader = ParameterLoader(c)
+        m.submodules.buffers = buf = Buffers(c)
+        m.submodules.inp = inp = ActivationInput(c)
+        m.submodules.outp = outp = ActivationOutput(c)
+        m.submodules.gemm = gemm = GemmEngine(c)
+        m.submodules.smax = smax = SoftmaxPass(c)
+        m.submodules.ln = ln = LayerNormPass(c)
+        m.submodules.seq = seq = Sequencer(c)
+        # streams and run control
+        connect(m, flipped(self.param), loader.param)
+        connect(m, flipped(self.act), inp.act)
+        connect(m, outp.out, flipped(self.out))
+        m.d.comb += [loader.start.eq(self.start), seq.ctl.start.eq(self.start),
+                     self.done.eq(seq.ctl.done),
+                     self.fail.eq(loader.fail | inp.overflow | seq.fail),
+                     self.fault.eq(gemm.error | smax.error | ln.error),
+                     self.beat.eq(gemm.beat), self.layer_mark.eq(seq.layer_mark)]
+        # the sequencer starts everything
+        for ctl, unit in ((seq.inp, inp.ctl), (seq.job, gemm.ctl), (seq.smax, smax.ctl),
+                          (seq.ln, ln.ctl), (seq.out, outp.ctl)):
+            connect(m, ctl, unit)
+        for ho in ("slots", "scalars_ho", "ln_slots"):
+            connect(m, getattr(loader, ho), getattr(seq, ho))
+        m.d.comb += [seq.in_length.eq(inp.length), seq.in_blocks.eq(inp.blocks),
+                     smax.seq_len.eq(seq.seq_len), ln.seq_len.eq(seq.seq_len),
+                     outp.seq_len.eq(seq.seq_len)]
+        # parameters: loader -> job engine, softmax pass, LayerNorm pass
+        m.d.comb += [loader.panel_slot.eq(gemm.panel_slot), gemm.panel.eq(loader.panel),
+                     gemm.scalars.eq(loader.scalars)]
+        m.d.comb += [getattr(smax.consts, k).eq(getattr(loader.scalars, f"sm_{k}"))
+                     for k, _ in smax.consts.shape()]
+        connect(m, gemm.panel_rd, loader.panel_rd)
+        connect(m, ln.params, loader.ln_rd)
+        # buffers: each port to its one owner
+        for b in "xqahkvp":
+            connect(m, getattr(gemm, f"feed_{b}"), getattr(buf, f"feed_{b}"))
+        connect(m, gemm.res_x, buf.res_x)
+        connect(m, gemm.res_a, buf.res_a)
+        connect(m, outp.x, buf.out_x)
+        connect(m, ln.r, buf.ln_r)
+        connect(m, smax.scores, buf.smax_s)
+        writers = [(getattr(gemm, f"wb_{b}"), getattr(buf, f"wb_{b}")) for b in "qkvhrs"]
+        writers += [(inp.x, buf.in_x), (ln.x, buf.ln_x), (ln.a, buf.ln_a), (smax.p, buf.smax_p)]
+        for ports, members in writers:
+            for port, member in zip(ports, members, strict=True):
+                connect(m, port, member)
+        return m

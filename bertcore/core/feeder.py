@@ -1,0 +1,150 @@
+"""The operand feeder of the GEMM job engine: A and B operand beats and the bias of a job.
+
+Per tile of a job it reads ``k`` operand beats: the A operand (``N`` rows) from one row read
+of an activation buffer (X, Q, A, H) or of P, the B operand (``N`` columns) from the loader's
+panel buffer (weights), from K (``Kᵀ``, scores) or from V (``P·V``). The words it reads are
+picked apart one cycle later (stage ``s1``) and reach the array through one register slice.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from bertcore.rtl.stream import RegisterSlice
+
+from .common import (A_A, A_H, A_Q, A_X, J_PANEL, job_layout, pick, read_port, row_read)
+
+__all__ = ["OperandFeeder"]
+
+
+class OperandFeeder(wiring.Component):
+    """Feeds the systolic array the operands of the running job.
+
+    Parameters
+    ----------
+    config : CoreConfig
+    a_layout, b_layout, bias_shape : shape-castable
+        The payloads of the array's ``a``, ``b`` and ``bias`` streams.
+
+    Members
+    -------
+    start : ``In(1)``
+        A job starts (``desc`` is its descriptor).
+    desc : ``In(job_layout(config))``
+        The new job (valid with ``start``).
+    job : ``In(job_layout(config))``
+        The running job.
+    x, q, a, h, k, v, p : ``Out(row_read(...))``
+        Read port 0 of the buffers.
+    panel : ``Out(read_port(...))``
+        The loader's panel buffer.
+    slot_bias : ``In(ArrayLayout(signed(32), N))``
+        The bias of the job's panel slot.
+    o_operands : ``Out(stream.Signature(StructLayout({"a": a_layout, "b": b_layout})))``
+        One A and one B beat (registered).
+    o_bias : ``Out(stream.Signature(bias_shape))``
+        One bias beat per tile (zero unless the job's ``bias``).
+    active : ``Out(1)``
+        Beats of the job are left to issue.
+    """
+
+    def __init__(self, config, a_layout, b_layout, bias_shape):
+        self._c = config
+        n = config.array_cols
+        cwh, cwf = config.hidden // n, config.ffn // n
+        grp = -(-config.max_seq // n)
+        word = unsigned(8 * n)
+        self._kw = max(config.hidden, config.ffn)
+        depths = {"x": grp * cwh, "q": grp * cwh, "a": grp * cwh, "h": grp * cwf,
+                  "k": grp * cwh, "v": grp * cwh, "p": grp}
+        self._ops = data.StructLayout({"a": a_layout, "b": b_layout})
+        super().__init__({
+            "start": In(1),
+            "desc": In(job_layout(config)),
+            "job": In(job_layout(config)),
+            **{name: Out(row_read(depth, word, n)) for name, depth in depths.items()},
+            "panel": Out(read_port(2 * self._kw, word)),
+            "slot_bias": In(data.ArrayLayout(signed(32), n)),
+            "o_operands": Out(stream.Signature(self._ops)),
+            "o_bias": Out(stream.Signature(bias_shape)),
+            "active": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c, job = self._c, self.job
+        N, KW = c.array_cols, self._kw
+        CWH, CWF = c.hidden // N, c.ffn // N
+        KMAX = max(c.hidden, c.ffn, c.max_seq)
+        f_active = self.active
+        f_t = Signal.like(job.tiles)
+        f_k = Signal.like(job.k)
+        f_kw = Signal(range(KMAX // N + 2))
+        f_ke = Signal(range(N))
+        f_paddr = Signal(range(2 * KW))     # panel buffer row: slot base + k
+        s1_valid = Signal()
+        s1_last = Signal()
+        s1_ke = Signal(range(N))
+        # A and B beats reach the array through one register slice (the operand picks of the
+        # banks run on into the array's input registers otherwise, across the chip)
+        m.submodules.operand_slice = ops = RegisterSlice(self._ops)
+        wiring.connect(m, ops.o_stream, wiring.flipped(self.o_operands))
+        a_beat, b_beat = ops.i_stream.payload.a, ops.i_stream.payload.b
+        m.d.comb += ops.i_stream.valid.eq(s1_valid)
+        adv = ~s1_valid | ops.i_stream.ready
+        issue = adv & f_active
+        with m.If(adv):
+            m.d.sync += [s1_valid.eq(f_active), s1_last.eq(f_k == job.k - 1), s1_ke.eq(f_ke)]
+        with m.If(issue):
+            m.d.sync += [f_k.eq(f_k + 1), f_ke.eq(f_ke + 1), f_paddr.eq(f_paddr + 1)]
+            with m.If(f_ke == N - 1):
+                m.d.sync += [f_ke.eq(0), f_kw.eq(f_kw + 1)]
+            with m.If(f_k == job.k - 1):
+                m.d.sync += [f_k.eq(0), f_ke.eq(0), f_kw.eq(0), f_t.eq(f_t + 1),
+                             f_paddr.eq(Mux(job.slot, KW, 0))]
+                with m.If(f_t == job.tiles - 1):
+                    m.d.sync += f_active.eq(0)
+        # addresses
+        a_grp = Mux(job.kind == J_PANEL, f_t, job.mb)
+        # products by constants (LUT logic; a product by a multiplexed constant became a DSP)
+        a_addr = Mux(job.asrc == A_H, a_grp * CWF, a_grp * CWH) + job.chw + f_kw
+        for port in (self.x, self.q, self.a, self.h):
+            m.d.comb += [port.addr.eq(a_addr), port.en.eq(adv)]
+        m.d.comb += [self.p.addr.eq(f_kw), self.p.en.eq(adv),
+                     self.k.addr.eq(f_t * CWH + job.chw + f_kw), self.k.en.eq(adv),
+                     self.v.addr.eq(f_kw * CWH + job.chw + f_t), self.v.en.eq(adv),
+                     self.panel.addr.eq(f_paddr), self.panel.en.eq(adv)]
+        s1_asrc = Signal.like(job.asrc)
+        s1_kind = Signal.like(job.kind)
+        m.d.sync += [s1_asrc.eq(job.asrc), s1_kind.eq(job.kind)]
+
+        def elem(word, idx):
+            return pick([word[8 * j:8 * j + 8] for j in range(N)], idx, 8)
+
+        sources = {A_X: self.x, A_Q: self.q, A_A: self.a, A_H: self.h}
+        for i in range(N):
+            items = [elem(sources[src].data[i], s1_ke).as_signed()
+                     for src in (A_X, A_Q, A_A, A_H)]
+            items.append(Cat(elem(self.p.data[i], s1_ke), Const(0, 1)))
+            m.d.comb += a_beat.data[i].eq(pick(items, s1_asrc, signed(9)))
+        vword = pick([self.v.data[b] for b in range(N)], s1_ke, 8 * N)
+        for j in range(N):
+            items = [self.panel.data[8 * j:8 * j + 8], elem(self.k.data[j], s1_ke),
+                     vword[8 * j:8 * j + 8]]
+            m.d.comb += b_beat.data[j].eq(pick(items, s1_kind, 8))
+        m.d.comb += [a_beat.last.eq(s1_last), b_beat.last.eq(s1_last)]
+        # bias: one beat per tile
+        bias_cnt = Signal.like(job.tiles)
+        bias_left = Signal()
+        m.d.comb += self.o_bias.valid.eq(bias_left)
+        for j in range(N):
+            m.d.comb += self.o_bias.payload[j].eq(Mux(job.bias, self.slot_bias[j], 0))
+        with m.If(self.o_bias.valid & self.o_bias.ready):
+            m.d.sync += bias_cnt.eq(bias_cnt + 1)
+            with m.If(bias_cnt == job.tiles - 1):
+                m.d.sync += bias_left.eq(0)
+        with m.If(self.start):
+            m.d.sync += [bias_left.eq(1), bias_cnt.eq(0), f_active.eq(1), f_t.eq(0),
+                         f_k.eq(0), f_kw.eq(0), f_ke.eq(0),
+                         f_paddr.eq(Mux(self.desc.slot, KW, 0))]
+        return m

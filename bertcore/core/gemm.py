@@ -1,0 +1,121 @@
+"""The GEMM job engine: one job at a time on the systolic array.
+
+A job (:func:`~bertcore.core.common.job_layout`) is ``tiles`` tiles of ``k`` operand beats:
+a weight panel over all row blocks (``J_PANEL``), the scores of a query block over all key
+blocks (``J_SCORE``) or ``P·V`` of a query block (``J_PV``). The engine latches the
+descriptor, the :class:`~bertcore.core.feeder.OperandFeeder` feeds the array, the
+:class:`~bertcore.core.writeback.WriteBack` writes its results::
+
+    buffers, panel slot -> feeder -> operand slice -> SystolicArray -> write-back -> buffers
+
+Jobs do not overlap: the array drains between jobs (``done`` once the feeder has issued every
+beat and every result row has been written).
+"""
+
+from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out, connect, flipped
+
+from bertcore.quant.kernels import RESIDUAL_BITS
+from bertcore.rtl.softmax import IntSoftmax
+from bertcore.rtl.systolic import SystolicArray
+
+from .common import job_layout, read_port, row_read, task, write_port
+from .feeder import OperandFeeder
+from .loader import panel_layout, scalar_layout
+from .writeback import WriteBack
+
+__all__ = ["GemmEngine"]
+
+
+class GemmEngine(wiring.Component):
+    """The systolic array with its operand feeder and write-back.
+
+    Members
+    -------
+    ctl : ``In(task(desc=job_layout(config)))``
+        ``start`` starts the job ``desc``; ``done`` is high once it has finished.
+    feed_x, feed_q, feed_a, feed_h, feed_k, feed_v, feed_p : ``Out(row_read(...))``
+        The feeder's reads (read port 0 of the buffers).
+    panel_rd : ``Out(read_port(...))``
+        The loader's panel buffer.
+    panel_slot : ``Out(1)``
+        The panel slot of the running job.
+    panel : ``In(panel_layout(N))``
+        That slot's header (bias, requantization).
+    scalars : ``In(scalar_layout())``
+        The layer's scalars.
+    res_x, res_a : ``Out(row_read(...))``
+        The residual reads (read port 1 of X and A).
+    wb_q, wb_k, wb_v, wb_h, wb_r, wb_s : ``Out(write_port(...)).array(...)``
+        The write-back's writes.
+    beat : ``Out(1)``
+        The array takes an operand beat.
+    error : ``Out(1)``
+        The array flagged an error.
+    """
+
+    def __init__(self, config):
+        self._c = config
+        n, s, u = config.array_cols, config.softmax_units, config.layernorm_units
+        cwh, cwf = config.hidden // n, config.ffn // n
+        grp = -(-config.max_seq // n)
+        word = unsigned(8 * n)
+        kmax = max(config.hidden, config.ffn, config.max_seq)
+        self._array = SystolicArray(n, n, k_max=kmax, a_shape=signed(9))
+        arr = self._array
+        self._feeder = OperandFeeder(config, arr.a.payload.shape(), arr.b.payload.shape(),
+                                     arr.bias.payload.shape())
+        self._wb = WriteBack(config, arr.c.payload.shape())
+        depths = {"x": grp * cwh, "q": grp * cwh, "a": grp * cwh, "h": grp * cwf,
+                  "k": grp * cwh, "v": grp * cwh, "p": grp}
+        sw = IntSoftmax.score_width(config.head_dim)
+        super().__init__({
+            "ctl": In(task(desc=job_layout(config))),
+            **{f"feed_{b}": Out(row_read(d, word, n)) for b, d in depths.items()},
+            "panel_rd": Out(read_port(2 * max(config.hidden, config.ffn), word)),
+            "panel_slot": Out(1),
+            "panel": In(panel_layout(n)),
+            "scalars": In(scalar_layout()),
+            "res_x": Out(row_read(grp * cwh, word, n)),
+            "res_a": Out(row_read(grp * cwh, word, n)),
+            **{f"wb_{b}": Out(write_port(grp * cwh, word)).array(n) for b in "qkv"},
+            "wb_h": Out(write_port(grp * cwf, word)).array(n),
+            "wb_r": Out(write_port(grp * (n // u) * cwh,
+                                   unsigned(RESIDUAL_BITS * n))).array(u),
+            "wb_s": Out(write_port((n // s) * grp, unsigned(sw * n))).array(s),
+            "beat": Out(1),
+            "error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.array = array = self._array
+        m.submodules.feeder = feeder = self._feeder
+        m.submodules.writeback = wb = self._wb
+        job = Signal(job_layout(self._c))          # the running job
+        with m.If(self.ctl.start):
+            m.d.sync += job.eq(self.ctl.desc)
+        m.d.comb += [feeder.start.eq(self.ctl.start), feeder.desc.eq(self.ctl.desc),
+                     feeder.job.eq(job), wb.start.eq(self.ctl.start), wb.job.eq(job),
+                     self.panel_slot.eq(job.slot), feeder.slot_bias.eq(self.panel.bias),
+                     wb.panel.eq(self.panel), wb.scalars.eq(self.scalars),
+                     self.ctl.done.eq(~feeder.active & wb.written),
+                     self.error.eq(array.error)]
+        # operands: one registered beat drives both of the array's operand streams
+        ops = feeder.o_operands
+        m.d.comb += [array.a.valid.eq(ops.valid), array.b.valid.eq(ops.valid),
+                     array.a.payload.eq(ops.payload.a), array.b.payload.eq(ops.payload.b),
+                     ops.ready.eq(array.a.ready & array.b.ready),
+                     self.beat.eq(ops.valid & array.a.ready & array.b.ready)]
+        connect(m, feeder.o_bias, array.bias)
+        connect(m, array.c, wb.i_acc)
+        for b in "xqahkvp":
+            connect(m, getattr(feeder, b), flipped(getattr(self, f"feed_{b}")))
+        connect(m, feeder.panel, flipped(self.panel_rd))
+        for name in ("res_x", "res_a"):
+            connect(m, getattr(wb, name), flipped(getattr(self, name)))
+        for b in "qkvhrs":
+            for mine, theirs in zip(getattr(wb, b), getattr(self, f"wb_{b}")):
+                connect(m, mine, flipped(theirs))
+        return m

@@ -1,0 +1,285 @@
+"""The parameter loader: the parameter image stream -> panel slots, layer scalars, LayerNorm
+parameters.
+
+The loader reads the image (:mod:`bertcore.core.image`) vector by vector; its states are
+generated from the image's record descriptions (:data:`~bertcore.core.image.HEADER_FIELDS`,
+:data:`~bertcore.core.image.SCALAR_FIELDS`, :data:`~bertcore.core.image.PANEL_FIELDS`,
+:data:`~bertcore.core.image.PANEL_ROW`, :data:`~bertcore.core.image.LN_FIELDS`), so a record
+changed there changes the loader with it. It runs ahead of the sequencer: a panel goes into a
+free slot of the double-buffered panel buffer while the array computes the previous panel.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from bertcore.quant.kernels import GELU_IN_BITS, REQ_M_BITS
+from bertcore.rtl.fsm import Fsm
+from bertcore.rtl.gelu import IntGELU
+from bertcore.rtl.requant import REQ_E_BITS
+from bertcore.rtl.softmax import IntSoftmax
+
+from .common import G_FFN1, G_FFN2, G_O, G_Q, beats, bus_signature, handover, read_port
+from .image import (HEADER_BITS, LN_BIAS_BITS, LN_FIELDS, PANEL_FIELDS, PANEL_ROW, SCALAR_BITS,
+                    header_words, image_beats, max_vector_bits, scalar_slices)
+
+__all__ = ["ParameterLoader", "LN_LANE", "panel_layout", "scalar_layout"]
+
+#: One lane (channel) of the LayerNorm parameter memory, from the fields of
+#: :data:`~bertcore.core.image.LN_FIELDS` in order (cut to the widths the core uses).
+LN_LANE = data.StructLayout({"m": signed(REQ_M_BITS), "e": unsigned(REQ_E_BITS),
+                             "bias": signed(LN_BIAS_BITS)})
+#: The core's width of each field of :data:`~bertcore.core.image.PANEL_FIELDS`.
+_PANEL_SHAPES = {"bias": signed(32), "m": signed(REQ_M_BITS), "e": unsigned(REQ_E_BITS),
+                 "m2": signed(REQ_M_BITS), "e2": unsigned(REQ_E_BITS)}
+
+
+def panel_layout(n):
+    """A panel's header in the core: each field of ``PANEL_FIELDS``, ``n`` lanes."""
+    return data.StructLayout({f.name: data.ArrayLayout(_PANEL_SHAPES[f.name], n)
+                              for f in PANEL_FIELDS})
+
+
+def scalar_layout():
+    """A layer's scalars in the core: each field of ``SCALAR_FIELDS`` at the width of the port
+    it drives (the softmax units' constants, the context requantization, the GELU constants)."""
+    gelu = IntGELU(lanes=1, in_width=GELU_IN_BITS)
+    gelu._MustUse__silence = True                   # only its port widths are used
+    sm = IntSoftmax.CONSTANT_SHAPES
+    shapes = {**{f"sm_{k}": v for k, v in sm.items()},
+              "ctx_m": signed(REQ_M_BITS), "ctx_e": unsigned(REQ_E_BITS),
+              "gelu_b": signed(gelu.b_width), "gelu_c": signed(gelu.c_width),
+              "gelu_q1": signed(gelu.q1_width)}
+    return data.StructLayout({name: shapes[name] for name in scalar_slices()})
+
+
+class ParameterLoader(wiring.Component):
+    """Reads the parameter image into the panel slots, the layer scalars and the LayerNorm
+    parameter memory.
+
+    Vectors arrive in whole beats (:func:`~bertcore.core.image.vector_beats`); a vector's beats
+    are assembled in a register of :func:`~bertcore.core.image.max_vector_bits` bits, the last
+    beat is used as it arrives. The loader holds a record until its slot is free: two panel
+    slots, one scalar record, two LayerNorm records (LN-1, LN-2), each handed over to the
+    sequencer (``full``) and released by it.
+
+    Members
+    -------
+    param : ``In(bus_signature(bus_width))``
+        The parameter image.
+    start : ``In(1)``
+        A run starts: expect a header.
+    fail : ``Out(1)``
+        The header is wrong, or ``last`` is not on the image's last beat (a one-cycle pulse).
+    slots, scalars_ho, ln_slots : ``Out(handover(...))``
+        The panel slots (2), the scalar record (1) and the LayerNorm records (2).
+    panel_slot : ``In(1)``
+        The slot ``panel`` shows.
+    panel : ``Out(panel_layout(N))``
+        The header (bias, requantization) of panel slot ``panel_slot``.
+    panel_rd : ``In(read_port(2*K, unsigned(8*N)))``
+        The weight rows of both slots (slot ``s``, row ``k`` at ``s*K + k``; ``K`` the largest
+        reduction length of a panel).
+    scalars : ``Out(scalar_layout())``
+        The current layer's scalars.
+    ln_rd : ``In(read_port(2*hidden/N, ArrayLayout(LN_LANE, N)))``
+        The LayerNorm parameters: LN-1 chunk ``c`` at ``c``, LN-2 at ``hidden/N + c``.
+    """
+
+    def __init__(self, config):
+        self._c = config
+        n = config.array_cols
+        self._kw = max(config.hidden, config.ffn)
+        self._cwh = config.hidden // n
+        super().__init__({
+            "param": In(bus_signature(config.bus_width)),
+            "start": In(1),
+            "fail": Out(1),
+            "slots": Out(handover(2)),
+            "scalars_ho": Out(handover(1)),
+            "ln_slots": Out(handover(2)),
+            "panel_slot": In(1),
+            "panel": Out(panel_layout(n)),
+            "panel_rd": In(read_port(2 * self._kw, unsigned(8 * n))),
+            "scalars": Out(scalar_layout()),
+            "ln_rd": In(read_port(2 * self._cwh, unsigned(LN_LANE.size * n))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self._c
+        N, BUS = c.array_cols, c.bus_width
+        m.submodules.panel = panel = Memory(shape=unsigned(8 * N), depth=2 * self._kw, init=[])
+        m.submodules.ln_mem = ln_mem = Memory(shape=unsigned(LN_LANE.size * N),
+                                              depth=2 * self._cwh, init=[])
+        for mem, port in ((panel, self.panel_rd), (ln_mem, self.ln_rd)):
+            rp = mem.read_port()
+            m.d.comb += [rp.addr.eq(port.addr), rp.en.eq(port.en), port.data.eq(rp.data)]
+        st = {"pw": panel.write_port(), "lw": ln_mem.write_port()}
+        # slot / record hand-over flags (the loader sets, the sequencer releases)
+        for name, ho, slots in (("slot", self.slots, 2), ("scal", self.scalars_ho, 1),
+                                ("ln", self.ln_slots, 2)):
+            st[f"set_{name}"], st[f"set_{name}_i"] = Signal(name=f"set_{name}"), Signal()
+            full = Signal(slots, name=f"{name}_full")
+            for i in range(slots):
+                with m.If(st[f"set_{name}"] & (st[f"set_{name}_i"] == i)):
+                    m.d.sync += full[i].eq(1)
+                with m.Elif(ho.release & ((ho.index == i) if slots > 1 else 1)):
+                    m.d.sync += full[i].eq(0)
+            m.d.comb += ho.full.eq(full)
+        # the panel slots' headers
+        slots = [Signal(panel_layout(N), name=f"slot{s}") for s in range(2)]
+        m.d.comb += self.panel.eq(Mux(self.panel_slot, slots[1], slots[0]))
+        scalars = Signal(scalar_layout())
+        m.d.comb += self.scalars.eq(scalars)
+
+        # vector assembly: the beats of a vector so far, and the current beat merged in
+        total = image_beats(c)
+        pbeat = Signal(range(total + 1))
+        VB = beats(max_vector_bits(c), BUS)
+        vec = Signal(VB * BUS)
+        st["vb"] = vb = Signal(range(VB + 1))
+        st["fire"] = p_fire = self.param.valid & self.param.ready
+        st["merged"] = merged = Cat(*(Mux(vb == b, self.param.payload.data,
+                                          vec[b * BUS:(b + 1) * BUS]) for b in range(VB)))
+        st["ok"] = param_ok = Signal()     # the loader may take a beat in its current state
+        st["vdone"] = vdone = Signal()     # this beat completes the current vector
+        m.d.comb += self.param.ready.eq(param_ok)
+        with m.If(p_fire):
+            m.d.sync += pbeat.eq(pbeat + 1)
+            with m.If(vdone):
+                m.d.sync += vb.eq(0)
+            with m.Else():
+                m.d.sync += [vb.eq(vb + 1), vec.eq(merged)]
+        # length checks: tlast exactly on beat total-1
+        fail_len = Signal()
+        m.d.comb += fail_len.eq(p_fire & (self.param.payload.last != (pbeat == total - 1)))
+        # header (image.header_words): each beat is compared with its part of the expected
+        # header as it arrives (a compare with constants, not a multiplexer of the assembled
+        # vector), the results kept in hdr_ok
+        expected = sum(word << (32 * i) for i, word in enumerate(header_words(c)))
+        hdr_checks = []
+        for b in range(beats(HEADER_BITS, BUS)):
+            width = min(BUS, HEADER_BITS - b * BUS)
+            part = (expected >> (b * BUS)) & ((1 << width) - 1)
+            hdr_checks.append(self.param.payload.data[:width] == part)
+        st["beat_ok"] = Signal()        # this header beat is as expected
+        m.d.comb += st["beat_ok"].eq(Cat(*hdr_checks).bit_select(vb, 1))
+        fail_hdr = self._fsm(m, st, slots, scalars)
+        m.d.comb += self.fail.eq(fail_hdr | fail_len)
+        return m
+
+    def _fsm(self, m, st, slots, scalars):
+        """The loader's states: one per record field, generated from the image's records.
+        Returns the header-failure pulse."""
+        c = self._c
+        N, BUS, KW, CWH = c.array_cols, c.bus_width, self._kw, self._cwh
+        merged, p_fire, vb = st["merged"], st["fire"], st["vb"]
+        l_layer = Signal(range(c.layers + 1))
+        l_group = Signal(range(6))
+        l_panel = Signal(range(max(CWH, c.ffn // N) + 1))
+        l_row = Signal(range(KW + 1))
+        l_slot = Signal()
+        l_chunk = Signal(range(CWH + 1))
+        l_ln = Signal()
+        hdr_ok = Signal()               # the header's beats so far were as expected
+        fail_hdr = Signal()
+        n_panels = Mux(l_group == G_FFN1, c.ffn // N, CWH)
+        k_rows = Mux(l_group == G_FFN2, c.ffn, c.hidden)
+
+        def lanes(width, j, src=merged):
+            return src[j * width:(j + 1) * width]
+
+        def vector_state(bits, ok=1):
+            nb = beats(bits, BUS)
+            m.d.comb += [st["ok"].eq(ok), st["vdone"].eq(vb == nb - 1)]
+            return p_fire & (vb == nb - 1)
+
+        free = ~self.slots.full.bit_select(l_slot, 1)
+        ln_free = ~self.ln_slots.full.bit_select(l_ln, 1)
+        ln_regs = {f.name: Signal(f.width * N, name=f"{f.name}_reg") for f in LN_FIELDS[:-1]}
+        with Fsm(m, "loader") as fsm:
+            with fsm.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += hdr_ok.eq(1)
+                    fsm.next("HDR")
+            with fsm.State("HDR"):
+                with m.If(vector_state(HEADER_BITS)):
+                    with m.If(hdr_ok & st["beat_ok"]):
+                        fsm.next("SCAL")
+                    with m.Else():
+                        m.d.comb += fail_hdr.eq(1)
+                        fsm.next("IDLE")
+                with m.Elif(p_fire):
+                    m.d.sync += hdr_ok.eq(hdr_ok & st["beat_ok"])
+            with fsm.State("SCAL"):
+                with m.If(vector_state(SCALAR_BITS, ~self.scalars_ho.full)):
+                    m.d.sync += [getattr(scalars, name).eq(merged[off:off + width])
+                                 for name, (off, width) in scalar_slices().items()]
+                    m.d.sync += [l_group.eq(G_Q), l_panel.eq(0)]
+                    m.d.comb += st["set_scal"].eq(1)
+                    fsm.next(PANEL_FIELDS[0].name)
+            # a panel's header vectors, one state each, into the free slot
+            for f, nxt in zip(PANEL_FIELDS, [g.name for g in PANEL_FIELDS[1:]] + ["W"]):
+                with fsm.State(f.name):
+                    with m.If(vector_state(N * f.width, free)):
+                        for s in range(2):
+                            with m.If(l_slot == s):
+                                m.d.sync += [getattr(slots[s], f.name)[j].eq(lanes(f.width, j))
+                                             for j in range(N)]
+                        m.d.sync += l_row.eq(0)
+                        fsm.next(nxt)
+            # its weight rows, into the slot's half of the panel buffer
+            with fsm.State("W"):
+                m.d.comb += [st["pw"].addr.eq(Mux(l_slot, KW, 0) + l_row),
+                             st["pw"].data.eq(merged[:PANEL_ROW.width * N])]
+                with m.If(vector_state(N * PANEL_ROW.width, free)):
+                    m.d.comb += st["pw"].en.eq(1)
+                    m.d.sync += l_row.eq(l_row + 1)
+                    with m.If(l_row == k_rows - 1):
+                        m.d.comb += [st["set_slot"].eq(1), st["set_slot_i"].eq(l_slot)]
+                        m.d.sync += [l_slot.eq(~l_slot), l_panel.eq(l_panel + 1)]
+                        with m.If(l_panel == n_panels - 1):
+                            m.d.sync += [l_panel.eq(0), l_group.eq(l_group + 1), l_chunk.eq(0)]
+                            with m.If(l_group == G_O):                # LN-1 follows
+                                m.d.sync += l_ln.eq(0)
+                                fsm.next(LN_FIELDS[0].name)
+                            with m.Elif(l_group == G_FFN2):           # LN-2 follows
+                                m.d.sync += l_ln.eq(1)
+                                fsm.next(LN_FIELDS[0].name)
+                            with m.Else():
+                                fsm.next(PANEL_FIELDS[0].name)
+                        with m.Else():
+                            fsm.next(PANEL_FIELDS[0].name)
+            # a LayerNorm record: all but its last vector into registers, the last one writes
+            # the record's word (one lane per channel, LN_LANE) into the LN parameter memory
+            for f, nxt in zip(LN_FIELDS[:-1], [g.name for g in LN_FIELDS[1:]]):
+                with fsm.State(f.name):
+                    with m.If(vector_state(N * f.width, ln_free)):
+                        m.d.sync += ln_regs[f.name].eq(merged[:f.width * N])
+                        fsm.next(nxt)
+            last = LN_FIELDS[-1]
+            with fsm.State(last.name):
+                widths = [field.width for _, field in LN_LANE]
+                word = Cat(*(Cat(*(lanes(f.width, j, ln_regs.get(f.name, merged))[:w]
+                                   for f, w in zip(LN_FIELDS, widths, strict=True)))
+                             for j in range(N)))
+                m.d.comb += [st["lw"].addr.eq(Mux(l_ln, CWH, 0) + l_chunk),
+                             st["lw"].data.eq(word)]
+                with m.If(vector_state(N * last.width, ln_free)):
+                    m.d.comb += st["lw"].en.eq(1)
+                    m.d.sync += l_chunk.eq(l_chunk + 1)
+                    fsm.next(LN_FIELDS[0].name)
+                    with m.If(l_chunk == CWH - 1):
+                        m.d.comb += [st["set_ln"].eq(1), st["set_ln_i"].eq(l_ln)]
+                        with m.If(l_ln == 0):
+                            fsm.next(PANEL_FIELDS[0].name)
+                        with m.Elif(l_layer == c.layers - 1):
+                            fsm.next("END")
+                        with m.Else():
+                            m.d.sync += l_layer.eq(l_layer + 1)
+                            fsm.next("SCAL")
+            with fsm.State("END"):
+                pass
+        return fail_hdr

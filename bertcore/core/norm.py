@@ -1,0 +1,192 @@
+"""The LayerNorm pass: R banks -> ``U`` IntLayerNorm units -> a ``U``-lane Requantizer ->
+``U`` gatherers -> A (LN-1) or X (LN-2).
+
+Unit ``u`` normalizes the positions ``g*U + u``; the units take the same channel of their rows
+each cycle (a fork), their outputs are joined into one Requantizer beat (the channel's ``m``,
+``e`` and bias, from the loader's LayerNorm parameter memory, are shared) and ``U`` gatherers
+write the words into the banks of their positions.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from bertcore.quant.kernels import RESIDUAL_BITS
+from bertcore.rtl.layernorm import IntLayerNorm
+from bertcore.rtl.requant import Requantizer
+
+from .common import feed, fork, pick, read_port, row_read, sliced, task, write_port
+from .image import LN_BIAS_BITS
+from .loader import LN_LANE
+
+__all__ = ["LayerNormPass"]
+
+
+class LayerNormPass(wiring.Component):
+    """One LayerNorm of a layer over the whole sequence.
+
+    Members
+    -------
+    ctl : ``In(task(which=1))``
+        ``start`` starts the pass, ``which`` (0: LN-1 into A, 1: LN-2 into X) is taken with it;
+        ``done`` is a one-cycle pulse when the last word has been written.
+    seq_len : ``In(range(max_seq + 1))``
+        Positions to normalize.
+    r : ``Out(row_read(...))``
+        The R banks (the residual sums).
+    params : ``Out(read_port(...))``
+        The loader's LayerNorm parameter memory (``LN_LANE`` per channel).
+    a, x : ``Out(write_port(...)).array(N)``
+        The A and X buffers.
+    error : ``Out(1)``
+        A unit flagged an error.
+    """
+
+    def __init__(self, config):
+        self._c = config
+        n, u = config.array_cols, config.layernorm_units
+        self._grp = -(-config.max_seq // n)
+        cwh = config.hidden // n
+        word = unsigned(8 * n)
+        super().__init__({
+            "ctl": In(task(which=1)),
+            "seq_len": In(range(config.max_seq + 1)),
+            "r": Out(row_read(self._grp * (n // u) * cwh, unsigned(RESIDUAL_BITS * n), u)),
+            "params": Out(read_port(2 * cwh, unsigned(LN_LANE.size * n))),
+            "a": Out(write_port(self._grp * cwh, word)).array(n),
+            "x": Out(write_port(self._grp * cwh, word)).array(n),
+            "error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self._c
+        N, U, GRP, CWH = c.array_cols, c.layernorm_units, self._grp, c.hidden // c.array_cols
+        PPB = N // U                      # position groups per block
+        lns = []
+        for u in range(U):
+            m.submodules[f"ln_{u}"] = unit = IntLayerNorm(c.hidden, in_width=RESIDUAL_BITS,
+                                                          multipliers=c.multipliers("layernorm"))
+            lns.append(unit)
+        m.d.comb += self.error.eq(Cat(*(unit.error for unit in lns)).any())
+        m.submodules.rq_ln = rq_ln = Requantizer(lanes=U, in_width=IntLayerNorm.OUT_WIDTH,
+                                                 out_bits=8, bias_width=LN_BIAS_BITS,
+                                                 multipliers=c.multipliers("requant"))
+        which = Signal()                # 0: LN1 (R -> A), 1: LN2 (R -> X)
+        running = Signal()              # the gatherers take the requantizer's output
+        st = {"which": which, "start": self.ctl.start}
+        # R -> units: position group n_g (positions n_g*U + u), chunk n_c, element n_l
+        n_active = Signal()
+        n_g = Signal(range(GRP * PPB + 1))
+        n_c = Signal(range(CWH))
+        n_l = Signal(range(N))
+        n1_valid = Signal()
+        n1_l = Signal(range(N))
+        n1_last = Signal()
+        n1_on = Signal(U)             # the unit's position is inside the sequence
+        sinks = sliced(m, "ln_in", [unit.i_stream for unit in lns])
+        ln_outs = sliced(m, "ln_out", [unit.o_stream for unit in lns], inputs=False)
+        n_adv = fork(m, "n", n1_valid, sinks, n1_on)
+        feed(m, self.r, sinks, n_g * CWH + n_c, n_adv, n1_l, RESIDUAL_BITS, n1_last)
+        with m.If(n_adv):
+            m.d.sync += [n1_valid.eq(n_active), n1_l.eq(n_l),
+                         n1_last.eq((n_c == CWH - 1) & (n_l == N - 1)),
+                         n1_on.eq(Cat(*(n_g * U + u < self.seq_len for u in range(U))))]
+        with m.If(n_adv & n_active):
+            m.d.sync += n_l.eq(n_l + 1)
+            with m.If(n_l == N - 1):
+                m.d.sync += [n_l.eq(0), n_c.eq(n_c + 1)]
+                with m.If(n_c == CWH - 1):
+                    m.d.sync += [n_c.eq(0), n_g.eq(n_g + 1)]
+                    with m.If((n_g + 1) * U >= self.seq_len):
+                        m.d.sync += n_active.eq(0)
+        self._join(m, st, ln_outs, rq_ln)
+        ln_done = self._gather(m, st, rq_ln)
+        m.d.comb += [rq_ln.o_stream.ready.eq(running), self.ctl.done.eq(running & ln_done)]
+        with m.If(running & ln_done):
+            m.d.sync += running.eq(0)
+        with m.If(self.ctl.start):
+            m.d.sync += [which.eq(self.ctl.which), running.eq(1),
+                         n_active.eq(1), n_g.eq(0), n_c.eq(0), n_l.eq(0)]
+        return m
+
+    def _join(self, m, st, ln_outs, rq_ln):
+        """Join the units' outputs (same channel), fetch the channel's parameters, and feed the
+        requantizer."""
+        c = self._c
+        N, U, CWH = c.array_cols, c.layernorm_units, c.hidden // c.array_cols
+        PPB = N // U
+        q_g = Signal(range(self._grp * PPB + 1))
+        q_c = Signal(range(CWH))
+        q_l = Signal(range(N))
+        q_on = Cat(*(q_g * U + u < self.seq_len for u in range(U)))
+        q_join = q_on[0] & Cat(*(~q_on[u] | unit.valid
+                                 for u, unit in enumerate(ln_outs))).all()
+        q1_valid = Signal()
+        q1_data = [Signal(signed(IntLayerNorm.OUT_WIDTH), name=f"q1_data{u}") for u in range(U)]
+        q1_l = Signal(range(N))
+        q_adv = Signal()
+        q_fire = Signal()
+        m.d.comb += [q_adv.eq(~q1_valid | rq_ln.i_stream.ready), q_fire.eq(q_join & q_adv),
+                     self.params.addr.eq(Mux(st["which"], CWH, 0) + q_c),
+                     self.params.en.eq(q_fire)]
+        for u, unit in enumerate(ln_outs):
+            m.d.comb += unit.ready.eq(q_fire & q_on[u])
+        with m.If(q_adv):
+            m.d.sync += q1_valid.eq(q_join)
+        with m.If(q_fire):
+            m.d.sync += [q1_data[u].eq(unit.payload.data) for u, unit in enumerate(ln_outs)]
+            m.d.sync += [q1_l.eq(q_l), q_l.eq(q_l + 1)]
+            with m.If(q_l == N - 1):
+                m.d.sync += [q_l.eq(0), q_c.eq(q_c + 1)]
+                with m.If(q_c == CWH - 1):
+                    m.d.sync += [q_c.eq(0), q_g.eq(q_g + 1)]
+        with m.If(st["start"]):
+            m.d.sync += [q_g.eq(0), q_c.eq(0), q_l.eq(0)]
+        w = LN_LANE.size
+        lane = data.View(LN_LANE, pick([self.params.data[w * j:w * (j + 1)] for j in range(N)],
+                                       q1_l, w))
+        m.d.comb += [rq_ln.i_stream.valid.eq(q1_valid), rq_ln.i_stream.payload.last.eq(0)]
+        for u in range(U):
+            rq_lane = rq_ln.i_stream.payload.data[u]
+            m.d.comb += [rq_lane.x.eq(q1_data[u]), rq_lane.m.eq(lane.m), rq_lane.e.eq(lane.e),
+                         rq_lane.bias.eq(lane.bias)]
+
+    def _gather(self, m, st, rq_ln):
+        """The gatherers: position ``(ga_blk * PPB + ga_sub) * U + u``, channel chunk ``ga_c``,
+        element ``ga_l``; each full word goes to bank ``position mod N`` of A or X. Returns the
+        signal that is high once every position has been written."""
+        c = self._c
+        N, U, CWH = c.array_cols, c.layernorm_units, c.hidden // c.array_cols
+        PPB = N // U
+        ga_blk = Signal(range(self._grp + 1))
+        ga_sub = Signal(range(max(PPB, 2)))
+        ga_c = Signal(range(CWH))
+        ga_l = Signal(range(N))
+        ga_words = [Signal(8 * N, name=f"ga_word{u}") for u in range(U)]
+        ln_done = Signal()
+        m.d.comb += ln_done.eq(ga_blk * N + ga_sub * U >= self.seq_len)
+        with m.If(rq_ln.o_stream.valid & rq_ln.o_stream.ready):
+            m.d.sync += ga_l.eq(ga_l + 1)
+            with m.If(ga_l == N - 1):
+                m.d.sync += [ga_l.eq(0), ga_c.eq(ga_c + 1)]
+                with m.If(ga_c == CWH - 1):
+                    m.d.sync += [ga_c.eq(0), ga_sub.eq(ga_sub + 1)]
+                    with m.If(ga_sub == PPB - 1):
+                        m.d.sync += [ga_sub.eq(0), ga_blk.eq(ga_blk + 1)]
+            for u in range(U):
+                byte = rq_ln.o_stream.payload.data[u][:8]
+                full = Cat(*(Mux(ga_l == j, byte, ga_words[u][8 * j:8 * j + 8])
+                             for j in range(N)))
+                m.d.sync += ga_words[u].eq(full)
+                on = ga_blk * N + ga_sub * U + u < self.seq_len
+                with m.If((ga_l == N - 1) & on):
+                    for g in range(PPB):
+                        for dest, banks in ((0, self.a), (1, self.x)):
+                            port = banks[g * U + u]
+                            with m.If((ga_sub == g) & (st["which"] == dest)):
+                                m.d.comb += [port.addr.eq(ga_blk * CWH + ga_c),
+                                             port.data.eq(full), port.en.eq(1)]
+        with m.If(st["start"]):
+            m.d.sync += [ga_blk.eq(0), ga_sub.eq(0), ga_c.eq(0), ga_l.eq(0)]
+        return ln_done

@@ -1,0 +1,185 @@
+"""The sequencer: the schedule of a run, one job or pass at a time.
+
+::
+
+    IDLE -> INPUT -> per layer: LAYER -> Q, K, V panels (PWAIT/PRUN)
+        -> per head, per query block: SCORES/SRUN -> SMAX -> PVRUN
+        -> O panels -> LN (LN-1) -> FFN1, FFN2 panels -> LN (LN-2)
+    -> OUT (after the last layer) -> IDLE
+
+It starts the units through their ``task`` interfaces (:func:`~bertcore.core.common.task`)
+and waits for their ``done``; it waits for the loader's panel slots, scalar record and
+LayerNorm records (``full``) and releases each once used.
+"""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from bertcore.rtl.fsm import Fsm
+
+from .common import (A_A, A_H, A_P, A_Q, A_X, G_FFN1, G_FFN2, G_O, G_Q, G_V, J_PANEL,
+                     J_PV, J_SCORE, M_CTX, M_FFN1, M_FFN2, M_K, M_O, M_Q, M_SCORE, M_V,
+                     handover, job_layout, pick, task)
+
+__all__ = ["Sequencer"]
+
+
+class Sequencer(wiring.Component):
+    """Runs the schedule of the encoder core (see the module docstring).
+
+    Members
+    -------
+    ctl : ``In(task())``
+        ``start`` starts a run; ``done`` is a one-cycle pulse at its end.
+    fail : ``Out(1)``
+        The input packet held no position (a one-cycle pulse).
+    layer_mark : ``Out(1)``
+        The input is in (layer 0 starts) or a layer ended (a one-cycle pulse).
+    seq_len : ``Out(range(max_seq + 1))``
+        The sequence length of the run.
+    inp : ``Out(task())``
+        The activation input; ``in_length`` and ``in_blocks`` its positions and blocks.
+    slots, scalars_ho, ln_slots : ``In(handover(...))``
+        The loader's panel slots, scalar record and LayerNorm records.
+    job : ``Out(task(desc=job_layout(config)))``
+        The GEMM job engine.
+    smax : ``Out(task())``
+        The softmax pass.
+    ln : ``Out(task(which=1))``
+        The LayerNorm pass (0: LN-1, 1: LN-2).
+    out : ``Out(task())``
+        The output pass.
+    """
+
+    def __init__(self, config):
+        self._c = config
+        grp = -(-config.max_seq // config.array_cols)
+        super().__init__({
+            "ctl": In(task()),
+            "fail": Out(1),
+            "layer_mark": Out(1),
+            "seq_len": Out(range(config.max_seq + 1)),
+            "inp": Out(task()),
+            "in_length": In(range(config.max_seq + 2)),
+            "in_blocks": In(range(grp + 1)),
+            "slots": In(handover(2)),
+            "scalars_ho": In(handover(1)),
+            "ln_slots": In(handover(2)),
+            "job": Out(task(desc=job_layout(config))),
+            "smax": Out(task()),
+            "ln": Out(task(which=1)),
+            "out": Out(task()),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self._c
+        N, hid, ffn, hd = c.array_cols, c.hidden, c.ffn, c.head_dim
+        CWH, CWF, HPW = hid // N, ffn // N, hd // N
+        GRP = -(-c.max_seq // N)
+        seq_len, job = self.seq_len, self.job
+        n_blk = Signal(range(GRP + 1))                    # ceil(L / N)
+        layer = Signal(range(c.layers + 1))
+        s_group = Signal(range(6))
+        s_panel = Signal(range(max(CWH, CWF) + 1))
+        s_slot = Signal()
+        s_head = Signal(range(c.heads + 1))
+        s_mb = Signal(range(GRP + 1))
+        s_ln = Signal()               # the LayerNorm to run (0: LN-1, 1: LN-2)
+        m.d.comb += [self.slots.index.eq(s_slot), self.ln_slots.index.eq(s_ln),
+                     self.ln.which.eq(s_ln)]
+
+        def start_job(kind, asrc, tiles, k, mode, *, mb=0, chw=0, chunk=0, bias=0):
+            d = job.desc
+            # (every field here: a field driven alone from a register would be an `always @*`
+            # of its own in the Verilog, which a 4-state simulator leaves X until that register
+            # first changes)
+            m.d.comb += [job.start.eq(1), d.kind.eq(kind), d.asrc.eq(asrc), d.tiles.eq(tiles),
+                         d.k.eq(k), d.mode.eq(mode), d.mb.eq(mb), d.chw.eq(chw),
+                         d.chunk.eq(chunk), d.slot.eq(s_slot), d.bias.eq(bias)]
+
+        g_panels = Mux(s_group == G_FFN1, CWF, CWH)
+        with Fsm(m, "seq") as fsm:
+            with fsm.State("IDLE"):
+                with m.If(self.ctl.start):
+                    m.d.comb += self.inp.start.eq(1)
+                    m.d.sync += layer.eq(0)
+                    fsm.next("INPUT")
+            with fsm.State("INPUT"):
+                with m.If(self.inp.done):
+                    m.d.sync += [seq_len.eq(self.in_length), n_blk.eq(self.in_blocks)]
+                    with m.If(self.in_length == 0):
+                        m.d.comb += self.fail.eq(1)
+                    with m.Else():
+                        m.d.comb += self.layer_mark.eq(1)
+                        fsm.next("LAYER")
+            with fsm.State("LAYER"):
+                with m.If(self.scalars_ho.full):
+                    m.d.sync += [s_group.eq(G_Q), s_panel.eq(0)]
+                    fsm.next("PWAIT")
+            with fsm.State("PWAIT"):
+                with m.If(self.slots.full.bit_select(s_slot, 1)):
+                    asrc = pick([A_X, A_X, A_X, A_Q, A_A, A_H], s_group, 3)
+                    mode = pick([M_Q, M_K, M_V, M_O, M_FFN1, M_FFN2], s_group, 3)
+                    start_job(J_PANEL, asrc, n_blk, Mux(s_group == G_FFN2, ffn, hid), mode,
+                              chunk=s_panel, bias=1)
+                    fsm.next("PRUN")
+            with fsm.State("PRUN"):
+                with m.If(job.done):
+                    m.d.comb += self.slots.release.eq(1)
+                    m.d.sync += [s_slot.eq(~s_slot), s_panel.eq(s_panel + 1)]
+                    fsm.next("PWAIT")
+                    with m.If(s_panel == g_panels - 1):
+                        m.d.sync += [s_panel.eq(0), s_group.eq(s_group + 1)]
+                        with m.If(s_group == G_V):
+                            m.d.sync += [s_head.eq(0), s_mb.eq(0)]
+                            fsm.next("SCORES")
+                        with m.Elif(s_group == G_O):
+                            m.d.sync += s_ln.eq(0)
+                            fsm.next("LN")
+                        with m.Elif(s_group == G_FFN1):
+                            m.d.comb += self.scalars_ho.release.eq(1)
+                        with m.Elif(s_group == G_FFN2):
+                            m.d.sync += s_ln.eq(1)
+                            fsm.next("LN")
+            with fsm.State("SCORES"):
+                start_job(J_SCORE, A_Q, n_blk, hd, M_SCORE, mb=s_mb, chw=s_head * HPW)
+                fsm.next("SRUN")
+            with fsm.State("SRUN"):
+                with m.If(job.done):
+                    m.d.comb += self.smax.start.eq(1)
+                    fsm.next("SMAX")
+            with fsm.State("SMAX"):
+                with m.If(self.smax.done):
+                    start_job(J_PV, A_P, HPW, seq_len, M_CTX, mb=s_mb, chw=s_head * HPW)
+                    fsm.next("PVRUN")
+            with fsm.State("PVRUN"):
+                with m.If(job.done):
+                    m.d.sync += s_mb.eq(s_mb + 1)
+                    fsm.next("SCORES")
+                    with m.If(s_mb == n_blk - 1):
+                        m.d.sync += [s_mb.eq(0), s_head.eq(s_head + 1)]
+                        with m.If(s_head == c.heads - 1):
+                            fsm.next("PWAIT")          # s_group is G_O
+            with fsm.State("LN"):
+                with m.If(self.ln_slots.full.bit_select(s_ln, 1)):
+                    m.d.comb += self.ln.start.eq(1)
+                    fsm.next("LNRUN")
+            with fsm.State("LNRUN"):
+                with m.If(self.ln.done):
+                    m.d.comb += [self.ln_slots.release.eq(1), self.layer_mark.eq(s_ln)]
+                    with m.If(s_ln == 0):
+                        m.d.sync += s_group.eq(G_FFN1)
+                        fsm.next("PWAIT")
+                    with m.Elif(layer == c.layers - 1):
+                        m.d.comb += self.out.start.eq(1)
+                        fsm.next("OUT")
+                    with m.Else():
+                        m.d.sync += layer.eq(layer + 1)
+                        fsm.next("LAYER")
+            with fsm.State("OUT"):
+                with m.If(self.out.done):
+                    m.d.comb += self.ctl.done.eq(1)
+                    fsm.next("IDLE")
+        return m

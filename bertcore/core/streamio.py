@@ -1,0 +1,198 @@
+"""The core's activation streams: input beats -> bytes -> the X buffer, and the output pass
+X -> bytes -> output beats.
+
+Both move one byte per cycle (row-major, ``hidden`` bytes per position, little-endian in a
+beat), which :mod:`bertcore.core.perf` models as ``bus_width/8 + 1`` cycles per input beat
+and ``N + 2`` cycles per output word of ``N`` bytes.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .common import bus_signature, pick, row_read, task, write_port
+
+__all__ = ["ActivationInput", "ActivationOutput"]
+
+
+class ActivationInput(wiring.Component):
+    """The activation packet of a run -> the X buffer.
+
+    A beat is taken into a register and split into bytes; the gatherer collects bytes
+    (row-major) into words of ``N`` channels and writes each into bank ``p mod N`` of X.
+
+    Members
+    -------
+    act : ``In(bus_signature(bus_width))``
+        The activation packet (``last`` on its final beat).
+    ctl : ``In(task())``
+        ``start`` arms the input; ``done`` is high once the packet's last beat is in.
+    x : ``Out(write_port(...)).array(N)``
+        X's write ports.
+    length : ``Out(range(max_seq + 2))``
+        Positions received (valid with ``done``).
+    blocks : ``Out(range(ceil(max_seq / N) + 1))``
+        Blocks of ``N`` positions received, the last one partial or not.
+    overflow : ``Out(1)``
+        A one-cycle pulse: the packet has more than ``max_seq`` positions.
+    """
+
+    def __init__(self, config):
+        self._c = config
+        n = config.array_cols
+        self._grp = -(-config.max_seq // n)
+        super().__init__({
+            "act": In(bus_signature(config.bus_width)),
+            "ctl": In(task()),
+            "x": Out(write_port(self._grp * config.hidden // n, unsigned(8 * n))).array(n),
+            "length": Out(range(config.max_seq + 2)),
+            "blocks": Out(range(self._grp + 1)),
+            "overflow": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self._c
+        N, GRP, CWH = c.array_cols, self._grp, c.hidden // c.array_cols
+        BB = c.bus_width // 8
+        # gatherer: position g_pos = g_grp * N + g_bank, channel g_chunk * N + g_elem
+        g_valid = Signal()
+        g_byte = Signal(8)
+        g_elem = Signal(range(N))
+        g_chunk = Signal(range(CWH))
+        g_bank = Signal(range(N))
+        g_grp = Signal(range(GRP + 1))
+        g_pos = Signal(range(c.max_seq + 2))
+        g_word = Signal(8 * N)
+        g_full = Cat(*(Mux(g_elem == j, g_byte, g_word[8 * j:8 * j + 8]) for j in range(N)))
+        row_end = Signal()
+        m.d.comb += [row_end.eq(g_valid & (g_elem == N - 1) & (g_chunk == CWH - 1)),
+                     self.length.eq(g_pos), self.blocks.eq(g_grp + (g_bank != 0))]
+        with m.If(self.ctl.start):
+            m.d.sync += [g_elem.eq(0), g_chunk.eq(0), g_bank.eq(0), g_grp.eq(0), g_pos.eq(0)]
+        with m.Elif(g_valid):
+            m.d.sync += [g_word.eq(g_full), g_elem.eq(g_elem + 1)]
+            with m.If(g_elem == N - 1):
+                m.d.sync += [g_elem.eq(0), g_chunk.eq(g_chunk + 1)]
+                with m.If(g_chunk == CWH - 1):
+                    m.d.sync += [g_chunk.eq(0), g_pos.eq(g_pos + 1), g_bank.eq(g_bank + 1)]
+                    with m.If(g_bank == N - 1):
+                        m.d.sync += [g_bank.eq(0), g_grp.eq(g_grp + 1)]
+                for b, port in enumerate(self.x):
+                    m.d.comb += [port.addr.eq(g_grp * CWH + g_chunk), port.data.eq(g_full)]
+                    with m.If((g_bank == b) & (g_pos < c.max_seq)):
+                        m.d.comb += port.en.eq(1)
+        # beats -> bytes
+        ib = Signal(c.bus_width)
+        ib_valid = Signal()
+        ib_last = Signal()
+        ib_idx = Signal(range(BB))
+        in_active = Signal()
+        in_done = Signal()
+        m.d.comb += [self.act.ready.eq(in_active & ~ib_valid), self.ctl.done.eq(in_done)]
+        with m.If(self.act.valid & self.act.ready):
+            m.d.sync += [ib.eq(self.act.payload.data), ib_valid.eq(1),
+                         ib_last.eq(self.act.payload.last), ib_idx.eq(0)]
+        with m.If(ib_valid & in_active):
+            m.d.comb += [g_valid.eq(1), g_byte.eq(ib.word_select(ib_idx, 8))]
+            m.d.sync += ib_idx.eq(ib_idx + 1)
+            with m.If(row_end & (g_pos == c.max_seq)):
+                m.d.comb += self.overflow.eq(1)
+            with m.If(ib_idx == BB - 1):
+                m.d.sync += ib_valid.eq(0)
+                with m.If(ib_last):
+                    m.d.sync += [in_active.eq(0), in_done.eq(1)]
+        with m.If(self.ctl.start):
+            m.d.sync += [in_active.eq(1), in_done.eq(0)]
+        return m
+
+
+class ActivationOutput(wiring.Component):
+    """The output pass (after the last layer): X -> bytes -> the output packet.
+
+    Each word of ``N`` channels is read from X (one cycle), then its bytes go to the packer,
+    which fills a beat and sends it (``last`` on the sequence's final byte).
+
+    Members
+    -------
+    out : ``Out(bus_signature(bus_width))``
+        The output packet.
+    ctl : ``In(task())``
+        ``start`` starts the pass; ``done`` is high while no pass runs and the last beat has
+        been delivered.
+    seq_len : ``In(range(max_seq + 1))``
+        Positions to send.
+    x : ``Out(row_read(...))``
+        A read port of X.
+    """
+
+    def __init__(self, config):
+        self._c = config
+        n = config.array_cols
+        self._grp = -(-config.max_seq // n)
+        super().__init__({
+            "out": Out(bus_signature(config.bus_width)),
+            "ctl": In(task()),
+            "seq_len": In(range(config.max_seq + 1)),
+            "x": Out(row_read(self._grp * config.hidden // n, unsigned(8 * n), n)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self._c
+        N, GRP, CWH = c.array_cols, self._grp, c.hidden // c.array_cols
+        BUS, BB = c.bus_width, c.bus_width // 8
+        # packer: bytes -> beats
+        o_acc = Signal(BUS)
+        o_idx = Signal(range(BB))
+        o_in_valid = Signal()
+        o_in_byte = Signal(8)
+        o_in_final = Signal()
+        o_ready = Signal()
+        o_pending = Signal()           # the last beat has not been delivered yet
+        m.d.comb += o_ready.eq(~self.out.valid | self.out.ready)
+        with m.If(self.out.valid & self.out.ready):
+            m.d.sync += self.out.valid.eq(0)
+            with m.If(self.out.payload.last):
+                m.d.sync += o_pending.eq(0)
+        o_full = Cat(*(Mux(o_idx == j, o_in_byte, o_acc[8 * j:8 * j + 8]) for j in range(BB)))
+        with m.If(o_in_valid & o_ready):
+            m.d.sync += [o_acc.eq(o_full), o_idx.eq(o_idx + 1)]
+            with m.If((o_idx == BB - 1) | o_in_final):
+                m.d.sync += [self.out.valid.eq(1), self.out.payload.data.eq(o_full),
+                             self.out.payload.last.eq(o_in_final), o_acc.eq(0), o_idx.eq(0)]
+        # the pass: word (u_blk, u_bank, u_c) of X, byte u_l
+        u_active = Signal()
+        u_blk = Signal(range(GRP + 1))
+        u_bank = Signal(range(N))
+        u_c = Signal(range(CWH))
+        u_l = Signal(range(N))
+        u_word = Signal(8 * N)
+        u_have = Signal()                 # u_word holds the word (u_blk, u_bank, u_c)
+        u_wait = Signal()                 # its read was issued last cycle
+        u_final = ((u_blk * N + u_bank == self.seq_len - 1) & (u_c == CWH - 1) & (u_l == N - 1))
+        read = u_active & ~u_have & ~u_wait
+        m.d.comb += [self.x.addr.eq(u_blk * CWH + u_c), self.x.en.eq(read),
+                     self.ctl.done.eq(~u_active & ~o_pending)]
+        with m.If(read):
+            m.d.sync += u_wait.eq(1)
+        with m.If(u_wait):
+            m.d.sync += [u_wait.eq(0), u_have.eq(1),
+                         u_word.eq(pick([self.x.data[b] for b in range(N)], u_bank, 8 * N))]
+        with m.If(u_have):
+            m.d.comb += [o_in_valid.eq(1), o_in_byte.eq(u_word.word_select(u_l, 8)),
+                         o_in_final.eq(u_final)]
+            with m.If(o_ready):
+                m.d.sync += u_l.eq(u_l + 1)
+                with m.If(u_l == N - 1):
+                    m.d.sync += [u_l.eq(0), u_have.eq(0), u_c.eq(u_c + 1)]
+                    with m.If(u_c == CWH - 1):
+                        m.d.sync += [u_c.eq(0), u_bank.eq(u_bank + 1)]
+                        with m.If(u_bank == N - 1):
+                            m.d.sync += [u_bank.eq(0), u_blk.eq(u_blk + 1)]
+                    with m.If(u_final):
+                        m.d.sync += u_active.eq(0)
+        with m.If(self.ctl.start):
+            m.d.sync += [u_active.eq(1), u_blk.eq(0), u_bank.eq(0), u_c.eq(0), u_l.eq(0),
+                         u_have.eq(0), u_wait.eq(0), o_pending.eq(1)]
+        return m

@@ -1,0 +1,237 @@
+"""The write-back of the GEMM job engine: the array's results -> residual fetch ->
+Requantizer(s) and IntGELU -> the buffers.
+
+::
+
+    array.c -> c1 -+-> score banks (scores)
+                   +-> Requantizer (22 bit, residual X or A) -+-> sat8 -> Q, K, V, context
+                                                              +-> sat16 -> IntGELU
+                                                              |     -> Requantizer -> H
+                                                              +-> R (22 bit)
+
+A result row enters register ``c1`` and issues the read of its residual (X for O panels, A for
+FFN2); the Requantizer takes the row with the residual word one cycle later. Every write goes
+through one register stage (``v_*``) before the buffers' write ports.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from bertcore.quant.kernels import GELU_IN_BITS, RESIDUAL_BITS
+from bertcore.rtl.gelu import IntGELU
+from bertcore.rtl.requant import Requantizer
+from bertcore.rtl.softmax import IntSoftmax
+
+from .common import (M_CTX, M_FFN1, M_FFN2, M_K, M_O, M_Q, M_SCORE, M_V, job_layout, pick,
+                     row_read, saturate, write_port)
+from .loader import panel_layout, scalar_layout
+
+__all__ = ["WriteBack"]
+
+
+class WriteBack(wiring.Component):
+    """Writes the results of the running job.
+
+    Parameters
+    ----------
+    config : CoreConfig
+    acc_layout : shape-castable
+        The payload of the array's ``c`` stream (``N`` accumulators).
+
+    Members
+    -------
+    start : ``In(1)``
+        A job starts.
+    job : ``In(job_layout(config))``
+        The running job.
+    i_acc : ``In(stream.Signature(acc_layout))``
+        The array's result rows.
+    res_x, res_a : ``Out(row_read(...))``
+        The residual reads (read port 1 of X and A).
+    panel : ``In(panel_layout(N))``
+        The requantization of the job's panel slot.
+    scalars : ``In(scalar_layout())``
+        The layer's scalars (the context requantization, the GELU constants).
+    q, k, v, h : ``Out(write_port(...)).array(N)``
+        The int8 results.
+    r : ``Out(write_port(...)).array(U)``
+        The residual sums.
+    s : ``Out(write_port(...)).array(S)``
+        The scores.
+    written : ``Out(1)``
+        Every result row of the job has been written (or is in the write register).
+    """
+
+    def __init__(self, config, acc_layout):
+        self._c = config
+        n, s, u = config.array_cols, config.softmax_units, config.layernorm_units
+        cwh, cwf = config.hidden // n, config.ffn // n
+        self._grp = grp = -(-config.max_seq // n)
+        word = unsigned(8 * n)
+        self._sw = IntSoftmax.score_width(config.head_dim)
+        super().__init__({
+            "start": In(1),
+            "job": In(job_layout(config)),
+            "i_acc": In(stream.Signature(acc_layout)),
+            "res_x": Out(row_read(grp * cwh, word, n)),
+            "res_a": Out(row_read(grp * cwh, word, n)),
+            "panel": In(panel_layout(n)),
+            "scalars": In(scalar_layout()),
+            **{b: Out(write_port(grp * cwh, word)).array(n) for b in "qkv"},
+            "h": Out(write_port(grp * cwf, word)).array(n),
+            "r": Out(write_port(grp * (n // u) * cwh, unsigned(RESIDUAL_BITS * n))).array(u),
+            "s": Out(write_port((n // s) * grp, unsigned(self._sw * n))).array(s),
+            "written": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c, job = self._c, self.job
+        N, S, GRP = c.array_cols, c.softmax_units, self._grp
+        CWH, HPW = c.hidden // N, c.head_dim // N
+        RPS = N // S
+        acc_w = len(self.i_acc.payload.data[0])
+        mul_rq = c.multipliers("requant")
+        m.submodules.rq = rq = Requantizer(lanes=N, in_width=acc_w, out_bits=RESIDUAL_BITS,
+                                           residual=True, residual_width=8, multipliers=mul_rq)
+        m.submodules.gelu = gelu = IntGELU(lanes=N, in_width=GELU_IN_BITS,
+                                           multipliers=c.multipliers("gelu"))
+        m.submodules.rq2 = rq2 = Requantizer(lanes=N, in_width=gelu.out_width, out_bits=8,
+                                             multipliers=mul_rq)
+        sc = self.scalars
+        m.d.comb += [gelu.b.eq(sc.gelu_b), gelu.c.eq(sc.gelu_c), gelu.q1.eq(sc.gelu_q1)]
+        st = {"rq": rq, "rq2": rq2, "gelu": gelu, "wb_fire": Signal(),
+              "is_score": job.mode == M_SCORE, "is_ffn1": job.mode == M_FFN1,
+              "has_res": (job.mode == M_O) | (job.mode == M_FFN2)}
+        # stage c1: a result row, its position (row c_i of tile c_t; c_i = c_q * S + c_k)
+        c1_valid = Signal()
+        c1_data = [Signal(signed(acc_w), name=f"c1_{j}") for j in range(N)]
+        c1_scores = Signal(self._sw * N)          # the low bits of c1_data: a score row
+        c_i = Signal(range(N))
+        c_t = Signal.like(job.tiles)
+        c1_i = Signal(range(N))
+        c1_t = Signal.like(job.tiles)
+        # (at least one bit: Verilog has no zero-width vectors)
+        c_k, c1_k = Signal(range(max(S, 2))), Signal(range(max(S, 2)))
+        c_q, c1_q = Signal(range(max(RPS, 2))), Signal(range(max(RPS, 2)))
+        wb_count = Signal(range(max(GRP, CWH, c.ffn // N, HPW) * N + 1))
+        down_ready = Signal()
+        m.d.comb += [down_ready.eq(Mux(st["is_score"], 1, rq.i_stream.ready)),
+                     self.i_acc.ready.eq(~c1_valid | down_ready)]
+        c_take = self.i_acc.valid & self.i_acc.ready
+        with m.If(~c1_valid | down_ready):
+            m.d.sync += c1_valid.eq(self.i_acc.valid)
+        with m.If(c_take):
+            m.d.sync += [c1_data[j].eq(self.i_acc.payload.data[j]) for j in range(N)]
+            m.d.sync += c1_scores.eq(Cat(*(self.i_acc.payload.data[j][:self._sw]
+                                           for j in range(N))))
+            m.d.sync += [c1_i.eq(c_i), c1_t.eq(c_t), c_i.eq(c_i + 1),
+                         c1_k.eq(c_k), c1_q.eq(c_q), c_k.eq(c_k + 1)]
+            with m.If(c_k == S - 1):
+                m.d.sync += [c_k.eq(0), c_q.eq(c_q + 1)]
+            with m.If(c_i == N - 1):
+                m.d.sync += [c_i.eq(0), c_t.eq(c_t + 1), c_k.eq(0), c_q.eq(0)]
+        # residual read (X for O, A for FFN2) issued as the beat enters c1
+        for port in (self.res_x, self.res_a):
+            m.d.comb += [port.addr.eq(c_t * CWH + job.chunk), port.en.eq(c_take)]
+        res_x = pick([self.res_x.data[b] for b in range(N)], c1_i, 8 * N)
+        res_a = pick([self.res_a.data[b] for b in range(N)], c1_i, 8 * N)
+        res_word = Mux(job.mode == M_O, res_x, res_a)
+        # score write (directly from c1)
+        for k, port in enumerate(self.s):
+            m.d.comb += [port.addr.eq(c1_q * GRP + c1_t), port.data.eq(c1_scores)]
+            with m.If(c1_valid & st["is_score"] & (c1_k == k)):
+                m.d.comb += port.en.eq(1)
+        with m.If(c1_valid & st["is_score"]):
+            m.d.comb += st["wb_fire"].eq(1)
+        # requantizer input
+        m.d.comb += [rq.i_stream.valid.eq(c1_valid & ~st["is_score"]),
+                     rq.i_stream.payload.last.eq(0)]
+        pan = self.panel
+        for j in range(N):
+            lane = rq.i_stream.payload.data[j]
+            m.d.comb += [
+                lane.x.eq(c1_data[j]),
+                lane.m.eq(Mux(job.mode == M_CTX, sc.ctx_m, pan.m[j])),
+                lane.e.eq(Mux(job.mode == M_CTX, sc.ctx_e, pan.e[j])),
+                lane.r.eq(res_word[8 * j:8 * j + 8].as_signed()),
+                lane.m_r.eq(Mux(st["has_res"], pan.m2[j], 0)),
+                lane.e_r.eq(Mux(st["has_res"], pan.e2[j], 1)),
+            ]
+        self._write(m, st)
+        with m.If(st["wb_fire"]):
+            m.d.sync += wb_count.eq(wb_count + 1)
+        m.d.comb += self.written.eq(wb_count == job.tiles * N)
+        with m.If(self.start):
+            m.d.sync += [c_i.eq(0), c_t.eq(0), c_k.eq(0), c_q.eq(0), wb_count.eq(0)]
+        return m
+
+    def _write(self, m, st):
+        """The requantizers' outputs (through GELU for FFN1) -> the write register -> the
+        buffers."""
+        c, job = self._c, self.job
+        N, U = c.array_cols, c.layernorm_units
+        CWH, CWF, PPB = c.hidden // N, c.ffn // N, N // U
+        rq, rq2, gelu = st["rq"], st["rq2"], st["gelu"]
+        is_ffn1, is_score = st["is_ffn1"], st["is_score"]
+        # requantizer output: saturate by mode; FFN1 goes on through GELU and rq2
+        m.d.comb += [rq.o_stream.ready.eq(Mux(is_ffn1, gelu.i_stream.ready, 1)),
+                     gelu.i_stream.valid.eq(rq.o_stream.valid & is_ffn1),
+                     gelu.i_stream.payload.last.eq(0)]
+        for j in range(N):
+            m.d.comb += gelu.i_stream.payload.data[j].eq(
+                saturate(rq.o_stream.payload.data[j], GELU_IN_BITS))
+        m.d.comb += [rq2.i_stream.valid.eq(gelu.o_stream.valid),
+                     gelu.o_stream.ready.eq(rq2.i_stream.ready),
+                     rq2.i_stream.payload.last.eq(0), rq2.o_stream.ready.eq(is_ffn1)]
+        for j in range(N):
+            lane = rq2.i_stream.payload.data[j]
+            m.d.comb += [lane.x.eq(gelu.o_stream.payload.data[j]),
+                         lane.m.eq(self.panel.m2[j]), lane.e.eq(self.panel.e2[j])]
+        w_i = Signal(range(N))
+        w_t = Signal.like(job.tiles)
+        w_u = Signal(range(max(U, 2)))         # position w_t*N + w_i = (w_t*PPB + w_g)*U + w_u
+        w_g = Signal(range(max(PPB, 2)))
+        wr_valid = Signal()
+        m.d.comb += wr_valid.eq(Mux(is_ffn1, rq2.o_stream.valid,
+                                    rq.o_stream.valid & ~is_score))
+        w8 = Cat(*(Mux(is_ffn1, rq2.o_stream.payload.data[j],
+                       saturate(rq.o_stream.payload.data[j], 8))[:8] for j in range(N)))
+        w22 = Cat(*(rq.o_stream.payload.data[j] for j in range(N)))
+        w_grp = Mux(job.mode == M_CTX, job.mb, w_t)
+        w_chunk = Mux(job.mode == M_CTX, job.chw + w_t, job.chunk)
+        with m.If(wr_valid):
+            m.d.comb += st["wb_fire"].eq(1)
+            m.d.sync += [w_i.eq(w_i + 1), w_u.eq(w_u + 1)]
+            with m.If(w_u == U - 1):
+                m.d.sync += [w_u.eq(0), w_g.eq(w_g + 1)]
+            with m.If(w_i == N - 1):
+                m.d.sync += [w_i.eq(0), w_t.eq(w_t + 1), w_u.eq(0), w_g.eq(0)]
+        with m.If(self.start):
+            m.d.sync += [w_i.eq(0), w_t.eq(0), w_u.eq(0), w_g.eq(0)]
+        # One register stage before the buffers' write ports (they sit far from the
+        # requantizers; this was the ECP5 critical path). A job ends when its last write is in
+        # that register; the next job reads two or more cycles later, after the write landed.
+        v_valid = Signal()
+        v_res = Signal()
+        v_mode = Signal.like(job.mode)
+        v_bank = Signal.like(w_i)
+        v_u = Signal.like(w_u)
+        v_addr = Signal(range(self._grp * max(CWH, CWF)))
+        v_raddr = Signal(range(self._grp * PPB * CWH))
+        v_w8 = Signal(8 * N)
+        v_w22 = Signal(RESIDUAL_BITS * N)
+        m.d.sync += [v_valid.eq(wr_valid), v_res.eq(st["has_res"]), v_mode.eq(job.mode),
+                     v_bank.eq(w_i), v_u.eq(w_u), v_w8.eq(w8), v_w22.eq(w22),
+                     v_addr.eq(Mux(is_ffn1, w_grp * CWF, w_grp * CWH) + w_chunk),
+                     v_raddr.eq((w_t * PPB + w_g) * CWH + job.chunk)]
+        for mode, banks in ((M_Q, self.q), (M_CTX, self.q), (M_K, self.k), (M_V, self.v),
+                            (M_FFN1, self.h)):
+            for b, port in enumerate(banks):
+                with m.If(v_valid & (v_mode == mode) & (v_bank == b)):
+                    m.d.comb += [port.addr.eq(v_addr), port.data.eq(v_w8), port.en.eq(1)]
+        for u, port in enumerate(self.r):
+            m.d.comb += [port.addr.eq(v_raddr), port.data.eq(v_w22)]
+            with m.If(v_valid & v_res & (v_u == u)):
+                m.d.comb += port.en.eq(1)

@@ -1,0 +1,33 @@
+"""The structure of the encoder core's source: no function in ``bertcore/core/`` over 200 lines
+(the core is a set of components, each elaborate short enough to read)."""
+
+import ast
+from pathlib import Path
+
+import bertcore.core
+
+#: Longest function (lines, decorators and docstring included) allowed in ``bertcore/core/``.
+MAX_FUNCTION_LINES = 200
+
+
+def _functions(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            yield node.name, first, node.end_lineno - first + 1
+
+
+def test_no_long_functions_in_core():
+    root = Path(bertcore.core.__file__).parent
+    files = sorted(root.glob("*.py"))
+    assert files, root
+    long = [f"{path.name}:{line} {name}() has {length} lines"
+            for path in files for name, line, length in _functions(path)
+            if length > MAX_FUNCTION_LINES]
+    assert not long, "\n".join(long)
+
+
+def test_core_components_importable_from_encoder():
+    """Code outside the core imports these names from ``bertcore.core.encoder``."""
+    from bertcore.core.encoder import EncoderCore, EncoderTop, bus_layout  # noqa: F401
