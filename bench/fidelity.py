@@ -17,11 +17,11 @@ built-in set, as shipped) as a baseline row. The last line is::
 and each calibration set); ``worst_calibration_mean`` is the lowest mean cosine over the whole pool
 among those calibrations. Targets (issue 11): mean >= 0.995 and min >= 0.98 in every bucket,
 calibration spread (best mean - worst mean) <= 0.002, Spearman >= 0.99, better than I-BERT on
-every figure. The full run takes about 15 minutes on one core (I-BERT's float-emulated forward is
-most of it); subsets::
+every figure. The full run took 35 minutes on a shared 2-core machine (14 of them I-BERT's
+float-emulated forward: --ibert-cache keeps it); subsets::
 
     .venv/bin/python bench/fidelity.py --buckets 129-256 --per-bucket 10 --sets none --no-ibert
-    .venv/bin/python bench/fidelity.py --option prob_scale=row --sets a,b --no-ibert
+    .venv/bin/python bench/fidelity.py --option prob_bits=16 --sets a,d --per-bucket 15 --no-ibert
     .venv/bin/python bench/fidelity.py --isolate --per-bucket 10 --sets none --no-ibert
 """
 
