@@ -17,11 +17,11 @@ built-in set, as shipped) as a baseline row. The last line is::
 and each calibration set); ``worst_calibration_mean`` is the lowest mean cosine over the whole pool
 among those calibrations. Targets (issue 11): mean >= 0.995 and min >= 0.98 in every bucket,
 calibration spread (best mean - worst mean) <= 0.002, Spearman >= 0.99, better than I-BERT on
-every figure. The full run takes about 15 minutes on one core (I-BERT's float-emulated forward is
-most of it); subsets::
+every figure. The full run took 35 minutes on a shared 2-core machine (14 of them I-BERT's
+float-emulated forward: --ibert-cache keeps it); subsets::
 
     .venv/bin/python bench/fidelity.py --buckets 129-256 --per-bucket 10 --sets none --no-ibert
-    .venv/bin/python bench/fidelity.py --option prob_scale=row --sets a,b --no-ibert
+    .venv/bin/python bench/fidelity.py --option prob_bits=16 --sets a,d --per-bucket 15 --no-ibert
     .venv/bin/python bench/fidelity.py --isolate --per-bucket 10 --sets none --no-ibert
 """
 
@@ -183,6 +183,30 @@ def isolate(ckpt, qm, pool):
     qm.widen = set()
 
 
+def ibert_hidden(ckpt, calibration, pool, cache=None):
+    """Last hidden states of transformers' I-BERT calibrated on ``calibration``.
+
+    ``cache`` (a file) keeps them between runs: they depend only on the model, the calibration
+    texts and the evaluation texts, not on bertcore's options.
+    """
+    import hashlib
+    texts = [t for t, _, _ in pool]
+    key = hashlib.sha256("\n".join([str(ckpt.path), *calibration, "--", *texts])
+                         .encode()).hexdigest()
+    if cache and Path(cache).is_file():
+        stored = torch.load(cache)
+        if stored.get("key") == key:
+            return stored["hidden"]
+    from ibert_baseline import build_ibert, calibrate, last_hidden_states, load_tokenizer
+    tok = load_tokenizer(ckpt.path)
+    ib, _ = build_ibert(ckpt.path, quant_mode=True, dtype=torch.float32)
+    calibrate(ib, tok, calibration)
+    hidden = last_hidden_states(ib, tok, texts)
+    if cache:
+        torch.save({"key": key, "hidden": hidden}, cache)
+    return hidden
+
+
 def float_hidden(ckpt, pool):
     model = ckpt.float_model()
     with torch.no_grad():
@@ -202,6 +226,8 @@ def main():
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="a QuantOptions field (repeatable), e.g. prob_scale=row")
     ap.add_argument("--no-ibert", action="store_true", help="skip transformers' I-BERT")
+    ap.add_argument("--ibert-cache", metavar="FILE",
+                    help="keep I-BERT's hidden states in FILE between runs (14 min to compute)")
     ap.add_argument("--isolate", action="store_true",
                     help="error isolation: widen one stage at a time (built-in calibration)")
     args = ap.parse_args()
@@ -233,12 +259,8 @@ def main():
               f"{time.time() - t1:.0f} s", flush=True)
     ibert = None
     if not args.no_ibert:
-        from ibert_baseline import build_ibert, calibrate, last_hidden_states, load_tokenizer
         t1 = time.time()
-        tok = load_tokenizer(ckpt.path)
-        ib, _ = build_ibert(ckpt.path, quant_mode=True, dtype=torch.float32)
-        calibrate(ib, tok, cals[0][1])
-        ibert = by_bucket(pool, fh, last_hidden_states(ib, tok, [t for t, _, _ in pool]))
+        ibert = by_bucket(pool, fh, ibert_hidden(ckpt, cals[0][1], pool, args.ibert_cache))
         print(f"transformers I-BERT: {time.time() - t1:.0f} s", flush=True)
 
     ours = results["built-in"]

@@ -79,6 +79,10 @@ def rtl_embeddings(qm, texts, *, simulator="verilator", config=None, progress=la
     from .core.image import pack_parameter_image
     from .packing import plan_runs, split_outputs
     from .rtlsim import CoreSimulator
+    if (qm.opts.prob_bits, qm.opts.prob_scale) != (8, "fixed"):
+        raise BertError(f"the core computes uint8 attention probabilities at scale 2**-8; this "
+                        f"model was quantized with prob_bits={qm.opts.prob_bits}, "
+                        f"prob_scale={qm.opts.prob_scale!r} (use --backend int)")
     if config is None:
         _, config = preset_for(qm.shape)
     xs = []

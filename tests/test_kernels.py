@@ -741,3 +741,61 @@ def test_requantize_vs_fixed_point_mul():
         assert torch.equal(ours[tie].to(F64) - ref[tie], (ours[tie] % 2).to(F64))
         total_ties += int(tie.sum())
     assert total_ties > 100
+
+
+def test_matmul_int_is_exact():
+    """The float64 path of matmul_int equals the int64 product bit for bit; past 2**53 it falls
+    back to int64."""
+    gen = torch.Generator().manual_seed(21)
+    a = rand_int(gen, -128, 128, (37, 1536))
+    b = rand_int(gen, -128, 128, (1536, 29))
+    assert torch.equal(K.matmul_int(a, b), a @ b)
+    p = rand_int(gen, 0, 1 << 16, (4, 5, 256))
+    v = rand_int(gen, -128, 128, (4, 256, 8))
+    assert torch.equal(K.matmul_int(p, v), p @ v)
+    big = torch.full((2, 4), 1 << 40, dtype=I64)
+    assert torch.equal(K.matmul_int(big, big.T), big @ big.T)     # 2**82 wraps like int64
+    assert K.matmul_int(a, b).dtype == I64
+
+
+def test_bit_length():
+    n = torch.tensor([0, 1, 2, 3, 255, 256, (1 << 40) + 3], dtype=I64)
+    assert K.bit_length(n).tolist() == [int(v).bit_length() for v in n.tolist()]
+
+
+def test_softmax_wide_probabilities():
+    """prob_bits > 8: the same formula with more output bits, within a few LSB of float."""
+    gen = torch.Generator().manual_seed(22)
+    s = 2e-3
+    k = K.softmax_constants(s)
+    x = rand_int(gen, -int(6 / s), int(6 / s) + 1, (32, 200))
+    y16 = K.int_softmax_int(x, k, output_bits=16, saturate_output=True)
+    y8 = K.int_softmax_int(x, k, output_bits=8, saturate_output=True)
+    assert int(y16.max()) < 1 << 16
+    assert torch.equal(y16 >> 8, y8)         # the top 8 bits are the uint8 probabilities
+    ref = torch.softmax(x.to(F64) * s, dim=-1)
+    err16 = float((y16.to(F64) / 2 ** 16 - ref).abs().max())
+    err8 = float((y8.to(F64) / 2 ** 8 - ref).abs().max())
+    # left: the i-exp polynomial and f = floor(2**32 / sum) (~9 bits for 200-key rows)
+    assert err16 < 2 ** -8 / 8 and err16 < err8 / 4, (err16, err8)
+
+
+def test_softmax_row_scale():
+    """Per-row power-of-two scale: r = max(bitlen(sum) - 16, 0), the row maximum keeps 8 bits,
+    r = 0 is the fixed-scale softmax, and y * 2**-(8 + r) tracks the float softmax."""
+    gen = torch.Generator().manual_seed(23)
+    s = 2e-3
+    k = K.softmax_constants(s)
+    for keys in (1, 3, 40, 256):
+        x = rand_int(gen, -int(3 / s), int(3 / s) + 1, (16, keys))
+        y, r = K.int_softmax_row_int(x, k)
+        fixed = K.int_softmax_int(x, k, saturate_output=True)
+        assert r.shape == (16, 1) and int(y.max()) <= 255
+        if keys == 1:
+            assert torch.equal(r, torch.zeros_like(r)) and torch.equal(y, fixed)
+        else:
+            assert bool((y.amax(-1, keepdim=True)[r > 0] >= 128).all())
+            assert torch.equal(y[(r == 0).squeeze(-1)], fixed[(r == 0).squeeze(-1)])
+        ref = torch.softmax(x.to(F64) * s, dim=-1)
+        got = y.to(F64) * torch.pow(2.0, -(8 + r).to(F64))
+        assert (got - ref).abs().max() <= 2.0 ** -8 + 1e-3

@@ -210,3 +210,36 @@ def test_score_scale_fits_the_softmax_hardware(tiny_int):
         assert lc["scales"]["scores"] >= K.SOFTMAX_MIN_SCALE
         assert lc["softmax"]["x0"] >= -(1 << (K.SOFTMAX_X0_BITS - 1))
         IntSoftmax.check_constants(lc["softmax"])
+
+
+def test_probability_options_change_only_the_attention(tiny_ckpt):
+    """prob_bits / prob_scale: integer-only forward, probabilities within their width, close to
+    the float model, and recorded in the artifact's options."""
+    ids = tiny_ckpt.tokenizer.encode(TINY_EVAL[0])
+    ref = mean_pool(float_forward(tiny_ckpt, ids))
+    for opts in (QuantOptions(prob_bits=16), QuantOptions(prob_scale="row")):
+        m = quantize(tiny_ckpt, TINY_CALIBRATION, opts)
+        seen = {}
+        x = m.embed_int(ids)
+        m.layer(0, x, trace=lambda n, v: seen.__setitem__(n, v))
+        assert 0 <= int(seen["probs"].min()) and int(seen["probs"].max()) < 1 << opts.prob_bits
+        assert float(ref @ m.sentence_embedding(ids)) > 0.98
+        assert m.manifest()["options"]["prob_bits"] == opts.prob_bits
+    with pytest.raises(ValueError):
+        QuantOptions(prob_bits=7)
+    with pytest.raises(ValueError):
+        QuantOptions(prob_scale="float")
+
+
+def test_length_aware_calibration_packs_the_texts(tiny_ckpt):
+    """pack_tokens joins the calibration texts into longer sequences (in pack_rounds orders)."""
+    from bertcore.quant.model import _packed, calibrate
+    seqs = [tiny_ckpt.tokenizer.encode(t) for t in TINY_CALIBRATION]
+    packs = _packed(seqs, 24, rounds=2)
+    assert packs and all(len(p) <= 24 and len(p) > max(map(len, seqs)) for p in packs)
+    assert all(p[0] == seqs[0][0] and p[-1] == seqs[0][-1] for p in packs)
+    one = calibrate(tiny_ckpt, TINY_CALIBRATION)
+    packed = calibrate(tiny_ckpt, TINY_CALIBRATION, pack_tokens=64, pack_rounds=3)
+    assert packed.texts == one.texts == len(TINY_CALIBRATION)
+    assert packed.tokens > one.tokens
+    assert all(bool((packed.chan_max[k] >= one.chan_max[k]).all()) for k in one.chan_max)

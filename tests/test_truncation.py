@@ -65,7 +65,7 @@ def test_sentence_bert_config_sets_the_truncation(tmp_path, tiny_dir):
     ckpt = load_checkpoint(d)
     assert ckpt.max_seq_length == 8
     assert len(ckpt.tokenizer.encode("the dog runs in the park with a red ball")) == 8
-    qm = quantize(ckpt, TINY_CALIBRATION)
+    qm = quantize(ckpt, TINY_CALIBRATION + ["the dog runs", "a red car"])   # 2 texts fit
     back = load_artifact(save_artifact(qm, tmp_path / "t.safetensors"))
     assert len(back.encode_text("the dog runs in the park with a red ball")) == 8
     (d / "sentence_bert_config.json").write_text('{"max_seq_len": 8}')

@@ -65,6 +65,9 @@ class QuantOptions:
         Length-aware calibration: besides each calibration text alone, the texts joined end to
         end into sequences of up to ``pack_tokens`` tokens (0: off), so that the activation
         ranges also cover inputs longer than the calibration texts.
+    pack_rounds : int
+        How many orders the texts are joined in for ``pack_tokens`` (the first is the given
+        order, the others fixed pseudo-random ones): more long contexts from the same texts.
     prob_scale : "fixed" or "row"
         Scale of the uint8 attention probabilities: ``"fixed"`` is 2**-8 for every row;
         ``"row"`` is a power of two per row (:func:`~bertcore.quant.kernels.int_softmax_row_int`)
@@ -76,8 +79,9 @@ class QuantOptions:
     act_granularity: str = "channel"
     percentile: float = 100.0
     residual_margin: float = 2.0
-    act_margin: float = 1.0
-    pack_tokens: int = 0
+    act_margin: float = 2.0
+    pack_tokens: int = 256
+    pack_rounds: int = 4
     prob_scale: str = "fixed"
     prob_bits: int = 8
 
@@ -93,6 +97,8 @@ class QuantOptions:
             raise ValueError(f"act_margin must be >= 1, not {self.act_margin!r}")
         if self.pack_tokens < 0:
             raise ValueError(f"pack_tokens must be >= 0, not {self.pack_tokens!r}")
+        if self.pack_rounds < 1:
+            raise ValueError(f"pack_rounds must be >= 1, not {self.pack_rounds!r}")
         if self.prob_scale not in ("fixed", "row"):
             raise ValueError(f"prob_scale must be 'fixed' or 'row', not {self.prob_scale!r}")
         if not 8 <= self.prob_bits <= 16:
@@ -102,7 +108,8 @@ class QuantOptions:
 class Calibration:
     """Per-tap statistics of the float activations over the calibration texts."""
 
-    def __init__(self):
+    def __init__(self, keep_samples=True):
+        self.keep_samples = keep_samples    # the percentiles need every sample; the maxima do not
         self.chan_max = {}
         self.samples = {}
         self.texts = 0
@@ -113,7 +120,8 @@ class Calibration:
         a = x.detach().abs().to(torch.float32).reshape(-1, x.shape[-1])
         cm = a.amax(0)
         self.chan_max[key] = torch.maximum(self.chan_max[key], cm) if key in self.chan_max else cm
-        self.samples.setdefault(key, []).append(a)
+        if self.keep_samples:
+            self.samples.setdefault(key, []).append(a)
 
     def max(self, key):
         return float(self.chan_max[key].max())
@@ -147,25 +155,30 @@ def _one_thread():
         torch.set_num_threads(n)
 
 
-def _packed(seqs, pack_tokens):
+def _packed(seqs, pack_tokens, rounds=1):
     """The token sequences ``seqs`` (each with [CLS] ... [SEP]) joined end to end into sequences
-    of at most ``pack_tokens`` tokens: one [CLS], the texts' word pieces, one [SEP]. Only packs
-    longer than the longest single sequence are kept (the others add nothing)."""
+    of at most ``pack_tokens`` tokens: one [CLS], the texts' word pieces, one [SEP]. Round 0 joins
+    them in the given order, round ``k > 0`` in a fixed pseudo-random order (seed ``k``). Only
+    packs longer than the longest single sequence are kept (the others add nothing)."""
     cls, sep = seqs[0][0], seqs[0][-1]
-    packs, cur = [], []
-    for ids in seqs:
-        body = ids[1:-1]
-        if cur and len(cur) + len(body) + 2 > pack_tokens:
-            packs.append([cls] + cur + [sep])
-            cur = []
-        cur = (cur + body)[:pack_tokens - 2]
-    if cur:
-        packs.append([cls] + cur + [sep])
     longest = max(len(s) for s in seqs)
+    packs = []
+    for k in range(rounds):
+        order = (range(len(seqs)) if k == 0 else
+                 torch.randperm(len(seqs), generator=torch.Generator().manual_seed(k)).tolist())
+        cur = []
+        for i in order:
+            body = seqs[i][1:-1]
+            if cur and len(cur) + len(body) + 2 > pack_tokens:
+                packs.append([cls] + cur + [sep])
+                cur = []
+            cur = (cur + body)[:pack_tokens - 2]
+        if cur:
+            packs.append([cls] + cur + [sep])
     return [p for p in packs if len(p) > longest]
 
 
-def calibrate(ckpt, texts, pack_tokens=0):
+def calibrate(ckpt, texts, pack_tokens=0, pack_rounds=1, keep_samples=True):
     """Run the float encoder over ``texts`` and collect activation statistics.
 
     With ``pack_tokens``, the texts also run joined end to end into sequences of up to that many
@@ -177,14 +190,14 @@ def calibrate(ckpt, texts, pack_tokens=0):
     if len(texts) < MIN_CALIBRATION_TEXTS:
         raise BertError(f"the calibration set has {len(texts)} text; at least "
                         f"{MIN_CALIBRATION_TEXTS} are needed (a few dozen varied texts is better)")
-    cal = Calibration()
+    cal = Calibration(keep_samples)
     enc = [ckpt.tokenizer.encode_checked(t) for t in texts]
     if all(truncated for _, truncated in enc):
         raise BertError(f"every calibration text is longer than the model's limit of "
                         f"{ckpt.tokenizer.max_length} tokens; calibrate on texts that fit")
     seqs = [ids for ids, _ in enc]
     if pack_tokens:
-        seqs += _packed(seqs, min(pack_tokens, ckpt.tokenizer.max_length))
+        seqs += _packed(seqs, min(pack_tokens, ckpt.tokenizer.max_length), pack_rounds)
     cal.texts = len(texts)
     with _one_thread():
         for ids in seqs:
@@ -255,7 +268,8 @@ def _ln_out(gamma, beta, s_out):
 
 def quantize(ckpt, texts, opts=QuantOptions()):
     """Quantize a float checkpoint into an :class:`IntBert` by calibration on ``texts``."""
-    cal = calibrate(ckpt, texts, opts.pack_tokens)
+    cal = calibrate(ckpt, texts, opts.pack_tokens, opts.pack_rounds,
+                    keep_samples=opts.percentile < 100.0)
     s = ckpt.shape
     w = ckpt.weights
     sc = _Scales(cal, opts, s.hidden)
