@@ -6,9 +6,7 @@ throughput (one beat per cycle) with a second ("skid") register that catches the
 in the cycle the output stalls. Put one where a stream crosses the chip (the units of the
 encoder core sit far apart on an FPGA) or at a block's external ports.
 
->>> from amaranth.hdl import unsigned
->>> rs = RegisterSlice(unsigned(8))
->>> rs.latency
+>>> RegisterSlice.latency
 1
 """
 
