@@ -4,7 +4,8 @@ the emitted Verilog of :class:`bertcore.boards.top.UARTCoreTop` (UART bridge + e
 The host code is blocking; it runs in a :func:`cocotb.task.bridge` thread and reaches the line
 through :class:`CocotbPort`, whose ``read``/``write`` are :func:`cocotb.task.resume` coroutines.
 ``params``: ``divisor``, ``config`` (CoreConfig fields), ``image`` (words), ``runs`` (list of
-``{"length", "act", "out"}``), ``corrupt`` (``[frame_index, byte_offset, mask]`` or ``None``),
+``{"length", "act", "out"}``), ``corrupt`` (``[frame_index, byte_offset, mask]``, with a fourth
+element a frame type whose frames ``frame_index`` counts; or ``None``),
 ``timeout_bits``, ``report`` (a JSON file for the test: stats, cycles, simulated time).
 
 ``sdram`` (a board top with the SDRAM image store on LiteDRAM's simulation model): ``{"refresher":
@@ -119,13 +120,14 @@ def _host(port, p, refreshes=None):
     link = BoardLink(port, retries=4)
     frames = []
     if p.get("corrupt"):
-        index, offset, mask = p["corrupt"]
+        index, offset, mask, *kind = p["corrupt"]
         original = link.transact
 
         def transact(ftype, payload=b""):
-            if len(frames) == index:
-                port.corrupt_tx(offset, mask)
-            frames.append(ftype)
+            if not kind or ftype == kind[0]:
+                if len(frames) == index:
+                    port.corrupt_tx(offset, mask)
+                frames.append(ftype)
             return original(ftype, payload)
 
         link.transact = transact

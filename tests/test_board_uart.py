@@ -942,10 +942,9 @@ def test_sdram_top_cocotb(tiny_core, tiny_image, tmp_path):  # noqa: F811
     config = spec.config
     runs = _tiny_runs(tiny_core, config, 22)
     report = tmp_path / "report.json"
-    # frames: 0 RESET, 1 STATUS (load_parameters), 2 STATUS (the refused run), 3 STATUS,
-    # 4 STATUS (load_image), 5 LOAD, 6 PARAM (corrupted), ...
-    params = {"divisor": DIVISOR, "config": config.to_dict(), "image": tiny_image,
-              "runs": runs, "corrupt": [6, P.HEADER_BYTES + 7, 0x04], "timeout_bits": 4000,
+    # the first PARAM frame (of the load) has a payload bit flipped on the line
+    params = {"divisor": DIVISOR, "config": config.to_dict(), "image": tiny_image, "runs": runs,
+              "corrupt": [0, P.HEADER_BYTES + 7, 0x04, P.T_PARAM], "timeout_bits": 4000,
               "report": str(report),
               "sdram": {"refresher": [f"store.dram.dram.core.{prefix}refresher_state"
                                       for prefix in ("", "litedramcore_")]}}
