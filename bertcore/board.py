@@ -18,6 +18,11 @@ after :func:`load_parameters` (or after a reset) streams the image, later runs s
 activation packet alone; ``load_parameters(..., reuse=True)`` trusts the image the core kept
 from an earlier session (the command line's ``bertcore board run --no-load``).
 
+On a board with an SDRAM image store (its STATUS reply is the long one) the image is loaded
+once with :func:`load_image` (LOAD, the PARAM frames, then the board's CRC-32 of what it read back
+compared with :func:`image_fingerprint`); :func:`run` then checks that the board still holds
+that image (a power cycle empties the SDRAM) and sends RUN and the activations only.
+
 Every frame is sent until it is answered (stop and wait): a NAK, a corrupted reply or no reply
 within the timeout makes the host resend the same frame with the same sequence byte (the board
 executes a frame once and answers a repeat with the stored reply), at most ``retries`` times;
@@ -25,11 +30,12 @@ then :class:`LinkError` is raised.
 """
 
 import weakref
+import zlib
 
 from bertcore import uart_protocol as P
 
-__all__ = ["BoardLink", "LinkError", "BoardError", "load_parameters", "run", "run_texts",
-           "status", "open_port"]
+__all__ = ["BoardLink", "LinkError", "BoardError", "ImageStoreError", "load_parameters",
+           "load_image", "image_fingerprint", "run", "run_texts", "status", "open_port"]
 
 #: Default UART baud rate of the board tops.
 DEFAULT_BAUD = 1_000_000
@@ -41,6 +47,18 @@ class LinkError(IOError):
 
 class BoardError(RuntimeError):
     """The board answered, but the core reported an error."""
+
+
+class ImageStoreError(BoardError):
+    """The board's SDRAM image store cannot serve: no SDRAM, a failed bring-up, an image that
+    does not verify, or a stored image other than the one to run."""
+
+
+def image_fingerprint(words, bus_width):
+    """The fingerprint the SDRAM image store reports for ``words``: CRC-32 (``zlib.crc32``) of
+    their little-endian bytes, ``bus_width // 8`` per word."""
+    nb = bus_width // 8
+    return zlib.crc32(b"".join(int(w).to_bytes(nb, "little") for w in words))
 
 
 def open_port(url, baud=DEFAULT_BAUD, timeout=0.5):
@@ -85,6 +103,7 @@ class BoardLink:
         self.resident = False          # the core holds self.image (resident configurations)
         self.assumed = False           # ... which is assumed, not known (load_parameters(reuse))
         self.streamed = None           # the last run streamed the image
+        self.sdram = False             # the board has an SDRAM image store (long STATUS)
         self._seq = 0
         self._max_payload = max_payload
         self._bus_bytes = None
@@ -177,15 +196,42 @@ class BoardLink:
     # -- operations ----------------------------------------------------------------------------
 
     def status(self):
-        """``{"busy", "error", "output", "lost", "cycles", "bus_bytes", "max_payload"}``."""
-        body = self._expect(P.T_STATUS, b"", P.R_STATUS)
-        if len(body) != P.STATUS_BYTES:
-            raise LinkError(f"STATUS reply of {len(body)} bytes, not {P.STATUS_BYTES}")
+        """``{"busy", "error", "output", "lost", "cycles", "bus_bytes", "max_payload"}``; a
+        board with an SDRAM image store adds ``sdram`` (True), ``init_done``, ``init_error``,
+        ``image_valid``, ``image_error``, ``store_busy``, ``loading``, ``fingerprint`` and
+        ``image_words``."""
+        st = self._parse_status(self._expect(P.T_STATUS, b"", P.R_STATUS))
+        st.pop("accepted", None)
+        return st
+
+    def store_command(self, ftype):
+        """LOAD or RUN (SDRAM boards); returns the status reply, ``accepted`` included."""
+        rtype, body = self.transact(ftype)
+        if rtype != P.R_STATUS:
+            raise LinkError(f"frame type 0x{ftype:02x} was answered with type 0x{rtype:02x}, "
+                            f"not a status")
+        return self._parse_status(body)
+
+    def _parse_status(self, body):
+        if len(body) not in (P.STATUS_BYTES, P.SDRAM_STATUS_BYTES):
+            raise LinkError(f"STATUS reply of {len(body)} bytes, not {P.STATUS_BYTES} or "
+                            f"{P.SDRAM_STATUS_BYTES}")
         flags = body[0]
         st = {"busy": bool(flags & P.ST_BUSY), "error": bool(flags & P.ST_ERROR),
               "output": bool(flags & P.ST_OUTPUT), "lost": bool(flags & P.ST_LOST),
               "cycles": int.from_bytes(body[1:5], "little"), "bus_bytes": body[5],
               "max_payload": int.from_bytes(body[6:8], "little")}
+        self.sdram = len(body) == P.SDRAM_STATUS_BYTES
+        if self.sdram:
+            sd = body[8]
+            st.update({"sdram": True, "init_done": bool(sd & P.SD_INIT_DONE),
+                       "init_error": bool(sd & P.SD_INIT_ERROR),
+                       "image_valid": bool(sd & P.SD_VALID),
+                       "image_error": bool(sd & P.SD_ERROR), "store_busy": bool(sd & P.SD_BUSY),
+                       "loading": bool(sd & P.SD_LOADING),
+                       "accepted": bool(sd & P.SD_ACCEPTED),
+                       "fingerprint": int.from_bytes(body[9:13], "little"),
+                       "image_words": int.from_bytes(body[13:17], "little")})
         self._bus_bytes = st["bus_bytes"]
         if self._max_payload is None:
             self._max_payload = st["max_payload"]
@@ -258,12 +304,8 @@ def load_parameters(port, words, config, *, reuse=False):
     core holds no image it rejects them; :func:`run` then resets it and streams the image.
     A core holding the image of *another* model is not detected.
     """
-    from bertcore.core.image import image_beats
     link = BoardLink.of(port)
-    words = [int(w) for w in words]
-    if len(words) != image_beats(config):
-        raise ValueError(f"the image has {len(words)} words; the configuration needs "
-                         f"{image_beats(config)}")
+    words = _check_image_words(words, config)
     if reuse and not config.resident:
         raise ValueError("reuse needs a resident configuration (a core that keeps its image)")
     if reuse:
@@ -276,6 +318,70 @@ def load_parameters(port, words, config, *, reuse=False):
     _check_config(link, config)
     link.image, link.config = words, config
     link.resident = link.assumed = reuse
+    return link
+
+
+def _wait_store(link, polls, what):
+    """STATUS until the image store is up and idle; the last status."""
+    for _ in range(polls):
+        st = link.status()
+        if st["init_error"]:
+            raise ImageStoreError("the board's SDRAM failed its bring-up check (init_error): "
+                                  "no image can be stored")
+        if st["init_done"] and not st["store_busy"]:
+            return st
+    raise ImageStoreError(f"the board's image store is still busy or the SDRAM not up after "
+                          f"{polls} status polls ({what})")
+
+
+def _check_image_words(words, config):
+    from bertcore.core.image import image_beats
+    words = [int(w) for w in words]
+    if len(words) != image_beats(config):
+        raise ValueError(f"the image has {len(words)} words; the configuration needs "
+                         f"{image_beats(config)}")
+    return words
+
+
+def load_image(port, words, config, *, polls=10000):
+    """Store the parameter image ``words`` in the board's SDRAM (boards with an image store).
+
+    Checks the bus width, waits for the SDRAM bring-up, sends LOAD and the image in PARAM
+    frames (each CRC-checked and resent as every frame), waits while the board reads the image
+    back, then compares the board's fingerprint and word count with :func:`image_fingerprint`
+    of ``words``. Returns the :class:`BoardLink`, ready for :func:`run`.
+
+    Raises
+    ------
+    ImageStoreError
+        No image store on the board, a failed SDRAM bring-up, an image the board did not take
+        or that does not verify (read back differently, larger than the SDRAM).
+    ValueError
+        If ``words`` is not an image of ``config``'s size.
+    """
+    link = BoardLink.of(port)
+    words = _check_image_words(words, config)
+    st = _check_config(link, config)
+    if not st.get("sdram"):
+        raise ImageStoreError("the board has no SDRAM image store (its bitstream streams the "
+                              "image with every run: use board run)")
+    _wait_store(link, polls, "before the load")
+    if not link.store_command(P.T_LOAD)["accepted"]:
+        raise ImageStoreError("the board's image store did not take LOAD")
+    link.image = None                   # the stored image is being replaced
+    link.send_words(P.T_PARAM, P.T_PARAM_LAST, words, config.bus_width // 8)
+    st = _wait_store(link, polls, "verifying the image")
+    want = image_fingerprint(words, config.bus_width)
+    if st["image_error"] or not st["image_valid"]:
+        raise ImageStoreError(f"the image in SDRAM does not verify ({len(words)} words: read "
+                              f"back differently, or larger than the SDRAM)")
+    if st["fingerprint"] != want or st["image_words"] != len(words):
+        raise ImageStoreError(f"the image in SDRAM does not verify: the board holds "
+                              f"{st['image_words']} words with fingerprint "
+                              f"{st['fingerprint']:08x}, sent {len(words)} words with "
+                              f"{want:08x}")
+    link.image, link.config = words, config
+    link.resident = link.assumed = False
     return link
 
 
@@ -314,7 +420,9 @@ def _run(link, activation_words, config):
     st = link.status()
     if st["busy"] or st["output"]:
         link.reset()                               # a previous run was abandoned
-    elif st["error"]:
+    if link.sdram:
+        return _run_stored(link, activation_words, config, st)
+    if st["error"]:
         link.resident = False                      # a failed run invalidates a stored image
     link.streamed = not link.resident
     if link.resident:
@@ -333,6 +441,32 @@ def _run(link, activation_words, config):
         raise BoardError("the core reported an error after the run")
     link.cycles = st["cycles"]
     link.resident = config.resident
+    return out
+
+
+def _run_stored(link, activation_words, config, st):
+    """A run on the image in SDRAM: its fingerprint checked first, then RUN + activations."""
+    nbytes = config.bus_width // 8
+    if st["busy"] or st.get("store_busy"):
+        st = _wait_store(link, 1000, "before the run")
+    want = image_fingerprint(link.image, config.bus_width)
+    if not st["image_valid"]:
+        raise ImageStoreError("the board's SDRAM holds no image (power cycled?): load it "
+                              "first (board load)")
+    if st["fingerprint"] != want or st["image_words"] != len(link.image):
+        raise ImageStoreError(f"the board's SDRAM holds another image (fingerprint "
+                              f"{st['fingerprint']:08x}, {st['image_words']} words; this "
+                              f"model's is {want:08x}, {len(link.image)} words): load it first "
+                              f"(board load)")
+    if not link.store_command(P.T_RUN)["accepted"]:
+        raise ImageStoreError("the board's image store did not take RUN")
+    link.streamed = False
+    link.send_words(P.T_ACT, P.T_ACT_LAST, list(activation_words), nbytes)
+    out = link.read_words(len(activation_words), nbytes)
+    st = link.status()
+    if st["error"]:
+        raise BoardError("the core reported an error after the run")
+    link.cycles = st["cycles"]
     return out
 
 

@@ -571,12 +571,14 @@ def _open_link(args, baud):
 def _board_errors(args, baud):
     """Link and core errors of a board command as one line each."""
     import contextlib
-    from .board import BoardError, LinkError
+    from .board import BoardError, ImageStoreError, LinkError
 
     @contextlib.contextmanager
     def ctx():
         try:
             yield
+        except ImageStoreError as exc:
+            raise CliError(f"the board on {args.port}: {exc}") from None
         except LinkError as exc:
             raise CliError(f"no valid reply from the board on {args.port} at {baud} baud "
                            f"(bitstream loaded? baud rate?): {exc}") from None
@@ -597,16 +599,10 @@ def cmd_board_status(args):
     return 0
 
 
-def cmd_board_run(args):
-    import json
-    import numpy as np
-    import torch
-    from .board import load_parameters, run_texts
-    from .core.image import pack_parameter_image
-    from .quant.floatref import mean_pool
-    out = _check_output(args.output) if args.output else None     # before the run
+def _board_model(args):
+    """``(config, baud, model or None)`` of ``board run/load``: the artifact of ``--quantized``
+    (checked against the configuration) or None (a random model, made later)."""
     cfg, baud = _board_config(args)
-    texts = _texts(args)
     qm = None
     if args.quantized:
         from .quant.artifact import load_artifact
@@ -618,6 +614,38 @@ def cmd_board_run(args):
     elif cfg is None:
         raise CliError("give --board NAME, --preset NAME or --config FILE (or --quantized FILE "
                        "of a preset's shape)")
+    return cfg, baud, qm
+
+
+def cmd_board_load(args):
+    """Store the parameter image in the board's SDRAM (boards with an image store)."""
+    from .board import image_fingerprint, load_image
+    from .core.image import pack_parameter_image
+    cfg, baud, qm = _board_model(args)
+    link = _open_link(args, baud)
+    if qm is None:
+        from .rtlsim import random_model
+        qm = random_model(cfg, seed=args.seed)
+    image = pack_parameter_image(qm, cfg)
+    with _board_errors(args, baud):
+        load_image(link, image, cfg)
+    st = link.stats
+    print(f"loaded {len(image)} words into the board's SDRAM, fingerprint "
+          f"{image_fingerprint(image, cfg.bus_width):08x} verified ({st['frames']} frames, "
+          f"{st['naks']} NAKs, {st['timeouts']} timeouts)")
+    return 0
+
+
+def cmd_board_run(args):
+    import json
+    import numpy as np
+    import torch
+    from .board import load_parameters, run_texts
+    from .core.image import pack_parameter_image
+    from .quant.floatref import mean_pool
+    out = _check_output(args.output) if args.output else None     # before the run
+    cfg, baud, qm = _board_model(args)
+    texts = _texts(args)
     if not args.load and not cfg.resident:
         raise CliError("--no-load needs a resident core configuration (one that keeps its "
                        "image, e.g. --board ulx3s-85f)")
@@ -873,7 +901,8 @@ def _board_args(sp):
     sp.add_argument("--baud", type=_positive(int), help="UART rate (default: the board's, "
                     "else 1000000)")
     sp.add_argument("--board", metavar="NAME", help="the board's core configuration and "
-                    "baud rate: ulx3s-85f, orangecrab-25f, icebreaker")
+                    "baud rate: ulx3s-85f, ulx3s-85f-sdram, orangecrab-25f, "
+                    "icebreaker")
     _config_args(sp, "core preset the board runs")
     sp.add_argument("--timeout", type=_positive(float), default=0.5, help="seconds to wait "
                     "for a reply before resending a frame (default 0.5)")
@@ -881,9 +910,16 @@ def _board_args(sp):
                     "giving up (default 8)")
 
 
+def _board_model_args(sp):
+    sp.add_argument("--quantized", metavar="FILE", help="model artifact (default: a random "
+                    "model of the configuration's shape, see --seed)")
+    sp.add_argument("--seed", type=_seed, default=1, help="seed of the random model "
+                    "(default 1)")
+
+
 def _add_board(sub):
     bd = sub.add_parser("board", help="talk to a board over its UART (docs/uart-protocol.md)")
-    bsub = bd.add_subparsers(dest="board_command", metavar="{run,status}",
+    bsub = bd.add_subparsers(dest="board_command", metavar="{run,load,status}",
                              parser_class=_Parser)
     bd.set_defaults(func=lambda args: _missing_command(bsub, "bertcore board"))
     br = _command(bsub, "run", "run sentences on the board; print the cosine of each "
@@ -893,10 +929,7 @@ def _add_board(sub):
                       "--quantized tiny.safetensors --input texts.txt -o board.npy"],
                   cmd_board_run)
     _board_args(br)
-    br.add_argument("--quantized", metavar="FILE", help="model artifact (default: a random "
-                    "model of the configuration's shape, see --seed)")
-    br.add_argument("--seed", type=_seed, default=1, help="seed of the random model "
-                    "(default 1)")
+    _board_model_args(br)
     br.add_argument("--load", action=argparse.BooleanOptionalAction, default=True,
                     help="reset the core and stream the parameter image with the first run "
                     "(default); --no-load: a resident core keeps the image of an earlier run, "
@@ -904,6 +937,12 @@ def _add_board(sub):
     _texts_args(br)
     br.add_argument("-o", "--output", metavar="OUT.npy", help="also write the embeddings")
     _script_args(br)
+    bl = _command(bsub, "load", "store the parameter image in the board's SDRAM and verify "
+                  "its fingerprint (boards with an SDRAM image store)",
+                  ["bertcore board load --board ulx3s-85f-sdram --port /dev/ttyUSB0 "
+                   "--quantized tiny.safetensors"], cmd_board_load)
+    _board_args(bl)
+    _board_model_args(bl)
     bs = _command(bsub, "status", "print the board's status (busy, error, cycles, ...)",
                   ["bertcore board status --board ulx3s-85f --port /dev/ttyUSB0"],
                   cmd_board_status)

@@ -13,10 +13,13 @@ import binascii
 from amaranth.lib.crc import catalog
 
 __all__ = ["SOF", "T_PARAM", "T_PARAM_LAST", "T_ACT", "T_ACT_LAST", "T_READ", "T_STATUS",
-           "T_RESET", "R_ACK", "R_NAK", "R_DATA", "R_STATUS", "NAK_CRC", "NAK_LENGTH",
+           "T_RESET", "T_LOAD", "T_RUN", "R_ACK", "R_NAK", "R_DATA", "R_STATUS", "NAK_CRC",
+           "NAK_LENGTH",
            "NAK_TYPE", "NAK_FRAMING", "NAK_TIMEOUT", "NAK_REASONS", "HEADER_BYTES",
            "TRAILER_BYTES", "STATUS_BYTES", "DATA_LAST", "DATA_ERROR", "ST_BUSY", "ST_ERROR",
-           "ST_OUTPUT", "ST_LOST", "CRC16", "crc16", "encode_frame"]
+           "ST_OUTPUT", "ST_LOST", "SDRAM_STATUS_BYTES", "SD_INIT_DONE",
+           "SD_INIT_ERROR", "SD_VALID", "SD_ERROR", "SD_BUSY", "SD_LOADING", "SD_ACCEPTED",
+           "CRC16", "crc16", "encode_frame"]
 
 #: Start-of-frame byte.
 SOF = 0xA5
@@ -29,6 +32,9 @@ T_ACT_LAST = 0x12       # ... the last one with tlast
 T_READ = 0x03           # take output words from m_axis_act
 T_STATUS = 0x04         # read busy/error/cycles
 T_RESET = 0x05          # reset the core (abort any run)
+# ... only on a board with an SDRAM image store (others NAK them: unknown type)
+T_LOAD = 0x06           # the following PARAM .. PARAM_LAST frames go into the SDRAM image
+T_RUN = 0x07            # stream the stored image into s_axis_param (then ACT, READ as usual)
 
 # Board → host reply types.
 R_ACK = 0x80
@@ -60,6 +66,17 @@ ST_BUSY = 0x01
 ST_ERROR = 0x02
 ST_OUTPUT = 0x04        # an output word is waiting (m_axis_act_tvalid)
 ST_LOST = 0x08          # a received byte was lost (sent while the bridge was busy) since STATUS
+
+# A board with an SDRAM image store appends to STATUS: SDRAM flags (u8), the stored image's
+# fingerprint (u32 LE, CRC-32 = zlib.crc32 of its little-endian words) and its words (u32 LE).
+SDRAM_STATUS_BYTES = STATUS_BYTES + 9
+SD_INIT_DONE = 0x01     # the SDRAM bring-up finished
+SD_INIT_ERROR = 0x02    # ... and its check failed (the DRAM is unusable)
+SD_VALID = 0x04         # a loaded image verified (fingerprint and words are meaningful)
+SD_ERROR = 0x08         # the last load did not verify / was too large, or RUN without an image
+SD_BUSY = 0x10          # the store is loading, verifying or streaming
+SD_LOADING = 0x20       # PARAM frames go to the store (after LOAD, until PARAM_LAST)
+SD_ACCEPTED = 0x40      # (the reply to LOAD / RUN) the store took the command
 
 
 #: The frame check sequence as an Amaranth CRC algorithm (the gateware's ``crc.Processor``).

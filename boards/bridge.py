@@ -11,6 +11,11 @@ error, or a line that goes idle in the middle of a frame is NAKed and nothing of
 core. Every frame carries a sequence byte: a frame with the same sequence byte as the previous
 executed one (a retry after a lost reply) is not executed again; its stored reply is resent.
 
+With ``sdram=True`` (a board with an SDRAM image store, :class:`boards.image_store.ImageStore`)
+the bridge also executes LOAD (the following PARAM .. PARAM_LAST frames go to ``store_load``)
+and RUN (a pulse on ``store_run``: the store streams its image into the core), both answered
+with the long STATUS reply, whose flag ``SD_ACCEPTED`` says whether the store took the command.
+
 Structure::
 
     rx ─► UARTRx ─► frame parser (CRC) ─► frame buffer (bytes) ─► word assembly ─► param / act
@@ -53,6 +58,8 @@ class UARTBridge(wiring.Component):
     gather : int or None
         Cycles a READ waits for the next output word before replying with what it has.
         Default: one character time.
+    sdram : bool
+        Add the image-store members and the LOAD / RUN frames (see the module docstring).
 
     Members
     -------
@@ -68,6 +75,16 @@ class UARTBridge(wiring.Component):
         One-cycle pulse (registered) on a RESET frame or a line break: reset the core.
     nak : ``Out(1)``
         One-cycle pulse when a NAK is sent (for a LED).
+    store_load : ``Out(stream.Signature(bus_layout(bus_width)))``
+        (``sdram``) Image words for ``ImageStore.s_load``.
+    store_start, store_run : ``Out(1)``
+        (``sdram``) One-cycle pulses: ``ImageStore.load`` / ``ImageStore.run``.
+    store_ready : ``In(1)``
+        (``sdram``) The store takes a command (``init_done`` and not ``busy``).
+    store_flags : ``In(5)``
+        (``sdram``) ``init_done``, ``init_error``, ``valid``, ``error``, ``busy`` (bit 0 up).
+    store_fingerprint, store_words : ``In(32)``
+        (``sdram``) The stored image's CRC-32 and its words.
 
     Raises
     ------
@@ -75,7 +92,8 @@ class UARTBridge(wiring.Component):
         If a parameter is out of range.
     """
 
-    def __init__(self, bus_width, divisor, *, max_payload=256, timeout=None, gather=None):
+    def __init__(self, bus_width, divisor, *, max_payload=256, timeout=None, gather=None,
+                 sdram=False):
         with rejecting(self):
             if not isinstance(bus_width, int) or bus_width < 8 or bus_width % 8:
                 raise ValueError(f"bus_width must be a positive multiple of 8, not {bus_width!r}")
@@ -91,7 +109,13 @@ class UARTBridge(wiring.Component):
         self._max_payload = max_payload
         self._timeout = 200 * divisor if timeout is None else timeout
         self._gather = 10 * divisor if gather is None else gather
+        self._sdram = bool(sdram)
         layout = bus_layout(bus_width)
+        members = {}
+        if self._sdram:
+            members = {"store_load": Out(stream.Signature(layout)), "store_start": Out(1),
+                       "store_run": Out(1), "store_ready": In(1), "store_flags": In(5),
+                       "store_fingerprint": In(32), "store_words": In(32)}
         super().__init__({
             "rx": In(1, init=1),
             "tx": Out(1, init=1),
@@ -103,11 +127,21 @@ class UARTBridge(wiring.Component):
             "core_cycles": In(32),
             "core_reset": Out(1),
             "nak": Out(1),
+            **members,
         })
 
     @property
     def bus_width(self):
         return self._bus
+
+    @property
+    def sdram(self):
+        return self._sdram
+
+    @property
+    def status_bytes(self):
+        """Payload bytes of the STATUS reply."""
+        return P.SDRAM_STATUS_BYTES if self._sdram else P.STATUS_BYTES
 
     @property
     def max_payload(self):
@@ -170,7 +204,8 @@ class UARTBridge(wiring.Component):
         last_rtype = Signal(8)
         last_rlen = Signal(16)
         dflags = Signal(8)                          # flags of the stored DATA reply
-        status = Signal(8 * P.STATUS_BYTES)
+        SB = self.status_bytes
+        status = Signal(8 * SB)
         j = Signal(range(P.HEADER_BYTES))
         k = Signal(16)                              # payload byte of the reply
         k_first = Signal()                          # k == 0
@@ -198,6 +233,11 @@ class UARTBridge(wiring.Component):
         is_act = (ftype == P.T_ACT) | (ftype == P.T_ACT_LAST)
         is_last = (ftype == P.T_PARAM_LAST) | (ftype == P.T_ACT_LAST)
         known = is_param | is_act | (ftype == P.T_READ) | (ftype == P.T_RESET)
+        is_store = Signal()                         # LOAD or RUN (sdram only)
+        to_store = Signal()                         # PARAM frames go to store_load (after LOAD)
+        if self._sdram:
+            m.d.comb += is_store.eq((ftype == P.T_LOAD) | (ftype == P.T_RUN))
+            known = known | is_store
 
         word = Signal(BUS)
         word_last = Signal()
@@ -207,6 +247,14 @@ class UARTBridge(wiring.Component):
         lost = Signal()                             # a byte was lost (overrun) since STATUS
         with m.If(urx.overrun):
             m.d.sync += lost.eq(1)
+
+        def status_word(accepted):
+            base = Cat(self.core_busy, self.core_error, self.result.valid, lost, Const(0, 4),
+                       self.core_cycles, Const(NB, 8), Const(MAXP, 16))
+            if not self._sdram:
+                return base
+            return Cat(base, self.store_flags, to_store, accepted, Const(0, 1),
+                       self.store_fingerprint, self.store_words)
 
         def reply(kind, nbytes, *, record):
             m.d.sync += [rtype.eq(kind), rlen.eq(nbytes)]
@@ -282,10 +330,8 @@ class UARTBridge(wiring.Component):
                 m.d.sync += [idx.eq(0), wi.eq(0), gap.eq(0), word_last.eq(0)]
                 with m.If(ftype == P.T_STATUS):
                     m.d.sync += lost.eq(0)
-                    m.d.sync += status.eq(Cat(
-                        self.core_busy, self.core_error, self.result.valid, lost, Const(0, 4),
-                        self.core_cycles, Const(NB, 8), Const(MAXP, 16)))
-                    reply(P.R_STATUS, P.STATUS_BYTES, record=False)
+                    m.d.sync += status.eq(status_word(0))
+                    reply(P.R_STATUS, SB, record=False)
                 with m.Elif(~known):
                     m.d.sync += reason.eq(P.NAK_TYPE)
                     fsm.next("NAK")
@@ -300,8 +346,22 @@ class UARTBridge(wiring.Component):
                     fsm.next("FWD_ADDR")
                 with m.Elif(ftype == P.T_READ):
                     fsm.next("GATHER")
-                with m.Else():                      # RESET
+                if self._sdram:
+                    with m.Elif(is_store):
+                        # LOAD / RUN: taken only by a ready store (RUN: with a valid image); the
+                        # reply is the status with SD_ACCEPTED (recorded: a retry is not executed)
+                        accepted = self.store_ready & ((ftype == P.T_LOAD) | self.store_flags[2])
+                        m.d.sync += status.eq(status_word(accepted))
+                        with m.If(accepted):
+                            with m.If(ftype == P.T_LOAD):
+                                m.d.comb += self.store_start.eq(1)
+                                m.d.sync += to_store.eq(1)
+                            with m.Else():
+                                m.d.comb += self.store_run.eq(1)
+                        reply(P.R_STATUS, SB, record=True)
+                with m.Else():                      # RESET (also ends a load)
                     m.d.comb += reset_core.eq(1)
+                    m.d.sync += to_store.eq(0)
                     reply(P.R_ACK, 0, record=True)
 
             with fsm.State("FWD_ADDR"):               # fr.addr = idx; data in FWD_DATA
@@ -317,10 +377,17 @@ class UARTBridge(wiring.Component):
                     fsm.next("FWD_ADDR")
             with fsm.State("FWD_SEND"):
                 last = is_last & (idx == length)
-                for out, sel in ((self.param, is_param), (self.act, is_act)):
+                outs = [(self.param, is_param & ~to_store), (self.act, is_act)]
+                if self._sdram:
+                    outs.append((self.store_load, is_param & to_store))
+                for out, sel in outs:
                     m.d.comb += [out.payload.data.eq(word), out.payload.last.eq(last),
                                  out.valid.eq(sel)]
-                with m.If(Mux(is_param, self.param.ready, self.act.ready)):
+                taken = Mux(is_param, Mux(to_store, self.store_load.ready if self._sdram else 0,
+                                          self.param.ready), self.act.ready)
+                with m.If(taken):
+                    with m.If(last & is_param):
+                        m.d.sync += to_store.eq(0)      # the image is complete
                     with m.If(idx == length):
                         reply(P.R_ACK, 0, record=True)
                     with m.Else():
@@ -367,7 +434,7 @@ class UARTBridge(wiring.Component):
             with fsm.State("TX_PAY"):
                 # shallow selects: status byte k by the low bits of k (a status reply has
                 # STATUS_BYTES bytes), the reply kind and first byte from registered flags
-                st = status.word_select(k[:(P.STATUS_BYTES - 1).bit_length()], 8)
+                st = status.word_select(k[:(SB - 1).bit_length()], 8)
                 # (rr_word follows wi two cycles late: payload bytes are taken one per UART
                 # byte time, the slice's two places being filled by the five header bytes)
                 data_byte = Mux(k_first, dflags, rr_word.word_select(part, 8))
@@ -394,7 +461,7 @@ class UARTBridge(wiring.Component):
         # forwarded is abandoned (above), one being received is NAKed (framing error).
         with m.If(urx.line_break):
             m.d.comb += reset_core.eq(1)
-            m.d.sync += last_valid.eq(0)
+            m.d.sync += [last_valid.eq(0), to_store.eq(0)]
         # registered: the core's reset reaches every flip-flop of the core (a large fan-out)
         m.d.sync += self.core_reset.eq(reset_core)
         return m

@@ -141,4 +141,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # run as a script, Python puts this file's directory first on the path, where boards/
+    # litedram.py would shadow LiteDRAM's own package
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     sys.exit(main())

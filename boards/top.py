@@ -17,7 +17,7 @@ every run (:mod:`bertcore.board`).
 
 from dataclasses import dataclass
 
-from amaranth.hdl import (ClockDomain, ClockSignal, DomainRenamer, Instance, Module,
+from amaranth.hdl import (Cat, ClockDomain, ClockSignal, DomainRenamer, Instance, Module, Mux,
                           ResetInserter, Signal)
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
@@ -27,6 +27,7 @@ from bertcore.config import CoreConfig, preset
 from bertcore.core.encoder import EncoderCore
 
 from .bridge import UARTBridge
+from .sdram import ULX3S_SDRAM
 from .uart import uart_divisor
 
 __all__ = ["UARTCoreTop", "BoardTop", "BoardSpec", "BOARDS", "board_spec"]
@@ -54,6 +55,12 @@ class UARTCoreTop(wiring.Component):
         ``core`` clock, assigned from ``sync``, one delta cycle late (a race), so Amaranth
         simulations keep the default (the core in ``sync`` with the bridge's reset inserted);
         Verilog simulators do not have that race.
+    store : wiring.Component or None
+        A parameter image store (:class:`~boards.image_store.ImageStore`, or a component with
+        its members) on a board with SDRAM: the bridge gets the LOAD / RUN frames and the long
+        STATUS (``docs/uart-protocol.md``); the core's ``s_param`` takes the store's
+        ``m_param`` or, outside a stored-image run, the bridge's PARAM frames; the bridge's
+        core reset (RESET, a break) also cancels the store's load or run.
 
     Members
     -------
@@ -72,11 +79,12 @@ class UARTCoreTop(wiring.Component):
     nak: Out(1)
 
     def __init__(self, config, divisor, *, core=None, max_payload=256, timeout=None,
-                 gather=None, core_domain=False):
+                 gather=None, core_domain=False, store=None):
         self._core = EncoderCore(config) if core is None else core
         self._core_domain = core_domain
+        self._store = store
         self._bridge = UARTBridge(config.bus_width, divisor, max_payload=max_payload,
-                                  timeout=timeout, gather=gather)
+                                  timeout=timeout, gather=gather, sdram=store is not None)
         self._config = config
         super().__init__()
 
@@ -100,7 +108,10 @@ class UARTCoreTop(wiring.Component):
             m.submodules.core = DomainRenamer("core")(core)
         else:
             m.submodules.core = ResetInserter(bridge.core_reset)(core)
-        connect(m, bridge.param, core.s_param)
+        if self._store is None:
+            connect(m, bridge.param, core.s_param)
+        else:
+            self._connect_store(m, bridge, core)
         connect(m, bridge.act, core.s_act)
         connect(m, core.m_act, bridge.result)
         m.d.comb += [
@@ -110,6 +121,31 @@ class UARTCoreTop(wiring.Component):
             self.busy.eq(core.busy), self.error.eq(core.error), self.nak.eq(bridge.nak),
         ]
         return m
+
+    def _connect_store(self, m, bridge, core):
+        m.submodules.store = store = self._store
+        # the parameter stream: the stored image while the store runs, else the bridge's
+        # PARAM frames (the two are never valid together: the host sends PARAM frames only
+        # outside a stored-image run)
+        from_store = store.m_param.valid
+        m.d.comb += [
+            core.s_param.valid.eq(store.m_param.valid | bridge.param.valid),
+            core.s_param.payload.eq(Mux(from_store, store.m_param.payload,
+                                        bridge.param.payload)),
+            store.m_param.ready.eq(core.s_param.ready & from_store),
+            bridge.param.ready.eq(core.s_param.ready & ~from_store),
+            store.s_load.valid.eq(bridge.store_load.valid),
+            store.s_load.payload.data.eq(bridge.store_load.payload.data),
+            store.s_load.payload.last.eq(bridge.store_load.payload.last),
+            bridge.store_load.ready.eq(store.s_load.ready),
+            store.load.eq(bridge.store_start), store.run.eq(bridge.store_run),
+            store.cancel.eq(bridge.core_reset),
+            bridge.store_ready.eq(store.init_done & ~store.busy),
+            bridge.store_flags.eq(Cat(store.init_done, store.init_error, store.valid,
+                                      store.error, store.busy)),
+            bridge.store_fingerprint.eq(store.fingerprint),
+            bridge.store_words.eq(store.words),
+        ]
 
 
 @dataclass(frozen=True)
@@ -124,6 +160,7 @@ class BoardSpec:
     why: str
     baud: int = 1_000_000
     uart_pins: tuple = None  # (connector, rx, tx) when the board has no UART resource
+    sdram: object = None     # SDRAMConfig: the parameter image in SDRAM (LiteDRAM at `clock`)
 
     def make_platform(self):
         import importlib
@@ -151,6 +188,13 @@ BOARDS = {
         "5596 x 33-bit resident image (about 11 of 208 EBRs); minilm (16x16, hidden 384, 6 "
         "layers) needs 256 multipliers, more than the LFE5U-85F's 156, and buffers beyond its "
         "EBRs"),
+    "ulx3s-85f-sdram": BoardSpec(
+        # one clock domain: LiteDRAM generated for the core clock (docs/boards.md, SDRAM path)
+        "ulx3s-85f-sdram", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", 25e6, 75e6,
+        preset("tiny"),
+        "tiny, image in the 32 MB SDRAM (LiteDRAM, GENSDRPHY, at the core clock): loaded once "
+        "with `bertcore board load`, streamed from the DRAM into the core for every run",
+        sdram=ULX3S_SDRAM.replace(clock=75e6)),
     "orangecrab-25f": BoardSpec(
         # 100 MHz: routed with this target the core reaches 100.7-104.1 MHz (docs/boards.md)
         "orangecrab-25f", "amaranth_boards.orangecrab_r0_2:OrangeCrabR0_2_25FPlatform", "ecp5",
@@ -241,7 +285,11 @@ def _ice40_pll(m, pad, clk_out, locked, f_in, f_out):
 class BoardTop(wiring.Component):
     """:class:`UARTCoreTop` on a board (see :data:`BOARDS`).
 
-    LEDs (as many as the board has): 0 busy, 1 error, 2 NAK (stretched), 3 heartbeat.
+    LEDs (as many as the board has): 0 busy, 1 error, 2 NAK (stretched), 3 heartbeat; with
+    SDRAM (``spec.sdram``) also 4 ``init_done``, 5 ``init_error``, 6 image valid, 7 image
+    error. The SDRAM board's LiteDRAM core (board variant, :func:`boards.sdram.generate`)
+    runs in the core clock's domain; the SDRAM clock pin is that clock inverted
+    (:func:`boards.litedram.sdram_pads`).
     """
 
     def __init__(self, board, config=None, *, core=None):
@@ -287,8 +335,15 @@ class BoardTop(wiring.Component):
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
 
+        store = None
+        if spec.sdram is not None:
+            from .image_store import ImageStore
+            from .litedram import sdram_pads
+            from .sdram import generate
+            store = ImageStore(generate(spec.sdram), self._config.bus_width,
+                               pads=sdram_pads(m, platform))
         m.submodules.top = top = UARTCoreTop(self._config, self._divisor, core=self._core,
-                                             core_domain=True)
+                                             core_domain=True, store=store)
         m.d.comb += [top.rx.eq(rx_buf.i), tx_buf.o.eq(top.tx)]
 
         stretch = Signal(range(int(spec.clock // 10) + 1))   # 100 ms
@@ -300,6 +355,8 @@ class BoardTop(wiring.Component):
         m.d.sync += beat.eq(beat + 1)
         heartbeat = beat[-1]
         flags = [top.busy, top.error, stretch != 0, heartbeat]
+        if store is not None:
+            flags += [store.init_done, store.init_error, store.valid, store.error]
         leds = []
         for n in range(8):
             try:

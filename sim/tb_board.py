@@ -4,8 +4,14 @@ the emitted Verilog of :class:`bertcore.boards.top.UARTCoreTop` (UART bridge + e
 The host code is blocking; it runs in a :func:`cocotb.task.bridge` thread and reaches the line
 through :class:`CocotbPort`, whose ``read``/``write`` are :func:`cocotb.task.resume` coroutines.
 ``params``: ``divisor``, ``config`` (CoreConfig fields), ``image`` (words), ``runs`` (list of
-``{"length", "act", "out"}``), ``corrupt`` (``[frame_index, byte_offset, mask]`` or ``None``),
+``{"length", "act", "out"}``), ``corrupt`` (``[frame_index, byte_offset, mask]``, with a fourth
+element a frame type whose frames ``frame_index`` counts; or ``None``),
 ``timeout_bits``, ``report`` (a JSON file for the test: stats, cycles, simulated time).
+
+``sdram`` (a board top with the SDRAM image store on LiteDRAM's simulation model): ``{"refresher":
+[candidate names of LiteDRAM's refresher state register]}``; the host first tries a run (refused:
+no image), then loads the image with :func:`bertcore.board.load_image` over the UART and runs from
+the SDRAM; the refresh commands issued during each run are counted and reported.
 """
 
 import json
@@ -107,29 +113,41 @@ class CocotbPort:
         resume(self._flush)()
 
 
-def _host(port, p):
-    from bertcore.board import BoardLink, load_parameters, run
+def _host(port, p, refreshes=None):
+    from bertcore.board import BoardLink, ImageStoreError, load_image, load_parameters, run
     from bertcore.config import CoreConfig
     config = CoreConfig(**p["config"])
     link = BoardLink(port, retries=4)
     frames = []
     if p.get("corrupt"):
-        index, offset, mask = p["corrupt"]
+        index, offset, mask, *kind = p["corrupt"]
         original = link.transact
 
         def transact(ftype, payload=b""):
-            if len(frames) == index:
-                port.corrupt_tx(offset, mask)
-            frames.append(ftype)
+            if not kind or ftype == kind[0]:
+                if len(frames) == index:
+                    port.corrupt_tx(offset, mask)
+                frames.append(ftype)
             return original(ftype, payload)
 
         link.transact = transact
     load_parameters(link, p["image"], config)
+    extra = {}
+    if refreshes is not None:
+        try:
+            run(link, p["runs"][0]["act"], p["runs"][0]["length"], config)
+        except ImageStoreError as exc:
+            extra["refused"] = str(exc)
+        load_image(link, p["image"], config)
+        extra["refreshes"] = []
     outputs, cycles = [], []
     for r in p["runs"]:
+        before = refreshes.count if refreshes is not None else 0
         outputs.append(run(link, r["act"], r["length"], config))
         cycles.append(link.cycles)
-    return outputs, cycles, dict(link.stats)
+        if refreshes is not None:
+            extra["refreshes"].append(refreshes.count - before)
+    return outputs, cycles, dict(link.stats), extra
 
 
 @cocotb.test()
@@ -143,9 +161,14 @@ async def host_runs(dut):
     await ClockCycles(dut.clk, 3)
     port = CocotbPort(dut, p["divisor"], p["timeout_bits"])
     port.start()
-    outputs, cycles, stats = await bridge(_host)(port, p)
+    refreshes = None
+    if p.get("sdram"):
+        from sim.tb_sdram import RefreshCounter, _lookup
+        refreshes = RefreshCounter(_lookup(dut, p["sdram"]["refresher"]))
+        cocotb.start_soon(refreshes.run())
+    outputs, cycles, stats, extra = await bridge(_host)(port, p, refreshes)
     for i, (got, r) in enumerate(zip(outputs, p["runs"])):
         assert got == r["out"], f"run {i}: output differs from encode_int"
     dut._log.info(f"core cycles {cycles}, link {stats}, simulated {get_sim_time('ms'):.2f} ms")
     with open(p["report"], "w") as f:
-        json.dump({"cycles": cycles, "stats": stats, "sim_ms": get_sim_time("ms")}, f)
+        json.dump({"cycles": cycles, "stats": stats, "sim_ms": get_sim_time("ms"), **extra}, f)

@@ -288,6 +288,17 @@ from fixtures_bert import tiny_ckpt, tiny_dir, tiny_int  # noqa: E402,F401
 from test_core import TINY, tiny_core, tiny_image  # noqa: E402,F401
 
 
+def _tiny_runs(tiny_core, config, seed):  # noqa: F811
+    """Two sequences (5 rows, then ``max_seq``): activations and ``encode_int``'s output."""
+    gen = torch.Generator().manual_seed(seed)
+    runs = []
+    for n in (5, config.max_seq):
+        x = torch.randint(-128, 128, (n, config.hidden), generator=gen)
+        runs.append({"length": n, "act": pack_activations(x, config),
+                     "out": pack_activations(tiny_core.encode_int(x), config)})
+    return runs
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("resident", [False, True], ids=["streamed", "resident"])
 def test_real_core_uart_cocotb(tiny_core, tiny_image, resident, tmp_path):  # noqa: F811
@@ -300,12 +311,7 @@ def test_real_core_uart_cocotb(tiny_core, tiny_image, resident, tmp_path):  # no
 
     from sim.runner import run_cocotb
     config = TINY.replace(resident=resident)
-    gen = torch.Generator().manual_seed(21)
-    runs = []
-    for n in (5, config.max_seq):
-        x = torch.randint(-128, 128, (n, config.hidden), generator=gen)
-        runs.append({"length": n, "act": pack_activations(x, config),
-                     "out": pack_activations(tiny_core.encode_int(x), config)})
+    runs = _tiny_runs(tiny_core, config, 21)
     report = tmp_path / "report.json"
     # frames of the first run: 0 RESET, 1 STATUS (load_parameters), 2 STATUS, 3 PARAM (header),
     # 4 ACT (last), ...
@@ -340,15 +346,19 @@ def test_bridge_lint():
     lint(UARTBridge(32, DIVISOR), toplevel="bertcore_uart_bridge")
 
 
-@pytest.mark.parametrize("board", ["ulx3s-85f", "orangecrab-25f", "icebreaker"])
+@pytest.mark.parametrize("board", ["ulx3s-85f", "ulx3s-85f-sdram", "orangecrab-25f",
+                                   "icebreaker"])
 def test_board_tops_elaborate(board):
-    """Each board top elaborates on its platform (stand-in core: fast) with its PLL."""
+    """Each board top elaborates on its platform (stand-in core: fast) with its PLL; the SDRAM
+    board with LiteDRAM's generated core."""
     from bertcore.boards.top import BoardTop, board_spec
     spec = board_spec(board)
     plan = spec.make_platform().build(BoardTop(board, core=EchoCore(spec.config)), name="top",
                                       do_build=False)
     rtlil = plan.files["top.il"]
     assert ("EHXPLLL" if spec.family == "ecp5" else "SB_PLL40_PAD") in rtlil
+    if spec.sdram is not None:             # LiteDRAM's board variant and the SDRAM clock pin
+        assert "litedram_core" in rtlil and "ODDRX1F" in rtlil
 
 
 def test_parse_nextpnr_log():
@@ -410,9 +420,14 @@ class FakeBoard:
     ``config.resident`` keeps the image of a successful run for runs that start with
     activations; :meth:`power_cycle` forgets it. The real core behind the real bridge is covered by
     :func:`test_real_core_uart_cocotb`.
+
+    ``sdram=True``: a board with an SDRAM image store (LOAD, RUN, the long STATUS; the
+    fingerprint is ``zlib.crc32`` of the words, as the store's CRC-32); ``capacity`` words of
+    SDRAM; ``init_error`` a DRAM that fails its bring-up. A power cycle empties the SDRAM.
     """
 
-    def __init__(self, config, max_payload=256):
+    def __init__(self, config, max_payload=256, *, sdram=False, capacity=1 << 23,
+                 init_error=False):
         import os
         import pty
         import threading
@@ -422,6 +437,8 @@ class FakeBoard:
         self._master, self._slave = pty.openpty()
         self.port = os.ttyname(self._slave)
         self.frames = []                     # types of the frames received
+        self.sdram, self.capacity, self.init_error = sdram, capacity, init_error
+        self.corrupt = False
         self.power_cycle()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -429,6 +446,9 @@ class FakeBoard:
 
     def power_cycle(self):
         self._stored = None
+        self._sd_image = None                # the verified image in SDRAM
+        self._sd_error = False
+        self._loading = None                 # words of a load in progress
         self._last = None
         self._reset()
 
@@ -486,17 +506,44 @@ class FakeBoard:
 
     # -- frames -------------------------------------------------------------------------------
 
+    def _status(self, accepted=False):
+        import zlib
+        nb = self._nb
+        flags = ((P.ST_BUSY if self._running else 0) | (P.ST_ERROR if self._error else 0)
+                 | (P.ST_OUTPUT if self._out else 0))
+        body = (bytes([flags]) + self._cycles.to_bytes(4, "little") + bytes([nb])
+                + self.max_payload.to_bytes(2, "little"))
+        if self.sdram:
+            img = self._sd_image or []
+            sd = (P.SD_INIT_DONE | (P.SD_INIT_ERROR if self.init_error else 0)
+                  | (P.SD_VALID if self._sd_image is not None else 0)
+                  | (P.SD_ERROR if self._sd_error else 0)
+                  | (P.SD_LOADING if self._loading is not None else 0)
+                  | (P.SD_ACCEPTED if accepted else 0))
+            fp = zlib.crc32(b"".join(w.to_bytes(nb, "little") for w in img)) if img else 0
+            body += bytes([sd]) + fp.to_bytes(4, "little") + len(img).to_bytes(4, "little")
+        return P.R_STATUS, body
+
     def _frame(self, ftype, payload):
         nb = self._nb
         if ftype == P.T_STATUS:
-            flags = ((P.ST_BUSY if self._running else 0) | (P.ST_ERROR if self._error else 0)
-                     | (P.ST_OUTPUT if self._out else 0))
-            return P.R_STATUS, (bytes([flags]) + self._cycles.to_bytes(4, "little")
-                                + bytes([nb]) + self.max_payload.to_bytes(2, "little"))
+            return self._status()
         if ftype == P.T_RESET:
             self._reset()
-            self._stored = None
+            self._stored = self._loading = None
             return P.R_ACK, b""
+        if self.sdram and ftype == P.T_LOAD:
+            if self.init_error or self._running:
+                return self._status(False)
+            self._loading, self._sd_image, self._sd_error = [], None, False
+            return self._status(True)
+        if self.sdram and ftype == P.T_RUN:
+            if self.init_error or self._running or self._sd_image is None:
+                return self._status(False)
+            self._reset()
+            self._running, self._replay = True, True
+            self._params, self._p_done = list(self._sd_image), True
+            return self._status(True)
         if ftype == P.T_READ:
             per = (self.max_payload - 1) // nb
             words, self._out = self._out[:per], self._out[per:]
@@ -507,6 +554,17 @@ class FakeBoard:
             return P.R_NAK, bytes([P.NAK_TYPE if len(payload) % nb == 0 else P.NAK_LENGTH])
         words = [int.from_bytes(payload[i:i + nb], "little") for i in range(0, len(payload), nb)]
         last = ftype & 0x10
+        if self._loading is not None and ftype in (P.T_PARAM, P.T_PARAM_LAST):
+            self._loading += words
+            if last:
+                if len(self._loading) > self.capacity:
+                    self._sd_error = True
+                else:
+                    self._sd_image = self._loading
+                    if self.corrupt:                 # a DRAM that stores a bit wrongly
+                        self._sd_image[-1] ^= 1
+                self._loading = None
+            return P.R_ACK, b""
         if ftype in (P.T_PARAM, P.T_PARAM_LAST):
             if not self._running:
                 self._reset()
@@ -547,8 +605,8 @@ class FakeBoard:
 def fake_board(request):
     boards = []
 
-    def make(config):
-        boards.append(FakeBoard(config))
+    def make(config, **kwargs):
+        boards.append(FakeBoard(config, **kwargs))
         return boards[-1]
     yield make
     for b in boards:
@@ -675,3 +733,228 @@ def test_cli_board_run_bad_input(fake_board, tiny_artifact, capsys, tmp_path):
     assert "the core holds at most 16" in msg
     # the board still works after all that
     assert _board_run(capsys, ["--port", board.port, "--quantized", art, "x"])[0] == 0
+
+
+# -- A board with an SDRAM image store (LOAD / RUN, the long STATUS) -----------------------------
+
+class StoreStandIn(wiring.Component):
+    """Stand-in for :class:`bertcore.boards.image_store.ImageStore` (same members) for the
+    Amaranth simulator, which cannot run LiteDRAM's Verilog: the image in a block RAM of
+    ``depth`` words, the fingerprint a CRC-32 (``amaranth.lib.crc``, as the store's) over the
+    words taken; ``init_done`` after ``init_cycles``, or ``init_error`` with ``fail_init``. A
+    longer image than ``depth`` raises ``error`` (not valid), like the store's overflow. The
+    image store itself on LiteDRAM's simulation model is tested by ``tests/test_sdram.py``."""
+
+    def __init__(self, bus_width=32, depth=256, init_cycles=50, fail_init=False):
+        from amaranth.lib import data
+        self._depth, self._init, self._fail = depth, init_cycles, fail_init
+        layout = data.StructLayout({"data": bus_width, "last": 1})
+        self._bus = bus_width
+        super().__init__({
+            "load": In(1), "run": In(1), "cancel": In(1),
+            "s_load": In(stream.Signature(layout)), "m_param": Out(stream.Signature(layout)),
+            "busy": Out(1), "valid": Out(1), "error": Out(1),
+            "init_done": Out(1), "init_error": Out(1), "fingerprint": Out(32), "words": Out(16),
+        })
+
+    def elaborate(self, platform):
+        from amaranth.lib.crc.catalog import CRC32_ETHERNET
+        m = Module()
+        m.submodules.mem = mem = Memory(shape=self._bus, depth=self._depth, init=[])
+        w, r = mem.write_port(), mem.read_port(domain="comb")
+        m.submodules.crc = crc = CRC32_ETHERNET(data_width=self._bus).create()
+        t = Signal(range(self._init + 1))
+        with m.If(t != self._init):
+            m.d.sync += t.eq(t + 1)
+        with m.Else():
+            m.d.sync += [self.init_done.eq(1), self.init_error.eq(self._fail)]
+        n = Signal(16)
+        over = Signal()
+        m.d.comb += [crc.data.eq(self.s_load.payload.data), w.data.eq(self.s_load.payload.data),
+                     w.addr.eq(n), r.addr.eq(n)]
+        ready = self.init_done & ~self.init_error
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(ready & self.load):
+                    m.d.comb += crc.start.eq(1)
+                    m.d.sync += [n.eq(0), over.eq(0), self.valid.eq(0), self.error.eq(0)]
+                    m.next = "LOAD"
+                with m.Elif(ready & self.run & self.valid):
+                    m.d.sync += n.eq(0)
+                    m.next = "RUN"
+            with m.State("LOAD"):
+                m.d.comb += [self.busy.eq(1), self.s_load.ready.eq(1)]
+                with m.If(self.cancel):                  # an interrupted load: no image
+                    m.next = "IDLE"
+                with m.Elif(self.s_load.valid):
+                    m.d.comb += [crc.valid.eq(1), w.en.eq(n < self._depth)]
+                    m.d.sync += [n.eq(n + 1), over.eq(over | (n >= self._depth))]
+                    with m.If(self.s_load.payload.last):
+                        m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [self.valid.eq(~over), self.error.eq(over),
+                             self.fingerprint.eq(crc.crc), self.words.eq(n)]
+                m.next = "IDLE"
+            with m.State("RUN"):
+                m.d.comb += [self.busy.eq(1), self.m_param.valid.eq(1),
+                             self.m_param.payload.data.eq(r.data),
+                             self.m_param.payload.last.eq(n == self.words - 1)]
+                with m.If(self.cancel):                  # an interrupted run keeps the image
+                    m.next = "IDLE"
+                with m.Elif(self.m_param.ready):
+                    m.d.sync += n.eq(n + 1)
+                    with m.If(n == self.words - 1):
+                        m.next = "IDLE"
+        return m
+
+
+def sdram_port(**store_args):
+    top = UARTCoreTop(ECHO_CFG, DIVISOR, core=EchoCore(ECHO_CFG), max_payload=64,
+                      store=StoreStandIn(**store_args))
+    return top, SimPort(top, top.rx, top.tx, DIVISOR)
+
+
+def test_sdram_load_once_run_many():
+    """LOAD + PARAM frames into the store, the fingerprint compared; runs send RUN and the
+    activations only; a corrupted PARAM frame during the load is NAKed and resent."""
+    from bertcore.board import image_fingerprint, load_image
+    top, port = sdram_port()
+    image = echo_image(12)
+    link = BoardLink(port)
+    st = link.status()
+    assert st["sdram"] and not st["image_valid"] and st["image_words"] == 0
+    sent = []
+    original = link.transact
+
+    def transact(ftype, payload=b""):
+        sent.append(ftype)
+        if sent.count(P.T_PARAM) == 1 and ftype == P.T_PARAM:
+            port.corrupt_tx(P.HEADER_BYTES + 2, 0x10)
+        return original(ftype, payload)
+
+    link.transact = transact
+    load_image(link, image, ECHO_CFG)
+    assert link.stats["naks"] == 1 and P.T_LOAD in sent
+    st = link.status()
+    assert st["image_valid"] and not st["image_error"] and st["init_done"]
+    assert st["fingerprint"] == image_fingerprint(image, 32) and st["image_words"] == len(image)
+    for n, seed in ((2, 1), (6, 2)):
+        before = len(sent)
+        act = random_act(n, seed)
+        assert run(link, act, n, ECHO_CFG) == echo_expected(image, act)
+        assert not link.streamed and P.T_PARAM not in sent[before:]
+        assert sent[before:].count(P.T_RUN) == 1
+    # a RESET (or break) keeps the stored image; another model's image is refused
+    link.reset()
+    act = random_act(3, 3)
+    assert run(link, act, 3, ECHO_CFG) == echo_expected(image, act)
+    link.image = echo_image(13)
+    with pytest.raises(BoardError, match="holds another image"):
+        run(link, act, 3, ECHO_CFG)
+
+
+def test_sdram_bad_input():
+    """No SDRAM on the board, a failed SDRAM bring-up, an image larger than the SDRAM, RUN
+    before any load: an ImageStoreError each; the store stays usable."""
+    from bertcore.board import ImageStoreError, load_image, load_parameters
+    image = echo_image(14)
+    _, port = echo_port()
+    with pytest.raises(ImageStoreError, match="no SDRAM image store"):
+        load_image(port, image, ECHO_CFG)
+    _, port = sdram_port(fail_init=True)
+    with pytest.raises(ImageStoreError, match="failed its bring-up check"):
+        load_image(port, image, ECHO_CFG)
+    _, port = sdram_port(depth=len(image) - 1)
+    with pytest.raises(ImageStoreError, match="does not verify"):
+        load_image(port, image, ECHO_CFG)
+    _, port = sdram_port()
+    link = load_parameters(port, image, ECHO_CFG)
+    with pytest.raises(ImageStoreError, match="holds no image"):
+        run(link, random_act(1, 1), 1, ECHO_CFG)
+    assert link.store_command(P.T_RUN)["accepted"] is False
+    load_image(link, image, ECHO_CFG)
+    act = random_act(1, 2)
+    assert run(link, act, 1, ECHO_CFG) == echo_expected(image, act)
+
+
+def test_cli_board_load_and_run_sdram(fake_board, tiny_artifact, capsys):
+    """`bertcore board load` stores and verifies the image; `board run` then sends activations
+    only (bit-exact); a run before the load, with another model or after a power cycle is
+    refused with one line."""
+    from bertcore.cli import main
+    board = fake_board(TINY, sdram=True)
+    args = ["--port", board.port, "--preset", "tiny", "--quantized", str(tiny_artifact)]
+    msg = _one_line_error(capsys, ["board", "run", *args, BOARD_TEXTS[0]])
+    assert "holds no image" in msg and "board load" in msg
+    assert main(["board", "load", *args]) == 0
+    out = capsys.readouterr().out
+    assert "loaded 5596 words" in out and "verified" in out
+    rc, rep, err = _board_run(capsys, args + BOARD_TEXTS)
+    assert rc == 0, err
+    assert all(r["bit_exact"] and not r["image_streamed"] for r in rep["runs"])
+    assert main(["board", "status", "--port", board.port]) == 0
+    assert "image_valid=True" in capsys.readouterr().out
+    msg = _one_line_error(capsys, ["board", "run", "--port", board.port, "--preset", "tiny",
+                                   "--seed", "5", "x"])
+    assert "holds another image" in msg
+    board.power_cycle()
+    assert "holds no image" in _one_line_error(capsys, ["board", "run", *args, "x"])
+
+
+def test_cli_board_load_bad_input(fake_board, tiny_artifact, capsys):
+    """No SDRAM on the board, a DRAM that fails init, an image larger than the SDRAM, a
+    read-back that differs, an artifact of another shape: one line, exit 2."""
+    art = ["--preset", "tiny", "--quantized", str(tiny_artifact)]
+    cases = [({}, "no SDRAM image store"), ({"sdram": True, "init_error": True},
+                                            "failed its bring-up check"),
+             ({"sdram": True, "capacity": 1000}, "does not verify (5596 words")]
+    for kwargs, want in cases:
+        board = fake_board(TINY, **kwargs)
+        assert want in _one_line_error(capsys, ["board", "load", "--port", board.port, *art])
+    board = fake_board(TINY, sdram=True)
+    board.corrupt = True
+    msg = _one_line_error(capsys, ["board", "load", "--port", board.port, *art])
+    assert "does not verify: the board holds 5596 words with fingerprint" in msg
+    msg = _one_line_error(capsys, ["board", "load", "--port", board.port, "--preset", "minilm",
+                                   "--quantized", str(tiny_artifact)])
+    assert "the model has hidden=32, the core 384" in msg
+
+
+@pytest.mark.slow
+def test_sdram_top_cocotb(tiny_core, tiny_image, tmp_path):  # noqa: F811
+    """The SDRAM board top without the board: the UART bridge, the image store on LiteDRAM's
+    simulation core (``litedram.gen --sim``: the controller on its SDRAM model) generated for
+    the ULX3S SDRAM board's clock, and the tiny core, in Verilator. The host's run before any
+    load is refused; the tiny image is loaded over the simulated UART (a PARAM frame of the
+    load corrupted on the line: NAKed and resent) and verified by its fingerprint; two
+    sequences then run from the SDRAM (RUN + activations only), bit-exact with ``encode_int``,
+    with LiteDRAM refreshing during each run. Slow: a Verilator build of the tiny core and
+    LiteDRAM, and about 1.4 million simulated cycles for the load."""
+    import json
+
+    from bertcore.boards.image_store import ImageStore
+    from bertcore.boards.sdram import generate
+    from bertcore.boards.top import board_spec
+    from sim.runner import run_cocotb
+    spec = board_spec("ulx3s-85f-sdram")
+    core = generate(spec.sdram, sim=True)
+    config = spec.config
+    runs = _tiny_runs(tiny_core, config, 22)
+    report = tmp_path / "report.json"
+    # the first PARAM frame (of the load) has a payload bit flipped on the line
+    params = {"divisor": DIVISOR, "config": config.to_dict(), "image": tiny_image, "runs": runs,
+              "corrupt": [0, P.HEADER_BYTES + 7, 0x04, P.T_PARAM], "timeout_bits": 4000,
+              "report": str(report),
+              "sdram": {"refresher": [f"store.dram.dram.core.{prefix}refresher_state"
+                                      for prefix in ("", "litedramcore_")]}}
+    top = UARTCoreTop(config, DIVISOR, core_domain=True, store=ImageStore(core, 32))
+    run_cocotb(top, toplevel="bertcore_sdram_top", test_module="tb_board",
+               simulator="verilator", params=params, extra_sources=core.verilator_sources,
+               name="board_sdram_tiny")
+    result = json.loads(report.read_text())
+    print("SDRAM board over UART:", result)
+    assert "holds no image" in result["refused"]
+    assert result["stats"]["naks"] == 1 and result["stats"]["timeouts"] == 0
+    assert all(c > 0 for c in result["cycles"])
+    assert all(r > 0 for r in result["refreshes"])
