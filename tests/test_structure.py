@@ -1,12 +1,12 @@
-"""The structure of the encoder core's source: no function in ``bertcore/core/`` over 200 lines
-(the core is a set of components, each elaborate short enough to read)."""
+"""The structure of the package's source: no function in ``bertcore/`` over 200 lines (the
+encoder core is a set of components, each elaborate short enough to read)."""
 
 import ast
 from pathlib import Path
 
 import bertcore.core
 
-#: Longest function (lines, decorators and docstring included) allowed in ``bertcore/core/``.
+#: Longest function (lines, decorators and docstring included) allowed in ``bertcore/``.
 MAX_FUNCTION_LINES = 200
 
 
@@ -23,6 +23,18 @@ def test_no_long_functions_in_core():
     files = sorted(root.glob("*.py"))
     assert files, root
     long = [f"{path.name}:{line} {name}() has {length} lines"
+            for path in files for name, line, length in _functions(path)
+            if length > MAX_FUNCTION_LINES]
+    assert not long, "\n".join(long)
+
+
+def test_no_long_functions_in_package():
+    """Every module under ``bertcore/`` (the repository's ``boards/`` folder, installed as
+    ``bertcore.boards``, is not yet held to it: its UART bridge's elaborate is longer)."""
+    root = Path(bertcore.core.__file__).parent.parent
+    files = sorted(root.rglob("*.py"))
+    assert len(files) > 20, root
+    long = [f"{path.relative_to(root)}:{line} {name}() has {length} lines"
             for path in files for name, line, length in _functions(path)
             if length > MAX_FUNCTION_LINES]
     assert not long, "\n".join(long)

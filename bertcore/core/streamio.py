@@ -179,9 +179,12 @@ class ActivationOutput(wiring.Component):
         with m.If(u_wait):
             m.d.sync += [u_wait.eq(0), u_have.eq(1),
                          u_word.eq(pick([self.x.data[b] for b in range(N)], u_bank, 8 * N))]
+        # (unconditional assignments: a signal driven only inside ``If(u_have)`` becomes an
+        # ``always @*`` of its own in the Verilog, which a 4-state simulator leaves X until
+        # ``u_have`` first changes, and an X valid corrupts the packer's registers)
+        m.d.comb += [o_in_valid.eq(u_have), o_in_byte.eq(u_word.word_select(u_l, 8)),
+                     o_in_final.eq(u_have & u_final)]
         with m.If(u_have):
-            m.d.comb += [o_in_valid.eq(1), o_in_byte.eq(u_word.word_select(u_l, 8)),
-                         o_in_final.eq(u_final)]
             with m.If(o_ready):
                 m.d.sync += u_l.eq(u_l + 1)
                 with m.If(u_l == N - 1):

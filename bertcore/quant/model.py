@@ -39,7 +39,7 @@ __all__ = ["QuantOptions", "Calibration", "calibrate", "quantize", "IntBert", "c
 INT8 = 8
 #: Fewest calibration texts :func:`calibrate` takes (one text says little about the ranges).
 MIN_CALIBRATION_TEXTS = 2
-GELU_IN_BITS = 16
+GELU_IN_BITS = K.GELU_IN_BITS
 #: Finest i-GELU input scale: keeps |b| = floor(1.769 * 1.4142 / S) within GELU_IN_BITS + 1 bits.
 GELU_MIN_SCALE = -K.GELU_COEFF[1] * K.GELU_K / 2 ** GELU_IN_BITS * (1 + 1e-9)
 
@@ -484,7 +484,8 @@ class IntBert:
         sm = lc["softmax"]
         mask = None if segments is None else segment_mask(segments, n)
         if self.opts.prob_scale == "row":
-            p, r = K.int_softmax_row_int(scores, sm, output_bits=self.opts.prob_bits + wide["probs"],
+            p, r = K.int_softmax_row_int(scores, sm,
+                                         output_bits=self.opts.prob_bits + wide["probs"],
                                          mask=mask)
         else:
             p = K.int_softmax_int(scores, sm, output_bits=self.opts.prob_bits + wide["probs"],

@@ -49,8 +49,8 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
 from bertcore.quant.kernels import (
-    EXP_N, EXP_X0, EXP_ZMAX, REQ_M_BITS, SOFTMAX_EXP_BITS, SOFTMAX_MAX_BIT, SOFTMAX_X0_BITS,
-    softmax_constants,
+    EXP_N, EXP_X0, EXP_ZMAX, REQ_M_BITS, REQ_MAX_SHIFT, SOFTMAX_EXP_BITS, SOFTMAX_MAX_BIT,
+    SOFTMAX_X0_BITS, softmax_constants,
 )
 from bertcore.rtl.common import check_multipliers, dsp_partial_products
 from bertcore.rtl.multiplier import mult18x18d_products, uses_mult18x18d
@@ -207,7 +207,7 @@ class IntSoftmax(wiring.Component):
         "b": unsigned(_K_WIDEST["b"].bit_length()),
         "c": unsigned(_K_WIDEST["c"].bit_length()),
         "m": unsigned(REQ_M_BITS - 1),               # positive requantization multiplier
-        "e": unsigned(bits_for(62)),                 # requant_params' largest shift
+        "e": unsigned(bits_for(REQ_MAX_SHIFT)),      # requant_params' largest shift
     }
     #: ``sum(exp16) >= 2**MIN_SUM_LOG2`` for legal constants (the row maximum's exp16 alone).
     MIN_SUM_LOG2 = SOFTMAX_EXP_BITS - 2
@@ -334,7 +334,7 @@ class IntSoftmax(wiring.Component):
         :func:`~bertcore.quant.kernels.softmax_constants` returns) are legal for the unit.
 
         Legal: each fits its port (:data:`CONSTANT_SHAPES`), ``x0 <= -1``,
-        ``EXP_N < e <= 62``, and the exp16 of the row maximum,
+        ``EXP_N < e <= REQ_MAX_SHIFT`` (62), and the exp16 of the row maximum,
         ``min(floor((c*m + 2**(e-31)) / 2**(e-30)), 2**16 - 1)``, is at least
         ``2**MIN_SUM_LOG2`` (so the quotient fits :data:`QUOTIENT_BITS`).
 
@@ -356,8 +356,9 @@ class IntSoftmax(wiring.Component):
                 f"softmax constant exp_bits must be {SOFTMAX_EXP_BITS}, not {k['exp_bits']!r}")
         if values["x0"] > -1:
             raise ValueError(f"softmax constant x0 must be negative, not {values['x0']!r}")
-        if not EXP_N < values["e"] <= 62:
-            raise ValueError(f"softmax constant e must lie in {EXP_N + 1}..62, not {values['e']!r}")
+        if not EXP_N < values["e"] <= REQ_MAX_SHIFT:
+            raise ValueError(f"softmax constant e must lie in {EXP_N + 1}..{REQ_MAX_SHIFT}, "
+                             f"not {values['e']!r}")
         shift = values["e"] - EXP_N
         exp0 = (values["c"] * values["m"] + (1 << (shift - 1))) >> shift
         exp0 = min(exp0, (1 << SOFTMAX_EXP_BITS) - 1)
@@ -450,7 +451,7 @@ class IntSoftmax(wiring.Component):
         k_b = Signal.like(self.b)
         k_c = Signal.like(self.c)
         k_m = Signal.like(self.m)
-        k_sh0 = Signal(range(62 - EXP_N))       # e - 31: the shift s - 1 = e - 31 + z
+        k_sh0 = Signal(range(REQ_MAX_SHIFT - EXP_N))   # e - 31: the shift s - 1 = e - 31 + z
         m.d.sync += [
             k_nx0.eq(-self.x0),
             k_lim.eq((self.x0 << 1) - (self.x0 << 5)),
