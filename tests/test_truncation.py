@@ -35,7 +35,7 @@ def test_minilm_truncates_like_sentence_transformers(minilm_ckpt):
 def test_float_backend_equals_sentence_transformers(minilm_ckpt):
     """``embed --backend float`` is sentence-transformers' ``encode`` (truncation, mean pooling,
     normalization), on every text including one longer than 256 tokens."""
-    st = pytest.importorskip("sentence_transformers")
+    import sentence_transformers as st      # pinned in the dev extras: never a skip
     from bertcore.embed import embed_texts
     ref = st.SentenceTransformer(str(minilm_ckpt.path), device="cpu", local_files_only=True)
     assert ref.max_seq_length == minilm_ckpt.max_seq_length
