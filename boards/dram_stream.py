@@ -45,6 +45,17 @@ def native_port_signature(address_width, data_width, *, read=True, write=True):
     return wiring.Signature(members)
 
 
+def _set_geometry(unit, address_width, data_width, port_width, depth):
+    """Check the geometry of a DRAM reader or writer, keep it on ``unit`` (``_ratio``,
+    ``_address_width``, ``_data_width``, ``_port_width``, ``_depth``) and return the width of a
+    stream-word address."""
+    port_width = data_width if port_width is None else port_width
+    unit._ratio = _check_params(address_width, data_width, port_width, depth)
+    unit._address_width, unit._data_width, unit._depth = address_width, data_width, depth
+    unit._port_width = port_width
+    return address_width - exact_log2(unit._ratio)
+
+
 def _check_params(address_width, data_width, port_width, depth):
     if not isinstance(address_width, int) or address_width < 1:
         raise TypeError(f"address_width must be a positive integer, not {address_width!r}")
@@ -106,11 +117,7 @@ class DRAMReader(wiring.Component):
     """
 
     def __init__(self, address_width, data_width, *, port_width=None, depth=64):
-        port_width = data_width if port_width is None else port_width
-        self._ratio = _check_params(address_width, data_width, port_width, depth)
-        self._address_width, self._data_width, self._depth = address_width, data_width, depth
-        self._port_width = port_width
-        beat_width = address_width - exact_log2(self._ratio)
+        beat_width = _set_geometry(self, address_width, data_width, port_width, depth)
         super().__init__({
             "start": In(1), "base": In(beat_width), "count": In(beat_width + 1),
             "busy": Out(1), "cancel": In(1),
@@ -220,11 +227,7 @@ class DRAMWriter(wiring.Component):
     """
 
     def __init__(self, address_width, data_width, *, port_width=None, depth=16):
-        port_width = data_width if port_width is None else port_width
-        self._ratio = _check_params(address_width, data_width, port_width, depth)
-        self._address_width, self._data_width, self._depth = address_width, data_width, depth
-        self._port_width = port_width
-        beat_width = address_width - exact_log2(self._ratio)
+        beat_width = _set_geometry(self, address_width, data_width, port_width, depth)
         super().__init__({
             "start": In(1), "base": In(beat_width), "s_axis": In(stream.Signature(data_width)),
             "written": Out(beat_width + 1), "idle": Out(1), "overflow": Out(1),
