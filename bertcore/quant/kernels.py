@@ -342,7 +342,7 @@ def _softmax_exp(x, k, lengths, mask=None):
     poly, z = int_exp_int(d, k["x0"], k["b"], k["c"])
     # >= 1 by softmax_constants; poly*m < 2**61, so every shift of 62 or more gives 0 and the
     # shift saturates at 62 without changing the result
-    sh = torch.clamp(k["e"] - EXP_N + z, max=62)
+    sh = torch.clamp(k["e"] - EXP_N + z, max=REQ_MAX_SHIFT)
     exp16 = (poly * k["m"] + (torch.ones_like(sh) << (sh - 1))) >> sh
     exp16 = torch.clamp(exp16, 0, (1 << k["exp_bits"]) - 1)
     exp16 = torch.where(valid, exp16, torch.zeros_like(exp16))
@@ -358,7 +358,7 @@ def int_softmax_int(x, k, output_bits=8, lengths=None, saturate_output=False, ma
     positions the same way (``False``: no part, output 0; every row needs one ``True``): the
     key mask of packed sequences. Steps: rowmax; ``poly, z = int_exp(x - rowmax)``;
     ``exp16 = min(floor((poly*m + 2**(s-1)) / 2**s), 2**exp_bits - 1)`` with
-    ``s = min(e - 30 + z, 62)`` (exact: ``poly*m < 2**61``)
+    ``s = min(e - 30 + z, REQ_MAX_SHIFT)`` (exact: ``poly*m < 2**61``)
     (the requantization of ``poly * 2**(30-z)``); ``f = floor(2**32 / sum(exp16))``;
     ``y = floor(exp16 * f / 2**(32 - output_bits))``, at most ``2**output_bits`` (or
     ``2**output_bits - 1`` with ``saturate_output``).
