@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out, connect
 from bertcore.rtl.stream import RegisterSlice
 
 __all__ = [
-    "bus_layout", "bus_signature", "beats", "read_port", "row_read", "write_port", "task",
+    "bus_layout", "bus_signature", "read_port", "row_read", "write_port", "task",
     "handover", "job_layout", "pick", "fork", "sliced", "feed", "saturate",
     "G_Q", "G_K", "G_V", "G_O", "G_FFN1", "G_FFN2",
     "M_Q", "M_K", "M_V", "M_O", "M_FFN1", "M_FFN2", "M_SCORE", "M_CTX",
@@ -38,11 +38,6 @@ def bus_layout(bus_width):
 def bus_signature(bus_width):
     """``stream.Signature(bus_layout(bus_width))``: one AXI4-Stream word with ``tlast``."""
     return stream.Signature(bus_layout(bus_width))
-
-
-def beats(bits, bus):
-    """Beats of ``bits`` bits on a ``bus``-bit bus."""
-    return -(-bits // bus)
 
 
 def _addr_width(depth):

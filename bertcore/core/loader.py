@@ -20,9 +20,9 @@ from bertcore.rtl.gelu import IntGELU
 from bertcore.rtl.requant import REQ_E_BITS
 from bertcore.rtl.softmax import IntSoftmax
 
-from .common import G_FFN1, G_FFN2, G_O, G_Q, beats, bus_signature, handover, read_port
+from .common import G_FFN1, G_FFN2, G_O, G_Q, bus_signature, handover, read_port
 from .image import (HEADER_BITS, LN_BIAS_BITS, LN_FIELDS, PANEL_FIELDS, PANEL_ROW, SCALAR_BITS,
-                    header_words, image_beats, max_vector_bits, scalar_slices)
+                    header_words, image_beats, max_vector_bits, scalar_slices, vector_beats)
 
 __all__ = ["ParameterLoader", "LN_LANE", "panel_layout", "scalar_layout"]
 
@@ -137,7 +137,7 @@ class ParameterLoader(wiring.Component):
         # vector assembly: the beats of a vector so far, and the current beat merged in
         total = image_beats(c)
         pbeat = Signal(range(total + 1))
-        VB = beats(max_vector_bits(c), BUS)
+        VB = vector_beats(max_vector_bits(c), BUS)
         vec = Signal(VB * BUS)
         st["vb"] = vb = Signal(range(VB + 1))
         st["fire"] = p_fire = self.param.valid & self.param.ready
@@ -160,7 +160,7 @@ class ParameterLoader(wiring.Component):
         # vector), the results kept in hdr_ok
         expected = sum(word << (32 * i) for i, word in enumerate(header_words(c)))
         hdr_checks = []
-        for b in range(beats(HEADER_BITS, BUS)):
+        for b in range(vector_beats(HEADER_BITS, BUS)):
             width = min(BUS, HEADER_BITS - b * BUS)
             part = (expected >> (b * BUS)) & ((1 << width) - 1)
             hdr_checks.append(self.param.payload.data[:width] == part)
@@ -192,7 +192,7 @@ class ParameterLoader(wiring.Component):
             return src[j * width:(j + 1) * width]
 
         def vector_state(bits, ok=1):
-            nb = beats(bits, BUS)
+            nb = vector_beats(bits, BUS)
             m.d.comb += [st["ok"].eq(ok), st["vdone"].eq(vb == nb - 1)]
             return p_fire & (vb == nb - 1)
 
