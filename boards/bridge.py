@@ -61,8 +61,8 @@ class WordForwarder(wiring.Component):
     After ``start``, reads ``length`` bytes (a whole number of words) from the frame buffer,
     assembles each word (byte ``i`` of the word from payload byte ``i``, little-endian) and
     offers it on ``o_stream``, ``last`` on the final word when ``last_frame``; ``done`` pulses
-    (combinationally) when the final word is taken. ``abort`` (a line break) drops the frame
-    (``aborted`` pulses) unless it comes in the cycle that reads a byte.
+    (combinationally) when the final word is taken. ``abort`` (a line break) drops the frame in
+    any state: ``aborted`` pulses, and no further word is offered.
     One word per ``2 * bus_width / 8 + 1`` cycles at most: the UART is far slower.
 
     Members
@@ -105,9 +105,6 @@ class WordForwarder(wiring.Component):
                     fsm.next("ADDR")
             with fsm.State("ADDR"):                 # frame.addr = idx; data in DATA
                 fsm.next("DATA")
-                with m.If(self.abort):
-                    m.d.comb += self.aborted.eq(1)
-                    fsm.next("IDLE")
             with fsm.State("DATA"):
                 m.d.sync += [word.eq(Cat(word[8:], self.frame.data)), idx.eq(idx + 1),
                              part.eq(Mux(part == NB - 1, 0, part + 1))]
@@ -125,9 +122,10 @@ class WordForwarder(wiring.Component):
                         fsm.next("IDLE")
                     with m.Else():
                         fsm.next("ADDR")
-                with m.If(self.abort):
-                    m.d.comb += self.aborted.eq(1)
-                    fsm.next("IDLE")
+            # in every busy state (a word offered is withdrawn: the core is being reset)
+            with m.If(self.abort & ~fsm.ongoing("IDLE")):
+                m.d.comb += self.aborted.eq(1)
+                fsm.next("IDLE")
         return m
 
 
