@@ -28,8 +28,9 @@ from bertcore.board import BoardError, BoardLink, LinkError, load_parameters, ru
 from bertcore.config import CoreConfig
 from bertcore.core.encoder import bus_layout
 from bertcore.core.image import image_beats, pack_activations
-from bertcore.boards.bridge import UARTBridge
+from bertcore.boards.bridge import ResultGatherer, UARTBridge, WordForwarder
 from bertcore.boards.top import UARTCoreTop
+from rtl_sim import simulate
 from uart_port import SimPort
 
 DIVISOR = 4
@@ -281,6 +282,101 @@ def test_bridge_parameter_errors():
     with pytest.raises(ValueError, match=r"divisor must be an integer of at least 4"):
         UARTBridge(32, 2)
 
+
+
+class _Buffered(wiring.Component):
+    """A bridge unit with its buffer memory, as :class:`UARTBridge` wires it."""
+
+    def __init__(self, unit, port, shape, depth, init):
+        self._unit, self._port = unit, port
+        self._mem = Memory(shape=shape, depth=depth, init=init)
+        super().__init__({})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.unit, m.submodules.mem = self._unit, self._mem
+        port = self._mem.read_port() if self._port == "frame" else self._mem.write_port()
+        wiring.connect(m, getattr(self._unit, self._port), port)
+        return m
+
+
+@pytest.mark.parametrize("abort_at", [None] + list(range(1, 30)))
+def test_word_forwarder(abort_at):
+    """Bytes of the frame buffer become little-endian words (``last`` on the final one of a
+    ``*_LAST`` frame) under random backpressure; a line break (``abort``) in any cycle drops the
+    frame: ``aborted`` once, no word after it, and the next frame is forwarded whole."""
+    payload = bytes(random.Random(1).randrange(256) for _ in range(12))
+    fwd = WordForwarder(32, 16)
+    dut = _Buffered(fwd, "frame", 8, 16, list(payload))
+    words = [int.from_bytes(payload[i:i + 4], "little") for i in range(0, 12, 4)]
+    rng = random.Random(abort_at)
+
+    async def forward(ctx, abort_at=None):
+        ctx.set(fwd.length, 12)
+        ctx.set(fwd.last_frame, 1)
+        ctx.set(fwd.start, 1)
+        await ctx.tick()
+        ctx.set(fwd.start, 0)
+        got, dones, aborts, expect = [], 0, 0, 0
+        for cycle in range(60):
+            expect |= cycle == abort_at and not dones      # abort while busy
+            ctx.set(fwd.abort, cycle == abort_at)
+            ready = rng.random() < 0.6
+            ctx.set(fwd.o_stream.ready, ready)
+            if ctx.get(fwd.o_stream.valid) and ready:
+                got.append((ctx.get(fwd.o_stream.payload.data),
+                            ctx.get(fwd.o_stream.payload.last)))
+            dones += ctx.get(fwd.done)
+            aborts += ctx.get(fwd.aborted)
+            assert aborts == expect, (cycle, aborts, expect)
+            await ctx.tick()
+        ctx.set(fwd.abort, 0)
+        return got, dones, aborts
+
+    async def testbench(ctx):
+        got, dones, aborts = await forward(ctx, abort_at)
+        if aborts:
+            assert aborts == 1 and got == [(w, 0) for w in words[:len(got)]] and len(got) < 3
+        else:
+            assert got == [(w, int(i == 2)) for i, w in enumerate(words)] and dones == 1
+        assert ctx.get(fwd.o_stream.valid) == 0
+        got, dones, aborts = await forward(ctx)
+        assert got == [(w, int(i == 2)) for i, w in enumerate(words)] and dones == 1
+
+    simulate(dut, testbench, name="word_forwarder")
+
+
+def test_result_gatherer():
+    """Words until ``last``, until the buffer is full, or until a gap of ``gap_cycles``."""
+    gather = ResultGatherer(32, 3, 5)
+    dut = _Buffered(gather, "buffer", 32, 3, [])
+
+    async def run(ctx, beats):
+        """``beats``: per cycle ``(data, last)`` offered, or None. Returns (words, last)."""
+        ctx.set(gather.start, 1)
+        await ctx.tick()
+        ctx.set(gather.start, 0)
+        for beat in beats + [None] * 10:
+            ctx.set(gather.i_stream.valid, beat is not None)
+            if beat is not None:
+                ctx.set(gather.i_stream.payload.data, beat[0])
+                ctx.set(gather.i_stream.payload.last, beat[1])
+            if ctx.get(gather.done):
+                ctx.set(gather.i_stream.valid, 0)
+                result = ctx.get(gather.words), ctx.get(gather.last)
+                await ctx.tick()
+                return result
+            await ctx.tick()
+        raise AssertionError("no done")
+
+    async def testbench(ctx):
+        assert await run(ctx, [(1, 0), None, (2, 1), (3, 0)]) == (2, 1)
+        assert ctx.get(dut._mem.data[0]) == 1 and ctx.get(dut._mem.data[1]) == 2
+        assert await run(ctx, [(4, 0), (5, 0), (6, 0), (7, 0)]) == (3, 0)     # full
+        assert await run(ctx, [None] * 4 + [(8, 0)] + [None] * 6 + [(9, 1)]) == (1, 0)  # gap
+        assert await run(ctx, []) == (0, 0)
+
+    simulate(dut, testbench, name="result_gatherer")
 
 # -- The real encoder core ---------------------------------------------------------------------
 
