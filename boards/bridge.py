@@ -28,7 +28,7 @@ from amaranth.lib import crc, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect
 
-from bertcore.core.encoder import bus_layout
+from bertcore.core.encoder import bus_layout, out_layout
 
 from bertcore import uart_protocol as P
 from bertcore.rtl.common import rejecting
@@ -67,8 +67,8 @@ class UARTBridge(wiring.Component):
         The UART lines.
     param, act : ``Out(stream.Signature(bus_layout(bus_width)))``
         Words for the core's ``s_param`` / ``s_act``.
-    result : ``In(stream.Signature(bus_layout(bus_width)))``
-        The core's ``m_act``.
+    result : ``In(stream.Signature(out_layout(bus_width)))``
+        The core's ``m_act`` (``user``: a failed run's failure packet, flagged in DATA).
     core_busy, core_error : ``In(1)``, core_cycles : ``In(32)``
         The core's status, reported by STATUS (and the error flag of DATA replies).
     core_reset : ``Out(1)``
@@ -121,7 +121,7 @@ class UARTBridge(wiring.Component):
             "tx": Out(1, init=1),
             "param": Out(stream.Signature(layout)),
             "act": Out(stream.Signature(layout)),
-            "result": In(stream.Signature(layout)),
+            "result": In(stream.Signature(out_layout(bus_width))),
             "core_busy": In(1),
             "core_error": In(1),
             "core_cycles": In(32),
@@ -241,6 +241,7 @@ class UARTBridge(wiring.Component):
 
         word = Signal(BUS)
         word_last = Signal()
+        word_failed = Signal()                      # the gathered word is a failure packet
         gap = Signal(range(self._gather + 1))
 
         reset_core = Signal()
@@ -327,7 +328,8 @@ class UARTBridge(wiring.Component):
 
             # -- execute ----------------------------------------------------------------------
             with fsm.State("DISPATCH"):
-                m.d.sync += [idx.eq(0), wi.eq(0), gap.eq(0), word_last.eq(0)]
+                m.d.sync += [idx.eq(0), wi.eq(0), gap.eq(0), word_last.eq(0),
+                             word_failed.eq(0)]
                 with m.If(ftype == P.T_STATUS):
                     m.d.sync += lost.eq(0)
                     m.d.sync += status.eq(status_word(0))
@@ -402,14 +404,15 @@ class UARTBridge(wiring.Component):
                     m.d.comb += rw.en.eq(1)
                     m.d.sync += [wi.eq(wi + 1), gap.eq(0)]
                     with m.If(self.result.payload.last | (wi == RW - 1)):
-                        m.d.sync += word_last.eq(self.result.payload.last)
+                        m.d.sync += [word_last.eq(self.result.payload.last),
+                                     word_failed.eq(self.result.payload.user)]
                         fsm.next("GATHERED")
                 with m.Elif(gap == self._gather):
                     fsm.next("GATHERED")
                 with m.Else():
                     m.d.sync += gap.eq(gap + 1)
             with fsm.State("GATHERED"):
-                m.d.sync += dflags.eq(Cat(word_last, self.core_error))
+                m.d.sync += dflags.eq(Cat(word_last, self.core_error, word_failed))
                 reply(P.R_DATA, 1 + wi * NB, record=True)
 
             # -- reply ------------------------------------------------------------------------

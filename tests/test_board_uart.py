@@ -26,8 +26,8 @@ from amaranth.lib.wiring import In, Out
 from bertcore import uart_protocol as P
 from bertcore.board import BoardError, BoardLink, LinkError, load_parameters, run
 from bertcore.config import CoreConfig
-from bertcore.core.encoder import bus_layout
-from bertcore.core.image import image_beats, pack_activations
+from bertcore.core.encoder import bus_layout, out_layout
+from bertcore.core.image import FAIL_HEADER, FAIL_NO_IMAGE, image_beats, pack_activations
 from bertcore.boards.bridge import UARTBridge
 from bertcore.boards.top import UARTCoreTop
 from uart_port import SimPort
@@ -53,7 +53,8 @@ class EchoCore(wiring.Component):
         layout = bus_layout(config.bus_width)
         super().__init__({
             "s_param": In(stream.Signature(layout)), "s_act": In(stream.Signature(layout)),
-            "m_act": Out(stream.Signature(layout)), "busy": Out(1), "error": Out(1),
+            "m_act": Out(stream.Signature(out_layout(config.bus_width))),
+            "busy": Out(1), "error": Out(1),
             "cycles": Out(32),
         })
 
@@ -416,7 +417,9 @@ class FakeBoard:
     It speaks ``docs/uart-protocol.md`` like :class:`bertcore.boards.bridge.UARTBridge` (CRC
     check and NAK, stored reply for a repeated sequence byte, STATUS, RESET, READ in chunks) and
     computes with :func:`bertcore.core.interp.run_image` on the image it received, so an image
-    of another core configuration raises the core's error flag as on the board.
+    of another core configuration fails the run as on the board (the error flag and a failure
+    packet, cause ``FAIL_HEADER``, flagged ``DATA_FAILED`` in the DATA reply); activations with
+    no image fail with ``FAIL_NO_IMAGE``.
     ``config.resident`` keeps the image of a successful run for runs that start with
     activations; :meth:`power_cycle` forgets it. The real core behind the real bridge is covered by
     :func:`test_real_core_uart_cocotb`.
@@ -454,6 +457,7 @@ class FakeBoard:
 
     def _reset(self):
         self._params, self._acts, self._out = [], [], []
+        self._failed = False                 # _out is a failure packet
         self._running = self._dropping = self._replay = False
         self._p_done = self._a_done = False
         self._error = False
@@ -548,7 +552,8 @@ class FakeBoard:
             per = (self.max_payload - 1) // nb
             words, self._out = self._out[:per], self._out[per:]
             last = bool(words) and not self._out and not self._running
-            flags = (P.DATA_LAST if last else 0) | (P.DATA_ERROR if self._error else 0)
+            flags = ((P.DATA_LAST if last else 0) | (P.DATA_ERROR if self._error else 0)
+                     | (P.DATA_FAILED if words and self._failed else 0))
             return P.R_DATA, bytes([flags]) + b"".join(w.to_bytes(nb, "little") for w in words)
         if ftype not in (P.T_PARAM, P.T_PARAM_LAST, P.T_ACT, P.T_ACT_LAST) or len(payload) % nb:
             return P.R_NAK, bytes([P.NAK_TYPE if len(payload) % nb == 0 else P.NAK_LENGTH])
@@ -572,7 +577,9 @@ class FakeBoard:
             self._params += words
             self._p_done = bool(last)
         elif self._dropping or not self._running and self._stored is None:
-            self._error, self._dropping = True, not last     # activations before parameters
+            if not self._dropping:                           # activations before parameters
+                self._out, self._failed = [FAIL_NO_IMAGE], True
+            self._error, self._dropping = True, not last
         else:
             if not self._running:                            # resident: replay the image
                 self._reset()
@@ -594,6 +601,7 @@ class FakeBoard:
             y = run_image(self._params, unpack_activations(self._acts, rows, cfg), cfg)
         except ImageError:
             self._error, self._stored = True, None
+            self._out, self._failed = [FAIL_HEADER], True
             return
         self._out = pack_activations(y, cfg)
         self._cycles = 1000 + rows
@@ -715,7 +723,7 @@ def test_cli_board_run_bad_input(fake_board, tiny_artifact, capsys, tmp_path):
     msg = _one_line_error(capsys, ["board", "run", "--port", board.port, "--quantized", art,
                                    "--preset", "tiny", "--set", "array_rows=2", "--set",
                                    "array_cols=2", "x"])
-    assert "the core reported an error" in msg and "configuration" in msg
+    assert "the core rejected the run: bad image header" in msg and "configuration" in msg
     msg = _one_line_error(capsys, ["board", "run", "--port", board.port, "--quantized", art,
                                    "--preset", "tiny", "--set", "bus_width=16", "x"])
     assert "the board's bus is 32 bits" in msg

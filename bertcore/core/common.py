@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out, connect
 from bertcore.rtl.stream import RegisterSlice
 
 __all__ = [
-    "bus_layout", "bus_signature", "read_port", "row_read", "write_port", "task",
+    "bus_layout", "bus_signature", "out_layout", "out_signature", "read_port", "row_read", "write_port", "task",
     "handover", "job_layout", "pick", "fork", "sliced", "feed", "saturate",
     "G_Q", "G_K", "G_V", "G_O", "G_FFN1", "G_FFN2",
     "M_Q", "M_K", "M_V", "M_O", "M_FFN1", "M_FFN2", "M_SCORE", "M_CTX",
@@ -38,6 +38,18 @@ def bus_layout(bus_width):
 def bus_signature(bus_width):
     """``stream.Signature(bus_layout(bus_width))``: one AXI4-Stream word with ``tlast``."""
     return stream.Signature(bus_layout(bus_width))
+
+
+def out_layout(bus_width):
+    """Payload layout of the core's output stream: :func:`bus_layout` and ``user`` (1 bit:
+    the packet is a failed run's one-beat failure packet, ``data`` its cause code)."""
+    return data.StructLayout({"data": unsigned(bus_width), "last": unsigned(1),
+                              "user": unsigned(1)})
+
+
+def out_signature(bus_width):
+    """``stream.Signature(out_layout(bus_width))``: one output word with ``tlast``, ``tuser``."""
+    return stream.Signature(out_layout(bus_width))
 
 
 def _addr_width(depth):
