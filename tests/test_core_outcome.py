@@ -124,7 +124,8 @@ def run_scenario_sim(dut, image, runs, *, stall, seed=1, deadline=2e-2):
                         await ctx.tick()
                 for _ in range(max(run["delay"], 0)):
                     await ctx.tick()
-            await stream_put(ctx, dut.s_act, packet(run["act"]), rng=rng, stall=stall)
+            await stream_put(ctx, dut.s_act, packet(run["act"], user=0), rng=rng,
+                             stall=stall)
 
     async def get_out(ctx):
         rng = random.Random(seed + 2)

@@ -67,7 +67,7 @@ from bertcore.config import CoreConfig
 from bertcore.rtl.common import rejecting
 from bertcore.rtl.stream import RegisterSlice
 
-from .common import bus_layout, out_layout
+from .common import act_layout, bus_layout, out_layout
 from .control import RunControl
 from .datapath import Datapath
 from .image import check_core_config
@@ -90,8 +90,10 @@ class EncoderCore(wiring.Component):
     -------
     s_param : ``In(stream.Signature(bus_layout(bus_width)))``
         The parameter image (:func:`bertcore.core.image.pack_parameter_image`), once per run.
-    s_act : ``In(stream.Signature(bus_layout(bus_width)))``
-        The int8 input of one sequence (:func:`bertcore.core.image.pack_activations`).
+    s_act : ``In(stream.Signature(act_layout(bus_width)))``
+        The int8 input of one sequence (:func:`bertcore.core.image.pack_activations`) or of
+        several (a packed packet: ``user`` on the beats of its segment table,
+        :func:`bertcore.core.image.pack_segments`).
     m_act : ``Out(stream.Signature(out_layout(bus_width)))``
         One packet per run: the int8 output of the last layer (``user`` = 0 on every beat),
         or, for a failed run, one beat with ``last`` = 1, ``user`` = 1 and the cause code
@@ -115,10 +117,10 @@ class EncoderCore(wiring.Component):
 
     Every run pairs with exactly one activation packet and ends with exactly one packet on
     ``m_act``. Protocol errors (bad image header or length, activations with no image, a
-    sequence of 0 or more than ``max_seq`` rows) raise ``error``, abort the run, send its
-    failure packet, drop the rest of its image and its whole activation packet (whenever
-    that arrives: before, during or after the failure) and return to idle; the next run
-    starts once the failed run's packet is dropped.
+    sequence of 0 or more than ``max_seq`` rows, a malformed segment table or rows that differ
+    from it) raise ``error``, abort the run, send its failure packet, drop the rest of its
+    image and its whole activation packet (whenever that arrives: before, during or after the
+    failure) and return to idle; the next run starts once the failed run's packet is dropped.
 
     With ``config.resident`` the image of a successful run is kept in an on-chip memory
     (``image_beats(config)`` words of ``bus_width + 1`` bits): a run that starts with an
@@ -142,7 +144,7 @@ class EncoderCore(wiring.Component):
         layout = bus_layout(config.bus_width)
         super().__init__({
             "s_param": In(stream.Signature(layout)),
-            "s_act": In(stream.Signature(layout)),
+            "s_act": In(stream.Signature(act_layout(config.bus_width))),
             "m_act": Out(stream.Signature(out_layout(config.bus_width))),
             "busy": Out(1),
             "error": Out(1),
@@ -188,7 +190,7 @@ class EncoderTop(wiring.Component):
     """:class:`EncoderCore` with flat AXI4-Stream port names (``s_axis_param_tdata`` ...).
 
     ``verilog.convert(EncoderTop(config), name="bertcore_encoder")`` emits ``clk``, ``rst``,
-    ``s_axis_param_tdata/tvalid/tready/tlast``, ``s_axis_act_tdata/tvalid/tready/tlast``,
+    ``s_axis_param_tdata/tvalid/tready/tlast``, ``s_axis_act_tdata/tvalid/tready/tlast/tuser``,
     ``m_axis_act_tdata/tvalid/tready/tlast/tuser`` and the :data:`STATUS` outputs ``busy``,
     ``error``, ``cycles``, ``array_beats``, ``layer_cycles`` and ``failed_runs``.
     """
@@ -200,7 +202,7 @@ class EncoderTop(wiring.Component):
             "s_axis_param_tdata": In(bus), "s_axis_param_tvalid": In(1),
             "s_axis_param_tready": Out(1), "s_axis_param_tlast": In(1),
             "s_axis_act_tdata": In(bus), "s_axis_act_tvalid": In(1),
-            "s_axis_act_tready": Out(1), "s_axis_act_tlast": In(1),
+            "s_axis_act_tready": Out(1), "s_axis_act_tlast": In(1), "s_axis_act_tuser": In(1),
             "m_axis_act_tdata": Out(bus), "m_axis_act_tvalid": Out(1),
             "m_axis_act_tready": In(1), "m_axis_act_tlast": Out(1), "m_axis_act_tuser": Out(1),
             **{name: Out(self._core.signature.members[name].shape) for name in STATUS},
@@ -218,6 +220,7 @@ class EncoderTop(wiring.Component):
                          s.payload.last.eq(getattr(self, f"{name}_tlast")),
                          s.valid.eq(getattr(self, f"{name}_tvalid")),
                          getattr(self, f"{name}_tready").eq(s.ready)]
+        m.d.comb += core.s_act.payload.user.eq(self.s_axis_act_tuser)
         m.d.comb += [self.m_axis_act_tdata.eq(core.m_act.payload.data),
                      self.m_axis_act_tlast.eq(core.m_act.payload.last),
                      self.m_axis_act_tuser.eq(core.m_act.payload.user),

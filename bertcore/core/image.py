@@ -122,7 +122,8 @@ FAIL_HEADER, FAIL_IMAGE_LENGTH, FAIL_TOO_LONG, FAIL_EMPTY, FAIL_NO_IMAGE = range
 FAIL_CAUSES = {
     FAIL_HEADER: "bad image header (magic, format version, configuration or beat count)",
     FAIL_IMAGE_LENGTH: "bad image length (tlast not on the image's last beat)",
-    FAIL_TOO_LONG: "activation packet longer than max_seq rows",
+    FAIL_TOO_LONG: "bad activation packet (more than max_seq rows, or a packed packet's "
+                   "segment table malformed or its rows differing from it)",
     FAIL_EMPTY: "activation packet shorter than one row",
     FAIL_NO_IMAGE: "activation packet with no parameter image (none sent, none stored)",
 }
