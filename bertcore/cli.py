@@ -576,12 +576,13 @@ def _board_errors(args, baud):
     """Link and core errors of a board command as one line each."""
     import contextlib
     from .board import BoardError, ImageStoreError, LinkError
+    from .core.image import RunFailed
 
     @contextlib.contextmanager
     def ctx():
         try:
             yield
-        except ImageStoreError as exc:
+        except (ImageStoreError, RunFailed) as exc:
             raise CliError(f"the board on {args.port}: {exc}") from None
         except LinkError as exc:
             raise CliError(f"no valid reply from the board on {args.port} at {baud} baud "

@@ -101,7 +101,7 @@ def rtl_embeddings(qm, texts, *, simulator="verilator", config=None, progress=la
         image = pack_parameter_image(qm, config)
         sim = CoreSimulator(config, simulator)
         res = sim.run(image, [(run.data, sum(run.lengths), run.table) for run in runs],
-                      progress=progress)
+                      progress=progress).check()
         if any(r["error"] for r in res.runs):
             raise BertError("the simulated core raised its error flag")
         words = [r["out"] for r in res.runs]

@@ -58,6 +58,7 @@ module bertcore_sim_top #(
     output wire           m_axis_act_tvalid,
     input  wire           m_axis_act_tready,
     output wire           m_axis_act_tlast,
+    output wire           m_axis_act_tuser,
     output wire           busy,
     output wire           error,
     output wire [31:0]    cycles{extra_ports}
@@ -116,7 +117,7 @@ module bertcore_sim_top #(
         .s_axis_act_tuser(s_axis_act_tuser),
         .m_axis_act_tdata(m_axis_act_tdata), .m_axis_act_tvalid(m_axis_act_tvalid),
         .m_axis_act_tready(m_axis_act_tready), .m_axis_act_tlast(m_axis_act_tlast),
-        .busy(busy), .error(error), .cycles(cycles){extra_conns}
+        .m_axis_act_tuser(m_axis_act_tuser), .busy(busy), .error(error), .cycles(cycles){extra_conns}
     );
 endmodule
 
@@ -124,14 +125,14 @@ endmodule
 """
 
 
-_WRAPPED = {"clk", "rst", "busy", "error", "cycles"} | {
+_WRAPPED = {"clk", "rst", "busy", "error", "cycles", "m_axis_act_tuser"} | {
     f"{p}_{f}" for p in ("s_axis_param", "s_axis_act", "m_axis_act")
     for f in ("tdata", "tvalid", "tready", "tlast")} | {"s_axis_act_tuser"}
 
 #: Ports of :data:`REPLAY_TOP` before the core's further outputs.
 _TOP_PORTS = ("clk", "rst", "param_go", *(f"{p}_{f}" for p in ("s_axis_act", "m_axis_act")
                                           for f in ("tdata", "tvalid", "tready", "tlast")),
-              "s_axis_act_tuser", "busy", "error", "cycles")
+              "s_axis_act_tuser", "m_axis_act_tuser", "busy", "error", "cycles")
 
 
 def _extra_outputs(top):
@@ -162,7 +163,8 @@ def replay_top(top):
 
 class SimResult:
     """Outputs of a simulation: per run the output words, the core's counters (``cycles``,
-    ``array_beats``, ``layer_cycles``) and timings.
+    ``array_beats``, ``layer_cycles``) and timings; ``failed`` is the cause code of a run that
+    ended with a failure packet (0 for a result; :meth:`check` raises on one).
 
     ``sim_s`` is the wall time of the whole simulation (simulator start-up, ``$readmemh`` of the
     image, cocotb); :attr:`run_s` and :attr:`run_cpu_s` cover only the runs, as wall time and as
@@ -172,13 +174,24 @@ class SimResult:
     def __init__(self, data, build_s, sim_s, waves):
         self.runs = [{"out": [int(w, 16) for w in r["out"]], "cycles": r["cycles"],
                       "sim_cycles": r["sim_cycles"], "error": r["error"],
+                      "failed": r.get("failed", 0),
                       "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
                       "array_beats": r.get("array_beats"),
-                      "layer_cycles": r.get("layer_cycles")} for r in data["runs"]]
+                      "layer_cycles": r.get("layer_cycles"),
+                      "failed_runs": r.get("failed_runs")} for r in data["runs"]]
         self.build_s = build_s
         self.sim_s = sim_s
         self.waves = waves
         self.plan = None            # check_core: the runs (bertcore.packing.Run)
+
+    def check(self):
+        """Raise :class:`~bertcore.core.image.RunFailed` (an ``ImageError``: one line, exit code
+        2 at the command line) for the first run that ended with a failure packet."""
+        from .core.image import RunFailed
+        for r in self.runs:
+            if r["failed"]:
+                raise RunFailed(r["failed"])
+        return self
 
     @property
     def total_cycles(self):
@@ -391,7 +404,7 @@ def check_core(config, model, lengths, *, simulator="verilator", waves=False, se
     runs = plan_runs(xs, config, pack=pack)
     sim = CoreSimulator(config, simulator, waves=waves)
     res = sim.run(image, [(run.data, sum(run.lengths), run.table) for run in runs],
-                  stall=stall, seed=seed, progress=progress, param_period=param_period)
+                  stall=stall, seed=seed, progress=progress, param_period=param_period).check()
     rows = [None] * len(xs)
     for plan, run in zip(runs, res.runs):
         ys = (unpack_segments(run["out"], plan.lengths, config) if run["out"]

@@ -43,7 +43,7 @@ from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out, connect
 from amaranth.utils import ceil_log2
 
-from bertcore.core.encoder import bus_layout
+from bertcore.core.encoder import bus_layout, out_layout
 
 from bertcore import uart_protocol as P
 from bertcore.rtl.common import rejecting
@@ -142,10 +142,10 @@ class ResultGatherer(wiring.Component):
     -------
     start : ``In(1)``, done : ``Out(1)``
         See above.
-    i_stream : ``In(stream.Signature(bus_layout(bus_width)))``
-        The core's output.
-    words : ``Out(range(reply_words + 1))``, last : ``Out(1)``
-        What was gathered.
+    i_stream : ``In(stream.Signature(out_layout(bus_width)))``
+        The core's output (``user``: the word is a failed run's failure packet).
+    words : ``Out(range(reply_words + 1))``, last : ``Out(1)``, failed : ``Out(1)``
+        What was gathered (``failed``: the packet's last word is a failure packet).
     buffer : ``In(WritePort.Signature(...))``
         The reply buffer's write port.
     """
@@ -156,9 +156,10 @@ class ResultGatherer(wiring.Component):
         super().__init__({
             "start": In(1),
             "done": Out(1),
-            "i_stream": In(stream.Signature(bus_layout(bus_width))),
+            "i_stream": In(stream.Signature(out_layout(bus_width))),
             "words": Out(range(reply_words + 1)),
             "last": Out(1),
+            "failed": Out(1),
             "buffer": In(WritePort.Signature(addr_width=ceil_log2(reply_words),
                                              shape=bus_width)),
         })
@@ -172,7 +173,7 @@ class ResultGatherer(wiring.Component):
         with Fsm(m, "gather") as fsm:
             with fsm.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [wi.eq(0), gap.eq(0), self.last.eq(0)]
+                    m.d.sync += [wi.eq(0), gap.eq(0), self.last.eq(0), self.failed.eq(0)]
                     fsm.next("GATHER")
             with fsm.State("GATHER"):
                 m.d.comb += self.i_stream.ready.eq(1)
@@ -180,7 +181,8 @@ class ResultGatherer(wiring.Component):
                     m.d.comb += self.buffer.en.eq(1)
                     m.d.sync += [wi.eq(wi + 1), gap.eq(0)]
                     with m.If(self.i_stream.payload.last | (wi == RW - 1)):
-                        m.d.sync += self.last.eq(self.i_stream.payload.last)
+                        m.d.sync += [self.last.eq(self.i_stream.payload.last),
+                                     self.failed.eq(self.i_stream.payload.user)]
                         fsm.next("DONE")
                 with m.Elif(gap == self._gap):
                     fsm.next("DONE")
@@ -220,8 +222,8 @@ class UARTBridge(wiring.Component):
         The UART lines.
     param, act : ``Out(stream.Signature(bus_layout(bus_width)))``
         Words for the core's ``s_param`` / ``s_act``.
-    result : ``In(stream.Signature(bus_layout(bus_width)))``
-        The core's ``m_act``.
+    result : ``In(stream.Signature(out_layout(bus_width)))``
+        The core's ``m_act`` (``user``: a failed run's failure packet, flagged in DATA).
     core_busy, core_error : ``In(1)``, core_cycles : ``In(32)``
         The core's status, reported by STATUS (and the error flag of DATA replies).
     core_reset : ``Out(1)``
@@ -274,7 +276,7 @@ class UARTBridge(wiring.Component):
             "tx": Out(1, init=1),
             "param": Out(stream.Signature(layout)),
             "act": Out(stream.Signature(layout)),
-            "result": In(stream.Signature(layout)),
+            "result": In(stream.Signature(out_layout(bus_width))),
             "core_busy": In(1),
             "core_error": In(1),
             "core_cycles": In(32),
@@ -472,7 +474,7 @@ class UARTBridge(wiring.Component):
                     fsm.next("RECEIVE")
             with fsm.State("GATHER"):
                 with m.If(gather.done):
-                    m.d.sync += dflags.eq(Cat(gather.last, self.core_error))
+                    m.d.sync += dflags.eq(Cat(gather.last, self.core_error, gather.failed))
                     reply(P.R_DATA, 1 + gather.words * (self._bus // 8), record=True)
             with fsm.State("REPLY"):
                 m.d.comb += tx.start.eq(1)

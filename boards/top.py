@@ -44,7 +44,8 @@ class UARTCoreTop(wiring.Component):
         Clock cycles per UART bit.
     core : wiring.Component or None
         A component with the members of :class:`~bertcore.core.encoder.EncoderCore` (``s_param``,
-        ``s_act``, ``m_act``, ``busy``, ``error``, ``cycles``); default ``EncoderCore(config)``.
+        ``s_act``, ``m_act`` with ``user``: a failure packet, ``busy``, ``error``, ``cycles``);
+        default ``EncoderCore(config)``.
     max_payload, timeout, gather
         Passed to :class:`~boards.bridge.UARTBridge`.
     core_domain : bool

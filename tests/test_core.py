@@ -20,10 +20,11 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from bertcore.config import preset
-from bertcore.core.encoder import EncoderCore, EncoderTop
-from bertcore.core.image import (MAGIC, ImageError, activation_beats, image_beats,
-                                 image_schedule, pack_activations, pack_parameter_image,
-                                 pack_segments, unpack_activations, unpack_segments)
+from bertcore.core.encoder import STATUS, EncoderCore, EncoderTop
+from bertcore.core.image import (FAIL_NO_IMAGE, MAGIC, ImageError, activation_beats,
+                                 image_beats, image_schedule, pack_activations,
+                                 pack_parameter_image, pack_segments, unpack_activations,
+                                 unpack_segments)
 from bertcore.core.interp import run_image
 from bertcore.core.perf import array_beats, layer_cycles, run_cycles, utilization
 from bertcore.quant.kernels import softmax_constants
@@ -121,6 +122,13 @@ def test_activation_packing_round_trip():
 
 
 
+def packet(words, **fields):
+    """Stream payloads of one packet: ``words`` with ``last`` on the final one, and the
+    further ``fields`` (e.g. ``user=0``) on every beat."""
+    return [{"data": w, "last": int(i == len(words) - 1), **fields}
+            for i, w in enumerate(words)]
+
+
 def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
     """Amaranth simulation of ``dut`` (an :class:`EncoderCore`) over the sequences ``xs``,
     back to back; returns the outputs, the ``cycles`` and the ``layer_cycles`` of each run.
@@ -133,7 +141,7 @@ def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
     """
     cfg = dut.config
     images = [True] * len(xs) if images is None else images
-    image = [{"data": w, "last": int(i == len(words) - 1)} for i, w in enumerate(words)]
+    image = packet(words)
     outputs, cycles, layer_cycles = [], [], []
 
     async def put_param(ctx):
@@ -154,8 +162,7 @@ def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
             table, words_x = (pack_segments(x, cfg) if isinstance(x, list)
                               else ([], pack_activations(x, cfg)))
             beats = [{"data": w, "last": 0, "user": 1} for w in table]
-            beats += [{"data": w, "last": int(i == len(words_x) - 1), "user": 0}
-                      for i, w in enumerate(words_x)]
+            beats += packet(words_x, user=0)
             await stream_put(ctx, dut.s_act, beats, rng=rng, stall=stall)
 
     async def get_out(ctx):
@@ -166,6 +173,7 @@ def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
             beats = await stream_get(ctx, dut.m_act, activation_beats(rows, cfg),
                                      rng=rng, stall=stall)
             assert beats[-1]["last"] == 1 and all(b["last"] == 0 for b in beats[:-1])
+            assert all(b["user"] == 0 for b in beats), "a result beat with tuser set"
             await ctx.tick().until(~dut.busy)
             assert not ctx.get(dut.error)
             segments = lengths if isinstance(x, list) else None
@@ -200,6 +208,7 @@ class ImageReplayTop(wiring.Component):
 
     ``param_go`` arms one image; ``param_en`` gates ``tvalid`` (random stalls); ``corrupt``
     flips bit 0 of the first beat (the magic); ``short_image`` puts ``tlast`` one beat early.
+    The image's ``tvalid``, ``tready`` and ``tlast`` are visible to the bench.
     """
 
     def __init__(self, config, words):
@@ -209,12 +218,12 @@ class ImageReplayTop(wiring.Component):
         super().__init__({
             "param_go": In(1), "param_en": In(1), "corrupt": In(1), "short_image": In(1),
             "s_axis_param_tvalid": Out(1), "s_axis_param_tready": Out(1),
+            "s_axis_param_tlast": Out(1),
             "s_axis_act_tdata": In(bus), "s_axis_act_tvalid": In(1),
             "s_axis_act_tready": Out(1), "s_axis_act_tlast": In(1), "s_axis_act_tuser": In(1),
             "m_axis_act_tdata": Out(bus), "m_axis_act_tvalid": Out(1),
-            "m_axis_act_tready": In(1), "m_axis_act_tlast": Out(1),
-            "busy": Out(1), "error": Out(1), "cycles": Out(32), "array_beats": Out(32),
-            "layer_cycles": Out(32),
+            "m_axis_act_tready": In(1), "m_axis_act_tlast": Out(1), "m_axis_act_tuser": Out(1),
+            **{name: Out(EncoderCore(config).signature.members[name].shape) for name in STATUS},
         })
 
     def elaborate(self, platform):
@@ -236,6 +245,7 @@ class ImageReplayTop(wiring.Component):
             top.s_axis_param_tvalid.eq(armed & self.param_en),
             self.s_axis_param_tvalid.eq(top.s_axis_param_tvalid),
             self.s_axis_param_tready.eq(top.s_axis_param_tready),
+            self.s_axis_param_tlast.eq(last),
         ]
         with m.If(self.param_go):
             m.d.sync += armed.eq(1)
@@ -247,7 +257,7 @@ class ImageReplayTop(wiring.Component):
                      "s_axis_act_tuser", "m_axis_act_tready"):
             m.d.comb += getattr(top, name).eq(getattr(self, name))
         for name in ("s_axis_act_tready", "m_axis_act_tdata", "m_axis_act_tvalid",
-                     "m_axis_act_tlast", "busy", "error", "cycles", "array_beats", "layer_cycles"):
+                     "m_axis_act_tlast", "m_axis_act_tuser", *STATUS):
             m.d.comb += getattr(self, name).eq(getattr(top, name))
         return m
 
@@ -259,9 +269,7 @@ def _cocotb_params(model, lengths, *, seed, stall):
         x = torch.randint(-128, 128, (n, TINY.hidden), generator=gen)
         runs.append({"length": n, "act": pack_activations(x, TINY),
                      "out": pack_activations(model.encode_int(x), TINY)})
-    too_long = torch.randint(-128, 128, (TINY.max_seq, TINY.hidden), generator=gen)
-    too_long = pack_activations(too_long, TINY) * 2          # 2*max_seq rows
-    return {"runs": runs, "too_long": too_long, "seed": seed, "stall": stall,
+    return {"runs": runs, "seed": seed, "stall": stall,
             "timeout": 400000}
 
 
@@ -272,7 +280,7 @@ def test_core_cocotb(tiny_core, tiny_image, simulator, tmp_path):
     tests = ["runs_back_to_back"]
     if simulator == "verilator":
         params = _cocotb_params(tiny_core, (1, 9, 16, 16), seed=3, stall=0.2)
-        tests.append("protocol_errors")
+        tests.append("reset_mid_run")
     else:
         params = _cocotb_params(tiny_core, (5,), seed=4, stall=0.2)
     report = tmp_path / "cycles.json"
@@ -313,7 +321,8 @@ def test_core_ports():
                  "s_axis_param_tready", "s_axis_param_tlast", "s_axis_act_tdata",
                  "s_axis_act_tvalid", "s_axis_act_tready", "s_axis_act_tlast", "s_axis_act_tuser",
                  "m_axis_act_tdata", "m_axis_act_tvalid", "m_axis_act_tready",
-                 "m_axis_act_tlast", "busy", "error", "cycles", "array_beats", "layer_cycles"):
+                 "m_axis_act_tlast", "m_axis_act_tuser", "busy", "error", "cycles",
+                 "array_beats", "layer_cycles", "failed_runs"):
         assert port in header.replace("(", " ").replace(",", " ").replace(")", " ").split(), port
 
 
@@ -336,15 +345,26 @@ def test_perf_model():
     assert all(0.5 < u < 1 for u in rows.values())
 
 
-def test_generate(tmp_path):
+@pytest.mark.parametrize("changes", [pytest.param({}, id="tiny"),
+                                     pytest.param(dict(resident=True, bus_width=64),
+                                                  id="resident-bus64")])
+def test_generate(tmp_path, changes):
+    """The manifest lists every port of the emitted module (name, direction, width) and the
+    run outcome's cause codes."""
     from bertcore.core.generate import generate
-    v_path, j_path = generate(TINY, tmp_path / "out", name="my_core")
-    assert "module my_core(" in v_path.read_text()
+    from bertcore.core.image import FAIL_CAUSES
+    from test_ip import _verilog_ports
+    cfg = TINY.replace(**changes)
+    v_path, j_path = generate(cfg, tmp_path / "out", name="my_core")
+    text = v_path.read_text()
     manifest = json.loads(j_path.read_text())
-    assert manifest["parameter_image"]["beats"] == image_beats(TINY) == 5596
+    assert manifest["parameter_image"]["beats"] == image_beats(cfg)
     assert manifest["config"]["hidden"] == 32
-    assert {p["name"] for p in manifest["ports"]} >= {"clk", "rst", "s_axis_param_tdata",
-                                                       "m_axis_act_tlast", "cycles"}
+    listed = {p["name"]: (p["direction"], p["width"]) for p in manifest["ports"]}
+    assert len(listed) == len(manifest["ports"])
+    assert listed == _verilog_ports(text, "my_core")
+    assert {"layer_cycles", "failed_runs", "m_axis_act_tuser"} <= set(listed)
+    assert manifest["outcome"]["causes"] == {str(k): v for k, v in FAIL_CAUSES.items()}
 
 
 @pytest.mark.slow
@@ -404,19 +424,18 @@ def test_core_resident(tiny_core, tiny_image):
         assert torch.equal(got, tiny_core.encode_int(x)), f"L={x.shape[0]}"
     print("resident cycles (load, replay):", cycles)
 
-    # a fresh resident core holds no image: activations are an error, dropped to their end
+    # a fresh resident core holds no image: activations are a failed run (cause 5), dropped
     dut = EncoderCore(cfg)
-    words = pack_activations(xs[0], cfg)
 
     async def act_first(ctx):
-        await stream_put(ctx, dut.s_act, [{"data": w, "last": int(i == len(words) - 1),
-                                           "user": 0} for i, w in enumerate(words)])
-        await ctx.tick().until(dut.error)
+        await stream_put(ctx, dut.s_act, packet(pack_activations(xs[0], cfg), user=0))
         await ctx.tick().until(~dut.busy)
+        assert ctx.get(dut.error) and ctx.get(dut.failed_runs) == 1
+        beats = await stream_get(ctx, dut.m_act, 1)
+        assert beats == [{"data": FAIL_NO_IMAGE, "last": 1, "user": 1}]
         for _ in range(16):
             assert not ctx.get(dut.m_act.valid), "output without an image"
             await ctx.tick()
-        assert ctx.get(dut.error)
 
     simulate(dut, act_first, name="core_resident_act_first", deadline=1e-3)
 

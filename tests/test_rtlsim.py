@@ -86,3 +86,41 @@ def test_no_preset_for_model(capsys, tmp_path):
     assert main(["embed", "--quantized", str(art), "--backend", "rtl", "the dog",
                  "-o", str(tmp_path / "e.npy")]) == 2
     assert "no core preset runs this model (hidden=24" in capsys.readouterr().err
+
+
+def test_rtl_failure_packet_is_one_error_line(capsys, tmp_path, artifact, monkeypatch):
+    """A run the core rejects (here: an image whose magic is 0) ends with its failure packet;
+    the host turns it into one error line naming the cause, exit code 2, no output file."""
+    import bertcore.core.image
+    from bertcore.core.image import FAIL_HEADER, RunFailed, pack_parameter_image
+
+    def bad_image(model, config):
+        words = pack_parameter_image(model, config)
+        return [0] + words[1:]
+
+    # (embed imports it from bertcore.core.image when it runs)
+    monkeypatch.setattr(bertcore.core.image, "pack_parameter_image", bad_image)
+    out = tmp_path / "e.npy"
+    assert main(["embed", "--quantized", str(artifact), "--backend", "rtl", "the dog",
+                 "a cat", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bertcore: error: "), err
+    assert "the core rejected the run: bad image header" in err[0] and "cause code 1" in err[0]
+    assert not out.exists()
+    # the simulation itself: one failure packet per run, counted in failed_runs
+    from bertcore.config import preset
+    from bertcore.core.image import pack_activations
+    from bertcore.quant.artifact import load_artifact
+    from bertcore.rtlsim import CoreSimulator
+    import torch
+    cfg = preset("tiny")
+    qm = load_artifact(artifact)
+    x = torch.zeros(3, cfg.hidden, dtype=torch.int64)
+    res = CoreSimulator(cfg, "verilator").run(bad_image(qm, cfg),
+                                              [(pack_activations(x, cfg), 3)] * 2)
+    assert [r["failed"] for r in res.runs] == [FAIL_HEADER] * 2
+    assert [r["out"] for r in res.runs] == [[FAIL_HEADER]] * 2
+    assert all(r["error"] for r in res.runs)
+    assert [r["failed_runs"] for r in res.runs] == [1, 2]
+    with pytest.raises(RunFailed, match="bad image header"):
+        res.check()

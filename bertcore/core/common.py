@@ -15,8 +15,8 @@ from amaranth.lib.wiring import In, Out, connect
 from bertcore.rtl.stream import RegisterSlice
 
 __all__ = [
-    "bus_layout", "bus_signature", "act_layout", "act_signature", "read_port", "row_read",
-    "write_port", "task",
+    "bus_layout", "bus_signature", "act_layout", "act_signature", "out_layout", "out_signature",
+    "read_port", "row_read", "write_port", "task",
     "handover", "job_layout", "pick", "fork", "sliced", "feed", "saturate",
     "G_Q", "G_K", "G_V", "G_O", "G_FFN1", "G_FFN2",
     "M_Q", "M_K", "M_V", "M_O", "M_FFN1", "M_FFN2", "M_SCORE", "M_CTX",
@@ -51,6 +51,18 @@ def act_layout(bus_width):
 def act_signature(bus_width):
     """``stream.Signature(act_layout(bus_width))``: the activation input's beats."""
     return stream.Signature(act_layout(bus_width))
+
+
+def out_layout(bus_width):
+    """Payload layout of the core's output stream, the shape of :func:`act_layout`; there
+    ``user`` (``tuser``) marks a failed run's one-beat failure packet (``data``: its cause
+    code, ``docs/interface.md``, "Run outcome")."""
+    return act_layout(bus_width)
+
+
+def out_signature(bus_width):
+    """``stream.Signature(out_layout(bus_width))``: one output word with ``tlast``, ``tuser``."""
+    return stream.Signature(out_layout(bus_width))
 
 
 def _addr_width(depth):

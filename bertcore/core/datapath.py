@@ -9,7 +9,7 @@
                        Sequencer: start/done of each of them (task interfaces)
 """
 
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Mux
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out, connect, flipped
 
@@ -17,6 +17,8 @@ from .attention import SoftmaxPass
 from .buffers import Buffers
 from .common import act_signature, bus_signature
 from .gemm import GemmEngine
+from .image import (FAIL_CAUSE_BITS, FAIL_EMPTY, FAIL_HEADER, FAIL_IMAGE_LENGTH,
+                    FAIL_TOO_LONG)
 from .loader import ParameterLoader
 from .norm import LayerNormPass
 from .sequencer import Sequencer
@@ -43,6 +45,8 @@ class Datapath(wiring.Component):
     fail : ``Out(1)``
         A protocol error: a bad image header or length, a sequence of 0 or more than
         ``max_seq`` positions, a malformed segment table or rows that differ from it.
+    cause : ``Out(FAIL_CAUSE_BITS)``
+        With ``fail``: its cause code (:data:`~bertcore.core.image.FAIL_CAUSES`).
     fault : ``Out(1)``
         An internal unit flagged an error.
     beat : ``Out(1)``
@@ -56,7 +60,8 @@ class Datapath(wiring.Component):
         bus = bus_signature(config.bus_width)
         super().__init__({
             "param": In(bus), "act": In(act_signature(config.bus_width)), "out": Out(bus),
-            "start": In(1), "done": Out(1), "fail": Out(1), "fault": Out(1),
+            "start": In(1), "done": Out(1), "fail": Out(1), "cause": Out(FAIL_CAUSE_BITS),
+            "fault": Out(1),
             "beat": Out(1), "layer_mark": Out(1),
         })
 
@@ -78,6 +83,9 @@ class Datapath(wiring.Component):
         m.d.comb += [loader.start.eq(self.start), seq.ctl.start.eq(self.start),
                      self.done.eq(seq.ctl.done),
                      self.fail.eq(loader.fail | inp.overflow | seq.fail),
+                     self.cause.eq(Mux(loader.fail,
+                                       Mux(loader.bad_length, FAIL_IMAGE_LENGTH, FAIL_HEADER),
+                                       Mux(inp.overflow, FAIL_TOO_LONG, FAIL_EMPTY))),
                      self.fault.eq(gemm.error | smax.error | ln.error),
                      self.beat.eq(gemm.beat), self.layer_mark.eq(seq.layer_mark)]
         # the sequencer starts everything

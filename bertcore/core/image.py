@@ -39,6 +39,8 @@ __all__ = [
     "unpack_activations", "activation_beats", "scalar_fields",
     "SEGMENT_LANE_BITS", "segment_table_beats", "pack_segment_table", "parse_segment_table",
     "pack_segments", "unpack_segments", "check_activation_packet",
+    "FAIL_HEADER", "FAIL_IMAGE_LENGTH", "FAIL_TOO_LONG", "FAIL_EMPTY", "FAIL_NO_IMAGE",
+    "FAIL_CAUSES", "FAIL_CAUSE_BITS", "RunFailed",
 ]
 
 #: ``"BERT"`` as a little-endian 32-bit word.
@@ -109,6 +111,34 @@ def max_vector_bits(config):
 
 class ImageError(ValueError):
     """A model or image that does not fit the core's parameter image format."""
+
+
+# -- The outcome of a run ---------------------------------------------------------------------------
+
+#: Cause codes of a failed run: the ``tdata`` of its one-beat failure packet on ``m_axis_act``
+#: (``tuser`` = 1, ``tlast`` = 1; docs/interface.md, "Run outcome").
+FAIL_HEADER, FAIL_IMAGE_LENGTH, FAIL_TOO_LONG, FAIL_EMPTY, FAIL_NO_IMAGE = range(1, 6)
+#: What each cause code means.
+FAIL_CAUSES = {
+    FAIL_HEADER: "bad image header (magic, format version, configuration or beat count)",
+    FAIL_IMAGE_LENGTH: "bad image length (tlast not on the image's last beat)",
+    FAIL_TOO_LONG: "bad activation packet (more than max_seq rows, or a packed packet's "
+                   "segment table malformed or its rows differing from it)",
+    FAIL_EMPTY: "activation packet shorter than one row",
+    FAIL_NO_IMAGE: "activation packet with no parameter image (none sent, none stored)",
+}
+#: Bits of a cause code.
+FAIL_CAUSE_BITS = 3
+
+
+class RunFailed(ImageError):
+    """The core ended a run with a failure packet whose cause code is ``code``
+    (:data:`FAIL_CAUSES`)."""
+
+    def __init__(self, code):
+        self.code = code
+        cause = FAIL_CAUSES.get(code, "unknown cause")
+        super().__init__(f"the core rejected the run: {cause} (cause code {code})")
 
 
 @dataclass(frozen=True)
