@@ -3,6 +3,8 @@
 import dataclasses
 from dataclasses import dataclass
 
+from .quant.kernels import PROB_BITS_MAX, PROB_BITS_MIN
+
 __all__ = ["CoreConfig", "PRESETS", "preset", "ConfigError"]
 
 
@@ -11,7 +13,7 @@ class ConfigError(ValueError):
 
 
 _INT_FIELDS = ("hidden", "heads", "ffn", "layers", "max_seq", "array_rows", "array_cols",
-               "bus_width", "softmax_units", "layernorm_units", "max_segments")
+               "bus_width", "softmax_units", "layernorm_units", "max_segments", "prob_bits")
 #: Largest sequence length a core may be built for (position tables of BERT go to 512).
 MAX_SEQ_LIMIT = 4096
 #: Units whose multipliers ``lut_multipliers`` may move from DSP blocks into LUT logic.
@@ -46,6 +48,13 @@ class CoreConfig:
         Units (of :data:`LUT_MULTIPLIER_UNITS`) whose multipliers are built from LUTs instead
         of DSP blocks, for FPGAs with few DSPs (about 400-550 LUTs per 18x18 multiplier moved,
         and a lower Fmax for those units). The systolic array always uses DSPs.
+    prob_bits : int
+        Width ``B`` of the unsigned attention probabilities (``PROB_BITS_MIN..PROB_BITS_MAX``,
+        8..16): the softmax units output ``B`` bits, the P buffer holds them and the ``P·V``
+        job multiplies them by int8 V in the array (its A operand is ``B + 1`` bits signed).
+        It must equal the ``prob_bits`` the model was quantized with (the image's fingerprint
+        covers it). 16 costs no DSP block on ECP5 (an 18x18 multiplier takes a 17-bit operand),
+        only flip-flops along the array's rows; an iCE40 DSP (16x16) takes 8 at most.
 
     Raises
     ------
@@ -65,6 +74,7 @@ class CoreConfig:
     layernorm_units: int = 1
     lut_multipliers: tuple = ()
     max_segments: int = 16
+    prob_bits: int = 8
 
     def __post_init__(self):
         for name in _INT_FIELDS:
@@ -92,6 +102,9 @@ class CoreConfig:
             raise ConfigError(f"bus_width must be a multiple of 8, not {self.bus_width}")
         if self.max_seq > MAX_SEQ_LIMIT:
             raise ConfigError(f"max_seq must be at most {MAX_SEQ_LIMIT}, not {self.max_seq}")
+        if not PROB_BITS_MIN <= self.prob_bits <= PROB_BITS_MAX:
+            raise ConfigError(f"prob_bits must lie in {PROB_BITS_MIN}..{PROB_BITS_MAX}, not "
+                              f"{self.prob_bits}")
         if self.max_segments > MAX_SEQ_LIMIT:
             raise ConfigError(f"max_segments must be at most {MAX_SEQ_LIMIT}, not "
                               f"{self.max_segments}")

@@ -38,6 +38,9 @@ def test_tiny_preset_matches_tiny_checkpoint(tmp_path):
      r"lut_multipliers: unknown unit 'array' \(known: requant, gelu, softmax, layernorm\)"),
     ({"lut_multipliers": "gelu"}, "lut_multipliers must be a list of unit names, not 'gelu'"),
     ({"lut_multipliers": 3}, "lut_multipliers must be a list of unit names, not 3"),
+    ({"prob_bits": 7}, r"^prob_bits must lie in 8\.\.16, not 7$"),
+    ({"prob_bits": 17}, r"^prob_bits must lie in 8\.\.16, not 17$"),
+    ({"prob_bits": "16"}, "prob_bits must be an integer, not '16'"),
 ])
 def test_bad_configs(changes, message):
     with pytest.raises(ConfigError, match=message):

@@ -101,8 +101,9 @@ class QuantOptions:
             raise ValueError(f"pack_rounds must be >= 1, not {self.pack_rounds!r}")
         if self.prob_scale not in ("fixed", "row"):
             raise ValueError(f"prob_scale must be 'fixed' or 'row', not {self.prob_scale!r}")
-        if not 8 <= self.prob_bits <= 16:
-            raise ValueError(f"prob_bits must lie in 8..16, not {self.prob_bits!r}")
+        if not K.PROB_BITS_MIN <= self.prob_bits <= K.PROB_BITS_MAX:
+            raise ValueError(f"prob_bits must lie in {K.PROB_BITS_MIN}..{K.PROB_BITS_MAX}, "
+                             f"not {self.prob_bits!r}")
 
 
 class Calibration:
