@@ -798,7 +798,7 @@ def _add_quantize(sub):
     q.add_argument("--percentile", type=float, default=100.0,
                    help="calibration percentile of |x| (default: 100, the maximum)")
     q.add_argument("--prob-bits", type=int, default=None, metavar="B",
-                   help="width of the unsigned attention probabilities, 8..16 (default: 8); "
+                   help="width of the unsigned attention probabilities, 8..16 (default: 16); "
                         "a core runs the artifact only if it computes the same width "
                         "(CoreConfig.prob_bits)")
     q.add_argument("-o", "--output", required=True, metavar="OUT", help="artifact to write")

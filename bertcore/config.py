@@ -53,8 +53,9 @@ class CoreConfig:
         8..16): the softmax units output ``B`` bits, the P buffer holds them and the ``P·V``
         job multiplies them by int8 V in the array (its A operand is ``B + 1`` bits signed).
         It must equal the ``prob_bits`` the model was quantized with (the image's fingerprint
-        covers it). 16 costs no DSP block on ECP5 (an 18x18 multiplier takes a 17-bit operand),
-        only flip-flops along the array's rows; an iCE40 DSP (16x16) takes 8 at most.
+        covers it). 16 (default, as ``QuantOptions``) costs no DSP block on ECP5 (an 18x18
+        multiplier takes a 17-bit operand), only flip-flops along the array's rows; on iCE40
+        (16x16 DSPs) it costs LUTs, so the iCE40 board's core states 8.
 
     Raises
     ------
@@ -74,7 +75,7 @@ class CoreConfig:
     layernorm_units: int = 1
     lut_multipliers: tuple = ()
     max_segments: int = 16
-    prob_bits: int = 8
+    prob_bits: int = 16
 
     def __post_init__(self):
         for name in _INT_FIELDS:
