@@ -194,6 +194,8 @@ def cmd_embed(args):
     texts = _texts(args)
     if args.pack and args.backend == "float":
         raise CliError("--pack packs runs of the core: use it with --backend int or rtl")
+    if args.pack is None:                     # the default: packed on the core, not on int
+        args.pack = args.backend == "rtl"
     emb = embed_texts(texts, backend=args.backend, quantized=args.quantized, model=args.model,
                       simulator=args.simulator, pack=args.pack,
                       warn=lambda msg: print(f"bertcore: {msg}", file=sys.stderr))
@@ -480,9 +482,11 @@ def cmd_sim(args):
             model = random_model(cfg, seed=args.seed)
         passed, rows, res = check_core(cfg, model, lengths, simulator=args.simulator,
                                        waves=args.waves, seed=args.seed, stall=args.stall,
-                                       progress=prog.step)
-    for n, ok, cycles in rows:
-        print(f"seq {n:4d}: {'PASS' if ok else 'FAIL'}  {cycles} cycles")
+                                       progress=prog.step, pack=args.pack)
+    run_of = {i: r for r, plan in enumerate(res.plan) for i in plan.indices}
+    for i, (n, ok, cycles) in enumerate(rows):
+        print(f"seq {n:4d}: {'PASS' if ok else 'FAIL'}  run {run_of[i]} "
+              f"({len(res.plan[run_of[i]].indices)} sequence(s)): {cycles} cycles")
     print(f"{args.simulator}: build {res.build_s:.1f} s, simulation {res.sim_s:.1f} s "
           f"({res.total_cycles} cycles)")
     if res.waves:
@@ -820,9 +824,10 @@ def _add_embed(sub):
                    "Verilog of the encoder core in a simulator (bit-identical to int)")
     e.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
                    help="simulator of --backend rtl (default: verilator)")
-    e.add_argument("--pack", action=argparse.BooleanOptionalAction, default=False,
-                   help="pack several texts per run of the core (docs/interface.md, packed "
-                   "runs; --backend int runs the packets through the reference; default: off)")
+    e.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
+                   help="pack several texts per run of the core, first-fit, results in input "
+                   "order (docs/interface.md, packed runs; --backend int runs the packets "
+                   "through the reference; default: on for rtl, off for int)")
     _texts_args(e)
     e.add_argument("-o", "--output", required=True, metavar="OUT.npy",
                    help="float32 array [texts, hidden], input order kept")
@@ -879,6 +884,9 @@ def _add_sim(sub):
     sm.add_argument("--quantized", metavar="FILE", help="weights of this model (default: random)")
     sm.add_argument("--seq", metavar="N,N", help="sequence lengths (default: 1 and min(16, "
                     "max_seq))")
+    sm.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
+                    help="pack the sequences into runs, first-fit (docs/interface.md, packed "
+                    "runs; default: on; --no-pack: one run per sequence)")
     sm.add_argument("--stall", type=_probability, default=0.0, metavar="P",
                     help="probability of an idle cycle before each input beat and of a "
                     "cycle without tready on the output, 0 <= P < 1 (default 0)")

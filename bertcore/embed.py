@@ -37,15 +37,16 @@ def float_embeddings(ckpt, texts, warn=None):
 
 
 def embed_texts(texts, *, backend, quantized=None, model=None, simulator="verilator",
-                pack=False, warn=None):
+                pack=None, warn=None):
     """Embeddings ``[N, hidden]`` (float32, input order kept) of ``texts`` with ``backend``.
 
     ``backend="float"`` runs the float checkpoint ``model`` (or, with ``quantized``, the float
     model the artifact came from); ``"int"`` runs the integer reference of the artifact.
     ``pack`` (``int`` and ``rtl``) packs several texts per run of the core
     (:mod:`bertcore.packing`; the ``int`` backend then runs the packets through the integer
-    reference, as the core would): the embeddings do not change. Texts longer than the
-    model's limit are truncated (:func:`token_ids`); ``warn`` is then told how many.
+    reference, as the core would): the embeddings do not change. Default (``None``): on for
+    ``rtl`` (the core reads segment tables), off for ``int``. Texts longer than the model's
+    limit are truncated (:func:`token_ids`); ``warn`` is then told how many.
     """
     if not texts:
         raise BertError("no input texts")
@@ -62,7 +63,8 @@ def embed_texts(texts, *, backend, quantized=None, model=None, simulator="verila
     from .quant.artifact import load_artifact
     qm = load_artifact(quantized)
     if backend == "rtl":
-        return rtl_embeddings(qm, texts, simulator=simulator, pack=pack, warn=warn)[0]
+        return rtl_embeddings(qm, texts, simulator=simulator, pack=pack is not False,
+                              warn=warn)[0]
     if pack:
         from .packing import reference_runner
         config = core_for(qm)
@@ -127,13 +129,11 @@ def rtl_embeddings(qm, texts, *, simulator="verilator", config=None, progress=la
     info = {"cycles": None, "build_s": 0.0, "sim_s": 0.0, "sim_cycles": None, "runs": len(runs)}
     if runner is not None:
         words = runner(runs)
-    elif any(run.table for run in runs):
-        raise BertError("packed runs need a core that reads segment tables, which the RTL "
-                        "does not do yet: run without packing")
     else:
         image = pack_parameter_image(qm, config)
         sim = CoreSimulator(config, simulator)
-        res = sim.run(image, [(run.data, sum(run.lengths)) for run in runs], progress=progress)
+        res = sim.run(image, [(run.data, sum(run.lengths), run.table) for run in runs],
+                      progress=progress)
         if any(r["error"] for r in res.runs):
             raise BertError("the simulated core raised its error flag")
         words = [r["out"] for r in res.runs]

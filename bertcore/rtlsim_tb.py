@@ -42,8 +42,14 @@ async def drive_stream(clk, valid, ready, data, words, *, last=None, rng=None, s
         last.value = 0
 
 
-async def send_packet(dut, words, rng, stall):
-    """Drive ``words`` into ``s_axis_act`` (``tlast`` on the last one) with random idle cycles."""
+async def send_packet(dut, words, rng, stall, table=()):
+    """Drive ``words`` into ``s_axis_act`` (``tlast`` on the last one) with random idle cycles,
+    after the words of a segment ``table`` (``tuser`` set, a packed run) when given."""
+    if table:
+        dut.s_axis_act_tuser.value = 1
+        await drive_stream(dut.clk, dut.s_axis_act_tvalid, dut.s_axis_act_tready,
+                           dut.s_axis_act_tdata, table, rng=rng, stall=stall)
+    dut.s_axis_act_tuser.value = 0
     await drive_stream(dut.clk, dut.s_axis_act_tvalid, dut.s_axis_act_tready,
                        dut.s_axis_act_tdata, words, last=dut.s_axis_act_tlast, rng=rng,
                        stall=stall)
@@ -87,7 +93,7 @@ async def run_job(dut):
     job = json.loads(open(os.environ["BERTCORE_RTLSIM_JOB"]).read())
     rng = random.Random(job.get("seed", 1))
     stall = float(job.get("stall", 0.0))
-    for name in ("s_axis_act_tvalid", "s_axis_act_tlast", "s_axis_act_tdata",
+    for name in ("s_axis_act_tvalid", "s_axis_act_tlast", "s_axis_act_tuser", "s_axis_act_tdata",
                  "m_axis_act_tready", "param_go"):
         getattr(dut, name).value = 0
     # the clock toggles in the simulator's GPI layer (C++): a Python clock would wake Python twice
@@ -103,12 +109,13 @@ async def run_job(dut):
     try:
         for run in job["runs"]:
             words = [int(w, 16) for w in run["act"]]
+            table = [int(w, 16) for w in run.get("table", [])]
             start = cocotb.utils.get_sim_time("ns")
             wall, cpu = time.perf_counter(), time.process_time()
             dut.param_go.value = 1
             await RisingEdge(dut.clk)
             dut.param_go.value = 0
-            sender = cocotb.start_soon(send_packet(dut, words, rng, stall))
+            sender = cocotb.start_soon(send_packet(dut, words, rng, stall, table))
             out = await _receive(dut, rng, stall, 4 * run["out_beats"] + 4)
             await sender
             if dut.busy.value:

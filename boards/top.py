@@ -112,7 +112,10 @@ class UARTCoreTop(wiring.Component):
             connect(m, bridge.param, core.s_param)
         else:
             self._connect_store(m, bridge, core)
-        connect(m, bridge.act, core.s_act)
+        # (the bridge sends plain packets: tuser stays 0)
+        m.d.comb += [core.s_act.valid.eq(bridge.act.valid), bridge.act.ready.eq(core.s_act.ready),
+                     core.s_act.payload.data.eq(bridge.act.payload.data),
+                     core.s_act.payload.last.eq(bridge.act.payload.last)]
         connect(m, core.m_act, bridge.result)
         m.d.comb += [
             bridge.rx.eq(self.rx), self.tx.eq(bridge.tx),

@@ -25,6 +25,7 @@ from sim.runner import tb_params
 async def _reset(dut):
     dut.s_axis_act_tvalid.value = 0
     dut.s_axis_act_tlast.value = 0
+    dut.s_axis_act_tuser.value = 0
     dut.s_axis_act_tdata.value = 0
     dut.m_axis_act_tready.value = 0
     dut.param_en.value = 0
@@ -85,7 +86,7 @@ async def _run(dut, run, rng, stall, timeout):
     """One inference: start an image, send the activations, check the output."""
     await _go(dut)
     await _wait(dut, dut.busy, 1, timeout)
-    sender = cocotb.start_soon(_send_act(dut, run["act"], rng, stall))
+    sender = cocotb.start_soon(_send_act(dut, run["act"], rng, stall, run.get("table", ())))
     got = await _recv(dut, rng, stall, timeout)
     await sender
     assert got == run["out"], f"output mismatch: got {got[:4]}..., want {run['out'][:4]}..."

@@ -23,7 +23,7 @@ from bertcore.config import preset
 from bertcore.core.encoder import EncoderCore, EncoderTop
 from bertcore.core.image import (MAGIC, ImageError, activation_beats, image_beats,
                                  image_schedule, pack_activations, pack_parameter_image,
-                                 unpack_activations)
+                                 pack_segments, unpack_activations, unpack_segments)
 from bertcore.core.interp import run_image
 from bertcore.core.gemm import accumulator_range
 from bertcore.core.perf import array_beats, layer_cycles, run_cycles, utilization
@@ -189,6 +189,9 @@ def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
     """Amaranth simulation of ``dut`` (an :class:`EncoderCore`) over the sequences ``xs``,
     back to back; returns the outputs, the ``cycles`` and the ``layer_cycles`` of each run.
 
+    A run given as a list of sequences is a packed run (a segment table, then their rows); its
+    output is the list of the segments' outputs.
+
     ``images[r]`` (default all true) says whether run ``r`` gets the image on ``s_param`` (a
     resident core replays its stored image otherwise).
     """
@@ -212,23 +215,30 @@ def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
                 await ctx.tick()
             if images[r]:
                 await ctx.tick().until(dut.busy)      # the image of run r has started
-            words_x = pack_activations(x, cfg)
-            await stream_put(ctx, dut.s_act, [{"data": w, "last": int(i == len(words_x) - 1)}
-                                              for i, w in enumerate(words_x)],
-                             rng=rng, stall=stall)
+            table, words_x = (pack_segments(x, cfg) if isinstance(x, list)
+                              else ([], pack_activations(x, cfg)))
+            beats = [{"data": w, "last": 0, "user": 1} for w in table]
+            beats += [{"data": w, "last": int(i == len(words_x) - 1), "user": 0}
+                      for i, w in enumerate(words_x)]
+            await stream_put(ctx, dut.s_act, beats, rng=rng, stall=stall)
 
     async def get_out(ctx):
         rng = random.Random(seed + 2)
         for x in xs:
-            beats = await stream_get(ctx, dut.m_act, activation_beats(x.shape[0], cfg),
+            lengths = [s.shape[0] for s in x] if isinstance(x, list) else [x.shape[0]]
+            rows = sum(lengths)
+            beats = await stream_get(ctx, dut.m_act, activation_beats(rows, cfg),
                                      rng=rng, stall=stall)
             assert beats[-1]["last"] == 1 and all(b["last"] == 0 for b in beats[:-1])
             await ctx.tick().until(~dut.busy)
             assert not ctx.get(dut.error)
-            assert ctx.get(dut.array_beats) == array_beats(cfg, x.shape[0])
+            segments = lengths if isinstance(x, list) else None
+            assert ctx.get(dut.array_beats) == array_beats(cfg, rows, segments)
             cycles.append(ctx.get(dut.cycles))
             layer_cycles.append(ctx.get(dut.layer_cycles))
-            outputs.append(unpack_activations([b["data"] for b in beats], x.shape[0], cfg))
+            words = [b["data"] for b in beats]
+            outputs.append(unpack_segments(words, lengths, cfg) if segments
+                           else unpack_activations(words, rows, cfg))
 
     simulate(dut, put_param, put_act, get_out, name="core", deadline=deadline)
     return outputs, cycles, layer_cycles
@@ -267,7 +277,7 @@ class ImageReplayTop(wiring.Component):
             "param_go": In(1), "param_en": In(1), "corrupt": In(1), "short_image": In(1),
             "s_axis_param_tvalid": Out(1), "s_axis_param_tready": Out(1),
             "s_axis_act_tdata": In(bus), "s_axis_act_tvalid": In(1),
-            "s_axis_act_tready": Out(1), "s_axis_act_tlast": In(1),
+            "s_axis_act_tready": Out(1), "s_axis_act_tlast": In(1), "s_axis_act_tuser": In(1),
             "m_axis_act_tdata": Out(bus), "m_axis_act_tvalid": Out(1),
             "m_axis_act_tready": In(1), "m_axis_act_tlast": Out(1),
             "busy": Out(1), "error": Out(1), "cycles": Out(32), "array_beats": Out(32),
@@ -301,7 +311,7 @@ class ImageReplayTop(wiring.Component):
             with m.If(last):
                 m.d.sync += [idx.eq(0), armed.eq(0)]
         for name in ("s_axis_act_tdata", "s_axis_act_tvalid", "s_axis_act_tlast",
-                     "m_axis_act_tready"):
+                     "s_axis_act_tuser", "m_axis_act_tready"):
             m.d.comb += getattr(top, name).eq(getattr(self, name))
         for name in ("s_axis_act_tready", "m_axis_act_tdata", "m_axis_act_tvalid",
                      "m_axis_act_tlast", "busy", "error", "cycles", "array_beats", "layer_cycles"):
@@ -372,7 +382,7 @@ def test_core_ports():
     header = text[text.index("module bertcore_encoder("):].split(";")[0]
     for port in ("clk", "rst", "s_axis_param_tdata", "s_axis_param_tvalid",
                  "s_axis_param_tready", "s_axis_param_tlast", "s_axis_act_tdata",
-                 "s_axis_act_tvalid", "s_axis_act_tready", "s_axis_act_tlast",
+                 "s_axis_act_tvalid", "s_axis_act_tready", "s_axis_act_tlast", "s_axis_act_tuser",
                  "m_axis_act_tdata", "m_axis_act_tvalid", "m_axis_act_tready",
                  "m_axis_act_tlast", "busy", "error", "cycles", "array_beats", "layer_cycles"):
         assert port in header.replace("(", " ").replace(",", " ").replace(")", " ").split(), port
@@ -470,8 +480,8 @@ def test_core_resident(tiny_core, tiny_image):
     words = pack_activations(xs[0], cfg)
 
     async def act_first(ctx):
-        await stream_put(ctx, dut.s_act, [{"data": w, "last": int(i == len(words) - 1)}
-                                          for i, w in enumerate(words)])
+        await stream_put(ctx, dut.s_act, [{"data": w, "last": int(i == len(words) - 1),
+                                           "user": 0} for i, w in enumerate(words)])
         await ctx.tick().until(dut.error)
         await ctx.tick().until(~dut.busy)
         for _ in range(16):

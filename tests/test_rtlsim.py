@@ -19,11 +19,14 @@ def artifact(tmp_path_factory, tiny_dir):  # noqa: F811
     return out
 
 
-@pytest.mark.parametrize("simulator, texts", [("verilator", TINY_EVAL), ("icarus", TINY_EVAL[2:])])
-def test_embed_rtl_is_identical_to_int(tmp_path, artifact, simulator, texts):
+@pytest.mark.parametrize("simulator, texts, pack", [
+    ("verilator", TINY_EVAL, []), ("verilator", TINY_EVAL[:3], ["--no-pack"]),
+    ("icarus", TINY_EVAL[1:], [])])
+def test_embed_rtl_is_identical_to_int(tmp_path, artifact, simulator, texts, pack):
+    """Packed runs (the default of --backend rtl) and one run per text (--no-pack)."""
     rtl, ref = tmp_path / "rtl.npy", tmp_path / "int.npy"
     assert main(["embed", "--quantized", str(artifact), "--backend", "rtl", "--simulator",
-                 simulator, *texts, "-o", str(rtl)]) == 0
+                 simulator, *pack, *texts, "-o", str(rtl)]) == 0
     assert main(["embed", "--quantized", str(artifact), "--backend", "int", *texts,
                  "-o", str(ref)]) == 0
     a, b = np.load(rtl), np.load(ref)

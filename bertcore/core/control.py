@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out
 
 from bertcore.rtl.fsm import Fsm
 
-from .common import bus_signature
+from .common import act_signature, bus_signature
 from .image import image_beats
 
 __all__ = ["RunControl"]
@@ -25,11 +25,11 @@ class RunControl(wiring.Component):
 
     Members
     -------
-    s_param, s_act : ``In(bus_signature(bus_width))``
+    s_param, s_act : ``In(bus_signature(bus_width))``, ``In(act_signature(bus_width))``
         The core's input streams (after their port register slices).
     m_act : ``Out(bus_signature(bus_width))``
         The core's output stream (before its port register slice).
-    dp_param, dp_act : ``Out(bus_signature(bus_width))``
+    dp_param, dp_act : ``Out(bus_signature(bus_width))``, ``Out(act_signature(bus_width))``
         The datapath's input streams (the image replayed from memory with ``resident``).
     dp_out : ``In(bus_signature(bus_width))``
         The datapath's output stream.
@@ -46,9 +46,10 @@ class RunControl(wiring.Component):
     def __init__(self, config):
         self._c = config
         bus = bus_signature(config.bus_width)
+        act = act_signature(config.bus_width)         # tuser: segment-table beats
         super().__init__({
-            "s_param": In(bus), "s_act": In(bus), "m_act": Out(bus),
-            "dp_param": Out(bus), "dp_act": Out(bus), "dp_out": In(bus),
+            "s_param": In(bus), "s_act": In(act), "m_act": Out(bus),
+            "dp_param": Out(bus), "dp_act": Out(act), "dp_out": In(bus),
             "dp_start": Out(1), "dp_done": In(1), "dp_fail": In(1), "dp_fault": In(1),
             "dp_beat": In(1), "dp_layer_mark": In(1), "abort": Out(1),
             "busy": Out(1), "error": Out(1), "cycles": Out(32), "array_beats": Out(32),

@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out, connect, flipped
 
 from .attention import SoftmaxPass
 from .buffers import Buffers
-from .common import bus_signature
+from .common import act_signature, bus_signature
 from .gemm import GemmEngine
 from .loader import ParameterLoader
 from .norm import LayerNormPass
@@ -30,8 +30,10 @@ class Datapath(wiring.Component):
 
     Members
     -------
-    param, act : ``In(bus_signature(bus_width))``
-        The parameter image and the activation packet of the run.
+    param : ``In(bus_signature(bus_width))``
+        The parameter image of the run.
+    act : ``In(act_signature(bus_width))``
+        The activation packet of the run (``user``: segment-table beats of a packed packet).
     out : ``Out(bus_signature(bus_width))``
         The output packet.
     start : ``In(1)``
@@ -40,7 +42,7 @@ class Datapath(wiring.Component):
         The run ended (a one-cycle pulse after the output's last beat was delivered).
     fail : ``Out(1)``
         A protocol error: a bad image header or length, a sequence of 0 or more than
-        ``max_seq`` positions.
+        ``max_seq`` positions, a malformed segment table or rows that differ from it.
     fault : ``Out(1)``
         An internal unit flagged an error.
     beat : ``Out(1)``
@@ -53,7 +55,7 @@ class Datapath(wiring.Component):
         self._c = config
         bus = bus_signature(config.bus_width)
         super().__init__({
-            "param": In(bus), "act": In(bus), "out": Out(bus),
+            "param": In(bus), "act": In(act_signature(config.bus_width)), "out": Out(bus),
             "start": In(1), "done": Out(1), "fail": Out(1), "fault": Out(1),
             "beat": Out(1), "layer_mark": Out(1),
         })
@@ -85,8 +87,11 @@ class Datapath(wiring.Component):
         for ho in ("slots", "scalars_ho", "ln_slots"):
             connect(m, getattr(loader, ho), getattr(seq, ho))
         m.d.comb += [seq.in_length.eq(inp.length), seq.in_blocks.eq(inp.blocks),
-                     smax.seq_len.eq(seq.seq_len), ln.seq_len.eq(seq.seq_len),
-                     outp.seq_len.eq(seq.seq_len)]
+                     seq.in_packed.eq(inp.packed), inp.r_addr.eq(seq.seg_addr),
+                     seq.seg_start.eq(inp.r_start), seq.seg_end.eq(inp.r_end),
+                     smax.keys.eq(seq.keys), smax.key0.eq(seq.key0),
+                     smax.row_lo.eq(seq.row_lo), smax.row_hi.eq(seq.row_hi),
+                     ln.seq_len.eq(seq.seq_len), outp.seq_len.eq(seq.seq_len)]
         # parameters: loader -> job engine, softmax pass, LayerNorm pass
         m.d.comb += [loader.panel_slot.eq(gemm.panel_slot), gemm.panel.eq(loader.panel),
                      gemm.scalars.eq(loader.scalars)]

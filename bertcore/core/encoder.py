@@ -34,7 +34,8 @@ Components (one per file of :mod:`bertcore.core`, composed by :class:`EncoderCor
 
 :mod:`~bertcore.core.buffers` describes the buffers' layout (banked by position, so one read
 of every bank gives the ``N`` rows of an A operand beat); the array's A operand is
-``signed(9)`` so both int8 activations and uint8 probabilities fit.
+``signed(prob_bits + 1)`` so both int8 activations and the ``prob_bits``-bit probabilities fit
+(``gemm.accumulator_range`` sizes its accumulators).
 
 Schedule (sequential, one job at a time; the loader runs ahead)
 ----------------------------------------------------------------
@@ -67,7 +68,7 @@ from bertcore.config import CoreConfig
 from bertcore.rtl.common import rejecting
 from bertcore.rtl.stream import RegisterSlice
 
-from .common import bus_layout
+from .common import act_layout, bus_layout
 from .control import RunControl
 from .datapath import Datapath
 from .image import check_core_config
@@ -87,8 +88,10 @@ class EncoderCore(wiring.Component):
     -------
     s_param : ``In(stream.Signature(bus_layout(bus_width)))``
         The parameter image (:func:`bertcore.core.image.pack_parameter_image`), once per run.
-    s_act : ``In(stream.Signature(bus_layout(bus_width)))``
-        The int8 input of one sequence (:func:`bertcore.core.image.pack_activations`).
+    s_act : ``In(stream.Signature(act_layout(bus_width)))``
+        The int8 input of one sequence (:func:`bertcore.core.image.pack_activations`) or of
+        several (a packed packet: ``user`` on the beats of its segment table,
+        :func:`bertcore.core.image.pack_segments`).
     m_act : ``Out(stream.Signature(bus_layout(bus_width)))``
         The int8 output of the last layer, same layout.
     busy : ``Out(1)``
@@ -105,7 +108,8 @@ class EncoderCore(wiring.Component):
         layer to the end of its second LayerNorm; :func:`bertcore.core.perf.layer_cycles`).
 
     Protocol errors (bad image header or length, an activation beat while idle, a sequence of
-    0 or more than ``max_seq`` rows) raise ``error``, abort the run, drop the open packets up to
+    0 or more than ``max_seq`` rows, a malformed segment table or rows that differ from it)
+    raise ``error``, abort the run, drop the open packets up to
     their ``tlast`` and return to idle.
 
     With ``config.resident`` the image of a successful run is kept in an on-chip memory
@@ -130,7 +134,7 @@ class EncoderCore(wiring.Component):
         layout = bus_layout(config.bus_width)
         super().__init__({
             "s_param": In(stream.Signature(layout)),
-            "s_act": In(stream.Signature(layout)),
+            "s_act": In(stream.Signature(act_layout(config.bus_width))),
             "m_act": Out(stream.Signature(layout)),
             "busy": Out(1),
             "error": Out(1),
@@ -176,7 +180,7 @@ class EncoderTop(wiring.Component):
     """:class:`EncoderCore` with flat AXI4-Stream port names (``s_axis_param_tdata`` ...).
 
     ``verilog.convert(EncoderTop(config), name="bertcore_encoder")`` emits ``clk``, ``rst``,
-    ``s_axis_param_tdata/tvalid/tready/tlast``, ``s_axis_act_tdata/tvalid/tready/tlast``,
+    ``s_axis_param_tdata/tvalid/tready/tlast``, ``s_axis_act_tdata/tvalid/tready/tlast/tuser``,
     ``m_axis_act_tdata/tvalid/tready/tlast``, ``busy``, ``error``, ``cycles``, ``array_beats``
     and ``layer_cycles``.
     """
@@ -188,7 +192,7 @@ class EncoderTop(wiring.Component):
             "s_axis_param_tdata": In(bus), "s_axis_param_tvalid": In(1),
             "s_axis_param_tready": Out(1), "s_axis_param_tlast": In(1),
             "s_axis_act_tdata": In(bus), "s_axis_act_tvalid": In(1),
-            "s_axis_act_tready": Out(1), "s_axis_act_tlast": In(1),
+            "s_axis_act_tready": Out(1), "s_axis_act_tlast": In(1), "s_axis_act_tuser": In(1),
             "m_axis_act_tdata": Out(bus), "m_axis_act_tvalid": Out(1),
             "m_axis_act_tready": In(1), "m_axis_act_tlast": Out(1),
             "busy": Out(1), "error": Out(1), "cycles": Out(32), "array_beats": Out(32),
@@ -207,6 +211,7 @@ class EncoderTop(wiring.Component):
                          s.payload.last.eq(getattr(self, f"{name}_tlast")),
                          s.valid.eq(getattr(self, f"{name}_tvalid")),
                          getattr(self, f"{name}_tready").eq(s.ready)]
+        m.d.comb += core.s_act.payload.user.eq(self.s_axis_act_tuser)
         m.d.comb += [self.m_axis_act_tdata.eq(core.m_act.payload.data),
                      self.m_axis_act_tlast.eq(core.m_act.payload.last),
                      self.m_axis_act_tvalid.eq(core.m_act.valid),

@@ -2,7 +2,9 @@
 
 Per tile of a job it reads ``k`` operand beats: the A operand (``N`` rows) from one row read
 of an activation buffer (X, Q, A, H) or of P, the B operand (``N`` columns) from the loader's
-panel buffer (weights), from K (``Kᵀ``, scores) or from V (``P·V``). The words it reads are
+panel buffer (weights), from K (``Kᵀ``, scores) or from V (``P·V``); the K and V reads start
+at the job's first key block ``kb`` (a packed run skips the key blocks outside a query block's
+segments). The words it reads are
 picked apart one cycle later (stage ``s1``) and reach the array through one register slice.
 """
 
@@ -112,8 +114,8 @@ class OperandFeeder(wiring.Component):
         for port in (self.x, self.q, self.a, self.h):
             m.d.comb += [port.addr.eq(a_addr), port.en.eq(adv)]
         m.d.comb += [self.p.addr.eq(f_kw), self.p.en.eq(adv),
-                     self.k.addr.eq(f_t * CWH + job.chw + f_kw), self.k.en.eq(adv),
-                     self.v.addr.eq(f_kw * CWH + job.chw + f_t), self.v.en.eq(adv),
+                     self.k.addr.eq((job.kb + f_t) * CWH + job.chw + f_kw), self.k.en.eq(adv),
+                     self.v.addr.eq((job.kb + f_kw) * CWH + job.chw + f_t), self.v.en.eq(adv),
                      self.panel.addr.eq(f_paddr), self.panel.en.eq(adv)]
         s1_asrc = Signal.like(job.asrc)
         s1_kind = Signal.like(job.kind)

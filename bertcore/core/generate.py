@@ -215,6 +215,7 @@ module {name}_tb;
     assign s_axis_act_tvalid = !rst && pi > 0 && ai < ACT_BEATS;
     assign s_axis_act_tdata = aword[BUS-1:0];
     assign s_axis_act_tlast = aword[BUS];
+    assign s_axis_act_tuser = 1'b0;       // a plain packet (no segment table)
     wire [BUS:0] want = golden[oi < ACT_BEATS ? oi : 0];
 
     always @(posedge clk) begin
