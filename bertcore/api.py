@@ -100,7 +100,8 @@ class SentenceEncoder:
             if config is None:
                 from .embed import preset_for
                 _, config = preset_for(qm.shape)
-            config.check_model(qm.shape)
+            from .core.image import check_model
+            check_model(qm, config)
             port = self._port
             if isinstance(port, str):
                 port = open_port(port, self._baud or DEFAULT_BAUD)

@@ -156,7 +156,9 @@ def cmd_quantize(args):
     texts = (_read_lines(args.calibration, "calibration") if args.calibration
              else default_calibration_texts())
     try:
-        opts = QuantOptions(act_granularity=args.act_granularity, percentile=args.percentile)
+        extra = {} if args.prob_bits is None else {"prob_bits": args.prob_bits}
+        opts = QuantOptions(act_granularity=args.act_granularity, percentile=args.percentile,
+                            **extra)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     model = quantize(ckpt, texts, opts)
@@ -195,7 +197,8 @@ def cmd_embed(args):
     if args.pack is None:                     # the default: packed on the core, not on int
         args.pack = args.backend == "rtl"
     emb = embed_texts(texts, backend=args.backend, quantized=args.quantized, model=args.model,
-                      simulator=args.simulator, pack=args.pack)
+                      simulator=args.simulator, pack=args.pack,
+                      warn=lambda msg: print(f"bertcore: {msg}", file=sys.stderr))
     with _atomic_file(out) as tmp, open(tmp, "wb") as f:
         np.save(f, emb.astype(np.float32))
     print(f"wrote {emb.shape[0]} embeddings of dimension {emb.shape[1]} to {out}")
@@ -218,14 +221,15 @@ def cmd_presets(args):
     from .core.image import image_beats
     print(f"{'preset':10s} {'hidden':>6s} {'heads':>5s} {'ffn':>5s} {'layers':>6s} "
           f"{'max_seq':>7s} {'array':>7s} {'smax+LN':>7s} {'bus':>4s} {'MAC/cycle':>9s} "
-          f"{'util@max':>8s} {'image MB':>8s}")
+          f"{'prob':>4s} {'util@max':>8s} {'image MB':>8s}")
     for name, c in PRESETS.items():
         mb = image_beats(c) * c.bus_width / 8 / 1e6
         units = f"{c.softmax_units}+{c.layernorm_units}"
         # util@max: modeled PE utilization of one layer at max_seq (bertcore.core.perf)
         print(f"{name:10s} {c.hidden:6d} {c.heads:5d} {c.ffn:5d} {c.layers:6d} {c.max_seq:7d} "
               f"{c.array_rows:>3d}x{c.array_cols:<3d} {units:>7s} {c.bus_width:4d} "
-              f"{c.array_rows * c.array_cols:9d} {perf.utilization(c, c.max_seq):8.1%} "
+              f"{c.array_rows * c.array_cols:9d} {c.prob_bits:4d} "
+              f"{perf.utilization(c, c.max_seq):8.1%} "
               f"{mb:8.2f}")
 
 
@@ -261,7 +265,8 @@ def cmd_generate(args):
     if args.quantized:
         from .quant.artifact import load_artifact
         model = load_artifact(args.quantized)
-        cfg.check_model(model.shape)
+        from .core.image import check_model
+        check_model(model, cfg)
     # written into a temporary directory beside the output, moved there when complete: an
     # error or an interrupt leaves nothing behind
     with _atomic_dir(out) as tmp:
@@ -615,7 +620,8 @@ def _board_model(args):
         if cfg is None:
             from .embed import preset_for
             _, cfg = preset_for(qm.shape)
-        cfg.check_model(qm.shape)
+        from .core.image import check_model
+        check_model(qm, cfg)
     elif cfg is None:
         raise CliError("give --board NAME, --preset NAME or --config FILE (or --quantized FILE "
                        "of a preset's shape)")
@@ -796,6 +802,10 @@ def _add_quantize(sub):
                    help="scale granularity of int8 LayerNorm/GELU outputs (default: channel)")
     q.add_argument("--percentile", type=float, default=100.0,
                    help="calibration percentile of |x| (default: 100, the maximum)")
+    q.add_argument("--prob-bits", type=int, default=None, metavar="B",
+                   help="width of the unsigned attention probabilities, 8..16 (default: 16); "
+                        "a core runs the artifact only if it computes the same width "
+                        "(CoreConfig.prob_bits)")
     q.add_argument("-o", "--output", required=True, metavar="OUT", help="artifact to write")
 
 

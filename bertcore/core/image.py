@@ -35,7 +35,8 @@ __all__ = [
     "PANEL_GROUPS", "LN_AFTER", "ImageError", "Vector", "image_schedule", "image_beats",
     "header_words", "vector_beats", "scalar_slices", "max_vector_bits",
     "config_fingerprint",
-    "check_core_config", "pack_parameter_image", "image_to_hex", "pack_activations",
+    "check_core_config", "check_model",
+    "pack_parameter_image", "image_to_hex", "pack_activations",
     "unpack_activations", "activation_beats", "scalar_fields",
     "SEGMENT_LANE_BITS", "segment_table_beats", "pack_segment_table", "parse_segment_table",
     "pack_segments", "unpack_segments", "check_activation_packet",
@@ -191,11 +192,35 @@ def check_core_config(config):
 
 
 def config_fingerprint(config):
-    """32-bit CRC of the fields that define the image layout (not ``max_seq``/``resident``)."""
+    """32-bit CRC of the fields that define the image layout and the arithmetic its values are
+    made for (not ``max_seq``/``resident``/unit counts): a core refuses an image packed for a
+    core with other probability widths (``prob_bits``), whose ``ctx_e`` differs."""
     text = (f"bertcore-image v{FORMAT_VERSION} hidden={config.hidden} heads={config.heads} "
             f"ffn={config.ffn} layers={config.layers} array={config.array_rows}x"
             f"{config.array_cols} bus={config.bus_width}")
+    if config.prob_bits != 8:        # (images of 8-bit cores keep their earlier fingerprint)
+        text += f" prob_bits={config.prob_bits}"
     return zlib.crc32(text.encode())
+
+
+def check_model(int_model, config):
+    """Raise :class:`ImageError` unless a core of ``config`` runs ``int_model``: the same
+    encoder shape and the same arithmetic (the width ``prob_bits`` of the attention
+    probabilities, at a fixed scale)."""
+    s = int_model.shape
+    for name, want in (("hidden", s.hidden), ("heads", s.heads), ("ffn", s.ffn),
+                       ("layers", s.layers)):
+        if getattr(config, name) != want:
+            raise ImageError(f"the model has {name}={want}, the core {getattr(config, name)}")
+    opts = int_model.opts
+    if opts.prob_scale != "fixed":
+        raise ImageError(f"the model was quantized with prob_scale={opts.prob_scale!r}; the "
+                         f"core computes probabilities at a fixed scale (prob_scale='fixed')")
+    if opts.prob_bits != config.prob_bits:
+        raise ImageError(f"the model was quantized with prob_bits={opts.prob_bits}, the core "
+                         f"computes {config.prob_bits}-bit attention probabilities (quantize "
+                         f"with --prob-bits {config.prob_bits}, or use a core with "
+                         f"prob_bits={opts.prob_bits})")
 
 
 def panel_k(config, group):
@@ -321,13 +346,10 @@ def pack_parameter_image(int_model, config):
     Raises
     ------
     ImageError
-        If the model's shape does not match ``config`` or a value does not fit its field.
+        If the model's shape or arithmetic does not match ``config`` (:func:`check_model`) or
+        a value does not fit its field.
     """
-    s = int_model.shape
-    for name, want in (("hidden", s.hidden), ("heads", s.heads), ("ffn", s.ffn),
-                       ("layers", s.layers)):
-        if getattr(config, name) != want:
-            raise ImageError(f"the model has {name}={want}, the core {getattr(config, name)}")
+    check_model(int_model, config)
     t = int_model.t
     bus = config.bus_width
     n = config.array_cols

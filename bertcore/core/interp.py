@@ -136,7 +136,8 @@ def run_image(words, x, config, segments=None):
         for h in range(config.heads):
             ch = slice(h * hd, (h + 1) * hd)
             scores = q[:, ch] @ k[:, ch].T
-            p = K.int_softmax_int(scores, smk, output_bits=8, saturate_output=True, mask=mask)
+            p = K.int_softmax_int(scores, smk, output_bits=config.prob_bits,
+                                  saturate_output=True, mask=mask)
             ctx[:, ch] = K.requantize(p @ v[:, ch], sc["ctx_m"], sc["ctx_e"], 8)
         r1 = panels("o", ctx, residual=x)
         a = layernorm(r1)
