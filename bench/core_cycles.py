@@ -80,7 +80,7 @@ def minilm_table():
     cfg = preset("minilm")
     lines = ["| L | cycles / layer | PE utilization | QKV | attention | O | LN x2 | FFN1 | FFN2 |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for n in (16, 32, 64, 128):
+    for n in sorted({16, 32, 64, 128, cfg.max_seq}):
         parts = perf.breakdown(cfg, n)
         total = sum(parts.values())
         shares = " | ".join(f"{parts[k] / total:.1%}" for k in parts)
