@@ -12,8 +12,11 @@ The weights are random (a model of the preset's shape; cycles do not depend on t
 `--model minilm` uses the real all-MiniLM-L6-v2 parameters instead (needs --layers 6). The
 analytic model (bertcore.core.perf) is printed beside each measurement with its disagreement.
 The very last line is `pe_utilization=0.xx` for --seq. Target (issue 4): >= 0.90 at seq 128.
+With --packed K a packed run of --seq rows (K segments of seq/K rows, docs/interface.md "Packed
+runs") is measured too; its utilization counts the MACs of the segments' own attention only.
 
     .venv/bin/python bench/utilization.py --preset minilm --seq 128
+    .venv/bin/python bench/utilization.py --preset minilm --seq 128 --also "" --packed 8
 """
 
 import argparse
@@ -36,7 +39,13 @@ def main():
     ap.add_argument("--layers", type=int, default=1, help="encoder layers of the simulated core")
     ap.add_argument("--model", choices=("random", "minilm"), default="random")
     ap.add_argument("--simulator", default="verilator")
+    ap.add_argument("--packed", type=int, default=0, metavar="K",
+                    help="also a packed run of --seq rows: K segments of seq/K rows")
     args = ap.parse_args()
+    if args.packed and (args.packed < 1 or args.seq % args.packed):
+        print(f"utilization.py: error: --packed must divide --seq ({args.seq}), not "
+              f"{args.packed}", file=sys.stderr)
+        return 2
     cfg = preset(args.preset).replace(layers=args.layers)
     if args.model == "minilm":
         from bertcore.checkpoint import load_checkpoint
@@ -70,6 +79,16 @@ def main():
               f"{perf.utilization(cfg, seq):10.3f} {cycles:10d}")
     print("where a layer's cycles go (model, seq %d): %s"
           % (args.seq, perf.breakdown(cfg, args.seq)))
+    if args.packed:
+        segs = [args.seq // args.packed] * args.packed
+        same, _, res_p = check_core(cfg, model, segs, simulator=args.simulator, pack=True)
+        ok = ok and same
+        layer = res_p.runs[0]["layer_cycles"]
+        model_layer = perf.layer_cycles(cfg, args.seq, segs)
+        print(f"packed {args.packed} x {segs[0]} rows: bit-exact {same}, layer cycles {layer} "
+              f"(model {model_layer}, {(model_layer - layer) / layer:+.1%}), PE utilization "
+              f"{perf.macs_per_layer(cfg, args.seq, segs) / (pes * layer):.3f} (model "
+              f"{perf.utilization(cfg, args.seq, segs):.3f})")
     if not ok:
         print("the simulated core differs from the integer reference", file=sys.stderr)
     print(f"pe_utilization={util[args.seq]:.2f}")
