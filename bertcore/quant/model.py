@@ -61,6 +61,11 @@ class QuantOptions:
     act_margin : float
         Headroom factor of the per-channel int8 outputs (LayerNorm, GELU) over the calibrated
         per-channel range: a few calibration texts see only part of each channel's range.
+    gelu_floor : float
+        The calibrated range of each GELU output channel is taken as at least ``gelu_floor``
+        times that channel's calibrated ``|x|`` range at the GELU input (before
+        ``act_margin``). A channel that stays negative on the calibration texts (GELU output
+        near 0) can fire on a token they lack; its input range says how far. 0: off.
     pack_tokens : int
         Length-aware calibration: besides each calibration text alone, the texts joined end to
         end into sequences of up to ``pack_tokens`` tokens (0: off), so that the activation
@@ -80,6 +85,7 @@ class QuantOptions:
     percentile: float = 100.0
     residual_margin: float = 2.0
     act_margin: float = 2.0
+    gelu_floor: float = 0.35
     pack_tokens: int = 256
     pack_rounds: int = 4
     prob_scale: str = "fixed"
@@ -95,6 +101,8 @@ class QuantOptions:
             raise ValueError(f"residual_margin must be >= 1, not {self.residual_margin!r}")
         if not self.act_margin >= 1.0:
             raise ValueError(f"act_margin must be >= 1, not {self.act_margin!r}")
+        if not self.gelu_floor >= 0.0:
+            raise ValueError(f"gelu_floor must be >= 0, not {self.gelu_floor!r}")
         if self.pack_tokens < 0:
             raise ValueError(f"pack_tokens must be >= 0, not {self.pack_tokens!r}")
         if self.pack_rounds < 1:
@@ -236,9 +244,14 @@ class _Scales:
         pct = self.opts.percentile if pct is None else pct
         return max(self.cal.percentile(key, pct), 1e-8) / _qmax(bits)
 
-    def int8_out(self, key):
-        """Scale vector of an int8 activation produced by a per-channel requantizer."""
+    def int8_out(self, key, floor=None):
+        """Scale vector of an int8 activation produced by a per-channel requantizer.
+
+        ``floor`` (a per-channel range) bounds the calibrated range from below.
+        """
         cm = self.cal.channel_percentile(key, self.opts.percentile).to(torch.float64)
+        if floor is not None:
+            cm = torch.maximum(cm, floor.to(torch.float64))
         n = cm.numel()
         if self.opts.act_granularity == "tensor":
             return torch.full((n,), self.tensor(key), dtype=torch.float64)
@@ -336,7 +349,7 @@ def quantize(ckpt, texts, opts=QuantOptions()):
         t[L + "ffn1.m"], t[L + "ffn1.e"] = K.requant_params(s_acc / s_g)
         g = K.gelu_constants(s_g)
         lc["gelu"] = {"b": int(g["b"]), "c": int(g["c"]), "q1": int(g["q1"])}
-        s_h = sc.int8_out(f"{i}.gelu")
+        s_h = sc.int8_out(f"{i}.gelu", floor=opts.gelu_floor * cal.chan_max[f"{i}.ffn1"])
         t[L + "gelu.out_scale"] = s_h.clone()
         t[L + "gelu.m"], t[L + "gelu.e"] = K.requant_params(float(g["scale_out"]) / s_h)
         # FFN2 + residual -> 22 bits -> LayerNorm -> int8 (the next layer's input)
