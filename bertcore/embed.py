@@ -83,6 +83,10 @@ def rtl_embeddings(qm, texts, *, simulator="verilator", config=None, progress=la
         raise BertError(f"the core computes uint8 attention probabilities at scale 2**-8; this "
                         f"model was quantized with prob_bits={qm.opts.prob_bits}, "
                         f"prob_scale={qm.opts.prob_scale!r} (use --backend int)")
+    if (qm.opts.gelu_bits, qm.opts.gelu_zero_point) != (8, False):
+        raise BertError(f"the core computes int8 GELU outputs without an offset; this model was "
+                        f"quantized with gelu_bits={qm.opts.gelu_bits}, "
+                        f"gelu_zero_point={qm.opts.gelu_zero_point} (use --backend int)")
     if config is None:
         _, config = preset_for(qm.shape)
     xs = []

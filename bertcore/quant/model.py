@@ -80,6 +80,15 @@ class QuantOptions:
     prob_bits : int
         Width of the unsigned attention probabilities (8..16; 8 is the uint8 operand the RTL
         has). Changes the arithmetic the RTL follows.
+    gelu_bits : int
+        Width of the signed GELU output, the FFN2 GEMM's activation operand (8..16; 8 is the
+        int8 operand the RTL has). Changes the arithmetic the RTL follows.
+    gelu_zero_point : bool
+        Asymmetric GELU output: GELU's values lie in [-0.17, max], so each channel's range
+        ``[-GELU_OUT_MIN, hi]`` is mapped onto the whole signed range by a per-channel offset
+        ``z`` (added by the GELU output requantizer as a pre-shift bias ``z * 2**e``) that FFN2
+        takes out of its bias (``b - sum_c W[j, c] * z[c]``, exact). One bit finer than the
+        symmetric scale. Changes the arithmetic the RTL follows.
     """
     act_granularity: str = "channel"
     percentile: float = 100.0
@@ -90,6 +99,8 @@ class QuantOptions:
     pack_rounds: int = 4
     prob_scale: str = "fixed"
     prob_bits: int = 8
+    gelu_bits: int = 8
+    gelu_zero_point: bool = False
 
     def __post_init__(self):
         if self.act_granularity not in ("channel", "tensor"):
@@ -111,6 +122,8 @@ class QuantOptions:
             raise ValueError(f"prob_scale must be 'fixed' or 'row', not {self.prob_scale!r}")
         if not 8 <= self.prob_bits <= 16:
             raise ValueError(f"prob_bits must lie in 8..16, not {self.prob_bits!r}")
+        if not 8 <= self.gelu_bits <= 16:
+            raise ValueError(f"gelu_bits must lie in 8..16, not {self.gelu_bits!r}")
 
 
 class Calibration:
@@ -244,8 +257,9 @@ class _Scales:
         pct = self.opts.percentile if pct is None else pct
         return max(self.cal.percentile(key, pct), 1e-8) / _qmax(bits)
 
-    def int8_out(self, key, floor=None):
-        """Scale vector of an int8 activation produced by a per-channel requantizer.
+    def int8_out(self, key, floor=None, bits=INT8):
+        """Scale vector of an int8 (``bits``-bit) activation produced by a per-channel
+        requantizer.
 
         ``floor`` (a per-channel range) bounds the calibrated range from below.
         """
@@ -257,7 +271,7 @@ class _Scales:
             return torch.full((n,), self.tensor(key), dtype=torch.float64)
         # floor dead channels at 1/1000 of the tensor maximum so the folded weights stay bounded
         cm = cm * self.opts.act_margin
-        return cm.clamp_min(float(cm.max()) * 1e-3).clamp_min(1e-8) / _qmax(INT8)
+        return cm.clamp_min(float(cm.max()) * 1e-3).clamp_min(1e-8) / _qmax(bits)
 
     def residual(self, key, s_in):
         """Scale of a 22-bit residual sum whose int8 term has the scale vector ``s_in``.
@@ -277,6 +291,42 @@ def _ln_out(gamma, beta, s_out):
     m, e = K.requant_params(gamma.to(torch.float64) * s_norm / s_out)
     bias = torch.round(beta.to(torch.float64) / s_out * torch.pow(2.0, e.to(torch.float64)))
     return m, e, bias.to(torch.int64)
+
+
+#: Most negative GELU output (exact GELU: -0.16997 at x = -0.75; I-BERT's i-GELU: -0.1675), with a
+#: little headroom: the low end of every GELU output channel with ``gelu_zero_point``.
+GELU_OUT_MIN = 0.171
+
+
+def _zero_point(s_sym, bits):
+    """Asymmetric form of a GELU output whose symmetric scales are ``s_sym`` (per channel).
+
+    The channel range ``[-GELU_OUT_MIN, hi]`` (``hi = s_sym * qmax``) spans all ``2**bits``
+    codes: ``s = (hi + GELU_OUT_MIN) / (2**bits - 1)``, offset ``z = -2**(bits-1) +
+    ceil(GELU_OUT_MIN / s)``, so a real value ``g`` is the integer ``round(g / s) + z``.
+    Returns ``(s, z)``.
+    """
+    hi = s_sym * _qmax(bits)
+    s = (hi + GELU_OUT_MIN) / ((1 << bits) - 1)
+    z = torch.ceil(GELU_OUT_MIN / s).to(torch.int64) - (1 << (bits - 1))
+    return s, torch.clamp(z, max=_qmax(bits))
+
+
+def _shifted(z, e, what):
+    """The pre-shift bias ``z * 2**e`` of a requantizer that adds ``z`` after its shift."""
+    bias = z.to(torch.int64) << e.to(torch.int64)
+    if bool((bias.abs() >= 1 << 62).any()):
+        raise BertError(f"{what} does not fit 62 bits")
+    return bias
+
+
+def _fold_offset(b_int, w_int, z, what):
+    """``b - sum_c w[j, c] * z[c]``: an input offset ``z`` folded into a GEMM's int32 bias."""
+    b = b_int.to(torch.int64) - w_int.to(torch.int64) @ z.to(torch.int64)
+    lo, hi = K.int_range(32)
+    if bool((b < lo).any()) or bool((b > hi).any()):
+        raise BertError(f"{what} does not fit 32 bits")
+    return b.to(torch.int32)
 
 
 def quantize(ckpt, texts, opts=QuantOptions()):
@@ -349,13 +399,22 @@ def quantize(ckpt, texts, opts=QuantOptions()):
         t[L + "ffn1.m"], t[L + "ffn1.e"] = K.requant_params(s_acc / s_g)
         g = K.gelu_constants(s_g)
         lc["gelu"] = {"b": int(g["b"]), "c": int(g["c"]), "q1": int(g["q1"])}
-        s_h = sc.int8_out(f"{i}.gelu", floor=opts.gelu_floor * cal.chan_max[f"{i}.ffn1"])
+        s_h = sc.int8_out(f"{i}.gelu", floor=opts.gelu_floor * cal.chan_max[f"{i}.ffn1"],
+                          bits=opts.gelu_bits)
+        z = None
+        if opts.gelu_zero_point:
+            s_h, z = _zero_point(s_h, opts.gelu_bits)
         t[L + "gelu.out_scale"] = s_h.clone()
         t[L + "gelu.m"], t[L + "gelu.e"] = K.requant_params(float(g["scale_out"]) / s_h)
+        if z is not None:
+            t[L + "gelu.z"] = z
+            t[L + "gelu.bias"] = _shifted(z, t[L + "gelu.e"], f"layer {i} GELU offset")
         # FFN2 + residual -> 22 bits -> LayerNorm -> int8 (the next layer's input)
         s_r2 = sc.residual(f"{i}.ln2_in", s_a)
         wi, bi, s_acc = _quant_linear(w[p + "output.dense.weight"], w[p + "output.dense.bias"],
                                       s_h)
+        if z is not None:   # sum_c W (h - z) + b = sum_c W h + (b - sum_c W z)
+            bi = _fold_offset(bi, wi, z, f"layer {i} FFN2 bias")
         t[L + "ffn2.w"], t[L + "ffn2.b"] = wi, bi
         t[L + "ffn2.m"], t[L + "ffn2.e"] = K.requant_params(s_acc / s_r2)
         t[L + "res2.m"], t[L + "res2.e"] = K.requant_params(s_a / s_r2)
@@ -519,7 +578,8 @@ class IntBert:
         g_in = rq(gemm(a, "ffn1", aw), "ffn1", GELU_IN_BITS, extra_in=aw)
         g = K.int_gelu_int(g_in, lc["gelu"]["b"], lc["gelu"]["c"], lc["gelu"]["q1"])
         trace("ffn1", g_in)
-        h = rq(g, "gelu", INT8, extra_out=wide["gelu"])
+        h = rq(g, "gelu", self.opts.gelu_bits, bias=t.get(L + "gelu.bias"),
+               extra_out=wide["gelu"])
         trace("gelu", h)
         r2 = K.saturate(rq(gemm(h, "ffn2", wide["gelu"]), "ffn2", extra_in=wide["gelu"])
                         + rq(a, "res2", extra_in=aw), K.RESIDUAL_BITS)
