@@ -243,7 +243,10 @@ def _quant_linear(w, b, s_in):
     s_acc = w.abs().amax(1).clamp_min(1e-30) / _qmax(INT8)
     w_int = torch.clamp(torch.round(w / s_acc[:, None]), -_qmax(INT8), _qmax(INT8))
     lo, hi = K.int_range(32)
-    b_int = torch.clamp(torch.round(b.to(torch.float64) / s_acc), lo, hi)
+    b_int = torch.round(b.to(torch.float64) / s_acc)
+    if bool((b_int < lo).any()) or bool((b_int > hi).any()):
+        raise BertError("a GEMM bias does not fit 32 bits at its accumulator scale (an input "
+                        "scale far too fine for the weights)")
     return w_int.to(torch.int8), b_int.to(torch.int32), s_acc
 
 
