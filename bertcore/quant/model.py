@@ -264,14 +264,15 @@ class _Scales:
         """Scale vector of an int8 (``bits``-bit) activation produced by a per-channel
         requantizer.
 
-        ``floor`` (a per-channel range) bounds the calibrated range from below.
+        ``floor`` (a per-channel range) bounds the calibrated range from below (per-channel
+        scales only).
         """
         cm = self.cal.channel_percentile(key, self.opts.percentile).to(torch.float64)
         if floor is not None:
             cm = torch.maximum(cm, floor.to(torch.float64))
         n = cm.numel()
         if self.opts.act_granularity == "tensor":
-            return torch.full((n,), self.tensor(key), dtype=torch.float64)
+            return torch.full((n,), self.tensor(key, bits=bits), dtype=torch.float64)
         # floor dead channels at 1/1000 of the tensor maximum so the folded weights stay bounded
         cm = cm * self.opts.act_margin
         return cm.clamp_min(float(cm.max()) * 1e-3).clamp_min(1e-8) / _qmax(bits)
