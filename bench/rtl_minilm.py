@@ -44,7 +44,7 @@ def main():
     xs = [qm.embed_int(i) for i in ids]
     sim = CoreSimulator(cfg, args.simulator)
     res = sim.run(pack_parameter_image(qm, cfg), [(pack_activations(x, cfg), len(x)) for x in xs],
-                  progress=lambda m: print(f"[{time.time() - t1:7.1f} s] {m}", flush=True))
+                  progress=lambda m: print(f"[{time.time() - t1:7.1f} s] {m}", flush=True)).check()
     for t, i, x, run in zip(args.text, ids, xs, res.runs):
         y = unpack_activations(run["out"], len(x), cfg)
         same = not run["error"] and torch.equal(y, qm.forward_ids(i))

@@ -11,14 +11,15 @@ sentences per second at --mhz; the last line is
 
     throughput: cycles_per_sentence@2Bpc packed=N unpacked=M speedup=X.X
 
-With --rtl N the first N texts also run unpacked through the Verilated core (random weights
-of the preset's shape: the schedule does not depend on the values; bit-exact against the
-integer reference), the image replayed at the full rate and throttled by the wrapper's tvalid
-duty cycle (+param_period = bus bytes / --rate), next to the model. The RTL does not read
-segment tables yet (docs/interface.md), so packed runs are the model's only.
+With --rtl N the first N texts also run through the Verilated core, unpacked (one run each)
+and packed (first-fit, segment tables), with random weights of the preset's shape (the
+schedule does not depend on the values; every segment bit-exact against the integer reference
+of its sequence alone), the image replayed at the full rate and throttled by the wrapper's
+tvalid duty cycle (+param_period = bus bytes / --rate): the core's cycles of each run next to
+the model's, and the subset's cycles per sentence each way.
 
     .venv/bin/python bench/throughput.py --preset minilm
-    .venv/bin/python bench/throughput.py --preset minilm --rtl 3     # + a minilm Verilator build
+    .venv/bin/python bench/throughput.py --preset minilm --rtl 8     # + a minilm Verilator build
 """
 
 import argparse
@@ -53,23 +54,49 @@ def model_cycles(cfg, lengths, runs, rate):
 
 
 def rtl_check(cfg, lengths, bus_bytes, rate):
-    """Run ``lengths`` unpacked through the Verilated core at the full and the throttled rate;
-    print the core's cycles beside the model's."""
+    """Run ``lengths`` through the Verilated core, unpacked and packed, at the full and the
+    throttled rate; print the core's cycles of each run beside the model's. Returns the worst
+    model error and ``{(rate, way): RTL cycles per sentence}``."""
     import time
     from bertcore.rtlsim import check_core, random_model
     period = max(1, round(bus_bytes / rate))
     model = random_model(cfg)
     t0 = time.time()
+    worst, per = 0.0, {}
     for p in (1, period):
-        ok, rows, res = check_core(cfg, model, lengths, param_period=p,
-                                   progress=lambda msg: print(f"[{time.time() - t0:6.0f} s] "
-                                                              f"{msg}", flush=True))
-        for n, same, cycles in rows:
-            want = perf.run_cycles(cfg, n, param_rate=bus_bytes / p)
-            print(f"RTL unpacked, {bus_bytes / p:g} B/cycle, {n:3d} tokens: bit-exact {same}, "
-                  f"{cycles:,} cycles, model {want:,} ({(want - cycles) / cycles:+.2%})")
-        if not ok:
-            print("the simulated core differs from the integer reference", file=sys.stderr)
+        for way in ("unpacked", "packed"):
+            ok, rows, res = check_core(cfg, model, lengths, param_period=p,
+                                       pack=way == "packed",
+                                       progress=lambda msg: print(
+                                           f"[{time.time() - t0:6.0f} s] {msg}", flush=True))
+            total = 0
+            for plan, run in zip(res.plan, res.runs):
+                segs = list(plan.lengths)
+                same = all(rows[i][1] for i in plan.indices)
+                want = perf.run_cycles(cfg, sum(segs), segments=plan.lengths if plan.table
+                                       else None, param_rate=bus_bytes / p)
+                err = (want - run["cycles"]) / run["cycles"]
+                worst = max(worst, abs(err))
+                total += run["cycles"]
+                print(f"RTL {way}, {bus_bytes / p:g} B/cycle, segments {segs}: bit-exact "
+                      f"{same}, {run['cycles']:,} cycles, model {want:,} ({err:+.2%})")
+            per[bus_bytes / p, way] = total / len(lengths)
+            if not ok:
+                print("the simulated core differs from the integer reference", file=sys.stderr)
+        print(f"RTL cycles/sentence @{bus_bytes / p:g}Bpc ({len(lengths)} texts): packed="
+              f"{per[bus_bytes / p, 'packed']:.0f} unpacked={per[bus_bytes / p, 'unpacked']:.0f}"
+              f" speedup={per[bus_bytes / p, 'unpacked'] / per[bus_bytes / p, 'packed']:.2f}")
+    # PE utilization of a layer of a full packed run: 8 segments of max_seq / 8 rows
+    segs = [cfg.max_seq // 8] * 8
+    ok, _, res = check_core(cfg, model, segs, pack=True)
+    run = res.runs[0]
+    util = (perf.macs_per_layer(cfg, cfg.max_seq, segs)
+            / (cfg.array_rows * cfg.array_cols * run["layer_cycles"]))
+    print(f"RTL full packed run ({len(segs)} x {segs[0]} rows): bit-exact {ok}, layer_cycles "
+          f"{run['layer_cycles']:,} (model {perf.layer_cycles(cfg, cfg.max_seq, segs):,}), "
+          f"PE utilization {util:.3f} (model {perf.utilization(cfg, cfg.max_seq, segs):.3f})")
+    print(f"RTL against the model: worst run {worst:.2%}")
+    return worst, per
 
 
 def main():
@@ -82,7 +109,7 @@ def main():
                     help="throttled parameter stream, bytes per cycle (default 2)")
     ap.add_argument("--mhz", type=float, default=100.0, help="clock for sentences/s")
     ap.add_argument("--rtl", type=int, default=0, metavar="N",
-                    help="also run the first N texts unpacked in Verilator")
+                    help="also run the first N texts in Verilator, unpacked and packed")
     args = ap.parse_args()
     try:
         cfg = load_config(args.preset, sets=args.set)

@@ -1,9 +1,11 @@
 """A sentence-transformers-like Python API: ``SentenceEncoder(artifact).encode(texts)``.
 
->>> from bertcore import SentenceEncoder                                 # doctest: +SKIP
->>> enc = SentenceEncoder("minilm.safetensors", backend="int")          # doctest: +SKIP
->>> enc.encode(["A man is riding a horse.", "A woman plays music."]).shape  # doctest: +SKIP
-(2, 384)
+Example (``minilm.safetensors`` written by ``bertcore quantize``; ``tests/test_api.py`` makes
+the same calls on a tiny model)::
+
+    from bertcore import SentenceEncoder
+    enc = SentenceEncoder("minilm.safetensors", backend="int")
+    enc.encode(["A man is riding a horse.", "A woman plays music."]).shape   # (2, 384)
 
 Every backend goes through the code of ``bertcore embed`` (:mod:`bertcore.embed`): the same
 tokenization and truncation (the tokenizer stored in the artifact), mean pooling over the
@@ -98,7 +100,8 @@ class SentenceEncoder:
             if config is None:
                 from .embed import preset_for
                 _, config = preset_for(qm.shape)
-            config.check_model(qm.shape)
+            from .core.image import check_model
+            check_model(qm, config)
             port = self._port
             if isinstance(port, str):
                 port = open_port(port, self._baud or DEFAULT_BAUD)

@@ -268,6 +268,9 @@ class BoardLink:
                 raise LinkError(f"DATA reply of {len(data)} bytes, not whole words")
             words += [int.from_bytes(data[i:i + nbytes], "little")
                       for i in range(0, len(data), nbytes)]
+            if flags & P.DATA_FAILED:
+                from bertcore.core.image import RunFailed
+                raise RunFailed(words[0] if words else 0)
             if flags & P.DATA_ERROR and not data:
                 raise BoardError("the core reported an error while the host waited for output "
                                  "(bad image or activation packet?)")
@@ -392,10 +395,12 @@ def run(port, activation_words, length, config):
     ------
     BoardError
         If the core reports an error, or no parameters were loaded.
+    RunFailed
+        If the core ends the run with a failure packet (its cause code).
     LinkError
         If the link fails.
     """
-    from bertcore.core.image import activation_beats
+    from bertcore.core.image import RunFailed, activation_beats
     link = BoardLink.of(port)
     if link.image is None:
         raise BoardError("load_parameters() first: the board has no parameter image")
@@ -409,7 +414,7 @@ def run(port, activation_words, length, config):
         link.assumed = False
         try:
             return _run(link, activation_words, config)
-        except BoardError:
+        except (BoardError, RunFailed):
             link.reset()               # the core holds no image: stream it (below)
     return _run(link, activation_words, config)
 
@@ -434,7 +439,11 @@ def _run(link, activation_words, config):
         link.send_words(P.T_PARAM, P.T_PARAM, link.image[:head], nbytes)
         link.send_words(P.T_ACT, P.T_ACT_LAST, list(activation_words), nbytes)
         link.send_words(P.T_PARAM, P.T_PARAM_LAST, link.image[head:], nbytes)
-    out = link.read_words(beats, nbytes)
+    try:
+        out = link.read_words(beats, nbytes)
+    except Exception:
+        link.resident = False                      # a failed run invalidates a stored image
+        raise
     st = link.status()
     if st["error"]:
         link.resident = False

@@ -156,7 +156,9 @@ def cmd_quantize(args):
     texts = (_read_lines(args.calibration, "calibration") if args.calibration
              else default_calibration_texts())
     try:
-        opts = QuantOptions(act_granularity=args.act_granularity, percentile=args.percentile)
+        extra = {} if args.prob_bits is None else {"prob_bits": args.prob_bits}
+        opts = QuantOptions(act_granularity=args.act_granularity, percentile=args.percentile,
+                            **extra)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     model = quantize(ckpt, texts, opts)
@@ -192,8 +194,11 @@ def cmd_embed(args):
     texts = _texts(args)
     if args.pack and args.backend == "float":
         raise CliError("--pack packs runs of the core: use it with --backend int or rtl")
+    if args.pack is None:                     # the default: packed on the core, not on int
+        args.pack = args.backend == "rtl"
     emb = embed_texts(texts, backend=args.backend, quantized=args.quantized, model=args.model,
-                      simulator=args.simulator, pack=args.pack)
+                      simulator=args.simulator, pack=args.pack,
+                      warn=lambda msg: print(f"bertcore: {msg}", file=sys.stderr))
     with _atomic_file(out) as tmp, open(tmp, "wb") as f:
         np.save(f, emb.astype(np.float32))
     print(f"wrote {emb.shape[0]} embeddings of dimension {emb.shape[1]} to {out}")
@@ -216,14 +221,15 @@ def cmd_presets(args):
     from .core.image import image_beats
     print(f"{'preset':10s} {'hidden':>6s} {'heads':>5s} {'ffn':>5s} {'layers':>6s} "
           f"{'max_seq':>7s} {'array':>7s} {'smax+LN':>7s} {'bus':>4s} {'MAC/cycle':>9s} "
-          f"{'util@max':>8s} {'image MB':>8s}")
+          f"{'prob':>4s} {'util@max':>8s} {'image MB':>8s}")
     for name, c in PRESETS.items():
         mb = image_beats(c) * c.bus_width / 8 / 1e6
         units = f"{c.softmax_units}+{c.layernorm_units}"
         # util@max: modeled PE utilization of one layer at max_seq (bertcore.core.perf)
         print(f"{name:10s} {c.hidden:6d} {c.heads:5d} {c.ffn:5d} {c.layers:6d} {c.max_seq:7d} "
               f"{c.array_rows:>3d}x{c.array_cols:<3d} {units:>7s} {c.bus_width:4d} "
-              f"{c.array_rows * c.array_cols:9d} {perf.utilization(c, c.max_seq):8.1%} "
+              f"{c.array_rows * c.array_cols:9d} {c.prob_bits:4d} "
+              f"{perf.utilization(c, c.max_seq):8.1%} "
               f"{mb:8.2f}")
 
 
@@ -259,7 +265,8 @@ def cmd_generate(args):
     if args.quantized:
         from .quant.artifact import load_artifact
         model = load_artifact(args.quantized)
-        cfg.check_model(model.shape)
+        from .core.image import check_model
+        check_model(model, cfg)
     # written into a temporary directory beside the output, moved there when complete: an
     # error or an interrupt leaves nothing behind
     with _atomic_dir(out) as tmp:
@@ -475,9 +482,11 @@ def cmd_sim(args):
             model = random_model(cfg, seed=args.seed)
         passed, rows, res = check_core(cfg, model, lengths, simulator=args.simulator,
                                        waves=args.waves, seed=args.seed, stall=args.stall,
-                                       progress=prog.step)
-    for n, ok, cycles in rows:
-        print(f"seq {n:4d}: {'PASS' if ok else 'FAIL'}  {cycles} cycles")
+                                       progress=prog.step, pack=args.pack)
+    run_of = {i: r for r, plan in enumerate(res.plan) for i in plan.indices}
+    for i, (n, ok, cycles) in enumerate(rows):
+        print(f"seq {n:4d}: {'PASS' if ok else 'FAIL'}  run {run_of[i]} "
+              f"({len(res.plan[run_of[i]].indices)} sequence(s)): {cycles} cycles")
     print(f"{args.simulator}: build {res.build_s:.1f} s, simulation {res.sim_s:.1f} s "
           f"({res.total_cycles} cycles)")
     if res.waves:
@@ -572,12 +581,13 @@ def _board_errors(args, baud):
     """Link and core errors of a board command as one line each."""
     import contextlib
     from .board import BoardError, ImageStoreError, LinkError
+    from .core.image import RunFailed
 
     @contextlib.contextmanager
     def ctx():
         try:
             yield
-        except ImageStoreError as exc:
+        except (ImageStoreError, RunFailed) as exc:
             raise CliError(f"the board on {args.port}: {exc}") from None
         except LinkError as exc:
             raise CliError(f"no valid reply from the board on {args.port} at {baud} baud "
@@ -610,7 +620,8 @@ def _board_model(args):
         if cfg is None:
             from .embed import preset_for
             _, cfg = preset_for(qm.shape)
-        cfg.check_model(qm.shape)
+        from .core.image import check_model
+        check_model(qm, cfg)
     elif cfg is None:
         raise CliError("give --board NAME, --preset NAME or --config FILE (or --quantized FILE "
                        "of a preset's shape)")
@@ -791,6 +802,10 @@ def _add_quantize(sub):
                    help="scale granularity of int8 LayerNorm/GELU outputs (default: channel)")
     q.add_argument("--percentile", type=float, default=100.0,
                    help="calibration percentile of |x| (default: 100, the maximum)")
+    q.add_argument("--prob-bits", type=int, default=None, metavar="B",
+                   help="width of the unsigned attention probabilities, 8..16 (default: 16); "
+                        "a core runs the artifact only if it computes the same width "
+                        "(CoreConfig.prob_bits)")
     q.add_argument("-o", "--output", required=True, metavar="OUT", help="artifact to write")
 
 
@@ -810,9 +825,10 @@ def _add_embed(sub):
                    "Verilog of the encoder core in a simulator (bit-identical to int)")
     e.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
                    help="simulator of --backend rtl (default: verilator)")
-    e.add_argument("--pack", action=argparse.BooleanOptionalAction, default=False,
-                   help="pack several texts per run of the core (docs/interface.md, packed "
-                   "runs; --backend int runs the packets through the reference; default: off)")
+    e.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
+                   help="pack several texts per run of the core, first-fit, results in input "
+                   "order (docs/interface.md, packed runs; --backend int runs the packets "
+                   "through the reference; default: on for rtl, off for int)")
     _texts_args(e)
     e.add_argument("-o", "--output", required=True, metavar="OUT.npy",
                    help="float32 array [texts, hidden], input order kept")
@@ -869,6 +885,9 @@ def _add_sim(sub):
     sm.add_argument("--quantized", metavar="FILE", help="weights of this model (default: random)")
     sm.add_argument("--seq", metavar="N,N", help="sequence lengths (default: 1 and min(16, "
                     "max_seq))")
+    sm.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
+                    help="pack the sequences into runs, first-fit (docs/interface.md, packed "
+                    "runs; default: on; --no-pack: one run per sequence)")
     sm.add_argument("--stall", type=_probability, default=0.0, metavar="P",
                     help="probability of an idle cycle before each input beat and of a "
                     "cycle without tready on the output, 0 <= P < 1 (default 0)")

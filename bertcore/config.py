@@ -3,6 +3,8 @@
 import dataclasses
 from dataclasses import dataclass
 
+from .quant.kernels import PROB_BITS_MAX, PROB_BITS_MIN
+
 __all__ = ["CoreConfig", "PRESETS", "preset", "ConfigError"]
 
 
@@ -11,7 +13,7 @@ class ConfigError(ValueError):
 
 
 _INT_FIELDS = ("hidden", "heads", "ffn", "layers", "max_seq", "array_rows", "array_cols",
-               "bus_width", "softmax_units", "layernorm_units", "max_segments")
+               "bus_width", "softmax_units", "layernorm_units", "max_segments", "prob_bits")
 #: Largest sequence length a core may be built for (position tables of BERT go to 512).
 MAX_SEQ_LIMIT = 4096
 #: Units whose multipliers ``lut_multipliers`` may move from DSP blocks into LUT logic.
@@ -46,6 +48,14 @@ class CoreConfig:
         Units (of :data:`LUT_MULTIPLIER_UNITS`) whose multipliers are built from LUTs instead
         of DSP blocks, for FPGAs with few DSPs (about 400-550 LUTs per 18x18 multiplier moved,
         and a lower Fmax for those units). The systolic array always uses DSPs.
+    prob_bits : int
+        Width ``B`` of the unsigned attention probabilities (``PROB_BITS_MIN..PROB_BITS_MAX``,
+        8..16): the softmax units output ``B`` bits, the P buffer holds them and the ``P·V``
+        job multiplies them by int8 V in the array (its A operand is ``B + 1`` bits signed).
+        It must equal the ``prob_bits`` the model was quantized with (the image's fingerprint
+        covers it). 16 (default, as ``QuantOptions``) costs no DSP block on ECP5 (an 18x18
+        multiplier takes a 17-bit operand), only flip-flops along the array's rows; on iCE40
+        (16x16 DSPs) it costs LUTs, so the iCE40 board's core states 8.
 
     Raises
     ------
@@ -65,6 +75,7 @@ class CoreConfig:
     layernorm_units: int = 1
     lut_multipliers: tuple = ()
     max_segments: int = 16
+    prob_bits: int = 16
 
     def __post_init__(self):
         for name in _INT_FIELDS:
@@ -92,6 +103,9 @@ class CoreConfig:
             raise ConfigError(f"bus_width must be a multiple of 8, not {self.bus_width}")
         if self.max_seq > MAX_SEQ_LIMIT:
             raise ConfigError(f"max_seq must be at most {MAX_SEQ_LIMIT}, not {self.max_seq}")
+        if not PROB_BITS_MIN <= self.prob_bits <= PROB_BITS_MAX:
+            raise ConfigError(f"prob_bits must lie in {PROB_BITS_MIN}..{PROB_BITS_MAX}, not "
+                              f"{self.prob_bits}")
         if self.max_segments > MAX_SEQ_LIMIT:
             raise ConfigError(f"max_segments must be at most {MAX_SEQ_LIMIT}, not "
                               f"{self.max_segments}")
@@ -128,8 +142,9 @@ PRESETS = {
     # matches bertcore.testing.make_tiny_checkpoint(); small enough for Icarus in CI
     "tiny": CoreConfig(hidden=32, heads=4, ffn=64, layers=2, max_seq=16,
                        array_rows=4, array_cols=4, bus_width=32),
-    # all-MiniLM-L6-v2; 8 softmax and 8 LayerNorm units keep the 16x16 array >= 90% busy
-    "minilm": CoreConfig(hidden=384, heads=12, ffn=1536, layers=6, max_seq=128,
+    # all-MiniLM-L6-v2 up to its 256 tokens; 8 softmax and 8 LayerNorm units keep the 16x16
+    # array 91% busy at 128 tokens (88% at 256, where attention grows: docs/core.md)
+    "minilm": CoreConfig(hidden=384, heads=12, ffn=1536, layers=6, max_seq=256,
                          array_rows=16, array_cols=16, bus_width=128,
                          softmax_units=8, layernorm_units=8),
     # BERT-base: Verilog generation and estimates only

@@ -6,29 +6,47 @@ import torch
 from .checkpoint import BertError, load_checkpoint
 from .quant.floatref import mean_pool
 
-__all__ = ["embed_texts", "float_embeddings"]
+__all__ = ["embed_texts", "float_embeddings", "token_ids"]
 
 
-def float_embeddings(ckpt, texts):
+def token_ids(tokenizer, texts, warn=None):
+    """Token ids (``[CLS] ... [SEP]``) of each of ``texts``, truncated at the tokenizer's
+    ``max_length`` as sentence-transformers does (the checkpoint's ``max_seq_length``: 256 for
+    all-MiniLM-L6-v2). Every backend tokenizes through here; ``warn`` (a function of one
+    message) is called once if any text was truncated, saying how many."""
+    ids, cut = [], 0
+    for t in texts:
+        one, truncated = tokenizer.encode_checked(t)
+        ids.append(one)
+        cut += truncated
+    if cut and warn is not None:
+        warn(f"{cut} of {len(texts)} texts {'was' if cut == 1 else 'were'} longer than "
+             f"{tokenizer.max_length} tokens and truncated to {tokenizer.max_length} "
+             f"(as sentence-transformers does)")
+    return ids
+
+
+def float_embeddings(ckpt, texts, warn=None):
     """Mean-pooled, L2-normalized embeddings of the transformers ``BertModel`` (float32)."""
     model = ckpt.float_model()
     out = []
     with torch.no_grad():
-        for t in texts:
-            ids = torch.tensor([ckpt.tokenizer.encode(t)])
-            out.append(mean_pool(model(ids).last_hidden_state[0]).numpy())
+        for one in token_ids(ckpt.tokenizer, texts, warn):
+            out.append(mean_pool(model(torch.tensor([one])).last_hidden_state[0]).numpy())
     return np.stack(out).astype(np.float32)
 
 
 def embed_texts(texts, *, backend, quantized=None, model=None, simulator="verilator",
-                pack=False):
+                pack=None, warn=None):
     """Embeddings ``[N, hidden]`` (float32, input order kept) of ``texts`` with ``backend``.
 
     ``backend="float"`` runs the float checkpoint ``model`` (or, with ``quantized``, the float
     model the artifact came from); ``"int"`` runs the integer reference of the artifact.
     ``pack`` (``int`` and ``rtl``) packs several texts per run of the core
     (:mod:`bertcore.packing`; the ``int`` backend then runs the packets through the integer
-    reference, as the core would): the embeddings do not change.
+    reference, as the core would): the embeddings do not change. Default (``None``): on for
+    ``rtl`` (the core reads segment tables), off for ``int``. Texts longer than the model's
+    limit are truncated (:func:`token_ids`); ``warn`` is then told how many.
     """
     if not texts:
         raise BertError("no input texts")
@@ -39,20 +57,28 @@ def embed_texts(texts, *, backend, quantized=None, model=None, simulator="verila
         if model is None:
             from .quant.artifact import load_artifact
             model = load_artifact(quantized).source
-        return float_embeddings(load_checkpoint(model), texts)
+        return float_embeddings(load_checkpoint(model), texts, warn)
     if backend not in ("int", "rtl"):
         raise BertError(f"unknown backend {backend!r}")
     from .quant.artifact import load_artifact
     qm = load_artifact(quantized)
     if backend == "rtl":
-        return rtl_embeddings(qm, texts, simulator=simulator, pack=pack)[0]
+        return rtl_embeddings(qm, texts, simulator=simulator, pack=pack is not False,
+                              warn=warn)[0]
     if pack:
         from .packing import reference_runner
-        _, config = preset_for(qm.shape)
+        config = core_for(qm)
         return rtl_embeddings(qm, texts, config=config, pack=True,
-                              runner=reference_runner(qm, config))[0]
-    out = [qm.sentence_embedding(qm.encode_text(t)).numpy() for t in texts]
+                              runner=reference_runner(qm, config), warn=warn)[0]
+    out = [qm.sentence_embedding(ids).numpy() for ids in _model_ids(qm, texts, warn)]
     return np.stack(out).astype(np.float32)
+
+
+def _model_ids(qm, texts, warn):
+    """:func:`token_ids` with the tokenizer stored in the artifact ``qm``."""
+    if qm.tokenizer is None:
+        raise BertError("this integer model has no tokenizer")
+    return token_ids(qm.tokenizer, texts, warn)
 
 
 def preset_for(shape):
@@ -66,32 +92,35 @@ def preset_for(shape):
                     f"ffn={shape.ffn}, layers={shape.layers})")
 
 
+def core_for(qm):
+    """The configuration of the simulated core that runs the quantized model ``qm``: the preset
+    of its shape (:func:`preset_for`), built for the model's probability width ``prob_bits``
+    (a simulation builds the core it needs; a board's core is fixed and checked instead)."""
+    _, config = preset_for(qm.shape)
+    if qm.opts.prob_bits != config.prob_bits:
+        config = config.replace(prob_bits=qm.opts.prob_bits)
+    return config
+
+
 def rtl_embeddings(qm, texts, *, simulator="verilator", config=None, progress=lambda m: None,
-                   pack=False, runner=None):
+                   pack=False, runner=None, warn=None):
     """Embeddings through the simulated encoder core (the host embeds, pools and normalizes).
 
     Returns ``(embeddings, info)``: ``info`` has the core's cycles per run, the build and
     simulation wall times, and the int8 outputs of the core per sentence. ``pack`` packs
     several sentences per run (:func:`bertcore.packing.plan_runs`); ``runner`` (a function
     ``runs -> output words per run``, e.g. :func:`bertcore.packing.reference_runner`) replaces
-    the simulator.
+    the simulator. Texts are truncated as for the other backends (:func:`token_ids`, ``warn``);
+    one that is still longer than the core's ``max_seq`` is an error.
     """
-    from .core.image import pack_parameter_image
+    from .core.image import check_model, pack_parameter_image
     from .packing import plan_runs, split_outputs
     from .rtlsim import CoreSimulator
-    if (qm.opts.prob_bits, qm.opts.prob_scale) != (8, "fixed"):
-        raise BertError(f"the core computes uint8 attention probabilities at scale 2**-8; this "
-                        f"model was quantized with prob_bits={qm.opts.prob_bits}, "
-                        f"prob_scale={qm.opts.prob_scale!r} (use --backend int)")
-    if (qm.opts.gelu_bits, qm.opts.gelu_zero_point) != (8, False):
-        raise BertError(f"the core computes int8 GELU outputs without an offset; this model was "
-                        f"quantized with gelu_bits={qm.opts.gelu_bits}, "
-                        f"gelu_zero_point={qm.opts.gelu_zero_point} (use --backend int)")
     if config is None:
-        _, config = preset_for(qm.shape)
+        config = core_for(qm)
+    check_model(qm, config)
     xs = []
-    for t in texts:
-        ids = qm.encode_text(t)
+    for ids in _model_ids(qm, texts, warn):
         if len(ids) > config.max_seq:
             raise BertError(f"a text has {len(ids)} tokens; the core holds at most "
                             f"{config.max_seq}")
@@ -100,13 +129,11 @@ def rtl_embeddings(qm, texts, *, simulator="verilator", config=None, progress=la
     info = {"cycles": None, "build_s": 0.0, "sim_s": 0.0, "sim_cycles": None, "runs": len(runs)}
     if runner is not None:
         words = runner(runs)
-    elif any(run.table for run in runs):
-        raise BertError("packed runs need a core that reads segment tables, which the RTL "
-                        "does not do yet: run without packing")
     else:
         image = pack_parameter_image(qm, config)
         sim = CoreSimulator(config, simulator)
-        res = sim.run(image, [(run.data, sum(run.lengths)) for run in runs], progress=progress)
+        res = sim.run(image, [(run.data, sum(run.lengths), run.table) for run in runs],
+                      progress=progress).check()
         if any(r["error"] for r in res.runs):
             raise BertError("the simulated core raised its error flag")
         words = [r["out"] for r in res.runs]

@@ -53,10 +53,12 @@ module bertcore_sim_top #(
     input  wire           s_axis_act_tvalid,
     output wire           s_axis_act_tready,
     input  wire           s_axis_act_tlast,
+    input  wire           s_axis_act_tuser,
     output wire [BUS-1:0] m_axis_act_tdata,
     output wire           m_axis_act_tvalid,
     input  wire           m_axis_act_tready,
     output wire           m_axis_act_tlast,
+    output wire           m_axis_act_tuser,
     output wire           busy,
     output wire           error,
     output wire [31:0]    cycles{extra_ports}
@@ -112,9 +114,10 @@ module bertcore_sim_top #(
         .s_axis_param_tready(param_tready), .s_axis_param_tlast(word[BUS]),
         .s_axis_act_tdata(s_axis_act_tdata), .s_axis_act_tvalid(s_axis_act_tvalid),
         .s_axis_act_tready(s_axis_act_tready), .s_axis_act_tlast(s_axis_act_tlast),
+        .s_axis_act_tuser(s_axis_act_tuser),
         .m_axis_act_tdata(m_axis_act_tdata), .m_axis_act_tvalid(m_axis_act_tvalid),
         .m_axis_act_tready(m_axis_act_tready), .m_axis_act_tlast(m_axis_act_tlast),
-        .busy(busy), .error(error), .cycles(cycles){extra_conns}
+        .m_axis_act_tuser(m_axis_act_tuser), .busy(busy), .error(error), .cycles(cycles){extra_conns}
     );
 endmodule
 
@@ -122,14 +125,14 @@ endmodule
 """
 
 
-_WRAPPED = {"clk", "rst", "busy", "error", "cycles"} | {
+_WRAPPED = {"clk", "rst", "busy", "error", "cycles", "m_axis_act_tuser"} | {
     f"{p}_{f}" for p in ("s_axis_param", "s_axis_act", "m_axis_act")
-    for f in ("tdata", "tvalid", "tready", "tlast")}
+    for f in ("tdata", "tvalid", "tready", "tlast")} | {"s_axis_act_tuser"}
 
 #: Ports of :data:`REPLAY_TOP` before the core's further outputs.
 _TOP_PORTS = ("clk", "rst", "param_go", *(f"{p}_{f}" for p in ("s_axis_act", "m_axis_act")
                                           for f in ("tdata", "tvalid", "tready", "tlast")),
-              "busy", "error", "cycles")
+              "s_axis_act_tuser", "m_axis_act_tuser", "busy", "error", "cycles")
 
 
 def _extra_outputs(top):
@@ -160,7 +163,8 @@ def replay_top(top):
 
 class SimResult:
     """Outputs of a simulation: per run the output words, the core's counters (``cycles``,
-    ``array_beats``, ``layer_cycles``) and timings.
+    ``array_beats``, ``layer_cycles``) and timings; ``failed`` is the cause code of a run that
+    ended with a failure packet (0 for a result; :meth:`check` raises on one).
 
     ``sim_s`` is the wall time of the whole simulation (simulator start-up, ``$readmemh`` of the
     image, cocotb); :attr:`run_s` and :attr:`run_cpu_s` cover only the runs, as wall time and as
@@ -170,12 +174,24 @@ class SimResult:
     def __init__(self, data, build_s, sim_s, waves):
         self.runs = [{"out": [int(w, 16) for w in r["out"]], "cycles": r["cycles"],
                       "sim_cycles": r["sim_cycles"], "error": r["error"],
+                      "failed": r.get("failed", 0),
                       "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
                       "array_beats": r.get("array_beats"),
-                      "layer_cycles": r.get("layer_cycles")} for r in data["runs"]]
+                      "layer_cycles": r.get("layer_cycles"),
+                      "failed_runs": r.get("failed_runs")} for r in data["runs"]]
         self.build_s = build_s
         self.sim_s = sim_s
         self.waves = waves
+        self.plan = None            # check_core: the runs (bertcore.packing.Run)
+
+    def check(self):
+        """Raise :class:`~bertcore.core.image.RunFailed` (an ``ImageError``: one line, exit code
+        2 at the command line) for the first run that ended with a failure packet."""
+        from .core.image import RunFailed
+        for r in self.runs:
+            if r["failed"]:
+                raise RunFailed(r["failed"])
+        return self
 
     @property
     def total_cycles(self):
@@ -288,7 +304,11 @@ class CoreSimulator:
 
     def run(self, image_words, activation_packets, *, stall=0.0, seed=1,
             progress=lambda msg: None, param_period=1):
-        """Run one inference per activation packet (lists of bus words); returns a SimResult.
+        """Run one inference per activation packet; returns a SimResult.
+
+        ``activation_packets``: ``(words, rows)`` per run (a plain packet), or ``(words, rows,
+        table)`` with the words of a segment table (a packed run of ``rows`` rows in all; the
+        table goes first, with ``tuser`` set: :func:`bertcore.core.image.pack_segments`).
 
         ``param_period``: the image is offered at most one beat every ``param_period`` cycles
         (``bus_width / 8 / param_period`` bytes per cycle).
@@ -304,10 +324,12 @@ class CoreSimulator:
             tmp = Path(tmp)
             (tmp / "params.hex").write_text(image_to_hex(image_words, cfg))
             runs = []
-            for words, length in activation_packets:
+            for packet in activation_packets:
+                words, length, table = (*packet, [])[:3]
                 if len(words) != activation_beats(length, cfg):
                     raise BertError("activation packet length does not match its row count")
                 runs.append({"length": length, "act": [f"{w:x}" for w in words],
+                             "table": [f"{w:x}" for w in table],
                              "out_beats": activation_beats(length, cfg)})
             job = {"bus": cfg.bus_width, "runs": runs, "stall": stall, "seed": seed,
                    "result": str(tmp / "result.json")}
@@ -348,7 +370,7 @@ class CoreSimulator:
 def random_model(config, seed=0):
     """A quantized random BERT of the shape of ``config`` (built offline in a temp directory)."""
     from .checkpoint import load_checkpoint
-    from .quant.model import quantize
+    from .quant.model import QuantOptions, quantize
     from .testing import TINY_WORDS, make_tiny_checkpoint
     import random as _random
     rng = _random.Random(seed)
@@ -359,29 +381,37 @@ def random_model(config, seed=0):
         ckpt = load_checkpoint(path)
         texts = [" ".join(rng.choice(TINY_WORDS) for _ in range(rng.randint(3, 12)))
                  for _ in range(8)]
-        return quantize(ckpt, texts)
+        return quantize(ckpt, texts, QuantOptions(prob_bits=config.prob_bits))
 
 
 def check_core(config, model, lengths, *, simulator="verilator", waves=False, seed=1,
-               stall=0.0, progress=lambda msg: None, param_period=1):
+               stall=0.0, progress=lambda msg: None, param_period=1, pack=False):
     """Run random int8 inputs of ``lengths`` rows through the simulated core of ``config``.
 
-    Returns ``(passed, rows, result)``: per run ``(length, identical, cycles)`` against
-    ``model.encode_int``.
+    ``pack``: the sequences go first-fit into packed runs (:func:`bertcore.packing.plan_runs`),
+    else one run each. Returns ``(passed, rows, result)``: per sequence, in input order,
+    ``(length, identical, cycles of its run)`` against ``model.encode_int`` of that sequence
+    alone; ``result.plan`` lists the runs (:class:`bertcore.packing.Run`, ``indices``: the
+    sequences of each run).
     """
     import torch
-    from .core.image import pack_activations, pack_parameter_image, unpack_activations
-    config.check_model(model.shape)
+    from .core.image import check_model, pack_parameter_image, unpack_segments
+    from .packing import plan_runs
+    check_model(model, config)
     gen = torch.Generator().manual_seed(seed)
     xs = [torch.randint(-128, 128, (n, config.hidden), generator=gen) for n in lengths]
     image = pack_parameter_image(model, config)
+    runs = plan_runs(xs, config, pack=pack)
     sim = CoreSimulator(config, simulator, waves=waves)
-    res = sim.run(image, [(pack_activations(x, config), x.shape[0]) for x in xs], stall=stall,
-                  seed=seed, progress=progress, param_period=param_period)
-    rows = []
-    for x, run in zip(xs, res.runs):
-        y = unpack_activations(run["out"], x.shape[0], config) if run["out"] else None
-        ok = (y is not None and not run["error"]
-              and torch.equal(y, model.encode_int(x)))
-        rows.append((x.shape[0], ok, run["cycles"]))
-    return all(ok for _, ok, _ in rows), rows, res
+    res = sim.run(image, [(run.data, sum(run.lengths), run.table) for run in runs],
+                  stall=stall, seed=seed, progress=progress, param_period=param_period).check()
+    rows = [None] * len(xs)
+    for plan, run in zip(runs, res.runs):
+        ys = (unpack_segments(run["out"], plan.lengths, config) if run["out"]
+              else [None] * len(plan.indices))
+        for i, y in zip(plan.indices, ys):
+            ok = (y is not None and not run["error"]
+                  and torch.equal(y, model.encode_int(xs[i])))
+            rows[i] = (int(xs[i].shape[0]), ok, run["cycles"])
+    res.plan = runs
+    return all(row[1] for row in rows), rows, res

@@ -2,7 +2,8 @@
 
 The job (``$BERTCORE_RTLSIM_JOB``, JSON) lists runs of activation words; for each run the bench
 pulses ``param_go`` (the wrapper replays the image), sends the activation packet, collects the
-output packet and reads ``cycles``, with optional random stalls on both activation streams.
+output packet (or the failure packet's cause code) and reads ``cycles``, with optional random
+stalls on both activation streams.
 Results go to the job's ``result`` file, with the wall and CPU (simulator process) time per run.
 
 Python sleeps while the core computes: the clock runs in the simulator's GPI layer, and without
@@ -42,17 +43,25 @@ async def drive_stream(clk, valid, ready, data, words, *, last=None, rng=None, s
         last.value = 0
 
 
-async def send_packet(dut, words, rng, stall):
-    """Drive ``words`` into ``s_axis_act`` (``tlast`` on the last one) with random idle cycles."""
+async def send_packet(dut, words, rng, stall, table=()):
+    """Drive ``words`` into ``s_axis_act`` (``tlast`` on the last one) with random idle cycles,
+    after the words of a segment ``table`` (``tuser`` set, a packed run) when given."""
+    if table:
+        dut.s_axis_act_tuser.value = 1
+        await drive_stream(dut.clk, dut.s_axis_act_tvalid, dut.s_axis_act_tready,
+                           dut.s_axis_act_tdata, table, rng=rng, stall=stall)
+    dut.s_axis_act_tuser.value = 0
     await drive_stream(dut.clk, dut.s_axis_act_tvalid, dut.s_axis_act_tready,
                        dut.s_axis_act_tdata, words, last=dut.s_axis_act_tlast, rng=rng,
                        stall=stall)
 
 
 async def _receive(dut, rng, stall, limit):
-    """Collect one output packet. Without stalls, Python sleeps until ``tvalid`` rises instead of
-    waking every cycle while the core computes."""
+    """Collect one output packet; returns its words and the cause code of a failure packet
+    (``tuser`` = 1; 0 for a result). Without stalls, Python sleeps until ``tvalid`` rises
+    instead of waking every cycle while the core computes."""
     out = []
+    failed = 0
     dut.m_axis_act_tready.value = 1
     while True:
         if stall:
@@ -71,6 +80,8 @@ async def _receive(dut, rng, stall, limit):
         if ready and dut.m_axis_act_tvalid.value:
             out.append(int(dut.m_axis_act_tdata.value))
             last = bool(dut.m_axis_act_tlast.value)
+            if dut.m_axis_act_tuser.value:
+                failed = out[-1]
             await RisingEdge(dut.clk)
             if last:
                 break
@@ -79,7 +90,7 @@ async def _receive(dut, rng, stall, limit):
         else:
             await RisingEdge(dut.clk)
     dut.m_axis_act_tready.value = 0
-    return out
+    return out, failed
 
 
 @cocotb.test()
@@ -87,7 +98,7 @@ async def run_job(dut):
     job = json.loads(open(os.environ["BERTCORE_RTLSIM_JOB"]).read())
     rng = random.Random(job.get("seed", 1))
     stall = float(job.get("stall", 0.0))
-    for name in ("s_axis_act_tvalid", "s_axis_act_tlast", "s_axis_act_tdata",
+    for name in ("s_axis_act_tvalid", "s_axis_act_tlast", "s_axis_act_tuser", "s_axis_act_tdata",
                  "m_axis_act_tready", "param_go"):
         getattr(dut, name).value = 0
     # the clock toggles in the simulator's GPI layer (C++): a Python clock would wake Python twice
@@ -103,13 +114,14 @@ async def run_job(dut):
     try:
         for run in job["runs"]:
             words = [int(w, 16) for w in run["act"]]
+            table = [int(w, 16) for w in run.get("table", [])]
             start = cocotb.utils.get_sim_time("ns")
             wall, cpu = time.perf_counter(), time.process_time()
             dut.param_go.value = 1
             await RisingEdge(dut.clk)
             dut.param_go.value = 0
-            sender = cocotb.start_soon(send_packet(dut, words, rng, stall))
-            out = await _receive(dut, rng, stall, 4 * run["out_beats"] + 4)
+            sender = cocotb.start_soon(send_packet(dut, words, rng, stall, table))
+            out, failed = await _receive(dut, rng, stall, 4 * run["out_beats"] + 4)
             await sender
             if dut.busy.value:
                 await FallingEdge(dut.busy)
@@ -117,11 +129,12 @@ async def run_job(dut):
             cycles = int((cocotb.utils.get_sim_time("ns") - start) // 10)
             results.append({"out": [f"{w:x}" for w in out], "cycles": int(dut.cycles.value),
                             "sim_cycles": cycles, "error": int(dut.error.value),
+                            "failed": failed,
                             "wall_s": time.perf_counter() - wall,
                             "cpu_s": time.process_time() - cpu,
                             # the core's performance counters of this run
                             **{name: int(getattr(dut, name).value)
-                               for name in ("array_beats", "layer_cycles")
+                               for name in ("array_beats", "layer_cycles", "failed_runs")
                                if hasattr(dut, name)}})
     except AssertionError as exc:
         failure = str(exc)

@@ -16,7 +16,8 @@ __all__ = ["SOF", "T_PARAM", "T_PARAM_LAST", "T_ACT", "T_ACT_LAST", "T_READ", "T
            "T_RESET", "T_LOAD", "T_RUN", "R_ACK", "R_NAK", "R_DATA", "R_STATUS", "NAK_CRC",
            "NAK_LENGTH",
            "NAK_TYPE", "NAK_FRAMING", "NAK_TIMEOUT", "NAK_REASONS", "HEADER_BYTES",
-           "TRAILER_BYTES", "STATUS_BYTES", "DATA_LAST", "DATA_ERROR", "ST_BUSY", "ST_ERROR",
+           "TRAILER_BYTES", "STATUS_BYTES", "DATA_LAST", "DATA_ERROR", "DATA_FAILED", "ST_BUSY",
+           "ST_ERROR",
            "ST_OUTPUT", "ST_LOST", "SDRAM_STATUS_BYTES", "SD_INIT_DONE",
            "SD_INIT_ERROR", "SD_VALID", "SD_ERROR", "SD_BUSY", "SD_LOADING", "SD_ACCEPTED",
            "CRC16", "crc16", "encode_frame"]
@@ -59,6 +60,7 @@ TRAILER_BYTES = 2
 # DATA payload: one flag byte, then whole bus words (little-endian bytes).
 DATA_LAST = 0x01        # the packet's last word (tlast) is in this reply
 DATA_ERROR = 0x02       # the core's error output is high
+DATA_FAILED = 0x04      # the packet is a failed run's failure packet: its one word is the cause
 
 # STATUS payload: flags, cycles (u32 LE), bus bytes (u8), buffer bytes (u16 LE).
 STATUS_BYTES = 8

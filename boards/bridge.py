@@ -16,27 +16,182 @@ the bridge also executes LOAD (the following PARAM .. PARAM_LAST frames go to ``
 and RUN (a pulse on ``store_run``: the store streams its image into the core), both answered
 with the long STATUS reply, whose flag ``SD_ACCEPTED`` says whether the store took the command.
 
-Structure::
+Structure (the boxes are components; the bridge's own ``elaborate`` and ``_dispatch`` are the
+dispatcher, which starts one unit at a time)::
 
-    rx ─► UARTRx ─► frame parser (CRC) ─► frame buffer (bytes) ─► word assembly ─► param / act
-                                   └──► dispatch ──► reply (ACK/NAK/STATUS/DATA) ─► UARTTx ─► tx
-    result ─► gather ─► reply buffer (words) ──────────┘
+    rx ─► UARTRx ─► FrameReceiver ─► frame buffer ─► WordForwarder ─► param / act / store_load
+                    (parse, CRC)       (bytes)       (bytes → words)
+                         │ done, reason, header            ▲ start
+                         ▼                                 │
+                     dispatcher ───────────────────────────┤
+                         │                                 ▼ start
+    result ──────────────┼─────────────────────────► ResultGatherer ─► reply buffer (words)
+                         │ start                                              │
+                         ▼                                                    │
+                     ReplySender (ACK/NAK/STATUS/DATA, CRC) ◄─────────────────┘
+                         └─► RegisterSlice ─► UARTTx ─► tx
+
+The dispatcher owns the reply's kind and length, the status word, the NAK reason, the
+duplicate state (last sequence byte and reply), the SDRAM load flag and the core reset; every
+unit owns the counters it steps; the bridge owns the CRC unit the receiver and the sender share.
+:mod:`boards.framing` holds the receiver and the sender.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import crc, stream, wiring
-from amaranth.lib.memory import Memory
+from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out, connect
+from amaranth.utils import ceil_log2
 
-from bertcore.core.encoder import bus_layout
+from bertcore.core.encoder import bus_layout, out_layout
 
 from bertcore import uart_protocol as P
 from bertcore.rtl.common import rejecting
 from bertcore.rtl.fsm import Fsm
 from bertcore.rtl.stream import RegisterSlice
+from .framing import FrameReceiver, ReplySender
 from .uart import UARTRx, UARTTx
 
-__all__ = ["UARTBridge"]
+__all__ = ["UARTBridge", "WordForwarder", "ResultGatherer"]
+
+
+class WordForwarder(wiring.Component):
+    """Forward a received PARAM/ACT payload from the frame buffer as bus words.
+
+    After ``start``, reads ``length`` bytes (a whole number of words) from the frame buffer,
+    assembles each word (byte ``i`` of the word from payload byte ``i``, little-endian) and
+    offers it on ``o_stream``, ``last`` on the final word when ``last_frame``; ``done`` pulses
+    (combinationally) when the final word is taken. ``abort`` (a line break) drops the frame in
+    any state: ``aborted`` pulses, and no further word is offered.
+    One word per ``2 * bus_width / 8 + 1`` cycles at most: the UART is far slower.
+
+    Members
+    -------
+    start, abort : ``In(1)``, done, aborted : ``Out(1)``
+        See above; ``aborted`` pulses when an ``abort`` drops the frame.
+    length : ``In(16)``, last_frame : ``In(1)``
+        The frame's payload bytes and whether it is a ``*_LAST`` frame (held until ``done``).
+    frame : ``In(ReadPort.Signature(...))``
+        The frame buffer's read port.
+    o_stream : ``Out(stream.Signature(bus_layout(bus_width)))``
+        The words.
+    """
+
+    def __init__(self, bus_width, max_payload):
+        self._bus = bus_width
+        self._max_payload = max_payload
+        super().__init__({
+            "start": In(1),
+            "abort": In(1),
+            "done": Out(1),
+            "aborted": Out(1),
+            "length": In(16),
+            "last_frame": In(1),
+            "frame": In(ReadPort.Signature(addr_width=ceil_log2(max_payload), shape=8)),
+            "o_stream": Out(stream.Signature(bus_layout(bus_width))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        NB = self._bus // 8
+        idx = Signal(range(self._max_payload + 1))  # payload byte read next
+        part = Signal(range(NB))                    # byte within the word
+        word = Signal(self._bus)
+        m.d.comb += self.frame.addr.eq(idx)
+        with Fsm(m, "forward") as fsm:
+            with fsm.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [idx.eq(0), part.eq(0)]
+                    fsm.next("ADDR")
+            with fsm.State("ADDR"):                 # frame.addr = idx; data in DATA
+                fsm.next("DATA")
+            with fsm.State("DATA"):
+                m.d.sync += [word.eq(Cat(word[8:], self.frame.data)), idx.eq(idx + 1),
+                             part.eq(Mux(part == NB - 1, 0, part + 1))]
+                with m.If(part == NB - 1):
+                    fsm.next("SEND")
+                with m.Else():
+                    fsm.next("ADDR")
+            with fsm.State("SEND"):
+                m.d.comb += [self.o_stream.valid.eq(1), self.o_stream.payload.data.eq(word),
+                             self.o_stream.payload.last.eq(self.last_frame
+                                                           & (idx == self.length))]
+                with m.If(self.o_stream.ready):
+                    with m.If(idx == self.length):
+                        m.d.comb += self.done.eq(1)
+                        fsm.next("IDLE")
+                    with m.Else():
+                        fsm.next("ADDR")
+            # in every busy state (a word offered is withdrawn: the core is being reset)
+            with m.If(self.abort & ~fsm.ongoing("IDLE")):
+                m.d.comb += self.aborted.eq(1)
+                fsm.next("IDLE")
+        return m
+
+
+class ResultGatherer(wiring.Component):
+    """Gather the core's output words for a DATA reply into the reply buffer.
+
+    After ``start``, takes words from ``i_stream`` while they come, each within ``gap_cycles``
+    of the previous one (or of ``start``), until the ``last`` word or a full buffer; then
+    ``done`` pulses (combinationally, one cycle after the final word or the gap) with ``words``
+    written and ``last`` (the packet's last word is among them), both held until the next
+    ``start``.
+
+    Members
+    -------
+    start : ``In(1)``, done : ``Out(1)``
+        See above.
+    i_stream : ``In(stream.Signature(out_layout(bus_width)))``
+        The core's output (``user``: the word is a failed run's failure packet).
+    words : ``Out(range(reply_words + 1))``, last : ``Out(1)``, failed : ``Out(1)``
+        What was gathered (``failed``: the packet's last word is a failure packet).
+    buffer : ``In(WritePort.Signature(...))``
+        The reply buffer's write port.
+    """
+
+    def __init__(self, bus_width, reply_words, gap_cycles):
+        self._reply_words = reply_words
+        self._gap = gap_cycles
+        super().__init__({
+            "start": In(1),
+            "done": Out(1),
+            "i_stream": In(stream.Signature(out_layout(bus_width))),
+            "words": Out(range(reply_words + 1)),
+            "last": Out(1),
+            "failed": Out(1),
+            "buffer": In(WritePort.Signature(addr_width=ceil_log2(reply_words),
+                                             shape=bus_width)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        RW = self._reply_words
+        gap = Signal(range(self._gap + 1))
+        wi = self.words
+        m.d.comb += [self.buffer.addr.eq(wi), self.buffer.data.eq(self.i_stream.payload.data)]
+        with Fsm(m, "gather") as fsm:
+            with fsm.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [wi.eq(0), gap.eq(0), self.last.eq(0), self.failed.eq(0)]
+                    fsm.next("GATHER")
+            with fsm.State("GATHER"):
+                m.d.comb += self.i_stream.ready.eq(1)
+                with m.If(self.i_stream.valid):
+                    m.d.comb += self.buffer.en.eq(1)
+                    m.d.sync += [wi.eq(wi + 1), gap.eq(0)]
+                    with m.If(self.i_stream.payload.last | (wi == RW - 1)):
+                        m.d.sync += [self.last.eq(self.i_stream.payload.last),
+                                     self.failed.eq(self.i_stream.payload.user)]
+                        fsm.next("DONE")
+                with m.Elif(gap == self._gap):
+                    fsm.next("DONE")
+                with m.Else():
+                    m.d.sync += gap.eq(gap + 1)
+            with fsm.State("DONE"):
+                m.d.comb += self.done.eq(1)
+                fsm.next("IDLE")
+        return m
 
 
 class UARTBridge(wiring.Component):
@@ -67,8 +222,8 @@ class UARTBridge(wiring.Component):
         The UART lines.
     param, act : ``Out(stream.Signature(bus_layout(bus_width)))``
         Words for the core's ``s_param`` / ``s_act``.
-    result : ``In(stream.Signature(bus_layout(bus_width)))``
-        The core's ``m_act``.
+    result : ``In(stream.Signature(out_layout(bus_width)))``
+        The core's ``m_act`` (``user``: a failed run's failure packet, flagged in DATA).
     core_busy, core_error : ``In(1)``, core_cycles : ``In(32)``
         The core's status, reported by STATUS (and the error flag of DATA replies).
     core_reset : ``Out(1)``
@@ -121,7 +276,7 @@ class UARTBridge(wiring.Component):
             "tx": Out(1, init=1),
             "param": Out(stream.Signature(layout)),
             "act": Out(stream.Signature(layout)),
-            "result": In(stream.Signature(layout)),
+            "result": In(stream.Signature(out_layout(bus_width))),
             "core_busy": In(1),
             "core_error": In(1),
             "core_cycles": In(32),
@@ -154,314 +309,179 @@ class UARTBridge(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        BUS, NB, MAXP = self._bus, self._bus // 8, self._max_payload
-        RW = self.reply_words
-
+        NB, MAXP, RW = self._bus // 8, self._max_payload, self.reply_words
         m.submodules.uart_rx = urx = self._rx
         m.submodules.uart_tx = utx = self._tx
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
+
+        m.submodules.frame_mem = frame_mem = Memory(shape=8, depth=MAXP, init=[])
+        m.submodules.reply_mem = reply_mem = Memory(shape=self._bus, depth=RW, init=[])
+        # bytes are taken while hunting or inside a frame; outside (executing, replying) they
+        # wait in the UART receiver, and further ones are lost (the host waits for the reply)
+        m.submodules.receiver = rx = FrameReceiver(MAXP, NB, self._timeout)
+        connect(m, urx.o_stream, rx.i_stream)
+        connect(m, rx.frame, frame_mem.write_port())
+        m.d.comb += rx.frame_error.eq(urx.frame_error)
+        m.submodules.forwarder = fwd = WordForwarder(self._bus, MAXP)
+        connect(m, fwd.frame, frame_mem.read_port())
+        m.d.comb += [fwd.length.eq(rx.length), fwd.abort.eq(urx.line_break)]
+        m.submodules.gatherer = gather = ResultGatherer(self._bus, RW, self._gather)
+        connect(m, wiring.flipped(self.result), gather.i_stream)
+        connect(m, gather.buffer, reply_mem.write_port())
+        m.submodules.sender = tx = ReplySender(self._bus, RW, self.status_bytes)
+        connect(m, tx.words, reply_mem.read_port())
         # reply bytes pass a register slice on their way to the transmitter (the byte
         # multiplexer of the reply does not run on into its shift register)
         m.submodules.tx_slice = tx_slice = RegisterSlice(unsigned(8))
+        connect(m, tx.o_stream, tx_slice.i_stream)
         connect(m, tx_slice.o_stream, utx.i_stream)
-        tx_in = tx_slice.i_stream
-        # bytes are taken while hunting or inside a frame; outside (executing, replying) they
-        # wait in the receiver, and further ones are lost (the host waits for the reply)
-        got = urx.o_stream.valid & urx.o_stream.ready
-        byte = urx.o_stream.payload
-
-        m.submodules.frame_mem = frame_mem = Memory(shape=8, depth=MAXP, init=[])
-        fw, fr = frame_mem.write_port(), frame_mem.read_port()
-        m.submodules.reply_mem = reply_mem = Memory(shape=BUS, depth=RW, init=[])
-        rw, rr = reply_mem.write_port(), reply_mem.read_port()
-
-        # -- Received frame -------------------------------------------------------------------
-        ftype = Signal(8)
-        seq = Signal(8)
-        length = Signal(16)
-        idx = Signal(range(MAXP + 1))               # payload byte (receive, forward)
-        part = Signal(range(NB))                    # byte within a word (receive, forward)
-        # One CRC unit serves both directions (stop and wait: a frame is received whole before
-        # its reply is sent, and no byte is taken while replying). Receive: ``start`` on SOF,
-        # then every byte from the type to the last CRC byte; a whole frame leaves the residue
-        # (``match_detected``) a cycle later. Reply: ``start`` in SEND, then each sent byte
-        # one cycle later from ``crc_in`` (below); ``crc`` is the CRC to send.
+        m.d.comb += tx.seq.eq(rx.seq)
+        # one CRC unit serves both directions: the receiver's bytes, or (one cycle late) the
+        # sender's; the link is stop and wait, so they never use it at once
         m.submodules.crc = crc_unit = crc.Processor(P.CRC16(8))
-        reason = Signal(8)
+        m.d.comb += [crc_unit.start.eq(rx.crc_start | tx.crc_start),
+                     crc_unit.valid.eq(rx.crc_valid | tx.crc_valid),
+                     crc_unit.data.eq(Mux(tx.crc_valid, tx.crc_data, rx.crc_data)),
+                     rx.crc_match.eq(crc_unit.match_detected), tx.crc.eq(crc_unit.crc)]
 
-        idle = Signal(range(self._timeout + 1))     # cycles since the last received byte
-        with m.If(got):
-            m.d.sync += idle.eq(0)
-        with m.Elif(idle != self._timeout):
-            m.d.sync += idle.eq(idle + 1)
-        idle_out = idle == self._timeout
-
-        # -- Reply --------------------------------------------------------------------------
-        rtype = Signal(8)
-        rlen = Signal(16)
-        last_seq = Signal(8)
-        last_valid = Signal()
-        last_rtype = Signal(8)
-        last_rlen = Signal(16)
-        dflags = Signal(8)                          # flags of the stored DATA reply
-        SB = self.status_bytes
-        status = Signal(8 * SB)
-        j = Signal(range(P.HEADER_BYTES))
-        k = Signal(16)                              # payload byte of the reply
-        k_first = Signal()                          # k == 0
-        r_data = Signal()                           # rtype is R_DATA (registered in SEND)
-        r_nak = Signal()                            # rtype is R_NAK
-        k_end = Signal(16)                          # rlen - 1
-        wi = Signal(range(RW + 1))                  # word of the reply buffer
-        tx_byte = Signal(8)
-        # the reply CRC takes each sent byte one cycle later, from a register (``crc_pend``:
-        # a byte is waiting; the byte multiplexer does not run on into the XOR network); the
-        # CRC bytes go out once it has taken the last one
-        tcrc = crc_unit.crc
-        crc_in = Signal(8)
-        crc_pend = Signal()
-        m.d.sync += crc_pend.eq(0)
-        m.d.comb += [crc_unit.data.eq(Mux(crc_pend, crc_in, byte)),
-                     crc_unit.valid.eq(crc_pend)]      # (receive states add their bytes)
-        m.d.comb += [rr.addr.eq(wi), fr.addr.eq(idx)]
-        # the reply word passes a register (a block RAM's clock-to-out without its output
-        # register is 5.6 ns on the ULX3S's -6 part; it ran on into the byte select)
-        rr_word = Signal.like(rr.data)
-        m.d.sync += rr_word.eq(rr.data)
-
-        is_param = (ftype == P.T_PARAM) | (ftype == P.T_PARAM_LAST)
-        is_act = (ftype == P.T_ACT) | (ftype == P.T_ACT_LAST)
-        is_last = (ftype == P.T_PARAM_LAST) | (ftype == P.T_ACT_LAST)
-        known = is_param | is_act | (ftype == P.T_READ) | (ftype == P.T_RESET)
-        is_store = Signal()                         # LOAD or RUN (sdram only)
-        to_store = Signal()                         # PARAM frames go to store_load (after LOAD)
-        if self._sdram:
-            m.d.comb += is_store.eq((ftype == P.T_LOAD) | (ftype == P.T_RUN))
-            known = known | is_store
-
-        word = Signal(BUS)
-        word_last = Signal()
-        gap = Signal(range(self._gather + 1))
-
-        reset_core = Signal()
         lost = Signal()                             # a byte was lost (overrun) since STATUS
         with m.If(urx.overrun):
             m.d.sync += lost.eq(1)
+        to_store = Signal()                         # PARAM frames go to store_load (after LOAD)
+        self._route_words(m, fwd, rx.type, to_store)
+        reset_core = Signal()
+        self._dispatch(m, rx, fwd, gather, tx, lost=lost, to_store=to_store,
+                       reset_core=reset_core, line_break=urx.line_break)
 
-        def status_word(accepted):
-            base = Cat(self.core_busy, self.core_error, self.result.valid, lost, Const(0, 4),
-                       self.core_cycles, Const(NB, 8), Const(MAXP, 16))
-            if not self._sdram:
-                return base
-            return Cat(base, self.store_flags, to_store, accepted, Const(0, 1),
-                       self.store_fingerprint, self.store_words)
+        # A break on the line resets the core and forgets the last sequence byte; a frame being
+        # forwarded is abandoned (the dispatcher), one being received is NAKed (framing error).
+        with m.If(urx.line_break):
+            m.d.comb += reset_core.eq(1)
+            m.d.sync += to_store.eq(0)
+        # registered: the core's reset reaches every flip-flop of the core (a large fan-out)
+        m.d.sync += self.core_reset.eq(reset_core)
+        return m
+
+    def _route_words(self, m, fwd, ftype, to_store):
+        """The forwarder's words go to ``param`` (PARAM), ``act`` (ACT) or, after a LOAD,
+        ``store_load`` (PARAM: the image-load path); its final PARAM word ends the load."""
+        is_param = (ftype == P.T_PARAM) | (ftype == P.T_PARAM_LAST)
+        word = fwd.o_stream
+        is_act = (ftype == P.T_ACT) | (ftype == P.T_ACT_LAST)
+        outs = [(self.param, is_param & ~to_store), (self.act, is_act)]
+        if self._sdram:
+            outs.append((self.store_load, is_param & to_store))
+        for out, sel in outs:
+            m.d.comb += [out.payload.eq(word.payload), out.valid.eq(word.valid & sel)]
+        taken = Mux(is_param, Mux(to_store, self.store_load.ready if self._sdram else 0,
+                                  self.param.ready), self.act.ready)
+        m.d.comb += [word.ready.eq(taken),
+                     fwd.last_frame.eq((ftype == P.T_PARAM_LAST) | (ftype == P.T_ACT_LAST))]
+        with m.If(word.valid & taken & word.payload.last & is_param):
+            m.d.sync += to_store.eq(0)              # the image is complete
+
+    def _status_word(self, lost, to_store, accepted):
+        """The STATUS payload (``docs/uart-protocol.md``); ``accepted`` answers LOAD / RUN."""
+        NB, MAXP = self._bus // 8, self._max_payload
+        base = Cat(self.core_busy, self.core_error, self.result.valid, lost, Const(0, 4),
+                   self.core_cycles, Const(NB, 8), Const(MAXP, 16))
+        if not self._sdram:
+            return base
+        return Cat(base, self.store_flags, to_store, accepted, Const(0, 1),
+                   self.store_fingerprint, self.store_words)
+
+    def _dispatch(self, m, rx, fwd, gather, tx, *, lost, to_store, reset_core, line_break):
+        """The dispatcher: execute each good frame, NAK a bad one, choose and start the reply.
+
+        It owns the reply (kind, length, status word, NAK reason, DATA flags) and the
+        duplicate state: the sequence byte and the reply of the last executed frame.
+        """
+        ftype, seq = rx.type, rx.seq
+        rtype, rlen = Signal(8), Signal(16)         # the reply being sent
+        status = Signal.like(tx.status)             # its payload: STATUS,
+        reason = Signal(8)                          # NAK,
+        dflags = Signal(8)                          # DATA (then the reply buffer's words)
+        m.d.comb += [tx.kind.eq(rtype), tx.length.eq(rlen), tx.status.eq(status),
+                     tx.reason.eq(reason), tx.flags.eq(dflags)]
+        last_seq, last_rtype, last_rlen = Signal(8), Signal(8), Signal(16)
+        last_valid = Signal()
+        is_data = ((ftype == P.T_PARAM) | (ftype == P.T_PARAM_LAST) | (ftype == P.T_ACT)
+                   | (ftype == P.T_ACT_LAST))
+        known = is_data | (ftype == P.T_READ) | (ftype == P.T_RESET)
+        is_store = (ftype == P.T_LOAD) | (ftype == P.T_RUN)
+        if self._sdram:
+            known = known | is_store
 
         def reply(kind, nbytes, *, record):
             m.d.sync += [rtype.eq(kind), rlen.eq(nbytes)]
             if record:
                 m.d.sync += [last_seq.eq(seq), last_valid.eq(1), last_rtype.eq(kind),
                              last_rlen.eq(nbytes)]
-            fsm.next("SEND")
+            fsm.next("REPLY")
 
         with Fsm(m, "link") as fsm:
-            # -- receive ----------------------------------------------------------------------
-            with fsm.State("HUNT"):
-                m.d.comb += urx.o_stream.ready.eq(1)
-                with m.If(got & (byte == P.SOF)):
-                    m.d.comb += crc_unit.start.eq(1)
-                    fsm.next("TYPE")
-            for state, nxt in (("TYPE", "SEQ"), ("SEQ", "LEN0"), ("LEN0", "LEN1"),
-                               ("LEN1", None), ("PAYLOAD", None), ("CRC0", "CRC1"),
-                               ("CRC1", None)):
-                with fsm.State(state):
-                    m.d.comb += urx.o_stream.ready.eq(1)
-                    with m.If(urx.frame_error):
-                        m.d.sync += reason.eq(P.NAK_FRAMING)
-                        fsm.next("DISCARD")
-                    with m.Elif(got):
-                        m.d.comb += crc_unit.valid.eq(1)
-                        if state == "TYPE":
-                            m.d.sync += ftype.eq(byte)
-                        elif state == "SEQ":
-                            m.d.sync += seq.eq(byte)
-                        elif state == "LEN0":
-                            m.d.sync += length[:8].eq(byte)
-                        elif state == "LEN1":
-                            new_len = Cat(length[:8], byte)
-                            m.d.sync += [length[8:].eq(byte), idx.eq(0), part.eq(0)]
-                            with m.If(new_len > MAXP):
-                                m.d.sync += reason.eq(P.NAK_LENGTH)
-                                fsm.next("DISCARD")
-                            with m.Elif(new_len == 0):
-                                fsm.next("CRC0")
-                            with m.Else():
-                                fsm.next("PAYLOAD")
-                        elif state == "PAYLOAD":
-                            m.d.comb += [fw.addr.eq(idx), fw.data.eq(byte), fw.en.eq(1)]
-                            m.d.sync += [idx.eq(idx + 1),
-                                         part.eq(Mux(part == NB - 1, 0, part + 1))]
-                            with m.If(idx == length - 1):
-                                fsm.next("CRC0")
-                        elif state == "CRC1":
-                            fsm.next("CHECK")
-                        if nxt is not None:
-                            fsm.next(nxt)
-                    with m.Elif(idle_out):
-                        m.d.sync += reason.eq(P.NAK_TIMEOUT)
-                        fsm.next("NAK")
-            with fsm.State("CHECK"):
-                # the CRC has taken the last byte
-                with m.If(crc_unit.match_detected):
+            with fsm.State("RECEIVE"):
+                with m.If(rx.done & (rx.reason == 0)):
                     fsm.next("DISPATCH")
-                with m.Else():
-                    m.d.sync += reason.eq(P.NAK_CRC)
-                    fsm.next("DISCARD")
-            with fsm.State("DISCARD"):
-                m.d.comb += urx.o_stream.ready.eq(1)
-                # wait for the line to go quiet, so that the NAK follows the whole bad frame
-                with m.If(idle_out):
+                with m.Elif(rx.done):
+                    m.d.sync += reason.eq(rx.reason)
                     fsm.next("NAK")
             with fsm.State("NAK"):
                 m.d.comb += self.nak.eq(1)
                 reply(P.R_NAK, 1, record=False)
-
-            # -- execute ----------------------------------------------------------------------
             with fsm.State("DISPATCH"):
-                m.d.sync += [idx.eq(0), wi.eq(0), gap.eq(0), word_last.eq(0)]
                 with m.If(ftype == P.T_STATUS):
-                    m.d.sync += lost.eq(0)
-                    m.d.sync += status.eq(status_word(0))
-                    reply(P.R_STATUS, SB, record=False)
+                    m.d.sync += [lost.eq(0), status.eq(self._status_word(lost, to_store, 0))]
+                    reply(P.R_STATUS, self.status_bytes, record=False)
                 with m.Elif(~known):
                     m.d.sync += reason.eq(P.NAK_TYPE)
                     fsm.next("NAK")
                 with m.Elif(last_valid & (seq == last_seq)):
                     # a retry of the frame executed last: resend its reply
                     m.d.sync += [rtype.eq(last_rtype), rlen.eq(last_rlen)]
-                    fsm.next("SEND")
-                with m.Elif((is_param | is_act) & ((length == 0) | (part != 0))):
+                    fsm.next("REPLY")
+                with m.Elif(is_data & ~rx.whole_words):
                     m.d.sync += reason.eq(P.NAK_LENGTH)
                     fsm.next("NAK")
-                with m.Elif(is_param | is_act):
-                    fsm.next("FWD_ADDR")
+                with m.Elif(is_data):
+                    m.d.comb += fwd.start.eq(1)
+                    fsm.next("FORWARD")
                 with m.Elif(ftype == P.T_READ):
+                    m.d.comb += gather.start.eq(1)
                     fsm.next("GATHER")
                 if self._sdram:
                     with m.Elif(is_store):
                         # LOAD / RUN: taken only by a ready store (RUN: with a valid image); the
                         # reply is the status with SD_ACCEPTED (recorded: a retry is not executed)
                         accepted = self.store_ready & ((ftype == P.T_LOAD) | self.store_flags[2])
-                        m.d.sync += status.eq(status_word(accepted))
+                        m.d.sync += status.eq(self._status_word(lost, to_store, accepted))
                         with m.If(accepted):
                             with m.If(ftype == P.T_LOAD):
                                 m.d.comb += self.store_start.eq(1)
                                 m.d.sync += to_store.eq(1)
                             with m.Else():
                                 m.d.comb += self.store_run.eq(1)
-                        reply(P.R_STATUS, SB, record=True)
+                        reply(P.R_STATUS, self.status_bytes, record=True)
                 with m.Else():                      # RESET (also ends a load)
                     m.d.comb += reset_core.eq(1)
                     m.d.sync += to_store.eq(0)
                     reply(P.R_ACK, 0, record=True)
-
-            with fsm.State("FWD_ADDR"):               # fr.addr = idx; data in FWD_DATA
-                fsm.next("FWD_DATA")
-                with m.If(urx.line_break):          # abandon the frame (the core is reset)
-                    fsm.next("HUNT")
-            with fsm.State("FWD_DATA"):
-                m.d.sync += [word.eq(Cat(word[8:], fr.data)), idx.eq(idx + 1),
-                             part.eq(Mux(part == NB - 1, 0, part + 1))]
-                with m.If(part == NB - 1):
-                    fsm.next("FWD_SEND")
-                with m.Else():
-                    fsm.next("FWD_ADDR")
-            with fsm.State("FWD_SEND"):
-                last = is_last & (idx == length)
-                outs = [(self.param, is_param & ~to_store), (self.act, is_act)]
-                if self._sdram:
-                    outs.append((self.store_load, is_param & to_store))
-                for out, sel in outs:
-                    m.d.comb += [out.payload.data.eq(word), out.payload.last.eq(last),
-                                 out.valid.eq(sel)]
-                taken = Mux(is_param, Mux(to_store, self.store_load.ready if self._sdram else 0,
-                                          self.param.ready), self.act.ready)
-                with m.If(taken):
-                    with m.If(last & is_param):
-                        m.d.sync += to_store.eq(0)      # the image is complete
-                    with m.If(idx == length):
-                        reply(P.R_ACK, 0, record=True)
-                    with m.Else():
-                        fsm.next("FWD_ADDR")
-                with m.If(urx.line_break):
-                    fsm.next("HUNT")
-
+            with fsm.State("FORWARD"):
+                with m.If(fwd.done):
+                    reply(P.R_ACK, 0, record=True)
+                with m.If(fwd.aborted):             # a line break (the core is reset)
+                    m.d.comb += rx.start.eq(1)
+                    fsm.next("RECEIVE")
             with fsm.State("GATHER"):
-                m.d.comb += self.result.ready.eq(1)
-                m.d.comb += [rw.addr.eq(wi), rw.data.eq(self.result.payload.data)]
-                with m.If(self.result.valid):
-                    m.d.comb += rw.en.eq(1)
-                    m.d.sync += [wi.eq(wi + 1), gap.eq(0)]
-                    with m.If(self.result.payload.last | (wi == RW - 1)):
-                        m.d.sync += word_last.eq(self.result.payload.last)
-                        fsm.next("GATHERED")
-                with m.Elif(gap == self._gather):
-                    fsm.next("GATHERED")
-                with m.Else():
-                    m.d.sync += gap.eq(gap + 1)
-            with fsm.State("GATHERED"):
-                m.d.sync += dflags.eq(Cat(word_last, self.core_error))
-                reply(P.R_DATA, 1 + wi * NB, record=True)
-
-            # -- reply ------------------------------------------------------------------------
+                with m.If(gather.done):
+                    m.d.sync += dflags.eq(Cat(gather.last, self.core_error, gather.failed))
+                    reply(P.R_DATA, 1 + gather.words * (self._bus // 8), record=True)
+            with fsm.State("REPLY"):
+                m.d.comb += tx.start.eq(1)
+                fsm.next("SEND")
             with fsm.State("SEND"):
-                m.d.comb += crc_unit.start.eq(1)
-                m.d.sync += [j.eq(0), k.eq(0), k_first.eq(1), wi.eq(0), part.eq(0),
-                             r_data.eq(rtype == P.R_DATA),
-                             r_nak.eq(rtype == P.R_NAK), k_end.eq(rlen - 1)]
-                fsm.next("TX_HEAD")
-            with fsm.State("TX_HEAD"):
-                head = Cat(Const(P.SOF, 8), rtype, seq, rlen[:8], rlen[8:])
-                m.d.comb += tx_byte.eq(head.word_select(j, 8))
-                m.d.comb += [tx_in.valid.eq(1), tx_in.payload.eq(tx_byte)]
-                with m.If(tx_in.ready):
-                    m.d.sync += j.eq(j + 1)
-                    with m.If(j != 0):
-                        m.d.sync += [crc_in.eq(tx_byte), crc_pend.eq(1)]
-                    with m.If(j == P.HEADER_BYTES - 1):
-                        fsm.next("TX_PAY")
-                        with m.If(rlen == 0):
-                            fsm.next("TX_CRC0")
-            with fsm.State("TX_PAY"):
-                # shallow selects: status byte k by the low bits of k (a status reply has
-                # STATUS_BYTES bytes), the reply kind and first byte from registered flags
-                st = status.word_select(k[:(SB - 1).bit_length()], 8)
-                # (rr_word follows wi two cycles late: payload bytes are taken one per UART
-                # byte time, the slice's two places being filled by the five header bytes)
-                data_byte = Mux(k_first, dflags, rr_word.word_select(part, 8))
-                m.d.comb += tx_byte.eq(Mux(r_data, data_byte, Mux(r_nak, reason, st)))
-                m.d.comb += [tx_in.valid.eq(1), tx_in.payload.eq(tx_byte)]
-                with m.If(tx_in.ready):
-                    m.d.sync += [crc_in.eq(tx_byte), crc_pend.eq(1), k.eq(k + 1), k_first.eq(0)]
-                    with m.If(~k_first):
-                        m.d.sync += part.eq(Mux(part == NB - 1, 0, part + 1))
-                        with m.If(part == NB - 1):
-                            m.d.sync += wi.eq(wi + 1)
-                    with m.If(k == k_end):
-                        fsm.next("TX_CRC0")
-            with fsm.State("TX_CRC0"):
-                m.d.comb += [tx_in.valid.eq(~crc_pend), tx_in.payload.eq(tcrc[8:])]
-                with m.If(tx_in.ready & ~crc_pend):
-                    fsm.next("TX_CRC1")
-            with fsm.State("TX_CRC1"):
-                m.d.comb += [tx_in.valid.eq(1), tx_in.payload.eq(tcrc[:8])]
-                with m.If(tx_in.ready):
-                    fsm.next("HUNT")
-
-        # A break on the line resets the core and forgets the last sequence byte; a frame being
-        # forwarded is abandoned (above), one being received is NAKed (framing error).
-        with m.If(urx.line_break):
-            m.d.comb += reset_core.eq(1)
-            m.d.sync += [last_valid.eq(0), to_store.eq(0)]
-        # registered: the core's reset reaches every flip-flop of the core (a large fan-out)
-        m.d.sync += self.core_reset.eq(reset_core)
-        return m
+                with m.If(tx.done):
+                    m.d.comb += rx.start.eq(1)
+                    fsm.next("RECEIVE")
+        with m.If(line_break):
+            m.d.sync += last_valid.eq(0)

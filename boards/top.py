@@ -44,7 +44,8 @@ class UARTCoreTop(wiring.Component):
         Clock cycles per UART bit.
     core : wiring.Component or None
         A component with the members of :class:`~bertcore.core.encoder.EncoderCore` (``s_param``,
-        ``s_act``, ``m_act``, ``busy``, ``error``, ``cycles``); default ``EncoderCore(config)``.
+        ``s_act``, ``m_act`` with ``user``: a failure packet, ``busy``, ``error``, ``cycles``);
+        default ``EncoderCore(config)``.
     max_payload, timeout, gather
         Passed to :class:`~boards.bridge.UARTBridge`.
     core_domain : bool
@@ -112,7 +113,10 @@ class UARTCoreTop(wiring.Component):
             connect(m, bridge.param, core.s_param)
         else:
             self._connect_store(m, bridge, core)
-        connect(m, bridge.act, core.s_act)
+        # (the bridge sends plain packets: tuser stays 0)
+        m.d.comb += [core.s_act.valid.eq(bridge.act.valid), bridge.act.ready.eq(core.s_act.ready),
+                     core.s_act.payload.data.eq(bridge.act.payload.data),
+                     core.s_act.payload.last.eq(bridge.act.payload.last)]
         connect(m, core.m_act, bridge.result)
         m.d.comb += [
             bridge.rx.eq(self.rx), self.tx.eq(bridge.tx),
@@ -169,9 +173,11 @@ class BoardSpec:
 
 
 #: The iCE40 UP5K has 8 DSPs (16x16), 30 block RAMs (4 kbit) and 5280 LUTs: the smallest core
-#: the generator accepts (a 2x2 array, hidden 16 in 2 heads, 1 layer, 8 tokens).
+#: the generator accepts (a 2x2 array, hidden 16 in 2 heads, 1 layer, 8 tokens), with 8-bit
+#: attention probabilities (a 16x16 SB_MAC16 takes the array's int8/uint8 operands; 16-bit ones
+#: cost LUTs per PE: docs/core.md, "Attention probabilities"; quantize with --prob-bits 8).
 ICE40_CONFIG = CoreConfig(hidden=16, heads=2, ffn=32, layers=1, max_seq=8, array_rows=2,
-                          array_cols=2, bus_width=16)
+                          array_cols=2, bus_width=16, prob_bits=8)
 
 #: The tiny model's shape on a 2x2 array (the same quantized tiny model runs on it), with the
 #: GELU and softmax multipliers in LUTs: 27 of the LFE5U-25F's 28 MULT18X18D.

@@ -8,7 +8,9 @@ checks the outputs against ``IntBert.encode_int`` (computed by the test and pass
 ``params``: ``runs`` = list of ``{"length": L, "act": [words], "out": [words]}``; ``report``,
 when given, is a file that receives the ``cycles``, ``array_beats`` and ``layer_cycles``
 outputs of each run as JSON). The caller selects the tests (``run_cocotb(tests=)``):
-``protocol_errors`` also needs ``too_long`` (an over-long activation packet).
+``outcomes`` runs ``params["scenario"]`` (runs that fail and succeed, the failed runs'
+activation packets at given delays: ``tests/test_core_outcome.py``); ``reset_mid_run`` needs
+``runs``.
 """
 
 import json
@@ -18,6 +20,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
+from bertcore.core.image import FAIL_NO_IMAGE
 from bertcore.rtlsim_tb import send_packet as _send_act
 from sim.runner import tb_params
 
@@ -25,6 +28,7 @@ from sim.runner import tb_params
 async def _reset(dut):
     dut.s_axis_act_tvalid.value = 0
     dut.s_axis_act_tlast.value = 0
+    dut.s_axis_act_tuser.value = 0
     dut.s_axis_act_tdata.value = 0
     dut.m_axis_act_tready.value = 0
     dut.param_en.value = 0
@@ -39,8 +43,9 @@ async def _reset(dut):
     await RisingEdge(dut.clk)
 
 
-async def _recv(dut, rng, stall, timeout):
-    """Receive one output packet (up to tlast)."""
+async def _recv(dut, rng, stall, timeout, *, users=None):
+    """Receive one output packet (up to tlast); ``users`` (a list) receives each beat's
+    ``tuser``."""
     words = []
     for _ in range(timeout):
         ready = rng.random() >= stall
@@ -50,6 +55,8 @@ async def _recv(dut, rng, stall, timeout):
         if fire:
             words.append(dut.m_axis_act_tdata.value.to_unsigned())
             last = bool(dut.m_axis_act_tlast.value)
+            if users is not None:
+                users.append(int(dut.m_axis_act_tuser.value))
         await RisingEdge(dut.clk)
         if fire and last:
             dut.m_axis_act_tready.value = 0
@@ -85,10 +92,12 @@ async def _run(dut, run, rng, stall, timeout):
     """One inference: start an image, send the activations, check the output."""
     await _go(dut)
     await _wait(dut, dut.busy, 1, timeout)
-    sender = cocotb.start_soon(_send_act(dut, run["act"], rng, stall))
-    got = await _recv(dut, rng, stall, timeout)
+    sender = cocotb.start_soon(_send_act(dut, run["act"], rng, stall, run.get("table", ())))
+    users = []
+    got = await _recv(dut, rng, stall, timeout, users=users)
     await sender
     assert got == run["out"], f"output mismatch: got {got[:4]}..., want {run['out'][:4]}..."
+    assert set(users) == {0}, "tuser set on a result beat"
     await _wait(dut, dut.busy, 0, 100)
     assert not dut.error.value, "error raised on a valid run"
     return int(dut.cycles.value), int(dut.array_beats.value), int(dut.layer_cycles.value)
@@ -115,52 +124,103 @@ async def runs_back_to_back(dut):
                        "beats": beats, "layer_cycles": layers}, f)
 
 
+async def _image_driver(dut, runs, started, got):
+    """Send the image of each run that has one, back to back (``bad_header``: the magic
+    corrupted, ``short``: one beat short; after a run with no image, once its outcome is in
+    ``got``); ``started`` receives the index of each run whose first image beat was taken."""
+    for r, run in enumerate(runs):
+        if run["image"] == "none":
+            continue
+        while r and runs[r - 1]["image"] == "none" and len(got) < r:
+            await RisingEdge(dut.clk)
+        dut.corrupt.value = int(run["image"] == "bad_header")
+        dut.short_image.value = int(run["image"] == "short")
+        await _go(dut)
+        first = True
+        while True:
+            await ReadOnly()
+            fire = bool(dut.s_axis_param_tvalid.value) and bool(dut.s_axis_param_tready.value)
+            last = bool(dut.s_axis_param_tlast.value)
+            await RisingEdge(dut.clk)
+            if fire and first:
+                started.add(r)
+                first = False
+            if fire and last:
+                break
+    dut.corrupt.value = 0
+    dut.short_image.value = 0
+
+
 @cocotb.test()
-async def protocol_errors(dut):
-    """Activations first, bad header, too long a sequence, short image, reset mid-run; then a
-    valid run."""
+async def outcomes(dut):
+    """The runs of ``params["scenario"]``: each run's image (queued right behind the previous
+    one), its activation packet ``delay`` cycles after its first image beat (-1: after its
+    outcome), random stalls on all streams; every run ends with its own outcome packet."""
+    p = tb_params()
+    runs, stall, timeout = p["scenario"], p["stall"], p["timeout"]
+    rng = random.Random(p["seed"])
+    await _reset(dut)
+    driver = cocotb.start_soon(_param_driver(dut, random.Random(p["seed"] + 1), stall))
+    started, got = set(), []
+    images = cocotb.start_soon(_image_driver(dut, runs, started, got))
+
+    async def activations():
+        arng = random.Random(p["seed"] + 2)
+        for r, run in enumerate(runs):
+            if run["image"] == "none":
+                while len(got) < r:          # a packet with no run: after the last outcome
+                    await RisingEdge(dut.clk)
+            else:
+                while r not in started:
+                    await RisingEdge(dut.clk)
+                while run["delay"] < 0 and len(got) <= r:
+                    await RisingEdge(dut.clk)
+                for _ in range(max(run["delay"], 0)):
+                    await RisingEdge(dut.clk)
+            await _send_act(dut, run["act"], arng, stall)
+
+    sender = cocotb.start_soon(activations())
+    for r, run in enumerate(runs):
+        users = []
+        words = await _recv(dut, rng, stall, timeout, users=users)
+        got.append(words)
+        if run["fail"]:
+            assert (words, users) == ([run["fail"]], [1]), \
+                f"run {r}: got {words[:4]} (tuser {users[:4]}), want failure {run['fail']}"
+        else:
+            assert set(users) == {0}, f"run {r}: tuser set on a result beat"
+            assert words == run["out"], f"run {r}: not the result of its own input"
+        dut._log.info(f"run {r} ({run['image']}, delay {run['delay']}): "
+                      f"{'failure ' + str(run['fail']) if run['fail'] else 'result'} as expected")
+    await sender
+    await images
+    await _wait(dut, dut.busy, 0, timeout)
+    dut.m_axis_act_tready.value = 1
+    for _ in range(100):
+        await ReadOnly()
+        assert not dut.m_axis_act_tvalid.value, "an output packet with no run"
+        await RisingEdge(dut.clk)
+    failed = sum(1 for run in runs if run["fail"])
+    assert int(dut.failed_runs.value) == failed, f"failed_runs {int(dut.failed_runs.value)}"
+    driver.cancel()
+
+
+@cocotb.test()
+async def reset_mid_run(dut):
+    """A reset in the middle of a run returns to idle (counters cleared); then a valid run."""
     p = tb_params()
     rng = random.Random(p["seed"] + 7)
     timeout = p["timeout"]
-    good, too_long = p["runs"][0], p["too_long"]
+    good = p["runs"][0]
     await _reset(dut)
-
-    async def expect_error(what):
-        await _wait(dut, dut.error, 1, timeout)
-        await _wait(dut, dut.busy, 0, timeout)
-        await ReadOnly()
-        assert not dut.s_axis_param_tvalid.value, "the image was not dropped to its end"
-        await RisingEdge(dut.clk)
-        dut._log.info(f"{what}: error raised, packets dropped, back to idle")
-
-    async def start_image():
-        await _go(dut)
-        await _wait(dut, dut.busy, 1, timeout)     # a run started: error is cleared
-        assert not dut.error.value
-
     dut.param_en.value = 1
-    # 1. activations before parameters: the packet is dropped
-    await _send_act(dut, good["act"], rng, 0.0)
-    await expect_error("activations first")
-    # 2. corrupted header: the whole image is dropped
-    dut.corrupt.value = 1
-    await start_image()
-    await expect_error("bad header")
-    dut.corrupt.value = 0
-    # 3. a sequence longer than max_seq: both packets are dropped
-    await start_image()
-    await _send_act(dut, too_long, rng, 0.0)
-    await expect_error("too long")
-    # 4. an image one beat short
-    dut.short_image.value = 1
-    await start_image()
+    # a failed run first, so that failed_runs has something to clear
     sender = cocotb.start_soon(_send_act(dut, good["act"], rng, 0.0))
-    await expect_error("short image")
+    assert await _recv(dut, rng, 0.0, timeout) == [FAIL_NO_IMAGE]
     await sender
-    dut.short_image.value = 0
-    assert not dut.m_axis_act_tvalid.value
-    # 5. a reset in the middle of a run returns to idle
-    await start_image()
+    assert int(dut.failed_runs.value) == 1
+    await _go(dut)
+    await _wait(dut, dut.busy, 1, timeout)
     sender = cocotb.start_soon(_send_act(dut, good["act"], rng, 0.0))
     for _ in range(3000):
         await RisingEdge(dut.clk)
@@ -173,8 +233,7 @@ async def protocol_errors(dut):
     await RisingEdge(dut.clk)
     await ReadOnly()
     assert not dut.busy.value and not dut.error.value and not dut.s_axis_param_tvalid.value
+    assert int(dut.failed_runs.value) == 0
     await RisingEdge(dut.clk)
     dut._log.info("reset mid-run: back to idle")
-    # 6. a valid run succeeds
     await _run(dut, good, rng, 0.2, timeout)
-

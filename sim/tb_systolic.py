@@ -1,7 +1,7 @@
 """cocotb bench of the emitted Verilog of :class:`bertcore.rtl.systolic.SystolicArray`.
 
 Run through ``sim.runner.run_cocotb`` (see ``tests/test_rtl_systolic.py``) with the parameters
-``rows``, ``cols``, ``k_max``, ``a_shape`` (``"s8"`` or ``"u8"``), ``out_width``, ``latency`` and
+``rows``, ``cols``, ``k_max``, ``a_shape`` (``"s8"``, ``"u8"`` or ``"s17"``), ``out_width``, ``latency`` and
 ``seed``. Every output is compared with an exact int64 ``A·B + bias``.
 """
 
@@ -20,6 +20,9 @@ from sim.axis import StreamSink, StreamSource, reset
 from sim.runner import tb_params
 
 STALL = 0.3
+#: The ``a_shape`` parameter: int8, uint8 probabilities, the core's signed(17) A operand (int8
+#: activations and 16-bit probabilities).
+A_SHAPES = {"s8": signed(8), "u8": unsigned(8), "s17": signed(17)}
 
 
 class Bench:
@@ -28,7 +31,7 @@ class Bench:
         self.dut = dut
         self.p = p
         self.rows, self.cols, self.k_max = p["rows"], p["cols"], p["k_max"]
-        self.a_shape = unsigned(8) if p["a_shape"] == "u8" else signed(8)
+        self.a_shape = A_SHAPES[p["a_shape"]]
         self.b_shape = signed(8)
         self.a_layout = operand_layout(self.a_shape, self.rows)
         self.b_layout = operand_layout(self.b_shape, self.cols)

@@ -26,10 +26,11 @@ from amaranth.lib.wiring import In, Out
 from bertcore import uart_protocol as P
 from bertcore.board import BoardError, BoardLink, LinkError, load_parameters, run
 from bertcore.config import CoreConfig
-from bertcore.core.encoder import bus_layout
-from bertcore.core.image import image_beats, pack_activations
-from bertcore.boards.bridge import UARTBridge
+from bertcore.core.encoder import bus_layout, out_layout
+from bertcore.core.image import FAIL_HEADER, FAIL_NO_IMAGE, image_beats, pack_activations
+from bertcore.boards.bridge import ResultGatherer, UARTBridge, WordForwarder
 from bertcore.boards.top import UARTCoreTop
+from rtl_sim import simulate
 from uart_port import SimPort
 
 DIVISOR = 4
@@ -53,7 +54,8 @@ class EchoCore(wiring.Component):
         layout = bus_layout(config.bus_width)
         super().__init__({
             "s_param": In(stream.Signature(layout)), "s_act": In(stream.Signature(layout)),
-            "m_act": Out(stream.Signature(layout)), "busy": Out(1), "error": Out(1),
+            "m_act": Out(stream.Signature(out_layout(config.bus_width))),
+            "busy": Out(1), "error": Out(1),
             "cycles": Out(32),
         })
 
@@ -282,6 +284,107 @@ def test_bridge_parameter_errors():
         UARTBridge(32, 2)
 
 
+
+class _Buffered(wiring.Component):
+    """A bridge unit with its buffer memory, as :class:`UARTBridge` wires it."""
+
+    def __init__(self, unit, port, shape, depth, init):
+        self._unit, self._port = unit, port
+        self._mem = Memory(shape=shape, depth=depth, init=init)
+        super().__init__({})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.unit, m.submodules.mem = self._unit, self._mem
+        port = self._mem.read_port() if self._port == "frame" else self._mem.write_port()
+        wiring.connect(m, getattr(self._unit, self._port), port)
+        return m
+
+
+@pytest.mark.parametrize("abort_at", [None] + list(range(1, 30)))
+def test_word_forwarder(abort_at):
+    """Bytes of the frame buffer become little-endian words (``last`` on the final one of a
+    ``*_LAST`` frame) under random backpressure; a line break (``abort``) in any cycle drops the
+    frame: ``aborted`` once, no word after it, and the next frame is forwarded whole."""
+    payload = bytes(random.Random(1).randrange(256) for _ in range(12))
+    fwd = WordForwarder(32, 16)
+    dut = _Buffered(fwd, "frame", 8, 16, list(payload))
+    words = [int.from_bytes(payload[i:i + 4], "little") for i in range(0, 12, 4)]
+    rng = random.Random(abort_at)
+
+    async def forward(ctx, abort_at=None):
+        ctx.set(fwd.length, 12)
+        ctx.set(fwd.last_frame, 1)
+        ctx.set(fwd.start, 1)
+        await ctx.tick()
+        ctx.set(fwd.start, 0)
+        got, dones, aborts, expect = [], 0, 0, 0
+        for cycle in range(60):
+            expect |= cycle == abort_at and not dones      # abort while busy
+            ctx.set(fwd.abort, cycle == abort_at)
+            ready = rng.random() < 0.6
+            ctx.set(fwd.o_stream.ready, ready)
+            if ctx.get(fwd.o_stream.valid) and ready:
+                got.append((ctx.get(fwd.o_stream.payload.data),
+                            ctx.get(fwd.o_stream.payload.last)))
+            dones += ctx.get(fwd.done)
+            aborts += ctx.get(fwd.aborted)
+            assert aborts == expect, (cycle, aborts, expect)
+            await ctx.tick()
+        ctx.set(fwd.abort, 0)
+        return got, dones, aborts
+
+    async def testbench(ctx):
+        got, dones, aborts = await forward(ctx, abort_at)
+        if aborts:
+            assert aborts == 1 and got == [(w, 0) for w in words[:len(got)]] and len(got) < 3
+        else:
+            assert got == [(w, int(i == 2)) for i, w in enumerate(words)] and dones == 1
+        assert ctx.get(fwd.o_stream.valid) == 0
+        got, dones, aborts = await forward(ctx)
+        assert got == [(w, int(i == 2)) for i, w in enumerate(words)] and dones == 1
+
+    simulate(dut, testbench, name="word_forwarder")
+
+
+def test_result_gatherer():
+    """Words until ``last``, until the buffer is full, or until a gap of ``gap_cycles``."""
+    gather = ResultGatherer(32, 3, 5)
+    dut = _Buffered(gather, "buffer", 32, 3, [])
+
+    async def run(ctx, beats):
+        """``beats``: per cycle ``(data, last[, user])`` offered, or None.
+
+        Returns (words, last, failed)."""
+        ctx.set(gather.start, 1)
+        await ctx.tick()
+        ctx.set(gather.start, 0)
+        for beat in beats + [None] * 10:
+            ctx.set(gather.i_stream.valid, beat is not None)
+            if beat is not None:
+                ctx.set(gather.i_stream.payload.data, beat[0])
+                ctx.set(gather.i_stream.payload.last, beat[1])
+                ctx.set(gather.i_stream.payload.user, beat[2] if len(beat) > 2 else 0)
+            if ctx.get(gather.done):
+                ctx.set(gather.i_stream.valid, 0)
+                result = ctx.get(gather.words), ctx.get(gather.last), ctx.get(gather.failed)
+                await ctx.tick()
+                return result
+            await ctx.tick()
+        raise AssertionError("no done")
+
+    async def testbench(ctx):
+        assert await run(ctx, [(1, 0), None, (2, 1), (3, 0)]) == (2, 1, 0)
+        assert ctx.get(dut._mem.data[0]) == 1 and ctx.get(dut._mem.data[1]) == 2
+        assert await run(ctx, [(4, 0), (5, 0), (6, 0), (7, 0)]) == (3, 0, 0)     # full
+        assert await run(ctx, [None] * 4 + [(8, 0)] + [None] * 6 + [(9, 1)]) == (1, 0, 0)  # gap
+        assert await run(ctx, []) == (0, 0, 0)
+        # a failed run's one-beat failure packet, then a good packet: the flag is not sticky
+        assert await run(ctx, [(0x21, 1, 1)]) == (1, 1, 1)
+        assert await run(ctx, [(10, 0), (11, 1)]) == (2, 1, 0)
+
+    simulate(dut, testbench, name="result_gatherer")
+
 # -- The real encoder core ---------------------------------------------------------------------
 
 from fixtures_bert import tiny_ckpt, tiny_dir, tiny_int  # noqa: E402,F401
@@ -416,7 +519,9 @@ class FakeBoard:
     It speaks ``docs/uart-protocol.md`` like :class:`bertcore.boards.bridge.UARTBridge` (CRC
     check and NAK, stored reply for a repeated sequence byte, STATUS, RESET, READ in chunks) and
     computes with :func:`bertcore.core.interp.run_image` on the image it received, so an image
-    of another core configuration raises the core's error flag as on the board.
+    of another core configuration fails the run as on the board (the error flag and a failure
+    packet, cause ``FAIL_HEADER``, flagged ``DATA_FAILED`` in the DATA reply); activations with
+    no image fail with ``FAIL_NO_IMAGE``.
     ``config.resident`` keeps the image of a successful run for runs that start with
     activations; :meth:`power_cycle` forgets it. The real core behind the real bridge is covered by
     :func:`test_real_core_uart_cocotb`.
@@ -454,6 +559,7 @@ class FakeBoard:
 
     def _reset(self):
         self._params, self._acts, self._out = [], [], []
+        self._failed = False                 # _out is a failure packet
         self._running = self._dropping = self._replay = False
         self._p_done = self._a_done = False
         self._error = False
@@ -548,7 +654,8 @@ class FakeBoard:
             per = (self.max_payload - 1) // nb
             words, self._out = self._out[:per], self._out[per:]
             last = bool(words) and not self._out and not self._running
-            flags = (P.DATA_LAST if last else 0) | (P.DATA_ERROR if self._error else 0)
+            flags = ((P.DATA_LAST if last else 0) | (P.DATA_ERROR if self._error else 0)
+                     | (P.DATA_FAILED if words and self._failed else 0))
             return P.R_DATA, bytes([flags]) + b"".join(w.to_bytes(nb, "little") for w in words)
         if ftype not in (P.T_PARAM, P.T_PARAM_LAST, P.T_ACT, P.T_ACT_LAST) or len(payload) % nb:
             return P.R_NAK, bytes([P.NAK_TYPE if len(payload) % nb == 0 else P.NAK_LENGTH])
@@ -572,7 +679,9 @@ class FakeBoard:
             self._params += words
             self._p_done = bool(last)
         elif self._dropping or not self._running and self._stored is None:
-            self._error, self._dropping = True, not last     # activations before parameters
+            if not self._dropping:                           # activations before parameters
+                self._out, self._failed = [FAIL_NO_IMAGE], True
+            self._error, self._dropping = True, not last
         else:
             if not self._running:                            # resident: replay the image
                 self._reset()
@@ -594,6 +703,7 @@ class FakeBoard:
             y = run_image(self._params, unpack_activations(self._acts, rows, cfg), cfg)
         except ImageError:
             self._error, self._stored = True, None
+            self._out, self._failed = [FAIL_HEADER], True
             return
         self._out = pack_activations(y, cfg)
         self._cycles = 1000 + rows
@@ -715,7 +825,7 @@ def test_cli_board_run_bad_input(fake_board, tiny_artifact, capsys, tmp_path):
     msg = _one_line_error(capsys, ["board", "run", "--port", board.port, "--quantized", art,
                                    "--preset", "tiny", "--set", "array_rows=2", "--set",
                                    "array_cols=2", "x"])
-    assert "the core reported an error" in msg and "configuration" in msg
+    assert "the core rejected the run: bad image header" in msg and "configuration" in msg
     msg = _one_line_error(capsys, ["board", "run", "--port", board.port, "--quantized", art,
                                    "--preset", "tiny", "--set", "bus_width=16", "x"])
     assert "the board's bus is 32 bits" in msg

@@ -173,9 +173,12 @@ def test_presets_lists_key_figures(capsys):
     minilm = next(line for line in out.splitlines() if line.startswith("minilm"))
     from bertcore.config import preset
     from bertcore.core import perf
-    util = perf.utilization(preset("minilm"), 128)    # modeled utilization at max_seq
-    assert 0.9 <= util < 1
+    cfg = preset("minilm")
+    util = perf.utilization(cfg, cfg.max_seq)       # modeled utilization at max_seq
+    assert 0.85 <= util < 1
     assert "8+8" in minilm and f"{util:.1%}" in minilm
+    header = out.splitlines()[0].split()
+    assert minilm.split()[header.index("prob")] == str(cfg.prob_bits)
 
 
 def test_generate_tiny_with_image(tmp_path, artifact):

@@ -38,6 +38,9 @@ def test_tiny_preset_matches_tiny_checkpoint(tmp_path):
      r"lut_multipliers: unknown unit 'array' \(known: requant, gelu, softmax, layernorm\)"),
     ({"lut_multipliers": "gelu"}, "lut_multipliers must be a list of unit names, not 'gelu'"),
     ({"lut_multipliers": 3}, "lut_multipliers must be a list of unit names, not 3"),
+    ({"prob_bits": 7}, r"^prob_bits must lie in 8\.\.16, not 7$"),
+    ({"prob_bits": 17}, r"^prob_bits must lie in 8\.\.16, not 17$"),
+    ({"prob_bits": "16"}, "prob_bits must be an integer, not '16'"),
 ])
 def test_bad_configs(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -98,3 +101,14 @@ def test_load_config_file_errors(tmp_path):
     other.write_text('preset = "minilm"\n')
     with pytest.raises(ConfigError, match="contradicts"):
         load_config("tiny", config_file=other)
+
+
+def test_prob_bits_defaults_and_boards():
+    """16-bit attention probabilities by default, in the reference and the cores; a board whose
+    DSPs cannot take them (iCE40: 16x16) states 8."""
+    from bertcore.boards.top import BOARDS
+    from bertcore.quant.model import QuantOptions
+    assert QuantOptions().prob_bits == 16
+    assert all(cfg.prob_bits == 16 for cfg in PRESETS.values())
+    for name, spec in BOARDS.items():
+        assert spec.config.prob_bits == (8 if spec.family == "ice40" else 16), name

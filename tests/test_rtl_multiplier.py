@@ -170,9 +170,6 @@ class _Registered(wiring.Component):
         return m
 
 
-# slow: inside the full suite yosys exits non-zero with no output (twice, 13:03 and 13:30);
-# alone it passes in 3 s. Kept in `make test-slow` until the cause is found.
-@pytest.mark.slow
 def test_synth_ecp5_absorbs_the_registers():
     """``synth_ecp5``: the ECP5 form is one MULT18X18D and no flip-flop; the behavioural form
     of the same multiplier is one MULT18X18D with its 18 + 18 + 36 + 36 register bits in

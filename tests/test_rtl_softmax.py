@@ -115,6 +115,33 @@ def test_random_rows_and_corners_with_stalls(multipliers):
     assert errors == []
 
 
+@pytest.mark.parametrize("bits", [16, 12])
+def test_wide_probabilities(bits):
+    """``output_bits = B`` > 8, saturated (the encoder's ``prob_bits``): one dominant key and a
+    single element reach ``2**B`` and saturate at ``2**B - 1``, uniform rows over many keys
+    (``2**B / L`` each), random rows, all bit-exact with the kernel under random stalls."""
+    max_seq = 256
+    dut = IntSoftmax(max_seq=max_seq, in_width=21, output_bits=bits)
+    assert dut.out_bits == bits
+    rng = random.Random(bits)
+    k = softmax_constants(2e-3)
+    rows = [[17] * max_seq, [-40000] * 100, [0] * 3,                     # uniform rows
+            [1 << 18] + [-(1 << 18)] * (max_seq - 1),                   # one dominant key
+            [-(1 << 18)] * 60 + [1 << 18] + [-(1 << 18)] * 60,
+            [5],                                                        # 2**B: saturates
+            [rng.randint(-3000, 3000) for _ in range(max_seq)],
+            *random_rows(rng, k, count=12, max_seq=40, in_width=21)]
+    rows += list(corner_rows(k, max_seq=16, in_width=21).values())
+    got, errors = run_batches(dut, [(k, rows)], name=f"softmax_wide_{bits}", stall_in=0.2,
+                              stall_out=0.2)
+    want = expected(rows, k, max_seq=max_seq, output_bits=bits)
+    assert got[0] == want and errors == []
+    values = [beat["data"] for beat in want]
+    assert values[:max_seq] == [(1 << bits) // max_seq] * max_seq
+    assert values[max_seq + 103] == (1 << bits) - 1                     # the dominant key
+    assert max(values) == (1 << bits) - 1 and values.count((1 << bits) - 1) >= 3
+
+
 @pytest.mark.parametrize("multipliers", MULTIPLIER_STYLES)
 def test_scale_range_and_clamp_without_saturation(multipliers):
     """Extremes of the legal scales; 16-bit outputs without saturation (y can be 2**16)."""
@@ -271,8 +298,9 @@ def rate_schedule(length, n_rows):
 COCOTB_CONFIG = {"max_seq": 8, "in_width": 21}
 
 
-def cocotb_params():
-    dut = IntSoftmax(**COCOTB_CONFIG)
+def cocotb_params(output_bits=8):
+    dut = IntSoftmax(**COCOTB_CONFIG, output_bits=output_bits)
+    want = lambda rows, k: expected(rows, k, max_seq=8, output_bits=output_bits)  # noqa: E731
     i_layout = dut.i_stream.payload.shape()
     o_layout = dut.o_stream.payload.shape()
     flat_in = lambda beats: [pack(i_layout, beat) for beat in beats]      # noqa: E731
@@ -287,7 +315,7 @@ def cocotb_params():
         batches.append({
             "k": {name: k[name] for name in CONSTANTS},
             "inputs": flat_in(beats_of(rows)),
-            "expected": flat_out(expected(rows, k, max_seq=8)),
+            "expected": flat_out(want(rows, k)),
             "errors": 1,
         })
     k = softmax_constants(3e-4)
@@ -295,7 +323,7 @@ def cocotb_params():
     rate = {
         "k": {name: k[name] for name in CONSTANTS},
         "inputs": flat_in(beats_of(rows)),
-        "expected": flat_out(expected(rows, k, max_seq=8)),
+        "expected": flat_out(want(rows, k)),
         "times": rate_schedule(8, len(rows)),
     }
     return dut, {
@@ -304,17 +332,18 @@ def cocotb_params():
     }
 
 
-@pytest.mark.parametrize("simulator, ecp5", [("icarus", False), ("verilator", False),
-                                             ("verilator", True)])
-def test_cocotb(simulator, ecp5):
+@pytest.mark.parametrize("simulator, ecp5, bits", [
+    ("icarus", False, 8), ("verilator", False, 8), ("verilator", True, 8),
+    ("icarus", False, 16), ("verilator", False, 16)])
+def test_cocotb(simulator, ecp5, bits):
     """The emitted Verilog, bit-exact; with ``ecp5`` as built for ECP5 (the three multiplies
     in MULT18X18Ds with their operand and product registers inside, simulated with our model
-    of the primitive)."""
-    dut, params = cocotb_params()
+    of the primitive); 8- and 16-bit probabilities (saturated at ``2**bits - 1``)."""
+    dut, params = cocotb_params(output_bits=bits)
     target = dict(platform=ECP5, models=[MULT18X18D]) if ecp5 else {}
     names = run_cocotb(dut, toplevel="int_softmax", test_module="tb_softmax",
                        simulator=simulator, params=params,
-                       name="int_softmax_ecp5" if ecp5 else "int_softmax", **target)
+                       name=f"int_softmax{'_ecp5' if ecp5 else ''}_{bits}", **target)
     assert sorted(names) == ["full_rate", "latency", "random_stalls"]
 
 

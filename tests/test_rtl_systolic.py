@@ -17,6 +17,7 @@ from bertcore.rtl.systolic import SystolicArray, shape_range
 from rtl_sim import simulate, stream_get, stream_put
 from sim.models import ECP5, MULT18X18D
 from sim.runner import lint, run_cocotb
+from sim.tb_systolic import A_SHAPES
 
 STALL = 0.3
 
@@ -116,6 +117,31 @@ def test_unsigned_a_operand():
     a, b, bias = problems[0]
     problems[0] = (np.full_like(a, 255), np.full_like(b, -128), bias)
     check_tiles(dut, problems, seed=7, name="systolic_unsigned_a")
+
+
+def test_wide_a_operand_with_guaranteed_sum_range():
+    """The encoder core's array: a signed(17) A operand (int8 activations, 16-bit
+    probabilities) with accumulators sized by ``acc_range`` instead of ``k_max`` worst-case
+    products: exact whenever each tile's final sum lies in the range, even where partial
+    sums leave it (the accumulators add modulo their width)."""
+    pv = (-(128 << 16), 127 << 16)
+    dut = SystolicArray(2, 3, k_max=40, a_shape=signed(17), acc_range=pv)
+    assert dut.acc_shape == signed(24)
+    assert SystolicArray(2, 3, k_max=40, a_shape=signed(17)).acc_shape == signed(30)
+    rng = np.random.default_rng(17)
+    problems = []
+    for k in (40, 1, 7, 40):             # probability rows summing to at most 2**16, int8 V
+        p = np.stack([rng.multinomial(1 << 16, rng.dirichlet(np.ones(k) * 0.3))
+                      for _ in range(2)])
+        problems.append((np.minimum(p, (1 << 16) - 1), rng.integers(-128, 128, (k, 3)),
+                         np.zeros(3, np.int64)))
+    problems.append((np.full((2, 1), (1 << 16) - 1), np.full((1, 3), -128), np.zeros(3, int)))
+    problems.append((rng.integers(-128, 128, (2, 40)), rng.integers(-128, 128, (40, 3)),
+                     rng.integers(-1000, 1000, 3)))                     # an int8 projection
+    # partial sums 2 * 65535 * 127 > 2**23 wrap; the final sum -131070 is in range
+    problems.append((np.full((2, 4), 65535), np.array([[127] * 3, [127] * 3, [-128] * 3,
+                                                       [-128] * 3]), np.zeros(3, int)))
+    check_tiles(dut, problems, seed=17, name="systolic_wide_a_acc_range")
 
 
 def test_tiled_product_larger_than_array():
@@ -297,6 +323,10 @@ def test_error_flag(fault):
      r"which needs signed\(33\)$"),
     (dict(bias_shape=signed(16), out_shape=signed(26)), ValueError,
      r"^out_shape signed\(26\) is too narrow .* which needs signed\(27\)$"),
+    (dict(acc_range=(1, 5)), ValueError,
+     r"^acc_range must be \(lo, hi\) with lo <= 0 <= hi, not \(1, 5\)$"),
+    (dict(acc_range=[-1, 1]), TypeError,
+     r"^acc_range must be a pair of integers or None, not \[-1, 1\]$"),
 ])
 def test_bad_parameters(kwargs, error, message):
     params = dict(rows=2, cols=2, k_max=3072) | kwargs
@@ -331,12 +361,15 @@ COCOTB_CONFIGS = {
     # name: (constructor arguments, simulators)
     "3x4_s8": (dict(rows=3, cols=4, k_max=40, a_shape="s8"), ("icarus", "verilator")),
     "2x3_u8": (dict(rows=2, cols=3, k_max=24, a_shape="u8"), ("icarus",)),
+    # the encoder core's A operand with 16-bit probabilities (full-range random operands:
+    # the k_max worst-case accumulators)
+    "2x3_s17": (dict(rows=2, cols=3, k_max=24, a_shape="s17"), ("icarus",)),
 }
 
 
 def _cocotb_dut(config):
     kwargs = dict(COCOTB_CONFIGS[config][0])
-    a_shape = unsigned(8) if kwargs.pop("a_shape") == "u8" else signed(8)
+    a_shape = A_SHAPES[kwargs.pop("a_shape")]
     return SystolicArray(kwargs.pop("rows"), kwargs.pop("cols"), a_shape=a_shape, **kwargs)
 
 
@@ -352,7 +385,8 @@ def test_cocotb(config, simulator):
     assert len(names) == 4
 
 
-@pytest.mark.parametrize("config, simulator", [("3x4_s8", "verilator"), ("2x3_u8", "icarus")])
+@pytest.mark.parametrize("config, simulator", [("3x4_s8", "verilator"), ("2x3_u8", "icarus"),
+                                               ("2x3_s17", "verilator")])
 def test_cocotb_ecp5(config, simulator):
     """The array as built for ECP5 (each PE's multiply a MULT18X18D with its input and output
     registers, simulated with our model of the primitive): the same bench, bit-exact, same

@@ -5,7 +5,8 @@ import pytest
 
 from bertcore.cli import main
 
-from fixtures_bert import TINY_CALIBRATION, TINY_EVAL, tiny_dir  # noqa: F401
+from fixtures_bert import (TINY_CALIBRATION, TINY_EVAL, minilm_ckpt,  # noqa: F401
+                           minilm_int, tiny_dir)
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +19,14 @@ def artifact(tmp_path_factory, tiny_dir):  # noqa: F811
     return out
 
 
-@pytest.mark.parametrize("simulator, texts", [("verilator", TINY_EVAL), ("icarus", TINY_EVAL[2:])])
-def test_embed_rtl_is_identical_to_int(tmp_path, artifact, simulator, texts):
+@pytest.mark.parametrize("simulator, texts, pack", [
+    ("verilator", TINY_EVAL, []), ("verilator", TINY_EVAL[:3], ["--no-pack"]),
+    ("icarus", TINY_EVAL[1:], [])])
+def test_embed_rtl_is_identical_to_int(tmp_path, artifact, simulator, texts, pack):
+    """Packed runs (the default of --backend rtl) and one run per text (--no-pack)."""
     rtl, ref = tmp_path / "rtl.npy", tmp_path / "int.npy"
     assert main(["embed", "--quantized", str(artifact), "--backend", "rtl", "--simulator",
-                 simulator, *texts, "-o", str(rtl)]) == 0
+                 simulator, *pack, *texts, "-o", str(rtl)]) == 0
     assert main(["embed", "--quantized", str(artifact), "--backend", "int", *texts,
                  "-o", str(ref)]) == 0
     a, b = np.load(rtl), np.load(ref)
@@ -83,3 +87,61 @@ def test_no_preset_for_model(capsys, tmp_path):
     assert main(["embed", "--quantized", str(art), "--backend", "rtl", "the dog",
                  "-o", str(tmp_path / "e.npy")]) == 2
     assert "no core preset runs this model (hidden=24" in capsys.readouterr().err
+
+
+def test_rtl_failure_packet_is_one_error_line(capsys, tmp_path, artifact, monkeypatch):
+    """A run the core rejects (here: an image whose magic is 0) ends with its failure packet;
+    the host turns it into one error line naming the cause, exit code 2, no output file."""
+    import bertcore.core.image
+    from bertcore.core.image import FAIL_HEADER, RunFailed, pack_parameter_image
+
+    def bad_image(model, config):
+        words = pack_parameter_image(model, config)
+        return [0] + words[1:]
+
+    # (embed imports it from bertcore.core.image when it runs)
+    monkeypatch.setattr(bertcore.core.image, "pack_parameter_image", bad_image)
+    out = tmp_path / "e.npy"
+    assert main(["embed", "--quantized", str(artifact), "--backend", "rtl", "the dog",
+                 "a cat", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bertcore: error: "), err
+    assert "the core rejected the run: bad image header" in err[0] and "cause code 1" in err[0]
+    assert not out.exists()
+    # the simulation itself: one failure packet per run, counted in failed_runs
+    from bertcore.config import preset
+    from bertcore.core.image import pack_activations
+    from bertcore.quant.artifact import load_artifact
+    from bertcore.rtlsim import CoreSimulator
+    import torch
+    cfg = preset("tiny")
+    qm = load_artifact(artifact)
+    x = torch.zeros(3, cfg.hidden, dtype=torch.int64)
+    res = CoreSimulator(cfg, "verilator").run(bad_image(qm, cfg),
+                                              [(pack_activations(x, cfg), 3)] * 2)
+    assert [r["failed"] for r in res.runs] == [FAIL_HEADER] * 2
+    assert [r["out"] for r in res.runs] == [[FAIL_HEADER]] * 2
+    assert all(r["error"] for r in res.runs)
+    assert [r["failed_runs"] for r in res.runs] == [1, 2]
+    with pytest.raises(RunFailed, match="bad image header"):
+        res.check()
+
+
+@pytest.mark.slow          # the minilm Verilator build (~6 min) and ~7M cycles (~1-2 min)
+def test_minilm_rtl_is_identical_to_int_beyond_128_tokens(tmp_path, minilm_int):  # noqa: F811
+    """Issue 11's "done when": all-MiniLM-L6-v2 through ``embed --backend rtl`` (the minilm
+    core, max_seq 256, 16-bit probabilities) is bit-identical to ``--backend int`` on a text of
+    more than 128 tokens."""
+    from bertcore.quant.artifact import save_artifact
+    from test_truncation import PARAGRAPH
+    art = save_artifact(minilm_int, tmp_path / "minilm.safetensors")
+    text = PARAGRAPH * 2
+    n = len(minilm_int.encode_text(text))
+    assert 128 < n <= 256, n
+    rtl, ref = tmp_path / "rtl.npy", tmp_path / "int.npy"
+    assert main(["embed", "--quantized", str(art), "--backend", "rtl", text,
+                 "-o", str(rtl)]) == 0
+    assert main(["embed", "--quantized", str(art), "--backend", "int", text,
+                 "-o", str(ref)]) == 0
+    a, b = np.load(rtl), np.load(ref)
+    assert a.shape == (1, 384) and np.array_equal(a, b)

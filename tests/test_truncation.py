@@ -71,3 +71,32 @@ def test_sentence_bert_config_sets_the_truncation(tmp_path, tiny_dir):
     (d / "sentence_bert_config.json").write_text('{"max_seq_len": 8}')
     with pytest.raises(BertError, match="sentence-transformers config"):
         load_checkpoint(d)
+
+
+def test_every_backend_truncates_with_one_line(capsys, tmp_path, tiny_dir):  # noqa: F811
+    """``embed`` truncates a text longer than the model's limit the same way on every backend
+    (``bertcore.embed.token_ids``) and says so in one line on stderr; the simulated core then
+    runs the truncated text bit-identically to the integer reference."""
+    import shutil
+    from bertcore.cli import main
+    d = tmp_path / "tiny16"
+    shutil.copytree(tiny_dir, d)
+    (d / "sentence_bert_config.json").write_text('{"max_seq_length": 16}')   # the tiny core's
+    cal = tmp_path / "cal.txt"
+    cal.write_text("\n".join(TINY_CALIBRATION) + "\n")
+    art = tmp_path / "t.safetensors"
+    assert main(["quantize", "--model", str(d), "--calibration", str(cal), "-o", str(art)]) == 0
+    capsys.readouterr()
+    texts = ["the dog runs", " ".join(["the dog runs in the park with a red ball"] * 3),
+             "a man is playing a guitar on the street"]
+    out = {}
+    for backend in ("float", "int", "rtl"):
+        path = tmp_path / f"{backend}.npy"
+        assert main(["embed", "--quantized", str(art), "--backend", backend, *texts,
+                     "-o", str(path)]) == 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["bertcore: 1 of 3 texts was longer than 16 tokens and truncated to 16 "
+                       "(as sentence-transformers does)"], (backend, err)
+        out[backend] = np.load(path)
+    assert np.array_equal(out["rtl"], out["int"])
+    assert ((out["int"] * out["float"]).sum(1) > 0.95).all()

@@ -3,6 +3,12 @@
 It runs between the scores job of a query block and its ``P·V`` job. Unit ``k`` takes the
 rows ``q*S + k`` of the block (``N / S`` rows each, side by side); all units read the same word
 of their score bank each cycle (a fork: a beat advances once every unit has taken it).
+
+Each row streams the block's key span (``keys`` keys from ``key0``: all keys in a plain run,
+the key blocks the block's segments reach in a packed one); a key outside the row's own
+segment ``[row_lo, row_hi)`` carries the ``skip`` bit of ``IntSoftmax(masking=True)``: it takes
+no part in the row's maximum or sum and its probability is 0, as in
+``IntBert.encode_int(segments=)``.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
@@ -11,7 +17,7 @@ from amaranth.lib.wiring import In, Out
 
 from bertcore.rtl.softmax import IntSoftmax
 
-from .common import feed, fork, row_read, sliced, task, write_port
+from .common import feed, fork, pick, row_read, sliced, task, write_port
 
 __all__ = ["SoftmaxPass"]
 
@@ -23,14 +29,20 @@ class SoftmaxPass(wiring.Component):
     -------
     ctl : ``In(task())``
         ``start`` starts the pass; ``done`` is high once every row's probabilities are in P.
-    seq_len : ``In(range(max_seq + 1))``
-        Key positions per row.
+    keys : ``In(range(max_seq + 1))``
+        Key positions per row (the block's key span).
+    key0 : ``In(range(max_seq + 1))``
+        The key of the span's first position.
+    row_lo, row_hi : ``In(ArrayLayout(range(max_seq + 1), N))``
+        Row ``i`` of the block attends to the keys ``[row_lo[i], row_hi[i])`` (the others are
+        skipped).
     consts : ``In(StructLayout(IntSoftmax.CONSTANT_SHAPES))``
         The layer's softmax constants.
     scores : ``Out(row_read(...))``
         The score banks (bank ``k``: rows ``q*S + k``, word ``q*ceil(max_seq/N) + key block``).
     p : ``Out(write_port(...)).array(N)``
-        The P buffer (bank ``i``: query row ``i`` of the block, word: key block).
+        The P buffer (bank ``i``: query row ``i`` of the block, word: key block; ``N``
+        probabilities of ``config.prob_bits`` bits).
     error : ``Out(1)``
         A unit flagged an error.
     """
@@ -42,10 +54,13 @@ class SoftmaxPass(wiring.Component):
         self._sw = IntSoftmax.score_width(config.head_dim)
         super().__init__({
             "ctl": In(task()),
-            "seq_len": In(range(config.max_seq + 1)),
+            "keys": In(range(config.max_seq + 1)),
+            "key0": In(range(config.max_seq + 1)),
+            "row_lo": In(data.ArrayLayout(range(config.max_seq + 1), n)),
+            "row_hi": In(data.ArrayLayout(range(config.max_seq + 1), n)),
             "consts": In(data.StructLayout(IntSoftmax.CONSTANT_SHAPES)),
             "scores": Out(row_read((n // s) * self._grp, unsigned(self._sw * n), s)),
-            "p": Out(write_port(self._grp, unsigned(8 * n))).array(n),
+            "p": Out(write_port(self._grp, unsigned(config.prob_bits * n))).array(n),
             "error": Out(1),
         })
 
@@ -54,11 +69,12 @@ class SoftmaxPass(wiring.Component):
         c = self._c
         N, S, GRP = c.array_cols, c.softmax_units, self._grp
         RPS = N // S                        # rows per unit
+        B = c.prob_bits                     # bits per probability
         smaxes = []
         for k in range(S):
             m.submodules[f"softmax_{k}"] = unit = IntSoftmax(
-                max_seq=c.max_seq, in_width=self._sw, output_bits=8, saturate_output=True,
-                head_dim=c.head_dim, multipliers=c.multipliers("softmax"))
+                max_seq=c.max_seq, in_width=self._sw, output_bits=B, saturate_output=True,
+                head_dim=c.head_dim, multipliers=c.multipliers("softmax"), masking=True)
             m.d.comb += [getattr(unit, name).eq(getattr(self.consts, name))
                          for name in IntSoftmax.CONSTANT_SHAPES]
             smaxes.append(unit)
@@ -75,14 +91,23 @@ class SoftmaxPass(wiring.Component):
         sinks = sliced(m, "softmax_in", [unit.i_stream for unit in smaxes])
         x_adv = fork(m, "x", x1_valid, sinks, Const((1 << S) - 1, S))
         feed(m, self.scores, sinks, x_q * GRP + x_w, x_adv, x1_l, self._sw, x1_last)
+        key = self.key0 + x_e
+        for k, sink in enumerate(sinks):
+            # the key is outside the segment of the unit's row q*S + k
+            x1_skip = Signal(name=f"x1_skip{k}")
+            lo = pick([self.row_lo[q * S + k] for q in range(RPS)], x_q, unsigned(len(key)))
+            hi = pick([self.row_hi[q * S + k] for q in range(RPS)], x_q, unsigned(len(key)))
+            with m.If(x_adv):
+                m.d.sync += x1_skip.eq((key < lo) | (key >= hi))
+            m.d.comb += sink.payload.skip.eq(x1_skip)
         with m.If(x_adv):
             m.d.sync += [x1_valid.eq(x_active), x1_l.eq(x_l),
-                         x1_last.eq(x_e == self.seq_len - 1)]
+                         x1_last.eq(x_e == self.keys - 1)]
         with m.If(x_adv & x_active):
             m.d.sync += [x_e.eq(x_e + 1), x_l.eq(x_l + 1)]
             with m.If(x_l == N - 1):
                 m.d.sync += [x_l.eq(0), x_w.eq(x_w + 1)]
-            with m.If(x_e == self.seq_len - 1):
+            with m.If(x_e == self.keys - 1):
                 m.d.sync += [x_e.eq(0), x_l.eq(0), x_w.eq(0), x_q.eq(x_q + 1)]
                 with m.If(x_q == RPS - 1):
                     m.d.sync += x_active.eq(0)
@@ -92,11 +117,11 @@ class SoftmaxPass(wiring.Component):
             y_q = Signal(range(RPS + 1), name=f"y_q{k}")
             y_w = Signal(range(GRP + 1), name=f"y_w{k}")
             y_l = Signal(range(N), name=f"y_l{k}")
-            y_word = Signal(8 * N, name=f"y_word{k}")
+            y_word = Signal(B * N, name=f"y_word{k}")
             y_regs += [y_q, y_w, y_l]
             y_done.append(y_q == RPS)
             m.d.comb += unit.o_stream.ready.eq(y_q != RPS)
-            y_full = Cat(*(Mux(y_l == j, unit.o_stream.payload.data, y_word[8 * j:8 * j + 8])
+            y_full = Cat(*(Mux(y_l == j, unit.o_stream.payload.data, y_word[B * j:B * (j + 1)])
                            for j in range(N)))
             with m.If(unit.o_stream.valid & unit.o_stream.ready):
                 m.d.sync += [y_word.eq(y_full), y_l.eq(y_l + 1)]

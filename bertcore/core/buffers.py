@@ -126,7 +126,7 @@ class Buffers(wiring.Component):
             "h": (n, grp * cwf, word, 1, False),
             "k": (n, grp * cwh, word, 1, False),
             "v": (n, grp * cwh, word, 1, False),
-            "p": (n, grp, word, 1, False),
+            "p": (n, grp, unsigned(c.prob_bits * n), 1, False),   # prob_bits per entry
             # R: bank u holds the positions p = g*U + u (word g*CWH + chunk); the LayerNorm
             # units read U positions at once
             "r": (u, grp * (n // u) * cwh, unsigned(RESIDUAL_BITS * n), 1, False),

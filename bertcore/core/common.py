@@ -15,7 +15,8 @@ from amaranth.lib.wiring import In, Out, connect
 from bertcore.rtl.stream import RegisterSlice
 
 __all__ = [
-    "bus_layout", "bus_signature", "read_port", "row_read", "write_port", "task",
+    "bus_layout", "bus_signature", "act_layout", "act_signature", "out_layout", "out_signature",
+    "read_port", "row_read", "write_port", "task",
     "handover", "job_layout", "pick", "fork", "sliced", "feed", "saturate",
     "G_Q", "G_K", "G_V", "G_O", "G_FFN1", "G_FFN2",
     "M_Q", "M_K", "M_V", "M_O", "M_FFN1", "M_FFN2", "M_SCORE", "M_CTX",
@@ -38,6 +39,30 @@ def bus_layout(bus_width):
 def bus_signature(bus_width):
     """``stream.Signature(bus_layout(bus_width))``: one AXI4-Stream word with ``tlast``."""
     return stream.Signature(bus_layout(bus_width))
+
+
+def act_layout(bus_width):
+    """Payload layout of the activation input: :func:`bus_layout` plus ``user`` (``tuser``, one
+    bit: the beat belongs to a packed packet's segment table, ``docs/interface.md``)."""
+    return data.StructLayout({"data": unsigned(bus_width), "last": unsigned(1),
+                              "user": unsigned(1)})
+
+
+def act_signature(bus_width):
+    """``stream.Signature(act_layout(bus_width))``: the activation input's beats."""
+    return stream.Signature(act_layout(bus_width))
+
+
+def out_layout(bus_width):
+    """Payload layout of the core's output stream, the shape of :func:`act_layout`; there
+    ``user`` (``tuser``) marks a failed run's one-beat failure packet (``data``: its cause
+    code, ``docs/interface.md``, "Run outcome")."""
+    return act_layout(bus_width)
+
+
+def out_signature(bus_width):
+    """``stream.Signature(out_layout(bus_width))``: one output word with ``tlast``, ``tuser``."""
+    return stream.Signature(out_layout(bus_width))
 
 
 def _addr_width(depth):
@@ -91,6 +116,7 @@ def job_layout(config):
         "k": range(kmax + 1),                             # beats per tile (reduction length)
         "mode": range(8),                                 # write-back: M_Q ... M_CTX
         "mb": range(grp),                                 # query block (scores, P·V)
+        "kb": range(grp),                                 # first key block (scores, P·V)
         "chw": range(cwh + 1),                            # first channel word of the head
         "chunk": range(max(cwh, cwf)),                    # output chunk of a panel
         "slot": 1,                                        # panel slot of the loader

@@ -14,8 +14,8 @@ from amaranth.lib.wiring import In, Out
 
 from bertcore.rtl.fsm import Fsm
 
-from .common import bus_signature
-from .image import image_beats
+from .common import act_signature, bus_signature, out_signature
+from .image import FAIL_CAUSE_BITS, FAIL_NO_IMAGE, image_beats
 
 __all__ = ["RunControl"]
 
@@ -25,39 +25,43 @@ class RunControl(wiring.Component):
 
     Members
     -------
-    s_param, s_act : ``In(bus_signature(bus_width))``
+    s_param, s_act : ``In(bus_signature(bus_width))``, ``In(act_signature(bus_width))``
         The core's input streams (after their port register slices).
-    m_act : ``Out(bus_signature(bus_width))``
-        The core's output stream (before its port register slice).
-    dp_param, dp_act : ``Out(bus_signature(bus_width))``
+    m_act : ``Out(out_signature(bus_width))``
+        The core's output stream (before its port register slice): the result packet of a
+        successful run (``user`` = 0), or the one-beat failure packet of a failed one
+        (``user`` = 1, ``data`` the cause code).
+    dp_param, dp_act : ``Out(bus_signature(bus_width))``, ``Out(act_signature(bus_width))``
         The datapath's input streams (the image replayed from memory with ``resident``).
     dp_out : ``In(bus_signature(bus_width))``
         The datapath's output stream.
     dp_start : ``Out(1)``
         Start the datapath.
-    dp_done, dp_fail, dp_fault, dp_beat, dp_layer_mark : ``In(1)``
+    dp_done, dp_fail, dp_fault, dp_beat, dp_layer_mark : ``In(1)``, dp_cause : ``In(3)``
         The datapath's status (:class:`~bertcore.core.datapath.Datapath`).
     abort : ``Out(1)``
         Reset the datapath (registered: one cycle after the decision).
-    busy, error, cycles, array_beats, layer_cycles : ``Out``
+    busy, error, cycles, array_beats, layer_cycles, failed_runs : ``Out``
         The core's status outputs (:class:`~bertcore.core.encoder.EncoderCore`).
     """
 
     def __init__(self, config):
         self._c = config
         bus = bus_signature(config.bus_width)
+        act = act_signature(config.bus_width)         # tuser: segment-table beats
         super().__init__({
-            "s_param": In(bus), "s_act": In(bus), "m_act": Out(bus),
-            "dp_param": Out(bus), "dp_act": Out(bus), "dp_out": In(bus),
-            "dp_start": Out(1), "dp_done": In(1), "dp_fail": In(1), "dp_fault": In(1),
+            "s_param": In(bus), "s_act": In(act), "m_act": Out(out_signature(config.bus_width)),
+            "dp_param": Out(bus), "dp_act": Out(act), "dp_out": In(bus),
+            "dp_start": Out(1), "dp_done": In(1), "dp_fail": In(1),
+            "dp_cause": In(FAIL_CAUSE_BITS), "dp_fault": In(1),
             "dp_beat": In(1), "dp_layer_mark": In(1), "abort": Out(1),
             "busy": Out(1), "error": Out(1), "cycles": Out(32), "array_beats": Out(32),
-            "layer_cycles": Out(32),
+            "layer_cycles": Out(32), "failed_runs": Out(32),
         })
 
     def elaborate(self, platform):
         m = Module()
-        s_param, s_act = self.s_param, self.s_act
+        s_param, s_act, m_act = self.s_param, self.s_act, self.m_act
         # ``abort`` resets the whole datapath; it is registered (one cycle late) so that the
         # decisions behind it (header/length checks, the end of a run) are not on the same
         # path as the reset fan-out. The controller waits in IDLE while it is high.
@@ -65,6 +69,7 @@ class RunControl(wiring.Component):
         abort_q = self.abort
         m.d.sync += abort_q.eq(abort)
         fail_q = Signal()
+        cause_q = Signal(FAIL_CAUSE_BITS)
         err = Signal()             # a protocol error (sticky until the next run starts)
         fault = Signal()           # an internal unit flagged an error (sticky until reset)
         with m.If(self.dp_fault):
@@ -74,11 +79,8 @@ class RunControl(wiring.Component):
         p_fire = s_param.valid & s_param.ready
         a_fire = s_act.valid & s_act.ready
         p_open = Signal()          # a parameter packet has started and not ended
-        a_open = Signal()
         with m.If(p_fire):
             m.d.sync += p_open.eq(~s_param.payload.last)
-        with m.If(a_fire):
-            m.d.sync += a_open.eq(~s_act.payload.last)
         count = Signal(32)
         m.d.sync += count.eq(count + 1)
         beats = Signal(32)
@@ -89,12 +91,21 @@ class RunControl(wiring.Component):
         with m.If(self.dp_layer_mark):
             m.d.sync += [mark_at.eq(count), last_layer.eq(count - mark_at)]
         store = self._image_store(m, p_fire) if self._c.resident else None
-        restart = [err.eq(0), count.eq(1), beats.eq(0)]
+        act_in = Signal()          # the run's activation packet has ended (its tlast is in)
+        restart = [err.eq(0), count.eq(1), beats.eq(0), act_in.eq(0)]
+        owed = Signal()            # the activation packet of a failed run is still to drop
+        report = self._failure_report(m)
+
+        def fail(cause, *, packet_in):
+            """End a run (or an activation packet without one) as failed: raise ``error``,
+            report ``cause`` on ``m_act``, and drop the run's activation packet unless it is
+            already in (``packet_in``)."""
+            m.d.sync += [err.eq(1), owed.eq(~packet_in), *report.send(cause)]
 
         with Fsm(m, "ctrl") as fsm:
             with fsm.State("IDLE"):
-                with m.If(abort_q):
-                    pass                      # the datapath is being reset
+                with m.If(abort_q | owed | report.pending):
+                    pass                      # datapath reset, failed run not yet settled
                 with m.Elif(s_param.valid):
                     m.d.comb += self.dp_start.eq(1)
                     m.d.sync += restart
@@ -108,17 +119,12 @@ class RunControl(wiring.Component):
                         m.d.sync += restart + store.play
                         fsm.next("RUN")
                 with m.Elif(s_act.valid):
-                    m.d.sync += err.eq(1)
-                    fsm.next("DROP")
-            with fsm.State("DROP"):
-                # activations before parameters: drop that packet
-                m.d.comb += [self.busy.eq(1), s_act.ready.eq(1)]
-                with m.If(a_fire & s_act.payload.last):
-                    fsm.next("IDLE")
+                    # activations with no image: a failed run of their own, dropped to tlast
+                    fail(FAIL_NO_IMAGE, packet_in=0)
             with fsm.State("RUN"):
                 # a failure is acted on one cycle late (``fail_q``, off the header-check path);
                 # in that cycle no beat is taken, so nothing of the next packet is swallowed
-                m.d.sync += fail_q.eq(self.dp_fail)
+                m.d.sync += [fail_q.eq(self.dp_fail), cause_q.eq(self.dp_cause)]
                 m.d.comb += [
                     self.busy.eq(1),
                     self.dp_param.valid.eq(s_param.valid & ~fail_q),
@@ -127,10 +133,14 @@ class RunControl(wiring.Component):
                     self.dp_act.valid.eq(s_act.valid & ~fail_q),
                     self.dp_act.payload.eq(s_act.payload),
                     s_act.ready.eq(self.dp_act.ready & ~fail_q),
-                    self.m_act.valid.eq(self.dp_out.valid),
-                    self.m_act.payload.eq(self.dp_out.payload),
-                    self.dp_out.ready.eq(self.m_act.ready),
+                    m_act.valid.eq(self.dp_out.valid),
+                    m_act.payload.data.eq(self.dp_out.payload.data),
+                    m_act.payload.last.eq(self.dp_out.payload.last),
+                    m_act.payload.user.eq(0),
+                    self.dp_out.ready.eq(m_act.ready),
                 ]
+                with m.If(a_fire & s_act.payload.last):
+                    m.d.sync += act_in.eq(1)
                 if store:
                     with m.If(store.replay):
                         m.d.comb += [self.dp_param.valid.eq(store.q_valid & ~fail_q),
@@ -138,7 +148,7 @@ class RunControl(wiring.Component):
                                      s_param.ready.eq(0)]
                 with m.If(fail_q):
                     m.d.comb += abort.eq(1)
-                    m.d.sync += err.eq(1)
+                    fail(cause_q, packet_in=act_in)
                     fsm.next("DRAIN")
                 with m.Elif(self.dp_done):
                     # the datapath restarts from its reset state for the next run
@@ -150,13 +160,49 @@ class RunControl(wiring.Component):
                     fsm.next("IDLE")
             with fsm.State("DRAIN"):
                 m.d.sync += fail_q.eq(0)
-                # drop what is left of the open packets (the failing beat itself was taken)
-                m.d.comb += [self.busy.eq(1), abort.eq(1),
-                             s_param.ready.eq(p_open), s_act.ready.eq(a_open)]
-                with m.If((~p_open | (p_fire & s_param.payload.last))
-                          & (~a_open | (a_fire & s_act.payload.last))):
+                # drop what is left of the image (the failing beat itself was taken); the
+                # activation packet is the drop gate's
+                m.d.comb += [self.busy.eq(1), abort.eq(1), s_param.ready.eq(p_open)]
+                with m.If(~p_open | (p_fire & s_param.payload.last)):
                     fsm.next("IDLE")
+        self._drop_gate(m, owed)
+        with m.If(owed | report.pending):
+            m.d.comb += self.busy.eq(1)
         return m
+
+    def _drop_gate(self, m, owed):
+        """The activation packet of a failed run is dropped whenever it arrives.
+
+        Every run pairs with exactly one activation packet. A run that fails before its
+        packet's ``tlast`` is in sets ``owed``: from then on (in any state) ``s_act`` beats are
+        taken and discarded up to the next ``tlast`` -- the rest of the packet, or the whole
+        packet if it has not started yet. No run starts while ``owed`` is set, so the next
+        run's packet is never touched. Added after the FSM: it overrides ``s_act.ready``
+        (``owed`` is set only on the way out of ``RUN``, so no run sees the gate).
+        """
+        with m.If(owed):
+            m.d.comb += [self.s_act.ready.eq(1), self.dp_act.valid.eq(0)]
+            with m.If(self.s_act.valid & self.s_act.payload.last):
+                m.d.sync += owed.eq(0)
+
+    def _failure_report(self, m):
+        """The failure packet: one beat, ``last`` = 1, ``user`` = 1, ``data`` = the cause code.
+
+        ``send(cause)`` arms it (statements for ``m.d.sync``); it waits on ``m_act`` until
+        taken (``pending``), and counts the failed run in ``failed_runs``. Outside ``RUN``
+        nothing else drives ``m_act``, and no run starts while it is pending.
+        """
+        pending = Signal()
+        code = Signal(FAIL_CAUSE_BITS)
+        m.d.comb += [self.m_act.valid.eq(pending), self.m_act.payload.data.eq(code),
+                     self.m_act.payload.last.eq(1), self.m_act.payload.user.eq(1)]
+        with m.If(pending & self.m_act.ready):
+            m.d.sync += pending.eq(0)
+        failed = self.failed_runs
+        return SimpleNamespace(
+            pending=pending,
+            send=lambda cause: [pending.eq(1), code.eq(cause),
+                                failed.eq(failed + (failed != (1 << len(failed)) - 1))])
 
     def _image_store(self, m, p_fire):
         """``resident``: the image of a successful run is kept in a memory and replayed by runs

@@ -9,14 +9,16 @@
                        Sequencer: start/done of each of them (task interfaces)
 """
 
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Mux
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out, connect, flipped
 
 from .attention import SoftmaxPass
 from .buffers import Buffers
-from .common import bus_signature
+from .common import act_signature, bus_signature
 from .gemm import GemmEngine
+from .image import (FAIL_CAUSE_BITS, FAIL_EMPTY, FAIL_HEADER, FAIL_IMAGE_LENGTH,
+                    FAIL_TOO_LONG)
 from .loader import ParameterLoader
 from .norm import LayerNormPass
 from .sequencer import Sequencer
@@ -30,8 +32,10 @@ class Datapath(wiring.Component):
 
     Members
     -------
-    param, act : ``In(bus_signature(bus_width))``
-        The parameter image and the activation packet of the run.
+    param : ``In(bus_signature(bus_width))``
+        The parameter image of the run.
+    act : ``In(act_signature(bus_width))``
+        The activation packet of the run (``user``: segment-table beats of a packed packet).
     out : ``Out(bus_signature(bus_width))``
         The output packet.
     start : ``In(1)``
@@ -40,7 +44,9 @@ class Datapath(wiring.Component):
         The run ended (a one-cycle pulse after the output's last beat was delivered).
     fail : ``Out(1)``
         A protocol error: a bad image header or length, a sequence of 0 or more than
-        ``max_seq`` positions.
+        ``max_seq`` positions, a malformed segment table or rows that differ from it.
+    cause : ``Out(FAIL_CAUSE_BITS)``
+        With ``fail``: its cause code (:data:`~bertcore.core.image.FAIL_CAUSES`).
     fault : ``Out(1)``
         An internal unit flagged an error.
     beat : ``Out(1)``
@@ -53,8 +59,9 @@ class Datapath(wiring.Component):
         self._c = config
         bus = bus_signature(config.bus_width)
         super().__init__({
-            "param": In(bus), "act": In(bus), "out": Out(bus),
-            "start": In(1), "done": Out(1), "fail": Out(1), "fault": Out(1),
+            "param": In(bus), "act": In(act_signature(config.bus_width)), "out": Out(bus),
+            "start": In(1), "done": Out(1), "fail": Out(1), "cause": Out(FAIL_CAUSE_BITS),
+            "fault": Out(1),
             "beat": Out(1), "layer_mark": Out(1),
         })
 
@@ -76,6 +83,9 @@ class Datapath(wiring.Component):
         m.d.comb += [loader.start.eq(self.start), seq.ctl.start.eq(self.start),
                      self.done.eq(seq.ctl.done),
                      self.fail.eq(loader.fail | inp.overflow | seq.fail),
+                     self.cause.eq(Mux(loader.fail,
+                                       Mux(loader.bad_length, FAIL_IMAGE_LENGTH, FAIL_HEADER),
+                                       Mux(inp.overflow, FAIL_TOO_LONG, FAIL_EMPTY))),
                      self.fault.eq(gemm.error | smax.error | ln.error),
                      self.beat.eq(gemm.beat), self.layer_mark.eq(seq.layer_mark)]
         # the sequencer starts everything
@@ -85,8 +95,11 @@ class Datapath(wiring.Component):
         for ho in ("slots", "scalars_ho", "ln_slots"):
             connect(m, getattr(loader, ho), getattr(seq, ho))
         m.d.comb += [seq.in_length.eq(inp.length), seq.in_blocks.eq(inp.blocks),
-                     smax.seq_len.eq(seq.seq_len), ln.seq_len.eq(seq.seq_len),
-                     outp.seq_len.eq(seq.seq_len)]
+                     seq.in_packed.eq(inp.packed), inp.r_addr.eq(seq.seg_addr),
+                     seq.seg_start.eq(inp.r_start), seq.seg_end.eq(inp.r_end),
+                     smax.keys.eq(seq.keys), smax.key0.eq(seq.key0),
+                     smax.row_lo.eq(seq.row_lo), smax.row_hi.eq(seq.row_hi),
+                     ln.seq_len.eq(seq.seq_len), outp.seq_len.eq(seq.seq_len)]
         # parameters: loader -> job engine, softmax pass, LayerNorm pass
         m.d.comb += [loader.panel_slot.eq(gemm.panel_slot), gemm.panel.eq(loader.panel),
                      gemm.scalars.eq(loader.scalars)]

@@ -34,7 +34,8 @@ Components (one per file of :mod:`bertcore.core`, composed by :class:`EncoderCor
 
 :mod:`~bertcore.core.buffers` describes the buffers' layout (banked by position, so one read
 of every bank gives the ``N`` rows of an A operand beat); the array's A operand is
-``signed(9)`` so both int8 activations and uint8 probabilities fit.
+``signed(prob_bits + 1)`` so both int8 activations and the ``prob_bits``-bit probabilities fit
+(``gemm.accumulator_range`` sizes its accumulators).
 
 Schedule (sequential, one job at a time; the loader runs ahead)
 ----------------------------------------------------------------
@@ -67,12 +68,15 @@ from bertcore.config import CoreConfig
 from bertcore.rtl.common import rejecting
 from bertcore.rtl.stream import RegisterSlice
 
-from .common import bus_layout
+from .common import act_layout, bus_layout, out_layout
 from .control import RunControl
 from .datapath import Datapath
 from .image import check_core_config
 
-__all__ = ["EncoderCore", "EncoderTop", "bus_layout"]
+__all__ = ["EncoderCore", "EncoderTop", "bus_layout", "out_layout", "STATUS"]
+
+#: The core's status outputs (beside its three streams), all ``Out``.
+STATUS = ("busy", "error", "cycles", "array_beats", "layer_cycles", "failed_runs")
 
 
 class EncoderCore(wiring.Component):
@@ -87,14 +91,20 @@ class EncoderCore(wiring.Component):
     -------
     s_param : ``In(stream.Signature(bus_layout(bus_width)))``
         The parameter image (:func:`bertcore.core.image.pack_parameter_image`), once per run.
-    s_act : ``In(stream.Signature(bus_layout(bus_width)))``
-        The int8 input of one sequence (:func:`bertcore.core.image.pack_activations`).
-    m_act : ``Out(stream.Signature(bus_layout(bus_width)))``
-        The int8 output of the last layer, same layout.
+    s_act : ``In(stream.Signature(act_layout(bus_width)))``
+        The int8 input of one sequence (:func:`bertcore.core.image.pack_activations`) or of
+        several (a packed packet: ``user`` on the beats of its segment table,
+        :func:`bertcore.core.image.pack_segments`).
+    m_act : ``Out(stream.Signature(out_layout(bus_width)))``
+        One packet per run: the int8 output of the last layer (``user`` = 0 on every beat),
+        or, for a failed run, one beat with ``last`` = 1, ``user`` = 1 and the cause code
+        (:data:`~bertcore.core.image.FAIL_CAUSES`) in ``data``.
     busy : ``Out(1)``
-        A run (or the draining of a bad packet) is in progress.
+        A run is in progress, or a failed run is still settling (its image being dropped, its
+        activation packet awaited or being dropped, its failure packet not yet taken).
     error : ``Out(1)``
-        Sticky: a protocol error was seen; cleared when the next image header is accepted.
+        A protocol error was seen (or an internal unit flagged one, sticky until reset); a
+        protocol error is cleared when the next run starts.
     cycles : ``Out(32)``
         Cycles of the last successful run (first image beat to last output beat).
     array_beats : ``Out(32)``
@@ -103,10 +113,15 @@ class EncoderCore(wiring.Component):
     layer_cycles : ``Out(32)``
         Cycles of the last layer of the last successful run (from the end of the previous
         layer to the end of its second LayerNorm; :func:`bertcore.core.perf.layer_cycles`).
+    failed_runs : ``Out(32)``
+        Runs that ended with a failure packet since reset (saturating at ``2**32 - 1``).
 
-    Protocol errors (bad image header or length, an activation beat while idle, a sequence of
-    0 or more than ``max_seq`` rows) raise ``error``, abort the run, drop the open packets up to
-    their ``tlast`` and return to idle.
+    Every run pairs with exactly one activation packet and ends with exactly one packet on
+    ``m_act``. Protocol errors (bad image header or length, activations with no image, a
+    sequence of 0 or more than ``max_seq`` rows, a malformed segment table or rows that differ
+    from it) raise ``error``, abort the run, send its failure packet, drop the rest of its
+    image and its whole activation packet (whenever that arrives: before, during or after the
+    failure) and return to idle; the next run starts once the failed run's packet is dropped.
 
     With ``config.resident`` the image of a successful run is kept in an on-chip memory
     (``image_beats(config)`` words of ``bus_width + 1`` bits): a run that starts with an
@@ -130,13 +145,14 @@ class EncoderCore(wiring.Component):
         layout = bus_layout(config.bus_width)
         super().__init__({
             "s_param": In(stream.Signature(layout)),
-            "s_act": In(stream.Signature(layout)),
-            "m_act": Out(stream.Signature(layout)),
+            "s_act": In(stream.Signature(act_layout(config.bus_width))),
+            "m_act": Out(stream.Signature(out_layout(config.bus_width))),
             "busy": Out(1),
             "error": Out(1),
             "cycles": Out(32),
             "array_beats": Out(32),
             "layer_cycles": Out(32),
+            "failed_runs": Out(32),
         })
 
     @property
@@ -166,9 +182,8 @@ class EncoderCore(wiring.Component):
         connect(m, dp.out, ctl.dp_out)
         m.d.comb += [dp.start.eq(ctl.dp_start),
                      *(getattr(ctl, f"dp_{name}").eq(getattr(dp, name))
-                       for name in ("done", "fail", "fault", "beat", "layer_mark")),
-                     *(getattr(self, name).eq(getattr(ctl, name))
-                       for name in ("busy", "error", "cycles", "array_beats", "layer_cycles"))]
+                       for name in ("done", "fail", "cause", "fault", "beat", "layer_mark")),
+                     *(getattr(self, name).eq(getattr(ctl, name)) for name in STATUS)]
         return m
 
 
@@ -176,9 +191,9 @@ class EncoderTop(wiring.Component):
     """:class:`EncoderCore` with flat AXI4-Stream port names (``s_axis_param_tdata`` ...).
 
     ``verilog.convert(EncoderTop(config), name="bertcore_encoder")`` emits ``clk``, ``rst``,
-    ``s_axis_param_tdata/tvalid/tready/tlast``, ``s_axis_act_tdata/tvalid/tready/tlast``,
-    ``m_axis_act_tdata/tvalid/tready/tlast``, ``busy``, ``error``, ``cycles``, ``array_beats``
-    and ``layer_cycles``.
+    ``s_axis_param_tdata/tvalid/tready/tlast``, ``s_axis_act_tdata/tvalid/tready/tlast/tuser``,
+    ``m_axis_act_tdata/tvalid/tready/tlast/tuser`` and the :data:`STATUS` outputs ``busy``,
+    ``error``, ``cycles``, ``array_beats``, ``layer_cycles`` and ``failed_runs``.
     """
 
     def __init__(self, config):
@@ -188,11 +203,10 @@ class EncoderTop(wiring.Component):
             "s_axis_param_tdata": In(bus), "s_axis_param_tvalid": In(1),
             "s_axis_param_tready": Out(1), "s_axis_param_tlast": In(1),
             "s_axis_act_tdata": In(bus), "s_axis_act_tvalid": In(1),
-            "s_axis_act_tready": Out(1), "s_axis_act_tlast": In(1),
+            "s_axis_act_tready": Out(1), "s_axis_act_tlast": In(1), "s_axis_act_tuser": In(1),
             "m_axis_act_tdata": Out(bus), "m_axis_act_tvalid": Out(1),
-            "m_axis_act_tready": In(1), "m_axis_act_tlast": Out(1),
-            "busy": Out(1), "error": Out(1), "cycles": Out(32), "array_beats": Out(32),
-            "layer_cycles": Out(32),
+            "m_axis_act_tready": In(1), "m_axis_act_tlast": Out(1), "m_axis_act_tuser": Out(1),
+            **{name: Out(self._core.signature.members[name].shape) for name in STATUS},
         })
 
     @property
@@ -207,11 +221,11 @@ class EncoderTop(wiring.Component):
                          s.payload.last.eq(getattr(self, f"{name}_tlast")),
                          s.valid.eq(getattr(self, f"{name}_tvalid")),
                          getattr(self, f"{name}_tready").eq(s.ready)]
+        m.d.comb += core.s_act.payload.user.eq(self.s_axis_act_tuser)
         m.d.comb += [self.m_axis_act_tdata.eq(core.m_act.payload.data),
                      self.m_axis_act_tlast.eq(core.m_act.payload.last),
+                     self.m_axis_act_tuser.eq(core.m_act.payload.user),
                      self.m_axis_act_tvalid.eq(core.m_act.valid),
                      core.m_act.ready.eq(self.m_axis_act_tready),
-                     self.busy.eq(core.busy), self.error.eq(core.error),
-                     self.cycles.eq(core.cycles), self.array_beats.eq(core.array_beats),
-                     self.layer_cycles.eq(core.layer_cycles)]
+                     *(getattr(self, name).eq(getattr(core, name)) for name in STATUS)]
         return m

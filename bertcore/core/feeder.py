@@ -2,7 +2,9 @@
 
 Per tile of a job it reads ``k`` operand beats: the A operand (``N`` rows) from one row read
 of an activation buffer (X, Q, A, H) or of P, the B operand (``N`` columns) from the loader's
-panel buffer (weights), from K (``Kᵀ``, scores) or from V (``P·V``). The words it reads are
+panel buffer (weights), from K (``Kᵀ``, scores) or from V (``P·V``); the K and V reads start
+at the job's first key block ``kb`` (a packed run skips the key blocks outside a query block's
+segments). The words it reads are
 picked apart one cycle later (stage ``s1``) and reach the array through one register slice.
 """
 
@@ -35,7 +37,7 @@ class OperandFeeder(wiring.Component):
     job : ``In(job_layout(config))``
         The running job.
     x, q, a, h, k, v, p : ``Out(row_read(...))``
-        Read port 0 of the buffers.
+        Read port 0 of the buffers (P: ``prob_bits`` per entry).
     panel : ``Out(read_port(...))``
         The loader's panel buffer.
     slot_bias : ``In(ArrayLayout(signed(32), N))``
@@ -56,13 +58,14 @@ class OperandFeeder(wiring.Component):
         word = unsigned(8 * n)
         self._kw = max(config.hidden, config.ffn)
         depths = {"x": grp * cwh, "q": grp * cwh, "a": grp * cwh, "h": grp * cwf,
-                  "k": grp * cwh, "v": grp * cwh, "p": grp}
+                  "k": grp * cwh, "v": grp * cwh}
         self._ops = data.StructLayout({"a": a_layout, "b": b_layout})
         super().__init__({
             "start": In(1),
             "desc": In(job_layout(config)),
             "job": In(job_layout(config)),
             **{name: Out(row_read(depth, word, n)) for name, depth in depths.items()},
+            "p": Out(row_read(grp, unsigned(config.prob_bits * n), n)),
             "panel": Out(read_port(2 * self._kw, word)),
             "slot_bias": In(data.ArrayLayout(signed(32), n)),
             "o_operands": Out(stream.Signature(self._ops)),
@@ -111,22 +114,26 @@ class OperandFeeder(wiring.Component):
         for port in (self.x, self.q, self.a, self.h):
             m.d.comb += [port.addr.eq(a_addr), port.en.eq(adv)]
         m.d.comb += [self.p.addr.eq(f_kw), self.p.en.eq(adv),
-                     self.k.addr.eq(f_t * CWH + job.chw + f_kw), self.k.en.eq(adv),
-                     self.v.addr.eq(f_kw * CWH + job.chw + f_t), self.v.en.eq(adv),
+                     self.k.addr.eq((job.kb + f_t) * CWH + job.chw + f_kw), self.k.en.eq(adv),
+                     self.v.addr.eq((job.kb + f_kw) * CWH + job.chw + f_t), self.v.en.eq(adv),
                      self.panel.addr.eq(f_paddr), self.panel.en.eq(adv)]
         s1_asrc = Signal.like(job.asrc)
         s1_kind = Signal.like(job.kind)
         m.d.sync += [s1_asrc.eq(job.asrc), s1_kind.eq(job.kind)]
 
-        def elem(word, idx):
-            return pick([word[8 * j:8 * j + 8] for j in range(N)], idx, 8)
+        def elem(word, idx, width=8):
+            return pick([word[width * j:width * (j + 1)] for j in range(N)], idx, width)
 
+        # A: int8 activations sign-extended, or a prob_bits-bit probability zero-extended, to
+        # the array's signed(prob_bits + 1) operand
+        a_shape = a_beat.data[0].shape()
+        B = c.prob_bits
         sources = {A_X: self.x, A_Q: self.q, A_A: self.a, A_H: self.h}
         for i in range(N):
             items = [elem(sources[src].data[i], s1_ke).as_signed()
                      for src in (A_X, A_Q, A_A, A_H)]
-            items.append(Cat(elem(self.p.data[i], s1_ke), Const(0, 1)))
-            m.d.comb += a_beat.data[i].eq(pick(items, s1_asrc, signed(9)))
+            items.append(Cat(elem(self.p.data[i], s1_ke, B), Const(0, 1)))
+            m.d.comb += a_beat.data[i].eq(pick(items, s1_asrc, a_shape))
         vword = pick([self.v.data[b] for b in range(N)], s1_ke, 8 * N)
         for j in range(N):
             items = [self.panel.data[8 * j:8 * j + 8], elem(self.k.data[j], s1_ke),

@@ -25,7 +25,27 @@ from .feeder import OperandFeeder
 from .loader import panel_layout, scalar_layout
 from .writeback import WriteBack
 
-__all__ = ["GemmEngine"]
+__all__ = ["GemmEngine", "accumulator_range"]
+
+
+def accumulator_range(config):
+    """``(lo, hi)``: the sums any job of a core of ``config`` can reach in the array.
+
+    The array's A operand is ``signed(prob_bits + 1)`` so that it takes both the int8
+    activations and the unsigned ``prob_bits``-bit probabilities; its accumulators need not hold
+    ``k_max`` products of those widths, because the two never meet in one job:
+
+    * projections and scores multiply int8 activations by int8 weights or keys over at most
+      ``max(hidden, ffn)`` beats: ``|sum| <= k * 2**14``;
+    * ``P·V`` multiplies probabilities ``y`` by int8 values; ``y_j <= exp16_j * f / 2**(32-B)``
+      with ``f = floor(2**32 / sum(exp16))``, so a row's probabilities sum to at most ``2**B``
+      and ``-2**B * 128 <= sum <= 2**B * 127`` (``kernels.int_softmax_int``; checked in
+      ``tests/test_core.py``).
+    """
+    k = max(config.hidden, config.ffn)
+    proj = k << 14
+    pv = 1 << config.prob_bits
+    return min(-proj, -pv * 128), max(proj, pv * 127)
 
 
 class GemmEngine(wiring.Component):
@@ -62,17 +82,27 @@ class GemmEngine(wiring.Component):
         grp = -(-config.max_seq // n)
         word = unsigned(8 * n)
         kmax = max(config.hidden, config.ffn, config.max_seq)
-        self._array = SystolicArray(n, n, k_max=kmax, a_shape=signed(9))
+        # prob_bits-wide probabilities enter the array as a wider A operand, chosen by
+        # measurement over splitting them into two uint8 digits (two P·V passes, partial sums
+        # combined; docs/core.md "Attention probabilities"): a signed(17) x signed(8) product
+        # is still one MULT18X18D and the accumulators keep their width (accumulator_range);
+        # the cost is flip-flops along the array rows (minilm's 16x16 array: +17% FF, no DSP,
+        # no LUT) and no cycle, where two passes cost 2.8% (L=128) to 4.8% (L=256) of a
+        # minilm layer plus a partial-sum buffer. On iCE40 (16x16 DSPs) 17-bit operands cost
+        # LUTs, so its board keeps prob_bits=8.
+        self._array = SystolicArray(n, n, k_max=kmax, a_shape=signed(config.prob_bits + 1),
+                                    acc_range=accumulator_range(config))
         arr = self._array
         self._feeder = OperandFeeder(config, arr.a.payload.shape(), arr.b.payload.shape(),
                                      arr.bias.payload.shape())
         self._wb = WriteBack(config, arr.c.payload.shape())
         depths = {"x": grp * cwh, "q": grp * cwh, "a": grp * cwh, "h": grp * cwf,
-                  "k": grp * cwh, "v": grp * cwh, "p": grp}
+                  "k": grp * cwh, "v": grp * cwh}
         sw = IntSoftmax.score_width(config.head_dim)
         super().__init__({
             "ctl": In(task(desc=job_layout(config))),
             **{f"feed_{b}": Out(row_read(d, word, n)) for b, d in depths.items()},
+            "feed_p": Out(row_read(grp, unsigned(config.prob_bits * n), n)),
             "panel_rd": Out(read_port(2 * max(config.hidden, config.ffn), word)),
             "panel_slot": Out(1),
             "panel": In(panel_layout(n)),

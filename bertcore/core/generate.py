@@ -23,7 +23,7 @@ from amaranth.hdl import Shape
 from amaranth.lib.wiring import In
 
 from .encoder import EncoderTop
-from .image import FORMAT_VERSION, config_fingerprint, image_beats
+from .image import FAIL_CAUSES, FORMAT_VERSION, config_fingerprint, image_beats
 
 __all__ = ["generate", "write_ip", "manifest", "ports", "EXAMPLE_TEXT"]
 
@@ -66,6 +66,13 @@ def manifest(config, top, name="bertcore_encoder"):
         "activations": {"layout": "row-major int8, little-endian within a beat, tlast on the "
                                   "last beat", "max_seq": config.max_seq,
                         "hidden": config.hidden},
+        "outcome": {
+            "packets": "exactly one packet on m_axis_act per run: the result (tuser 0 on every "
+                       "beat) or, for a failed run, one beat with tlast 1, tuser 1 and the "
+                       "cause code in tdata",
+            "causes": {str(code): text for code, text in FAIL_CAUSES.items()},
+            "failed_runs": "failed runs since reset (saturating)",
+        },
         "reset": "synchronous, active high",
     }
 
@@ -130,9 +137,11 @@ def testbench(config, top, name, beats, rows):
     """A self-checking Verilog testbench ``<name>_tb`` for Icarus and Verilator (``--binary
     --timing``): it streams the parameter image (``+params=FILE``, ``$readmemh`` format of
     ``params.hex``) and an activation packet (``+act=FILE``) into the core, compares the output
-    packet with ``+expect=FILE`` beat by beat, checks ``error``, prints ``cycles`` and ends with
-    ``$finish`` (PASS) or ``$fatal`` (FAIL). ``+stall=N`` holds ``m_axis_act_tready`` low on
-    about N % of the cycles (backpressure).
+    packet with ``+expect=FILE`` beat by beat (``tuser`` 0 on every beat; a failure packet,
+    ``tuser`` 1, fails with its cause code), checks ``error``, that exactly one packet of
+    ``ACT_BEATS`` beats comes out, prints ``cycles`` and ends with ``$finish`` (PASS) or
+    ``$fatal`` (FAIL). ``+stall=N`` holds ``m_axis_act_tready`` low on about N % of the cycles
+    (backpressure).
     """
     from .perf import run_cycles
     bus = config.bus_width
@@ -158,7 +167,9 @@ def testbench(config, top, name, beats, rows):
 // Icarus and for Verilator (--binary --timing). It replays the parameter image (+params=FILE,
 // the $readmemh text of params.hex: {{tlast, tdata}} per line) and one activation packet
 // (+act=FILE) through the core, compares the output with +expect=FILE beat by beat and checks
-// the error output. +stall=N: m_axis_act_tready low on about N % of the cycles.
+// the run's outcome (tuser 0 on every beat: a failed run's one-beat packet has tuser 1 and its
+// cause code in tdata) and the error output. +stall=N: m_axis_act_tready low on about N % of
+// the cycles.
 `default_nettype none
 module {name}_tb;
     localparam integer BUS = {bus};
@@ -215,6 +226,7 @@ module {name}_tb;
     assign s_axis_act_tvalid = !rst && pi > 0 && ai < ACT_BEATS;
     assign s_axis_act_tdata = aword[BUS-1:0];
     assign s_axis_act_tlast = aword[BUS];
+    assign s_axis_act_tuser = 1'b0;       // a plain packet (no segment table)
     wire [BUS:0] want = golden[oi < ACT_BEATS ? oi : 0];
 
     always @(posedge clk) begin
@@ -233,6 +245,11 @@ module {name}_tb;
             if (s_axis_act_tvalid && s_axis_act_tready)
                 ai <= ai + 1;
             if (m_axis_act_tvalid && m_axis_act_tready) begin
+                if (m_axis_act_tuser) begin
+                    $display("FAIL: the core rejected the run: cause code %0d at cycle %0d",
+                             m_axis_act_tdata, cycle);
+                    $fatal(1);
+                end
                 if (oi >= ACT_BEATS || {{m_axis_act_tlast, m_axis_act_tdata}} != want) begin
                     if (errors < 8)
                         $display("output beat %0d: got %h (tlast %0d), expected %h (tlast %0d)",
@@ -242,16 +259,22 @@ module {name}_tb;
                 end
                 oi <= oi + 1;
             end
-            if (error) begin
-                $display("FAIL: the core raised error at cycle %0d", cycle);
-                $fatal(1);
-            end
             if (cycle >= TIMEOUT) begin
                 $display("FAIL: timeout after %0d cycles (%0d of %0d output beats)", cycle, oi,
                          ACT_BEATS);
                 $fatal(1);
             end
             if (oi == ACT_BEATS && !busy) begin
+                // (a protocol error ends the run with a failure packet, above; error without
+                // one is an internal unit's flag)
+                if (error) begin
+                    $display("FAIL: the core raised error at cycle %0d", cycle);
+                    $fatal(1);
+                end
+                if (failed_runs != 0) begin
+                    $display("FAIL: failed_runs is %0d", failed_runs);
+                    $fatal(1);
+                end
                 if (errors != 0) begin
                     $display("FAIL: %0d of %0d output beats differ", errors, ACT_BEATS);
                     $fatal(1);

@@ -35,10 +35,13 @@ __all__ = [
     "PANEL_GROUPS", "LN_AFTER", "ImageError", "Vector", "image_schedule", "image_beats",
     "header_words", "vector_beats", "scalar_slices", "max_vector_bits",
     "config_fingerprint",
-    "check_core_config", "pack_parameter_image", "image_to_hex", "pack_activations",
+    "check_core_config", "check_model",
+    "pack_parameter_image", "image_to_hex", "pack_activations",
     "unpack_activations", "activation_beats", "scalar_fields",
     "SEGMENT_LANE_BITS", "segment_table_beats", "pack_segment_table", "parse_segment_table",
     "pack_segments", "unpack_segments", "check_activation_packet",
+    "FAIL_HEADER", "FAIL_IMAGE_LENGTH", "FAIL_TOO_LONG", "FAIL_EMPTY", "FAIL_NO_IMAGE",
+    "FAIL_CAUSES", "FAIL_CAUSE_BITS", "RunFailed",
 ]
 
 #: ``"BERT"`` as a little-endian 32-bit word.
@@ -111,6 +114,34 @@ class ImageError(ValueError):
     """A model or image that does not fit the core's parameter image format."""
 
 
+# -- The outcome of a run ---------------------------------------------------------------------------
+
+#: Cause codes of a failed run: the ``tdata`` of its one-beat failure packet on ``m_axis_act``
+#: (``tuser`` = 1, ``tlast`` = 1; docs/interface.md, "Run outcome").
+FAIL_HEADER, FAIL_IMAGE_LENGTH, FAIL_TOO_LONG, FAIL_EMPTY, FAIL_NO_IMAGE = range(1, 6)
+#: What each cause code means.
+FAIL_CAUSES = {
+    FAIL_HEADER: "bad image header (magic, format version, configuration or beat count)",
+    FAIL_IMAGE_LENGTH: "bad image length (tlast not on the image's last beat)",
+    FAIL_TOO_LONG: "bad activation packet (more than max_seq rows, or a packed packet's "
+                   "segment table malformed or its rows differing from it)",
+    FAIL_EMPTY: "activation packet shorter than one row",
+    FAIL_NO_IMAGE: "activation packet with no parameter image (none sent, none stored)",
+}
+#: Bits of a cause code.
+FAIL_CAUSE_BITS = 3
+
+
+class RunFailed(ImageError):
+    """The core ended a run with a failure packet whose cause code is ``code``
+    (:data:`FAIL_CAUSES`)."""
+
+    def __init__(self, code):
+        self.code = code
+        cause = FAIL_CAUSES.get(code, "unknown cause")
+        super().__init__(f"the core rejected the run: {cause} (cause code {code})")
+
+
 @dataclass(frozen=True)
 class Vector:
     """One vector of the image: ``lanes`` values of ``width`` bits.
@@ -161,11 +192,39 @@ def check_core_config(config):
 
 
 def config_fingerprint(config):
-    """32-bit CRC of the fields that define the image layout (not ``max_seq``/``resident``)."""
+    """32-bit CRC of the fields that define the image layout and the arithmetic its values are
+    made for (not ``max_seq``/``resident``/unit counts): a core refuses an image packed for a
+    core with other probability widths (``prob_bits``), whose ``ctx_e`` differs."""
     text = (f"bertcore-image v{FORMAT_VERSION} hidden={config.hidden} heads={config.heads} "
             f"ffn={config.ffn} layers={config.layers} array={config.array_rows}x"
             f"{config.array_cols} bus={config.bus_width}")
+    if config.prob_bits != 8:        # (images of 8-bit cores keep their earlier fingerprint)
+        text += f" prob_bits={config.prob_bits}"
     return zlib.crc32(text.encode())
+
+
+def check_model(int_model, config):
+    """Raise :class:`ImageError` unless a core of ``config`` runs ``int_model``: the same
+    encoder shape and the same arithmetic (the width ``prob_bits`` of the attention
+    probabilities, at a fixed scale; int8 GELU outputs without an offset)."""
+    s = int_model.shape
+    for name, want in (("hidden", s.hidden), ("heads", s.heads), ("ffn", s.ffn),
+                       ("layers", s.layers)):
+        if getattr(config, name) != want:
+            raise ImageError(f"the model has {name}={want}, the core {getattr(config, name)}")
+    opts = int_model.opts
+    if opts.prob_scale != "fixed":
+        raise ImageError(f"the model was quantized with prob_scale={opts.prob_scale!r}; the "
+                         f"core computes probabilities at a fixed scale (prob_scale='fixed')")
+    if opts.prob_bits != config.prob_bits:
+        raise ImageError(f"the model was quantized with prob_bits={opts.prob_bits}, the core "
+                         f"computes {config.prob_bits}-bit attention probabilities (quantize "
+                         f"with --prob-bits {config.prob_bits}, or use a core with "
+                         f"prob_bits={opts.prob_bits})")
+    if (opts.gelu_bits, opts.gelu_zero_point) != (8, False):
+        raise ImageError(f"the core computes int8 GELU outputs without an offset; the model was "
+                         f"quantized with gelu_bits={opts.gelu_bits}, "
+                         f"gelu_zero_point={opts.gelu_zero_point} (use --backend int)")
 
 
 def panel_k(config, group):
@@ -291,13 +350,10 @@ def pack_parameter_image(int_model, config):
     Raises
     ------
     ImageError
-        If the model's shape does not match ``config`` or a value does not fit its field.
+        If the model's shape or arithmetic does not match ``config`` (:func:`check_model`) or
+        a value does not fit its field.
     """
-    s = int_model.shape
-    for name, want in (("hidden", s.hidden), ("heads", s.heads), ("ffn", s.ffn),
-                       ("layers", s.layers)):
-        if getattr(config, name) != want:
-            raise ImageError(f"the model has {name}={want}, the core {getattr(config, name)}")
+    check_model(int_model, config)
     t = int_model.t
     bus = config.bus_width
     n = config.array_cols

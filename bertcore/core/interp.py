@@ -10,6 +10,7 @@ format and the schedule independently of the RTL.
 import torch
 
 from bertcore.quant import kernels as K
+from bertcore.quant.model import segment_mask
 from .image import (FORMAT_VERSION, HEADER_FIELDS, LN_FIELDS, MAGIC, PANEL_FIELDS, PANEL_ROW,
                     SCALAR_WORDS, ImageError, check_core_config, config_fingerprint,
                     image_beats, panel_count, panel_k, scalar_slices, vector_beats)
@@ -69,8 +70,12 @@ def _t(values):
     return torch.tensor(values, dtype=torch.int64)
 
 
-def run_image(words, x, config):
+def run_image(words, x, config, segments=None):
     """Run the encoder described by the image ``words`` on int8 ``x`` ``[L, hidden]``.
+
+    ``segments`` (optional): the lengths of the sequences of a packed run, adding up to ``L``;
+    each query attends only to the keys of its own segment, as in the core (the score and
+    ``P·V`` tiles it skips hold only masked keys, whose probabilities are 0).
 
     Raises
     ------
@@ -92,6 +97,7 @@ def run_image(words, x, config):
     hd = config.head_dim
     x = torch.as_tensor(x).to(torch.int64)
     seq = x.shape[0]
+    mask = None if segments is None else segment_mask(segments, seq)
     for _ in range(config.layers):
         sc = r.scalars()
         smk = {"x0": sc["sm_x0"], "b": sc["sm_b"], "c": sc["sm_c"], "m": sc["sm_m"],
@@ -130,7 +136,8 @@ def run_image(words, x, config):
         for h in range(config.heads):
             ch = slice(h * hd, (h + 1) * hd)
             scores = q[:, ch] @ k[:, ch].T
-            p = K.int_softmax_int(scores, smk, output_bits=8, saturate_output=True)
+            p = K.int_softmax_int(scores, smk, output_bits=config.prob_bits,
+                                  saturate_output=True, mask=mask)
             ctx[:, ch] = K.requantize(p @ v[:, ch], sc["ctx_m"], sc["ctx_e"], 8)
         r1 = panels("o", ctx, residual=x)
         a = layernorm(r1)

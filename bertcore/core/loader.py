@@ -72,6 +72,8 @@ class ParameterLoader(wiring.Component):
         A run starts: expect a header.
     fail : ``Out(1)``
         The header is wrong, or ``last`` is not on the image's last beat (a one-cycle pulse).
+    bad_length : ``Out(1)``
+        With ``fail``: ``last`` is not on the image's last beat.
     slots, scalars_ho, ln_slots : ``Out(handover(...))``
         The panel slots (2), the scalar record (1) and the LayerNorm records (2).
     panel_slot : ``In(1)``
@@ -96,6 +98,7 @@ class ParameterLoader(wiring.Component):
             "param": In(bus_signature(config.bus_width)),
             "start": In(1),
             "fail": Out(1),
+            "bad_length": Out(1),
             "slots": Out(handover(2)),
             "scalars_ho": Out(handover(1)),
             "ln_slots": Out(handover(2)),
@@ -167,7 +170,7 @@ class ParameterLoader(wiring.Component):
         st["beat_ok"] = Signal()        # this header beat is as expected
         m.d.comb += st["beat_ok"].eq(Cat(*hdr_checks).bit_select(vb, 1))
         fail_hdr = self._fsm(m, st, slots, scalars)
-        m.d.comb += self.fail.eq(fail_hdr | fail_len)
+        m.d.comb += [self.fail.eq(fail_hdr | fail_len), self.bad_length.eq(fail_len)]
         return m
 
     def _fsm(self, m, st, slots, scalars):

@@ -7,7 +7,8 @@ layer, the cycles of each job with every stream free-flowing (no backpressure):
   takes one tile per ``max(K, N)`` cycles, then drains (``SystolicArray.latency + N - 1``) through
   the residual fetch and the requantizer(s); the loader streams the next panel meanwhile, so a
   panel takes at least the loader's beats (header vectors plus ``K`` weight rows);
-* attention per head and query block: scores (``T`` tiles of ``head_dim`` beats), the softmax
+* attention per head and query block (packed: after ``N + 2`` cycles that read the block's
+  segment bounds): scores (``T`` tiles of ``head_dim`` beats), the softmax
   pass (``N / softmax_units`` rows of ``L`` per unit), ``P·V`` (``head_dim/N`` tiles of ``L``
   beats);
 * LayerNorm passes: ``ceil(L / layernorm_units)`` rows per unit at ``IntLayerNorm.row_period``
@@ -111,8 +112,11 @@ def _panel_jobs(config, seq_len):
 def _attention(config, seq_len, segments):
     n, hd = config.array_cols, config.head_dim
     rq = Requantizer.LATENCY
+    # a packed run reads the segment bounds of each query block's rows first (the
+    # sequencer's BOUNDS and BSPAN states: N + 2 cycles)
+    bounds = 0 if segments is None else n + 2
     return config.heads * sum(
-        _gemm(kt, hd, n, 0) + _softmax_pass(config, keys) + _gemm(hd // n, keys, n, rq)
+        bounds + _gemm(kt, hd, n, 0) + _softmax_pass(config, keys) + _gemm(hd // n, keys, n, rq)
         for kt, keys in key_spans(config, seq_len, segments))
 
 

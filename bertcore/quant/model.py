@@ -78,8 +78,9 @@ class QuantOptions:
         ``"row"`` is a power of two per row (:func:`~bertcore.quant.kernels.int_softmax_row_int`)
         folded into the context requantization shift. Changes the arithmetic the RTL follows.
     prob_bits : int
-        Width of the unsigned attention probabilities (8..16; 8 is the uint8 operand the RTL
-        has). Changes the arithmetic the RTL follows.
+        Width of the unsigned attention probabilities (8..16, default 16: a row spread over
+        hundreds of keys keeps its resolution; docs/quantization.md). Changes the arithmetic:
+        a core runs the model only if it computes the same width (``CoreConfig.prob_bits``).
     gelu_bits : int
         Width of the signed GELU output, the FFN2 GEMM's activation operand (8..16; 8 is the
         int8 operand the RTL has). Changes the arithmetic the RTL follows.
@@ -98,7 +99,7 @@ class QuantOptions:
     pack_tokens: int = 256
     pack_rounds: int = 4
     prob_scale: str = "fixed"
-    prob_bits: int = 8
+    prob_bits: int = 16
     gelu_bits: int = 8
     gelu_zero_point: bool = False
 
@@ -120,8 +121,9 @@ class QuantOptions:
             raise ValueError(f"pack_rounds must be >= 1, not {self.pack_rounds!r}")
         if self.prob_scale not in ("fixed", "row"):
             raise ValueError(f"prob_scale must be 'fixed' or 'row', not {self.prob_scale!r}")
-        if not 8 <= self.prob_bits <= 16:
-            raise ValueError(f"prob_bits must lie in 8..16, not {self.prob_bits!r}")
+        if not K.PROB_BITS_MIN <= self.prob_bits <= K.PROB_BITS_MAX:
+            raise ValueError(f"prob_bits must lie in {K.PROB_BITS_MIN}..{K.PROB_BITS_MAX}, "
+                             f"not {self.prob_bits!r}")
         if not 8 <= self.gelu_bits <= 16:
             raise ValueError(f"gelu_bits must lie in 8..16, not {self.gelu_bits!r}")
 

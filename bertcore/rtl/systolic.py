@@ -208,8 +208,8 @@ class SystolicArray(wiring.Component):
     docstring for the dataflow.
 
     Arithmetic is exact: the accumulator width is derived from ``k_max`` and the operand
-    shapes (:attr:`acc_shape` holds ``k_max`` worst-case products), and the output width from
-    the accumulator and the bias (:attr:`out_shape`). The products are
+    shapes (:attr:`acc_shape` holds ``k_max`` worst-case products) or from the guaranteed
+    ``acc_range``, and the output width from the accumulator and the bias (:attr:`out_shape`). The products are
     ``a_shape × b_shape`` (e.g. ``unsigned(8)`` softmax probabilities times ``signed(8)`` values).
 
     Latency and throughput
@@ -237,6 +237,13 @@ class SystolicArray(wiring.Component):
         Shapes of the A and B operands, ``signed(8)`` by default.
     bias_shape : shape
         Shape of a bias value, ``signed(32)`` by default.
+    acc_range : (int, int) or None
+        ``(lo, hi)``, ``lo <= 0 <= hi``: the range the sum of every tile is guaranteed to lie
+        in, narrower than ``k_max`` worst-case products, for a user whose operands never reach
+        that worst case together (the encoder core: int8 projections, and probabilities whose
+        row sums to at most ``2**B``). The accumulators add modulo ``2**width``, so partial
+        sums (and single products) may leave the range; a final sum outside it wraps.
+        ``None`` (default): the ``k_max`` worst case.
     out_shape : shape or None
         Shape of an output value; ``None`` (default) takes the narrowest shape that holds
         every ``A·B + bias`` of a tile of ``k_max`` beats. A given shape must be that wide.
@@ -262,14 +269,15 @@ class SystolicArray(wiring.Component):
     Raises
     ------
     TypeError
-        If ``rows``, ``cols`` or ``k_max`` is not an integer, or a shape is not a shape.
+        If ``rows``, ``cols`` or ``k_max`` is not an integer, a shape is not a shape, or
+        ``acc_range`` not a pair of integers.
     ValueError
-        If ``rows``, ``cols`` or ``k_max`` is below 1, a shape has no bits, or ``out_shape`` is
-        too narrow for ``k_max`` worst-case products plus the bias.
+        If ``rows``, ``cols`` or ``k_max`` is below 1, a shape has no bits, ``acc_range`` does
+        not contain 0, or ``out_shape`` is too narrow for the sums plus the bias.
     """
 
     def __init__(self, rows, cols, *, k_max, a_shape=signed(8), b_shape=signed(8),
-                 bias_shape=signed(32), out_shape=None):
+                 bias_shape=signed(32), acc_range=None, out_shape=None):
         with rejecting(self):
             check_int("rows", rows)
             check_int("cols", cols)
@@ -277,9 +285,11 @@ class SystolicArray(wiring.Component):
             a_shape = _check_shape("a_shape", a_shape)
             b_shape = _check_shape("b_shape", b_shape)
             bias_shape = _check_shape("bias_shape", bias_shape)
-            out_shape = self._check_out_shape(out_shape, k_max, a_shape, b_shape, bias_shape)
+            product_lo, product_hi, acc_lo, acc_hi = self._sums(k_max, a_shape, b_shape,
+                                                                acc_range)
+            out_shape = self._check_out_shape(out_shape, k_max, a_shape, b_shape, bias_shape,
+                                              (acc_lo, acc_hi))
 
-        product_lo, product_hi, acc_lo, acc_hi = self._sums(k_max, a_shape, b_shape)
         self._rows = rows
         self._cols = cols
         self._k_max = k_max
@@ -300,20 +310,28 @@ class SystolicArray(wiring.Component):
         })
 
     @staticmethod
-    def _sums(k_max, a_shape, b_shape):
+    def _sums(k_max, a_shape, b_shape, acc_range=None):
         # Size the arithmetic by the operands: the product range is spanned by the corners of
-        # the operand ranges; a tile sums at most k_max products.
+        # the operand ranges; a tile sums at most k_max products, or stays in acc_range.
         a_lo, a_hi = shape_range(a_shape)
         b_lo, b_hi = shape_range(b_shape)
         corners = [a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi]
         product_lo, product_hi = min(corners), max(corners)
-        return (product_lo, product_hi,
-                k_max * min(product_lo, 0), k_max * max(product_hi, 0))
+        if acc_range is None:
+            return (product_lo, product_hi,
+                    k_max * min(product_lo, 0), k_max * max(product_hi, 0))
+        if (not isinstance(acc_range, tuple) or len(acc_range) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in acc_range)):
+            raise TypeError(f"acc_range must be a pair of integers or None, not {acc_range!r}")
+        acc_lo, acc_hi = acc_range
+        if not acc_lo <= 0 <= acc_hi:
+            raise ValueError(f"acc_range must be (lo, hi) with lo <= 0 <= hi, not {acc_range!r}")
+        return product_lo, product_hi, acc_lo, acc_hi
 
     @classmethod
-    def _check_out_shape(cls, out_shape, k_max, a_shape, b_shape, bias_shape):
+    def _check_out_shape(cls, out_shape, k_max, a_shape, b_shape, bias_shape, acc):
         # The output holds any accumulator plus any bias.
-        _, _, acc_lo, acc_hi = cls._sums(k_max, a_shape, b_shape)
+        acc_lo, acc_hi = acc
         bias_lo, bias_hi = shape_range(bias_shape)
         out_lo, out_hi = acc_lo + bias_lo, acc_hi + bias_hi
         needed = shape_for_range(out_lo, out_hi)
