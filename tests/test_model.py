@@ -79,7 +79,7 @@ def test_layer_trace_matches_documented_dataflow(tiny_int):
     x = tiny_int.embed_int(ids)
     seen = {}
     tiny_int.layer(0, x, trace=lambda n, v: seen.__setitem__(n, v))
-    assert seen["probs"].min() >= 0 and seen["probs"].max() <= 255
+    assert seen["probs"].min() >= 0 and seen["probs"].max() < 1 << tiny_int.opts.prob_bits
     for n in ("q", "k", "v", "ctx", "ln1_out", "gelu", "ln2_out"):
         assert seen[n].min() >= -128 and seen[n].max() <= 127, n
     for n in ("ln1_in", "ln2_in"):
@@ -229,6 +229,67 @@ def test_probability_options_change_only_the_attention(tiny_ckpt):
         QuantOptions(prob_bits=7)
     with pytest.raises(ValueError):
         QuantOptions(prob_scale="float")
+
+
+def test_gelu_output_range_is_floored_by_its_input_range(tiny_ckpt):
+    """gelu_floor: every GELU output channel's range is at least gelu_floor x the channel's
+    calibrated GELU-input range (so channels silent on the calibration texts do not clip)."""
+    from bertcore.quant.model import _qmax, calibrate
+    opts = QuantOptions()
+    cal = calibrate(tiny_ckpt, TINY_CALIBRATION, opts.pack_tokens, opts.pack_rounds)
+    m = quantize(tiny_ckpt, TINY_CALIBRATION, opts)
+    off = quantize(tiny_ckpt, TINY_CALIBRATION, QuantOptions(gelu_floor=0.0))
+    for i in range(tiny_ckpt.shape.layers):
+        rng = m.t[f"layer.{i}.gelu.out_scale"] * _qmax(8)
+        want = opts.act_margin * torch.maximum(cal.chan_max[f"{i}.gelu"].double(),
+                                               opts.gelu_floor * cal.chan_max[f"{i}.ffn1"].double())
+        assert torch.allclose(rng, want.clamp_min(float(want.max()) * 1e-3), rtol=1e-6)
+        assert bool((rng >= off.t[f"layer.{i}.gelu.out_scale"] * _qmax(8) * (1 - 1e-9)).all())
+    with pytest.raises(ValueError, match="gelu_floor"):
+        QuantOptions(gelu_floor=-1)
+
+
+def test_gelu_output_options(tiny_ckpt):
+    """gelu_bits / gelu_zero_point: GELU outputs within their width, the offset folded into FFN2's
+    bias exactly, embeddings close to float."""
+    from bertcore.quant.model import GELU_OUT_MIN, _quant_linear
+    ids = tiny_ckpt.tokenizer.encode(TINY_EVAL[0])
+    ref = mean_pool(float_forward(tiny_ckpt, ids))
+    for opts in (QuantOptions(gelu_bits=16), QuantOptions(gelu_zero_point=True),
+                 QuantOptions(gelu_bits=12, gelu_zero_point=True)):
+        m = quantize(tiny_ckpt, TINY_CALIBRATION, opts)
+        seen = {}
+        x = m.embed_int(ids)
+        m.layer(0, x, trace=lambda n, v: seen.__setitem__(n, v))
+        h, lo, hi = seen["gelu"], *K.int_range(opts.gelu_bits)
+        assert lo <= int(h.min()) and int(h.max()) <= hi
+        z = m.t.get("layer.0.gelu.z")
+        assert (z is not None) == opts.gelu_zero_point
+        if z is not None:
+            # GELU's lowest value (-0.171) sits at the bottom code: the negative codes are used
+            s = m.t["layer.0.gelu.out_scale"]
+            assert bool(((z - torch.round(GELU_OUT_MIN / s)) - lo).abs().le(1).all())
+            # FFN2's bias is the plain int32 bias minus sum_c W[j, c] * z[c], so the GEMM on h
+            # accumulates what it would on h - z
+            p = "encoder.layer.0.output.dense."
+            wi, bi, _ = _quant_linear(tiny_ckpt.weights[p + "weight"],
+                                      tiny_ckpt.weights[p + "bias"], s)
+            assert torch.equal(m.t["layer.0.ffn2.w"], wi)
+            assert torch.equal(m.t["layer.0.ffn2.b"].to(torch.int64),
+                               bi.to(torch.int64) - wi.to(torch.int64) @ z)
+            assert bool((z > lo).all())
+            # the symmetric range [-hi, hi] becomes [-0.171, hi] over all 2**bits codes
+            sym = quantize(tiny_ckpt, TINY_CALIBRATION, QuantOptions(gelu_bits=opts.gelu_bits))
+            top = sym.t["layer.0.gelu.out_scale"] * hi
+            assert torch.allclose(s, (top + GELU_OUT_MIN) / ((1 << opts.gelu_bits) - 1))
+        assert float(ref @ m.sentence_embedding(ids)) > 0.98
+        assert m.manifest()["options"]["gelu_bits"] == opts.gelu_bits
+    with pytest.raises(ValueError, match="gelu_bits"):
+        QuantOptions(gelu_bits=17)
+    from bertcore.core.image import ImageError
+    from bertcore.embed import rtl_embeddings
+    with pytest.raises(ImageError, match="int8 GELU outputs"):    # the core cannot run it yet
+        rtl_embeddings(m, [TINY_EVAL[0]])
 
 
 def test_length_aware_calibration_packs_the_texts(tiny_ckpt):

@@ -206,7 +206,7 @@ def config_fingerprint(config):
 def check_model(int_model, config):
     """Raise :class:`ImageError` unless a core of ``config`` runs ``int_model``: the same
     encoder shape and the same arithmetic (the width ``prob_bits`` of the attention
-    probabilities, at a fixed scale)."""
+    probabilities, at a fixed scale; int8 GELU outputs without an offset)."""
     s = int_model.shape
     for name, want in (("hidden", s.hidden), ("heads", s.heads), ("ffn", s.ffn),
                        ("layers", s.layers)):
@@ -221,6 +221,10 @@ def check_model(int_model, config):
                          f"computes {config.prob_bits}-bit attention probabilities (quantize "
                          f"with --prob-bits {config.prob_bits}, or use a core with "
                          f"prob_bits={opts.prob_bits})")
+    if (opts.gelu_bits, opts.gelu_zero_point) != (8, False):
+        raise ImageError(f"the core computes int8 GELU outputs without an offset; the model was "
+                         f"quantized with gelu_bits={opts.gelu_bits}, "
+                         f"gelu_zero_point={opts.gelu_zero_point} (use --backend int)")
 
 
 def panel_k(config, group):

@@ -61,6 +61,11 @@ class QuantOptions:
     act_margin : float
         Headroom factor of the per-channel int8 outputs (LayerNorm, GELU) over the calibrated
         per-channel range: a few calibration texts see only part of each channel's range.
+    gelu_floor : float
+        The calibrated range of each GELU output channel is taken as at least ``gelu_floor``
+        times that channel's calibrated ``|x|`` range at the GELU input (before
+        ``act_margin``). A channel that stays negative on the calibration texts (GELU output
+        near 0) can fire on a token they lack; its input range says how far. 0: off.
     pack_tokens : int
         Length-aware calibration: besides each calibration text alone, the texts joined end to
         end into sequences of up to ``pack_tokens`` tokens (0: off), so that the activation
@@ -76,15 +81,27 @@ class QuantOptions:
         Width of the unsigned attention probabilities (8..16, default 16: a row spread over
         hundreds of keys keeps its resolution; docs/quantization.md). Changes the arithmetic:
         a core runs the model only if it computes the same width (``CoreConfig.prob_bits``).
+    gelu_bits : int
+        Width of the signed GELU output, the FFN2 GEMM's activation operand (8..16; 8 is the
+        int8 operand the RTL has). Changes the arithmetic the RTL follows.
+    gelu_zero_point : bool
+        Asymmetric GELU output: GELU's values lie in [-0.17, max], so each channel's range
+        ``[-GELU_OUT_MIN, hi]`` is mapped onto the whole signed range by a per-channel offset
+        ``z`` (added by the GELU output requantizer as a pre-shift bias ``z * 2**e``) that FFN2
+        takes out of its bias (``b - sum_c W[j, c] * z[c]``, exact). One bit finer than the
+        symmetric scale. Changes the arithmetic the RTL follows.
     """
     act_granularity: str = "channel"
     percentile: float = 100.0
     residual_margin: float = 2.0
     act_margin: float = 2.0
+    gelu_floor: float = 0.35
     pack_tokens: int = 256
     pack_rounds: int = 4
     prob_scale: str = "fixed"
     prob_bits: int = 16
+    gelu_bits: int = 8
+    gelu_zero_point: bool = False
 
     def __post_init__(self):
         if self.act_granularity not in ("channel", "tensor"):
@@ -96,6 +113,8 @@ class QuantOptions:
             raise ValueError(f"residual_margin must be >= 1, not {self.residual_margin!r}")
         if not self.act_margin >= 1.0:
             raise ValueError(f"act_margin must be >= 1, not {self.act_margin!r}")
+        if not self.gelu_floor >= 0.0:
+            raise ValueError(f"gelu_floor must be >= 0, not {self.gelu_floor!r}")
         if self.pack_tokens < 0:
             raise ValueError(f"pack_tokens must be >= 0, not {self.pack_tokens!r}")
         if self.pack_rounds < 1:
@@ -105,6 +124,8 @@ class QuantOptions:
         if not K.PROB_BITS_MIN <= self.prob_bits <= K.PROB_BITS_MAX:
             raise ValueError(f"prob_bits must lie in {K.PROB_BITS_MIN}..{K.PROB_BITS_MAX}, "
                              f"not {self.prob_bits!r}")
+        if not 8 <= self.gelu_bits <= 16:
+            raise ValueError(f"gelu_bits must lie in 8..16, not {self.gelu_bits!r}")
 
 
 class Calibration:
@@ -224,7 +245,10 @@ def _quant_linear(w, b, s_in):
     s_acc = w.abs().amax(1).clamp_min(1e-30) / _qmax(INT8)
     w_int = torch.clamp(torch.round(w / s_acc[:, None]), -_qmax(INT8), _qmax(INT8))
     lo, hi = K.int_range(32)
-    b_int = torch.clamp(torch.round(b.to(torch.float64) / s_acc), lo, hi)
+    b_int = torch.round(b.to(torch.float64) / s_acc)
+    if bool((b_int < lo).any()) or bool((b_int > hi).any()):
+        raise BertError("a GEMM bias does not fit 32 bits at its accumulator scale (an input "
+                        "scale far too fine for the weights)")
     return w_int.to(torch.int8), b_int.to(torch.int32), s_acc
 
 
@@ -238,15 +262,22 @@ class _Scales:
         pct = self.opts.percentile if pct is None else pct
         return max(self.cal.percentile(key, pct), 1e-8) / _qmax(bits)
 
-    def int8_out(self, key):
-        """Scale vector of an int8 activation produced by a per-channel requantizer."""
+    def int8_out(self, key, floor=None, bits=INT8):
+        """Scale vector of an int8 (``bits``-bit) activation produced by a per-channel
+        requantizer.
+
+        ``floor`` (a per-channel range) bounds the calibrated range from below (per-channel
+        scales only).
+        """
         cm = self.cal.channel_percentile(key, self.opts.percentile).to(torch.float64)
+        if floor is not None:
+            cm = torch.maximum(cm, floor.to(torch.float64))
         n = cm.numel()
         if self.opts.act_granularity == "tensor":
-            return torch.full((n,), self.tensor(key), dtype=torch.float64)
+            return torch.full((n,), self.tensor(key, bits=bits), dtype=torch.float64)
         # floor dead channels at 1/1000 of the tensor maximum so the folded weights stay bounded
         cm = cm * self.opts.act_margin
-        return cm.clamp_min(float(cm.max()) * 1e-3).clamp_min(1e-8) / _qmax(INT8)
+        return cm.clamp_min(float(cm.max()) * 1e-3).clamp_min(1e-8) / _qmax(bits)
 
     def residual(self, key, s_in):
         """Scale of a 22-bit residual sum whose int8 term has the scale vector ``s_in``.
@@ -266,6 +297,42 @@ def _ln_out(gamma, beta, s_out):
     m, e = K.requant_params(gamma.to(torch.float64) * s_norm / s_out)
     bias = torch.round(beta.to(torch.float64) / s_out * torch.pow(2.0, e.to(torch.float64)))
     return m, e, bias.to(torch.int64)
+
+
+#: Most negative GELU output (exact GELU: -0.16997 at x = -0.75; I-BERT's i-GELU: -0.1675), with a
+#: little headroom: the low end of every GELU output channel with ``gelu_zero_point``.
+GELU_OUT_MIN = 0.171
+
+
+def _zero_point(s_sym, bits):
+    """Asymmetric form of a GELU output whose symmetric scales are ``s_sym`` (per channel).
+
+    The channel range ``[-GELU_OUT_MIN, hi]`` (``hi = s_sym * qmax``) spans all ``2**bits``
+    codes: ``s = (hi + GELU_OUT_MIN) / (2**bits - 1)``, offset ``z = -2**(bits-1) +
+    ceil(GELU_OUT_MIN / s)``, so a real value ``g`` is the integer ``round(g / s) + z``.
+    Returns ``(s, z)``.
+    """
+    hi = s_sym * _qmax(bits)
+    s = (hi + GELU_OUT_MIN) / ((1 << bits) - 1)
+    z = torch.ceil(GELU_OUT_MIN / s).to(torch.int64) - (1 << (bits - 1))
+    return s, torch.clamp(z, max=_qmax(bits))
+
+
+def _shifted(z, e, what):
+    """The pre-shift bias ``z * 2**e`` of a requantizer that adds ``z`` after its shift."""
+    bias = z.to(torch.int64) << e.to(torch.int64)
+    if bool((bias.abs() >= 1 << 62).any()):
+        raise BertError(f"{what} does not fit 62 bits")
+    return bias
+
+
+def _fold_offset(b_int, w_int, z, what):
+    """``b - sum_c w[j, c] * z[c]``: an input offset ``z`` folded into a GEMM's int32 bias."""
+    b = b_int.to(torch.int64) - w_int.to(torch.int64) @ z.to(torch.int64)
+    lo, hi = K.int_range(32)
+    if bool((b < lo).any()) or bool((b > hi).any()):
+        raise BertError(f"{what} does not fit 32 bits")
+    return b.to(torch.int32)
 
 
 def quantize(ckpt, texts, opts=QuantOptions()):
@@ -338,13 +405,22 @@ def quantize(ckpt, texts, opts=QuantOptions()):
         t[L + "ffn1.m"], t[L + "ffn1.e"] = K.requant_params(s_acc / s_g)
         g = K.gelu_constants(s_g)
         lc["gelu"] = {"b": int(g["b"]), "c": int(g["c"]), "q1": int(g["q1"])}
-        s_h = sc.int8_out(f"{i}.gelu")
+        s_h = sc.int8_out(f"{i}.gelu", floor=opts.gelu_floor * cal.chan_max[f"{i}.ffn1"],
+                          bits=opts.gelu_bits)
+        z = None
+        if opts.gelu_zero_point:
+            s_h, z = _zero_point(s_h, opts.gelu_bits)
         t[L + "gelu.out_scale"] = s_h.clone()
         t[L + "gelu.m"], t[L + "gelu.e"] = K.requant_params(float(g["scale_out"]) / s_h)
+        if z is not None:
+            t[L + "gelu.z"] = z
+            t[L + "gelu.bias"] = _shifted(z, t[L + "gelu.e"], f"layer {i} GELU offset")
         # FFN2 + residual -> 22 bits -> LayerNorm -> int8 (the next layer's input)
         s_r2 = sc.residual(f"{i}.ln2_in", s_a)
         wi, bi, s_acc = _quant_linear(w[p + "output.dense.weight"], w[p + "output.dense.bias"],
                                       s_h)
+        if z is not None:   # sum_c W (h - z) + b = sum_c W h + (b - sum_c W z)
+            bi = _fold_offset(bi, wi, z, f"layer {i} FFN2 bias")
         t[L + "ffn2.w"], t[L + "ffn2.b"] = wi, bi
         t[L + "ffn2.m"], t[L + "ffn2.e"] = K.requant_params(s_acc / s_r2)
         t[L + "res2.m"], t[L + "res2.e"] = K.requant_params(s_a / s_r2)
@@ -508,7 +584,8 @@ class IntBert:
         g_in = rq(gemm(a, "ffn1", aw), "ffn1", GELU_IN_BITS, extra_in=aw)
         g = K.int_gelu_int(g_in, lc["gelu"]["b"], lc["gelu"]["c"], lc["gelu"]["q1"])
         trace("ffn1", g_in)
-        h = rq(g, "gelu", INT8, extra_out=wide["gelu"])
+        h = rq(g, "gelu", self.opts.gelu_bits, bias=t.get(L + "gelu.bias"),
+               extra_out=wide["gelu"])
         trace("gelu", h)
         r2 = K.saturate(rq(gemm(h, "ffn2", wide["gelu"]), "ffn2", extra_in=wide["gelu"])
                         + rq(a, "res2", extra_in=aw), K.RESIDUAL_BITS)
