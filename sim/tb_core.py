@@ -20,7 +20,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from bertcore.core.image import FAIL_NO_IMAGE
+from bertcore.core.image import FAIL_HEADER, FAIL_NO_IMAGE
 from bertcore.rtlsim_tb import send_packet as _send_act
 from sim.runner import tb_params
 
@@ -205,9 +205,25 @@ async def outcomes(dut):
     driver.cancel()
 
 
+async def _pulse_reset(dut):
+    """Hold ``rst`` for two cycles (the activation source idled); check the core is idle,
+    ``error`` and ``failed_runs`` cleared, the image ROM disarmed."""
+    dut.rst.value = 1
+    dut.s_axis_act_tvalid.value = 0
+    for _ in range(2):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    await RisingEdge(dut.clk)
+    await ReadOnly()
+    assert not dut.busy.value and not dut.error.value and not dut.s_axis_param_tvalid.value
+    assert int(dut.failed_runs.value) == 0
+    await RisingEdge(dut.clk)
+
+
 @cocotb.test()
 async def reset_mid_run(dut):
-    """A reset in the middle of a run returns to idle (counters cleared); then a valid run."""
+    """A reset while a failed run waits for its activation packet, and one in the middle of a
+    run, return to idle (counters cleared); then a valid run."""
     p = tb_params()
     rng = random.Random(p["seed"] + 7)
     timeout = p["timeout"]
@@ -219,21 +235,23 @@ async def reset_mid_run(dut):
     assert await _recv(dut, rng, 0.0, timeout) == [FAIL_NO_IMAGE]
     await sender
     assert int(dut.failed_runs.value) == 1
+    # a bad image whose activation packet never comes: the core waits for it (busy) until reset
+    dut.corrupt.value = 1
+    await _go(dut)
+    assert await _recv(dut, rng, 0.0, timeout) == [FAIL_HEADER]
+    dut.corrupt.value = 0
+    await _wait(dut, dut.s_axis_param_tvalid, 0, timeout)     # the image dropped to its end
+    for _ in range(100):
+        await RisingEdge(dut.clk)
+    assert dut.busy.value and int(dut.failed_runs.value) == 2
+    await _pulse_reset(dut)
+    dut._log.info("reset while a failed run's packet was owed: back to idle")
     await _go(dut)
     await _wait(dut, dut.busy, 1, timeout)
     sender = cocotb.start_soon(_send_act(dut, good["act"], rng, 0.0))
     for _ in range(3000):
         await RisingEdge(dut.clk)
     assert dut.busy.value and sender.done()
-    dut.rst.value = 1
-    dut.s_axis_act_tvalid.value = 0
-    for _ in range(2):
-        await RisingEdge(dut.clk)
-    dut.rst.value = 0
-    await RisingEdge(dut.clk)
-    await ReadOnly()
-    assert not dut.busy.value and not dut.error.value and not dut.s_axis_param_tvalid.value
-    assert int(dut.failed_runs.value) == 0
-    await RisingEdge(dut.clk)
+    await _pulse_reset(dut)
     dut._log.info("reset mid-run: back to idle")
     await _run(dut, good, rng, 0.2, timeout)

@@ -18,7 +18,8 @@ import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from sim.runner import tb_params
-from sim.tb_core import _go, _param_driver, _reset, _run, _wait
+from bertcore.core.image import FAIL_EMPTY, FAIL_TOO_LONG
+from sim.tb_core import _go, _param_driver, _recv, _reset, _run, _wait
 
 
 async def _send_beats(dut, beats, rng, stall):
@@ -62,8 +63,9 @@ async def packed_runs(dut):
 
 @cocotb.test()
 async def protocol_errors(dut):
-    """Each malformed packet: ``error`` raised, the packet and the image dropped, back to idle;
-    then a valid packed run, bit-exact."""
+    """Each malformed packet: ``error`` raised, one failure packet (``tuser`` 1, cause 3, or 4
+    for a packet with no row), the packet and the image dropped, back to idle; then a valid
+    packed run, bit-exact."""
     p = tb_params()
     rng = random.Random(p["seed"] + 5)
     timeout = p["timeout"]
@@ -74,12 +76,17 @@ async def protocol_errors(dut):
         await _wait(dut, dut.busy, 1, timeout)
         assert not dut.error.value
         sender = cocotb.start_soon(_send_beats(dut, bad["beats"], rng, 0.0))
-        await _wait(dut, dut.error, 1, timeout)
+        users = []
+        got = await _recv(dut, rng, 0.0, timeout, users=users)
+        assert users == [1] and got[0] in (FAIL_TOO_LONG, FAIL_EMPTY), \
+            f"{bad['what']}: got {got[:4]} (tuser {users[:4]}), not a failure packet"
+        assert dut.error.value
         await _wait(dut, dut.busy, 0, timeout)
         await sender
         await ReadOnly()
         assert not dut.s_axis_param_tvalid.value, f"{bad['what']}: the image was not dropped"
         assert not dut.m_axis_act_tvalid.value, f"{bad['what']}: an output packet"
         await RisingEdge(dut.clk)
-        dut._log.info(f"{bad['what']}: error raised, packets dropped, back to idle")
+        dut._log.info(f"{bad['what']}: failure packet (cause {got[0]}), packets dropped, "
+                      "back to idle")
         await _run(dut, p["runs"][0], rng, p["stall"], timeout)
