@@ -20,10 +20,14 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
 
-async def drive_stream(clk, valid, ready, data, words, *, last=None, rng=None, stall=0.0):
+async def drive_stream(clk, valid, ready, data, words, *, last=None, rng=None, stall=0.0,
+                       beats=None):
     """Drive ``words`` on a valid/ready stream (``data``, and ``last`` on the final word when
     given), each word held until a clock edge with ``ready``; before each word an idle cycle
-    with probability ``stall`` (drawn from ``rng``). Shared with ``sim/axis.py``."""
+    with probability ``stall`` (drawn from ``rng``). ``beats`` (a dict signal -> one value per
+    word) drives further signals beat by beat, e.g. ``tuser`` and ``tlast`` of a malformed
+    packet; they return to 0 afterwards. Shared with ``sim/axis.py``."""
+    beats = beats or {}
     for i, word in enumerate(words):
         while rng is not None and stall > 0 and rng.random() < stall:
             valid.value = 0
@@ -31,6 +35,8 @@ async def drive_stream(clk, valid, ready, data, words, *, last=None, rng=None, s
         data.value = int(word)
         if last is not None:
             last.value = int(i == len(words) - 1)
+        for signal, values in beats.items():
+            signal.value = int(values[i])
         valid.value = 1
         while True:
             await ReadOnly()
@@ -39,8 +45,9 @@ async def drive_stream(clk, valid, ready, data, words, *, last=None, rng=None, s
             if taken:
                 break
     valid.value = 0
-    if last is not None:
-        last.value = 0
+    for signal in [last, *beats]:
+        if signal is not None:
+            signal.value = 0
 
 
 async def send_packet(dut, words, rng, stall, table=()):

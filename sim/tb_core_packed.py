@@ -17,31 +17,19 @@ import random
 import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
+from bertcore.rtlsim_tb import drive_stream
 from sim.runner import tb_params
 from bertcore.core.image import FAIL_EMPTY, FAIL_TOO_LONG
 from sim.tb_core import _go, _param_driver, _recv, _reset, _run, _wait
 
 
 async def _send_beats(dut, beats, rng, stall):
-    """Drive ``[tdata, tuser, tlast]`` beats into ``s_axis_act``, idle cycles with probability
-    ``stall`` before each."""
-    for data, user, last in beats:
-        while stall > 0 and rng.random() < stall:
-            dut.s_axis_act_tvalid.value = 0
-            await RisingEdge(dut.clk)
-        dut.s_axis_act_tdata.value = data
-        dut.s_axis_act_tuser.value = user
-        dut.s_axis_act_tlast.value = last
-        dut.s_axis_act_tvalid.value = 1
-        while True:
-            await ReadOnly()
-            taken = bool(dut.s_axis_act_tready.value)
-            await RisingEdge(dut.clk)
-            if taken:
-                break
-    dut.s_axis_act_tvalid.value = 0
-    dut.s_axis_act_tuser.value = 0
-    dut.s_axis_act_tlast.value = 0
+    """Drive ``[tdata, tuser, tlast]`` beats into ``s_axis_act`` (a malformed packet: ``tuser``
+    and ``tlast`` anywhere)."""
+    data, user, last = zip(*beats) if beats else ((), (), ())
+    await drive_stream(dut.clk, dut.s_axis_act_tvalid, dut.s_axis_act_tready,
+                       dut.s_axis_act_tdata, data, rng=rng, stall=stall,
+                       beats={dut.s_axis_act_tuser: user, dut.s_axis_act_tlast: last})
 
 
 @cocotb.test()
