@@ -4,6 +4,8 @@ Usage (with a board on a serial port)::
 
     link = load_parameters("/dev/ttyUSB0", image_words, config)
     out_words = run(link, pack_activations(x, config), len(x), config)
+    table, data = pack_segments([x0, x1], config)          # a packed run: two sequences
+    out_words = run(link, data, len(x0) + len(x1), config, table=table)
 
 ``port`` is a :class:`BoardLink`, a pyserial-like object (``write``, ``read``,
 ``reset_input_buffer``; ``send_break`` for :meth:`BoardLink.break_reset`) or a URL opened with
@@ -22,6 +24,11 @@ On a board with an SDRAM image store (its STATUS reply is the long one) the imag
 once with :func:`load_image` (LOAD, the PARAM frames, then the board's CRC-32 of what it read back
 compared with :func:`image_fingerprint`); :func:`run` then checks that the board still holds
 that image (a power cycle empties the SDRAM) and sends RUN and the activations only.
+
+A packed run (several sequences in one run, ``docs/interface.md``) sends its segment table in
+ACT_TABLE frames (the bridge forwards their words with ``s_axis_act_tuser`` = 1) before the
+rows; :func:`run_texts` packs texts first-fit (:func:`bertcore.packing.first_fit`) when the
+board's bridge says it carries tables (STATUS flag ``ST_TABLE``).
 
 Every frame is sent until it is answered (stop and wait): a NAK, a corrupted reply or no reply
 within the timeout makes the host resend the same frame with the same sequence byte (the board
@@ -87,6 +94,9 @@ class BoardLink:
         Core cycles of the last :func:`run`.
     streamed : bool or None
         Whether the last :func:`run` streamed the parameter image (else the core replayed it).
+    tables : bool or None
+        The board's bridge forwards segment tables (ACT_TABLE frames: packed runs); known after
+        the first STATUS.
     """
 
     _links = weakref.WeakKeyDictionary()
@@ -104,6 +114,7 @@ class BoardLink:
         self.assumed = False           # ... which is assumed, not known (load_parameters(reuse))
         self.streamed = None           # the last run streamed the image
         self.sdram = False             # the board has an SDRAM image store (long STATUS)
+        self.tables = None             # the bridge forwards ACT_TABLE frames (packed runs)
         self._seq = 0
         self._max_payload = max_payload
         self._bus_bytes = None
@@ -196,7 +207,8 @@ class BoardLink:
     # -- operations ----------------------------------------------------------------------------
 
     def status(self):
-        """``{"busy", "error", "output", "lost", "cycles", "bus_bytes", "max_payload"}``; a
+        """``{"busy", "error", "output", "lost", "tables", "cycles", "bus_bytes",
+        "max_payload"}`` (``tables``: the bridge carries segment tables, packed runs); a
         board with an SDRAM image store adds ``sdram`` (True), ``init_done``, ``init_error``,
         ``image_valid``, ``image_error``, ``store_busy``, ``loading``, ``fingerprint`` and
         ``image_words``."""
@@ -219,9 +231,11 @@ class BoardLink:
         flags = body[0]
         st = {"busy": bool(flags & P.ST_BUSY), "error": bool(flags & P.ST_ERROR),
               "output": bool(flags & P.ST_OUTPUT), "lost": bool(flags & P.ST_LOST),
+              "tables": bool(flags & P.ST_TABLE),
               "cycles": int.from_bytes(body[1:5], "little"), "bus_bytes": body[5],
               "max_payload": int.from_bytes(body[6:8], "little")}
         self.sdram = len(body) == P.SDRAM_STATUS_BYTES
+        self.tables = st["tables"]
         if self.sdram:
             sd = body[8]
             st.update({"sdram": True, "init_done": bool(sd & P.SD_INIT_DONE),
@@ -388,13 +402,20 @@ def load_image(port, words, config, *, polls=10000):
     return link
 
 
-def run(port, activation_words, length, config):
-    """Run one sequence of ``length`` rows; returns the output words (``m_axis_act``).
+def run(port, activation_words, length, config, *, table=None):
+    """Run one activation packet of ``length`` rows; returns the output words (``m_axis_act``).
+
+    ``table`` (optional): the segment table of a packed packet
+    (:func:`~bertcore.core.image.pack_segments`; ``length`` rows in all), sent in ACT_TABLE
+    frames before ``activation_words``. The output is the rows of all segments
+    (:func:`~bertcore.core.image.unpack_segments` splits them). The table is not checked
+    here: the core checks it (a malformed one fails the run, :class:`RunFailed`).
 
     Raises
     ------
     BoardError
-        If the core reports an error, or no parameters were loaded.
+        If the core reports an error, no parameters were loaded, or the board's bridge cannot
+        carry a segment table.
     RunFailed
         If the core ends the run with a failure packet (its cause code).
     LinkError
@@ -410,34 +431,47 @@ def run(port, activation_words, length, config):
     if len(activation_words) != beats:
         raise ValueError(f"{length} rows take {beats} activation words, not "
                          f"{len(activation_words)}")
+    packet = ([int(w) for w in table or ()], list(activation_words))
     if link.assumed:
         link.assumed = False
         try:
-            return _run(link, activation_words, config)
+            return _run(link, packet, config)
         except (BoardError, RunFailed):
             link.reset()               # the core holds no image: stream it (below)
-    return _run(link, activation_words, config)
+    return _run(link, packet, config)
 
 
-def _run(link, activation_words, config):
+def _send_packet(link, packet, nbytes):
+    """The activation packet: the segment table (ACT_TABLE frames, ``tuser``), then the rows."""
+    table, data = packet
+    if table:
+        link.send_words(P.T_ACT_TABLE, P.T_ACT_TABLE, table, nbytes)
+    link.send_words(P.T_ACT, P.T_ACT_LAST, data, nbytes)
+
+
+def _run(link, packet, config):
     nbytes = config.bus_width // 8
-    beats = len(activation_words)
+    beats = len(packet[1])
     st = link.status()
+    if packet[0] and not st["tables"]:
+        raise BoardError("the board's bridge does not carry segment tables (a bitstream from "
+                         "before packed runs): rebuild it, or run one sequence per run "
+                         "(--no-pack)")
     if st["busy"] or st["output"]:
         link.reset()                               # a previous run was abandoned
     if link.sdram:
-        return _run_stored(link, activation_words, config, st)
+        return _run_stored(link, packet, config, st)
     if st["error"]:
         link.resident = False                      # a failed run invalidates a stored image
     link.streamed = not link.resident
     if link.resident:
         # the core replays its stored image for a run that starts with activations
-        link.send_words(P.T_ACT, P.T_ACT_LAST, list(activation_words), nbytes)
+        _send_packet(link, packet, nbytes)
     else:
         # header first (the core takes the activation packet only after it), then the rest
         head = -(-4 * 32 // config.bus_width)
         link.send_words(P.T_PARAM, P.T_PARAM, link.image[:head], nbytes)
-        link.send_words(P.T_ACT, P.T_ACT_LAST, list(activation_words), nbytes)
+        _send_packet(link, packet, nbytes)
         link.send_words(P.T_PARAM, P.T_PARAM_LAST, link.image[head:], nbytes)
     try:
         out = link.read_words(beats, nbytes)
@@ -453,7 +487,7 @@ def _run(link, activation_words, config):
     return out
 
 
-def _run_stored(link, activation_words, config, st):
+def _run_stored(link, packet, config, st):
     """A run on the image in SDRAM: its fingerprint checked first, then RUN + activations."""
     nbytes = config.bus_width // 8
     if st["busy"] or st.get("store_busy"):
@@ -470,8 +504,8 @@ def _run_stored(link, activation_words, config, st):
     if not link.store_command(P.T_RUN)["accepted"]:
         raise ImageStoreError("the board's image store did not take RUN")
     link.streamed = False
-    link.send_words(P.T_ACT, P.T_ACT_LAST, list(activation_words), nbytes)
-    out = link.read_words(len(activation_words), nbytes)
+    _send_packet(link, packet, nbytes)
+    out = link.read_words(len(packet[1]), nbytes)
     st = link.status()
     if st["error"]:
         raise BoardError("the core reported an error after the run")
@@ -484,13 +518,19 @@ def status(port):
     return BoardLink.of(port).status()
 
 
-def run_texts(link, int_model, texts, config):
+def run_texts(link, int_model, texts, config, *, pack=True):
     """Run ``texts`` through the board (after :func:`load_parameters`): the host tokenizes and
     embeds (``int_model.embed_int``), the board runs the encoder layers.
 
+    With ``pack`` (and a bridge that carries segment tables, :attr:`BoardLink.tables`) the texts
+    are packed into runs first-fit (:func:`bertcore.packing.plan_runs`: each run holds up to
+    ``max_seq`` rows and ``max_segments`` texts; the results keep the order of ``texts``);
+    otherwise each text is one run.
+
     Returns one dict per text: ``ids``, ``out`` (int8 hidden states ``[L, hidden]`` of the
-    core), ``cycles`` (core cycles), ``seconds`` (host wall time of the run), ``streamed``
-    (whether the parameter image went over the line with this run).
+    core), ``run`` (the index of its run), ``texts_in_run``, and of that run ``cycles`` (core
+    cycles), ``seconds`` (host wall time), ``streamed`` (whether the parameter image went over
+    the line with it).
 
     Raises
     ------
@@ -498,18 +538,24 @@ def run_texts(link, int_model, texts, config):
         If a text has more tokens than ``config.max_seq``.
     """
     import time
-    from bertcore.core.image import pack_activations, unpack_activations
+    from bertcore.packing import plan_runs
+    from bertcore.core.image import unpack_segments
     token_ids = [int_model.encode_text(text) for text in texts]
     for text, ids in zip(texts, token_ids):          # all checked before the first run
         if len(ids) > config.max_seq:
             raise ValueError(f"{text[:30]!r} has {len(ids)} tokens; the core holds at most "
                              f"{config.max_seq}")
-    results = []
-    for ids in token_ids:
-        x = int_model.embed_int(ids)
+    if link.tables is None:
+        link.status()
+    runs = plan_runs([int_model.embed_int(ids) for ids in token_ids], config,
+                     pack=pack and bool(link.tables))
+    results = [None] * len(texts)
+    for r, plan in enumerate(runs):
         t0 = time.monotonic()
-        words = run(link, pack_activations(x, config), len(ids), config)
-        results.append({"ids": ids, "out": unpack_activations(words, len(ids), config),
-                        "cycles": link.cycles, "seconds": time.monotonic() - t0,
-                        "streamed": link.streamed})
+        words = run(link, plan.data, sum(plan.lengths), config, table=plan.table)
+        seconds = time.monotonic() - t0
+        for i, out in zip(plan.indices, unpack_segments(words, plan.lengths, config)):
+            results[i] = {"ids": token_ids[i], "out": out, "run": r,
+                          "texts_in_run": len(plan.indices), "cycles": link.cycles,
+                          "seconds": seconds, "streamed": link.streamed}
     return results

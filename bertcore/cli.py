@@ -672,7 +672,7 @@ def cmd_board_run(args):
             load_parameters(link, image, cfg, reuse=not args.load)
             prog.step(f"running {len(texts)} text(s) ({len(image)} image words over the UART)")
             try:
-                results = run_texts(link, qm, texts, cfg)
+                results = run_texts(link, qm, texts, cfg, pack=args.pack)
             except ValueError as exc:
                 raise CliError(str(exc)) from None
     rows, embs, exact_all = [], [], True
@@ -684,8 +684,9 @@ def cmd_board_run(args):
         exact_all &= exact
         embs.append(emb.numpy())
         rows.append({"text": text, "cosine": float(emb @ ref), "bit_exact": exact,
-                     "tokens": len(r["ids"]), "cycles": r["cycles"],
-                     "seconds": round(r["seconds"], 4), "image_streamed": r["streamed"]})
+                     "tokens": len(r["ids"]), "run": r["run"], "texts_in_run": r["texts_in_run"],
+                     "cycles": r["cycles"], "seconds": round(r["seconds"], 4),
+                     "image_streamed": r["streamed"]})
     if out is not None:
         with _atomic_file(out) as tmp, open(tmp, "wb") as f:
             np.save(f, np.stack(embs).astype(np.float32))
@@ -693,12 +694,17 @@ def cmd_board_run(args):
         print(json.dumps({"port": args.port, "baud": baud, "config": cfg.to_dict(),
                           "runs": rows, "link": link.stats}, indent=2))
     elif not args.quiet:
-        print(f"{'cos(board, int)':>15s} {'bit-exact':>9s} {'tokens':>6s} {'cycles':>8s} "
-              f"{'host s':>7s}  text")
+        print(f"{'cos(board, int)':>15s} {'bit-exact':>9s} {'tokens':>6s} {'run':>4s} "
+              f"{'cycles':>8s} {'host s':>7s}  text")
         for r in rows:
             print(f"{r['cosine']:15.6f} {'yes' if r['bit_exact'] else 'NO':>9s} {r['tokens']:6d} "
-                  f"{r['cycles']:8d} {r['seconds']:7.3f}  {r['text']}"
+                  f"{r['run']:4d} {r['cycles']:8d} {r['seconds']:7.3f}  {r['text']}"
                   + ("  (image streamed)" if r["image_streamed"] else ""))
+        why = ("" if args.pack and link.tables or len(rows) < 2 else
+               ", not packed: --no-pack" if not args.pack else
+               ", not packed: the board's bridge does not carry segment tables")
+        print(f"runs: {1 + max(r['run'] for r in rows)} for {len(rows)} text(s){why} "
+              f"(cycles and host seconds are per run)")
         st = link.stats
         print(f"link: {st['frames']} frames, {st['naks']} NAKs, {st['timeouts']} timeouts")
         if args.output:
@@ -953,6 +959,9 @@ def _add_board(sub):
                     help="reset the core and stream the parameter image with the first run "
                     "(default); --no-load: a resident core keeps the image of an earlier run, "
                     "send activations only (the image is streamed if the core has none)")
+    br.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
+                    help="pack several texts per run, first-fit, results in input order "
+                    "(docs/interface.md, packed runs; default: on; --no-pack: one run per text)")
     _texts_args(br)
     br.add_argument("-o", "--output", metavar="OUT.npy", help="also write the embeddings")
     _script_args(br)

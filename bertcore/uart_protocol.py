@@ -12,13 +12,14 @@ import binascii
 
 from amaranth.lib.crc import catalog
 
-__all__ = ["SOF", "T_PARAM", "T_PARAM_LAST", "T_ACT", "T_ACT_LAST", "T_READ", "T_STATUS",
+__all__ = ["SOF", "T_PARAM", "T_PARAM_LAST", "T_ACT", "T_ACT_LAST", "T_ACT_TABLE", "T_READ",
+           "T_STATUS",
            "T_RESET", "T_LOAD", "T_RUN", "R_ACK", "R_NAK", "R_DATA", "R_STATUS", "NAK_CRC",
            "NAK_LENGTH",
            "NAK_TYPE", "NAK_FRAMING", "NAK_TIMEOUT", "NAK_REASONS", "HEADER_BYTES",
            "TRAILER_BYTES", "STATUS_BYTES", "DATA_LAST", "DATA_ERROR", "DATA_FAILED", "ST_BUSY",
            "ST_ERROR",
-           "ST_OUTPUT", "ST_LOST", "SDRAM_STATUS_BYTES", "SD_INIT_DONE",
+           "ST_OUTPUT", "ST_LOST", "ST_TABLE", "SDRAM_STATUS_BYTES", "SD_INIT_DONE",
            "SD_INIT_ERROR", "SD_VALID", "SD_ERROR", "SD_BUSY", "SD_LOADING", "SD_ACCEPTED",
            "CRC16", "crc16", "encode_frame"]
 
@@ -30,6 +31,7 @@ T_PARAM = 0x01          # words for s_axis_param
 T_PARAM_LAST = 0x11     # ... the last one with tlast
 T_ACT = 0x02            # words for s_axis_act
 T_ACT_LAST = 0x12       # ... the last one with tlast
+T_ACT_TABLE = 0x22      # words for s_axis_act with tuser = 1: a packed packet's segment table
 T_READ = 0x03           # take output words from m_axis_act
 T_STATUS = 0x04         # read busy/error/cycles
 T_RESET = 0x05          # reset the core (abort any run)
@@ -68,6 +70,7 @@ ST_BUSY = 0x01
 ST_ERROR = 0x02
 ST_OUTPUT = 0x04        # an output word is waiting (m_axis_act_tvalid)
 ST_LOST = 0x08          # a received byte was lost (sent while the bridge was busy) since STATUS
+ST_TABLE = 0x10         # the bridge forwards ACT_TABLE frames (packed runs; older bridges NAK them)
 
 # A board with an SDRAM image store appends to STATUS: SDRAM flags (u8), the stored image's
 # fingerprint (u32 LE, CRC-32 = zlib.crc32 of its little-endian words) and its words (u32 LE).

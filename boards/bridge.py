@@ -4,7 +4,8 @@ The protocol is described in ``docs/uart-protocol.md``; codes and the CRC are in
 :mod:`bertcore.uart_protocol`. In short: the host sends one frame and waits for its reply (stop
 and wait). The bridge receives a whole frame into a buffer, checks its CRC-16, and only then
 executes it: PARAM/ACT frames are assembled into bus words and forwarded to ``param``/``act``
-(``last`` on the final word of a ``*_LAST`` frame), then ACKed; READ gathers output words from
+(``last`` on the final word of a ``*_LAST`` frame; ``user`` on the words of an ACT_TABLE frame,
+the segment table of a packed packet), then ACKed; READ gathers output words from
 ``result`` into a reply buffer and returns them in a DATA reply; STATUS returns busy, error and
 cycles; RESET pulses ``core_reset``. A frame with a bad CRC, length or type, a UART framing
 error, or a line that goes idle in the middle of a frame is NAKed and nothing of it reaches the
@@ -43,6 +44,7 @@ from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out, connect
 from amaranth.utils import ceil_log2
 
+from bertcore.core.common import act_layout
 from bertcore.core.encoder import bus_layout, out_layout
 
 from bertcore import uart_protocol as P
@@ -220,8 +222,11 @@ class UARTBridge(wiring.Component):
     -------
     rx : ``In(1, init=1)``, tx : ``Out(1, init=1)``
         The UART lines.
-    param, act : ``Out(stream.Signature(bus_layout(bus_width)))``
-        Words for the core's ``s_param`` / ``s_act``.
+    param : ``Out(stream.Signature(bus_layout(bus_width)))``
+        Words for the core's ``s_param``.
+    act : ``Out(stream.Signature(act_layout(bus_width)))``
+        Words for the core's ``s_act`` (``user``: a segment table word, from an ACT_TABLE
+        frame).
     result : ``In(stream.Signature(out_layout(bus_width)))``
         The core's ``m_act`` (``user``: a failed run's failure packet, flagged in DATA).
     core_busy, core_error : ``In(1)``, core_cycles : ``In(32)``
@@ -275,7 +280,7 @@ class UARTBridge(wiring.Component):
             "rx": In(1, init=1),
             "tx": Out(1, init=1),
             "param": Out(stream.Signature(layout)),
-            "act": Out(stream.Signature(layout)),
+            "act": Out(stream.Signature(act_layout(bus_width))),
             "result": In(stream.Signature(out_layout(bus_width))),
             "core_busy": In(1),
             "core_error": In(1),
@@ -363,16 +368,21 @@ class UARTBridge(wiring.Component):
         return m
 
     def _route_words(self, m, fwd, ftype, to_store):
-        """The forwarder's words go to ``param`` (PARAM), ``act`` (ACT) or, after a LOAD,
-        ``store_load`` (PARAM: the image-load path); its final PARAM word ends the load."""
+        """The forwarder's words go to ``param`` (PARAM), ``act`` (ACT, and ACT_TABLE with
+        ``user``) or, after a LOAD, ``store_load`` (PARAM: the image-load path); its final PARAM
+        word ends the load."""
         is_param = (ftype == P.T_PARAM) | (ftype == P.T_PARAM_LAST)
         word = fwd.o_stream
-        is_act = (ftype == P.T_ACT) | (ftype == P.T_ACT_LAST)
+        is_table = ftype == P.T_ACT_TABLE
+        is_act = (ftype == P.T_ACT) | (ftype == P.T_ACT_LAST) | is_table
         outs = [(self.param, is_param & ~to_store), (self.act, is_act)]
         if self._sdram:
             outs.append((self.store_load, is_param & to_store))
         for out, sel in outs:
-            m.d.comb += [out.payload.eq(word.payload), out.valid.eq(word.valid & sel)]
+            m.d.comb += [out.payload.data.eq(word.payload.data),
+                         out.payload.last.eq(word.payload.last),
+                         out.valid.eq(word.valid & sel)]
+        m.d.comb += self.act.payload.user.eq(is_table)
         taken = Mux(is_param, Mux(to_store, self.store_load.ready if self._sdram else 0,
                                   self.param.ready), self.act.ready)
         m.d.comb += [word.ready.eq(taken),
@@ -383,8 +393,9 @@ class UARTBridge(wiring.Component):
     def _status_word(self, lost, to_store, accepted):
         """The STATUS payload (``docs/uart-protocol.md``); ``accepted`` answers LOAD / RUN."""
         NB, MAXP = self._bus // 8, self._max_payload
-        base = Cat(self.core_busy, self.core_error, self.result.valid, lost, Const(0, 4),
-                   self.core_cycles, Const(NB, 8), Const(MAXP, 16))
+        # bit 4: this bridge forwards ACT_TABLE frames (packed runs)
+        base = Cat(self.core_busy, self.core_error, self.result.valid, lost, Const(1, 1),
+                   Const(0, 3), self.core_cycles, Const(NB, 8), Const(MAXP, 16))
         if not self._sdram:
             return base
         return Cat(base, self.store_flags, to_store, accepted, Const(0, 1),
@@ -406,7 +417,7 @@ class UARTBridge(wiring.Component):
         last_seq, last_rtype, last_rlen = Signal(8), Signal(8), Signal(16)
         last_valid = Signal()
         is_data = ((ftype == P.T_PARAM) | (ftype == P.T_PARAM_LAST) | (ftype == P.T_ACT)
-                   | (ftype == P.T_ACT_LAST))
+                   | (ftype == P.T_ACT_LAST) | (ftype == P.T_ACT_TABLE))
         known = is_data | (ftype == P.T_READ) | (ftype == P.T_RESET)
         is_store = (ftype == P.T_LOAD) | (ftype == P.T_RUN)
         if self._sdram:

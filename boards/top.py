@@ -44,7 +44,8 @@ class UARTCoreTop(wiring.Component):
         Clock cycles per UART bit.
     core : wiring.Component or None
         A component with the members of :class:`~bertcore.core.encoder.EncoderCore` (``s_param``,
-        ``s_act``, ``m_act`` with ``user``: a failure packet, ``busy``, ``error``, ``cycles``);
+        ``s_act`` with ``user``: a segment table beat, ``m_act`` with ``user``: a failure
+        packet, ``busy``, ``error``, ``cycles``);
         default ``EncoderCore(config)``.
     max_payload, timeout, gather
         Passed to :class:`~boards.bridge.UARTBridge`.
@@ -113,10 +114,8 @@ class UARTCoreTop(wiring.Component):
             connect(m, bridge.param, core.s_param)
         else:
             self._connect_store(m, bridge, core)
-        # (the bridge sends plain packets: tuser stays 0)
-        m.d.comb += [core.s_act.valid.eq(bridge.act.valid), bridge.act.ready.eq(core.s_act.ready),
-                     core.s_act.payload.data.eq(bridge.act.payload.data),
-                     core.s_act.payload.last.eq(bridge.act.payload.last)]
+        # tuser: the segment table of a packed packet (ACT_TABLE frames)
+        connect(m, bridge.act, core.s_act)
         connect(m, core.m_act, bridge.result)
         m.d.comb += [
             bridge.rx.eq(self.rx), self.tx.eq(bridge.tx),

@@ -26,6 +26,7 @@ from amaranth.lib.wiring import In, Out
 from bertcore import uart_protocol as P
 from bertcore.board import BoardError, BoardLink, LinkError, load_parameters, run
 from bertcore.config import CoreConfig
+from bertcore.core.common import act_layout
 from bertcore.core.encoder import bus_layout, out_layout
 from bertcore.core.image import FAIL_HEADER, FAIL_NO_IMAGE, image_beats, pack_activations
 from bertcore.boards.bridge import ResultGatherer, UARTBridge, WordForwarder
@@ -43,7 +44,8 @@ class EchoCore(wiring.Component):
     """Stand-in for :class:`~bertcore.core.encoder.EncoderCore` (same members).
 
     Takes a parameter packet and an activation packet (in any interleaving, after the first
-    parameter word), then sends the activation words XOR the XOR of all parameter words.
+    parameter word), then sends the activation words XOR the XOR of all parameter words and of
+    the packet's segment table words (``user`` = 1: taken, not sent back).
     ``error`` if an activation word arrives while idle (the encoder core's rule), unless
     ``config.resident`` and a run has succeeded: then the stored image is replayed.
     """
@@ -53,7 +55,8 @@ class EchoCore(wiring.Component):
         self._resident = config.resident
         layout = bus_layout(config.bus_width)
         super().__init__({
-            "s_param": In(stream.Signature(layout)), "s_act": In(stream.Signature(layout)),
+            "s_param": In(stream.Signature(layout)),
+            "s_act": In(stream.Signature(act_layout(config.bus_width))),
             "m_act": Out(stream.Signature(out_layout(config.bus_width))),
             "busy": Out(1), "error": Out(1),
             "cycles": Out(32),
@@ -65,6 +68,7 @@ class EchoCore(wiring.Component):
                                         init=[])
         w, r = mem.write_port(), mem.read_port(domain="comb")
         acc = Signal.like(self.s_act.payload.data)
+        tab = Signal.like(self.s_act.payload.data)     # XOR of the segment table words
         n_act = Signal(range(self._depth + 1))
         i = Signal(range(self._depth + 1))
         p_done, a_done = Signal(), Signal()
@@ -75,14 +79,14 @@ class EchoCore(wiring.Component):
                 with m.If(self.s_act.valid & have):
                     # resident: replay the stored image (its XOR)
                     m.d.sync += [n_act.eq(0), p_done.eq(1), a_done.eq(0), self.error.eq(0),
-                                 count.eq(0)]
+                                 count.eq(0), tab.eq(0)]
                     m.next = "RUN"
                 with m.Elif(self.s_act.valid):
                     m.d.comb += self.s_act.ready.eq(1)
                     m.d.sync += self.error.eq(1)
                 with m.If(self.s_param.valid):
                     m.d.sync += [acc.eq(0), n_act.eq(0), p_done.eq(0), a_done.eq(0),
-                                 self.error.eq(0), count.eq(0)]
+                                 self.error.eq(0), count.eq(0), tab.eq(0)]
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
@@ -91,7 +95,9 @@ class EchoCore(wiring.Component):
                 with m.If(self.s_param.valid & ~p_done):
                     m.d.sync += [acc.eq(acc ^ self.s_param.payload.data),
                                  p_done.eq(self.s_param.payload.last)]
-                with m.If(self.s_act.valid & ~a_done):
+                with m.If(self.s_act.valid & ~a_done & self.s_act.payload.user):
+                    m.d.sync += tab.eq(tab ^ self.s_act.payload.data)
+                with m.Elif(self.s_act.valid & ~a_done):
                     m.d.comb += [w.addr.eq(n_act), w.data.eq(self.s_act.payload.data),
                                  w.en.eq(1)]
                     m.d.sync += [n_act.eq(n_act + 1), a_done.eq(self.s_act.payload.last)]
@@ -100,7 +106,8 @@ class EchoCore(wiring.Component):
                     m.next = "OUT"
             with m.State("OUT"):
                 m.d.comb += [self.busy.eq(1), r.addr.eq(i),
-                             self.m_act.valid.eq(1), self.m_act.payload.data.eq(r.data ^ acc),
+                             self.m_act.valid.eq(1),
+                             self.m_act.payload.data.eq(r.data ^ acc ^ tab),
                              self.m_act.payload.last.eq(i == n_act - 1)]
                 with m.If(self.m_act.ready):
                     m.d.sync += i.eq(i + 1)
@@ -110,8 +117,9 @@ class EchoCore(wiring.Component):
         return m
 
 
-def echo_port(config=ECHO_CFG, **kwargs):
-    top = UARTCoreTop(config, DIVISOR, core=EchoCore(config), max_payload=64, **kwargs)
+def echo_port(config=ECHO_CFG, max_payload=64, **kwargs):
+    top = UARTCoreTop(config, DIVISOR, core=EchoCore(config), max_payload=max_payload,
+                      **kwargs)
     return top, SimPort(top, top.rx, top.tx, DIVISOR)
 
 
@@ -120,9 +128,9 @@ def echo_image(seed=0):
     return [rng.randrange(1 << 32) for _ in range(image_beats(ECHO_CFG))]
 
 
-def echo_expected(image, act):
+def echo_expected(image, act, table=()):
     acc = 0
-    for w in image:
+    for w in [*image, *table]:
         acc ^= w
     return [w ^ acc for w in act]
 
@@ -138,7 +146,7 @@ def test_echo_runs_and_status():
     image = echo_image()
     link = load_parameters(port, image, ECHO_CFG)
     assert link.status() == {"busy": False, "error": False, "output": False, "lost": False,
-                             "cycles": 0, "bus_bytes": 4, "max_payload": 64}
+                             "tables": True, "cycles": 0, "bus_bytes": 4, "max_payload": 64}
     for n, seed in ((1, 1), (6, 2)):
         act = random_act(n, seed)
         assert run(port, act, n, ECHO_CFG) == echo_expected(image, act)
@@ -184,6 +192,120 @@ def test_echo_reuse_across_sessions():
         assert not link.streamed and link.stats["naks"] == 0
     with pytest.raises(ValueError, match="reuse needs a resident configuration"):
         load_parameters(BoardLink(port), image, ECHO_CFG, reuse=True)
+
+
+def _segment_cases(config, seed, random_cases=4):
+    """Segment lengths of packed runs: one segment, the most segments (one row each), lengths
+    adding up to ``max_seq``, then seeded random ones."""
+    limit = min(config.max_segments, config.max_seq)
+    cases = [[config.max_seq - 1], [1] * limit, [2, config.max_seq - 2]]
+    rng = random.Random(seed)
+    for _ in range(random_cases):
+        count = rng.randint(1, limit)
+        lengths = [1] * count
+        for _ in range(rng.randint(0, config.max_seq - count)):
+            lengths[rng.randrange(count)] += 1
+        cases.append(lengths)
+    return cases
+
+
+#: Segment tables a buggy host might send (the bridge forwards them as they are; the core
+#: rejects them): count 0, a count beyond the limit, a zero length, lengths beyond max_seq.
+def _bad_tables(config):
+    from bertcore.core.image import segment_table_beats
+    nb = segment_table_beats(2, config)
+    return [[0] * nb, [0xFFFF] + [0] * (nb - 1), [2 | 3 << 16] + [0] * (nb - 1),
+            [2 | config.max_seq << 16 | 1 << 32 & (1 << config.bus_width) - 1][:1]
+            + [0] * (nb - 1)]
+
+
+def test_echo_packed_runs():
+    """Packed runs through the host code, the UART and the bridge: the segment table goes in
+    ACT_TABLE frames and reaches the core with ``tuser`` set, the rows without (the stand-in
+    core folds the table words into its output). Resident (activations only): one segment,
+    the most segments, lengths adding up to ``max_seq`` and a seeded random table; streamed
+    (the table between the image's header and its rest): the most segments. Tables over
+    several frames: :func:`test_bridge_forwards_segment_tables`."""
+    from bertcore.core.image import pack_segment_table
+    for resident in (True, False):
+        config = ECHO_CFG.replace(resident=resident)
+        top, port = echo_port(config)
+        image = echo_image(20)
+        link = load_parameters(port, image, config)
+        assert link.tables
+        cases = _segment_cases(config, 7, random_cases=1)
+        for k, lengths in enumerate(cases if resident else cases[1:2]):
+            table = pack_segment_table(lengths, config)
+            act = random_act(sum(lengths), 30 + k)
+            assert run(link, act, sum(lengths), config, table=table) == \
+                echo_expected(image, act, table), lengths
+            assert link.streamed == (not resident or k == 0)
+        assert link.stats["naks"] == 0 and link.stats["timeouts"] == 0
+
+
+class _ActRecorder(wiring.Component):
+    """A bridge whose ``act`` words are taken under random backpressure and recorded
+    (``beats``: ``(data, last, user)``); its ``param`` words are taken and dropped."""
+
+    def __init__(self, seed):
+        self.bridge = UARTBridge(32, DIVISOR, max_payload=16)
+        self.beats = []
+        self._rng = random.Random(seed)
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.bridge = bridge = self.bridge
+        m.d.comb += [bridge.rx.eq(self.rx), self.tx.eq(bridge.tx), bridge.param.ready.eq(1)]
+        return m
+
+    async def sink(self, ctx):
+        act = self.bridge.act
+        while True:
+            ready = self._rng.random() < 0.5
+            ctx.set(act.ready, ready)
+            if ready and ctx.get(act.valid):
+                self.beats.append((ctx.get(act.payload.data), ctx.get(act.payload.last),
+                                   ctx.get(act.payload.user)))
+            await ctx.tick()
+
+
+def test_bridge_forwards_segment_tables():
+    """ACT_TABLE frames: each word reaches ``act`` once, in order, with ``user`` = 1 and never
+    ``last``; ACT / ACT_LAST words follow with ``user`` = 0. Tables of one segment, the most
+    segments (9 words over 3 frames), lengths adding up to ``max_seq``, seeded random ones and
+    malformed ones (forwarded as they are: the core judges them); a table frame whose ACK is
+    lost is resent and not forwarded twice; STATUS says the bridge carries tables."""
+    from bertcore.core.image import pack_segment_table
+    config = ECHO_CFG.replace(max_seq=16)
+    dut = _ActRecorder(3)
+    port = SimPort(dut, dut.rx, dut.tx, DIVISOR)
+    port.sim.add_testbench(dut.sink, background=True)
+    link = BoardLink(port)
+    assert link.status()["tables"]
+    tables = [pack_segment_table(lengths, config) for lengths in _segment_cases(config, 5)]
+    assert max(map(len, tables)) == 9
+    tables += _bad_tables(config)
+    for k, table in enumerate(tables):
+        data = random_act(3, k)
+        if k == 2:                                  # the first table frame's ACK is lost
+            original = link.transact
+
+            def transact(ftype, payload=b""):
+                if ftype == P.T_ACT_TABLE:
+                    port.corrupt_rx(4, 0x02)
+                    link.transact = original
+                return original(ftype, payload)
+
+            link.transact = transact
+        dut.beats.clear()
+        link.send_words(P.T_ACT_TABLE, P.T_ACT_TABLE, table, 4)
+        link.send_words(P.T_ACT, P.T_ACT_LAST, data, 4)
+        for _ in range(200):                        # let the last word pass the sink
+            port.sim.advance()
+        assert dut.beats == ([(w, 0, 1) for w in table]
+                             + [(w, int(i == len(data) - 1), 0) for i, w in enumerate(data)]), k
+    assert link.stats["timeouts"] == 1 and link.stats["naks"] == 0
 
 
 def test_corrupted_frames_are_naked_and_retried():
@@ -249,7 +371,7 @@ def test_reset_break_and_errors():
     assert link.status()["busy"]
     link.break_reset()
     assert link.status() == {"busy": False, "error": False, "output": False, "lost": False,
-                             "cycles": 0, "bus_bytes": 4, "max_payload": 64}
+                             "tables": True, "cycles": 0, "bus_bytes": 4, "max_payload": 64}
     # a partial word and an unknown type are NAKed (bad length, bad type), after the retries
     with pytest.raises(LinkError, match=r"failed after 3 attempts: NAK \(bad length\)"):
         link.transact(P.T_PARAM, b"\x01\x02\x03")
@@ -526,13 +648,18 @@ class FakeBoard:
     activations; :meth:`power_cycle` forgets it. The real core behind the real bridge is covered by
     :func:`test_real_core_uart_cocotb`.
 
+    Packed runs: ACT_TABLE frames carry the segment table; the packet is checked as the core
+    does (:func:`~bertcore.core.image.check_activation_packet`: a malformed table fails the
+    run with ``FAIL_TOO_LONG``) and run with its segments. ``tables=False`` is a bridge from
+    before packed runs: no ``ST_TABLE`` in STATUS, ACT_TABLE NAKed (unknown type).
+
     ``sdram=True``: a board with an SDRAM image store (LOAD, RUN, the long STATUS; the
     fingerprint is ``zlib.crc32`` of the words, as the store's CRC-32); ``capacity`` words of
     SDRAM; ``init_error`` a DRAM that fails its bring-up. A power cycle empties the SDRAM.
     """
 
     def __init__(self, config, max_payload=256, *, sdram=False, capacity=1 << 23,
-                 init_error=False):
+                 init_error=False, tables=True):
         import os
         import pty
         import threading
@@ -543,6 +670,8 @@ class FakeBoard:
         self.port = os.ttyname(self._slave)
         self.frames = []                     # types of the frames received
         self.sdram, self.capacity, self.init_error = sdram, capacity, init_error
+        self.tables = tables
+        self.packets = []                    # segment lengths of each run computed
         self.corrupt = False
         self.power_cycle()
         self._stop = threading.Event()
@@ -558,7 +687,7 @@ class FakeBoard:
         self._reset()
 
     def _reset(self):
-        self._params, self._acts, self._out = [], [], []
+        self._params, self._acts, self._table, self._out = [], [], [], []
         self._failed = False                 # _out is a failure packet
         self._running = self._dropping = self._replay = False
         self._p_done = self._a_done = False
@@ -616,7 +745,7 @@ class FakeBoard:
         import zlib
         nb = self._nb
         flags = ((P.ST_BUSY if self._running else 0) | (P.ST_ERROR if self._error else 0)
-                 | (P.ST_OUTPUT if self._out else 0))
+                 | (P.ST_OUTPUT if self._out else 0) | (P.ST_TABLE if self.tables else 0))
         body = (bytes([flags]) + self._cycles.to_bytes(4, "little") + bytes([nb])
                 + self.max_payload.to_bytes(2, "little"))
         if self.sdram:
@@ -657,7 +786,8 @@ class FakeBoard:
             flags = ((P.DATA_LAST if last else 0) | (P.DATA_ERROR if self._error else 0)
                      | (P.DATA_FAILED if words and self._failed else 0))
             return P.R_DATA, bytes([flags]) + b"".join(w.to_bytes(nb, "little") for w in words)
-        if ftype not in (P.T_PARAM, P.T_PARAM_LAST, P.T_ACT, P.T_ACT_LAST) or len(payload) % nb:
+        acts = (P.T_ACT, P.T_ACT_LAST) + ((P.T_ACT_TABLE,) if self.tables else ())
+        if ftype not in (P.T_PARAM, P.T_PARAM_LAST, *acts) or len(payload) % nb:
             return P.R_NAK, bytes([P.NAK_TYPE if len(payload) % nb == 0 else P.NAK_LENGTH])
         words = [int.from_bytes(payload[i:i + nb], "little") for i in range(0, len(payload), nb)]
         last = ftype & 0x10
@@ -687,24 +817,33 @@ class FakeBoard:
                 self._reset()
                 self._running, self._replay = True, True
                 self._params, self._p_done = list(self._stored), True
-            self._acts += words
-            self._a_done = bool(last)
+            if ftype == P.T_ACT_TABLE:
+                self._table += words
+            else:
+                self._acts += words
+                self._a_done = bool(last)
         if self._running and self._p_done and self._a_done:
             self._compute()
         return P.R_ACK, b""
 
     def _compute(self):
-        from bertcore.core.image import ImageError, pack_activations, unpack_activations
+        from bertcore.core.image import (FAIL_TOO_LONG, ImageError, check_activation_packet,
+                                         pack_activations, unpack_activations)
         from bertcore.core.interp import run_image
         cfg = self.config
-        rows = len(self._acts) * self._nb // cfg.hidden
         self._running = False
+        cause = None
         try:
-            y = run_image(self._params, unpack_activations(self._acts, rows, cfg), cfg)
+            lengths = check_activation_packet(self._table, self._acts, cfg)
+            cause = FAIL_HEADER
+            rows = sum(lengths)
+            y = run_image(self._params, unpack_activations(self._acts, rows, cfg), cfg,
+                          segments=lengths if self._table else None)
         except ImageError:
             self._error, self._stored = True, None
-            self._out, self._failed = [FAIL_HEADER], True
+            self._out, self._failed = [FAIL_TOO_LONG if cause is None else cause], True
             return
+        self.packets.append(lengths)
         self._out = pack_activations(y, cfg)
         self._cycles = 1000 + rows
         if cfg.resident:
@@ -767,10 +906,10 @@ def test_cli_board_run_resident_load_once(fake_board, tiny_artifact, capsys):
     board = fake_board(config)
     args = ["--port", board.port, "--quantized", str(tiny_artifact), "--preset", "tiny",
             "--set", "resident=true"]
-    rc, rep, err = _board_run(capsys, args + BOARD_TEXTS)
+    rc, rep, err = _board_run(capsys, args + ["--no-pack", *BOARD_TEXTS])
     assert rc == 0, err
     assert [r["image_streamed"] for r in rep["runs"]] == [True, False]
-    rc, rep, err = _board_run(capsys, args + ["--no-load", *BOARD_TEXTS])
+    rc, rep, err = _board_run(capsys, args + ["--no-pack", "--no-load", *BOARD_TEXTS])
     assert rc == 0, err
     assert [r["image_streamed"] for r in rep["runs"]] == [False, False]
     assert all(r["bit_exact"] for r in rep["runs"])
@@ -792,6 +931,49 @@ def test_cli_board_run_prints_table(fake_board, tiny_artifact, capsys):
     assert out[1].split()[:2] == ["1.000000", "yes"] and out[-1].startswith("link: ")
     assert main(["board", "status", "--port", board.port]) == 0
     assert "busy=False error=False" in capsys.readouterr().out
+
+
+PACK_TEXTS = ["a man is playing a guitar", "dogs run", "the quick brown fox jumps over it",
+              "hi", "a child reads a book in the park", "rain"]
+
+
+@pytest.mark.parametrize("resident", [False, True], ids=["streamed", "resident"])
+def test_cli_board_run_packs(fake_board, tiny_artifact, capsys, resident):
+    """`board run` packs texts first-fit into runs of up to max_seq rows (the results in input
+    order, bit-exact, equal to the int backend's embeddings); --no-pack runs one text per run;
+    a board whose bridge does not carry segment tables gets one run per text."""
+    import numpy as np
+    from bertcore.embed import embed_texts
+    from bertcore.packing import first_fit
+    config = TINY.replace(resident=resident)
+    board = fake_board(config)
+    args = ["--port", board.port, "--quantized", str(tiny_artifact), "--preset", "tiny",
+            "--set", f"resident={str(resident).lower()}"]
+    ref = embed_texts(PACK_TEXTS, backend="int", quantized=tiny_artifact)
+    rc, rep, err = _board_run(capsys, args + PACK_TEXTS)
+    assert rc == 0, err
+    tokens = [r["tokens"] for r in rep["runs"]]
+    groups = first_fit(tokens, config.max_seq, config.max_segments)
+    assert board.packets == [[tokens[i] for i in g] for g in groups]
+    assert len(groups) < len(PACK_TEXTS) and max(map(len, groups)) > 1
+    assert [r["text"] for r in rep["runs"]] == PACK_TEXTS
+    assert all(r["bit_exact"] and abs(r["cosine"] - 1) < 1e-9 for r in rep["runs"])
+    for r, group in enumerate(groups):
+        assert {rep["runs"][i]["run"] for i in group} == {r}
+        assert all(rep["runs"][i]["texts_in_run"] == len(group) for i in group)
+    board.packets.clear()
+    rc, rep, err = _board_run(capsys, args + ["--no-pack", *PACK_TEXTS])
+    assert rc == 0, err
+    assert board.packets == [[n] for n in tokens]
+    assert [r["run"] for r in rep["runs"]] == list(range(len(PACK_TEXTS)))
+    old = fake_board(config, tables=False)
+    from bertcore.cli import main
+    assert main(["board", "run", "--port", old.port, *args[2:], "-o",
+                 str(tiny_artifact.parent / "old.npy"), *PACK_TEXTS]) == 0
+    out = capsys.readouterr().out
+    assert "runs: 6 for 6 text(s), not packed: the board's bridge does not carry" in out
+    assert old.packets == [[n] for n in tokens]
+    assert np.allclose(np.load(tiny_artifact.parent / "old.npy"), ref, atol=1e-6)
 
 
 def _one_line_error(capsys, argv):
@@ -843,6 +1025,36 @@ def test_cli_board_run_bad_input(fake_board, tiny_artifact, capsys, tmp_path):
     assert "the core holds at most 16" in msg
     # the board still works after all that
     assert _board_run(capsys, ["--port", board.port, "--quantized", art, "x"])[0] == 0
+
+
+@pytest.mark.parametrize("resident", [False, True], ids=["streamed", "resident"])
+def test_cli_board_run_bad_segment_table(fake_board, tiny_artifact, capsys, monkeypatch,
+                                         resident):
+    """A host that packs a malformed segment table (a bug): the core fails the run (cause
+    FAIL_TOO_LONG, DATA_FAILED), `board run` prints one line and exits 2, and the next run on
+    the same board works (a resident core gets the image streamed again)."""
+    from bertcore.core import image
+    config = TINY.replace(resident=resident)
+    board = fake_board(config)
+    args = ["--port", board.port, "--quantized", str(tiny_artifact), "--preset", "tiny",
+            "--set", f"resident={str(resident).lower()}"]
+    real = image.pack_segments
+
+    def buggy(xs, config):
+        table, data = real(xs, config)
+        return [table[0] + (1 << 16)] + table[1:], data      # the first length one too long
+
+    if resident:                             # a stored image that the failed run invalidates
+        assert _board_run(capsys, args + [PACK_TEXTS[0]])[0] == 0
+    monkeypatch.setattr(image, "pack_segments", buggy)
+    msg = _one_line_error(capsys, ["board", "run", *args, *PACK_TEXTS])
+    assert "the core rejected the run: bad activation packet" in msg and "segment table" in msg
+    assert "cause code 3" in msg
+    monkeypatch.undo()
+    rc, rep, err = _board_run(capsys, args + PACK_TEXTS)
+    assert rc == 0, err
+    assert all(r["bit_exact"] for r in rep["runs"])
+    assert rep["runs"][0]["image_streamed"]
 
 
 # -- A board with an SDRAM image store (LOAD / RUN, the long STATUS) -----------------------------
