@@ -4,9 +4,11 @@ the emitted Verilog of :class:`bertcore.boards.top.UARTCoreTop` (UART bridge + e
 The host code is blocking; it runs in a :func:`cocotb.task.bridge` thread and reaches the line
 through :class:`CocotbPort`, whose ``read``/``write`` are :func:`cocotb.task.resume` coroutines.
 ``params``: ``divisor``, ``config`` (CoreConfig fields), ``image`` (words), ``runs`` (list of
-``{"length", "act", "out"}``), ``corrupt`` (``[frame_index, byte_offset, mask]``, with a fourth
+``{"length", "act", "out"}``; with ``"table"`` the segment table of a packed run, sent in
+ACT_TABLE frames; ``"out": {"failed": code}`` a run the core must fail with that cause), ``corrupt`` (``[frame_index, byte_offset, mask]``, with a fourth
 element a frame type whose frames ``frame_index`` counts; or ``None``),
-``timeout_bits``, ``report`` (a JSON file for the test: stats, cycles, simulated time).
+``timeout_bits``, ``report`` (a JSON file for the test: stats, cycles, simulated time, the
+output of each run).
 
 ``sdram`` (a board top with the SDRAM image store on LiteDRAM's simulation model): ``{"refresher":
 [candidate names of LiteDRAM's refresher state register]}``; the host first tries a run (refused:
@@ -116,6 +118,7 @@ class CocotbPort:
 def _host(port, p, refreshes=None):
     from bertcore.board import BoardLink, ImageStoreError, load_image, load_parameters, run
     from bertcore.config import CoreConfig
+    from bertcore.core.image import RunFailed
     config = CoreConfig(**p["config"])
     link = BoardLink(port, retries=4)
     frames = []
@@ -143,7 +146,10 @@ def _host(port, p, refreshes=None):
     outputs, cycles = [], []
     for r in p["runs"]:
         before = refreshes.count if refreshes is not None else 0
-        outputs.append(run(link, r["act"], r["length"], config))
+        try:
+            outputs.append(run(link, r["act"], r["length"], config, table=r.get("table")))
+        except RunFailed as exc:
+            outputs.append({"failed": exc.code})
         cycles.append(link.cycles)
         if refreshes is not None:
             extra["refreshes"].append(refreshes.count - before)
@@ -168,7 +174,8 @@ async def host_runs(dut):
         cocotb.start_soon(refreshes.run())
     outputs, cycles, stats, extra = await bridge(_host)(port, p, refreshes)
     for i, (got, r) in enumerate(zip(outputs, p["runs"])):
-        assert got == r["out"], f"run {i}: output differs from encode_int"
+        assert got == r["out"], f"run {i}: output {str(got)[:60]} differs from encode_int"
     dut._log.info(f"core cycles {cycles}, link {stats}, simulated {get_sim_time('ms'):.2f} ms")
     with open(p["report"], "w") as f:
-        json.dump({"cycles": cycles, "stats": stats, "sim_ms": get_sim_time("ms"), **extra}, f)
+        json.dump({"cycles": cycles, "stats": stats, "sim_ms": get_sim_time("ms"),
+                   "outputs": outputs, **extra}, f)

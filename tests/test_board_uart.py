@@ -524,6 +524,31 @@ def _tiny_runs(tiny_core, config, seed):  # noqa: F811
     return runs
 
 
+#: Texts of the packed runs on the real core (tiny: max_seq 16).
+REAL_TEXTS = ["dogs run", "a man is playing a guitar", "hi", "rain falls", "the sun",
+              "a child reads", "music"]
+
+
+def _tiny_packed_runs(tiny_core, config):  # noqa: F811
+    """Packed runs of :data:`REAL_TEXTS` (first-fit, :func:`bertcore.packing.plan_runs`): each
+    with its segment table, its segments' lengths and as output ``encode_int`` of each text
+    alone; then the first run again with a malformed table (its first length one row too
+    long: the core fails it with ``FAIL_TOO_LONG``)."""
+    from bertcore.core.image import FAIL_TOO_LONG
+    from bertcore.packing import plan_runs
+    xs = [tiny_core.embed_int(tiny_core.encode_text(t)) for t in REAL_TEXTS]
+    runs = []
+    for plan in plan_runs(xs, config):
+        assert len(plan.indices) > 1
+        alone = torch.cat([tiny_core.encode_int(xs[i]) for i in plan.indices])
+        runs.append({"length": sum(plan.lengths), "act": plan.data, "table": plan.table,
+                     "segments": list(plan.lengths), "indices": list(plan.indices),
+                     "out": pack_activations(alone, config)})
+    bad = dict(runs[0], table=[runs[0]["table"][0] + (1 << 16), *runs[0]["table"][1:]],
+               out={"failed": FAIL_TOO_LONG})
+    return runs, bad
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("resident", [False, True], ids=["streamed", "resident"])
 def test_real_core_uart_cocotb(tiny_core, tiny_image, resident, tmp_path):  # noqa: F811
@@ -531,12 +556,21 @@ def test_real_core_uart_cocotb(tiny_core, tiny_image, resident, tmp_path):  # no
     code over the bit-level UART; the fifth frame (the first run's activation frame) has a
     payload bit flipped on the line: it is NAKed and resent. Outputs equal ``encode_int`` bit
     for bit. ``resident``: the second run sends only its activations (the core replays the
-    image it kept from the first)."""
+    image it kept from the first).
+
+    Then packed runs (the segment table in ACT_TABLE frames, ``tuser`` into the core): each
+    segment's output equals ``encode_int`` of its text alone. Streamed: the first packed run
+    (its table between the image's header and the rest of the image). Resident: all packed
+    runs, a run with a malformed table (the core fails it, cause ``FAIL_TOO_LONG``), then the
+    first packed run again (the image streamed again after the failure)."""
     import json
 
+    from bertcore.core.image import unpack_segments
     from sim.runner import run_cocotb
     config = TINY.replace(resident=resident)
     runs = _tiny_runs(tiny_core, config, 21)
+    packed, bad = _tiny_packed_runs(tiny_core, config)
+    runs += packed + [bad, packed[0]] if resident else packed[:1]
     report = tmp_path / "report.json"
     # frames of the first run: 0 RESET, 1 STATUS (load_parameters), 2 STATUS, 3 PARAM (header),
     # 4 ACT (last), ...
@@ -548,6 +582,14 @@ def test_real_core_uart_cocotb(tiny_core, tiny_image, resident, tmp_path):  # no
                name=f"board_uart_tiny{'_resident' if resident else ''}")
     result = json.loads(report.read_text())
     assert result["stats"]["naks"] == 1 and result["stats"]["timeouts"] == 0
+    assert len(result["outputs"]) == len(runs)
+    for r, got in zip(runs, result["outputs"]):       # (the bench compared the words too)
+        if "segments" in r and "failed" not in r["out"]:
+            for i, y in zip(r["indices"], unpack_segments(got, r["segments"], config)):
+                x = tiny_core.embed_int(tiny_core.encode_text(REAL_TEXTS[i]))
+                assert torch.equal(y, tiny_core.encode_int(x)), REAL_TEXTS[i]
+        else:
+            assert got == r["out"]
     assert all(c > 0 for c in result["cycles"])
     if resident:                     # the replayed run is not bound by the UART
         assert result["cycles"][1] < result["cycles"][0] / 10
