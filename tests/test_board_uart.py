@@ -209,14 +209,17 @@ def _segment_cases(config, seed, random_cases=4):
     return cases
 
 
-#: Segment tables a buggy host might send (the bridge forwards them as they are; the core
-#: rejects them): count 0, a count beyond the limit, a zero length, lengths beyond max_seq.
 def _bad_tables(config):
-    from bertcore.core.image import segment_table_beats
-    nb = segment_table_beats(2, config)
-    return [[0] * nb, [0xFFFF] + [0] * (nb - 1), [2 | 3 << 16] + [0] * (nb - 1),
-            [2 | config.max_seq << 16 | 1 << 32 & (1 << config.bus_width) - 1][:1]
-            + [0] * (nb - 1)]
+    """Segment tables a buggy host might send (the bridge forwards them as they are; the core
+    rejects them): count 0, a count beyond the limit, a zero length, lengths beyond
+    ``max_seq``, a non-zero unused lane."""
+    def lanes(*values):
+        raw = sum(v << (16 * j) for j, v in enumerate(values))
+        nbeats = -(-16 * len(values) // config.bus_width)
+        return [(raw >> (config.bus_width * b)) & ((1 << config.bus_width) - 1)
+                for b in range(nbeats)]
+    return [lanes(0, 1, 1), lanes(0xFFFF, 1, 1), lanes(2, 3, 0), lanes(2, config.max_seq, 1),
+            lanes(2, 1, 1, 7)]
 
 
 def test_echo_packed_runs():
@@ -276,7 +279,7 @@ def test_bridge_forwards_segment_tables():
     segments (9 words over 3 frames), lengths adding up to ``max_seq``, seeded random ones and
     malformed ones (forwarded as they are: the core judges them); a table frame whose ACK is
     lost is resent and not forwarded twice; STATUS says the bridge carries tables."""
-    from bertcore.core.image import pack_segment_table
+    from bertcore.core.image import ImageError, pack_segment_table, parse_segment_table
     config = ECHO_CFG.replace(max_seq=16)
     dut = _ActRecorder(3)
     port = SimPort(dut, dut.rx, dut.tx, DIVISOR)
@@ -285,6 +288,9 @@ def test_bridge_forwards_segment_tables():
     assert link.status()["tables"]
     tables = [pack_segment_table(lengths, config) for lengths in _segment_cases(config, 5)]
     assert max(map(len, tables)) == 9
+    for table in _bad_tables(config):           # (the core's checks, in Python)
+        with pytest.raises(ImageError, match="segment"):
+            parse_segment_table(table, config)
     tables += _bad_tables(config)
     for k, table in enumerate(tables):
         data = random_act(3, k)
