@@ -5,8 +5,9 @@ The host code is blocking; it runs in a :func:`cocotb.task.bridge` thread and re
 through :class:`CocotbPort`, whose ``read``/``write`` are :func:`cocotb.task.resume` coroutines.
 ``params``: ``divisor``, ``config`` (CoreConfig fields), ``image`` (words), ``runs`` (list of
 ``{"length", "act", "out"}``; with ``"table"`` the segment table of a packed run, sent in
-ACT_TABLE frames; ``"out": {"failed": code}`` a run the core must fail with that cause), ``corrupt`` (``[frame_index, byte_offset, mask]``, with a fourth
-element a frame type whose frames ``frame_index`` counts; or ``None``),
+ACT_TABLE frames; ``"out": {"failed": code}`` a run the core must fail with that cause),
+``corrupt`` (``[frame_index, byte_offset, mask]``, with a fourth element a frame type whose
+frames ``frame_index`` counts; or ``None``),
 ``timeout_bits``, ``report`` (a JSON file for the test: stats, cycles, simulated time, the
 output of each run).
 
