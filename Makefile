@@ -23,6 +23,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 PYTEST_ARGS ?=
+# test workers (pytest-xdist): one per CPU; `make test JOBS=1` runs in one process
+JOBS ?= auto
 
 .PHONY: install demo test test-slow wheel-smoke bench lint clean
 
@@ -42,12 +44,12 @@ demo: $(STAMP)
 	$(BIN)/python -m bertcore.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist worksteal $(PYTEST_ARGS)
 
 # the long simulations (real core over the UART, other core configurations, MiniLM in
 # Verilator, ...): not part of `make test`
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist worksteal -m slow $(PYTEST_ARGS)
 
 # build the wheel, install it in a fresh venv, run the main commands outside the repository
 wheel-smoke: $(STAMP)

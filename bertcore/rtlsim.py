@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .cache import cache_dir
+from .cache import cache_dir, entry_lock
 from .checkpoint import BertError
 from .toolchain import (
     VERILATOR_BUILD_ARGS, VERILATOR_MAKE_VARS, VERILATOR_PORTS_ONLY_ARGS,
@@ -257,48 +257,51 @@ class CoreSimulator:
         key = digest.hexdigest()[:16]
         build_dir = cache_dir("rtlsim", f"{self.simulator}-{key}")
         stamp = build_dir / ".built"
-        if not stamp.exists():
-            from amaranth.back import verilog
-            from cocotb_tools.runner import VerilatorControlFile, get_runner
-            from .core.encoder import EncoderTop
-            from .core.image import image_beats
-            progress("generating the core's Verilog")
-            top = EncoderTop(self.config)
-            core_v = verilog.convert(top, name="bertcore_encoder", emit_src=False)
-            wrapper_v = replay_top(top)
-            # cocotb touches only the wrapper's ports: the rest of the design stays private to
-            # Verilator
-            public_vlt = verilator_public_ports(
-                "bertcore_sim_top", [*_TOP_PORTS, *(name for name, _ in _extra_outputs(top))])
-            depth = image_beats(self.config)
-            build_dir.mkdir(parents=True, exist_ok=True)
-            (build_dir / "bertcore_encoder.v").write_text(core_v)
-            (build_dir / "bertcore_sim_top.v").write_text(wrapper_v)
-            sources = [build_dir / "bertcore_encoder.v", build_dir / "bertcore_sim_top.v"]
-            runner = get_runner(self.simulator)
-            if self.simulator == "verilator":
-                patch_verilator_make(runner, make_vars=make_vars)
-            kw = {}
-            if self.simulator == "icarus":
-                kw["timescale"] = ("1ns", "1ps")
+        # one build per entry at a time: a second process waits, then finds it built
+        with entry_lock(build_dir):
+            if not stamp.exists():
+                from amaranth.back import verilog
+                from cocotb_tools.runner import VerilatorControlFile, get_runner
+                from .core.encoder import EncoderTop
+                from .core.image import image_beats
+                progress("generating the core's Verilog")
+                top = EncoderTop(self.config)
+                core_v = verilog.convert(top, name="bertcore_encoder", emit_src=False)
+                wrapper_v = replay_top(top)
+                # cocotb touches only the wrapper's ports: the rest of the design stays private to
+                # Verilator
+                public_vlt = verilator_public_ports(
+                    "bertcore_sim_top", [*_TOP_PORTS, *(name for name, _ in _extra_outputs(top))])
+                depth = image_beats(self.config)
+                build_dir.mkdir(parents=True, exist_ok=True)
+                (build_dir / "bertcore_encoder.v").write_text(core_v)
+                (build_dir / "bertcore_sim_top.v").write_text(wrapper_v)
+                sources = [build_dir / "bertcore_encoder.v", build_dir / "bertcore_sim_top.v"]
+                runner = get_runner(self.simulator)
+                if self.simulator == "verilator":
+                    patch_verilator_make(runner, make_vars=make_vars)
+                kw = {}
+                if self.simulator == "icarus":
+                    kw["timescale"] = ("1ns", "1ps")
+                else:
+                    (build_dir / "public_ports.vlt").write_text(public_vlt)
+                    sources.append(VerilatorControlFile(build_dir / "public_ports.vlt"))
+                    kw["build_args"] = build_args
+                progress(f"building the {self.simulator} model (cached afterwards)")
+                t0 = time.time()
+                try:
+                    runner.build(sources=sources, hdl_toplevel="bertcore_sim_top",
+                                 build_dir=build_dir,
+                                 parameters={"BUS": self.config.bus_width, "DEPTH": depth},
+                                 waves=self.waves, always=True,
+                                 log_file=build_dir / "build.log", **kw)
+                except Exception as exc:
+                    raise BertError(f"the {self.simulator} build failed (see "
+                                    f"{build_dir / 'build.log'}): {exc}") from None
+                self.build_s = time.time() - t0
+                stamp.write_text(json.dumps({"build_s": self.build_s}))
             else:
-                (build_dir / "public_ports.vlt").write_text(public_vlt)
-                sources.append(VerilatorControlFile(build_dir / "public_ports.vlt"))
-                kw["build_args"] = build_args
-            progress(f"building the {self.simulator} model (cached afterwards)")
-            t0 = time.time()
-            try:
-                runner.build(sources=sources, hdl_toplevel="bertcore_sim_top", build_dir=build_dir,
-                             parameters={"BUS": self.config.bus_width, "DEPTH": depth},
-                             waves=self.waves, always=True, log_file=build_dir / "build.log",
-                             **kw)
-            except Exception as exc:
-                raise BertError(f"the {self.simulator} build failed (see "
-                                f"{build_dir / 'build.log'}): {exc}") from None
-            self.build_s = time.time() - t0
-            stamp.write_text(json.dumps({"build_s": self.build_s}))
-        else:
-            self.build_s = json.loads(stamp.read_text())["build_s"]
+                self.build_s = json.loads(stamp.read_text())["build_s"]
         self._build_dir = build_dir
         return build_dir
 

