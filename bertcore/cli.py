@@ -156,7 +156,8 @@ def cmd_quantize(args):
     texts = (_read_lines(args.calibration, "calibration") if args.calibration
              else default_calibration_texts())
     try:
-        extra = {} if args.prob_bits is None else {"prob_bits": args.prob_bits}
+        extra = {name: getattr(args, name) for name in ("prob_bits", "gelu_bits")
+                 if getattr(args, name) is not None}
         opts = QuantOptions(act_granularity=args.act_granularity, percentile=args.percentile,
                             **extra)
     except ValueError as exc:
@@ -221,14 +222,14 @@ def cmd_presets(args):
     from .core.image import image_beats
     print(f"{'preset':10s} {'hidden':>6s} {'heads':>5s} {'ffn':>5s} {'layers':>6s} "
           f"{'max_seq':>7s} {'array':>7s} {'smax+LN':>7s} {'bus':>4s} {'MAC/cycle':>9s} "
-          f"{'prob':>4s} {'util@max':>8s} {'image MB':>8s}")
+          f"{'prob':>4s} {'gelu':>4s} {'util@max':>8s} {'image MB':>8s}")
     for name, c in PRESETS.items():
         mb = image_beats(c) * c.bus_width / 8 / 1e6
         units = f"{c.softmax_units}+{c.layernorm_units}"
         # util@max: modeled PE utilization of one layer at max_seq (bertcore.core.perf)
         print(f"{name:10s} {c.hidden:6d} {c.heads:5d} {c.ffn:5d} {c.layers:6d} {c.max_seq:7d} "
               f"{c.array_rows:>3d}x{c.array_cols:<3d} {units:>7s} {c.bus_width:4d} "
-              f"{c.array_rows * c.array_cols:9d} {c.prob_bits:4d} "
+              f"{c.array_rows * c.array_cols:9d} {c.prob_bits:4d} {c.gelu_bits:4d} "
               f"{perf.utilization(c, c.max_seq):8.1%} "
               f"{mb:8.2f}")
 
@@ -812,6 +813,10 @@ def _add_quantize(sub):
                    help="width of the unsigned attention probabilities, 8..16 (default: 16); "
                         "a core runs the artifact only if it computes the same width "
                         "(CoreConfig.prob_bits)")
+    q.add_argument("--gelu-bits", type=int, default=None, metavar="G",
+                   help="width of the signed GELU outputs (the FFN2 operand), 8..16 (default: "
+                        "16); a core runs the artifact only if it computes the same width "
+                        "(CoreConfig.gelu_bits)")
     q.add_argument("-o", "--output", required=True, metavar="OUT", help="artifact to write")
 
 

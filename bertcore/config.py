@@ -3,7 +3,7 @@
 import dataclasses
 from dataclasses import dataclass
 
-from .quant.kernels import PROB_BITS_MAX, PROB_BITS_MIN
+from .quant.kernels import GELU_BITS_MAX, GELU_BITS_MIN, PROB_BITS_MAX, PROB_BITS_MIN
 
 __all__ = ["CoreConfig", "PRESETS", "preset", "ConfigError"]
 
@@ -13,7 +13,8 @@ class ConfigError(ValueError):
 
 
 _INT_FIELDS = ("hidden", "heads", "ffn", "layers", "max_seq", "array_rows", "array_cols",
-               "bus_width", "softmax_units", "layernorm_units", "max_segments", "prob_bits")
+               "bus_width", "softmax_units", "layernorm_units", "max_segments", "prob_bits",
+               "gelu_bits")
 #: Largest sequence length a core may be built for (position tables of BERT go to 512).
 MAX_SEQ_LIMIT = 4096
 #: Units whose multipliers ``lut_multipliers`` may move from DSP blocks into LUT logic.
@@ -56,6 +57,15 @@ class CoreConfig:
         covers it). 16 (default, as ``QuantOptions``) costs no DSP block on ECP5 (an 18x18
         multiplier takes a 17-bit operand), only flip-flops along the array's rows; on iCE40
         (16x16 DSPs) it costs LUTs, so the iCE40 board's core states 8.
+    gelu_bits : int
+        Width ``G`` of the signed GELU outputs (``GELU_BITS_MIN..GELU_BITS_MAX``, 8..16): the
+        GELU output requantizer saturates to ``G`` bits, the H buffer holds them and the FFN2
+        job multiplies them by int8 weights in the array (its A operand is
+        ``max(prob_bits + 1, G)`` bits signed, the accumulators as wide as FFN2's sums need:
+        ``gemm.accumulator_range``). It must equal the ``gelu_bits`` the model was quantized
+        with (the image's fingerprint covers it). 16 (default, as ``QuantOptions``) costs no
+        DSP block with ``prob_bits = 16`` (the A operand is 17 bits either way), the H buffer
+        twice the memory and wider accumulators.
 
     Raises
     ------
@@ -76,6 +86,7 @@ class CoreConfig:
     lut_multipliers: tuple = ()
     max_segments: int = 16
     prob_bits: int = 16
+    gelu_bits: int = 16
 
     def __post_init__(self):
         for name in _INT_FIELDS:
@@ -106,6 +117,9 @@ class CoreConfig:
         if not PROB_BITS_MIN <= self.prob_bits <= PROB_BITS_MAX:
             raise ConfigError(f"prob_bits must lie in {PROB_BITS_MIN}..{PROB_BITS_MAX}, not "
                               f"{self.prob_bits}")
+        if not GELU_BITS_MIN <= self.gelu_bits <= GELU_BITS_MAX:
+            raise ConfigError(f"gelu_bits must lie in {GELU_BITS_MIN}..{GELU_BITS_MAX}, not "
+                              f"{self.gelu_bits}")
         if self.max_segments > MAX_SEQ_LIMIT:
             raise ConfigError(f"max_segments must be at most {MAX_SEQ_LIMIT}, not "
                               f"{self.max_segments}")

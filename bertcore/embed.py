@@ -94,12 +94,13 @@ def preset_for(shape):
 
 def core_for(qm):
     """The configuration of the simulated core that runs the quantized model ``qm``: the preset
-    of its shape (:func:`preset_for`), built for the model's probability width ``prob_bits``
-    (a simulation builds the core it needs; a board's core is fixed and checked instead)."""
+    of its shape (:func:`preset_for`), built for the model's probability and GELU output widths
+    (``prob_bits``, ``gelu_bits``; a simulation builds the core it needs, a board's core is
+    fixed and checked instead)."""
     _, config = preset_for(qm.shape)
-    if qm.opts.prob_bits != config.prob_bits:
-        config = config.replace(prob_bits=qm.opts.prob_bits)
-    return config
+    widths = {name: getattr(qm.opts, name) for name in ("prob_bits", "gelu_bits")
+              if getattr(qm.opts, name) != getattr(config, name)}
+    return config.replace(**widths) if widths else config
 
 
 def rtl_embeddings(qm, texts, *, simulator="verilator", config=None, progress=lambda m: None,

@@ -384,7 +384,8 @@ def random_model(config, seed=0):
         ckpt = load_checkpoint(path)
         texts = [" ".join(rng.choice(TINY_WORDS) for _ in range(rng.randint(3, 12)))
                  for _ in range(8)]
-        return quantize(ckpt, texts, QuantOptions(prob_bits=config.prob_bits))
+        return quantize(ckpt, texts, QuantOptions(prob_bits=config.prob_bits,
+                                                 gelu_bits=config.gelu_bits))
 
 
 def check_core(config, model, lengths, *, simulator="verilator", waves=False, seed=1,

@@ -174,9 +174,11 @@ class BoardSpec:
 #: The iCE40 UP5K has 8 DSPs (16x16), 30 block RAMs (4 kbit) and 5280 LUTs: the smallest core
 #: the generator accepts (a 2x2 array, hidden 16 in 2 heads, 1 layer, 8 tokens), with 8-bit
 #: attention probabilities (a 16x16 SB_MAC16 takes the array's int8/uint8 operands; 16-bit ones
-#: cost LUTs per PE: docs/core.md, "Attention probabilities"; quantize with --prob-bits 8).
+#: cost LUTs per PE: docs/core.md, "Attention probabilities"; quantize with --prob-bits 8) and
+#: int8 GELU outputs (16-bit ones widen every accumulator by 8 bits in LUT logic and double
+#: the H buffer, on a part whose 5280 LUTs the core already fills; --gelu-bits 8).
 ICE40_CONFIG = CoreConfig(hidden=16, heads=2, ffn=32, layers=1, max_seq=8, array_rows=2,
-                          array_cols=2, bus_width=16, prob_bits=8)
+                          array_cols=2, bus_width=16, prob_bits=8, gelu_bits=8)
 
 #: The tiny model's shape on a 2x2 array (the same quantized tiny model runs on it), with the
 #: GELU and softmax multipliers in LUTs: 27 of the LFE5U-25F's 28 MULT18X18D.

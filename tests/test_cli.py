@@ -179,6 +179,7 @@ def test_presets_lists_key_figures(capsys):
     assert "8+8" in minilm and f"{util:.1%}" in minilm
     header = out.splitlines()[0].split()
     assert minilm.split()[header.index("prob")] == str(cfg.prob_bits)
+    assert minilm.split()[header.index("gelu")] == str(cfg.gelu_bits)
 
 
 def test_generate_tiny_with_image(tmp_path, artifact):

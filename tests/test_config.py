@@ -41,6 +41,8 @@ def test_tiny_preset_matches_tiny_checkpoint(tmp_path):
     ({"prob_bits": 7}, r"^prob_bits must lie in 8\.\.16, not 7$"),
     ({"prob_bits": 17}, r"^prob_bits must lie in 8\.\.16, not 17$"),
     ({"prob_bits": "16"}, "prob_bits must be an integer, not '16'"),
+    ({"gelu_bits": 7}, r"^gelu_bits must lie in 8\.\.16, not 7$"),
+    ({"gelu_bits": 17}, r"^gelu_bits must lie in 8\.\.16, not 17$"),
 ])
 def test_bad_configs(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -103,12 +105,13 @@ def test_load_config_file_errors(tmp_path):
         load_config("tiny", config_file=other)
 
 
-def test_prob_bits_defaults_and_boards():
-    """16-bit attention probabilities by default, in the reference and the cores; a board whose
-    DSPs cannot take them (iCE40: 16x16) states 8."""
+@pytest.mark.parametrize("field", ["prob_bits", "gelu_bits"])
+def test_width_defaults_and_boards(field):
+    """16-bit attention probabilities and GELU outputs by default, in the reference and the
+    cores; the iCE40 board (16x16 DSPs, 5280 LUTs) states 8 for both."""
     from bertcore.boards.top import BOARDS
     from bertcore.quant.model import QuantOptions
-    assert QuantOptions().prob_bits == 16
-    assert all(cfg.prob_bits == 16 for cfg in PRESETS.values())
+    assert getattr(QuantOptions(), field) == 16
+    assert all(getattr(cfg, field) == 16 for cfg in PRESETS.values())
     for name, spec in BOARDS.items():
-        assert spec.config.prob_bits == (8 if spec.family == "ice40" else 16), name
+        assert getattr(spec.config, field) == (8 if spec.family == "ice40" else 16), name

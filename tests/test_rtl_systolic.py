@@ -144,6 +144,27 @@ def test_wide_a_operand_with_guaranteed_sum_range():
     check_tiles(dut, problems, seed=17, name="systolic_wide_a_acc_range")
 
 
+def test_wide_a_operand_with_16bit_gelu_sums():
+    """FFN2 with ``gelu_bits = 16``: signed 16-bit GELU outputs (sign-extended into the
+    signed(17) operand) times int8 weights over ``k`` beats, accumulators sized by the FFN2
+    sums (``gemm.accumulator_range``: ``k * 2**22``), at both extremes of the 16-bit range."""
+    k_max = 40
+    ffn2 = k_max << 22
+    dut = SystolicArray(2, 3, k_max=k_max, a_shape=signed(17), acc_range=(-ffn2, ffn2))
+    assert dut.acc_shape == signed(29)
+    rng = np.random.default_rng(23)
+    lo, hi = -(1 << 15), (1 << 15) - 1
+    problems = [
+        (np.full((2, k_max), lo), np.full((k_max, 3), -128), np.zeros(3, int)),   # +k * 2**22
+        (np.full((2, k_max), lo), np.full((k_max, 3), 127), np.zeros(3, int)),    # most negative
+        (np.full((2, k_max), hi), np.full((k_max, 3), -128), rng.integers(-2**31, 2**31, 3)),
+        (rng.integers(lo, hi + 1, (2, k_max)), rng.integers(-128, 128, (k_max, 3)),
+         rng.integers(-2**31, 2**31, 3)),
+        (rng.integers(lo, hi + 1, (2, 7)), rng.integers(-128, 128, (7, 3)), np.zeros(3, int)),
+    ]
+    check_tiles(dut, problems, seed=23, name="systolic_gelu16_ffn2")
+
+
 def test_tiled_product_larger_than_array():
     rows, cols, m, k, n = 3, 4, 7, 13, 11
     dut = SystolicArray(rows, cols, k_max=16)

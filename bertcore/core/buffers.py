@@ -95,7 +95,8 @@ class Buffers(wiring.Component):
     out_x : ``In(row_read(...))``
         The output pass (shares X's read port 1 with ``res_x``; it has priority).
     wb_q, wb_k, wb_v, wb_h : ``In(write_port(...)).array(N)``
-        The write-back's int8 results (Q also takes the attention context).
+        The write-back's int8 results (Q also takes the attention context; H: the
+        ``gelu_bits``-bit GELU outputs).
     wb_r : ``In(write_port(...)).array(U)``
         The write-back's residual sums.
     wb_s : ``In(write_port(...)).array(S)``
@@ -123,7 +124,7 @@ class Buffers(wiring.Component):
             "x": (n, grp * cwh, word, 2, True),     # A operand; residual of O
             "q": (n, grp * cwh, word, 1, False),    # queries, then the context
             "a": (n, grp * cwh, word, 2, True),     # A operand; residual of FFN2
-            "h": (n, grp * cwf, word, 1, False),
+            "h": (n, grp * cwf, unsigned(c.gelu_bits * n), 1, False),   # gelu_bits per entry
             "k": (n, grp * cwh, word, 1, False),
             "v": (n, grp * cwh, word, 1, False),
             "p": (n, grp, unsigned(c.prob_bits * n), 1, False),   # prob_bits per entry

@@ -37,7 +37,7 @@ class OperandFeeder(wiring.Component):
     job : ``In(job_layout(config))``
         The running job.
     x, q, a, h, k, v, p : ``Out(row_read(...))``
-        Read port 0 of the buffers (P: ``prob_bits`` per entry).
+        Read port 0 of the buffers (P: ``prob_bits`` per entry, H: ``gelu_bits``).
     panel : ``Out(read_port(...))``
         The loader's panel buffer.
     slot_bias : ``In(ArrayLayout(signed(32), N))``
@@ -57,7 +57,7 @@ class OperandFeeder(wiring.Component):
         grp = -(-config.max_seq // n)
         word = unsigned(8 * n)
         self._kw = max(config.hidden, config.ffn)
-        depths = {"x": grp * cwh, "q": grp * cwh, "a": grp * cwh, "h": grp * cwf,
+        depths = {"x": grp * cwh, "q": grp * cwh, "a": grp * cwh,
                   "k": grp * cwh, "v": grp * cwh}
         self._ops = data.StructLayout({"a": a_layout, "b": b_layout})
         super().__init__({
@@ -65,6 +65,7 @@ class OperandFeeder(wiring.Component):
             "desc": In(job_layout(config)),
             "job": In(job_layout(config)),
             **{name: Out(row_read(depth, word, n)) for name, depth in depths.items()},
+            "h": Out(row_read(grp * cwf, unsigned(config.gelu_bits * n), n)),
             "p": Out(row_read(grp, unsigned(config.prob_bits * n), n)),
             "panel": Out(read_port(2 * self._kw, word)),
             "slot_bias": In(data.ArrayLayout(signed(32), n)),
@@ -124,14 +125,15 @@ class OperandFeeder(wiring.Component):
         def elem(word, idx, width=8):
             return pick([word[width * j:width * (j + 1)] for j in range(N)], idx, width)
 
-        # A: int8 activations sign-extended, or a prob_bits-bit probability zero-extended, to
-        # the array's signed(prob_bits + 1) operand
+        # A: int8 activations and gelu_bits-bit GELU outputs sign-extended, or a prob_bits-bit
+        # probability zero-extended, to the array's operand (gemm.a_operand_shape)
         a_shape = a_beat.data[0].shape()
         B = c.prob_bits
-        sources = {A_X: self.x, A_Q: self.q, A_A: self.a, A_H: self.h}
+        sources = {A_X: (self.x, 8), A_Q: (self.q, 8), A_A: (self.a, 8),
+                   A_H: (self.h, c.gelu_bits)}
         for i in range(N):
-            items = [elem(sources[src].data[i], s1_ke).as_signed()
-                     for src in (A_X, A_Q, A_A, A_H)]
+            items = [elem(port.data[i], s1_ke, width).as_signed()
+                     for port, width in (sources[src] for src in (A_X, A_Q, A_A, A_H))]
             items.append(Cat(elem(self.p.data[i], s1_ke, B), Const(0, 1)))
             m.d.comb += a_beat.data[i].eq(pick(items, s1_asrc, a_shape))
         vword = pick([self.v.data[b] for b in range(N)], s1_ke, 8 * N)

@@ -25,27 +25,37 @@ from .feeder import OperandFeeder
 from .loader import panel_layout, scalar_layout
 from .writeback import WriteBack
 
-__all__ = ["GemmEngine", "accumulator_range"]
+__all__ = ["GemmEngine", "a_operand_shape", "accumulator_range"]
+
+
+def a_operand_shape(config):
+    """The array's A operand: ``signed(max(prob_bits + 1, gelu_bits))``, wide enough for the
+    int8 activations (sign-extended), the unsigned ``prob_bits``-bit probabilities
+    (zero-extended) and the signed ``gelu_bits``-bit GELU outputs (sign-extended)."""
+    return signed(max(config.prob_bits + 1, config.gelu_bits))
 
 
 def accumulator_range(config):
     """``(lo, hi)``: the sums any job of a core of ``config`` can reach in the array.
 
-    The array's A operand is ``signed(prob_bits + 1)`` so that it takes both the int8
-    activations and the unsigned ``prob_bits``-bit probabilities; its accumulators need not hold
-    ``k_max`` products of those widths, because the two never meet in one job:
+    The array's A operand (:func:`a_operand_shape`) takes the int8 activations, the unsigned
+    ``prob_bits``-bit probabilities and the signed ``gelu_bits``-bit GELU outputs; its
+    accumulators need not hold ``k_max`` products of that width, because each job multiplies
+    one kind of A operand by int8 B operands (weights, keys or values, ``|b| <= 128``):
 
-    * projections and scores multiply int8 activations by int8 weights or keys over at most
-      ``max(hidden, ffn)`` beats: ``|sum| <= k * 2**14``;
+    * projections and scores multiply int8 activations over at most ``max(hidden, ffn)``
+      beats: ``|sum| <= k * 2**14``;
+    * FFN2 multiplies ``G = gelu_bits``-bit GELU outputs (``|h| <= 2**(G-1)``) by int8
+      weights over ``ffn`` beats: ``|sum| <= ffn * 2**(G+6)`` (``ffn * 2**14`` for ``G = 8``);
     * ``P·V`` multiplies probabilities ``y`` by int8 values; ``y_j <= exp16_j * f / 2**(32-B)``
       with ``f = floor(2**32 / sum(exp16))``, so a row's probabilities sum to at most ``2**B``
       and ``-2**B * 128 <= sum <= 2**B * 127`` (``kernels.int_softmax_int``; checked in
       ``tests/test_core.py``).
     """
-    k = max(config.hidden, config.ffn)
-    proj = k << 14
+    proj = max(config.hidden, config.ffn) << 14
+    ffn2 = config.ffn << (config.gelu_bits + 6)
     pv = 1 << config.prob_bits
-    return min(-proj, -pv * 128), max(proj, pv * 127)
+    return min(-proj, -ffn2, -pv * 128), max(proj, ffn2, pv * 127)
 
 
 class GemmEngine(wiring.Component):
@@ -89,19 +99,23 @@ class GemmEngine(wiring.Component):
         # the cost is flip-flops along the array rows (minilm's 16x16 array: +17% FF, no DSP,
         # no LUT) and no cycle, where two passes cost 2.8% (L=128) to 4.8% (L=256) of a
         # minilm layer plus a partial-sum buffer. On iCE40 (16x16 DSPs) 17-bit operands cost
-        # LUTs, so its board keeps prob_bits=8.
-        self._array = SystolicArray(n, n, k_max=kmax, a_shape=signed(config.prob_bits + 1),
+        # LUTs, so its board keeps prob_bits=8. The gelu_bits-wide GELU outputs take the same
+        # path for FFN2 (a_operand_shape): signed(16) fits the signed(17) operand the
+        # probabilities already need, and accumulator_range grows by FFN2's wider sums.
+        self._array = SystolicArray(n, n, k_max=kmax, a_shape=a_operand_shape(config),
                                     acc_range=accumulator_range(config))
         arr = self._array
         self._feeder = OperandFeeder(config, arr.a.payload.shape(), arr.b.payload.shape(),
                                      arr.bias.payload.shape())
         self._wb = WriteBack(config, arr.c.payload.shape())
-        depths = {"x": grp * cwh, "q": grp * cwh, "a": grp * cwh, "h": grp * cwf,
+        depths = {"x": grp * cwh, "q": grp * cwh, "a": grp * cwh,
                   "k": grp * cwh, "v": grp * cwh}
+        hword = unsigned(config.gelu_bits * n)
         sw = IntSoftmax.score_width(config.head_dim)
         super().__init__({
             "ctl": In(task(desc=job_layout(config))),
             **{f"feed_{b}": Out(row_read(d, word, n)) for b, d in depths.items()},
+            "feed_h": Out(row_read(grp * cwf, hword, n)),
             "feed_p": Out(row_read(grp, unsigned(config.prob_bits * n), n)),
             "panel_rd": Out(read_port(2 * max(config.hidden, config.ffn), word)),
             "panel_slot": Out(1),
@@ -110,7 +124,7 @@ class GemmEngine(wiring.Component):
             "res_x": Out(row_read(grp * cwh, word, n)),
             "res_a": Out(row_read(grp * cwh, word, n)),
             **{f"wb_{b}": Out(write_port(grp * cwh, word)).array(n) for b in "qkv"},
-            "wb_h": Out(write_port(grp * cwf, word)).array(n),
+            "wb_h": Out(write_port(grp * cwf, hword)).array(n),
             "wb_r": Out(write_port(grp * (n // u) * cwh,
                                    unsigned(RESIDUAL_BITS * n))).array(u),
             "wb_s": Out(write_port((n // s) * grp, unsigned(sw * n))).array(s),

@@ -194,19 +194,23 @@ def check_core_config(config):
 def config_fingerprint(config):
     """32-bit CRC of the fields that define the image layout and the arithmetic its values are
     made for (not ``max_seq``/``resident``/unit counts): a core refuses an image packed for a
-    core with other probability widths (``prob_bits``), whose ``ctx_e`` differs."""
+    core with other probability or GELU output widths (``prob_bits``, ``gelu_bits``), whose
+    ``ctx_e`` or GELU/FFN2 requantization differ."""
     text = (f"bertcore-image v{FORMAT_VERSION} hidden={config.hidden} heads={config.heads} "
             f"ffn={config.ffn} layers={config.layers} array={config.array_rows}x"
             f"{config.array_cols} bus={config.bus_width}")
     if config.prob_bits != 8:        # (images of 8-bit cores keep their earlier fingerprint)
         text += f" prob_bits={config.prob_bits}"
+    if config.gelu_bits != 8:        # (likewise for int8 GELU outputs)
+        text += f" gelu_bits={config.gelu_bits}"
     return zlib.crc32(text.encode())
 
 
 def check_model(int_model, config):
     """Raise :class:`ImageError` unless a core of ``config`` runs ``int_model``: the same
     encoder shape and the same arithmetic (the width ``prob_bits`` of the attention
-    probabilities, at a fixed scale; int8 GELU outputs without an offset)."""
+    probabilities, at a fixed scale; the width ``gelu_bits`` of the GELU outputs, without an
+    offset)."""
     s = int_model.shape
     for name, want in (("hidden", s.hidden), ("heads", s.heads), ("ffn", s.ffn),
                        ("layers", s.layers)):
@@ -221,10 +225,14 @@ def check_model(int_model, config):
                          f"computes {config.prob_bits}-bit attention probabilities (quantize "
                          f"with --prob-bits {config.prob_bits}, or use a core with "
                          f"prob_bits={opts.prob_bits})")
-    if (opts.gelu_bits, opts.gelu_zero_point) != (8, False):
-        raise ImageError(f"the core computes int8 GELU outputs without an offset; the model was "
-                         f"quantized with gelu_bits={opts.gelu_bits}, "
-                         f"gelu_zero_point={opts.gelu_zero_point} (use --backend int)")
+    if opts.gelu_bits != config.gelu_bits:
+        raise ImageError(f"the model was quantized with gelu_bits={opts.gelu_bits}, the core "
+                         f"computes {config.gelu_bits}-bit GELU outputs (quantize with "
+                         f"--gelu-bits {config.gelu_bits}, or use a core with "
+                         f"gelu_bits={opts.gelu_bits})")
+    if opts.gelu_zero_point:
+        raise ImageError("the model was quantized with gelu_zero_point=True; the core computes "
+                         "GELU outputs without an offset (use --backend int)")
 
 
 def panel_k(config, group):

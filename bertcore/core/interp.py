@@ -117,7 +117,7 @@ def run_image(words, x, config, segments=None):
                 elif group == "ffn1":
                     g_in = K.requantize(acc, m, e, K.GELU_IN_BITS)
                     g = K.int_gelu_int(g_in, sc["gelu_b"], sc["gelu_c"], sc["gelu_q1"])
-                    outs.append(K.requantize(g, m2, e2, 8))
+                    outs.append(K.requantize(g, m2, e2, config.gelu_bits))
                 else:
                     outs.append(K.saturate(K.requantize(acc, m, e) + K.requantize(
                         residual[:, len(outs) * n:(len(outs) + 1) * n], m2, e2),

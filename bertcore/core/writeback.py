@@ -6,7 +6,7 @@ Requantizer(s) and IntGELU -> the buffers.
     array.c -> c1 -+-> score banks (scores)
                    +-> Requantizer (22 bit, residual X or A) -+-> sat8 -> Q, K, V, context
                                                               +-> sat16 -> IntGELU
-                                                              |     -> Requantizer -> H
+                                                              |     -> Requantizer -> H (gelu_bits)
                                                               +-> R (22 bit)
 
 A result row enters register ``c1`` and issues the read of its residual (X for O panels, A for
@@ -54,7 +54,7 @@ class WriteBack(wiring.Component):
     scalars : ``In(scalar_layout())``
         The layer's scalars (the context requantization, the GELU constants).
     q, k, v, h : ``Out(write_port(...)).array(N)``
-        The int8 results.
+        The int8 results; H: the ``gelu_bits``-bit GELU outputs.
     r : ``Out(write_port(...)).array(U)``
         The residual sums.
     s : ``Out(write_port(...)).array(S)``
@@ -79,7 +79,7 @@ class WriteBack(wiring.Component):
             "panel": In(panel_layout(n)),
             "scalars": In(scalar_layout()),
             **{b: Out(write_port(grp * cwh, word)).array(n) for b in "qkv"},
-            "h": Out(write_port(grp * cwf, word)).array(n),
+            "h": Out(write_port(grp * cwf, unsigned(config.gelu_bits * n))).array(n),
             "r": Out(write_port(grp * (n // u) * cwh, unsigned(RESIDUAL_BITS * n))).array(u),
             "s": Out(write_port((n // s) * grp, unsigned(self._sw * n))).array(s),
             "written": Out(1),
@@ -97,8 +97,8 @@ class WriteBack(wiring.Component):
                                            residual=True, residual_width=8, multipliers=mul_rq)
         m.submodules.gelu = gelu = IntGELU(lanes=N, in_width=GELU_IN_BITS,
                                            multipliers=c.multipliers("gelu"))
-        m.submodules.rq2 = rq2 = Requantizer(lanes=N, in_width=gelu.out_width, out_bits=8,
-                                             multipliers=mul_rq)
+        m.submodules.rq2 = rq2 = Requantizer(lanes=N, in_width=gelu.out_width,
+                                             out_bits=c.gelu_bits, multipliers=mul_rq)
         sc = self.scalars
         m.d.comb += [gelu.b.eq(sc.gelu_b), gelu.c.eq(sc.gelu_c), gelu.q1.eq(sc.gelu_q1)]
         st = {"rq": rq, "rq2": rq2, "gelu": gelu, "wb_fire": Signal(),
@@ -171,7 +171,7 @@ class WriteBack(wiring.Component):
         """The requantizers' outputs (through GELU for FFN1) -> the write register -> the
         buffers."""
         c, job = self._c, self.job
-        N, U = c.array_cols, c.layernorm_units
+        N, U, G = c.array_cols, c.layernorm_units, c.gelu_bits
         CWH, CWF, PPB = c.hidden // N, c.ffn // N, N // U
         rq, rq2, gelu = st["rq"], st["rq2"], st["gelu"]
         is_ffn1, is_score = st["is_ffn1"], st["is_score"]
@@ -196,8 +196,8 @@ class WriteBack(wiring.Component):
         wr_valid = Signal()
         m.d.comb += wr_valid.eq(Mux(is_ffn1, rq2.o_stream.valid,
                                     rq.o_stream.valid & ~is_score))
-        w8 = Cat(*(Mux(is_ffn1, rq2.o_stream.payload.data[j],
-                       saturate(rq.o_stream.payload.data[j], 8))[:8] for j in range(N)))
+        w8 = Cat(*(saturate(rq.o_stream.payload.data[j], 8)[:8] for j in range(N)))
+        wh = Cat(*(rq2.o_stream.payload.data[j][:G] for j in range(N)))
         w22 = Cat(*(rq.o_stream.payload.data[j] for j in range(N)))
         w_grp = Mux(job.mode == M_CTX, job.mb, w_t)
         w_chunk = Mux(job.mode == M_CTX, job.chw + w_t, job.chunk)
@@ -221,16 +221,18 @@ class WriteBack(wiring.Component):
         v_addr = Signal(range(self._grp * max(CWH, CWF)))
         v_raddr = Signal(range(self._grp * PPB * CWH))
         v_w8 = Signal(8 * N)
+        v_wh = Signal(G * N)
         v_w22 = Signal(RESIDUAL_BITS * N)
         m.d.sync += [v_valid.eq(wr_valid), v_res.eq(st["has_res"]), v_mode.eq(job.mode),
-                     v_bank.eq(w_i), v_u.eq(w_u), v_w8.eq(w8), v_w22.eq(w22),
+                     v_bank.eq(w_i), v_u.eq(w_u), v_w8.eq(w8), v_wh.eq(wh), v_w22.eq(w22),
                      v_addr.eq(Mux(is_ffn1, w_grp * CWF, w_grp * CWH) + w_chunk),
                      v_raddr.eq((w_t * PPB + w_g) * CWH + job.chunk)]
-        for mode, banks in ((M_Q, self.q), (M_CTX, self.q), (M_K, self.k), (M_V, self.v),
-                            (M_FFN1, self.h)):
+        for mode, banks, word in ((M_Q, self.q, v_w8), (M_CTX, self.q, v_w8),
+                                  (M_K, self.k, v_w8), (M_V, self.v, v_w8),
+                                  (M_FFN1, self.h, v_wh)):
             for b, port in enumerate(banks):
                 with m.If(v_valid & (v_mode == mode) & (v_bank == b)):
-                    m.d.comb += [port.addr.eq(v_addr), port.data.eq(v_w8), port.en.eq(1)]
+                    m.d.comb += [port.addr.eq(v_addr), port.data.eq(word), port.en.eq(1)]
         for u, port in enumerate(self.r):
             m.d.comb += [port.addr.eq(v_raddr), port.data.eq(v_w22)]
             with m.If(v_valid & v_res & (v_u == u)):

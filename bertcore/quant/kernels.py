@@ -61,6 +61,9 @@ SOFTMAX_MAX_BIT = 32
 #: Widths the attention probabilities may have (``QuantOptions.prob_bits``,
 #: ``CoreConfig.prob_bits``): unsigned ``B`` bits at scale ``2**-B``.
 PROB_BITS_MIN, PROB_BITS_MAX = 8, 16
+#: Widths the GELU output (the FFN2 GEMM's activation operand) may have
+#: (``QuantOptions.gelu_bits``, ``CoreConfig.gelu_bits``): signed ``G`` bits per channel.
+GELU_BITS_MIN, GELU_BITS_MAX = 8, 16
 #: Extra fractional bits of the LayerNorm reciprocal ``floor(2**(31+F) / std)``; 0 is I-BERT.
 LN_FRAC_BITS = 16
 
