@@ -475,6 +475,9 @@ def test_core_parallel_units(tiny_core, changes, lengths):
     for x, got in zip(xs, outputs):
         assert torch.equal(got, tiny_core.encode_int(x)), f"L={x.shape[0]}"
     single = cfg.replace(softmax_units=1, layernorm_units=1)
+    print("L, RTL cycles, model, RTL layer, model layer:",
+          [(x.shape[0], cyc, run_cycles(cfg, x.shape[0]), layer, layer_cycles(cfg, x.shape[0]))
+           for x, cyc, layer in zip(xs, cycles, layers)])
     for x, cyc, layer in zip(xs, cycles, layers):
         n = x.shape[0]
         # the RTL itself beats one unit of each (as modeled; the model is within 5 % of the
