@@ -16,10 +16,16 @@ and packed (first-fit, segment tables), with random weights of the preset's shap
 schedule does not depend on the values; every segment bit-exact against the integer reference
 of its sequence alone), the image replayed at the full rate and throttled by the wrapper's
 tvalid duty cycle (+param_period = bus bytes / --rate): the core's cycles of each run next to
-the model's, and the subset's cycles per sentence each way.
+the model's, and the subset's cycles per sentence each way; then the PE utilization of a full
+packed run (8 segments of max_seq / 8 rows) from the core's layer_cycles. On minilm an
+unpacked run at 2 B/cycle alone is ~5.5M cycles: --rtl-unpacked K sends only the first K of
+the N texts unpacked, --rtl-parts picks the parts (full, throttled, util) so that they can run
+in separate processes.
 
     .venv/bin/python bench/throughput.py --preset minilm
     .venv/bin/python bench/throughput.py --preset minilm --rtl 8     # + a minilm Verilator build
+    .venv/bin/python bench/throughput.py --preset minilm --set max_seq=128 --rtl 8 \
+        --rtl-unpacked 1 --rtl-parts throttled                         # one part of it
 """
 
 import argparse
@@ -53,19 +59,24 @@ def model_cycles(cfg, lengths, runs, rate):
     return total
 
 
-def rtl_check(cfg, lengths, bus_bytes, rate):
-    """Run ``lengths`` through the Verilated core, unpacked and packed, at the full and the
-    throttled rate; print the core's cycles of each run beside the model's. Returns the worst
-    model error and ``{(rate, way): RTL cycles per sentence}``."""
+def rtl_check(cfg, lengths, bus_bytes, rate, *, unpacked=None, parts=("full", "throttled",
+                                                                        "util")):
+    """Run ``lengths`` through the Verilated core, unpacked (the first ``unpacked`` of them,
+    default all) and packed, at the full (part ``full``) and the throttled rate (``throttled``);
+    print the core's cycles of each run beside the model's; then (``util``) a full packed run's
+    PE utilization. Returns the worst model error and ``{(rate, way): RTL cycles per
+    sentence}``."""
     import time
     from bertcore.rtlsim import check_core, random_model
     period = max(1, round(bus_bytes / rate))
     model = random_model(cfg)
     t0 = time.time()
     worst, per = 0.0, {}
-    for p in (1, period):
+    periods = [p for p, part in ((1, "full"), (period, "throttled")) if part in parts]
+    for p in periods:
         for way in ("unpacked", "packed"):
-            ok, rows, res = check_core(cfg, model, lengths, param_period=p,
+            texts = lengths[:unpacked] if way == "unpacked" and unpacked else lengths
+            ok, rows, res = check_core(cfg, model, texts, param_period=p,
                                        pack=way == "packed",
                                        progress=lambda msg: print(
                                            f"[{time.time() - t0:6.0f} s] {msg}", flush=True))
@@ -80,21 +91,26 @@ def rtl_check(cfg, lengths, bus_bytes, rate):
                 total += run["cycles"]
                 print(f"RTL {way}, {bus_bytes / p:g} B/cycle, segments {segs}: bit-exact "
                       f"{same}, {run['cycles']:,} cycles, model {want:,} ({err:+.2%})")
-            per[bus_bytes / p, way] = total / len(lengths)
+            per[bus_bytes / p, way] = total / len(texts)
             if not ok:
                 print("the simulated core differs from the integer reference", file=sys.stderr)
-        print(f"RTL cycles/sentence @{bus_bytes / p:g}Bpc ({len(lengths)} texts): packed="
+        print(f"RTL cycles/sentence @{bus_bytes / p:g}Bpc ({len(lengths)} texts packed, "
+              f"{len(lengths[:unpacked] if unpacked else lengths)} unpacked): packed="
               f"{per[bus_bytes / p, 'packed']:.0f} unpacked={per[bus_bytes / p, 'unpacked']:.0f}"
               f" speedup={per[bus_bytes / p, 'unpacked'] / per[bus_bytes / p, 'packed']:.2f}")
-    # PE utilization of a layer of a full packed run: 8 segments of max_seq / 8 rows
-    segs = [cfg.max_seq // 8] * 8
-    ok, _, res = check_core(cfg, model, segs, pack=True)
-    run = res.runs[0]
-    util = (perf.macs_per_layer(cfg, cfg.max_seq, segs)
-            / (cfg.array_rows * cfg.array_cols * run["layer_cycles"]))
-    print(f"RTL full packed run ({len(segs)} x {segs[0]} rows): bit-exact {ok}, layer_cycles "
-          f"{run['layer_cycles']:,} (model {perf.layer_cycles(cfg, cfg.max_seq, segs):,}), "
-          f"PE utilization {util:.3f} (model {perf.utilization(cfg, cfg.max_seq, segs):.3f})")
+    if "util" in parts:
+        # PE utilization of a layer of a full packed run: 8 segments of max_seq / 8 rows
+        segs = [cfg.max_seq // 8] * 8
+        ok, _, res = check_core(cfg, model, segs, pack=True)
+        run = res.runs[0]
+        want = perf.run_cycles(cfg, cfg.max_seq, segs)
+        worst = max(worst, abs(want - run["cycles"]) / run["cycles"])
+        util = (perf.macs_per_layer(cfg, cfg.max_seq, segs)
+                / (cfg.array_rows * cfg.array_cols * run["layer_cycles"]))
+        print(f"RTL full packed run ({len(segs)} x {segs[0]} rows): bit-exact {ok}, "
+              f"{run['cycles']:,} cycles (model {want:,}), layer_cycles "
+              f"{run['layer_cycles']:,} (model {perf.layer_cycles(cfg, cfg.max_seq, segs):,}), "
+              f"PE utilization {util:.3f} (model {perf.utilization(cfg, cfg.max_seq, segs):.3f})")
     print(f"RTL against the model: worst run {worst:.2%}")
     return worst, per
 
@@ -110,6 +126,11 @@ def main():
     ap.add_argument("--mhz", type=float, default=100.0, help="clock for sentences/s")
     ap.add_argument("--rtl", type=int, default=0, metavar="N",
                     help="also run the first N texts in Verilator, unpacked and packed")
+    ap.add_argument("--rtl-unpacked", type=int, default=0, metavar="K",
+                    help="of those, send only the first K unpacked (default: all N)")
+    ap.add_argument("--rtl-parts", default="full,throttled,util",
+                    help="RTL parts to run: full, throttled (the two rates), util (a full "
+                         "packed run's PE utilization); default all")
     args = ap.parse_args()
     try:
         cfg = load_config(args.preset, sets=args.set)
@@ -118,6 +139,12 @@ def main():
         return 2
     if not args.rate > 0:
         print(f"throughput.py: error: --rate must be positive, not {args.rate}", file=sys.stderr)
+        return 2
+    parts = tuple(p.strip() for p in args.rtl_parts.split(",") if p.strip())
+    if not parts or set(parts) - {"full", "throttled", "util"} or args.rtl_unpacked < 0:
+        print(f"throughput.py: error: --rtl-parts takes full, throttled, util and "
+              f"--rtl-unpacked a count, not {args.rtl_parts!r} / {args.rtl_unpacked}",
+              file=sys.stderr)
         return 2
     lengths = corpus_lengths(args.corpus)
     if not lengths or max(lengths) > cfg.max_seq:
@@ -136,7 +163,7 @@ def main():
     util = [perf.utilization(cfg, sum(lengths[i] for i in r), [lengths[i] for i in r])
             for r in packed]
     print(f"modeled PE utilization of a layer, packed runs: mean {sum(util) / len(util):.3f} "
-          f"(min {min(util):.3f}); of a full packed run (8 x 16 rows): "
+          f"(min {min(util):.3f}); of a full packed run (8 x {cfg.max_seq // 8} rows): "
           f"{perf.utilization(cfg, cfg.max_seq, [cfg.max_seq // 8] * 8):.3f}")
     print(f"{'parameter stream':>18s} {'way':>9s} {'runs':>5s} {'cycles':>13s} "
           f"{'cycles/sentence':>15s} {'sentences/s':>11s} {'speedup':>7s}")
@@ -152,7 +179,8 @@ def main():
                   f"{args.mhz * 1e6 / per[way]:11.1f} {speed:7.2f}")
         result[rate] = per
     if args.rtl > 0:
-        rtl_check(cfg, lengths[:args.rtl], bus_bytes, args.rate)
+        rtl_check(cfg, lengths[:args.rtl], bus_bytes, args.rate,
+                  unpacked=args.rtl_unpacked or None, parts=parts)
     slow = result[args.rate]
     print(f"throughput: cycles_per_sentence@{args.rate:g}Bpc packed={slow['packed']:.0f} "
           f"unpacked={slow['unpacked']:.0f} speedup={slow['unpacked'] / slow['packed']:.1f}")

@@ -46,7 +46,7 @@ def test_rtl_cycles_and_outputs(artifact):
         ids = qm.encode_text(t)
         assert torch.equal(y, qm.forward_ids(ids))
         model = run_cycles(preset("tiny"), len(ids))
-        assert abs(cycles - model) / model < 0.05, (cycles, model)
+        assert abs(cycles - model) / model < 0.01, (cycles, model)
 
 
 def test_check_core_counters():
@@ -60,7 +60,7 @@ def test_check_core_counters():
     assert ok and [n for n, _, _ in rows] == [3, 16]
     for (n, _, _), run in zip(rows, res.runs):
         assert run["array_beats"] == array_beats(cfg, n)
-        assert abs(run["layer_cycles"] - layer_cycles(cfg, n)) <= 0.05 * run["layer_cycles"]
+        assert abs(run["layer_cycles"] - layer_cycles(cfg, n)) <= 0.01 * run["layer_cycles"]
 
 
 def test_sim_command_with_stalls(capsys):

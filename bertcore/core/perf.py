@@ -1,29 +1,35 @@
-"""Analytic cycle model of the encoder core's schedule (:mod:`bertcore.core.encoder`).
+"""Cycle model of the encoder core's schedule (:mod:`bertcore.core.encoder`).
 
-The core runs one job at a time (see the encoder's module docstring); this model adds up, per
-layer, the cycles of each job with every stream free-flowing (no backpressure):
+The core runs one job at a time (see the encoder's module docstring); this model adds up the
+cycles of each job with the activation streams free-flowing (no backpressure):
 
-* a weight panel (``N`` output channels, ``T = ceil(L/N)`` row tiles of ``K`` beats): the array
-  takes one tile per ``max(K, N)`` cycles, then drains (``SystolicArray.latency + N - 1``) through
-  the residual fetch and the requantizer(s); the loader streams the next panel meanwhile, so a
-  panel takes at least the loader's beats (header vectors plus ``K`` weight rows);
+* the activation input, beside the image header: one byte per cycle and one cycle per beat;
+* a weight panel (``N`` output channels, ``T = ceil(L/N)`` row tiles of ``K`` beats): one cycle
+  of the sequencer to start it, the array takes a tile's last beat ``max(K, N)`` cycles after
+  the previous one's, then drains (``SystolicArray`` latency ``+ N - 1``) through the residual
+  fetch and the requantizer(s); the loader streams the next panel meanwhile (header vectors
+  plus ``K`` weight rows), and a panel waits for it when it is slower;
 * attention per head and query block (packed: after ``N + 2`` cycles that read the block's
   segment bounds): scores (``T`` tiles of ``head_dim`` beats), the softmax
   pass (``N / softmax_units`` rows of ``L`` per unit), ``P·V`` (``head_dim/N`` tiles of ``L``
   beats);
-* LayerNorm passes: ``ceil(L / layernorm_units)`` rows per unit at ``IntLayerNorm.row_period``
-  plus its latency;
+* LayerNorm passes: ``ceil(L / layernorm_units)`` groups of rows, one per
+  ``IntLayerNorm.row_period``, the first one's input and the last one's output of ``hidden``
+  cycles each, plus the unit's latency;
 * after the last layer, the output pass: ``N + 2`` cycles per word of ``N`` output bytes.
 
 A packed run (``segments``: the lengths of the sequences in its rows, ``docs/interface.md``)
 computes the projections, FFN and LayerNorm over all rows and, per query block, only the
 score and ``P·V`` tiles of the key blocks its segments reach (:func:`key_spans`). With
-``param_rate`` (bytes of the parameter stream per cycle, e.g. 2 for a 16-bit SDRAM) the run is
-modeled as the loader and the sequencer in step (:func:`stream_run_cycles`): a panel's job
-starts when its slot is loaded, the loader fills a slot once the job two panels back has
-released it, so the slower of the stream and the array sets the pace panel by panel.
+``param_rate`` (bytes of the parameter stream per cycle, e.g. 2 for a 16-bit SDRAM; default
+one beat per cycle) the run is modeled as the loader and the sequencer in step
+(:func:`stream_run_cycles`): a panel's job starts when its slot is loaded, the loader fills a
+slot once the job two panels back has released it, so the slower of the stream and the array
+sets the pace panel by panel (even at the full rate a short sequence's panels wait for their
+weights). :func:`layer_cycles` and :func:`breakdown` are the last layer of that schedule.
 
-``tests/test_core.py`` checks the model against cycle counts measured on the RTL.
+``tests/test_core.py`` and ``tests/test_core_packed.py`` check the model against cycle counts
+measured on the RTL (``docs/core.md``, "Cycles").
 """
 
 import math
@@ -43,8 +49,12 @@ from .image import (HEADER_BITS, LN_FIELDS, PANEL_FIELDS, PANEL_ROW, SCALAR_BITS
 __all__ = ["layer_cycles", "run_cycles", "breakdown", "utilization", "macs_per_layer",
            "array_beats", "key_spans", "stream_run_cycles"]
 
-#: Sequencer cycles around a job (start, first operand read, hand-over).
+#: Cycles of a job around its beats and the array's drain (start, first operand read,
+#: hand-over).
 _JOB_OVERHEAD = 3
+#: The sequencer's cycle that starts a panel or a scores job (its ``PWAIT`` and ``SCORES``
+#: states), and the one that starts a layer (``LAYER``).
+_START = 1
 
 
 def _array_latency(n):
@@ -52,8 +62,13 @@ def _array_latency(n):
 
 
 def _gemm(tiles, k, n, post):
-    """Cycles of one job: ``tiles`` tiles of ``k`` beats, then the drain through ``post``."""
-    return (_JOB_OVERHEAD + tiles * max(k, n) + _array_latency(n) + (n - 1) + 1 + post)
+    """Cycles of one job: ``tiles`` tiles of ``k`` beats, then the drain through ``post``.
+
+    The array takes a tile's last beat ``max(k, N)`` cycles after the previous tile's at the
+    earliest (:class:`~bertcore.rtl.systolic.SystolicArray`), the first tile's after ``k``
+    beats."""
+    return (_JOB_OVERHEAD + k + (tiles - 1) * max(k, n) + _array_latency(n) + (n - 1) + 1
+            + post)
 
 
 def _panel_load(config, k):
@@ -91,10 +106,17 @@ def _softmax_pass(config, keys):
 
 
 def _ln_pass(config, seq_len):
-    ln = IntLayerNorm(config.hidden, in_width=RESIDUAL_BITS)
+    """The LayerNorm pass: the ``U`` units take the first group of ``U`` positions in
+    ``hidden`` cycles and every further group ``row_period`` later; the last group's
+    outputs start ``latency`` after its last input and take ``hidden`` cycles, then the
+    requantizer; 5 cycles of hand-over (the sequencer's ``LN`` state, the registers of the R
+    read, the fork, the join and the gatherers)."""
+    hid = config.hidden
+    ln = IntLayerNorm(hid, in_width=RESIDUAL_BITS)
     ln._MustUse__silence = True                     # only its timing properties are used
-    ln_rows = math.ceil(seq_len / config.layernorm_units)
-    return 2 + ln_rows * ln.row_period + ln.latency + config.hidden + Requantizer.LATENCY + 2
+    groups = math.ceil(seq_len / config.layernorm_units)
+    return (5 + hid + (groups - 1) * ln.row_period + ln.latency + hid
+            + Requantizer.LATENCY)
 
 
 def _panel_jobs(config, seq_len):
@@ -116,48 +138,47 @@ def _attention(config, seq_len, segments):
     # sequencer's BOUNDS and BSPAN states: N + 2 cycles)
     bounds = 0 if segments is None else n + 2
     return config.heads * sum(
-        bounds + _gemm(kt, hd, n, 0) + _softmax_pass(config, keys) + _gemm(hd // n, keys, n, rq)
+        bounds + _START + _gemm(kt, hd, n, 0) + _softmax_pass(config, keys)
+        + _gemm(hd // n, keys, n, rq)
         for kt, keys in key_spans(config, seq_len, segments))
 
 
-def breakdown(config, seq_len, segments=None):
-    """Cycles of one layer by job kind (a dict), for a sequence of ``seq_len`` rows (or a
-    packed run of ``segments`` adding up to ``seq_len``)."""
-    check_core_config(config)
-    out = {group: count * max(job, _panel_load(config, k) + 1)
-           for group, count, k, job in _panel_jobs(config, seq_len)}
-    return {"qkv": out["qkv"], "attention": _attention(config, seq_len, segments),
-            "o": out["o"], "ln": 2 * _ln_pass(config, seq_len), "ffn1": out["ffn1"],
-            "ffn2": out["ffn2"]}
+def breakdown(config, seq_len, segments=None, param_rate=None):
+    """Cycles of the last layer of a run by job kind (a dict: ``qkv``, ``attention``, ``o``,
+    ``ln`` (both passes), ``ffn1``, ``ffn2``), for a sequence of ``seq_len`` rows (or a packed
+    run of ``segments`` adding up to ``seq_len``) with the image at ``param_rate``
+    (:func:`stream_run_cycles`); a job's wait for its parameters counts with the job, the
+    layer's start (the sequencer's ``LAYER`` state) with the QKV panels."""
+    return {k: round(v) for k, v in _schedule(config, seq_len, segments, param_rate)[1].items()}
 
 
-def layer_cycles(config, seq_len, segments=None):
-    """Modeled cycles of one encoder layer for ``seq_len`` rows (``segments``: packed)."""
-    return sum(breakdown(config, seq_len, segments).values())
+def layer_cycles(config, seq_len, segments=None, param_rate=None):
+    """Modeled cycles of the last encoder layer of a run of ``seq_len`` rows (``segments``:
+    packed; ``param_rate``: the image's bytes per cycle, default the full rate): the core's
+    ``layer_cycles`` output."""
+    return math.ceil(sum(_schedule(config, seq_len, segments, param_rate)[1].values()))
 
 
 def _input_cycles(config, seq_len, segments):
-    """Cycles from the first image beat to the end of the activation input."""
+    """Cycles from the start of a run to the end of its activation input (which runs beside
+    the image header): one byte per cycle and one more per beat, segment table too."""
     bb = config.bus_width // 8
     beats = math.ceil(seq_len * config.hidden / bb)
-    header = vector_beats(HEADER_BITS, config.bus_width)
     table = 0 if segments is None else segment_table_beats(len(segments), config)
-    return header + 2 + (table + beats) * (bb + 1)      # one byte per cycle, table too
+    return 3 + (table + beats) * (bb + 1)
 
 
 def _output_cycles(config, seq_len):
-    return seq_len * (config.hidden // config.array_cols) * (config.array_cols + 2) + 4
+    return seq_len * (config.hidden // config.array_cols) * (config.array_cols + 2) + 2
 
 
 def run_cycles(config, seq_len, segments=None, param_rate=None):
-    """Modeled cycles of a run: header, activation input, all layers, the output pass
+    """Modeled cycles of a run: activation input, all layers, the output pass
     (``EncoderCore.cycles``). ``segments``: a packed run; ``param_rate``: the parameter
-    stream's bytes per cycle (:func:`stream_run_cycles`; default: one beat per cycle)."""
-    if param_rate is not None:
-        return stream_run_cycles(config, seq_len, segments, param_rate)
-    return (_input_cycles(config, seq_len, segments)
-            + config.layers * layer_cycles(config, seq_len, segments)
-            + _output_cycles(config, seq_len))
+    stream's bytes per cycle (default: one beat per cycle). The loader is modeled beside the
+    sequencer (:func:`stream_run_cycles`), so the few cycles a job waits for its parameters
+    even at the full rate (short sequences) are counted."""
+    return math.ceil(_schedule(config, seq_len, segments, param_rate)[0])
 
 
 def stream_run_cycles(config, seq_len, segments=None, param_rate=None):
@@ -168,9 +189,15 @@ def stream_run_cycles(config, seq_len, segments=None, param_rate=None):
     free and the panel is loaded; the loader starts a panel once its slot (two slots,
     alternating) has been released by the job two panels back, the next layer's scalars once
     FFN1 of this layer is done, LayerNorm parameters once the previous pass using them ended;
-    each LayerNorm pass waits for its parameters. At the full rate this is :func:`run_cycles`
-    whenever the array, not the stream, sets the pace.
+    each LayerNorm pass waits for its parameters; the activation input runs beside the image
+    header. :func:`run_cycles` is this model (at the full rate without ``param_rate``).
     """
+    return run_cycles(config, seq_len, segments, param_rate)
+
+
+def _schedule(config, seq_len, segments, param_rate):
+    """The loader and the sequencer in step (:func:`stream_run_cycles`): the cycles of the
+    run and the :func:`breakdown` of its last layer."""
     check_core_config(config)
     bus, n, hid = config.bus_width, config.array_cols, config.hidden
     bb = bus // 8
@@ -184,31 +211,41 @@ def stream_run_cycles(config, seq_len, segments=None, param_rate=None):
     attention = _attention(config, seq_len, segments)
     ln_pass = _ln_pass(config, seq_len)
     t_load = header * cpb
-    t_seq = t_load + _input_cycles(config, seq_len, segments) - header
+    t_seq = _input_cycles(config, seq_len, segments)
     slot_free = [0.0, 0.0]
     ln_free = [0.0, 0.0]
     scal_free = 0.0
     panel = 0
     for _ in range(config.layers):
+        parts = dict.fromkeys(("qkv", "attention", "o", "ln", "ffn1", "ffn2"), 0.0)
+        t0 = t_seq
         t_load = max(t_load, scal_free) + scalars * cpb
-        t_seq = max(t_seq, t_load)
+        t_seq = max(t_seq, t_load) + _START
         for group, count, k, job in jobs:
-            load = _panel_load(config, k) * cpb + 1
+            # (one cycle of the loader between panels, hidden in the gaps of a throttled stream)
+            beats = _panel_load(config, k)
+            load = max(beats * cpb, beats + 1)
             for _ in range(count):
                 t_load = max(t_load, slot_free[panel % 2]) + load
-                t_seq = max(t_seq, t_load) + job
+                t_seq = max(t_seq, t_load) + _START + job
                 slot_free[panel % 2] = t_seq
                 panel += 1
+            parts[group] += t_seq - t0
+            t0 = t_seq
             if group == "qkv":
                 t_seq += attention
+                parts["attention"] = attention
             elif group in ("o", "ffn2"):
                 i = int(group == "ffn2")
                 t_load = max(t_load, ln_free[i]) + ln_beats * cpb
                 t_seq = max(t_seq, t_load) + ln_pass
                 ln_free[i] = t_seq
+                parts["ln"] += t_seq - t0
             else:
                 scal_free = t_seq
-    return math.ceil(t_seq + _output_cycles(config, seq_len))
+            t0 = t_seq
+    return t_seq + _output_cycles(config, seq_len), parts
+
 
 
 def macs_per_layer(config, seq_len, segments=None):
