@@ -406,15 +406,17 @@ def test_core_cocotb(tiny_by_bits, simulator, widths, tmp_path):
                        name=f"core_tiny_{WIDTH_IDS[widths]}", tests=tests)
     assert "runs_back_to_back" in names
     # the cycle model of the schedule stays within 1% of the RTL (docs/core.md: within 0.1%
-    # without stalls; the core, not the 20% stalls, sets the pace)
+    # without stalls); the 20% stalls on the image make it a stream of 0.8 beats per cycle,
+    # which holds up a short run's jobs (L = 1: +1.8% over the full-rate model)
+    rate = (1 - params["stall"]) * TINY.bus_width / 8
     measured = json.loads(report.read_text())
     print("cycles per run:", dict(zip(measured["lengths"], measured["cycles"])))
     for n, cycles, beats, layer in zip(measured["lengths"], measured["cycles"],
                                        measured["beats"], measured["layer_cycles"]):
-        model = run_cycles(TINY, n)
+        model = run_cycles(TINY, n, param_rate=rate)
         assert abs(cycles - model) <= 0.01 * cycles, f"L={n}: RTL {cycles}, model {model}"
         assert beats == array_beats(TINY, n), f"L={n}"
-        model = layer_cycles(TINY, n)
+        model = layer_cycles(TINY, n, param_rate=rate)
         assert abs(layer - model) <= 0.01 * layer, f"L={n}: RTL layer {layer}, model {model}"
 
 
