@@ -7,7 +7,7 @@ Prints, as Markdown:
    ``layer_cycles`` outputs at L = 1, 9, 16, without stalls and with 20% random stalls on both
    activation streams, beside ``perf.run_cycles`` / ``perf.layer_cycles``; every output is
    checked bit-exact against the integer reference;
-2. ``tiny`` with a throttled image (``+param_period=P``) beside ``perf.stream_run_cycles``;
+2. ``tiny`` with a throttled image (``+param_period=P``) beside ``perf.run_cycles``;
 3. ``minilm``, modeled only (``perf.layer_cycles``, ``perf.utilization``, ``perf.breakdown``).
 
     .venv/bin/python bench/core_cycles.py            # ~2 minutes (one Verilator build of tiny)
@@ -70,7 +70,7 @@ def throttled_table(cfg, model, simulator):
         runs = _measure(cfg, model, SEQS, simulator=simulator, param_period=period)
         cells = []
         for n, r in zip(SEQS, runs):
-            mod = perf.stream_run_cycles(cfg, n, param_rate=nb / period)
+            mod = perf.run_cycles(cfg, n, param_rate=nb / period)
             cells.append(f"{r['cycles']:,} / {mod:,} ({_pct(mod, r['cycles'])})")
         lines.append(f"| {period} ({nb / period:g}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)

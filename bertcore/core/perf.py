@@ -23,7 +23,7 @@ computes the projections, FFN and LayerNorm over all rows and, per query block, 
 score and ``P·V`` tiles of the key blocks its segments reach (:func:`key_spans`). With
 ``param_rate`` (bytes of the parameter stream per cycle, e.g. 2 for a 16-bit SDRAM; default
 one beat per cycle) the run is modeled as the loader and the sequencer in step
-(:func:`stream_run_cycles`): a panel's job starts when its slot is loaded, the loader fills a
+(:func:`run_cycles`): a panel's job starts when its slot is loaded, the loader fills a
 slot once the job two panels back has released it, so the slower of the stream and the array
 sets the pace panel by panel (even at the full rate a short sequence's panels wait for their
 weights). :func:`layer_cycles` and :func:`breakdown` are the last layer of that schedule.
@@ -47,7 +47,7 @@ from .image import (HEADER_BITS, LN_FIELDS, PANEL_FIELDS, PANEL_ROW, SCALAR_BITS
                     check_core_config, segment_table_beats, vector_beats)
 
 __all__ = ["layer_cycles", "run_cycles", "breakdown", "utilization", "macs_per_layer",
-           "array_beats", "key_spans", "stream_run_cycles"]
+           "array_beats", "key_spans"]
 
 #: Cycles of a job around its beats and the array's drain (start, first operand read,
 #: hand-over).
@@ -147,7 +147,7 @@ def breakdown(config, seq_len, segments=None, param_rate=None):
     """Cycles of the last layer of a run by job kind (a dict: ``qkv``, ``attention``, ``o``,
     ``ln`` (both passes), ``ffn1``, ``ffn2``), for a sequence of ``seq_len`` rows (or a packed
     run of ``segments`` adding up to ``seq_len``) with the image at ``param_rate``
-    (:func:`stream_run_cycles`); a job's wait for its parameters counts with the job, the
+    (:func:`run_cycles`); a job's wait for its parameters counts with the job, the
     layer's start (the sequencer's ``LAYER`` state) with the QKV panels."""
     return {k: round(v) for k, v in _schedule(config, seq_len, segments, param_rate)[1].items()}
 
@@ -175,14 +175,7 @@ def _output_cycles(config, seq_len):
 def run_cycles(config, seq_len, segments=None, param_rate=None):
     """Modeled cycles of a run: activation input, all layers, the output pass
     (``EncoderCore.cycles``). ``segments``: a packed run; ``param_rate``: the parameter
-    stream's bytes per cycle (default: one beat per cycle). The loader is modeled beside the
-    sequencer (:func:`stream_run_cycles`), so the few cycles a job waits for its parameters
-    even at the full rate (short sequences) are counted."""
-    return math.ceil(_schedule(config, seq_len, segments, param_rate)[0])
-
-
-def stream_run_cycles(config, seq_len, segments=None, param_rate=None):
-    """Modeled cycles of a run whose parameter image streams at ``param_rate`` bytes/cycle.
+    stream's bytes per cycle (default: one beat per cycle).
 
     The loader (one image beat per ``bus_width / 8 / param_rate`` cycles, at most one per
     cycle) and the sequencer are modeled in step: a panel's job starts when the sequencer is
@@ -190,13 +183,14 @@ def stream_run_cycles(config, seq_len, segments=None, param_rate=None):
     alternating) has been released by the job two panels back, the next layer's scalars once
     FFN1 of this layer is done, LayerNorm parameters once the previous pass using them ended;
     each LayerNorm pass waits for its parameters; the activation input runs beside the image
-    header. :func:`run_cycles` is this model (at the full rate without ``param_rate``).
+    header. So the few cycles a job waits for its parameters even at the full rate (short
+    sequences) are counted.
     """
-    return run_cycles(config, seq_len, segments, param_rate)
+    return math.ceil(_schedule(config, seq_len, segments, param_rate)[0])
 
 
 def _schedule(config, seq_len, segments, param_rate):
-    """The loader and the sequencer in step (:func:`stream_run_cycles`): the cycles of the
+    """The loader and the sequencer in step (:func:`run_cycles`): the cycles of the
     run and the :func:`breakdown` of its last layer."""
     check_core_config(config)
     bus, n, hid = config.bus_width, config.array_cols, config.hidden
@@ -245,7 +239,6 @@ def _schedule(config, seq_len, segments, param_rate):
                 scal_free = t_seq
             t0 = t_seq
     return t_seq + _output_cycles(config, seq_len), parts
-
 
 
 def macs_per_layer(config, seq_len, segments=None):
