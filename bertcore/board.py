@@ -450,6 +450,7 @@ def _send_packet(link, packet, nbytes):
 
 
 def _run(link, packet, config):
+    from bertcore.core.image import HEADER_BITS, vector_beats
     nbytes = config.bus_width // 8
     beats = len(packet[1])
     st = link.status()
@@ -469,7 +470,7 @@ def _run(link, packet, config):
         _send_packet(link, packet, nbytes)
     else:
         # header first (the core takes the activation packet only after it), then the rest
-        head = -(-4 * 32 // config.bus_width)
+        head = vector_beats(HEADER_BITS, config.bus_width)
         link.send_words(P.T_PARAM, P.T_PARAM, link.image[:head], nbytes)
         _send_packet(link, packet, nbytes)
         link.send_words(P.T_PARAM, P.T_PARAM_LAST, link.image[head:], nbytes)
