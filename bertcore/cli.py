@@ -159,7 +159,7 @@ def cmd_quantize(args):
         extra = {name: getattr(args, name) for name in ("prob_bits", "gelu_bits")
                  if getattr(args, name) is not None}
         opts = QuantOptions(act_granularity=args.act_granularity, percentile=args.percentile,
-                            **extra)
+                            gelu_granularity=args.gelu_granularity, **extra)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     model = quantize(ckpt, texts, opts)
@@ -817,6 +817,9 @@ def _add_quantize(sub):
                    help="width of the signed GELU outputs (the FFN2 operand), 8..16 (default: "
                         "16); a core runs the artifact only if it computes the same width "
                         "(CoreConfig.gelu_bits)")
+    q.add_argument("--gelu-granularity", choices=("auto", "channel", "tensor"), default="auto",
+                   help="scale granularity of the GELU outputs (default: auto, one scale per "
+                        "tensor from 12 bits up, else as --act-granularity)")
     q.add_argument("-o", "--output", required=True, metavar="OUT", help="artifact to write")
 
 

@@ -43,6 +43,19 @@ def test_quantize_writes_artifact(artifact, tiny_dir):
     assert m.consts["calibration"]["texts"] == len(TINY_CALIBRATION)
 
 
+def test_quantize_gelu_granularity(tmp_path, artifact, calib_file, tiny_dir):
+    """--gelu-granularity reaches the options and the stored GELU scales: the default (auto,
+    16-bit GELU outputs) is one scale per tensor, "channel" keeps one per channel."""
+    out = tmp_path / "chan.safetensors"
+    assert main(["quantize", "--model", str(tiny_dir), "--calibration", str(calib_file),
+                 "--gelu-granularity", "channel", "-o", str(out)]) == 0
+    chan, auto = load_artifact(out), load_artifact(artifact)
+    assert chan.opts.gelu_granularity == "channel" and auto.opts.gelu_granularity == "auto"
+    s_c, s_a = chan.t["layer.0.gelu.out_scale"], auto.t["layer.0.gelu.out_scale"]
+    assert len(set(s_a.tolist())) == 1 and len(set(s_c.tolist())) > 1
+    assert float(s_a[0]) == float(s_c.max())
+
+
 def test_embed_int_and_float(tmp_path, artifact, tiny_dir):
     out_i, out_f = tmp_path / "i.npy", tmp_path / "f.npy"
     assert main(["embed", "--quantized", str(artifact), "--backend", "int", *TINY_EVAL,

@@ -237,10 +237,11 @@ def test_gelu_output_range_is_floored_by_its_input_range(tiny_ckpt):
     """gelu_floor: every GELU output channel's range is at least gelu_floor x the channel's
     calibrated GELU-input range (so channels silent on the calibration texts do not clip)."""
     from bertcore.quant.model import _qmax, calibrate
-    opts = QuantOptions()
+    opts = QuantOptions(gelu_granularity="channel")
     cal = calibrate(tiny_ckpt, TINY_CALIBRATION, opts.pack_tokens, opts.pack_rounds)
     m = quantize(tiny_ckpt, TINY_CALIBRATION, opts)
-    off = quantize(tiny_ckpt, TINY_CALIBRATION, QuantOptions(gelu_floor=0.0))
+    off = quantize(tiny_ckpt, TINY_CALIBRATION,
+                   QuantOptions(gelu_floor=0.0, gelu_granularity="channel"))
     for i in range(tiny_ckpt.shape.layers):
         rng = m.t[f"layer.{i}.gelu.out_scale"] * _qmax(opts.gelu_bits)
         want = opts.act_margin * torch.maximum(cal.chan_max[f"{i}.gelu"].double(),
@@ -250,6 +251,47 @@ def test_gelu_output_range_is_floored_by_its_input_range(tiny_ckpt):
                      * (1 - 1e-9)).all())
     with pytest.raises(ValueError, match="gelu_floor"):
         QuantOptions(gelu_floor=-1)
+
+
+def test_gelu_output_granularity(tiny_ckpt):
+    """gelu_granularity: "tensor" gives every GELU output channel the widest channel's scale
+    (the one "channel" gives that channel); "auto" is "tensor" from 12 bits up and follows
+    act_granularity below. The arithmetic is unchanged, so both forward passes stay integer."""
+    from bertcore.quant.model import _qmax
+    ids = tiny_ckpt.tokenizer.encode(TINY_EVAL[0])
+    ref = mean_pool(float_forward(tiny_ckpt, ids))
+    chan = quantize(tiny_ckpt, TINY_CALIBRATION, QuantOptions(gelu_granularity="channel"))
+    tens = quantize(tiny_ckpt, TINY_CALIBRATION, QuantOptions(gelu_granularity="tensor"))
+    for i in range(tiny_ckpt.shape.layers):
+        sc, st = chan.t[f"layer.{i}.gelu.out_scale"], tens.t[f"layer.{i}.gelu.out_scale"]
+        assert not torch.equal(sc, sc.max().expand_as(sc))     # the channels differ
+        assert torch.equal(st, sc.max().expand_as(st))
+        assert len(set(tens.t[f"layer.{i}.gelu.e"].tolist())) == 1
+        assert torch.equal(tens.t[f"layer.{i}.ln1.out_scale"], chan.t[f"layer.{i}.ln1.out_scale"])
+        seen = {}
+        tens.layer(i, tens.embed_int(ids), trace=lambda n, v: seen.__setitem__(n, v))
+        assert int(seen["gelu"].abs().max()) <= _qmax(16)
+    for m in (chan, tens):
+        assert float(ref @ m.sentence_embedding(ids)) > 0.98
+    assert QuantOptions().gelu_scale_granularity() == "tensor"
+    assert QuantOptions(gelu_bits=8).gelu_scale_granularity() == "channel"
+    assert QuantOptions(gelu_bits=8, act_granularity="tensor").gelu_scale_granularity() == "tensor"
+    assert QuantOptions(gelu_bits=16, gelu_granularity="channel").gelu_scale_granularity() == \
+        "channel"
+    with pytest.raises(ValueError, match="gelu_granularity must be"):
+        QuantOptions(gelu_granularity="row")
+
+
+def test_activation_scale_ratio(tiny_ckpt):
+    """act_scale_ratio: no per-channel activation scale is finer than the widest one's divided
+    by the ratio."""
+    m = quantize(tiny_ckpt, TINY_CALIBRATION, QuantOptions(act_scale_ratio=2.0))
+    for key in ["emb.out_scale"] + [f"layer.{i}.{n}.out_scale"
+                                    for i in range(tiny_ckpt.shape.layers) for n in ("ln1", "ln2")]:
+        s = m.t[key]
+        assert float(s.min()) >= float(s.max()) / 2.0 * (1 - 1e-12), key
+    with pytest.raises(ValueError, match="act_scale_ratio"):
+        QuantOptions(act_scale_ratio=0.5)
 
 
 def test_gelu_output_options(tiny_ckpt):

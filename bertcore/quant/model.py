@@ -61,6 +61,12 @@ class QuantOptions:
     act_margin : float
         Headroom factor of the per-channel int8 outputs (LayerNorm, GELU) over the calibrated
         per-channel range: a few calibration texts see only part of each channel's range.
+    act_scale_ratio : float
+        Largest ratio between the widest and the finest scale of one per-channel activation.
+        The scales are folded into the next GEMM's weights before their per-row int8
+        quantization, so a fine channel scale makes its weights large and coarsens the whole
+        row's grid (docs/quantization.md); a ratio caps that at the cost of the narrow
+        channels' activation resolution.
     gelu_floor : float
         The calibrated range of each GELU output channel is taken as at least ``gelu_floor``
         times that channel's calibrated ``|x|`` range at the GELU input (before
@@ -86,6 +92,14 @@ class QuantOptions:
         16: the int8 GELU output was the largest remaining error, docs/quantization.md).
         Changes the arithmetic: a core runs the model only if it computes the same width
         (``CoreConfig.gelu_bits``).
+    gelu_granularity : "auto", "channel" or "tensor"
+        Scale granularity of the GELU output (FFN2's activation operand). Per-channel scales
+        are folded into FFN2's weights before their per-row int8 quantization, so a few
+        channels with a wide GELU range (MiniLM has them) take the weights' resolution from all
+        the others: on short texts that weight error was the largest one left
+        (docs/quantization.md). ``"tensor"`` (one scale, the widest channel's) keeps the
+        weights' own grid and costs the activations nothing at 16 bits. ``"auto"``:
+        ``"tensor"`` from ``gelu_bits`` 12 up, ``act_granularity`` below.
     gelu_zero_point : bool
         Asymmetric GELU output: GELU's values lie in [-0.17, max], so each channel's range
         ``[-GELU_OUT_MIN, hi]`` is mapped onto the whole signed range by a per-channel offset
@@ -97,12 +111,14 @@ class QuantOptions:
     percentile: float = 100.0
     residual_margin: float = 2.0
     act_margin: float = 2.0
+    act_scale_ratio: float = 1000.0
     gelu_floor: float = 0.35
     pack_tokens: int = 256
     pack_rounds: int = 4
     prob_scale: str = "fixed"
     prob_bits: int = 16
     gelu_bits: int = 16
+    gelu_granularity: str = "auto"
     gelu_zero_point: bool = False
 
     def __post_init__(self):
@@ -115,8 +131,13 @@ class QuantOptions:
             raise ValueError(f"residual_margin must be >= 1, not {self.residual_margin!r}")
         if not self.act_margin >= 1.0:
             raise ValueError(f"act_margin must be >= 1, not {self.act_margin!r}")
+        if not self.act_scale_ratio >= 1.0:
+            raise ValueError(f"act_scale_ratio must be >= 1, not {self.act_scale_ratio!r}")
         if not self.gelu_floor >= 0.0:
             raise ValueError(f"gelu_floor must be >= 0, not {self.gelu_floor!r}")
+        if self.gelu_granularity not in ("auto", "channel", "tensor"):
+            raise ValueError(f"gelu_granularity must be 'auto', 'channel' or 'tensor', "
+                             f"not {self.gelu_granularity!r}")
         if self.pack_tokens < 0:
             raise ValueError(f"pack_tokens must be >= 0, not {self.pack_tokens!r}")
         if self.pack_rounds < 1:
@@ -129,6 +150,16 @@ class QuantOptions:
         if not K.GELU_BITS_MIN <= self.gelu_bits <= K.GELU_BITS_MAX:
             raise ValueError(f"gelu_bits must lie in {K.GELU_BITS_MIN}..{K.GELU_BITS_MAX}, "
                              f"not {self.gelu_bits!r}")
+
+    #: Narrowest ``gelu_bits`` at which ``gelu_granularity="auto"`` takes one scale per tensor.
+    GELU_TENSOR_MIN_BITS = 12
+
+    def gelu_scale_granularity(self):
+        """``"channel"`` or ``"tensor"``: the GELU output's scale granularity, ``"auto"``
+        resolved."""
+        if self.gelu_granularity != "auto":
+            return self.gelu_granularity
+        return "tensor" if self.gelu_bits >= self.GELU_TENSOR_MIN_BITS else self.act_granularity
 
 
 class Calibration:
@@ -278,9 +309,11 @@ class _Scales:
         n = cm.numel()
         if self.opts.act_granularity == "tensor":
             return torch.full((n,), self.tensor(key, bits=bits), dtype=torch.float64)
-        # floor dead channels at 1/1000 of the tensor maximum so the folded weights stay bounded
+        # no channel's scale finer than 1/act_scale_ratio of the widest one's: the scales are
+        # folded into the next GEMM's weights, whose rows are quantized at their largest entry
         cm = cm * self.opts.act_margin
-        return cm.clamp_min(float(cm.max()) * 1e-3).clamp_min(1e-8) / _qmax(bits)
+        return cm.clamp_min(float(cm.max()) / self.opts.act_scale_ratio).clamp_min(1e-8) \
+            / _qmax(bits)
 
     def residual(self, key, s_in):
         """Scale of a 22-bit residual sum whose int8 term has the scale vector ``s_in``.
@@ -410,6 +443,8 @@ def quantize(ckpt, texts, opts=QuantOptions()):
         lc["gelu"] = {"b": int(g["b"]), "c": int(g["c"]), "q1": int(g["q1"])}
         s_h = sc.int8_out(f"{i}.gelu", floor=opts.gelu_floor * cal.chan_max[f"{i}.ffn1"],
                           bits=opts.gelu_bits)
+        if opts.gelu_scale_granularity() == "tensor":
+            s_h = torch.full_like(s_h, float(s_h.max()))
         z = None
         if opts.gelu_zero_point:
             s_h, z = _zero_point(s_h, opts.gelu_bits)
@@ -638,7 +673,8 @@ class IntBert:
     def from_manifest(cls, manifest, tensors):
         from ..checkpoint import Tokenizer
         shape = BertShape(**manifest["shape"])
-        opts = QuantOptions(**manifest["options"])
+        # artifacts written before gelu_granularity existed have per-channel GELU scales
+        opts = QuantOptions(**{"gelu_granularity": "channel", **manifest["options"]})
         tok = manifest.get("tokenizer")
         # artifacts written before max_seq_length was stored truncate at max_position
         max_len = int(manifest.get("max_seq_length") or shape.max_position)
