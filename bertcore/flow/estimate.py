@@ -11,13 +11,17 @@ The core is elaborated in Amaranth (no Verilog, no yosys) and its netlist read t
   4), 4 each, plus half a unit per bit and extra input of the read multiplexer over the
   pieces stacked in depth (a tie goes to LUT RAM); a read port without a clock (asynchronous)
   only in LUT RAM. Checked cell for cell against ``synth_ecp5`` of single memories.
-* **Multipliers**: every ``*`` of two non-constant operands (yosys turns a product by a
-  constant into LUT logic), split into 18 x 18 tiles as ``mul2dsp`` does (the units split
-  their wide products themselves, :func:`bertcore.rtl.common.dsp_partial_products`).
+* **Multipliers**: the ``MULT18X18D`` instances (the units instantiate them on ECP5) and every
+  ``*`` but those by 0 or a power of two (shifts): yosys maps a product by any other constant
+  (e.g. an address times 48 channel words) onto a DSP block too. Split into 18 x 18 tiles as
+  ``mul2dsp`` does (the units split their wide products themselves,
+  :func:`bertcore.rtl.common.dsp_partial_products`); structurally equal products count once.
+  On the ``ulx3s-minilm`` SDRAM board this gives 164 where yosys mapped 162 (two of the 13
+  address products by constants went into LUTs), on ``tiny`` exactly yosys' 67.
 * **LUT4**: a coarse model, not a netlist count: the array per processing element, the
   per-lane units of the write-back, the softmax and LayerNorm units, the LUT RAM, and the rest
-  of the core per array column, with coefficients fitted to ``synth_ecp5`` of the ``tiny`` and
-  ``ulx3s-minilm`` cores (``docs/boards.md``). Expect it within about 15 % of synthesis.
+  of the core per array column, with coefficients fitted to the two SDRAM board builds
+  (``docs/boards.md``). Expect it within about 15 % of place and route.
 
 Checked against yosys in ``tests/test_estimate.py`` (the buffers of a configuration, DP16KD
 and LUT RAM cell counts exact) and in ``docs/boards.md`` (whole cores).
@@ -25,6 +29,7 @@ and LUT RAM cell counts exact) and in ``docs/boards.md`` (whole cores).
 
 from dataclasses import dataclass
 from math import ceil
+from types import SimpleNamespace
 
 __all__ = ["Memory", "elaborate", "design_memories", "design_multipliers", "memory_cells",
            "estimate_core", "ECP5_85F"]
@@ -57,10 +62,17 @@ def _fragments(fragment, path=()):
         yield from _fragments(sub, path + (str(name),))
 
 
-def elaborate(design):
-    """The Amaranth fragment of ``design`` (an elaboratable, or a fragment returned as is)."""
+#: What the design is elaborated for: an ECP5 device (the units then instantiate their
+#: ``MULT18X18D`` blocks as on a board, :func:`bertcore.rtl.multiplier.uses_mult18x18d`);
+#: Verilog files a component adds (LiteDRAM's core) are not read.
+ECP5_TARGET = SimpleNamespace(family="ecp5", add_file=lambda name, content: None)
+
+
+def elaborate(design, platform=ECP5_TARGET):
+    """The Amaranth fragment of ``design`` (an elaboratable, or a fragment returned as is)
+    elaborated for ``platform``."""
     from amaranth.hdl import Fragment
-    return design if isinstance(design, Fragment) else Fragment.get(design, None)
+    return design if isinstance(design, Fragment) else Fragment.get(design, platform)
 
 
 def design_memories(design):
@@ -104,15 +116,23 @@ def _tiles(width, signed):
     return 1 if width <= top else 1 + ceil((width - top) / (_DSP - 1))
 
 
+def _shift(const):
+    """Whether a product by ``const`` is a shift (0 or a power of two; yosys maps a product by
+    any other constant onto a DSP block like any product)."""
+    value = abs(const.value)
+    return value & (value - 1) == 0
+
+
 def design_multipliers(design):
     """MULT18X18D blocks of ``design`` (an elaboratable or :func:`elaborate`'s fragment of one):
-    its ``*`` of two non-constant operands, in 18 x 18 tiles, and its ``MULT18X18D``
-    instances."""
+    its ``MULT18X18D`` instances and its ``*`` (but by 0 or a power of two) in 18 x 18
+    tiles."""
     from amaranth.hdl import Const
     from amaranth.hdl import _ast as ast
     from amaranth.hdl._ir import Instance
 
     seen = set()
+    products = set()            # structurally equal products are one cell (yosys opt_merge)
     count = 0
 
     def value(v):
@@ -121,9 +141,12 @@ def design_multipliers(design):
             return
         seen.add(id(v))
         if isinstance(v, ast.Operator):
-            if v.operator == "*" and not any(isinstance(o, Const) for o in v.operands):
+            if v.operator == "*" and not any(isinstance(o, Const) and _shift(o)
+                                             for o in v.operands):
                 a, b = (o.shape() for o in v.operands)
-                if len(v.operands[0]) >= 2 and len(v.operands[1]) >= 2:
+                key = repr(v)
+                if len(v.operands[0]) >= 2 and len(v.operands[1]) >= 2 and key not in products:
+                    products.add(key)
                     count += _tiles(a.width, a.signed) * _tiles(b.width, b.signed)
             for o in v.operands:
                 value(o)
@@ -159,13 +182,16 @@ def design_multipliers(design):
     return count
 
 
-# LUT4 model: coefficients fitted to synth_ecp5 of whole cores (module docstring)
+# LUT4 model, coefficients fitted to nextpnr's LUT4 totals of the two SDRAM board builds
+# (tiny: 25 980, ulx3s-minilm with its units on DSPs: 45 212; less LiteDRAM's 827), the LUT
+# multipliers' extra from docs/units.md
 _LUT_PER_PE = 95            # a processing element: accumulator adder, operand registers' muxes
 _LUT_PER_LANE = 1450        # write-back requantizer + GELU + its requantizer, per array column
-_LUT_SOFTMAX = 1900         # one IntSoftmax
-_LUT_LAYERNORM = 1700       # one IntLayerNorm and its requantizer lane
-_LUT_PER_COLUMN = 1700      # buffers' bank picks, feeder, loader, control, per array column
-_LUT_FIXED = 2500
+_LUT_SOFTMAX = 1900         # one IntSoftmax (+1900 with LUT multipliers)
+_LUT_LAYERNORM = 1700       # one IntLayerNorm and its requantizer lane (+2700 with LUT ones)
+_LUT_PER_COLUMN = 2290      # buffers' bank picks, feeder, loader, control, per array column
+_LUT_FIXED = 3840
+_LUT_MULTIPLIERS = {"softmax": 1900, "layernorm": 2700}
 
 
 def estimate_core(config, design=None):
@@ -186,10 +212,12 @@ def estimate_core(config, design=None):
     bram = sum(b for b, _ in cells)
     lutram = sum(c for _, c in cells)
     n = config.array_cols
-    lut_units = {u: config.multipliers(u) == "lut" for u in ("softmax", "layernorm")}
-    lut = (_LUT_FIXED + _LUT_PER_PE * n * config.array_rows + (_LUT_PER_LANE + _LUT_PER_COLUMN) * n
-           + config.softmax_units * _LUT_SOFTMAX * (2 if lut_units["softmax"] else 1)
-           + config.layernorm_units * _LUT_LAYERNORM * (2 if lut_units["layernorm"] else 1)
+    extra = {u: cost if config.multipliers(u) == "lut" else 0
+             for u, cost in _LUT_MULTIPLIERS.items()}
+    lut = (_LUT_FIXED + _LUT_PER_PE * n * config.array_rows
+           + (_LUT_PER_LANE + _LUT_PER_COLUMN) * n
+           + config.softmax_units * (_LUT_SOFTMAX + extra["softmax"])
+           + config.layernorm_units * (_LUT_LAYERNORM + extra["layernorm"])
            + 2 * lutram)
     return {"BRAM": bram, "DSP": design_multipliers(design), "LUTRAM": lutram, "LUT": lut,
             "memories": sorted(((m, b, c) for m, (b, c) in zip(mems, cells)),
