@@ -220,14 +220,15 @@ def cmd_presets(args):
     from .config import PRESETS
     from .core import perf
     from .core.image import image_beats
-    print(f"{'preset':10s} {'hidden':>6s} {'heads':>5s} {'ffn':>5s} {'layers':>6s} "
+    w = max(len("preset"), *map(len, PRESETS))
+    print(f"{'preset':{w}s} {'hidden':>6s} {'heads':>5s} {'ffn':>5s} {'layers':>6s} "
           f"{'max_seq':>7s} {'array':>7s} {'smax+LN':>7s} {'bus':>4s} {'MAC/cycle':>9s} "
           f"{'prob':>4s} {'gelu':>4s} {'util@max':>8s} {'image MB':>8s}")
     for name, c in PRESETS.items():
         mb = image_beats(c) * c.bus_width / 8 / 1e6
         units = f"{c.softmax_units}+{c.layernorm_units}"
         # util@max: modeled PE utilization of one layer at max_seq (bertcore.core.perf)
-        print(f"{name:10s} {c.hidden:6d} {c.heads:5d} {c.ffn:5d} {c.layers:6d} {c.max_seq:7d} "
+        print(f"{name:{w}s} {c.hidden:6d} {c.heads:5d} {c.ffn:5d} {c.layers:6d} {c.max_seq:7d} "
               f"{c.array_rows:>3d}x{c.array_cols:<3d} {units:>7s} {c.bus_width:4d} "
               f"{c.array_rows * c.array_cols:9d} {c.prob_bits:4d} {c.gelu_bits:4d} "
               f"{perf.utilization(c, c.max_seq):8.1%} "
@@ -918,7 +919,7 @@ def _add_build(sub):
         "bertcore build --board ulx3s-85f",
         "bertcore build --board orangecrab-25f --program"], cmd_build)
     b.add_argument("--board", required=True, metavar="NAME",
-                   help="ulx3s-85f, orangecrab-25f, icebreaker")
+                   help="ulx3s-85f, ulx3s-85f-sdram, orangecrab-25f, icebreaker")
     _config_args(b, "core preset (default: the board's)")
     b.add_argument("--program", action="store_true", help="program the board afterwards")
     b.add_argument("--clock", type=_positive(float), metavar="MHZ",

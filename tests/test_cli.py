@@ -193,6 +193,10 @@ def test_presets_lists_key_figures(capsys):
     header = out.splitlines()[0].split()
     assert minilm.split()[header.index("prob")] == str(cfg.prob_bits)
     assert minilm.split()[header.index("gelu")] == str(cfg.gelu_bits)
+    # the ULX3S-85F's MiniLM core: 8x8 array, 64 tokens, 8-bit GELU outputs
+    board = next(line for line in out.splitlines() if line.startswith("ulx3s-minilm")).split()
+    assert board[header.index("array")] == "8x8" and board[header.index("max_seq")] == "64"
+    assert board[header.index("gelu")] == "8" and board[header.index("prob")] == "16"
 
 
 def test_generate_tiny_with_image(tmp_path, artifact):

@@ -14,20 +14,23 @@ probabilities (bank ``i`` = query row ``i`` of the block).
 
 Port owners (each member of :class:`Buffers` is connected to exactly one component)::
 
-    buffer  write port                        read port 0        read port 1
-    X       input gatherer | LN-2 gatherers   feeder             residual fetch | output pass
+    buffer  write port                        read port
+    X       input gatherer | LN-2 gatherers   output pass | residual fetch | feeder
     Q       write-back (queries, context)     feeder
     K, V    write-back                        feeder
-    A       LN-1 gatherers                    feeder             residual fetch
+    A       LN-1 gatherers                    residual fetch | feeder
     H       write-back (GELU output)          feeder
     P       softmax pass                      feeder
     R       write-back                        LayerNorm pass
     S       write-back (scores)               softmax pass
 
-The two shared ports of ``X`` have an explicit fixed-priority arbiter (:func:`_arbitrate`):
-their users never run at the same time (the input before the first layer, the LN-2 gatherers at
-the end of each layer; the residual fetch during O panels, the output pass after the last
-layer), and the later user has priority.
+The shared ports of ``X`` and ``A`` have an explicit fixed-priority arbiter (:func:`_arbitrate`,
+the users in the order above): their users never run at the same time, and each enables its
+port only in its own phase (X: the input before the first layer, the LN-2 gatherers at the end
+of each layer; the feeder during Q/K/V panels, the residual fetch during O panels, the output
+pass after the last layer. A: the feeder during FFN1 panels, the residual fetch during FFN2
+panels). One read port each keeps X and A at one copy of the memory: block RAM has two ports,
+and a second read port doubled them (32 more DP16KD on an 8 x 8 MiniLM core).
 """
 
 from types import SimpleNamespace
@@ -89,11 +92,12 @@ class Buffers(wiring.Component):
     Members
     -------
     feed_x, feed_q, feed_a, feed_h, feed_k, feed_v, feed_p : ``In(row_read(...))``
-        The feeder's operand reads.
+        The feeder's operand reads (``feed_x`` / ``feed_a`` enabled only while the running
+        job's A operand is X / A: they share their buffer's read port).
     res_x, res_a : ``In(row_read(...))``
-        The write-back's residual fetch.
+        The write-back's residual fetch (enabled only in O / FFN2 jobs; above the feeder).
     out_x : ``In(row_read(...))``
-        The output pass (shares X's read port 1 with ``res_x``; it has priority).
+        The output pass (shares X's read port with ``res_x`` and ``feed_x``; first).
     wb_q, wb_k, wb_v, wb_h : ``In(write_port(...)).array(N)``
         The write-back's int8 results (Q also takes the attention context; H: the
         ``gelu_bits``-bit GELU outputs).
@@ -121,9 +125,9 @@ class Buffers(wiring.Component):
         s, u = c.softmax_units, c.layernorm_units
         word = unsigned(8 * n)
         self._geometry = {                      # name: banks, depth, word, read ports, late
-            "x": (n, grp * cwh, word, 2, True),     # A operand; residual of O
+            "x": (n, grp * cwh, word, 1, True),     # A operand; residual of O; output
             "q": (n, grp * cwh, word, 1, False),    # queries, then the context
-            "a": (n, grp * cwh, word, 2, True),     # A operand; residual of FFN2
+            "a": (n, grp * cwh, word, 1, True),     # A operand; residual of FFN2
             "h": (n, grp * cwf, unsigned(c.gelu_bits * n), 1, False),   # gelu_bits per entry
             "k": (n, grp * cwh, word, 1, False),
             "v": (n, grp * cwh, word, 1, False),
@@ -161,8 +165,8 @@ class Buffers(wiring.Component):
         owners = {                              # memory port: the member that owns it
             ("q", "w"): "wb_q", ("k", "w"): "wb_k", ("v", "w"): "wb_v", ("h", "w"): "wb_h",
             ("r", "w"): "wb_r", ("s", "w"): "wb_s", ("p", "w"): "smax_p", ("a", "w"): "ln_a",
-            ("r", 0): "ln_r", ("s", 0): "smax_s", ("a", 1): "res_a",
-            **{(b, 0): f"feed_{b}" for b in "xqahkvp"},
+            ("r", 0): "ln_r", ("s", 0): "smax_s",
+            **{(b, 0): f"feed_{b}" for b in "qhkvp"},
         }
         for (name, port), member in owners.items():
             if port == "w":
@@ -170,10 +174,12 @@ class Buffers(wiring.Component):
                     wiring.connect(m, flipped(theirs), mine)
             else:
                 wiring.connect(m, flipped(getattr(self, member)), mems[name].r[port])
-        # the shared ports of X: fixed priority (the users never overlap in time)
+        # the shared ports of X and A: fixed priority (the users never overlap in time)
         for b in range(len(self.in_x)):
             _arbitrate(m, mems["x"].w[b], [self.ln_x[b], self.in_x[b]], ("addr", "data", "en"))
-        _arbitrate(m, mems["x"].r[1], [self.out_x, self.res_x], ("addr", "en"))
-        m.d.comb += [self.out_x.data.eq(mems["x"].r[1].data),
-                     self.res_x.data.eq(mems["x"].r[1].data)]
+        for name, users in (("x", [self.out_x, self.res_x, self.feed_x]),
+                            ("a", [self.res_a, self.feed_a])):
+            port = mems[name].r[0]
+            _arbitrate(m, port, users, ("addr", "en"))
+            m.d.comb += [user.data.eq(port.data) for user in users]
         return m

@@ -37,7 +37,8 @@ class OperandFeeder(wiring.Component):
     job : ``In(job_layout(config))``
         The running job.
     x, q, a, h, k, v, p : ``Out(row_read(...))``
-        Read port 0 of the buffers (P: ``prob_bits`` per entry, H: ``gelu_bits``).
+        Reads of the buffers (P: ``prob_bits`` per entry, H: ``gelu_bits``); ``x`` and ``a``
+        are enabled only in jobs whose A operand is X / A (they share a port).
     panel : ``Out(read_port(...))``
         The loader's panel buffer.
     slot_bias : ``In(ArrayLayout(signed(32), N))``
@@ -112,8 +113,12 @@ class OperandFeeder(wiring.Component):
         a_grp = Mux(job.kind == J_PANEL, f_t, job.mb)
         # products by constants (LUT logic; a product by a multiplexed constant became a DSP)
         a_addr = Mux(job.asrc == A_H, a_grp * CWF, a_grp * CWH) + job.chw + f_kw
-        for port in (self.x, self.q, self.a, self.h):
+        for port in (self.q, self.h):
             m.d.comb += [port.addr.eq(a_addr), port.en.eq(adv)]
+        # X and A share their read port with the residual fetch (and the output pass): read
+        # them only in jobs that take their A operand from them (Buffers)
+        for port, src in ((self.x, A_X), (self.a, A_A)):
+            m.d.comb += [port.addr.eq(a_addr), port.en.eq(adv & (job.asrc == src))]
         m.d.comb += [self.p.addr.eq(f_kw), self.p.en.eq(adv),
                      self.k.addr.eq((job.kb + f_t) * CWH + job.chw + f_kw), self.k.en.eq(adv),
                      self.v.addr.eq((job.kb + f_kw) * CWH + job.chw + f_t), self.v.en.eq(adv),

@@ -76,7 +76,7 @@ class GemmEngine(wiring.Component):
     scalars : ``In(scalar_layout())``
         The layer's scalars.
     res_x, res_a : ``Out(row_read(...))``
-        The residual reads (read port 1 of X and A).
+        The residual reads (X and A; their one read port is shared with the feeder).
     wb_q, wb_k, wb_v, wb_h, wb_r, wb_s : ``Out(write_port(...)).array(...)``
         The write-back's writes.
     beat : ``Out(1)``

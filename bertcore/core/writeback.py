@@ -48,7 +48,7 @@ class WriteBack(wiring.Component):
     i_acc : ``In(stream.Signature(acc_layout))``
         The array's result rows.
     res_x, res_a : ``Out(row_read(...))``
-        The residual reads (read port 1 of X and A).
+        The residual reads (X and A; their one read port is shared with the feeder).
     panel : ``In(panel_layout(N))``
         The requantization of the job's panel slot.
     scalars : ``In(scalar_layout())``
@@ -133,11 +133,15 @@ class WriteBack(wiring.Component):
             with m.If(c_i == N - 1):
                 m.d.sync += [c_i.eq(0), c_t.eq(c_t + 1), c_k.eq(0), c_q.eq(0)]
         # residual read (X for O, A for FFN2) issued as the beat enters c1
-        for port in (self.res_x, self.res_a):
-            m.d.comb += [port.addr.eq(c_t * CWH + job.chunk), port.en.eq(c_take)]
+        # (each enabled only in its own jobs: X and A share their read port with the feeder)
+        for port, mode in ((self.res_x, M_O), (self.res_a, M_FFN2)):
+            m.d.comb += [port.addr.eq(c_t * CWH + job.chunk),
+                         port.en.eq(c_take & (job.mode == mode))]
         res_x = pick([self.res_x.data[b] for b in range(N)], c1_i, 8 * N)
         res_a = pick([self.res_a.data[b] for b in range(N)], c1_i, 8 * N)
-        res_word = Mux(job.mode == M_O, res_x, res_a)
+        # zero in jobs without a residual (it is multiplied by m_r = 0 then): their read port
+        # may hold another user's word, or none yet, which a 4-state simulator sees as X
+        res_word = Mux(job.mode == M_O, res_x, Mux(job.mode == M_FFN2, res_a, 0))
         # score write (directly from c1)
         for k, port in enumerate(self.s):
             m.d.comb += [port.addr.eq(c1_q * GRP + c1_t), port.data.eq(c1_scores)]

