@@ -5,7 +5,8 @@ of an activation buffer (X, Q, A, H) or of P, the B operand (``N`` columns) from
 panel buffer (weights), from K (``Kᵀ``, scores) or from V (``P·V``); the K and V reads start
 at the job's first key block ``kb`` (a packed run skips the key blocks outside a query block's
 segments). The words it reads are
-picked apart one cycle later (stage ``s1``) and reach the array through one register slice.
+picked apart one cycle later (stage ``s1``), the picked elements registered (stage ``s2``) and
+multiplexed by the job's source into one register slice before the array.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -90,16 +91,21 @@ class OperandFeeder(wiring.Component):
         s1_valid = Signal()
         s1_last = Signal()
         s1_ke = Signal(range(N))
+        s2_valid = Signal()
+        s2_last = Signal()
         # A and B beats reach the array through one register slice (the operand picks of the
         # banks run on into the array's input registers otherwise, across the chip)
         m.submodules.operand_slice = ops = RegisterSlice(self._ops)
         wiring.connect(m, ops.o_stream, wiring.flipped(self.o_operands))
         a_beat, b_beat = ops.i_stream.payload.a, ops.i_stream.payload.b
-        m.d.comb += ops.i_stream.valid.eq(s1_valid)
-        adv = ~s1_valid | ops.i_stream.ready
+        m.d.comb += ops.i_stream.valid.eq(s2_valid)
+        # stages s1 (the buffers' read data) and s2 (the elements picked from it) advance
+        # together; a stalled s1 holds its read data (the read ports' enable is adv)
+        adv = ~s2_valid | ops.i_stream.ready
         issue = adv & f_active
         with m.If(adv):
-            m.d.sync += [s1_valid.eq(f_active), s1_last.eq(f_k == job.k - 1), s1_ke.eq(f_ke)]
+            m.d.sync += [s1_valid.eq(f_active), s1_last.eq(f_k == job.k - 1), s1_ke.eq(f_ke),
+                         s2_valid.eq(s1_valid), s2_last.eq(s1_last)]
         with m.If(issue):
             m.d.sync += [f_k.eq(f_k + 1), f_ke.eq(f_ke + 1), f_paddr.eq(f_paddr + 1)]
             with m.If(f_ke == N - 1):
@@ -123,12 +129,19 @@ class OperandFeeder(wiring.Component):
                      self.k.addr.eq((job.kb + f_t) * CWH + job.chw + f_kw), self.k.en.eq(adv),
                      self.v.addr.eq((job.kb + f_kw) * CWH + job.chw + f_t), self.v.en.eq(adv),
                      self.panel.addr.eq(f_paddr), self.panel.en.eq(adv)]
-        s1_asrc = Signal.like(job.asrc)
-        s1_kind = Signal.like(job.kind)
-        m.d.sync += [s1_asrc.eq(job.asrc), s1_kind.eq(job.kind)]
+        s2_asrc = Signal.like(job.asrc)
+        s2_kind = Signal.like(job.kind)
+        m.d.sync += [s2_asrc.eq(job.asrc), s2_kind.eq(job.kind)]   # constant during a job
 
         def elem(word, idx, width=8):
             return pick([word[width * j:width * (j + 1)] for j in range(N)], idx, width)
+
+        def stage2(name, value):
+            # the element picked from s1's read data, registered in s2
+            reg = Signal(value.shape(), name=name)
+            with m.If(adv):
+                m.d.sync += reg.eq(value)
+            return reg
 
         # A: int8 activations and gelu_bits-bit GELU outputs sign-extended, or a prob_bits-bit
         # probability zero-extended, to the array's operand (gemm.a_operand_shape)
@@ -137,16 +150,19 @@ class OperandFeeder(wiring.Component):
         sources = {A_X: (self.x, 8), A_Q: (self.q, 8), A_A: (self.a, 8),
                    A_H: (self.h, c.gelu_bits)}
         for i in range(N):
-            items = [elem(port.data[i], s1_ke, width).as_signed()
-                     for port, width in (sources[src] for src in (A_X, A_Q, A_A, A_H))]
-            items.append(Cat(elem(self.p.data[i], s1_ke, B), Const(0, 1)))
-            m.d.comb += a_beat.data[i].eq(pick(items, s1_asrc, a_shape))
+            items = [stage2(f"s2_a{i}_{src}", elem(port.data[i], s1_ke, width).as_signed())
+                     for src, (port, width) in ((src, sources[src])
+                                                for src in (A_X, A_Q, A_A, A_H))]
+            items.append(stage2(f"s2_a{i}_p", Cat(elem(self.p.data[i], s1_ke, B),
+                                                  Const(0, 1))))
+            m.d.comb += a_beat.data[i].eq(pick(items, s2_asrc, a_shape))
         vword = pick([self.v.data[b] for b in range(N)], s1_ke, 8 * N)
         for j in range(N):
-            items = [self.panel.data[8 * j:8 * j + 8], elem(self.k.data[j], s1_ke),
-                     vword[8 * j:8 * j + 8]]
-            m.d.comb += b_beat.data[j].eq(pick(items, s1_kind, 8))
-        m.d.comb += [a_beat.last.eq(s1_last), b_beat.last.eq(s1_last)]
+            items = [stage2(f"s2_b{j}_{name}", value) for name, value in (
+                ("w", self.panel.data[8 * j:8 * j + 8]), ("k", elem(self.k.data[j], s1_ke)),
+                ("v", vword[8 * j:8 * j + 8]))]
+            m.d.comb += b_beat.data[j].eq(pick(items, s2_kind, 8))
+        m.d.comb += [a_beat.last.eq(s2_last), b_beat.last.eq(s2_last)]
         # bias: one beat per tile
         bias_cnt = Signal.like(job.tiles)
         bias_left = Signal()

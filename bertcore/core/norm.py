@@ -119,7 +119,9 @@ class LayerNormPass(wiring.Component):
         q_g = Signal(range(self._grp * PPB + 1))
         q_c = Signal(range(CWH))
         q_l = Signal(range(N))
-        q_on = Cat(*(q_g * U + u < self.seq_len for u in range(U)))
+        # the units whose position of group q_g is inside the sequence: a register, set as q_g
+        # is (a compare of q_g before the outputs' ready and the parameter read is too long)
+        q_on = Signal(U)
         q_join = q_on[0] & Cat(*(~q_on[u] | unit.valid
                                  for u, unit in enumerate(ln_outs))).all()
         q1_valid = Signal()
@@ -140,9 +142,12 @@ class LayerNormPass(wiring.Component):
             with m.If(q_l == N - 1):
                 m.d.sync += [q_l.eq(0), q_c.eq(q_c + 1)]
                 with m.If(q_c == CWH - 1):
-                    m.d.sync += [q_c.eq(0), q_g.eq(q_g + 1)]
+                    m.d.sync += [q_c.eq(0), q_g.eq(q_g + 1),
+                                 q_on.eq(Cat(*((q_g + 1) * U + u < self.seq_len
+                                               for u in range(U))))]
         with m.If(st["start"]):
-            m.d.sync += [q_g.eq(0), q_c.eq(0), q_l.eq(0)]
+            m.d.sync += [q_g.eq(0), q_c.eq(0), q_l.eq(0),
+                         q_on.eq(Cat(*(u < self.seq_len for u in range(U))))]
         w = LN_LANE.size
         lane = data.View(LN_LANE, pick([self.params.data[w * j:w * (j + 1)] for j in range(N)],
                                        q1_l, w))

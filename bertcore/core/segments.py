@@ -118,7 +118,11 @@ class SegmentTable(wiring.Component):
         ends = [Signal(pb, name=f"end{s}") for s in range(limit)]
         b = self.i_byte.payload
         lane = Cat(lane_lo, b.data)            # complete on the lane's second byte
-        sum_next = self.total + lane
+        # (the checks split the lane at pb bits: a lane with a bit set above them exceeds
+        # max_seq (< 2**pb) by itself, so only a pb-bit sum and compare remain, not a 16-bit
+        # adder and comparator chain after the byte)
+        lane_big = lane[pb:].any()
+        sum_next = self.total + lane[:pb]
         fail = Signal()
         with m.If(self.start):
             m.d.sync += [seen.eq(0), rows.eq(0), lanes_done.eq(0), lane_byte.eq(0),
@@ -143,10 +147,10 @@ class SegmentTable(wiring.Component):
                 with m.Else():
                     m.d.sync += [lane_byte.eq(0), lane_idx.eq(lane_idx + 1)]
                     with m.If(lane_idx == 0):
-                        with m.If((lane == 0) | (lane > limit)):
+                        with m.If((lane == 0) | lane_big | (lane[:pb] > limit)):
                             m.d.comb += fail.eq(1)
                         m.d.sync += count.eq(lane)
-                    with m.Elif((lane == 0) | (sum_next > self._max_seq)):
+                    with m.Elif((lane == 0) | lane_big | (sum_next > self._max_seq)):
                         m.d.comb += fail.eq(1)
                     with m.Else():
                         m.d.sync += self.total.eq(sum_next)

@@ -131,6 +131,9 @@ class Sequencer(wiring.Component):
         b_i = Signal(range(N + 1))    # BOUNDS: the row read this cycle
         k_lo = Signal(range(c.max_seq + 1))
         k_hi = Signal(range(c.max_seq + 1))
+        # BOUNDS: row b_i - 1 (whose bounds arrive) is inside the run (else: all keys); compared
+        # as its row is addressed, the cycle before
+        here = Signal()
         m.d.comb += self.key0.eq(s_kb * N)
         m.d.comb += [self.slots.index.eq(s_slot), self.ln_slots.index.eq(s_ln),
                      self.ln.which.eq(s_ln)]
@@ -194,9 +197,7 @@ class Sequencer(wiring.Component):
             with fsm.State("BOUNDS"):
                 # row b_i of the block is addressed; the bounds of row b_i - 1 arrive
                 m.d.comb += self.seg_addr.eq(s_mb * N + b_i)
-                m.d.sync += b_i.eq(b_i + 1)
-                prev = s_mb * N + b_i - 1
-                here = prev < seq_len            # a row past the last segment: all keys
+                m.d.sync += [b_i.eq(b_i + 1), here.eq(s_mb * N + b_i < seq_len)]
                 for i in range(N):
                     with m.If(b_i == i + 1):
                         m.d.sync += [self.row_lo[i].eq(Mux(here, self.seg_start, 0)),

@@ -6,7 +6,7 @@ beat), which :mod:`bertcore.core.perf` models as ``bus_width/8 + 1`` cycles per 
 and ``N + 2`` cycles per output word of ``N`` bytes.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -114,12 +114,16 @@ class ActivationInput(wiring.Component):
         d_bytes = Signal(range(c.max_seq * c.hidden + 2 * BB))
         d_next = d_bytes + BB
         d_enough = d_next >= seg.total * c.hidden
+        # the byte of this cycle, ib.word_select(ib_idx, 8), from a register loaded one byte
+        # ahead (a beat's byte 0 as the beat is taken, else the byte after the current one): the
+        # segment table's checks and the gatherer start at a flip-flop, not at a byte select
+        i_byte = Signal(8)
         seg_error_q = Signal()
         m.d.sync += seg_error_q.eq(seg.error)
         m.d.comb += [self.act.ready.eq(in_active & ~ib_valid),
                      self.ctl.done.eq(in_done & (~seg.table | seg.bounds_ready)),
                      seg.start.eq(self.ctl.start),
-                     seg.i_byte.payload.data.eq(ib.word_select(ib_idx, 8)),
+                     seg.i_byte.payload.data.eq(i_byte),
                      seg.i_byte.payload.user.eq(ib_user),
                      seg.i_byte.payload.end.eq(ib_idx == BB - 1),
                      seg.i_byte.payload.last.eq(ib_last)]
@@ -128,11 +132,11 @@ class ActivationInput(wiring.Component):
         with m.If(self.act.valid & self.act.ready):
             m.d.sync += [ib.eq(self.act.payload.data), ib_valid.eq(1),
                          ib_last.eq(self.act.payload.last), ib_user.eq(self.act.payload.user),
-                         ib_idx.eq(0)]
+                         ib_idx.eq(0), i_byte.eq(self.act.payload.data[:8])]
         with m.If(ib_valid & in_active):
-            m.d.comb += [g_valid.eq(~ib_user), g_byte.eq(ib.word_select(ib_idx, 8)),
-                         seg.i_byte.valid.eq(1)]
-            m.d.sync += ib_idx.eq(ib_idx + 1)
+            m.d.comb += [g_valid.eq(~ib_user), g_byte.eq(i_byte), seg.i_byte.valid.eq(1)]
+            m.d.sync += [ib_idx.eq(ib_idx + 1),
+                         i_byte.eq(Cat(ib[8:], Const(0, 8)).word_select(ib_idx, 8))]
             with m.If(row_end & (g_pos == c.max_seq)):
                 m.d.comb += self.overflow.eq(1)
             with m.If(ib_idx == BB - 1):
