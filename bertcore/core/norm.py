@@ -15,7 +15,7 @@ from bertcore.quant.kernels import RESIDUAL_BITS
 from bertcore.rtl.layernorm import IntLayerNorm
 from bertcore.rtl.requant import Requantizer
 
-from .common import feed, fork, pick, read_port, row_read, sliced, task, write_port
+from .common import fork, pick, read_port, row_read, sliced, task, write_port
 from .image import LN_BIAS_BITS
 from .loader import LN_LANE
 
@@ -86,9 +86,23 @@ class LayerNormPass(wiring.Component):
         n1_on = Signal(U)             # the unit's position is inside the sequence
         sinks = sliced(m, "ln_in", [unit.i_stream for unit in lns])
         ln_outs = sliced(m, "ln_out", [unit.o_stream for unit in lns], inputs=False)
-        n_adv = fork(m, "n", n1_valid, sinks, n1_on)
-        feed(m, self.r, sinks, n_g * CWH + n_c, n_adv, n1_l, RESIDUAL_BITS, n1_last)
+        # stage n2: the element picked from R's read data (n1), registered, offered to the
+        # units (the read data's pick runs into the slices across the chip otherwise)
+        n2_valid = Signal()
+        n2_last = Signal()
+        n2_on = Signal(U)
+        n_adv = fork(m, "n", n2_valid, sinks, n2_on)
+        m.d.comb += [self.r.addr.eq(n_g * CWH + n_c), self.r.en.eq(n_adv)]
+        for i, sink in enumerate(sinks):
+            word = self.r.data[i]
+            n2_data = Signal(signed(RESIDUAL_BITS), name=f"n2_data{i}")
+            with m.If(n_adv):
+                m.d.sync += n2_data.eq(pick([word[RESIDUAL_BITS * j:RESIDUAL_BITS * (j + 1)]
+                                             for j in range(len(word) // RESIDUAL_BITS)],
+                                            n1_l, signed(RESIDUAL_BITS)))
+            m.d.comb += [sink.payload.data.eq(n2_data), sink.payload.last.eq(n2_last)]
         with m.If(n_adv):
+            m.d.sync += [n2_valid.eq(n1_valid), n2_last.eq(n1_last), n2_on.eq(n1_on)]
             m.d.sync += [n1_valid.eq(n_active), n1_l.eq(n_l),
                          n1_last.eq((n_c == CWH - 1) & (n_l == N - 1)),
                          n1_on.eq(Cat(*(n_g * U + u < self.seq_len for u in range(U))))]

@@ -113,7 +113,9 @@ class ActivationInput(wiring.Component):
         # the data beats so far against the rows' bytes (checked at the end of each data beat)
         d_bytes = Signal(range(c.max_seq * c.hidden + 2 * BB))
         d_next = d_bytes + BB
-        d_enough = d_next >= seg.total * c.hidden
+        rows_bytes = Signal(range(c.max_seq * c.hidden + 1))   # the table's rows, in bytes
+        m.d.sync += rows_bytes.eq(seg.total * c.hidden)  # (set with the table, used later)
+        d_enough = d_next >= rows_bytes
         # the byte of this cycle, ib.word_select(ib_idx, 8), from a register loaded one byte
         # ahead (a beat's byte 0 as the beat is taken, else the byte after the current one): the
         # segment table's checks and the gatherer start at a flip-flop, not at a byte select
