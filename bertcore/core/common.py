@@ -178,15 +178,20 @@ def sliced(m, name, streams, *, inputs=True):
     return ends
 
 
+def element(word, index, shape):
+    """Element ``index`` of ``word`` read as consecutive elements of ``shape``'s width (a
+    :func:`pick` of ``shape``)."""
+    width = Shape.cast(shape).width
+    return pick([word[width * j:width * (j + 1)] for j in range(len(word) // width)], index,
+                shape)
+
+
 def feed(m, port, sinks, addr, adv, lane, width, last):
     """The row read ``port`` reads word ``addr`` (when ``adv``); the ``lane``-th ``width``-bit
     element (signed) of bank ``i``'s word and ``last`` go to the payload of ``sinks[i]``."""
     m.d.comb += [port.addr.eq(addr), port.en.eq(adv)]
     for i, sink in enumerate(sinks):
-        word = port.data[i]
-        n = len(word) // width
-        m.d.comb += [sink.payload.data.eq(pick([word[width * j:width * (j + 1)]
-                                                for j in range(n)], lane, signed(width))),
+        m.d.comb += [sink.payload.data.eq(element(port.data[i], lane, signed(width))),
                      sink.payload.last.eq(last)]
 
 

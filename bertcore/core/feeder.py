@@ -15,7 +15,8 @@ from amaranth.lib.wiring import In, Out
 
 from bertcore.rtl.stream import RegisterSlice
 
-from .common import (A_A, A_H, A_Q, A_X, J_PANEL, job_layout, pick, read_port, row_read)
+from .common import (A_A, A_H, A_Q, A_X, J_PANEL, element, job_layout, pick, read_port,
+                     row_read)
 
 __all__ = ["OperandFeeder"]
 
@@ -133,9 +134,6 @@ class OperandFeeder(wiring.Component):
         s2_kind = Signal.like(job.kind)
         m.d.sync += [s2_asrc.eq(job.asrc), s2_kind.eq(job.kind)]   # constant during a job
 
-        def elem(word, idx, width=8):
-            return pick([word[width * j:width * (j + 1)] for j in range(N)], idx, width)
-
         def stage2(name, value):
             # the element picked from s1's read data, registered in s2
             reg = Signal(value.shape(), name=name)
@@ -150,16 +148,16 @@ class OperandFeeder(wiring.Component):
         sources = {A_X: (self.x, 8), A_Q: (self.q, 8), A_A: (self.a, 8),
                    A_H: (self.h, c.gelu_bits)}
         for i in range(N):
-            items = [stage2(f"s2_a{i}_{src}", elem(port.data[i], s1_ke, width).as_signed())
-                     for src, (port, width) in ((src, sources[src])
-                                                for src in (A_X, A_Q, A_A, A_H))]
-            items.append(stage2(f"s2_a{i}_p", Cat(elem(self.p.data[i], s1_ke, B),
+            items = [stage2(f"s2_a{i}_{src}",
+                            element(sources[src][0].data[i], s1_ke, signed(sources[src][1])))
+                     for src in (A_X, A_Q, A_A, A_H)]
+            items.append(stage2(f"s2_a{i}_p", Cat(element(self.p.data[i], s1_ke, unsigned(B)),
                                                   Const(0, 1))))
             m.d.comb += a_beat.data[i].eq(pick(items, s2_asrc, a_shape))
         vword = pick([self.v.data[b] for b in range(N)], s1_ke, 8 * N)
         for j in range(N):
             items = [stage2(f"s2_b{j}_{name}", value) for name, value in (
-                ("w", self.panel.data[8 * j:8 * j + 8]), ("k", elem(self.k.data[j], s1_ke)),
+                ("w", self.panel.data[8 * j:8 * j + 8]), ("k", element(self.k.data[j], s1_ke, unsigned(8))),
                 ("v", vword[8 * j:8 * j + 8]))]
             m.d.comb += b_beat.data[j].eq(pick(items, s2_kind, 8))
         m.d.comb += [a_beat.last.eq(s2_last), b_beat.last.eq(s2_last)]

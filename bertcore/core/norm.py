@@ -15,7 +15,7 @@ from bertcore.quant.kernels import RESIDUAL_BITS
 from bertcore.rtl.layernorm import IntLayerNorm
 from bertcore.rtl.requant import Requantizer
 
-from .common import fork, pick, read_port, row_read, sliced, task, write_port
+from .common import element, fork, pick, read_port, row_read, sliced, task, write_port
 from .image import LN_BIAS_BITS
 from .loader import LN_LANE
 
@@ -94,12 +94,9 @@ class LayerNormPass(wiring.Component):
         n_adv = fork(m, "n", n2_valid, sinks, n2_on)
         m.d.comb += [self.r.addr.eq(n_g * CWH + n_c), self.r.en.eq(n_adv)]
         for i, sink in enumerate(sinks):
-            word = self.r.data[i]
             n2_data = Signal(signed(RESIDUAL_BITS), name=f"n2_data{i}")
             with m.If(n_adv):
-                m.d.sync += n2_data.eq(pick([word[RESIDUAL_BITS * j:RESIDUAL_BITS * (j + 1)]
-                                             for j in range(len(word) // RESIDUAL_BITS)],
-                                            n1_l, signed(RESIDUAL_BITS)))
+                m.d.sync += n2_data.eq(element(self.r.data[i], n1_l, signed(RESIDUAL_BITS)))
             m.d.comb += [sink.payload.data.eq(n2_data), sink.payload.last.eq(n2_last)]
         with m.If(n_adv):
             m.d.sync += [n2_valid.eq(n1_valid), n2_last.eq(n1_last), n2_on.eq(n1_on)]

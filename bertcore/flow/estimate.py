@@ -31,17 +31,21 @@ from dataclasses import dataclass
 from math import ceil
 from types import SimpleNamespace
 
+from amaranth.hdl import Const
+
+from ..rtl.common import dsp_tiles
+from .report import DEVICES
+
 __all__ = ["Memory", "elaborate", "design_memories", "design_multipliers", "memory_cells",
            "estimate_core", "ECP5_85F"]
 
-#: The LFE5U-85F (ULX3S-85F): LUT4, MULT18X18D, DP16KD (18 kbit each).
-ECP5_85F = {"LUT": 83640, "DSP": 156, "BRAM": 208}
+#: The LFE5U-85F (ULX3S-85F): LUT4, FF, MULT18X18D, DP16KD (18 kbit each).
+ECP5_85F = DEVICES["ecp5-85k"].capacity
 
 # DP16KD geometries (depth, width): true dual port 1..18 bits, pseudo dual port 36 bits
 _DP16KD = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
 _BRAM_COST, _LUTRAM_COST = 128, 4       # memory_libmap's costs (yosys techlibs/lattice)
 _FACTOR_MUX = 0.5
-_DSP = 18                               # MULT18X18D operand width
 
 
 @dataclass(frozen=True)
@@ -110,10 +114,9 @@ def memory_cells(mem):
     return bram, lutram
 
 
-def _tiles(width, signed):
-    """18-bit DSP operand pieces of an operand (``dsp_tiles``: 17-bit unsigned low slices)."""
-    top = _DSP if signed else _DSP - 1
-    return 1 if width <= top else 1 + ceil((width - top) / (_DSP - 1))
+def _tiles(shape):
+    """18-bit DSP operand pieces of an operand of ``shape``, split as the units split theirs."""
+    return len(dsp_tiles(Const(0, shape)))
 
 
 def _shift(const):
@@ -127,7 +130,6 @@ def design_multipliers(design):
     """MULT18X18D blocks of ``design`` (an elaboratable or :func:`elaborate`'s fragment of one):
     its ``MULT18X18D`` instances and its ``*`` (but by 0 or a power of two) in 18 x 18
     tiles."""
-    from amaranth.hdl import Const
     from amaranth.hdl import _ast as ast
     from amaranth.hdl._ir import Instance
 
@@ -147,7 +149,7 @@ def design_multipliers(design):
                 key = repr(v)
                 if len(v.operands[0]) >= 2 and len(v.operands[1]) >= 2 and key not in products:
                     products.add(key)
-                    count += _tiles(a.width, a.signed) * _tiles(b.width, b.signed)
+                    count += _tiles(a) * _tiles(b)
             for o in v.operands:
                 value(o)
         elif isinstance(v, (ast.Slice, ast.Part)):
