@@ -14,10 +14,13 @@ from amaranth.lib.wiring import In, Out
 
 from bertcore.rtl.fsm import Fsm
 
-from .common import act_signature, bus_signature, out_signature
+from .common import act_signature, bus_signature, out_signature, pick
 from .image import FAIL_CAUSE_BITS, FAIL_NO_IMAGE, image_beats
 
 __all__ = ["RunControl"]
+
+# the resident image memory's blocks: 2**9 = 512 words, one DP16KD's depth at up to 36 bits
+IMAGE_BLOCK_BITS = 9
 
 
 class RunControl(wiring.Component):
@@ -92,7 +95,10 @@ class RunControl(wiring.Component):
             m.d.sync += [mark_at.eq(count), last_layer.eq(count - mark_at)]
         store = self._image_store(m, p_fire) if self._c.resident else None
         act_in = Signal()          # the run's activation packet has ended (its tlast is in)
-        restart = [err.eq(0), count.eq(1), beats.eq(0), act_in.eq(0)]
+        # the run's image has ended (its tlast went to the datapath): nothing more is passed, so
+        # the datapath's input slice never holds a beat of the next packet
+        image_in = Signal()
+        restart = [err.eq(0), count.eq(1), beats.eq(0), act_in.eq(0), image_in.eq(0)]
         owed = Signal()            # the activation packet of a failed run is still to drop
         report = self._failure_report(m)
 
@@ -125,11 +131,12 @@ class RunControl(wiring.Component):
                 # a failure is acted on one cycle late (``fail_q``, off the header-check path);
                 # in that cycle no beat is taken, so nothing of the next packet is swallowed
                 m.d.sync += [fail_q.eq(self.dp_fail), cause_q.eq(self.dp_cause)]
+                p_pass = ~fail_q & ~image_in
                 m.d.comb += [
                     self.busy.eq(1),
-                    self.dp_param.valid.eq(s_param.valid & ~fail_q),
+                    self.dp_param.valid.eq(s_param.valid & p_pass),
                     self.dp_param.payload.eq(s_param.payload),
-                    s_param.ready.eq(self.dp_param.ready & ~fail_q),
+                    s_param.ready.eq(self.dp_param.ready & p_pass),
                     self.dp_act.valid.eq(s_act.valid & ~fail_q),
                     self.dp_act.payload.eq(s_act.payload),
                     s_act.ready.eq(self.dp_act.ready & ~fail_q),
@@ -141,9 +148,12 @@ class RunControl(wiring.Component):
                 ]
                 with m.If(a_fire & s_act.payload.last):
                     m.d.sync += act_in.eq(1)
+                with m.If(self.dp_param.valid & self.dp_param.ready
+                          & self.dp_param.payload.last):
+                    m.d.sync += image_in.eq(1)
                 if store:
                     with m.If(store.replay):
-                        m.d.comb += [self.dp_param.valid.eq(store.q_valid & ~fail_q),
+                        m.d.comb += [self.dp_param.valid.eq(store.q_valid & p_pass),
                                      self.dp_param.payload.eq(store.q_payload),
                                      s_param.ready.eq(0)]
                 with m.If(fail_q):
@@ -215,29 +225,47 @@ class RunControl(wiring.Component):
         stored = Signal()
         cap_addr = Signal(range(total + 1))
         r_addr = Signal(range(total + 1))
-        r_valid = Signal()             # the memory's output holds a beat
+        r_valid = Signal()             # the blocks' outputs hold a beat (of block r_blk)
+        # The memory in blocks of 2**IMAGE_BLOCK_BITS words, each block's read data registered
+        # before the multiplexer over the blocks (b): a block RAM's clock-to-out (5.8 ns on ECP5
+        # without its output register) and that multiplexer do not fit one 10 ns cycle. Then
+        # one more register (q) before the datapath, so the header checks start from a
+        # flip-flop. Memory -> b -> q, each stage moving when the one after it can take.
+        block = 1 << IMAGE_BLOCK_BITS
+        sizes = [min(block, total - base) for base in range(0, total, block)]
+        r_blk = Signal(range(len(sizes)))
+        b_valid = Signal()
+        b_blk = Signal(range(len(sizes)))
+        b_data = [Signal(bus + 1, name=f"b_data{i}") for i in range(len(sizes))]
         q_valid = Signal()             # the register after it (the replayed stream) holds one
         q_payload = Signal(bus + 1)
-        m.submodules.image = image = Memory(shape=unsigned(bus + 1), depth=total, init=[])
-        wp, rp = image.write_port(), image.read_port()
-        with m.If(p_fire & ~replay & (cap_addr != total)):
-            m.d.comb += [wp.addr.eq(cap_addr), wp.en.eq(1),
-                         wp.data.eq(self.s_param.payload.as_value())]
-            m.d.sync += cap_addr.eq(cap_addr + 1)
-        # memory -> register -> datapath: the block RAM's slow clock-to-out ends in a
-        # flip-flop instead of running on into the header checks
         q_load = ~q_valid | self.dp_param.ready
-        r_en = ~r_valid | q_load
-        m.d.comb += [rp.addr.eq(r_addr), rp.en.eq(r_en)]
+        b_load = ~b_valid | q_load
+        r_en = ~r_valid | b_load
+        cap_blk, rd_blk = cap_addr[IMAGE_BLOCK_BITS:], r_addr[IMAGE_BLOCK_BITS:]
+        for i, depth in enumerate(sizes):
+            m.submodules[f"image_{i}"] = image = Memory(shape=unsigned(bus + 1), depth=depth,
+                                                        init=[])
+            wp, rp = image.write_port(), image.read_port()
+            with m.If(p_fire & ~replay & (cap_addr != total) & (cap_blk == i)):
+                m.d.comb += [wp.en.eq(1), wp.data.eq(self.s_param.payload.as_value())]
+            # (the ports' addresses are as wide as their block: the low bits of the address)
+            m.d.comb += [wp.addr.eq(cap_addr), rp.addr.eq(r_addr), rp.en.eq(r_en)]
+            with m.If(b_load):
+                m.d.sync += b_data[i].eq(rp.data)
+        with m.If(p_fire & ~replay & (cap_addr != total)):
+            m.d.sync += cap_addr.eq(cap_addr + 1)
         with m.If(q_load):
-            m.d.sync += [q_valid.eq(r_valid & replay), q_payload.eq(rp.data)]
+            m.d.sync += [q_valid.eq(b_valid & replay), q_payload.eq(pick(b_data, b_blk, bus + 1))]
+        with m.If(b_load):
+            m.d.sync += [b_valid.eq(r_valid & replay), b_blk.eq(r_blk)]
         with m.If(r_en & replay):
             m.d.sync += r_valid.eq(r_addr != total)
             with m.If(r_addr != total):
-                m.d.sync += r_addr.eq(r_addr + 1)
+                m.d.sync += [r_addr.eq(r_addr + 1), r_blk.eq(rd_blk)]
 
         return SimpleNamespace(
             replay=replay, stored=stored, q_valid=q_valid, q_payload=q_payload,
             record=[replay.eq(0), stored.eq(0), cap_addr.eq(0)],
-            play=[replay.eq(1), r_addr.eq(0), r_valid.eq(0), q_valid.eq(0)],
+            play=[replay.eq(1), r_addr.eq(0), r_valid.eq(0), b_valid.eq(0), q_valid.eq(0)],
             keep=[stored.eq(1)])

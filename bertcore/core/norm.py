@@ -86,20 +86,29 @@ class LayerNormPass(wiring.Component):
         n1_on = Signal(U)             # the unit's position is inside the sequence
         sinks = sliced(m, "ln_in", [unit.i_stream for unit in lns])
         ln_outs = sliced(m, "ln_out", [unit.o_stream for unit in lns], inputs=False)
-        # stage n2: the element picked from R's read data (n1), registered, offered to the
-        # units (the read data's pick runs into the slices across the chip otherwise)
+        # stage r: R's read data (n1) registered as read: the block RAM's clock-to-out (5.8 ns
+        # on ECP5 without its output register) and the element pick do not fit one 10 ns cycle
+        # together. Stage n2: the element picked from it, registered, offered to the units (the
+        # pick runs into the slices across the chip otherwise). All stages move with n_adv.
+        r_valid = Signal()
+        r_l = Signal(range(N))
+        r_last = Signal()
+        r_on = Signal(U)
         n2_valid = Signal()
         n2_last = Signal()
         n2_on = Signal(U)
         n_adv = fork(m, "n", n2_valid, sinks, n2_on)
         m.d.comb += [self.r.addr.eq(n_g * CWH + n_c), self.r.en.eq(n_adv)]
         for i, sink in enumerate(sinks):
+            r_word = Signal.like(self.r.data[i], name=f"r_word{i}")
             n2_data = Signal(signed(RESIDUAL_BITS), name=f"n2_data{i}")
             with m.If(n_adv):
-                m.d.sync += n2_data.eq(element(self.r.data[i], n1_l, signed(RESIDUAL_BITS)))
+                m.d.sync += [r_word.eq(self.r.data[i]),
+                             n2_data.eq(element(r_word, r_l, signed(RESIDUAL_BITS)))]
             m.d.comb += [sink.payload.data.eq(n2_data), sink.payload.last.eq(n2_last)]
         with m.If(n_adv):
-            m.d.sync += [n2_valid.eq(n1_valid), n2_last.eq(n1_last), n2_on.eq(n1_on)]
+            m.d.sync += [n2_valid.eq(r_valid), n2_last.eq(r_last), n2_on.eq(r_on)]
+            m.d.sync += [r_valid.eq(n1_valid), r_l.eq(n1_l), r_last.eq(n1_last), r_on.eq(n1_on)]
             m.d.sync += [n1_valid.eq(n_active), n1_l.eq(n_l),
                          n1_last.eq((n_c == CWH - 1) & (n_l == N - 1)),
                          n1_on.eq(Cat(*(n_g * U + u < self.seq_len for u in range(U))))]

@@ -109,13 +109,14 @@ def _ln_pass(config, seq_len):
     """The LayerNorm pass: the ``U`` units take the first group of ``U`` positions in
     ``hidden`` cycles and every further group ``row_period`` later; the last group's
     outputs start ``latency`` after its last input and take ``hidden`` cycles, then the
-    requantizer; 6 cycles of hand-over (the sequencer's ``LN`` state, the registers of the R
-    read and of its element pick, the fork, the join and the gatherers)."""
+    requantizer; 7 cycles of hand-over (the sequencer's ``LN`` state, the R read, the
+    register of its read data and of the element pick, the fork, the join and the
+    gatherers)."""
     hid = config.hidden
     ln = IntLayerNorm(hid, in_width=RESIDUAL_BITS)
     ln._MustUse__silence = True                     # only its timing properties are used
     groups = math.ceil(seq_len / config.layernorm_units)
-    return (6 + hid + (groups - 1) * ln.row_period + ln.latency + hid
+    return (7 + hid + (groups - 1) * ln.row_period + ln.latency + hid
             + Requantizer.LATENCY)
 
 

@@ -131,6 +131,7 @@ class Sequencer(wiring.Component):
         b_i = Signal(range(N + 1))    # BOUNDS: the row read this cycle
         k_lo = Signal(range(c.max_seq + 1))
         k_hi = Signal(range(c.max_seq + 1))
+        k_end = Signal(range(c.max_seq + 1))    # BSPAN: the span's last key block's end
         # BOUNDS: row b_i - 1 (whose bounds arrive) is inside the run (else: all keys); compared
         # as its row is addressed, the cycle before
         here = Signal()
@@ -214,9 +215,13 @@ class Sequencer(wiring.Component):
                 kb0 = _div(k_lo, N)
                 kb1 = _div(k_hi + N - 1, N)
                 m.d.sync += [s_kb.eq(kb0), s_ktiles.eq(kb1 - kb0),
-                             self.keys.eq(Mux(kb1 * N > seq_len, seq_len, kb1 * N) - kb0 * N)]
+                             k_end.eq(Mux(kb1 * N > seq_len, seq_len, kb1 * N))]
                 fsm.next("SCORES")
             with fsm.State("SCORES"):
+                with m.If(packed):
+                    # the span's key count, from BSPAN's registers (one compare-and-subtract
+                    # chain per cycle); the softmax pass takes it when the scores are done
+                    m.d.sync += self.keys.eq(k_end - s_kb * N)
                 start_job(J_SCORE, A_Q, s_ktiles, hd, M_SCORE, mb=s_mb, kb=s_kb,
                           chw=s_head * HPW)
                 fsm.next("SRUN")
