@@ -467,6 +467,45 @@ def test_core_rejects_unsupported_configs():
         EncoderCore(TINY.replace(layernorm_units=8))
 
 
+@pytest.mark.parametrize("k", [0, 1, 2, 3, 7, 11, 48, 192, 384, 1000])
+def test_times_is_a_product_by_a_constant(k):
+    from amaranth.sim import Simulator
+    from bertcore.core.common import times
+    x = Signal(7)
+    m = Module()
+    product = Signal.like(x * k)
+    m.d.comb += product.eq(times(x, k))
+    assert times(x, k).shape() == (x * k).shape()
+
+    async def tb(ctx):
+        for v in range(1 << len(x)):
+            ctx.set(x, v)
+            assert ctx.get(product) == v * k
+
+    sim = Simulator(m)
+    sim.add_testbench(tb)
+    sim.run()
+
+
+def test_times_rejects_bad_operands():
+    from bertcore.core.common import times
+    with pytest.raises(TypeError, match=r"value must be unsigned, not signed\(8\)"):
+        times(Signal(signed(8)), 3)
+    with pytest.raises(ValueError, match=r"k must be a non-negative integer, not -3"):
+        times(Signal(8), -3)
+
+
+@pytest.mark.parametrize("name", ["tiny", "ulx3s-minilm"])
+def test_core_has_no_products_by_constants(name):
+    """yosys maps a `*` by a constant onto a MULT18X18D: the core's addresses use
+    :func:`~bertcore.core.common.times`, so only the units' MULT18X18D instances remain."""
+    from amaranth.hdl._ir import Instance
+    from bertcore.flow.estimate import _fragments, design_multipliers, elaborate
+    frag = elaborate(EncoderTop(preset(name)))
+    instances = [f for f, _ in _fragments(frag)
+                 if isinstance(f, Instance) and f.type == "MULT18X18D"]
+    assert design_multipliers(frag) == len(instances)
+
 def test_perf_model():
     """PE utilization of the sequential schedule on the minilm preset (printed for the docs)."""
     minilm = preset("minilm")

@@ -8,7 +8,7 @@ disabled. A *row read* reads one address in every bank of a banked buffer at onc
 one word per bank (``data[b]``), one cycle after ``en``.
 """
 
-from amaranth.hdl import Cat, Mux, Shape, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
@@ -17,7 +17,7 @@ from bertcore.rtl.stream import RegisterSlice
 __all__ = [
     "bus_layout", "bus_signature", "act_layout", "act_signature", "out_layout", "out_signature",
     "read_port", "row_read", "write_port", "task",
-    "handover", "job_layout", "pick", "fork", "sliced", "feed", "saturate",
+    "handover", "job_layout", "pick", "times", "fork", "sliced", "feed", "saturate",
     "G_Q", "G_K", "G_V", "G_O", "G_FFN1", "G_FFN2",
     "M_Q", "M_K", "M_V", "M_O", "M_FFN1", "M_FFN2", "M_SCORE", "M_CTX",
     "A_X", "A_Q", "A_A", "A_H", "A_P", "J_PANEL", "J_SCORE", "J_PV",
@@ -139,6 +139,38 @@ def pick(items, index, shape):
         value = Mux(index >= len(items), items[-1], value)
     value = Value.cast(value)
     return value.as_signed() if Shape.cast(shape).signed else value.as_unsigned()
+
+
+def times(value, k):
+    """``value * k`` for an unsigned ``value`` and a constant ``k >= 0``, as shifted copies of
+    ``value`` added and subtracted (the non-adjacent form of ``k``: × 48 = × 64 − × 16), of the
+    shape of ``value * k``.
+
+    yosys maps every product by a constant that is not a power of two onto a MULT18X18D on
+    ECP5, used combinationally (10–11.5 ns on the -6 part) and followed by the address adders;
+    the addresses of the banked buffers (a row group times its channel words) take one adder
+    this way and no DSP block.
+    """
+    value = Value.cast(value)
+    if value.shape().signed:
+        raise TypeError(f"value must be unsigned, not {value.shape()!r}")
+    if not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be a non-negative integer, not {k!r}")
+    width = len(value) + len(Const(k))
+    add, sub = [], []
+    shift = 0
+    while k:
+        if k & 1:
+            digit = 2 - (k & 3)             # +1, or -1 where a run of ones starts
+            (add if digit > 0 else sub).append(value << shift)
+            k -= digit
+        k >>= 1
+        shift += 1
+    total = sum(add[1:], add[0]) if add else Const(0, width)
+    for term in sub:
+        total = total - term
+    total = total.as_unsigned()[:width]
+    return Cat(total, Const(0, width - len(total)))
 
 
 def fork(m, name, valid, sinks, on):

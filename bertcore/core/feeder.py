@@ -16,7 +16,7 @@ from amaranth.lib.wiring import In, Out
 from bertcore.rtl.stream import RegisterSlice
 
 from .common import (A_A, A_H, A_Q, A_X, J_PANEL, element, job_layout, pick, read_port,
-                     row_read)
+                     row_read, times)
 
 __all__ = ["OperandFeeder"]
 
@@ -118,8 +118,8 @@ class OperandFeeder(wiring.Component):
                     m.d.sync += f_active.eq(0)
         # addresses
         a_grp = Mux(job.kind == J_PANEL, f_t, job.mb)
-        # products by constants (LUT logic; a product by a multiplexed constant became a DSP)
-        a_addr = Mux(job.asrc == A_H, a_grp * CWF, a_grp * CWH) + job.chw + f_kw
+        # products by constants as shifts and adds (common.times: yosys puts a `*` on a DSP)
+        a_addr = Mux(job.asrc == A_H, times(a_grp, CWF), times(a_grp, CWH)) + job.chw + f_kw
         for port in (self.q, self.h):
             m.d.comb += [port.addr.eq(a_addr), port.en.eq(adv)]
         # X and A share their read port with the residual fetch (and the output pass): read
@@ -127,8 +127,8 @@ class OperandFeeder(wiring.Component):
         for port, src in ((self.x, A_X), (self.a, A_A)):
             m.d.comb += [port.addr.eq(a_addr), port.en.eq(adv & (job.asrc == src))]
         m.d.comb += [self.p.addr.eq(f_kw), self.p.en.eq(adv),
-                     self.k.addr.eq((job.kb + f_t) * CWH + job.chw + f_kw), self.k.en.eq(adv),
-                     self.v.addr.eq((job.kb + f_kw) * CWH + job.chw + f_t), self.v.en.eq(adv),
+                     self.k.addr.eq(times(job.kb + f_t, CWH) + job.chw + f_kw), self.k.en.eq(adv),
+                     self.v.addr.eq(times(job.kb + f_kw, CWH) + job.chw + f_t), self.v.en.eq(adv),
                      self.panel.addr.eq(f_paddr), self.panel.en.eq(adv)]
         s2_asrc = Signal.like(job.asrc)
         s2_kind = Signal.like(job.kind)

@@ -15,7 +15,8 @@ from bertcore.quant.kernels import RESIDUAL_BITS
 from bertcore.rtl.layernorm import IntLayerNorm
 from bertcore.rtl.requant import Requantizer
 
-from .common import element, fork, pick, read_port, row_read, sliced, task, write_port
+from .common import (element, fork, pick, read_port, row_read, sliced, task, times,
+                     write_port)
 from .image import LN_BIAS_BITS
 from .loader import LN_LANE
 
@@ -98,7 +99,7 @@ class LayerNormPass(wiring.Component):
         n2_last = Signal()
         n2_on = Signal(U)
         n_adv = fork(m, "n", n2_valid, sinks, n2_on)
-        m.d.comb += [self.r.addr.eq(n_g * CWH + n_c), self.r.en.eq(n_adv)]
+        m.d.comb += [self.r.addr.eq(times(n_g, CWH) + n_c), self.r.en.eq(n_adv)]
         for i, sink in enumerate(sinks):
             r_word = Signal.like(self.r.data[i], name=f"r_word{i}")
             n2_data = Signal(signed(RESIDUAL_BITS), name=f"n2_data{i}")
@@ -210,7 +211,7 @@ class LayerNormPass(wiring.Component):
                         for dest, banks in ((0, self.a), (1, self.x)):
                             port = banks[g * U + u]
                             with m.If((ga_sub == g) & (st["which"] == dest)):
-                                m.d.comb += [port.addr.eq(ga_blk * CWH + ga_c),
+                                m.d.comb += [port.addr.eq(times(ga_blk, CWH) + ga_c),
                                              port.data.eq(full), port.en.eq(1)]
         with m.If(st["start"]):
             m.d.sync += [ga_blk.eq(0), ga_sub.eq(0), ga_c.eq(0), ga_l.eq(0)]

@@ -10,7 +10,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .common import act_signature, bus_signature, pick, row_read, task, write_port
+from .common import act_signature, bus_signature, pick, row_read, task, times, write_port
 from .segments import SegmentTable
 
 __all__ = ["ActivationInput", "ActivationOutput"]
@@ -98,7 +98,7 @@ class ActivationInput(wiring.Component):
                     with m.If(g_bank == N - 1):
                         m.d.sync += [g_bank.eq(0), g_grp.eq(g_grp + 1)]
                 for b, port in enumerate(self.x):
-                    m.d.comb += [port.addr.eq(g_grp * CWH + g_chunk), port.data.eq(g_full)]
+                    m.d.comb += [port.addr.eq(times(g_grp, CWH) + g_chunk), port.data.eq(g_full)]
                     with m.If((g_bank == b) & (g_pos < c.max_seq)):
                         m.d.comb += port.en.eq(1)
         # beats -> bytes (row bytes to the gatherer, every byte to the segment table)
@@ -114,7 +114,7 @@ class ActivationInput(wiring.Component):
         d_bytes = Signal(range(c.max_seq * c.hidden + 2 * BB))
         d_next = d_bytes + BB
         rows_bytes = Signal(range(c.max_seq * c.hidden + 1))   # the table's rows, in bytes
-        m.d.sync += rows_bytes.eq(seg.total * c.hidden)  # (set with the table, used later)
+        m.d.sync += rows_bytes.eq(times(seg.total, c.hidden))  # (set with the table, used later)
         d_enough = d_next >= rows_bytes
         # the byte of this cycle, ib.word_select(ib_idx, 8), from a register loaded one byte
         # ahead (a beat's byte 0 as the beat is taken, else the byte after the current one): the
@@ -220,7 +220,7 @@ class ActivationOutput(wiring.Component):
         u_wait = Signal()                 # its read was issued last cycle
         u_final = ((u_blk * N + u_bank == self.seq_len - 1) & (u_c == CWH - 1) & (u_l == N - 1))
         read = u_active & ~u_have & ~u_wait
-        m.d.comb += [self.x.addr.eq(u_blk * CWH + u_c), self.x.en.eq(read),
+        m.d.comb += [self.x.addr.eq(times(u_blk, CWH) + u_c), self.x.en.eq(read),
                      self.ctl.done.eq(~u_active & ~o_pending)]
         with m.If(read):
             m.d.sync += u_wait.eq(1)

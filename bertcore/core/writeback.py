@@ -24,7 +24,7 @@ from bertcore.rtl.requant import Requantizer
 from bertcore.rtl.softmax import IntSoftmax
 
 from .common import (M_CTX, M_FFN1, M_FFN2, M_K, M_O, M_Q, M_SCORE, M_V, job_layout, pick,
-                     row_read, saturate, write_port)
+                     row_read, saturate, times, write_port)
 from .loader import panel_layout, scalar_layout
 
 __all__ = ["WriteBack"]
@@ -135,7 +135,7 @@ class WriteBack(wiring.Component):
         # residual read (X for O, A for FFN2) issued as the beat enters c1
         # (each enabled only in its own jobs: X and A share their read port with the feeder)
         for port, mode in ((self.res_x, M_O), (self.res_a, M_FFN2)):
-            m.d.comb += [port.addr.eq(c_t * CWH + job.chunk),
+            m.d.comb += [port.addr.eq(times(c_t, CWH) + job.chunk),
                          port.en.eq(c_take & (job.mode == mode))]
         res_x = pick([self.res_x.data[b] for b in range(N)], c1_i, 8 * N)
         res_a = pick([self.res_a.data[b] for b in range(N)], c1_i, 8 * N)
@@ -229,8 +229,8 @@ class WriteBack(wiring.Component):
         v_w22 = Signal(RESIDUAL_BITS * N)
         m.d.sync += [v_valid.eq(wr_valid), v_res.eq(st["has_res"]), v_mode.eq(job.mode),
                      v_bank.eq(w_i), v_u.eq(w_u), v_w8.eq(w8), v_wh.eq(wh), v_w22.eq(w22),
-                     v_addr.eq(Mux(is_ffn1, w_grp * CWF, w_grp * CWH) + w_chunk),
-                     v_raddr.eq((w_t * PPB + w_g) * CWH + job.chunk)]
+                     v_addr.eq(Mux(is_ffn1, times(w_grp, CWF), times(w_grp, CWH)) + w_chunk),
+                     v_raddr.eq(times(w_t * PPB + w_g, CWH) + job.chunk)]
         for mode, banks, word in ((M_Q, self.q, v_w8), (M_CTX, self.q, v_w8),
                                   (M_K, self.k, v_w8), (M_V, self.v, v_w8),
                                   (M_FFN1, self.h, v_wh)):

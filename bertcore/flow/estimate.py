@@ -13,11 +13,12 @@ The core is elaborated in Amaranth (no Verilog, no yosys) and its netlist read t
   only in LUT RAM. Checked cell for cell against ``synth_ecp5`` of single memories.
 * **Multipliers**: the ``MULT18X18D`` instances (the units instantiate them on ECP5) and every
   ``*`` but those by 0 or a power of two (shifts): yosys maps a product by any other constant
-  (e.g. an address times 48 channel words) onto a DSP block too. Split into 18 x 18 tiles as
-  ``mul2dsp`` does (the units split their wide products themselves,
-  :func:`bertcore.rtl.common.dsp_partial_products`); structurally equal products count once.
-  On the ``ulx3s-minilm`` SDRAM board this gives 164 where yosys mapped 162 (two of the 13
-  address products by constants went into LUTs), on ``tiny`` exactly yosys' 67.
+  (e.g. an address times 48 channel words) onto a DSP block too, which is why the core builds
+  its addresses with :func:`bertcore.core.common.times` (shifts and adds) and has no ``*``
+  left. Split into 18 x 18 tiles as ``mul2dsp`` does (the units split their wide products
+  themselves, :func:`bertcore.rtl.common.dsp_partial_products`); structurally equal products
+  count once. On the ``ulx3s-minilm`` SDRAM board this gives yosys' 138 exactly, on ``tiny``
+  yosys' 67.
 * **LUT4**: a coarse model, not a netlist count: the array per processing element, the
   per-lane units of the write-back, the softmax and LayerNorm units, the LUT RAM, and the rest
   of the core per array column, with coefficients fitted to the two SDRAM board builds
