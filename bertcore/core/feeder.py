@@ -89,6 +89,9 @@ class OperandFeeder(wiring.Component):
         f_kw = Signal(range(KMAX // N + 2))
         f_ke = Signal(range(N))
         f_paddr = Signal(range(2 * KW))     # panel buffer row: slot base + k
+        s0_valid = Signal()
+        s0_last = Signal()
+        s0_ke = Signal(range(N))
         s1_valid = Signal()
         s1_last = Signal()
         s1_ke = Signal(range(N))
@@ -100,12 +103,15 @@ class OperandFeeder(wiring.Component):
         wiring.connect(m, ops.o_stream, wiring.flipped(self.o_operands))
         a_beat, b_beat = ops.i_stream.payload.a, ops.i_stream.payload.b
         m.d.comb += ops.i_stream.valid.eq(s2_valid)
-        # stages s1 (the buffers' read data) and s2 (the elements picked from it) advance
-        # together; a stalled s1 holds its read data (the read ports' enable is adv)
+        # stages s0 (the buffers' addresses, registered), s1 (their read data) and s2 (the
+        # elements picked from it) advance together; a stalled s1 holds its read data (the read
+        # ports' enable is adv). The address adders, X's and A's port arbiters and the read of
+        # the banks (LUT RAM on small cores) do not fit one 10 ns cycle on ECP5 together.
         adv = ~s2_valid | ops.i_stream.ready
         issue = adv & f_active
         with m.If(adv):
-            m.d.sync += [s1_valid.eq(f_active), s1_last.eq(f_k == job.k - 1), s1_ke.eq(f_ke),
+            m.d.sync += [s0_valid.eq(f_active), s0_last.eq(f_k == job.k - 1), s0_ke.eq(f_ke),
+                         s1_valid.eq(s0_valid), s1_last.eq(s0_last), s1_ke.eq(s0_ke),
                          s2_valid.eq(s1_valid), s2_last.eq(s1_last)]
         with m.If(issue):
             m.d.sync += [f_k.eq(f_k + 1), f_ke.eq(f_ke + 1), f_paddr.eq(f_paddr + 1)]
@@ -120,16 +126,27 @@ class OperandFeeder(wiring.Component):
         a_grp = Mux(job.kind == J_PANEL, f_t, job.mb)
         # products by constants as shifts and adds (common.times: yosys puts a `*` on a DSP)
         a_addr = Mux(job.asrc == A_H, times(a_grp, CWF), times(a_grp, CWH)) + job.chw + f_kw
+
+        def stage0(port, value):
+            # the read address of s0: registered as the counters stand when it is issued
+            reg = Signal.like(port.addr, name=f"s0_{port.addr.name}")
+            with m.If(adv):
+                m.d.sync += reg.eq(value)
+            return reg
+
+        s0_a = stage0(self.h, a_addr)           # (H is the deepest of the A sources)
         for port in (self.q, self.h):
-            m.d.comb += [port.addr.eq(a_addr), port.en.eq(adv)]
+            m.d.comb += [port.addr.eq(s0_a), port.en.eq(adv)]
         # X and A share their read port with the residual fetch (and the output pass): read
         # them only in jobs that take their A operand from them (Buffers)
         for port, src in ((self.x, A_X), (self.a, A_A)):
-            m.d.comb += [port.addr.eq(a_addr), port.en.eq(adv & (job.asrc == src))]
-        m.d.comb += [self.p.addr.eq(f_kw), self.p.en.eq(adv),
-                     self.k.addr.eq(times(job.kb + f_t, CWH) + job.chw + f_kw), self.k.en.eq(adv),
-                     self.v.addr.eq(times(job.kb + f_kw, CWH) + job.chw + f_t), self.v.en.eq(adv),
-                     self.panel.addr.eq(f_paddr), self.panel.en.eq(adv)]
+            m.d.comb += [port.addr.eq(s0_a), port.en.eq(adv & (job.asrc == src))]
+        m.d.comb += [self.p.addr.eq(stage0(self.p, f_kw)), self.p.en.eq(adv),
+                     self.k.addr.eq(stage0(self.k, times(job.kb + f_t, CWH) + job.chw + f_kw)),
+                     self.k.en.eq(adv),
+                     self.v.addr.eq(stage0(self.v, times(job.kb + f_kw, CWH) + job.chw + f_t)),
+                     self.v.en.eq(adv),
+                     self.panel.addr.eq(stage0(self.panel, f_paddr)), self.panel.en.eq(adv)]
         s2_asrc = Signal.like(job.asrc)
         s2_kind = Signal.like(job.kind)
         m.d.sync += [s2_asrc.eq(job.asrc), s2_kind.eq(job.kind)]   # constant during a job

@@ -49,9 +49,9 @@ from .image import (HEADER_BITS, LN_FIELDS, PANEL_FIELDS, PANEL_ROW, SCALAR_BITS
 __all__ = ["layer_cycles", "run_cycles", "breakdown", "utilization", "macs_per_layer",
            "array_beats", "key_spans"]
 
-#: Cycles of a job around its beats and the array's drain (start, first operand read, the
-#: feeder's registered element picks, hand-over).
-_JOB_OVERHEAD = 4
+#: Cycles of a job around its beats and the array's drain (start, the feeder's registered
+#: read addresses, first operand read, its registered element picks, hand-over).
+_JOB_OVERHEAD = 5
 #: The sequencer's cycle that starts a panel or a scores job (its ``PWAIT`` and ``SCORES``
 #: states), and the one that starts a layer (``LAYER``).
 _START = 1
