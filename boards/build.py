@@ -16,7 +16,6 @@ Command line: ``python -m bertcore.boards.build ulx3s-85f [--preset tiny] [--out
 [--program]``.
 """
 
-import dataclasses
 import json
 import os
 import re
@@ -76,12 +75,16 @@ def _tool_path(name):
 
 
 def build(board, config=None, outdir="build/board", do_program=False, *, name="top",
-          synth_opts=None, clock_mhz=None):
+          synth_opts=None, clock_mhz=None, router=None):
     """Build ``board`` (a name of :data:`boards.top.BOARDS`) with ``config`` (default: the
-    board's), into ``outdir``; returns a report dict (see the module docstring).
+    board's), into ``outdir``; returns a report dict (see the module docstring). The board runs
+    ``config`` at its core clock for that configuration and routes it with its router
+    (:meth:`boards.top.BoardSpec.for_config`: ``ulx3s-minilm`` on ``ulx3s-85f-sdram`` at 50 MHz
+    with ``router2``).
 
-    ``clock_mhz`` replaces the board's core clock (the PLL output, the UART divisor and the
-    timing target follow): to find how fast a design can go, or to run a board slower.
+    ``clock_mhz`` replaces that core clock (the PLL output, the UART divisor, the SDRAM
+    controller and the timing target follow): to find how fast a design can go, or to run a
+    board slower. ``router`` replaces nextpnr's router (``"router1"``, ``"router2"``).
     ``ValueError`` outside 1..400 MHz or when the UART divisor does not fit; a clock the PLL
     cannot make fails the build (``RuntimeError``, naming it).
 
@@ -97,11 +100,11 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     a routed design gets a bitstream; ``timing_met`` says whether every clock reached its
     target.
     """
-    spec = board_spec(board)
+    spec = board_spec(board, config)
     if clock_mhz is not None:
         if not isinstance(clock_mhz, (int, float)) or not 1 <= clock_mhz <= 400:
             raise ValueError(f"core clock must be 1 to 400 MHz, not {clock_mhz!r}")
-        spec = dataclasses.replace(spec, clock=clock_mhz * 1e6)
+        spec = spec.with_clock(clock_mhz * 1e6)
     platform = spec.make_platform()
     top = BoardTop(spec, config)
     outdir = Path(outdir)
@@ -119,6 +122,9 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     # JSON report with every endpoint's arrival names the paths that miss the clock
     kwargs_pnr = {"nextpnr_opts": f"--timing-allow-fail --report {name}.report.json "
                                   "--detailed-timing-report"}
+    router = spec.router if router is None else router
+    if router is not None:
+        kwargs_pnr["nextpnr_opts"] += f" --router {router}"
     if synth_opts is None:
         synth_opts = "-dsp" if spec.family == "ice40" else ECP5_NO_ABC9
     kwargs = dict(kwargs_pnr, **({"synth_opts": synth_opts} if synth_opts else {}))

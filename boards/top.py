@@ -15,6 +15,7 @@ chip and the host sends only activations afterwards; elsewhere the host streams 
 every run (:mod:`bertcore.board`).
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 from amaranth.hdl import (Cat, ClockDomain, ClockSignal, DomainRenamer, Instance, Module, Mux,
@@ -164,6 +165,26 @@ class BoardSpec:
     baud: int = 1_000_000
     uart_pins: tuple = None  # (connector, rx, tx) when the board has no UART resource
     sdram: object = None     # SDRAMConfig: the parameter image in SDRAM (LiteDRAM at `clock`)
+    #: nextpnr's router (``--router``; None: nextpnr's default, router1)
+    router: str = None
+    #: ``((preset name, core clock Hz, router), ...)``: how this board builds a configuration
+    #: other than ``config`` (the one equal to that preset), e.g. a larger core whose build does
+    #: not meet ``clock``
+    preset_builds: tuple = ()
+
+    def with_clock(self, clock):
+        """This board with the core clock ``clock`` (Hz): the PLL, the UART divisor, the timing
+        target and the SDRAM controller (generated for the core clock) follow."""
+        sdram = self.sdram and self.sdram.replace(clock=clock)
+        return dataclasses.replace(self, clock=clock, sdram=sdram)
+
+    def for_config(self, config):
+        """This board as it runs ``config``: at the core clock and with the router that
+        :attr:`preset_builds` gives for the preset equal to ``config``, else unchanged."""
+        for name, clock, router in self.preset_builds:
+            if preset(name) == config:
+                return dataclasses.replace(self.with_clock(clock), router=router)
+        return self
 
     def make_platform(self):
         import importlib
@@ -201,7 +222,10 @@ BOARDS = {
         preset("tiny"),
         "tiny, image in the 32 MB SDRAM (LiteDRAM, GENSDRPHY, at the core clock): loaded once "
         "with `bertcore board load`, streamed from the DRAM into the core for every run",
-        sdram=ULX3S_SDRAM.replace(clock=75e6)),
+        sdram=ULX3S_SDRAM.replace(clock=75e6),
+        # the MiniLM core at 50 MHz, as LiteX's own ULX3S target runs its SDRAM (docs/boards.md,
+        # "A MiniLM core for the LFE5U-85F"); router2 routes it where router1 did not finish
+        preset_builds=(("ulx3s-minilm", 50e6, "router2"),)),
     "orangecrab-25f": BoardSpec(
         # 100 MHz: routed with this target the core reaches 100.7-104.1 MHz (docs/boards.md)
         "orangecrab-25f", "amaranth_boards.orangecrab_r0_2:OrangeCrabR0_2_25FPlatform", "ecp5",
@@ -222,11 +246,14 @@ BOARDS = {
 }
 
 
-def board_spec(name):
+def board_spec(name, config=None):
+    """The :class:`BoardSpec` of board ``name``; with ``config``, as it runs that configuration
+    (:meth:`BoardSpec.for_config`: its core clock). ``ValueError`` for an unknown board."""
     try:
-        return BOARDS[name]
+        spec = BOARDS[name]
     except KeyError:
         raise ValueError(f"unknown board {name!r} (known: {', '.join(BOARDS)})") from None
+    return spec if config is None else spec.for_config(config)
 
 
 def _ecp5_pll(m, clk_in, clk_out, locked, f_in, f_out):
@@ -300,7 +327,7 @@ class BoardTop(wiring.Component):
     """
 
     def __init__(self, board, config=None, *, core=None):
-        self._spec = board_spec(board) if isinstance(board, str) else board
+        self._spec = board_spec(board, config) if isinstance(board, str) else board
         self._config = self._spec.config if config is None else config
         self._core = core
         self._divisor = uart_divisor(self._spec.clock, self._spec.baud)

@@ -105,6 +105,23 @@ def test_load_config_file_errors(tmp_path):
         load_config("tiny", config_file=other)
 
 
+def test_board_clock_follows_the_configuration():
+    """The SDRAM board builds ``ulx3s-minilm`` at 50 MHz with router2 (its LiteDRAM generated
+    for 50 MHz); its default configuration keeps the board's clock;
+    ``with_clock`` (``bertcore build --clock``) overrides either."""
+    from bertcore.boards.top import BoardTop, board_spec
+    board = board_spec("ulx3s-85f-sdram")
+    minilm = board_spec("ulx3s-85f-sdram", preset("ulx3s-minilm"))
+    assert (board.clock, board.sdram.clock, board.router) == (75e6, 75e6, None)
+    assert (minilm.clock, minilm.sdram.clock, minilm.router) == (50e6, 50e6, "router2")
+    assert board_spec("ulx3s-85f-sdram", board.config) == board
+    assert board_spec("ulx3s-85f-sdram", preset("ulx3s-minilm").replace(max_seq=32)) == board
+    assert BoardTop("ulx3s-85f-sdram", preset("ulx3s-minilm")).spec == minilm
+    faster = minilm.with_clock(60e6)
+    assert (faster.clock, faster.sdram.clock, faster.router) == (60e6, 60e6, "router2")
+    assert board_spec("ulx3s-85f", preset("ulx3s-minilm")).clock == 75e6
+
+
 @pytest.mark.parametrize("field", ["prob_bits", "gelu_bits"])
 def test_width_defaults_and_boards(field):
     """16-bit attention probabilities and GELU outputs by default, in the reference and the
