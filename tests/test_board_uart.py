@@ -1426,39 +1426,66 @@ def test_cli_board_load_bad_input(fake_board, tiny_artifact, capsys):
     assert "the model has hidden=32, the core 384" in msg
 
 
-@pytest.mark.slow
-def test_sdram_top_cocotb(tiny_core, tiny_image, tmp_path):  # noqa: F811
-    """The SDRAM board top without the board: the UART bridge, the image store on LiteDRAM's
-    simulation core (``litedram.gen --sim``: the controller on its SDRAM model) generated for
-    the ULX3S SDRAM board's clock, and the tiny core, in Verilator. The host's run before any
-    load is refused; the tiny image is loaded over the simulated UART (a PARAM frame of the
-    load corrupted on the line: NAKed and resent) and verified by its fingerprint; two
-    sequences then run from the SDRAM (RUN + activations only), bit-exact with ``encode_int``,
-    with LiteDRAM refreshing during each run. Slow: a Verilator build of the tiny core and
-    LiteDRAM, and about 1.4 million simulated cycles for the load."""
+#: The Verilator build of the SDRAM board top with the tiny core, shared by the two tests below.
+SDRAM_TOP_BUILD = "board_sdram_tiny"
+
+
+def test_sdram_top_preloaded(tiny_core, tiny_image, tmp_path):  # noqa: F811
+    """The SDRAM board top without the board, in ``make test``: the UART bridge, the image
+    store on LiteDRAM's simulation core (``litedram.gen --sim``: the controller on its SDRAM
+    model) generated for the ULX3S SDRAM board's clock, and the tiny core, in Verilator
+    (:mod:`sim.sdram_top`). The tiny image is preloaded into the SDRAM model's banks
+    (``$readmemh``, placed by ``GeneratedCore.model_location``); a run before the verify is
+    refused; a verify-only load of another image (one bit differs) and one of more words than
+    the SDRAM holds end as image error, with no valid image (a run is refused again); the
+    verify-only load of the image makes it the store's image (read back over the DRAM, its
+    CRC-32 equal to the host's) with no PARAM frame on the line; two sequences then run from
+    the SDRAM (RUN + activations only), bit-exact with ``encode_int``, with LiteDRAM
+    refreshing during each run."""
     import json
 
-    from bertcore.boards.image_store import ImageStore
-    from bertcore.boards.sdram import generate
-    from bertcore.boards.top import board_spec
-    from sim.runner import run_cocotb
-    spec = board_spec("ulx3s-85f-sdram")
-    core = generate(spec.sdram, sim=True)
-    config = spec.config
+    from sim.sdram_top import run_sdram_top
+    config = TINY
+    runs = _tiny_runs(tiny_core, config, 23)
+    report = tmp_path / "report.json"
+    run_sdram_top(config, tiny_image, runs, report=report, name=SDRAM_TOP_BUILD,
+                  preload_dir=tmp_path / "preload", bad_verify=True)
+    result = json.loads(report.read_text())
+    print("SDRAM board, image preloaded:", {k: v for k, v in result.items() if k != "outputs"})
+    assert "holds no image" in result["refused"]
+    assert "does not hold this image" in result["wrong_fingerprint"]
+    assert result["too_large"]["image_error"] and not result["too_large"]["image_valid"]
+    assert "holds no image" in result["refused_after_bad_verify"]
+    # the verify-only loads sent no image word: VERIFY frames, no PARAM frame
+    types = result["frame_types"]
+    assert types[f"0x{P.T_VERIFY:02x}"] == 3 and types[f"0x{P.T_RUN:02x}"] == len(runs)
+    assert f"0x{P.T_PARAM:02x}" not in types and f"0x{P.T_PARAM_LAST:02x}" not in types
+    assert result["stats"]["naks"] == 0 and result["stats"]["timeouts"] == 0
+    assert all(c > 0 for c in result["cycles"]) and all(r > 0 for r in result["refreshes"])
+    # each run streamed the whole image from the SDRAM (the store's stream, first word to last)
+    spans = result["stream_spans"]
+    assert len(spans) == len(runs) and all(end > start for start, end in spans)
+
+
+@pytest.mark.slow
+def test_sdram_top_cocotb(tiny_core, tiny_image, tmp_path):  # noqa: F811
+    """The SDRAM board top as in :func:`test_sdram_top_preloaded` (the same Verilator build),
+    but the image loaded over the simulated UART (not preloaded): a run before the load is
+    refused; the load's first PARAM frame has a bit flipped on the line: NAKed and resent; the
+    image is verified by its fingerprint; two sequences then run from the SDRAM (RUN +
+    activations only), bit-exact with ``encode_int``, with LiteDRAM refreshing during each
+    run. Slow-marked: about 1.1 million simulated cycles for the load (measured: 28 s of
+    simulation, 50 s in all with the build cached)."""
+    import json
+
+    from sim.sdram_top import run_sdram_top
+    config = TINY
     runs = _tiny_runs(tiny_core, config, 22)
     report = tmp_path / "report.json"
-    # the first PARAM frame (of the load) has a payload bit flipped on the line
-    params = {"divisor": DIVISOR, "config": config.to_dict(), "image": tiny_image, "runs": runs,
-              "corrupt": [0, P.HEADER_BYTES + 7, 0x04, P.T_PARAM], "timeout_bits": 4000,
-              "report": str(report),
-              "sdram": {"refresher": [f"store.dram.dram.core.{prefix}refresher_state"
-                                      for prefix in ("", "litedramcore_")]}}
-    top = UARTCoreTop(config, DIVISOR, core_domain=True, store=ImageStore(core, 32))
-    run_cocotb(top, toplevel="bertcore_sdram_top", test_module="tb_board",
-               simulator="verilator", params=params, extra_sources=core.verilator_sources,
-               name="board_sdram_tiny")
+    run_sdram_top(config, tiny_image, runs, report=report, name=SDRAM_TOP_BUILD,
+                  corrupt=[0, P.HEADER_BYTES + 7, 0x04, P.T_PARAM])
     result = json.loads(report.read_text())
-    print("SDRAM board over UART:", result)
+    print("SDRAM board over UART:", {k: v for k, v in result.items() if k != "outputs"})
     assert "holds no image" in result["refused"]
     assert result["stats"]["naks"] == 1 and result["stats"]["timeouts"] == 0
     assert all(c > 0 for c in result["cycles"])
