@@ -36,6 +36,7 @@ executes a frame once and answers a repeat with the stored reply), at most ``ret
 then :class:`LinkError` is raised.
 """
 
+import struct
 import weakref
 import zlib
 
@@ -216,9 +217,10 @@ class BoardLink:
         st.pop("accepted", None)
         return st
 
-    def store_command(self, ftype):
-        """LOAD or RUN (SDRAM boards); returns the status reply, ``accepted`` included."""
-        rtype, body = self.transact(ftype)
+    def store_command(self, ftype, payload=b""):
+        """LOAD, VERIFY (``payload``: words and fingerprint, u32 LE each) or RUN (SDRAM
+        boards); returns the status reply, ``accepted`` included."""
+        rtype, body = self.transact(ftype, payload)
         if rtype != P.R_STATUS:
             raise LinkError(f"frame type 0x{ftype:02x} was answered with type 0x{rtype:02x}, "
                             f"not a status")
@@ -360,7 +362,7 @@ def _check_image_words(words, config):
     return words
 
 
-def load_image(port, words, config, *, polls=10000):
+def load_image(port, words, config, *, polls=10000, verify_only=False):
     """Store the parameter image ``words`` in the board's SDRAM (boards with an image store).
 
     Checks the bus width, waits for the SDRAM bring-up, sends LOAD and the image in PARAM
@@ -368,11 +370,17 @@ def load_image(port, words, config, *, polls=10000):
     back, then compares the board's fingerprint and word count with :func:`image_fingerprint`
     of ``words``. Returns the :class:`BoardLink`, ready for :func:`run`.
 
+    With ``verify_only`` nothing is written: VERIFY tells the board the word count and the
+    fingerprint of ``words``, and the board reads that many words back from its SDRAM and
+    takes them as its image only if their CRC-32 is that fingerprint (the SDRAM kept the image
+    across a reconfiguration of the FPGA without a power cycle, or a simulation preloaded it).
+
     Raises
     ------
     ImageStoreError
         No image store on the board, a failed SDRAM bring-up, an image the board did not take
-        or that does not verify (read back differently, larger than the SDRAM).
+        or that does not verify (read back differently, larger than the SDRAM; with
+        ``verify_only``: the SDRAM does not hold this image).
     ValueError
         If ``words`` is not an image of ``config``'s size.
     """
@@ -383,12 +391,19 @@ def load_image(port, words, config, *, polls=10000):
         raise ImageStoreError("the board has no SDRAM image store (its bitstream streams the "
                               "image with every run: use board run)")
     _wait_store(link, polls, "before the load")
-    if not link.store_command(P.T_LOAD)["accepted"]:
-        raise ImageStoreError("the board's image store did not take LOAD")
-    link.image = None                   # the stored image is being replaced
-    link.send_words(P.T_PARAM, P.T_PARAM_LAST, words, config.bus_width // 8)
-    st = _wait_store(link, polls, "verifying the image")
     want = image_fingerprint(words, config.bus_width)
+    command = "VERIFY" if verify_only else "LOAD"
+    payload = struct.pack("<II", len(words), want) if verify_only else b""
+    if not link.store_command(P.T_VERIFY if verify_only else P.T_LOAD, payload)["accepted"]:
+        raise ImageStoreError(f"the board's image store did not take {command}")
+    link.image = None                   # the stored image is being replaced
+    if not verify_only:
+        link.send_words(P.T_PARAM, P.T_PARAM_LAST, words, config.bus_width // 8)
+    st = _wait_store(link, polls, "verifying the image")
+    if verify_only and (st["image_error"] or not st["image_valid"]):
+        raise ImageStoreError(f"the SDRAM does not hold this image: its first {len(words)} "
+                              f"words do not have fingerprint {want:08x} (or are more than "
+                              f"the SDRAM holds); load it with board load")
     if st["image_error"] or not st["image_valid"]:
         raise ImageStoreError(f"the image in SDRAM does not verify ({len(words)} words: read "
                               f"back differently, or larger than the SDRAM)")

@@ -641,9 +641,10 @@ def cmd_board_load(args):
         qm = random_model(cfg, seed=args.seed)
     image = pack_parameter_image(qm, cfg)
     with _board_errors(args, baud):
-        load_image(link, image, cfg)
+        load_image(link, image, cfg, verify_only=args.verify_only)
     st = link.stats
-    print(f"loaded {len(image)} words into the board's SDRAM, fingerprint "
+    what = "found" if args.verify_only else "loaded"
+    print(f"{what} {len(image)} words in the board's SDRAM, fingerprint "
           f"{image_fingerprint(image, cfg.bus_width):08x} verified ({st['frames']} frames, "
           f"{st['naks']} NAKs, {st['timeouts']} timeouts)")
     return 0
@@ -977,9 +978,15 @@ def _add_board(sub):
     bl = _command(bsub, "load", "store the parameter image in the board's SDRAM and verify "
                   "its fingerprint (boards with an SDRAM image store)",
                   ["bertcore board load --board ulx3s-85f-sdram --port /dev/ttyUSB0 "
-                   "--quantized tiny.safetensors"], cmd_board_load)
+                   "--quantized tiny.safetensors",
+                   "bertcore board load --board ulx3s-85f-sdram --port /dev/ttyUSB0 "
+                   "--quantized tiny.safetensors --verify-only"], cmd_board_load)
     _board_args(bl)
     _board_model_args(bl)
+    bl.add_argument("--verify-only", action="store_true",
+                    help="write nothing: check that the SDRAM still holds this image (kept "
+                    "across a reconfiguration of the FPGA without a power cycle) by its "
+                    "fingerprint read back, and take it as the board's image")
     bs = _command(bsub, "status", "print the board's status (busy, error, cycles, ...)",
                   ["bertcore board status --board ulx3s-85f --port /dev/ttyUSB0"],
                   cmd_board_status)

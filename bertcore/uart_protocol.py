@@ -14,7 +14,7 @@ from amaranth.lib.crc import catalog
 
 __all__ = ["SOF", "T_PARAM", "T_PARAM_LAST", "T_ACT", "T_ACT_LAST", "T_ACT_TABLE", "T_READ",
            "T_STATUS",
-           "T_RESET", "T_LOAD", "T_RUN", "R_ACK", "R_NAK", "R_DATA", "R_STATUS", "NAK_CRC",
+           "T_RESET", "T_LOAD", "T_RUN", "T_VERIFY", "VERIFY_BYTES", "R_ACK", "R_NAK", "R_DATA", "R_STATUS", "NAK_CRC",
            "NAK_LENGTH",
            "NAK_TYPE", "NAK_FRAMING", "NAK_TIMEOUT", "NAK_REASONS", "HEADER_BYTES",
            "TRAILER_BYTES", "STATUS_BYTES", "DATA_LAST", "DATA_ERROR", "DATA_FAILED", "ST_BUSY",
@@ -38,6 +38,10 @@ T_RESET = 0x05          # reset the core (abort any run)
 # ... only on a board with an SDRAM image store (others NAK them: unknown type)
 T_LOAD = 0x06           # the following PARAM .. PARAM_LAST frames go into the SDRAM image
 T_RUN = 0x07            # stream the stored image into s_axis_param (then ACT, READ as usual)
+T_VERIFY = 0x08         # verify-only load: payload words (u32 LE) + fingerprint (u32 LE) of the
+                        # image the SDRAM already holds; the store reads it back and compares
+#: Payload bytes of a VERIFY frame.
+VERIFY_BYTES = 8
 
 # Board → host reply types.
 R_ACK = 0x80
@@ -81,7 +85,7 @@ SD_VALID = 0x04         # a loaded image verified (fingerprint and words are mea
 SD_ERROR = 0x08         # the last load did not verify / was too large, or RUN without an image
 SD_BUSY = 0x10          # the store is loading, verifying or streaming
 SD_LOADING = 0x20       # PARAM frames go to the store (after LOAD, until PARAM_LAST)
-SD_ACCEPTED = 0x40      # (the reply to LOAD / RUN) the store took the command
+SD_ACCEPTED = 0x40      # (the reply to LOAD / RUN / VERIFY) the store took the command
 
 
 #: The frame check sequence as an Amaranth CRC algorithm (the gateware's ``crc.Processor``).

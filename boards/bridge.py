@@ -13,9 +13,11 @@ core. Every frame carries a sequence byte: a frame with the same sequence byte a
 executed one (a retry after a lost reply) is not executed again; its stored reply is resent.
 
 With ``sdram=True`` (a board with an SDRAM image store, :class:`boards.image_store.ImageStore`)
-the bridge also executes LOAD (the following PARAM .. PARAM_LAST frames go to ``store_load``)
-and RUN (a pulse on ``store_run``: the store streams its image into the core), both answered
-with the long STATUS reply, whose flag ``SD_ACCEPTED`` says whether the store took the command.
+the bridge also executes LOAD (the following PARAM .. PARAM_LAST frames go to ``store_load``),
+VERIFY (a verify-only load: a pulse on ``store_verify`` with the word count and fingerprint of
+its payload on ``store_expect_*``: the store checks the image the SDRAM already holds) and RUN
+(a pulse on ``store_run``: the store streams its image into the core), all answered with the
+long STATUS reply, whose flag ``SD_ACCEPTED`` says whether the store took the command.
 
 Structure (the boxes are components; the bridge's own ``elaborate`` and ``_dispatch`` are the
 dispatcher, which starts one unit at a time)::
@@ -237,8 +239,12 @@ class UARTBridge(wiring.Component):
         One-cycle pulse when a NAK is sent (for a LED).
     store_load : ``Out(stream.Signature(bus_layout(bus_width)))``
         (``sdram``) Image words for ``ImageStore.s_load``.
-    store_start, store_run : ``Out(1)``
-        (``sdram``) One-cycle pulses: ``ImageStore.load`` / ``ImageStore.run``.
+    store_start, store_verify, store_run : ``Out(1)``
+        (``sdram``) One-cycle pulses: ``ImageStore.load`` / ``ImageStore.verify`` /
+        ``ImageStore.run``.
+    store_expect_words, store_expect_fingerprint : ``Out(32)``
+        (``sdram``) A VERIFY frame's payload, for ``ImageStore.expect_*`` (held from the frame
+        on).
     store_ready : ``In(1)``
         (``sdram``) The store takes a command (``init_done`` and not ``busy``).
     store_flags : ``In(5)``
@@ -274,7 +280,9 @@ class UARTBridge(wiring.Component):
         members = {}
         if self._sdram:
             members = {"store_load": Out(stream.Signature(layout)), "store_start": Out(1),
-                       "store_run": Out(1), "store_ready": In(1), "store_flags": In(5),
+                       "store_verify": Out(1), "store_run": Out(1),
+                       "store_expect_words": Out(32), "store_expect_fingerprint": Out(32),
+                       "store_ready": In(1), "store_flags": In(5),
                        "store_fingerprint": In(32), "store_words": In(32)}
         super().__init__({
             "rx": In(1, init=1),
@@ -327,6 +335,16 @@ class UARTBridge(wiring.Component):
         connect(m, urx.o_stream, rx.i_stream)
         connect(m, rx.frame, frame_mem.write_port())
         m.d.comb += rx.frame_error.eq(urx.frame_error)
+        if self._sdram:
+            # a VERIFY frame's 8 payload bytes (words, fingerprint: u32 LE each), taken as the
+            # receiver writes them into the frame buffer (the header, type included, comes
+            # first; the store reads them only with the pulse of a good VERIFY frame)
+            expect = Signal(8 * P.VERIFY_BYTES)
+            with m.If(rx.frame.en & (rx.frame.addr < P.VERIFY_BYTES)
+                      & (rx.type == P.T_VERIFY)):
+                m.d.sync += expect.word_select(rx.frame.addr[:3], 8).eq(rx.frame.data)
+            m.d.comb += [self.store_expect_words.eq(expect[:32]),
+                         self.store_expect_fingerprint.eq(expect[32:])]
         m.submodules.forwarder = fwd = WordForwarder(self._bus, MAXP)
         connect(m, fwd.frame, frame_mem.read_port())
         m.d.comb += [fwd.length.eq(rx.length), fwd.abort.eq(urx.line_break)]
@@ -419,7 +437,7 @@ class UARTBridge(wiring.Component):
         is_data = ((ftype == P.T_PARAM) | (ftype == P.T_PARAM_LAST) | (ftype == P.T_ACT)
                    | (ftype == P.T_ACT_LAST) | (ftype == P.T_ACT_TABLE))
         known = is_data | (ftype == P.T_READ) | (ftype == P.T_RESET)
-        is_store = (ftype == P.T_LOAD) | (ftype == P.T_RUN)
+        is_store = (ftype == P.T_LOAD) | (ftype == P.T_RUN) | (ftype == P.T_VERIFY)
         if self._sdram:
             known = known | is_store
 
@@ -461,15 +479,22 @@ class UARTBridge(wiring.Component):
                     m.d.comb += gather.start.eq(1)
                     fsm.next("GATHER")
                 if self._sdram:
+                    with m.Elif((ftype == P.T_VERIFY) & (rx.length != P.VERIFY_BYTES)):
+                        m.d.sync += reason.eq(P.NAK_LENGTH)
+                        fsm.next("NAK")
                     with m.Elif(is_store):
-                        # LOAD / RUN: taken only by a ready store (RUN: with a valid image); the
-                        # reply is the status with SD_ACCEPTED (recorded: a retry is not executed)
-                        accepted = self.store_ready & ((ftype == P.T_LOAD) | self.store_flags[2])
+                        # LOAD / VERIFY / RUN: taken only by a ready store (RUN: with a valid
+                        # image); the reply is the status with SD_ACCEPTED (recorded: a retry
+                        # is not executed). VERIFY's word count and fingerprint are the store's
+                        # to judge: a bad one ends as image error, no valid image.
+                        accepted = self.store_ready & ((ftype != P.T_RUN) | self.store_flags[2])
                         m.d.sync += status.eq(self._status_word(lost, to_store, accepted))
                         with m.If(accepted):
                             with m.If(ftype == P.T_LOAD):
                                 m.d.comb += self.store_start.eq(1)
                                 m.d.sync += to_store.eq(1)
+                            with m.Elif(ftype == P.T_VERIFY):
+                                m.d.comb += self.store_verify.eq(1)
                             with m.Else():
                                 m.d.comb += self.store_run.eq(1)
                         reply(P.R_STATUS, self.status_bytes, record=True)

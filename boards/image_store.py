@@ -9,6 +9,12 @@
   Equal: the image is ``valid`` and ``fingerprint`` is its CRC-32 (the host compares it with
   the CRC-32 of what it sent, ``zlib.crc32`` of the little-endian bytes). Different, or more
   words than the DRAM holds: ``error``, not valid.
+* **verify** (``verify`` pulse with ``expect_words`` and ``expect_fingerprint``): a load without
+  the writing, for an image the DRAM already holds (written before a reconfiguration of the FPGA
+  that kept the SDRAM powered, or preloaded into a simulation model): the first
+  ``expect_words`` words are read back with the CRC-32; equal to ``expect_fingerprint``: the
+  image is ``valid`` with that fingerprint and word count. A different CRC-32, no words or more
+  than the DRAM holds: ``error``, not valid (nothing is read for a bad count).
 * **run** (``run`` pulse): the stored image streams from the DRAM to ``m_param`` (``last`` on
   its final word), as often as asked. A run without a valid image raises ``error`` and streams
   nothing.
@@ -45,8 +51,10 @@ class ImageStore(wiring.Component):
 
     Members
     -------
-    load, run, cancel : ``In(1)``
+    load, verify, run, cancel : ``In(1)``
         Pulses (see above).
+    expect_words, expect_fingerprint : ``In(32)``
+        The image a ``verify`` pulse claims the DRAM holds (read with the pulse).
     s_load : ``In(stream.Signature({"data": bus_width, "last": 1}))``
         Image words while loading (not taken otherwise).
     m_param : ``Out(stream.Signature({"data": bus_width, "last": 1}))``
@@ -65,7 +73,8 @@ class ImageStore(wiring.Component):
         self._bus_width = bus_width
         layout = data.StructLayout({"data": bus_width, "last": 1})
         super().__init__({
-            "load": In(1), "run": In(1), "cancel": In(1),
+            "load": In(1), "verify": In(1), "run": In(1), "cancel": In(1),
+            "expect_words": In(32), "expect_fingerprint": In(32),
             "s_load": In(stream.Signature(layout)), "m_param": Out(stream.Signature(layout)),
             "busy": Out(1), "valid": Out(1), "error": Out(1),
             "init_done": Out(1), "init_error": Out(1),
@@ -86,18 +95,32 @@ class ImageStore(wiring.Component):
             self.init_done.eq(dram.init_done), self.init_error.eq(dram.init_error),
             dram.w_base.eq(0), dram.r_base.eq(0),
             # the reader starts at the end of the flush with the count just written
-            dram.r_count.eq(Mux(state == flushing, dram.w_written, self.words)),
+            dram.r_count.eq(Mux(state == flushing, dram.w_written,
+                                Mux((state == idle) & self.verify, self.expect_words,
+                                    self.words))),
             dram.w_data.payload.eq(self.s_load.payload.data),
             crc_in.data.eq(self.s_load.payload.data),
             crc_out.data.eq(dram.m_axis.payload.data),
         ]
         ready = dram.init_done & (state == idle)
+        # the CRC-32 the read-back must give: the one over the words written (load), or the
+        # fingerprint claimed (verify)
+        expected = Signal(32)
+        capacity = 1 << (len(dram.r_count) - 1)          # bus words in the DRAM
+        claim = self.expect_words
+        claim_ok = (claim != 0) & (claim <= capacity)
         out_last = dram.m_axis.valid & dram.m_axis.ready & dram.m_axis.payload.last
 
         with m.If(state == idle):
             with m.If(ready & self.load):
                 m.d.comb += [dram.w_start.eq(1), crc_in.start.eq(1)]
                 m.d.sync += [state.eq(loading), self.valid.eq(0), self.error.eq(0)]
+            with m.Elif(ready & self.verify):
+                m.d.sync += [self.valid.eq(0), self.error.eq(~claim_ok),
+                             expected.eq(self.expect_fingerprint)]
+                with m.If(claim_ok):
+                    m.d.comb += [dram.r_start.eq(1), crc_out.start.eq(1)]
+                    m.d.sync += [self.words.eq(claim), state.eq(verifying)]
             with m.Elif(ready & self.run):
                 with m.If(self.valid):
                     m.d.comb += dram.r_start.eq(1)
@@ -117,13 +140,14 @@ class ImageStore(wiring.Component):
                 m.d.sync += [self.error.eq(1), state.eq(idle)]
             with m.Elif(dram.w_idle):
                 m.d.comb += [dram.r_start.eq(1), crc_out.start.eq(1)]
-                m.d.sync += [self.words.eq(dram.w_written), state.eq(verifying)]
+                m.d.sync += [self.words.eq(dram.w_written), expected.eq(crc_in.crc),
+                             state.eq(verifying)]
         with m.Elif(state == verifying):
             m.d.comb += [dram.m_axis.ready.eq(1), crc_out.valid.eq(dram.m_axis.valid)]
             with m.If(out_last):
                 m.d.sync += state.eq(checking)          # crc_out's register is updated
         with m.Elif(state == checking):
-            match = crc_out.crc == crc_in.crc
+            match = crc_out.crc == expected
             m.d.sync += [self.fingerprint.eq(crc_out.crc), self.valid.eq(match),
                          self.error.eq(~match), state.eq(idle)]
         with m.Elif(state == running):                  # the image to the core

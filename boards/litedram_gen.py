@@ -9,6 +9,10 @@ compiling gateware), with two differences that are why it exists:
 * ``--sim``: LiteX's simulation toolchain writes the Verilog and then prepares its own Verilator
   harness, which needs ``pythondata-misc-tapcfg`` (not on PyPI) and would build a C++ simulator
   bertcore does not use. Here the simulation platform's toolchain writes the Verilog only.
+* ``--sim``: the Verilog gets an ``initial`` block that preloads the SDRAM model's bank arrays
+  from files named by plusargs (``+sdram_bank<N>=FILE``, ``$readmemh``; see
+  :meth:`boards.sdram.GeneratedCore.write_preload`): an image of megabytes cannot be written
+  through a simulated UART or bus.
 * It writes ``DIR/bertcore-litedram.json``: the SDRAM init sequence that LiteDRAM's BIOS would run
   (``litedram.init.get_sdram_phy_init_sequence`` on the PHY settings of *this* core, its DFII
   bits from LiteDRAM's Python header), the CSR
@@ -22,6 +26,7 @@ import is kept out of the caller.
 import argparse
 import json
 import os
+import re
 import sys
 
 __all__ = ["main"]
@@ -43,6 +48,33 @@ class _VerilogOnly:
         output = platform.get_verilog(fragment, name=build_name, regular_comb=regular_comb)
         output.write(os.path.join(build_dir, build_name + ".v"))
         return output.ns
+
+
+#: The plusarg naming the preload file of a bank: ``+sdram_bank0=FILE``.
+PRELOAD_PLUSARG = "sdram_bank{bank}"
+
+
+def _add_preload(verilog):
+    """Add to the simulation core's Verilog an ``initial`` block that reads each bank model's
+    array (LiteDRAM's ``SDRAMPHYModel``: one ``reg [15:0] mem..[...]`` per bank) from the file
+    of its plusarg, if given. Returns the bank arrays' names, bank 0 first."""
+    with open(verilog) as f:
+        text = f.read()
+    # each bank model's read port names its array
+    banks = dict(re.findall(r"assign \w*bankmodel(\d+)_read_port_dat_r = (\w+)\[", text))
+    names = [banks[str(bank)] for bank in range(len(banks))]
+    lines = ["", "// bertcore: the SDRAM model's banks preloaded from files given as plusargs",
+             "// (+sdram_bank<N>=FILE, $readmemh with @index lines; simulation only)",
+             "initial begin : bertcore_sdram_preload",
+             "\treg [8*1024-1:0] path;"]
+    for bank, name in enumerate(names):
+        plusarg = PRELOAD_PLUSARG.format(bank=bank)
+        lines.append(f'\tif ($value$plusargs("{plusarg}=%s", path)) $readmemh(path, {name});')
+    lines += ["end", ""]
+    end = text.rindex("endmodule")
+    with open(verilog, "w") as f:
+        f.write(text[:end] + "\n".join(lines) + "\n" + text[end:])
+    return names
 
 
 def _load_config(path):
@@ -106,6 +138,8 @@ def main(argv=None):
         kind = "control" if command.startswith("DFII_CONTROL") else "command"
         steps.append({"comment": comment, "kind": kind, "address": address, "bank": bank,
                       "bits": bits, "delay": delay})
+    verilog = os.path.join(output_dir, "gateware", args.name + ".v")
+    bank_arrays = _add_preload(verilog) if args.sim else []
     module = config["sdram_module"]
     size = module.nbanks * module.nrows * module.ncols * phy.settings.databits // 8
     with open(csr_json) as f:
@@ -116,7 +150,8 @@ def main(argv=None):
         ports[name] = {"address_width": (size // (width // 8)).bit_length() - 1,
                        "data_width": width}
     meta = {
-        "verilog": os.path.join(output_dir, "gateware", args.name + ".v"),
+        "verilog": verilog,
+        "bank_arrays": bank_arrays,
         "name": args.name,
         "sim": args.sim,
         "memtype": phy.settings.memtype,

@@ -23,6 +23,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .litedram_gen import PRELOAD_PLUSARG
+
 __all__ = ["SDRAMConfig", "GeneratedCore", "generate", "ULX3S_SDRAM",
            "LiteDRAMError"]
 
@@ -135,6 +137,8 @@ class GeneratedCore:
         ``bankbits``, ``rowbits``, ``colbits`` of the chip.
     address_mapping : str
         LiteDRAM's mapping of port addresses onto bank, row and column.
+    bank_arrays : list of str
+        (simulation variant) The model's per-bank memory arrays, bank 0 first.
     """
     verilog: Path
     name: str
@@ -151,6 +155,7 @@ class GeneratedCore:
     data_width: int
     geom: dict
     address_mapping: str
+    bank_arrays: tuple = ()
 
     def model_location(self, address):
         """Where the simulation model keeps the port word at ``address``: ``(bank, index)`` into
@@ -158,10 +163,13 @@ class GeneratedCore:
 
         LiteDRAM's ``ROW_BANK_COL`` mapping of a single-phase SDR controller: the column in the
         low bits, then the bank, then the row; a bank model keeps ``row * ncols + column``.
+        ``address`` may be a NumPy array of addresses (then two arrays are returned).
         """
+        import numpy as np
         if self.address_mapping != "ROW_BANK_COL" or self.data_width != self.databits:
             raise ValueError("only the ROW_BANK_COL mapping of a port of the DRAM's width")
-        if not 0 <= address < 1 << self.address_width:
+        if not np.all((0 <= np.asarray(address)) & (np.asarray(address)
+                                                     < 1 << self.address_width)):
             raise ValueError(f"address must be in 0..{(1 << self.address_width) - 1}, "
                              f"not {address!r}")
         col_bits, bank_bits = self.geom["colbits"], self.geom["bankbits"]
@@ -169,6 +177,56 @@ class GeneratedCore:
         bank = (address >> col_bits) & ((1 << bank_bits) - 1)
         row = address >> (col_bits + bank_bits)
         return bank, (row << col_bits) | column
+
+    def write_preload(self, words, word_width, directory):
+        """Write an image as the simulation model's bank contents, for the preload of the
+        ``--sim`` core: ``words`` (stream words of ``word_width`` bits) stored from port address
+        0 as :class:`~boards.image_store.ImageStore` writes them (each word split into port
+        words, low half first), placed with :meth:`model_location`.
+
+        Writes ``directory/bank<N>.hex`` (``$readmemh``: ``@index`` where the indices jump, one
+        hexadecimal port word a line) for each bank and returns the simulator's plusargs
+        (``+sdram_bank<N>=FILE``) that the core's preload block reads.
+
+        Raises
+        ------
+        ValueError
+            Not the simulation variant, a word width that is not a multiple of the port's, or
+            more words than the DRAM holds.
+        """
+        import numpy as np
+        if not self.sim or not self.bank_arrays:
+            raise ValueError("only the simulation variant (generate(..., sim=True)) preloads")
+        ratio, rest = divmod(word_width, self.data_width)
+        if rest or ratio < 1:
+            raise ValueError(f"word_width must be a multiple of the port's {self.data_width} "
+                             f"bits, not {word_width!r}")
+        lanes = np.asarray(words, dtype=np.uint64)[:, None] >> (
+            self.data_width * np.arange(ratio, dtype=np.uint64))
+        port = (lanes & np.uint64((1 << self.data_width) - 1)).reshape(-1)
+        if len(port) > 1 << self.address_width:
+            raise ValueError(f"{len(words)} words of {word_width} bits do not fit in "
+                             f"{self.size} bytes of DRAM")
+        banks, indices = self.model_location(np.arange(len(port), dtype=np.int64))
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        digits = (self.data_width + 3) // 4
+        plusargs = []
+        for bank in range(len(self.bank_arrays)):
+            sel = banks == bank
+            index, value = indices[sel], port[sel]
+            if not len(index):
+                continue                        # a small image leaves later banks alone
+            jumps = np.flatnonzero(np.diff(index, prepend=-2) != 1)
+            ends = list(jumps[1:]) + [len(index)]
+            lines = []
+            for start, end in zip(jumps, ends):
+                lines.append(f"@{int(index[start]):x}")
+                lines.extend(f"{v:0{digits}x}" for v in value[start:end].tolist())
+            path = directory / f"bank{bank}.hex"
+            path.write_text("\n".join(lines) + "\n")
+            plusargs.append(f"+{PRELOAD_PLUSARG.format(bank=bank)}={path}")
+        return plusargs
 
     @property
     def verilator_sources(self):
@@ -203,7 +261,8 @@ def _load(directory, config):
         init_sequence=meta["init_sequence"], dfii=meta["dfii"], csr=meta["csr"],
         trefi=meta["trefi"], trfc=meta["trfc"], size=meta["size"], databits=meta["databits"],
         address_width=port["address_width"], data_width=port["data_width"],
-        geom=meta["geom"], address_mapping=meta["address_mapping"])
+        geom=meta["geom"], address_mapping=meta["address_mapping"],
+        bank_arrays=tuple(meta.get("bank_arrays", ())))
 
 
 def generate(config=ULX3S_SDRAM, *, sim=False, cache_dir=None):

@@ -11,9 +11,12 @@ master on the core's ``wb_ctrl`` bus:
    by the generator and carried in :class:`~boards.sdram.GeneratedCore`): CKE high, precharge
    all, mode register (CAS latency), two auto refreshes, mode register, with LiteDRAM's delays
    (the BIOS's ``cdelay(n)`` loops, taken here as ``n`` clock cycles);
-3. a check of the chip through the DFII: activate row 0 of bank 0, write two complementary
-   patterns to columns 0 and 1, read them back, precharge all (a dead chip, a stuck or unsoldered
-   data line fails here instead of corrupting the image later);
+3. a check of the chip through the DFII: activate the last row of the last bank, write two
+   complementary patterns to its last two columns, read them back, precharge all (a dead chip, a
+   stuck or unsoldered data line fails here instead of corrupting the image later). The last
+   two words of the DRAM, not the first: an image stored from address 0 survives a bring-up
+   after a reconfiguration that kept the SDRAM powered, or preloaded into a simulation model
+   (a verify-only load, :class:`~boards.image_store.ImageStore`);
 4. DFII to hardware control (LiteDRAM's controller takes over, refreshes from then on);
 5. the core's ``init_done`` register (and ``init_error`` on a failure), which also opens the
    user ports (LiteDRAM blocks them until ``init_done & ~init_error``).
@@ -91,14 +94,17 @@ def init_program(core, clock):
     cas, ras = dfii["dfii_command_cas"], dfii["dfii_command_ras"]
     mask = (1 << core.databits) - 1
     patterns = [0x5AC3A55A & mask, ~0x5AC3A55A & mask]
-    command(ras | cs, 0, 0, "check: activate bank 0 row 0")
+    # the top of the DRAM (see the module docstring): last bank, last row, last two columns
+    row, bank = (1 << core.geom["rowbits"]) - 1, (1 << core.geom["bankbits"]) - 1
+    columns = [(1 << core.geom["colbits"]) - 2 + i for i in range(len(patterns))]
+    command(ras | cs, row, bank, f"check: activate bank {bank} row {row}")
     wait(COMMAND_GAP)
-    for column, pattern in enumerate(patterns):
+    for column, pattern in zip(columns, patterns):
         write("sdram_dfii_pi0_wrdata", pattern, f"check: write column {column}")
-        command(cas | we | cs | dfii["dfii_command_wrdata"], column)
+        command(cas | we | cs | dfii["dfii_command_wrdata"], column, bank)
     wait(COMMAND_GAP)
-    for column, pattern in enumerate(patterns):
-        command(cas | cs | dfii["dfii_command_rddata"], column,
+    for column, pattern in zip(columns, patterns):
+        command(cas | cs | dfii["dfii_command_rddata"], column, bank,
                 comment=f"check: read column {column}")
         wait(COMMAND_GAP)
         prog.append((_CHECK, "sdram_dfii_pi0_rddata", pattern, "check: compare"))

@@ -39,7 +39,8 @@ SIMULATORS = ("icarus", "verilator")
 # The Verilator flags and lint waivers (with their reasons) live in bertcore.toolchain, which
 # the package's own simulations (embed --backend rtl, bertcore sim) share.
 from bertcore.toolchain import (  # noqa: E402
-    LINT_WAIVERS, VERILATOR_BUILD_ARGS, VERILATOR_MAKE_VARS, patch_verilator_make,
+    LINT_WAIVERS, VERILATOR_BUILD_ARGS, VERILATOR_MAKE_VARS, VERILATOR_PORTS_ONLY_ARGS,
+    patch_verilator_make,
 )
 
 # net aliases and the UNUSEDSIGNAL waiver rule: shared with the generated `.vlt` waiver file
@@ -99,7 +100,7 @@ def _runtime_files(directory):
 
 
 def _build(runner, simulator, source, build_dir, toplevel, waves, extra_args=(),
-           extra_sources=()):
+           extra_sources=(), make_vars=(), control=None):
     stamp = build_dir / "bertcore-build.ok"
     # one build per directory at a time (parallel test workers): a second caller waits, then
     # finds the stamp
@@ -120,9 +121,14 @@ def _build(runner, simulator, source, build_dir, toplevel, waves, extra_args=(),
             seed = []
             if runtime is not None and all(path.exists() for path in _runtime_files(runtime)):
                 seed = [["cp", *map(str, _runtime_files(runtime)), str(build_dir)]]
-            patch_verilator_make(runner, seed)
+            patch_verilator_make(runner, seed, make_vars=[*VERILATOR_MAKE_VARS, *make_vars])
+        sources = [source_path, *extra_sources]
+        if control is not None:
+            from cocotb_tools.runner import VerilatorControlFile
+            (build_dir / "public.vlt").write_text(control)
+            sources.append(VerilatorControlFile(build_dir / "public.vlt"))
         runner.build(
-            sources=[source_path, *extra_sources],
+            sources=sources,
             hdl_toplevel=toplevel,
             build_dir=build_dir,
             build_args=build_args,
@@ -163,14 +169,23 @@ def _results(xml_path):
 
 
 def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, waves, tests,
-              extra_args=(), extra_sources=()):
+              extra_args=(), extra_sources=(), public=None, make_vars=(), plusargs=()):
     from cocotb_tools.runner import get_runner
 
     extra = [Path(path).read_text() for path in extra_sources]
-    tag = f"{name}-{simulator}-{_hash(dut_source, *extra, simulator, *VERILATOR_BUILD_ARGS)}"
+    control = None
+    if public is not None and simulator == "verilator":
+        # only these signals are VPI-visible: Verilator inlines and optimizes the rest
+        extra_args = (*extra_args, *VERILATOR_PORTS_ONLY_ARGS)
+        control = "`verilator_config\n" + "".join(
+            f'public_flat_rw -module "{module}" -var "{var}"\n' for module, var in public)
+    # (the key of a build without these options is what it was before they existed)
+    options = [*make_vars, control] if control or make_vars else []
+    tag = f"{name}-{simulator}-{_hash(dut_source, *extra, simulator, *VERILATOR_BUILD_ARGS, *options)}"
     build_dir = BUILD_DIR / (tag + ("-waves" if waves else ""))
     runner = get_runner(simulator)
-    _build(runner, simulator, dut_source, build_dir, toplevel, waves, extra_args, extra_sources)
+    _build(runner, simulator, dut_source, build_dir, toplevel, waves, extra_args, extra_sources,
+           make_vars if simulator == "verilator" else (), control)
 
     test_dir = build_dir / f"run-{name}"
     with entry_lock(test_dir):          # one run of a test name per build at a time
@@ -201,6 +216,7 @@ def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, wav
                 extra_env=env,
                 waves=waves,
                 timescale=("1ns", "1ps"),
+                plusargs=list(plusargs),
                 log_file=test_dir / "sim.log",
             )
         except SystemExit:
@@ -221,7 +237,8 @@ def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, wav
 
 
 def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None, tests=None,
-               models=(), extra_sources=(), platform=None):
+               models=(), extra_sources=(), platform=None, wrapper=None, public=None,
+               make_vars=(), plusargs=(), waves_on_failure=True):
     """Run the cocotb bench ``sim/<test_module>.py`` on the Verilog of ``dut``.
 
     Parameters
@@ -248,6 +265,20 @@ def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None,
         LiteDRAM core); their text is part of the build's key.
     platform : optional
         The platform ``dut`` is elaborated for (e.g. ``sim.models.ECP5``); ``None`` by default.
+    wrapper : (str, str), optional
+        ``(module, text)``: a Verilog module appended to the design's source that instantiates
+        ``toplevel`` and is simulated instead (the bench sees its ports).
+    public : list of (str, str), optional
+        (Verilator) ``(module, signal)`` pairs, wildcards allowed: build with only these
+        VPI-visible (the simulated top's ports must be among them) instead of cocotb's
+        ``--public-flat-rw`` (every net): a much smaller model, faster to build and to run.
+    make_vars : sequence of str, optional
+        (Verilator) Further ``VAR=VALUE`` for the C++ ``make`` (e.g. ``OPT_FAST=-O1``).
+    plusargs : sequence of str, optional
+        Simulator plusargs of the run (``+name=value``); not part of the build.
+    waves_on_failure : bool
+        Re-run a failing bench with waveforms (a second build); off for designs whose build
+        takes long.
 
     Returns
     -------
@@ -266,15 +297,19 @@ def run_cocotb(dut, *, toplevel, test_module, simulator, params=None, name=None,
     _check_simulator(simulator)
     name = name or toplevel
     source = emit_verilog(dut, toplevel=toplevel, platform=platform) + _model_text(models)
+    if wrapper is not None:
+        toplevel, text = wrapper
+        source += "\n" + text
     waves = os.environ.get("BERTCORE_WAVES") == "1"
     if tests is not None:
         tests = [tests] if isinstance(tests, str) else list(tests)
     kwargs = dict(toplevel=toplevel, test_module=test_module, simulator=simulator,
                   params=params, name=name, tests=tests,
                   extra_args=_MODEL_ARGS if models else (),
-                  extra_sources=tuple(map(str, extra_sources)))
+                  extra_sources=tuple(map(str, extra_sources)), public=public,
+                  make_vars=tuple(make_vars), plusargs=tuple(plusargs))
     names, failures, wave_file, test_dir = _run_once(source, waves=waves, **kwargs)
-    if failures and not waves:
+    if failures and not waves and waves_on_failure:
         _, _, wave_file, test_dir = _run_once(source, waves=True, **kwargs)
     if not names:
         raise AssertionError(f"{name} ({simulator}): no cocotb test ran (see {test_dir})")

@@ -8,13 +8,20 @@ through :class:`CocotbPort`, whose ``read``/``write`` are :func:`cocotb.task.res
 ACT_TABLE frames; ``"out": {"failed": code}`` a run the core must fail with that cause),
 ``corrupt`` (``[frame_index, byte_offset, mask]``, with a fourth element a frame type whose
 frames ``frame_index`` counts; or ``None``),
-``timeout_bits``, ``report`` (a JSON file for the test: stats, cycles, simulated time, the
-output of each run).
+``timeout_bits``, ``poll_gap`` (clock cycles the host waits before each STATUS or READ
+frame, as a real host's polls are spaced by the line's speed; default 0), ``report`` (a JSON file for the test: stats, cycles, simulated time, the
+output of each run), ``check`` (default true: assert each output equals its ``out``; false:
+the caller compares the report's outputs).
 
-``sdram`` (a board top with the SDRAM image store on LiteDRAM's simulation model): ``{"refresher":
-[candidate names of LiteDRAM's refresher state register]}``; the host first tries a run (refused:
-no image), then loads the image with :func:`bertcore.board.load_image` over the UART and runs from
-the SDRAM; the refresh commands issued during each run are counted and reported.
+``sdram`` (a board top with the SDRAM image store on LiteDRAM's simulation model, see
+:mod:`sim.sdram_top`): ``{"refresher", "store_busy", "param_valid": [candidate names below the
+top], "capacity": SDRAM words, "polls", "preload", "bad_verify"}``; the host first tries a run
+(refused: no image), then loads the image with :func:`bertcore.board.load_image` over the UART
+or, with ``preload`` (the image preloaded into the SDRAM model), only verifies it
+(``verify_only``; with ``bad_verify`` first another image's fingerprint and a word count larger
+than the SDRAM, each refused), and runs from the SDRAM. Reported per run: the refresh commands
+issued during it and the span of the image stream (the store's first ``m_param`` word to its
+end, in cycles); and the cycles of the load or verify.
 """
 
 import json
@@ -23,9 +30,10 @@ from collections import deque
 import cocotb
 from cocotb.clock import Clock
 from cocotb.task import bridge, resume
-from cocotb.triggers import ClockCycles, Event, FallingEdge, First, Timer
+from cocotb.triggers import ClockCycles, Event, FallingEdge, First, RisingEdge, Timer
 from cocotb.utils import get_sim_time
 
+from bertcore.uart_protocol import T_READ, T_STATUS
 from sim.runner import tb_params
 
 CLOCK_NS = 10
@@ -34,10 +42,11 @@ CLOCK_NS = 10
 class CocotbPort:
     """A pyserial-like port on the ``rx``/``tx`` lines of ``dut`` (see :mod:`tests.uart_port`)."""
 
-    def __init__(self, dut, divisor, timeout_bits):
+    def __init__(self, dut, divisor, timeout_bits, poll_gap=0):
         self.dut = dut
         self.bit_ns = divisor * CLOCK_NS
         self.timeout_bits = timeout_bits
+        self.poll_gap_ns = poll_gap * CLOCK_NS
         self._to_board = deque()
         self._from_board = bytearray()
         self._tx_faults = {}
@@ -84,6 +93,8 @@ class CocotbPort:
         self._tx_faults[self._tx_count + len(self._to_board) + offset] = mask
 
     async def _write(self, data):
+        if self.poll_gap_ns and len(data) > 1 and data[1] in (T_STATUS, T_READ):
+            await Timer(self.poll_gap_ns, unit="ns")         # the host's poll interval
         self._to_board.extend(data)
         self._idle.clear()
         self._data.set()
@@ -116,33 +127,85 @@ class CocotbPort:
         resume(self._flush)()
 
 
+def _now_cycles():
+    return get_sim_time("ns") // CLOCK_NS
+
+
+class StreamSpans:
+    """The spans (first and last cycle) of the store's image streams: from the first
+    ``m_param`` valid of a run to the end of the store's busy period (its last word taken)."""
+
+    def __init__(self, busy, valid):
+        self.busy, self.valid = busy, valid
+        self.spans = []
+
+    async def run(self):
+        while True:
+            await RisingEdge(self.valid)            # m_param streams only in a run
+            start = _now_cycles()
+            await FallingEdge(self.busy)
+            self.spans.append([start, _now_cycles()])
+
+
+def _verify_bad(link, p, config, extra):
+    """Verify-only loads that must fail: another image's fingerprint, too many words."""
+    import struct
+
+    from bertcore import uart_protocol as P
+    from bertcore.board import ImageStoreError, image_fingerprint, load_image
+    wrong = list(p["image"])
+    wrong[len(wrong) // 2] ^= 1 << 7
+    try:
+        load_image(link, wrong, config, verify_only=True, polls=p["sdram"]["polls"])
+    except ImageStoreError as exc:
+        extra["wrong_fingerprint"] = str(exc)
+    too_many = p["sdram"]["capacity"] + 1
+    st = link.store_command(P.T_VERIFY, struct.pack(
+        "<II", too_many, image_fingerprint(p["image"], config.bus_width)))
+    while st.get("store_busy", True):
+        st = link.status()
+    extra["too_large"] = {"accepted": True, "image_error": st["image_error"],
+                          "image_valid": st["image_valid"]}
+
+
 def _host(port, p, refreshes=None):
     from bertcore.board import BoardLink, ImageStoreError, load_image, load_parameters, run
     from bertcore.config import CoreConfig
     from bertcore.core.image import RunFailed
     config = CoreConfig(**p["config"])
     link = BoardLink(port, retries=4)
-    frames = []
-    if p.get("corrupt"):
-        index, offset, mask, *kind = p["corrupt"]
-        original = link.transact
+    frames, sent = [], {}
+    index, offset, mask, *kind = p.get("corrupt") or [None, 0, 0]
+    original = link.transact
 
-        def transact(ftype, payload=b""):
-            if not kind or ftype == kind[0]:
-                if len(frames) == index:
-                    port.corrupt_tx(offset, mask)
-                frames.append(ftype)
-            return original(ftype, payload)
+    def transact(ftype, payload=b""):
+        sent[ftype] = sent.get(ftype, 0) + 1                # frames sent, by type
+        if index is not None and (not kind or ftype == kind[0]):
+            if len(frames) == index:
+                port.corrupt_tx(offset, mask)
+            frames.append(ftype)
+        return original(ftype, payload)
 
-        link.transact = transact
+    link.transact = transact
     load_parameters(link, p["image"], config)
     extra = {}
     if refreshes is not None:
-        try:
-            run(link, p["runs"][0]["act"], p["runs"][0]["length"], config)
-        except ImageStoreError as exc:
-            extra["refused"] = str(exc)
-        load_image(link, p["image"], config)
+        sd = p["sdram"]
+
+        def refused(key):
+            load_parameters(link, p["image"], config)
+            try:
+                run(link, p["runs"][0]["act"], p["runs"][0]["length"], config)
+            except ImageStoreError as exc:
+                extra[key] = str(exc)
+        refused("refused")
+        if sd.get("bad_verify"):
+            _verify_bad(link, p, config, extra)
+            refused("refused_after_bad_verify")
+        start = _now_cycles()
+        load_image(link, p["image"], config, verify_only=sd.get("preload", False),
+                   polls=sd.get("polls", 10000))
+        extra["load_cycles"] = _now_cycles() - start
         extra["refreshes"] = []
     outputs, cycles = [], []
     for r in p["runs"]:
@@ -154,28 +217,38 @@ def _host(port, p, refreshes=None):
         cycles.append(link.cycles)
         if refreshes is not None:
             extra["refreshes"].append(refreshes.count - before)
+    extra["frame_types"] = {f"0x{t:02x}": n for t, n in sorted(sent.items())}
     return outputs, cycles, dict(link.stats), extra
 
 
 @cocotb.test()
 async def host_runs(dut):
     p = tb_params()
-    Clock(dut.clk, CLOCK_NS, unit="ns").start(start_high=False)
+    # the clock toggles in the simulator's GPI layer: a Python clock would wake Python twice per
+    # cycle (the UART line is driven and watched in Python, bit by bit, only while it is busy)
+    Clock(dut.clk, CLOCK_NS, unit="ns", impl="gpi").start(start_high=False)
     dut.rx.value = 1
     dut.rst.value = 1
     await ClockCycles(dut.clk, 3)
     dut.rst.value = 0
     await ClockCycles(dut.clk, 3)
-    port = CocotbPort(dut, p["divisor"], p["timeout_bits"])
+    port = CocotbPort(dut, p["divisor"], p["timeout_bits"], p.get("poll_gap", 0))
     port.start()
-    refreshes = None
+    refreshes = spans = None
     if p.get("sdram"):
         from sim.tb_sdram import RefreshCounter, _lookup
         refreshes = RefreshCounter(_lookup(dut, p["sdram"]["refresher"]))
         cocotb.start_soon(refreshes.run())
+        if "store_busy" in p["sdram"]:
+            spans = StreamSpans(_lookup(dut, p["sdram"]["store_busy"]),
+                                _lookup(dut, p["sdram"]["param_valid"]))
+            cocotb.start_soon(spans.run())
     outputs, cycles, stats, extra = await bridge(_host)(port, p, refreshes)
+    if spans is not None:
+        extra["stream_spans"] = spans.spans
     for i, (got, r) in enumerate(zip(outputs, p["runs"])):
-        assert got == r["out"], f"run {i}: output {str(got)[:60]} differs from encode_int"
+        if p.get("check", True):
+            assert got == r["out"], f"run {i}: output {str(got)[:60]} differs from encode_int"
     dut._log.info(f"core cycles {cycles}, link {stats}, simulated {get_sim_time('ms'):.2f} ms")
     with open(p["report"], "w") as f:
         json.dump({"cycles": cycles, "stats": stats, "sim_ms": get_sim_time("ms"),

@@ -69,6 +69,46 @@ def test_init_program(sim_core):
     assert waits[0] == 5000 and 20000 in waits            # 100 us at 50 MHz; LiteDRAM's CKE wait
     checks = [arg for op, _, arg, _ in prog if op == 2]
     assert len(checks) == 2 and checks[0] ^ checks[1] == 0xFFFF
+    # the check writes the top two words of the DRAM (last bank, row and columns), not an
+    # image kept from before the bring-up
+    addresses = [arg for _, reg, arg, comment in prog
+                 if reg == "sdram_dfii_pi0_address" and comment.startswith("check")]
+    assert addresses[:3] == [8191, 510, 511]                # activate, then the two reads
+    assert {arg for _, reg, arg, _ in prog if reg == "sdram_dfii_pi0_baddress"} == {0, 3}
+
+
+def test_write_preload(sim_core, tmp_path):
+    """The image as the SDRAM model's bank files: every port word of the image (two per 32-bit
+    word, low half first) at its GeneratedCore.model_location, in $readmemh's format; the
+    plusargs name the files. Errors: a board variant, a bad width, an image larger than the
+    SDRAM."""
+    rng = random.Random(3)
+    words = [rng.getrandbits(32) for _ in range(5000)]          # into all four banks
+    plusargs = sim_core.write_preload(words, 32, tmp_path)
+    assert sim_core.bank_arrays == ("mem", "mem_1", "mem_2", "mem_3")
+    banks = {}
+    for arg in plusargs:
+        name, path = arg[1:].split("=")
+        bank = int(name.removeprefix("sdram_bank"))
+        held, index = {}, 0
+        for line in open(path).read().split():
+            if line.startswith("@"):
+                index = int(line[1:], 16)
+            else:
+                held[index] = int(line, 16)
+                index += 1
+        banks[bank] = held
+    assert sorted(banks) == [0, 1, 2, 3]
+    for address in range(2 * len(words)):
+        bank, index = sim_core.model_location(address)
+        assert banks[bank][index] == (words[address // 2] >> 16 * (address % 2)) & 0xFFFF
+    assert sum(map(len, banks.values())) == 2 * len(words)
+    with pytest.raises(ValueError, match="multiple of the port's 16 bits"):
+        sim_core.write_preload(words, 24, tmp_path)
+    with pytest.raises(ValueError, match="do not fit"):
+        sim_core.write_preload(range(sim_core.size // 4 + 1), 32, tmp_path)
+    with pytest.raises(ValueError, match="only the simulation variant"):
+        generate(ULX3S_SDRAM).write_preload(words, 32, tmp_path)
 
 
 @pytest.mark.parametrize("simulator", [
