@@ -32,8 +32,9 @@ arrive over the simulated UART (the core waits for them after the image header; 
 byte here, L x 384 bytes) and the output's way out (``READ`` polls spaced by
 :data:`POLL_GAP` cycles, 40 cycles a byte); at the board's 1 Mbaud both would take about 19x
 longer, so this is the rate of the core and the SDRAM with a fast host link, not of the
-1 Mbaud UART. sentences/s = the board's core clock (75 MHz, ``BoardSpec.clock``) / these
-cycles, for this sentence's length.
+1 Mbaud UART. sentences/s = the core clock the board runs this preset at (50 MHz:
+``board_spec(BOARD, config).clock``, ``BoardSpec.preset_builds``) / these cycles, for this
+sentence's length.
 
 Bad input (empty text, more than ``max_seq`` = 64 tokens): one line on stderr, exit code 2.
 The first run quantizes the model (about 30 s, cached) and builds the board top in Verilator
@@ -88,8 +89,8 @@ def main():
 
     from bertcore.boards.top import board_spec
     from bertcore.config import preset
-    spec = board_spec(BOARD)
     config = preset(PRESET)
+    spec = board_spec(BOARD, config)        # the clock the board runs this preset at
     from bertcore.quant.artifact import load_artifact
     qm = load_artifact(quantized_model(args.quantized))
     ids, truncated = qm.tokenizer.encode_checked(args.text)

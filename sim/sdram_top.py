@@ -48,12 +48,15 @@ PROBES = {"refresher": [f"top.store.dram.dram.core.{prefix}refresher_state"
 
 def sdram_top(config, board="ulx3s-85f-sdram"):
     """``(top, core)``: the board's :class:`~boards.top.UARTCoreTop` with ``config``'s core and
-    an :class:`~boards.image_store.ImageStore` on the board's LiteDRAM configuration generated
-    as the simulation variant (:class:`~boards.sdram.GeneratedCore`)."""
+    an :class:`~boards.image_store.ImageStore` on the board's LiteDRAM configuration for
+    ``config`` (:func:`~boards.top.board_spec`: its core clock) generated as the simulation
+    variant (:class:`~boards.sdram.GeneratedCore`)."""
     from bertcore.boards.image_store import ImageStore
     from bertcore.boards.sdram import generate
     from bertcore.boards.top import UARTCoreTop, board_spec
-    core = generate(board_spec(board).sdram, sim=True)
+    # LiteDRAM generated for the clock the board runs this configuration at (its refresh
+    # interval and timings in cycles)
+    core = generate(board_spec(board, config).sdram, sim=True)
     top = UARTCoreTop(config, DIVISOR, core_domain=True,
                       store=ImageStore(core, config.bus_width))
     return top, core
