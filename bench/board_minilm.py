@@ -144,11 +144,12 @@ def main():
     nbytes = 4 * len(image)
     print(f"simulation: {wall:.0f} s wall (build included if not cached), "
           f"{result['sim_ms']:.2f} ms simulated")
-    print(f"verify-only load: {result['load_cycles']} cycles (the store reads {nbytes} bytes "
-          f"back and checks the CRC-32)")
+    print(f"verify-only load: {int(result['load_cycles'])} cycles (the store reads {nbytes} "
+          "bytes back and checks the CRC-32)")
     print(f"core cycles of the run: {cycles} ({length} tokens)")
-    print(f"image stream: {nbytes} bytes in {span} cycles = {nbytes / span:.3f} bytes/cycle on "
-          f"s_axis_param (the 16-bit SDR peak is 2); {result['refreshes'][0]} refreshes "
+    print(f"image stream: {nbytes} bytes in {int(span)} cycles = {nbytes / span:.3f} "
+          f"bytes/cycle on s_axis_param (the 16-bit SDR peak is 2); "
+          f"{result['refreshes'][0]} refreshes "
           f"during the run")
     print(f"link: {result['stats']}")
     rate = spec.clock / cycles
