@@ -13,9 +13,8 @@ import binascii
 from amaranth.lib.crc import catalog
 
 __all__ = ["SOF", "T_PARAM", "T_PARAM_LAST", "T_ACT", "T_ACT_LAST", "T_ACT_TABLE", "T_READ",
-           "T_STATUS",
-           "T_RESET", "T_LOAD", "T_RUN", "T_VERIFY", "VERIFY_BYTES", "R_ACK", "R_NAK", "R_DATA", "R_STATUS", "NAK_CRC",
-           "NAK_LENGTH",
+           "T_STATUS", "T_RESET", "T_LOAD", "T_RUN", "T_VERIFY", "VERIFY_BYTES", "R_ACK", "R_NAK",
+           "R_DATA", "R_STATUS", "NAK_CRC", "NAK_LENGTH",
            "NAK_TYPE", "NAK_FRAMING", "NAK_TIMEOUT", "NAK_REASONS", "HEADER_BYTES",
            "TRAILER_BYTES", "STATUS_BYTES", "DATA_LAST", "DATA_ERROR", "DATA_FAILED", "ST_BUSY",
            "ST_ERROR",

@@ -181,7 +181,8 @@ def _run_once(dut_source, *, toplevel, test_module, simulator, params, name, wav
             f'public_flat_rw -module "{module}" -var "{var}"\n' for module, var in public)
     # (the key of a build without these options is what it was before they existed)
     options = [*make_vars, control] if control or make_vars else []
-    tag = f"{name}-{simulator}-{_hash(dut_source, *extra, simulator, *VERILATOR_BUILD_ARGS, *options)}"
+    key = _hash(dut_source, *extra, simulator, *VERILATOR_BUILD_ARGS, *options)
+    tag = f"{name}-{simulator}-{key}"
     build_dir = BUILD_DIR / (tag + ("-waves" if waves else ""))
     runner = get_runner(simulator)
     _build(runner, simulator, dut_source, build_dir, toplevel, waves, extra_args, extra_sources,

@@ -9,8 +9,8 @@ ACT_TABLE frames; ``"out": {"failed": code}`` a run the core must fail with that
 ``corrupt`` (``[frame_index, byte_offset, mask]``, with a fourth element a frame type whose
 frames ``frame_index`` counts; or ``None``),
 ``timeout_bits``, ``poll_gap`` (clock cycles the host waits before each STATUS or READ
-frame, as a real host's polls are spaced by the line's speed; default 0), ``report`` (a JSON file for the test: stats, cycles, simulated time, the
-output of each run), ``check`` (default true: assert each output equals its ``out``; false:
+frame, as a real host's polls are spaced by the line's speed; default 0), ``report`` (a JSON
+file for the test: stats, cycles, simulated time, the output of each run), ``check`` (default true: assert each output equals its ``out``; false:
 the caller compares the report's outputs).
 
 ``sdram`` (a board top with the SDRAM image store on LiteDRAM's simulation model, see
