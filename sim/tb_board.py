@@ -162,9 +162,10 @@ def _verify_bad(link, p, config, extra):
     too_many = p["sdram"]["capacity"] + 1
     st = link.store_command(P.T_VERIFY, struct.pack(
         "<II", too_many, image_fingerprint(p["image"], config.bus_width)))
+    accepted = st["accepted"]
     while st.get("store_busy", True):
         st = link.status()
-    extra["too_large"] = {"accepted": True, "image_error": st["image_error"],
+    extra["too_large"] = {"accepted": accepted, "image_error": st["image_error"],
                           "image_valid": st["image_valid"]}
 
 

@@ -174,7 +174,8 @@ class OperandFeeder(wiring.Component):
         vword = pick([self.v.data[b] for b in range(N)], s1_ke, 8 * N)
         for j in range(N):
             items = [stage2(f"s2_b{j}_{name}", value) for name, value in (
-                ("w", self.panel.data[8 * j:8 * j + 8]), ("k", element(self.k.data[j], s1_ke, unsigned(8))),
+                ("w", self.panel.data[8 * j:8 * j + 8]),
+                ("k", element(self.k.data[j], s1_ke, unsigned(8))),
                 ("v", vword[8 * j:8 * j + 8]))]
             m.d.comb += b_beat.data[j].eq(pick(items, s2_kind, 8))
         m.d.comb += [a_beat.last.eq(s2_last), b_beat.last.eq(s2_last)]

@@ -15,8 +15,7 @@ from bertcore.quant.kernels import RESIDUAL_BITS
 from bertcore.rtl.layernorm import IntLayerNorm
 from bertcore.rtl.requant import Requantizer
 
-from .common import (element, fork, pick, read_port, row_read, sliced, task, times,
-                     write_port)
+from .common import element, fork, read_port, row_read, sliced, task, times, write_port
 from .image import LN_BIAS_BITS
 from .loader import LN_LANE
 
@@ -170,8 +169,7 @@ class LayerNormPass(wiring.Component):
             m.d.sync += [q_g.eq(0), q_c.eq(0), q_l.eq(0),
                          q_on.eq(Cat(*(u < self.seq_len for u in range(U))))]
         w = LN_LANE.size
-        lane = data.View(LN_LANE, pick([self.params.data[w * j:w * (j + 1)] for j in range(N)],
-                                       q1_l, w))
+        lane = data.View(LN_LANE, element(self.params.data, q1_l, unsigned(w)))
         m.d.comb += [rq_ln.i_stream.valid.eq(q1_valid), rq_ln.i_stream.payload.last.eq(0)]
         for u in range(U):
             rq_lane = rq_ln.i_stream.payload.data[u]
