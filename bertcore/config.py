@@ -163,13 +163,13 @@ PRESETS = {
                          softmax_units=8, layernorm_units=8),
     # all-MiniLM-L6-v2 on the ULX3S-85F (LFE5U-85F: 156 MULT18X18D, 208 DP16KD), the image
     # streamed from the board's SDRAM: an 8x8 array (64 multipliers; the write-back's lanes
-    # take 72 more, address products 11), one softmax and one LayerNorm unit with their
-    # multipliers in LUTs (162 MULT18X18D otherwise), a 32-bit bus (the SDRAM delivers 2 bytes
-    # per cycle). max_seq 64 and gelu_bits 8 are what the block RAM holds: H at 16 bits would
-    # take 96 DP16KD instead of 48 (docs/boards.md, "A MiniLM core for the LFE5U-85F")
+    # take 72 more), one softmax and one LayerNorm unit, every multiplier on a DSP block (151
+    # of 156: in LUTs, the softmax's and LayerNorm's unregistered adder trees were the slowest
+    # paths), a 32-bit bus (the SDRAM delivers 2 bytes per cycle). max_seq 64 and gelu_bits 8
+    # are what the block RAM holds: H at 16 bits would take 96 DP16KD instead of 48
+    # (docs/boards.md, "A MiniLM core for the LFE5U-85F")
     "ulx3s-minilm": CoreConfig(hidden=384, heads=12, ffn=1536, layers=6, max_seq=64,
-                               array_rows=8, array_cols=8, bus_width=32, gelu_bits=8,
-                               lut_multipliers=("softmax", "layernorm")),
+                               array_rows=8, array_cols=8, bus_width=32, gelu_bits=8),
     # BERT-base: Verilog generation and estimates only
     "bert-base": CoreConfig(hidden=768, heads=12, ffn=3072, layers=12, max_seq=512,
                             array_rows=16, array_cols=16, bus_width=128,
