@@ -148,7 +148,17 @@ class ParameterLoader(wiring.Component):
                                           vec[b * BUS:(b + 1) * BUS]) for b in range(VB)))
         st["ok"] = param_ok = Signal()     # the loader may take a beat in its current state
         st["vdone"] = vdone = Signal()     # this beat completes the current vector
-        m.d.comb += self.param.ready.eq(param_ok)
+        st["hdr_end"] = Signal()           # the header's last beat is taken
+        # ``ready`` is a register: ``ok`` a cycle late. ``ok`` falls only when the loader
+        # itself hands a record over (a slot or record flag set, a new slot or record to fill)
+        # or leaves the header; those cycles clear the register, so it is never set where
+        # ``ok`` is not. A release by the sequencer shows a cycle later. This keeps the slot
+        # flags and the state multiplexer out of the path into the loader's state (the ECP5
+        # critical path at 100 MHz), for one idle cycle after each record.
+        ready = Signal()
+        m.d.sync += ready.eq(param_ok & ~(st["set_slot"] | st["set_scal"] | st["set_ln"]
+                                          | st["hdr_end"]))
+        m.d.comb += self.param.ready.eq(ready)
         with m.If(p_fire):
             m.d.sync += pbeat.eq(pbeat + 1)
             with m.If(vdone):
@@ -209,6 +219,7 @@ class ParameterLoader(wiring.Component):
                     fsm.next("HDR")
             with fsm.State("HDR"):
                 with m.If(vector_state(HEADER_BITS)):
+                    m.d.comb += st["hdr_end"].eq(1)
                     with m.If(hdr_ok & st["beat_ok"]):
                         fsm.next("SCAL")
                     with m.Else():
