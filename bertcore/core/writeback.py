@@ -203,8 +203,6 @@ class WriteBack(wiring.Component):
         w8 = Cat(*(saturate(rq.o_stream.payload.data[j], 8)[:8] for j in range(N)))
         wh = Cat(*(rq2.o_stream.payload.data[j][:G] for j in range(N)))
         w22 = Cat(*(rq.o_stream.payload.data[j] for j in range(N)))
-        w_grp = Mux(job.mode == M_CTX, job.mb, w_t)
-        w_chunk = Mux(job.mode == M_CTX, job.chw + w_t, job.chunk)
         with m.If(wr_valid):
             m.d.comb += st["wb_fire"].eq(1)
             m.d.sync += [w_i.eq(w_i + 1), w_u.eq(w_u + 1)]
@@ -229,8 +227,23 @@ class WriteBack(wiring.Component):
         v_w22 = Signal(RESIDUAL_BITS * N)
         m.d.sync += [v_valid.eq(wr_valid), v_res.eq(st["has_res"]), v_mode.eq(job.mode),
                      v_bank.eq(w_i), v_u.eq(w_u), v_w8.eq(w8), v_wh.eq(wh), v_w22.eq(w22),
-                     v_addr.eq(Mux(is_ffn1, times(w_grp, CWF), times(w_grp, CWH)) + w_chunk),
                      v_raddr.eq(times(w_t * PPB + w_g, CWH) + job.chunk)]
+
+        # The bank row of tile w_t, from registers: the row for w_t and the one for w_t + 1
+        # are computed a cycle ahead (the products by constants and two additions after the
+        # counter were an ECP5 critical path at 100 MHz), the cycle after w_t steps takes the
+        # second. Both stand for the job's counters by its first write, an array latency after
+        # its start.
+        def tile_row(t):
+            grp = Mux(job.mode == M_CTX, job.mb, t)
+            chunk = Mux(job.mode == M_CTX, job.chw + t, job.chunk)
+            return Mux(is_ffn1, times(grp, CWF), times(grp, CWH)) + chunk
+
+        row_cur, row_next = Signal.like(v_addr), Signal.like(v_addr)
+        stepped = Signal()
+        m.d.sync += [row_cur.eq(tile_row(w_t)), row_next.eq(tile_row(w_t + 1)),
+                     stepped.eq(wr_valid & (w_i == N - 1) & ~self.start),
+                     v_addr.eq(Mux(stepped, row_next, row_cur))]
         for mode, banks, word in ((M_Q, self.q, v_w8), (M_CTX, self.q, v_w8),
                                   (M_K, self.k, v_w8), (M_V, self.v, v_w8),
                                   (M_FFN1, self.h, v_wh)):
