@@ -228,6 +228,18 @@ def feed(m, port, sinks, addr, adv, lane, width, last):
 
 
 def saturate(value, bits):
-    """``value`` clamped to the signed ``bits``-bit range."""
+    """The signed ``value`` clamped to the signed ``bits``-bit range, as ``signed(bits)``.
+
+    It fits when its bits from ``bits - 1`` up are all equal: a reduction in LUTs, where two
+    compares with the bounds are two carry chains (on the ECP5 critical path at 100 MHz, into
+    the write-back's int8 and GELU-input registers).
+    """
+    value = Value.cast(value)
+    if not value.shape().signed:
+        raise TypeError(f"saturate takes a signed value, not {value.shape()!r}")
+    if len(value) <= bits:
+        return value.as_signed()
+    high = value[bits - 1:]
+    fits = (high == 0) | (high == (1 << len(high)) - 1)
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return Mux(value > hi, hi, Mux(value < lo, lo, value))
+    return Mux(fits, value[:bits].as_signed(), Mux(value[-1], lo, hi))
