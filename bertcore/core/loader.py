@@ -132,16 +132,18 @@ class ParameterLoader(wiring.Component):
                     m.d.sync += full[i].eq(0)
             m.d.comb += ho.full.eq(full)
         # the panel slots' headers
-        slots = [Signal(panel_layout(N), name=f"slot{s}") for s in range(2)]
+        # (the records' registers are data, not reset: each is loaded before the sequencer
+        # takes it; Requantizer says why)
+        slots = [Signal(panel_layout(N), name=f"slot{s}", reset_less=True) for s in range(2)]
         m.d.comb += self.panel.eq(Mux(self.panel_slot, slots[1], slots[0]))
-        scalars = Signal(scalar_layout())
+        scalars = Signal(scalar_layout(), reset_less=True)
         m.d.comb += self.scalars.eq(scalars)
 
         # vector assembly: the beats of a vector so far, and the current beat merged in
         total = image_beats(c)
         pbeat = Signal(range(total + 1))
         VB = vector_beats(max_vector_bits(c), BUS)
-        vec = Signal(VB * BUS)
+        vec = Signal(VB * BUS, reset_less=True)
         st["vb"] = vb = Signal(range(VB + 1))
         st["fire"] = p_fire = self.param.valid & self.param.ready
         st["merged"] = merged = Cat(*(Mux(vb == b, self.param.payload.data,
@@ -211,7 +213,8 @@ class ParameterLoader(wiring.Component):
 
         free = ~self.slots.full.bit_select(l_slot, 1)
         ln_free = ~self.ln_slots.full.bit_select(l_ln, 1)
-        ln_regs = {f.name: Signal(f.width * N, name=f"{f.name}_reg") for f in LN_FIELDS[:-1]}
+        ln_regs = {f.name: Signal(f.width * N, name=f"{f.name}_reg", reset_less=True)
+                   for f in LN_FIELDS[:-1]}
         with Fsm(m, "loader") as fsm:
             with fsm.State("IDLE"):
                 with m.If(self.start):

@@ -164,11 +164,18 @@ class WriteBack(wiring.Component):
                 lane.e_r.eq(Mux(st["has_res"], pan.e2[j], 1)),
             ]
         self._write(m, st)
+        # ``written`` is a register, wb_count == tiles * N as it stands after this cycle's
+        # write (the compare ran on into the sequencer's state across the chip: an ECP5
+        # critical path at 100 MHz); cleared at the start (a job has N or more rows)
+        written = Signal()
+        total = times(job.tiles, N)
+        m.d.comb += self.written.eq(written)
+        m.d.sync += written.eq(Mux(st["wb_fire"], wb_count + 1 == total, wb_count == total))
         with m.If(st["wb_fire"]):
             m.d.sync += wb_count.eq(wb_count + 1)
-        m.d.comb += self.written.eq(wb_count == job.tiles * N)
         with m.If(self.start):
-            m.d.sync += [c_i.eq(0), c_t.eq(0), c_k.eq(0), c_q.eq(0), wb_count.eq(0)]
+            m.d.sync += [c_i.eq(0), c_t.eq(0), c_k.eq(0), c_q.eq(0), wb_count.eq(0),
+                         written.eq(0)]
         return m
 
     def _write(self, m, st):

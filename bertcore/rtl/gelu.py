@@ -161,7 +161,7 @@ class IntGELU(wiring.Component):
         partials = []
         for index, (product, shift) in enumerate(dsp_partial_products(
                 a, b, style=self._multipliers, m=m, name=f"{prefix}_mul{lane}_", en=mul_en)):
-            p = Signal(product.shape(), name=f"{prefix}{index}_{lane}")
+            p = Signal(product.shape(), name=f"{prefix}{index}_{lane}", reset_less=True)
             at(p.eq(product))
             partials.append((p, shift))
         return partials
@@ -176,12 +176,13 @@ class IntGELU(wiring.Component):
         ]
 
         # the constants, registered once (they are stable while the unit runs)
-        b = Signal.like(self.b, name="b_reg")
-        c = Signal.like(self.c, name="c_reg")
-        q1 = Signal.like(self.q1, name="q1_reg")
+        b = Signal.like(self.b, name="b_reg", reset_less=True)
+        c = Signal.like(self.c, name="c_reg", reset_less=True)
+        q1 = Signal.like(self.q1, name="q1_reg", reset_less=True)
         m.d.sync += [b.eq(self.b), c.eq(self.c), q1.eq(self.q1)]
 
-        # valid and last, one bit per stage (stage 1 .. latency)
+        # valid and last, one bit per stage (stage 1 .. latency), are reset; the data registers
+        # are not (nothing reads them without their valid bit; Requantizer says why)
         valid_last_pipeline(m, en, self.i_stream, self.o_stream, self.latency)
         # LUT multipliers take one more stage each (a register inside the adder tree)
         mul_en = en if self._multipliers == "lut" else None
@@ -189,7 +190,7 @@ class IntGELU(wiring.Component):
         on_dsp = self._multipliers == "dsp" and uses_mult18x18d(platform)
 
         def sized(key, name):
-            return Signal(signed(_signed_bits(*ranges[key])), name=name)
+            return Signal(signed(_signed_bits(*ranges[key])), name=name, reset_less=True)
 
         for lane in range(self._lanes):
             def at(*assigns):
@@ -197,7 +198,8 @@ class IntGELU(wiring.Component):
                     m.d.sync += assigns
 
             # x travels along (its sign is used in stage 5, its value in stage 7; each +d)
-            xs = [Signal(signed(self._in_width), name=f"x{k}_{lane}") for k in range(1, 8 + d)]
+            xs = [Signal(signed(self._in_width), name=f"x{k}_{lane}", reset_less=True)
+                  for k in range(1, 8 + d)]
             at(xs[0].eq(self.i_stream.payload.data[lane]))        # stage 1: input register
             at(*[x.eq(p) for x, p in zip(xs[1:], xs)])
 
@@ -236,7 +238,7 @@ class IntGELU(wiring.Component):
                 partials = self._registered_products(m, at, xs[5 + d], v, mul_en, "xv", lane)
 
             # stage 8: y = x * v (the output register)
-            y = Signal(signed(self._out_width), name=f"y_{lane}")
+            y = Signal(signed(self._out_width), name=f"y_{lane}", reset_less=True)
             at(y.eq(sum((p << shift for p, shift in partials[1:]), partials[0][0] << partials[0][1])))
             m.d.comb += self.o_stream.payload.data[lane].eq(y)
         return m

@@ -155,7 +155,11 @@ class Requantizer(wiring.Component):
             self.i_stream.ready.eq(en),
         ]
 
-        # valid and last, one bit per stage (stage 1 .. LATENCY)
+        # valid and last, one bit per stage (stage 1 .. LATENCY), are reset; the data
+        # registers are not (nothing reads them without their valid bit): a reset that reaches
+        # every data flip-flop is a net of thousands of sinks across the chip (on the
+        # ulx3s-minilm board the datapath's reset reached 16k, 7k of them in the write-back's
+        # requantizers and GELU)
         valid_last_pipeline(m, en, self.i_stream, self.o_stream, self.LATENCY)
 
         for lane in range(self._lanes):
@@ -168,14 +172,14 @@ class Requantizer(wiring.Component):
 
             # stage 7: sum of the terms
             total = Signal(signed(max(len(t) for t in terms) + len(terms) - 1),
-                           name=f"total_{lane}")
+                           name=f"total_{lane}", reset_less=True)
             with m.If(en):
                 m.d.sync += total.eq(sum(terms[1:], terms[0]))
 
             # stage 8: saturated to out_bits (the output register). The value fits when its
             # bits from out_bits-1 up are all equal (a reduction in LUTs, no carry chain).
             n = self._out_bits
-            out = Signal(signed(n), name=f"out_{lane}")
+            out = Signal(signed(n), name=f"out_{lane}", reset_less=True)
             if len(total) <= n:
                 sat = total
             else:
@@ -191,7 +195,8 @@ class Requantizer(wiring.Component):
     def _term(self, m, en, lane, prefix, x_in, m_in, e_in, bias_in, platform=None):
         """Stages 1-6 of one requantized term; returns its (unsaturated) stage-6 register."""
         def reg(shape, name):
-            return Signal(shape, name=f"{prefix}{name}_{lane}")
+            # data registers: no reset (see elaborate)
+            return Signal(shape, name=f"{prefix}{name}_{lane}", reset_less=True)
 
         def at(stage, *assigns):
             with m.If(en):
