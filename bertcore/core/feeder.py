@@ -5,8 +5,10 @@ of an activation buffer (X, Q, A, H) or of P, the B operand (``N`` columns) from
 panel buffer (weights), from K (``Kᵀ``, scores) or from V (``P·V``); the K and V reads start
 at the job's first key block ``kb`` (a packed run skips the key blocks outside a query block's
 segments). The words it reads are
-picked apart one cycle later (stage ``s1``), the picked elements registered (stage ``s2``) and
-multiplexed by the job's source into one register slice before the array.
+picked apart one cycle later (stage ``s1``): an A word registered as read (stage ``r``), its
+element picked and registered (``s2``); a B element picked and registered (``r``), then
+delayed (``s2``); both multiplexed by the job's source into one register slice before the
+array.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -95,6 +97,9 @@ class OperandFeeder(wiring.Component):
         s1_valid = Signal()
         s1_last = Signal()
         s1_ke = Signal(range(N))
+        r_valid = Signal()
+        r_last = Signal()
+        r_ke = Signal(range(N))
         s2_valid = Signal()
         s2_last = Signal()
         # A and B beats reach the array through one register slice (the operand picks of the
@@ -103,16 +108,19 @@ class OperandFeeder(wiring.Component):
         wiring.connect(m, ops.o_stream, wiring.flipped(self.o_operands))
         a_beat, b_beat = ops.i_stream.payload.a, ops.i_stream.payload.b
         m.d.comb += ops.i_stream.valid.eq(s2_valid)
-        # stages s0 (the buffers' addresses, registered), s1 (their read data) and s2 (the
-        # elements picked from it) advance together; a stalled s1 holds its read data (the read
-        # ports' enable is adv). The address adders, X's and A's port arbiters and the read of
-        # the banks (LUT RAM on small cores) do not fit one 10 ns cycle on ECP5 together.
+        # stages s0 (the buffers' addresses, registered), s1 (their read data), r (the A
+        # sources' read data registered; B's elements picked) and s2 (the A elements picked;
+        # B's delayed) advance together; a stalled s1 holds its read data (the read ports'
+        # enable is adv). The address adders, X's and A's port arbiters and the read of the
+        # banks do not fit one 10 ns cycle on ECP5 together, nor do a block RAM's clock-to-out
+        # (5.8 ns without its output register) and an element pick.
         adv = ~s2_valid | ops.i_stream.ready
         issue = adv & f_active
         with m.If(adv):
             m.d.sync += [s0_valid.eq(f_active), s0_last.eq(f_k == job.k - 1), s0_ke.eq(f_ke),
                          s1_valid.eq(s0_valid), s1_last.eq(s0_last), s1_ke.eq(s0_ke),
-                         s2_valid.eq(s1_valid), s2_last.eq(s1_last)]
+                         r_valid.eq(s1_valid), r_last.eq(s1_last), r_ke.eq(s1_ke),
+                         s2_valid.eq(r_valid), s2_last.eq(r_last)]
         with m.If(issue):
             m.d.sync += [f_k.eq(f_k + 1), f_ke.eq(f_ke + 1), f_paddr.eq(f_paddr + 1)]
             with m.If(f_ke == N - 1):
@@ -151,9 +159,9 @@ class OperandFeeder(wiring.Component):
         s2_kind = Signal.like(job.kind)
         m.d.sync += [s2_asrc.eq(job.asrc), s2_kind.eq(job.kind)]   # constant during a job
 
-        def stage2(name, value):
-            # the element picked from s1's read data, registered in s2
-            reg = Signal(value.shape(), name=name)
+        def stage(name, value):
+            # a register of stage r or s2 (data: not reset)
+            reg = Signal(value.shape(), name=name, reset_less=True)
             with m.If(adv):
                 m.d.sync += reg.eq(value)
             return reg
@@ -165,19 +173,21 @@ class OperandFeeder(wiring.Component):
         sources = {A_X: (self.x, 8), A_Q: (self.q, 8), A_A: (self.a, 8),
                    A_H: (self.h, c.gelu_bits)}
         for i in range(N):
-            items = [stage2(f"s2_a{i}_{src}",
-                            element(sources[src][0].data[i], s1_ke, signed(sources[src][1])))
+            items = [stage(f"s2_a{i}_{src}",
+                           element(stage(f"r_a{i}_{src}", sources[src][0].data[i]), r_ke,
+                                   signed(sources[src][1])))
                      for src in (A_X, A_Q, A_A, A_H)]
-            items.append(stage2(f"s2_a{i}_p", Cat(element(self.p.data[i], s1_ke, unsigned(B)),
-                                                  Const(0, 1))))
+            items.append(stage(f"s2_a{i}_p",
+                               Cat(element(stage(f"r_a{i}_p", self.p.data[i]), r_ke,
+                                           unsigned(B)), Const(0, 1))))
             m.d.comb += a_beat.data[i].eq(pick(items, s2_asrc, a_shape))
         vword = pick([self.v.data[b] for b in range(N)], s1_ke, 8 * N)
         for j in range(N):
-            items = [stage2(f"s2_b{j}_{name}", value) for name, value in (
+            items = [stage(f"r_b{j}_{name}", value) for name, value in (
                 ("w", self.panel.data[8 * j:8 * j + 8]),
                 ("k", element(self.k.data[j], s1_ke, unsigned(8))),
                 ("v", vword[8 * j:8 * j + 8]))]
-            m.d.comb += b_beat.data[j].eq(pick(items, s2_kind, 8))
+            m.d.comb += b_beat.data[j].eq(stage(f"s2_b{j}", pick(items, s2_kind, 8)))
         m.d.comb += [a_beat.last.eq(s2_last), b_beat.last.eq(s2_last)]
         # bias: one beat per tile
         bias_cnt = Signal.like(job.tiles)
