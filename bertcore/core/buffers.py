@@ -35,7 +35,7 @@ and a second read port doubled them (32 more DP16KD on an 8 x 8 MiniLM core).
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Module, unsigned
+from amaranth.hdl import Module, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, flipped
@@ -68,8 +68,15 @@ def _banked(m, name, banks, depth, shape, read_ports, late):
     for b in range(banks):
         m.submodules[f"{name}_{b}"] = mem = Memory(shape=shape, depth=depth, init=[])
         wp, req = mem.write_port(), writes[b]
-        domain = m.d.sync if late else m.d.comb
-        domain += [wp.addr.eq(req.addr), wp.data.eq(req.data), wp.en.eq(req.en)]
+        if late:
+            # (the address and data registers are not reset: en says whether they hold one)
+            addr = Signal.like(req.addr, name=f"{name}_{b}_waddr", reset_less=True)
+            data = Signal.like(req.data, name=f"{name}_{b}_wdata", reset_less=True)
+            en = Signal(name=f"{name}_{b}_wen")
+            m.d.sync += [addr.eq(req.addr), data.eq(req.data), en.eq(req.en)]
+        else:
+            addr, data, en = req.addr, req.data, req.en
+        m.d.comb += [wp.addr.eq(addr), wp.data.eq(data), wp.en.eq(en)]
         for row in rows:
             rp = mem.read_port()
             m.d.comb += [rp.addr.eq(row.addr), rp.en.eq(row.en), row.data[b].eq(rp.data)]

@@ -46,13 +46,16 @@ class RegisterSlice(wiring.Component):
         skid_valid = Signal()
         i_data = Value.cast(self.i_stream.payload)
         o_data = Value.cast(self.o_stream.payload)
-        skid = Signal.like(i_data, name="skid")
-        m.d.comb += self.i_stream.ready.eq(~skid_valid)
+        # the payload registers are not reset (valid says whether they hold a beat): a reset
+        # of every data flip-flop is a net of thousands of sinks across a chip
+        skid = Signal.like(i_data, name="skid", reset_less=True)
+        o_reg = Signal.like(o_data, name="o_payload", reset_less=True)
+        m.d.comb += [self.i_stream.ready.eq(~skid_valid), o_data.eq(o_reg)]
         with m.If(~self.o_stream.valid | self.o_stream.ready):
             # the output register loads: from the skid register first (the input is not ready
             # then), else from the input
             m.d.sync += [self.o_stream.valid.eq(skid_valid | self.i_stream.valid),
-                         o_data.eq(Mux(skid_valid, skid, i_data)),
+                         o_reg.eq(Mux(skid_valid, skid, i_data)),
                          skid_valid.eq(0)]
         with m.Elif(self.i_stream.valid & ~skid_valid):
             # the output holds: the beat taken now waits in the skid register
