@@ -434,9 +434,14 @@ class _Statistics(wiring.Component):
         sqrt_trial = Cat(radicand[-2:], root_rem)                # 4*rem + next two bits
         sqrt_sub = Cat(Const(1, 2), root)                        # 4*root + 1
         sqrt_fits = sqrt_trial >= sqrt_sub
-        std = Mux(root == 0, 1, root)
+        # std = max(root, 1): root == 0 is kept in a register as the root's bits are found
+        # (the reduction of root ran on into the reciprocal step's subtraction: an ECP5
+        # critical path at 100 MHz); one subtraction whose sign is the compare
+        root_zero = Signal()
+        std = Cat(root[0] | root_zero, root[1:])
         rec_trial = Cat(steps == 0, rec_rem)                     # 2*rem + next bit of 2**(31+F)
-        rec_fits = rec_trial >= std
+        rec_diff = rec_trial - std
+        rec_fits = ~rec_diff[-1]
 
         with m.If(stage == _Stage.IDLE):
             with m.If(self.sums.valid):
@@ -486,6 +491,7 @@ class _Statistics(wiring.Component):
             m.d.sync += [
                 root_rem.eq(Mux(sqrt_fits, sqrt_trial - sqrt_sub, sqrt_trial)),
                 root.eq(Cat(sqrt_fits, root[:-1])),
+                root_zero.eq(~sqrt_fits & (root[:-1] == 0)),
                 radicand.eq(radicand << 2),
                 steps.eq(steps + 1),
             ]
@@ -495,7 +501,7 @@ class _Statistics(wiring.Component):
         with m.Elif(stage == _Stage.RECIPROCAL):
             # 32+F cycles: one bit of floor(2**(31+F) / std) per cycle, MSB first
             m.d.sync += [
-                rec_rem.eq(Mux(rec_fits, rec_trial - std, rec_trial)),
+                rec_rem.eq(Mux(rec_fits, rec_diff, rec_trial)),
                 recip.eq(Cat(rec_fits, recip[:-1])),
                 steps.eq(steps + 1),
             ]
