@@ -430,16 +430,25 @@ class IntSoftmax(wiring.Component):
             scores_w.addr.eq(Cat(a_cnt[:slots.idx_bits], a_ptr)),
             scores_w.data.eq(a_word),
         ]
+        # the row's maximum goes to its slot the cycle after its last beat, from a_max (the
+        # compare of the last beat ran on into the slots' multiplexers otherwise: an ECP5
+        # critical path at 100 MHz); engine B reads it from the cycle after the slot turns
+        # SCORES on
+        put_max = Signal()
+        put_ptr = Signal.like(a_ptr)
+        m.d.sync += put_max.eq(0)
+        with m.If(put_max):
+            _put(m, slots.row_max, put_ptr, a_max)
         with m.If(self.i_stream.valid & self.i_stream.ready):
             with m.If(a_store):
                 m.d.sync += [a_cnt.eq(a_cnt + 1), a_max.eq(a_newmax)]
             with m.Elif(~a_over):
                 m.d.sync += [a_over.eq(1), self.error.eq(1)]
             with m.If(self.i_stream.payload.last):
-                m.d.sync += [a_cnt.eq(0), a_over.eq(0), a_ptr.eq(slots.next(a_ptr))]
+                m.d.sync += [a_cnt.eq(0), a_over.eq(0), a_ptr.eq(slots.next(a_ptr)),
+                             put_max.eq(1), put_ptr.eq(a_ptr)]
                 _put(m, slots.state, a_ptr, _SlotState.SCORES)
                 _put(m, slots.last_idx, a_ptr, Mux(a_store, a_cnt, a_cnt - 1))
-                _put(m, slots.row_max, a_ptr, Mux(a_store, a_newmax, a_max))
 
     def _constants(self, m):
         """The run-time constants as engine B uses them, registered (they are stable while a row
