@@ -495,31 +495,6 @@ def test_times_rejects_bad_operands():
         times(Signal(8), -3)
 
 
-@pytest.mark.parametrize("width,bits", [(9, 8), (12, 8), (8, 8), (5, 8), (10, 4)])
-def test_saturate_clamps_to_the_signed_range(width, bits):
-    """common.saturate (a reduction of the high bits, no compares) against the clamp, every
-    value of a signed ``width``-bit input."""
-    from amaranth.sim import Simulator
-    from bertcore.core.common import saturate
-    x = Signal(signed(width))
-    out = Signal(signed(bits))
-    m = Module()
-    m.d.comb += out.eq(saturate(x, bits))
-    assert saturate(x, bits).shape() == signed(bits) or width <= bits
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-
-    async def tb(ctx):
-        for v in range(-(1 << (width - 1)), 1 << (width - 1)):
-            ctx.set(x, v)
-            assert ctx.get(out) == min(max(v, lo), hi), v
-
-    sim = Simulator(m)
-    sim.add_testbench(tb)
-    sim.run()
-    with pytest.raises(TypeError, match=r"saturate takes a signed value, not unsigned\(8\)"):
-        saturate(Signal(8), 4)
-
-
 @pytest.mark.parametrize("name", ["tiny", "ulx3s-minilm"])
 def test_core_has_no_products_by_constants(name):
     """yosys maps a `*` by a constant onto a MULT18X18D: the core's addresses use

@@ -260,3 +260,29 @@ def test_runner_missing_simulator(monkeypatch):
         run_cocotb(dut, toplevel="requantizer", test_module="tb_requant", simulator="icarus",
                    name="runner_missing", params=params)
     dut._MustUse__silence = True
+
+
+@pytest.mark.parametrize("width,bits", [(9, 8), (12, 8), (8, 8), (5, 8), (10, 4), (14, 8)])
+def test_saturate_clamps_to_the_signed_range(width, bits):
+    """rtl.common.saturate (a reduction of the high bits, no compares; the requantizer's output
+    stage and the write-back use it) against the clamp, every value of a signed ``width``-bit
+    input."""
+    from amaranth.sim import Simulator
+    from bertcore.rtl.common import saturate
+    x = Signal(signed(width))
+    out = Signal(signed(bits))
+    m = Module()
+    m.d.comb += out.eq(saturate(x, bits))
+    assert saturate(x, bits).shape() == signed(min(width, bits))
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+    async def tb(ctx):
+        for v in range(-(1 << (width - 1)), 1 << (width - 1)):
+            ctx.set(x, v)
+            assert ctx.get(out) == min(max(v, lo), hi), v
+
+    sim = Simulator(m)
+    sim.add_testbench(tb)
+    sim.run()
+    with pytest.raises(TypeError, match=r"saturate takes a signed value, not unsigned\(8\)"):
+        saturate(Signal(8), 4)

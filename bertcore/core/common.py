@@ -17,7 +17,7 @@ from bertcore.rtl.stream import RegisterSlice
 __all__ = [
     "bus_layout", "bus_signature", "act_layout", "act_signature", "out_layout", "out_signature",
     "read_port", "row_read", "write_port", "task",
-    "handover", "job_layout", "pick", "times", "fork", "sliced", "feed", "saturate",
+    "handover", "job_layout", "pick", "times", "fork", "sliced", "feed",
     "G_Q", "G_K", "G_V", "G_O", "G_FFN1", "G_FFN2",
     "M_Q", "M_K", "M_V", "M_O", "M_FFN1", "M_FFN2", "M_SCORE", "M_CTX",
     "A_X", "A_Q", "A_A", "A_H", "A_P", "J_PANEL", "J_SCORE", "J_PV",
@@ -225,21 +225,3 @@ def feed(m, port, sinks, addr, adv, lane, width, last):
     for i, sink in enumerate(sinks):
         m.d.comb += [sink.payload.data.eq(element(port.data[i], lane, signed(width))),
                      sink.payload.last.eq(last)]
-
-
-def saturate(value, bits):
-    """The signed ``value`` clamped to the signed ``bits``-bit range, as ``signed(bits)``.
-
-    It fits when its bits from ``bits - 1`` up are all equal: a reduction in LUTs, where two
-    compares with the bounds are two carry chains (on the ECP5 critical path at 100 MHz, into
-    the write-back's int8 and GELU-input registers).
-    """
-    value = Value.cast(value)
-    if not value.shape().signed:
-        raise TypeError(f"saturate takes a signed value, not {value.shape()!r}")
-    if len(value) <= bits:
-        return value.as_signed()
-    high = value[bits - 1:]
-    fits = (high == 0) | (high == (1 << len(high)) - 1)
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return Mux(fits, value[:bits].as_signed(), Mux(value[-1], lo, hi))

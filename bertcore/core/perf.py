@@ -206,10 +206,14 @@ def _schedule(config, seq_len, segments, param_rate):
     jobs = _panel_jobs(config, seq_len)
     attention = _attention(config, seq_len, segments)
     ln_pass = _ln_pass(config, seq_len)
-    # every record costs the loader one cycle more than its beats at the full rate: its
-    # registered ready is cleared for a cycle after each record (and is a cycle late after
-    # the start); in the gaps of a throttled stream that cycle is hidden
-    t_load = max(header * cpb, header + 1)
+
+    def record(beats):
+        # the loader's cycles for a record of ``beats``: one more than its beats at the full
+        # rate (its registered ready is cleared for a cycle after each record, and is a cycle
+        # late after the start), hidden in the gaps of a throttled stream
+        return max(beats * cpb, beats + 1)
+
+    t_load = record(header)
     t_seq = _input_cycles(config, seq_len, segments)
     slot_free = [0.0, 0.0]
     ln_free = [0.0, 0.0]
@@ -218,11 +222,10 @@ def _schedule(config, seq_len, segments, param_rate):
     for _ in range(config.layers):
         parts = dict.fromkeys(("qkv", "attention", "o", "ln", "ffn1", "ffn2"), 0.0)
         t0 = t_seq
-        t_load = max(t_load, scal_free) + max(scalars * cpb, scalars + 1)
+        t_load = max(t_load, scal_free) + record(scalars)
         t_seq = max(t_seq, t_load) + _START
         for group, count, k, job in jobs:
-            beats = _panel_load(config, k)
-            load = max(beats * cpb, beats + 1)
+            load = record(_panel_load(config, k))
             for _ in range(count):
                 t_load = max(t_load, slot_free[panel % 2]) + load
                 t_seq = max(t_seq, t_load) + _START + job
@@ -235,7 +238,7 @@ def _schedule(config, seq_len, segments, param_rate):
                 parts["attention"] = attention
             elif group in ("o", "ffn2"):
                 i = int(group == "ffn2")
-                t_load = max(t_load, ln_free[i]) + max(ln_beats * cpb, ln_beats + 1)
+                t_load = max(t_load, ln_free[i]) + record(ln_beats)
                 t_seq = max(t_seq, t_load) + ln_pass
                 ln_free[i] = t_seq
                 parts["ln"] += t_seq - t0

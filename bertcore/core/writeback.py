@@ -19,12 +19,13 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bertcore.quant.kernels import GELU_IN_BITS, RESIDUAL_BITS
+from bertcore.rtl.common import saturate
 from bertcore.rtl.gelu import IntGELU
 from bertcore.rtl.requant import Requantizer
 from bertcore.rtl.softmax import IntSoftmax
 
 from .common import (M_CTX, M_FFN1, M_FFN2, M_K, M_O, M_Q, M_SCORE, M_V, job_layout, pick,
-                     row_read, saturate, times, write_port)
+                     row_read, times, write_port)
 from .loader import panel_layout, scalar_layout
 
 __all__ = ["WriteBack"]

@@ -1,12 +1,12 @@
 """Fixed-point requantization (``bertcore.quant.kernels.requantize``) as a pipelined unit."""
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bertcore.quant.kernels import REQ_M_BITS, REQ_MAX_SHIFT
 from .common import (check_int, check_multipliers, dsp_partial_products, rejecting,
-                     valid_last_pipeline)
+                     saturate, valid_last_pipeline)
 from .multiplier import mult18x18d_products, uses_mult18x18d
 
 __all__ = ["Requantizer", "REQ_E_BITS"]
@@ -176,19 +176,11 @@ class Requantizer(wiring.Component):
             with m.If(en):
                 m.d.sync += total.eq(sum(terms[1:], terms[0]))
 
-            # stage 8: saturated to out_bits (the output register). The value fits when its
-            # bits from out_bits-1 up are all equal (a reduction in LUTs, no carry chain).
-            n = self._out_bits
-            out = Signal(signed(n), name=f"out_{lane}", reset_less=True)
-            if len(total) <= n:
-                sat = total
-            else:
-                high = total[n - 1:]
-                fits = (high == 0) | (high == (1 << len(high)) - 1)
-                lo, hi = -(1 << (n - 1)), (1 << (n - 1)) - 1
-                sat = Mux(fits, total[:n], Mux(total[-1], lo, hi))
+            # stage 8: saturated to out_bits (the output register; rtl.common.saturate: a
+            # reduction in LUTs, no carry chain)
+            out = Signal(signed(self._out_bits), name=f"out_{lane}", reset_less=True)
             with m.If(en):
-                m.d.sync += out.eq(sat)
+                m.d.sync += out.eq(saturate(total, self._out_bits))
             m.d.comb += self.o_stream.payload.data[lane].eq(out)
         return m
 
