@@ -15,6 +15,10 @@ class ConfigError(ValueError):
 _INT_FIELDS = ("hidden", "heads", "ffn", "layers", "max_seq", "array_rows", "array_cols",
                "bus_width", "softmax_units", "layernorm_units", "max_segments", "prob_bits",
                "gelu_bits")
+_BOOL_FIELDS = ("resident", "shared_h")
+#: ``ffn // hidden`` for which ``shared_h`` can hold H in X, Q, K and V (a power of two: the
+#: memory of an H word is its address's low bits).
+SHARED_H_RATIOS = (1, 2, 4)
 #: Largest sequence length a core may be built for (position tables of BERT go to 512).
 MAX_SEQ_LIMIT = 4096
 #: Units whose multipliers ``lut_multipliers`` may move from DSP blocks into LUT logic.
@@ -66,6 +70,15 @@ class CoreConfig:
         with (the image's fingerprint covers it). 16 (default, as ``QuantOptions``) costs no
         DSP block with ``prob_bits = 16`` (the A operand is 17 bits either way), the H buffer
         twice the memory and wider accumulators.
+    shared_h : bool
+        Keep the GELU outputs (``H``) in the memories of ``X``, ``Q``, ``K`` and ``V`` instead
+        of memories of their own: the FFN runs while those four hold nothing live (the layer
+        input's last reader, the ``O`` job, is done before LayerNorm-1; LayerNorm-2 writes the
+        next layer's input after the FFN), so ``H`` word ``a`` goes to the memory ``a mod R``
+        of them at ``a // R``, ``R = ffn // hidden`` (1, 2 or 4). It needs ``gelu_bits = 8``
+        (an ``H`` word as wide as theirs). It saves ``H``'s block RAM (48 DP16KD on an 8x8
+        MiniLM core) for a 4:1 multiplexer on the feeder's ``H`` read data; the results, the
+        schedule and the parameter image are the same.
 
     Raises
     ------
@@ -87,6 +100,7 @@ class CoreConfig:
     max_segments: int = 16
     prob_bits: int = 16
     gelu_bits: int = 16
+    shared_h: bool = False
 
     def __post_init__(self):
         for name in _INT_FIELDS:
@@ -95,8 +109,9 @@ class CoreConfig:
                 raise ConfigError(f"{name} must be an integer, not {v!r}")
             if v < 1:
                 raise ConfigError(f"{name} must be at least 1, not {v!r}")
-        if not isinstance(self.resident, bool):
-            raise ConfigError(f"resident must be true or false, not {self.resident!r}")
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, not {getattr(self, name)!r}")
         units = self.lut_multipliers
         if (not isinstance(units, (tuple, list))
                 or not all(isinstance(u, str) for u in units)):
@@ -120,6 +135,13 @@ class CoreConfig:
         if not GELU_BITS_MIN <= self.gelu_bits <= GELU_BITS_MAX:
             raise ConfigError(f"gelu_bits must lie in {GELU_BITS_MIN}..{GELU_BITS_MAX}, not "
                               f"{self.gelu_bits}")
+        if self.shared_h:
+            if self.gelu_bits != 8:
+                raise ConfigError(f"shared_h needs gelu_bits 8 (an H word as wide as an X "
+                                  f"word), not {self.gelu_bits}")
+            if self.ffn % self.hidden or self.ffn // self.hidden not in SHARED_H_RATIOS:
+                raise ConfigError(f"shared_h needs ffn to be 1, 2 or 4 times hidden, not "
+                                  f"{self.ffn} for hidden {self.hidden}")
         if self.max_segments > MAX_SEQ_LIMIT:
             raise ConfigError(f"max_segments must be at most {MAX_SEQ_LIMIT}, not "
                               f"{self.max_segments}")
@@ -165,11 +187,14 @@ PRESETS = {
     # streamed from the board's SDRAM: an 8x8 array (64 multipliers; the write-back's lanes
     # take 72 more), one softmax and one LayerNorm unit, every multiplier on a DSP block (151
     # of 156: in LUTs, the softmax's and LayerNorm's unregistered adder trees were the slowest
-    # paths), a 32-bit bus (the SDRAM delivers 2 bytes per cycle). max_seq 64 and gelu_bits 8
-    # are what the block RAM holds: H at 16 bits would take 96 DP16KD instead of 48
+    # paths), a 32-bit bus (the SDRAM delivers 2 bytes per cycle), H in the memories of X, Q,
+    # K and V (shared_h: 147 DP16KD instead of 195; block RAM at 94 % left the design
+    # unroutable). max_seq 64 and gelu_bits 8 are what the block RAM holds: shared_h needs
+    # 8-bit GELU outputs, and H at 16 bits in memories of its own would take 96 DP16KD
     # (docs/boards.md, "A MiniLM core for the LFE5U-85F")
     "ulx3s-minilm": CoreConfig(hidden=384, heads=12, ffn=1536, layers=6, max_seq=64,
-                               array_rows=8, array_cols=8, bus_width=32, gelu_bits=8),
+                               array_rows=8, array_cols=8, bus_width=32, gelu_bits=8,
+                               shared_h=True),
     # BERT-base: Verilog generation and estimates only
     "bert-base": CoreConfig(hidden=768, heads=12, ffn=3072, layers=12, max_seq=512,
                             array_rows=16, array_cols=16, bus_width=128,
@@ -191,13 +216,13 @@ def _coerce(key, text):
     if key not in names:
         raise ConfigError(f"unknown configuration key {key!r} (known: "
                           f"{', '.join(sorted(names))})")
-    if key == "resident":
+    if key in _BOOL_FIELDS:
         low = text.strip().lower()
         if low in ("true", "1", "yes", "on"):
             return True
         if low in ("false", "0", "no", "off"):
             return False
-        raise ConfigError(f"resident must be true or false, not {text!r}")
+        raise ConfigError(f"{key} must be true or false, not {text!r}")
     if key == "lut_multipliers":
         return tuple(u.strip() for u in text.split(",") if u.strip())
     for base in (0, 10):                   # 0x40, 0b1, 64; and 08 (base 0 refuses it)

@@ -32,6 +32,13 @@ def test_tiny_preset_matches_tiny_checkpoint(tmp_path):
     ({"layers": 2.5}, "layers must be an integer, not 2.5"),
     ({"heads": True}, "heads must be an integer, not True"),
     ({"resident": "yes"}, "resident must be true or false, not 'yes'"),
+    ({"shared_h": 1}, "shared_h must be true or false, not 1"),
+    ({"shared_h": True}, "^shared_h needs gelu_bits 8 \\(an H word as wide as an X word\\), "
+                         "not 16$"),
+    ({"shared_h": True, "gelu_bits": 8, "ffn": 96},
+     "^shared_h needs ffn to be 1, 2 or 4 times hidden, not 96 for hidden 32$"),
+    ({"shared_h": True, "gelu_bits": 8, "ffn": 48},
+     "^shared_h needs ffn to be 1, 2 or 4 times hidden, not 48 for hidden 32$"),
     ({"max_seq": 100000}, "max_seq must be at most 4096"),
     ({"colour": 3}, "unknown configuration key 'colour'"),
     ({"lut_multipliers": ("gelu", "array")},
@@ -66,7 +73,7 @@ def test_load_config_sources(tmp_path):
     g = tmp_path / "g.toml"
     g.write_text("\n".join(f"{k} = {list(v) if isinstance(v, tuple) else v}"
                            for k, v in preset("minilm").to_dict().items()
-                           if k != "resident") + "\n")
+                           if k not in ("resident", "shared_h")) + "\n")
     assert load_config(config_file=g) == preset("minilm")
     h = tmp_path / "h.toml"
     h.write_text('preset = "tiny"\nlut_multipliers = ["softmax", "gelu", "gelu"]\n')

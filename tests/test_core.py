@@ -19,6 +19,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from bertcore.checkpoint import load_checkpoint
 from bertcore.config import preset
 from bertcore.core.encoder import STATUS, EncoderCore, EncoderTop
 from bertcore.core.image import (FAIL_NO_IMAGE, MAGIC, ImageError, activation_beats,
@@ -28,9 +29,11 @@ from bertcore.core.image import (FAIL_NO_IMAGE, MAGIC, ImageError, activation_be
 from bertcore.core.interp import run_image
 from bertcore.core.gemm import a_operand_shape, accumulator_range
 from bertcore.core.perf import array_beats, layer_cycles, run_cycles, utilization
+from bertcore.flow.estimate import estimate_core
 from bertcore.quant.kernels import int_softmax_int, softmax_constants
 from bertcore.quant.model import QuantOptions, quantize
 from bertcore.rtl.softmax import IntSoftmax
+from bertcore.testing import make_tiny_checkpoint
 from fixtures_bert import (TINY_CALIBRATION, TINY_EVAL, tiny_ckpt, tiny_dir,  # noqa: F401
                            tiny_int)
 from rtl_sim import simulate, stream_get, stream_put
@@ -438,6 +441,7 @@ def test_core_cocotb(tiny_by_bits, simulator, widths, tmp_path):
                  id="orangecrab"),
     pytest.param(dict(prob_bits=16 if TINY.prob_bits == 8 else 8), id="other-prob-bits"),
     pytest.param(dict(gelu_bits=16 if TINY.gelu_bits == 8 else 8), id="other-gelu-bits"),
+    pytest.param(dict(gelu_bits=8, shared_h=True), id="shared-h"),
 ])
 def test_core_lint(changes):
     lint(EncoderTop(TINY.replace(**changes)), toplevel="bertcore_encoder")
@@ -551,6 +555,31 @@ def test_core_config_variants(tiny_core, changes):
                                  stall=0.2)
     for x, got in zip(xs, outputs):
         assert torch.equal(got, tiny_core.encode_int(x)), f"L={x.shape[0]}"
+
+
+@pytest.mark.parametrize("ffn, lengths", [
+    pytest.param(64, (5,), id="ffn2x"),                           # H in X and Q
+    pytest.param(128, (16, 3), id="ffn4x-max", marks=pytest.mark.slow),  # X, Q, K and V
+    pytest.param(32, (7,), id="ffn1x", marks=pytest.mark.slow),   # H in X alone
+])
+def test_core_shared_h(tiny_ckpt, tiny_by_bits, tmp_path, ffn, lengths):  # noqa: F811
+    """``shared_h``: H in the memories of X, Q, K and V (``ffn // hidden`` of them), no H
+    memory of its own, bit-exact with random stalls."""
+    if ffn == TINY.ffn:
+        model, cfg, image = tiny_by_bits[16, 8]
+    else:
+        ckpt = load_checkpoint(make_tiny_checkpoint(tmp_path / "bert", ffn=ffn))
+        model = core_model(quantize(ckpt, TINY_CALIBRATION, QuantOptions(gelu_bits=8)))
+        cfg = TINY.replace(ffn=ffn, gelu_bits=8)
+        image = pack_parameter_image(model, cfg)
+    cfg = cfg.replace(shared_h=True)
+    paths = [mem.path[-1] for mem, _, _ in estimate_core(cfg)["memories"]]
+    assert not [p for p in paths if p.startswith("h_")] and "x_0" in paths
+    gen = torch.Generator().manual_seed(13)
+    xs = [torch.randint(-128, 128, (n, cfg.hidden), generator=gen) for n in lengths]
+    outputs, _, _ = run_core_sim(EncoderCore(cfg), image, xs, stall=0.2)
+    for x, got in zip(xs, outputs):
+        assert torch.equal(got, model.encode_int(x)), f"L={x.shape[0]}"
 
 
 @pytest.mark.parametrize("changes, lengths", [

@@ -44,7 +44,7 @@ def _sdram_board(config):
 
 def test_ulx3s_minilm_fits_the_85f():
     """The MiniLM preset with the SDRAM board's bridge and image store fits the LFE5U-85F, and
-    what limits it: 16-bit GELU outputs or more tokens take more block RAM than it has."""
+    what limits it: 16-bit GELU outputs or 96 tokens take more block RAM than it has."""
     from bertcore.core.buffers import Buffers
     cfg = preset("ulx3s-minilm")
     assert (cfg.hidden, cfg.heads, cfg.ffn, cfg.layers) == (384, 12, 1536, 6)
@@ -56,9 +56,14 @@ def test_ulx3s_minilm_fits_the_85f():
     # the core alone: the 8x8 array's 64 multipliers and about 80 in its per-lane units
     core = estimate_core(cfg)
     assert core["DSP"] >= 64 + 8 * 8 and core["BRAM"] <= est["BRAM"]
-    # the buffers decide max_seq and gelu_bits: each step up overflows the block RAM
+    # H in the memories of X, Q, K and V (shared_h) saves its 48 DP16KD
     base = estimate_core(cfg, Buffers(cfg))["BRAM"]
-    for change in ({"gelu_bits": 16}, {"gelu_bits": 12}, {"max_seq": cfg.max_seq + 8}):
+    assert cfg.shared_h
+    assert estimate_core(cfg, Buffers(cfg.replace(shared_h=False)))["BRAM"] - base == 48
+    # the buffers decide gelu_bits (wider GELU outputs need H in memories of its own) and
+    # max_seq (96 tokens take a second block RAM row in every bank): these overflow it
+    for change in ({"gelu_bits": 16, "shared_h": False}, {"gelu_bits": 12, "shared_h": False},
+                   {"max_seq": 96}):
         more = estimate_core(cfg, Buffers(cfg.replace(**change)))["BRAM"]
         assert est["BRAM"] - base + more > ECP5_85F["BRAM"], change
 

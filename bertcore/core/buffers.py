@@ -20,6 +20,7 @@ Port owners (each member of :class:`Buffers` is connected to exactly one compone
     K, V    write-back                        feeder
     A       LN-1 gatherers                    residual fetch | feeder
     H       write-back (GELU output)          feeder
+            (with ``shared_h``: no memory of its own, see below)
     P       softmax pass                      feeder
     R       write-back                        LayerNorm pass
     S       write-back (scores)               softmax pass
@@ -31,11 +32,17 @@ of each layer; the feeder during Q/K/V panels, the residual fetch during O panel
 pass after the last layer. A: the feeder during FFN1 panels, the residual fetch during FFN2
 panels). One read port each keeps X and A at one copy of the memory: block RAM has two ports,
 and a second read port doubled them (32 more DP16KD on an 8 x 8 MiniLM core).
+
+With ``config.shared_h`` H is kept in the memories of X, Q, K and V (the first ``ffn //
+hidden`` of them), which hold nothing live while the FFN runs: X's last reader (the residual
+fetch of the O job) and Q's (the O job's feeder) are done before LayerNorm-1, and LayerNorm-2
+writes X only after FFN2. The write-back's H writes and the feeder's H reads join those
+memories' ports as their last users (:meth:`Buffers._share_h`).
 """
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Module, Signal, unsigned
+from amaranth.hdl import Array, Module, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, flipped
@@ -165,28 +172,58 @@ class Buffers(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        c = self._c
+        shared = ("x", "q", "k", "v")[:c.ffn // c.hidden] if c.shared_h else ()
         mems = {}
         for name, (banks, depth, shape, reads, late) in self._geometry.items():
+            if name == "h" and shared:
+                continue
             w, r = _banked(m, name, banks, depth, shape, reads, late)
             mems[name] = SimpleNamespace(w=w, r=r)
-        owners = {                              # memory port: the member that owns it
-            ("q", "w"): "wb_q", ("k", "w"): "wb_k", ("v", "w"): "wb_v", ("h", "w"): "wb_h",
-            ("r", "w"): "wb_r", ("s", "w"): "wb_s", ("p", "w"): "smax_p", ("a", "w"): "ln_a",
-            ("r", 0): "ln_r", ("s", 0): "smax_s",
-            **{(b, 0): f"feed_{b}" for b in "qhkvp"},
-        }
-        for (name, port), member in owners.items():
-            if port == "w":
-                for mine, theirs in zip(mems[name].w, getattr(self, member)):
-                    wiring.connect(m, flipped(theirs), mine)
-            else:
-                wiring.connect(m, flipped(getattr(self, member)), mems[name].r[port])
-        # the shared ports of X and A: fixed priority (the users never overlap in time)
-        for b in range(len(self.in_x)):
-            _arbitrate(m, mems["x"].w[b], [self.ln_x[b], self.in_x[b]], ("addr", "data", "en"))
-        for name, users in (("x", [self.out_x, self.res_x, self.feed_x]),
-                            ("a", [self.res_a, self.feed_a])):
+        # the users of each memory port, in priority order (only X and A share a port between
+        # their own users; with shared_h the H users join the ports of X, Q, K and V)
+        writes = {"x": [self.ln_x, self.in_x], "q": [self.wb_q], "k": [self.wb_k],
+                  "v": [self.wb_v], "h": [self.wb_h], "r": [self.wb_r], "s": [self.wb_s],
+                  "p": [self.smax_p], "a": [self.ln_a]}
+        reads = {"x": [self.out_x, self.res_x, self.feed_x], "a": [self.res_a, self.feed_a],
+                 "r": [self.ln_r], "s": [self.smax_s],
+                 **{b: [getattr(self, f"feed_{b}")] for b in "qhkvp"}}
+        if shared:
+            self._share_h(m, shared, mems, writes, reads)
+        for name, users in writes.items():
+            for b, port in enumerate(mems[name].w):
+                if len(users) == 1:
+                    wiring.connect(m, flipped(users[0][b]), port)
+                else:
+                    _arbitrate(m, port, [user[b] for user in users], ("addr", "data", "en"))
+        for name, users in reads.items():
             port = mems[name].r[0]
-            _arbitrate(m, port, users, ("addr", "en"))
-            m.d.comb += [user.data.eq(port.data) for user in users]
+            if len(users) == 1:
+                wiring.connect(m, flipped(users[0]), port)
+            else:
+                _arbitrate(m, port, users, ("addr", "en"))
+                m.d.comb += [user.data.eq(port.data) for user in users
+                             if hasattr(user, "data")]
         return m
+
+    def _share_h(self, m, shared, mems, writes, reads):
+        """``shared_h``: H word ``a`` lives in the memory ``shared[a mod R]`` at ``a // R``
+        (``R = len(shared)``, a power of two: the memory is the address's low bits). The
+        write-back's H writes join each memory's write users, the feeder's H reads its read
+        users; the read data is picked by the low bits of the last H read's address (a
+        register: the data follows one cycle after ``en``, and holds while ``en`` is low, as
+        nothing else reads these memories during the FFN)."""
+        lo = (len(shared) - 1).bit_length()
+        del writes["h"], reads["h"]
+        for r, name in enumerate(shared):
+            writes[name].append([
+                SimpleNamespace(addr=w.addr[lo:], data=w.data,
+                                en=w.en & (w.addr[:lo] == r if lo else 1))
+                for w in self.wb_h])
+            reads[name].append(SimpleNamespace(addr=self.feed_h.addr[lo:], en=self.feed_h.en))
+        sel = Signal(range(len(shared)), name="h_sel")
+        with m.If(self.feed_h.en):
+            m.d.sync += sel.eq(self.feed_h.addr[:lo])
+        for b in range(len(self.feed_h.data)):
+            words = [mems[name].r[0].data[b] for name in shared]
+            m.d.comb += self.feed_h.data[b].eq(Array(words)[sel] if lo else words[0])

@@ -17,8 +17,8 @@ from amaranth.lib.wiring import In, Out
 
 from bertcore.rtl.stream import RegisterSlice
 
-from .common import (A_A, A_H, A_Q, A_X, J_PANEL, element, job_layout, pick, read_port,
-                     row_read, times)
+from .common import (A_A, A_H, A_Q, A_X, J_PANEL, J_PV, J_SCORE, element, job_layout, pick,
+                     read_port, row_read, times)
 
 __all__ = ["OperandFeeder"]
 
@@ -110,8 +110,8 @@ class OperandFeeder(wiring.Component):
         m.d.comb += ops.i_stream.valid.eq(s2_valid)
         # stages s0 (the buffers' addresses, registered), s1 (their read data), r (the A
         # sources' read data registered; B's elements picked) and s2 (the A elements picked;
-        # B's delayed) advance together; a stalled s1 holds its read data (the read ports'
-        # enable is adv). The address adders, X's and A's port arbiters and the read of the
+        # B's delayed) advance together; a stalled s1 holds its read data (a read port is
+        # enabled only with adv). The address adders, X's and A's port arbiters and the read of the
         # banks do not fit one 10 ns cycle on ECP5 together, nor do a block RAM's clock-to-out
         # (5.8 ns without its output register) and an element pick.
         adv = ~s2_valid | ops.i_stream.ready
@@ -143,17 +143,18 @@ class OperandFeeder(wiring.Component):
             return reg
 
         s0_a = stage0(self.h, a_addr)           # (H is the deepest of the A sources)
-        for port in (self.q, self.h):
-            m.d.comb += [port.addr.eq(s0_a), port.en.eq(adv)]
-        # X and A share their read port with the residual fetch (and the output pass): read
-        # them only in jobs that take their A operand from them (Buffers)
-        for port, src in ((self.x, A_X), (self.a, A_A)):
-            m.d.comb += [port.addr.eq(s0_a), port.en.eq(adv & (job.asrc == src))]
+        # a buffer is read only for an issued beat (s0 valid) of a job that takes an operand
+        # from it: X and A share their read port with the residual fetch (and the output
+        # pass), and with ``shared_h`` the memories of X, Q, K and V hold H during the FFN
+        # (Buffers)
+        rd = adv & s0_valid
+        for port, src in ((self.x, A_X), (self.q, A_Q), (self.a, A_A), (self.h, A_H)):
+            m.d.comb += [port.addr.eq(s0_a), port.en.eq(rd & (job.asrc == src))]
         m.d.comb += [self.p.addr.eq(stage0(self.p, f_kw)), self.p.en.eq(adv),
                      self.k.addr.eq(stage0(self.k, times(job.kb + f_t, CWH) + job.chw + f_kw)),
-                     self.k.en.eq(adv),
+                     self.k.en.eq(rd & (job.kind == J_SCORE)),
                      self.v.addr.eq(stage0(self.v, times(job.kb + f_kw, CWH) + job.chw + f_t)),
-                     self.v.en.eq(adv),
+                     self.v.en.eq(rd & (job.kind == J_PV)),
                      self.panel.addr.eq(stage0(self.panel, f_paddr)), self.panel.en.eq(adv)]
         s2_asrc = Signal.like(job.asrc)
         s2_kind = Signal.like(job.kind)
