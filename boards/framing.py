@@ -95,6 +95,7 @@ class FrameReceiver(wiring.Component):
         idx = Signal(range(MAXP + 1))               # payload byte
         part = Signal(range(NB))                    # byte within a word
         reason = Signal(8)                          # of a frame being drained
+        last = Signal(16)                           # the last payload byte: length - 1
         m.d.comb += [self.crc_data.eq(byte), self.frame.addr.eq(idx), self.frame.data.eq(byte),
                      self.whole_words.eq((self.length != 0) & (part == 0))]
 
@@ -112,7 +113,7 @@ class FrameReceiver(wiring.Component):
                     m.d.comb += self.crc_start.eq(1)
                     fsm.next("TYPE")
             for state, nxt in (("TYPE", "SEQ"), ("SEQ", "LEN0"), ("LEN0", "LEN1"),
-                               ("LEN1", None), ("PAYLOAD", None), ("CRC0", "CRC1"),
+                               ("LEN1", "LENGTH"), ("PAYLOAD", None), ("CRC0", "CRC1"),
                                ("CRC1", "CHECK")):
                 with fsm.State(state):
                     m.d.comb += self.i_stream.ready.eq(1)
@@ -123,10 +124,22 @@ class FrameReceiver(wiring.Component):
                         m.d.comb += self.crc_valid.eq(1)
                         if nxt is not None:
                             fsm.next(nxt)
-                        self._take(m, fsm, state, byte, idx, part, reason)
+                        self._take(m, fsm, state, byte, idx, part, last)
                     with m.Elif(idle_out):
                         m.d.comb += [self.done.eq(1), self.reason.eq(P.NAK_TIMEOUT)]
                         fsm.next("IDLE")
+            with fsm.State("LENGTH"):
+                # the length checked from its register, a cycle after its last byte (no byte
+                # is taken meanwhile: it waits in the UART receiver); the compare and the
+                # frame's state after the byte's own multiplexers did not fit 10 ns on ECP5
+                m.d.sync += last.eq(self.length - 1)
+                with m.If(self.length > self._max_payload):
+                    m.d.sync += reason.eq(P.NAK_LENGTH)
+                    fsm.next("DISCARD")
+                with m.Elif(self.length == 0):
+                    fsm.next("CRC0")
+                with m.Else():
+                    fsm.next("PAYLOAD")
             with fsm.State("CHECK"):
                 # the CRC has taken the last byte
                 with m.If(self.crc_match):
@@ -146,7 +159,7 @@ class FrameReceiver(wiring.Component):
                     fsm.next("HUNT")
         return m
 
-    def _take(self, m, fsm, state, byte, idx, part, reason):
+    def _take(self, m, fsm, state, byte, idx, part, last):
         """A byte of the frame taken in ``state``: store it (header field or payload)."""
         NB = self._bus_bytes
         if state == "TYPE":
@@ -156,19 +169,11 @@ class FrameReceiver(wiring.Component):
         elif state == "LEN0":
             m.d.sync += self.length[:8].eq(byte)
         elif state == "LEN1":
-            new_len = Cat(self.length[:8], byte)
             m.d.sync += [self.length[8:].eq(byte), idx.eq(0), part.eq(0)]
-            with m.If(new_len > self._max_payload):
-                m.d.sync += reason.eq(P.NAK_LENGTH)
-                fsm.next("DISCARD")
-            with m.Elif(new_len == 0):
-                fsm.next("CRC0")
-            with m.Else():
-                fsm.next("PAYLOAD")
         elif state == "PAYLOAD":
             m.d.comb += self.frame.en.eq(1)
             m.d.sync += [idx.eq(idx + 1), part.eq(Mux(part == NB - 1, 0, part + 1))]
-            with m.If(idx == self.length - 1):
+            with m.If(idx == last):
                 fsm.next("CRC0")
 
 

@@ -140,8 +140,13 @@ class LayerNormPass(wiring.Component):
         q_c = Signal(range(CWH))
         q_l = Signal(range(N))
         # the units whose position of group q_g is inside the sequence: a register, set as q_g
-        # is (a compare of q_g before the outputs' ready and the parameter read is too long)
+        # is (a compare of q_g before the outputs' ready and the parameter read is too long),
+        # from q_on_next, the same for group q_g + 1, a register of the compare (q_g steps
+        # once in N * CWH joins, q_on_next follows a cycle later; behind the join's enable
+        # the compare was the ULX3S's worst path at 95 MHz)
         q_on = Signal(U)
+        q_on_next = Signal(U)
+        m.d.sync += q_on_next.eq(Cat(*((q_g + 1) * U + u < self.seq_len for u in range(U))))
         q_join = q_on[0] & Cat(*(~q_on[u] | unit.valid
                                  for u, unit in enumerate(ln_outs))).all()
         q1_valid = Signal()
@@ -162,9 +167,7 @@ class LayerNormPass(wiring.Component):
             with m.If(q_l == N - 1):
                 m.d.sync += [q_l.eq(0), q_c.eq(q_c + 1)]
                 with m.If(q_c == CWH - 1):
-                    m.d.sync += [q_c.eq(0), q_g.eq(q_g + 1),
-                                 q_on.eq(Cat(*((q_g + 1) * U + u < self.seq_len
-                                               for u in range(U))))]
+                    m.d.sync += [q_c.eq(0), q_g.eq(q_g + 1), q_on.eq(q_on_next)]
         with m.If(st["start"]):
             m.d.sync += [q_g.eq(0), q_c.eq(0), q_l.eq(0),
                          q_on.eq(Cat(*(u < self.seq_len for u in range(U))))]
