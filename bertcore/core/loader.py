@@ -161,12 +161,16 @@ class ParameterLoader(wiring.Component):
         m.d.sync += ready.eq(param_ok & ~(st["set_slot"] | st["set_scal"] | st["set_ln"]
                                           | st["hdr_end"]))
         m.d.comb += self.param.ready.eq(ready)
+        # every beat taken goes into vec, the last of a vector too (harmless: the next vector
+        # overwrites its beats in order before it reads them back); with the state's
+        # ``vdone`` out of the enable of these VB * BUS flip-flops, the state decode does not
+        # fan out to them (the ULX3S's worst path at 100 MHz)
         with m.If(p_fire):
-            m.d.sync += pbeat.eq(pbeat + 1)
+            m.d.sync += [pbeat.eq(pbeat + 1), vec.eq(merged)]
             with m.If(vdone):
                 m.d.sync += vb.eq(0)
             with m.Else():
-                m.d.sync += [vb.eq(vb + 1), vec.eq(merged)]
+                m.d.sync += vb.eq(vb + 1)
         # length checks: tlast exactly on beat total-1
         fail_len = Signal()
         m.d.comb += fail_len.eq(p_fire & (self.param.payload.last != (pbeat == total - 1)))

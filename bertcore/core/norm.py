@@ -161,15 +161,20 @@ class LayerNormPass(wiring.Component):
             m.d.comb += unit.ready.eq(q_fire & q_on[u])
         with m.If(q_adv):
             m.d.sync += q1_valid.eq(q_join)
+        # q_end: this join is the group's last (q_l and q_c at their ends), a register set
+        # with the counters, so that only q_fire gates the group's registers
+        q_end = Signal()
+        l_wrap, c_wrap = q_l == N - 1, q_c == CWH - 1
+        next_l = Mux(l_wrap, 0, q_l + 1)
+        next_c = Mux(l_wrap, Mux(c_wrap, 0, q_c + 1), q_c)
         with m.If(q_fire):
             m.d.sync += [q1_data[u].eq(unit.payload.data) for u, unit in enumerate(ln_outs)]
-            m.d.sync += [q1_l.eq(q_l), q_l.eq(q_l + 1)]
-            with m.If(q_l == N - 1):
-                m.d.sync += [q_l.eq(0), q_c.eq(q_c + 1)]
-                with m.If(q_c == CWH - 1):
-                    m.d.sync += [q_c.eq(0), q_g.eq(q_g + 1), q_on.eq(q_on_next)]
+            m.d.sync += [q1_l.eq(q_l), q_l.eq(next_l), q_c.eq(next_c),
+                         q_end.eq((next_l == N - 1) & (next_c == CWH - 1))]
+            with m.If(q_end):
+                m.d.sync += [q_g.eq(q_g + 1), q_on.eq(q_on_next)]
         with m.If(st["start"]):
-            m.d.sync += [q_g.eq(0), q_c.eq(0), q_l.eq(0),
+            m.d.sync += [q_g.eq(0), q_c.eq(0), q_l.eq(0), q_end.eq((N == 1) & (CWH == 1)),
                          q_on.eq(Cat(*(u < self.seq_len for u in range(U))))]
         w = LN_LANE.size
         lane = data.View(LN_LANE, element(self.params.data, q1_l, unsigned(w)))
