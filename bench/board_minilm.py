@@ -36,7 +36,7 @@ longer, so this is the rate of the core and the SDRAM with a fast host link, not
 ``board_spec(BOARD, config).clock``, ``BoardSpec.preset_builds``) / these cycles, for this
 sentence's length.
 
-Bad input (empty text, more than ``max_seq`` = 64 tokens): one line on stderr, exit code 2.
+Bad input (empty text, more than the preset's ``max_seq`` tokens): one line on stderr, exit code 2.
 The first run quantizes the model (about 30 s, cached) and builds the board top in Verilator
 (cached in ``build/sim/``): measured 2 min of Verilog generation and 2.5 min of Verilator
 build on the shared 2-core machine; a 12-token sentence then takes about 6.6 min of
@@ -79,7 +79,7 @@ def quantized_model(path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("text", help="one sentence (at most 64 tokens)")
+    ap.add_argument("text", help="one sentence (at most the preset's max_seq tokens)")
     ap.add_argument("--quantized", type=Path, default=CACHE / "minilm-gelu8.safetensors",
                     help="the quantized model (made with bertcore quantize --gelu-bits 8 if "
                     "missing)")

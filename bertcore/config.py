@@ -184,16 +184,15 @@ PRESETS = {
                          array_rows=16, array_cols=16, bus_width=128,
                          softmax_units=8, layernorm_units=8),
     # all-MiniLM-L6-v2 on the ULX3S-85F (LFE5U-85F: 156 MULT18X18D, 208 DP16KD), the image
-    # streamed from the board's SDRAM: an 8x8 array (64 multipliers; the write-back's lanes
-    # take 72 more), one softmax and one LayerNorm unit, every multiplier on a DSP block (151
-    # of 156: in LUTs, the softmax's and LayerNorm's unregistered adder trees were the slowest
-    # paths), a 32-bit bus (the SDRAM delivers 2 bytes per cycle), H in the memories of X, Q,
-    # K and V (shared_h: 147 DP16KD instead of 195; block RAM at 94 % left the design
-    # unroutable). max_seq 64 and gelu_bits 8 are what the block RAM holds: shared_h needs
-    # 8-bit GELU outputs, and H at 16 bits in memories of its own would take 96 DP16KD
-    # (docs/boards.md, "A MiniLM core for the LFE5U-85F")
-    "ulx3s-minilm": CoreConfig(hidden=384, heads=12, ffn=1536, layers=6, max_seq=64,
-                               array_rows=8, array_cols=8, bus_width=32, gelu_bits=8,
+    # streamed from the board's SDRAM: a 4x4 array (16 multipliers; the write-back's lanes take
+    # 36 more, 67 in all), one softmax and one LayerNorm unit, every multiplier on a DSP block,
+    # a 32-bit bus (the SDRAM delivers 2 bytes per cycle), H in the memories of X, Q, K and V
+    # (shared_h, which needs gelu_bits 8). Routing decides the array: an 8x8 core fits (151
+    # MULT18X18D, 149 DP16KD) but nextpnr's router2 did not route it (twice the wires of this
+    # one). Block RAM decides max_seq: 96 tokens take 170 DP16KD with the SDRAM board's
+    # bridge, 128 would take 205 of 208 (docs/boards.md, "A MiniLM core for the LFE5U-85F")
+    "ulx3s-minilm": CoreConfig(hidden=384, heads=12, ffn=1536, layers=6, max_seq=96,
+                               array_rows=4, array_cols=4, bus_width=32, gelu_bits=8,
                                shared_h=True),
     # BERT-base: Verilog generation and estimates only
     "bert-base": CoreConfig(hidden=768, heads=12, ffn=3072, layers=12, max_seq=512,

@@ -193,9 +193,9 @@ def test_presets_lists_key_figures(capsys):
     header = out.splitlines()[0].split()
     assert minilm.split()[header.index("prob")] == str(cfg.prob_bits)
     assert minilm.split()[header.index("gelu")] == str(cfg.gelu_bits)
-    # the ULX3S-85F's MiniLM core: 8x8 array, 64 tokens, 8-bit GELU outputs
+    # the ULX3S-85F's MiniLM core: 4x4 array, 96 tokens, 8-bit GELU outputs
     board = next(line for line in out.splitlines() if line.startswith("ulx3s-minilm")).split()
-    assert board[header.index("array")] == "8x8" and board[header.index("max_seq")] == "64"
+    assert board[header.index("array")] == "4x4" and board[header.index("max_seq")] == "96"
     assert board[header.index("gelu")] == "8" and board[header.index("prob")] == "16"
 
 

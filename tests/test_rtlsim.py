@@ -149,9 +149,10 @@ def test_minilm_rtl_is_identical_to_int_beyond_128_tokens(tmp_path, minilm_int):
 
 @pytest.mark.slow          # the ulx3s-minilm Verilator build and ~15M cycles
 def test_ulx3s_minilm_core_is_bit_exact():
-    """The ULX3S-85F's MiniLM core (``ulx3s-minilm``: 8x8 array, max_seq 64, 8-bit GELU
-    outputs, 32-bit bus, X and A on one read port each) is bit-exact with the integer
-    reference: a random model of its shape, a short sequence and one of max_seq rows."""
+    """The ULX3S-85F's MiniLM core (``ulx3s-minilm``: 4x4 array, max_seq 96, 8-bit GELU
+    outputs in the memories of X, Q, K and V, 32-bit bus, X and A on one read port each) is
+    bit-exact with the integer reference: a random model of its shape, a short sequence and
+    one of max_seq rows."""
     from bertcore.config import preset
     from bertcore.rtlsim import check_core, random_model
     cfg = preset("ulx3s-minilm")

@@ -17,7 +17,7 @@ from amaranth.lib.wiring import In, Out
 
 from bertcore.rtl.softmax import IntSoftmax
 
-from .common import feed, fork, pick, row_read, sliced, task, write_port
+from .common import feed, fork, pick, row_read, sliced, task, times, write_port
 
 __all__ = ["SoftmaxPass"]
 
@@ -90,7 +90,7 @@ class SoftmaxPass(wiring.Component):
         x1_last = Signal()
         sinks = sliced(m, "softmax_in", [unit.i_stream for unit in smaxes])
         x_adv = fork(m, "x", x1_valid, sinks, Const((1 << S) - 1, S))
-        feed(m, self.scores, sinks, x_q * GRP + x_w, x_adv, x1_l, self._sw, x1_last)
+        feed(m, self.scores, sinks, times(x_q, GRP) + x_w, x_adv, x1_l, self._sw, x1_last)
         key = self.key0 + x_e
         for k, sink in enumerate(sinks):
             # the key is outside the segment of the unit's row q*S + k

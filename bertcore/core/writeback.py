@@ -145,7 +145,7 @@ class WriteBack(wiring.Component):
         res_word = Mux(job.mode == M_O, res_x, Mux(job.mode == M_FFN2, res_a, 0))
         # score write (directly from c1)
         for k, port in enumerate(self.s):
-            m.d.comb += [port.addr.eq(c1_q * GRP + c1_t), port.data.eq(c1_scores)]
+            m.d.comb += [port.addr.eq(times(c1_q, GRP) + c1_t), port.data.eq(c1_scores)]
             with m.If(c1_valid & st["is_score"] & (c1_k == k)):
                 m.d.comb += port.en.eq(1)
         with m.If(c1_valid & st["is_score"]):
