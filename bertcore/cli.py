@@ -765,7 +765,8 @@ def _set_help():
     from .config import CoreConfig
     keys = ", ".join(f.name for f in dataclasses.fields(CoreConfig))
     return (f"override a configuration field (repeatable); keys: {keys} (docs/core.md); "
-            "resident and shared_h take true/false, lut_multipliers a comma-separated list of units")
+            "resident and shared_h take true/false, lut_multipliers a comma-separated list "
+            "of units")
 
 
 def _config_args(sp, preset_help="tiny, minilm, bert-base (`bertcore presets`)"):

@@ -111,9 +111,9 @@ class OperandFeeder(wiring.Component):
         # stages s0 (the buffers' addresses, registered), s1 (their read data), r (the A
         # sources' read data registered; B's elements picked) and s2 (the A elements picked;
         # B's delayed) advance together; a stalled s1 holds its read data (a read port is
-        # enabled only with adv). The address adders, X's and A's port arbiters and the read of the
-        # banks do not fit one 10 ns cycle on ECP5 together, nor do a block RAM's clock-to-out
-        # (5.8 ns without its output register) and an element pick.
+        # enabled only with adv). The address adders, X's and A's port arbiters and the read
+        # of the banks do not fit one 10 ns cycle on ECP5 together, nor do a block RAM's
+        # clock-to-out (5.8 ns without its output register) and an element pick.
         adv = ~s2_valid | ops.i_stream.ready
         issue = adv & f_active
         with m.If(adv):
