@@ -545,22 +545,27 @@ def cmd_build(args):
     return 0
 
 
+def _board_spec(args):
+    """The board of ``--board`` (:class:`bertcore.boards.top.BoardSpec`)."""
+    top, _ = _boards()
+    try:
+        return top.board_spec(args.board)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
 def _board_config(args):
-    """``(config, baud)`` of ``board run/status``: ``--board``, a preset/config file, or the
-    preset of the ``--quantized`` model's shape."""
+    """``(config, baud)`` of ``board run/status``: ``--board`` (its core, or the one of
+    ``--preset``/``--config`` on it, as ``bertcore build`` takes them), a preset/config file,
+    or the preset of the ``--quantized`` model's shape."""
     from .board import DEFAULT_BAUD
     from .config import load_config
     from .core.image import check_core_config
     baud = DEFAULT_BAUD
     if args.board is not None:
-        if args.preset is not None or args.config is not None:
-            raise CliError("give --board NAME or --preset/--config, not both")
-        top, _ = _boards()
-        try:
-            spec = top.board_spec(args.board)
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
-        cfg, baud = load_config(None, None, args.set or (), base=spec.config), spec.baud
+        spec = _board_spec(args)
+        cfg = load_config(args.preset, args.config, args.set or (), base=spec.config)
+        baud = spec.baud
     elif args.preset is not None or args.config is not None:
         cfg = load_config(args.preset, args.config, args.set or ())
     else:
@@ -622,12 +627,42 @@ def _board_model(args):
         if cfg is None:
             from .embed import preset_for
             _, cfg = preset_for(qm.shape)
+        elif args.board is not None and args.preset is None and args.config is None:
+            cfg = _board_core_for(args, cfg, qm.shape)
         from .core.image import check_model
         check_model(qm, cfg)
     elif cfg is None:
         raise CliError("give --board NAME, --preset NAME or --config FILE (or --quantized FILE "
                        "of a preset's shape)")
     return cfg, baud, qm
+
+
+def _board_core_for(args, cfg, shape):
+    """The core of ``--board`` for a model of ``shape``: the board's own core (``cfg``) if the
+    model fits it, else the first of the board's other builds (``BoardSpec.preset_builds``,
+    e.g. ``ulx3s-minilm`` on ``ulx3s-85f-sdram``) that fits it; none: one line naming the
+    boards that have one."""
+    from .config import ConfigError, load_config, preset
+
+    def fits(config):
+        try:
+            config.check_model(shape)
+        except ConfigError:
+            return False
+        return True
+
+    if fits(cfg):
+        return cfg
+    spec = _board_spec(args)
+    for name, _, _ in spec.preset_builds:
+        if fits(preset(name)):
+            return load_config(name, None, args.set or ())
+    top, _ = _boards()
+    others = [f"{board.name} (--preset {name})" for board in top.BOARDS.values()
+              for name, _, _ in board.preset_builds if fits(preset(name))]
+    raise CliError(f"the {spec.name} board runs no core for this model (hidden={shape.hidden}, "
+                   f"layers={shape.layers})"
+                   + (f"; a board that does: {', '.join(others)}" if others else ""))
 
 
 def cmd_board_load(args):

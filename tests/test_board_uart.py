@@ -1426,6 +1426,36 @@ def test_cli_board_load_bad_input(fake_board, tiny_artifact, capsys):
     assert "the model has hidden=32, the core 384" in msg
 
 
+def test_board_picks_its_core_for_the_model():
+    """``board load/run --board NAME --quantized FILE``: the board's own core when the model
+    fits it, else the board's build for that shape (``ulx3s-minilm`` on ``ulx3s-85f-sdram``);
+    a board with none names the boards that have one; ``--preset`` with ``--board`` is the
+    core of that preset at the board's baud rate."""
+    import argparse
+    from types import SimpleNamespace
+    from bertcore.cli import CliError, _board_config, _board_core_for
+    from bertcore.config import preset
+    minilm = SimpleNamespace(hidden=384, heads=12, ffn=1536, layers=6)
+    tiny = SimpleNamespace(hidden=32, heads=4, ffn=64, layers=2)
+
+    def args(board, preset_name=None):
+        return argparse.Namespace(board=board, preset=preset_name, config=None, set=None,
+                                  baud=None)
+
+    sdram = args("ulx3s-85f-sdram")
+    cfg, baud = _board_config(sdram)
+    assert cfg == TINY and baud == 1_000_000
+    assert _board_core_for(sdram, cfg, minilm) == preset("ulx3s-minilm")
+    assert _board_core_for(sdram, cfg, tiny) == TINY
+    plain = args("ulx3s-85f")
+    with pytest.raises(CliError, match=r"^the ulx3s-85f board runs no core for this model "
+                                       r"\(hidden=384, layers=6\); a board that does: "
+                                       r"ulx3s-85f-sdram \(--preset ulx3s-minilm\)$"):
+        _board_core_for(plain, _board_config(plain)[0], minilm)
+    cfg, baud = _board_config(args("ulx3s-85f-sdram", "ulx3s-minilm"))
+    assert cfg == preset("ulx3s-minilm") and baud == 1_000_000
+
+
 #: The Verilator build of the SDRAM board top with the tiny core, shared by the two tests below.
 SDRAM_TOP_BUILD = "board_sdram_tiny"
 
