@@ -78,7 +78,10 @@ async def image_store(dut):
     rng = random.Random(p["seed"])
     words, width = p["words"], p["width"]
     report = {}
-    for name in ("load", "run", "cancel", "s_load__valid", "m_param__ready"):
+    # every input driven (Icarus leaves an undriven input X, Verilator 0: an X on ``verify``
+    # made the reader's word count X and a run streamed nothing under Icarus)
+    for name in ("load", "verify", "run", "cancel", "s_load__valid", "m_param__ready",
+                 "expect_words", "expect_fingerprint"):
         getattr(dut, name).value = 0
     dut.rst.value = 1
     cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
