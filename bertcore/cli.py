@@ -971,9 +971,10 @@ def _board_args(sp):
                     "URL (/dev/ttyUSB0, socket://host:port)")
     sp.add_argument("--baud", type=_positive(int), help="UART rate (default: the board's, "
                     "else 1000000)")
-    sp.add_argument("--board", metavar="NAME", help="the board's core configuration and "
-                    "baud rate: ulx3s-85f, ulx3s-85f-sdram, orangecrab-25f, "
-                    "icebreaker")
+    sp.add_argument("--board", metavar="NAME", help="the board's core configuration (with "
+                    "--quantized: the board's core for the model's shape, e.g. ulx3s-minilm "
+                    "on ulx3s-85f-sdram) and baud rate: ulx3s-85f, ulx3s-85f-sdram, "
+                    "orangecrab-25f, icebreaker")
     _config_args(sp, "core preset the board runs")
     sp.add_argument("--timeout", type=_positive(float), default=0.5, help="seconds to wait "
                     "for a reply before resending a frame (default 0.5)")
