@@ -211,8 +211,8 @@ ORANGECRAB_CONFIG = preset("tiny").replace(array_rows=2, array_cols=2,
 
 BOARDS = {
     "ulx3s-85f": BoardSpec(
-        # 95 MHz: routed at a 100 MHz target the tiny core reaches 99.5-104.2 MHz on the -6
-        # part (the UART bridge's frame receiver is the worst path left; docs/boards.md,
+        # 95 MHz: routed at a 100 MHz target the tiny core reaches 88-104 MHz on the -6 part,
+        # the worst path moving between builds (the last: the datapath's reset; docs/boards.md,
         # "Toward 100 MHz")
         "ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", 25e6, 95e6,
         preset("tiny").replace(resident=True),

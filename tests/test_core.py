@@ -21,6 +21,7 @@ from amaranth.lib.wiring import In, Out
 
 from bertcore.checkpoint import load_checkpoint
 from bertcore.config import preset
+from bertcore.core.buffers import Buffers
 from bertcore.core.encoder import STATUS, EncoderCore, EncoderTop
 from bertcore.core.image import (FAIL_NO_IMAGE, MAGIC, ImageError, activation_beats,
                                  image_beats, image_schedule, pack_activations,
@@ -562,7 +563,7 @@ def test_core_config_variants(tiny_core, changes):
     pytest.param(128, (16, 3), id="ffn4x-max", marks=pytest.mark.slow),  # X, Q, K and V
     pytest.param(32, (7,), id="ffn1x", marks=pytest.mark.slow),   # H in X alone
 ])
-def test_core_shared_h(tiny_ckpt, tiny_by_bits, tmp_path, ffn, lengths):  # noqa: F811
+def test_core_shared_h(tiny_by_bits, tmp_path, ffn, lengths):
     """``shared_h``: H in the memories of X, Q, K and V (``ffn // hidden`` of them), no H
     memory of its own, bit-exact with random stalls."""
     if ffn == TINY.ffn:
@@ -573,7 +574,7 @@ def test_core_shared_h(tiny_ckpt, tiny_by_bits, tmp_path, ffn, lengths):  # noqa
         cfg = TINY.replace(ffn=ffn, gelu_bits=8)
         image = pack_parameter_image(model, cfg)
     cfg = cfg.replace(shared_h=True)
-    paths = [mem.path[-1] for mem, _, _ in estimate_core(cfg)["memories"]]
+    paths = [mem.path[-1] for mem, _, _ in estimate_core(cfg, Buffers(cfg))["memories"]]
     assert not [p for p in paths if p.startswith("h_")] and "x_0" in paths
     gen = torch.Generator().manual_seed(13)
     xs = [torch.randint(-128, 128, (n, cfg.hidden), generator=gen) for n in lengths]

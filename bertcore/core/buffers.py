@@ -42,7 +42,7 @@ memories' ports as their last users (:meth:`Buffers._share_h`).
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Array, Module, Signal, unsigned
+from amaranth.hdl import Module, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, flipped
@@ -50,7 +50,7 @@ from amaranth.lib.wiring import In, flipped
 from bertcore.quant.kernels import RESIDUAL_BITS
 from bertcore.rtl.softmax import IntSoftmax
 
-from .common import row_read, write_port
+from .common import pick, row_read, write_port
 
 __all__ = ["Buffers"]
 
@@ -216,14 +216,13 @@ class Buffers(wiring.Component):
         lo = (len(shared) - 1).bit_length()
         del writes["h"], reads["h"]
         for r, name in enumerate(shared):
-            writes[name].append([
-                SimpleNamespace(addr=w.addr[lo:], data=w.data,
-                                en=w.en & (w.addr[:lo] == r if lo else 1))
-                for w in self.wb_h])
+            writes[name].append([SimpleNamespace(addr=w.addr[lo:], data=w.data,
+                                                 en=w.en & (w.addr[:lo] == r))
+                                 for w in self.wb_h])
             reads[name].append(SimpleNamespace(addr=self.feed_h.addr[lo:], en=self.feed_h.en))
         sel = Signal(range(len(shared)), name="h_sel")
         with m.If(self.feed_h.en):
             m.d.sync += sel.eq(self.feed_h.addr[:lo])
         for b in range(len(self.feed_h.data)):
             words = [mems[name].r[0].data[b] for name in shared]
-            m.d.comb += self.feed_h.data[b].eq(Array(words)[sel] if lo else words[0])
+            m.d.comb += self.feed_h.data[b].eq(pick(words, sel, unsigned(len(words[0]))))
