@@ -60,7 +60,12 @@ def run_tiles(dut, problems, *, seed, stall=STALL, c_stall=None, name, processes
             await ctx.tick()
         error.append(ctx.get(dut.error))
 
-    simulate(dut, put_a, put_b, put_bias, get_c, name=name, processes=processes, deadline=1e-3)
+    testbenches = [put_a, put_b, get_c]
+    if "bias" in dut.signature.members:
+        testbenches.append(put_bias)
+    else:
+        assert not any(bias.any() for _, _, bias in problems), "a bias for an array without"
+    simulate(dut, *testbenches, name=name, processes=processes, deadline=1e-3)
     results = []
     for t in range(len(tiles)):
         rows = beats[t * dut.rows:(t + 1) * dut.rows]
@@ -87,6 +92,18 @@ def test_random_tiles_back_to_back(rows, cols):
     ks = [1, k_max, 2, 1, *rng.integers(1, k_max + 1, 4).tolist()]
     problems = [_random_operands(rng, dut, rows, k, cols) for k in ks]
     check_tiles(dut, problems, seed=rows * 100 + cols, name=f"systolic_random_{rows}x{cols}")
+
+
+def test_without_bias():
+    """``bias=False``: no ``bias`` member, ``A·B`` leaves as it is (tiles back to back, random
+    stalls), and ``out_shape`` still holds a ``bias_shape`` value added downstream."""
+    dut = SystolicArray(3, 2, k_max=10, bias=False)
+    assert "bias" not in dut.signature.members
+    assert dut.out_shape == SystolicArray(3, 2, k_max=10).out_shape
+    rng = np.random.default_rng(8)
+    problems = [(a, b, np.zeros_like(bias)) for a, b, bias in
+                (_random_operands(rng, dut, 3, k, 2) for k in (1, 10, 3, 2, 7))]
+    check_tiles(dut, problems, seed=8, name="systolic_no_bias")
 
 
 def test_slow_consumer_holds_back_tile_ends():

@@ -1,6 +1,10 @@
 """The softmax pass of attention: score banks -> ``S`` IntSoftmax units -> P buffer.
 
-It runs between the scores job of a query block and its ``P·V`` job. Unit ``k`` takes the
+It runs after the scores job of a query block, beside the next block's scores job and this
+block's ``P·V`` job is started when it is done (the sequencer's module docstring): the score
+banks and the P buffer are double-buffered, and the pass reads and writes the half ``bank``
+and takes its other inputs (``keys``, ``key0``, ``row_lo``, ``row_hi``, ``bank``) when it
+starts, since the sequencer moves on to the next block meanwhile. Unit ``k`` takes the
 rows ``q*S + k`` of the block (``N / S`` rows each, side by side); all units read the same word
 of their score bank each cycle (a fork: a beat advances once every unit has taken it).
 
@@ -29,6 +33,9 @@ class SoftmaxPass(wiring.Component):
     -------
     ctl : ``In(task())``
         ``start`` starts the pass; ``done`` is high once every row's probabilities are in P.
+        The inputs below are taken at ``start``.
+    bank : ``In(1)``
+        The half of the score banks to read and of the P buffer to write.
     keys : ``In(range(max_seq + 1))``
         Key positions per row (the block's key span).
     key0 : ``In(range(max_seq + 1))``
@@ -39,10 +46,11 @@ class SoftmaxPass(wiring.Component):
     consts : ``In(StructLayout(IntSoftmax.CONSTANT_SHAPES))``
         The layer's softmax constants.
     scores : ``Out(row_read(...))``
-        The score banks (bank ``k``: rows ``q*S + k``, word ``q*ceil(max_seq/N) + key block``).
+        The score banks (bank ``k``: rows ``q*S + k``, word ``(bank*N/S + q)*GRP + key
+        block`` with ``GRP = ceil(max_seq/N)``).
     p : ``Out(write_port(...)).array(N)``
-        The P buffer (bank ``i``: query row ``i`` of the block, word: key block; ``N``
-        probabilities of ``config.prob_bits`` bits).
+        The P buffer (bank ``i``: query row ``i`` of the block, word ``bank*GRP + key
+        block``; ``N`` probabilities of ``config.prob_bits`` bits).
     error : ``Out(1)``
         A unit flagged an error.
     """
@@ -54,13 +62,14 @@ class SoftmaxPass(wiring.Component):
         self._sw = IntSoftmax.score_width(config.head_dim)
         super().__init__({
             "ctl": In(task()),
+            "bank": In(1),
             "keys": In(range(config.max_seq + 1)),
             "key0": In(range(config.max_seq + 1)),
             "row_lo": In(data.ArrayLayout(range(config.max_seq + 1), n)),
             "row_hi": In(data.ArrayLayout(range(config.max_seq + 1), n)),
             "consts": In(data.StructLayout(IntSoftmax.CONSTANT_SHAPES)),
-            "scores": Out(row_read((n // s) * self._grp, unsigned(self._sw * n), s)),
-            "p": Out(write_port(self._grp, unsigned(config.prob_bits * n))).array(n),
+            "scores": Out(row_read(2 * (n // s) * self._grp, unsigned(self._sw * n), s)),
+            "p": Out(write_port(2 * self._grp, unsigned(config.prob_bits * n))).array(n),
             "error": Out(1),
         })
 
@@ -79,6 +88,15 @@ class SoftmaxPass(wiring.Component):
                          for name in IntSoftmax.CONSTANT_SHAPES]
             smaxes.append(unit)
         m.d.comb += self.error.eq(Cat(*(unit.error for unit in smaxes)).any())
+        # the inputs, taken at the start
+        keys = Signal.like(self.keys)
+        key0 = Signal.like(self.key0)
+        bank = Signal()
+        row_lo = Signal.like(self.row_lo)
+        row_hi = Signal.like(self.row_hi)
+        with m.If(self.ctl.start):
+            m.d.sync += [keys.eq(self.keys), key0.eq(self.key0), bank.eq(self.bank),
+                         row_lo.eq(self.row_lo), row_hi.eq(self.row_hi)]
         # score word (x_q, x_w), element x_l -> every unit
         x_active = Signal()
         x_q = Signal(range(RPS + 1))
@@ -90,24 +108,25 @@ class SoftmaxPass(wiring.Component):
         x1_last = Signal()
         sinks = sliced(m, "softmax_in", [unit.i_stream for unit in smaxes])
         x_adv = fork(m, "x", x1_valid, sinks, Const((1 << S) - 1, S))
-        feed(m, self.scores, sinks, times(x_q, GRP) + x_w, x_adv, x1_l, self._sw, x1_last)
-        key = self.key0 + x_e
+        feed(m, self.scores, sinks, times(x_q, GRP) + x_w + Mux(bank, RPS * GRP, 0), x_adv, x1_l,
+             self._sw, x1_last)
+        key = key0 + x_e
         for k, sink in enumerate(sinks):
             # the key is outside the segment of the unit's row q*S + k
             x1_skip = Signal(name=f"x1_skip{k}")
-            lo = pick([self.row_lo[q * S + k] for q in range(RPS)], x_q, unsigned(len(key)))
-            hi = pick([self.row_hi[q * S + k] for q in range(RPS)], x_q, unsigned(len(key)))
+            lo = pick([row_lo[q * S + k] for q in range(RPS)], x_q, unsigned(len(key)))
+            hi = pick([row_hi[q * S + k] for q in range(RPS)], x_q, unsigned(len(key)))
             with m.If(x_adv):
                 m.d.sync += x1_skip.eq((key < lo) | (key >= hi))
             m.d.comb += sink.payload.skip.eq(x1_skip)
         with m.If(x_adv):
             m.d.sync += [x1_valid.eq(x_active), x1_l.eq(x_l),
-                         x1_last.eq(x_e == self.keys - 1)]
+                         x1_last.eq(x_e == keys - 1)]
         with m.If(x_adv & x_active):
             m.d.sync += [x_e.eq(x_e + 1), x_l.eq(x_l + 1)]
             with m.If(x_l == N - 1):
                 m.d.sync += [x_l.eq(0), x_w.eq(x_w + 1)]
-            with m.If(x_e == self.keys - 1):
+            with m.If(x_e == keys - 1):
                 m.d.sync += [x_e.eq(0), x_l.eq(0), x_w.eq(0), x_q.eq(x_q + 1)]
                 with m.If(x_q == RPS - 1):
                     m.d.sync += x_active.eq(0)
@@ -131,7 +150,8 @@ class SoftmaxPass(wiring.Component):
                     for q in range(RPS):
                         port = self.p[q * S + k]
                         with m.If(y_q == q):
-                            m.d.comb += [port.addr.eq(y_w), port.data.eq(y_full),
+                            m.d.comb += [port.addr.eq(y_w + Mux(bank, GRP, 0)),
+                                         port.data.eq(y_full),
                                          port.en.eq(1)]
                 with m.If(ylast):
                     m.d.sync += [y_w.eq(0), y_q.eq(y_q + 1)]

@@ -10,7 +10,10 @@ the LayerNorm-1 output (the FFN input and residual), ``H`` the GELU output. ``R`
 22-bit residual sums before each LayerNorm in ``U = layernorm_units`` banks (bank ``u`` holds
 the positions ``p ≡ u (mod U)``). The score banks hold the scores of one block of ``N`` query
 rows (bank ``k`` of ``S = softmax_units`` the rows ``≡ k (mod S)``), the P buffer their
-probabilities (bank ``i`` = query row ``i`` of the block).
+probabilities (bank ``i`` = query row ``i`` of the block). Both are double-buffered (two
+halves, the job's ``bank`` bit): the scores of the next query block are written while the
+softmax pass reads this block's, and the softmax pass writes its probabilities while ``P·V``
+reads the previous block's (the sequencer's module docstring).
 
 Port owners (each member of :class:`Buffers` is connected to exactly one component)::
 
@@ -145,12 +148,14 @@ class Buffers(wiring.Component):
             "h": (n, grp * cwf, unsigned(c.gelu_bits * n), 1, False),   # gelu_bits per entry
             "k": (n, grp * cwh, word, 1, False),
             "v": (n, grp * cwh, word, 1, False),
-            "p": (n, grp, unsigned(c.prob_bits * n), 1, False),   # prob_bits per entry
+            # P: half ``bank`` at words bank*GRP + key block; prob_bits per entry
+            "p": (n, 2 * grp, unsigned(c.prob_bits * n), 1, False),
             # R: bank u holds the positions p = g*U + u (word g*CWH + chunk); the LayerNorm
             # units read U positions at once
             "r": (u, grp * (n // u) * cwh, unsigned(RESIDUAL_BITS * n), 1, False),
-            # scores: bank k holds the query rows q*S + k of the block (word q*GRP + key block)
-            "s": (s, (n // s) * grp,
+            # scores: bank k holds the query rows q*S + k of the block, half ``bank`` at words
+            # (bank*N/S + q)*GRP + key block
+            "s": (s, 2 * (n // s) * grp,
                   unsigned(IntSoftmax.score_width(c.head_dim) * n), 1, False),
         }
 

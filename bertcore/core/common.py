@@ -121,6 +121,7 @@ def job_layout(config):
         "chunk": range(max(cwh, cwf)),                    # output chunk of a panel
         "slot": 1,                                        # panel slot of the loader
         "bias": 1,                                        # add the slot's bias
+        "bank": 1,                                        # score bank (scores), P bank (P·V)
     })
 
 

@@ -101,16 +101,22 @@ class Datapath(wiring.Component):
         for ctl, unit in ((seq.inp, inp.ctl), (seq.job, gemm.ctl), (seq.smax, smax.ctl),
                           (seq.ln, ln.ctl), (seq.out, outp.ctl)):
             connect(m, ctl, unit)
-        for ho in ("slots", "scalars_ho", "ln_slots"):
+        for ho in ("scalars_ho", "ln_slots"):
             connect(m, getattr(loader, ho), getattr(seq, ho))
+        # the panel slots: the sequencer waits for them, the job engine releases each once its
+        # job is written (it may take the next job before)
+        m.d.comb += [seq.slots_full.eq(loader.slots.full), seq.job_ready.eq(gemm.ready),
+                     loader.slots.release.eq(gemm.slot_release),
+                     loader.slots.index.eq(gemm.slot_index)]
         m.d.comb += [seq.in_length.eq(inp.length), seq.in_blocks.eq(inp.blocks),
                      seq.in_packed.eq(inp.packed), inp.r_addr.eq(seq.seg_addr),
                      seq.seg_start.eq(inp.r_start), seq.seg_end.eq(inp.r_end),
                      smax.keys.eq(seq.keys), smax.key0.eq(seq.key0),
+                     smax.bank.eq(seq.smax_bank),
                      smax.row_lo.eq(seq.row_lo), smax.row_hi.eq(seq.row_hi),
                      ln.seq_len.eq(seq.seq_len), outp.seq_len.eq(seq.seq_len)]
         # parameters: loader -> job engine, softmax pass, LayerNorm pass
-        m.d.comb += [loader.panel_slot.eq(gemm.panel_slot), gemm.panel.eq(loader.panel),
+        m.d.comb += [*(gemm.panels[i].eq(loader.panels[i]) for i in range(2)),
                      gemm.scalars.eq(loader.scalars)]
         m.d.comb += [getattr(smax.consts, k).eq(getattr(loader.scalars, f"sm_{k}"))
                      for k, _ in smax.consts.shape()]

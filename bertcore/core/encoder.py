@@ -37,8 +37,8 @@ of every bank gives the ``N`` rows of an A operand beat); the array's A operand 
 ``signed(prob_bits + 1)`` so both int8 activations and the ``prob_bits``-bit probabilities fit
 (``gemm.accumulator_range`` sizes its accumulators).
 
-Schedule (sequential, one job at a time; the loader runs ahead)
-----------------------------------------------------------------
+Schedule (the sequencer starts one job at a time; the loader runs ahead)
+-------------------------------------------------------------------------
 * Per weight panel (``N`` output channels): the loader streams the panel's bias, requantization
   vectors and ``K`` weight rows into a free slot of the double-buffered panel buffer while the
   array computes the previous panel; the array then runs the panel over all ``ceil(L/N)`` row
@@ -46,7 +46,8 @@ Schedule (sequential, one job at a time; the loader runs ahead)
 * Q, K, V panels → Requantizer → int8 buffers.
 * Per head, per block of ``N`` query rows: scores ``Q_h·K_hᵀ`` (tiles over key blocks) → score
   banks → the ``S`` IntSoftmax units, ``N / S`` rows each, side by side → P buffer → ``P·V_h``
-  → Requantizer (ctx scalars) → Q buffer.
+  → Requantizer (ctx scalars) → Q buffer. The softmax pass of a block runs beside the next
+  block's scores and the previous block's ``P·V`` (double-buffered score banks and P buffer).
 * O panels (A = context) → Requantizer with the residual ``X`` → R; LayerNorm pass R → the
   ``U`` IntLayerNorm units (``U`` positions at a time, in lockstep: a fork feeds them the same
   channel, a join hands their outputs to one ``U``-lane Requantizer with that channel's
@@ -55,9 +56,12 @@ Schedule (sequential, one job at a time; the loader runs ahead)
   A) → R; LayerNorm pass → X.
 * After the last layer, the output pass streams X row-major to ``m_axis_act``.
 
-Jobs do not overlap (the array drains between jobs); the softmax and LayerNorm units are
-replicated instead (``softmax_units``, ``layernorm_units``) so that the array waits little for
-them. :mod:`bertcore.core.perf` models the cycles of this schedule.
+The job engine takes a panel while it drains the panel before (and a block's scores while it
+drains the previous ``P·V``); the first job after the V, O, FFN1 and FFN2 panels waits until
+they are written. The LayerNorm units are replicated (``layernorm_units``) so that the array
+waits little for them, and so are the softmax units (``softmax_units``), so that a softmax pass
+fits beside the array's next two jobs. :mod:`bertcore.core.perf` models the cycles of this
+schedule.
 """
 
 from amaranth.hdl import Module, ResetInserter

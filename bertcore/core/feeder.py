@@ -1,4 +1,4 @@
-"""The operand feeder of the GEMM job engine: A and B operand beats and the bias of a job.
+"""The operand feeder of the GEMM job engine: the A and B operand beats of a job.
 
 Per tile of a job it reads ``k`` operand beats: the A operand (``N`` rows) from one row read
 of an activation buffer (X, Q, A, H) or of P, the B operand (``N`` columns) from the loader's
@@ -9,6 +9,10 @@ picked apart one cycle later (stage ``s1``): an A word registered as read (stage
 element picked and registered (``s2``); a B element picked and registered (``r``), then
 delayed (``s2``); both multiplexed by the job's source into one register slice before the
 array.
+
+Its pipeline holds beats of one job only: the job engine starts the next job once the feeder is
+not ``busy`` (every beat issued and out of stages ``s0`` to ``s2``), which may be while the array
+still drains the previous job's tiles (:mod:`bertcore.core.gemm`).
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -29,8 +33,8 @@ class OperandFeeder(wiring.Component):
     Parameters
     ----------
     config : CoreConfig
-    a_layout, b_layout, bias_shape : shape-castable
-        The payloads of the array's ``a``, ``b`` and ``bias`` streams.
+    a_layout, b_layout : shape-castable
+        The payloads of the array's ``a`` and ``b`` streams.
 
     Members
     -------
@@ -45,17 +49,15 @@ class OperandFeeder(wiring.Component):
         are enabled only in jobs whose A operand is X / A (they share a port).
     panel : ``Out(read_port(...))``
         The loader's panel buffer.
-    slot_bias : ``In(ArrayLayout(signed(32), N))``
-        The bias of the job's panel slot.
     o_operands : ``Out(stream.Signature(StructLayout({"a": a_layout, "b": b_layout})))``
         One A and one B beat (registered).
-    o_bias : ``Out(stream.Signature(bias_shape))``
-        One bias beat per tile (zero unless the job's ``bias``).
     active : ``Out(1)``
         Beats of the job are left to issue.
+    busy : ``Out(1)``
+        ``active``, or beats of the job are in the stages before the operand slice.
     """
 
-    def __init__(self, config, a_layout, b_layout, bias_shape):
+    def __init__(self, config, a_layout, b_layout):
         self._c = config
         n = config.array_cols
         cwh, cwf = config.hidden // n, config.ffn // n
@@ -71,12 +73,11 @@ class OperandFeeder(wiring.Component):
             "job": In(job_layout(config)),
             **{name: Out(row_read(depth, word, n)) for name, depth in depths.items()},
             "h": Out(row_read(grp * cwf, unsigned(config.gelu_bits * n), n)),
-            "p": Out(row_read(grp, unsigned(config.prob_bits * n), n)),
+            "p": Out(row_read(2 * grp, unsigned(config.prob_bits * n), n)),
             "panel": Out(read_port(2 * self._kw, word)),
-            "slot_bias": In(data.ArrayLayout(signed(32), n)),
             "o_operands": Out(stream.Signature(self._ops)),
-            "o_bias": Out(stream.Signature(bias_shape)),
             "active": Out(1),
+            "busy": Out(1),
         })
 
     def elaborate(self, platform):
@@ -85,6 +86,7 @@ class OperandFeeder(wiring.Component):
         N, KW = c.array_cols, self._kw
         CWH, CWF = c.hidden // N, c.ffn // N
         KMAX = max(c.hidden, c.ffn, c.max_seq)
+        GRP = -(-c.max_seq // N)
         f_active = self.active
         f_t = Signal.like(job.tiles)
         f_k = Signal.like(job.k)
@@ -150,7 +152,8 @@ class OperandFeeder(wiring.Component):
         rd = adv & s0_valid
         for port, src in ((self.x, A_X), (self.q, A_Q), (self.a, A_A), (self.h, A_H)):
             m.d.comb += [port.addr.eq(s0_a), port.en.eq(rd & (job.asrc == src))]
-        m.d.comb += [self.p.addr.eq(stage0(self.p, f_kw)), self.p.en.eq(adv),
+        m.d.comb += [self.p.addr.eq(stage0(self.p, f_kw + Mux(job.bank, GRP, 0))),
+                     self.p.en.eq(adv),
                      self.k.addr.eq(stage0(self.k, times(job.kb + f_t, CWH) + job.chw + f_kw)),
                      self.k.en.eq(rd & (job.kind == J_SCORE)),
                      self.v.addr.eq(stage0(self.v, times(job.kb + f_kw, CWH) + job.chw + f_t)),
@@ -189,19 +192,10 @@ class OperandFeeder(wiring.Component):
                 ("k", element(self.k.data[j], s1_ke, unsigned(8))),
                 ("v", vword[8 * j:8 * j + 8]))]
             m.d.comb += b_beat.data[j].eq(stage(f"s2_b{j}", pick(items, s2_kind, 8)))
-        m.d.comb += [a_beat.last.eq(s2_last), b_beat.last.eq(s2_last)]
-        # bias: one beat per tile
-        bias_cnt = Signal.like(job.tiles)
-        bias_left = Signal()
-        m.d.comb += self.o_bias.valid.eq(bias_left)
-        for j in range(N):
-            m.d.comb += self.o_bias.payload[j].eq(Mux(job.bias, self.slot_bias[j], 0))
-        with m.If(self.o_bias.valid & self.o_bias.ready):
-            m.d.sync += bias_cnt.eq(bias_cnt + 1)
-            with m.If(bias_cnt == job.tiles - 1):
-                m.d.sync += bias_left.eq(0)
+        m.d.comb += [a_beat.last.eq(s2_last), b_beat.last.eq(s2_last),
+                     self.busy.eq(f_active | s0_valid | s1_valid | r_valid | s2_valid)]
         with m.If(self.start):
-            m.d.sync += [bias_left.eq(1), bias_cnt.eq(0), f_active.eq(1), f_t.eq(0),
+            m.d.sync += [f_active.eq(1), f_t.eq(0),
                          f_k.eq(0), f_kw.eq(0), f_ke.eq(0),
                          f_paddr.eq(Mux(self.desc.slot, KW, 0))]
         return m

@@ -1,4 +1,4 @@
-"""The GEMM job engine: one job at a time on the systolic array.
+"""The GEMM job engine: the jobs of the sequencer on the systolic array.
 
 A job (:func:`~bertcore.core.common.job_layout`) is ``tiles`` tiles of ``k`` operand beats:
 a weight panel over all row blocks (``J_PANEL``), the scores of a query block over all key
@@ -8,11 +8,17 @@ descriptor, the :class:`~bertcore.core.feeder.OperandFeeder` feeds the array, th
 
     buffers, panel slot -> feeder -> operand slice -> SystolicArray -> write-back -> buffers
 
-Jobs do not overlap: the array drains between jobs (``done`` once the feeder has issued every
-beat and every result row has been written).
+Jobs overlap by one: the engine takes the next job (``ready``) once the feeder has issued
+every beat of this one (and its pipeline is empty) and the write-back has no job waiting, so the
+array computes the next job's first tiles while it drains this one's. The feeder and the
+write-back each hold their job's descriptor; the write-back takes exactly its job's result rows
+(the next job's wait in the array's output queue) and is restarted with the waiting job once it
+has written them. The write-back adds the panel's bias (the array's own bias input is held at
+zero), from the header of its job's slot, and the engine releases a panel slot once its job is
+written (``slot_release``). ``done`` is high once every job taken has been written.
 """
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out, connect, flipped
 
@@ -20,7 +26,7 @@ from bertcore.quant.kernels import RESIDUAL_BITS
 from bertcore.rtl.softmax import IntSoftmax
 from bertcore.rtl.systolic import SystolicArray
 
-from .common import job_layout, read_port, row_read, task, write_port
+from .common import J_PANEL, job_layout, read_port, row_read, task, write_port
 from .feeder import OperandFeeder
 from .loader import panel_layout, scalar_layout
 from .writeback import WriteBack
@@ -64,15 +70,20 @@ class GemmEngine(wiring.Component):
     Members
     -------
     ctl : ``In(task(desc=job_layout(config)))``
-        ``start`` starts the job ``desc``; ``done`` is high once it has finished.
+        ``start`` starts the job ``desc`` (only while ``ready``); ``done`` is high once every
+        job started has finished.
+    ready : ``Out(1)``
+        The engine takes a job (the feeder is free and no job waits for the write-back).
     feed_x, feed_q, feed_a, feed_h, feed_k, feed_v, feed_p : ``Out(row_read(...))``
         The feeder's reads (read port 0 of the buffers).
     panel_rd : ``Out(read_port(...))``
         The loader's panel buffer.
-    panel_slot : ``Out(1)``
-        The panel slot of the running job.
-    panel : ``In(panel_layout(N))``
-        That slot's header (bias, requantization).
+    panels : ``In(panel_layout(N)).array(2)``
+        The headers (bias, requantization) of the loader's two panel slots.
+    slot_release : ``Out(1)``
+        A panel job has been written: its slot (``slot_index``) is free (a one-cycle pulse).
+    slot_index : ``Out(1)``
+        The slot of ``slot_release``.
     scalars : ``In(scalar_layout())``
         The layer's scalars.
     res_x, res_a : ``Out(row_read(...))``
@@ -102,11 +113,11 @@ class GemmEngine(wiring.Component):
         # LUTs, so its board keeps prob_bits=8. The gelu_bits-wide GELU outputs take the same
         # path for FFN2 (a_operand_shape): signed(16) fits the signed(17) operand the
         # probabilities already need, and accumulator_range grows by FFN2's wider sums.
+        # (the panel's bias is added in the write-back: bias=False)
         self._array = SystolicArray(n, n, k_max=kmax, a_shape=a_operand_shape(config),
-                                    acc_range=accumulator_range(config))
+                                    bias=False, acc_range=accumulator_range(config))
         arr = self._array
-        self._feeder = OperandFeeder(config, arr.a.payload.shape(), arr.b.payload.shape(),
-                                     arr.bias.payload.shape())
+        self._feeder = OperandFeeder(config, arr.a.payload.shape(), arr.b.payload.shape())
         self._wb = WriteBack(config, arr.c.payload.shape())
         depths = {"x": grp * cwh, "q": grp * cwh, "a": grp * cwh,
                   "k": grp * cwh, "v": grp * cwh}
@@ -114,12 +125,14 @@ class GemmEngine(wiring.Component):
         sw = IntSoftmax.score_width(config.head_dim)
         super().__init__({
             "ctl": In(task(desc=job_layout(config))),
+            "ready": Out(1),
             **{f"feed_{b}": Out(row_read(d, word, n)) for b, d in depths.items()},
             "feed_h": Out(row_read(grp * cwf, hword, n)),
-            "feed_p": Out(row_read(grp, unsigned(config.prob_bits * n), n)),
+            "feed_p": Out(row_read(2 * grp, unsigned(config.prob_bits * n), n)),
             "panel_rd": Out(read_port(2 * max(config.hidden, config.ffn), word)),
-            "panel_slot": Out(1),
-            "panel": In(panel_layout(n)),
+            "panels": In(panel_layout(n)).array(2),
+            "slot_release": Out(1),
+            "slot_index": Out(1),
             "scalars": In(scalar_layout()),
             "res_x": Out(row_read(grp * cwh, word, n)),
             "res_a": Out(row_read(grp * cwh, word, n)),
@@ -127,7 +140,7 @@ class GemmEngine(wiring.Component):
             "wb_h": Out(write_port(grp * cwf, hword)).array(n),
             "wb_r": Out(write_port(grp * (n // u) * cwh,
                                    unsigned(RESIDUAL_BITS * n))).array(u),
-            "wb_s": Out(write_port((n // s) * grp, unsigned(sw * n))).array(s),
+            "wb_s": Out(write_port(2 * (n // s) * grp, unsigned(sw * n))).array(s),
             "beat": Out(1),
             "error": Out(1),
         })
@@ -137,22 +150,40 @@ class GemmEngine(wiring.Component):
         m.submodules.array = array = self._array
         m.submodules.feeder = feeder = self._feeder
         m.submodules.writeback = wb = self._wb
-        job = Signal(job_layout(self._c))          # the running job
+        fjob = Signal(job_layout(self._c))         # the feeder's job
+        wjob = Signal(job_layout(self._c))         # the write-back's job
+        queued = Signal()                          # fjob waits for the write-back
+        wb_busy = Signal()                         # wjob is not written yet
+        wb_start = Signal()
+        wb_free = ~wb_busy | wb.written
+        m.d.comb += [self.ready.eq(~feeder.busy & ~queued),
+                     self.ctl.done.eq(~feeder.busy & ~queued & wb_free)]
         with m.If(self.ctl.start):
-            m.d.sync += job.eq(self.ctl.desc)
+            m.d.sync += fjob.eq(self.ctl.desc)
+            with m.If(wb_free):
+                m.d.comb += wb_start.eq(1)
+                m.d.sync += wjob.eq(self.ctl.desc)
+            with m.Else():
+                m.d.sync += queued.eq(1)
+        with m.If(queued & wb.written):
+            m.d.comb += wb_start.eq(1)
+            m.d.sync += [wjob.eq(fjob), queued.eq(0)]
+        with m.If(wb_start):
+            m.d.sync += wb_busy.eq(1)
+        with m.Elif(wb.written):
+            m.d.sync += wb_busy.eq(0)
+        m.d.comb += [self.slot_release.eq(wb_busy & wb.written & (wjob.kind == J_PANEL)),
+                     self.slot_index.eq(wjob.slot)]
         m.d.comb += [feeder.start.eq(self.ctl.start), feeder.desc.eq(self.ctl.desc),
-                     feeder.job.eq(job), wb.start.eq(self.ctl.start), wb.job.eq(job),
-                     self.panel_slot.eq(job.slot), feeder.slot_bias.eq(self.panel.bias),
-                     wb.panel.eq(self.panel), wb.scalars.eq(self.scalars),
-                     self.ctl.done.eq(~feeder.active & wb.written),
-                     self.error.eq(array.error)]
+                     feeder.job.eq(fjob), wb.start.eq(wb_start), wb.job.eq(wjob),
+                     wb.panel.eq(Mux(wjob.slot, self.panels[1], self.panels[0])),
+                     wb.scalars.eq(self.scalars), self.error.eq(array.error)]
         # operands: one registered beat drives both of the array's operand streams
         ops = feeder.o_operands
         m.d.comb += [array.a.valid.eq(ops.valid), array.b.valid.eq(ops.valid),
                      array.a.payload.eq(ops.payload.a), array.b.payload.eq(ops.payload.b),
                      ops.ready.eq(array.a.ready & array.b.ready),
                      self.beat.eq(ops.valid & array.a.ready & array.b.ready)]
-        connect(m, feeder.o_bias, array.bias)
         connect(m, array.c, wb.i_acc)
         for b in "xqahkvp":
             connect(m, getattr(feeder, b), flipped(getattr(self, f"feed_{b}")))

@@ -76,10 +76,8 @@ class ParameterLoader(wiring.Component):
         With ``fail``: ``last`` is not on the image's last beat.
     slots, scalars_ho, ln_slots : ``Out(handover(...))``
         The panel slots (2), the scalar record (1) and the LayerNorm records (2).
-    panel_slot : ``In(1)``
-        The slot ``panel`` shows.
-    panel : ``Out(panel_layout(N))``
-        The header (bias, requantization) of panel slot ``panel_slot``.
+    panels : ``Out(panel_layout(N)).array(2)``
+        The headers (bias, requantization) of the two panel slots.
     panel_rd : ``In(read_port(2*K, unsigned(8*N)))``
         The weight rows of both slots (slot ``s``, row ``k`` at ``s*K + k``; ``K`` the largest
         reduction length of a panel).
@@ -102,8 +100,7 @@ class ParameterLoader(wiring.Component):
             "slots": Out(handover(2)),
             "scalars_ho": Out(handover(1)),
             "ln_slots": Out(handover(2)),
-            "panel_slot": In(1),
-            "panel": Out(panel_layout(n)),
+            "panels": Out(panel_layout(n)).array(2),
             "panel_rd": In(read_port(2 * self._kw, unsigned(8 * n))),
             "scalars": Out(scalar_layout()),
             "ln_rd": In(read_port(2 * self._cwh, unsigned(LN_LANE.size * n))),
@@ -135,7 +132,7 @@ class ParameterLoader(wiring.Component):
         # (the records' registers are data, not reset: each is loaded before the sequencer
         # takes it; Requantizer says why)
         slots = [Signal(panel_layout(N), name=f"slot{s}", reset_less=True) for s in range(2)]
-        m.d.comb += self.panel.eq(Mux(self.panel_slot, slots[1], slots[0]))
+        m.d.comb += [self.panels[s].eq(slots[s]) for s in range(2)]
         scalars = Signal(scalar_layout(), reset_less=True)
         m.d.comb += self.scalars.eq(scalars)
 

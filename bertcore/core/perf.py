@@ -1,18 +1,22 @@
 """Cycle model of the encoder core's schedule (:mod:`bertcore.core.encoder`).
 
-The core runs one job at a time (see the encoder's module docstring); this model adds up the
-cycles of each job with the activation streams free-flowing (no backpressure):
+The sequencer starts one job at a time, and the job engine takes the next job while it drains
+the one before (:mod:`bertcore.core.gemm`); this model follows them job by job with the
+activation streams free-flowing (no backpressure):
 
 * the activation input, beside the image header: one byte per cycle and one cycle per beat;
 * a weight panel (``N`` output channels, ``T = ceil(L/N)`` row tiles of ``K`` beats): one cycle
   of the sequencer to start it, the array takes a tile's last beat ``max(K, N)`` cycles after
   the previous one's, then drains (``SystolicArray`` latency ``+ N - 1``) through the residual
-  fetch and the requantizer(s); the loader streams the next panel meanwhile (header vectors
-  plus ``K`` weight rows), and a panel waits for it when it is slower;
+  fetch and the requantizer(s); the next panel of the group starts once the feeder has issued
+  this one's beats (:class:`_Engine`), during the drain; the first job after the V, O, FFN1 and
+  FFN2 panels waits until they are written; the loader streams the next panel meanwhile
+  (header vectors plus ``K`` weight rows), and a panel waits for it when it is slower;
 * attention per head and query block (packed: after ``N + 2`` cycles that read the block's
   segment bounds): scores (``T`` tiles of ``head_dim`` beats), the softmax
   pass (``N / softmax_units`` rows of ``L`` per unit), ``P·V`` (``head_dim/N`` tiles of ``L``
-  beats);
+  beats), the softmax pass of a block beside the scores of the next block and the ``P·V``
+  of the one before (:func:`_attention`);
 * LayerNorm passes: ``ceil(L / layernorm_units)`` groups of rows, one per
   ``IntLayerNorm.row_period``, the first one's input and the last one's output of ``hidden``
   cycles each, plus the unit's latency;
@@ -60,6 +64,36 @@ _START = 1
 
 def _array_latency(n):
     return SystolicArray.PE_LATENCY + (n - 1) + SystolicArray.DRAIN_LATENCY
+
+
+#: Cycles from the last operand beat's issue to the engine's ``ready``: the feeder's stages
+#: empty (``OperandFeeder.busy``).
+_FEED_TAIL = 5
+
+
+def _feed(tiles, k, n):
+    """Cycles from a job's start until the engine takes the next job (its beats issued)."""
+    return k + (tiles - 1) * max(k, n) + _FEED_TAIL
+
+
+class _Engine:
+    """The job engine's timing (:mod:`bertcore.core.gemm`): a job started while the write-back
+    still writes the one before waits for it (``queued``): the engine takes no further job until
+    then, and the write-back takes the job's rows only from then on."""
+
+    def __init__(self):
+        self.ready = 0          # the cycle from which the engine takes a job
+        self.done = 0           # the cycle in which the last job taken is written
+
+    def run(self, start, tiles, k, n, post):
+        queued = start < self.done
+        ready = start + _feed(tiles, k, n)
+        done = start + _gemm(tiles, k, n, post)
+        if queued:
+            # restarted when the job before is written, then one result row per cycle
+            ready = max(ready, self.done + 1)
+            done = max(done, self.done + 2 + tiles * n + post)
+        self.ready, self.done = ready, done
 
 
 def _gemm(tiles, k, n, post):
@@ -122,27 +156,42 @@ def _ln_pass(config, seq_len):
 
 
 def _panel_jobs(config, seq_len):
-    """``(group, panels, K, cycles of one panel's job)`` per panel group, in image order."""
+    """``(group, panels, K, tiles, drain stages)`` per panel group, in image order."""
     n, hid, ffn = config.array_cols, config.hidden, config.ffn
     tiles = math.ceil(seq_len / n)
     rq = Requantizer.LATENCY
     post_ffn1 = rq + IntGELU.latency_for(config.multipliers("gelu")) + rq
-    return [("qkv", 3 * hid // n, hid, _gemm(tiles, hid, n, rq)),
-            ("o", hid // n, hid, _gemm(tiles, hid, n, rq)),
-            ("ffn1", ffn // n, hid, _gemm(tiles, hid, n, post_ffn1)),
-            ("ffn2", hid // n, ffn, _gemm(tiles, ffn, n, rq))]
+    return [("qkv", 3 * hid // n, hid, tiles, rq),
+            ("o", hid // n, hid, tiles, rq),
+            ("ffn1", ffn // n, hid, tiles, post_ffn1),
+            ("ffn2", hid // n, ffn, tiles, rq)]
 
 
-def _attention(config, seq_len, segments):
+def _attention(config, seq_len, segments, eng, t):
+    """Attention of a layer from cycle ``t`` (the V panels written) on ``eng``; returns the
+    cycle in which the last ``P·V`` job is written.
+
+    The sequencer overlaps the softmax pass of a block with the array's next jobs: once a
+    block's scores are written and the softmax pass of the block before is done, its pass and
+    the previous block's ``P·V`` start together; the next block's scores start once the
+    engine takes them; the last block's ``P·V`` waits for its pass (the ``FLUSH`` state)."""
     n, hd = config.array_cols, config.head_dim
     rq = Requantizer.LATENCY
     # a packed run reads the segment bounds of each query block's rows first (the
     # sequencer's BOUNDS and BSPAN states: N + 2 cycles)
     bounds = 0 if segments is None else n + 2
-    return config.heads * sum(
-        bounds + _START + _gemm(kt, hd, n, 0) + _softmax_pass(config, keys)
-        + _gemm(hd // n, keys, n, rq)
-        for kt, keys in key_spans(config, seq_len, segments))
+    sm_end = 0
+    pending = None                      # the keys of the block whose P·V is still to run
+    for kt, keys in key_spans(config, seq_len, segments) * config.heads:
+        eng.run(t + bounds + _START, kt, hd, n, 0)
+        t = max(eng.done, sm_end)
+        sm_end = t + _softmax_pass(config, keys)
+        if pending is not None:
+            eng.run(t, config.head_dim // n, pending, n, rq)
+            t = eng.ready
+        pending = keys
+    eng.run(max(t + 1, sm_end, eng.ready), hd // n, pending, n, rq)
+    return eng.done
 
 
 def breakdown(config, seq_len, segments=None, param_rate=None):
@@ -204,7 +253,6 @@ def _schedule(config, seq_len, segments, param_rate):
     scalars = vector_beats(SCALAR_BITS, bus)
     ln_beats = (hid // n) * sum(vector_beats(n * f.width, bus) for f in LN_FIELDS)
     jobs = _panel_jobs(config, seq_len)
-    attention = _attention(config, seq_len, segments)
     ln_pass = _ln_pass(config, seq_len)
 
     def record(beats):
@@ -219,23 +267,28 @@ def _schedule(config, seq_len, segments, param_rate):
     ln_free = [0.0, 0.0]
     scal_free = 0.0
     panel = 0
+    eng = _Engine()
     for _ in range(config.layers):
         parts = dict.fromkeys(("qkv", "attention", "o", "ln", "ffn1", "ffn2"), 0.0)
         t0 = t_seq
         t_load = max(t_load, scal_free) + record(scalars)
         t_seq = max(t_seq, t_load) + _START
-        for group, count, k, job in jobs:
+        for group, count, k, tiles, post in jobs:
             load = record(_panel_load(config, k))
             for _ in range(count):
                 t_load = max(t_load, slot_free[panel % 2]) + load
-                t_seq = max(t_seq, t_load) + _START + job
-                slot_free[panel % 2] = t_seq
+                eng.run(max(t_seq, t_load) + _START, tiles, k, n, post)
+                slot_free[panel % 2] = eng.done
+                # the next panel of the group starts once the engine takes it, the first job
+                # after the group once every job is written
+                t_seq = eng.ready
                 panel += 1
+            t_seq = eng.done
             parts[group] += t_seq - t0
             t0 = t_seq
             if group == "qkv":
-                t_seq += attention
-                parts["attention"] = attention
+                t_seq = _attention(config, seq_len, segments, eng, t_seq)
+                parts["attention"] = t_seq - t0
             elif group in ("o", "ffn2"):
                 i = int(group == "ffn2")
                 t_load = max(t_load, ln_free[i]) + record(ln_beats)

@@ -3,9 +3,22 @@
 ::
 
     IDLE -> INPUT -> per layer: LAYER -> Q, K, V panels (PWAIT/PRUN)
-        -> per head, per query block: [packed: BOUNDS -> BSPAN] SCORES/SRUN -> SMAX -> PVRUN
+        -> per head, per query block: [packed: BOUNDS -> BSPAN] SCORES/SRUN [-> SWAIT]
+           [-> PVRUN: P·V of the previous block] -> FLUSH -> PVLAST: P·V of the last block
         -> O panels -> LN (LN-1) -> FFN1, FFN2 panels -> LN (LN-2)
     -> OUT (after the last layer) -> IDLE
+
+Attention overlaps the softmax pass of a query block with the array's next jobs: once the
+scores of block ``b`` are in (and the softmax pass of block ``b - 1`` is done, ``SWAIT``), the
+softmax pass of ``b`` starts, and with it the ``P·V`` job of ``b - 1``; then the scores job of
+``b + 1``. So the array computes ``S(b+1)`` and ``P·V(b-1)`` while the softmax units work on
+``b``, and the order of its jobs is ``S(0) S(1) PV(0) S(2) PV(1) ... S(n-1) PV(n-2) PV(n-1)``
+over all heads and blocks. The score banks and the P buffer are double-buffered (the job's and
+the softmax pass's ``bank`` bit, toggled per block): ``S(b+1)`` writes the half that the
+softmax pass of ``b - 1`` has finished reading, the softmax pass of ``b`` writes the P half
+that ``P·V(b-2)`` has finished reading. The ``P·V`` job of a block is started from the
+registers ``pv_*``, taken when its softmax pass started: the sequencer has moved on to the
+next block's span by then.
 
 It starts the units through their ``task`` interfaces (:func:`~bertcore.core.common.task`)
 and waits for their ``done``; it waits for the loader's panel slots, scalar record and
@@ -24,7 +37,7 @@ from amaranth.lib.wiring import In, Out
 
 from bertcore.rtl.fsm import Fsm
 
-from .common import (A_A, A_H, A_P, A_Q, A_X, G_FFN1, G_FFN2, G_O, G_Q, G_V, J_PANEL,
+from .common import (A_A, A_H, A_P, A_Q, A_X, G_FFN1, G_FFN2, G_K, G_O, G_Q, G_V, J_PANEL,
                      J_PV, J_SCORE, M_CTX, M_FFN1, M_FFN2, M_K, M_O, M_Q, M_SCORE, M_V,
                      handover, job_layout, pick, task)
 
@@ -59,12 +72,19 @@ class Sequencer(wiring.Component):
         The sequence length of the run.
     inp : ``Out(task())``
         The activation input; ``in_length`` and ``in_blocks`` its positions and blocks.
-    slots, scalars_ho, ln_slots : ``In(handover(...))``
-        The loader's panel slots, scalar record and LayerNorm records.
+    slots_full : ``In(2)``
+        The loader's panel slots hold a panel (the job engine releases them).
+    scalars_ho, ln_slots : ``In(handover(...))``
+        The loader's scalar record and LayerNorm records.
     job : ``Out(task(desc=job_layout(config)))``
         The GEMM job engine.
+    job_ready : ``In(1)``
+        The job engine takes a job (it may still be writing the one before).
     smax : ``Out(task())``
         The softmax pass.
+    smax_bank : ``Out(1)``
+        The half of the score banks and of the P buffer of the block whose scores run (the
+        softmax pass takes it with ``key0``, ``keys``, ``row_lo`` and ``row_hi`` at its start).
     ln : ``Out(task(which=1))``
         The LayerNorm pass (0: LN-1, 1: LN-2).
     out : ``Out(task())``
@@ -92,11 +112,13 @@ class Sequencer(wiring.Component):
             "inp": Out(task()),
             "in_length": In(range(config.max_seq + 2)),
             "in_blocks": In(range(grp + 1)),
-            "slots": In(handover(2)),
+            "slots_full": In(2),
             "scalars_ho": In(handover(1)),
             "ln_slots": In(handover(2)),
             "job": Out(task(desc=job_layout(config))),
+            "job_ready": In(1),
             "smax": Out(task()),
+            "smax_bank": Out(1),
             "ln": Out(task(which=1)),
             "out": Out(task()),
             "in_packed": In(1),
@@ -128,25 +150,65 @@ class Sequencer(wiring.Component):
         packed = Signal()
         s_kb = Signal(range(GRP))
         s_ktiles = Signal(range(GRP + 1))
-        b_i = Signal(range(N + 1))    # BOUNDS: the row read this cycle
-        k_lo = Signal(range(c.max_seq + 1))
-        k_hi = Signal(range(c.max_seq + 1))
         k_end = Signal(range(c.max_seq + 1))    # BSPAN: the span's last key block's end
-        # BOUNDS: row b_i - 1 (whose bounds arrive) is inside the run (else: all keys); compared
-        # as its row is addressed, the cycle before
-        here = Signal()
+        # attention: the bank of the running block; the softmax pass is busy; the P·V job of
+        # the block whose softmax pass runs or ran last
+        s_bank = Signal()
+        sm_busy = Signal()
+        pv_pending = Signal()
+        pv_mb = Signal.like(s_mb)
+        pv_kb = Signal.like(s_kb)
+        pv_keys = Signal.like(self.keys)
+        pv_chw = Signal(range(c.heads * HPW + 1))
+        pv_bank = Signal()
+        with m.If(self.smax.start):
+            m.d.sync += sm_busy.eq(1)
+        with m.Elif(self.smax.done):
+            m.d.sync += sm_busy.eq(0)
+        sm_idle = ~sm_busy | self.smax.done
+        m.d.comb += self.smax_bank.eq(s_bank)
         m.d.comb += self.key0.eq(s_kb * N)
-        m.d.comb += [self.slots.index.eq(s_slot), self.ln_slots.index.eq(s_ln),
+        m.d.comb += [self.ln_slots.index.eq(s_ln),
                      self.ln.which.eq(s_ln)]
 
-        def start_job(kind, asrc, tiles, k, mode, *, mb=0, kb=0, chw=0, chunk=0, bias=0):
+        def start_job(kind, asrc, tiles, k, mode, *, mb=0, kb=0, chw=0, chunk=0, bias=0,
+                      bank=0):
             d = job.desc
             # (every field here: a field driven alone from a register would be an `always @*`
             # of its own in the Verilog, which a 4-state simulator leaves X until that register
             # first changes)
             m.d.comb += [job.start.eq(1), d.kind.eq(kind), d.asrc.eq(asrc), d.tiles.eq(tiles),
                          d.k.eq(k), d.mode.eq(mode), d.mb.eq(mb), d.kb.eq(kb), d.chw.eq(chw),
-                         d.chunk.eq(chunk), d.slot.eq(s_slot), d.bias.eq(bias)]
+                         d.chunk.eq(chunk), d.slot.eq(s_slot), d.bias.eq(bias),
+                         d.bank.eq(bank)]
+
+        def start_pv():
+            # the P·V job of the block in pv_*
+            start_job(J_PV, A_P, HPW, pv_keys, M_CTX, mb=pv_mb, kb=pv_kb, chw=pv_chw,
+                      bank=pv_bank)
+
+        def next_block():
+            # on to the scores of the next query block (of this head or the next), or to the
+            # last P·V job once every block's scores are done
+            with m.If((s_mb == n_blk - 1) & (s_head == c.heads - 1)):
+                fsm.next("FLUSH")
+            with m.Else():
+                m.d.sync += s_mb.eq(s_mb + 1)
+                with m.If(s_mb == n_blk - 1):
+                    m.d.sync += [s_mb.eq(0), s_head.eq(s_head + 1)]
+                _to_block(m, fsm, packed)
+
+        def after_scores():
+            # the scores of the block are in and the softmax units are free: its softmax pass
+            # starts, and the P·V job of the previous block (whose pass is done)
+            m.d.comb += self.smax.start.eq(1)
+            m.d.sync += [pv_pending.eq(1), pv_mb.eq(s_mb), pv_kb.eq(s_kb), pv_keys.eq(self.keys),
+                         pv_chw.eq(s_head * HPW), pv_bank.eq(s_bank), s_bank.eq(~s_bank)]
+            with m.If(pv_pending):
+                start_pv()
+                fsm.next("PVRUN")
+            with m.Else():
+                next_block()
 
         g_panels = Mux(s_group == G_FFN1, CWF, CWH)
         with Fsm(m, "seq") as fsm:
@@ -171,18 +233,22 @@ class Sequencer(wiring.Component):
                     m.d.sync += [s_group.eq(G_Q), s_panel.eq(0)]
                     fsm.next("PWAIT")
             with fsm.State("PWAIT"):
-                with m.If(self.slots.full.bit_select(s_slot, 1)):
+                with m.If(self.slots_full.bit_select(s_slot, 1) & self.job_ready):
                     asrc = pick([A_X, A_X, A_X, A_Q, A_A, A_H], s_group, 3)
                     mode = pick([M_Q, M_K, M_V, M_O, M_FFN1, M_FFN2], s_group, 3)
                     start_job(J_PANEL, asrc, n_blk, Mux(s_group == G_FFN2, ffn, hid), mode,
                               chunk=s_panel, bias=1)
                     fsm.next("PRUN")
             with fsm.State("PRUN"):
-                with m.If(job.done):
-                    m.d.comb += self.slots.release.eq(1)
+                # the next panel may start as soon as the engine takes it, but the first job
+                # after the V, O, FFN1 and FFN2 panels reads what they write (and FFN1's
+                # write-back needs the layer's scalars): those wait until every job is written
+                group_end = s_panel == g_panels - 1
+                with m.If(Mux(group_end & (s_group != G_Q) & (s_group != G_K), job.done,
+                              self.job_ready)):
                     m.d.sync += [s_slot.eq(~s_slot), s_panel.eq(s_panel + 1)]
                     fsm.next("PWAIT")
-                    with m.If(s_panel == g_panels - 1):
+                    with m.If(group_end):
                         m.d.sync += [s_panel.eq(0), s_group.eq(s_group + 1)]
                         with m.If(s_group == G_V):
                             m.d.sync += [s_head.eq(0), s_mb.eq(0)]
@@ -195,53 +261,37 @@ class Sequencer(wiring.Component):
                         with m.Elif(s_group == G_FFN2):
                             m.d.sync += s_ln.eq(1)
                             fsm.next("LN")
-            with fsm.State("BOUNDS"):
-                # row b_i of the block is addressed; the bounds of row b_i - 1 arrive
-                m.d.comb += self.seg_addr.eq(s_mb * N + b_i)
-                m.d.sync += [b_i.eq(b_i + 1), here.eq(s_mb * N + b_i < seq_len)]
-                for i in range(N):
-                    with m.If(b_i == i + 1):
-                        m.d.sync += [self.row_lo[i].eq(Mux(here, self.seg_start, 0)),
-                                     self.row_hi[i].eq(Mux(here, self.seg_end, c.max_seq))]
-                with m.If(b_i == 1):
-                    m.d.sync += k_lo.eq(self.seg_start)
-                with m.If((b_i != 0) & here):
-                    m.d.sync += k_hi.eq(self.seg_end)    # rows ascend: the last row's end
-                with m.If(b_i == N):
-                    m.d.sync += b_i.eq(0)
-                    fsm.next("BSPAN")
-            with fsm.State("BSPAN"):
-                # key blocks kb0 .. kb1 - 1 hold the keys [k_lo, k_hi)
-                kb0 = _div(k_lo, N)
-                kb1 = _div(k_hi + N - 1, N)
-                m.d.sync += [s_kb.eq(kb0), s_ktiles.eq(kb1 - kb0),
-                             k_end.eq(Mux(kb1 * N > seq_len, seq_len, kb1 * N))]
-                fsm.next("SCORES")
+            self._bounds(m, fsm, s_mb, s_kb, s_ktiles, k_end)
             with fsm.State("SCORES"):
                 with m.If(packed):
                     # the span's key count, from BSPAN's registers (one compare-and-subtract
                     # chain per cycle); the softmax pass takes it when the scores are done
                     m.d.sync += self.keys.eq(k_end - s_kb * N)
-                start_job(J_SCORE, A_Q, s_ktiles, hd, M_SCORE, mb=s_mb, kb=s_kb,
-                          chw=s_head * HPW)
-                fsm.next("SRUN")
+                with m.If(self.job_ready):
+                    start_job(J_SCORE, A_Q, s_ktiles, hd, M_SCORE, mb=s_mb, kb=s_kb,
+                              chw=s_head * HPW, bank=s_bank)
+                    fsm.next("SRUN")
             with fsm.State("SRUN"):
                 with m.If(job.done):
-                    m.d.comb += self.smax.start.eq(1)
-                    fsm.next("SMAX")
-            with fsm.State("SMAX"):
-                with m.If(self.smax.done):
-                    start_job(J_PV, A_P, HPW, self.keys, M_CTX, mb=s_mb, kb=s_kb,
-                              chw=s_head * HPW)
-                    fsm.next("PVRUN")
+                    with m.If(sm_idle):
+                        after_scores()
+                    with m.Else():
+                        fsm.next("SWAIT")
+            with fsm.State("SWAIT"):
+                with m.If(sm_idle):
+                    after_scores()
             with fsm.State("PVRUN"):
+                # the next scores job reads nothing P·V writes
+                with m.If(self.job_ready):
+                    next_block()
+            with fsm.State("FLUSH"):
+                with m.If(sm_idle & self.job_ready):
+                    start_pv()
+                    m.d.sync += [pv_pending.eq(0), s_mb.eq(0), s_head.eq(0)]
+                    fsm.next("PVLAST")
+            with fsm.State("PVLAST"):
                 with m.If(job.done):
-                    m.d.sync += s_mb.eq(s_mb + 1)
-                    _to_block(m, fsm, packed)
-                    with m.If(s_mb == n_blk - 1):
-                        m.d.sync += [s_mb.eq(0), s_head.eq(s_head + 1)]
-                        with m.If(s_head == c.heads - 1):
-                            fsm.next("PWAIT")          # s_group is G_O
+                    fsm.next("PWAIT")                  # s_group is G_O
             with fsm.State("LN"):
                 with m.If(self.ln_slots.full.bit_select(s_ln, 1)):
                     m.d.comb += self.ln.start.eq(1)
@@ -263,3 +313,36 @@ class Sequencer(wiring.Component):
                     m.d.comb += self.ctl.done.eq(1)
                     fsm.next("IDLE")
         return m
+
+    def _bounds(self, m, fsm, s_mb, s_kb, s_ktiles, k_end):
+        """The states of a packed run that read the segment bounds of the query block's rows
+        (``BOUNDS``) and derive its key span (``BSPAN``): ``s_kb``, ``s_ktiles``, ``k_end``."""
+        c, N, seq_len = self._c, self._c.array_cols, self.seq_len
+        b_i = Signal(range(N + 1))    # BOUNDS: the row read this cycle
+        k_lo = Signal(range(c.max_seq + 1))
+        k_hi = Signal(range(c.max_seq + 1))
+        # BOUNDS: row b_i - 1 (whose bounds arrive) is inside the run (else: all keys); compared
+        # as its row is addressed, the cycle before
+        here = Signal()
+        with fsm.State("BOUNDS"):
+            # row b_i of the block is addressed; the bounds of row b_i - 1 arrive
+            m.d.comb += self.seg_addr.eq(s_mb * N + b_i)
+            m.d.sync += [b_i.eq(b_i + 1), here.eq(s_mb * N + b_i < seq_len)]
+            for i in range(N):
+                with m.If(b_i == i + 1):
+                    m.d.sync += [self.row_lo[i].eq(Mux(here, self.seg_start, 0)),
+                                 self.row_hi[i].eq(Mux(here, self.seg_end, c.max_seq))]
+            with m.If(b_i == 1):
+                m.d.sync += k_lo.eq(self.seg_start)
+            with m.If((b_i != 0) & here):
+                m.d.sync += k_hi.eq(self.seg_end)    # rows ascend: the last row's end
+            with m.If(b_i == N):
+                m.d.sync += b_i.eq(0)
+                fsm.next("BSPAN")
+        with fsm.State("BSPAN"):
+            # key blocks kb0 .. kb1 - 1 hold the keys [k_lo, k_hi)
+            kb0 = _div(k_lo, N)
+            kb1 = _div(k_hi + N - 1, N)
+            m.d.sync += [s_kb.eq(kb0), s_ktiles.eq(kb1 - kb0),
+                         k_end.eq(Mux(kb1 * N > seq_len, seq_len, kb1 * N))]
+            fsm.next("SCORES")

@@ -9,9 +9,10 @@ Requantizer(s) and IntGELU -> the buffers.
                                                               |     -> Requantizer -> H (gelu_bits)
                                                               +-> R (22 bit)
 
-A result row enters register ``c1`` and issues the read of its residual (X for O panels, A for
-FFN2); the Requantizer takes the row with the residual word one cycle later. Every write goes
-through one register stage (``v_*``) before the buffers' write ports.
+A result row enters register ``c1`` (with the panel's bias added) and issues the read of its
+residual (X for O panels, A for FFN2); the Requantizer takes the row with the residual word one
+cycle later. Every write goes through one register stage (``v_*``) before the buffers' write
+ports. The write-back takes the ``tiles * N`` result rows of its job and no more.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
@@ -43,15 +44,15 @@ class WriteBack(wiring.Component):
     Members
     -------
     start : ``In(1)``
-        A job starts.
+        A job starts: its first result row is the next one on ``i_acc``.
     job : ``In(job_layout(config))``
-        The running job.
+        The running job (from the cycle after ``start``).
     i_acc : ``In(stream.Signature(acc_layout))``
         The array's result rows.
     res_x, res_a : ``Out(row_read(...))``
         The residual reads (X and A; their one read port is shared with the feeder).
     panel : ``In(panel_layout(N))``
-        The requantization of the job's panel slot.
+        The bias and requantization of the job's panel slot.
     scalars : ``In(scalar_layout())``
         The layer's scalars (the context requantization, the GELU constants).
     q, k, v, h : ``Out(write_port(...)).array(N)``
@@ -82,7 +83,7 @@ class WriteBack(wiring.Component):
             **{b: Out(write_port(grp * cwh, word)).array(n) for b in "qkv"},
             "h": Out(write_port(grp * cwf, unsigned(config.gelu_bits * n))).array(n),
             "r": Out(write_port(grp * (n // u) * cwh, unsigned(RESIDUAL_BITS * n))).array(u),
-            "s": Out(write_port((n // s) * grp, unsigned(self._sw * n))).array(s),
+            "s": Out(write_port(2 * (n // s) * grp, unsigned(self._sw * n))).array(s),
             "written": Out(1),
         })
 
@@ -118,13 +119,20 @@ class WriteBack(wiring.Component):
         c_q, c1_q = Signal(range(max(RPS, 2))), Signal(range(max(RPS, 2)))
         wb_count = Signal(range(max(GRP, CWH, c.ffn // N, HPW) * N + 1))
         down_ready = Signal()
+        # the job's rows only (tiles * N): the next job's rows wait in the array's output queue
+        # until this job is written and the engine restarts the write-back with it
+        open_ = c_t != job.tiles
         m.d.comb += [down_ready.eq(Mux(st["is_score"], 1, rq.i_stream.ready)),
-                     self.i_acc.ready.eq(~c1_valid | down_ready)]
+                     self.i_acc.ready.eq((~c1_valid | down_ready) & open_)]
         c_take = self.i_acc.valid & self.i_acc.ready
         with m.If(~c1_valid | down_ready):
-            m.d.sync += c1_valid.eq(self.i_acc.valid)
+            m.d.sync += c1_valid.eq(self.i_acc.valid & open_)
         with m.If(c_take):
-            m.d.sync += [c1_data[j].eq(self.i_acc.payload.data[j]) for j in range(N)]
+            # the panel's bias is added here, not in the array: the array may already carry
+            # the next job's tiles, of another panel slot
+            m.d.sync += [c1_data[j].eq(self.i_acc.payload.data[j]
+                                       + Mux(job.bias, self.panel.bias[j], 0))
+                         for j in range(N)]
             m.d.sync += c1_scores.eq(Cat(*(self.i_acc.payload.data[j][:self._sw]
                                            for j in range(N))))
             m.d.sync += [c1_i.eq(c_i), c1_t.eq(c_t), c_i.eq(c_i + 1),
@@ -145,7 +153,8 @@ class WriteBack(wiring.Component):
         res_word = Mux(job.mode == M_O, res_x, Mux(job.mode == M_FFN2, res_a, 0))
         # score write (directly from c1)
         for k, port in enumerate(self.s):
-            m.d.comb += [port.addr.eq(times(c1_q, GRP) + c1_t), port.data.eq(c1_scores)]
+            m.d.comb += [port.addr.eq(times(c1_q, GRP) + c1_t + Mux(job.bank, RPS * GRP, 0)),
+                         port.data.eq(c1_scores)]
             with m.If(c1_valid & st["is_score"] & (c1_k == k)):
                 m.d.comb += port.en.eq(1)
         with m.If(c1_valid & st["is_score"]):

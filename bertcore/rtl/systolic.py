@@ -237,6 +237,11 @@ class SystolicArray(wiring.Component):
         Shapes of the A and B operands, ``signed(8)`` by default.
     bias_shape : shape
         Shape of a bias value, ``signed(32)`` by default.
+    bias : bool
+        ``True`` (default): the ``bias`` stream. ``False``: no ``bias`` member, the rows leave
+        without a bias, and ``out_shape`` still holds a ``bias_shape`` value added to them (a
+        user that adds the bias downstream: the encoder core's write-back, whose array may
+        carry the tiles of two jobs with different biases).
     acc_range : (int, int) or None
         ``(lo, hi)``, ``lo <= 0 <= hi``: the range the sum of every tile is guaranteed to lie
         in, narrower than ``k_max`` worst-case products, for a user whose operands never reach
@@ -277,7 +282,7 @@ class SystolicArray(wiring.Component):
     """
 
     def __init__(self, rows, cols, *, k_max, a_shape=signed(8), b_shape=signed(8),
-                 bias_shape=signed(32), acc_range=None, out_shape=None):
+                 bias_shape=signed(32), bias=True, acc_range=None, out_shape=None):
         with rejecting(self):
             check_int("rows", rows)
             check_int("cols", cols)
@@ -300,14 +305,17 @@ class SystolicArray(wiring.Component):
         self._acc_shape = shape_for_range(acc_lo, acc_hi)
         self._out_shape = out_shape
         self._queue_depth = self._min_queue_depth(rows, cols, self.latency)
+        self._has_bias = bool(bias)
 
-        super().__init__({
+        members = {
             "a": In(stream.Signature(operand_layout(a_shape, rows))),
             "b": In(stream.Signature(operand_layout(b_shape, cols))),
-            "bias": In(stream.Signature(data.ArrayLayout(bias_shape, cols))),
             "c": Out(stream.Signature(operand_layout(out_shape, cols))),
             "error": Out(1),
-        })
+        }
+        if bias:
+            members["bias"] = In(stream.Signature(data.ArrayLayout(bias_shape, cols)))
+        super().__init__(members)
 
     @staticmethod
     def _sums(k_max, a_shape, b_shape, acc_range=None):
@@ -532,17 +540,19 @@ class SystolicArray(wiring.Component):
 
         # -- Output: add the tile's bias to each row leaving the queue (output register) ------
         advance = ~self.c.valid | self.c.ready
-        m.d.comb += [
-            queue_r.ready.eq(self.bias.valid & advance),
-            self.bias.ready.eq(queue_r.valid & row.last & advance),
-            released.eq(queue_r.valid & queue_r.ready),
-        ]
+        if self._has_bias:
+            bias = self.bias.payload
+            m.d.comb += [queue_r.ready.eq(self.bias.valid & advance),
+                         self.bias.ready.eq(queue_r.valid & row.last & advance)]
+        else:
+            bias = [0] * cols
+            m.d.comb += queue_r.ready.eq(advance)
+        m.d.comb += released.eq(queue_r.valid & queue_r.ready)
         with m.If(released):
             m.d.sync += [
                 self.c.valid.eq(1),
                 self.c.payload.last.eq(row.last),
-                *(self.c.payload.data[j].eq(row.data[j] + self.bias.payload[j])
-                  for j in range(cols)),
+                *(self.c.payload.data[j].eq(row.data[j] + bias[j]) for j in range(cols)),
             ]
         with m.Elif(self.c.ready):
             m.d.sync += self.c.valid.eq(0)
