@@ -20,7 +20,8 @@ activation streams free-flowing (no backpressure):
 * LayerNorm passes: ``ceil(L / layernorm_units)`` groups of rows, one per
   ``IntLayerNorm.row_period``, the first one's input and the last one's output of ``hidden``
   cycles each, plus the unit's latency;
-* after the last layer, the output pass: ``N + 2`` cycles per word of ``N`` output bytes.
+* after the last layer, the output pass: one word of ``N`` output bytes per cycle (in chunks of
+  ``gcd(N, bus_width/8)`` bytes, one per cycle).
 
 A packed run (``segments``: the lengths of the sequences in its rows, ``docs/interface.md``)
 computes the projections, FFN and LayerNorm over all rows and, per query block, only the
@@ -220,7 +221,11 @@ def _input_cycles(config, seq_len, segments):
 
 
 def _output_cycles(config, seq_len):
-    return seq_len * (config.hidden // config.array_cols) * (config.array_cols + 2) + 2
+    """The output pass (``ActivationOutput``): one chunk of ``gcd(N, bus bytes)`` bytes per
+    cycle after the first read, the last beat sent 4 cycles after the last chunk was read."""
+    n = config.array_cols
+    chunks_per_word = n // math.gcd(n, config.bus_width // 8)
+    return seq_len * (config.hidden // n) * chunks_per_word + 4
 
 
 def run_cycles(config, seq_len, segments=None, param_rate=None):

@@ -6,6 +6,8 @@ beat), which :mod:`bertcore.core.perf` models as ``bus_width/8 + 1`` cycles per 
 and ``N + 2`` cycles per output word of ``N`` bytes.
 """
 
+import math
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -156,10 +158,13 @@ class ActivationInput(wiring.Component):
 
 
 class ActivationOutput(wiring.Component):
-    """The output pass (after the last layer): X -> bytes -> the output packet.
+    """The output pass (after the last layer): X -> chunks -> the output packet.
 
-    Each word of ``N`` channels is read from X (one cycle), then its bytes go to the packer,
-    which fills a beat and sends it (``last`` on the sequence's final byte).
+    The words of ``N`` channels are read from X one per cycle (a read, then its word in a
+    register, reads ahead while the register is taken), each word leaves in chunks of
+    ``G = gcd(N, bus_width / 8)`` bytes, one chunk per cycle, and the packer fills a beat with
+    ``bus_width / 8 / G`` chunks and sends it (``last`` on the sequence's final chunk). With
+    ``N`` bytes per beat (the presets) that is one word, one beat per cycle.
 
     Members
     -------
@@ -171,7 +176,7 @@ class ActivationOutput(wiring.Component):
     seq_len : ``In(range(max_seq + 1))``
         Positions to send.
     x : ``Out(row_read(...))``
-        A read port of X.
+        A read port of X (its read data held while it is not enabled).
     """
 
     def __init__(self, config):
@@ -190,11 +195,13 @@ class ActivationOutput(wiring.Component):
         c = self._c
         N, GRP, CWH = c.array_cols, self._grp, c.hidden // c.array_cols
         BUS, BB = c.bus_width, c.bus_width // 8
-        # packer: bytes -> beats
+        G = math.gcd(N, BB)                 # bytes per chunk
+        CPW, CPB = N // G, BB // G          # chunks per word, per beat
+        # packer: chunks -> beats
         o_acc = Signal(BUS)
-        o_idx = Signal(range(BB))
+        o_idx = Signal(range(max(CPB, 2)))     # (no zero-width signals in the Verilog)
         o_in_valid = Signal()
-        o_in_byte = Signal(8)
+        o_in_chunk = Signal(8 * G)
         o_in_final = Signal()
         o_ready = Signal()
         o_pending = Signal()           # the last beat has not been delivered yet
@@ -203,47 +210,59 @@ class ActivationOutput(wiring.Component):
             m.d.sync += self.out.valid.eq(0)
             with m.If(self.out.payload.last):
                 m.d.sync += o_pending.eq(0)
-        o_full = Cat(*(Mux(o_idx == j, o_in_byte, o_acc[8 * j:8 * j + 8]) for j in range(BB)))
+        o_full = Cat(*(Mux(o_idx == j, o_in_chunk, o_acc[8 * G * j:8 * G * (j + 1)])
+                       for j in range(CPB)))
         with m.If(o_in_valid & o_ready):
             m.d.sync += [o_acc.eq(o_full), o_idx.eq(o_idx + 1)]
-            with m.If((o_idx == BB - 1) | o_in_final):
+            with m.If((o_idx == CPB - 1) | o_in_final):
                 m.d.sync += [self.out.valid.eq(1), self.out.payload.data.eq(o_full),
                              self.out.payload.last.eq(o_in_final), o_acc.eq(0), o_idx.eq(0)]
-        # the pass: word (u_blk, u_bank, u_c) of X, byte u_l
+        # reads: word (u_blk, u_bank, u_c) of X; its data arrives the next cycle (r_*)
         u_active = Signal()
         u_blk = Signal(range(GRP + 1))
         u_bank = Signal(range(N))
         u_c = Signal(range(CWH))
-        u_l = Signal(range(N))
-        u_word = Signal(8 * N)
-        u_have = Signal()                 # u_word holds the word (u_blk, u_bank, u_c)
-        u_wait = Signal()                 # its read was issued last cycle
-        u_final = ((u_blk * N + u_bank == self.seq_len - 1) & (u_c == CWH - 1) & (u_l == N - 1))
-        read = u_active & ~u_have & ~u_wait
+        u_final = (u_blk * N + u_bank == self.seq_len - 1) & (u_c == CWH - 1)
+        r_valid = Signal()
+        r_bank = Signal(range(N))
+        r_final = Signal()
+        # the word register: chunk w_l of w_word goes to the packer
+        w_valid = Signal()
+        w_word = Signal(8 * N)
+        w_final = Signal()
+        w_l = Signal(range(max(CPW, 2)))
+        w_end = w_l == CPW - 1
+        w_last = w_valid & o_ready & w_end      # its last chunk is taken
+        w_take = r_valid & (~w_valid | w_last)
+        read = u_active & (~r_valid | w_take)
         m.d.comb += [self.x.addr.eq(times(u_blk, CWH) + u_c), self.x.en.eq(read),
-                     self.ctl.done.eq(~u_active & ~o_pending)]
+                     self.ctl.done.eq(~u_active & ~r_valid & ~w_valid & ~o_pending)]
         with m.If(read):
-            m.d.sync += u_wait.eq(1)
-        with m.If(u_wait):
-            m.d.sync += [u_wait.eq(0), u_have.eq(1),
-                         u_word.eq(pick([self.x.data[b] for b in range(N)], u_bank, 8 * N))]
-        # (unconditional assignments: a signal driven only inside ``If(u_have)`` becomes an
+            m.d.sync += [r_valid.eq(1), r_bank.eq(u_bank), r_final.eq(u_final),
+                         u_c.eq(u_c + 1)]
+            with m.If(u_c == CWH - 1):
+                m.d.sync += [u_c.eq(0), u_bank.eq(u_bank + 1)]
+                with m.If(u_bank == N - 1):
+                    m.d.sync += [u_bank.eq(0), u_blk.eq(u_blk + 1)]
+            with m.If(u_final):
+                m.d.sync += u_active.eq(0)
+        with m.Elif(w_take):
+            m.d.sync += r_valid.eq(0)
+        with m.If(w_take):
+            m.d.sync += [w_valid.eq(1), w_final.eq(r_final), w_l.eq(0),
+                         w_word.eq(pick([self.x.data[b] for b in range(N)], r_bank, 8 * N))]
+        with m.Elif(w_last):
+            m.d.sync += w_valid.eq(0)
+        if CPW > 1:
+            with m.If(w_valid & o_ready):
+                m.d.sync += w_l.eq(w_l + 1)
+        # (unconditional assignments: a signal driven only inside an ``If`` becomes an
         # ``always @*`` of its own in the Verilog, which a 4-state simulator leaves X until
-        # ``u_have`` first changes, and an X valid corrupts the packer's registers)
-        m.d.comb += [o_in_valid.eq(u_have), o_in_byte.eq(u_word.word_select(u_l, 8)),
-                     o_in_final.eq(u_have & u_final)]
-        with m.If(u_have):
-            with m.If(o_ready):
-                m.d.sync += u_l.eq(u_l + 1)
-                with m.If(u_l == N - 1):
-                    m.d.sync += [u_l.eq(0), u_have.eq(0), u_c.eq(u_c + 1)]
-                    with m.If(u_c == CWH - 1):
-                        m.d.sync += [u_c.eq(0), u_bank.eq(u_bank + 1)]
-                        with m.If(u_bank == N - 1):
-                            m.d.sync += [u_bank.eq(0), u_blk.eq(u_blk + 1)]
-                    with m.If(u_final):
-                        m.d.sync += u_active.eq(0)
+        # its condition first changes, and an X valid corrupts the packer's registers)
+        m.d.comb += [o_in_valid.eq(w_valid),
+                     o_in_chunk.eq(w_word if CPW == 1 else w_word.word_select(w_l, 8 * G)),
+                     o_in_final.eq(w_valid & w_final & w_end)]
         with m.If(self.ctl.start):
-            m.d.sync += [u_active.eq(1), u_blk.eq(0), u_bank.eq(0), u_c.eq(0), u_l.eq(0),
-                         u_have.eq(0), u_wait.eq(0), o_pending.eq(1)]
+            m.d.sync += [u_active.eq(1), u_blk.eq(0), u_bank.eq(0), u_c.eq(0), r_valid.eq(0),
+                         w_valid.eq(0), o_pending.eq(1)]
         return m
