@@ -1,10 +1,10 @@
 """The softmax pass of attention: score banks -> ``S`` IntSoftmax units -> P buffer.
 
-It runs after the scores job of a query block, beside the next block's scores job and this
-block's ``P·V`` job is started when it is done (the sequencer's module docstring): the score
-banks and the P buffer are double-buffered, and the pass reads and writes the half ``bank``
-and takes its other inputs (``keys``, ``key0``, ``row_lo``, ``row_hi``, ``bank``) when it
-starts, since the sequencer moves on to the next block meanwhile. Unit ``k`` takes the
+It runs after the scores job of a query block, beside the array's next jobs (the previous
+block's ``P·V``, the next block's scores); this block's ``P·V`` starts once it is done (the
+sequencer's module docstring). The score banks and the P buffer are double-buffered: the pass
+reads and writes the half ``bank``, and it takes its inputs (``keys``, ``key0``, ``row_lo``,
+``row_hi``, ``bank``) when it starts, since the sequencer moves on to the next block meanwhile. Unit ``k`` takes the
 rows ``q*S + k`` of the block (``N / S`` rows each, side by side); all units read the same word
 of their score bank each cycle (a fork: a beat advances once every unit has taken it).
 

@@ -13,8 +13,8 @@ every beat of this one (and its pipeline is empty) and the write-back has no job
 array computes the next job's first tiles while it drains this one's. The feeder and the
 write-back each hold their job's descriptor; the write-back takes exactly its job's result rows
 (the next job's wait in the array's output queue) and is restarted with the waiting job once it
-has written them. The write-back adds the panel's bias (the array's own bias input is held at
-zero), from the header of its job's slot, and the engine releases a panel slot once its job is
+has written them. The write-back adds the panel's bias, from the header of its job's slot (the
+array is built without a bias input), and the engine releases a panel slot once its job is
 written (``slot_release``). ``done`` is high once every job taken has been written.
 """
 

@@ -21,8 +21,10 @@ registers ``pv_*``, taken when its softmax pass started: the sequencer has moved
 next block's span by then.
 
 It starts the units through their ``task`` interfaces (:func:`~bertcore.core.common.task`)
-and waits for their ``done``; it waits for the loader's panel slots, scalar record and
-LayerNorm records (``full``) and releases each once used.
+and waits for their ``done`` (the job engine's ``ready`` for the next panel of a group and
+the next scores job); it waits for the loader's panel slots, scalar record and LayerNorm
+records (``full``) and releases the records once used (the job engine releases a panel slot
+once its job is written).
 
 In a packed run (the packet began with a segment table) it reads, per head and query block,
 the segment bounds of the block's ``N`` rows (``BOUNDS``, ``N + 1`` cycles) and derives the key
