@@ -120,8 +120,11 @@ class WriteBack(wiring.Component):
         wb_count = Signal(range(max(GRP, CWH, c.ffn // N, HPW) * N + 1))
         down_ready = Signal()
         # the job's rows only (tiles * N): the next job's rows wait in the array's output queue
-        # until this job is written and the engine restarts the write-back with it
-        open_ = c_t != job.tiles
+        # until this job is written and the engine restarts the write-back with it. ``open_``
+        # is a register, closed as the last row is taken (a compare of the tile counter in the
+        # array's ready ran on through the residual fetch into X's read port: an ECP5 critical
+        # path at 95 MHz)
+        open_ = Signal()
         m.d.comb += [down_ready.eq(Mux(st["is_score"], 1, rq.i_stream.ready)),
                      self.i_acc.ready.eq((~c1_valid | down_ready) & open_)]
         c_take = self.i_acc.valid & self.i_acc.ready
@@ -183,9 +186,11 @@ class WriteBack(wiring.Component):
         m.d.sync += written.eq(Mux(st["wb_fire"], wb_count + 1 == total, wb_count == total))
         with m.If(st["wb_fire"]):
             m.d.sync += wb_count.eq(wb_count + 1)
+        with m.If(c_take & (c_i == N - 1) & (c_t + 1 == job.tiles)):
+            m.d.sync += open_.eq(0)
         with m.If(self.start):
             m.d.sync += [c_i.eq(0), c_t.eq(0), c_k.eq(0), c_q.eq(0), wb_count.eq(0),
-                         written.eq(0)]
+                         written.eq(0), open_.eq(1)]
         return m
 
     def _write(self, m, st):
