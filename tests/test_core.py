@@ -534,8 +534,8 @@ def test_core_cycles_equal_the_model(tiny_core, tiny_image):
 @pytest.mark.parametrize("bus_width, stall", [(48, 0.0), (48, 0.3), (16, 0.3)])
 def test_core_output_pass_by_chunks(tiny_core, bus_width, stall):
     """The output pass sends words of ``N`` bytes in chunks of ``gcd(N, bus bytes)``: on a
-    48-bit bus 2-byte chunks (3 per beat, 2 per word), on a 16-bit bus 2 words' halves; bit-exact
-    with stalls on every stream, and without stalls in exactly the modeled cycles."""
+    48-bit bus 2-byte chunks (3 per beat, 2 per word), on a 16-bit bus each word in two beats;
+    bit-exact with stalls on every stream, and without stalls in exactly the modeled cycles."""
     cfg = TINY.replace(bus_width=bus_width)
     x = torch.randint(-128, 128, (3, cfg.hidden), generator=torch.Generator().manual_seed(13))
     (got,), (cyc,), _ = run_core_sim(EncoderCore(cfg), pack_parameter_image(tiny_core, cfg),
