@@ -21,7 +21,8 @@ from amaranth.lib.wiring import In, Out
 
 from bertcore.rtl.softmax import IntSoftmax
 
-from .common import feed, fork, pick, row_read, sliced, task, times, write_port
+from .common import (feed, fork, pick, prob_word, row_read, score_word, sliced, task,
+                     write_port)
 
 __all__ = ["SoftmaxPass"]
 
@@ -108,7 +109,7 @@ class SoftmaxPass(wiring.Component):
         x1_last = Signal()
         sinks = sliced(m, "softmax_in", [unit.i_stream for unit in smaxes])
         x_adv = fork(m, "x", x1_valid, sinks, Const((1 << S) - 1, S))
-        feed(m, self.scores, sinks, times(x_q, GRP) + x_w + Mux(bank, RPS * GRP, 0), x_adv, x1_l,
+        feed(m, self.scores, sinks, score_word(bank, x_q, x_w, GRP, RPS), x_adv, x1_l,
              self._sw, x1_last)
         key = key0 + x_e
         for k, sink in enumerate(sinks):
@@ -150,7 +151,7 @@ class SoftmaxPass(wiring.Component):
                     for q in range(RPS):
                         port = self.p[q * S + k]
                         with m.If(y_q == q):
-                            m.d.comb += [port.addr.eq(y_w + Mux(bank, GRP, 0)),
+                            m.d.comb += [port.addr.eq(prob_word(bank, y_w, GRP)),
                                          port.data.eq(y_full),
                                          port.en.eq(1)]
                 with m.If(ylast):

@@ -17,7 +17,8 @@ from bertcore.rtl.stream import RegisterSlice
 __all__ = [
     "bus_layout", "bus_signature", "act_layout", "act_signature", "out_layout", "out_signature",
     "read_port", "row_read", "write_port", "task",
-    "handover", "job_layout", "pick", "times", "fork", "sliced", "feed",
+    "handover", "job_layout", "pick", "times", "fork", "sliced", "feed", "score_word",
+    "prob_word",
     "G_Q", "G_K", "G_V", "G_O", "G_FFN1", "G_FFN2",
     "M_Q", "M_K", "M_V", "M_O", "M_FFN1", "M_FFN2", "M_SCORE", "M_CTX",
     "A_X", "A_Q", "A_A", "A_H", "A_P", "J_PANEL", "J_SCORE", "J_PV",
@@ -140,6 +141,18 @@ def pick(items, index, shape):
         value = Mux(index >= len(items), items[-1], value)
     value = Value.cast(value)
     return value.as_signed() if Shape.cast(shape).signed else value.as_unsigned()
+
+
+def score_word(bank, q, kb, grp, rps):
+    """The word of a score bank holding row ``q`` of its ``rps`` rows of the block, key block
+    ``kb``, in half ``bank`` (the write-back writes it, the softmax pass reads it)."""
+    return times(q, grp) + kb + Mux(bank, rps * grp, 0)
+
+
+def prob_word(bank, kb, grp):
+    """The word of the P buffer holding key block ``kb`` in half ``bank`` (the softmax pass
+    writes it, the feeder reads it)."""
+    return kb + Mux(bank, grp, 0)
 
 
 def times(value, k):

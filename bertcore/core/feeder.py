@@ -22,7 +22,7 @@ from amaranth.lib.wiring import In, Out
 from bertcore.rtl.stream import RegisterSlice
 
 from .common import (A_A, A_H, A_Q, A_X, J_PANEL, J_PV, J_SCORE, element, job_layout, pick,
-                     read_port, row_read, times)
+                     prob_word, read_port, row_read, times)
 
 __all__ = ["OperandFeeder"]
 
@@ -152,7 +152,7 @@ class OperandFeeder(wiring.Component):
         rd = adv & s0_valid
         for port, src in ((self.x, A_X), (self.q, A_Q), (self.a, A_A), (self.h, A_H)):
             m.d.comb += [port.addr.eq(s0_a), port.en.eq(rd & (job.asrc == src))]
-        m.d.comb += [self.p.addr.eq(stage0(self.p, f_kw + Mux(job.bank, GRP, 0))),
+        m.d.comb += [self.p.addr.eq(stage0(self.p, prob_word(job.bank, f_kw, GRP))),
                      self.p.en.eq(adv),
                      self.k.addr.eq(stage0(self.k, times(job.kb + f_t, CWH) + job.chw + f_kw)),
                      self.k.en.eq(rd & (job.kind == J_SCORE)),

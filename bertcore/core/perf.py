@@ -188,7 +188,7 @@ def _attention(config, seq_len, segments, eng, t):
         t = max(eng.done, sm_end)
         sm_end = t + _softmax_pass(config, keys)
         if pending is not None:
-            eng.run(t, config.head_dim // n, pending, n, rq)
+            eng.run(t, hd // n, pending, n, rq)
             t = eng.ready
         pending = keys
     eng.run(max(t + 1, sm_end, eng.ready), hd // n, pending, n, rq)

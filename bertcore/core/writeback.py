@@ -26,7 +26,7 @@ from bertcore.rtl.requant import Requantizer
 from bertcore.rtl.softmax import IntSoftmax
 
 from .common import (M_CTX, M_FFN1, M_FFN2, M_K, M_O, M_Q, M_SCORE, M_V, job_layout, pick,
-                     row_read, times, write_port)
+                     row_read, score_word, times, write_port)
 from .loader import panel_layout, scalar_layout
 
 __all__ = ["WriteBack"]
@@ -156,7 +156,7 @@ class WriteBack(wiring.Component):
         res_word = Mux(job.mode == M_O, res_x, Mux(job.mode == M_FFN2, res_a, 0))
         # score write (directly from c1)
         for k, port in enumerate(self.s):
-            m.d.comb += [port.addr.eq(times(c1_q, GRP) + c1_t + Mux(job.bank, RPS * GRP, 0)),
+            m.d.comb += [port.addr.eq(score_word(job.bank, c1_q, c1_t, GRP, RPS)),
                          port.data.eq(c1_scores)]
             with m.If(c1_valid & st["is_score"] & (c1_k == k)):
                 m.d.comb += port.en.eq(1)
