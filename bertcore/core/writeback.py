@@ -9,9 +9,9 @@ Requantizer(s) and IntGELU -> the buffers.
                                                               |     -> Requantizer -> H (gelu_bits)
                                                               +-> R (22 bit)
 
-A result row enters register ``c1`` (with the panel's bias added) and issues the read of its
-residual (X for O panels, A for FFN2); the Requantizer takes the row with the residual word one
-cycle later. Every write goes through one register stage (``v_*``) before the buffers' write
+A result row enters register ``c1`` (with the panel's bias added) as its residual word is read
+(X for O panels, A for FFN2: the read port is enabled through the job's whole intake); the
+Requantizer takes the row with the residual word one cycle later. Every write goes through one register stage (``v_*``) before the buffers' write
 ports. The write-back takes the ``tiles * N`` result rows of its job and no more.
 """
 
@@ -144,11 +144,16 @@ class WriteBack(wiring.Component):
                 m.d.sync += [c_k.eq(0), c_q.eq(c_q + 1)]
             with m.If(c_i == N - 1):
                 m.d.sync += [c_i.eq(0), c_t.eq(c_t + 1), c_k.eq(0), c_q.eq(0)]
-        # residual read (X for O, A for FFN2) issued as the beat enters c1
-        # (each enabled only in its own jobs: X and A share their read port with the feeder)
+        # residual read (X for O, A for FFN2): the word of tile c_t, read on every cycle of the
+        # job's intake, so the word of a beat taken in one cycle is on the port in the next,
+        # beside the beat in c1. Those jobs never stall c1 (the requantizer's output is always
+        # ready outside FFN1), so c1 holds a beat one cycle only. The enable is of registers
+        # alone: with the take (the array's valid and ready) in it, it ran on through X's
+        # arbiter into the LUT-RAM read (an ECP5 critical path at 95 MHz). Each port is
+        # enabled only in its own jobs: X and A share their read port with the feeder.
         for port, mode in ((self.res_x, M_O), (self.res_a, M_FFN2)):
             m.d.comb += [port.addr.eq(times(c_t, CWH) + job.chunk),
-                         port.en.eq(c_take & (job.mode == mode))]
+                         port.en.eq(open_ & (job.mode == mode))]
         res_x = pick([self.res_x.data[b] for b in range(N)], c1_i, 8 * N)
         res_a = pick([self.res_a.data[b] for b in range(N)], c1_i, 8 * N)
         # zero in jobs without a residual (it is multiplied by m_r = 0 then): their read port
