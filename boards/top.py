@@ -54,7 +54,8 @@ class UARTCoreTop(wiring.Component):
         Put the core in a local clock domain ``core`` on the same clock whose reset is one
         flip-flop (the ``sync`` reset or the bridge's ``core_reset``, registered), so that the
         reset reaching the core's flip-flops is not a chain of OR gates across the chip (the
-        ECP5 critical path otherwise). The board tops use it. The Amaranth simulator sees the
+        ECP5 critical path otherwise); the default core then puts its datapath in a domain of
+        its own the same way (``EncoderCore(dp_domain=True)``). The board tops use it. The Amaranth simulator sees the
         ``core`` clock, assigned from ``sync``, one delta cycle late (a race), so Amaranth
         simulations keep the default (the core in ``sync`` with the bridge's reset inserted);
         Verilog simulators do not have that race.
@@ -83,7 +84,7 @@ class UARTCoreTop(wiring.Component):
 
     def __init__(self, config, divisor, *, core=None, max_payload=256, timeout=None,
                  gather=None, core_domain=False, store=None):
-        self._core = EncoderCore(config) if core is None else core
+        self._core = EncoderCore(config, dp_domain=core_domain) if core is None else core
         self._core_domain = core_domain
         self._store = store
         self._bridge = UARTBridge(config.bus_width, divisor, max_payload=max_payload,

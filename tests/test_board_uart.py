@@ -620,6 +620,15 @@ def test_bridge_lint():
     lint(UARTBridge(32, DIVISOR), toplevel="bertcore_uart_bridge")
 
 
+def test_core_top_lint():
+    """The board tops' structure: the core in its ``core`` domain, its datapath in the ``dp``
+    domain (both clocks assigned from ``sync``, each reset by one flip-flop), lint-clean."""
+    from sim.runner import lint
+    top = UARTCoreTop(TINY, DIVISOR, core_domain=True)
+    assert top._core._dp_domain
+    lint(top, toplevel="bertcore_uart_top")
+
+
 @pytest.mark.parametrize("board", ["ulx3s-85f", "ulx3s-85f-sdram", "orangecrab-25f",
                                    "icebreaker"])
 def test_board_tops_elaborate(board):

@@ -466,6 +466,8 @@ def test_core_rejects_unsupported_configs():
         EncoderCore(TINY.replace(array_rows=2))
     with pytest.raises(TypeError, match=r"config must be a CoreConfig, not 'tiny'"):
         EncoderCore("tiny")
+    with pytest.raises(TypeError, match=r"dp_domain must be a bool, not 1"):
+        EncoderCore(TINY, dp_domain=1)
     with pytest.raises(ImageError, match=r"softmax_units \(3\) must divide array_cols \(4\)"):
         EncoderCore(TINY.replace(softmax_units=3))
     with pytest.raises(ImageError, match=r"layernorm_units \(8\) must divide array_cols"):

@@ -42,8 +42,9 @@ class RunControl(wiring.Component):
         Start the datapath.
     dp_done, dp_fail, dp_fault, dp_beat, dp_layer_mark : ``In(1)``, dp_cause : ``In(3)``
         The datapath's status (:class:`~bertcore.core.datapath.Datapath`).
-    abort : ``Out(1)``
-        Reset the datapath (registered: one cycle after the decision).
+    abort : ``Out(1, init=1)``
+        Reset the datapath (registered: one cycle after the decision; 1 in and right after the
+        reset).
     busy, error, cycles, array_beats, layer_cycles, failed_runs : ``Out``
         The core's status outputs (:class:`~bertcore.core.encoder.EncoderCore`).
     """
@@ -57,7 +58,7 @@ class RunControl(wiring.Component):
             "dp_param": Out(bus), "dp_act": Out(act), "dp_out": In(bus),
             "dp_start": Out(1), "dp_done": In(1), "dp_fail": In(1),
             "dp_cause": In(FAIL_CAUSE_BITS), "dp_fault": In(1),
-            "dp_beat": In(1), "dp_layer_mark": In(1), "abort": Out(1),
+            "dp_beat": In(1), "dp_layer_mark": In(1), "abort": Out(1, init=1),
             "busy": Out(1), "error": Out(1), "cycles": Out(32), "array_beats": Out(32),
             "layer_cycles": Out(32), "failed_runs": Out(32),
         })
@@ -67,7 +68,8 @@ class RunControl(wiring.Component):
         s_param, s_act, m_act = self.s_param, self.s_act, self.m_act
         # ``abort`` resets the whole datapath; it is registered (one cycle late) so that the
         # decisions behind it (header/length checks, the end of a run) are not on the same
-        # path as the reset fan-out. The controller waits in IDLE while it is high.
+        # path as the reset fan-out. The controller waits in IDLE while it is high. It is 1 in
+        # and right after the reset (init 1): alone it can reset the datapath (``dp_domain``).
         abort = Signal()
         abort_q = self.abort
         m.d.sync += abort_q.eq(abort)

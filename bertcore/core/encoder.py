@@ -64,7 +64,7 @@ fits beside the array's next two jobs. :mod:`bertcore.core.perf` models the cycl
 schedule.
 """
 
-from amaranth.hdl import Module, ResetInserter
+from amaranth.hdl import ClockDomain, ClockSignal, DomainRenamer, Module, ResetInserter
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect, flipped
 
@@ -90,6 +90,15 @@ class EncoderCore(wiring.Component):
     ----------
     config : CoreConfig
         A configuration the core supports (:func:`bertcore.core.image.check_core_config`).
+    dp_domain : bool
+        Put the datapath in a local clock domain ``dp`` on the same clock, whose reset is the
+        controller's registered ``abort`` alone (it is 1 in and right after the core's reset), so
+        that one flip-flop, not an OR of the two resets, drives the datapath's reset inputs: an
+        ECP5 critical path otherwise. The board tops use it (with ``core_domain``,
+        :class:`boards.top.UARTCoreTop`). The Amaranth simulator sees a clock assigned from
+        ``sync`` one delta cycle late (a race), so Amaranth simulations keep the default (the
+        datapath in ``sync`` with ``abort`` inserted as a reset); Verilog simulators do not
+        have that race.
 
     Members
     -------
@@ -135,17 +144,20 @@ class EncoderCore(wiring.Component):
     Raises
     ------
     TypeError
-        If ``config`` is not a :class:`~bertcore.config.CoreConfig`.
+        If ``config`` is not a :class:`~bertcore.config.CoreConfig` or ``dp_domain`` not a bool.
     ImageError
         If the core does not support ``config``.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, dp_domain=False):
         with rejecting(self):
             if not isinstance(config, CoreConfig):
                 raise TypeError(f"config must be a CoreConfig, not {config!r}")
+            if not isinstance(dp_domain, bool):
+                raise TypeError(f"dp_domain must be a bool, not {dp_domain!r}")
             check_core_config(config)
         self._config = config
+        self._dp_domain = dp_domain
         layout = bus_layout(config.bus_width)
         super().__init__({
             "s_param": In(stream.Signature(layout)),
@@ -180,7 +192,15 @@ class EncoderCore(wiring.Component):
         connect(m, ctl.m_act, o_slice.i_stream)
         # the datapath is reset by the controller's (registered) abort after every run
         dp = Datapath(self._config)
-        m.submodules.dp = ResetInserter(ctl.abort)(dp)
+        if self._dp_domain:
+            # its own domain on the same clock, reset by that one flip-flop alone (abort is 1
+            # in and right after the domain's reset): no OR of the two resets in front of the
+            # datapath's ~4k reset inputs (board builds: docs/boards.md, "Toward 100 MHz")
+            m.domains.dp = cd_dp = ClockDomain("dp", local=True)
+            m.d.comb += [cd_dp.clk.eq(ClockSignal("sync")), cd_dp.rst.eq(ctl.abort)]
+            m.submodules.dp = DomainRenamer("dp")(dp)
+        else:
+            m.submodules.dp = ResetInserter(ctl.abort)(dp)
         connect(m, ctl.dp_param, dp.param)
         connect(m, ctl.dp_act, dp.act)
         connect(m, dp.out, ctl.dp_out)
