@@ -222,10 +222,11 @@ def _input_cycles(config, seq_len, segments):
 
 def _output_cycles(config, seq_len):
     """The output pass (``ActivationOutput``): one chunk of ``gcd(N, bus bytes)`` bytes per
-    cycle after the first read, the last beat sent 4 cycles after the last chunk was read."""
+    cycle after the first read, the last beat sent 5 cycles after the last chunk was read
+    (the last of them in the pass's output register slice)."""
     n = config.array_cols
     chunks_per_word = n // math.gcd(n, config.bus_width // 8)
-    return seq_len * (config.hidden // n) * chunks_per_word + 4
+    return seq_len * (config.hidden // n) * chunks_per_word + 5
 
 
 def run_cycles(config, seq_len, segments=None, param_rate=None):

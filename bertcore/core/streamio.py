@@ -12,6 +12,8 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from bertcore.rtl.stream import RegisterSlice
+
 from .common import act_signature, bus_signature, pick, row_read, task, times, write_port
 from .segments import SegmentTable
 
@@ -163,8 +165,9 @@ class ActivationOutput(wiring.Component):
     The words of ``N`` channels are read from X one per cycle (a read, then its word in a
     register, reads ahead while the register is taken), each word leaves in chunks of
     ``G = gcd(N, bus_width / 8)`` bytes, one chunk per cycle, and the packer fills a beat with
-    ``bus_width / 8 / G`` chunks and sends it (``last`` on the sequence's final chunk). With
-    ``N`` bytes per beat (the presets) that is one word, one beat per cycle.
+    ``bus_width / 8 / G`` chunks and sends it (``last`` on the sequence's final chunk) through
+    a register slice. With ``N`` bytes per beat (the presets) that is one word, one beat per
+    cycle.
 
     Members
     -------
@@ -197,7 +200,13 @@ class ActivationOutput(wiring.Component):
         BUS, BB = c.bus_width, c.bus_width // 8
         G = math.gcd(N, BB)                 # bytes per chunk
         CPW, CPB = N // G, BB // G          # chunks per word, per beat
-        # packer: chunks -> beats
+        # packer: chunks -> beats -> a register slice -> ``out``: the slice's ``ready`` is a
+        # flip-flop, so the decision to read X (which takes the packer's ``ready``) is of
+        # registers alone. The run controller's multiplexing of ``out`` ran on into X's port
+        # arbiter and LUT-RAM read otherwise (an ECP5 critical path at 100 MHz).
+        m.submodules.o_slice = o_slice = RegisterSlice(self.out.payload.shape())
+        wiring.connect(m, o_slice.o_stream, wiring.flipped(self.out))
+        out = o_slice.i_stream
         o_acc = Signal(BUS)
         o_idx = Signal(range(max(CPB, 2)))     # (no zero-width signals in the Verilog)
         o_in_valid = Signal()
@@ -205,18 +214,18 @@ class ActivationOutput(wiring.Component):
         o_in_final = Signal()
         o_ready = Signal()
         o_pending = Signal()           # the last beat has not been delivered yet
-        m.d.comb += o_ready.eq(~self.out.valid | self.out.ready)
-        with m.If(self.out.valid & self.out.ready):
-            m.d.sync += self.out.valid.eq(0)
-            with m.If(self.out.payload.last):
+        m.d.comb += o_ready.eq(~out.valid | out.ready)
+        with m.If(out.valid & out.ready):
+            m.d.sync += out.valid.eq(0)
+            with m.If(out.payload.last):
                 m.d.sync += o_pending.eq(0)
         o_full = Cat(*(Mux(o_idx == j, o_in_chunk, o_acc[8 * G * j:8 * G * (j + 1)])
                        for j in range(CPB)))
         with m.If(o_in_valid & o_ready):
             m.d.sync += [o_acc.eq(o_full), o_idx.eq(o_idx + 1)]
             with m.If((o_idx == CPB - 1) | o_in_final):
-                m.d.sync += [self.out.valid.eq(1), self.out.payload.data.eq(o_full),
-                             self.out.payload.last.eq(o_in_final), o_acc.eq(0), o_idx.eq(0)]
+                m.d.sync += [out.valid.eq(1), out.payload.data.eq(o_full),
+                             out.payload.last.eq(o_in_final), o_acc.eq(0), o_idx.eq(0)]
         # reads: word (u_blk, u_bank, u_c) of X; its data arrives the next cycle (r_*)
         u_active = Signal()
         u_blk = Signal(range(GRP + 1))
@@ -236,7 +245,8 @@ class ActivationOutput(wiring.Component):
         w_take = r_valid & (~w_valid | w_last)
         read = u_active & (~r_valid | w_take)
         m.d.comb += [self.x.addr.eq(times(u_blk, CWH) + u_c), self.x.en.eq(read),
-                     self.ctl.done.eq(~u_active & ~r_valid & ~w_valid & ~o_pending)]
+                     self.ctl.done.eq(~u_active & ~r_valid & ~w_valid & ~o_pending
+                                               & ~o_slice.o_stream.valid)]
         with m.If(read):
             m.d.sync += [r_valid.eq(1), r_bank.eq(u_bank), r_final.eq(u_final),
                          u_c.eq(u_c + 1)]
