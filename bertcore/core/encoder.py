@@ -175,6 +175,11 @@ class EncoderCore(wiring.Component):
     def config(self):
         return self._config
 
+    @property
+    def dp_domain(self):
+        """Whether the datapath has a clock domain of its own (the ``dp_domain`` parameter)."""
+        return self._dp_domain
+
     def elaborate(self, platform):
         m = Module()
         # Register slices on all three stream ports: every port signal (valid, ready, payload)
