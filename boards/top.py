@@ -55,10 +55,10 @@ class UARTCoreTop(wiring.Component):
         flip-flop (the ``sync`` reset or the bridge's ``core_reset``, registered), so that the
         reset reaching the core's flip-flops is not a chain of OR gates across the chip (the
         ECP5 critical path otherwise); the default core then puts its datapath in a domain of
-        its own the same way (``EncoderCore(dp_domain=True)``). The board tops use it. The Amaranth simulator sees the
-        ``core`` clock, assigned from ``sync``, one delta cycle late (a race), so Amaranth
-        simulations keep the default (the core in ``sync`` with the bridge's reset inserted);
-        Verilog simulators do not have that race.
+        its own the same way (``EncoderCore(dp_domain=True)``). The board tops use it. The
+        Amaranth simulator sees the ``core`` clock, assigned from ``sync``, one delta cycle
+        late (a race), so Amaranth simulations keep the default (the core in ``sync`` with the
+        bridge's reset inserted); Verilog simulators do not have that race.
     store : wiring.Component or None
         A parameter image store (:class:`~boards.image_store.ImageStore`, or a component with
         its members) on a board with SDRAM: the bridge gets the LOAD / RUN frames and the long
