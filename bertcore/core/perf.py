@@ -44,6 +44,7 @@ from bertcore.rtl.gelu import IntGELU
 from bertcore.rtl.layernorm import IntLayerNorm
 from bertcore.rtl.requant import Requantizer
 from bertcore.rtl.softmax import IntSoftmax
+from bertcore.rtl.stream import RegisterSlice
 from bertcore.rtl.systolic import SystolicArray
 
 from bertcore.quant.model import check_segments
@@ -222,11 +223,11 @@ def _input_cycles(config, seq_len, segments):
 
 def _output_cycles(config, seq_len):
     """The output pass (``ActivationOutput``): one chunk of ``gcd(N, bus bytes)`` bytes per
-    cycle after the first read, the last beat sent 5 cycles after the last chunk was read
-    (the last of them in the pass's output register slice)."""
+    cycle after the first read, the last beat sent 4 cycles after the last chunk was read,
+    then through the pass's output register slice."""
     n = config.array_cols
     chunks_per_word = n // math.gcd(n, config.bus_width // 8)
-    return seq_len * (config.hidden // n) * chunks_per_word + 5
+    return seq_len * (config.hidden // n) * chunks_per_word + 4 + RegisterSlice.latency
 
 
 def run_cycles(config, seq_len, segments=None, param_rate=None):

@@ -213,12 +213,9 @@ class ActivationOutput(wiring.Component):
         o_in_chunk = Signal(8 * G)
         o_in_final = Signal()
         o_ready = Signal()
-        o_pending = Signal()           # the last beat has not been delivered yet
         m.d.comb += o_ready.eq(~out.valid | out.ready)
         with m.If(out.valid & out.ready):
             m.d.sync += out.valid.eq(0)
-            with m.If(out.payload.last):
-                m.d.sync += o_pending.eq(0)
         o_full = Cat(*(Mux(o_idx == j, o_in_chunk, o_acc[8 * G * j:8 * G * (j + 1)])
                        for j in range(CPB)))
         with m.If(o_in_valid & o_ready):
@@ -245,8 +242,10 @@ class ActivationOutput(wiring.Component):
         w_take = r_valid & (~w_valid | w_last)
         read = u_active & (~r_valid | w_take)
         m.d.comb += [self.x.addr.eq(times(u_blk, CWH) + u_c), self.x.en.eq(read),
-                     self.ctl.done.eq(~u_active & ~r_valid & ~w_valid & ~o_pending
-                                               & ~o_slice.o_stream.valid)]
+                     # done: nothing left to read, in the word register, in the packer's beat
+                     # register (the final chunk sends its beat) or in the slice
+                     self.ctl.done.eq(~u_active & ~r_valid & ~w_valid & ~out.valid
+                                      & ~o_slice.o_stream.valid)]
         with m.If(read):
             m.d.sync += [r_valid.eq(1), r_bank.eq(u_bank), r_final.eq(u_final),
                          u_c.eq(u_c + 1)]
@@ -274,5 +273,5 @@ class ActivationOutput(wiring.Component):
                      o_in_final.eq(w_valid & w_final & w_end)]
         with m.If(self.ctl.start):
             m.d.sync += [u_active.eq(1), u_blk.eq(0), u_bank.eq(0), u_c.eq(0), r_valid.eq(0),
-                         w_valid.eq(0), o_pending.eq(1)]
+                         w_valid.eq(0)]
         return m
