@@ -1,26 +1,30 @@
 #!/usr/bin/env python3
-"""Verilator speed of the simulated encoder core: the model alone, and through cocotb.
+"""Verilator speed of the simulated encoder core: the model alone, and through the package.
 
-Two builds of ``bertcore_sim_top`` (:data:`bertcore.rtlsim.REPLAY_TOP` around the core of
-``--preset``), both with the package's Verilator flags:
+Builds of ``bertcore_sim_top`` (:data:`bertcore.rtlsim.REPLAY_TOP` around the core of
+``--preset``), all with the package's Verilator flags:
 
 * ``model``: a C++ main clocks the Verilated model and streams one activation packet per run (no
-  VPI, no Python): the ceiling of any harness. The build goes to ``--work`` (not cached).
-* ``cocotb``: the package's own path, :class:`bertcore.rtlsim.CoreSimulator` (cached in
-  ``rtlsim/`` of :func:`bertcore.cache.cache_dir`), as ``bertcore embed --backend rtl`` and the
-  benches use it.
+  VPI, no Python): the ceiling of any harness. The build goes to ``--work`` (not cached); its
+  options can be varied (``--opt-fast``, arguments after ``--``).
+* ``direct``: the package's path for runs without stalls, :class:`bertcore.rtlsim.CoreSimulator`
+  with its C++ main (:mod:`bertcore.rtlsim_main`), as ``bertcore embed --backend rtl`` and the
+  benches use it (cached in ``rtlsim/`` of :func:`bertcore.cache.cache_dir`).
+* ``cocotb``: the same through the cocotb driver (:mod:`bertcore.rtlsim_tb`), which the tests
+  use for random backpressure (cached too).
 
-Both check the outputs against the integer reference and print the build time and cycles/s.
+Each checks the outputs against the integer reference and prints the build time and cycles/s;
+the last line is ``cycles_per_s=N`` of the package's path (``direct``, else the last measured).
 Parameters are random (:func:`bertcore.rtlsim.random_model`); the speed does not depend on them.
-Arguments after ``--`` are added to the ``model`` build's Verilator command, ``--opt-fast`` sets
-the C++ optimization of its hot code (to compare options).
 
     .venv/bin/python bench/verilator_speed.py --preset minilm --seq 9
+    .venv/bin/python bench/verilator_speed.py --preset minilm --only direct
     .venv/bin/python bench/verilator_speed.py --preset tiny --only model --opt-fast=-Os -- -O0
 """
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -177,7 +181,7 @@ def main():
     ap.add_argument("--preset", default="minilm")
     ap.add_argument("--seq", type=int, default=9, help="tokens per run")
     ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--only", choices=("model", "cocotb"))
+    ap.add_argument("--only", choices=("model", "direct", "cocotb"))
     ap.add_argument("--opt-fast", help="C++ optimization of the model build's hot code "
                     "(make OPT_FAST; default: the package's)")
     ap.add_argument("--work", type=Path, default=Path("build/verilator_speed"))
@@ -196,7 +200,8 @@ def main():
     t0 = time.time()
     model = random_model(cfg)
     print(f"random {args.preset} model in {time.time() - t0:.1f} s", flush=True)
-    if args.only != "cocotb":
+    model_figure = None
+    if args.only in (None, "model"):
         t0 = time.time()
         top = EncoderTop(cfg)
         core_v = verilog.convert(top, name="bertcore_encoder", emit_src=False)
@@ -215,23 +220,33 @@ def main():
                                       args.verilator_args, args.opt_fast, args.runs)
         print(f"model: Verilator {vl_s:.0f} s + C++ {cc_s:.0f} s = build {vl_s + cc_s:.0f} s")
         print("model: " + out.replace("\n", "\nmodel: "), flush=True)
-    if args.only != "model":
+        found = re.findall(r"CPU = (\d+) cycles/s", out)
+        model_figure = float(found[-1]) if found else None
+    figure = None
+    for harness in ("direct", "cocotb"):
+        if args.only not in (None, harness):
+            continue
         t0 = time.time()
-        ok, rows, res = check_core(cfg, model, [args.seq] * args.runs,
+        ok, rows, res = check_core(cfg, model, [args.seq] * args.runs, harness=harness,
                                    progress=lambda m: print(f"[{time.time() - t0:7.1f} s] {m}",
                                                             flush=True))
         for seq, same, cycles in rows:
-            print(f"cocotb: {seq} tokens, bit-exact {'yes' if same else 'NO'}, "
+            print(f"{harness}: {seq} tokens, bit-exact {'yes' if same else 'NO'}, "
                   f"core cycles {cycles}")
         n = res.total_cycles
-        print(f"cocotb: build {res.build_s:.0f} s (cached afterwards); whole simulation "
-              f"{res.sim_s:.2f} s (start-up and $readmemh included) = {n / res.sim_s:.0f} cycles/s")
-        print(f"cocotb: runs {n} cycles in {res.run_s:.2f} s wall = {n / res.run_s:.0f} cycles/s, "
-              f"{res.run_cpu_s:.2f} s CPU = {n / res.run_cpu_s:.0f} cycles/s")
+        print(f"{harness}: build {res.build_s:.0f} s (cached afterwards); whole simulation "
+              f"{res.sim_s:.2f} s (start-up and $readmemh included) = {n / res.sim_s:.0f} "
+              "cycles/s")
+        print(f"{harness}: runs {n} cycles in {res.run_s:.2f} s wall = {n / res.run_s:.0f} "
+              f"cycles/s, {res.run_cpu_s:.2f} s CPU = {n / res.run_cpu_s:.0f} cycles/s",
+              flush=True)
         if not ok:
             return 1
+        figure = figure or n / res.run_cpu_s
+    figure = figure or model_figure
+    if figure is not None:
+        print(f"cycles_per_s={figure:.0f}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,8 +3,11 @@
 The parameter image is replayed from the simulator side: a small hand-written Verilog wrapper
 (:data:`REPLAY_TOP`) reads the image with ``$readmemh`` (file given with ``+params=FILE``) into a
 ROM and streams it into ``s_axis_param`` at the start of every run, so Python is not in the loop
-for every weight beat. cocotb (:mod:`bertcore.rtlsim_tb`) drives the activation packets, reads
-the outputs and the ``cycles`` counter. One build per configuration and simulator is cached under
+for every weight beat. A harness drives the activation packets, reads the outputs and the
+counters: for Verilator runs without stalls or waveforms (``bertcore embed --backend rtl``, the
+benches) a C++ main linked with the Verilated model (:mod:`bertcore.rtlsim_main`), else cocotb
+(:mod:`bertcore.rtlsim_tb`), which the tests use for random backpressure; both follow the same
+protocol. One build per configuration, simulator and harness is cached under
 ``rtlsim/`` of the cache directory (:func:`bertcore.cache.cache_dir`: ``$BERTCORE_CACHE`` or the
 user's cache directory): the image is a run-time file, so a new model of the same shape needs no
 rebuild.
@@ -27,7 +30,12 @@ from .toolchain import (
     verilator_public_ports,
 )
 
-__all__ = ["REPLAY_TOP", "CoreSimulator", "SimResult"]
+__all__ = ["REPLAY_TOP", "HARNESSES", "CoreSimulator", "SimResult"]
+
+#: How :class:`CoreSimulator` drives a run: "auto" (the C++ main for Verilator runs without
+#: stalls or waveforms, else cocotb), "cocotb" (:mod:`bertcore.rtlsim_tb`) or "direct" (the C++
+#: main of :mod:`bertcore.rtlsim_main`).
+HARNESSES = ("auto", "cocotb", "direct")
 
 #: Simulation top: the core plus a ROM that replays the parameter image on each ``param_go``.
 #: ``{extra_ports}``/``{extra_conns}`` take the core's further outputs (performance counters).
@@ -167,8 +175,8 @@ class SimResult:
     ended with a failure packet (0 for a result; :meth:`check` raises on one).
 
     ``sim_s`` is the wall time of the whole simulation (simulator start-up, ``$readmemh`` of the
-    image, cocotb); :attr:`run_s` and :attr:`run_cpu_s` cover only the runs, as wall time and as
-    CPU time of the simulator process (the figure that does not depend on the machine's load).
+    image, the harness); :attr:`run_s` and :attr:`run_cpu_s` cover only the runs, as wall time and
+    as CPU time of the simulator process (the figure that does not depend on the machine's load).
     """
 
     def __init__(self, data, build_s, sim_s, waves):
@@ -217,14 +225,17 @@ class CoreSimulator:
         Build with waveform tracing and write a waveform file per simulation.
     """
 
-    def __init__(self, config, simulator="verilator", *, waves=False):
+    def __init__(self, config, simulator="verilator", *, waves=False, harness="auto"):
         if simulator not in ("verilator", "icarus"):
             raise BertError(f"unknown simulator {simulator!r} (verilator or icarus)")
+        if harness not in HARNESSES:
+            raise BertError(f"unknown harness {harness!r} ({', '.join(HARNESSES)})")
         self.config = config
         self.simulator = simulator
         self.waves = waves
+        self.harness = harness
         self.build_s = 0.0
-        self._build_dir = None
+        self._build_dirs = {}
 
     def _check_tools(self):
         if self.simulator == "verilator":
@@ -233,21 +244,37 @@ class CoreSimulator:
             raise ToolNotFound("iverilog not found: `apt-get install -y iverilog` "
                                "(or run `make install`)")
 
-    def build(self, progress=lambda msg: None):
-        """Generate the Verilog and build the simulator (cached); returns the build directory.
+    def harness_for(self, stall=0.0):
+        """The harness a run with ``stall`` uses: "direct" (the C++ main of
+        :mod:`bertcore.rtlsim_main`) for Verilator runs without stalls or waveforms when
+        ``harness`` is "auto", else "cocotb"; an explicit "direct" that cannot serve the run is
+        an error."""
+        direct_ok = self.simulator == "verilator" and not self.waves and not stall
+        if self.harness == "direct" and not direct_ok:
+            raise BertError("the direct harness runs Verilator without stalls or waveforms only")
+        if self.harness == "cocotb" or not direct_ok:
+            return "cocotb"
+        return "direct"
 
-        The cache key is made from the configuration, the simulator and its options, the
-        Amaranth version and the source of the ``bertcore`` package (every ``.py`` file), so a
-        cached build is found without generating the Verilog (40-90 s on ``minilm``); any
-        change to the package's source builds anew.
+    def build(self, progress=lambda msg: None, harness=None):
+        """Generate the Verilog and build the simulator for ``harness`` (default: that of a run
+        without stalls, :meth:`harness_for`; cached); returns the build directory.
+
+        The cache key is made from the configuration, the simulator, the harness and their
+        options, the Amaranth version and the source of the ``bertcore`` package (every ``.py``
+        file), so a cached build is found without generating the Verilog (40-90 s on
+        ``minilm``); any change to the package's source builds anew.
         """
         from importlib.metadata import version
 
+        harness = harness or self.harness_for()
         self._check_tools()
-        build_args = [*VERILATOR_BUILD_ARGS, *VERILATOR_PORTS_ONLY_ARGS]
+        build_args = [*VERILATOR_BUILD_ARGS]
+        if harness == "cocotb":
+            build_args += VERILATOR_PORTS_ONLY_ARGS
         make_vars = [*VERILATOR_MAKE_VARS, *VERILATOR_SIM_MAKE_VARS]
         digest = hashlib.sha256()
-        for item in (json.dumps(self.config.to_dict(), sort_keys=True), self.simulator,
+        for item in (json.dumps(self.config.to_dict(), sort_keys=True), self.simulator, harness,
                      str(self.waves), version("amaranth"), *build_args, *make_vars):
             digest.update(item.encode() + b"\0")
         package = Path(__file__).resolve().parent
@@ -255,55 +282,91 @@ class CoreSimulator:
             digest.update(str(source.relative_to(package)).encode() + b"\0")
             digest.update(source.read_bytes() + b"\0")
         key = digest.hexdigest()[:16]
-        build_dir = cache_dir("rtlsim", f"{self.simulator}-{key}")
+        name = self.simulator if harness == "cocotb" else f"{self.simulator}-{harness}"
+        build_dir = cache_dir("rtlsim", f"{name}-{key}")
         stamp = build_dir / ".built"
         # one build per entry at a time: a second process waits, then finds it built
         with entry_lock(build_dir):
             if not stamp.exists():
-                from amaranth.back import verilog
-                from cocotb_tools.runner import VerilatorControlFile, get_runner
-                from .core.encoder import EncoderTop
-                from .core.image import image_beats
-                progress("generating the core's Verilog")
-                top = EncoderTop(self.config)
-                core_v = verilog.convert(top, name="bertcore_encoder", emit_src=False)
-                wrapper_v = replay_top(top)
-                # cocotb touches only the wrapper's ports: the rest of the design stays private to
-                # Verilator
-                public_vlt = verilator_public_ports(
-                    "bertcore_sim_top", [*_TOP_PORTS, *(name for name, _ in _extra_outputs(top))])
-                depth = image_beats(self.config)
-                build_dir.mkdir(parents=True, exist_ok=True)
-                (build_dir / "bertcore_encoder.v").write_text(core_v)
-                (build_dir / "bertcore_sim_top.v").write_text(wrapper_v)
-                sources = [build_dir / "bertcore_encoder.v", build_dir / "bertcore_sim_top.v"]
-                runner = get_runner(self.simulator)
-                if self.simulator == "verilator":
-                    patch_verilator_make(runner, make_vars=make_vars)
-                kw = {}
-                if self.simulator == "icarus":
-                    kw["timescale"] = ("1ns", "1ps")
-                else:
-                    (build_dir / "public_ports.vlt").write_text(public_vlt)
-                    sources.append(VerilatorControlFile(build_dir / "public_ports.vlt"))
-                    kw["build_args"] = build_args
-                progress(f"building the {self.simulator} model (cached afterwards)")
                 t0 = time.time()
-                try:
-                    runner.build(sources=sources, hdl_toplevel="bertcore_sim_top",
-                                 build_dir=build_dir,
-                                 parameters={"BUS": self.config.bus_width, "DEPTH": depth},
-                                 waves=self.waves, always=True,
-                                 log_file=build_dir / "build.log", **kw)
-                except Exception as exc:
-                    raise BertError(f"the {self.simulator} build failed (see "
-                                    f"{build_dir / 'build.log'}): {exc}") from None
+                if harness == "direct":
+                    self._build_direct(build_dir, build_args, make_vars, progress)
+                else:
+                    self._build_cocotb(build_dir, build_args, make_vars, progress)
                 self.build_s = time.time() - t0
                 stamp.write_text(json.dumps({"build_s": self.build_s}))
             else:
                 self.build_s = json.loads(stamp.read_text())["build_s"]
-        self._build_dir = build_dir
+        self._build_dirs[harness] = build_dir
         return build_dir
+
+    def _sources(self, build_dir, progress):
+        """Write the core's and the wrapper's Verilog into ``build_dir``; returns the core top
+        (an ``EncoderTop``) and the two paths."""
+        from amaranth.back import verilog
+        from .core.encoder import EncoderTop
+        progress("generating the core's Verilog")
+        top = EncoderTop(self.config)
+        core_v = verilog.convert(top, name="bertcore_encoder", emit_src=False)
+        build_dir.mkdir(parents=True, exist_ok=True)
+        (build_dir / "bertcore_encoder.v").write_text(core_v)
+        (build_dir / "bertcore_sim_top.v").write_text(replay_top(top))
+        return top, [build_dir / "bertcore_encoder.v", build_dir / "bertcore_sim_top.v"]
+
+    def _build_cocotb(self, build_dir, build_args, make_vars, progress):
+        from cocotb_tools.runner import VerilatorControlFile, get_runner
+        from .core.image import image_beats
+        top, sources = self._sources(build_dir, progress)
+        runner = get_runner(self.simulator)
+        if self.simulator == "verilator":
+            patch_verilator_make(runner, make_vars=make_vars)
+        kw = {}
+        if self.simulator == "icarus":
+            kw["timescale"] = ("1ns", "1ps")
+        else:
+            # cocotb touches only the wrapper's ports: the rest of the design stays private to
+            # Verilator
+            public_vlt = verilator_public_ports(
+                "bertcore_sim_top", [*_TOP_PORTS, *(name for name, _ in _extra_outputs(top))])
+            (build_dir / "public_ports.vlt").write_text(public_vlt)
+            sources.append(VerilatorControlFile(build_dir / "public_ports.vlt"))
+            kw["build_args"] = build_args
+        progress(f"building the {self.simulator} model (cached afterwards)")
+        try:
+            runner.build(sources=sources, hdl_toplevel="bertcore_sim_top", build_dir=build_dir,
+                         parameters={"BUS": self.config.bus_width,
+                                     "DEPTH": image_beats(self.config)},
+                         waves=self.waves, always=True, log_file=build_dir / "build.log", **kw)
+        except Exception as exc:
+            raise BertError(f"the {self.simulator} build failed (see "
+                            f"{build_dir / 'build.log'}): {exc}") from None
+
+    def _build_direct(self, build_dir, build_args, make_vars, progress):
+        import subprocess
+        from .core.image import image_beats
+        from .rtlsim_main import harness_source
+        verilator = ensure_verilator_env()
+        top, sources = self._sources(build_dir, progress)
+        extra = [name for name, width in _extra_outputs(top)]
+        if any(width > 64 for _, width in _extra_outputs(top)):
+            raise BertError("the direct harness reads outputs of at most 64 bits")
+        (build_dir / "main.cpp").write_text(harness_source(extra))
+        obj = build_dir / "obj"
+        progress("building the verilator model (cached afterwards)")
+        log = build_dir / "build.log"
+        steps = [
+            [verilator, "--cc", "--exe", "-Mdir", str(obj), "--top-module", "bertcore_sim_top",
+             "--prefix", "Vtop", "-o", "sim", *build_args, f"-GBUS={self.config.bus_width}",
+             f"-GDEPTH={image_beats(self.config)}", str(build_dir / "main.cpp"),
+             *map(str, sources)],
+            ["make", "-j2", "-C", str(obj), "-f", "Vtop.mk", *make_vars],
+        ]
+        with open(log, "w") as f:
+            for cmd in steps:
+                f.write(" ".join(cmd) + "\n")
+                f.flush()
+                if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode:
+                    raise BertError(f"the verilator build failed (see {log})")
 
     def run(self, image_words, activation_packets, *, stall=0.0, seed=1,
             progress=lambda msg: None, param_period=1):
@@ -318,47 +381,32 @@ class CoreSimulator:
         """
         if not isinstance(param_period, int) or not 1 <= param_period < 1 << 16:
             raise BertError(f"param_period must be an integer in 1..65535, not {param_period!r}")
-        from cocotb_tools.runner import get_runner
         from .core.image import activation_beats, image_to_hex
-        if self._build_dir is None:
-            self.build(progress)
+        harness = self.harness_for(stall)
+        if harness not in self._build_dirs:
+            self.build(progress, harness)
+        build_dir = self._build_dirs[harness]
         cfg = self.config
+        runs = []
+        for packet in activation_packets:
+            words, length, table = (*packet, [])[:3]
+            if len(words) != activation_beats(length, cfg):
+                raise BertError("activation packet length does not match its row count")
+            runs.append((length, list(table), list(words), activation_beats(length, cfg)))
         with tempfile.TemporaryDirectory(prefix="bertcore-rtlsim-") as tmp:
             tmp = Path(tmp)
             (tmp / "params.hex").write_text(image_to_hex(image_words, cfg))
-            runs = []
-            for packet in activation_packets:
-                words, length, table = (*packet, [])[:3]
-                if len(words) != activation_beats(length, cfg):
-                    raise BertError("activation packet length does not match its row count")
-                runs.append({"length": length, "act": [f"{w:x}" for w in words],
-                             "table": [f"{w:x}" for w in table],
-                             "out_beats": activation_beats(length, cfg)})
-            job = {"bus": cfg.bus_width, "runs": runs, "stall": stall, "seed": seed,
-                   "result": str(tmp / "result.json")}
-            (tmp / "job.json").write_text(json.dumps(job))
-            runner = get_runner(self.simulator)
+            plusargs = [f"+params={tmp / 'params.hex'}", f"+param_period={param_period}"]
             progress(f"simulating {len(runs)} run(s) on {self.simulator}")
             t0 = time.time()
-            env = {"BERTCORE_RTLSIM_JOB": str(tmp / "job.json"),
-                   "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-            results_xml = runner.test(
-                hdl_toplevel="bertcore_sim_top", hdl_toplevel_lang="verilog",
-                test_module="bertcore.rtlsim_tb",
-                build_dir=self._build_dir, test_dir=tmp, extra_env=env,
-                plusargs=[f"+params={tmp / 'params.hex'}", f"+param_period={param_period}"],
-                waves=self.waves,
-                log_file=tmp / "sim.log")
+            if harness == "direct":
+                data = self._run_direct(build_dir, tmp, runs, plusargs, param_period)
+            else:
+                data = self._run_cocotb(build_dir, tmp, runs, plusargs, stall, seed)
             sim_s = time.time() - t0
-            result_file = tmp / "result.json"
-            if not result_file.exists():
-                log = (tmp / "sim.log").read_text()[-2000:] if (tmp / "sim.log").exists() else ""
-                raise BertError(f"the {self.simulator} simulation produced no result: "
-                                f"{log.strip().splitlines()[-1] if log.strip() else results_xml}")
-            data = json.loads(result_file.read_text())
             waves = None
             if self.waves:
-                found = [f for d in (tmp, Path(self._build_dir)) for ext in ("fst", "vcd")
+                found = [f for d in (tmp, Path(build_dir)) for ext in ("fst", "vcd")
                          for f in sorted(d.glob(f"*.{ext}"))]
                 if found:
                     keep = cache_dir("rtlsim", "waves")
@@ -368,6 +416,46 @@ class CoreSimulator:
         if data.get("failure"):
             raise BertError(f"simulation failed: {data['failure']}")
         return SimResult(data, self.build_s, sim_s, waves)
+
+    def _run_cocotb(self, build_dir, tmp, runs, plusargs, stall, seed):
+        from cocotb_tools.runner import get_runner
+        job = {"bus": self.config.bus_width, "stall": stall, "seed": seed,
+               "result": str(tmp / "result.json"),
+               "runs": [{"length": length, "act": [f"{w:x}" for w in words],
+                         "table": [f"{w:x}" for w in table], "out_beats": out_beats}
+                        for length, table, words, out_beats in runs]}
+        (tmp / "job.json").write_text(json.dumps(job))
+        env = {"BERTCORE_RTLSIM_JOB": str(tmp / "job.json"),
+               "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        results_xml = get_runner(self.simulator).test(
+            hdl_toplevel="bertcore_sim_top", hdl_toplevel_lang="verilog",
+            test_module="bertcore.rtlsim_tb", build_dir=build_dir, test_dir=tmp,
+            extra_env=env, plusargs=plusargs, waves=self.waves, log_file=tmp / "sim.log")
+        return self._result(tmp, tmp / "sim.log", results_xml)
+
+    def _run_direct(self, build_dir, tmp, runs, plusargs, param_period):
+        import subprocess
+        from .core.perf import run_cycles
+        from .rtlsim_main import write_job
+        cfg = self.config
+        # a hang guard, not a check: 8x the modeled cycles of the longest run the core takes
+        limit = 8 * run_cycles(cfg, cfg.max_seq,
+                               param_rate=cfg.bus_width / 8 / param_period) + 1_000_000
+        write_job(tmp / "job.txt", [(length, table, words, out_beats, limit)
+                                    for length, table, words, out_beats in runs])
+        with open(tmp / "sim.log", "w") as log:
+            subprocess.run([str(build_dir / "obj" / "sim"), f"+job={tmp / 'job.txt'}",
+                            f"+result={tmp / 'result.json'}", *plusargs],
+                           stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+        return self._result(tmp, tmp / "sim.log", "no result file")
+
+    def _result(self, tmp, log_path, fallback):
+        result_file = tmp / "result.json"
+        if not result_file.exists():
+            log = log_path.read_text()[-2000:] if log_path.exists() else ""
+            raise BertError(f"the {self.simulator} simulation produced no result: "
+                            f"{log.strip().splitlines()[-1] if log.strip() else fallback}")
+        return json.loads(result_file.read_text())
 
 
 def random_model(config, seed=0):
@@ -389,14 +477,15 @@ def random_model(config, seed=0):
 
 
 def check_core(config, model, lengths, *, simulator="verilator", waves=False, seed=1,
-               stall=0.0, progress=lambda msg: None, param_period=1, pack=False):
+               stall=0.0, progress=lambda msg: None, param_period=1, pack=False,
+               harness="auto"):
     """Run random int8 inputs of ``lengths`` rows through the simulated core of ``config``.
 
     ``pack``: the sequences go first-fit into packed runs (:func:`bertcore.packing.plan_runs`),
     else one run each. Returns ``(passed, rows, result)``: per sequence, in input order,
     ``(length, identical, cycles of its run)`` against ``model.encode_int`` of that sequence
     alone; ``result.plan`` lists the runs (:class:`bertcore.packing.Run`, ``indices``: the
-    sequences of each run).
+    sequences of each run). ``harness``: :data:`HARNESSES`.
     """
     import torch
     from .core.image import check_model, pack_parameter_image, unpack_segments
@@ -406,7 +495,7 @@ def check_core(config, model, lengths, *, simulator="verilator", waves=False, se
     xs = [torch.randint(-128, 128, (n, config.hidden), generator=gen) for n in lengths]
     image = pack_parameter_image(model, config)
     runs = plan_runs(xs, config, pack=pack)
-    sim = CoreSimulator(config, simulator, waves=waves)
+    sim = CoreSimulator(config, simulator, waves=waves, harness=harness)
     res = sim.run(image, [(run.data, sum(run.lengths), run.table) for run in runs],
                   stall=stall, seed=seed, progress=progress, param_period=param_period).check()
     rows = [None] * len(xs)

@@ -63,6 +63,45 @@ def test_check_core_counters():
         assert abs(run["layer_cycles"] - layer_cycles(cfg, n)) <= 0.01 * run["layer_cycles"]
 
 
+def test_direct_harness_equals_cocotb():
+    """The C++ main (``harness="direct"``, what ``embed --backend rtl`` and the benches use)
+    drives the core as the cocotb driver does: the same outputs, core counters and simulated
+    cycles, plain and packed, on a bus of 48 bits (an integer port) and of 128 (a wide one)."""
+    from bertcore.config import preset
+    from bertcore.rtlsim import check_core, random_model
+    fields = ("out", "cycles", "sim_cycles", "error", "failed", "array_beats", "layer_cycles",
+              "failed_runs")
+    for bus in (48, 128):
+        cfg = preset("tiny").replace(bus_width=bus)
+        model = random_model(cfg)
+        for pack in (False, True):
+            got = {}
+            for harness in ("direct", "cocotb"):
+                ok, rows, res = check_core(cfg, model, [1, 9, 3, 16], pack=pack,
+                                           harness=harness)
+                assert ok, (harness, rows)
+                got[harness] = [[run[f] for f in fields] for run in res.runs]
+            assert got["direct"] == got["cocotb"]
+
+
+def test_harness_choice():
+    from bertcore.checkpoint import BertError
+    from bertcore.config import preset
+    from bertcore.rtlsim import CoreSimulator
+    cfg = preset("tiny")
+    assert CoreSimulator(cfg).harness_for() == "direct"
+    assert CoreSimulator(cfg).harness_for(stall=0.2) == "cocotb"
+    assert CoreSimulator(cfg, waves=True).harness_for() == "cocotb"
+    assert CoreSimulator(cfg, "icarus").harness_for() == "cocotb"
+    assert CoreSimulator(cfg, harness="cocotb").harness_for() == "cocotb"
+    with pytest.raises(BertError, match="without stalls or waveforms"):
+        CoreSimulator(cfg, harness="direct").harness_for(stall=0.1)
+    with pytest.raises(BertError, match="without stalls or waveforms"):
+        CoreSimulator(cfg, "icarus", harness="direct").harness_for()
+    with pytest.raises(BertError, match="unknown harness"):
+        CoreSimulator(cfg, harness="vpi")
+
+
 def test_sim_command_with_stalls(capsys):
     assert main(["sim", "--preset", "tiny", "--seq", "1,5", "--stall", "0.3", "--quiet"]) == 0
     out = capsys.readouterr().out
