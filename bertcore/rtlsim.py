@@ -365,7 +365,11 @@ class CoreSimulator:
             for cmd in steps:
                 f.write(" ".join(cmd) + "\n")
                 f.flush()
-                if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode:
+                try:
+                    failed = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+                except OSError as exc:
+                    raise BertError(f"the verilator build could not run {cmd[0]}: {exc}") from None
+                if failed:
                     raise BertError(f"the verilator build failed (see {log})")
 
     def run(self, image_words, activation_packets, *, stall=0.0, seed=1,
@@ -444,9 +448,13 @@ class CoreSimulator:
         write_job(tmp / "job.txt", [(length, table, words, out_beats, limit)
                                     for length, table, words, out_beats in runs])
         with open(tmp / "sim.log", "w") as log:
-            subprocess.run([str(build_dir / "obj" / "sim"), f"+job={tmp / 'job.txt'}",
-                            f"+result={tmp / 'result.json'}", *plusargs],
-                           stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+            try:
+                subprocess.run([str(build_dir / "obj" / "sim"), f"+job={tmp / 'job.txt'}",
+                                f"+result={tmp / 'result.json'}", *plusargs],
+                               stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+            except OSError as exc:   # e.g. the cached build was partly deleted
+                raise BertError(f"the verilator simulation could not start ({exc}); delete "
+                                f"{build_dir} to rebuild it") from None
         return self._result(tmp, tmp / "sim.log", "no result file")
 
     def _result(self, tmp, log_path, fallback):
