@@ -106,8 +106,7 @@ class WriteBack(wiring.Component):
         m.d.comb += [gelu.b.eq(sc.gelu_b), gelu.c.eq(sc.gelu_c), gelu.q1.eq(sc.gelu_q1)]
         st = {"rq": rq, "rq2": rq2, "gelu": gelu, "wb_fire": Signal(),
               "is_score": job.mode == M_SCORE, "is_ffn1": job.mode == M_FFN1,
-              "has_res": (job.mode == M_O) | (job.mode == M_FFN2),
-              "j_ffn1": Signal(name="j_ffn1")}      # is_ffn1 a cycle late
+              "has_res": (job.mode == M_O) | (job.mode == M_FFN2)}
         # stage c1: a result row, its position (row c_i of tile c_t; c_i = c_q * S + c_k)
         c1_valid = Signal()
         c1_data = [Signal(signed(acc_w), name=f"c1_{j}") for j in range(N)]
@@ -208,6 +207,13 @@ class WriteBack(wiring.Component):
         CWH, CWF, PPB = c.hidden // N, c.ffn // N, N // U
         rq, rq2, gelu = st["rq"], st["rq2"], st["gelu"]
         is_ffn1, is_score = st["is_ffn1"], st["is_score"]
+        # The job's fields through registers of their own, a cycle after the job, for the
+        # paths that can wait (rq2's ready, the bank rows; each says why): the mode decode and
+        # the job register's fan-out were the ULX3S's worst paths at 100 and 105 MHz.
+        j_ctx, j_ffn1 = Signal(), Signal()
+        j_mb, j_chw, j_chunk = Signal.like(job.mb), Signal.like(job.chw), Signal.like(job.chunk)
+        m.d.sync += [j_ctx.eq(job.mode == M_CTX), j_ffn1.eq(is_ffn1), j_mb.eq(job.mb),
+                     j_chw.eq(job.chw), j_chunk.eq(job.chunk)]
         # requantizer output: saturate by mode; FFN1 goes on through GELU and rq2
         m.d.comb += [rq.o_stream.ready.eq(Mux(is_ffn1, gelu.i_stream.ready, 1)),
                      gelu.i_stream.valid.eq(rq.o_stream.valid & is_ffn1),
@@ -215,14 +221,14 @@ class WriteBack(wiring.Component):
         for j in range(N):
             m.d.comb += gelu.i_stream.payload.data[j].eq(
                 saturate(rq.o_stream.payload.data[j], GELU_IN_BITS))
-        # rq2's output is taken in FFN1 jobs only; its ready is a register a cycle after the
-        # job (j_ffn1, below): the job's mode decode ran through rq2's and GELU's pipeline
-        # enables into the GELU's DSP clock enables, the ULX3S's worst path at 105 MHz. rq2
-        # holds nothing when a job starts or ends (a job ends once its last row is written),
-        # and its first FFN1 output comes several cycles after the job's start.
+        # rq2's output is taken in FFN1 jobs only; its ready is j_ffn1: the job's mode decode
+        # ran through rq2's and GELU's pipeline enables into the GELU's DSP clock enables, the
+        # ULX3S's worst path at 105 MHz. rq2 holds nothing when a job starts or ends (a job
+        # ends once its last row is written), and its first FFN1 output comes several cycles
+        # after the job's start.
         m.d.comb += [rq2.i_stream.valid.eq(gelu.o_stream.valid),
                      gelu.o_stream.ready.eq(rq2.i_stream.ready),
-                     rq2.i_stream.payload.last.eq(0), rq2.o_stream.ready.eq(st["j_ffn1"])]
+                     rq2.i_stream.payload.last.eq(0), rq2.o_stream.ready.eq(j_ffn1)]
         for j in range(N):
             lane = rq2.i_stream.payload.data[j]
             m.d.comb += [lane.x.eq(gelu.o_stream.payload.data[j]),
@@ -266,15 +272,10 @@ class WriteBack(wiring.Component):
         # The bank row of tile w_t, from registers: the row for w_t and the one for w_t + 1
         # are computed a cycle ahead (the products by constants and two additions after the
         # counter were an ECP5 critical path at 100 MHz), the cycle after w_t steps takes the
-        # second. They read the job's fields through registers of their own (j_*), a cycle
-        # after the job: the mode decode and the job register's fan-out before the products
-        # were the ULX3S's worst path at 100 MHz (9.7 ns). All stand for the job by its first
-        # write, which comes through c1 and the requantizer, several cycles after its start.
-        j_ctx, j_ffn1 = Signal(), st["j_ffn1"]
-        j_mb, j_chw, j_chunk = Signal.like(job.mb), Signal.like(job.chw), Signal.like(job.chunk)
-        m.d.sync += [j_ctx.eq(job.mode == M_CTX), j_ffn1.eq(is_ffn1), j_mb.eq(job.mb),
-                     j_chw.eq(job.chw), j_chunk.eq(job.chunk)]
-
+        # second. They read the job's fields from the j_* registers (the job's fan-out before
+        # the products was the worst path at 100 MHz, 9.7 ns): all stand for the job by its
+        # first write, which comes through c1 and the requantizer, several cycles after its
+        # start.
         def tile_row(t):
             grp = Mux(j_ctx, j_mb, t)
             chunk = Mux(j_ctx, j_chw + t, j_chunk)
