@@ -30,7 +30,8 @@ from .toolchain import (
     verilator_public_ports,
 )
 
-__all__ = ["REPLAY_TOP", "HARNESSES", "CoreSimulator", "SimResult"]
+__all__ = ["REPLAY_TOP", "HARNESSES", "CoreSimulator", "SimResult", "extra_outputs",
+           "replay_top"]
 
 #: How :class:`CoreSimulator` drives a run: "auto" (the C++ main for Verilator runs without
 #: stalls or waveforms, else cocotb), "cocotb" (:mod:`bertcore.rtlsim_tb`) or "direct" (the C++
@@ -143,7 +144,7 @@ _TOP_PORTS = ("clk", "rst", "param_go", *(f"{p}_{f}" for p in ("s_axis_act", "m_
               "s_axis_act_tuser", "m_axis_act_tuser", "busy", "error", "cycles")
 
 
-def _extra_outputs(top):
+def extra_outputs(top):
     """``(name, width)`` of each output of the core ``top`` the wrapper passes through."""
     from amaranth.hdl import Shape
     from amaranth.lib.wiring import Out
@@ -161,7 +162,7 @@ def replay_top(top):
     """The Verilog of :data:`REPLAY_TOP` for the core ``top`` (an ``EncoderTop``): every further
     output of the core (counters) becomes an output of the wrapper."""
     ports, conns = [], []
-    for name, width in _extra_outputs(top):
+    for name, width in extra_outputs(top):
         rng = f"[{width - 1}:0] " if width > 1 else ""
         ports.append(f",\n    output wire {rng}{name}")
         conns.append(f", .{name}({name})")
@@ -327,7 +328,7 @@ class CoreSimulator:
             # cocotb touches only the wrapper's ports: the rest of the design stays private to
             # Verilator
             public_vlt = verilator_public_ports(
-                "bertcore_sim_top", [*_TOP_PORTS, *(name for name, _ in _extra_outputs(top))])
+                "bertcore_sim_top", [*_TOP_PORTS, *(name for name, _ in extra_outputs(top))])
             (build_dir / "public_ports.vlt").write_text(public_vlt)
             sources.append(VerilatorControlFile(build_dir / "public_ports.vlt"))
             kw["build_args"] = build_args
@@ -347,10 +348,7 @@ class CoreSimulator:
         from .rtlsim_main import harness_source
         verilator = ensure_verilator_env()
         top, sources = self._sources(build_dir, progress)
-        extra = [name for name, width in _extra_outputs(top)]
-        if any(width > 64 for _, width in _extra_outputs(top)):
-            raise BertError("the direct harness reads outputs of at most 64 bits")
-        (build_dir / "main.cpp").write_text(harness_source(extra))
+        (build_dir / "main.cpp").write_text(harness_source(extra_outputs(top)))
         obj = build_dir / "obj"
         progress("building the verilator model (cached afterwards)")
         log = build_dir / "build.log"
