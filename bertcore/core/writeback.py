@@ -207,13 +207,6 @@ class WriteBack(wiring.Component):
         CWH, CWF, PPB = c.hidden // N, c.ffn // N, N // U
         rq, rq2, gelu = st["rq"], st["rq2"], st["gelu"]
         is_ffn1, is_score = st["is_ffn1"], st["is_score"]
-        # The job's fields through registers of their own, a cycle after the job, for the
-        # paths that can wait (rq2's ready, the bank rows; each says why): the mode decode and
-        # the job register's fan-out were the ULX3S's worst paths at 100 and 105 MHz.
-        j_ctx, j_ffn1 = Signal(), Signal()
-        j_mb, j_chw, j_chunk = Signal.like(job.mb), Signal.like(job.chw), Signal.like(job.chunk)
-        m.d.sync += [j_ctx.eq(job.mode == M_CTX), j_ffn1.eq(is_ffn1), j_mb.eq(job.mb),
-                     j_chw.eq(job.chw), j_chunk.eq(job.chunk)]
         # requantizer output: saturate by mode; FFN1 goes on through GELU and rq2
         m.d.comb += [rq.o_stream.ready.eq(Mux(is_ffn1, gelu.i_stream.ready, 1)),
                      gelu.i_stream.valid.eq(rq.o_stream.valid & is_ffn1),
@@ -221,14 +214,16 @@ class WriteBack(wiring.Component):
         for j in range(N):
             m.d.comb += gelu.i_stream.payload.data[j].eq(
                 saturate(rq.o_stream.payload.data[j], GELU_IN_BITS))
-        # rq2's output is taken in FFN1 jobs only; its ready is j_ffn1: the job's mode decode
-        # ran through rq2's and GELU's pipeline enables into the GELU's DSP clock enables, the
-        # ULX3S's worst path at 105 MHz. rq2 holds nothing when a job starts or ends (a job
-        # ends once its last row is written), and its first FFN1 output comes several cycles
-        # after the job's start.
+        # Nothing stalls the write-back behind the requantizers: the write register below
+        # takes a beat in every cycle, and rq2 (fed by GELU in FFN1 jobs only) holds nothing
+        # when a job starts or ends (a job ends once its last row is written). So rq2's output
+        # ready is a constant 1, and with it every pipeline enable of rq2, GELU and rq and the
+        # down-stream ready of c1 fold to 1 in synthesis: a variable ready ran through those
+        # enables into the GELU's DSP clock enables and the array's ready, ECP5 critical
+        # paths at 105 MHz (the ready was the job's mode decode, then a register of it).
         m.d.comb += [rq2.i_stream.valid.eq(gelu.o_stream.valid),
                      gelu.o_stream.ready.eq(rq2.i_stream.ready),
-                     rq2.i_stream.payload.last.eq(0), rq2.o_stream.ready.eq(j_ffn1)]
+                     rq2.i_stream.payload.last.eq(0), rq2.o_stream.ready.eq(1)]
         for j in range(N):
             lane = rq2.i_stream.payload.data[j]
             m.d.comb += [lane.x.eq(gelu.o_stream.payload.data[j]),
@@ -276,6 +271,11 @@ class WriteBack(wiring.Component):
         # the products was the worst path at 100 MHz, 9.7 ns): all stand for the job by its
         # first write, which comes through c1 and the requantizer, several cycles after its
         # start.
+        j_ctx, j_ffn1 = Signal(), Signal()
+        j_mb, j_chw, j_chunk = Signal.like(job.mb), Signal.like(job.chw), Signal.like(job.chunk)
+        m.d.sync += [j_ctx.eq(job.mode == M_CTX), j_ffn1.eq(is_ffn1), j_mb.eq(job.mb),
+                     j_chw.eq(job.chw), j_chunk.eq(job.chunk)]
+
         def tile_row(t):
             grp = Mux(j_ctx, j_mb, t)
             chunk = Mux(j_ctx, j_chw + t, j_chunk)
