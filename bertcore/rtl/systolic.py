@@ -179,11 +179,13 @@ class _ProcessingElement(wiring.Component):
             m.d.comb += product.eq(product_reg)
         m.d.sync += control_2.eq(control_1)
 
-        # stage 3: accumulate; the first k of a tile restarts from the product
+        # stage 3: accumulate; the first k of a tile restarts from the product (the adder's
+        # accumulator operand gated to 0, which the adder's LUTs absorb, rather than a
+        # multiplexer after the adder)
         acc = Signal.like(self.result, name="acc", reset_less=True)
         done = Signal()                 # acc holds a finished tile (for this cycle only)
         with m.If(control_2.valid):
-            m.d.sync += acc.eq(Mux(control_2.first, product, acc + product))
+            m.d.sync += acc.eq(Mux(control_2.first, 0, acc) + product)
         m.d.sync += done.eq(control_2.valid & control_2.last)
 
         # stage 4: copy a finished sum to the result register; the next tile may already
