@@ -4,6 +4,16 @@
 ``verilator -Wall`` rejects as incomplete (and the cocotb Verilator build treats as an error).
 ``with Fsm(m, "name") as fsm``, ``with fsm.State("A")`` and ``fsm.next("B")`` read like
 ``m.FSM``; states are numbered in order of first mention, the first one is the reset state.
+
+The state register is binary in the Verilog and carries ``fsm_encoding = "one-hot"`` for
+synthesis: yosys's ``fsm`` pass re-encodes it one-hot (a state test one flip-flop, each state
+bit's next value an OR of the transitions into it). Unmarked, yosys leaves it binary, because
+it does not re-encode a register with an initial value, and every Amaranth register has one;
+the binary decode and next-state multiplexers were the ECP5 critical paths of the sequencer,
+loader and UART bridge state machines at 110 MHz. The state is one-hot in synthesis only: a
+one-hot register in the Verilog itself makes each state test a bare bit of a register, and
+Icarus (``-g2012``) never runs a process whose inputs are only such bits of registers still at
+their initial values, so its outputs stay X (the sequencer's failure flag after reset).
 """
 
 from amaranth.hdl import Signal
@@ -14,7 +24,7 @@ __all__ = ["Fsm"]
 class Fsm:
     def __init__(self, m, name, width=5):
         self._m = m
-        self.state = Signal(width, name=f"{name}_state")
+        self.state = Signal(width, name=f"{name}_state", attrs={"fsm_encoding": "one-hot"})
         self._codes = {}
 
     def __enter__(self):
