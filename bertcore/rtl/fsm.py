@@ -14,6 +14,12 @@ loader and UART bridge state machines at 110 MHz. The state is one-hot in synthe
 one-hot register in the Verilog itself makes each state test a bare bit of a register, and
 Icarus (``-g2012``) never runs a process whose inputs are only such bits of registers still at
 their initial values, so its outputs stay X (the sequencer's failure flag after reset).
+
+yosys's re-encoding drops the register's initial value (it warns: "Initialization value on FSM
+state register is ignored"): on an FPGA the machine must be reset before it runs, as
+Amaranth's domains are. bertcore's are: the board tops hold their clock domain in reset until
+the PLL locks (``ResetSynchronizer``), and the core's datapath is reset by its ``abort``,
+which is 1 at power-up.
 """
 
 from amaranth.hdl import Signal
