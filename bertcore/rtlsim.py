@@ -30,8 +30,7 @@ from .toolchain import (
     verilator_public_ports,
 )
 
-__all__ = ["REPLAY_TOP", "HARNESSES", "CoreSimulator", "SimResult", "extra_outputs",
-           "replay_top"]
+__all__ = ["REPLAY_TOP", "HARNESSES", "CoreSimulator", "SimResult"]
 
 #: How :class:`CoreSimulator` drives a run: "auto" (the C++ main for Verilator runs without
 #: stalls or waveforms, else cocotb), "cocotb" (:mod:`bertcore.rtlsim_tb`) or "direct" (the C++
@@ -144,7 +143,7 @@ _TOP_PORTS = ("clk", "rst", "param_go", *(f"{p}_{f}" for p in ("s_axis_act", "m_
               "s_axis_act_tuser", "m_axis_act_tuser", "busy", "error", "cycles")
 
 
-def extra_outputs(top):
+def _extra_outputs(top):
     """``(name, width)`` of each output of the core ``top`` the wrapper passes through."""
     from amaranth.hdl import Shape
     from amaranth.lib.wiring import Out
@@ -162,7 +161,7 @@ def replay_top(top):
     """The Verilog of :data:`REPLAY_TOP` for the core ``top`` (an ``EncoderTop``): every further
     output of the core (counters) becomes an output of the wrapper."""
     ports, conns = [], []
-    for name, width in extra_outputs(top):
+    for name, width in _extra_outputs(top):
         rng = f"[{width - 1}:0] " if width > 1 else ""
         ports.append(f",\n    output wire {rng}{name}")
         conns.append(f", .{name}({name})")
@@ -224,17 +223,30 @@ class CoreSimulator:
     simulator : str
     waves : bool
         Build with waveform tracing and write a waveform file per simulation.
+    harness : str
+        :data:`HARNESSES`.
+    verilator_args : sequence of str
+        More Verilator arguments, after the package's (:data:`toolchain.VERILATOR_BUILD_ARGS`).
+    opt_fast : str or None
+        The C++ optimization of the Verilated model's per-cycle code (``make OPT_FAST``), in
+        place of the package's (:data:`toolchain.VERILATOR_SIM_MAKE_VARS`). Both are part of
+        the cache key; ``bench/verilator_speed.py`` varies them.
     """
 
-    def __init__(self, config, simulator="verilator", *, waves=False, harness="auto"):
+    def __init__(self, config, simulator="verilator", *, waves=False, harness="auto",
+                 verilator_args=(), opt_fast=None):
         if simulator not in ("verilator", "icarus"):
             raise BertError(f"unknown simulator {simulator!r} (verilator or icarus)")
         if harness not in HARNESSES:
             raise BertError(f"unknown harness {harness!r} ({', '.join(HARNESSES)})")
+        if simulator != "verilator" and (verilator_args or opt_fast is not None):
+            raise BertError("verilator_args and opt_fast are options of a Verilator build")
         self.config = config
         self.simulator = simulator
         self.waves = waves
         self.harness = harness
+        self.verilator_args = list(verilator_args)
+        self.opt_fast = opt_fast
         self.build_s = 0.0
         self._build_dirs = {}
 
@@ -270,10 +282,13 @@ class CoreSimulator:
 
         harness = harness or self.harness_for()
         self._check_tools()
-        build_args = [*VERILATOR_BUILD_ARGS]
+        build_args = [*VERILATOR_BUILD_ARGS, *self.verilator_args]
         if harness == "cocotb":
             build_args += VERILATOR_PORTS_ONLY_ARGS
         make_vars = [*VERILATOR_MAKE_VARS, *VERILATOR_SIM_MAKE_VARS]
+        if self.opt_fast is not None:
+            make_vars = [*(v for v in make_vars if not v.startswith("OPT_FAST=")),
+                         f"OPT_FAST={self.opt_fast}"]
         digest = hashlib.sha256()
         for item in (json.dumps(self.config.to_dict(), sort_keys=True), self.simulator, harness,
                      str(self.waves), version("amaranth"), *build_args, *make_vars):
@@ -328,7 +343,7 @@ class CoreSimulator:
             # cocotb touches only the wrapper's ports: the rest of the design stays private to
             # Verilator
             public_vlt = verilator_public_ports(
-                "bertcore_sim_top", [*_TOP_PORTS, *(name for name, _ in extra_outputs(top))])
+                "bertcore_sim_top", [*_TOP_PORTS, *(name for name, _ in _extra_outputs(top))])
             (build_dir / "public_ports.vlt").write_text(public_vlt)
             sources.append(VerilatorControlFile(build_dir / "public_ports.vlt"))
             kw["build_args"] = build_args
@@ -348,7 +363,7 @@ class CoreSimulator:
         from .rtlsim_main import harness_source
         verilator = ensure_verilator_env()
         top, sources = self._sources(build_dir, progress)
-        (build_dir / "main.cpp").write_text(harness_source(extra_outputs(top)))
+        (build_dir / "main.cpp").write_text(harness_source(_extra_outputs(top)))
         obj = build_dir / "obj"
         progress("building the verilator model (cached afterwards)")
         log = build_dir / "build.log"
@@ -484,14 +499,15 @@ def random_model(config, seed=0):
 
 def check_core(config, model, lengths, *, simulator="verilator", waves=False, seed=1,
                stall=0.0, progress=lambda msg: None, param_period=1, pack=False,
-               harness="auto"):
+               harness="auto", verilator_args=(), opt_fast=None):
     """Run random int8 inputs of ``lengths`` rows through the simulated core of ``config``.
 
     ``pack``: the sequences go first-fit into packed runs (:func:`bertcore.packing.plan_runs`),
     else one run each. Returns ``(passed, rows, result)``: per sequence, in input order,
     ``(length, identical, cycles of its run)`` against ``model.encode_int`` of that sequence
     alone; ``result.plan`` lists the runs (:class:`bertcore.packing.Run`, ``indices``: the
-    sequences of each run). ``harness``: :data:`HARNESSES`.
+    sequences of each run). ``harness``, ``verilator_args``, ``opt_fast``: as
+    :class:`CoreSimulator` takes them.
     """
     import torch
     from .core.image import check_model, pack_parameter_image, unpack_segments
@@ -501,7 +517,8 @@ def check_core(config, model, lengths, *, simulator="verilator", waves=False, se
     xs = [torch.randint(-128, 128, (n, config.hidden), generator=gen) for n in lengths]
     image = pack_parameter_image(model, config)
     runs = plan_runs(xs, config, pack=pack)
-    sim = CoreSimulator(config, simulator, waves=waves, harness=harness)
+    sim = CoreSimulator(config, simulator, waves=waves, harness=harness,
+                        verilator_args=verilator_args, opt_fast=opt_fast)
     res = sim.run(image, [(run.data, sum(run.lengths), run.table) for run in runs],
                   stall=stall, seed=seed, progress=progress, param_period=param_period).check()
     rows = [None] * len(xs)

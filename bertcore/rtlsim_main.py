@@ -214,9 +214,8 @@ int main(int argc, char** argv) {
 
 
 def harness_source(extra_outputs):
-    """The C++ main for a core whose further outputs are ``extra_outputs``
-    (:func:`bertcore.rtlsim.extra_outputs`: ``(name, width)`` pairs, each at most 64 bits
-    wide): each goes into the result of every run."""
+    """The C++ main for a core whose further outputs are ``extra_outputs`` (``(name, width)``
+    pairs, each at most 64 bits wide): each goes into the result of every run."""
     from .checkpoint import BertError
     if any(width > 64 for _, width in extra_outputs):
         raise BertError("the direct harness reads outputs of at most 64 bits")

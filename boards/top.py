@@ -213,7 +213,7 @@ ORANGECRAB_CONFIG = preset("tiny").replace(array_rows=2, array_cols=2,
 BOARDS = {
     "ulx3s-85f": BoardSpec(
         # 100 MHz: with the datapath's reset one flip-flop and X's read enables from
-        # registers the tiny core routes at 102-103 MHz on the -6 part (docs/boards.md, "Toward
+        # registers the tiny core routes at 102-106 MHz on the -6 part (docs/boards.md, "Toward
         # 100 MHz"; the slow build test holds it)
         "ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", 25e6, 100e6,
         preset("tiny").replace(resident=True),

@@ -102,6 +102,24 @@ def test_harness_choice():
         CoreSimulator(cfg, harness="vpi")
 
 
+def test_build_options_are_their_own_build():
+    """``verilator_args`` and ``opt_fast`` (what bench/verilator_speed.py varies) reach the
+    Verilator and make commands, and a build with them is a cache entry of its own."""
+    from bertcore.checkpoint import BertError
+    from bertcore.config import preset
+    from bertcore.rtlsim import CoreSimulator
+    cfg = preset("tiny")
+    plain = CoreSimulator(cfg).build()
+    varied = CoreSimulator(cfg, verilator_args=["--x-initial", "unique"], opt_fast="-O1").build()
+    assert varied != plain
+    log = (varied / "build.log").read_text()
+    assert "OPT_FAST=-O1" in log and "OPT_FAST=-O3" not in log
+    assert "--x-initial unique" in log
+    assert "OPT_FAST=-O1" not in (plain / "build.log").read_text()
+    with pytest.raises(BertError, match="options of a Verilator build"):
+        CoreSimulator(cfg, "icarus", opt_fast="-O1")
+
+
 def test_sim_command_with_stalls(capsys):
     assert main(["sim", "--preset", "tiny", "--seq", "1,5", "--stall", "0.3", "--quiet"]) == 0
     out = capsys.readouterr().out
