@@ -65,8 +65,8 @@ class IntGELU(wiring.Component):
     b : ``In(signed(b_width))``
     c : ``In(signed(c_width))``
     q1 : ``In(signed(q1_width))``
-        The i-GELU constants. They are registered once (not per stage) and used by stages 2, 4
-        and 6: change them only while no beat is in flight; beats entering two cycles after a
+        The i-GELU constants. They are registered once (not per stage) and used by stages 2, 5
+        and 7: change them only while no beat is in flight; beats entering two cycles after a
         change see the new values.
 
     Latency and throughput: fully pipelined, one beat per cycle; :attr:`latency` cycles from an
@@ -90,7 +90,7 @@ class IntGELU(wiring.Component):
 
     #: Cycles from an input transfer to the output transfer of that beat (output always ready),
     #: with DSP multipliers (see :meth:`latency_for`).
-    LATENCY = 8
+    LATENCY = 9
 
     @classmethod
     def latency_for(cls, multipliers):
@@ -197,47 +197,49 @@ class IntGELU(wiring.Component):
                 with m.If(en):
                     m.d.sync += assigns
 
-            # x travels along (its sign is used in stage 5, its value in stage 7; each +d)
+            # x travels along (its sign is used in stage 6, its value in stage 8; each +d)
             xs = [Signal(signed(self._in_width), name=f"x{k}_{lane}", reset_less=True)
                   for k in range(1, 8 + d)]
             at(xs[0].eq(self.i_stream.payload.data[lane]))        # stage 1: input register
             at(*[x.eq(p) for x, p in zip(xs[1:], xs)])
 
-            # stage 2: t = min(|x| + b, 0) = min(|x|, -b) + b  (DSP operand register)
+            # stage 2: t = min(|x| + b, 0) = min(|x|, -b) + b, in the fabric: the adder and the
+            # two multiplexers end in a flip-flop, not in the DSP's input register
             u = Mux(xs[0] < 0, b - xs[0], b + xs[0])
             t = sized("t", f"t_{lane}")
+            at(t.eq(Mux(u < 0, u, 0)))
 
-            # stage 3 (+d): partial products of t*t (DSP output registers); on ECP5 MULT18X18Ds
-            # holding the stage-2 and stage-3 registers (mult18x18d_products): t is then the
-            # value their input registers load
+            # stages 3, 4 (+d): the operand register t3 = t, then the partial products of
+            # t3*t3 (DSP output registers); on ECP5 MULT18X18Ds whose input registers are t3
+            # (mult18x18d_products: they load t)
             if on_dsp:
-                m.d.comb += t.eq(Mux(u < 0, u, 0))
                 partials = mult18x18d_products(m, t, t, en=en, name=f"tt_dsp{lane}_")
             else:
-                at(t.eq(Mux(u < 0, u, 0)))
-                partials = self._registered_products(m, at, t, t, mul_en, "tt", lane)
+                t3 = sized("t", f"t3_{lane}")
+                at(t3.eq(t))
+                partials = self._registered_products(m, at, t3, t3, mul_en, "tt", lane)
 
-            # stage 4: w = t*t + c
+            # stage 5: w = t*t + c
             w = sized("w", f"w_{lane}")
             at(w.eq(sum((p << shift for p, shift in partials), c)))
 
-            # stage 5: e = sign(x) * w
+            # stage 6: e = sign(x) * w
             e = sized("e", f"e_{lane}")
-            at(e.eq(Mux(xs[3 + d] > 0, w, Mux(xs[3 + d] < 0, -w, 0))))
+            at(e.eq(Mux(xs[4 + d] > 0, w, Mux(xs[4 + d] < 0, -w, 0))))
 
-            # stage 6: v = floor(e / 2**GELU_SHIFT) + q1  (DSP operand register)
+            # stage 7: v = floor(e / 2**GELU_SHIFT) + q1  (DSP operand register)
             v = sized("v", f"v_{lane}")
 
-            # stage 7 (+d): partial products of x * v (DSP output registers); on ECP5 inside
-            # MULT18X18Ds, which load v and x from the register before xs[5] (xs[5] loads xs[4])
+            # stage 8 (+d): partial products of x * v (DSP output registers); on ECP5 inside
+            # MULT18X18Ds, which load v and x from the register before xs[6] (xs[6] loads xs[5])
             if on_dsp:
                 m.d.comb += v.eq((e >> GELU_SHIFT) + q1)
-                partials = mult18x18d_products(m, xs[4], v, en=en, name=f"xv_dsp{lane}_")
+                partials = mult18x18d_products(m, xs[5], v, en=en, name=f"xv_dsp{lane}_")
             else:
                 at(v.eq((e >> GELU_SHIFT) + q1))
-                partials = self._registered_products(m, at, xs[5 + d], v, mul_en, "xv", lane)
+                partials = self._registered_products(m, at, xs[6 + d], v, mul_en, "xv", lane)
 
-            # stage 8: y = x * v (the output register)
+            # stage 9: y = x * v (the output register)
             y = Signal(signed(self._out_width), name=f"y_{lane}", reset_less=True)
             at(y.eq(sum((p << shift for p, shift in partials[1:]), partials[0][0] << partials[0][1])))
             m.d.comb += self.o_stream.payload.data[lane].eq(y)

@@ -15,7 +15,7 @@ Every row passes through four engines, each working on a different row at the sa
 
 * **A, input**: accepts the scores of a row (one per cycle), writes them to a row buffer and keeps
   the running maximum;
-* **B, exponential**: reads the row back, computes ``exp16`` in a 17-stage pipeline (a five-step
+* **B, exponential**: reads the row back, computes ``exp16`` in an 18-stage pipeline (a five-step
   restoring division ladder gives ``z`` and ``p``; the multipliers have registered inputs and
   outputs), writes ``exp16`` to a second buffer and sums the row;
 * **V, divider**: ``f = floor(2**32 / sum)`` by restoring division, one quotient bit per cycle;
@@ -137,7 +137,7 @@ class IntSoftmax(wiring.Component):
     ready, back-to-back rows of ``L`` elements stream at exactly one row per
     ``max(L, DIV_CYCLES)`` cycles (one element per cycle once ``L >= 20``) and the elements of a
     row leave on consecutive cycles. The first probability of a row is valid
-    ``latency(L) = 2*L + LATENCY`` cycles (``LATENCY = 41``) after its first score is accepted,
+    ``latency(L) = 2*L + LATENCY`` cycles (``LATENCY = 42``) after its first score is accepted,
     when the unit holds no earlier row. :data:`SLOTS` (5) slots are exactly enough for this
     throughput; under backpressure the unit holds up to :data:`SLOTS` rows, then deasserts
     ``i_stream.ready``. Resources: two memories of ``SLOTS * 2**ceil(log2(max_seq))`` words,
@@ -216,7 +216,7 @@ class IntSoftmax(wiring.Component):
     #: Cycles the divider spends on a row: a load cycle and one cycle per quotient bit.
     DIV_CYCLES = QUOTIENT_BITS + 1
     #: Pipeline of engine B: cycles from reading a score to writing its exp16 back.
-    EXP_STAGES = 17
+    EXP_STAGES = 18
     #: Pipeline of engine D: cycles from reading an exp16 to its probability being valid.
     NORM_STAGES = 4
     #: ``latency(L) - 2*L``: engine A takes ``L`` cycles, engine B ``L - 1`` more to read the
@@ -560,48 +560,51 @@ class IntSoftmax(wiring.Component):
                 pb9, p9, style=self._multipliers, m=m, name="pb_mul")
             m.d.sync += prod10.eq(product)
 
-        # stage 11: poly = max(prod + c, 0). When p + b < 0 the product is positive but below
-        # 2**30, so poly < c + 2**30.
+        # stage 11: poly = max(prod + c, 0), in the fabric (the adder and the clamp end in a
+        # flip-flop, not in the DSP's input register). When p + b < 0 the product is positive
+        # but below 2**30, so poly < c + 2**30.
         poly_bits = bits_for((1 << len(k_c)) - 1 + (1 << 2 * (x0_bits - 1)))
         poly11 = Signal(poly_bits)
         poly_sum = prod10 + k_c
+        m.d.sync += poly11.eq(Mux(poly_sum < 0, 0, poly_sum))
 
-        # stage 12: poly * m as registered partial products (two 17x15 DSP multiplies). On
-        # ECP5 MULT18X18Ds whose input registers are poly11 and k_m (which load poly and m).
+        # stages 12, 13: the operand registers poly12 = poly11 and k_m, then poly12 * m as
+        # registered partial products (two 17x15 DSP multiplies). On ECP5 MULT18X18Ds whose
+        # input registers are poly12 and k_m (which load poly11 and m).
         if on_dsp:
-            m.d.comb += poly11.eq(Mux(poly_sum < 0, 0, poly_sum))
-            parts12 = mult18x18d_products(m, poly11, self.m, name="pm_dsp")
+            parts13 = mult18x18d_products(m, poly11, self.m, name="pm_dsp")
         else:
-            m.d.sync += poly11.eq(Mux(poly_sum < 0, 0, poly_sum))
-            parts12 = []
+            poly12 = Signal(poly_bits)
+            m.d.sync += poly12.eq(poly11)
+            parts13 = []
             for product, offset in dsp_partial_products(
-                    poly11, k_m, style=self._multipliers, m=m, name="pm_mul"):
-                part = Signal.like(product, name=f"pm{offset}_12")
+                    poly12, k_m, style=self._multipliers, m=m, name="pm_mul"):
+                part = Signal.like(product, name=f"pm{offset}_13")
                 m.d.sync += part.eq(product)
-                parts12.append((part, offset))
+                parts13.append((part, offset))
 
-        # stage 13: P = poly * m.
+        # stage 14: P = poly * m.
         prod_bits = poly_bits + len(k_m)
-        big13 = Signal(prod_bits)
-        m.d.sync += big13.eq(sum(part << offset for part, offset in parts12))
-
-        # stages 14, 15: T = P >> (s - 1) with s - 1 = (e - 31) + z, in two barrel shifts.
         big14 = Signal(prod_bits)
+        m.d.sync += big14.eq(sum(part << offset for part, offset in parts13))
+
+        # stages 15, 16: T = P >> (s - 1) with s - 1 = (e - 31) + z, in two barrel shifts.
         big15 = Signal(prod_bits)
+        big16 = Signal(prod_bits)
         z_now = z[-1]                           # z of the element in stage 9, then 10, ...
-        for stage in range(9, 15):
+        for stage in range(9, 16):
             z_next = Signal(z_bits, name=f"z{stage}")
             m.d.sync += z_next.eq(z_now)
             z_now = z_next
-        m.d.sync += [big14.eq(big13 >> k_sh0), big15.eq(big14 >> z_now)]
+        m.d.sync += [big15.eq(big14 >> k_sh0), big16.eq(big15 >> z_now)]
 
-        # stage 16: exp16 = min((T + 1) >> 1, 2**16 - 1), i.e. round half up of P / 2**s.
+        # stage 17: exp16 = min((T + 1) >> 1, 2**16 - 1), i.e. round half up of P / 2**s.
         exp16 = Signal(SOFTMAX_EXP_BITS)
         round_bits = SOFTMAX_EXP_BITS + 1
-        saturated = big15 >= (1 << round_bits) - 1
-        m.d.sync += exp16.eq(Mux(saturated, exp_max, (big15[:round_bits] + 1) >> 1))
+        saturated = big16 >= (1 << round_bits) - 1
+        m.d.sync += exp16.eq(Mux(saturated, exp_max, (big16[:round_bits] + 1) >> 1))
 
-        # stage 17: write exp16 over the score; sum the row; at its end hand the sum over.
+        # stage 18: write exp16 over the score; sum the row; at its end hand the sum over.
         wb = tags[self.EXP_STAGES]
         wb_exp = Mux(wb.skip, 0, exp16) if self._masking else exp16
         m.d.comb += [
