@@ -96,15 +96,18 @@ class FrameReceiver(wiring.Component):
         part = Signal(range(NB))                    # byte within a word
         reason = Signal(8)                          # of a frame being drained
         last = Signal(16)                           # the last payload byte: length - 1
+        at_last = Signal()                          # idx == last, a register like idle_out
         m.d.comb += [self.crc_data.eq(byte), self.frame.addr.eq(idx), self.frame.data.eq(byte),
                      self.whole_words.eq((self.length != 0) & (part == 0))]
 
         idle = Signal(range(self._timeout + 1))     # cycles since the last byte taken
+        # idle == timeout, kept in a register of its own (the counter's compare ran on into
+        # the frame's state multiplexers: an ECP5 path of 9.35 ns)
+        idle_out = Signal(init=self._timeout == 0)
         with m.If(got):
-            m.d.sync += idle.eq(0)
-        with m.Elif(idle != self._timeout):
-            m.d.sync += idle.eq(idle + 1)
-        idle_out = idle == self._timeout
+            m.d.sync += [idle.eq(0), idle_out.eq(self._timeout == 0)]
+        with m.Elif(~idle_out):
+            m.d.sync += [idle.eq(idle + 1), idle_out.eq(idle == self._timeout - 1)]
 
         with Fsm(m, "frame") as fsm:
             with fsm.State("HUNT"):
@@ -124,7 +127,7 @@ class FrameReceiver(wiring.Component):
                         m.d.comb += self.crc_valid.eq(1)
                         if nxt is not None:
                             fsm.next(nxt)
-                        self._take(m, fsm, state, byte, idx, part, last)
+                        self._take(m, fsm, state, byte, idx, part, last, at_last)
                     with m.Elif(idle_out):
                         m.d.comb += [self.done.eq(1), self.reason.eq(P.NAK_TIMEOUT)]
                         fsm.next("IDLE")
@@ -132,7 +135,7 @@ class FrameReceiver(wiring.Component):
                 # the length checked from its register, a cycle after its last byte (no byte
                 # is taken meanwhile: it waits in the UART receiver); the compare and the
                 # frame's state after the byte's own multiplexers did not fit 10 ns on ECP5
-                m.d.sync += last.eq(self.length - 1)
+                m.d.sync += [last.eq(self.length - 1), at_last.eq(self.length == 1)]
                 with m.If(self.length > self._max_payload):
                     m.d.sync += reason.eq(P.NAK_LENGTH)
                     fsm.next("DISCARD")
@@ -159,7 +162,7 @@ class FrameReceiver(wiring.Component):
                     fsm.next("HUNT")
         return m
 
-    def _take(self, m, fsm, state, byte, idx, part, last):
+    def _take(self, m, fsm, state, byte, idx, part, last, at_last):
         """A byte of the frame taken in ``state``: store it (header field or payload)."""
         NB = self._bus_bytes
         if state == "TYPE":
@@ -172,8 +175,9 @@ class FrameReceiver(wiring.Component):
             m.d.sync += [self.length[8:].eq(byte), idx.eq(0), part.eq(0)]
         elif state == "PAYLOAD":
             m.d.comb += self.frame.en.eq(1)
-            m.d.sync += [idx.eq(idx + 1), part.eq(Mux(part == NB - 1, 0, part + 1))]
-            with m.If(idx == last):
+            m.d.sync += [idx.eq(idx + 1), part.eq(Mux(part == NB - 1, 0, part + 1)),
+                         at_last.eq(idx + 1 == last)]
+            with m.If(at_last):
                 fsm.next("CRC0")
 
 
