@@ -13,7 +13,6 @@ from amaranth.hdl import Module, Mux
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out, connect, flipped
 
-from bertcore.rtl.stream import RegisterSlice
 
 from .attention import SoftmaxPass
 from .buffers import Buffers
@@ -78,15 +77,9 @@ class Datapath(wiring.Component):
         m.submodules.smax = smax = SoftmaxPass(c)
         m.submodules.ln = ln = LayerNormPass(c)
         m.submodules.seq = seq = Sequencer(c)
-        # streams and run control
-        # the image reaches the loader through a register slice: the loader's ready (its slot
-        # and state flags) no longer runs through the run controller's stream multiplexers and
-        # back into the loader's accept logic across the chip (the ECP5 critical path at
-        # 100 MHz). The controller passes no beat beyond the image's tlast, so the slice holds
-        # only beats of the running image; the datapath's reset (abort) empties it.
-        m.submodules.param_slice = p_slice = RegisterSlice(self.param.payload.shape())
-        connect(m, flipped(self.param), p_slice.i_stream)
-        connect(m, p_slice.o_stream, loader.param)
+        # streams and run control (the image reaches the loader through the loader's own
+        # register slice)
+        connect(m, flipped(self.param), loader.param)
         connect(m, flipped(self.act), inp.act)
         connect(m, outp.out, flipped(self.out))
         m.d.comb += [loader.start.eq(self.start), seq.ctl.start.eq(self.start),

@@ -19,6 +19,7 @@ from bertcore.rtl.fsm import Fsm
 from bertcore.rtl.gelu import IntGELU
 from bertcore.rtl.requant import REQ_E_BITS
 from bertcore.rtl.softmax import IntSoftmax
+from bertcore.rtl.stream import RegisterSlice
 
 from .common import G_FFN1, G_FFN2, G_O, G_Q, bus_signature, handover, read_port
 from .image import (HEADER_BITS, LN_BIAS_BITS, LN_FIELDS, PANEL_FIELDS, PANEL_ROW, SCALAR_BITS,
@@ -67,7 +68,8 @@ class ParameterLoader(wiring.Component):
     Members
     -------
     param : ``In(bus_signature(bus_width))``
-        The parameter image.
+        The parameter image (taken through a register slice: a beat is acted on a cycle after
+        its transfer).
     start : ``In(1)``
         A run starts: expect a header.
     fail : ``Out(1)``
@@ -136,14 +138,38 @@ class ParameterLoader(wiring.Component):
         scalars = Signal(scalar_layout(), reset_less=True)
         m.d.comb += self.scalars.eq(scalars)
 
+        # the image arrives through a register slice that also carries, for each beat, its
+        # compare with every beat of the expected header (image.header_words): computed on the
+        # slice's input, so that the header check is a register, not a 32-bit compare on the
+        # path into the run controller's failure flag (the ULX3S's worst path at 125 MHz).
+        # The slice also keeps the loader's ready (its slot and state flags) out of the run
+        # controller's stream multiplexers (the ECP5 critical path at 100 MHz). The controller
+        # passes no beat beyond the image's tlast, so the slice holds only beats of the running
+        # image; the datapath's reset (abort) empties it.
+        expected = sum(word << (32 * i) for i, word in enumerate(header_words(c)))
+        hdr_beats = vector_beats(HEADER_BITS, BUS)
+        m.submodules.param_slice = p_slice = RegisterSlice(data.StructLayout({
+            "data": BUS, "last": 1, "hdr": hdr_beats}))
+        hdr_checks = []
+        for b in range(hdr_beats):
+            width = min(BUS, HEADER_BITS - b * BUS)
+            part = (expected >> (b * BUS)) & ((1 << width) - 1)
+            hdr_checks.append(self.param.payload.data[:width] == part)
+        m.d.comb += [p_slice.i_stream.valid.eq(self.param.valid),
+                     p_slice.i_stream.payload.data.eq(self.param.payload.data),
+                     p_slice.i_stream.payload.last.eq(self.param.payload.last),
+                     p_slice.i_stream.payload.hdr.eq(Cat(*hdr_checks)),
+                     self.param.ready.eq(p_slice.i_stream.ready)]
+        param = p_slice.o_stream
+
         # vector assembly: the beats of a vector so far, and the current beat merged in
         total = image_beats(c)
         pbeat = Signal(range(total + 1))
         VB = vector_beats(max_vector_bits(c), BUS)
         vec = Signal(VB * BUS, reset_less=True)
         st["vb"] = vb = Signal(range(VB + 1))
-        st["fire"] = p_fire = self.param.valid & self.param.ready
-        st["merged"] = merged = Cat(*(Mux(vb == b, self.param.payload.data,
+        st["fire"] = p_fire = param.valid & param.ready
+        st["merged"] = merged = Cat(*(Mux(vb == b, param.payload.data,
                                           vec[b * BUS:(b + 1) * BUS]) for b in range(VB)))
         st["ok"] = param_ok = Signal()     # the loader may take a beat in its current state
         st["vdone"] = vdone = Signal()     # this beat completes the current vector
@@ -157,7 +183,7 @@ class ParameterLoader(wiring.Component):
         ready = Signal()
         m.d.sync += ready.eq(param_ok & ~(st["set_slot"] | st["set_scal"] | st["set_ln"]
                                           | st["hdr_end"]))
-        m.d.comb += self.param.ready.eq(ready)
+        m.d.comb += param.ready.eq(ready)
         # every beat taken goes into vec, the last of a vector too (harmless: the next vector
         # overwrites its beats in order before it reads them back); with the state's
         # ``vdone`` out of the enable of these VB * BUS flip-flops, the state decode does not
@@ -168,20 +194,17 @@ class ParameterLoader(wiring.Component):
                 m.d.sync += vb.eq(0)
             with m.Else():
                 m.d.sync += vb.eq(vb + 1)
-        # length checks: tlast exactly on beat total-1
+        # length checks: tlast exactly on beat total-1 (``at_end``: pbeat == total - 1, a
+        # register beside the counter, for the same reason as the header checks)
+        at_end = Signal(init=total == 1)
+        with m.If(p_fire):
+            m.d.sync += at_end.eq(pbeat == total - 2)
         fail_len = Signal()
-        m.d.comb += fail_len.eq(p_fire & (self.param.payload.last != (pbeat == total - 1)))
-        # header (image.header_words): each beat is compared with its part of the expected
-        # header as it arrives (a compare with constants, not a multiplexer of the assembled
-        # vector), the results kept in hdr_ok
-        expected = sum(word << (32 * i) for i, word in enumerate(header_words(c)))
-        hdr_checks = []
-        for b in range(vector_beats(HEADER_BITS, BUS)):
-            width = min(BUS, HEADER_BITS - b * BUS)
-            part = (expected >> (b * BUS)) & ((1 << width) - 1)
-            hdr_checks.append(self.param.payload.data[:width] == part)
+        m.d.comb += fail_len.eq(p_fire & (param.payload.last != at_end))
+        # header: each beat's compare with its part of the expected header (from the slice),
+        # the results kept in hdr_ok
         st["beat_ok"] = Signal()        # this header beat is as expected
-        m.d.comb += st["beat_ok"].eq(Cat(*hdr_checks).bit_select(vb, 1))
+        m.d.comb += st["beat_ok"].eq(param.payload.hdr.bit_select(vb, 1))
         fail_hdr = self._fsm(m, st, slots, scalars)
         m.d.comb += [self.fail.eq(fail_hdr | fail_len), self.bad_length.eq(fail_len)]
         return m
