@@ -152,7 +152,11 @@ class Sequencer(wiring.Component):
         packed = Signal()
         s_kb = Signal(range(GRP))
         s_ktiles = Signal(range(GRP + 1))
-        k_end = Signal(range(c.max_seq + 1))    # BSPAN: the span's last key block's end
+        # the span's key blocks end at block kb1 (BSPAN), its keys at k_end = min(kb1 * N,
+        # seq_len) (SCORES); the key count follows in SRUN: one step per cycle (the three
+        # in one cycle were a path of 9.2 ns on the ULX3S)
+        s_kb1 = Signal(range(GRP + 1))
+        k_end = Signal(range(c.max_seq + 1))
         # attention: the bank of the running block; the softmax pass is busy; the P·V job of
         # the block whose softmax pass runs or ran last
         s_bank = Signal()
@@ -263,17 +267,18 @@ class Sequencer(wiring.Component):
                         with m.Elif(s_group == G_FFN2):
                             m.d.sync += s_ln.eq(1)
                             fsm.next("LN")
-            self._bounds(m, fsm, s_mb, s_kb, s_ktiles, k_end)
+            self._bounds(m, fsm, s_mb, s_kb, s_ktiles, s_kb1)
             with fsm.State("SCORES"):
                 with m.If(packed):
-                    # the span's key count, from BSPAN's registers (one compare-and-subtract
-                    # chain per cycle); the softmax pass takes it when the scores are done
-                    m.d.sync += self.keys.eq(k_end - s_kb * N)
+                    m.d.sync += k_end.eq(Mux(s_kb1 * N > seq_len, seq_len, s_kb1 * N))
                 with m.If(self.job_ready):
                     start_job(J_SCORE, A_Q, s_ktiles, hd, M_SCORE, mb=s_mb, kb=s_kb,
                               chw=s_head * HPW, bank=s_bank)
                     fsm.next("SRUN")
             with fsm.State("SRUN"):
+                with m.If(packed):
+                    # the span's key count; the softmax pass takes it when the scores are done
+                    m.d.sync += self.keys.eq(k_end - s_kb * N)
                 with m.If(job.done):
                     with m.If(sm_idle):
                         after_scores()
@@ -316,9 +321,10 @@ class Sequencer(wiring.Component):
                     fsm.next("IDLE")
         return m
 
-    def _bounds(self, m, fsm, s_mb, s_kb, s_ktiles, k_end):
+    def _bounds(self, m, fsm, s_mb, s_kb, s_ktiles, s_kb1):
         """The states of a packed run that read the segment bounds of the query block's rows
-        (``BOUNDS``) and derive its key span (``BSPAN``): ``s_kb``, ``s_ktiles``, ``k_end``."""
+        (``BOUNDS``) and derive its key span (``BSPAN``): its key blocks ``s_kb`` to
+        ``s_kb1 - 1``, ``s_ktiles`` of them."""
         c, N, seq_len = self._c, self._c.array_cols, self.seq_len
         b_i = Signal(range(N + 1))    # BOUNDS: the row read this cycle
         k_lo = Signal(range(c.max_seq + 1))
@@ -345,6 +351,5 @@ class Sequencer(wiring.Component):
             # key blocks kb0 .. kb1 - 1 hold the keys [k_lo, k_hi)
             kb0 = _div(k_lo, N)
             kb1 = _div(k_hi + N - 1, N)
-            m.d.sync += [s_kb.eq(kb0), s_ktiles.eq(kb1 - kb0),
-                         k_end.eq(Mux(kb1 * N > seq_len, seq_len, kb1 * N))]
+            m.d.sync += [s_kb.eq(kb0), s_ktiles.eq(kb1 - kb0), s_kb1.eq(kb1)]
             fsm.next("SCORES")
