@@ -119,7 +119,15 @@ class ActivationInput(wiring.Component):
         d_next = d_bytes + BB
         rows_bytes = Signal(range(c.max_seq * c.hidden + 1))   # the table's rows, in bytes
         m.d.sync += rows_bytes.eq(times(seg.total, c.hidden))  # (set with the table, used later)
-        d_enough = d_next >= rows_bytes
+        # d_enough = (d_next >= rows_bytes) a cycle late, from a register: its adder and compare
+        # ran on into the run controller's failure flag (the ULX3S's worst path at 125 MHz).
+        # Exact where it is read, at a data beat's last byte: d_bytes changes only at such a
+        # byte and the next one comes two cycles later at the earliest (a beat is taken the
+        # cycle after the last byte of the one before, its first byte is the cycle after
+        # that), and rows_bytes is final a cycle after the table's last byte, which precedes
+        # the first data beat's last byte by two cycles at least
+        d_enough = Signal()
+        m.d.sync += d_enough.eq(d_next >= rows_bytes)
         # the byte of this cycle, ib.word_select(ib_idx, 8), from a register loaded one byte
         # ahead (a beat's byte 0 as the beat is taken, else the byte after the current one): the
         # segment table's checks and the gatherer start at a flip-flop, not at a byte select
