@@ -55,8 +55,13 @@ _UNUSED_NAME = re.compile(r"not used: '([^']*)'")
 # and a memory port's nets `\\$signature__addr$354` (a register merged into a write port).
 # Also `assign NAME = 1'h1;`: a component's input left unconnected keeps its init value, and
 # yosys keeps the signal's name on that constant (e.g. a Multiplier's `en`).
-_ALIAS = re.compile(r"^\s*assign\s+(\\?\S+)\s*=\s*(\\?\$?[A-Za-z_][\w.$]*|\d+'h[0-9a-f]+)"
-                    r"\s*(\[[\d:]+\])?\s*;")
+# Also `assign NAME = { a, \\$5 , b[3:0] };`: a net that only gathers other nets' bits, e.g.
+# the port net of a primitive wrapper whose instance drives one net per pin (a BlockRam's
+# read data, named in the wrapper and again in its parent, where the pins' nets are `$N`).
+_NET = r"\\?\$?[A-Za-z_][\w.$]*\s*(?:\[[\d:]+\])?"
+_BIT = r"(?:" + _NET + r"|\\\$\d+\s*(?:\[[\d:]+\])?)"
+_ALIAS = re.compile(r"^\s*assign\s+(\\?\S+)\s*=\s*(?:" + _NET + r"|\d+'h[0-9a-f]+"
+                    r"|\{\s*" + _BIT + r"(?:\s*,\s*" + _BIT + r")*\s*\})\s*;")
 
 
 def net_aliases(source):

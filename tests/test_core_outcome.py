@@ -252,3 +252,26 @@ def test_outcomes_icarus(tiny_core, tiny_image):
          .failed("bad_header", FAIL_HEADER, delay=8)
          .failed("bad_header", FAIL_HEADER, delay=AFTER_OUTCOME).good(1))
     _cocotb(tiny_core, tiny_image, s, "icarus", seed=7, stall=0.2)
+
+
+def test_outcomes_resident_ecp5_verilator(tiny_core, tiny_image):
+    """The resident core as built for ECP5 (``MULT18X18D`` multipliers and the stored image in
+    ``DP16KD`` blocks with their output registers, simulated with our models of both): a run
+    with no image stored fails; an image and replays of it give each packet's own result; a
+    failed image load leaves none stored. Verilator, random stalls on all streams."""
+    from sim.models import DP16KD, ECP5, MULT18X18D
+    cfg = TINY.replace(resident=True)
+    s = (Scenario(tiny_core, cfg, seed=34)
+         .failed("none", FAIL_NO_IMAGE)
+         .good(2)
+         .good(5, image="none")
+         .good(1, image="none")
+         .failed("bad_header", FAIL_HEADER, delay=8)
+         .failed("none", FAIL_NO_IMAGE)
+         .good(3))
+    params = {"scenario": s.runs, "seed": 8, "stall": 0.2, "timeout": 400000}
+    names = run_cocotb(ImageReplayTop(cfg, tiny_image), toplevel="tb_core_top",
+                       test_module="tb_core", simulator="verilator", params=params,
+                       name="core_tiny_resident_ecp5", tests=["outcomes"], platform=ECP5,
+                       models=[MULT18X18D, DP16KD])
+    assert names == ["outcomes"]

@@ -7,11 +7,11 @@ Datapath`, which it resets (``abort``) after every run and on every error.
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Module, Signal, unsigned
+from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from bertcore.rtl.blockram import BlockRam
 from bertcore.rtl.fsm import Fsm
 
 from .common import act_signature, bus_signature, out_signature, pick
@@ -230,7 +230,9 @@ class RunControl(wiring.Component):
         r_valid = Signal()             # the blocks' outputs hold a beat (of block r_blk)
         # The memory in blocks of 2**IMAGE_BLOCK_BITS words, each block's read data registered
         # before the multiplexer over the blocks (b): a block RAM's clock-to-out (5.8 ns on ECP5
-        # without its output register) and that multiplexer do not fit one 10 ns cycle. Then
+        # without its output register) and that multiplexer do not fit one 10 ns cycle; b is
+        # the block's output register (rtl.blockram), a block RAM's clock-to-out plus a
+        # route into a fabric register did not fit 8 ns (ULX3S at 125 MHz). Then
         # one more register (q) before the datapath, so the header checks start from a
         # flip-flop. Memory -> b -> q, each stage moving when the one after it can take.
         block = 1 << IMAGE_BLOCK_BITS
@@ -238,7 +240,7 @@ class RunControl(wiring.Component):
         r_blk = Signal(range(len(sizes)))
         b_valid = Signal()
         b_blk = Signal(range(len(sizes)))
-        b_data = [Signal(bus + 1, name=f"b_data{i}") for i in range(len(sizes))]
+        b_data = []
         q_valid = Signal()             # the register after it (the replayed stream) holds one
         q_payload = Signal(bus + 1)
         q_load = ~q_valid | self.dp_param.ready
@@ -246,15 +248,16 @@ class RunControl(wiring.Component):
         r_en = ~r_valid | b_load
         cap_blk, rd_blk = cap_addr[IMAGE_BLOCK_BITS:], r_addr[IMAGE_BLOCK_BITS:]
         for i, depth in enumerate(sizes):
-            m.submodules[f"image_{i}"] = image = Memory(shape=unsigned(bus + 1), depth=depth,
-                                                        init=[])
-            wp, rp = image.write_port(), image.read_port()
+            # the block's read data register b is the block RAM's own output register
+            # (rtl.blockram: on ECP5 a DP16KD's, whose clock-to-out is ~1 ns instead of 5.8)
+            m.submodules[f"image_{i}"] = image = BlockRam(bus + 1, depth)
             with m.If(p_fire & ~replay & (cap_addr != total) & (cap_blk == i)):
-                m.d.comb += [wp.en.eq(1), wp.data.eq(self.s_param.payload.as_value())]
+                m.d.comb += image.w_en.eq(1)
             # (the ports' addresses are as wide as their block: the low bits of the address)
-            m.d.comb += [wp.addr.eq(cap_addr), rp.addr.eq(r_addr), rp.en.eq(r_en)]
-            with m.If(b_load):
-                m.d.sync += b_data[i].eq(rp.data)
+            m.d.comb += [image.w_data.eq(self.s_param.payload.as_value()),
+                         image.w_addr.eq(cap_addr), image.r_addr.eq(r_addr),
+                         image.r_en.eq(r_en), image.o_en.eq(b_load)]
+            b_data.append(image.r_data)
         with m.If(p_fire & ~replay & (cap_addr != total)):
             m.d.sync += cap_addr.eq(cap_addr + 1)
         with m.If(q_load):
