@@ -176,6 +176,7 @@ class GemmEngine(wiring.Component):
                      self.slot_index.eq(wjob.slot)]
         m.d.comb += [feeder.start.eq(self.ctl.start), feeder.desc.eq(self.ctl.desc),
                      feeder.job.eq(fjob), wb.start.eq(wb_start), wb.job.eq(wjob),
+                     wb.start_mode.eq(Mux(queued, fjob.mode, self.ctl.desc.mode)),
                      wb.panel.eq(Mux(wjob.slot, self.panels[1], self.panels[0])),
                      wb.scalars.eq(self.scalars), self.error.eq(array.error)]
         # operands: one registered beat drives both of the array's operand streams
