@@ -662,7 +662,8 @@ Info: Max frequency for clock '$glbnet$clk': 101.50 MHz (PASS at 100.00 MHz)
 
 def test_failing_endpoints():
     """Endpoints over the period, grouped by register or memory, latest first; logic cells,
-    combinational multipliers and clock pins are not endpoints."""
+    combinational multipliers (products after operands) and clock pins are not endpoints; a
+    multiplier with input registers (products from the clock) is, one group per operand."""
     from bertcore.flow.paths import failing_endpoints
 
     def net(driver, port, *sinks):
@@ -674,8 +675,11 @@ def test_failing_endpoints():
             ("top.core.b_TRELLIS_FF_Q_1", "CE", 10.4), ("top.core.b_TRELLIS_FF_Q", "CLK", 99.0)),
         net("top.core.lut_LUT4_Z", "F", ("top.core.b_TRELLIS_FF_Q_2", "DI", 11.0),
             ("top.core.b_TRELLIS_FF_Q_3", "DI", 10.2), ("top.core.k_2.0.15$DPRAM_COMB1", "WD", 10.6),
-            ("top.core.k_2.1.3$DPRAM_COMB0", "WD", 9.9), ("top.core.m_MULT18X18D", "A3", 20.0)),
+            ("top.core.k_2.1.3$DPRAM_COMB0", "WD", 9.9), ("top.core.m_MULT18X18D", "A3", 7.0),
+            ("top.core.r.mult18x18d", "A5", 10.3), ("top.core.r.mult18x18d", "B0", 9.5)),
         net("top.core.m_MULT18X18D", "P3", ("top.core.p_TRELLIS_FF_Q_7", "M", 10.8)),
+        net("top.core.s_TRELLIS_FF_Q", "Q", ("top.core.r.mult18x18d", "A6", 10.1)),
+        net("top.core.r.mult18x18d", "P0", ("top.core.y_TRELLIS_FF_Q", "DI", 2.0)),
         net("top.bridge.x_TRELLIS_FF_Q", "Q", ("top.core.b_TRELLIS_FF_Q_2", "LSR", 9.0)),
     ]}
     assert failing_endpoints(report, 10.0) == [
@@ -683,6 +687,7 @@ def test_failing_endpoints():
         {"endpoint": "core.p.M", "arrival_ns": 10.8, "count": 1},
         {"endpoint": "core.k_*.WD", "arrival_ns": 10.6, "count": 1},
         {"endpoint": "core.b.CE", "arrival_ns": 10.4, "count": 1},
+        {"endpoint": "core.r.mult18x18d.A", "arrival_ns": 10.3, "count": 2},
     ]
     assert len(failing_endpoints(report, 10.0, limit=2)) == 2
     assert failing_endpoints(report, 30.0) == []

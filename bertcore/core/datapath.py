@@ -13,7 +13,6 @@ from amaranth.hdl import Module, Mux
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out, connect, flipped
 
-
 from .attention import SoftmaxPass
 from .buffers import Buffers
 from .common import act_signature, bus_signature

@@ -40,6 +40,11 @@ def endpoint_name(cell):
     return re.sub(r"_\d+$", "_*", name)
 
 
+def _latest(sink):
+    delay = sink["delay"]
+    return max(delay) if isinstance(delay, list) else delay
+
+
 def failing_endpoints(report, period_ns, limit=None):
     """Endpoints whose arrival exceeds ``period_ns``, grouped (see the module docstring).
 
@@ -47,14 +52,29 @@ def failing_endpoints(report, period_ns, limit=None):
     list of ``{"endpoint", "arrival_ns", "count"}``, the latest group first; ``endpoint`` is
     ``<register or memory>.<port>``. Without ``"detailed_net_timings"`` in the report (nextpnr
     ran without ``--detailed-timing-report``) raises :class:`ValueError`.
+
+    A multiplier's operand pins are endpoints when its input registers are on, which the
+    report shows by its products arriving before its operands (their paths start at the
+    clock); they are grouped per operand (``<dsp>.A``, ``.B``, ``.C``). A combinational
+    multiplier's products arrive after its operands: its pins are not endpoints.
     """
     nets = report.get("detailed_net_timings")
     if nets is None:
         raise ValueError("the report has no detailed net timings "
                          "(run nextpnr with --report FILE --detailed-timing-report)")
     outputs = {}
+    product_arrival = {}         # a multiplier's latest arrival at the sinks of its P outputs
     for net in nets:
         outputs.setdefault(net["driver"], set()).add(net["port"])
+        if re.match(r"P\d+$", net["port"]):
+            latest = max((_latest(sink) for sink in net["endpoints"]), default=0.0)
+            product_arrival[net["driver"]] = max(product_arrival.get(net["driver"], 0.0), latest)
+    input_arrival = {}           # and at its inputs
+    for net in nets:
+        for sink in net["endpoints"]:
+            if sink["cell"] in product_arrival:
+                input_arrival[sink["cell"]] = max(input_arrival.get(sink["cell"], 0.0),
+                                                  _latest(sink))
     ends = []
     for net in nets:
         for sink in net["endpoints"]:
@@ -65,11 +85,17 @@ def failing_endpoints(report, period_ns, limit=None):
             if "Q" in outs:                            # a flip-flop
                 if port not in _FF_ENDPOINTS:
                     continue
-            elif outs & _COMB_OUTPUTS or any(re.match(r"P\d+$", p) for p in outs):
-                continue                               # logic, or a combinational multiplier
-            delay = sink["delay"]
-            delay = max(delay) if isinstance(delay, list) else delay
+            elif outs & _COMB_OUTPUTS:
+                continue                               # logic
+            elif cell in product_arrival and product_arrival[cell] >= input_arrival[cell]:
+                # a combinational multiplier: its products arrive after its operands (with
+                # input registers, the products' paths start at the clock instead)
+                continue
+            delay = _latest(sink)
             if delay > period_ns:
+                if ((cell in product_arrival or "MULT18X18D" in cell.upper())
+                        and re.match(r"[ABC]\d+$", port)):
+                    port = port[0]                     # a multiplier: one group per operand
                 ends.append((delay, endpoint_name(cell) + "." + port))
     ends.sort(reverse=True)
     groups = {}
