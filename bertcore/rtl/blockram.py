@@ -33,7 +33,11 @@ Behaviour both forms share
   0 and is cleared by the reset on ECP5 (a block's state after configuration; its ``RSTB``),
   not in the behavioural form (an Amaranth read port has no initial value in a four-state
   simulator and no reset): load the output register only with a word read after the
-  configuration or the last reset.
+  configuration or the last reset. A ``ResetInserter`` around a design clears the behavioural
+  output register but does not reach ``RSTB`` (an instance port), as for
+  :class:`~bertcore.rtl.multiplier.Multiplier`: do not rely on ``r_data`` after such a reset
+  before the output register has loaded again. The run controller does neither (its valid
+  bits say when a block's word is used).
 * A read of the word written in the same cycle is not defined on ECP5 (the two ports of a
   block); the behavioural form gives the old word. Do not rely on either.
 """
