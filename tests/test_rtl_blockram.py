@@ -170,8 +170,8 @@ def test_target_from_platform():
 
 
 @pytest.mark.parametrize("args,kwargs,error,message", [
-    ((0, 16), {}, ValueError, r"width must be at least 1, not 0"),
-    ((8, 0), {}, ValueError, r"depth must be at least 1, not 0"),
+    ((0, 16), {}, ValueError, r"width must be a positive integer, not 0"),
+    ((8, 0), {}, ValueError, r"depth must be a positive integer, not 0"),
     (("8", 16), {}, TypeError, r"width must be an integer, not '8'"),
     ((8, 16.0), {}, TypeError, r"depth must be an integer, not 16.0"),
     ((8, 2048), {"target": "ecp5"}, ValueError,

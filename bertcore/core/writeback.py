@@ -48,7 +48,7 @@ class WriteBack(wiring.Component):
         A job starts: its first result row is the next one on ``i_acc``.
     job : ``In(job_layout(config))``
         The running job (from the cycle after ``start``).
-    start_mode : ``In(range(8))``
+    start_mode : ``In(job_layout(config)["mode"])``
         With ``start``: the mode of the job that starts (what ``job.mode`` is from the next
         cycle on).
     i_acc : ``In(stream.Signature(acc_layout))``
@@ -79,7 +79,7 @@ class WriteBack(wiring.Component):
         super().__init__({
             "start": In(1),
             "job": In(job_layout(config)),
-            "start_mode": In(range(8)),
+            "start_mode": In(job_layout(config).members["mode"]),
             "i_acc": In(stream.Signature(acc_layout)),
             "res_x": Out(row_read(grp * cwh, word, n)),
             "res_a": Out(row_read(grp * cwh, word, n)),

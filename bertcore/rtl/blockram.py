@@ -48,13 +48,13 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .common import rejecting
+from .common import PRIMITIVE_TARGETS, check_int, check_target, rejecting, targets_ecp5
 
 __all__ = ["BlockRam", "BLOCKRAM_TARGETS", "DP16KD_WIDTH", "DP16KD_DEPTH"]
 
 #: Values of :class:`BlockRam`'s ``target``: ``None`` (from the platform), ``"ecp5"``
 #: (``DP16KD`` instances), ``"generic"`` (behavioural).
-BLOCKRAM_TARGETS = (None, "ecp5", "generic")
+BLOCKRAM_TARGETS = PRIMITIVE_TARGETS
 #: A ``DP16KD`` in its widest true dual-port mode: 1024 words of 18 bits.
 DP16KD_WIDTH = 18
 DP16KD_DEPTH = 1024
@@ -92,19 +92,15 @@ class BlockRam(wiring.Component):
     TypeError
         If ``width`` or ``depth`` is not an integer or ``domain`` not a str.
     ValueError
-        If ``width`` or ``depth`` is below 1, ``target`` is unknown, or ``target="ecp5"``
+        If ``width`` or ``depth`` is not positive, ``target`` is unknown, or ``target="ecp5"``
         with ``depth`` above 1024.
     """
 
     def __init__(self, width, depth, *, target=None, domain="sync"):
         with rejecting(self):
-            for name, value in (("width", width), ("depth", depth)):
-                if not isinstance(value, int) or isinstance(value, bool):
-                    raise TypeError(f"{name} must be an integer, not {value!r}")
-                if value < 1:
-                    raise ValueError(f"{name} must be at least 1, not {value}")
-            if target not in BLOCKRAM_TARGETS:
-                raise ValueError(f"target must be None, 'ecp5' or 'generic', not {target!r}")
+            check_int("width", width)
+            check_int("depth", depth)
+            check_target(target)
             if target == "ecp5" and depth > DP16KD_DEPTH:
                 raise ValueError(f"depth must be at most {DP16KD_DEPTH} for the ECP5 form, "
                                  f"not {depth}")
@@ -129,9 +125,8 @@ class BlockRam(wiring.Component):
         """Whether :meth:`elaborate` with this ``platform`` instantiates ``DP16KD`` blocks
         (``target=None`` on an ECP5 platform with a ``depth`` above 1024 gets the behavioural
         form: one block would not hold it)."""
-        if self._target is not None:
-            return self._target == "ecp5"
-        return getattr(platform, "family", None) == "ecp5" and self._depth <= DP16KD_DEPTH
+        return targets_ecp5(platform, self._target) and (
+            self._target is not None or self._depth <= DP16KD_DEPTH)
 
     @property
     def blocks(self):

@@ -31,7 +31,7 @@ from amaranth.lib import data
 
 __all__ = ["pack", "unpack", "payload_width", "DSP_WIDTH", "dsp_tiles", "dsp_partial_products",
            "MULTIPLIER_STYLES", "check_multipliers", "multiply", "multiply_latency", "check_int",
-           "rejecting", "saturate"]
+           "rejecting", "saturate", "PRIMITIVE_TARGETS", "check_target", "targets_ecp5"]
 
 
 def payload_width(layout):
@@ -320,6 +320,27 @@ def check_int(name, value, minimum=1):
         else:
             kind = f"an integer of at least {minimum}"
         raise ValueError(f"{name} must be {kind}, not {value!r}")
+
+
+#: Values of a vendor-primitive wrapper's ``target`` (``rtl.multiplier.Multiplier``,
+#: ``rtl.blockram.BlockRam``): ``None`` (from the platform), ``"ecp5"`` (the ECP5 primitive),
+#: ``"generic"`` (behavioural).
+PRIMITIVE_TARGETS = (None, "ecp5", "generic")
+
+
+def check_target(target):
+    """Raise unless ``target`` is one of :data:`PRIMITIVE_TARGETS`."""
+    if target not in PRIMITIVE_TARGETS:
+        raise ValueError(f"target must be None, 'ecp5' or 'generic', not {target!r}")
+
+
+def targets_ecp5(platform, target=None):
+    """Whether a wrapper with this ``target`` builds its ECP5 primitive when elaborated for
+    ``platform``: ``target="ecp5"``, or ``target=None`` and a platform of the ``"ecp5"``
+    family (every ECP5 board of amaranth-boards)."""
+    if target is not None:
+        return target == "ecp5"
+    return getattr(platform, "family", None) == "ecp5"
 
 
 @contextlib.contextmanager

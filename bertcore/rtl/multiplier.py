@@ -39,14 +39,14 @@ from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, ResetSignal,
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .common import DSP_WIDTH, dsp_tiles, rejecting
+from .common import DSP_WIDTH, PRIMITIVE_TARGETS, check_target, dsp_tiles, rejecting, targets_ecp5
 
 __all__ = ["Multiplier", "MULTIPLIER_TARGETS", "mult18x18d_operand_shapes", "uses_mult18x18d",
            "mult18x18d_products"]
 
 #: Values of :class:`Multiplier`'s ``target``: ``None`` (from the platform), ``"ecp5"`` (the
 #: ``MULT18X18D`` instance), ``"generic"`` (behavioural).
-MULTIPLIER_TARGETS = (None, "ecp5", "generic")
+MULTIPLIER_TARGETS = PRIMITIVE_TARGETS
 
 
 def mult18x18d_operand_shapes(a_shape, b_shape):
@@ -76,9 +76,7 @@ def mult18x18d_operand_shapes(a_shape, b_shape):
 def uses_mult18x18d(platform, target=None):
     """Whether a :class:`Multiplier` with this ``target`` instantiates ``MULT18X18D`` when
     elaborated for ``platform`` (for a parent whose structure around it depends on that)."""
-    if target is not None:
-        return target == "ecp5"
-    return getattr(platform, "family", None) == "ecp5"
+    return targets_ecp5(platform, target)
 
 
 class Multiplier(wiring.Component):
@@ -138,8 +136,7 @@ class Multiplier(wiring.Component):
                                 ("output_register", output_register)):
                 if not isinstance(value, bool):
                     raise TypeError(f"{name} must be a bool, not {value!r}")
-            if target not in MULTIPLIER_TARGETS:
-                raise ValueError(f"target must be None, 'ecp5' or 'generic', not {target!r}")
+            check_target(target)
             if not isinstance(domain, str):
                 raise TypeError(f"domain must be a str, not {domain!r}")
         self._a_shape = a_shape
