@@ -51,6 +51,7 @@ from bertcore.quant.model import check_segments
 
 from .image import (HEADER_BITS, LN_FIELDS, PANEL_FIELDS, PANEL_ROW, SCALAR_BITS,
                     check_core_config, segment_table_beats, vector_beats)
+from .writeback import WriteBack
 
 __all__ = ["layer_cycles", "run_cycles", "breakdown", "utilization", "macs_per_layer",
            "array_beats", "key_spans"]
@@ -161,8 +162,8 @@ def _panel_jobs(config, seq_len):
     """``(group, panels, K, tiles, drain stages)`` per panel group, in image order."""
     n, hid, ffn = config.array_cols, config.hidden, config.ffn
     tiles = math.ceil(seq_len / n)
-    rq = Requantizer.LATENCY
-    post_ffn1 = rq + IntGELU.latency_for(config.multipliers("gelu")) + rq
+    rq = WriteBack.RQ_STAGES + Requantizer.LATENCY
+    post_ffn1 = rq + IntGELU.latency_for(config.multipliers("gelu")) + Requantizer.LATENCY
     return [("qkv", 3 * hid // n, hid, tiles, rq),
             ("o", hid // n, hid, tiles, rq),
             ("ffn1", ffn // n, hid, tiles, post_ffn1),
@@ -178,7 +179,7 @@ def _attention(config, seq_len, segments, eng, t):
     the previous block's ``P·V`` start together; the next block's scores start once the
     engine takes them; the last block's ``P·V`` waits for its pass (the ``FLUSH`` state)."""
     n, hd = config.array_cols, config.head_dim
-    rq = Requantizer.LATENCY
+    rq = WriteBack.RQ_STAGES + Requantizer.LATENCY
     # a packed run reads the segment bounds of each query block's rows first (the
     # sequencer's BOUNDS and BSPAN states: N + 2 cycles)
     bounds = 0 if segments is None else n + 2

@@ -4,14 +4,15 @@ Requantizer(s) and IntGELU -> the buffers.
 ::
 
     array.c -> c1 -+-> score banks (scores)
-                   +-> Requantizer (22 bit, residual X or A) -+-> sat8 -> Q, K, V, context
-                                                              +-> sat16 -> IntGELU
-                                                              |     -> Requantizer -> H (gelu_bits)
-                                                              +-> R (22 bit)
+                   +-> c2 -> Requantizer (22 bit, residual X or A) -+-> sat8 -> Q, K, V, context
+                                                                    +-> sat16 -> IntGELU
+                                                                    |     -> Requantizer -> H
+                                                                    +-> R (22 bit)
 
 A result row enters register ``c1`` (with the panel's bias added) as its residual word is read
-(X for O panels, A for FFN2: the read port is enabled through the job's whole intake); the
-Requantizer takes the row with the residual word one cycle later. Every write goes through one
+(X for O panels, A for FFN2: the read port is enabled through the job's whole intake); register
+``c2`` takes the row with its residual word one cycle later, the Requantizer takes it from
+``c2``. Every write goes through one
 register stage (``v_*``) before the buffers' write ports. The write-back takes the
 ``tiles * N`` result rows of its job and no more.
 """
@@ -68,6 +69,10 @@ class WriteBack(wiring.Component):
     written : ``Out(1)``
         Every result row of the job has been written (or is in the write register).
     """
+
+    #: Register stages from ``c1`` to the requantizer's input (``c2``); the drain of a job
+    #: that goes through the requantizer is this longer (:mod:`bertcore.core.perf`).
+    RQ_STAGES = 1
 
     def __init__(self, config, acc_layout):
         self._c = config
@@ -130,7 +135,14 @@ class WriteBack(wiring.Component):
         # array's ready ran on through the residual fetch into X's read port: an ECP5 critical
         # path at 95 MHz)
         open_ = Signal()
-        m.d.comb += [down_ready.eq(Mux(st["is_score"], 1, rq.i_stream.ready)),
+        # c2: the row and its picked residual word, registered once more before the
+        # requantizer (the residual pick, N words by c1_i, ran on into the DSPs' operand
+        # registers across the chip: the ULX3S's worst path at 125 MHz, 9.57 ns)
+        c2_valid = Signal()
+        c2_data = [Signal(signed(acc_w), name=f"c2_{j}") for j in range(N)]
+        c2_res = Signal(8 * N)
+        c2_take = ~c2_valid | rq.i_stream.ready
+        m.d.comb += [down_ready.eq(Mux(st["is_score"], 1, c2_take)),
                      self.i_acc.ready.eq((~c1_valid | down_ready) & open_)]
         c_take = self.i_acc.valid & self.i_acc.ready
         with m.If(~c1_valid | down_ready):
@@ -167,6 +179,9 @@ class WriteBack(wiring.Component):
         # zero in jobs without a residual (it is multiplied by m_r = 0 then): their read port
         # may hold another user's word, or none yet, which a 4-state simulator sees as X
         res_word = Mux(job.mode == M_O, res_x, Mux(job.mode == M_FFN2, res_a, 0))
+        with m.If(c2_take):
+            m.d.sync += [c2_valid.eq(c1_valid & ~st["is_score"]), c2_res.eq(res_word),
+                         *(c2_data[j].eq(c1_data[j]) for j in range(N))]
         # score write (directly from c1)
         for k, port in enumerate(self.s):
             m.d.comb += [port.addr.eq(score_word(job.bank, c1_q, c1_t, GRP, RPS)),
@@ -176,16 +191,15 @@ class WriteBack(wiring.Component):
         with m.If(c1_valid & st["is_score"]):
             m.d.comb += st["wb_fire"].eq(1)
         # requantizer input
-        m.d.comb += [rq.i_stream.valid.eq(c1_valid & ~st["is_score"]),
-                     rq.i_stream.payload.last.eq(0)]
+        m.d.comb += [rq.i_stream.valid.eq(c2_valid), rq.i_stream.payload.last.eq(0)]
         pan = self.panel
         for j in range(N):
             lane = rq.i_stream.payload.data[j]
             m.d.comb += [
-                lane.x.eq(c1_data[j]),
+                lane.x.eq(c2_data[j]),
                 lane.m.eq(Mux(job.mode == M_CTX, sc.ctx_m, pan.m[j])),
                 lane.e.eq(Mux(job.mode == M_CTX, sc.ctx_e, pan.e[j])),
-                lane.r.eq(res_word[8 * j:8 * j + 8].as_signed()),
+                lane.r.eq(c2_res[8 * j:8 * j + 8].as_signed()),
                 lane.m_r.eq(Mux(st["has_res"], pan.m2[j], 0)),
                 lane.e_r.eq(Mux(st["has_res"], pan.e2[j], 1)),
             ]
