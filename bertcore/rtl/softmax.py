@@ -137,7 +137,7 @@ class IntSoftmax(wiring.Component):
     ready, back-to-back rows of ``L`` elements stream at exactly one row per
     ``max(L, DIV_CYCLES)`` cycles (one element per cycle once ``L >= 20``) and the elements of a
     row leave on consecutive cycles. The first probability of a row is valid
-    ``latency(L) = 2*L + LATENCY`` cycles (``LATENCY = 42``) after its first score is accepted,
+    ``latency(L) = 2*L + LATENCY`` cycles (``LATENCY = 43``) after its first score is accepted,
     when the unit holds no earlier row. :data:`SLOTS` (5) slots are exactly enough for this
     throughput; under backpressure the unit holds up to :data:`SLOTS` rows, then deasserts
     ``i_stream.ready``. Resources: two memories of ``SLOTS * 2**ceil(log2(max_seq))`` words,
@@ -219,13 +219,17 @@ class IntSoftmax(wiring.Component):
     EXP_STAGES = 18
     #: Pipeline of engine D: cycles from reading an exp16 to its probability being valid.
     NORM_STAGES = 4
-    #: ``latency(L) - 2*L``: engine A takes ``L`` cycles, engine B ``L - 1`` more to read the
-    #: row and EXP_STAGES to write its last exp16 back, the sum is handed over (1), divided
-    #: (DIV_CYCLES), and the first probability is valid NORM_STAGES cycles after D reads it.
-    LATENCY = EXP_STAGES + 1 + DIV_CYCLES + NORM_STAGES - 1
+    #: Engine A: cycles from a row's last score to its slot turning SCORES (the row's maximum
+    #: is kept from a register of each score).
+    INPUT_STAGES = 1
+    #: ``latency(L) - 2*L``: engine A takes ``L`` cycles and INPUT_STAGES, engine B ``L - 1``
+    #: more to read the row and EXP_STAGES to write its last exp16 back, the sum is handed
+    #: over (1), divided (DIV_CYCLES), and the first probability is valid NORM_STAGES cycles
+    #: after D reads it.
+    LATENCY = INPUT_STAGES + EXP_STAGES + 1 + DIV_CYCLES + NORM_STAGES - 1
     #: Cycles a slot stays busy beyond ``3*L`` (A, B and D each read or write ``L`` elements):
-    #: B's pipeline, the divider and the cycle that frees the slot.
-    _OCCUPANCY = EXP_STAGES + DIV_CYCLES + 1
+    #: A's stage, B's pipeline, the divider and the cycle that frees the slot.
+    _OCCUPANCY = INPUT_STAGES + EXP_STAGES + DIV_CYCLES + 1
     #: Row buffers: enough that no engine waits for a free slot at the full throughput,
     #: ``SLOTS * max(L, DIV_CYCLES) >= 3*L + _OCCUPANCY`` for every ``L`` (worst at
     #: ``L = DIV_CYCLES``).
@@ -405,50 +409,61 @@ class IntSoftmax(wiring.Component):
         a_over = Signal()                       # this row has overflowed (error already sent)
         a_x = self.i_stream.payload.data
         a_store = Signal()                      # the beat is stored (not beyond max_seq)
-        a_newmax = Signal(signed(in_width))
+        a_fire = self.i_stream.valid & self.i_stream.ready
         if self._masking:
-            # the maximum is over the kept elements: the first kept one starts it
             a_skip = self.i_stream.payload.skip
-            a_have = Signal()                   # a kept element of this row has been stored
-            a_take = ~a_skip & (~a_have | (a_x > a_max))
-            with m.If(self.i_stream.valid & self.i_stream.ready & a_store & ~a_skip):
-                m.d.sync += a_have.eq(1)
-            with m.If(self.i_stream.valid & self.i_stream.ready & self.i_stream.payload.last):
-                m.d.sync += a_have.eq(0)
             a_word = Cat(a_x, a_skip)
         else:
-            a_take = (a_cnt == 0) | (a_x > a_max)
+            a_skip = Const(0, 1)
             a_word = a_x
         m.d.comb += [
             self.i_stream.ready.eq(slots.is_state(a_ptr, _SlotState.FREE)),
             a_store.eq(a_cnt != self._max_seq),
-            a_newmax.eq(Mux(a_take, a_x, a_max)),
         ]
         m.d.sync += self.error.eq(0)
         m.d.comb += [
-            scores_w.en.eq(self.i_stream.valid & self.i_stream.ready & a_store),
+            scores_w.en.eq(a_fire & a_store),
             scores_w.addr.eq(Cat(a_cnt[:slots.idx_bits], a_ptr)),
             scores_w.data.eq(a_word),
         ]
-        # the row's maximum goes to its slot the cycle after its last beat, from a_max (the
-        # compare of the last beat ran on into the slots' multiplexers otherwise: an ECP5
-        # critical path at 100 MHz); engine B reads it from the cycle after the slot turns
-        # SCORES on
+        with m.If(a_fire):
+            with m.If(a_store):
+                m.d.sync += a_cnt.eq(a_cnt + 1)
+            with m.Elif(~a_over):
+                m.d.sync += [a_over.eq(1), self.error.eq(1)]
+            with m.If(self.i_stream.payload.last):
+                m.d.sync += [a_cnt.eq(0), a_over.eq(0), a_ptr.eq(slots.next(a_ptr))]
+
+        # The row's maximum (over its kept elements) is kept a cycle behind the beats, from
+        # registers (INPUT_STAGES): the compare with the running maximum of a beat straight
+        # from the input, through the enables of a_max, was the ULX3S's worst path in this unit
+        # at 125 MHz (9.21 ns). The slot turns SCORES as the maximum of its last beat is taken,
+        # and the maximum goes to the slot the cycle after (the compare of the last beat ran
+        # on into the slots' multiplexers otherwise: an ECP5 critical path at 100 MHz); engine
+        # B reads it from the cycle after the slot turns SCORES on.
+        a1_x = Signal(signed(in_width))
+        a1_keep = Signal()                      # a stored, kept element
+        a1_last = Signal()
+        a1_ptr = Signal.like(a_ptr)
+        a1_idx = Signal.like(slots.last_idx[0])  # with a1_last: the row's last index
+        m.d.sync += [a1_x.eq(a_x), a1_keep.eq(a_fire & a_store & ~a_skip),
+                     a1_last.eq(a_fire & self.i_stream.payload.last), a1_ptr.eq(a_ptr),
+                     a1_idx.eq(Mux(a_store, a_cnt, a_cnt - 1))]
+        a_max = Signal(signed(in_width))
+        a_have = Signal()                       # a kept element of this row is in a_max
+        with m.If(a1_keep & (~a_have | (a1_x > a_max))):
+            m.d.sync += a_max.eq(a1_x)
+        with m.If(a1_keep):
+            m.d.sync += a_have.eq(1)
         put_max = Signal()
         put_ptr = Signal.like(a_ptr)
         m.d.sync += put_max.eq(0)
         with m.If(put_max):
             _put(m, slots.row_max, put_ptr, a_max)
-        with m.If(self.i_stream.valid & self.i_stream.ready):
-            with m.If(a_store):
-                m.d.sync += [a_cnt.eq(a_cnt + 1), a_max.eq(a_newmax)]
-            with m.Elif(~a_over):
-                m.d.sync += [a_over.eq(1), self.error.eq(1)]
-            with m.If(self.i_stream.payload.last):
-                m.d.sync += [a_cnt.eq(0), a_over.eq(0), a_ptr.eq(slots.next(a_ptr)),
-                             put_max.eq(1), put_ptr.eq(a_ptr)]
-                _put(m, slots.state, a_ptr, _SlotState.SCORES)
-                _put(m, slots.last_idx, a_ptr, Mux(a_store, a_cnt, a_cnt - 1))
+        with m.If(a1_last):
+            m.d.sync += [a_have.eq(0), put_max.eq(1), put_ptr.eq(a1_ptr)]
+            _put(m, slots.state, a1_ptr, _SlotState.SCORES)
+            _put(m, slots.last_idx, a1_ptr, a1_idx)
 
     def _constants(self, m):
         """The run-time constants as engine B uses them, registered (they are stable while a row
