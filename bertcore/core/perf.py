@@ -215,7 +215,10 @@ def layer_cycles(config, seq_len, segments=None, param_rate=None):
 
 def _input_cycles(config, seq_len, segments):
     """Cycles from the start of a run to the end of its activation input (which runs beside
-    the image header): one byte per cycle and one more per beat, segment table too."""
+    the image header): one byte per cycle and one more per beat, segment table too. The
+    packet follows the start (the harnesses send it once the run is ``busy``); the input pass
+    takes beats from the second cycle after the start (it registers its start), which such a
+    packet does not reach earlier."""
     bb = config.bus_width // 8
     beats = math.ceil(seq_len * config.hidden / bb)
     table = 0 if segments is None else segment_table_beats(len(segments), config)
