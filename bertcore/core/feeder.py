@@ -7,8 +7,7 @@ at the job's first key block ``kb`` (a packed run skips the key blocks outside a
 segments). The words it reads are
 picked apart one cycle later (stage ``s1``): an A word registered as read (stage ``r``), its
 element picked and registered (``s2``); a B element picked and registered (``r``), then
-delayed (``s2``); both multiplexed by the job's source into one buffer and a register slice
-before the array.
+delayed (``s2``); both multiplexed by the job's source into one buffer before the array.
 
 The stages advance every cycle (no enable: one fanned out to the stages' thousands of
 registers and the buffers' read enables was the ULX3S's worst path at 100 MHz and a group of
@@ -26,7 +25,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from bertcore.rtl.stream import RegisterSlice, StreamBuffer
+from bertcore.rtl.stream import StreamBuffer
 
 from .common import (A_A, A_H, A_Q, A_X, J_PANEL, J_PV, J_SCORE, element, job_layout, pick,
                      prob_word, read_port, row_read, times)
@@ -34,8 +33,8 @@ from .common import (A_A, A_H, A_Q, A_X, J_PANEL, J_PV, J_SCORE, element, job_la
 __all__ = ["OperandFeeder", "FEED_DEPTH"]
 
 #: Beats in flight at most (issued, not yet taken by the array): the operand buffer's depth. A
-#: beat holds its credit for 7 cycles at the full rate (issue, s0, s1, r, s2, the buffer's
-#: and the slice's output registers), so 8 keep the array fed every cycle.
+#: beat holds its credit for 6 cycles at the full rate (issue, s0, s1, r, s2, the buffer's
+#: output register), so 8 keep the array fed every cycle.
 FEED_DEPTH = 8
 
 
@@ -116,16 +115,11 @@ class OperandFeeder(wiring.Component):
         r_ke = Signal(range(N))
         s2_valid = Signal()
         s2_last = Signal()
-        # A and B beats reach the array through a buffer and a register slice (the operand
-        # picks of the banks run on into the array's input registers otherwise, across the
-        # chip). The buffer's ready is not used: the credits below keep it from overflowing.
-        # The slice comes after it so that the array's ready (its tile-end logic) reaches only
-        # the slice's output register, not the buffer's queue (the ULX3S's worst path at
-        # 125 MHz with the buffer at the array, 10.6 ns).
+        # A and B beats reach the array through one buffer (the operand picks of the banks run
+        # on into the array's input registers otherwise, across the chip). Its ready is not
+        # used: the credits below keep it from overflowing.
         m.submodules.operand_buffer = ops = StreamBuffer(self._ops, FEED_DEPTH)
-        m.submodules.operand_slice = ops_slice = RegisterSlice(self._ops)
-        wiring.connect(m, ops.o_stream, ops_slice.i_stream)
-        wiring.connect(m, ops_slice.o_stream, wiring.flipped(self.o_operands))
+        wiring.connect(m, ops.o_stream, wiring.flipped(self.o_operands))
         a_beat, b_beat = ops.i_stream.payload.a, ops.i_stream.payload.b
         m.d.comb += ops.i_stream.valid.eq(s2_valid)
         # stages s0 (the buffers' addresses, registered), s1 (their read data), r (the A

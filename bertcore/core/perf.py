@@ -58,8 +58,8 @@ __all__ = ["layer_cycles", "run_cycles", "breakdown", "utilization", "macs_per_l
 
 #: Cycles of a job around its beats and the array's drain (start, the feeder's registered
 #: read addresses, first operand read, its registered read data, its registered element
-#: picks, the operand buffer, hand-over through the operand slice).
-_JOB_OVERHEAD = 7
+#: picks, hand-over).
+_JOB_OVERHEAD = 6
 #: The sequencer's cycle that starts a panel or a scores job (its ``PWAIT`` and ``SCORES``
 #: states), and the one that starts a layer (``LAYER``).
 _START = 1
