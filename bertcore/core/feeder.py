@@ -7,14 +7,8 @@ at the job's first key block ``kb`` (a packed run skips the key blocks outside a
 segments). The words it reads are
 picked apart one cycle later (stage ``s1``): an A word registered as read (stage ``r``), its
 element picked and registered (``s2``); a B element picked and registered (``r``), then
-delayed (``s2``); both multiplexed by the job's source into one buffer before the array.
-
-The stages advance every cycle (no enable: one fanned out to the stages' thousands of
-registers and the buffers' read enables was the ULX3S's worst path at 100 MHz and a group of
-them at 125 MHz): a beat is issued only while fewer than :data:`FEED_DEPTH` beats are in flight
-(issued and not yet taken by the array), and the operand buffer before the array
-(:class:`~bertcore.rtl.stream.StreamBuffer`) holds that many, so a stalled array never loses a
-beat and the stages never wait.
+delayed (``s2``); both multiplexed by the job's source into one register slice before the
+array.
 
 Its pipeline holds beats of one job only: the job engine starts the next job once the feeder is
 not ``busy`` (every beat issued and out of stages ``s0`` to ``s2``), which may be while the array
@@ -25,17 +19,12 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from bertcore.rtl.stream import StreamBuffer
+from bertcore.rtl.stream import RegisterSlice
 
 from .common import (A_A, A_H, A_Q, A_X, J_PANEL, J_PV, J_SCORE, element, job_layout, pick,
                      prob_word, read_port, row_read, times)
 
-__all__ = ["OperandFeeder", "FEED_DEPTH"]
-
-#: Beats in flight at most (issued, not yet taken by the array): the operand buffer's depth. A
-#: beat holds its credit for 6 cycles at the full rate (issue, s0, s1, r, s2, the buffer's
-#: output register), so 8 keep the array fed every cycle.
-FEED_DEPTH = 8
+__all__ = ["OperandFeeder"]
 
 
 class OperandFeeder(wiring.Component):
@@ -65,7 +54,7 @@ class OperandFeeder(wiring.Component):
     active : ``Out(1)``
         Beats of the job are left to issue.
     busy : ``Out(1)``
-        ``active``, or beats of the job are in the stages before the operand buffer.
+        ``active``, or beats of the job are in the stages before the operand slice.
     """
 
     def __init__(self, config, a_layout, b_layout):
@@ -115,26 +104,25 @@ class OperandFeeder(wiring.Component):
         r_ke = Signal(range(N))
         s2_valid = Signal()
         s2_last = Signal()
-        # A and B beats reach the array through one buffer (the operand picks of the banks run
-        # on into the array's input registers otherwise, across the chip). Its ready is not
-        # used: the credits below keep it from overflowing.
-        m.submodules.operand_buffer = ops = StreamBuffer(self._ops, FEED_DEPTH)
+        # A and B beats reach the array through one register slice (the operand picks of the
+        # banks run on into the array's input registers otherwise, across the chip)
+        m.submodules.operand_slice = ops = RegisterSlice(self._ops)
         wiring.connect(m, ops.o_stream, wiring.flipped(self.o_operands))
         a_beat, b_beat = ops.i_stream.payload.a, ops.i_stream.payload.b
         m.d.comb += ops.i_stream.valid.eq(s2_valid)
         # stages s0 (the buffers' addresses, registered), s1 (their read data), r (the A
         # sources' read data registered; B's elements picked) and s2 (the A elements picked;
-        # B's delayed) advance every cycle. The address adders, X's and A's port arbiters and
-        # the read of the banks do not fit one 10 ns cycle on ECP5 together, nor do a block
-        # RAM's clock-to-out (5.8 ns without its output register) and an element pick.
-        in_flight = Signal(range(FEED_DEPTH + 1))
-        issue = f_active & (in_flight != FEED_DEPTH)
-        m.d.sync += in_flight.eq(in_flight + issue
-                                 - (self.o_operands.valid & self.o_operands.ready))
-        m.d.sync += [s0_valid.eq(issue), s0_last.eq(f_k == job.k - 1), s0_ke.eq(f_ke),
-                     s1_valid.eq(s0_valid), s1_last.eq(s0_last), s1_ke.eq(s0_ke),
-                     r_valid.eq(s1_valid), r_last.eq(s1_last), r_ke.eq(s1_ke),
-                     s2_valid.eq(r_valid), s2_last.eq(r_last)]
+        # B's delayed) advance together; a stalled s1 holds its read data (a read port is
+        # enabled only with adv). The address adders, X's and A's port arbiters and the read
+        # of the banks do not fit one 10 ns cycle on ECP5 together, nor do a block RAM's
+        # clock-to-out (5.8 ns without its output register) and an element pick.
+        adv = ~s2_valid | ops.i_stream.ready
+        issue = adv & f_active
+        with m.If(adv):
+            m.d.sync += [s0_valid.eq(f_active), s0_last.eq(f_k == job.k - 1), s0_ke.eq(f_ke),
+                         s1_valid.eq(s0_valid), s1_last.eq(s0_last), s1_ke.eq(s0_ke),
+                         r_valid.eq(s1_valid), r_last.eq(s1_last), r_ke.eq(s1_ke),
+                         s2_valid.eq(r_valid), s2_last.eq(r_last)]
         with m.If(issue):
             m.d.sync += [f_k.eq(f_k + 1), f_ke.eq(f_ke + 1), f_paddr.eq(f_paddr + 1)]
             with m.If(f_ke == N - 1):
@@ -152,7 +140,8 @@ class OperandFeeder(wiring.Component):
         def stage0(port, value):
             # the read address of s0: registered as the counters stand when it is issued
             reg = Signal.like(port.addr, name=f"s0_{port.addr.name}")
-            m.d.sync += reg.eq(value)
+            with m.If(adv):
+                m.d.sync += reg.eq(value)
             return reg
 
         s0_a = stage0(self.h, a_addr)           # (H is the deepest of the A sources)
@@ -160,16 +149,16 @@ class OperandFeeder(wiring.Component):
         # from it: X and A share their read port with the residual fetch (and the output
         # pass), and with ``shared_h`` the memories of X, Q, K and V hold H during the FFN
         # (Buffers)
-        rd = s0_valid
+        rd = adv & s0_valid
         for port, src in ((self.x, A_X), (self.q, A_Q), (self.a, A_A), (self.h, A_H)):
             m.d.comb += [port.addr.eq(s0_a), port.en.eq(rd & (job.asrc == src))]
         m.d.comb += [self.p.addr.eq(stage0(self.p, prob_word(job.bank, f_kw, GRP))),
-                     self.p.en.eq(rd),
+                     self.p.en.eq(adv),
                      self.k.addr.eq(stage0(self.k, times(job.kb + f_t, CWH) + job.chw + f_kw)),
                      self.k.en.eq(rd & (job.kind == J_SCORE)),
                      self.v.addr.eq(stage0(self.v, times(job.kb + f_kw, CWH) + job.chw + f_t)),
                      self.v.en.eq(rd & (job.kind == J_PV)),
-                     self.panel.addr.eq(stage0(self.panel, f_paddr)), self.panel.en.eq(rd)]
+                     self.panel.addr.eq(stage0(self.panel, f_paddr)), self.panel.en.eq(adv)]
         s2_asrc = Signal.like(job.asrc)
         s2_kind = Signal.like(job.kind)
         m.d.sync += [s2_asrc.eq(job.asrc), s2_kind.eq(job.kind)]   # constant during a job
@@ -177,7 +166,8 @@ class OperandFeeder(wiring.Component):
         def stage(name, value):
             # a register of stage r or s2 (data: not reset)
             reg = Signal(value.shape(), name=name, reset_less=True)
-            m.d.sync += reg.eq(value)
+            with m.If(adv):
+                m.d.sync += reg.eq(value)
             return reg
 
         # A: int8 activations and gelu_bits-bit GELU outputs sign-extended, or a prob_bits-bit

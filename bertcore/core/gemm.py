@@ -6,7 +6,7 @@ blocks (``J_SCORE``) or ``P·V`` of a query block (``J_PV``). The engine latches
 descriptor, the :class:`~bertcore.core.feeder.OperandFeeder` feeds the array, the
 :class:`~bertcore.core.writeback.WriteBack` writes its results::
 
-    buffers, panel slot -> feeder -> operand buffer -> SystolicArray -> write-back -> buffers
+    buffers, panel slot -> feeder -> operand slice -> SystolicArray -> write-back -> buffers
 
 Jobs overlap by one: the engine takes the next job (``ready``) once the feeder has issued
 every beat of this one (and its pipeline is empty) and the write-back has no job waiting, so the
