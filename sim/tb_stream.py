@@ -1,8 +1,7 @@
-"""cocotb bench of RegisterSlice's and StreamBuffer's emitted Verilog (run from
-tests/test_rtl_stream.py).
+"""cocotb bench of RegisterSlice's emitted Verilog (run from tests/test_rtl_stream.py).
 
 Parameters (``sim.runner.tb_params()``): ``inputs`` (flat payloads; a slice's output equals its
-input), ``seed``, ``stall``, ``depth`` (beats the stage holds: 2 for a slice).
+input), ``seed``, ``stall``.
 """
 
 import random
@@ -46,15 +45,14 @@ async def random_stalls(dut):
 
 @cocotb.test()
 async def ready_after_stall(dut):
-    """With the output stalled the stage holds ``depth`` beats, then drops ready; ready returns
-    once the output moves again."""
+    """With the output stalled the slice holds two beats, then drops ready; ready returns once
+    the output moves again."""
     params = tb_params()
-    depth = params["depth"]
     await reset(dut)
     dut.o_stream__ready.value = 0
     dut.i_stream__valid.value = 1
     taken = 0
-    for payload in params["inputs"][:depth + 2]:
+    for payload in params["inputs"][:4]:
         dut.i_stream__payload.value = payload
         await ReadOnly()
         ready = int(dut.i_stream__ready.value)
@@ -62,7 +60,7 @@ async def ready_after_stall(dut):
         taken += ready
         if not ready:
             break
-    assert taken == depth, f"the stalled stage took {taken} beats, not {depth}"
+    assert taken == 2, f"the stalled slice took {taken} beats, not 2"
     dut.i_stream__valid.value = 0
     dut.o_stream__ready.value = 1
     await RisingEdge(dut.clk)
