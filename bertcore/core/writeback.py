@@ -12,9 +12,8 @@ Requantizer(s) and IntGELU -> the buffers.
 A result row enters register ``c1`` (with the panel's bias added) as its residual word is read
 (X for O panels, A for FFN2: the read port is enabled through the job's whole intake); register
 ``c2`` takes the row with its residual word one cycle later, the Requantizer takes it from
-``c2``. Every write goes through one
-register stage (``v_*``) before the buffers' write ports. The write-back takes the
-``tiles * N`` result rows of its job and no more.
+``c2``. Every write goes through one register stage (``v_*``) before the buffers' write ports.
+The write-back takes the ``tiles * N`` result rows of its job and no more.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
