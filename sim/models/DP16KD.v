@@ -88,56 +88,57 @@ module DP16KD (
     wire sel_a = CEA && ({CSA2, CSA1, CSA0} == CS_A);
     wire sel_b = CEB && ({CSB2, CSB1, CSB0} == CS_B);
 
-    reg [17:0] rd_a, rd_b;      // read registers
-    reg [17:0] out_a, out_b;    // output registers
-    initial begin
-        rd_a = 18'd0;
-        rd_b = 18'd0;
-        out_a = 18'd0;
-        out_b = 18'd0;
-    end
-
     // the word after a write of di with byte enables be over old
     function [17:0] merged(input [17:0] old, input [17:0] di, input [1:0] be);
         merged = {be[1] ? di[17:9] : old[17:9], be[0] ? di[8:0] : old[8:0]};
     endfunction
 
+    // the two ports side by side (port p: bit p, or the p-th field), one process each below
+    wire [1:0] clk = {CLKB, CLKA};
+    wire [1:0] rst = {RSTB, RSTA};
+    wire [1:0] oce = {OCEB, OCEA};
+    wire [1:0] we = {WEB, WEA};
+    wire [1:0] sel = {sel_b, sel_a};
+    wire [35:0] di = {di_b, di_a};
+    wire [19:0] addr = {addr_b, addr_a};
+    wire [3:0] be = {be_b, be_a};
+    localparam [1:0] THROUGH = {THROUGH_B, THROUGH_A};
+    localparam [1:0] BEFORE = {BEFORE_B, BEFORE_A};
+    localparam [1:0] OUTREG = {OUTREG_B, OUTREG_A};
+
     // the memory is written with nonblocking assignments: both ports' processes read the
     // words before this edge's writes, whatever order the simulator runs them in
-    always @(posedge CLKA) begin
-        if (RSTA) begin
-            rd_a <= 18'd0;
-            out_a <= 18'd0;
-        end else begin
-            if (OCEA) out_a <= rd_a;
-            if (sel_a && WEA) begin
-                mem[addr_a] <= merged(mem[addr_a], di_a, be_a);
-                if (THROUGH_A) rd_a <= merged(mem[addr_a], di_a, be_a);
-                else if (BEFORE_A) rd_a <= mem[addr_a];
-            end else if (sel_a) begin
-                rd_a <= mem[addr_a];
+    genvar p;
+    generate
+        for (p = 0; p < 2; p = p + 1) begin : port
+            reg [17:0] rd;      // the read register
+            reg [17:0] out;     // the output register
+            initial begin
+                rd = 18'd0;
+                out = 18'd0;
             end
-        end
-    end
-
-    always @(posedge CLKB) begin
-        if (RSTB) begin
-            rd_b <= 18'd0;
-            out_b <= 18'd0;
-        end else begin
-            if (OCEB) out_b <= rd_b;
-            if (sel_b && WEB) begin
-                mem[addr_b] <= merged(mem[addr_b], di_b, be_b);
-                if (THROUGH_B) rd_b <= merged(mem[addr_b], di_b, be_b);
-                else if (BEFORE_B) rd_b <= mem[addr_b];
-            end else if (sel_b) begin
-                rd_b <= mem[addr_b];
+            wire [9:0] a = addr[10 * p +: 10];
+            wire [17:0] d = di[18 * p +: 18];
+            wire [1:0] e = be[2 * p +: 2];
+            always @(posedge clk[p]) begin
+                if (rst[p]) begin
+                    rd <= 18'd0;
+                    out <= 18'd0;
+                end else begin
+                    if (oce[p]) out <= rd;
+                    if (sel[p] && we[p]) begin
+                        mem[a] <= merged(mem[a], d, e);
+                        if (THROUGH[p]) rd <= merged(mem[a], d, e);
+                        else if (BEFORE[p]) rd <= mem[a];
+                    end else if (sel[p]) begin
+                        rd <= mem[a];
+                    end
+                end
             end
+            wire [17:0] dout = OUTREG[p] ? out : rd;
         end
-    end
+    endgenerate
 
-    wire [17:0] do_a = OUTREG_A ? out_a : rd_a;
-    wire [17:0] do_b = OUTREG_B ? out_b : rd_b;
-    assign {DOA17, DOA16, DOA15, DOA14, DOA13, DOA12, DOA11, DOA10, DOA9, DOA8, DOA7, DOA6, DOA5, DOA4, DOA3, DOA2, DOA1, DOA0} = do_a;
-    assign {DOB17, DOB16, DOB15, DOB14, DOB13, DOB12, DOB11, DOB10, DOB9, DOB8, DOB7, DOB6, DOB5, DOB4, DOB3, DOB2, DOB1, DOB0} = do_b;
+    assign {DOA17, DOA16, DOA15, DOA14, DOA13, DOA12, DOA11, DOA10, DOA9, DOA8, DOA7, DOA6, DOA5, DOA4, DOA3, DOA2, DOA1, DOA0} = port[0].dout;
+    assign {DOB17, DOB16, DOB15, DOB14, DOB13, DOB12, DOB11, DOB10, DOB9, DOB8, DOB7, DOB6, DOB5, DOB4, DOB3, DOB2, DOB1, DOB0} = port[1].dout;
 endmodule
