@@ -48,7 +48,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .common import PRIMITIVE_TARGETS, check_int, check_target, rejecting, targets_ecp5
+from .common import (PRIMITIVE_TARGETS, check_domain, check_int, check_target, rejecting,
+                     targets_ecp5)
 
 __all__ = ["BlockRam", "BLOCKRAM_TARGETS", "DP16KD_WIDTH", "DP16KD_DEPTH"]
 
@@ -104,8 +105,7 @@ class BlockRam(wiring.Component):
             if target == "ecp5" and depth > DP16KD_DEPTH:
                 raise ValueError(f"depth must be at most {DP16KD_DEPTH} for the ECP5 form, "
                                  f"not {depth}")
-            if not isinstance(domain, str):
-                raise TypeError(f"domain must be a str, not {domain!r}")
+            check_domain(domain)
         self._width = width
         self._depth = depth
         self._target = target

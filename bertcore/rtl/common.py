@@ -31,7 +31,8 @@ from amaranth.lib import data
 
 __all__ = ["pack", "unpack", "payload_width", "DSP_WIDTH", "dsp_tiles", "dsp_partial_products",
            "MULTIPLIER_STYLES", "check_multipliers", "multiply", "multiply_latency", "check_int",
-           "rejecting", "saturate", "PRIMITIVE_TARGETS", "check_target", "targets_ecp5"]
+           "rejecting", "saturate", "PRIMITIVE_TARGETS", "check_target", "check_domain",
+           "targets_ecp5"]
 
 
 def payload_width(layout):
@@ -332,6 +333,12 @@ def check_target(target):
     """Raise unless ``target`` is one of :data:`PRIMITIVE_TARGETS`."""
     if target not in PRIMITIVE_TARGETS:
         raise ValueError(f"target must be None, 'ecp5' or 'generic', not {target!r}")
+
+
+def check_domain(domain):
+    """Raise unless ``domain`` (a clock domain's name) is a str."""
+    if not isinstance(domain, str):
+        raise TypeError(f"domain must be a str, not {domain!r}")
 
 
 def targets_ecp5(platform, target=None):

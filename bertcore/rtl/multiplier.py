@@ -39,7 +39,8 @@ from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, ResetSignal,
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .common import DSP_WIDTH, PRIMITIVE_TARGETS, check_target, dsp_tiles, rejecting, targets_ecp5
+from .common import (DSP_WIDTH, PRIMITIVE_TARGETS, check_domain, check_target, dsp_tiles,
+                     rejecting, targets_ecp5)
 
 __all__ = ["Multiplier", "MULTIPLIER_TARGETS", "mult18x18d_operand_shapes", "uses_mult18x18d",
            "mult18x18d_products"]
@@ -137,8 +138,7 @@ class Multiplier(wiring.Component):
                 if not isinstance(value, bool):
                     raise TypeError(f"{name} must be a bool, not {value!r}")
             check_target(target)
-            if not isinstance(domain, str):
-                raise TypeError(f"domain must be a str, not {domain!r}")
+            check_domain(domain)
         self._a_shape = a_shape
         self._b_shape = b_shape
         self._registers = (input_register, pipeline_register, output_register)
