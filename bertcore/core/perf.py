@@ -60,6 +60,9 @@ __all__ = ["layer_cycles", "run_cycles", "breakdown", "utilization", "macs_per_l
 #: read addresses, first operand read, its registered read data, its registered element
 #: picks, hand-over).
 _JOB_OVERHEAD = 6
+#: A job through the write-back's requantizer drains this much longer than the array: the
+#: write-back's register stages before it and its pipeline.
+_RQ_DRAIN = WriteBack.RQ_STAGES + Requantizer.LATENCY
 #: The sequencer's cycle that starts a panel or a scores job (its ``PWAIT`` and ``SCORES``
 #: states), and the one that starts a layer (``LAYER``).
 _START = 1
@@ -162,7 +165,7 @@ def _panel_jobs(config, seq_len):
     """``(group, panels, K, tiles, drain stages)`` per panel group, in image order."""
     n, hid, ffn = config.array_cols, config.hidden, config.ffn
     tiles = math.ceil(seq_len / n)
-    rq = WriteBack.RQ_STAGES + Requantizer.LATENCY
+    rq = _RQ_DRAIN
     post_ffn1 = rq + IntGELU.latency_for(config.multipliers("gelu")) + Requantizer.LATENCY
     return [("qkv", 3 * hid // n, hid, tiles, rq),
             ("o", hid // n, hid, tiles, rq),
@@ -179,7 +182,7 @@ def _attention(config, seq_len, segments, eng, t):
     the previous block's ``P·V`` start together; the next block's scores start once the
     engine takes them; the last block's ``P·V`` waits for its pass (the ``FLUSH`` state)."""
     n, hd = config.array_cols, config.head_dim
-    rq = WriteBack.RQ_STAGES + Requantizer.LATENCY
+    rq = _RQ_DRAIN
     # a packed run reads the segment bounds of each query block's rows first (the
     # sequencer's BOUNDS and BSPAN states: N + 2 cycles)
     bounds = 0 if segments is None else n + 2

@@ -87,7 +87,8 @@ def failing_endpoints(report, period_ns, limit=None):
                     continue
             elif outs & _COMB_OUTPUTS:
                 continue                               # logic
-            elif cell in product_arrival and product_arrival[cell] >= input_arrival[cell]:
+            elif (cell in product_arrival
+                  and product_arrival[cell] >= input_arrival.get(cell, 0.0)):
                 # a combinational multiplier: its products arrive after its operands (with
                 # input registers, the products' paths start at the clock instead)
                 continue
