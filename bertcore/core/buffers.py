@@ -45,12 +45,13 @@ memories' ports as their last users (:meth:`Buffers._share_h`).
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Module, Signal, unsigned
+from amaranth.hdl import Module, Shape, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, flipped
 
 from bertcore.quant.kernels import RESIDUAL_BITS
+from bertcore.rtl.blockram import BlockRam
 from bertcore.rtl.softmax import IntSoftmax
 
 from .common import pick, row_read, write_port
@@ -58,7 +59,7 @@ from .common import pick, row_read, write_port
 __all__ = ["Buffers"]
 
 
-def _banked(m, name, banks, depth, shape, read_ports, late):
+def _banked(m, name, banks, depth, shape, read_ports, late, out_reg=False):
     """``banks`` memories of ``depth`` words of ``shape`` (submodules ``{name}_{b}`` of ``m``).
 
     Returns the user-side ports: the write port of each bank (a list) and the row reads (a
@@ -70,14 +71,29 @@ def _banked(m, name, banks, depth, shape, read_ports, late):
     run on across the chip into every LUT-RAM cell), and a write lands one cycle after its
     request. The writers of X and A are the input gatherer and the LayerNorm gatherers; the
     sequencer reads those buffers two or more cycles after their last request.
+
+    With ``out_reg`` (one read port), each bank is a :class:`~bertcore.rtl.blockram.BlockRam`
+    whose output register loads with the read's ``en``: the word addressed with one ``en`` is
+    on ``data`` after the next ``en`` (a reader that registers the read data with the enable
+    of its read gets that register inside the block RAM, on ECP5 the DP16KD's own, ~1 ns
+    clock-to-output instead of 5.8 ns).
     """
     writes = [write_port(depth, shape).flip().create(path=(f"{name}_{b}_w",))
               for b in range(banks)]
     rows = [row_read(depth, shape, banks).flip().create(path=(f"{name}_r{i}",))
             for i in range(read_ports)]
     for b in range(banks):
+        req = writes[b]
+        if out_reg:
+            assert read_ports == 1 and not late
+            m.submodules[f"{name}_{b}"] = ram = BlockRam(Shape.cast(shape).width, depth)
+            row = rows[0]
+            m.d.comb += [ram.w_addr.eq(req.addr), ram.w_data.eq(req.data), ram.w_en.eq(req.en),
+                         ram.r_addr.eq(row.addr), ram.r_en.eq(row.en), ram.o_en.eq(row.en),
+                         row.data[b].eq(ram.r_data)]
+            continue
         m.submodules[f"{name}_{b}"] = mem = Memory(shape=shape, depth=depth, init=[])
-        wp, req = mem.write_port(), writes[b]
+        wp = mem.write_port()
         if late:
             # (the address and data registers are not reset: en says whether they hold one)
             addr = Signal.like(req.addr, name=f"{name}_{b}_waddr", reset_less=True)
@@ -127,7 +143,8 @@ class Buffers(wiring.Component):
     ln_x, ln_a : ``In(write_port(...)).array(N)``
         The LayerNorm gatherers (LN-2 into X, LN-1 into A).
     ln_r : ``In(row_read(...))``
-        The LayerNorm pass's reads of R.
+        The LayerNorm pass's reads of R, through R's output register (loaded with ``en``
+        too: the word addressed with one ``en`` is on ``data`` after the next ``en``).
     smax_s : ``In(row_read(...))``
         The softmax pass's reads of the scores.
     smax_p : ``In(write_port(...)).array(N)``
@@ -141,30 +158,34 @@ class Buffers(wiring.Component):
         grp = -(-c.max_seq // n)
         s, u = c.softmax_units, c.layernorm_units
         word = unsigned(8 * n)
-        self._geometry = {                      # name: banks, depth, word, read ports, late
-            "x": (n, grp * cwh, word, 1, True),     # A operand; residual of O; output
-            "q": (n, grp * cwh, word, 1, False),    # queries, then the context
-            "a": (n, grp * cwh, word, 1, True),     # A operand; residual of FFN2
-            "h": (n, grp * cwf, unsigned(c.gelu_bits * n), 1, False),   # gelu_bits per entry
-            "k": (n, grp * cwh, word, 1, False),
-            "v": (n, grp * cwh, word, 1, False),
+        # name: banks, depth, word, read ports, late (see _banked), output register
+        self._geometry = {
+            "x": (n, grp * cwh, word, 1, True, False),     # A operand; residual of O; output
+            "q": (n, grp * cwh, word, 1, False, False),    # queries, then the context
+            "a": (n, grp * cwh, word, 1, True, False),     # A operand; residual of FFN2
+            # gelu_bits per entry
+            "h": (n, grp * cwf, unsigned(c.gelu_bits * n), 1, False, False),
+            "k": (n, grp * cwh, word, 1, False, False),
+            "v": (n, grp * cwh, word, 1, False, False),
             # P: half ``bank`` at words bank*GRP + key block; prob_bits per entry
-            "p": (n, 2 * grp, unsigned(c.prob_bits * n), 1, False),
+            "p": (n, 2 * grp, unsigned(c.prob_bits * n), 1, False, False),
             # R: bank u holds the positions p = g*U + u (word g*CWH + chunk); the LayerNorm
-            # units read U positions at once
-            "r": (u, grp * (n // u) * cwh, unsigned(RESIDUAL_BITS * n), 1, False),
+            # units read U positions at once, through the block's output register (its
+            # read register into the LayerNorm pass's element pick was the ULX3S's worst path
+            # at 125 MHz: 5.8 ns clock-to-output and the route)
+            "r": (u, grp * (n // u) * cwh, unsigned(RESIDUAL_BITS * n), 1, False, True),
             # scores: bank k holds the query rows q*S + k of the block, half ``bank`` at words
             # (bank*N/S + q)*GRP + key block
             "s": (s, 2 * (n // s) * grp,
-                  unsigned(IntSoftmax.score_width(c.head_dim) * n), 1, False),
+                  unsigned(IntSoftmax.score_width(c.head_dim) * n), 1, False, False),
         }
 
         def rd(name):
-            banks, depth, shape, _, _ = self._geometry[name]
+            banks, depth, shape, *_ = self._geometry[name]
             return In(row_read(depth, shape, banks))
 
         def wr(name):
-            banks, depth, shape, _, _ = self._geometry[name]
+            banks, depth, shape, *_ = self._geometry[name]
             return In(write_port(depth, shape)).array(banks)
 
         super().__init__({
@@ -180,10 +201,10 @@ class Buffers(wiring.Component):
         c = self._c
         shared = ("x", "q", "k", "v")[:c.ffn // c.hidden] if c.shared_h else ()
         mems = {}
-        for name, (banks, depth, shape, reads, late) in self._geometry.items():
+        for name, (banks, depth, shape, reads, late, out_reg) in self._geometry.items():
             if name == "h" and shared:
                 continue
-            w, r = _banked(m, name, banks, depth, shape, reads, late)
+            w, r = _banked(m, name, banks, depth, shape, reads, late, out_reg)
             mems[name] = SimpleNamespace(w=w, r=r)
         # the users of each memory port, in priority order (only X and A share a port between
         # their own users; with shared_h the H users join the ports of X, Q, K and V)

@@ -33,7 +33,8 @@ class LayerNormPass(wiring.Component):
     seq_len : ``In(range(max_seq + 1))``
         Positions to normalize.
     r : ``Out(row_read(...))``
-        The R banks (the residual sums).
+        The R banks (the residual sums), read through two registers that both load with
+        ``en``: the word addressed with one ``en`` is on ``data`` after the next ``en``.
     params : ``Out(read_port(...))``
         The loader's LayerNorm parameter memory (``LN_LANE`` per channel).
     a, x : ``Out(write_port(...)).array(N)``
@@ -86,10 +87,11 @@ class LayerNormPass(wiring.Component):
         n1_on = Signal(U)             # the unit's position is inside the sequence
         sinks = sliced(m, "ln_in", [unit.i_stream for unit in lns])
         ln_outs = sliced(m, "ln_out", [unit.o_stream for unit in lns], inputs=False)
-        # stage r: R's read data (n1) registered as read: the block RAM's clock-to-out (5.8 ns
-        # on ECP5 without its output register) and the element pick do not fit one 10 ns cycle
-        # together. Stage n2: the element picked from it, registered, offered to the units (the
-        # pick runs into the slices across the chip otherwise). All stages move with n_adv.
+        # stage n1: R's read register; stage r: R's output register (the buffer's BlockRam
+        # loads it with the read's enable: the block RAM's clock-to-out, 5.8 ns on ECP5 from
+        # its read register, and the element pick do not fit one cycle together). Stage n2:
+        # the element picked from it, registered, offered to the units (the pick runs into the
+        # slices across the chip otherwise). All stages move with n_adv.
         r_valid = Signal()
         r_l = Signal(range(N))
         r_last = Signal()
@@ -100,11 +102,9 @@ class LayerNormPass(wiring.Component):
         n_adv = fork(m, "n", n2_valid, sinks, n2_on)
         m.d.comb += [self.r.addr.eq(times(n_g, CWH) + n_c), self.r.en.eq(n_adv)]
         for i, sink in enumerate(sinks):
-            r_word = Signal.like(self.r.data[i], name=f"r_word{i}")
             n2_data = Signal(signed(RESIDUAL_BITS), name=f"n2_data{i}")
             with m.If(n_adv):
-                m.d.sync += [r_word.eq(self.r.data[i]),
-                             n2_data.eq(element(r_word, r_l, signed(RESIDUAL_BITS)))]
+                m.d.sync += n2_data.eq(element(self.r.data[i], r_l, signed(RESIDUAL_BITS)))
             m.d.comb += [sink.payload.data.eq(n2_data), sink.payload.last.eq(n2_last)]
         with m.If(n_adv):
             m.d.sync += [n2_valid.eq(r_valid), n2_last.eq(r_last), n2_on.eq(r_on)]
