@@ -111,7 +111,9 @@ class SoftmaxPass(wiring.Component):
         x_adv = fork(m, "x", x1_valid, sinks, Const((1 << S) - 1, S))
         feed(m, self.scores, sinks, score_word(bank, x_q, x_w, GRP, RPS), x_adv, x1_l,
              self._sw, x1_last)
-        key = key0 + x_e
+        # the key of element x_e, key0 + x_e, kept as a register stepping with x_e (the adder
+        # before the segment compares was the ULX3S's worst path into x1_skip at 125 MHz)
+        key = Signal(range(2 * c.max_seq + 1), name="x_key")
         for k, sink in enumerate(sinks):
             # the key is outside the segment of the unit's row q*S + k
             x1_skip = Signal(name=f"x1_skip{k}")
@@ -124,11 +126,11 @@ class SoftmaxPass(wiring.Component):
             m.d.sync += [x1_valid.eq(x_active), x1_l.eq(x_l),
                          x1_last.eq(x_e == keys - 1)]
         with m.If(x_adv & x_active):
-            m.d.sync += [x_e.eq(x_e + 1), x_l.eq(x_l + 1)]
+            m.d.sync += [x_e.eq(x_e + 1), key.eq(key + 1), x_l.eq(x_l + 1)]
             with m.If(x_l == N - 1):
                 m.d.sync += [x_l.eq(0), x_w.eq(x_w + 1)]
             with m.If(x_e == keys - 1):
-                m.d.sync += [x_e.eq(0), x_l.eq(0), x_w.eq(0), x_q.eq(x_q + 1)]
+                m.d.sync += [x_e.eq(0), key.eq(key0), x_l.eq(0), x_w.eq(0), x_q.eq(x_q + 1)]
                 with m.If(x_q == RPS - 1):
                     m.d.sync += x_active.eq(0)
         # each unit's probabilities -> words of N -> the P bank of its row
@@ -161,6 +163,7 @@ class SoftmaxPass(wiring.Component):
                     m.d.sync += [y_w.eq(0), y_q.eq(y_q + 1)]
         m.d.comb += self.ctl.done.eq(Cat(*y_done).all())
         with m.If(self.ctl.start):
-            m.d.sync += [x_active.eq(1), x_q.eq(0), x_e.eq(0), x_w.eq(0), x_l.eq(0)]
+            m.d.sync += [x_active.eq(1), x_q.eq(0), x_e.eq(0), key.eq(self.key0), x_w.eq(0),
+                         x_l.eq(0)]
             m.d.sync += [r.eq(0) for r in y_regs]
         return m
