@@ -191,17 +191,24 @@ class WriteBack(wiring.Component):
             m.d.comb += st["wb_fire"].eq(1)
         # requantizer input
         m.d.comb += [rq.i_stream.valid.eq(c2_valid), rq.i_stream.payload.last.eq(0)]
+        # its parameters per lane, picked by the job's mode and panel slot, are registered in
+        # every cycle (that decode and pick ran on into the requantizer's first adder and DSP
+        # operands: the ULX3S's worst path at 125 MHz, 8.35 ns). They are constant during a
+        # job and stand one cycle after it starts, before its first row reaches c2 (the row
+        # passes c1 first), and a job starts only once the last one's rows are all written
+        # (GemmEngine: wjob waits for ``written``), so no row meets another job's parameters
         pan = self.panel
         for j in range(N):
             lane = rq.i_stream.payload.data[j]
-            m.d.comb += [
-                lane.x.eq(c2_data[j]),
-                lane.m.eq(Mux(job.mode == M_CTX, sc.ctx_m, pan.m[j])),
-                lane.e.eq(Mux(job.mode == M_CTX, sc.ctx_e, pan.e[j])),
-                lane.r.eq(c2_res[8 * j:8 * j + 8].as_signed()),
-                lane.m_r.eq(Mux(st["has_res"], pan.m2[j], 0)),
-                lane.e_r.eq(Mux(st["has_res"], pan.e2[j], 1)),
-            ]
+            params = {"m": Mux(job.mode == M_CTX, sc.ctx_m, pan.m[j]),
+                      "e": Mux(job.mode == M_CTX, sc.ctx_e, pan.e[j]),
+                      "m_r": Mux(st["has_res"], pan.m2[j], 0),
+                      "e_r": Mux(st["has_res"], pan.e2[j], 1)}
+            for name, value in params.items():
+                reg = Signal.like(getattr(lane, name), name=f"c2_{name}{j}", reset_less=True)
+                m.d.sync += reg.eq(value)
+                m.d.comb += getattr(lane, name).eq(reg)
+            m.d.comb += [lane.x.eq(c2_data[j]), lane.r.eq(c2_res[8 * j:8 * j + 8].as_signed())]
         self._write(m, st)
         # ``written`` is a register, wb_count == tiles * N as it stands after this cycle's
         # write (the compare ran on into the sequencer's state across the chip: an ECP5
