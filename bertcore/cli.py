@@ -523,7 +523,8 @@ def cmd_build(args):
     with _Progress(not (args.quiet or args.json)) as prog:
         prog.step(f"building {spec.name} (yowasp yosys + nextpnr; this takes minutes)")
         try:
-            rep = build.build(spec.name, cfg, out, args.program, clock_mhz=args.clock)
+            rep = build.build(spec.name, cfg, out, args.program, clock_mhz=args.clock,
+                              seed=args.seed)
         except ValueError as exc:
             raise CliError(str(exc)) from None
         except (OSError, RuntimeError) as exc:
@@ -787,12 +788,20 @@ def _count(text):
     return v
 
 
-def _seed(text):
-    """A random seed: a whole number ``0 <= seed < 2**63`` (what torch and numpy take)."""
-    v = _count(text)
-    if v >= 2 ** 63:
-        raise argparse.ArgumentTypeError(f"must be below 2**63, not {text}")
-    return v
+def _count_below(bits):
+    """A whole number ``0 <= n < 2**bits``."""
+    def parse(text):
+        v = _count(text)
+        if v >= 2 ** bits:
+            raise argparse.ArgumentTypeError(f"must be below 2**{bits}, not {text}")
+        return v
+    return parse
+
+
+#: A random seed (what torch and numpy take).
+_seed = _count_below(63)
+#: nextpnr's placement seed (a C ``int``).
+_placement_seed = _count_below(31)
 
 
 def _set_help():
@@ -961,6 +970,9 @@ def _add_build(sub):
     b.add_argument("--program", action="store_true", help="program the board afterwards")
     b.add_argument("--clock", type=_positive(float), metavar="MHZ",
                    help="core clock and timing target instead of the board's (docs/boards.md)")
+    b.add_argument("--seed", type=_placement_seed, metavar="N",
+                   help="nextpnr's placement seed (default: nextpnr's own; the same netlist "
+                   "and seed give the same result, another seed another placement)")
     b.add_argument("-o", "--output", metavar="DIR", help="build directory "
                    "(default: build/board-NAME)")
     _script_args(b)

