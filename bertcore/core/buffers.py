@@ -126,7 +126,9 @@ class Buffers(wiring.Component):
     -------
     feed_x, feed_q, feed_a, feed_h, feed_k, feed_v, feed_p : ``In(row_read(...))``
         The feeder's operand reads (``feed_x`` / ``feed_a`` enabled only while the running
-        job's A operand is X / A: they share their buffer's read port).
+        job's A operand is X / A: they share their buffer's read port). Without ``shared_h``,
+        ``feed_h`` reads through H's output register, loaded with ``en`` too: the word
+        addressed with one ``en`` is on ``data`` after the next ``en``.
     res_x, res_a : ``In(row_read(...))``
         The write-back's residual fetch (enabled only in O / FFN2 jobs; above the feeder).
     out_x : ``In(row_read(...))``
@@ -163,8 +165,11 @@ class Buffers(wiring.Component):
             "x": (n, grp * cwh, word, 1, True, False),     # A operand; residual of O; output
             "q": (n, grp * cwh, word, 1, False, False),    # queries, then the context
             "a": (n, grp * cwh, word, 1, True, False),     # A operand; residual of FFN2
-            # gelu_bits per entry
-            "h": (n, grp * cwf, unsigned(c.gelu_bits * n), 1, False, False),
+            # gelu_bits per entry; read through the block's output register (the feeder
+            # reads H on every advance of its stages, which load the output register: the
+            # block RAM's 5.8 ns clock-to-output ran on into its operand registers, one of the
+            # ULX3S's worst paths at 125 MHz). With shared_h H has no memory of its own.
+            "h": (n, grp * cwf, unsigned(c.gelu_bits * n), 1, False, True),
             "k": (n, grp * cwh, word, 1, False, False),
             "v": (n, grp * cwh, word, 1, False, False),
             # P: half ``bank`` at words bank*GRP + key block; prob_bits per entry

@@ -46,9 +46,11 @@ class OperandFeeder(wiring.Component):
         The running job.
     x, q, a, h, k, v, p : ``Out(row_read(...))``
         Reads of the buffers (P: ``prob_bits`` per entry, H: ``gelu_bits``); ``x`` and ``a``
-        are enabled only in jobs whose A operand is X / A (they share a port).
+        are enabled only in jobs whose A operand is X / A (they share a port). Without
+        ``config.shared_h``, ``h`` is read on every advance and its data pass two registers
+        (H's output register, :class:`~bertcore.core.buffers.Buffers`).
     panel : ``Out(read_port(...))``
-        The loader's panel buffer.
+        The loader's panel buffer (its data pass two registers, both loaded with ``en``).
     o_operands : ``Out(stream.Signature(StructLayout({"a": a_layout, "b": b_layout})))``
         One A and one B beat (registered).
     active : ``Out(1)``
@@ -152,6 +154,12 @@ class OperandFeeder(wiring.Component):
         rd = adv & s0_valid
         for port, src in ((self.x, A_X), (self.q, A_Q), (self.a, A_A), (self.h, A_H)):
             m.d.comb += [port.addr.eq(s0_a), port.en.eq(rd & (job.asrc == src))]
+        # H in its own memory (no shared_h) is read through its output register, which loads
+        # with the read's enable and is the A operand's stage r for H: read on every advance
+        # (nothing else reads H; a word read for no beat is not used)
+        h_out_reg = not c.shared_h
+        if h_out_reg:
+            m.d.comb += self.h.en.eq(adv)
         m.d.comb += [self.p.addr.eq(stage0(self.p, prob_word(job.bank, f_kw, GRP))),
                      self.p.en.eq(adv),
                      self.k.addr.eq(stage0(self.k, times(job.kb + f_t, CWH) + job.chw + f_kw)),
@@ -178,8 +186,9 @@ class OperandFeeder(wiring.Component):
                    A_H: (self.h, c.gelu_bits)}
         for i in range(N):
             items = [stage(f"s2_a{i}_{src}",
-                           element(stage(f"r_a{i}_{src}", sources[src][0].data[i]), r_ke,
-                                   signed(sources[src][1])))
+                           element(sources[src][0].data[i] if src == A_H and h_out_reg
+                                   else stage(f"r_a{i}_{src}", sources[src][0].data[i]),
+                                   r_ke, signed(sources[src][1])))
                      for src in (A_X, A_Q, A_A, A_H)]
             items.append(stage(f"s2_a{i}_p",
                                Cat(element(stage(f"r_a{i}_p", self.p.data[i]), r_ke,
@@ -187,8 +196,10 @@ class OperandFeeder(wiring.Component):
             m.d.comb += a_beat.data[i].eq(pick(items, s2_asrc, a_shape))
         vword = pick([self.v.data[b] for b in range(N)], s1_ke, 8 * N)
         for j in range(N):
-            items = [stage(f"r_b{j}_{name}", value) for name, value in (
-                ("w", self.panel.data[8 * j:8 * j + 8]),
+            # (the panel buffer's output register is its stage r: it loads with the read's
+            # enable, adv)
+            items = [self.panel.data[8 * j:8 * j + 8]]
+            items += [stage(f"r_b{j}_{name}", value) for name, value in (
                 ("k", element(self.k.data[j], s1_ke, unsigned(8))),
                 ("v", vword[8 * j:8 * j + 8]))]
             m.d.comb += b_beat.data[j].eq(stage(f"s2_b{j}", pick(items, s2_kind, 8)))

@@ -9,12 +9,15 @@ changed there changes the loader with it. It runs ahead of the sequencer: a pane
 free slot of the double-buffered panel buffer while the array computes the previous panel.
 """
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from bertcore.quant.kernels import GELU_IN_BITS, REQ_M_BITS
+from bertcore.rtl.blockram import BlockRam
 from bertcore.rtl.fsm import Fsm
 from bertcore.rtl.gelu import IntGELU
 from bertcore.rtl.requant import REQ_E_BITS
@@ -82,7 +85,9 @@ class ParameterLoader(wiring.Component):
         The headers (bias, requantization) of the two panel slots.
     panel_rd : ``In(read_port(2*K, unsigned(8*N)))``
         The weight rows of both slots (slot ``s``, row ``k`` at ``s*K + k``; ``K`` the largest
-        reduction length of a panel).
+        reduction length of a panel), read through two registers that both load with ``en``
+        (a :class:`~bertcore.rtl.blockram.BlockRam`): the row addressed with one ``en`` is on
+        ``data`` after the next ``en``.
     scalars : ``Out(scalar_layout())``
         The current layer's scalars.
     ln_rd : ``In(read_port(2*hidden/N, ArrayLayout(LN_LANE, N)))``
@@ -112,13 +117,19 @@ class ParameterLoader(wiring.Component):
         m = Module()
         c = self._c
         N, BUS = c.array_cols, c.bus_width
-        m.submodules.panel = panel = Memory(shape=unsigned(8 * N), depth=2 * self._kw, init=[])
+        # the panel buffer's reader (the feeder) registers the read data with the read's own
+        # enable: that register is the block RAM's output register (on ECP5 the DP16KD's, ~1
+        # ns clock-to-output instead of 5.8 ns into the feeder's operand registers)
+        m.submodules.panel = panel = BlockRam(8 * N, 2 * self._kw)
+        m.d.comb += [panel.r_addr.eq(self.panel_rd.addr), panel.r_en.eq(self.panel_rd.en),
+                     panel.o_en.eq(self.panel_rd.en), self.panel_rd.data.eq(panel.r_data)]
         m.submodules.ln_mem = ln_mem = Memory(shape=unsigned(LN_LANE.size * N),
                                               depth=2 * self._cwh, init=[])
-        for mem, port in ((panel, self.panel_rd), (ln_mem, self.ln_rd)):
-            rp = mem.read_port()
-            m.d.comb += [rp.addr.eq(port.addr), rp.en.eq(port.en), port.data.eq(rp.data)]
-        st = {"pw": panel.write_port(), "lw": ln_mem.write_port()}
+        rp = ln_mem.read_port()
+        m.d.comb += [rp.addr.eq(self.ln_rd.addr), rp.en.eq(self.ln_rd.en),
+                     self.ln_rd.data.eq(rp.data)]
+        pw = SimpleNamespace(addr=panel.w_addr, data=panel.w_data, en=panel.w_en)
+        st = {"pw": pw, "lw": ln_mem.write_port()}
         # slot / record hand-over flags (the loader sets, the sequencer releases)
         for name, ho, slots in (("slot", self.slots, 2), ("scal", self.scalars_ho, 1),
                                 ("ln", self.ln_slots, 2)):
