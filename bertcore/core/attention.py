@@ -114,11 +114,28 @@ class SoftmaxPass(wiring.Component):
         # the key of element x_e, key0 + x_e, kept as a register stepping with x_e (the adder
         # before the segment compares was the ULX3S's worst path into x1_skip at 125 MHz)
         key = Signal(range(2 * c.max_seq + 1), name="x_key")
+        x_row_end = Signal()            # the row's last element advances
+        m.d.comb += x_row_end.eq(x_adv & x_active & (x_e == keys - 1))
+        # the segment bounds of each unit's row q*S + k as registers, loaded as x_q moves to the
+        # row (the pick by x_q before the compares ran on into x1_skip: the ULX3S's worst path
+        # at 125 MHz, 8.98 ns)
+        x_next_q = Mux(x_q == RPS - 1, 0, x_q + 1)
+        bounds = []
+        for k in range(S):
+            lo = Signal(len(key), name=f"x_lo{k}")
+            hi = Signal(len(key), name=f"x_hi{k}")
+            with m.If(self.ctl.start):
+                m.d.sync += [lo.eq(self.row_lo[k]), hi.eq(self.row_hi[k])]
+            with m.Elif(x_row_end):
+                m.d.sync += [lo.eq(pick([row_lo[q * S + k] for q in range(RPS)], x_next_q,
+                                        unsigned(len(key)))),
+                             hi.eq(pick([row_hi[q * S + k] for q in range(RPS)], x_next_q,
+                                        unsigned(len(key))))]
+            bounds.append((lo, hi))
         for k, sink in enumerate(sinks):
             # the key is outside the segment of the unit's row q*S + k
             x1_skip = Signal(name=f"x1_skip{k}")
-            lo = pick([row_lo[q * S + k] for q in range(RPS)], x_q, unsigned(len(key)))
-            hi = pick([row_hi[q * S + k] for q in range(RPS)], x_q, unsigned(len(key)))
+            lo, hi = bounds[k]
             with m.If(x_adv):
                 m.d.sync += x1_skip.eq((key < lo) | (key >= hi))
             m.d.comb += sink.payload.skip.eq(x1_skip)
@@ -129,7 +146,7 @@ class SoftmaxPass(wiring.Component):
             m.d.sync += [x_e.eq(x_e + 1), key.eq(key + 1), x_l.eq(x_l + 1)]
             with m.If(x_l == N - 1):
                 m.d.sync += [x_l.eq(0), x_w.eq(x_w + 1)]
-            with m.If(x_e == keys - 1):
+            with m.If(x_row_end):
                 m.d.sync += [x_e.eq(0), key.eq(key0), x_l.eq(0), x_w.eq(0), x_q.eq(x_q + 1)]
                 with m.If(x_q == RPS - 1):
                     m.d.sync += x_active.eq(0)
