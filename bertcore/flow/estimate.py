@@ -52,13 +52,16 @@ _FACTOR_MUX = 0.5
 @dataclass(frozen=True)
 class Memory:
     """One memory of a design: ``path`` (names of the submodules), ``depth``, ``width`` in
-    bits, ``sync_reads`` / ``async_reads`` read ports, ``writes`` write ports."""
+    bits, ``sync_reads`` / ``async_reads`` read ports, ``writes`` write ports; ``dp16kd``:
+    the ``DP16KD`` instances of a memory built from them (a
+    :class:`~bertcore.rtl.blockram.BlockRam`'s ECP5 form), else 0 (yosys maps it)."""
     path: tuple
     depth: int
     width: int
     sync_reads: int
     async_reads: int
     writes: int
+    dp16kd: int = 0
 
 
 def _fragments(fragment, path=()):
@@ -84,10 +87,21 @@ def design_memories(design):
     """Every memory of ``design`` (an elaboratable or :func:`elaborate`'s fragment of one), a
     list of :class:`Memory`."""
     from amaranth.hdl import Shape
+    from amaranth.hdl._ir import Instance
     from amaranth.hdl._mem import MemoryInstance
+
+    from ..rtl.blockram import BlockRam
     out = []
     for frag, path in _fragments(elaborate(design)):
-        if isinstance(frag, MemoryInstance):
+        ram = next((o for o in getattr(frag, "origins", ()) if isinstance(o, BlockRam)), None)
+        blocks = sum(isinstance(sub, Instance) and sub.type == "DP16KD"
+                     for sub, *_ in frag.subfragments)
+        if ram is not None and blocks:
+            # a BlockRam's ECP5 form: its blocks as instantiated (the behavioural form is a
+            # Memory below it, counted as yosys maps it)
+            out.append(Memory(path=path, depth=ram.depth, width=ram.width, sync_reads=1,
+                              async_reads=0, writes=1, dp16kd=blocks))
+        elif isinstance(frag, MemoryInstance):
             data = frag._data
             domains = [port._domain for port in frag._read_ports]
             out.append(Memory(path=path, depth=data.depth, width=Shape.cast(data.shape).width,
@@ -98,7 +112,10 @@ def design_memories(design):
 
 
 def memory_cells(mem):
-    """``(dp16kd, dpr16x4)`` of one memory as yosys maps it on ECP5 (see the module docstring)."""
+    """``(dp16kd, dpr16x4)`` of one memory as yosys maps it on ECP5 (see the module docstring),
+    or as instantiated (``mem.dp16kd``)."""
+    if mem.dp16kd:
+        return mem.dp16kd, 0
     if mem.depth == 0 or mem.width == 0:
         return 0, 0
     # each geometry: blocks x 128, plus the read multiplexer over the blocks stacked in depth
