@@ -93,7 +93,8 @@ def design_memories(design):
     from ..rtl.blockram import BlockRam
     out = []
     for frag, path in _fragments(elaborate(design)):
-        ram = next((o for o in getattr(frag, "origins", ()) if isinstance(o, BlockRam)), None)
+        ram = next((o for o in (getattr(frag, "origins", None) or ()) if isinstance(o, BlockRam)),
+                   None)
         blocks = sum(isinstance(sub, Instance) and sub.type == "DP16KD"
                      for sub, *_ in frag.subfragments)
         if ram is not None and blocks:
