@@ -5,7 +5,8 @@ platform (yosys → nextpnr → ecppack / icepack) with the ``yowasp-*`` command
 utilization and Fmax parsed from the nextpnr log (``top.tim``)::
 
     {"board": ..., "routed": True, "timing_met": False, "fmax": {"clk": 41.5}, "target_mhz": 100.0,
-     "seed": None, "utilization": {"TRELLIS_SLICE": (used, total), "MULT18X18D": (used, total), ...},
+     "seed": None,
+     "utilization": {"TRELLIS_SLICE": (used, total), "MULT18X18D": (used, total), ...},
      "bitstream": "build/ulx3s/top.bit", "seconds": ...,
      "failing": [{"endpoint": "core.dp.x.DI", "arrival_ns": 11.2, "count": 8}, ...]}
 

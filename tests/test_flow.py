@@ -170,7 +170,7 @@ def test_cli_build_errors(capsys):
 
 
 def test_build_placement_seed(monkeypatch, tmp_path):
-    """``--seed`` reaches nextpnr's command line and the report; a bad seed is refused before
+    """``seed`` reaches nextpnr's command line (only when given); a bad seed is refused before
     anything runs."""
     from bertcore.boards import build
     for bad in (-1, 2 ** 31, 1.0, True, "7"):
@@ -211,6 +211,9 @@ def test_cli_build_prints_failing_endpoints(monkeypatch, capsys, tmp_path):
     assert main(["build", "--board", "ulx3s-85f", "-o", str(tmp_path), "--clock", "100"]) == 0
     assert clocks == [(100.0, None)]
     out = capsys.readouterr().out
+    assert main(["build", "--board", "ulx3s-85f", "-o", str(tmp_path), "--seed", "7",
+                 "--quiet"]) == 0
+    assert clocks[-1] == (None, 7)
     assert "timing_met     False" in out
     assert "latest endpoints over the 100 MHz period (arrival ns, count):" in out
     assert " 11.44  x9    core.dp.array.a_in.DI" in out
