@@ -56,7 +56,17 @@ from bertcore.rtl.softmax import IntSoftmax
 
 from .common import pick, row_read, write_port
 
-__all__ = ["Buffers"]
+__all__ = ["Buffers", "output_registered"]
+
+#: The buffers read through their block's output register (``_banked``'s ``out_reg``).
+_OUT_REG = ("h", "r")
+
+
+def output_registered(config, name):
+    """Whether buffer ``name`` of ``config`` is read through its output register, so that its
+    data pass two registers loaded with ``en`` (with ``shared_h`` H has no memory of its own
+    and is read from X, Q, K and V's)."""
+    return name in _OUT_REG and not (name == "h" and config.shared_h)
 
 
 def _banked(m, name, banks, depth, shape, read_ports, late, out_reg=False):
@@ -169,7 +179,7 @@ class Buffers(wiring.Component):
             # reads H on every advance of its stages, which load the output register: the
             # block RAM's 5.8 ns clock-to-output ran on into its operand registers, one of the
             # ULX3S's worst paths at 125 MHz). With shared_h H has no memory of its own.
-            "h": (n, grp * cwf, unsigned(c.gelu_bits * n), 1, False, True),
+            "h": (n, grp * cwf, unsigned(c.gelu_bits * n), 1, False, "h" in _OUT_REG),
             "k": (n, grp * cwh, word, 1, False, False),
             "v": (n, grp * cwh, word, 1, False, False),
             # P: half ``bank`` at words bank*GRP + key block; prob_bits per entry
@@ -178,7 +188,8 @@ class Buffers(wiring.Component):
             # units read U positions at once, through the block's output register (its
             # read register into the LayerNorm pass's element pick was the ULX3S's worst path
             # at 125 MHz: 5.8 ns clock-to-output and the route)
-            "r": (u, grp * (n // u) * cwh, unsigned(RESIDUAL_BITS * n), 1, False, True),
+            "r": (u, grp * (n // u) * cwh, unsigned(RESIDUAL_BITS * n), 1, False,
+                  "r" in _OUT_REG),
             # scores: bank k holds the query rows q*S + k of the block, half ``bank`` at words
             # (bank*N/S + q)*GRP + key block
             "s": (s, 2 * (n // s) * grp,

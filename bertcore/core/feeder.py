@@ -21,6 +21,7 @@ from amaranth.lib.wiring import In, Out
 
 from bertcore.rtl.stream import RegisterSlice
 
+from .buffers import output_registered
 from .common import (A_A, A_H, A_Q, A_X, J_PANEL, J_PV, J_SCORE, element, job_layout, pick,
                      prob_word, read_port, row_read, times)
 
@@ -152,14 +153,13 @@ class OperandFeeder(wiring.Component):
         # pass), and with ``shared_h`` the memories of X, Q, K and V hold H during the FFN
         # (Buffers)
         rd = adv & s0_valid
-        for port, src in ((self.x, A_X), (self.q, A_Q), (self.a, A_A), (self.h, A_H)):
-            m.d.comb += [port.addr.eq(s0_a), port.en.eq(rd & (job.asrc == src))]
         # H in its own memory (no shared_h) is read through its output register, which loads
         # with the read's enable and is the A operand's stage r for H: read on every advance
         # (nothing else reads H; a word read for no beat is not used)
-        h_out_reg = not c.shared_h
-        if h_out_reg:
-            m.d.comb += self.h.en.eq(adv)
+        h_out_reg = output_registered(c, "h")
+        for port, src in ((self.x, A_X), (self.q, A_Q), (self.a, A_A), (self.h, A_H)):
+            en = adv if src == A_H and h_out_reg else rd & (job.asrc == src)
+            m.d.comb += [port.addr.eq(s0_a), port.en.eq(en)]
         m.d.comb += [self.p.addr.eq(stage0(self.p, prob_word(job.bank, f_kw, GRP))),
                      self.p.en.eq(adv),
                      self.k.addr.eq(stage0(self.k, times(job.kb + f_t, CWH) + job.chw + f_kw)),
