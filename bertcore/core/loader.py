@@ -180,6 +180,7 @@ class ParameterLoader(wiring.Component):
         vec = Signal(VB * BUS, reset_less=True)
         st["vb"] = vb = Signal(range(VB + 1))
         st["fire"] = p_fire = param.valid & param.ready
+        st["payload"] = param.payload.data
         st["merged"] = merged = Cat(*(Mux(vb == b, param.payload.data,
                                           vec[b * BUS:(b + 1) * BUS]) for b in range(VB)))
         st["ok"] = param_ok = Signal()     # the loader may take a beat in its current state
@@ -195,12 +196,15 @@ class ParameterLoader(wiring.Component):
         m.d.sync += ready.eq(param_ok & ~(st["set_slot"] | st["set_scal"] | st["set_ln"]
                                           | st["hdr_end"]))
         m.d.comb += param.ready.eq(ready)
-        # every beat taken goes into vec, the last of a vector too (harmless: the next vector
-        # overwrites its beats in order before it reads them back); with the state's
-        # ``vdone`` out of the enable of these VB * BUS flip-flops, the state decode does not
-        # fan out to them (the ULX3S's worst path at 100 MHz)
+        # vec takes ``merged`` on every cycle, without an enable: only its beat ``vb`` changes,
+        # and a beat below ``vb`` keeps what it took on the cycle it was fired (the last cycle
+        # ``vb`` pointed at it); what is written at ``vb`` before its beat fires (a beat not
+        # yet taken, or none) is overwritten by the beat itself. So neither the state decode
+        # (the ULX3S's worst path at 100 MHz) nor the fire (at 125 MHz) fans out to these
+        # VB * BUS flip-flops.
+        m.d.sync += vec.eq(merged)
         with m.If(p_fire):
-            m.d.sync += [pbeat.eq(pbeat + 1), vec.eq(merged)]
+            m.d.sync += pbeat.eq(pbeat + 1)
             with m.If(vdone):
                 m.d.sync += vb.eq(0)
             with m.Else():
@@ -237,6 +241,14 @@ class ParameterLoader(wiring.Component):
         fail_hdr = Signal()
         n_panels = Mux(l_group == G_FFN1, c.ffn // N, CWH)
         k_rows = Mux(l_group == G_FFN2, c.ffn, c.hidden)
+        # the counters' last-value compares as registers, loaded with the counters' next
+        # values (each counter is loaded in a few places only): the state's next value reads
+        # flip-flops, not a counter compared with a multiplexed bound (part of the ULX3S's
+        # worst paths at 125 MHz, the parameter fire into ``loader_state``)
+        row_last = Signal(init=c.hidden == 1)             # l_row == k_rows - 1
+        panel_last = Signal(init=CWH == 1)                # l_panel == n_panels - 1
+        chunk_last = Signal(init=CWH == 1)                # l_chunk == CWH - 1
+        layer_last = Signal(init=c.layers == 1)           # l_layer == layers - 1
 
         def lanes(width, j, src=merged):
             return src[j * width:(j + 1) * width]
@@ -269,7 +281,7 @@ class ParameterLoader(wiring.Component):
                 with m.If(vector_state(SCALAR_BITS, ~self.scalars_ho.full)):
                     m.d.sync += [getattr(scalars, name).eq(merged[off:off + width])
                                  for name, (off, width) in scalar_slices().items()]
-                    m.d.sync += [l_group.eq(G_Q), l_panel.eq(0)]
+                    m.d.sync += [l_group.eq(G_Q), l_panel.eq(0), panel_last.eq(CWH == 1)]
                     m.d.comb += st["set_scal"].eq(1)
                     fsm.next(PANEL_FIELDS[0].name)
             # a panel's header vectors, one state each, into the free slot
@@ -280,20 +292,30 @@ class ParameterLoader(wiring.Component):
                             with m.If(l_slot == s):
                                 m.d.sync += [getattr(slots[s], f.name)[j].eq(lanes(f.width, j))
                                              for j in range(N)]
-                        m.d.sync += l_row.eq(0)
+                        m.d.sync += [l_row.eq(0), row_last.eq(k_rows == 1)]
                         fsm.next(nxt)
             # its weight rows, into the slot's half of the panel buffer
             with fsm.State("W"):
+                # a row of one beat is that beat: the panel buffer's write data straight from
+                # the slice's register, not through the vector multiplexer (its beat index
+                # ``vb`` on the ULX3S's failing paths at 125 MHz, into the block RAM's data)
+                row_bits = PANEL_ROW.width * N
+                row = (st["payload"][:row_bits] if vector_beats(row_bits, BUS) == 1
+                       else merged[:row_bits])
                 m.d.comb += [st["pw"].addr.eq(Mux(l_slot, KW, 0) + l_row),
-                             st["pw"].data.eq(merged[:PANEL_ROW.width * N])]
+                             st["pw"].data.eq(row)]
                 with m.If(vector_state(N * PANEL_ROW.width, free)):
                     m.d.comb += st["pw"].en.eq(1)
-                    m.d.sync += l_row.eq(l_row + 1)
-                    with m.If(l_row == k_rows - 1):
+                    m.d.sync += [l_row.eq(l_row + 1), row_last.eq(l_row == k_rows - 2)]
+                    with m.If(row_last):
                         m.d.comb += [st["set_slot"].eq(1), st["set_slot_i"].eq(l_slot)]
-                        m.d.sync += [l_slot.eq(~l_slot), l_panel.eq(l_panel + 1)]
-                        with m.If(l_panel == n_panels - 1):
-                            m.d.sync += [l_panel.eq(0), l_group.eq(l_group + 1), l_chunk.eq(0)]
+                        m.d.sync += [l_slot.eq(~l_slot), l_panel.eq(l_panel + 1),
+                                     panel_last.eq(l_panel == n_panels - 2)]
+                        with m.If(panel_last):
+                            m.d.sync += [l_panel.eq(0), l_group.eq(l_group + 1), l_chunk.eq(0),
+                                         panel_last.eq(Mux(l_group + 1 == G_FFN1,
+                                                           c.ffn // N == 1, CWH == 1)),
+                                         chunk_last.eq(CWH == 1)]
                             with m.If(l_group == G_O):                # LN-1 follows
                                 m.d.sync += l_ln.eq(0)
                                 fsm.next(LN_FIELDS[0].name)
@@ -321,16 +343,17 @@ class ParameterLoader(wiring.Component):
                              st["lw"].data.eq(word)]
                 with m.If(vector_state(N * last.width, ln_free)):
                     m.d.comb += st["lw"].en.eq(1)
-                    m.d.sync += l_chunk.eq(l_chunk + 1)
+                    m.d.sync += [l_chunk.eq(l_chunk + 1), chunk_last.eq(l_chunk == CWH - 2)]
                     fsm.next(LN_FIELDS[0].name)
-                    with m.If(l_chunk == CWH - 1):
+                    with m.If(chunk_last):
                         m.d.comb += [st["set_ln"].eq(1), st["set_ln_i"].eq(l_ln)]
                         with m.If(l_ln == 0):
                             fsm.next(PANEL_FIELDS[0].name)
-                        with m.Elif(l_layer == c.layers - 1):
+                        with m.Elif(layer_last):
                             fsm.next("END")
                         with m.Else():
-                            m.d.sync += l_layer.eq(l_layer + 1)
+                            m.d.sync += [l_layer.eq(l_layer + 1),
+                                         layer_last.eq(l_layer == c.layers - 2)]
                             fsm.next("SCAL")
             with fsm.State("END"):
                 pass
