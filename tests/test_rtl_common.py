@@ -266,13 +266,15 @@ def test_runner_missing_simulator(monkeypatch):
 def test_saturate_clamps_to_the_signed_range(width, bits):
     """rtl.common.saturate (a reduction of the high bits, no compares; the requantizer's output
     stage and the write-back use it) against the clamp, every value of a signed ``width``-bit
-    input."""
+    input; and its test alone (``saturate_fits``, which the one-term requantizer registers
+    apart from the pick)."""
     from amaranth.sim import Simulator
-    from bertcore.rtl.common import saturate
+    from bertcore.rtl.common import saturate, saturate_fits
     x = Signal(signed(width))
     out = Signal(signed(bits))
+    fits = Signal()
     m = Module()
-    m.d.comb += out.eq(saturate(x, bits))
+    m.d.comb += [out.eq(saturate(x, bits)), fits.eq(saturate_fits(x, bits))]
     assert saturate(x, bits).shape() == signed(min(width, bits))
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
@@ -280,6 +282,7 @@ def test_saturate_clamps_to_the_signed_range(width, bits):
         for v in range(-(1 << (width - 1)), 1 << (width - 1)):
             ctx.set(x, v)
             assert ctx.get(out) == min(max(v, lo), hi), v
+            assert ctx.get(fits) == (lo <= v <= hi), v
 
     sim = Simulator(m)
     sim.add_testbench(tb)

@@ -26,13 +26,13 @@ emitted Verilog they are one flat bit vector (``<prefix>__payload``); :func:`pac
 import contextlib
 import enum
 
-from amaranth.hdl import Mux, Shape, ShapeCastable, Value
+from amaranth.hdl import Const, Mux, Shape, ShapeCastable, Value
 from amaranth.lib import data
 
 __all__ = ["pack", "unpack", "payload_width", "DSP_WIDTH", "dsp_tiles", "dsp_partial_products",
            "MULTIPLIER_STYLES", "check_multipliers", "multiply", "multiply_latency", "check_int",
-           "rejecting", "saturate", "PRIMITIVE_TARGETS", "check_target", "check_domain",
-           "targets_ecp5"]
+           "rejecting", "saturate", "saturate_fits", "PRIMITIVE_TARGETS", "check_target",
+           "check_domain", "targets_ecp5"]
 
 
 def payload_width(layout):
@@ -298,10 +298,19 @@ def saturate(value, bits):
         raise TypeError(f"saturate takes a signed value, not {value.shape()!r}")
     if len(value) <= bits:
         return value
-    high = value[bits - 1:]
-    fits = (high == 0) | (high == (1 << len(high)) - 1)
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return Mux(fits, value[:bits].as_signed(), Mux(value[-1], lo, hi))
+    return Mux(saturate_fits(value, bits), value[:bits].as_signed(), Mux(value[-1], lo, hi))
+
+
+def saturate_fits(value, bits):
+    """Whether the signed ``value`` fits in signed ``bits`` bits (:func:`saturate`'s test,
+    for a pipeline that registers it apart from the pick): its bits from ``bits - 1`` up are
+    all equal."""
+    value = Value.cast(value)
+    if len(value) <= bits:
+        return Const(1)
+    high = value[bits - 1:]
+    return (high == 0) | (high == (1 << len(high)) - 1)
 
 
 # -- Parameter validation ---------------------------------------------------------------------------

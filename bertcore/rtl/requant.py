@@ -1,12 +1,12 @@
 """Fixed-point requantization (``bertcore.quant.kernels.requantize``) as a pipelined unit."""
 
-from amaranth.hdl import Cat, Const, Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bertcore.quant.kernels import REQ_M_BITS, REQ_MAX_SHIFT
 from .common import (check_int, check_multipliers, dsp_partial_products, rejecting,
-                     saturate, valid_last_pipeline)
+                     saturate, saturate_fits, valid_last_pipeline)
 from .multiplier import mult18x18d_products, uses_mult18x18d
 
 __all__ = ["Requantizer", "REQ_E_BITS"]
@@ -170,17 +170,33 @@ class Requantizer(wiring.Component):
                 terms.append(self._term(m, en, lane, "r_", elem.r, elem.m_r, elem.e_r, None,
                                         platform))
 
-            # stage 7: sum of the terms
-            total = Signal(signed(max(len(t) for t in terms) + len(terms) - 1),
-                           name=f"total_{lane}", reset_less=True)
-            with m.If(en):
-                m.d.sync += total.eq(sum(terms[1:], terms[0]))
-
-            # stage 8: saturated to out_bits (the output register; rtl.common.saturate: a
-            # reduction in LUTs, no carry chain)
             out = Signal(signed(self._out_bits), name=f"out_{lane}", reset_less=True)
-            with m.If(en):
-                m.d.sync += out.eq(saturate(total, self._out_bits))
+            if len(terms) == 1 and len(terms[0]) > self._out_bits:
+                # one term: stage 7 has no sum to take, so it takes the saturation's test
+                # (``fits``, a reduction in LUTs) and its sign, and stage 8 only picks
+                # (rq2's saturation into its output register was on the ULX3S's failing
+                # paths at 125 MHz)
+                low = Signal(signed(self._out_bits), name=f"low_{lane}", reset_less=True)
+                fits = Signal(name=f"fits_{lane}", reset_less=True)
+                neg = Signal(name=f"neg_{lane}", reset_less=True)
+                with m.If(en):
+                    m.d.sync += [low.eq(terms[0][:self._out_bits].as_signed()),
+                                 fits.eq(saturate_fits(terms[0], self._out_bits)),
+                                 neg.eq(terms[0][-1])]
+                lo, hi = -(1 << (self._out_bits - 1)), (1 << (self._out_bits - 1)) - 1
+                with m.If(en):
+                    m.d.sync += out.eq(Mux(fits, low, Mux(neg, lo, hi)))
+            else:
+                # stage 7: sum of the terms
+                total = Signal(signed(max(len(t) for t in terms) + len(terms) - 1),
+                               name=f"total_{lane}", reset_less=True)
+                with m.If(en):
+                    m.d.sync += total.eq(sum(terms[1:], terms[0]))
+
+                # stage 8: saturated to out_bits (the output register; rtl.common.saturate:
+                # a reduction in LUTs, no carry chain)
+                with m.If(en):
+                    m.d.sync += out.eq(saturate(total, self._out_bits))
             m.d.comb += self.o_stream.payload.data[lane].eq(out)
         return m
 
