@@ -50,6 +50,7 @@ from bertcore.core.common import act_layout
 from bertcore.core.encoder import bus_layout, out_layout
 
 from bertcore import uart_protocol as P
+from bertcore.rtl.blockram import BlockRam
 from bertcore.rtl.common import rejecting
 from bertcore.rtl.fsm import Fsm
 from bertcore.rtl.stream import RegisterSlice
@@ -328,7 +329,8 @@ class UARTBridge(wiring.Component):
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
 
         m.submodules.frame_mem = frame_mem = Memory(shape=8, depth=MAXP, init=[])
-        m.submodules.reply_mem = reply_mem = Memory(shape=self._bus, depth=RW, init=[])
+        # the reply buffer is read through its output register (ReplySender's word)
+        m.submodules.reply_mem = reply_mem = BlockRam(self._bus, RW)
         # bytes are taken while hunting or inside a frame; outside (executing, replying) they
         # wait in the UART receiver, and further ones are lost (the host waits for the reply)
         m.submodules.receiver = rx = FrameReceiver(MAXP, NB, self._timeout)
@@ -355,9 +357,12 @@ class UARTBridge(wiring.Component):
         m.d.comb += [fwd.length.eq(rx.length), fwd.abort.eq(line_break)]
         m.submodules.gatherer = gather = ResultGatherer(self._bus, RW, self._gather)
         connect(m, wiring.flipped(self.result), gather.i_stream)
-        connect(m, gather.buffer, reply_mem.write_port())
+        m.d.comb += [reply_mem.w_addr.eq(gather.buffer.addr),
+                     reply_mem.w_data.eq(gather.buffer.data),
+                     reply_mem.w_en.eq(gather.buffer.en)]
         m.submodules.sender = tx = ReplySender(self._bus, RW, self.status_bytes)
-        connect(m, tx.words, reply_mem.read_port())
+        m.d.comb += [reply_mem.r_addr.eq(tx.words.addr), reply_mem.r_en.eq(1),
+                     reply_mem.o_en.eq(1), tx.words.data.eq(reply_mem.r_data)]
         # reply bytes pass a register slice on their way to the transmitter (the byte
         # multiplexer of the reply does not run on into its shift register)
         m.submodules.tx_slice = tx_slice = RegisterSlice(unsigned(8))

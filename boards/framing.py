@@ -192,10 +192,12 @@ class ReplySender(wiring.Component):
 
     The CRC takes each sent byte one cycle later, from a register (the byte multiplexer does
     not run on into the CRC's XOR network); the CRC bytes go out once it has taken the last
-    one. The reply buffer's word passes a register too (a block RAM's clock-to-out without its
-    output register is 5.6 ns on the ULX3S's -6 part; it ran on into the byte select): it
-    follows the word index two cycles late, which the header's five bytes, one per UART
-    character time, leave room for.
+    one. The reply buffer's word is read through two registers, the address and the word
+    (:class:`~bertcore.rtl.blockram.BlockRam`: on ECP5 the block's own output register; a
+    block RAM's clock-to-out without it is 5.6 ns on the ULX3S's -6 part, and it ran on into
+    this unit's word register, the ULX3S's worst path at 125 MHz): the word follows the
+    word index two cycles late, which the header's five bytes, one per UART character time,
+    leave room for.
 
     Parameters
     ----------
@@ -215,7 +217,9 @@ class ReplySender(wiring.Component):
     status : ``In(8 * status_bytes)``, reason : ``In(8)``, flags : ``In(8)``
         The payload of a STATUS, NAK or DATA reply.
     words : ``In(ReadPort.Signature(...))``
-        The reply buffer's read port (transparency not needed: it is written before).
+        The reply buffer's read: ``data`` is the word ``addr`` named two cycles before, through
+        its output register (a :class:`~bertcore.rtl.blockram.BlockRam` read with ``r_en`` and
+        ``o_en`` high; transparency not needed: the buffer is written before).
     o_stream : ``Out(stream.Signature(8))``
         Bytes for the UART transmitter.
     crc_start, crc_valid : ``Out(1)``, crc_data : ``Out(8)``, crc : ``In(16)``
@@ -254,11 +258,11 @@ class ReplySender(wiring.Component):
         r_nak = Signal()                            # kind is R_NAK
         wi = Signal(range(self._reply_words + 1))   # word of the reply buffer
         part = Signal(range(NB))                    # byte within the word
-        word = Signal.like(self.words.data)
+        word = self.words.data                      # (the read's output register)
         tx_byte = Signal(8)
         crc_in = self.crc_data                      # (a register)
         crc_pend = self.crc_valid                   # crc_in waits for the CRC (a register)
-        m.d.sync += [crc_pend.eq(0), word.eq(self.words.data)]
+        m.d.sync += crc_pend.eq(0)
         m.d.comb += self.words.addr.eq(wi)
         out = self.o_stream
 
