@@ -121,19 +121,27 @@ class OperandFeeder(wiring.Component):
         # clock-to-out (5.8 ns without its output register) and an element pick.
         adv = ~s2_valid | ops.i_stream.ready
         issue = adv & f_active
+        # the counters' last-value compares as registers, loaded with the counters' next
+        # values: the counters' enables read flip-flops, not a counter compared with a job
+        # field minus one (the enables of f_kw and f_t were on the ULX3S's failing paths at
+        # 125 MHz)
+        k_last = Signal()                   # f_k == job.k - 1
+        t_last = Signal()                   # f_t == job.tiles - 1
         with m.If(adv):
-            m.d.sync += [s0_valid.eq(f_active), s0_last.eq(f_k == job.k - 1), s0_ke.eq(f_ke),
+            m.d.sync += [s0_valid.eq(f_active), s0_last.eq(k_last), s0_ke.eq(f_ke),
                          s1_valid.eq(s0_valid), s1_last.eq(s0_last), s1_ke.eq(s0_ke),
                          r_valid.eq(s1_valid), r_last.eq(s1_last), r_ke.eq(s1_ke),
                          s2_valid.eq(r_valid), s2_last.eq(r_last)]
         with m.If(issue):
-            m.d.sync += [f_k.eq(f_k + 1), f_ke.eq(f_ke + 1), f_paddr.eq(f_paddr + 1)]
+            m.d.sync += [f_k.eq(f_k + 1), f_ke.eq(f_ke + 1), f_paddr.eq(f_paddr + 1),
+                         k_last.eq(f_k == job.k - 2)]
             with m.If(f_ke == N - 1):
                 m.d.sync += [f_ke.eq(0), f_kw.eq(f_kw + 1)]
-            with m.If(f_k == job.k - 1):
+            with m.If(k_last):
                 m.d.sync += [f_k.eq(0), f_ke.eq(0), f_kw.eq(0), f_t.eq(f_t + 1),
-                             f_paddr.eq(Mux(job.slot, KW, 0))]
-                with m.If(f_t == job.tiles - 1):
+                             f_paddr.eq(Mux(job.slot, KW, 0)), k_last.eq(job.k == 1),
+                             t_last.eq(f_t == job.tiles - 2)]
+                with m.If(t_last):
                     m.d.sync += f_active.eq(0)
         # addresses
         a_grp = Mux(job.kind == J_PANEL, f_t, job.mb)
@@ -208,5 +216,6 @@ class OperandFeeder(wiring.Component):
         with m.If(self.start):
             m.d.sync += [f_active.eq(1), f_t.eq(0),
                          f_k.eq(0), f_kw.eq(0), f_ke.eq(0),
-                         f_paddr.eq(Mux(self.desc.slot, KW, 0))]
+                         f_paddr.eq(Mux(self.desc.slot, KW, 0)),
+                         k_last.eq(self.desc.k == 1), t_last.eq(self.desc.tiles == 1)]
         return m
