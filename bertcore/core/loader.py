@@ -129,14 +129,29 @@ class ParameterLoader(wiring.Component):
         m.d.comb += [rp.addr.eq(self.ln_rd.addr), rp.en.eq(self.ln_rd.en),
                      self.ln_rd.data.eq(rp.data)]
         pw = SimpleNamespace(addr=panel.w_addr, data=panel.w_data, en=panel.w_en)
-        st = {"pw": pw, "lw": ln_mem.write_port()}
+        # the LayerNorm parameter memory's writes are registered before its write port (a
+        # write lands a cycle after its request): its write enable, the record's last beat in
+        # the state decode, ran to every LUT-RAM cell of the memory and, shared with the next
+        # state's logic, on into ``loader_state`` (the ULX3S's worst path at 125 MHz, two
+        # routes of 2.2 and 2.9 ns). The record's flag is set a cycle late too (below), so
+        # that it shows once the record's last write has landed.
+        lw = ln_mem.write_port()
+        lw_req = SimpleNamespace(addr=Signal.like(lw.addr, name="lw_addr_req"),
+                                 data=Signal.like(lw.data, name="lw_data_req"),
+                                 en=Signal(name="lw_en_req"))
+        m.d.sync += [lw.addr.eq(lw_req.addr), lw.data.eq(lw_req.data), lw.en.eq(lw_req.en)]
+        st = {"pw": pw, "lw": lw_req}
         # slot / record hand-over flags (the loader sets, the sequencer releases)
         for name, ho, slots in (("slot", self.slots, 2), ("scal", self.scalars_ho, 1),
                                 ("ln", self.ln_slots, 2)):
             st[f"set_{name}"], st[f"set_{name}_i"] = Signal(name=f"set_{name}"), Signal()
             full = Signal(slots, name=f"{name}_full")
+            set_, set_i = st[f"set_{name}"], st[f"set_{name}_i"]
+            if name == "ln":                # in step with the registered LN writes
+                set_, set_i = Signal(name="set_ln_q"), Signal(name="set_ln_i_q")
+                m.d.sync += [set_.eq(st["set_ln"]), set_i.eq(st["set_ln_i"])]
             for i in range(slots):
-                with m.If(st[f"set_{name}"] & (st[f"set_{name}_i"] == i)):
+                with m.If(set_ & (set_i == i)):
                     m.d.sync += full[i].eq(1)
                 with m.Elif(ho.release & ((ho.index == i) if slots > 1 else 1)):
                     m.d.sync += full[i].eq(0)

@@ -66,6 +66,9 @@ _RQ_DRAIN = WriteBack.RQ_STAGES + Requantizer.LATENCY
 #: The sequencer's cycle that starts a panel or a scores job (its ``PWAIT`` and ``SCORES``
 #: states), and the one that starts a layer (``LAYER``).
 _START = 1
+#: A LayerNorm record's flag shows a cycle after its last beat is taken (the loader registers
+#: the record's writes into the parameter memory, and the flag with them).
+_LN_FLAG = 1
 
 
 def _array_latency(n):
@@ -306,7 +309,7 @@ def _schedule(config, seq_len, segments, param_rate):
             elif group in ("o", "ffn2"):
                 i = int(group == "ffn2")
                 t_load = max(t_load, ln_free[i]) + record(ln_beats)
-                t_seq = max(t_seq, t_load) + ln_pass
+                t_seq = max(t_seq, t_load + _LN_FLAG) + ln_pass
                 ln_free[i] = t_seq
                 parts["ln"] += t_seq - t0
             else:
