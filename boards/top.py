@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from amaranth.hdl import (Cat, ClockDomain, ClockSignal, DomainRenamer, Instance, Module, Mux,
-                          ResetInserter, Signal)
+                          ResetInserter, ResetSignal, Signal)
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out, connect
@@ -55,8 +55,9 @@ class UARTCoreTop(wiring.Component):
         flip-flop (the ``sync`` reset or the bridge's ``core_reset``, registered), so that the
         reset reaching the core's flip-flops is not a chain of OR gates across the chip (the
         ECP5 critical path otherwise); the default core then puts its datapath in a domain of
-        its own the same way (``EncoderCore(dp_domain=True)``). The board tops use it. The
-        Amaranth simulator sees the ``core`` clock, assigned from ``sync``, one delta cycle
+        its own the same way (``EncoderCore(dp_domain=True)``), and the bridge is in a local
+        domain ``bridge`` whose reset is the ``sync`` reset registered. The board tops use it.
+        The Amaranth simulator sees the ``core`` clock, assigned from ``sync``, one delta cycle
         late (a race), so Amaranth simulations keep the default (the core in ``sync`` with the
         bridge's reset inserted); Verilog simulators do not have that race.
     store : wiring.Component or None
@@ -102,7 +103,19 @@ class UARTCoreTop(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.bridge = bridge = self._bridge
+        bridge = self._bridge
+        if self._core_domain:
+            # the bridge too, in a local domain whose reset is the sync reset registered: the
+            # reset synchronizer's output reached every reset of the design, and a 4.95 ns
+            # route of it into the frame receiver's next state was the ULX3S's worst path at
+            # 125 MHz (build lw125); the bridge leaves reset a cycle after the rest
+            m.domains.bridge = cd_bridge = ClockDomain("bridge", local=True)
+            bridge_rst = Signal(init=1)
+            m.d.sync += bridge_rst.eq(ResetSignal("sync"))
+            m.d.comb += [cd_bridge.clk.eq(ClockSignal("sync")), cd_bridge.rst.eq(bridge_rst)]
+            m.submodules.bridge = DomainRenamer("bridge")(bridge)
+        else:
+            m.submodules.bridge = bridge
         core = self._core
         if self._core_domain:
             m.domains.core = cd_core = ClockDomain("core", local=True)
