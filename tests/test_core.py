@@ -518,7 +518,8 @@ def test_core_cycles_equal_the_model(tiny_core, tiny_image):
     plain and packed: the job engine takes each panel while it drains the one before, and each
     softmax pass runs beside the next block's scores and the previous block's ``P·V`` (on
     ``tiny`` a pass outlasts the next scores job, so the sequencer also waits for it). L = 1
-    is bound by the image: its LayerNorm passes wait for their records (``perf._LN_FLAG``)."""
+    is bound by the image: its LayerNorm passes wait for their records
+    (``ParameterLoader.LN_WRITE_STAGES``, ``perf._LN_FLAG``)."""
     gen = torch.Generator().manual_seed(12)
     runs = [[16], [6, 2, 1], [1]]
     xs = [[torch.randint(-128, 128, (n, TINY.hidden), generator=gen) for n in segs]

@@ -289,3 +289,5 @@ def test_saturate_clamps_to_the_signed_range(width, bits):
     sim.run()
     with pytest.raises(TypeError, match=r"saturate takes a signed value, not unsigned\(8\)"):
         saturate(Signal(8), 4)
+    with pytest.raises(TypeError, match=r"saturate_fits takes a signed value, not unsigned\(8\)"):
+        saturate_fits(Signal(8), 4)

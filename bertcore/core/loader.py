@@ -94,6 +94,10 @@ class ParameterLoader(wiring.Component):
         The LayerNorm parameters: LN-1 chunk ``c`` at ``c``, LN-2 at ``hidden/N + c``.
     """
 
+    #: Register stages of the LayerNorm parameter memory's writes; a LayerNorm record's flag
+    #: (``ln_slots.full``) is set as many cycles after its last beat, once the write has landed.
+    LN_WRITE_STAGES = 1
+
     def __init__(self, config):
         self._c = config
         n = config.array_cols
@@ -135,6 +139,7 @@ class ParameterLoader(wiring.Component):
         # state's logic, on into ``loader_state`` (the ULX3S's worst path at 125 MHz, two
         # routes of 2.2 and 2.9 ns). The record's flag is set a cycle late too (below), so
         # that it shows once the record's last write has landed.
+        assert self.LN_WRITE_STAGES == 1          # the one register stage below
         lw = ln_mem.write_port()
         lw_req = SimpleNamespace(addr=Signal.like(lw.addr, name="lw_addr_req"),
                                  data=Signal.like(lw.data, name="lw_data_req"),

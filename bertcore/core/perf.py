@@ -51,6 +51,7 @@ from bertcore.quant.model import check_segments
 
 from .image import (HEADER_BITS, LN_FIELDS, PANEL_FIELDS, PANEL_ROW, SCALAR_BITS,
                     check_core_config, segment_table_beats, vector_beats)
+from .loader import ParameterLoader
 from .writeback import WriteBack
 
 __all__ = ["layer_cycles", "run_cycles", "breakdown", "utilization", "macs_per_layer",
@@ -66,9 +67,9 @@ _RQ_DRAIN = WriteBack.RQ_STAGES + Requantizer.LATENCY
 #: The sequencer's cycle that starts a panel or a scores job (its ``PWAIT`` and ``SCORES``
 #: states), and the one that starts a layer (``LAYER``).
 _START = 1
-#: A LayerNorm record's flag shows a cycle after its last beat is taken (the loader registers
-#: the record's writes into the parameter memory, and the flag with them).
-_LN_FLAG = 1
+#: A LayerNorm record's flag shows this long after its last beat is taken (the loader
+#: registers the record's writes into the parameter memory, and the flag with them).
+_LN_FLAG = ParameterLoader.LN_WRITE_STAGES
 
 
 def _array_latency(n):

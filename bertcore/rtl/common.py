@@ -31,7 +31,8 @@ from amaranth.lib import data
 
 __all__ = ["pack", "unpack", "payload_width", "DSP_WIDTH", "dsp_tiles", "dsp_partial_products",
            "MULTIPLIER_STYLES", "check_multipliers", "multiply", "multiply_latency", "check_int",
-           "rejecting", "saturate", "saturate_fits", "PRIMITIVE_TARGETS", "check_target",
+           "rejecting", "saturate", "saturate_fits", "saturate_pick", "PRIMITIVE_TARGETS",
+           "check_target",
            "check_domain", "targets_ecp5"]
 
 
@@ -298,19 +299,28 @@ def saturate(value, bits):
         raise TypeError(f"saturate takes a signed value, not {value.shape()!r}")
     if len(value) <= bits:
         return value
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return Mux(saturate_fits(value, bits), value[:bits].as_signed(), Mux(value[-1], lo, hi))
+    return saturate_pick(saturate_fits(value, bits), value[:bits].as_signed(), value[-1], bits)
 
 
 def saturate_fits(value, bits):
     """Whether the signed ``value`` fits in signed ``bits`` bits (:func:`saturate`'s test,
-    for a pipeline that registers it apart from the pick): its bits from ``bits - 1`` up are
-    all equal."""
+    for a pipeline that registers it apart from the pick, :func:`saturate_pick`): its bits
+    from ``bits - 1`` up are all equal."""
     value = Value.cast(value)
+    if not value.shape().signed:
+        raise TypeError(f"saturate_fits takes a signed value, not {value.shape()!r}")
     if len(value) <= bits:
         return Const(1)
     high = value[bits - 1:]
     return (high == 0) | (high == (1 << len(high)) - 1)
+
+
+def saturate_pick(fits, low, negative, bits):
+    """:func:`saturate`'s result from its parts: ``low`` (the value's low ``bits`` bits, signed)
+    when it ``fits`` (:func:`saturate_fits`), else the signed ``bits``-bit bound on the side of
+    its sign (``negative``: the value's top bit)."""
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return Mux(fits, low, Mux(negative, lo, hi))
 
 
 # -- Parameter validation ---------------------------------------------------------------------------

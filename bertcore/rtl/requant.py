@@ -1,12 +1,12 @@
 """Fixed-point requantization (``bertcore.quant.kernels.requantize``) as a pipelined unit."""
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bertcore.quant.kernels import REQ_M_BITS, REQ_MAX_SHIFT
 from .common import (check_int, check_multipliers, dsp_partial_products, rejecting,
-                     saturate, saturate_fits, valid_last_pipeline)
+                     saturate, saturate_fits, saturate_pick, valid_last_pipeline)
 from .multiplier import mult18x18d_products, uses_mult18x18d
 
 __all__ = ["Requantizer", "REQ_E_BITS"]
@@ -183,9 +183,8 @@ class Requantizer(wiring.Component):
                     m.d.sync += [low.eq(terms[0][:self._out_bits].as_signed()),
                                  fits.eq(saturate_fits(terms[0], self._out_bits)),
                                  neg.eq(terms[0][-1])]
-                lo, hi = -(1 << (self._out_bits - 1)), (1 << (self._out_bits - 1)) - 1
                 with m.If(en):
-                    m.d.sync += out.eq(Mux(fits, low, Mux(neg, lo, hi)))
+                    m.d.sync += out.eq(saturate_pick(fits, low, neg, self._out_bits))
             else:
                 # stage 7: sum of the terms
                 total = Signal(signed(max(len(t) for t in terms) + len(terms) - 1),
