@@ -12,7 +12,9 @@ Builds of ``bertcore_sim_top`` (:data:`bertcore.rtlsim.REPLAY_TOP` around the co
 
 ``--opt-fast`` (the C++ optimization of the model's per-cycle code) and Verilator arguments
 after ``--`` change the builds' options, to compare them; each set of options is a build of its
-own (they are part of the cache key).
+own (they are part of the cache key). ``--no-gate`` builds the plain core, one clock for all of
+it, in place of the default, whose idle passes run on stopped clocks
+(:class:`bertcore.rtlsim.CoreSimulator`'s ``gate_idle``).
 
 Each checks the outputs against the integer reference and prints the build time and cycles/s;
 the last line is ``cycles_per_s=N`` of ``direct`` (else ``cocotb``). Parameters are random
@@ -21,6 +23,7 @@ the last line is ``cycles_per_s=N`` of ``direct`` (else ``cocotb``). Parameters 
     .venv/bin/python bench/verilator_speed.py --preset minilm --seq 9
     .venv/bin/python bench/verilator_speed.py --preset minilm --only direct --runs 3
     .venv/bin/python bench/verilator_speed.py --preset tiny --only direct --opt-fast=-Os -- -O0
+    .venv/bin/python bench/verilator_speed.py --preset minilm --only direct --no-gate
 """
 
 import argparse
@@ -41,6 +44,8 @@ def main():
     ap.add_argument("--only", choices=("direct", "cocotb"))
     ap.add_argument("--opt-fast", help="C++ optimization of the model's per-cycle code "
                     "(make OPT_FAST; default: the package's)")
+    ap.add_argument("--no-gate", action="store_true",
+                    help="simulate the plain core (no stopped clocks for idle passes)")
     ap.add_argument("verilator_args", nargs="*", help="after --: more Verilator arguments")
     args = ap.parse_args()
 
@@ -57,6 +62,7 @@ def main():
         t0 = time.time()
         ok, rows, res = check_core(cfg, model, [args.seq] * args.runs, harness=harness,
                                    verilator_args=args.verilator_args, opt_fast=args.opt_fast,
+                                   gate_idle=False if args.no_gate else None,
                                    progress=lambda m: print(f"[{time.time() - t0:7.1f} s] {m}",
                                                             flush=True))
         for seq, same, cycles in rows:

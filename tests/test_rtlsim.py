@@ -84,6 +84,27 @@ def test_direct_harness_equals_cocotb():
             assert got["direct"] == got["cocotb"]
 
 
+def test_gated_equals_ungated():
+    """Verilator's default build, the idle passes on stopped clocks (``gate_idle``), runs as
+    the plain core does: the same outputs, counters and simulated cycles, plain and packed
+    runs of several lengths (L = 1: the passes idle between short bursts; 16: the longest)."""
+    from bertcore.config import preset
+    from bertcore.rtlsim import CoreSimulator, check_core, random_model
+    fields = ("out", "cycles", "sim_cycles", "error", "failed", "array_beats", "layer_cycles",
+              "failed_runs")
+    cfg = preset("tiny")
+    assert CoreSimulator(cfg).gate_idle and not CoreSimulator(cfg, "icarus").gate_idle
+    assert not CoreSimulator(cfg, waves=True).gate_idle
+    model = random_model(cfg)
+    for pack in (False, True):
+        got = {}
+        for gate in (True, False):
+            ok, rows, res = check_core(cfg, model, [1, 9, 3, 16, 2], pack=pack, gate_idle=gate)
+            assert ok, (gate, rows)
+            got[gate] = [[run[f] for f in fields] for run in res.runs]
+        assert got[True] == got[False]
+
+
 def test_harness_choice():
     from bertcore.checkpoint import BertError
     from bertcore.config import preset
@@ -118,6 +139,15 @@ def test_build_options_are_their_own_build():
     assert "OPT_FAST=-O1" not in (plain / "build.log").read_text()
     with pytest.raises(BertError, match="options of a Verilator build"):
         CoreSimulator(cfg, "icarus", opt_fast="-O1")
+    with pytest.raises(BertError, match="gate_idle must be a bool or None"):
+        CoreSimulator(cfg, gate_idle="yes")
+
+
+def test_sim_command_plain_core(capsys):
+    """``bertcore sim --no-gate``: Verilator on the plain core (one clock), bit-exact."""
+    assert main(["sim", "--preset", "tiny", "--seq", "2,7", "--no-gate", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("PASS") == 2 and "FAIL" not in out
 
 
 def test_sim_command_with_stalls(capsys):

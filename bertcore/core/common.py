@@ -8,7 +8,8 @@ disabled. A *row read* reads one address in every bank of a banked buffer at onc
 one word per bank (``data[b]``), one cycle after ``en``.
 """
 
-from amaranth.hdl import Cat, Const, Mux, Shape, Signal, Value, signed, unsigned
+from amaranth.hdl import (Cat, ClockDomain, ClockSignal, Const, DomainRenamer, Mux, ResetSignal,
+                          Shape, Signal, Value, signed, unsigned)
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
@@ -16,7 +17,7 @@ from bertcore.rtl.stream import RegisterSlice
 
 __all__ = [
     "bus_layout", "bus_signature", "act_layout", "act_signature", "out_layout", "out_signature",
-    "read_port", "row_read", "write_port", "task",
+    "read_port", "row_read", "write_port", "task", "task_wake", "add_gated",
     "handover", "job_layout", "pick", "times", "fork", "sliced", "feed", "score_word",
     "prob_word",
     "G_Q", "G_K", "G_V", "G_O", "G_FFN1", "G_FFN2",
@@ -92,6 +93,61 @@ def task(**params):
     ``params`` (shapes, valid with ``start``) out, ``done`` in (sampled only while waiting)."""
     return wiring.Signature({"start": Out(1), **{k: Out(v) for k, v in params.items()},
                              "done": In(1)})
+
+
+def task_wake(m, ctl):
+    """``start``, or a task started and not done yet (``ctl`` seen from the unit): when the
+    unit of a :func:`task` member ``ctl`` must run, for :func:`add_gated`."""
+    busy = Signal()
+    with m.If(ctl.start):
+        m.d.sync += busy.eq(1)
+    with m.Elif(ctl.done):
+        m.d.sync += busy.eq(0)
+    return ctl.start | busy
+
+
+def add_gated(m, name, unit, wake, *, drain):
+    """Add ``unit`` as submodule ``name`` on a clock that runs only while ``wake`` is high,
+    for ``drain`` cycles after it and while the reset is high.
+
+    For Verilog simulations only (:class:`~bertcore.core.encoder.EncoderCore`'s
+    ``gate_idle``): Verilator evaluates a clock domain's logic on that clock's edges only, so a
+    stopped unit costs nothing per cycle. FPGA builds keep one clock (a gated clock in the
+    fabric is not what the design is timed for), and the Amaranth simulator would race the
+    derived clock (as it does ``dp_domain``'s).
+
+    ``wake`` must be high in every cycle in which the unit takes something in (a ``start``, a
+    stream beat) or has work of its own (:func:`task_wake`); ``drain`` covers what its
+    pipelines still move after that (bubbles, registers that follow their inputs), so that a
+    stopped clock changes nothing the unit puts out: its outputs stand still, and any register
+    that would have followed an input is loaded again before it is used. The clock is
+    ``ClockSignal() & on``, ``on`` the enable latched on the falling edge (a glitch-free gate,
+    as a clock-gating cell makes it). The enclosing domain's clock must not be gated itself:
+    ``on`` is latched on its falling edges, which a stopped clock does not have.
+
+    The unit's domain resets asynchronously, with the enclosing domain's reset: a synchronous
+    reset is a term of every register's next value, which made Verilator evaluate the unit's
+    next-value logic on every edge of the reset's own clock (12 % of the time on ``minilm``,
+    ``docs/core.md``). So a
+    gated unit resets one cycle before the rest of its domain (as the reset rises, not at the
+    next edge). In the core that domain is the datapath's, reset by the controller's ``abort``,
+    which also resets everything the gated units talk to; what differs in that one cycle is
+    what a unit writes into the buffers (no run's result depends on what they held before it)
+    and a unit's error pulse seen by the controller.
+    """
+    left = Signal(range(drain + 1), name=f"{name}_drain", init=drain)
+    with m.If(wake):
+        m.d.sync += left.eq(drain)
+    with m.Elif(left != 0):
+        m.d.sync += left.eq(left - 1)
+    on = Signal(name=f"{name}_on")
+    cd_neg = ClockDomain(f"{name}_neg", clk_edge="neg", reset_less=True, local=True)
+    cd = ClockDomain(f"{name}_clk", async_reset=True, local=True)
+    m.domains += [cd_neg, cd]
+    m.d.comb += [cd_neg.clk.eq(ClockSignal()), cd.clk.eq(ClockSignal() & on),
+                 cd.rst.eq(ResetSignal())]
+    m.d[f"{name}_neg"] += on.eq(wake | (left != 0) | ResetSignal())
+    m.submodules[name] = DomainRenamer(f"{name}_clk")(unit)
 
 
 def handover(slots):

@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out, connect, flipped
 
 from .attention import SoftmaxPass
 from .buffers import Buffers
-from .common import act_signature, bus_signature
+from .common import act_signature, add_gated, bus_signature, task_wake
 from .gemm import GemmEngine
 from .image import (FAIL_CAUSE_BITS, FAIL_EMPTY, FAIL_HEADER, FAIL_IMAGE_LENGTH,
                     FAIL_TOO_LONG)
@@ -26,9 +26,18 @@ from .streamio import ActivationInput, ActivationOutput
 
 __all__ = ["Datapath"]
 
+#: Cycles a gated pass's clock runs on after its ``done`` (:func:`~.common.add_gated`): its
+#: units' pipelines are empty by ``done`` (every row is out, every word written); this covers
+#: the registers that follow their inputs, with room to spare.
+GATE_DRAIN = 64
+
 
 class Datapath(wiring.Component):
     """Loader, buffers, GEMM job engine, softmax and LayerNorm passes, stream I/O and sequencer.
+
+    ``gate_idle``: the softmax and LayerNorm passes and the job engine's write-back on clocks
+    that stop while they are idle, for Verilog simulations (:func:`~.common.add_gated`;
+    :class:`~bertcore.core.encoder.EncoderCore`'s ``gate_idle``).
 
     Members
     -------
@@ -55,8 +64,9 @@ class Datapath(wiring.Component):
         The input is in (layer 0 starts) or a layer ended.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, gate_idle=False):
         self._c = config
+        self._gate = gate_idle
         bus = bus_signature(config.bus_width)
         super().__init__({
             "param": In(bus), "act": In(act_signature(config.bus_width)), "out": Out(bus),
@@ -72,9 +82,12 @@ class Datapath(wiring.Component):
         m.submodules.buffers = buf = Buffers(c)
         m.submodules.inp = inp = ActivationInput(c)
         m.submodules.outp = outp = ActivationOutput(c)
-        m.submodules.gemm = gemm = GemmEngine(c)
-        m.submodules.smax = smax = SoftmaxPass(c)
-        m.submodules.ln = ln = LayerNormPass(c)
+        m.submodules.gemm = gemm = GemmEngine(c, gate_idle=self._gate)
+        smax = SoftmaxPass(c)
+        ln = LayerNormPass(c)
+        if not self._gate:
+            m.submodules.smax = smax
+            m.submodules.ln = ln
         m.submodules.seq = seq = Sequencer(c)
         # streams and run control (the image reaches the loader through the loader's own
         # register slice)
@@ -93,6 +106,9 @@ class Datapath(wiring.Component):
         for ctl, unit in ((seq.inp, inp.ctl), (seq.job, gemm.ctl), (seq.smax, smax.ctl),
                           (seq.ln, ln.ctl), (seq.out, outp.ctl)):
             connect(m, ctl, unit)
+        if self._gate:
+            add_gated(m, "smax", smax, task_wake(m, smax.ctl), drain=GATE_DRAIN)
+            add_gated(m, "ln", ln, task_wake(m, ln.ctl), drain=GATE_DRAIN)
         for ho in ("scalars_ho", "ln_slots"):
             connect(m, getattr(loader, ho), getattr(seq, ho))
         # the panel slots: the sequencer waits for them, the job engine releases each once its

@@ -26,12 +26,17 @@ from bertcore.quant.kernels import RESIDUAL_BITS
 from bertcore.rtl.softmax import IntSoftmax
 from bertcore.rtl.systolic import SystolicArray
 
-from .common import J_PANEL, job_layout, read_port, row_read, task, write_port
+from .common import J_PANEL, add_gated, job_layout, read_port, row_read, task, write_port
 from .feeder import OperandFeeder
 from .loader import panel_layout, scalar_layout
 from .writeback import WriteBack
 
 __all__ = ["GemmEngine", "a_operand_shape", "accumulator_range"]
+
+#: Cycles the gated write-back's clock runs on after its last start or result row
+#: (:func:`~.common.add_gated`): it covers a row's way through c1, c2, the requantizer, GELU
+#: (``IntGELU.LATENCY`` = 9), rq2 and the write register, with room to spare.
+WB_DRAIN = 64
 
 
 def a_operand_shape(config):
@@ -94,10 +99,14 @@ class GemmEngine(wiring.Component):
         The array takes an operand beat.
     error : ``Out(1)``
         The array flagged an error.
+
+    ``gate_idle``: the write-back on a clock that runs only from a job's start or a result row
+    for :data:`WB_DRAIN` cycles (Verilog simulations, :func:`~.common.add_gated`).
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, gate_idle=False):
         self._c = config
+        self._gate = gate_idle
         n, s, u = config.array_cols, config.softmax_units, config.layernorm_units
         cwh, cwf = config.hidden // n, config.ffn // n
         grp = -(-config.max_seq // n)
@@ -149,7 +158,14 @@ class GemmEngine(wiring.Component):
         m = Module()
         m.submodules.array = array = self._array
         m.submodules.feeder = feeder = self._feeder
-        m.submodules.writeback = wb = self._wb
+        wb = self._wb
+        if self._gate:
+            # the write-back's clock runs for a job's start and the array's result rows (its
+            # only inputs that move; the job, panel and scalars it reads stand still from the
+            # job's start, and it registers them again within its drain)
+            add_gated(m, "writeback", wb, wb.start | wb.i_acc.valid, drain=WB_DRAIN)
+        else:
+            m.submodules.writeback = wb
         fjob = Signal(job_layout(self._c))         # the feeder's job
         wjob = Signal(job_layout(self._c))         # the write-back's job
         queued = Signal()                          # fjob waits for the write-back
