@@ -248,7 +248,7 @@ class CoreSimulator:
             raise BertError(f"unknown harness {harness!r} ({', '.join(HARNESSES)})")
         if simulator != "verilator" and (verilator_args or opt_fast is not None):
             raise BertError("verilator_args and opt_fast are options of a Verilator build")
-        if gate_idle not in (None, True, False):
+        if gate_idle is not None and not isinstance(gate_idle, bool):
             raise BertError(f"gate_idle must be a bool or None, not {gate_idle!r}")
         self.gate_idle = (simulator == "verilator" and not waves if gate_idle is None
                           else gate_idle)

@@ -139,8 +139,9 @@ def test_build_options_are_their_own_build():
     assert "OPT_FAST=-O1" not in (plain / "build.log").read_text()
     with pytest.raises(BertError, match="options of a Verilator build"):
         CoreSimulator(cfg, "icarus", opt_fast="-O1")
-    with pytest.raises(BertError, match="gate_idle must be a bool or None"):
-        CoreSimulator(cfg, gate_idle="yes")
+    for bad in ("yes", 1):
+        with pytest.raises(BertError, match="gate_idle must be a bool or None"):
+            CoreSimulator(cfg, gate_idle=bad)
 
 
 def test_sim_command_plain_core(capsys):

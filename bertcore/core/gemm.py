@@ -100,8 +100,8 @@ class GemmEngine(wiring.Component):
     error : ``Out(1)``
         The array flagged an error.
 
-    ``gate_idle``: the write-back on a clock that runs only from a job's start or a result row
-    for :data:`WB_DRAIN` cycles (Verilog simulations, :func:`~.common.add_gated`).
+    ``gate_idle``: the write-back on a clock that runs from a job's start or a result row until
+    :data:`WB_DRAIN` cycles after (Verilog simulations, :func:`~.common.add_gated`).
     """
 
     def __init__(self, config, *, gate_idle=False):
@@ -160,9 +160,10 @@ class GemmEngine(wiring.Component):
         m.submodules.feeder = feeder = self._feeder
         wb = self._wb
         if self._gate:
-            # the write-back's clock runs for a job's start and the array's result rows (its
-            # only inputs that move; the job, panel and scalars it reads stand still from the
-            # job's start, and it registers them again within its drain)
+            # the write-back's clock runs for a job's start and the array's result rows, the
+            # only inputs that move it on; the job, the panel header and the scalars it reads
+            # in the cycles its rows move, or registers in every cycle (so again as a row
+            # enters, before the row reaches those registers)
             add_gated(m, "writeback", wb, wb.start | wb.i_acc.valid, drain=WB_DRAIN)
         else:
             m.submodules.writeback = wb
