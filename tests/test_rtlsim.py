@@ -144,11 +144,22 @@ def test_build_options_are_their_own_build():
             CoreSimulator(cfg, gate_idle=bad)
 
 
-def test_sim_command_plain_core(capsys):
-    """``bertcore sim --no-gate``: Verilator on the plain core (one clock), bit-exact."""
+def test_sim_command_plain_core(capsys, monkeypatch):
+    """``bertcore sim --no-gate``: Verilator on the plain core (one clock), bit-exact; without
+    the flag the simulator's default (gated in Verilator)."""
+    import bertcore.rtlsim
+    check_core, asked = bertcore.rtlsim.check_core, []
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["gate_idle"])
+        return check_core(*args, **kwargs)
+
+    monkeypatch.setattr(bertcore.rtlsim, "check_core", spy)
     assert main(["sim", "--preset", "tiny", "--seq", "2,7", "--no-gate", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert out.count("PASS") == 2 and "FAIL" not in out
+    assert main(["sim", "--preset", "tiny", "--seq", "3", "--quiet"]) == 0
+    assert asked == [False, None]
 
 
 def test_sim_command_with_stalls(capsys):
