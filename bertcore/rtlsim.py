@@ -30,7 +30,8 @@ from .toolchain import (
     verilator_public_ports,
 )
 
-__all__ = ["REPLAY_TOP", "HARNESSES", "CoreSimulator", "SimResult"]
+__all__ = ["REPLAY_TOP", "HARNESSES", "CoreSimulator", "SimResult", "core_options",
+           "default_gate_idle"]
 
 #: How :class:`CoreSimulator` drives a run: "auto" (the C++ main for Verilator runs without
 #: stalls or waveforms, else cocotb), "cocotb" (:mod:`bertcore.rtlsim_tb`) or "direct" (the C++
@@ -214,6 +215,19 @@ class SimResult:
         return sum(r["cpu_s"] for r in self.runs)
 
 
+def default_gate_idle(simulator, waves=False):
+    """Whether a simulation of the core stops the clocks of its idle passes unless asked
+    otherwise (:class:`CoreSimulator`'s ``gate_idle=None``): in Verilator without waveforms (a
+    waveform shows the plain core); not in Icarus (an event-driven simulator gains little)."""
+    return simulator == "verilator" and not waves
+
+
+def core_options(gate_idle):
+    """``EncoderTop``'s keyword arguments for a simulation of the gated core (``gate_idle``,
+    which puts the datapath in its own domain, ``dp_domain``) or of the plain one."""
+    return {"dp_domain": True, "gate_idle": True} if gate_idle else {}
+
+
 class CoreSimulator:
     """The encoder core of ``config`` built once for ``simulator`` ("verilator" or "icarus").
 
@@ -235,9 +249,8 @@ class CoreSimulator:
         Simulate the core with the clocks of its idle passes stopped
         (:class:`~bertcore.core.encoder.EncoderCore`'s ``gate_idle``, with ``dp_domain``):
         the same outputs, counters and cycles, about twice the cycles per second in Verilator,
-        which evaluates a stopped clock domain's logic not at all. ``None`` (the default): on
-        for Verilator without ``waves`` (a waveform shows the plain core), off for Icarus
-        (an event-driven simulator gains little). Part of the cache key.
+        which evaluates a stopped clock domain's logic not at all. ``None`` (the default):
+        :func:`default_gate_idle`. Part of the cache key.
     """
 
     def __init__(self, config, simulator="verilator", *, waves=False, harness="auto",
@@ -250,8 +263,7 @@ class CoreSimulator:
             raise BertError("verilator_args and opt_fast are options of a Verilator build")
         if gate_idle is not None and not isinstance(gate_idle, bool):
             raise BertError(f"gate_idle must be a bool or None, not {gate_idle!r}")
-        self.gate_idle = (simulator == "verilator" and not waves if gate_idle is None
-                          else gate_idle)
+        self.gate_idle = default_gate_idle(simulator, waves) if gate_idle is None else gate_idle
         self.config = config
         self.simulator = simulator
         self.waves = waves
@@ -334,8 +346,7 @@ class CoreSimulator:
         from amaranth.back import verilog
         from .core.encoder import EncoderTop
         progress("generating the core's Verilog")
-        gate = self.gate_idle
-        top = EncoderTop(self.config, dp_domain=gate, gate_idle=gate)
+        top = EncoderTop(self.config, **core_options(self.gate_idle))
         core_v = verilog.convert(top, name="bertcore_encoder", emit_src=False)
         build_dir.mkdir(parents=True, exist_ok=True)
         (build_dir / "bertcore_encoder.v").write_text(core_v)

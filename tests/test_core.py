@@ -33,6 +33,7 @@ from bertcore.core.perf import array_beats, layer_cycles, run_cycles, utilizatio
 from bertcore.flow.estimate import estimate_core
 from bertcore.quant.kernels import int_softmax_int, softmax_constants
 from bertcore.quant.model import QuantOptions, quantize
+from bertcore.rtlsim import core_options, default_gate_idle
 from bertcore.rtl.softmax import IntSoftmax
 from bertcore.testing import make_tiny_checkpoint
 from fixtures_bert import (TINY_CALIBRATION, TINY_EVAL, tiny_ckpt, tiny_dir,  # noqa: F401
@@ -387,6 +388,15 @@ class ImageReplayTop(wiring.Component):
         return m
 
 
+def cocotb_core(config, image, simulator):
+    """:class:`ImageReplayTop` around the core as ``simulator``'s runs build it by default
+    (``rtlsim.default_gate_idle``: Verilator gated, Icarus plain), and the name of its build:
+    one name per design, so that the tests running the same core share one build."""
+    gate = default_gate_idle(simulator)
+    name = f"core_tiny_{WIDTH_IDS[config.prob_bits, config.gelu_bits]}{'_gated' if gate else ''}"
+    return ImageReplayTop(config, image, **core_options(gate)), name
+
+
 def _cocotb_params(model, lengths, *, seed, stall):
     gen = torch.Generator().manual_seed(seed)
     runs = []
@@ -412,18 +422,15 @@ def test_core_cocotb(tiny_by_bits, simulator, widths, tmp_path):
     if simulator == "verilator":
         params = _cocotb_params(model, (1, 9, 16, 16), seed=3, stall=0.2)
         tests.append("reset_mid_run")
-        # as CoreSimulator builds it for Verilator: idle passes on stopped clocks (the
-        # ungated core: Icarus here, the ECP5 build in test_core_outcome, test_rtlsim)
-        options = {"dp_domain": True, "gate_idle": True}
     else:
         params = _cocotb_params(model, (5,), seed=4, stall=0.2)
-        options = {}
     report = tmp_path / "cycles.json"
     params["report"] = str(report)
-    names = run_cocotb(ImageReplayTop(cfg, image, **options), toplevel="tb_core_top",
-                       test_module="tb_core", simulator=simulator, params=params,
-                       name=f"core_tiny_{WIDTH_IDS[widths]}{'_gated' if options else ''}",
-                       tests=tests)
+    # as the simulations build it: Verilator with idle passes on stopped clocks, Icarus the
+    # plain core (the plain core in Verilator: the ECP5 build in test_core_outcome, test_rtlsim)
+    top, name = cocotb_core(cfg, image, simulator)
+    names = run_cocotb(top, toplevel="tb_core_top", test_module="tb_core", simulator=simulator,
+                       params=params, name=name, tests=tests)
     assert "runs_back_to_back" in names
     # the cycle model of the schedule stays within 1% of the RTL (docs/core.md: within 0.1%
     # without stalls); the 20% stalls on the image make it a stream of 0.8 beats per cycle,
@@ -458,7 +465,7 @@ def test_core_lint_gated():
     """The core as Verilator simulations build it (``gate_idle``). One more waiver: the
     datapath's reset is a synchronous reset of its domain and the asynchronous one of the
     gated units' domains (``add_gated``), which SYNCASYNCNET reports."""
-    lint(EncoderTop(TINY, dp_domain=True, gate_idle=True), toplevel="bertcore_encoder",
+    lint(EncoderTop(TINY, **core_options(True)), toplevel="bertcore_encoder",
          waivers=(*LINT_WAIVERS, "SYNCASYNCNET"))
 
 
@@ -467,8 +474,8 @@ def test_core_gated_domains():
     clocks (each the datapath's clock AND an enable latched on its falling edge); without it
     the core has one clock."""
     from amaranth.back import verilog
-    gated = verilog.convert(EncoderTop(TINY, dp_domain=True, gate_idle=True),
-                            name="bertcore_encoder", emit_src=False)
+    gated = verilog.convert(EncoderTop(TINY, **core_options(True)), name="bertcore_encoder",
+                            emit_src=False)
     plain = verilog.convert(EncoderTop(TINY), name="bertcore_encoder", emit_src=False)
     for name in ("smax", "ln", "writeback"):
         assert f"{name}_on" in gated and f"{name}_on" not in plain

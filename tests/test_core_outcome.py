@@ -33,7 +33,8 @@ from bertcore.core.image import (FAIL_EMPTY, FAIL_HEADER, FAIL_IMAGE_LENGTH, FAI
 from fixtures_bert import tiny_ckpt, tiny_dir, tiny_int  # noqa: F401
 from rtl_sim import simulate, stream_get, stream_put
 from sim.runner import run_cocotb
-from test_core import ImageReplayTop, packet, tiny_core, tiny_image  # noqa: F401 (fixtures)
+from test_core import (ImageReplayTop, cocotb_core, packet, tiny_core,  # noqa: F401
+                       tiny_image)
 
 TINY = preset("tiny")
 #: After the failure packet (the run's outcome) has been received.
@@ -212,13 +213,13 @@ DELAYS = (0, 1, 3, 8, 20, 200, 6000, AFTER_OUTCOME)
 
 
 def _cocotb(model, image, scenario, simulator, *, seed, stall):
-    # Verilator: the core as CoreSimulator builds it, idle passes on stopped clocks (their
-    # reset is asynchronous there: the failures abort passes mid-way); Icarus: the plain core
-    options = {"dp_domain": True, "gate_idle": True} if simulator == "verilator" else {}
+    # the core as the simulations build it: Verilator with idle passes on stopped clocks
+    # (their reset is asynchronous there: the failures abort passes mid-way), Icarus plain;
+    # the same build as test_core_cocotb's
+    top, name = cocotb_core(TINY, image, simulator)
     params = {"scenario": scenario.runs, "seed": seed, "stall": stall, "timeout": 400000}
-    names = run_cocotb(ImageReplayTop(TINY, image, **options), toplevel="tb_core_top",
-                       test_module="tb_core", simulator=simulator, params=params,
-                       name=f"core_tiny{'_gated' if options else ''}", tests=["outcomes"])
+    names = run_cocotb(top, toplevel="tb_core_top", test_module="tb_core", simulator=simulator,
+                       params=params, name=name, tests=["outcomes"])
     assert names == ["outcomes"]
 
 

@@ -95,6 +95,10 @@ def test_gated_equals_ungated():
     cfg = preset("tiny")
     assert CoreSimulator(cfg).gate_idle and not CoreSimulator(cfg, "icarus").gate_idle
     assert not CoreSimulator(cfg, waves=True).gate_idle
+    # the two builds are the two cores (else the comparison below compares one with itself)
+    for gate in (True, False):
+        verilog = (CoreSimulator(cfg, gate_idle=gate).build() / "bertcore_encoder.v").read_text()
+        assert ("smax_on" in verilog) == gate and ("negedge" in verilog) == gate
     model = random_model(cfg)
     for pack in (False, True):
         got = {}

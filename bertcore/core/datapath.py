@@ -85,9 +85,11 @@ class Datapath(wiring.Component):
         m.submodules.gemm = gemm = GemmEngine(c, gate_idle=self._gate)
         smax = SoftmaxPass(c)
         ln = LayerNormPass(c)
-        if not self._gate:
-            m.submodules.smax = smax
-            m.submodules.ln = ln
+        for name, unit in (("smax", smax), ("ln", ln)):
+            if self._gate:
+                add_gated(m, name, unit, task_wake(m, unit.ctl), drain=GATE_DRAIN)
+            else:
+                m.submodules[name] = unit
         m.submodules.seq = seq = Sequencer(c)
         # streams and run control (the image reaches the loader through the loader's own
         # register slice)
@@ -106,9 +108,6 @@ class Datapath(wiring.Component):
         for ctl, unit in ((seq.inp, inp.ctl), (seq.job, gemm.ctl), (seq.smax, smax.ctl),
                           (seq.ln, ln.ctl), (seq.out, outp.ctl)):
             connect(m, ctl, unit)
-        if self._gate:
-            add_gated(m, "smax", smax, task_wake(m, smax.ctl), drain=GATE_DRAIN)
-            add_gated(m, "ln", ln, task_wake(m, ln.ctl), drain=GATE_DRAIN)
         for ho in ("scalars_ho", "ln_slots"):
             connect(m, getattr(loader, ho), getattr(seq, ho))
         # the panel slots: the sequencer waits for them, the job engine releases each once its
