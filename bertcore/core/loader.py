@@ -146,15 +146,19 @@ class ParameterLoader(wiring.Component):
                                  en=Signal(name="lw_en_req"))
         m.d.sync += [lw.addr.eq(lw_req.addr), lw.data.eq(lw_req.data), lw.en.eq(lw_req.en)]
         st = {"pw": pw, "lw": lw_req}
-        # slot / record hand-over flags (the loader sets, the sequencer releases)
-        for name, ho, slots in (("slot", self.slots, 2), ("scal", self.scalars_ho, 1),
-                                ("ln", self.ln_slots, 2)):
+        # slot / record hand-over flags (the loader sets, the sequencer releases), each set
+        # ``delay`` cycles after its record's last beat: in step with the record's writes
+        # (the LayerNorm records' are registered, LN_WRITE_STAGES)
+        for name, ho, slots, delay in (("slot", self.slots, 2, 0),
+                                       ("scal", self.scalars_ho, 1, 0),
+                                       ("ln", self.ln_slots, 2, self.LN_WRITE_STAGES)):
             st[f"set_{name}"], st[f"set_{name}_i"] = Signal(name=f"set_{name}"), Signal()
             full = Signal(slots, name=f"{name}_full")
             set_, set_i = st[f"set_{name}"], st[f"set_{name}_i"]
-            if name == "ln":                # in step with the registered LN writes
-                set_, set_i = Signal(name="set_ln_q"), Signal(name="set_ln_i_q")
-                m.d.sync += [set_.eq(st["set_ln"]), set_i.eq(st["set_ln_i"])]
+            for k in range(delay):
+                set_q, set_i_q = Signal(name=f"set_{name}_q{k}"), Signal(name=f"set_{name}_i_q{k}")
+                m.d.sync += [set_q.eq(set_), set_i_q.eq(set_i)]
+                set_, set_i = set_q, set_i_q
             for i in range(slots):
                 with m.If(set_ & (set_i == i)):
                     m.d.sync += full[i].eq(1)
