@@ -142,7 +142,12 @@ class Buffers(wiring.Component):
     res_x, res_a : ``In(row_read(...))``
         The write-back's residual fetch (enabled only in O / FFN2 jobs; above the feeder).
     out_x : ``In(row_read(...))``
-        The output pass (shares X's read port with ``res_x`` and ``feed_x``; first).
+        The output pass (shares X's read port with ``res_x`` and ``feed_x``).
+    out_owns : ``In(1)``
+        A flip-flop, high while the output pass may read X and nothing else does: X's read
+        port is then ``out_x``'s (its address, not only its read data, is selected by a
+        register: ``out_x.en``'s logic ran on through the port's address multiplexer into
+        every LUT-RAM cell of X, the ULX3S's worst endpoints at 125 MHz, 8.5-8.7 ns).
     wb_q, wb_k, wb_v, wb_h : ``In(write_port(...)).array(N)``
         The write-back's int8 results (Q also takes the attention context; H: the
         ``gelu_bits``-bit GELU outputs).
@@ -206,7 +211,7 @@ class Buffers(wiring.Component):
 
         super().__init__({
             **{f"feed_{b}": rd(b) for b in "xqahkvp"},
-            "res_x": rd("x"), "res_a": rd("a"), "out_x": rd("x"),
+            "res_x": rd("x"), "res_a": rd("a"), "out_x": rd("x"), "out_owns": In(1),
             **{f"wb_{b}": wr(b) for b in "qkvhrs"},
             "in_x": wr("x"), "ln_x": wr("x"), "ln_a": wr("a"),
             "ln_r": rd("r"), "smax_s": rd("s"), "smax_p": wr("p"),
@@ -227,7 +232,7 @@ class Buffers(wiring.Component):
         writes = {"x": [self.ln_x, self.in_x], "q": [self.wb_q], "k": [self.wb_k],
                   "v": [self.wb_v], "h": [self.wb_h], "r": [self.wb_r], "s": [self.wb_s],
                   "p": [self.smax_p], "a": [self.ln_a]}
-        reads = {"x": [self.out_x, self.res_x, self.feed_x], "a": [self.res_a, self.feed_a],
+        reads = {"x": [self.res_x, self.feed_x], "a": [self.res_a, self.feed_a],
                  "r": [self.ln_r], "s": [self.smax_s],
                  **{b: [getattr(self, f"feed_{b}")] for b in "qhkvp"}}
         if shared:
@@ -240,12 +245,22 @@ class Buffers(wiring.Component):
                     _arbitrate(m, port, [user[b] for user in users], ("addr", "data", "en"))
         for name, users in reads.items():
             port = mems[name].r[0]
-            if len(users) == 1:
+            if name == "x":
+                # X's port: the output pass's while it owns it, else the arbiter's choice
+                shared = SimpleNamespace(addr=Signal.like(port.addr, name="x_shared_addr"),
+                                         en=Signal(name="x_shared_en"))
+                _arbitrate(m, shared, users, ("addr", "en"))
+                with m.If(self.out_owns):
+                    m.d.comb += [port.addr.eq(self.out_x.addr), port.en.eq(self.out_x.en)]
+                with m.Else():
+                    m.d.comb += [port.addr.eq(shared.addr), port.en.eq(shared.en)]
+                users = [self.out_x, *users]
+            elif len(users) == 1:
                 wiring.connect(m, flipped(users[0]), port)
+                continue
             else:
                 _arbitrate(m, port, users, ("addr", "en"))
-                m.d.comb += [user.data.eq(port.data) for user in users
-                             if hasattr(user, "data")]
+            m.d.comb += [user.data.eq(port.data) for user in users if hasattr(user, "data")]
         return m
 
     def _share_h(self, m, shared, mems, writes, reads):

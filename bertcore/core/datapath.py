@@ -135,6 +135,7 @@ class Datapath(wiring.Component):
         connect(m, gemm.res_x, buf.res_x)
         connect(m, gemm.res_a, buf.res_a)
         connect(m, outp.x, buf.out_x)
+        m.d.comb += buf.out_owns.eq(outp.x_owned)
         connect(m, ln.r, buf.ln_r)
         connect(m, smax.scores, buf.smax_s)
         writers = [(getattr(gemm, f"wb_{b}"), getattr(buf, f"wb_{b}")) for b in "qkvhrs"]

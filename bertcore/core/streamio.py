@@ -194,6 +194,11 @@ class ActivationOutput(wiring.Component):
         Positions to send.
     x : ``Out(row_read(...))``
         A read port of X (its read data held while it is not enabled).
+    x_owned : ``Out(1)``
+        A flip-flop, high from ``start`` to the pass's last read of X: the pass reads X only
+        while it is high (the sequencer starts the pass after the last layer's jobs and
+        passes, so nothing else reads X then), and X's read port is the pass's
+        (:class:`~bertcore.core.buffers.Buffers`' ``out_owns``).
     """
 
     def __init__(self, config):
@@ -205,6 +210,7 @@ class ActivationOutput(wiring.Component):
             "ctl": In(task()),
             "seq_len": In(range(config.max_seq + 1)),
             "x": Out(row_read(self._grp * config.hidden // n, unsigned(8 * n), n)),
+            "x_owned": Out(1),
         })
 
     def elaborate(self, platform):
@@ -256,6 +262,7 @@ class ActivationOutput(wiring.Component):
         w_take = r_valid & (~w_valid | w_last)
         read = u_active & (~r_valid | w_take)
         m.d.comb += [self.x.addr.eq(times(u_blk, CWH) + u_c), self.x.en.eq(read),
+                     self.x_owned.eq(u_active),
                      # done: nothing left to read, in the word register, in the packer's beat
                      # register (the final chunk sends its beat) or in the slice
                      self.ctl.done.eq(~u_active & ~r_valid & ~w_valid & ~out.valid
