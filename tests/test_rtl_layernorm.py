@@ -371,14 +371,15 @@ def cocotb_params(dut):
                                              ("verilator", True)])
 def test_cocotb(simulator, ecp5):
     """The emitted Verilog, bit-exact; with ``ecp5`` as built for ECP5 (the partial products
-    of u*u and y*f in MULT18X18Ds with their operand and product registers inside, simulated
-    with our model of the primitive)."""
-    from sim.models import ECP5, MULT18X18D
+    of u*u and y*f in MULT18X18Ds with their operand and product registers inside, the row
+    buffer a DP16KD read through its output register, simulated with our models of the
+    primitives)."""
+    from sim.models import DP16KD, ECP5, MULT18X18D
     from sim.runner import run_cocotb
 
     n, width, frac_bits = COCOTB_CONFIG
     dut = IntLayerNorm(n, in_width=width, frac_bits=frac_bits)
-    target = dict(platform=ECP5, models=[MULT18X18D]) if ecp5 else {}
+    target = dict(platform=ECP5, models=[MULT18X18D, DP16KD]) if ecp5 else {}
     names = run_cocotb(dut, toplevel="int_layernorm", test_module="tb_layernorm",
                        simulator=simulator, params=cocotb_params(dut),
                        name="layernorm_ecp5" if ecp5 else "layernorm", **target)

@@ -10,14 +10,14 @@ bit::
 How it is computed
 ------------------
 Three components, joined by streams and sharing the row buffer (one
-:class:`~amaranth.lib.memory.Memory` whose write port belongs to the first, its read port to the
-third)::
+:class:`~bertcore.rtl.blockram.BlockRam`, a block RAM read through its output register, whose
+write port belongs to the first, its read port to the third)::
 
     i_stream --> _RowIntake --sums--> _Statistics --params--> _Normalizer --> o_stream
                    |    ^                                        |    |
              write |    +----------------- freed ----------------+    | read
                    v                                                  |
-                 row buffer (Memory) <--------------------------------+
+               row buffer (BlockRam) <------------------------------+
 
 * :class:`_RowIntake` (pass 1) collects, per row, ``S1 = sum(u)`` and ``S2 = sum(u*u)`` of the
   offset values ``u = x + 2**(W-1)`` (the input with its sign bit inverted: unsigned,
@@ -59,6 +59,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from bertcore.quant.kernels import LN_FRAC_BITS, RESIDUAL_BITS
+from bertcore.rtl.blockram import BlockRam
 from bertcore.rtl.common import check_multipliers, dsp_partial_products, dsp_tiles, multiply
 from bertcore.rtl.multiplier import Multiplier, uses_mult18x18d
 
@@ -305,7 +306,12 @@ class _RowIntake(wiring.Component):
             drop.eq(beat & (at_end ^ last)),
         ]
         # a written element takes an entry, a read one frees one, a dropped row frees its own
-        m.d.sync += free.eq(free - beat + self.freed + Mux(drop, w_index + 1, 0))
+        # a cycle later (`dropped`: the row's length and the compare that finds it malformed
+        # stay out of the adder into `free`, among the ULX3S's worst paths at 125 MHz; one
+        # cycle of fewer free entries only delays the writer)
+        dropped = Signal(range(N + 1))
+        m.d.sync += dropped.eq(Mux(drop, w_index + 1, 0))
+        m.d.sync += free.eq(free - beat + self.freed + dropped)
         m.d.sync += pending.eq(pending + commit - take_sums)
         with m.If(beat):
             with m.If(at_end & last):
@@ -540,7 +546,9 @@ class _Normalizer(wiring.Component):
         ``mean`` and ``recip`` of the next row; taken when the previous row's last element is
         read (or at once when idle).
     buffer : In(ReadPort.Signature(...))
-        The row buffer's read port (a synchronous one, driven here).
+        The row buffer's read port, driven here: ``data`` is the word addressed with ``en``
+        two cycles before (a :class:`~bertcore.rtl.blockram.BlockRam`'s read register and its
+        output register, which loads every cycle and is the pipeline's stage n2).
     freed : Out(1)
         High in each cycle in which an element is read (its buffer entry is free again).
     o_stream : Out(stream.Signature(StructLayout({"data": signed(32), "last": 1})))
@@ -631,9 +639,10 @@ class _Normalizer(wiring.Component):
             n1_mean.eq(r_mean),
             n1_recip.eq(r_recip),
         ]
-        # stage n2: register the buffer's data (a block RAM's output is slow: ~6 ns on ECP5)
-        n2_x = Signal(signed(W))
-        m.d.sync += n2_x.eq(self.buffer.data)
+        # stage n2: the buffer's data, registered in the block RAM's output register (a block
+        # RAM's clock-to-output is ~6 ns on ECP5 without it, which ran on into a fabric register
+        # here: among the ULX3S's worst paths at 125 MHz)
+        n2_x = self.buffer.data
         n2_mean = _delay(m, n1_mean, 1, name="n2_mean")
         # stage n3: y = x - mean (|y| < 2**W)
         y = n2_x - n2_mean
@@ -864,8 +873,7 @@ class IntLayerNorm(wiring.Component):
 
         # The row buffer, a circular queue of elements: pass 1 writes a row into it while the
         # statistics of the previous row are computed and the one before is read back by pass 2.
-        m.submodules.buffer = buffer = Memory(shape=signed(self._in_width),
-                                              depth=self.buffer_depth, init=[])
+        m.submodules.buffer = buffer = BlockRam(self._in_width, self.buffer_depth)
         m.submodules.intake = intake = _RowIntake(
             hidden=self._hidden, in_width=self._in_width, depth=self.buffer_depth,
             sum_width=self._sum_width, sq_sum_width=self._sq_sum_width,
@@ -881,10 +889,13 @@ class IntLayerNorm(wiring.Component):
         assert normalizer.product_latency == self._product_latency()
 
         wiring.connect(m, wiring.flipped(self.i_stream), intake.i_stream)
-        wiring.connect(m, intake.buffer, buffer.write_port())
+        m.d.comb += [buffer.w_addr.eq(intake.buffer.addr), buffer.w_data.eq(intake.buffer.data),
+                     buffer.w_en.eq(intake.buffer.en)]
         wiring.connect(m, intake.sums, statistics.sums)
         wiring.connect(m, statistics.params, normalizer.params)
-        wiring.connect(m, normalizer.buffer, buffer.read_port(domain="sync"))
+        # (the normalizer reads a row only after its statistics, long after its last write)
+        m.d.comb += [buffer.r_addr.eq(normalizer.buffer.addr), buffer.r_en.eq(normalizer.buffer.en),
+                     buffer.o_en.eq(1), normalizer.buffer.data.eq(buffer.r_data)]
         wiring.connect(m, normalizer.o_stream, wiring.flipped(self.o_stream))
         m.d.comb += [
             intake.freed.eq(normalizer.freed),
