@@ -10,7 +10,7 @@ from bertcore.quant.kernels import EXP_ZMAX, int_softmax_int, softmax_constants
 from bertcore.rtl.common import MULTIPLIER_STYLES, pack
 from bertcore.rtl.softmax import IntSoftmax
 from rtl_sim import simulate, stream_get, stream_put
-from sim.models import ECP5, MULT18X18D
+from sim.models import DP16KD, ECP5, MULT18X18D
 from sim.runner import lint, run_cocotb
 
 CONSTANTS = ("x0", "b", "c", "m", "e")
@@ -337,10 +337,11 @@ def cocotb_params(output_bits=8):
     ("icarus", False, 16), ("verilator", False, 16)])
 def test_cocotb(simulator, ecp5, bits):
     """The emitted Verilog, bit-exact; with ``ecp5`` as built for ECP5 (the three multiplies
-    in MULT18X18Ds with their operand and product registers inside, simulated with our model
-    of the primitive); 8- and 16-bit probabilities (saturated at ``2**bits - 1``)."""
+    in MULT18X18Ds with their operand and product registers inside, the scores in DP16KDs
+    read through their output register, simulated with our models of the primitives); 8- and
+    16-bit probabilities (saturated at ``2**bits - 1``)."""
     dut, params = cocotb_params(output_bits=bits)
-    target = dict(platform=ECP5, models=[MULT18X18D]) if ecp5 else {}
+    target = dict(platform=ECP5, models=[MULT18X18D, DP16KD]) if ecp5 else {}
     names = run_cocotb(dut, toplevel="int_softmax", test_module="tb_softmax",
                        simulator=simulator, params=params,
                        name=f"int_softmax{'_ecp5' if ecp5 else ''}_{bits}", **target)

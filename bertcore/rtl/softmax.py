@@ -27,9 +27,10 @@ slot table (:class:`_SlotTable`) and the two row buffers, each buffer port drive
 They are methods rather than components because all four write the table's slot states.
 
 The rows rotate through :data:`IntSoftmax.SLOTS` slots. A slot is a row of
-``2**ceil(log2(max_seq))`` entries in each of two :class:`~amaranth.lib.memory.Memory` (one
-write and one read port each, nothing but a register behind the read port): the scores (written
-by A, read by B) and the exp16s (written by B, read by D). A slot is in one of four states:
+``2**ceil(log2(max_seq))`` entries in each of two memories (one write and one read port each,
+nothing but a register behind the read port): the scores (written by A, read by B; a
+:class:`~bertcore.rtl.blockram.BlockRam`, read through its output register) and the exp16s
+(written by B, read by D; a :class:`~amaranth.lib.memory.Memory`). A slot is in one of four states:
 ``FREE`` (engine A may fill it), ``SCORES`` (waiting for or being read by engine B), ``EXPS``
 (waiting for the divider) and ``NORM`` (waiting for or being read by engine D, which frees it).
 Each engine visits the slots in order.
@@ -41,6 +42,7 @@ bits and the division takes that many cycles.
 """
 
 import math
+from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
@@ -52,6 +54,7 @@ from bertcore.quant.kernels import (
     EXP_N, EXP_X0, EXP_ZMAX, REQ_M_BITS, REQ_MAX_SHIFT, SOFTMAX_EXP_BITS, SOFTMAX_MAX_BIT,
     SOFTMAX_X0_BITS, softmax_constants,
 )
+from bertcore.rtl.blockram import BlockRam
 from bertcore.rtl.common import check_multipliers, dsp_partial_products
 from bertcore.rtl.multiplier import mult18x18d_products, uses_mult18x18d
 
@@ -382,19 +385,24 @@ class IntSoftmax(wiring.Component):
         # read port (a block RAM's clock-to-output time leaves no room for one at 100 MHz):
         # the scores (written by A, read by B) and the exp16s (written by B, read by D). Slot s
         # holds its row at the addresses Cat(index, s).
-        # with masking, each score carries its skip bit on top
-        m.submodules.scores = scores = Memory(
-            shape=signed(self._in_width + self._masking), depth=self.SLOTS << idx_bits,
-            init=[])
+        # with masking, each score carries its skip bit on top. The scores are read through
+        # the block's output register, engine B's stage 1 (a BlockRam: the block RAM's 5.8 ns
+        # clock-to-output into a fabric register was among the ULX3S's worst paths at 125
+        # MHz); A never writes the slot B reads.
+        m.submodules.scores = scores = BlockRam(self._in_width + self._masking,
+                                                self.SLOTS << idx_bits)
+        m.d.comb += [scores.r_en.eq(1), scores.o_en.eq(1)]
         m.submodules.exps = exps = Memory(
             shape=unsigned(SOFTMAX_EXP_BITS), depth=self.SLOTS << idx_bits, init=[])
 
         # The engines, each on its own row (the order of their slot-state writes does not
         # matter: no two engines ever write the state of the same slot in the same cycle).
-        self._build_input(m, slots, scores.write_port())
+        self._build_input(m, slots, SimpleNamespace(addr=scores.w_addr, data=scores.w_data,
+                                                    en=scores.w_en))
         # on ECP5 the multipliers are MULT18X18Ds holding their operand and product registers
         on_dsp = self._multipliers == "dsp" and uses_mult18x18d(platform)
-        self._build_exponential(m, slots, scores.read_port(), exps.write_port(), on_dsp)
+        self._build_exponential(m, slots, SimpleNamespace(addr=scores.r_addr, data=scores.r_data),
+                                exps.write_port(), on_dsp)
         self._build_divider(m, slots)
         self._build_normalization(m, slots, exps.read_port(), on_dsp)
         return m
@@ -451,7 +459,13 @@ class IntSoftmax(wiring.Component):
                      a1_idx.eq(Mux(a_store, a_cnt, a_cnt - 1))]
         a_max = Signal(signed(in_width))
         a_have = Signal()                       # a kept element of this row is in a_max
-        with m.If(a1_keep & (~a_have | (a1_x > a_max))):
+        # a1_gt: a1_x > a_max, compared a cycle ahead (the beat against what a_max holds when
+        # the beat reaches a1: a1_x if a1 is taken now, else a_max), so a_max's enable is of
+        # flip-flops (the compare ran on into it: 7.7-8.0 ns on the ULX3S at 125 MHz)
+        a1_gt = Signal()
+        a1_take = a1_keep & (~a_have | a1_gt)
+        m.d.sync += a1_gt.eq(Mux(a1_take, a_x > a1_x, a_x > a_max))
+        with m.If(a1_take):
             m.d.sync += a_max.eq(a1_x)
         with m.If(a1_keep):
             m.d.sync += a_have.eq(1)
@@ -525,14 +539,13 @@ class IntSoftmax(wiring.Component):
 
         m.d.comb += scores_r.addr.eq(b_pos)
 
-        # stage 1: register the score (the block RAM's clock-to-output time leaves no room for
-        # a subtraction) and the row maximum.
-        x1 = Signal(signed(in_width))
+        # stage 1: the score, read through the block's output register (a block RAM's
+        # clock-to-output time leaves no room for a subtraction), and the row maximum.
+        x1 = scores_r.data[:in_width].as_signed()
         max1 = Signal(signed(in_width))
-        m.d.sync += [x1.eq(scores_r.data[:in_width].as_signed()),
-                     max1.eq(_pick(slots.row_max, tags[1].slot))]
+        m.d.sync += max1.eq(_pick(slots.row_max, tags[1].slot))
         if self._masking:                       # a masked element's exp16 will be 0
-            m.d.sync += tags[2].skip.eq(scores_r.data[in_width])
+            m.d.sync += tags[3].skip.eq(scores_r.data[in_width])
 
         # stage 2: a = rowmax - x >= 0 (the negated d).
         a2 = Signal(in_width)
