@@ -231,7 +231,7 @@ BOARDS = {
         "ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", 25e6, 100e6,
         preset("tiny").replace(resident=True),
         "tiny, resident: a 4x4 array (16 of 156 multipliers), small banked memories and the "
-        "5596 x 33-bit resident image (about 11 of 208 EBRs); minilm (16x16, hidden 384, 6 "
+        "5596 x 33-bit resident image (12 of 208 EBRs); minilm (16x16, hidden 384, 6 "
         "layers) needs 256 multipliers, more than the LFE5U-85F's 156, and buffers beyond its "
         "EBRs"),
     "ulx3s-85f-sdram": BoardSpec(

@@ -19,8 +19,12 @@ from .image import FAIL_CAUSE_BITS, FAIL_NO_IMAGE, image_beats
 
 __all__ = ["RunControl"]
 
-# the resident image memory's blocks: 2**9 = 512 words, one DP16KD's depth at up to 36 bits
-IMAGE_BLOCK_BITS = 9
+# the resident image memory's blocks: 2**10 = 1024 words, a BlockRam's depth on ECP5 (its
+# DP16KDs in their 1024 x 18 mode, side by side for the bus_width + 1 bits); 512-word blocks
+# (the depth of yosys's 512 x 36 mapping of a Memory) left half of each DP16KD empty and
+# doubled the multiplexer over the blocks, a path of 8.2 ns into the replay register q on the
+# ULX3S at 125 MHz
+IMAGE_BLOCK_BITS = 10
 
 
 class RunControl(wiring.Component):
