@@ -459,13 +459,7 @@ class IntSoftmax(wiring.Component):
                      a1_idx.eq(Mux(a_store, a_cnt, a_cnt - 1))]
         a_max = Signal(signed(in_width))
         a_have = Signal()                       # a kept element of this row is in a_max
-        # a1_gt: a1_x > a_max, compared a cycle ahead (the beat against what a_max holds when
-        # the beat reaches a1: a1_x if a1 is taken now, else a_max), so a_max's enable is of
-        # flip-flops (the compare ran on into it: 7.7-8.0 ns on the ULX3S at 125 MHz)
-        a1_gt = Signal()
-        a1_take = a1_keep & (~a_have | a1_gt)
-        m.d.sync += a1_gt.eq(Mux(a1_take, a_x > a1_x, a_x > a_max))
-        with m.If(a1_take):
+        with m.If(a1_keep & (~a_have | (a1_x > a_max))):
             m.d.sync += a_max.eq(a1_x)
         with m.If(a1_keep):
             m.d.sync += a_have.eq(1)
