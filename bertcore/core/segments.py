@@ -124,9 +124,9 @@ class SegmentTable(wiring.Component):
         lane_big = lane[pb:].any()
         sum_next = self.total + lane[:pb]
         fail = Signal()
-        # the table's last lane seen (`done` unless an error came with it or after it: the
-        # failing checks stay out of this register's enable and reset, 8.2-8.4 ns on the
-        # ULX3S at 125 MHz)
+        # the table's last beat seen (`done` unless an error came with it or before or after
+        # it: the failing checks stay out of this register's enable and reset, 8.2-8.7 ns on
+        # the ULX3S at 125 MHz)
         ended = Signal()
         m.d.comb += self.done.eq(ended & ~self.error)
         with m.If(self.start):
@@ -167,8 +167,9 @@ class SegmentTable(wiring.Component):
                     for s in range(limit):
                         with m.If(lane_idx == s + 1):
                             m.d.sync += ends[s].eq(sum_next)
-                with m.If(b.end & ~fail):
-                    # the table ends with the beat of its last lane
+                with m.If(b.end):
+                    # the table ends with the beat of its last lane (a failing one sets error,
+                    # which masks done)
                     lane_last = (lane_byte == 1) & (lane_idx != 0) & (lane_idx == count)
                     with m.If(lanes_done | lane_last):
                         m.d.sync += ended.eq(1)
