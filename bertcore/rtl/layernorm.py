@@ -894,8 +894,9 @@ class IntLayerNorm(wiring.Component):
         wiring.connect(m, intake.sums, statistics.sums)
         wiring.connect(m, statistics.params, normalizer.params)
         # (the normalizer reads a row only after its statistics, long after its last write)
-        m.d.comb += [buffer.r_addr.eq(normalizer.buffer.addr), buffer.r_en.eq(normalizer.buffer.en),
-                     buffer.o_en.eq(1), normalizer.buffer.data.eq(buffer.r_data)]
+        m.d.comb += [buffer.r_addr.eq(normalizer.buffer.addr),
+                     buffer.r_en.eq(normalizer.buffer.en), buffer.o_en.eq(1),
+                     normalizer.buffer.data.eq(buffer.r_data)]
         wiring.connect(m, normalizer.o_stream, wiring.flipped(self.o_stream))
         m.d.comb += [
             intake.freed.eq(normalizer.freed),
