@@ -226,8 +226,8 @@ ORANGECRAB_CONFIG = preset("tiny").replace(array_rows=2, array_cols=2,
 BOARDS = {
     "ulx3s-85f": BoardSpec(
         # 100 MHz: the tiny core routes at 101-127 MHz on the -6 part (126.3 MHz in the last
-        # slow build at 100; at a 125 MHz target 126.8 with nextpnr's default seed, 117.9 with
-        # seed 2: too wide a spread between builds for a higher default; docs/boards.md,
+        # slow build at 100; at a 125 MHz target 126.8 with nextpnr's default seed, 117.9 and
+        # 122.9 with seeds 2 and 3: too wide a spread for a higher default; docs/boards.md,
         # "Toward 100 MHz"; the slow build test holds it)
         "ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", 25e6, 100e6,
         preset("tiny").replace(resident=True),
