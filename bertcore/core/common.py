@@ -129,10 +129,10 @@ def add_gated(m, name, unit, wake, *, drain):
     reset is a term of every register's next value, which made Verilator evaluate the unit's
     next-value logic on every edge of the reset's own clock (12 % of the time on ``minilm``,
     ``docs/core.md``). So a gated unit resets one cycle before the rest of its domain (as the
-    reset rises, not at the next edge). In the core that domain is the datapath's, reset by the controller's ``abort``,
-    which also resets everything the gated units talk to; what differs in that one cycle is
-    what a unit writes into the buffers (no run's result depends on what they held before it)
-    and a unit's error pulse seen by the controller.
+    reset rises, not at the next edge). In the core that domain is the datapath's, reset by
+    the controller's ``abort``, which also resets everything the gated units talk to; what
+    differs in that one cycle is what a unit writes into the buffers (no run's result depends
+    on what they held before it) and a unit's error pulse seen by the controller.
     """
     left = Signal(range(drain + 1), name=f"{name}_drain", init=drain)
     with m.If(wake):

@@ -18,6 +18,7 @@ from amaranth.lib.wiring import In, Out
 
 from bertcore.quant.kernels import GELU_IN_BITS, REQ_M_BITS
 from bertcore.rtl.blockram import BlockRam
+from bertcore.rtl.common import delay
 from bertcore.rtl.fsm import Fsm
 from bertcore.rtl.gelu import IntGELU
 from bertcore.rtl.requant import REQ_E_BITS
@@ -147,18 +148,15 @@ class ParameterLoader(wiring.Component):
         m.d.sync += [lw.addr.eq(lw_req.addr), lw.data.eq(lw_req.data), lw.en.eq(lw_req.en)]
         st = {"pw": pw, "lw": lw_req}
         # slot / record hand-over flags (the loader sets, the sequencer releases), each set
-        # ``delay`` cycles after its record's last beat: in step with the record's writes
+        # ``lag`` cycles after its record's last beat: in step with the record's writes
         # (the LayerNorm records' are registered, LN_WRITE_STAGES)
-        for name, ho, slots, delay in (("slot", self.slots, 2, 0),
-                                       ("scal", self.scalars_ho, 1, 0),
-                                       ("ln", self.ln_slots, 2, self.LN_WRITE_STAGES)):
+        for name, ho, slots, lag in (("slot", self.slots, 2, 0),
+                                     ("scal", self.scalars_ho, 1, 0),
+                                     ("ln", self.ln_slots, 2, self.LN_WRITE_STAGES)):
             st[f"set_{name}"], st[f"set_{name}_i"] = Signal(name=f"set_{name}"), Signal()
             full = Signal(slots, name=f"{name}_full")
-            set_, set_i = st[f"set_{name}"], st[f"set_{name}_i"]
-            for k in range(delay):
-                set_q, set_i_q = Signal(name=f"set_{name}_q{k}"), Signal(name=f"set_{name}_i_q{k}")
-                m.d.sync += [set_q.eq(set_), set_i_q.eq(set_i)]
-                set_, set_i = set_q, set_i_q
+            set_ = delay(m, st[f"set_{name}"], lag, name=f"set_{name}")
+            set_i = delay(m, st[f"set_{name}_i"], lag, name=f"set_{name}_i")
             for i in range(slots):
                 with m.If(set_ & (set_i == i)):
                     m.d.sync += full[i].eq(1)

@@ -26,14 +26,14 @@ emitted Verilog they are one flat bit vector (``<prefix>__payload``); :func:`pac
 import contextlib
 import enum
 
-from amaranth.hdl import Const, Mux, Shape, ShapeCastable, Value
+from amaranth.hdl import Const, Mux, Shape, ShapeCastable, Signal, Value
 from amaranth.lib import data
 
 __all__ = ["pack", "unpack", "payload_width", "DSP_WIDTH", "dsp_tiles", "dsp_partial_products",
            "MULTIPLIER_STYLES", "check_multipliers", "multiply", "multiply_latency", "check_int",
            "rejecting", "saturate", "saturate_fits", "saturate_pick", "PRIMITIVE_TARGETS",
            "check_target",
-           "check_domain", "targets_ecp5"]
+           "check_domain", "targets_ecp5", "delay"]
 
 
 def payload_width(layout):
@@ -399,3 +399,13 @@ def valid_last_pipeline(m, en, i_stream, o_stream, latency):
         m.d.sync += [v.eq(p) for v, p in zip(last[1:], last)]
     m.d.comb += [o_stream.valid.eq(valid[-1]), o_stream.payload.last.eq(last[-1])]
     return valid, last
+
+
+def delay(m, value, cycles, *, name):
+    """``value`` delayed by ``cycles`` registers (a shift register in ``m``'s ``sync``
+    domain), named ``{name}_d1`` .. ``{name}_d{cycles}``; ``value`` itself for 0 cycles."""
+    for stage in range(cycles):
+        reg = Signal.like(value, name=f"{name}_d{stage + 1}")
+        m.d.sync += reg.eq(value)
+        value = reg
+    return value

@@ -60,7 +60,8 @@ from amaranth.utils import ceil_log2
 
 from bertcore.quant.kernels import LN_FRAC_BITS, RESIDUAL_BITS
 from bertcore.rtl.blockram import BlockRam
-from bertcore.rtl.common import check_multipliers, dsp_partial_products, dsp_tiles, multiply
+from bertcore.rtl.common import (check_multipliers, delay, dsp_partial_products, dsp_tiles,
+                                 multiply)
 from bertcore.rtl.multiplier import Multiplier, uses_mult18x18d
 
 __all__ = ["IntLayerNorm"]
@@ -177,15 +178,6 @@ class _Stage(enum.Enum, shape=3):
     SQRT = 5          # isqrt(var), one root bit per cycle
     RECIPROCAL = 6    # floor(2**(31+F) / std), one quotient bit per cycle
     DONE = 7          # hand (mean, f) over to the normalizer
-
-
-def _delay(m, value, cycles, *, name):
-    """``value`` delayed by ``cycles`` registers (a shift register in the ``sync`` domain)."""
-    for stage in range(cycles):
-        reg = Signal.like(value, name=f"{name}_d{stage + 1}")
-        m.d.sync += reg.eq(value)
-        value = reg
-    return value
 
 
 def _check_int(name, value, minimum, maximum=None):
@@ -342,10 +334,10 @@ class _RowIntake(wiring.Component):
         square, square_latency = _pipelined_product(m, a1_u, a1_u, width=2 * W, name="square",
                                                      style=self._multipliers,
                                                      dsp_operands=(u, u) if on_dsp else None)
-        acc_u = _delay(m, a1_u, square_latency, name="acc_u")
-        acc_valid = _delay(m, a1_valid, square_latency, name="acc_valid")
-        acc_first = _delay(m, a1_first, square_latency, name="acc_first")
-        acc_commit = _delay(m, a1_commit, square_latency, name="acc_commit")
+        acc_u = delay(m, a1_u, square_latency, name="acc_u")
+        acc_valid = delay(m, a1_valid, square_latency, name="acc_valid")
+        acc_first = delay(m, a1_first, square_latency, name="acc_first")
+        acc_commit = delay(m, a1_commit, square_latency, name="acc_commit")
         # accumulate stage: the first element of a row restarts the sums
         s1 = Signal(self._sum_width)
         s2 = Signal(self._sq_sum_width)
@@ -643,15 +635,15 @@ class _Normalizer(wiring.Component):
         # RAM's clock-to-output is ~6 ns on ECP5 without it, which ran on into a fabric register
         # here: among the ULX3S's worst paths at 125 MHz)
         n2_x = self.buffer.data
-        n2_mean = _delay(m, n1_mean, 1, name="n2_mean")
+        n2_mean = delay(m, n1_mean, 1, name="n2_mean")
         # stage n3: y = x - mean (|y| < 2**W)
         y = n2_x - n2_mean
         n3_y = Signal(signed(W + 1))
         m.d.sync += n3_y.eq(y)
-        n2_recip = _delay(m, n1_recip, 1, name="n2_recip")
-        n3_recip = _delay(m, n2_recip, 1, name="n3_recip")
-        n3_valid = _delay(m, n1_valid, 2, name="n3_valid")
-        n3_last = _delay(m, n1_last, 2, name="n3_last")
+        n2_recip = delay(m, n1_recip, 1, name="n2_recip")
+        n3_recip = delay(m, n2_recip, 1, name="n3_recip")
+        n3_valid = delay(m, n1_valid, 2, name="n3_valid")
+        n3_last = delay(m, n1_last, 2, name="n3_last")
         # stages n4..: y*f (partial products, adder tree), exact in 33+F bits; floor(y*f / 2**(1+F))
         # is the arithmetic shift, i.e. bits 1+F and up. On ECP5 the partial products are
         # MULT18X18Ds whose input registers load y and f beside n3_y and n3_recip.
@@ -661,8 +653,8 @@ class _Normalizer(wiring.Component):
                                               style=self._multipliers,
                                               dsp_operands=(y, n2_recip) if on_dsp else None)
         assert latency == product_latency
-        out_valid = _delay(m, n3_valid, latency, name="out_valid")
-        out_last = _delay(m, n3_last, latency, name="out_last")
+        out_valid = delay(m, n3_valid, latency, name="out_valid")
+        out_last = delay(m, n3_last, latency, name="out_last")
 
         # queue: written by the pipeline, read into the output register when it is empty or
         # being emptied
