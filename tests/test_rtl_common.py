@@ -291,3 +291,39 @@ def test_saturate_clamps_to_the_signed_range(width, bits):
         saturate(Signal(8), 4)
     with pytest.raises(TypeError, match=r"saturate_fits takes a signed value, not unsigned\(8\)"):
         saturate_fits(Signal(8), 4)
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [(unsigned(4), unsigned(4)), (signed(4), signed(4)),
+                                             (unsigned(3), signed(5))])
+def test_less_is_a_less_than_cell(a_shape, b_shape):
+    """rtl.common.less(a, b) is ``a < b`` for every pair of values (and an integer on either
+    side), and its RTLIL a ``$lt`` cell (yosys maps ``$gt``/``$ge``/``$le`` onto a carry chain
+    plus an equality tree: the reason for the helper), also with an integer on the left."""
+    from amaranth.back import rtlil
+    from amaranth.sim import Simulator
+    from bertcore.rtl.common import less
+    a, b = Signal(a_shape), Signal(b_shape)
+    lt, gt_k, lt_k = Signal(), Signal(), Signal()
+    m = Module()
+    m.d.comb += [lt.eq(less(a, b)), gt_k.eq(less(3, a)), lt_k.eq(less(a, -2))]
+
+    def values(shape):
+        return range(shape.signed and -(1 << (shape.width - 1)) or 0,
+                     1 << (shape.width - (1 if shape.signed else 0)))
+
+    async def tb(ctx):
+        for x in values(a_shape):
+            for y in values(b_shape):
+                ctx.set(a, x)
+                ctx.set(b, y)
+                assert (ctx.get(lt), ctx.get(gt_k), ctx.get(lt_k)) == (x < y, 3 < x, x < -2)
+
+    sim = Simulator(m)
+    sim.add_testbench(tb)
+    sim.run()
+    top = Module()
+    out = Signal()
+    top.d.comb += out.eq(less(3, a) | ~less(a, b))
+    text = rtlil.convert(top, ports=[a, b, out])
+    assert text.count("cell $lt ") == 2
+    assert not any(f"cell ${op} " in text for op in ("gt", "ge", "le"))

@@ -19,6 +19,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from bertcore.rtl.common import less
 from bertcore.rtl.softmax import IntSoftmax
 
 from .common import (feed, fork, pick, prob_word, row_read, score_word, sliced, task,
@@ -140,7 +141,7 @@ class SoftmaxPass(wiring.Component):
             x1_skip = Signal(name=f"x1_skip{k}")
             lo, hi = bounds[k]
             with m.If(x_adv):
-                m.d.sync += x1_skip.eq((key < lo) | (key >= hi))
+                m.d.sync += x1_skip.eq(less(key, lo) | ~less(key, hi))
             m.d.comb += sink.payload.skip.eq(x1_skip)
         with m.If(x_adv):
             m.d.sync += [x1_valid.eq(x_active), x1_l.eq(x_l), x1_last.eq(x_e_end)]

@@ -13,6 +13,7 @@ from amaranth.hdl import (Cat, ClockDomain, ClockSignal, Const, DomainRenamer, M
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
+from bertcore.rtl.common import less
 from bertcore.rtl.stream import RegisterSlice
 
 __all__ = [
@@ -193,7 +194,7 @@ def pick(items, index, shape):
         level = [Mux(index[k], level[2 * i + 1], level[2 * i]) for i in range(len(level) // 2)]
     value = level[0]
     if len(index) > bits:                    # index values past the tree: the last item
-        value = Mux(index >= len(items), items[-1], value)
+        value = Mux(~less(index, len(items)), items[-1], value)
     value = Value.cast(value)
     return value.as_signed() if Shape.cast(shape).signed else value.as_unsigned()
 

@@ -37,6 +37,7 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from bertcore.rtl.common import less
 from bertcore.rtl.fsm import Fsm
 
 from .common import (A_A, A_H, A_P, A_Q, A_X, G_FFN1, G_FFN2, G_K, G_O, G_Q, G_V, J_PANEL,
@@ -270,7 +271,7 @@ class Sequencer(wiring.Component):
             self._bounds(m, fsm, s_mb, s_kb, s_ktiles, s_kb1)
             with fsm.State("SCORES"):
                 with m.If(packed):
-                    m.d.sync += k_end.eq(Mux(s_kb1 * N > seq_len, seq_len, s_kb1 * N))
+                    m.d.sync += k_end.eq(Mux(less(seq_len, s_kb1 * N), seq_len, s_kb1 * N))
                 with m.If(self.job_ready):
                     start_job(J_SCORE, A_Q, s_ktiles, hd, M_SCORE, mb=s_mb, kb=s_kb,
                               chw=s_head * HPW, bank=s_bank)

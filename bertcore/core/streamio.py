@@ -12,6 +12,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from bertcore.rtl.common import less
 from bertcore.rtl.stream import RegisterSlice
 
 from .common import act_signature, bus_signature, pick, row_read, task, times, write_port
@@ -133,7 +134,7 @@ class ActivationInput(wiring.Component):
         # that), and rows_bytes is final a cycle after the table's last byte, which precedes
         # the first data beat's last byte by two cycles at least
         d_enough = Signal()
-        m.d.sync += d_enough.eq(d_next >= rows_bytes)
+        m.d.sync += d_enough.eq(~less(d_next, rows_bytes))
         # the byte of this cycle, ib.word_select(ib_idx, 8), from a register loaded one byte
         # ahead (a beat's byte 0 as the beat is taken, else the byte after the current one): the
         # segment table's checks and the gatherer start at a flip-flop, not at a byte select

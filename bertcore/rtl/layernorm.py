@@ -61,7 +61,7 @@ from amaranth.utils import ceil_log2
 from bertcore.quant.kernels import LN_FRAC_BITS, RESIDUAL_BITS
 from bertcore.rtl.blockram import BlockRam
 from bertcore.rtl.common import (check_multipliers, delay, dsp_partial_products, dsp_tiles,
-                                 multiply)
+                                 less, multiply)
 from bertcore.rtl.multiplier import Multiplier, uses_mult18x18d
 
 __all__ = ["IntLayerNorm"]
@@ -426,12 +426,12 @@ class _Statistics(wiring.Component):
 
         # combinational step of each serial operation
         div_trial = Cat(div_quo[W - 1], div_rem)                 # 2*rem + next dividend bit
-        div_fits = div_trial >= N
+        div_fits = ~less(div_trial, N)
         twice_rem = Cat(Const(0, 1), div_rem)
-        round_up = (twice_rem > N) | ((twice_rem == N) & div_quo[0])
+        round_up = less(N, twice_rem) | ((twice_rem == N) & div_quo[0])
         sqrt_trial = Cat(radicand[-2:], root_rem)                # 4*rem + next two bits
         sqrt_sub = Cat(Const(1, 2), root)                        # 4*root + 1
-        sqrt_fits = sqrt_trial >= sqrt_sub
+        sqrt_fits = ~less(sqrt_trial, sqrt_sub)
         # std = max(root, 1): root == 0 is kept in a register as the root's bits are found
         # (the reduction of root ran on into the reciprocal step's subtraction: an ECP5
         # critical path at 100 MHz); one subtraction whose sign is the compare

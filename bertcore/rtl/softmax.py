@@ -55,7 +55,7 @@ from bertcore.quant.kernels import (
     SOFTMAX_X0_BITS, softmax_constants,
 )
 from bertcore.rtl.blockram import BlockRam
-from bertcore.rtl.common import check_multipliers, dsp_partial_products
+from bertcore.rtl.common import check_multipliers, dsp_partial_products, less
 from bertcore.rtl.multiplier import mult18x18d_products, uses_mult18x18d
 
 __all__ = ["IntSoftmax"]
@@ -459,7 +459,7 @@ class IntSoftmax(wiring.Component):
                      a1_idx.eq(Mux(a_store, a_cnt, a_cnt - 1))]
         a_max = Signal(signed(in_width))
         a_have = Signal()                       # a kept element of this row is in a_max
-        with m.If(a1_keep & (~a_have | (a1_x > a_max))):
+        with m.If(a1_keep & (~a_have | less(a_max, a1_x))):
             m.d.sync += a_max.eq(a1_x)
         with m.If(a1_keep):
             m.d.sync += a_have.eq(1)
@@ -547,7 +547,7 @@ class IntSoftmax(wiring.Component):
 
         # stage 3: clamp |d| to 30*|x0| (d = max(d, 30*x0)).
         r = [Signal(lim_bits, name="r3")]
-        m.d.sync += r[0].eq(Mux(a2 > k_lim, k_lim, a2))
+        m.d.sync += r[0].eq(Mux(less(k_lim, a2), k_lim, a2))
 
         # stages 4..8: restoring division ladder |d| = z*|x0| + rem, one quotient bit per stage
         # (z <= 30 < 2**5), so z = floor(d/x0) and p = d - x0*z = -rem.

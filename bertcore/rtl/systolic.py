@@ -48,7 +48,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from .common import check_int, rejecting
+from .common import check_int, less, rejecting
 from .multiplier import Multiplier, mult18x18d_operand_shapes, uses_mult18x18d
 
 __all__ = ["SystolicArray", "operand_layout", "shape_range", "shape_for_range"]
@@ -482,7 +482,7 @@ class SystolicArray(wiring.Component):
         free = Signal(range(self._queue_depth + 1), init=self._queue_depth)
         released = Signal()
         m.d.sync += free.eq(free - Mux(end, rows, 0) + released)
-        m.d.comb += can_end.eq((since_end == interval) & (free >= rows))
+        m.d.comb += can_end.eq((since_end == interval) & ~less(free, rows))
 
         # Tile framing and the control word entering PE (0, 0).
         in_tile = Signal()              # a beat of the current tile was already transferred
