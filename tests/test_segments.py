@@ -119,6 +119,53 @@ def test_tables_good_and_bad(bus_width):
     assert results[-2]["error"] == 1 and results[-1]["error"] == 1
 
 
+@pytest.mark.parametrize("max_seq, max_segments", [(200, 16), (255, 16), (256, 16),
+                                                   (1000, 16), (1000, 300)])
+def test_long_runs(max_seq, max_segments):
+    """Lengths and counts past one byte (the sum and checks begun with a lane's first byte):
+    tables that fill ``max_seq`` exactly, overflow it by one, lengths of 256 (low byte 0),
+    lanes with a bit at or above ``bits_for(max_seq)``, counts at and past a limit above
+    255, each against ``parse_segment_table``."""
+    cfg = TINY.replace(max_seq=max_seq, max_segments=max_segments)
+    dut = SegmentTable(max_seq=max_seq, max_segments=max_segments)
+    pb = max_seq.bit_length()
+    rng = random.Random(max_seq)
+
+    def raw(lanes):
+        word = sum(v << (16 * i) for i, v in enumerate(lanes))
+        beats = -(-16 * len(lanes) // cfg.bus_width)
+        return [(word >> (cfg.bus_width * i)) & ((1 << cfg.bus_width) - 1)
+                for i in range(beats)]
+
+    tables = []
+    for _ in range(6):
+        count = rng.randint(1, 6)
+        total = rng.randint(count, max_seq)
+        cuts = sorted(rng.sample(range(1, total), count - 1))
+        tables.append([count] + [b - a for a, b in zip([0, *cuts], [*cuts, total])])
+    tables += [[1, max_seq], [1, max_seq + 1], [2, max_seq - 1, 1], [2, max_seq - 1, 2],
+               [2, 1, 256], [1, 256], [1, 1 << pb], [1, (1 << pb) | 1], [1, 0x100 | 0],
+               [0x100 | 1, 1], [2, 0x8000, 1], [3, 255, 1, 1], [1, 0]]
+    if max_segments > 255:
+        tables += [[n] + [1] * n for n in (255, 256, 257, max_segments, max_segments + 1)]
+        tables += [[256 + 44] + [1] * 299 + [2], [0x1FF] + [1] * 0x1FF]
+    packets = [packet_bytes(raw(t), 1, cfg.bus_width) for t in tables]
+    results = run_packets(dut, packets, seed=max_seq)
+    checked_ok = checked_bad = 0
+    for lanes, res in zip(tables, results):
+        try:
+            lengths = parse_segment_table(raw(lanes), cfg)
+        except ImageError:
+            assert res["error"] == 1 and res["done"] == 0, (lanes, res)
+            checked_bad += 1
+        else:
+            assert (res["table"], res["done"], res["error"]) == (1, 1, 0), (lanes, res)
+            assert res["total"] == sum(lengths) and res["bounds_ready"]
+            assert res["bounds"] == expected_bounds(lengths)
+            checked_ok += 1
+    assert checked_ok >= 8 and checked_bad >= 5
+
+
 def test_bad_parameters():
     with pytest.raises(TypeError, match="max_seq must be an integer"):
         SegmentTable(max_seq=1.5, max_segments=2)
