@@ -12,6 +12,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from bertcore.quant.kernels import RESIDUAL_BITS
+from bertcore.rtl.common import less
 from bertcore.rtl.layernorm import IntLayerNorm
 from bertcore.rtl.requant import Requantizer
 
@@ -118,7 +119,7 @@ class LayerNormPass(wiring.Component):
                 m.d.sync += [n_l.eq(0), n_c.eq(n_c + 1)]
                 with m.If(n_c == CWH - 1):
                     m.d.sync += [n_c.eq(0), n_g.eq(n_g + 1)]
-                    with m.If((n_g + 1) * U >= self.seq_len):
+                    with m.If(~less((n_g + 1) * U, self.seq_len)):
                         m.d.sync += n_active.eq(0)
         self._join(m, st, ln_outs, rq_ln)
         ln_done = self._gather(m, st, rq_ln)
@@ -199,14 +200,34 @@ class LayerNormPass(wiring.Component):
         ga_c = Signal(range(CWH))
         ga_l = Signal(range(N))
         ga_words = [Signal(8 * N, name=f"ga_word{u}") for u in range(U)]
+        # ln_done: every position written, pos = ga_blk * N + ga_sub * U >= seq_len, a
+        # register that follows pos: set with a pass's start (pos 0) and with each step of pos
+        # (by U). Read only while the pass runs (the pass's done), when seq_len is stable. The
+        # compare ran on through the sequencer into the next pass's start otherwise (7.8 ns
+        # on the ULX3S at 125 MHz).
+        pos = ga_blk * N + ga_sub * U
         ln_done = Signal()
-        m.d.comb += ln_done.eq(ga_blk * N + ga_sub * U >= self.seq_len)
+        # whether position u of the gatherers' row is in the sequence, registered every cycle:
+        # a word is written on the row's element N - 1, and the position registers change
+        # only on element N - 1's transfer, so with N >= 2 the cycle before a write saw the
+        # write's position (and seq_len is stable through a pass). The compare with seq_len ran
+        # on into X's write enables otherwise (8.1 ns on the ULX3S at 125 MHz).
+        ons = []
+        for u in range(U):
+            on_now = less(pos + u, self.seq_len)
+            if N >= 2:
+                on = Signal(name=f"ga_on{u}")
+                m.d.sync += on.eq(on_now)
+                ons.append(on)
+            else:
+                ons.append(on_now)
         with m.If(rq_ln.o_stream.valid & rq_ln.o_stream.ready):
             m.d.sync += ga_l.eq(ga_l + 1)
             with m.If(ga_l == N - 1):
                 m.d.sync += [ga_l.eq(0), ga_c.eq(ga_c + 1)]
                 with m.If(ga_c == CWH - 1):
-                    m.d.sync += [ga_c.eq(0), ga_sub.eq(ga_sub + 1)]
+                    m.d.sync += [ga_c.eq(0), ga_sub.eq(ga_sub + 1),
+                                 ln_done.eq(~less(pos + U, self.seq_len))]
                     with m.If(ga_sub == PPB - 1):
                         m.d.sync += [ga_sub.eq(0), ga_blk.eq(ga_blk + 1)]
             for u in range(U):
@@ -214,8 +235,7 @@ class LayerNormPass(wiring.Component):
                 full = Cat(*(Mux(ga_l == j, byte, ga_words[u][8 * j:8 * j + 8])
                              for j in range(N)))
                 m.d.sync += ga_words[u].eq(full)
-                on = ga_blk * N + ga_sub * U + u < self.seq_len
-                with m.If((ga_l == N - 1) & on):
+                with m.If((ga_l == N - 1) & ons[u]):
                     for g in range(PPB):
                         for dest, banks in ((0, self.a), (1, self.x)):
                             port = banks[g * U + u]
@@ -223,5 +243,6 @@ class LayerNormPass(wiring.Component):
                                 m.d.comb += [port.addr.eq(times(ga_blk, CWH) + ga_c),
                                              port.data.eq(full), port.en.eq(1)]
         with m.If(st["start"]):
-            m.d.sync += [ga_blk.eq(0), ga_sub.eq(0), ga_c.eq(0), ga_l.eq(0)]
+            m.d.sync += [ga_blk.eq(0), ga_sub.eq(0), ga_c.eq(0), ga_l.eq(0),
+                         ln_done.eq(self.seq_len == 0)]
         return ln_done
