@@ -42,7 +42,7 @@ unit owns the counters it steps; the bridge owns the CRC unit the receiver and t
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import crc, stream, wiring
-from amaranth.lib.memory import Memory, ReadPort, WritePort
+from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out, connect
 from amaranth.utils import ceil_log2
 
@@ -68,7 +68,7 @@ class WordForwarder(wiring.Component):
     offers it on ``o_stream``, ``last`` on the final word when ``last_frame``; ``done`` pulses
     (combinationally) when the final word is taken. ``abort`` (a line break) drops the frame in
     any state: ``aborted`` pulses, and no further word is offered.
-    One word per ``2 * bus_width / 8 + 1`` cycles at most: the UART is far slower.
+    One word per ``3 * bus_width / 8 + 1`` cycles at most: the UART is far slower.
 
     Members
     -------
@@ -77,7 +77,10 @@ class WordForwarder(wiring.Component):
     length : ``In(16)``, last_frame : ``In(1)``
         The frame's payload bytes and whether it is a ``*_LAST`` frame (held until ``done``).
     frame : ``In(ReadPort.Signature(...))``
-        The frame buffer's read port.
+        The frame buffer's read: ``data`` is the byte ``addr`` named two cycles before, through
+        its output register (a :class:`~bertcore.rtl.blockram.BlockRam` read with ``r_en`` and
+        ``o_en`` high). The block RAM's clock-to-output ran on into the word register
+        otherwise (8.2 ns on the ULX3S at 125 MHz).
     o_stream : ``Out(stream.Signature(bus_layout(bus_width)))``
         The words.
     """
@@ -109,6 +112,8 @@ class WordForwarder(wiring.Component):
                     m.d.sync += [idx.eq(0), part.eq(0)]
                     fsm.next("ADDR")
             with fsm.State("ADDR"):                 # frame.addr = idx; data in DATA
+                fsm.next("WAIT")
+            with fsm.State("WAIT"):                 # (the block RAM's output register)
                 fsm.next("DATA")
             with fsm.State("DATA"):
                 m.d.sync += [word.eq(Cat(word[8:], self.frame.data)), idx.eq(idx + 1),
@@ -328,14 +333,16 @@ class UARTBridge(wiring.Component):
         m.submodules.uart_tx = utx = self._tx
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
 
-        m.submodules.frame_mem = frame_mem = Memory(shape=8, depth=MAXP, init=[])
+        # the frame buffer is read through its output register (WordForwarder)
+        m.submodules.frame_mem = frame_mem = BlockRam(8, MAXP)
         # the reply buffer is read through its output register (ReplySender's word)
         m.submodules.reply_mem = reply_mem = BlockRam(self._bus, RW)
         # bytes are taken while hunting or inside a frame; outside (executing, replying) they
         # wait in the UART receiver, and further ones are lost (the host waits for the reply)
         m.submodules.receiver = rx = FrameReceiver(MAXP, NB, self._timeout)
         connect(m, urx.o_stream, rx.i_stream)
-        connect(m, rx.frame, frame_mem.write_port())
+        m.d.comb += [frame_mem.w_addr.eq(rx.frame.addr), frame_mem.w_data.eq(rx.frame.data),
+                     frame_mem.w_en.eq(rx.frame.en)]
         # the UART's error pulses, registered together (a cycle late, in step): the stop-bit
         # decode of a break ran on through the dispatcher's reset and NAK logic into its
         # reason register (the ULX3S's worst path at a 125 MHz core clock, 8.66 ns)
@@ -353,7 +360,8 @@ class UARTBridge(wiring.Component):
             m.d.comb += [self.store_expect_words.eq(expect[:32]),
                          self.store_expect_fingerprint.eq(expect[32:])]
         m.submodules.forwarder = fwd = WordForwarder(self._bus, MAXP)
-        connect(m, fwd.frame, frame_mem.read_port())
+        m.d.comb += [frame_mem.r_addr.eq(fwd.frame.addr), frame_mem.r_en.eq(1),
+                     frame_mem.o_en.eq(1), fwd.frame.data.eq(frame_mem.r_data)]
         m.d.comb += [fwd.length.eq(rx.length), fwd.abort.eq(line_break)]
         m.submodules.gatherer = gather = ResultGatherer(self._bus, RW, self._gather)
         connect(m, wiring.flipped(self.result), gather.i_stream)

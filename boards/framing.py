@@ -20,6 +20,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from bertcore import uart_protocol as P
+from bertcore.rtl.common import less
 from bertcore.rtl.fsm import Fsm
 
 __all__ = ["FrameReceiver", "ReplySender"]
@@ -136,7 +137,7 @@ class FrameReceiver(wiring.Component):
                 # is taken meanwhile: it waits in the UART receiver); the compare and the
                 # frame's state after the byte's own multiplexers did not fit 10 ns on ECP5
                 m.d.sync += [last.eq(self.length - 1), at_last.eq(self.length == 1)]
-                with m.If(self.length > self._max_payload):
+                with m.If(less(self._max_payload, self.length)):
                     m.d.sync += reason.eq(P.NAK_LENGTH)
                     fsm.next("DISCARD")
                 with m.Elif(self.length == 0):
@@ -265,12 +266,24 @@ class ReplySender(wiring.Component):
         m.d.sync += crc_pend.eq(0)
         m.d.comb += self.words.addr.eq(wi)
         out = self.o_stream
+        # a header or payload byte leaves from a register, tx_pre, loaded every cycle with
+        # the byte of that cycle's counters, and is offered once it has (`staged`: low for a
+        # cycle after each byte sent and as a reply starts). The byte's multiplexers (a status
+        # byte, a word's byte, the reply's kind) ran on into the transmitter's register slice
+        # otherwise (8.2 ns on the ULX3S at 125 MHz). The word of the reply buffer may still
+        # be on its way when a byte is staged (its index changes with a byte sent, its word
+        # comes two cycles later), as before: one byte per UART character time leaves the
+        # time (see above).
+        tx_pre = Signal(8)
+        staged = Signal()
+        m.d.sync += [tx_pre.eq(tx_byte), staged.eq(1)]
 
         with Fsm(m, "reply") as fsm:
             with fsm.State("IDLE"):
                 with m.If(self.start):
                     m.d.comb += self.crc_start.eq(1)
                     m.d.sync += [j.eq(0), k.eq(0), k_first.eq(1), wi.eq(0), part.eq(0),
+                                 staged.eq(0),
                                  r_data.eq(self.kind == P.R_DATA),
                                  r_nak.eq(self.kind == P.R_NAK), k_end.eq(self.length - 1)]
                     fsm.next("HEAD")
@@ -278,11 +291,11 @@ class ReplySender(wiring.Component):
                 head = Cat(Const(P.SOF, 8), self.kind, self.seq, self.length[:8],
                            self.length[8:])
                 m.d.comb += [tx_byte.eq(head.word_select(j, 8)),
-                             out.valid.eq(1), out.payload.eq(tx_byte)]
-                with m.If(out.ready):
-                    m.d.sync += j.eq(j + 1)
+                             out.valid.eq(staged), out.payload.eq(tx_pre)]
+                with m.If(out.ready & staged):
+                    m.d.sync += [j.eq(j + 1), staged.eq(0)]
                     with m.If(j != 0):
-                        m.d.sync += [crc_in.eq(tx_byte), crc_pend.eq(1)]
+                        m.d.sync += [crc_in.eq(tx_pre), crc_pend.eq(1)]
                     with m.If(j == P.HEADER_BYTES - 1):
                         fsm.next("PAYLOAD")
                         with m.If(self.length == 0):
@@ -293,9 +306,10 @@ class ReplySender(wiring.Component):
                 st = self.status.word_select(k[:(SB - 1).bit_length()], 8)
                 data_byte = Mux(k_first, self.flags, word.word_select(part, 8))
                 m.d.comb += [tx_byte.eq(Mux(r_data, data_byte, Mux(r_nak, self.reason, st))),
-                             out.valid.eq(1), out.payload.eq(tx_byte)]
-                with m.If(out.ready):
-                    m.d.sync += [crc_in.eq(tx_byte), crc_pend.eq(1), k.eq(k + 1), k_first.eq(0)]
+                             out.valid.eq(staged), out.payload.eq(tx_pre)]
+                with m.If(out.ready & staged):
+                    m.d.sync += [crc_in.eq(tx_pre), crc_pend.eq(1), k.eq(k + 1), k_first.eq(0),
+                                 staged.eq(0)]
                     with m.If(~k_first):
                         m.d.sync += part.eq(Mux(part == NB - 1, 0, part + 1))
                         with m.If(part == NB - 1):

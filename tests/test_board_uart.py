@@ -425,8 +425,14 @@ class _Buffered(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.unit, m.submodules.mem = self._unit, self._mem
-        port = self._mem.read_port() if self._port == "frame" else self._mem.write_port()
-        wiring.connect(m, getattr(self._unit, self._port), port)
+        if self._port == "frame":
+            # read through an output register, as the bridge's BlockRam: the byte of an
+            # address two cycles later
+            port, out = self._mem.read_port(), Signal(self._mem.shape)
+            m.d.sync += out.eq(port.data)
+            m.d.comb += [port.addr.eq(self._unit.frame.addr), self._unit.frame.data.eq(out)]
+        else:
+            wiring.connect(m, getattr(self._unit, self._port), self._mem.write_port())
         return m
 
 
