@@ -534,8 +534,13 @@ def cmd_build(args):
         print(json.dumps(rep, indent=2, default=str))
     elif not args.quiet:
         for k, v in rep.items():
-            if k != "failing":
+            if k not in ("failing", "seeds"):
                 print(f"{k:14s} {v}")
+        for tried in rep.get("seeds", ()):
+            clocks = ", ".join(f"{mhz:.2f}" for mhz in tried["fmax"].values()) or "-"
+            state = ("met" if tried["timing_met"] else "missed" if tried["routed"]
+                     else "not routed")
+            print(f"seed {tried['seed']:<9d} {clocks} MHz ({state})")
         if rep.get("failing"):
             print(f"latest endpoints over the {rep['target_mhz']:g} MHz period "
                   "(arrival ns, count):")
@@ -805,6 +810,14 @@ _seed = _count_below(63)
 _placement_seed = _count_below(31)
 
 
+def _placement_seeds(text):
+    """One placement seed, or several, comma-separated and distinct (a sweep: a list)."""
+    seeds = [_placement_seed(part.strip()) for part in text.split(",")]
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed is given twice in {text}")
+    return seeds[0] if len(seeds) == 1 else seeds
+
+
 def _set_help():
     import dataclasses
     from .config import CoreConfig
@@ -976,9 +989,11 @@ def _add_build(sub):
     b.add_argument("--program", action="store_true", help="program the board afterwards")
     b.add_argument("--clock", type=_positive(float), metavar="MHZ",
                    help="core clock and timing target instead of the board's (docs/boards.md)")
-    b.add_argument("--seed", type=_placement_seed, metavar="N",
+    b.add_argument("--seed", type=_placement_seeds, metavar="N[,N...]",
                    help="nextpnr's placement seed (default: nextpnr's own; the same netlist "
-                   "and seed give the same result, another seed another placement)")
+                   "and seed give the same result, another seed another placement); several "
+                   "seeds: synthesize once, place and route with each in turn until one meets "
+                   "timing, keep that one (else the fastest); each in DIR/seed-N/")
     b.add_argument("-o", "--output", metavar="DIR", help="build directory "
                    "(default: build/board-NAME)")
     _script_args(b)

