@@ -72,11 +72,12 @@ def test_ulx3s_minilm_fits_the_85f():
 def test_estimate_matches_the_tiny_board():
     """The ``ulx3s-85f-sdram`` board with ``tiny`` (docs/boards.md): 30 DP16KD and 67
     MULT18X18D, as yosys's synthesis of the board counts them (since R, H, the panel buffer,
-    the bridge's reply buffer, the LayerNorm row buffer and the softmax's scores are
-    ``BlockRam`` instances, 18-bit blocks; 16 in nextpnr's report of the build before the
-    first three, 27 before the reply buffer, 28 before the last two)."""
+    the bridge's reply and frame buffers, the LayerNorm row buffer and the softmax's scores
+    are ``BlockRam`` instances, 18-bit blocks; 16 in nextpnr's report of the build before the
+    first three, 27 before the reply buffer, 28 before the row buffer and the scores; the
+    frame buffer was one inferred block before)."""
     est = estimate_core(preset("tiny"), _sdram_board(preset("tiny")))
     assert (est["BRAM"], est["DSP"]) == (30, 67)
     blockrams = {mem.path[-1]: blocks for mem, blocks, _ in est["memories"] if mem.dp16kd}
     assert blockrams == {"r_0": 5, "h_0": 4, "h_1": 4, "h_2": 4, "h_3": 4, "panel": 2,
-                         "reply_mem": 2, "buffer": 2, "scores": 2}
+                         "reply_mem": 2, "frame_mem": 1, "buffer": 2, "scores": 2}
