@@ -223,8 +223,9 @@ def sweep_seeds(outdir, name, seeds, target):
     already run, with ``seeds[0]``) with each of ``seeds`` in turn until one meets ``target``
     MHz on every clock. Returns ``(seed, tried)``: the seed whose placement is left in
     ``outdir`` (the first that meets the target, else the routed one whose slowest clock is
-    fastest) and ``[{"seed", "routed", "fmax", "timing_met"}]`` of each seed tried. Each placement's
-    outputs are kept in ``outdir/seed-N/``. Run with the tools' environment variables set.
+    fastest) and ``[{"seed", "routed", "fmax", "timing_met"}]`` of each seed tried. Each
+    placement's outputs are kept in ``outdir/seed-N/``. Run with the tools' environment
+    variables set.
 
     The later placements run the script's own lines after synthesis (nextpnr, the packer)
     with nextpnr's ``--seed`` replaced: synthesis is not repeated, and no command line is
