@@ -413,8 +413,9 @@ def delay(m, value, cycles, *, name):
 
 
 def less(a, b):
-    """``a < b``, for every ordered comparison of the RTL: ``a > b`` is ``less(b, a)``,
-    ``a >= b`` is ``~less(a, b)``, ``a <= b`` is ``~less(b, a)``.
+    """``a < b``, for the ordered comparisons of the RTL: ``a > b`` is ``less(b, a)``,
+    ``a >= b`` is ``~less(a, b)``, ``a <= b`` is ``~less(b, a)`` (GELU's sign tests of one
+    value against 0, off every critical path, are left as written).
 
     Yosys (0.70, ``synth_ecp5``) maps a ``<`` onto a carry chain, but a ``>``, ``>=`` or
     ``<=`` onto a carry chain plus an equality tree of LUTs and a LUT joining the two
