@@ -1540,3 +1540,76 @@ def test_sdram_top_cocotb(tiny_core, tiny_image, tmp_path):  # noqa: F811
     assert result["stats"]["naks"] == 1 and result["stats"]["timeouts"] == 0
     assert all(c > 0 for c in result["cycles"])
     assert all(r > 0 for r in result["refreshes"])
+
+
+class _Sender(wiring.Component):
+    """A ReplySender wired as the bridge wires it: its reply buffer read through two
+    registers (the BlockRam's address and output register) and the bridge's CRC unit."""
+
+    def __init__(self, words):
+        from bertcore.boards.framing import ReplySender
+        self.sender = ReplySender(32, len(words), 4)
+        self._mem = Memory(shape=32, depth=len(words), init=words)
+        super().__init__({})
+
+    def elaborate(self, platform):
+        from amaranth.lib import crc
+        m = Module()
+        m.submodules.sender, m.submodules.mem = tx, mem = self.sender, self._mem
+        port, word = mem.read_port(), Signal(32)
+        m.d.sync += word.eq(port.data)
+        m.d.comb += [port.addr.eq(tx.words.addr), tx.words.data.eq(word)]
+        m.submodules.crc = unit = crc.Processor(P.CRC16(8))
+        m.d.comb += [unit.start.eq(tx.crc_start), unit.valid.eq(tx.crc_valid),
+                     unit.data.eq(tx.crc_data), tx.crc.eq(unit.crc)]
+        return m
+
+
+@pytest.mark.parametrize("sink", ["always", "paced"])
+def test_reply_sender_frames(sink):
+    """Each reply kind becomes the frame ``uart_protocol.encode_frame`` makes of it: NAK,
+    STATUS and ACK for a sink that takes a byte in every cycle (each byte leaves a register
+    staged with that byte's counters) and one that takes a byte every 4-12 cycles; DATA (the
+    reply buffer's words, read two cycles after their index) for the paced sink only, as the
+    sender's contract says (one byte per UART character time)."""
+    words = [0x04030201, 0x08070605, 0xC0B0A090, 0x11223344]
+    dut = _Sender(words)
+    tx = dut.sender
+    raw = b"".join(w.to_bytes(4, "little") for w in words)
+    status = 0x9A8B7C6D
+    cases = [(P.R_NAK, 7, b"\x05", {"reason": 5}),
+             (P.R_STATUS, 8, status.to_bytes(4, "little"), {}),
+             (P.R_ACK, 9, b"", {}),
+             (P.R_STATUS, 10, status.to_bytes(4, "little")[:2], {})]
+    if sink == "paced":
+        cases += [(P.R_DATA, 11, b"\x42" + raw[:n], {"flags": 0x42}) for n in (1, 4, 5, 9, 16)]
+    rng = random.Random(sink)
+
+    async def bench(ctx):
+        ctx.set(tx.status, status)
+        for kind, seq, payload, extra in cases:
+            ctx.set(tx.kind, kind)
+            ctx.set(tx.seq, seq)
+            ctx.set(tx.length, len(payload))
+            ctx.set(tx.reason, extra.get("reason", 0))
+            ctx.set(tx.flags, extra.get("flags", 0))
+            ctx.set(tx.start, 1)
+            await ctx.tick()
+            ctx.set(tx.start, 0)
+            got, wait = [], 0
+            for _ in range(2000):
+                ready = sink == "always" or wait == 0
+                ctx.set(tx.o_stream.ready, ready)
+                take = ready and ctx.get(tx.o_stream.valid)
+                if take:
+                    got.append(ctx.get(tx.o_stream.payload))
+                    wait = rng.randint(3, 11)
+                elif wait:
+                    wait -= 1
+                done = ctx.get(tx.done)
+                await ctx.tick()
+                if done:
+                    break
+            assert bytes(got) == P.encode_frame(kind, seq, payload), (kind, payload)
+
+    simulate(dut, bench, name="reply_sender")
