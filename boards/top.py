@@ -226,8 +226,8 @@ ORANGECRAB_CONFIG = preset("tiny").replace(array_rows=2, array_cols=2,
 BOARDS = {
     "ulx3s-85f": BoardSpec(
         # 100 MHz: the tiny core routes at 101-127 MHz on the -6 part (122.6 MHz in the last
-        # slow build at 100; at a 125 MHz target 118.3-125.0 over this RTL's placements and
-        # 117.9-126.8 over the last RTL's: too wide a spread for a higher default; a seed
+        # slow build at 100; at a 125 MHz target 108.4-121.3 over six placements of this RTL,
+        # 117.9-126.8 over the last round's: too wide a spread for a higher default; a seed
         # sweep, `bertcore build --clock 125 --seed 1,2,3,4`, looks for a placement that
         # meets it; docs/boards.md, "Toward 100 MHz"; the slow build test holds 100)
         "ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", 25e6, 100e6,
