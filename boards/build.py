@@ -180,7 +180,7 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
             platform.prepare(top, name=name, **kwargs).extract(str(outdir))
             try:
                 seed, tried = sweep_seeds(outdir, name, seeds, spec.clock / 1e6,
-                                          timeout=pnr_timeout, synthesize=True)
+                                          timeout=pnr_timeout)
             except RuntimeError as exc:
                 error = str(exc)
             else:
@@ -232,18 +232,18 @@ def _met(fmax, target):
 _PNR_OUTPUTS = (".tim", ".report.json", ".config", ".asc", ".bit", ".svf", ".bin")
 
 
-def sweep_seeds(outdir, name, seeds, target, *, timeout=None, synthesize=False):
-    """Place and route the Amaranth build directory ``outdir`` (its script ``build_{name}.sh``)
-    with each of ``seeds`` in turn until one meets ``target`` MHz on every clock. Returns
+def sweep_seeds(outdir, name, seeds, target, *, timeout=None):
+    """Synthesize the design of the Amaranth build directory ``outdir`` (extracted, its script
+    ``build_{name}.sh`` not run yet), then place and route it with each of ``seeds`` in turn
+    until one meets ``target`` MHz on every clock. Returns
     ``(seed, tried)``: the seed whose placement is left in ``outdir`` (the first that meets
     the target, else the routed one whose slowest clock is fastest) and ``[{"seed",
     "routed", "fmax", "timing_met", "stopped"}]`` of each seed tried. Each placement's outputs
     are kept in ``outdir/seed-N/``. Run with the tools' environment variables set.
 
-    The placements run the script's own lines after synthesis (nextpnr, the packer) with
-    nextpnr's ``--seed`` replaced; with ``synthesize`` the script's synthesis line runs first
-    (else the script has run already with ``seeds[0]``, whose placement is taken as it is). A
-    placement running longer than ``timeout`` seconds is stopped (``stopped``, not routed).
+    Synthesis is the script's own synthesis line; the placements run its lines after it
+    (nextpnr, the packer) with nextpnr's ``--seed`` replaced. A placement running longer than
+    ``timeout`` seconds is stopped (``stopped``, not routed).
     ``RuntimeError`` if the script has no synthesis or no nextpnr line, or synthesis fails."""
     outdir = Path(outdir)
     script_path = outdir / f"build_{name}.sh"
@@ -252,31 +252,29 @@ def sweep_seeds(outdir, name, seeds, target, *, timeout=None, synthesize=False):
     if len(at) != 1 or not any(line.startswith('"$NEXTPNR_') for line in script[at[0]:]):
         raise RuntimeError(f"{script_path}: not one synthesis line and a nextpnr line")
     head, synth, pnr = script[:at[0]], script[at[0]], script[at[0] + 1:]
-    if synthesize:
-        (outdir / f"synth_{name}.sh").write_text("\n".join([*head, synth]) + "\n")
-        done = subprocess.run(["sh", f"synth_{name}.sh"], cwd=outdir, capture_output=True,
-                              text=True)
-        if done.returncode:
-            raise RuntimeError(f"synthesis failed (exit status {done.returncode})")
+    (outdir / f"synth_{name}.sh").write_text("\n".join([*head, synth]) + "\n")
+    done = subprocess.run(["sh", f"synth_{name}.sh"], cwd=outdir, capture_output=True,
+                          text=True)
+    if done.returncode:
+        raise RuntimeError(f"synthesis failed (exit status {done.returncode})")
     results = []                      # (seed, routed, fmax, stopped)
-    for index, seed in enumerate(seeds):
+    for seed in seeds:
         stopped = False
-        if index or synthesize:
-            for suffix in _PNR_OUTPUTS:
-                (outdir / f"{name}{suffix}").unlink(missing_ok=True)
-            lines = [re.sub(r" --seed \d+", "", line) + f" --seed {seed}"
-                     if line.startswith('"$NEXTPNR_') else line for line in pnr]
-            (outdir / f"pnr_{name}.sh").write_text("\n".join([*head, *lines]) + "\n")
-            # a placement that fails (does not route) leaves its log; the sweep goes on. The
-            # script runs in a session of its own, so that a timeout stops nextpnr with it
-            proc = subprocess.Popen(["sh", f"pnr_{name}.sh"], cwd=outdir, start_new_session=True,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                stopped = True
+        for suffix in _PNR_OUTPUTS:
+            (outdir / f"{name}{suffix}").unlink(missing_ok=True)
+        lines = [re.sub(r" --seed \d+", "", line) + f" --seed {seed}"
+                 if line.startswith('"$NEXTPNR_') else line for line in pnr]
+        (outdir / f"pnr_{name}.sh").write_text("\n".join([*head, *lines]) + "\n")
+        # a placement that fails (does not route) leaves its log; the sweep goes on. The
+        # script runs in a session of its own, so that a timeout stops nextpnr with it
+        proc = subprocess.Popen(["sh", f"pnr_{name}.sh"], cwd=outdir, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            stopped = True
         keep = outdir / f"seed-{seed}"
         shutil.rmtree(keep, ignore_errors=True)
         keep.mkdir()

@@ -414,6 +414,14 @@ def test_bridge_parameter_errors():
 
 
 
+def _read_registered(m, mem, addr, data):
+    """``data`` = the word of ``mem`` at ``addr`` two cycles later: a read port and a register
+    after it, as the bridge's ``BlockRam`` buffers read (address and output register)."""
+    port, out = mem.read_port(), Signal(mem.shape)
+    m.d.sync += out.eq(port.data)
+    m.d.comb += [port.addr.eq(addr), data.eq(out)]
+
+
 class _Buffered(wiring.Component):
     """A bridge unit with its buffer memory, as :class:`UARTBridge` wires it."""
 
@@ -426,11 +434,7 @@ class _Buffered(wiring.Component):
         m = Module()
         m.submodules.unit, m.submodules.mem = self._unit, self._mem
         if self._port == "frame":
-            # read through an output register, as the bridge's BlockRam: the byte of an
-            # address two cycles later
-            port, out = self._mem.read_port(), Signal(self._mem.shape)
-            m.d.sync += out.eq(port.data)
-            m.d.comb += [port.addr.eq(self._unit.frame.addr), self._unit.frame.data.eq(out)]
+            _read_registered(m, self._mem, self._unit.frame.addr, self._unit.frame.data)
         else:
             wiring.connect(m, getattr(self._unit, self._port), self._mem.write_port())
         return m
@@ -1556,9 +1560,7 @@ class _Sender(wiring.Component):
         from amaranth.lib import crc
         m = Module()
         m.submodules.sender, m.submodules.mem = tx, mem = self.sender, self._mem
-        port, word = mem.read_port(), Signal(32)
-        m.d.sync += word.eq(port.data)
-        m.d.comb += [port.addr.eq(tx.words.addr), tx.words.data.eq(word)]
+        _read_registered(m, mem, tx.words.addr, tx.words.data)
         m.submodules.crc = unit = crc.Processor(P.CRC16(8))
         m.d.comb += [unit.start.eq(tx.crc_start), unit.valid.eq(tx.crc_valid),
                      unit.data.eq(tx.crc_data), tx.crc.eq(unit.crc)]

@@ -273,16 +273,15 @@ echo '{"critical_paths": [], "detailed_net_timings": []}' > top.report.json
 """
 
 
-def _fake_build_dir(tmp_path, first_seed, fmax, run=True):
-    """An Amaranth ECP5 build directory (after its script ran with ``first_seed``, if
-    ``run``), with a stand-in nextpnr and packer (``FAKE_FMAX``)."""
-    import os
-    import subprocess
+def _fake_build_dir(tmp_path, first_seed, fmax):
+    """An extracted Amaranth ECP5 build directory (its script not run), with a stand-in
+    synthesis (it counts its runs in ``synth.runs``), nextpnr and packer (``FAKE_FMAX``)."""
     tools = tmp_path / "tools"
     tools.mkdir(exist_ok=True)
     (tools / "nextpnr").write_text(FAKE_NEXTPNR)
     (tools / "pack").write_text('#!/bin/sh\ncp top.config top.bit\n')
-    for tool in ("nextpnr", "pack"):
+    (tools / "synth").write_text('#!/bin/sh\necho run >> synth.runs\n')
+    for tool in ("nextpnr", "pack", "synth"):
         (tools / tool).chmod(0o755)
     out = tmp_path / "build"
     out.mkdir()
@@ -291,11 +290,8 @@ def _fake_build_dir(tmp_path, first_seed, fmax, run=True):
         '"$NEXTPNR_ECP5" --quiet --timing-allow-fail --log top.tim --json top.json '
         f'--seed {first_seed}\n'
         '"$ECPPACK" --compress --input top.config --bit top.bit\n')
-    env = {"YOSYS": "true", "NEXTPNR_ECP5": str(tools / "nextpnr"),
+    env = {"YOSYS": str(tools / "synth"), "NEXTPNR_ECP5": str(tools / "nextpnr"),
            "ECPPACK": str(tools / "pack"), "FAKE_FMAX": fmax}
-    if run:
-        subprocess.run(["sh", "build_top.sh"], cwd=out, env=dict(os.environ, **env),
-                       check=False)
     return out, env
 
 
@@ -312,12 +308,11 @@ def test_sweep_seeds(monkeypatch, tmp_path, fmax, seeds, chosen, ran, met):
     build directory holds the chosen placement's log and bitstream, ``seed-N/`` each one's."""
     from bertcore.boards.build import sweep_seeds
     slow = "slow" in fmax
-    out, env = _fake_build_dir(tmp_path, seeds[0], fmax, run=not slow)
+    out, env = _fake_build_dir(tmp_path, seeds[0], fmax)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    # (the slow case from synthesis on: every placement in the sweep, each under the limit)
-    seed, tried = sweep_seeds(out, "top", seeds, 125.0, timeout=3 if slow else None,
-                              synthesize=slow)
+    seed, tried = sweep_seeds(out, "top", seeds, 125.0, timeout=3 if slow else None)
+    assert (out / "synth.runs").read_text() == "run\n"          # synthesis once
     assert seed == chosen
     assert [t["seed"] for t in tried] == ran
     assert [t["stopped"] for t in tried] == [slow and t["seed"] == 1 for t in tried]
@@ -330,10 +325,9 @@ def test_sweep_seeds(monkeypatch, tmp_path, fmax, seeds, chosen, ran, met):
     assert sorted(p.name for p in out.glob("seed-*")) == sorted(f"seed-{s}" for s in ran)
     for s in ran:
         assert (out / f"seed-{s}" / "top.config").read_text() == f"seed {s}\n"
-    if len(ran) > 1:                    # the script's lines after synthesis, nextpnr reseeded
-        script = (out / "pnr_top.sh").read_text()
-        assert "$YOSYS" not in script and script.count("--seed") == 1
-        assert f"--seed {ran[-1]}\n" in script and '"$ECPPACK"' in script
+    script = (out / "pnr_top.sh").read_text()    # the lines after synthesis, reseeded
+    assert "$YOSYS" not in script and script.count("--seed") == 1
+    assert f"--seed {ran[-1]}\n" in script and '"$ECPPACK"' in script
 
 
 def test_sweep_seeds_refuses(monkeypatch, tmp_path):
@@ -353,4 +347,4 @@ def test_sweep_seeds_refuses(monkeypatch, tmp_path):
     (out / "build_top.sh").write_text('#!/bin/sh\n"$YOSYS" top.ys\n"$NEXTPNR_ECP5" --json x\n')
     monkeypatch.setenv("YOSYS", "false")
     with pytest.raises(RuntimeError, match=r"synthesis failed \(exit status 1\)"):
-        build.sweep_seeds(out, "top", [1, 2], 100.0, synthesize=True)
+        build.sweep_seeds(out, "top", [1, 2], 100.0)
