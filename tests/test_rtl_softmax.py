@@ -192,13 +192,36 @@ def test_longer_rows_and_max_seq_one():
     assert len(errors) == 1
 
 
-def test_backpressure_holds_slots_rows():
-    """With the output blocked the unit takes exactly SLOTS rows, then holds ``ready`` low;
-    releasing the output delivers everything."""
-    dut = IntSoftmax(max_seq=4, in_width=16)
+@pytest.mark.parametrize("lengths", [[1] * 12, [2] * 12, [3] * 12, [1, 3, 2, 1, 2, 8, 1, 1, 2, 3],
+                                     [3, 2, 3, 2, 6, 6, 8, 2]])
+def test_short_rows_back_to_back(lengths):
+    """Rows of a few scores, one after the other without a gap: engine B reads SLOTS of them
+    within its EXP_STAGES-deep pipeline, so its pointer comes round to a slot whose row it
+    has read but not yet written back; it must wait for that slot's next row."""
+    dut = IntSoftmax(max_seq=8, in_width=16)
     k = softmax_constants(1e-3)
-    rng = random.Random(11)
-    rows = [[rng.randint(-3000, 3000) for _ in range(rng.randint(1, 4))] for _ in range(9)]
+    rng = random.Random(len(lengths) + sum(lengths))
+    rows = [[rng.randint(-3000, 3000) for _ in range(n)] for n in lengths]
+    got, errors = run_batches(dut, [(k, rows)], name="softmax_short_rows")
+    assert got[0] == expected(rows, k, max_seq=8)
+    assert errors == []
+
+
+@pytest.mark.parametrize("first", [1, IntSoftmax.NORM_STAGES - 1, IntSoftmax.NORM_STAGES, 8])
+def test_backpressure_holds_slots_rows(first):
+    """With the output blocked the unit takes SLOTS rows, and one more if the first row wholly
+    left its slot into the normalization pipeline, then holds ``ready`` low; releasing the
+    output delivers everything."""
+    dut = IntSoftmax(max_seq=8, in_width=16)
+    k = softmax_constants(1e-3)
+    rng = random.Random(11 + first)
+    rows = [[rng.randint(-3000, 3000) for _ in range(n)]
+            for n in [first] + [rng.randint(1, 8) for _ in range(8)]]
+    # blocked, engine D holds NORM_STAGES - 1 elements past its slot (its registers after the
+    # read and the output register), all from the first row it reads (the next row comes
+    # after the division, when the pipeline stands still): a first row that fits there
+    # frees its slot
+    taken = IntSoftmax.SLOTS + (first <= IntSoftmax.NORM_STAGES - 1)
     beats = beats_of(rows)
     accepted = []
     got = []
@@ -218,12 +241,12 @@ def test_backpressure_holds_slots_rows():
 
     async def consumer(ctx):
         await ctx.tick().repeat(400)                  # output blocked: rows pile up
-        assert sum(beat["last"] for beat in accepted) == IntSoftmax.SLOTS
-        assert len(accepted) == sum(len(row) for row in rows[:IntSoftmax.SLOTS])
+        assert sum(beat["last"] for beat in accepted) == taken
+        assert len(accepted) == sum(len(row) for row in rows[:taken])
         got.extend(await stream_get(ctx, dut.o_stream, len(beats), rng=rng, stall=0.5))
 
     simulate(dut, producer, consumer, name="softmax_backpressure", deadline=1e-4)
-    assert got == expected(rows, k, max_seq=4)
+    assert got == expected(rows, k, max_seq=8)
 
 
 def test_overlong_rows_are_cut_and_flagged():

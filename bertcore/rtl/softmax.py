@@ -142,10 +142,12 @@ class IntSoftmax(wiring.Component):
     row leave on consecutive cycles. The first probability of a row is valid
     ``latency(L) = 2*L + LATENCY`` cycles (``LATENCY = 43``) after its first score is accepted,
     when the unit holds no earlier row. :data:`SLOTS` (5) slots are exactly enough for this
-    throughput; under backpressure the unit holds up to :data:`SLOTS` rows, then deasserts
-    ``i_stream.ready``. Resources: two memories of ``SLOTS * 2**ceil(log2(max_seq))`` words,
-    of ``in_width`` and of 16 bits, four 18x18 multipliers (one for ``(p+b)*p``, two for
-    ``poly*m``, one for ``exp16*f``) and a 16x2 one, one restoring divider.
+    throughput; under backpressure the unit holds up to :data:`SLOTS` rows in its slots (and a
+    first row's probabilities, if it has at most ``NORM_STAGES - 1``, in its output pipeline),
+    then deasserts ``i_stream.ready``. Resources: two memories of
+    ``SLOTS * 2**ceil(log2(max_seq))`` words, of ``in_width`` and of 16 bits, four 18x18
+    multipliers (one for ``(p+b)*p``, two for ``poly*m``, one for ``exp16*f``) and a 16x2 one,
+    one restoring divider.
 
     Parameters
     ----------
@@ -517,8 +519,15 @@ class IntSoftmax(wiring.Component):
         b_idx, b_ptr = b_pos[:idx_bits], b_pos[idx_bits:]
         b_go = Signal()
         b_last = Signal()
+        # the slots B has read wholly but whose last exp16 is not written yet (they still hold
+        # SCORES until stage 18): after a few short rows (five of 1-3 scores) B's pointer comes
+        # round to such a slot within EXP_STAGES cycles, and must not read it again (it did:
+        # the row's first scores went through twice, and the next row in the slot started at
+        # the index where B had stopped)
+        b_read = Signal(self.SLOTS)
         m.d.comb += [
-            b_go.eq(slots.is_state(b_ptr, _SlotState.SCORES)),
+            b_go.eq(slots.is_state(b_ptr, _SlotState.SCORES) & ~b_read.bit_select(b_ptr, 1)),
+
             b_last.eq(b_idx == _pick(slots.last_idx, b_ptr)),
             tags[0].valid.eq(b_go),
             tags[0].slot.eq(b_ptr),
@@ -530,6 +539,7 @@ class IntSoftmax(wiring.Component):
             m.d.sync += b_idx.eq(Mux(b_last, 0, b_idx + 1))
             with m.If(b_last):
                 m.d.sync += b_ptr.eq(slots.next(b_ptr))
+                _put(m, b_read, b_ptr, 1)
 
         m.d.comb += scores_r.addr.eq(b_pos)
 
@@ -641,6 +651,7 @@ class IntSoftmax(wiring.Component):
             with m.If(wb.last):
                 _put(m, slots.row_sum, wb.slot, b_acc_next)
                 _put(m, slots.state, wb.slot, _SlotState.EXPS)
+                _put(m, b_read, wb.slot, 0)
 
     def _build_divider(self, m, slots):
         """Divider V: ``f = floor(2**32 / sum)`` of the EXPS slot ``v_ptr``, restoring, one
