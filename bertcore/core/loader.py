@@ -225,6 +225,7 @@ class ParameterLoader(wiring.Component):
         # (the ULX3S's worst path at 100 MHz) nor the fire (at 125 MHz) fans out to these
         # VB * BUS flip-flops.
         m.d.sync += vec.eq(merged)
+        st["vec"] = vec
         with m.If(p_fire):
             m.d.sync += pbeat.eq(pbeat + 1)
             with m.If(vdone):
@@ -284,6 +285,15 @@ class ParameterLoader(wiring.Component):
         ln_free = ~self.ln_slots.full.bit_select(l_ln, 1)
         ln_regs = {f.name: Signal(f.width * N, name=f"{f.name}_reg", reset_less=True)
                    for f in LN_FIELDS[:-1]}
+        # the panel header fields' delayed write enables (above the states, which set them)
+        hdr_we = {f.name: [Signal(name=f"hdr_we_{f.name}{s}") for s in range(2)]
+                  for f in PANEL_FIELDS}
+        for f in PANEL_FIELDS:
+            for s in range(2):
+                m.d.sync += hdr_we[f.name][s].eq(0)
+                with m.If(hdr_we[f.name][s]):
+                    m.d.sync += [getattr(slots[s], f.name)[j].eq(lanes(f.width, j, st["vec"]))
+                                 for j in range(N)]
         with Fsm(m, "loader") as fsm:
             with fsm.State("IDLE"):
                 with m.If(self.start):
@@ -306,14 +316,17 @@ class ParameterLoader(wiring.Component):
                     m.d.sync += [l_group.eq(G_Q), l_panel.eq(0), panel_last.eq(CWH == 1)]
                     m.d.comb += st["set_scal"].eq(1)
                     fsm.next(PANEL_FIELDS[0].name)
-            # a panel's header vectors, one state each, into the free slot
+            # a panel's header vectors, one state each, into the free slot. A field is
+            # written a cycle after its last beat, from ``vec`` (which holds the merged vector
+            # then), by a registered enable per field and slot: the slot registers' enables
+            # (120-180 flip-flops a field) were the state decode, the beat index and the fire
+            # (the ULX3S's worst path in four placements at 125 MHz, a 2.9 ns route). The
+            # sequencer reads a slot's header only after the slot's last weight row, a beat
+            # (a cycle) after its last field at the earliest: the write has landed by then.
             for f, nxt in zip(PANEL_FIELDS, [g.name for g in PANEL_FIELDS[1:]] + ["W"]):
                 with fsm.State(f.name):
                     with m.If(vector_state(N * f.width, free)):
-                        for s in range(2):
-                            with m.If(l_slot == s):
-                                m.d.sync += [getattr(slots[s], f.name)[j].eq(lanes(f.width, j))
-                                             for j in range(N)]
+                        m.d.sync += [hdr_we[f.name][s].eq(l_slot == s) for s in range(2)]
                         m.d.sync += [l_row.eq(0), row_last.eq(k_rows == 1)]
                         fsm.next(nxt)
             # its weight rows, into the slot's half of the panel buffer
