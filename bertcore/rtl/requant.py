@@ -85,7 +85,7 @@ class Requantizer(wiring.Component):
     """
 
     #: Cycles from an input transfer to the output transfer of that beat (output always ready).
-    LATENCY = 8
+    LATENCY = 9
 
     def __init__(self, *, lanes, in_width, out_bits, bias_width=0, residual=False,
                  residual_width=None, multipliers="dsp"):
@@ -172,8 +172,8 @@ class Requantizer(wiring.Component):
 
             out = Signal(signed(self._out_bits), name=f"out_{lane}", reset_less=True)
             if len(terms) == 1 and len(terms[0]) > self._out_bits:
-                # one term: stage 7 has no sum to take, so it takes the saturation's test
-                # (``fits``, a reduction in LUTs) and its sign, and stage 8 only picks
+                # one term: stage 8 has no sum to take, so it takes the saturation's test
+                # (``fits``, a reduction in LUTs) and its sign, and stage 9 only picks
                 # (rq2's saturation into its output register was on the ULX3S's failing
                 # paths at 125 MHz)
                 low = Signal(signed(self._out_bits), name=f"low_{lane}", reset_less=True)
@@ -186,13 +186,13 @@ class Requantizer(wiring.Component):
                 with m.If(en):
                     m.d.sync += out.eq(saturate_pick(fits, low, neg, self._out_bits))
             else:
-                # stage 7: sum of the terms
+                # stage 8: sum of the terms
                 total = Signal(signed(max(len(t) for t in terms) + len(terms) - 1),
                                name=f"total_{lane}", reset_less=True)
                 with m.If(en):
                     m.d.sync += total.eq(sum(terms[1:], terms[0]))
 
-                # stage 8: saturated to out_bits (the output register; rtl.common.saturate:
+                # stage 9: saturated to out_bits (the output register; rtl.common.saturate:
                 # a reduction in LUTs, no carry chain)
                 with m.If(en):
                     m.d.sync += out.eq(saturate(total, self._out_bits))
@@ -200,7 +200,7 @@ class Requantizer(wiring.Component):
         return m
 
     def _term(self, m, en, lane, prefix, x_in, m_in, e_in, bias_in, platform=None):
-        """Stages 1-6 of one requantized term; returns its (unsaturated) stage-6 register."""
+        """Stages 1-7 of one requantized term; returns its (unsaturated) stage-7 register."""
         def reg(shape, name):
             # data registers: no reset (see elaborate)
             return Signal(shape, name=f"{prefix}{name}_{lane}", reset_less=True)
@@ -241,24 +241,41 @@ class Requantizer(wiring.Component):
             bias2 = reg(signed(bias_width), "bias2")
             at(2, bias2.eq(bias1))
 
-        # stage 3: acc = x*m + bias (exact in acc_width bits)
-        acc = reg(signed(acc_width), "acc")
-        total = sum((p << shift for p, shift in partials[1:]), partials[0][0] << partials[0][1])
-        if bias_in is not None:
-            total = total + bias2
+        # stage 3: the partial products copied into fabric registers. The DSP rows are few and
+        # far from most of the fabric: the route from a DSP's output register to the adder
+        # below was 3.7-5.1 ns of the ULX3S's failing paths at 125 MHz; split here, each half
+        # ends in a register. (Folding the fine shift and the rounding into one stage to keep
+        # the latency was tried: that stage, an 8-way multiplexer into a carry chain, became
+        # the worst path, 8.56 ns.)
+        copies = []
+        for index, (p, shift) in enumerate(partials):
+            copy = reg(p.shape(), f"pf{index}")
+            at(3, copy.eq(p))
+            copies.append((copy, shift))
         s3 = reg(unsigned(REQ_E_BITS), "s3")
-        at(3, acc.eq(total), s3.eq(s2))
+        at(3, s3.eq(s2))
+        if bias_in is not None:
+            bias3 = reg(signed(bias_width), "bias3")
+            at(3, bias3.eq(bias2))
 
-        # stage 4: coarse arithmetic shift by the multiple-of-8 part of s = e - 1
+        # stage 4: acc = x*m + bias (exact in acc_width bits)
+        acc = reg(signed(acc_width), "acc")
+        total = sum((p << shift for p, shift in copies[1:]), copies[0][0] << copies[0][1])
+        if bias_in is not None:
+            total = total + bias3
+        s4 = reg(unsigned(REQ_E_BITS), "s4")
+        at(4, acc.eq(total), s4.eq(s3))
+
+        # stage 5: coarse arithmetic shift by the multiple-of-8 part of s = e - 1
         coarse = reg(signed(acc_width), "coarse")
-        s4 = reg(unsigned(3), "s4")
-        at(4, coarse.eq(acc >> Cat(Const(0, 3), s3[3:])), s4.eq(s3[:3]))
+        s5 = reg(unsigned(3), "s5")
+        at(5, coarse.eq(acc >> Cat(Const(0, 3), s4[3:])), s5.eq(s4[:3]))
 
-        # stage 5: fine shift by s mod 8: floor(acc / 2**(e-1))
+        # stage 6: fine shift by s mod 8: floor(acc / 2**(e-1))
         fine = reg(signed(acc_width), "fine")
-        at(5, fine.eq(coarse >> s4))
+        at(6, fine.eq(coarse >> s5))
 
-        # stage 6: round half up: floor((floor(acc / 2**(e-1)) + 1) / 2)
+        # stage 7: round half up: floor((floor(acc / 2**(e-1)) + 1) / 2)
         rounded = reg(signed(acc_width), "rounded")
-        at(6, rounded.eq((fine + 1) >> 1))
+        at(7, rounded.eq((fine + 1) >> 1))
         return rounded
