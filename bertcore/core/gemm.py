@@ -175,8 +175,15 @@ class GemmEngine(wiring.Component):
         wb_free = ~wb_busy | wb.written
         m.d.comb += [self.ready.eq(~feeder.busy & ~queued),
                      self.ctl.done.eq(~feeder.busy & ~queued & wb_free)]
-        with m.If(self.ctl.start):
+        # fjob takes the descriptor in every cycle the engine is ready, so in the cycle of a
+        # start too: its enable is the feeder's idle state, not the sequencer's start decision
+        # (from the feeder's state through the sequencer's descriptor multiplexers into the
+        # enables of fjob's flip-flops: the ULX3S's worst path at 125 MHz, 8.20 ns). While
+        # ready nothing reads fjob: the feeder is idle (and its stage registers' loads are
+        # used only with their valid bits) and nothing is queued.
+        with m.If(self.ready):
             m.d.sync += fjob.eq(self.ctl.desc)
+        with m.If(self.ctl.start):
             with m.If(wb_free):
                 m.d.comb += wb_start.eq(1)
                 m.d.sync += wjob.eq(self.ctl.desc)
