@@ -67,6 +67,9 @@ _RQ_DRAIN = WriteBack.RQ_STAGES + Requantizer.LATENCY
 #: The sequencer's cycle that starts a panel or a scores job (its ``PWAIT`` and ``SCORES``
 #: states), and the one that starts a layer (``LAYER``).
 _START = 1
+#: The datapath registers the start of the softmax, LayerNorm and output passes
+#: (``Datapath._start_late``): each starts this much after the sequencer's start.
+_LATE_START = 1
 #: A LayerNorm record's flag shows this long after its last beat is taken (the loader
 #: registers the record's writes into the parameter memory, and the flag with them).
 _LN_FLAG = ParameterLoader.LN_WRITE_STAGES
@@ -147,7 +150,8 @@ def key_spans(config, seq_len, segments=None):
 def _softmax_pass(config, keys):
     smax_row = max(keys, IntSoftmax.DIV_CYCLES)
     smax_rows = config.array_cols // config.softmax_units
-    return 3 + (smax_rows - 1) * smax_row + IntSoftmax.latency(keys) + keys
+    return (_LATE_START + 3 + (smax_rows - 1) * smax_row + IntSoftmax.latency(keys)
+            + keys)
 
 
 def _ln_pass(config, seq_len):
@@ -161,7 +165,7 @@ def _ln_pass(config, seq_len):
     ln = IntLayerNorm(hid, in_width=RESIDUAL_BITS)
     ln._MustUse__silence = True                     # only its timing properties are used
     groups = math.ceil(seq_len / config.layernorm_units)
-    return (7 + hid + (groups - 1) * ln.row_period + ln.latency + hid
+    return (_LATE_START + 7 + hid + (groups - 1) * ln.row_period + ln.latency + hid
             + Requantizer.LATENCY)
 
 
@@ -238,7 +242,8 @@ def _output_cycles(config, seq_len):
     then through the pass's output register slice."""
     n = config.array_cols
     chunks_per_word = n // math.gcd(n, config.bus_width // 8)
-    return seq_len * (config.hidden // n) * chunks_per_word + 4 + RegisterSlice.latency
+    return (_LATE_START + seq_len * (config.hidden // n) * chunks_per_word + 4
+            + RegisterSlice.latency)
 
 
 def run_cycles(config, seq_len, segments=None, param_rate=None):
