@@ -225,11 +225,12 @@ ORANGECRAB_CONFIG = preset("tiny").replace(array_rows=2, array_cols=2,
 
 BOARDS = {
     "ulx3s-85f": BoardSpec(
-        # 100 MHz: the tiny core routes at 101-127 MHz on the -6 part (122.6 MHz in the last
-        # slow build at 100; at a 125 MHz target 108.4-121.3 over six placements of this RTL,
-        # 117.9-126.8 over the last round's: too wide a spread for a higher default; a seed
-        # sweep, `bertcore build --clock 125 --seed 1,2,3,4`, looks for a placement that
-        # meets it; docs/boards.md, "Toward 100 MHz"; the slow build test holds 100)
+        # 100 MHz: the tiny core routes at 101-127 MHz on the -6 part (118.6 MHz in the last
+        # slow build at 100; at a 125 MHz target 117.0-119.7 over three placements of this
+        # RTL, 108.4-126.8 over the last three rounds', 2 of 23 meeting 125: too wide a
+        # spread for a higher default; a seed sweep, `bertcore build --clock 125 --seed
+        # 1,2,3,4`, looks for a placement that meets it; docs/boards.md, "Toward 100 MHz";
+        # the slow build test holds 100)
         "ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", 25e6, 100e6,
         preset("tiny").replace(resident=True),
         "tiny, resident: a 4x4 array (16 of 156 multipliers), small banked memories and the "
@@ -247,7 +248,7 @@ BOARDS = {
         # "A MiniLM core for the LFE5U-85F"); router2 routes it where router1 did not finish
         preset_builds=(("ulx3s-minilm", 50e6, "router2"),)),
     "orangecrab-25f": BoardSpec(
-        # 100 MHz: routed with this target the core reaches 100.7-104.1 MHz (docs/boards.md)
+        # 100 MHz: routed with this target the core reaches 100.7-110.0 MHz (docs/boards.md)
         "orangecrab-25f", "amaranth_boards.orangecrab_r0_2:OrangeCrabR0_2_25FPlatform", "ecp5",
         48e6, 100e6, ORANGECRAB_CONFIG,
         "the tiny model on a 2x2 array with GELU and softmax multipliers in LUTs, streamed "
