@@ -226,8 +226,8 @@ ORANGECRAB_CONFIG = preset("tiny").replace(array_rows=2, array_cols=2,
 BOARDS = {
     "ulx3s-85f": BoardSpec(
         # 100 MHz: the tiny core routes at 101-127 MHz on the -6 part (118.6 MHz in the last
-        # slow build at 100; at a 125 MHz target 117.0-119.7 over three placements of this
-        # RTL, 108.4-126.8 over the last three rounds', 2 of 23 meeting 125: too wide a
+        # slow build at 100; at a 125 MHz target 117.0-120.9 over five placements of this
+        # RTL, 108.4-126.8 over the last three rounds', 2 of 25 meeting 125: too wide a
         # spread for a higher default; a seed sweep, `bertcore build --clock 125 --seed
         # 1,2,3,4`, looks for a placement that meets it; docs/boards.md, "Toward 100 MHz";
         # the slow build test holds 100)
