@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from bertcore.quant.kernels import REQ_M_BITS, REQ_MAX_SHIFT
 from .common import (check_int, check_multipliers, dsp_partial_products, rejecting,
                      saturate, saturate_fits, saturate_pick, valid_last_pipeline)
-from .multiplier import mult18x18d_products, uses_mult18x18d
+from .multiplier import fabric_copies, mult18x18d_products, uses_mult18x18d
 
 __all__ = ["Requantizer", "REQ_E_BITS"]
 
@@ -241,17 +241,12 @@ class Requantizer(wiring.Component):
             bias2 = reg(signed(bias_width), "bias2")
             at(2, bias2.eq(bias1))
 
-        # stage 3: the partial products copied into fabric registers. The DSP rows are few and
-        # far from most of the fabric: the route from a DSP's output register to the adder
-        # below was 3.7-5.1 ns of the ULX3S's failing paths at 125 MHz; split here, each half
-        # ends in a register. (Folding the fine shift and the rounding into one stage to keep
-        # the latency was tried: that stage, an 8-way multiplexer into a carry chain, became
-        # the worst path, 8.56 ns.)
-        copies = []
-        for index, (p, shift) in enumerate(partials):
-            copy = reg(p.shape(), f"pf{index}")
-            at(3, copy.eq(p))
-            copies.append((copy, shift))
+        # stage 3: the partial products copied into fabric registers (fabric_copies: the
+        # route from a DSP to the adder below was on the ULX3S's failing paths at 125 MHz).
+        # (Folding the fine shift and the rounding into one stage to keep the latency was
+        # tried: that stage, an 8-way multiplexer into a carry chain, became the worst path,
+        # 8.56 ns.)
+        copies = fabric_copies(m, partials, en=en, name=f"{prefix}pf_{lane}_")
         s3 = reg(unsigned(REQ_E_BITS), "s3")
         at(3, s3.eq(s2))
         if bias_in is not None:
