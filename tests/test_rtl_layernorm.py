@@ -263,13 +263,13 @@ def measure(dut, rows):
 
 
 @pytest.mark.parametrize("hidden,in_width,frac_bits,stats_cycles,latency", [
-    # statistics-bound: one row per stats_cycles (2*22 + 23 + 16 + 36); latency stats_cycles +
+    # statistics-bound: one row per stats_cycles (2*22 + 23 + 16 + 37); latency stats_cycles +
     # squarer (3 partial products: 1 + 2) + multiplier (5 partial products: 1 + 3) + 8
-    (8, RESIDUAL_BITS, LN_FRAC_BITS, 119, 119 + 3 + 4 + 8),
-    # N == stats_cycles (2*8 + 10 + 0 + 36): the tightest buffer; squarer 1, multiplier 1 + 1
-    (62, 8, 0, 62, 62 + 1 + 2 + 8),
-    # input-bound: one element per cycle (stats_cycles 2*8 + 11 + 36)
-    (70, 8, 0, 63, 63 + 1 + 2 + 8),
+    (8, RESIDUAL_BITS, LN_FRAC_BITS, 120, 120 + 3 + 4 + 8),
+    # N == stats_cycles (2*8 + 10 + 0 + 37): the tightest buffer; squarer 1, multiplier 1 + 1
+    (63, 8, 0, 63, 63 + 1 + 2 + 8),
+    # input-bound: one element per cycle (stats_cycles 2*8 + 11 + 37)
+    (70, 8, 0, 64, 64 + 1 + 2 + 8),
 ])
 @pytest.mark.parametrize("multipliers", MULTIPLIER_STYLES)
 def test_latency_and_throughput(hidden, in_width, frac_bits, stats_cycles, latency, multipliers):

@@ -378,7 +378,7 @@ class _Statistics(wiring.Component):
     sums : In(stream.Signature(_sums_layout(...)))
         The sums of a row; taken (``ready``) only while the engine is idle.
     params : Out(stream.Signature(_params_layout(...)))
-        ``mean`` and ``recip`` of the row, valid ``2*W + root_width + F + 35`` cycles after its
+        ``mean`` and ``recip`` of the row, valid ``2*W + root_width + F + 36`` cycles after its
         sums were taken (:attr:`IntLayerNorm.stats_cycles` counts the hand-over cycle too); held
         until taken, the engine then returns to idle.
     """
@@ -411,6 +411,7 @@ class _Statistics(wiring.Component):
         sum2 = Signal(self._sq_sum_width)     # S2 kept for var
         mu = Signal(W)                        # mean + 2**(W-1)
         mu_bits = Signal(W)                   # mu shifted out MSB first by the multiplication
+        up = Signal()                         # the mean rounds up
         a_val = Signal(self._sum_width + 1)   # A = S1 + r - N*up <= S1 + N - 1
         prod = Signal(self._sq_sum_width)     # mu*A = S2 - var <= S2
         radicand = Signal(2 * root_width)
@@ -458,16 +459,21 @@ class _Statistics(wiring.Component):
                 steps.eq(steps + 1),
             ]
             with m.If(steps == W - 1):
-                m.d.sync += stage.eq(_Stage.ROUND)
+                m.d.sync += [stage.eq(_Stage.ROUND), steps.eq(0)]
         with m.Elif(stage == _Stage.ROUND):
-            # mean rounded half to even; A = S1 + d with d = r - N*up
-            mu_next = div_quo + round_up
-            m.d.sync += [
-                mu.eq(mu_next), mu_bits.eq(mu_next),
-                a_val.eq(sum1 + div_rem - Mux(round_up, N, 0)),
-                prod.eq(0), steps.eq(0),
-                stage.eq(_Stage.MULTIPLY),
-            ]
+            # two cycles: the rounding decision (two compares of the remainder) registered
+            # first, then mean rounded half to even and A = S1 + d with d = r - N*up (the
+            # compares ran on into the adders of mu and A: the ULX3S's worst path, 8.4 ns)
+            with m.If(steps == 0):
+                m.d.sync += [up.eq(round_up), steps.eq(1)]
+            with m.Else():
+                mu_next = div_quo + up
+                m.d.sync += [
+                    mu.eq(mu_next), mu_bits.eq(mu_next),
+                    a_val.eq(sum1 + div_rem - Mux(up, N, 0)),
+                    prod.eq(0), steps.eq(0),
+                    stage.eq(_Stage.MULTIPLY),
+                ]
         with m.Elif(stage == _Stage.MULTIPLY):
             # W cycles: prod = 2*prod + bit*A over the bits of mu, MSB first
             m.d.sync += [
@@ -723,20 +729,20 @@ class IntLayerNorm(wiring.Component):
 
     Latency and throughput
     ----------------------
-    :attr:`stats_cycles` ``= 2*in_width + root_width + frac_bits + 36`` is the time the serial
+    :attr:`stats_cycles` ``= 2*in_width + root_width + frac_bits + 37`` is the time the serial
     statistics engine spends on one row: division ``in_width`` cycles, multiplication
     ``in_width``, square root ``root_width = ceil(var_width/2)``, reciprocal ``32 + frac_bits``,
-    plus 4 (latching, rounding, the variance subtraction, the hand-over). With an always-valid
-    input and an always-ready output:
+    plus 5 (latching, rounding (two cycles), the variance subtraction, the hand-over). With an
+    always-valid input and an always-ready output:
 
     * throughput: exactly one row per :attr:`row_period` ``= max(N, stats_cycles)`` cycles in
       steady state, each row's ``N`` outputs on consecutive cycles. So one element per cycle when
-      ``N >= stats_cycles`` (with 22-bit inputs and ``F = 16``, ``stats_cycles`` is 119 at
-      ``N = 8..16`` and 122 at ``N = 384``, where the unit streams at full rate); for smaller
+      ``N >= stats_cycles`` (with 22-bit inputs and ``F = 16``, ``stats_cycles`` is 120 at
+      ``N = 8..16`` and 123 at ``N = 384``, where the unit streams at full rate); for smaller
       ``N`` the statistics engine limits the rate to ``N`` elements per ``stats_cycles`` cycles
       (the input then stalls once the buffer is full);
-    * latency :attr:`latency` ``= stats_cycles + square latency + product latency + 8`` (134 at
-      ``N = 8..16`` and 137 at ``N = 384`` with 22-bit inputs and ``F = 16``): cycles from the
+    * latency :attr:`latency` ``= stats_cycles + square latency + product latency + 8`` (135 at
+      ``N = 8..16`` and 138 at ``N = 384`` with 22-bit inputs and ``F = 16``): cycles from the
       handshake of a row's last input element to the handshake of its first output element, when
       the unit was idle.
 
@@ -818,7 +824,7 @@ class IntLayerNorm(wiring.Component):
     @property
     def stats_cycles(self):
         """Cycles the statistics engine spends per row (see the class documentation)."""
-        return 2 * self._in_width + self._root_width + self._frac_bits + 36
+        return 2 * self._in_width + self._root_width + self._frac_bits + 37
 
     @property
     def latency(self):
