@@ -691,6 +691,10 @@ def test_failing_endpoints():
         net("top.core.s_TRELLIS_FF_Q", "Q", ("top.core.r.mult18x18d", "A6", 10.1)),
         net("top.core.r.mult18x18d", "P0", ("top.core.y_TRELLIS_FF_Q", "DI", 2.0)),
         net("top.bridge.x_TRELLIS_FF_Q", "Q", ("top.core.b_TRELLIS_FF_Q_2", "LSR", 9.0)),
+        # a LUT RAM cell drives its read data too: its write inputs are endpoints all the same
+        net("top.core.k_2.0.15$DPRAM_COMB1", "F0", ("top.core.lut2_LUT4_Z", "B", 10.9)),
+        net("top.core.lut2_LUT4_Z", "F", ("top.core.k_2.0.15$DPRAM_COMB1", "WAD2", 10.1),
+            ("top.core.k_2.0.15$DPRAM_COMB1", "WRE", 9.8)),
     ]}
     assert failing_endpoints(report, 10.0) == [
         {"endpoint": "core.b.DI", "arrival_ns": 11.0, "count": 2},
@@ -698,6 +702,7 @@ def test_failing_endpoints():
         {"endpoint": "core.k_*.WD", "arrival_ns": 10.6, "count": 1},
         {"endpoint": "core.b.CE", "arrival_ns": 10.4, "count": 1},
         {"endpoint": "core.r.mult18x18d.A", "arrival_ns": 10.3, "count": 2},
+        {"endpoint": "core.k_*.WAD2", "arrival_ns": 10.1, "count": 1},
     ]
     assert len(failing_endpoints(report, 10.0, limit=2)) == 2
     assert failing_endpoints(report, 30.0) == []

@@ -27,6 +27,9 @@ __all__ = ["failing_endpoints", "endpoint_name"]
 _CLOCK_PORTS = {"CLK", "WCK", "CLKA", "CLKB"}
 _FF_ENDPOINTS = {"DI", "M", "CE", "LSR"}
 _COMB_OUTPUTS = {"F", "F0", "F1", "FCO", "OFX"}
+#: a LUT RAM's synchronous write inputs (``TRELLIS_DPR16X4``, placed as ``$DPRAM_COMB``
+#: cells that also drive its read data on ``F0``/``F1``)
+_RAM_WRITE = re.compile(r"(WD\d?|WAD\d|WRE)$")
 
 
 def endpoint_name(cell):
@@ -85,6 +88,8 @@ def failing_endpoints(report, period_ns, limit=None):
             if "Q" in outs:                            # a flip-flop
                 if port not in _FF_ENDPOINTS:
                     continue
+            elif _RAM_WRITE.match(port):
+                pass                # a LUT RAM's write port (the cell's F outputs: its reads)
             elif outs & _COMB_OUTPUTS:
                 continue                               # logic
             elif (cell in product_arrival
