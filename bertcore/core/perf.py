@@ -76,7 +76,8 @@ _LN_FLAG = ParameterLoader.LN_WRITE_STAGES
 
 
 def _array_latency(n):
-    return SystolicArray.PE_LATENCY + (n - 1) + SystolicArray.DRAIN_LATENCY
+    # the array, then the register slice before the write-back (GemmEngine)
+    return SystolicArray.PE_LATENCY + (n - 1) + SystolicArray.DRAIN_LATENCY + RegisterSlice.latency
 
 
 #: Cycles from the last operand beat's issue to the engine's ``ready``: the feeder's stages
