@@ -79,8 +79,9 @@ def _banked(m, name, banks, depth, shape, read_ports, late, out_reg=False):
     With ``late``, each bank's write request (``addr``, ``data``, ``en``) is registered before
     its write port: the port's signals come from flip-flops (the writers' multiplexers do not
     run on across the chip into every LUT-RAM cell), and a write lands one cycle after its
-    request. The writers of X and A are the input gatherer and the LayerNorm gatherers; the
-    sequencer reads those buffers two or more cycles after their last request.
+    request. The writers of X and A are the input gatherer and the LayerNorm gatherers, of P
+    the softmax pass; the sequencer reads those buffers two or more cycles after their last
+    request.
 
     With ``out_reg`` (one read port), each bank is a :class:`~bertcore.rtl.blockram.BlockRam`
     whose output register loads with the read's ``en``: the word addressed with one ``en`` is
@@ -187,8 +188,12 @@ class Buffers(wiring.Component):
             "h": (n, grp * cwf, unsigned(c.gelu_bits * n), 1, False, "h" in _OUT_REG),
             "k": (n, grp * cwh, word, 1, False, False),
             "v": (n, grp * cwh, word, 1, False, False),
-            # P: half ``bank`` at words bank*GRP + key block; prob_bits per entry
-            "p": (n, 2 * grp, unsigned(c.prob_bits * n), 1, False, False),
+            # P: half ``bank`` at words bank*GRP + key block; prob_bits per entry; its writes
+            # registered (the softmax pass's output valid through its bank and word decode
+            # into the write data and addresses of every LUT-RAM cell: the ULX3S's worst path
+            # in two placements at 115 MHz, 8.98 ns). The pass is done a cycle after its last
+            # request, and ``P·V`` reads P two cycles after it starts at the earliest
+            "p": (n, 2 * grp, unsigned(c.prob_bits * n), 1, True, False),
             # R: bank u holds the positions p = g*U + u (word g*CWH + chunk); the LayerNorm
             # units read U positions at once, through the block's output register (its
             # read register into the LayerNorm pass's element pick was the ULX3S's worst path
