@@ -176,12 +176,11 @@ class GemmEngine(wiring.Component):
         # ... and starts a cycle later, on a register: its start resets its counters and
         # opens its intake, and deciding it (from the feeder's state through the sequencer's
         # start and descriptor multiplexers) ran on into those counters' resets (the ULX3S's
-        # worst path in a placement at 125 MHz, 8.7 ns). wjob stands by then. Its ``written``
-        # still shows the job before in that cycle: masked.
+        # worst path in a placement at 125 MHz, 8.7 ns). wjob stands by then (the write-back
+        # reads its mode at the start; its ``written`` is low then).
         wb_started = Signal()
         m.d.sync += wb_started.eq(wb_start)
-        written = wb.written & ~wb_started
-        wb_free = ~wb_busy | written
+        wb_free = ~wb_busy | wb.written
         m.d.comb += [self.ready.eq(~feeder.busy & ~queued),
                      self.ctl.done.eq(~feeder.busy & ~queued & wb_free)]
         # fjob takes the descriptor in every cycle the engine is ready, so in the cycle of a
@@ -198,18 +197,17 @@ class GemmEngine(wiring.Component):
                 m.d.sync += wjob.eq(self.ctl.desc)
             with m.Else():
                 m.d.sync += queued.eq(1)
-        with m.If(queued & written):
+        with m.If(queued & wb.written):
             m.d.comb += wb_start.eq(1)
             m.d.sync += [wjob.eq(fjob), queued.eq(0)]
         with m.If(wb_start):
             m.d.sync += wb_busy.eq(1)
-        with m.Elif(written):
+        with m.Elif(wb.written):
             m.d.sync += wb_busy.eq(0)
-        m.d.comb += [self.slot_release.eq(wb_busy & written & (wjob.kind == J_PANEL)),
+        m.d.comb += [self.slot_release.eq(wb_busy & wb.written & (wjob.kind == J_PANEL)),
                      self.slot_index.eq(wjob.slot)]
         m.d.comb += [feeder.start.eq(self.ctl.start), feeder.desc.eq(self.ctl.desc),
                      feeder.job.eq(fjob), wb.start.eq(wb_started), wb.job.eq(wjob),
-                     wb.start_mode.eq(wjob.mode),
                      wb.panel.eq(Mux(wjob.slot, self.panels[1], self.panels[0])),
                      wb.scalars.eq(self.scalars), self.error.eq(array.error)]
         # operands: one registered beat drives both of the array's operand streams

@@ -47,10 +47,8 @@ class WriteBack(wiring.Component):
     start : ``In(1)``
         A job starts: its first result row is the next one on ``i_acc``.
     job : ``In(job_layout(config))``
-        The running job (from the cycle after ``start``).
-    start_mode : ``In(job_layout(config)["mode"])``
-        With ``start``: the mode of the job that starts (what ``job.mode`` is from the next
-        cycle on).
+        The running job, from the cycle of ``start`` on (the job engine loads it a cycle
+        before it starts the write-back).
     i_acc : ``In(stream.Signature(acc_layout))``
         The array's result rows.
     res_x, res_a : ``Out(row_read(...))``
@@ -66,7 +64,8 @@ class WriteBack(wiring.Component):
     s : ``Out(write_port(...)).array(S)``
         The scores.
     written : ``Out(1)``
-        Every result row of the job has been written (or is in the write register).
+        Every result row of the job has been written (or is in the write register); low in
+        the cycle of ``start`` (the job is the new one then).
     """
 
     #: Register stages from ``c1`` to the requantizer's input (``c2``); the drain of a job
@@ -83,7 +82,6 @@ class WriteBack(wiring.Component):
         super().__init__({
             "start": In(1),
             "job": In(job_layout(config)),
-            "start_mode": In(job_layout(config).members["mode"]),
             "i_acc": In(stream.Signature(acc_layout)),
             "res_x": Out(row_read(grp * cwh, word, n)),
             "res_a": Out(row_read(grp * cwh, word, n)),
@@ -215,7 +213,8 @@ class WriteBack(wiring.Component):
         # critical path at 100 MHz); cleared at the start (a job has N or more rows)
         written = Signal()
         total = times(job.tiles, N)
-        m.d.comb += self.written.eq(written)
+        # (the register still counts the job before in the start cycle)
+        m.d.comb += self.written.eq(written & ~self.start)
         m.d.sync += written.eq(Mux(st["wb_fire"], wb_count + 1 == total, wb_count == total))
         with m.If(st["wb_fire"]):
             m.d.sync += wb_count.eq(wb_count + 1)
@@ -224,7 +223,7 @@ class WriteBack(wiring.Component):
         with m.If(self.start):
             m.d.sync += [c_i.eq(0), c_t.eq(0), c_k.eq(0), c_q.eq(0), wb_count.eq(0),
                          written.eq(0), open_.eq(1),
-                         *(on.eq(self.start_mode == mode) for mode, on in res_on.items())]
+                         *(on.eq(self.job.mode == mode) for mode, on in res_on.items())]
         return m
 
     def _write(self, m, st):
