@@ -80,7 +80,8 @@ class Sequencer(wiring.Component):
     scalars_ho, ln_slots : ``In(handover(...))``
         The loader's scalar record and LayerNorm records.
     job : ``Out(task(desc=job_layout(config)))``
-        The GEMM job engine.
+        The GEMM job engine. ``desc`` is the job the state waits to start, driven in every
+        cycle of that state, not only with ``start``.
     job_ready : ``In(1)``
         The job engine takes a job (it may still be writing the one before).
     smax : ``Out(task())``
@@ -178,21 +179,26 @@ class Sequencer(wiring.Component):
         m.d.comb += [self.ln_slots.index.eq(s_ln),
                      self.ln.which.eq(s_ln)]
 
-        def start_job(kind, asrc, tiles, k, mode, *, mb=0, kb=0, chw=0, chunk=0, bias=0,
-                      bank=0):
+        def job_desc(kind, asrc, tiles, k, mode, *, mb=0, kb=0, chw=0, chunk=0, bias=0,
+                     bank=0):
+            # the job of the state, driven in all of its cycles; job.start only once the
+            # engine takes it. The engine's feeder loads its counters from the descriptor in
+            # every idle cycle: a descriptor multiplexed by the start's condition (the engine's
+            # own ready) ran on from the engine's state into those counters (the ULX3S's worst
+            # path in a placement at 125 MHz, 8.4 ns)
             d = job.desc
             # (every field here: a field driven alone from a register would be an `always @*`
             # of its own in the Verilog, which a 4-state simulator leaves X until that register
             # first changes)
-            m.d.comb += [job.start.eq(1), d.kind.eq(kind), d.asrc.eq(asrc), d.tiles.eq(tiles),
+            m.d.comb += [d.kind.eq(kind), d.asrc.eq(asrc), d.tiles.eq(tiles),
                          d.k.eq(k), d.mode.eq(mode), d.mb.eq(mb), d.kb.eq(kb), d.chw.eq(chw),
                          d.chunk.eq(chunk), d.slot.eq(s_slot), d.bias.eq(bias),
                          d.bank.eq(bank)]
 
-        def start_pv():
+        def pv_desc():
             # the P·V job of the block in pv_*
-            start_job(J_PV, A_P, HPW, pv_keys, M_CTX, mb=pv_mb, kb=pv_kb, chw=pv_chw,
-                      bank=pv_bank)
+            job_desc(J_PV, A_P, HPW, pv_keys, M_CTX, mb=pv_mb, kb=pv_kb, chw=pv_chw,
+                     bank=pv_bank)
 
         def next_block():
             # on to the scores of the next query block (of this head or the next), or to the
@@ -212,7 +218,7 @@ class Sequencer(wiring.Component):
             m.d.sync += [pv_pending.eq(1), pv_mb.eq(s_mb), pv_kb.eq(s_kb), pv_keys.eq(self.keys),
                          pv_chw.eq(s_head * HPW), pv_bank.eq(s_bank), s_bank.eq(~s_bank)]
             with m.If(pv_pending):
-                start_pv()
+                m.d.comb += job.start.eq(1)
                 fsm.next("PVRUN")
             with m.Else():
                 next_block()
@@ -240,11 +246,12 @@ class Sequencer(wiring.Component):
                     m.d.sync += [s_group.eq(G_Q), s_panel.eq(0)]
                     fsm.next("PWAIT")
             with fsm.State("PWAIT"):
+                asrc = pick([A_X, A_X, A_X, A_Q, A_A, A_H], s_group, 3)
+                mode = pick([M_Q, M_K, M_V, M_O, M_FFN1, M_FFN2], s_group, 3)
+                job_desc(J_PANEL, asrc, n_blk, Mux(s_group == G_FFN2, ffn, hid), mode,
+                         chunk=s_panel, bias=1)
                 with m.If(self.slots_full.bit_select(s_slot, 1) & self.job_ready):
-                    asrc = pick([A_X, A_X, A_X, A_Q, A_A, A_H], s_group, 3)
-                    mode = pick([M_Q, M_K, M_V, M_O, M_FFN1, M_FFN2], s_group, 3)
-                    start_job(J_PANEL, asrc, n_blk, Mux(s_group == G_FFN2, ffn, hid), mode,
-                              chunk=s_panel, bias=1)
+                    m.d.comb += job.start.eq(1)
                     fsm.next("PRUN")
             with fsm.State("PRUN"):
                 # the next panel may start as soon as the engine takes it, but the first job
@@ -272,11 +279,13 @@ class Sequencer(wiring.Component):
             with fsm.State("SCORES"):
                 with m.If(packed):
                     m.d.sync += k_end.eq(Mux(less(seq_len, s_kb1 * N), seq_len, s_kb1 * N))
+                job_desc(J_SCORE, A_Q, s_ktiles, hd, M_SCORE, mb=s_mb, kb=s_kb,
+                         chw=s_head * HPW, bank=s_bank)
                 with m.If(self.job_ready):
-                    start_job(J_SCORE, A_Q, s_ktiles, hd, M_SCORE, mb=s_mb, kb=s_kb,
-                              chw=s_head * HPW, bank=s_bank)
+                    m.d.comb += job.start.eq(1)
                     fsm.next("SRUN")
             with fsm.State("SRUN"):
+                pv_desc()                    # (after_scores may start it)
                 with m.If(packed):
                     # the span's key count; the softmax pass takes it when the scores are done
                     m.d.sync += self.keys.eq(k_end - s_kb * N)
@@ -286,6 +295,7 @@ class Sequencer(wiring.Component):
                     with m.Else():
                         fsm.next("SWAIT")
             with fsm.State("SWAIT"):
+                pv_desc()
                 with m.If(sm_idle):
                     after_scores()
             with fsm.State("PVRUN"):
@@ -293,8 +303,9 @@ class Sequencer(wiring.Component):
                 with m.If(self.job_ready):
                     next_block()
             with fsm.State("FLUSH"):
+                pv_desc()
                 with m.If(sm_idle & self.job_ready):
-                    start_pv()
+                    m.d.comb += job.start.eq(1)
                     m.d.sync += [pv_pending.eq(0), s_mb.eq(0), s_head.eq(0)]
                     fsm.next("PVLAST")
             with fsm.State("PVLAST"):
