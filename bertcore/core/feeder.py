@@ -44,7 +44,8 @@ class OperandFeeder(wiring.Component):
     desc : ``In(job_layout(config))``
         The new job (valid with ``start``; the counters load it in every idle cycle).
     job : ``In(job_layout(config))``
-        The running job.
+        The running job (read while ``active``; the beats still in the stages after its last
+        issue do not read it).
     x, q, a, h, k, v, p : ``Out(row_read(...))``
         Reads of the buffers (P: ``prob_bits`` per entry, H: ``gelu_bits``); ``x`` and ``a``
         are enabled only in jobs whose A operand is X / A (they share a port). Without
@@ -187,7 +188,10 @@ class OperandFeeder(wiring.Component):
                      self.panel.addr.eq(stage0(self.panel, f_paddr)), self.panel.en.eq(adv)]
         s2_asrc = Signal.like(job.asrc)
         s2_kind = Signal.like(job.kind)
-        m.d.sync += [s2_asrc.eq(job.asrc), s2_kind.eq(job.kind)]   # constant during a job
+        # constant during a job, and held after its last issue for the beats still in the
+        # stages (the job engine loads the next job while the feeder does not issue)
+        with m.If(f_active):
+            m.d.sync += [s2_asrc.eq(job.asrc), s2_kind.eq(job.kind)]
 
         def stage(name, value):
             # a register of stage r or s2 (data: not reset)
