@@ -278,8 +278,8 @@ class _RowIntake(wiring.Component):
         # has_room: free != 0 as a register, loaded with the compare of free's next value
         # (the compare sat in the loop free -> ready -> beat -> free's adder: 7.8-8.0 ns in
         # three of eight ULX3S placements at 125 MHz). That value's two compares are of the
-        # sum without the beat, picked by the beat: the beat, which reads has_room, stays out
-        # of the adder and the compares (through them it was 9.8 ns)
+        # sum without the beat, picked by the beat, as is free's next value: the beat, which
+        # reads has_room, stays out of the adders and the compares (through them it was 9.8 ns)
         has_room = Signal(init=depth != 0)
         may_start = pending < 2
         m.d.comb += [
@@ -309,7 +309,7 @@ class _RowIntake(wiring.Component):
         dropped = Signal(range(N + 1))
         m.d.sync += dropped.eq(Mux(drop, w_index + 1, 0))
         unbeaten = free + self.freed + dropped
-        m.d.sync += [free.eq(unbeaten - beat),
+        m.d.sync += [free.eq(Mux(beat, unbeaten - 1, unbeaten)),
                      has_room.eq(Mux(beat, unbeaten != 1, unbeaten != 0))]
         m.d.sync += pending.eq(pending + commit - take_sums)
         with m.If(beat):
