@@ -2,6 +2,7 @@
 runner failure paths."""
 
 import random
+import re
 
 import pytest
 from amaranth.hdl import Fragment, Module, Signal, signed, unsigned
@@ -293,6 +294,27 @@ def test_saturate_clamps_to_the_signed_range(width, bits):
         saturate_fits(Signal(8), 4)
 
 
+def _every_pair(m, a, b, check):
+    """Simulate the combinational ``m`` with every pair of values of ``a`` and ``b``, calling
+    ``check(ctx, x, y)`` for each."""
+    from amaranth.sim import Simulator
+
+    def values(shape):
+        return range(shape.signed and -(1 << (shape.width - 1)) or 0,
+                     1 << (shape.width - (1 if shape.signed else 0)))
+
+    async def tb(ctx):
+        for x in values(a.shape()):
+            for y in values(b.shape()):
+                ctx.set(a, x)
+                ctx.set(b, y)
+                check(ctx, x, y)
+
+    sim = Simulator(m)
+    sim.add_testbench(tb)
+    sim.run()
+
+
 @pytest.mark.parametrize("a_shape,b_shape", [(unsigned(4), unsigned(4)), (signed(4), signed(4)),
                                              (unsigned(3), signed(5))])
 def test_less_is_a_less_than_cell(a_shape, b_shape):
@@ -300,30 +322,42 @@ def test_less_is_a_less_than_cell(a_shape, b_shape):
     side), and its RTLIL a ``$lt`` cell (yosys maps ``$gt``/``$ge``/``$le`` onto a carry chain
     plus an equality tree: the reason for the helper), also with an integer on the left."""
     from amaranth.back import rtlil
-    from amaranth.sim import Simulator
     from bertcore.rtl.common import less
     a, b = Signal(a_shape), Signal(b_shape)
     lt, gt_k, lt_k = Signal(), Signal(), Signal()
     m = Module()
     m.d.comb += [lt.eq(less(a, b)), gt_k.eq(less(3, a)), lt_k.eq(less(a, -2))]
 
-    def values(shape):
-        return range(shape.signed and -(1 << (shape.width - 1)) or 0,
-                     1 << (shape.width - (1 if shape.signed else 0)))
+    def check(ctx, x, y):
+        assert (ctx.get(lt), ctx.get(gt_k), ctx.get(lt_k)) == (x < y, 3 < x, x < -2)
 
-    async def tb(ctx):
-        for x in values(a_shape):
-            for y in values(b_shape):
-                ctx.set(a, x)
-                ctx.set(b, y)
-                assert (ctx.get(lt), ctx.get(gt_k), ctx.get(lt_k)) == (x < y, 3 < x, x < -2)
-
-    sim = Simulator(m)
-    sim.add_testbench(tb)
-    sim.run()
+    _every_pair(m, a, b, check)
     top = Module()
     out = Signal()
     top.d.comb += out.eq(less(3, a) | ~less(a, b))
     text = rtlil.convert(top, ports=[a, b, out])
     assert text.count("cell $lt ") == 2
     assert not any(f"cell ${op} " in text for op in ("gt", "ge", "le"))
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [(unsigned(4), unsigned(4)), (unsigned(3), unsigned(5)),
+                                             (signed(4), signed(3))])
+def test_trial_subtract_is_one_subtraction(a_shape, b_shape):
+    """rtl.common.trial_subtract(a, b) is ``(a >= b, a - b)`` for every pair of values, from the
+    subtraction alone: no compare cell (each use of the difference is a ``$sub`` of the same
+    operands in the RTLIL, which yosys merges into one)."""
+    from amaranth.back import rtlil
+    from bertcore.rtl.common import trial_subtract
+    a, b = Signal(a_shape), Signal(b_shape)
+    fits_value, diff_value = trial_subtract(a, b)
+    fits, diff = Signal(), Signal(diff_value.shape())
+    m = Module()
+    m.d.comb += [fits.eq(fits_value), diff.eq(diff_value)]
+
+    def check(ctx, x, y):
+        assert (ctx.get(fits), ctx.get(diff)) == (x >= y, x - y), (x, y)
+
+    _every_pair(m, a, b, check)
+    text = rtlil.convert(m, ports=[a, b, fits, diff])
+    assert "cell $sub " in text
+    assert not re.search(r"cell \$(ge|gt|lt|le) ", text)

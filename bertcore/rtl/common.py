@@ -34,7 +34,7 @@ __all__ = ["pack", "unpack", "payload_width", "DSP_WIDTH", "dsp_tiles", "dsp_par
            "MULTIPLIER_STYLES", "check_multipliers", "multiply", "multiply_latency", "check_int",
            "rejecting", "saturate", "saturate_fits", "saturate_pick", "PRIMITIVE_TARGETS",
            "check_target",
-           "check_domain", "targets_ecp5", "delay", "less"]
+           "check_domain", "targets_ecp5", "delay", "less", "trial_subtract"]
 
 
 def payload_width(layout):
@@ -427,3 +427,16 @@ def less(a, b):
     if isinstance(a, int) and not isinstance(a, bool):
         a = Const(a)
     return Value.cast(a) < b
+
+
+def trial_subtract(a, b):
+    """``(a >= b, a - b)`` from one subtraction: the compare is its sign bit.
+
+    The step of a restoring division or square root (take ``a - b`` when it fits, else keep
+    ``a``) written as a ``>=`` beside the subtraction is two carry chains and, for the ``>=``,
+    an equality tree (see :func:`less`); the sign of the one difference is the compare (the
+    difference is one bit wider than either operand, so it never wraps). The LayerNorm's
+    reciprocal and the softmax's division ladder and divider use it.
+    """
+    diff = Value.cast(a) - b
+    return ~diff[-1], diff

@@ -61,7 +61,7 @@ from amaranth.utils import ceil_log2
 from bertcore.quant.kernels import LN_FRAC_BITS, RESIDUAL_BITS
 from bertcore.rtl.blockram import BlockRam
 from bertcore.rtl.common import (check_multipliers, delay, dsp_partial_products, dsp_tiles,
-                                 less, multiply)
+                                 less, multiply, trial_subtract)
 from bertcore.rtl.multiplier import Multiplier, uses_mult18x18d
 
 __all__ = ["IntLayerNorm"]
@@ -444,7 +444,7 @@ class _Statistics(wiring.Component):
         sqrt_fits = ~less(sqrt_trial, sqrt_sub)
         # std = max(root, 1): root == 0 is kept in a register as the root's bits are found
         # (the reduction of root ran on into the reciprocal step's subtraction: an ECP5
-        # critical path at 100 MHz); one subtraction whose sign is the compare
+        # critical path at 100 MHz); one subtraction whose sign is the compare (trial_subtract)
         root_zero = Signal()
         std = Cat(root[0] | root_zero, root[1:])
         # 2*rem + next bit of 2**(31+F) (1 in the first step only: rec_first, a register, not
@@ -452,8 +452,7 @@ class _Statistics(wiring.Component):
         # rec_rem and recip, 7.8-8.1 ns in five of eight ULX3S placements at 125 MHz)
         rec_first = Signal()
         rec_trial = Cat(rec_first, rec_rem)
-        rec_diff = rec_trial - std
-        rec_fits = ~rec_diff[-1]
+        rec_fits, rec_diff = trial_subtract(rec_trial, std)
 
         with m.If(stage == _Stage.IDLE):
             with m.If(self.sums.valid):

@@ -55,7 +55,7 @@ from bertcore.quant.kernels import (
     SOFTMAX_X0_BITS, softmax_constants,
 )
 from bertcore.rtl.blockram import BlockRam
-from bertcore.rtl.common import check_multipliers, dsp_partial_products, less
+from bertcore.rtl.common import check_multipliers, dsp_partial_products, less, trial_subtract
 from bertcore.rtl.multiplier import fabric_copies, mult18x18d_products, uses_mult18x18d
 
 __all__ = ["IntSoftmax"]
@@ -560,15 +560,14 @@ class IntSoftmax(wiring.Component):
 
         # stages 4..8: restoring division ladder |d| = z*|x0| + rem, one quotient bit per stage
         # (z <= 30 < 2**5), so z = floor(d/x0) and p = d - x0*z = -rem. Each stage one
-        # subtraction whose sign is the compare (a `>=` and the subtraction were two carry
-        # chains and an equality tree: r8 8.18 ns in a ULX3S placement at 125 MHz).
+        # subtraction whose sign is the compare (trial_subtract; a `>=` beside it: r8 8.18 ns
+        # in a ULX3S placement at 125 MHz).
         z = [Const(0, z_bits)]
         for stage, bit in enumerate(reversed(range(z_bits)), start=4):
             r_next = Signal(lim_bits, name=f"r{stage}")
             z_next = Signal(z_bits, name=f"z{stage}")
             step = k_nx0 << bit
-            diff = r[-1] - step
-            take = ~diff[-1]
+            take, diff = trial_subtract(r[-1], step)
             m.d.sync += [
                 r_next.eq(Mux(take, diff, r[-1])),
                 z_next.eq(z[-1] | (take << bit)),
@@ -667,8 +666,7 @@ class IntSoftmax(wiring.Component):
         v_rem = Signal(slots.sum_bits + 1)
         v_quo = Signal(self.QUOTIENT_BITS)
         v_rem2 = Cat(Const(0, 1), v_rem)                     # 2*rem, shifting in a zero
-        v_diff = v_rem2 - v_den                 # (its sign is the compare: one carry chain)
-        v_take = ~v_diff[-1]
+        v_take, v_diff = trial_subtract(v_rem2, v_den)
         v_quo_next = Cat(v_take, v_quo)[:self.QUOTIENT_BITS]
         with m.If(~v_busy):
             with m.If(slots.is_state(v_ptr, _SlotState.EXPS)):
