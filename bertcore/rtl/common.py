@@ -436,7 +436,7 @@ def trial_subtract(a, b):
     ``a``) written as a ``>=`` beside the subtraction is two carry chains and, for the ``>=``,
     an equality tree (see :func:`less`); the sign of the one difference is the compare (the
     difference is one bit wider than either operand, so it never wraps). The LayerNorm's
-    reciprocal and the softmax's division ladder and divider use it.
+    division, square root and reciprocal and the softmax's division ladder and divider use it.
     """
     diff = Value.cast(a) - b
     return ~diff[-1], diff

@@ -436,15 +436,16 @@ class _Statistics(wiring.Component):
 
         # combinational step of each serial operation
         div_trial = Cat(div_quo[W - 1], div_rem)                 # 2*rem + next dividend bit
-        div_fits = ~less(div_trial, N)
+        div_fits, div_diff = trial_subtract(div_trial, N)
         twice_rem = Cat(Const(0, 1), div_rem)
         round_up = less(N, twice_rem) | ((twice_rem == N) & div_quo[0])
         sqrt_trial = Cat(radicand[-2:], root_rem)                # 4*rem + next two bits
         sqrt_sub = Cat(Const(1, 2), root)                        # 4*root + 1
-        sqrt_fits = ~less(sqrt_trial, sqrt_sub)
+        sqrt_fits, sqrt_diff = trial_subtract(sqrt_trial, sqrt_sub)
         # std = max(root, 1): root == 0 is kept in a register as the root's bits are found
         # (the reduction of root ran on into the reciprocal step's subtraction: an ECP5
-        # critical path at 100 MHz); one subtraction whose sign is the compare (trial_subtract)
+        # critical path at 100 MHz). Each step's compare is the sign of its one subtraction
+        # (trial_subtract), as in the division and the square root above
         root_zero = Signal()
         std = Cat(root[0] | root_zero, root[1:])
         # 2*rem + next bit of 2**(31+F) (1 in the first step only: rec_first, a register, not
@@ -466,7 +467,7 @@ class _Statistics(wiring.Component):
         with m.Elif(stage == _Stage.DIVIDE):
             # W cycles: one quotient bit of S1 / N per cycle, MSB first
             m.d.sync += [
-                div_rem.eq(Mux(div_fits, div_trial - N, div_trial)),
+                div_rem.eq(Mux(div_fits, div_diff, div_trial)),
                 div_quo.eq(Cat(div_fits, div_quo[:W - 1])),
                 steps.eq(steps + 1),
             ]
@@ -505,7 +506,7 @@ class _Statistics(wiring.Component):
         with m.Elif(stage == _Stage.SQRT):
             # root_width cycles: one root bit per cycle (restoring digit-by-digit)
             m.d.sync += [
-                root_rem.eq(Mux(sqrt_fits, sqrt_trial - sqrt_sub, sqrt_trial)),
+                root_rem.eq(Mux(sqrt_fits, sqrt_diff, sqrt_trial)),
                 root.eq(Cat(sqrt_fits, root[:-1])),
                 root_zero.eq(~sqrt_fits & (root[:-1] == 0)),
                 radicand.eq(radicand << 2),
