@@ -119,11 +119,14 @@ class SoftmaxPass(wiring.Component):
         # the key of element x_e, key0 + x_e, kept as a register stepping with x_e (the adder
         # before the segment compares was the ULX3S's worst path into x1_skip at 125 MHz)
         key = Signal(range(2 * c.max_seq + 1), name="x_key")
-        # x_e_end: x_e == keys - 1, a register set as x_e steps (the compare sat in the enables
-        # of x_e, the key, x_q and the bounds below, behind the fork's advance)
+        # x_e_end: x_e == keys - 1 while the pass is active, a register set as x_e steps and
+        # cleared as the pass ends (the compare sat in the enables of x_e, the key, x_q and
+        # the bounds below, behind the fork's advance; and with x_active beside it in x_row_end
+        # the bounds' enables were four LUTs behind the fork's flip-flops: 7.8-8.3 ns in three
+        # of six ULX3S placements at 125 MHz and the slow build's worst at 100 MHz)
         x_e_end = Signal()
         x_row_end = Signal()            # the row's last element advances
-        m.d.comb += x_row_end.eq(x_adv & x_active & x_e_end)
+        m.d.comb += x_row_end.eq(x_adv & x_e_end)
         # the segment bounds of each unit's row q*S + k as registers, loaded as x_q moves to the
         # row (the pick by x_q before the compares ran on into x1_skip: the ULX3S's worst path
         # at 125 MHz, 8.98 ns)
@@ -159,7 +162,7 @@ class SoftmaxPass(wiring.Component):
                              x_e_end.eq(keys == 1), x_row.eq(x_row + GRP),
                              x_addr.eq(x_row + GRP)]
                 with m.If(x_q == RPS - 1):
-                    m.d.sync += x_active.eq(0)
+                    m.d.sync += [x_active.eq(0), x_e_end.eq(0)]
         # each unit's probabilities -> words of N -> the P bank of its row
         y_regs, y_done = [], []
         for k, unit in enumerate(smaxes):
