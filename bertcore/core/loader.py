@@ -276,28 +276,10 @@ class ParameterLoader(wiring.Component):
         def lanes(width, j, src=merged):
             return src[j * width:(j + 1) * width]
 
-        # vlast: vb == nb - 1, the beat on offer ends the state's vector, a register (the
-        # compare of vb with each state's beat count sat in every transition, between the
-        # fire and the state's next value and ``ready``: the worst paths of two of four ULX3S
-        # placements at 125 MHz, 8.27-8.48 ns). It steps with vb at each fire, within a
-        # vector or into the next one of the same state; a transition (``goto``) sets it for
-        # the state it enters, whose vector starts at vb = 0.
-        vlast = Signal()
-        beats = {"HDR": vector_beats(HEADER_BITS, BUS), "SCAL": vector_beats(SCALAR_BITS, BUS),
-                 "W": vector_beats(N * PANEL_ROW.width, BUS),
-                 **{f.name: vector_beats(N * f.width, BUS) for f in PANEL_FIELDS + LN_FIELDS}}
-
-        def goto(name):
-            fsm.next(name)
-            if name in beats:
-                m.d.sync += vlast.eq(beats[name] == 1)
-
         def vector_state(bits, ok=1):
             nb = vector_beats(bits, BUS)
-            m.d.comb += [st["ok"].eq(ok), st["vdone"].eq(vlast)]
-            with m.If(p_fire):
-                m.d.sync += vlast.eq(Mux(vlast, nb == 1, vb + 2 == nb))
-            return p_fire & vlast
+            m.d.comb += [st["ok"].eq(ok), st["vdone"].eq(vb == nb - 1)]
+            return p_fire & (vb == nb - 1)
 
         free = ~self.slots.full.bit_select(l_slot, 1)
         ln_free = ~self.ln_slots.full.bit_select(l_ln, 1)
@@ -316,15 +298,15 @@ class ParameterLoader(wiring.Component):
             with fsm.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += hdr_ok.eq(1)
-                    goto("HDR")
+                    fsm.next("HDR")
             with fsm.State("HDR"):
                 with m.If(vector_state(HEADER_BITS)):
                     m.d.comb += st["hdr_end"].eq(1)
                     with m.If(hdr_ok & st["beat_ok"]):
-                        goto("SCAL")
+                        fsm.next("SCAL")
                     with m.Else():
                         m.d.comb += fail_hdr.eq(1)
-                        goto("IDLE")
+                        fsm.next("IDLE")
                 with m.Elif(p_fire):
                     m.d.sync += hdr_ok.eq(hdr_ok & st["beat_ok"])
             with fsm.State("SCAL"):
@@ -333,7 +315,7 @@ class ParameterLoader(wiring.Component):
                                  for name, (off, width) in scalar_slices().items()]
                     m.d.sync += [l_group.eq(G_Q), l_panel.eq(0), panel_last.eq(CWH == 1)]
                     m.d.comb += st["set_scal"].eq(1)
-                    goto(PANEL_FIELDS[0].name)
+                    fsm.next(PANEL_FIELDS[0].name)
             # a panel's header vectors, one state each, into the free slot. A field is
             # written a cycle after its last beat, from ``vec`` (which holds the merged vector
             # then), by a registered enable per field and slot: the slot registers' enables
@@ -346,7 +328,7 @@ class ParameterLoader(wiring.Component):
                     with m.If(vector_state(N * f.width, free)):
                         m.d.sync += [hdr_we[f.name][s].eq(l_slot == s) for s in range(2)]
                         m.d.sync += [l_row.eq(0), row_last.eq(k_rows == 1)]
-                        goto(nxt)
+                        fsm.next(nxt)
             # its weight rows, into the slot's half of the panel buffer
             with fsm.State("W"):
                 # a row of one beat is that beat: the panel buffer's write data straight from
@@ -371,21 +353,21 @@ class ParameterLoader(wiring.Component):
                                          chunk_last.eq(CWH == 1)]
                             with m.If(l_group == G_O):                # LN-1 follows
                                 m.d.sync += l_ln.eq(0)
-                                goto(LN_FIELDS[0].name)
+                                fsm.next(LN_FIELDS[0].name)
                             with m.Elif(l_group == G_FFN2):           # LN-2 follows
                                 m.d.sync += l_ln.eq(1)
-                                goto(LN_FIELDS[0].name)
+                                fsm.next(LN_FIELDS[0].name)
                             with m.Else():
-                                goto(PANEL_FIELDS[0].name)
+                                fsm.next(PANEL_FIELDS[0].name)
                         with m.Else():
-                            goto(PANEL_FIELDS[0].name)
+                            fsm.next(PANEL_FIELDS[0].name)
             # a LayerNorm record: all but its last vector into registers, the last one writes
             # the record's word (one lane per channel, LN_LANE) into the LN parameter memory
             for f, nxt in zip(LN_FIELDS[:-1], [g.name for g in LN_FIELDS[1:]]):
                 with fsm.State(f.name):
                     with m.If(vector_state(N * f.width, ln_free)):
                         m.d.sync += ln_regs[f.name].eq(merged[:f.width * N])
-                        goto(nxt)
+                        fsm.next(nxt)
             last = LN_FIELDS[-1]
             with fsm.State(last.name):
                 widths = [field.width for _, field in LN_LANE]
@@ -397,17 +379,17 @@ class ParameterLoader(wiring.Component):
                 with m.If(vector_state(N * last.width, ln_free)):
                     m.d.comb += st["lw"].en.eq(1)
                     m.d.sync += [l_chunk.eq(l_chunk + 1), chunk_last.eq(l_chunk == CWH - 2)]
-                    goto(LN_FIELDS[0].name)
+                    fsm.next(LN_FIELDS[0].name)
                     with m.If(chunk_last):
                         m.d.comb += [st["set_ln"].eq(1), st["set_ln_i"].eq(l_ln)]
                         with m.If(l_ln == 0):
-                            goto(PANEL_FIELDS[0].name)
+                            fsm.next(PANEL_FIELDS[0].name)
                         with m.Elif(layer_last):
-                            goto("END")
+                            fsm.next("END")
                         with m.Else():
                             m.d.sync += [l_layer.eq(l_layer + 1),
                                          layer_last.eq(l_layer == c.layers - 2)]
-                            goto("SCAL")
+                            fsm.next("SCAL")
             with fsm.State("END"):
                 pass
         return fail_hdr
