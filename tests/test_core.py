@@ -38,7 +38,7 @@ from bertcore.rtl.softmax import IntSoftmax
 from bertcore.testing import make_tiny_checkpoint
 from fixtures_bert import (TINY_CALIBRATION, TINY_EVAL, tiny_ckpt, tiny_dir,  # noqa: F401
                            tiny_int)
-from rtl_sim import simulate, stream_get, stream_put
+from rtl_sim import CLOCK_PERIOD, simulate, stream_get, stream_put
 from sim.runner import LINT_WAIVERS, lint, run_cocotb
 
 TINY = preset("tiny")
@@ -251,7 +251,7 @@ def packet(words, **fields):
             for i, w in enumerate(words)]
 
 
-def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
+def run_core_sim(dut, words, xs, *, stall, seed=1, images=None):
     """Amaranth simulation of ``dut`` (an :class:`EncoderCore`) over the sequences ``xs``,
     back to back; returns the outputs, the ``cycles`` and the ``layer_cycles`` of each run.
 
@@ -260,9 +260,14 @@ def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
 
     ``images[r]`` (default all true) says whether run ``r`` gets the image on ``s_param`` (a
     resident core replays its stored image otherwise).
+
+    The simulation stops with an error after :func:`sim_budget` cycles: a core that stalls
+    fails in about twice its runs' modeled time, not after a fixed simulated time dozens of
+    times longer than a tiny run.
     """
     cfg = dut.config
     images = [True] * len(xs) if images is None else images
+    budget = sim_budget(cfg, xs, stall)
     image = packet(words)
     outputs, cycles, layer_cycles = [], [], []
 
@@ -306,8 +311,27 @@ def run_core_sim(dut, words, xs, *, stall, seed=1, deadline=5e-2, images=None):
             outputs.append(unpack_segments(words, lengths, cfg) if segments
                            else unpack_activations(words, rows, cfg))
 
-    simulate(dut, put_param, put_act, get_out, name="core", deadline=deadline)
+    try:
+        simulate(dut, put_param, put_act, get_out, name="core", deadline=budget * CLOCK_PERIOD)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {len(outputs)} of {len(xs)} runs done in {budget} "
+                             f"cycles, twice the cycle model's time at stall {stall} (a "
+                             "stalled core?)") from None
     return outputs, cycles, layer_cycles
+
+
+def sim_budget(cfg, xs, stall):
+    """Cycles :func:`run_core_sim` allows for the runs ``xs`` with streams stalled a fraction
+    ``stall`` of the time: twice :func:`~bertcore.core.perf.run_cycles` of each run (its image
+    at the stalled stream's rate), slowed by ``1 / (1 - stall)`` for the activation and output
+    streams, plus 2000 cycles of start-up per run."""
+    total = 0
+    for x in xs:
+        segments = [s.shape[0] for s in x] if isinstance(x, list) else None
+        rows = sum(segments) if segments else x.shape[0]
+        rate = cfg.bus_width / 8 * (1 - stall) if stall else None
+        total += 2 * run_cycles(cfg, rows, segments, param_rate=rate) / (1 - stall) + 2000
+    return int(total)
 
 
 @pytest.mark.parametrize("widths", [widths_param(w) for w in WIDTHS])
