@@ -190,7 +190,10 @@ def load_checkpoint(model_dir=None, max_length=None):
         cfg = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as exc:
         raise BertError(f"{cfg_path}: malformed config.json: {exc}") from None
-    if not isinstance(cfg, dict) or cfg.get("model_type") not in ("bert", None):
+    if not isinstance(cfg, dict):
+        raise BertError(f"{cfg_path}: malformed config.json: a JSON object expected, not "
+                        f"{type(cfg).__name__}")
+    if cfg.get("model_type") not in ("bert", None):
         raise BertError(f"{path}: model_type {cfg.get('model_type')!r} is not a BERT encoder")
     try:
         shape = BertShape(
@@ -259,3 +262,6 @@ def _check_weights(path, shape, w):
         if tuple(w[name].shape) != want:
             raise BertError(f"{path}: weight {name} has shape {tuple(w[name].shape)}, "
                             f"config says {want}")
+        t = w[name]
+        if not bool(torch.isfinite(t).all()):
+            raise BertError(f"{path}: weight {name} holds NaN or infinite values")

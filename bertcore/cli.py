@@ -41,8 +41,13 @@ class _Parser(argparse.ArgumentParser):
 
 def _read_lines(path, what):
     p = Path(path)
-    if not p.is_file():
+    if p.is_dir():
+        raise CliError(f"{what} file {str(p)!r} is a directory, not a text file")
+    if not p.exists():
         raise CliError(f"{what} file {str(p)!r} does not exist")
+    if not p.is_file():
+        raise CliError(f"{what} file {str(p)!r} is not a regular file (a device, pipe or "
+                       "socket: write the text to a file)")
     try:
         data = p.read_bytes()
     except OSError as exc:
@@ -74,9 +79,15 @@ def _check_output(path):
     existing, writable directory."""
     if not str(path).strip():
         raise CliError("the output path is empty")
+    if str(path).endswith(("/", os.sep)):
+        raise CliError(f"output {str(path)!r} names a directory, not a file")
     out = Path(path)
     if out.is_dir():
         raise CliError(f"output {str(out)!r} is a directory")
+    if out.is_symlink():
+        # write the file the link points to and keep the link (the rename of _atomic_file
+        # would replace the link itself)
+        out = Path(os.path.realpath(out))
     parent = out.parent
     if not parent.exists():
         raise CliError(f"output directory {str(parent)!r} does not exist")
@@ -90,7 +101,15 @@ def _check_output(path):
 @contextlib.contextmanager
 def _atomic_file(out):
     """Yield a temporary path beside ``out``; on success it replaces ``out``, on any error or
-    interruption it is removed: ``out`` is never half-written."""
+    interruption it is removed: ``out`` is never half-written. An existing ``out`` that is
+    not a regular file (``/dev/null``, a pipe) is written directly: a rename would replace the
+    device or pipe with a file."""
+    if out.exists() and not out.is_file():
+        try:
+            yield out
+        except OSError as exc:
+            raise CliError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
+        return
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}{out.suffix}")
     try:
         yield tmp
@@ -139,6 +158,11 @@ def _atomic_dir(out):
         if not out.exists():
             tmp.rename(out)
         else:
+            # checked before the first file moves, so that a file in the way does not leave
+            # the directory half old, half new
+            for f in tmp.iterdir():
+                if (out / f.name).is_dir() and not (out / f.name).is_symlink():
+                    raise CliError(f"cannot write {str(out / f.name)!r}: it is a directory")
             for f in tmp.iterdir():
                 f.replace(out / f.name)
     except OSError as exc:
@@ -176,6 +200,14 @@ def _texts(args):
             raise CliError(f"input {args.input!r} is a directory, not a text file")
         return _read_lines(args.input, "input")
     texts = [t for t in args.text]
+    for t in texts:
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # the shell passed bytes that are not UTF-8 (Python keeps them as surrogates)
+            bad = t[exc.start].encode("utf-8", "surrogateescape")
+            raise CliError(f"input text is not UTF-8 (byte 0x{bad[0]:02x} at character "
+                           f"{exc.start}); give UTF-8 text") from None
     if not texts:
         raise CliError("no input: give --input FILE or TEXT arguments")
     if any(not t.strip() for t in texts):
@@ -388,7 +420,9 @@ def cmd_report(args):
     if args.zip and len(sweeps) < 2:
         raise CliError("--zip pairs two or more --sweep keys")
     if sweeps:                             # the outputs' directory, before any synthesis
-        _check_output_dir(Path(args.output or "report").parent)
+        if args.output is not None and not args.output.strip():
+            raise CliError("the output stem is empty (give -o STEM)")
+        _check_output_dir(Path("report" if args.output is None else args.output).parent)
     points = _sweep_points(base, sweeps, args.zip)
     rows, misfit = [], None
     with _Progress(not (args.quiet or args.json)) as prog:
@@ -410,7 +444,8 @@ def cmd_report(args):
             r["sweep"] = dict(assign)
             rows.append((label, r))
     if sweeps:
-        _write_sweep(rows, [k for k, _ in sweeps], Path(args.output or "report"))
+        _write_sweep(rows, [k for k, _ in sweeps], Path("report" if args.output is None
+                                                        else args.output))
     if args.json:
         print(json.dumps([dict(point=label, **r) for label, r in rows], indent=2))
     elif not args.quiet:
@@ -421,17 +456,23 @@ def cmd_report(args):
 
 
 def _write_sweep(rows, keys, stem):
+    """The sweep's table and plot, ``stem``.csv and ``stem``.png, each written whole (through a
+    temporary file) or not at all."""
     import csv
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    import io
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create {str(stem.parent)!r}: {exc.strerror or exc}") from None
     fields = keys + list(_RESOURCES) + ["fmax_mhz", "modeled_cycles_per_layer", "fits",
                                          "synth_s", "pnr_s", "note"]
-    with open(stem.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(fields)
-        for _, r in rows:
-            w.writerow([r["sweep"][k] for k in keys] + [r["resources"][k] for k in _RESOURCES]
-                       + [r["fmax_mhz"], r["modeled_cycles_per_layer"], r.get("fits", True),
-                          r.get("synth_s"), r.get("pnr_s"), r.get("note", "")])
+    table = io.StringIO()
+    w = csv.writer(table)
+    w.writerow(fields)
+    for _, r in rows:
+        w.writerow([r["sweep"][k] for k in keys] + [r["resources"][k] for k in _RESOURCES]
+                   + [r["fmax_mhz"], r["modeled_cycles_per_layer"], r.get("fits", True),
+                      r.get("synth_s"), r.get("pnr_s"), r.get("note", "")])
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -457,8 +498,11 @@ def _write_sweep(rows, keys, stem):
         ax.grid(alpha=0.3)
     fig.suptitle(f"bertcore sweep on {rows[0][1]['device']}")
     fig.tight_layout()
-    fig.savefig(stem.with_suffix(".png"), dpi=110)
+    with _atomic_file(stem.with_suffix(".png")) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    with _atomic_file(stem.with_suffix(".csv")) as tmp:
+        tmp.write_text(table.getvalue(), newline="")
     print(f"wrote {stem.with_suffix('.csv')} and {stem.with_suffix('.png')}", file=sys.stderr)
 
 
@@ -523,7 +567,7 @@ def cmd_build(args):
     if args.pnr_timeout is not None and not isinstance(args.seed, list):
         raise CliError("--pnr-timeout stops the placements of a sweep: give several seeds "
                        "(--seed 1,2,3)")
-    out = _check_output_dir(args.output or f"build/board-{spec.name}")
+    out = _check_output_dir(f"build/board-{spec.name}" if args.output is None else args.output)
     with _Progress(not (args.quiet or args.json)) as prog:
         prog.step(f"building {spec.name} (yowasp yosys + nextpnr; this takes minutes)")
         try:
@@ -1134,6 +1178,12 @@ def main(argv=None):
         rc = args.func(args)
     except (CliError, BertError, ConfigError, FlowError, ToolNotFound, ImageError) as exc:
         print(f"bertcore: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # the file system refused a path the commands' own checks let through (a name too
+        # long, a cache directory that is a file, a disk full): what and where, on one line
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"bertcore: error: {_one_line(exc.strerror or exc)}{where}", file=sys.stderr)
         return 2
     except SystemExit as exc:              # --help, --version
         return exc.code or 0

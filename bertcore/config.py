@@ -21,6 +21,13 @@ _BOOL_FIELDS = ("resident", "shared_h")
 SHARED_H_RATIOS = (1, 2, 4)
 #: Largest sequence length a core may be built for (position tables of BERT go to 512).
 MAX_SEQ_LIMIT = 4096
+#: Upper bounds of the integer fields (``prob_bits`` and ``gelu_bits`` have ranges of their
+#: own): far above any core the flow can build (BERT-large is hidden 1024, ffn 4096, 24
+#: layers), so that a mistyped value is refused at once instead of elaborating for hours or
+#: running out of memory.
+INT_LIMITS = {"hidden": 8192, "heads": 256, "ffn": 32768, "layers": 256,
+              "max_seq": MAX_SEQ_LIMIT, "array_rows": 256, "array_cols": 256, "bus_width": 4096,
+              "softmax_units": 256, "layernorm_units": 256, "max_segments": MAX_SEQ_LIMIT}
 #: Units whose multipliers ``lut_multipliers`` may move from DSP blocks into LUT logic.
 LUT_MULTIPLIER_UNITS = ("requant", "gelu", "softmax", "layernorm")
 
@@ -109,6 +116,8 @@ class CoreConfig:
                 raise ConfigError(f"{name} must be an integer, not {v!r}")
             if v < 1:
                 raise ConfigError(f"{name} must be at least 1, not {v!r}")
+            if v > INT_LIMITS.get(name, v):
+                raise ConfigError(f"{name} must be at most {INT_LIMITS[name]}, not {v!r}")
         for name in _BOOL_FIELDS:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, not {getattr(self, name)!r}")
@@ -127,8 +136,6 @@ class CoreConfig:
             raise ConfigError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         if self.bus_width % 8:
             raise ConfigError(f"bus_width must be a multiple of 8, not {self.bus_width}")
-        if self.max_seq > MAX_SEQ_LIMIT:
-            raise ConfigError(f"max_seq must be at most {MAX_SEQ_LIMIT}, not {self.max_seq}")
         if not PROB_BITS_MIN <= self.prob_bits <= PROB_BITS_MAX:
             raise ConfigError(f"prob_bits must lie in {PROB_BITS_MIN}..{PROB_BITS_MAX}, not "
                               f"{self.prob_bits}")
@@ -142,9 +149,6 @@ class CoreConfig:
             if self.ffn % self.hidden or self.ffn // self.hidden not in SHARED_H_RATIOS:
                 raise ConfigError(f"shared_h needs ffn to be 1, 2 or 4 times hidden, not "
                                   f"{self.ffn} for hidden {self.hidden}")
-        if self.max_segments > MAX_SEQ_LIMIT:
-            raise ConfigError(f"max_segments must be at most {MAX_SEQ_LIMIT}, not "
-                              f"{self.max_segments}")
 
     @property
     def head_dim(self):

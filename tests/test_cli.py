@@ -227,6 +227,12 @@ def test_generate_tiny_with_image(tmp_path, artifact):
     (["generate", "--preset", "tiny", "--name", "module", "-o", "x"], "not a Verilog module name"),
     (["generate", "--preset", "tiny", "--name", "a$b", "-o", "x"], "not a Verilog module name"),
     (["generate", "--preset", "tiny", "--name", "", "-o", "x"], "not a Verilog module name"),
+    # sizes far past anything buildable: refused at once (not hours of elaboration, or
+    # Python's OverflowError / MemoryError)
+    (["generate", "--preset", "tiny", "--set", "hidden=4000000000000000000000", "-o", "x"],
+     "hidden must be at most 8192"),
+    (["generate", "--preset", "tiny", "--set", "layers=100000000000", "-o", "x"],
+     "layers must be at most 256"),
 ])
 def test_generate_bad_input(capsys, tmp_path, argv, message):
     argv = [a if a != "x" else str(tmp_path / "out") for a in argv]
@@ -532,3 +538,184 @@ def test_cli_functions_short():
     for name, fn in inspect.getmembers(cli, inspect.isfunction):
         if fn.__module__ == cli.__name__:
             assert len(inspect.getsource(fn).splitlines()) <= 200, name
+
+
+# -- bad input found by an independent probe of the CLI ------------------------------------------
+
+def _edited_artifact(src, dst, *, tensors=None, manifest=None):
+    """A copy of the artifact ``src`` at ``dst``, well-formed as a file, with its tensors and
+    manifest changed by the functions ``tensors(dict)`` and ``manifest(dict)`` (in place)."""
+    import json
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata())
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    m = json.loads(meta["manifest"])
+    if tensors:
+        tensors(t)
+    if manifest:
+        manifest(m)
+    meta["manifest"] = json.dumps(m)
+    save_file(t, str(dst), metadata=meta)
+    return dst
+
+
+def _set(d, path, value):
+    *keys, last = path.split(".")
+    for k in keys:
+        d = d[k]
+    if value is None:
+        del d[last]
+    else:
+        d[last] = value
+
+
+@pytest.mark.parametrize("tensors, manifest, message", [
+    (lambda t: t.pop("layer.1.ffn2.w"), None, "tensor layer.1.ffn2.w is missing"),
+    (lambda t: t.__setitem__("layer.0.q.w", t["layer.0.q.w"][:16]), None,
+     "layer.0.q.w is (16, 32), not (32, 32)"),
+    (lambda t: t.__setitem__("layer.0.q.w", t["layer.0.q.w"].float()), None,
+     "layer.0.q.w is torch.float32, not an integer tensor"),
+    (lambda t: t["layer.0.v.e"].fill_(100), None, "layer.0.v.e has shifts 100..100"),
+    (lambda t: t["emb.ln.e"].fill_(0), None, "emb.ln.e has shifts 0..0, outside 1..62"),
+    (lambda t: t["out_scale"].fill_(float("nan")), None, "out_scale holds scales"),
+    (lambda t: t.pop("layer.1.res2.m"), None, "layer 1's tensors differ from layer 0's"),
+    (lambda t: t.__setitem__("emb.word", t["emb.word"][:10]), None, "emb.word is (10, 32)"),
+    (None, lambda m: _set(m, "shape.layers", 3), "tensor layer.2.q.w is missing"),
+    (None, lambda m: _set(m, "shape.layers", 1), "tensors for layers [0, 1], the shape says 1"),
+    (None, lambda m: _set(m, "shape.heads", 0), "shape heads = 0 is not a positive integer"),
+    (None, lambda m: _set(m, "shape.hidden", 64), "emb.word is (92, 32), not (92, 64)"),
+    (None, lambda m: _set(m, "consts.layers", None), "constants for 2 layers expected"),
+], ids=["missing-tensor", "short-matrix", "float-weight", "shift-100", "shift-0", "nan-scale",
+        "layer-tensors-differ", "short-vocab", "layers-3", "layers-1", "heads-0", "hidden-64",
+        "no-layer-constants"])
+def test_artifact_inconsistent_inside(capsys, tmp_path, artifact, tensors, manifest, message):
+    """An artifact that is a well-formed file but contradicts itself (edited, or damaged in
+    its data) is refused when it is loaded, by every command, with one line saying what is
+    wrong: not a traceback from a kernel, and never a run with a layer left out."""
+    bad = _edited_artifact(artifact, tmp_path / "bad.safetensors", tensors=tensors,
+                           manifest=manifest)
+    out = tmp_path / "e.npy"
+    assert message in _error(capsys, ["embed", "--quantized", str(bad), "--backend", "int",
+                                      "hi", "-o", str(out)])
+    assert message in _error(capsys, ["generate", "--preset", "tiny", "--quantized", str(bad),
+                                      "-o", str(tmp_path / "g")])
+    assert not out.exists() and not (tmp_path / "g").exists()
+
+
+def test_artifact_bytes_flipped(capsys, tmp_path, artifact):
+    """Every 97th byte of the tensors' data inverted (the header intact): refused at load."""
+    import struct
+    data = bytearray(artifact.read_bytes())
+    start = 8 + struct.unpack("<Q", data[:8])[0]
+    for i in range(start, len(data), 97):
+        data[i] ^= 0xFF
+    bad = tmp_path / "flip.safetensors"
+    bad.write_bytes(bytes(data))
+    assert "quantized model" in _error(capsys, ["embed", "--quantized", str(bad), "--backend",
+                                                "int", "hi", "-o", str(tmp_path / "e.npy")])
+
+
+def test_text_argument_not_utf8(capsys, tmp_path, artifact):
+    """Bytes that are not UTF-8 on the command line (Python holds them as surrogates)."""
+    msg = _error(capsys, ["embed", "--quantized", str(artifact), "--backend", "int",
+                          "\udcff\udcfe bad", "-o", str(tmp_path / "e.npy")])
+    assert "not UTF-8 (byte 0xff at character 0)" in msg
+    assert not (tmp_path / "e.npy").exists()
+
+
+def test_file_system_refusals_one_line(capsys, tmp_path, artifact, monkeypatch):
+    """What the file system refuses beyond the commands' own checks (a name too long, a cache
+    directory that is a file) is one line with the path, not a traceback."""
+    long = "a" * 300
+    for argv in (["embed", "--quantized", str(artifact), "--backend", "int", "hi", "-o",
+                  str(tmp_path / f"{long}.npy")],
+                 ["embed", "--quantized", str(tmp_path / long), "--backend", "int", "hi", "-o",
+                  str(tmp_path / "e.npy")]):
+        assert "File name too long" in _error(capsys, argv)
+    cache = tmp_path / "cache-file"
+    cache.write_text("")
+    monkeypatch.setenv("BERTCORE_CACHE", str(cache))
+    msg = _error(capsys, ["sim", "--preset", "tiny", "--seq", "1"])
+    assert "Not a directory" in msg and str(cache) in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache-file"]
+
+
+def test_model_config_and_weights_checked(capsys, tmp_path, tiny_dir):
+    """A config.json that is JSON but not an object; a weight holding NaN, or one far too
+    large to quantize."""
+    import shutil
+    from safetensors.torch import load_file, save_file
+    bad = tmp_path / "m"
+    shutil.copytree(tiny_dir, bad)
+    (bad / "config.json").write_text("[1, 2]")
+    out = str(tmp_path / "q.st")
+    assert "a JSON object expected, not list" in _error(capsys, ["quantize", "--model",
+                                                                str(bad), "-o", out])
+    shutil.copy(tiny_dir / "config.json", bad / "config.json")
+    weights = load_file(str(tiny_dir / "model.safetensors"))
+    name = "encoder.layer.0.attention.self.query.weight"
+    weights[name][0, 0] = float("nan")
+    save_file(weights, str(bad / "model.safetensors"))
+    assert f"weight {name} holds NaN" in _error(capsys, ["quantize", "--model", str(bad),
+                                                         "-o", out])
+    weights[name][0, 0] = 1e30                 # finite, but past what int8 kernels can scale
+    save_file(weights, str(bad / "model.safetensors"))
+    assert "cannot quantize this model" in _error(capsys, ["quantize", "--model", str(bad),
+                                                           "-o", out])
+    assert not (tmp_path / "q.st").exists()
+
+
+def test_messages_name_the_real_problem(capsys, tmp_path, artifact, tiny_dir):
+    """A directory given as the artifact or the input, a device as the input, a trailing
+    slash on the output, an empty build directory."""
+    out = str(tmp_path / "e.npy")
+    d = tmp_path / "d"
+    d.mkdir()
+    assert "is a directory, not a .safetensors file" in _error(
+        capsys, ["embed", "--quantized", str(d), "--backend", "int", "hi", "-o", out])
+    assert "is a directory, not a text file" in _error(
+        capsys, ["quantize", "--model", str(tiny_dir), "--calibration", str(d), "-o", out])
+    assert "not a regular file" in _error(
+        capsys, ["embed", "--quantized", str(artifact), "--backend", "int", "--input",
+                 "/dev/null", "-o", out])
+    assert "names a directory, not a file" in _error(
+        capsys, ["embed", "--quantized", str(artifact), "--backend", "int", "hi", "-o",
+                 str(tmp_path / "x") + "/"])
+    assert "output directory is empty" in _error(capsys, ["build", "--board", "ulx3s-85f",
+                                                          "-o", ""])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_output_through_a_symlink_and_to_a_device(tmp_path, artifact):
+    """An output that is a symlink writes the file it points to and keeps the link; one that
+    is a device is written, not replaced by a file (``-o /dev/null`` keeps /dev/null)."""
+    import os
+    import stat
+    target = tmp_path / "real.npy"
+    link = tmp_path / "link.npy"
+    link.symlink_to(target)
+    assert main(["embed", "--quantized", str(artifact), "--backend", "int", "hi", "-o",
+                 str(link)]) == 0
+    assert link.is_symlink() and np.load(target).shape[0] == 1
+    dev = tmp_path / "null"
+    try:
+        os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("creating a device node needs root")
+    assert main(["embed", "--quantized", str(artifact), "--backend", "int", "hi", "-o",
+                 str(dev)]) == 0
+    assert stat.S_ISCHR(dev.stat().st_mode) and _leftovers(tmp_path) == []
+
+
+def test_generate_file_in_the_way_moves_nothing(capsys, tmp_path, fake_generate):
+    """A directory where ``generate`` writes a file: one line naming it, and the output
+    directory as it was (no mix of new and old files)."""
+    out = tmp_path / "out"
+    (out / "bertcore_encoder.v").mkdir(parents=True)
+    (out / "mine.txt").write_text("keep")
+    msg = _error(capsys, ["generate", "--preset", "tiny", "-o", str(out)])
+    assert "bertcore_encoder.v': it is a directory" in msg
+    assert sorted(p.name for p in out.iterdir()) == ["bertcore_encoder.v", "mine.txt"]
+    assert _leftovers(out) == [] and _leftovers(tmp_path) == []

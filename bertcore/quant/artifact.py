@@ -48,6 +48,9 @@ def load_artifact(path):
     """Read an artifact written by :func:`save_artifact`; bad files raise :class:`BertError`."""
     from safetensors import safe_open
     path = Path(path)
+    if path.is_dir():
+        raise BertError(f"quantized model {str(path)!r} is a directory, not a .safetensors "
+                        "file (a model directory goes to --model)")
     if not path.is_file():
         raise BertError(f"quantized model {str(path)!r} does not exist")
     try:

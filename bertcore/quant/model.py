@@ -372,7 +372,18 @@ def _fold_offset(b_int, w_int, z, what):
 
 
 def quantize(ckpt, texts, opts=QuantOptions()):
-    """Quantize a float checkpoint into an :class:`IntBert` by calibration on ``texts``."""
+    """Quantize a float checkpoint into an :class:`IntBert` by calibration on ``texts``.
+
+    A model whose ranges the integer kernels cannot represent (a requantization ratio past
+    the multiplier's range, from weights or activations far outside a trained BERT's) raises
+    :class:`BertError` naming it."""
+    try:
+        return _quantize(ckpt, texts, opts)
+    except ValueError as exc:
+        raise BertError(f"{ckpt.path}: cannot quantize this model: {exc}") from None
+
+
+def _quantize(ckpt, texts, opts):
     cal = calibrate(ckpt, texts, opts.pack_tokens, opts.pack_rounds,
                     keep_samples=opts.percentile < 100.0)
     s = ckpt.shape
@@ -671,6 +682,7 @@ class IntBert:
 
     @classmethod
     def from_manifest(cls, manifest, tensors):
+        """The model of an artifact's manifest and tensors, checked (:meth:`check`)."""
         from ..checkpoint import Tokenizer
         shape = BertShape(**manifest["shape"])
         # artifacts written before gelu_granularity existed have per-channel GELU scales
@@ -679,7 +691,89 @@ class IntBert:
         # artifacts written before max_seq_length was stored truncate at max_position
         max_len = int(manifest.get("max_seq_length") or shape.max_position)
         tok = Tokenizer.from_json(tok, max_len) if tok else None
-        return cls(shape, tensors, manifest["consts"], opts, manifest["source_model"], tok)
+        model = cls(shape, tensors, manifest["consts"], opts, manifest["source_model"], tok)
+        model.check()
+        return model
+
+    #: Tensors that are float scales for the host (dequantization, reference), not parameters.
+    _FLOAT_TENSORS = ("out_scale",)
+
+    def check(self):
+        """Raise :class:`BertError` unless the shape, the tensors and the constants agree: an
+        artifact edited or damaged inside a well-formed file is refused when it is loaded, with
+        what is wrong, not later in a kernel (or, worse, run with a layer left out).
+
+        Checked: the shape's sizes; every parameter an integer tensor; the embedding tables'
+        and weight matrices' shapes; tensors for exactly the layers ``0 .. layers - 1``, the
+        same ones in each; every requantization shift (``*.e``) in ``1 ..
+        kernels.REQ_MAX_SHIFT``; then one two-token run through the embedding and every
+        layer, which reads every tensor and constant a run reads.
+        """
+        s = self.shape
+        for name in ("vocab_size", "hidden", "heads", "ffn", "layers", "max_position",
+                     "type_vocab_size"):
+            v = getattr(s, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise BertError(f"quantized model: shape {name} = {v!r} is not a positive "
+                                "integer")
+        if s.hidden % s.heads:
+            raise BertError(f"quantized model: hidden size {s.hidden} is not a multiple of "
+                            f"its {s.heads} heads")
+        for name, t in self.t.items():
+            if not isinstance(t, torch.Tensor):
+                raise BertError(f"quantized model: {name} is not a tensor")
+            if name.rsplit(".", 1)[-1] in self._FLOAT_TENSORS:
+                if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
+                    raise BertError(f"quantized model: {name} holds scales that are not "
+                                    "finite and positive")
+                continue
+            if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+                raise BertError(f"quantized model: {name} is {t.dtype}, not an integer tensor")
+            if name.endswith(".e") and t.numel() and not (
+                    1 <= int(t.min()) and int(t.max()) <= K.REQ_MAX_SHIFT):
+                raise BertError(f"quantized model: {name} has shifts "
+                                f"{int(t.min())}..{int(t.max())}, outside "
+                                f"1..{K.REQ_MAX_SHIFT}")
+        h, f = s.hidden, s.ffn
+        shapes = {"emb.word": (s.vocab_size, h), "emb.position": (s.max_position, h),
+                  "emb.type": (s.type_vocab_size, h)}
+        for i in range(s.layers):
+            shapes.update({f"layer.{i}.{g}.w": (h, h) for g in "qkvo"})
+            shapes.update({f"layer.{i}.ffn1.w": (f, h), f"layer.{i}.ffn2.w": (h, f)})
+        for name, want in shapes.items():
+            if name not in self.t:
+                raise BertError(f"quantized model: tensor {name} is missing")
+            if tuple(self.t[name].shape) != want:
+                raise BertError(f"quantized model: {name} is {tuple(self.t[name].shape)}, not "
+                                f"{want} as the model's shape says")
+        per_layer = {}
+        for name in self.t:
+            parts = name.split(".", 2)
+            if parts[0] == "layer":
+                if len(parts) < 3 or not parts[1].isdigit():
+                    raise BertError(f"quantized model: unexpected tensor {name}")
+                per_layer.setdefault(int(parts[1]), set()).add(parts[2])
+        if sorted(per_layer) != list(range(s.layers)):
+            raise BertError(f"quantized model: tensors for layers {sorted(per_layer)}, the "
+                            f"shape says {s.layers}")
+        for i, names in per_layer.items():
+            if names != per_layer[0]:
+                odd = sorted(names ^ per_layer[0])
+                raise BertError(f"quantized model: layer {i}'s tensors differ from layer 0's "
+                                f"({', '.join(odd[:3])})")
+        layers = self.consts.get("layers") if isinstance(self.consts, dict) else None
+        if not isinstance(layers, list) or len(layers) != s.layers:
+            raise BertError(f"quantized model: constants for {s.layers} layers expected")
+        try:
+            with _one_thread():
+                self.encode_int(self.embed_int(list(range(min(2, s.max_position)))))
+        except BertError:
+            raise
+        except KeyError as exc:
+            raise BertError(f"quantized model: {exc.args[0]} is missing") from None
+        except Exception as exc:
+            raise BertError(f"quantized model: a check run fails: {type(exc).__name__}: "
+                            f"{exc}") from None
 
     def manifest_json(self):
         return json.dumps(self.manifest(), sort_keys=True)
