@@ -166,7 +166,11 @@ def _read_weights(path):
     except BertError:
         raise
     except Exception as exc:
-        raise BertError(f"{path}: unreadable weights: {exc}") from None
+        # torch's message for a file it cannot unpickle is a page long and suggests
+        # weights_only=False, which would run code from the file: say only what failed
+        what = (str(exc).split("\n", 1)[0] if not pt.is_file() or st.is_file()
+                else "not a PyTorch weights file torch can load safely (weights only)")
+        raise BertError(f"{path}: unreadable weights: {what}") from None
     for prefix in _WEIGHT_PREFIXES:
         key = prefix + "embeddings.word_embeddings.weight"
         if key in raw:

@@ -288,12 +288,20 @@ _VERILOG_KEYWORDS = frozenset("""
     var virtual void wait_order with within expect""".split())
 
 
+#: The longest ``generate --name``: the files named after it (``<name>_tb.v``, ``<name>.core``)
+#: must fit a file system's 255-byte names.
+_NAME_MAX = 200
+
+
 def cmd_generate(args):
     from .core.generate import write_ip
     cfg = _config(args)
     if not _VERILOG_NAME.match(args.name) or args.name in _VERILOG_KEYWORDS:
         raise CliError(f"--name {args.name!r} is not a Verilog module name (letters, digits "
                        f"and _, not starting with a digit, not a reserved word)")
+    if len(args.name) > _NAME_MAX:
+        raise CliError(f"--name is {len(args.name)} characters long, at most {_NAME_MAX} (it "
+                       "names the output files, <name>.v, <name>_tb.v, ...)")
     out = _check_output_dir(args.output)
     model = None
     if args.quantized:

@@ -1,5 +1,7 @@
 """Sentence embeddings through the float model, the integer reference, or the simulated RTL."""
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -57,6 +59,9 @@ def embed_texts(texts, *, backend, quantized=None, model=None, simulator="verila
         if model is None:
             from .quant.artifact import load_artifact
             model = load_artifact(quantized).source
+            if not Path(model).is_dir():
+                raise BertError(f"the float backend runs the model {quantized} was quantized "
+                                f"from, {model!r}, which is no longer there: give --model DIR")
         return float_embeddings(load_checkpoint(model), texts, warn)
     if backend not in ("int", "rtl"):
         raise BertError(f"unknown backend {backend!r}")

@@ -227,6 +227,8 @@ def test_generate_tiny_with_image(tmp_path, artifact):
     (["generate", "--preset", "tiny", "--name", "module", "-o", "x"], "not a Verilog module name"),
     (["generate", "--preset", "tiny", "--name", "a$b", "-o", "x"], "not a Verilog module name"),
     (["generate", "--preset", "tiny", "--name", "", "-o", "x"], "not a Verilog module name"),
+    (["generate", "--preset", "tiny", "--name", "n" * 5000, "-o", "x"],
+     "--name is 5000 characters long, at most 200"),
     # sizes far past anything buildable: refused at once (not hours of elaboration, or
     # Python's OverflowError / MemoryError)
     (["generate", "--preset", "tiny", "--set", "hidden=4000000000000000000000", "-o", "x"],
@@ -665,6 +667,38 @@ def test_model_config_and_weights_checked(capsys, tmp_path, tiny_dir):
     assert "cannot quantize this model" in _error(capsys, ["quantize", "--model", str(bad),
                                                            "-o", out])
     assert not (tmp_path / "q.st").exists()
+
+
+def test_garbage_pytorch_weights(capsys, tmp_path, tiny_dir):
+    """A pytorch_model.bin that torch cannot load as weights: one short line, not torch's page
+    that suggests ``weights_only=False`` (which would run code from the file)."""
+    bad = tmp_path / "m"
+    bad.mkdir()
+    for name in ("config.json", "vocab.txt"):
+        (bad / name).write_bytes((tiny_dir / name).read_bytes())
+    (bad / "pytorch_model.bin").write_bytes(bytes(range(256)) * 8)
+    msg = _error(capsys, ["quantize", "--model", str(bad), "-o", str(tmp_path / "q.st")])
+    assert "unreadable weights" in msg and "weights_only" not in msg and len(msg) < 200
+
+
+def test_float_backend_model_moved(capsys, tmp_path, tiny_dir, calib_file, monkeypatch):
+    """The artifact keeps its model directory as an absolute path (the float backend works
+    from any directory); a model directory that is gone is named as the artifact's."""
+    import shutil
+    model = tmp_path / "m"
+    shutil.copytree(tiny_dir, model)
+    monkeypatch.chdir(tmp_path)
+    assert main(["quantize", "--model", "m", "--calibration", str(calib_file), "-o",
+                 "q.safetensors"]) == 0
+    assert load_artifact(tmp_path / "q.safetensors").source == str(model)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["embed", "--quantized", "../q.safetensors", "--backend", "float", "hi",
+                 "-o", "e.npy"]) == 0
+    shutil.rmtree(model)
+    msg = _error(capsys, ["embed", "--quantized", "../q.safetensors", "--backend", "float",
+                          "hi", "-o", "f.npy"])
+    assert "quantized from" in msg and "no longer there" in msg
 
 
 def test_messages_name_the_real_problem(capsys, tmp_path, artifact, tiny_dir):

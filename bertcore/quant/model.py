@@ -26,6 +26,7 @@ import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -483,7 +484,9 @@ def _quantize(ckpt, texts, opts):
         s_x = s_out
     t["out_scale"] = s_x.clone()
     consts["calibration"] = {"texts": cal.texts, "tokens": cal.tokens}
-    return IntBert(s, t, consts, opts, source=str(ckpt.path), tokenizer=ckpt.tokenizer)
+    # the model directory as an absolute path: the float backend finds it from any directory
+    return IntBert(s, t, consts, opts, source=str(Path(ckpt.path).absolute()),
+                   tokenizer=ckpt.tokenizer)
 
 
 # -- Packed sequences ----------------------------------------------------------------------------
