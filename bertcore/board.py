@@ -70,9 +70,25 @@ def image_fingerprint(words, bus_width):
 
 
 def open_port(url, baud=DEFAULT_BAUD, timeout=0.5):
-    """Open ``url`` with :func:`serial.serial_for_url`."""
+    """Open ``url`` with :func:`serial.serial_for_url`; a malformed URL raises
+    :class:`ValueError` saying so."""
     import serial
-    return serial.serial_for_url(url, baudrate=baud, timeout=timeout)
+    from urllib.parse import urlsplit
+    if url.startswith("socket://"):
+        # pyserial's own message for a bad socket URL is its format string's KeyError
+        # ('debug|info|warning|error') or a comparison with None
+        try:
+            port = urlsplit(url).port
+        except ValueError:
+            port = None
+        if not urlsplit(url).hostname or port is None:
+            raise ValueError(f"serial port {url}: a socket URL is socket://HOST:PORT "
+                             "(PORT 0..65535)")
+    try:
+        return serial.serial_for_url(url, baudrate=baud, timeout=timeout)
+    except KeyError:
+        # the same format-string error for unknown URL options (loop://?bad=1)
+        raise ValueError(f"serial port {url}: unknown options in the URL") from None
 
 
 class BoardLink:

@@ -753,3 +753,15 @@ def test_generate_file_in_the_way_moves_nothing(capsys, tmp_path, fake_generate)
     assert "bertcore_encoder.v': it is a directory" in msg
     assert sorted(p.name for p in out.iterdir()) == ["bertcore_encoder.v", "mine.txt"]
     assert _leftovers(out) == [] and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("url, message", [
+    ("socket://:x", "a socket URL is socket://HOST:PORT"),
+    ("socket://host", "a socket URL is socket://HOST:PORT"),
+    ("socket://h:99999", "a socket URL is socket://HOST:PORT"),
+    ("loop://?bad=1", "unknown options in the URL"),
+])
+def test_malformed_port_urls(capsys, url, message):
+    """pyserial's messages for these were its format string's KeyError
+    ('debug|info|warning|error'), and loop://?bad=1 was a traceback."""
+    assert message in _error(capsys, ["board", "status", "--port", url, "--preset", "tiny"])
