@@ -30,8 +30,9 @@ from bertcore.config import preset
 from bertcore.core.encoder import EncoderCore
 from bertcore.core.image import (FAIL_EMPTY, FAIL_HEADER, FAIL_IMAGE_LENGTH, FAIL_NO_IMAGE,
                                  FAIL_TOO_LONG, pack_activations, pack_parameter_image)
+from bertcore.core.perf import run_cycles
 from fixtures_bert import tiny_ckpt, tiny_dir, tiny_int  # noqa: F401
-from rtl_sim import simulate, stream_get, stream_put
+from rtl_sim import CLOCK_PERIOD, simulate, stream_get, stream_put
 from sim.runner import run_cocotb
 from test_core import (ImageReplayTop, cocotb_core, packet, tiny_core,  # noqa: F401
                        tiny_image)
@@ -86,7 +87,7 @@ def image_packet(words, kind):
     return packet(words)
 
 
-def run_scenario_sim(dut, image, runs, *, stall, seed=1, deadline=2e-2):
+def run_scenario_sim(dut, image, runs, *, stall, seed=1):
     """Amaranth simulation of ``dut`` (an :class:`EncoderCore`) over the scenario ``runs``.
 
     Images go back to back (each queued right behind the previous one); run ``r``'s activation
@@ -94,7 +95,15 @@ def run_scenario_sim(dut, image, runs, *, stall, seed=1, deadline=2e-2):
     previous packet, and, with ``AFTER_OUTCOME``, after run ``r``'s outcome packet). Random
     stalls of probability ``stall`` on all three streams. Returns the output packets (lists of
     payload dicts) and the final ``failed_runs``.
+
+    The simulation stops with an error after a budget from the cycle model: per run, twice a
+    full-length run's modeled cycles (a failed run takes no longer than a good one) slowed by
+    the stalls, its delay, and 2000 cycles.
     """
+    cfg = dut.config
+    rate = cfg.bus_width / 8 * (1 - stall) if stall else None
+    budget = int(sum(2 * run_cycles(cfg, cfg.max_seq, param_rate=rate) / (1 - stall) + 2000
+                     + max(run["delay"], 0) for run in runs))
     started = set()             # runs whose first image beat was taken
     outcomes = []
     failed = []
@@ -142,7 +151,12 @@ def run_scenario_sim(dut, image, runs, *, stall, seed=1, deadline=2e-2):
             await ctx.tick()
         failed.append(ctx.get(dut.failed_runs))
 
-    simulate(dut, put_param, put_act, get_out, name="core_outcome", deadline=deadline)
+    try:
+        simulate(dut, put_param, put_act, get_out, name="core_outcome",
+                 deadline=budget * CLOCK_PERIOD)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {len(outcomes)} of {len(runs)} outcome packets in "
+                             f"{budget} cycles (a stalled core?)") from None
     return outcomes, failed[0]
 
 
@@ -182,8 +196,7 @@ def test_failures_amaranth(tiny_core, tiny_image):
          .too_long()
          .empty(delay=3)
          .good(2))
-    outcomes, failed = run_scenario_sim(EncoderCore(TINY), tiny_image, s.runs, stall=0.3,
-                                        deadline=5e-2)
+    outcomes, failed = run_scenario_sim(EncoderCore(TINY), tiny_image, s.runs, stall=0.3)
     check_outcomes(s.runs, outcomes)
     assert failed == 6
 
@@ -200,8 +213,7 @@ def test_failures_resident_amaranth(tiny_core, tiny_image):
          .good(1, image="none")
          .failed("bad_header", FAIL_HEADER, delay=8)
          .failed("none", FAIL_NO_IMAGE))
-    outcomes, failed = run_scenario_sim(EncoderCore(cfg), tiny_image, s.runs, stall=0.2,
-                                        deadline=5e-2)
+    outcomes, failed = run_scenario_sim(EncoderCore(cfg), tiny_image, s.runs, stall=0.2)
     check_outcomes(s.runs, outcomes)
     assert failed == 4
 
