@@ -204,10 +204,13 @@ def _texts(args):
         try:
             t.encode("utf-8")
         except UnicodeEncodeError as exc:
-            # the shell passed bytes that are not UTF-8 (Python keeps them as surrogates)
-            bad = t[exc.start].encode("utf-8", "surrogateescape")
-            raise CliError(f"input text is not UTF-8 (byte 0x{bad[0]:02x} at character "
-                           f"{exc.start}); give UTF-8 text") from None
+            # the shell passed bytes that are not UTF-8: Python keeps each as a surrogate
+            # U+DC80..U+DCFF (any other surrogate is named as it is)
+            code = ord(t[exc.start])
+            what = (f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF
+                    else f"U+{code:04X}")
+            raise CliError(f"input text is not UTF-8 ({what} at character {exc.start}); "
+                           "give UTF-8 text") from None
     if not texts:
         raise CliError("no input: give --input FILE or TEXT arguments")
     if any(not t.strip() for t in texts):
