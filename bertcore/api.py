@@ -13,6 +13,8 @@ tokens and L2 normalization, as sentence-transformers' ``Pooling`` (mean) and ``
 modules of all-MiniLM-L6-v2 do.
 """
 
+import os
+
 import numpy as np
 
 from .checkpoint import BertError
@@ -48,16 +50,32 @@ class SentenceEncoder:
     Raises
     ------
     BertError
-        If the artifact is missing or unreadable, or the backend is unknown.
+        If the artifact is missing or unreadable, the backend is unknown or an argument is of
+        the wrong kind; from :meth:`encode`, for bad texts and, on the board backend, a port
+        that cannot be opened or a configuration that does not fit the model or the board.
     """
 
     def __init__(self, artifact, backend="int", *, simulator="verilator", port=None,
                  config=None, baud=None):
+        from .config import CoreConfig
         from .quant.artifact import load_artifact
+        if not isinstance(artifact, (str, os.PathLike)) or not str(artifact).strip():
+            raise BertError(f"artifact must be the path of a quantized model (str or Path), "
+                            f"not {artifact!r}")
         if backend not in BACKENDS:
             raise BertError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
         if backend == "board" and port is None:
             raise BertError("backend 'board' needs port= (a serial device or pyserial URL)")
+        if port is not None and not isinstance(port, str) and not (
+                hasattr(port, "read") and hasattr(port, "write")):
+            raise BertError(f"port must be a serial device, a pyserial URL or a pyserial-like "
+                            f"object, not {type(port).__name__}")
+        if config is not None and not isinstance(config, CoreConfig):
+            raise BertError(f"config must be a CoreConfig (e.g. bertcore.config.preset(name)), "
+                            f"not {type(config).__name__}")
+        if baud is not None and (isinstance(baud, bool) or not isinstance(baud, int)
+                                 or baud < 1):
+            raise BertError(f"baud must be a positive integer, not {baud!r}")
         self.artifact = artifact
         self.backend = backend
         self.simulator = simulator
@@ -76,8 +94,9 @@ class SentenceEncoder:
     def encode(self, sentences):
         """Embeddings of ``sentences``: float32 ``[N, dimension]``, L2-normalized, input order
         kept; a single string gives one vector ``[dimension]`` (as sentence-transformers)."""
+        from .embed import check_texts
         single = isinstance(sentences, str)
-        texts = [sentences] if single else list(sentences)
+        texts = check_texts(sentences)
         if not texts:
             return np.zeros((0, self.dimension), np.float32)
         if self.backend == "board":
@@ -91,8 +110,9 @@ class SentenceEncoder:
     def _board(self, texts):
         """The board runs the encoder layers; the host embeds, pools and normalizes as the
         other backends (``bertcore board run``)."""
-        from .board import DEFAULT_BAUD, BoardLink, load_parameters, open_port, run_texts
-        from .core.image import pack_parameter_image
+        from .board import (DEFAULT_BAUD, BoardError, BoardLink, load_parameters, open_port,
+                            run_texts)
+        from .core.image import ImageError, check_model, pack_parameter_image
         from .quant.floatref import mean_pool
         qm = self._model
         if self._link is None:
@@ -100,13 +120,18 @@ class SentenceEncoder:
             if config is None:
                 from .embed import preset_for
                 _, config = preset_for(qm.shape)
-            from .core.image import check_model
-            check_model(qm, config)
-            port = self._port
-            if isinstance(port, str):
-                port = open_port(port, self._baud or DEFAULT_BAUD)
+            try:
+                check_model(qm, config)
+                port = self._port
+                if isinstance(port, str):
+                    port = open_port(port, self._baud or DEFAULT_BAUD)
+            except (ImageError, OSError, ValueError) as exc:   # SerialException: an OSError
+                raise BertError(" ".join(str(exc).split())) from None
             link = BoardLink.of(port)
-            load_parameters(link, pack_parameter_image(qm, config), config)
+            try:
+                load_parameters(link, pack_parameter_image(qm, config), config)
+            except BoardError as exc:        # the board runs another configuration
+                raise BertError(str(exc)) from None
             self._link, self._config = link, config
         try:
             results = run_texts(self._link, qm, texts, self._config)

@@ -180,7 +180,16 @@ def _read_weights(path):
 
 
 def load_checkpoint(model_dir=None, max_length=None):
-    """Load a local BERT checkpoint directory, offline, with clear errors for bad input."""
+    """Load a local BERT checkpoint directory, offline, with clear errors for bad input.
+
+    ``max_length``: the tokenizer's truncation length (default: sentence-transformers', else
+    the position table's), 1 .. ``max_position_embeddings``."""
+    if model_dir is not None and not isinstance(model_dir, (str, os.PathLike)):
+        raise BertError(f"model_dir must be a directory path (str or Path), not "
+                        f"{type(model_dir).__name__}")
+    if max_length is not None and (isinstance(max_length, bool)
+                                   or not isinstance(max_length, int) or max_length < 1):
+        raise BertError(f"max_length must be a positive integer, not {max_length!r}")
     path = Path(model_dir) if model_dir is not None else default_model_dir()
     if path.exists() and not path.is_dir():
         raise BertError(f"model {str(path)!r} is a file, not a model directory (give the "
@@ -208,7 +217,18 @@ def load_checkpoint(model_dir=None, max_length=None):
             type_vocab_size=int(cfg.get("type_vocab_size", 2)),
             layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)))
     except (KeyError, TypeError, ValueError) as exc:
-        raise BertError(f"{cfg_path}: missing or bad field {exc}") from None
+        raise BertError(f"{cfg_path}: missing or bad field "
+                        f"{' '.join(str(exc).split())}") from None
+    for key, v in (("vocab_size", shape.vocab_size), ("hidden_size", shape.hidden),
+                   ("num_attention_heads", shape.heads), ("intermediate_size", shape.ffn),
+                   ("num_hidden_layers", shape.layers),
+                   ("max_position_embeddings", shape.max_position),
+                   ("type_vocab_size", shape.type_vocab_size)):
+        if v < 1:
+            raise BertError(f"{cfg_path}: {key} is {v}, not a positive size")
+    if not 0 < shape.layer_norm_eps < 1:        # NaN fails too
+        raise BertError(f"{cfg_path}: layer_norm_eps {shape.layer_norm_eps} is not a small "
+                        "positive number")
     if shape.hidden % shape.heads:
         raise BertError(f"{cfg_path}: hidden_size {shape.hidden} is not divisible by "
                         f"num_attention_heads {shape.heads}")
@@ -219,6 +239,9 @@ def load_checkpoint(model_dir=None, max_length=None):
         raise BertError(f"{cfg_path}: only absolute position embeddings are supported")
     weights = _read_weights(path)
     _check_weights(path, shape, weights)
+    if max_length is not None and max_length > shape.max_position:
+        raise BertError(f"max_length {max_length} is past the model's "
+                        f"{shape.max_position} positions")
     tok = Tokenizer(path, max_length or _max_seq_length(path, shape))
     return BertCheckpoint(path=path, shape=shape, weights=weights, tokenizer=tok)
 
@@ -238,6 +261,11 @@ def _max_seq_length(path, shape):
 
 
 def _check_weights(path, shape, w):
+    layers = {int(k.split(".")[2]) for k in w
+              if k.startswith("encoder.layer.") and k.split(".")[2].isdigit()}
+    if layers and max(layers) >= shape.layers:
+        raise BertError(f"{path}: the weights hold {max(layers) + 1} layers, config.json's "
+                        f"num_hidden_layers says {shape.layers}")
     h, f = shape.hidden, shape.ffn
     # every tensor the quantizer and the float reference read, with its shape
     expect = {

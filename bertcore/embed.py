@@ -28,6 +28,34 @@ def token_ids(tokenizer, texts, warn=None):
     return ids
 
 
+def check_texts(texts):
+    """``texts`` as a list of strings, each with something to embed; a single string is one
+    text. Raises :class:`BertError` for anything else: not an iterable of strings (``None``,
+    bytes, numbers), an empty or blank text, a string that is not valid Unicode (a lone
+    surrogate)."""
+    if isinstance(texts, str):
+        return [texts]
+    if texts is None or isinstance(texts, (bytes, bytearray)):
+        raise BertError(f"texts must be a string or a list of strings, not "
+                        f"{type(texts).__name__}")
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise BertError(f"texts must be a string or a list of strings, not "
+                        f"{type(texts).__name__}") from None
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise BertError(f"text {i} is {type(t).__name__}, not a string")
+        if not t.strip():
+            raise BertError(f"empty input text (text {i})")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BertError(f"text {i} is not valid Unicode (U+{ord(t[exc.start]):04X}, a "
+                            f"lone surrogate, at character {exc.start})") from None
+    return texts
+
+
 def float_embeddings(ckpt, texts, warn=None):
     """Mean-pooled, L2-normalized embeddings of the transformers ``BertModel`` (float32)."""
     model = ckpt.float_model()
@@ -48,20 +76,29 @@ def embed_texts(texts, *, backend, quantized=None, model=None, simulator="verila
     (:mod:`bertcore.packing`; the ``int`` backend then runs the packets through the integer
     reference, as the core would): the embeddings do not change. Default (``None``): on for
     ``rtl`` (the core reads segment tables), off for ``int``. Texts longer than the model's
-    limit are truncated (:func:`token_ids`); ``warn`` is then told how many.
+    limit are truncated (:func:`token_ids`); ``warn`` is then told how many. ``texts``: a list
+    of strings, or one string (one text); bad texts raise :class:`BertError`
+    (:func:`check_texts`).
     """
+    texts = check_texts(texts)
     if not texts:
         raise BertError("no input texts")
-    for t in texts:
-        if not isinstance(t, str) or not t.strip():
-            raise BertError("empty input text")
+    if warn is not None and not callable(warn):
+        raise BertError(f"warn must be a function of one message, not {type(warn).__name__}")
+    if backend == "float" and model is None and quantized is None:
+        raise BertError("backend 'float' needs model= (a model directory) or quantized= (an "
+                        "artifact of bertcore quantize)")
+    if backend in ("int", "rtl") and quantized is None:
+        raise BertError(f"backend {backend!r} needs quantized= (an artifact of bertcore "
+                        "quantize)")
     if backend == "float":
         if model is None:
             from .quant.artifact import load_artifact
             model = load_artifact(quantized).source
             if not Path(model).is_dir():
                 raise BertError(f"the float backend runs the model {quantized} was quantized "
-                                f"from, {model!r}, which is no longer there: give --model DIR")
+                                f"from, {model!r}, which is no longer there: give the model "
+                                "directory (--model DIR, model=)")
         return float_embeddings(load_checkpoint(model), texts, warn)
     if backend not in ("int", "rtl"):
         raise BertError(f"unknown backend {backend!r}")

@@ -69,3 +69,100 @@ def test_rtl_backend(artifact):
     enc = bertcore.SentenceEncoder(artifact, backend="rtl")
     ref = bertcore.SentenceEncoder(artifact).encode(TINY_EVAL[:2])
     assert np.array_equal(enc.encode(TINY_EVAL[:2]), ref)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda a: bertcore.SentenceEncoder(None), "artifact must be the path"),
+    (lambda a: bertcore.SentenceEncoder(5), "artifact must be the path"),
+    (lambda a: bertcore.SentenceEncoder(""), "artifact must be the path"),
+    (lambda a: bertcore.SentenceEncoder(a, config="tiny"), "config must be a CoreConfig"),
+    (lambda a: bertcore.SentenceEncoder(a, backend="board", port=5), "port must be"),
+    (lambda a: bertcore.SentenceEncoder(a, backend="board", port="loop://", baud=-1),
+     "baud must be a positive integer"),
+    (lambda a: bertcore.SentenceEncoder(a).encode(None), "not NoneType"),
+    (lambda a: bertcore.SentenceEncoder(a).encode(5), "not int"),
+    (lambda a: bertcore.SentenceEncoder(a).encode(b"bytes"), "not bytes"),
+    (lambda a: bertcore.SentenceEncoder(a).encode(np.array("x")), "not ndarray"),
+    (lambda a: bertcore.SentenceEncoder(a).encode(["ok", None]), "text 1 is NoneType"),
+    (lambda a: bertcore.SentenceEncoder(a).encode(["ok", "\udcff"]),
+     "text 1 is not valid Unicode"),
+    (lambda a: bertcore.SentenceEncoder(a, backend="float").encode(["\ud800"]),
+     "not valid Unicode"),
+    (lambda a: bertcore.SentenceEncoder(a, backend="board", port="socket://nohost")
+     .encode(["a dog"]), "a socket URL is socket://HOST:PORT"),
+    (lambda a: bertcore.SentenceEncoder(a, backend="board", port="loop://",
+                                        config=bertcore.config.preset("minilm"))
+     .encode(["a dog"]), "the model has hidden=32"),
+    (lambda a: embed_texts(["a dog"], backend="int"), "backend 'int' needs quantized="),
+    (lambda a: embed_texts(["a dog"], backend="float"), "backend 'float' needs model="),
+    (lambda a: embed_texts(["a " * 500], backend="int", quantized=a, warn=5),
+     "warn must be a function"),
+], ids=["artifact-None", "artifact-int", "artifact-empty", "config-str", "port-int",
+        "baud-negative", "texts-None", "texts-int", "texts-bytes", "texts-0d-array",
+        "text-None", "text-escaped-byte", "text-lone-surrogate", "board-bad-url",
+        "board-config-mismatch", "int-without-artifact", "float-without-model", "warn-int"])
+def test_bad_arguments_raise_bert_error(artifact, call, message):
+    """Found by an independent probe of the API: each was a TypeError, AttributeError,
+    ValueError, ImageError or SerialException from deep inside."""
+    with pytest.raises(BertError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        call(artifact)
+
+
+def test_embed_texts_takes_a_string_generator_or_array(artifact):
+    """One string is one text (it was one text per character); a generator is read once (it
+    was used up by the checks); a numpy array of strings works."""
+    emb = embed_texts(TINY_EVAL, backend="int", quantized=artifact)
+    assert np.array_equal(embed_texts(TINY_EVAL[0], backend="int", quantized=artifact),
+                          emb[:1])
+    assert np.array_equal(embed_texts((t for t in TINY_EVAL), backend="int",
+                                      quantized=artifact), emb)
+    assert np.array_equal(embed_texts(np.array(TINY_EVAL), backend="int", quantized=artifact),
+                          emb)
+
+
+def _edited_checkpoint(src, dst, **config):
+    import json
+    import shutil
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(config)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"num_hidden_layers": 1}, "the weights hold 2 layers, config.json's num_hidden_layers "
+                               "says 1"),
+    ({"num_hidden_layers": 0}, "num_hidden_layers is 0, not a positive size"),
+    ({"num_attention_heads": 0}, "num_attention_heads is 0"),
+    ({"layer_norm_eps": float("nan")}, "layer_norm_eps nan is not a small positive number"),
+])
+def test_checkpoint_config_against_weights(tmp_path, tiny_dir, config, message):
+    """A config.json that contradicts the weights: a layer fewer was loaded and run without
+    it, NaN eps gave NaN embeddings, 0 heads a ZeroDivisionError."""
+    from bertcore.checkpoint import load_checkpoint
+    bad = _edited_checkpoint(tiny_dir, tmp_path / "m", **config)
+    with pytest.raises(BertError, match=message):
+        load_checkpoint(bad)
+
+
+@pytest.mark.parametrize("max_length, message", [
+    (-5, "max_length must be a positive integer"), ("x", "max_length must be"),
+    (2.5, "max_length must be"), (0, "max_length must be"),
+    (10 ** 6, "past the model's 64 positions"),
+])
+def test_checkpoint_max_length_checked(tiny_dir, max_length, message):
+    from bertcore.checkpoint import load_checkpoint
+    with pytest.raises(BertError, match=message):
+        load_checkpoint(tiny_dir, max_length=max_length)
+
+
+def test_pack_activations_refuses_floats():
+    """Float activations were cut to integers without a word."""
+    import torch
+    from bertcore.config import preset
+    from bertcore.core.image import ImageError, pack_activations
+    with pytest.raises(ImageError, match="must be integers"):
+        pack_activations(torch.zeros(2, 32) + 0.5, preset("tiny"))
+    with pytest.raises(ImageError, match="must be an int8 tensor"):
+        pack_activations(None, preset("tiny"))

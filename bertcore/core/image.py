@@ -440,7 +440,15 @@ def pack_activations(x, config):
     The last beat is padded with zero bytes; it carries ``tlast``. ``L`` must lie in
     ``1..config.max_seq``.
     """
-    x = torch.as_tensor(x).to(torch.int64)
+    try:
+        x = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ImageError(f"activations must be an int8 tensor [L, {config.hidden}]: "
+                         f"{' '.join(str(exc).split())}") from None
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        # a float would be cut to an integer without a word
+        raise ImageError(f"activations must be integers (int8 values), not {x.dtype}")
+    x = x.to(torch.int64)
     if x.ndim != 2 or x.shape[1] != config.hidden:
         raise ImageError(f"activations must have shape [L, {config.hidden}], not "
                          f"{list(x.shape)}")

@@ -743,6 +743,8 @@ class IntBert:
         for i in range(s.layers):
             shapes.update({f"layer.{i}.{g}.w": (h, h) for g in "qkvo"})
             shapes.update({f"layer.{i}.ffn1.w": (f, h), f"layer.{i}.ffn2.w": (h, f)})
+        if "out_scale" not in self.t:           # read by dequantize only, not the check run
+            raise BertError("quantized model: tensor out_scale is missing")
         for name, want in shapes.items():
             if name not in self.t:
                 raise BertError(f"quantized model: tensor {name} is missing")
