@@ -82,6 +82,23 @@ class SentenceEncoder:
         self._model = load_artifact(artifact)          # checked now, not at the first encode
         self._port, self._config, self._baud, self._link = port, config, baud, None
 
+    def close(self):
+        """Release the board's serial port if this encoder opened it (a port object given as
+        ``port=`` stays open: its owner closes it). The encoder can be used again: the next
+        call opens the port and loads the image again. Also ``with SentenceEncoder(...) as
+        enc:``."""
+        link, self._link = self._link, None
+        if link is not None and isinstance(self._port, str):
+            close = getattr(link.port, "close", None)
+            if close is not None:
+                close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     @property
     def dimension(self):
         """Size of an embedding (the model's hidden size)."""

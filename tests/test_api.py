@@ -59,6 +59,14 @@ def test_board_backend_against_fake_board(artifact):
         enc = bertcore.SentenceEncoder(artifact, backend="board", port=board.port)
         emb = enc.encode(TINY_EVAL[:2])
         assert np.array_equal(emb, bertcore.SentenceEncoder(artifact).encode(TINY_EVAL[:2]))
+        # close() releases the port it opened; the next call opens it again
+        port = enc._link.port
+        enc.close()
+        assert not port.is_open and enc._link is None
+        with enc:
+            assert np.array_equal(enc.encode(TINY_EVAL[:2]), emb)
+            port = enc._link.port
+        assert not port.is_open
     finally:
         board.close()
 
