@@ -174,3 +174,24 @@ def test_pack_activations_refuses_floats():
         pack_activations(torch.zeros(2, 32) + 0.5, preset("tiny"))
     with pytest.raises(ImageError, match="must be an int8 tensor"):
         pack_activations(None, preset("tiny"))
+
+
+def test_image_functions_check_their_arguments():
+    """pack_parameter_image, pack_activations and unpack_activations raised AttributeError,
+    RuntimeError or OverflowError for arguments of the wrong kind."""
+    import numpy as np_
+    from bertcore.config import preset
+    from bertcore.core.image import (ImageError, pack_activations, pack_parameter_image,
+                                     unpack_activations)
+    cfg = preset("tiny")
+    for call, message in (
+            (lambda: pack_parameter_image(None, cfg), "must be an IntBert"),
+            (lambda: pack_parameter_image("tiny.safetensors", cfg), "must be an IntBert"),
+            (lambda: pack_activations([[0] * 32], None), "config must be a CoreConfig"),
+            (lambda: unpack_activations([0] * 16, -1, cfg), "positive number of rows"),
+            (lambda: unpack_activations([0] * 16, 1.5, cfg), "positive number of rows"),
+            (lambda: unpack_activations([-1] * 16, 1, cfg), "bus words must lie in")):
+        with pytest.raises(ImageError, match=message):
+            call()
+    words = pack_activations([[1] * 32], cfg)
+    assert unpack_activations(words, np_.int64(1), cfg).tolist() == [[1] * 32]

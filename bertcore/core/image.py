@@ -22,6 +22,7 @@ Records are vectors in a fixed order. The records are described once, here
 interpreter (:mod:`bertcore.core.interp` reads by them) all follow this description.
 """
 
+import operator
 import zlib
 from dataclasses import dataclass
 
@@ -168,6 +169,13 @@ def vector_beats(bits, bus_width):
     return -(-bits // bus_width)
 
 
+def _check_config(config):
+    from bertcore.config import CoreConfig
+    if not isinstance(config, CoreConfig):
+        raise ImageError(f"config must be a CoreConfig (bertcore.config.preset(name)), not "
+                         f"{type(config).__name__}")
+
+
 def check_core_config(config):
     """Raise :class:`ImageError` unless the encoder core supports ``config``.
 
@@ -175,6 +183,7 @@ def check_core_config(config):
     head dimension, FFN size) that are multiples of ``array_cols`` and softmax / LayerNorm unit
     counts that divide it.
     """
+    _check_config(config)
     n = config.array_cols
     if config.array_rows != n:
         raise ImageError(f"the encoder core needs a square array, not "
@@ -211,6 +220,11 @@ def check_model(int_model, config):
     encoder shape and the same arithmetic (the width ``prob_bits`` of the attention
     probabilities, at a fixed scale; the width ``gelu_bits`` of the GELU outputs, without an
     offset)."""
+    from bertcore.quant.model import IntBert
+    if not isinstance(int_model, IntBert):
+        raise ImageError(f"the model must be an IntBert (bertcore.quant.artifact.load_artifact), "
+                         f"not {type(int_model).__name__}")
+    _check_config(config)
     s = int_model.shape
     for name, want in (("hidden", s.hidden), ("heads", s.heads), ("ffn", s.ffn),
                        ("layers", s.layers)):
@@ -440,6 +454,7 @@ def pack_activations(x, config):
     The last beat is padded with zero bytes; it carries ``tlast``. ``L`` must lie in
     ``1..config.max_seq``.
     """
+    _check_config(config)
     try:
         x = torch.as_tensor(x)
     except (TypeError, ValueError, RuntimeError) as exc:
@@ -464,6 +479,16 @@ def pack_activations(x, config):
 
 def unpack_activations(words, length, config):
     """Bus words of an activation packet → int64 tensor ``[length, hidden]``."""
+    _check_config(config)
+    try:
+        ok = not isinstance(length, bool) and operator.index(length) >= 1
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ImageError(f"length must be a positive number of rows, not {length!r}")
+    length = operator.index(length)
+    if any(int(w) < 0 or int(w) >> config.bus_width for w in words):
+        raise ImageError(f"bus words must lie in 0 .. 2**{config.bus_width} - 1")
     nb = config.bus_width // 8
     data = b"".join(int(w).to_bytes(nb, "little") for w in words)
     need = length * config.hidden
