@@ -45,9 +45,30 @@ class BertShape:
     type_vocab_size: int
     layer_norm_eps: float
 
+    #: The sizes, each a positive integer.
+    SIZES = ("vocab_size", "hidden", "heads", "ffn", "layers", "max_position", "type_vocab_size")
+
     @property
     def head_dim(self):
         return self.hidden // self.heads
+
+    def check(self, where, names=None):
+        """Raise :class:`BertError` (prefixed ``where``) unless every size is a positive
+        integer, ``layer_norm_eps`` a small positive number and ``hidden`` a multiple of
+        ``heads``. ``names``: what to call the fields (e.g. config.json's keys)."""
+        names = names or {}
+        for field in self.SIZES:
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise BertError(f"{where}: {names.get(field, field)} is {v!r}, not a positive "
+                                "size")
+        eps = self.layer_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise BertError(f"{where}: {names.get('layer_norm_eps', 'layer_norm_eps')} {eps} "
+                            "is not a small positive number")          # (NaN fails too)
+        if self.hidden % self.heads:
+            raise BertError(f"{where}: {names.get('hidden', 'hidden')} {self.hidden} is not "
+                            f"divisible by {names.get('heads', 'heads')} {self.heads}")
 
     def to_dict(self):
         return dict(self.__dict__)
@@ -168,8 +189,8 @@ def _read_weights(path):
     except Exception as exc:
         # torch's message for a file it cannot unpickle is a page long and suggests
         # weights_only=False, which would run code from the file: say only what failed
-        what = (str(exc).split("\n", 1)[0] if not pt.is_file() or st.is_file()
-                else "not a PyTorch weights file torch can load safely (weights only)")
+        what = ("not a PyTorch weights file torch can load safely (weights only)"
+                if pt.is_file() and not st.is_file() else str(exc).split("\n", 1)[0])
         raise BertError(f"{path}: unreadable weights: {what}") from None
     for prefix in _WEIGHT_PREFIXES:
         key = prefix + "embeddings.word_embeddings.weight"
@@ -177,6 +198,12 @@ def _read_weights(path):
             return {k[len(prefix):]: v.to(torch.float32) for k, v in raw.items()
                     if k.startswith(prefix)}
     raise BertError(f"{path}: weights are not a BERT encoder (no embeddings.word_embeddings)")
+
+
+#: config.json's names of the :class:`BertShape` fields.
+_CONFIG_KEYS = {"hidden": "hidden_size", "heads": "num_attention_heads",
+                "ffn": "intermediate_size", "layers": "num_hidden_layers",
+                "max_position": "max_position_embeddings"}
 
 
 def load_checkpoint(model_dir=None, max_length=None):
@@ -219,19 +246,7 @@ def load_checkpoint(model_dir=None, max_length=None):
     except (KeyError, TypeError, ValueError) as exc:
         raise BertError(f"{cfg_path}: missing or bad field "
                         f"{' '.join(str(exc).split())}") from None
-    for key, v in (("vocab_size", shape.vocab_size), ("hidden_size", shape.hidden),
-                   ("num_attention_heads", shape.heads), ("intermediate_size", shape.ffn),
-                   ("num_hidden_layers", shape.layers),
-                   ("max_position_embeddings", shape.max_position),
-                   ("type_vocab_size", shape.type_vocab_size)):
-        if v < 1:
-            raise BertError(f"{cfg_path}: {key} is {v}, not a positive size")
-    if not 0 < shape.layer_norm_eps < 1:        # NaN fails too
-        raise BertError(f"{cfg_path}: layer_norm_eps {shape.layer_norm_eps} is not a small "
-                        "positive number")
-    if shape.hidden % shape.heads:
-        raise BertError(f"{cfg_path}: hidden_size {shape.hidden} is not divisible by "
-                        f"num_attention_heads {shape.heads}")
+    shape.check(cfg_path, _CONFIG_KEYS)
     act = cfg.get("hidden_act", "gelu")
     if act not in ("gelu", "gelu_python"):
         raise BertError(f"{cfg_path}: hidden_act {act!r} is not supported (erf GELU only)")

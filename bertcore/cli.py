@@ -196,26 +196,11 @@ def _texts(args):
     if args.input and args.text:
         raise CliError("give either --input FILE or TEXT arguments, not both")
     if args.input:
-        if Path(args.input).is_dir():
-            raise CliError(f"input {args.input!r} is a directory, not a text file")
         return _read_lines(args.input, "input")
-    texts = [t for t in args.text]
-    for t in texts:
-        try:
-            t.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            # the shell passed bytes that are not UTF-8: Python keeps each as a surrogate
-            # U+DC80..U+DCFF (any other surrogate is named as it is)
-            code = ord(t[exc.start])
-            what = (f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF
-                    else f"U+{code:04X}")
-            raise CliError(f"input text is not UTF-8 ({what} at character {exc.start}); "
-                           "give UTF-8 text") from None
-    if not texts:
+    if not args.text:
         raise CliError("no input: give --input FILE or TEXT arguments")
-    if any(not t.strip() for t in texts):
-        raise CliError("empty input text")
-    return texts
+    from .embed import check_texts
+    return check_texts(args.text)        # (blank texts, bytes that are not UTF-8)
 
 
 def cmd_embed(args):

@@ -51,8 +51,12 @@ def check_texts(texts):
         try:
             t.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise BertError(f"text {i} is not valid Unicode (U+{ord(t[exc.start]):04X}, a "
-                            f"lone surrogate, at character {exc.start})") from None
+            # bytes that are not UTF-8 on a command line come as surrogates U+DC80..U+DCFF
+            code = ord(t[exc.start])
+            what = (f"not UTF-8 (byte 0x{code - 0xDC00:02x} at character {exc.start})"
+                    if 0xDC80 <= code <= 0xDCFF
+                    else f"U+{code:04X}, a lone surrogate, at character {exc.start}")
+            raise BertError(f"text {i} is not valid Unicode: {what}") from None
     return texts
 
 

@@ -586,7 +586,7 @@ def _set(d, path, value):
     (lambda t: t.__setitem__("emb.word", t["emb.word"][:10]), None, "emb.word is (10, 32)"),
     (None, lambda m: _set(m, "shape.layers", 3), "tensor layer.2.q.w is missing"),
     (None, lambda m: _set(m, "shape.layers", 1), "tensors for layers [0, 1], the shape says 1"),
-    (None, lambda m: _set(m, "shape.heads", 0), "shape heads = 0 is not a positive integer"),
+    (None, lambda m: _set(m, "shape.heads", 0), "heads is 0, not a positive size"),
     (None, lambda m: _set(m, "shape.hidden", 64), "emb.word is (92, 32), not (92, 64)"),
     (None, lambda m: _set(m, "consts.layers", None), "constants for 2 layers expected"),
 ], ids=["missing-tensor", "short-matrix", "float-weight", "shift-100", "shift-0", "nan-scale",

@@ -267,7 +267,8 @@ def run_core_sim(dut, words, xs, *, stall, seed=1, images=None):
     """
     cfg = dut.config
     images = [True] * len(xs) if images is None else images
-    budget = sim_budget(cfg, xs, stall)
+    budget = sim_budget(cfg, [([s.shape[0] for s in x] if isinstance(x, list) else x.shape[0])
+                              for x in xs], stall)
     image = packet(words)
     outputs, cycles, layer_cycles = [], [], []
 
@@ -320,16 +321,17 @@ def run_core_sim(dut, words, xs, *, stall, seed=1, images=None):
     return outputs, cycles, layer_cycles
 
 
-def sim_budget(cfg, xs, stall):
-    """Cycles :func:`run_core_sim` allows for the runs ``xs`` with streams stalled a fraction
-    ``stall`` of the time: twice :func:`~bertcore.core.perf.run_cycles` of each run (its image
-    at the stalled stream's rate), slowed by ``1 / (1 - stall)`` for the activation and output
-    streams, plus 2000 cycles of start-up per run."""
+def sim_budget(cfg, runs, stall):
+    """Cycles an Amaranth simulation of the core allows for ``runs`` (each a row count, or a
+    packed run's list of segment lengths) with streams stalled a fraction ``stall`` of the
+    time: twice :func:`~bertcore.core.perf.run_cycles` of each run (its image at the stalled
+    stream's rate), slowed by ``1 / (1 - stall)`` for the activation and output streams, plus
+    2000 cycles of start-up per run."""
+    rate = cfg.bus_width / 8 * (1 - stall) if stall else None
     total = 0
-    for x in xs:
-        segments = [s.shape[0] for s in x] if isinstance(x, list) else None
-        rows = sum(segments) if segments else x.shape[0]
-        rate = cfg.bus_width / 8 * (1 - stall) if stall else None
+    for run in runs:
+        segments = run if isinstance(run, list) else None
+        rows = sum(segments) if segments else run
         total += 2 * run_cycles(cfg, rows, segments, param_rate=rate) / (1 - stall) + 2000
     return int(total)
 

@@ -30,12 +30,11 @@ from bertcore.config import preset
 from bertcore.core.encoder import EncoderCore
 from bertcore.core.image import (FAIL_EMPTY, FAIL_HEADER, FAIL_IMAGE_LENGTH, FAIL_NO_IMAGE,
                                  FAIL_TOO_LONG, pack_activations, pack_parameter_image)
-from bertcore.core.perf import run_cycles
 from fixtures_bert import tiny_ckpt, tiny_dir, tiny_int  # noqa: F401
 from rtl_sim import CLOCK_PERIOD, simulate, stream_get, stream_put
 from sim.runner import run_cocotb
-from test_core import (ImageReplayTop, cocotb_core, packet, tiny_core,  # noqa: F401
-                       tiny_image)
+from test_core import (ImageReplayTop, cocotb_core, packet, sim_budget,  # noqa: F401
+                       tiny_core, tiny_image)
 
 TINY = preset("tiny")
 #: After the failure packet (the run's outcome) has been received.
@@ -101,9 +100,8 @@ def run_scenario_sim(dut, image, runs, *, stall, seed=1):
     the stalls, its delay, and 2000 cycles.
     """
     cfg = dut.config
-    rate = cfg.bus_width / 8 * (1 - stall) if stall else None
-    budget = int(sum(2 * run_cycles(cfg, cfg.max_seq, param_rate=rate) / (1 - stall) + 2000
-                     + max(run["delay"], 0) for run in runs))
+    budget = (sim_budget(cfg, [cfg.max_seq] * len(runs), stall)
+              + sum(max(run["delay"], 0) for run in runs))
     started = set()             # runs whose first image beat was taken
     outcomes = []
     failed = []

@@ -481,12 +481,12 @@ def unpack_activations(words, length, config):
     """Bus words of an activation packet → int64 tensor ``[length, hidden]``."""
     _check_config(config)
     try:
-        ok = not isinstance(length, bool) and operator.index(length) >= 1
+        rows = operator.index(length)         # any integer type (numpy's too), not a float
     except TypeError:
-        ok = False
-    if not ok:
+        rows = 0
+    if isinstance(length, bool) or rows < 1:
         raise ImageError(f"length must be a positive number of rows, not {length!r}")
-    length = operator.index(length)
+    length = rows
     if any(int(w) < 0 or int(w) >> config.bus_width for w in words):
         raise ImageError(f"bus words must lie in 0 .. 2**{config.bus_width} - 1")
     nb = config.bus_width // 8

@@ -706,22 +706,14 @@ class IntBert:
         artifact edited or damaged inside a well-formed file is refused when it is loaded, with
         what is wrong, not later in a kernel (or, worse, run with a layer left out).
 
-        Checked: the shape's sizes; every parameter an integer tensor; the embedding tables'
+        Checked: the shape (:meth:`BertShape.check`); every parameter an integer tensor; the embedding tables'
         and weight matrices' shapes; tensors for exactly the layers ``0 .. layers - 1``, the
         same ones in each; every requantization shift (``*.e``) in ``1 ..
         kernels.REQ_MAX_SHIFT``; then one two-token run through the embedding and every
         layer, which reads every tensor and constant a run reads.
         """
         s = self.shape
-        for name in ("vocab_size", "hidden", "heads", "ffn", "layers", "max_position",
-                     "type_vocab_size"):
-            v = getattr(s, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise BertError(f"quantized model: shape {name} = {v!r} is not a positive "
-                                "integer")
-        if s.hidden % s.heads:
-            raise BertError(f"quantized model: hidden size {s.hidden} is not a multiple of "
-                            f"its {s.heads} heads")
+        s.check("quantized model")
         for name, t in self.t.items():
             if not isinstance(t, torch.Tensor):
                 raise BertError(f"quantized model: {name} is not a tensor")
