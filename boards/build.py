@@ -34,7 +34,8 @@ from bertcore.flow.paths import failing_endpoints
 
 from .top import BoardTop, board_spec
 
-__all__ = ["build", "sweep_seeds", "parse_nextpnr_log", "TOOL_ENV", "ECP5_NO_ABC9"]
+__all__ = ["build", "sweep_seeds", "parse_nextpnr_log", "TOOL_ENV", "ECP5_NO_ABC9",
+           "ECP5_PNR_OPTS"]
 
 #: Environment for Amaranth's toolchain lookup (each tool's variable names the command).
 TOOL_ENV = {
@@ -53,6 +54,13 @@ _PROGRAMMING_TOOLS = {"OPENFPGALOADER": "openFPGALoader", "DFU_SUFFIX": "dfu-suf
 #: ``synth_ecp5 <synth_opts> -top top``; yosys scripts separate commands with ``;``).
 ECP5_NO_ABC9 = ("-run :map_luts -top top; techmap -map +/lattice/latches_map.v; "
                 "abc -lut 4:7 -dress; clean; synth_ecp5 -run map_cells:")
+
+#: nextpnr options of every ECP5 build: ``--tmg-ripup``, the router's timing-driven rip-up
+#: (a net on a path that misses the clock is ripped up and routed again for its delay, not
+#: only for congestion). It changes nothing in a placement that meets its clock; on the
+#: ULX3S core at a 125 MHz target it lifted each placement that missed it by a few MHz
+#: (docs/boards.md, eleventh round: 117.95 → 124.08, 120.89 → 124.04, 123.56 → 126.17 MHz).
+ECP5_PNR_OPTS = "--tmg-ripup"
 
 _FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz")
 _UTIL = re.compile(r"^Info:\s+([A-Za-z0-9_]+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
@@ -157,6 +165,8 @@ def build(board, config=None, outdir="build/board", do_program=False, *, name="t
     # JSON report with every endpoint's arrival names the paths that miss the clock
     kwargs_pnr = {"nextpnr_opts": f"--timing-allow-fail --report {name}.report.json "
                                   "--detailed-timing-report"}
+    if spec.family == "ecp5":
+        kwargs_pnr["nextpnr_opts"] += f" {ECP5_PNR_OPTS}"
     router = spec.router if router is None else router
     if router is not None:
         kwargs_pnr["nextpnr_opts"] += f" --router {router}"

@@ -179,7 +179,7 @@ def test_cli_build_errors(capsys):
 
 def test_build_placement_seed(monkeypatch, tmp_path):
     """``seed`` reaches nextpnr's command line (only when given); a bad seed is refused before
-    anything runs."""
+    anything runs. ECP5 builds route with ``--tmg-ripup``, iCE40 builds without."""
     from bertcore.boards import build
     for bad in (-1, 2 ** 31, 1.0, True, "7"):
         with pytest.raises(ValueError, match="placement seed must be a whole number"):
@@ -192,13 +192,19 @@ def test_build_placement_seed(monkeypatch, tmp_path):
         top._MustUse__silence = True        # (never elaborated here: no unused-design warning)
         raise RuntimeError("stopped before the tools")
 
-    from amaranth.vendor import LatticePlatform
+    from amaranth.vendor import LatticePlatform, SiliconBluePlatform
     monkeypatch.setattr(LatticePlatform, "build", fake_platform_build)
+    monkeypatch.setattr(SiliconBluePlatform, "build", fake_platform_build)
     for seed, want in ((None, None), (0, "--seed 0"), (12345, "--seed 12345")):
         with pytest.raises(RuntimeError, match="failed before place and route"):
             build.build("ulx3s-85f", outdir=tmp_path / "b", seed=seed)
         assert opts[-1].split().count("--seed") == (want is not None)
         assert want is None or opts[-1].endswith(want)
+    # the router's timing-driven rip-up on the ECP5 boards (build.ECP5_PNR_OPTS), not on iCE40
+    for board, ripup in (("ulx3s-85f", True), ("orangecrab-25f", True), ("icebreaker", False)):
+        with pytest.raises(RuntimeError, match="failed before place and route"):
+            build.build(board, outdir=tmp_path / board)
+        assert ("--tmg-ripup" in opts[-1].split()) == ripup, board
 
 
 def test_cli_build_prints_failing_endpoints(monkeypatch, capsys, tmp_path):
