@@ -653,10 +653,13 @@ def test_generate(tmp_path, changes):
 @pytest.mark.parametrize("changes", [
     pytest.param(dict(bus_width=64, max_seq=10), id="bus64-seq10"),
     pytest.param(dict(bus_width=16, array_rows=8, array_cols=8), id="bus16-array8"),
+    pytest.param(dict(bus_width=128, array_rows=2, array_cols=2), id="bus128-array2"),
 ])
 def test_core_config_variants(tiny_core, changes):
     """Other bus widths (vectors over several beats, bytes packed differently), a max_seq that
-    is not a multiple of the array, a larger array."""
+    is not a multiple of the array, a larger array; a bus as wide as a LayerNorm record's
+    widest field, so that each field is one beat and the loader's registered writes of a
+    record's fields follow each other in consecutive cycles."""
     cfg = TINY.replace(**changes)
     gen = torch.Generator().manual_seed(5)
     xs = [torch.randint(-128, 128, (n, cfg.hidden), generator=gen) for n in (cfg.max_seq, 3)]

@@ -95,9 +95,12 @@ class ParameterLoader(wiring.Component):
         The LayerNorm parameters: LN-1 chunk ``c`` at ``c``, LN-2 at ``hidden/N + c``.
     """
 
-    #: Register stages of the LayerNorm parameter memory's writes; a LayerNorm record's flag
-    #: (``ln_slots.full``) is set as many cycles after its last beat, once the write has landed.
+    #: Cycles from a LayerNorm record's last beat to its write into the LayerNorm parameter
+    #: memory; the record's flag (``ln_slots.full``) is set as many cycles after that beat, once
+    #: the write has landed.
     LN_WRITE_STAGES = 1
+    #: Likewise for the scalar record's registers and its flag (``scalars_ho.full``).
+    SCALAR_WRITE_STAGES = 1
 
     def __init__(self, config):
         self._c = config
@@ -134,24 +137,19 @@ class ParameterLoader(wiring.Component):
         m.d.comb += [rp.addr.eq(self.ln_rd.addr), rp.en.eq(self.ln_rd.en),
                      self.ln_rd.data.eq(rp.data)]
         pw = SimpleNamespace(addr=panel.w_addr, data=panel.w_data, en=panel.w_en)
-        # the LayerNorm parameter memory's writes are registered before its write port (a
-        # write lands a cycle after its request): its write enable, the record's last beat in
-        # the state decode, ran to every LUT-RAM cell of the memory and, shared with the next
-        # state's logic, on into ``loader_state`` (the ULX3S's worst path at 125 MHz, two
-        # routes of 2.2 and 2.9 ns). The record's flag is set a cycle late too (below), so
-        # that it shows once the record's last write has landed.
-        assert self.LN_WRITE_STAGES == 1          # the one register stage below
+        # the LayerNorm parameter memory is written by registers a cycle after a record's last
+        # beat (its enable, address and data: ``_fsm``)
+        assert self.LN_WRITE_STAGES == self.SCALAR_WRITE_STAGES == 1   # those registers
         lw = ln_mem.write_port()
-        lw_req = SimpleNamespace(addr=Signal.like(lw.addr, name="lw_addr_req"),
-                                 data=Signal.like(lw.data, name="lw_data_req"),
-                                 en=Signal(name="lw_en_req"))
-        m.d.sync += [lw.addr.eq(lw_req.addr), lw.data.eq(lw_req.data), lw.en.eq(lw_req.en)]
-        st = {"pw": pw, "lw": lw_req}
+        st = {"lw": SimpleNamespace(addr=Signal.like(lw.addr, name="lw_addr_q"), data=lw.data,
+                                    en=Signal(name="lw_we"))}
+        m.d.comb += [lw.en.eq(st["lw"].en), lw.addr.eq(st["lw"].addr)]
+        st["pw"] = pw
         # slot / record hand-over flags (the loader sets, the sequencer releases), each set
         # ``lag`` cycles after its record's last beat: in step with the record's writes
-        # (the LayerNorm records' are registered, LN_WRITE_STAGES)
+        # (the scalars' and the LayerNorm records' are a cycle late, below)
         for name, ho, slots, lag in (("slot", self.slots, 2, 0),
-                                     ("scal", self.scalars_ho, 1, 0),
+                                     ("scal", self.scalars_ho, 1, self.SCALAR_WRITE_STAGES),
                                      ("ln", self.ln_slots, 2, self.LN_WRITE_STAGES)):
             st[f"set_{name}"], st[f"set_{name}_i"] = Signal(name=f"set_{name}"), Signal()
             full = Signal(slots, name=f"{name}_full")
@@ -285,15 +283,45 @@ class ParameterLoader(wiring.Component):
         ln_free = ~self.ln_slots.full.bit_select(l_ln, 1)
         ln_regs = {f.name: Signal(f.width * N, name=f"{f.name}_reg", reset_less=True)
                    for f in LN_FIELDS[:-1]}
-        # the panel header fields' delayed write enables (above the states, which set them)
+        # Records are written a cycle after their last beat, from ``vec`` (which holds the
+        # merged vector then), by registered enables (set by the states below, cleared here):
+        # a panel header field per slot, the scalars, a LayerNorm field's register, a
+        # LayerNorm record's word into the parameter memory. The registers' enables (the
+        # scalars' 180 flip-flops on ``tiny``, a header field's 120-180, the LUT-RAM cells) had
+        # been the state decode, the beat index and the fire, each a net pulled across the
+        # chip, on the paths into the loader's state and ``ready`` (the ULX3S's worst paths in
+        # several placements at 125 MHz, routes of 2.5-2.9 ns). A slot's header is read only
+        # after its last weight row, a beat later at the earliest; the scalars' and the
+        # LayerNorm records' flags are set a cycle late with their writes (SCALAR_WRITE_STAGES,
+        # LN_WRITE_STAGES); a LayerNorm field's register is read by the record's word a cycle
+        # after the next field's last beat at the earliest, once it has been written.
+        vec = st["vec"]
         hdr_we = {f.name: [Signal(name=f"hdr_we_{f.name}{s}") for s in range(2)]
                   for f in PANEL_FIELDS}
+        ln_we = {f.name: Signal(name=f"ln_we_{f.name}") for f in LN_FIELDS[:-1]}
+        scal_we = Signal()
+        for we in [*(w for pair in hdr_we.values() for w in pair), *ln_we.values(), scal_we,
+                   st["lw"].en]:
+            m.d.sync += we.eq(0)
         for f in PANEL_FIELDS:
             for s in range(2):
-                m.d.sync += hdr_we[f.name][s].eq(0)
                 with m.If(hdr_we[f.name][s]):
-                    m.d.sync += [getattr(slots[s], f.name)[j].eq(lanes(f.width, j, st["vec"]))
+                    m.d.sync += [getattr(slots[s], f.name)[j].eq(lanes(f.width, j, vec))
                                  for j in range(N)]
+        for f in LN_FIELDS[:-1]:
+            with m.If(ln_we[f.name]):
+                m.d.sync += ln_regs[f.name].eq(vec[:f.width * N])
+        with m.If(scal_we):
+            m.d.sync += [getattr(scalars, name).eq(vec[off:off + width])
+                         for name, (off, width) in scalar_slices().items()]
+        # the LayerNorm word: the record's earlier fields from their registers, the last one
+        # from ``vec``; its address registered in every cycle (the chunk's, while it is read)
+        widths = [field.width for _, field in LN_LANE]
+        m.d.comb += st["lw"].data.eq(Cat(*(
+            Cat(*(lanes(f.width, j, ln_regs.get(f.name, vec))[:w]
+                  for f, w in zip(LN_FIELDS, widths, strict=True)))
+            for j in range(N))))
+        m.d.sync += st["lw"].addr.eq(Mux(l_ln, CWH, 0) + l_chunk)
         with Fsm(m, "loader") as fsm:
             with fsm.State("IDLE"):
                 with m.If(self.start):
@@ -311,8 +339,7 @@ class ParameterLoader(wiring.Component):
                     m.d.sync += hdr_ok.eq(hdr_ok & st["beat_ok"])
             with fsm.State("SCAL"):
                 with m.If(vector_state(SCALAR_BITS, ~self.scalars_ho.full)):
-                    m.d.sync += [getattr(scalars, name).eq(merged[off:off + width])
-                                 for name, (off, width) in scalar_slices().items()]
+                    m.d.sync += scal_we.eq(1)
                     m.d.sync += [l_group.eq(G_Q), l_panel.eq(0), panel_last.eq(CWH == 1)]
                     m.d.comb += st["set_scal"].eq(1)
                     fsm.next(PANEL_FIELDS[0].name)
@@ -366,18 +393,12 @@ class ParameterLoader(wiring.Component):
             for f, nxt in zip(LN_FIELDS[:-1], [g.name for g in LN_FIELDS[1:]]):
                 with fsm.State(f.name):
                     with m.If(vector_state(N * f.width, ln_free)):
-                        m.d.sync += ln_regs[f.name].eq(merged[:f.width * N])
+                        m.d.sync += ln_we[f.name].eq(1)
                         fsm.next(nxt)
             last = LN_FIELDS[-1]
             with fsm.State(last.name):
-                widths = [field.width for _, field in LN_LANE]
-                word = Cat(*(Cat(*(lanes(f.width, j, ln_regs.get(f.name, merged))[:w]
-                                   for f, w in zip(LN_FIELDS, widths, strict=True)))
-                             for j in range(N)))
-                m.d.comb += [st["lw"].addr.eq(Mux(l_ln, CWH, 0) + l_chunk),
-                             st["lw"].data.eq(word)]
                 with m.If(vector_state(N * last.width, ln_free)):
-                    m.d.comb += st["lw"].en.eq(1)
+                    m.d.sync += st["lw"].en.eq(1)
                     m.d.sync += [l_chunk.eq(l_chunk + 1), chunk_last.eq(l_chunk == CWH - 2)]
                     fsm.next(LN_FIELDS[0].name)
                     with m.If(chunk_last):

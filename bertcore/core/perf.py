@@ -51,6 +51,7 @@ from bertcore.quant.model import check_segments
 
 from .image import (HEADER_BITS, LN_FIELDS, PANEL_FIELDS, PANEL_ROW, SCALAR_BITS,
                     check_core_config, segment_table_beats, vector_beats)
+from .gemm import GemmEngine
 from .loader import ParameterLoader
 from .writeback import WriteBack
 
@@ -73,6 +74,12 @@ _LATE_START = 1
 #: A LayerNorm record's flag shows this long after its last beat is taken (the loader
 #: registers the record's writes into the parameter memory, and the flag with them).
 _LN_FLAG = ParameterLoader.LN_WRITE_STAGES
+#: The job engine's ``ready`` and ``done`` are registers, set a cycle after the engine is free
+#: (``GemmEngine.FLAG_LAG``): the sequencer's start of a job, or its next state after the last
+#: job of a group, follows that much later.
+_ENGINE_LAG = GemmEngine.FLAG_LAG
+#: The scalar record's flag likewise (its registers are written a cycle after its last beat).
+_SCAL_FLAG = ParameterLoader.SCALAR_WRITE_STAGES
 
 
 def _array_latency(n):
@@ -93,11 +100,21 @@ def _feed(tiles, k, n):
 class _Engine:
     """The job engine's timing (:mod:`bertcore.core.gemm`): a job started while the write-back
     still writes the one before waits for it (``queued``): the engine takes no further job until
-    then, and the write-back takes the job's rows only from then on."""
+    then, and the write-back takes the job's rows only from then on. The sequencer sees the
+    engine's ``ready`` and ``done`` ``_ENGINE_LAG`` cycles late (``seen_ready``,
+    ``seen_done``); the slot a panel job frees is released as it is written (``done``)."""
 
     def __init__(self):
         self.ready = 0          # the cycle from which the engine takes a job
         self.done = 0           # the cycle in which the last job taken is written
+
+    @property
+    def seen_ready(self):
+        return self.ready + _ENGINE_LAG
+
+    @property
+    def seen_done(self):
+        return self.done + _ENGINE_LAG
 
     def run(self, start, tiles, k, n, post):
         queued = start < self.done
@@ -199,14 +216,14 @@ def _attention(config, seq_len, segments, eng, t):
     pending = None                      # the keys of the block whose P·V is still to run
     for kt, keys in key_spans(config, seq_len, segments) * config.heads:
         eng.run(t + bounds + _START, kt, hd, n, 0)
-        t = max(eng.done, sm_end)
+        t = max(eng.seen_done, sm_end)
         sm_end = t + _softmax_pass(config, keys)
         if pending is not None:
             eng.run(t, hd // n, pending, n, rq)
-            t = eng.ready
+            t = eng.seen_ready
         pending = keys
-    eng.run(max(t + 1, sm_end, eng.ready), hd // n, pending, n, rq)
-    return eng.done
+    eng.run(max(t + 1, sm_end, eng.seen_ready), hd // n, pending, n, rq)
+    return eng.seen_done
 
 
 def breakdown(config, seq_len, segments=None, param_rate=None):
@@ -296,7 +313,7 @@ def _schedule(config, seq_len, segments, param_rate):
         parts = dict.fromkeys(("qkv", "attention", "o", "ln", "ffn1", "ffn2"), 0.0)
         t0 = t_seq
         t_load = max(t_load, scal_free) + record(scalars)
-        t_seq = max(t_seq, t_load) + _START
+        t_seq = max(t_seq, t_load + _SCAL_FLAG) + _START
         for group, count, k, tiles, post in jobs:
             load = record(_panel_load(config, k))
             for _ in range(count):
@@ -305,9 +322,9 @@ def _schedule(config, seq_len, segments, param_rate):
                 slot_free[panel % 2] = eng.done
                 # the next panel of the group starts once the engine takes it, the first job
                 # after the group once every job is written
-                t_seq = eng.ready
+                t_seq = eng.seen_ready
                 panel += 1
-            t_seq = eng.done
+            t_seq = eng.seen_done
             parts[group] += t_seq - t0
             t0 = t_seq
             if group == "qkv":
