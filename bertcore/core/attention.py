@@ -170,8 +170,13 @@ class SoftmaxPass(wiring.Component):
             y_w = Signal(range(GRP + 1), name=f"y_w{k}")
             y_l = Signal(range(N), name=f"y_l{k}")
             y_word = Signal(B * N, name=f"y_word{k}")
-            y_regs += [y_q, y_w, y_l]
-            y_done.append(y_q == RPS)
+            # the unit's rows are all written (y_q == RPS), a flag set with y_q's last step:
+            # the pass's done is the units' flags, not their counters' compares, on its way
+            # into the sequencer's next state (the softmax units sit far from it: a ULX3S
+            # placement's worst path at 125 MHz, 8.58 ns into s_head)
+            y_fin = Signal(name=f"y_fin{k}")
+            y_regs += [y_q, y_w, y_l, y_fin]
+            y_done.append(y_fin)
             # always ready: a unit gets exactly RPS rows a pass and puts out as many, each
             # written as it comes (a constant ready folds the units' output-stage enables
             # away in synthesis and in Verilator)
@@ -190,7 +195,7 @@ class SoftmaxPass(wiring.Component):
                                          port.data.eq(y_full),
                                          port.en.eq(1)]
                 with m.If(ylast):
-                    m.d.sync += [y_w.eq(0), y_q.eq(y_q + 1)]
+                    m.d.sync += [y_w.eq(0), y_q.eq(y_q + 1), y_fin.eq(y_q == RPS - 1)]
         m.d.comb += self.ctl.done.eq(Cat(*y_done).all())
         with m.If(self.ctl.start):
             m.d.sync += [x_active.eq(1), x_q.eq(0), x_e.eq(0), key.eq(self.key0),
