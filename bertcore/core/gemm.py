@@ -79,7 +79,8 @@ class GemmEngine(wiring.Component):
         ``start`` starts the job ``desc`` (only while ``ready``); ``done`` is high once every
         job started has finished.
     ready : ``Out(1)``
-        The engine takes a job (the feeder is free and no job waits for the write-back).
+        The engine takes a job (the feeder is free and no job waits for the write-back): a
+        register, a cycle after the engine's state (as ``done``).
     feed_x, feed_q, feed_a, feed_h, feed_k, feed_v, feed_p : ``Out(row_read(...))``
         The feeder's reads (read port 0 of the buffers).
     panel_rd : ``Out(read_port(...))``
@@ -104,6 +105,10 @@ class GemmEngine(wiring.Component):
     ``gate_idle``: the write-back on a clock that runs from a job's start or a result row until
     :data:`WB_DRAIN` cycles after (Verilog simulations, :func:`~.common.add_gated`).
     """
+
+    #: Cycles from the engine becoming free (its feeder idle, no job queued; for ``done`` also
+    #: every job written) to ``ready`` / ``done`` showing it (both are registers).
+    FLAG_LAG = 1
 
     def __init__(self, config, *, gate_idle=False):
         self._c = config
@@ -181,8 +186,21 @@ class GemmEngine(wiring.Component):
         wb_started = Signal()
         m.d.sync += wb_started.eq(wb_start)
         wb_free = ~wb_busy | wb.written
-        m.d.comb += [self.ready.eq(~feeder.busy & ~queued),
-                     self.ctl.done.eq(~feeder.busy & ~queued & wb_free)]
+        # ``ready`` and ``done`` are registers, the engine's state a cycle late, cleared by a
+        # start: the feeder's five stage flags had run through their OR and two long routes
+        # (the feeder sits by the array, the sequencer elsewhere) into the sequencer's start
+        # decision and next state and on into ``queued`` (the ULX3S's worst path in two of
+        # three placements at 125 MHz, 8.17-8.52 ns). Neither is ever high where the engine's
+        # own state is not: only a start makes the feeder busy, queues a job or starts the
+        # write-back, and the cycle after a start both are low. The sequencer sees the engine
+        # free a cycle later (FLAG_LAG).
+        assert self.FLAG_LAG == 1
+        idle = ~feeder.busy & ~queued
+        ready = Signal(init=1)
+        done = Signal(init=1)
+        m.d.sync += [ready.eq(idle & ~self.ctl.start),
+                     done.eq(idle & wb_free & ~self.ctl.start)]
+        m.d.comb += [self.ready.eq(ready), self.ctl.done.eq(done)]
         # fjob takes the descriptor in every cycle the feeder issues nothing and no job is
         # queued, so in the cycle of a start too: its enable is two flip-flops, not the
         # sequencer's start decision (from the feeder's state through the sequencer's
