@@ -57,9 +57,9 @@ ECP5_NO_ABC9 = ("-run :map_luts -top top; techmap -map +/lattice/latches_map.v; 
 
 #: nextpnr options of every ECP5 build: ``--tmg-ripup``, the router's timing-driven rip-up
 #: (a net on a path that misses the clock is ripped up and routed again for its delay, not
-#: only for congestion). It changes nothing in a placement that meets its clock; on the
-#: ULX3S core at a 125 MHz target it lifted each placement that missed it by a few MHz
-#: (docs/boards.md, eleventh round: 117.95 → 124.08, 120.89 → 124.04, 123.56 → 126.17 MHz).
+#: only for congestion). On the ULX3S core at a 125 MHz target it lifted each placement that
+#: missed the clock by a few MHz (docs/boards.md, eleventh round: 117.95 → 124.08, 120.89 →
+#: 124.04, 123.56 → 126.17 MHz) and routed the two that met it exactly as without it.
 ECP5_PNR_OPTS = "--tmg-ripup"
 
 _FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz")

@@ -225,12 +225,12 @@ ORANGECRAB_CONFIG = preset("tiny").replace(array_rows=2, array_cols=2,
 
 BOARDS = {
     "ulx3s-85f": BoardSpec(
-        # 100 MHz: the tiny core routes at 102-131 MHz on the -6 part (128.1 MHz in the last
-        # slow build at 100; at a 125 MHz target 117.9-130.9 over six seeds for this RTL,
-        # three of them meeting 125: a default must meet its clock with nextpnr's default
-        # seed on every checkout; a seed sweep, `bertcore build --clock 125 --seed 1,2,3,4`,
-        # looks for a placement that meets it; docs/boards.md, "Toward 100 MHz"; the slow
-        # build test holds 100)
+        # 100 MHz: the tiny core routes at 102-131 MHz on the -6 part (122.9 MHz in the last
+        # slow build at 100; at a 125 MHz target 116.2-129.3 over the last round's placements,
+        # 127.6 with nextpnr's default seed for this RTL, 116.2 with seed 5: a default must
+        # meet its clock with nextpnr's default seed on every checkout, with margin; a seed
+        # sweep, `bertcore build --clock 125 --seed 1,2,3,4`, looks for a placement that meets
+        # it; docs/boards.md, "Toward 100 MHz"; the slow build test holds 100)
         "ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", 25e6, 100e6,
         preset("tiny").replace(resident=True),
         "tiny, resident: a 4x4 array (16 of 156 multipliers), small banked memories and the "
