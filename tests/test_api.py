@@ -181,7 +181,6 @@ def test_pack_activations_refuses_floats():
 def test_image_functions_check_their_arguments():
     """pack_parameter_image, pack_activations and unpack_activations raised AttributeError,
     RuntimeError or OverflowError for arguments of the wrong kind."""
-    import numpy as np_
     from bertcore.config import preset
     from bertcore.core.image import (ImageError, pack_activations, pack_parameter_image,
                                      unpack_activations)
@@ -196,4 +195,4 @@ def test_image_functions_check_their_arguments():
         with pytest.raises(ImageError, match=message):
             call()
     words = pack_activations([[1] * 32], cfg)
-    assert unpack_activations(words, np_.int64(1), cfg).tolist() == [[1] * 32]
+    assert unpack_activations(words, np.int64(1), cfg).tolist() == [[1] * 32]

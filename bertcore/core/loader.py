@@ -141,10 +141,10 @@ class ParameterLoader(wiring.Component):
         # beat (its enable, address and data: ``_fsm``)
         assert self.LN_WRITE_STAGES == self.SCALAR_WRITE_STAGES == 1   # those registers
         lw = ln_mem.write_port()
-        st = {"lw": SimpleNamespace(addr=Signal.like(lw.addr, name="lw_addr_q"), data=lw.data,
+        st = {"pw": pw,
+              "lw": SimpleNamespace(addr=Signal.like(lw.addr, name="lw_addr_q"), data=lw.data,
                                     en=Signal(name="lw_we"))}
         m.d.comb += [lw.en.eq(st["lw"].en), lw.addr.eq(st["lw"].addr)]
-        st["pw"] = pw
         # slot / record hand-over flags (the loader sets, the sequencer releases), each set
         # ``lag`` cycles after its record's last beat: in step with the record's writes
         # (the scalars' and the LayerNorm records' are a cycle late, below)

@@ -706,11 +706,11 @@ class IntBert:
         artifact edited or damaged inside a well-formed file is refused when it is loaded, with
         what is wrong, not later in a kernel (or, worse, run with a layer left out).
 
-        Checked: the shape (:meth:`BertShape.check`); every parameter an integer tensor; the embedding tables'
-        and weight matrices' shapes; tensors for exactly the layers ``0 .. layers - 1``, the
-        same ones in each; every requantization shift (``*.e``) in ``1 ..
-        kernels.REQ_MAX_SHIFT``; then one two-token run through the embedding and every
-        layer, which reads every tensor and constant a run reads.
+        Checked: the shape (:meth:`BertShape.check`); every parameter an integer tensor; the
+        embedding tables' and weight matrices' shapes; tensors for exactly the layers ``0 ..
+        layers - 1``, the same ones in each; every requantization shift (``*.e``) in ``1 ..
+        kernels.REQ_MAX_SHIFT``; then one two-token run through the embedding and every layer,
+        which reads every tensor and constant a run reads.
         """
         s = self.shape
         s.check("quantized model")
