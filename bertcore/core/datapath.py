@@ -104,10 +104,16 @@ class Datapath(wiring.Component):
                                        Mux(inp.overflow, FAIL_TOO_LONG, FAIL_EMPTY))),
                      self.fault.eq(gemm.error | smax.error | ln.error),
                      self.beat.eq(gemm.beat), self.layer_mark.eq(seq.layer_mark)]
-        # the sequencer starts everything; the softmax, LayerNorm and output passes a cycle
-        # after its start (below)
-        for ctl, unit in ((seq.inp, inp.ctl), (seq.job, gemm.ctl)):
-            connect(m, ctl, unit)
+        # the sequencer starts everything; the job engine and the softmax, LayerNorm and
+        # output passes a cycle after its start (below)
+        connect(m, seq.inp, inp.ctl)
+        # the engine's start and descriptor a register later as well: the sequencer's start
+        # decision (its state, the softmax pass's done, the loader's slot flags) ran on into
+        # the feeder's state and counters, across the chip (the ULX3S's worst path of a
+        # placement at 125 MHz, 8.60 ns from the softmax pass's done flag into the feeder's
+        # ``active``). Its ``ready``, a register cleared by the start it sees, is hidden in
+        # that cycle as its ``done`` is.
+        job_start = self._start_late(m, "job", seq.job, gemm.ctl, {})
         smax_inputs = {"keys": (seq.keys, smax.keys), "key0": (seq.key0, smax.key0),
                        "bank": (seq.smax_bank, smax.bank),
                        "row_lo": (seq.row_lo, smax.row_lo), "row_hi": (seq.row_hi, smax.row_hi)}
@@ -120,7 +126,8 @@ class Datapath(wiring.Component):
             connect(m, getattr(loader, ho), getattr(seq, ho))
         # the panel slots: the sequencer waits for them, the job engine releases each once its
         # job is written (it may take the next job before)
-        m.d.comb += [seq.slots_full.eq(loader.slots.full), seq.job_ready.eq(gemm.ready),
+        m.d.comb += [seq.slots_full.eq(loader.slots.full),
+                     seq.job_ready.eq(gemm.ready & ~job_start),
                      loader.slots.release.eq(gemm.slot_release),
                      loader.slots.index.eq(gemm.slot_index)]
         m.d.comb += [seq.in_length.eq(inp.length), seq.in_blocks.eq(inp.blocks),
@@ -151,15 +158,16 @@ class Datapath(wiring.Component):
 
     @staticmethod
     def _start_late(m, name, ctl, unit, inputs):
-        """Connect the sequencer's task ``ctl`` to a pass's ``unit`` with the start a register
-        later. The start pulse is registered; the task's parameters and the pass's other
-        ``inputs`` (a name -> ``(sequencer output, unit input)``, which the pass takes at its
-        start) are registered in every cycle, so that at the late start they hold what they
-        held at the sequencer's. The sequencer's start decision (its state, the job engine's
-        and the other passes' ``done``) ran on into the resets and enables of the pass's
-        counters and input registers: the ULX3S's worst paths at 125 MHz in several placements
-        (8.36 ns into the softmax pass's key counter). The pass's ``done`` is hidden in the
-        cycle its start reaches it (it may still stand from the pass before)."""
+        """Connect the sequencer's task ``ctl`` to a ``unit`` (a pass or the job engine) with
+        the start a register later. The start pulse is registered; the task's parameters (the
+        engine's job descriptor) and the unit's other ``inputs`` (a name -> ``(sequencer
+        output, unit input)``, which the unit takes at its start) are registered in every
+        cycle, so that at the late start they hold what they held at the sequencer's. The
+        sequencer's start decision (its state, the job engine's and the passes' ``done``) ran
+        on into the resets and enables of the unit's counters and input registers: the
+        ULX3S's worst paths at 125 MHz in several placements (8.36 ns into the softmax pass's
+        key counter). The unit's ``done`` is hidden in the cycle its start reaches it (it may
+        still stand from the unit's last task). Returns the registered start."""
         start = Signal(name=f"{name}_start")
         m.d.sync += start.eq(ctl.start)
         m.d.comb += [unit.start.eq(start), ctl.done.eq(unit.done & ~start)]
@@ -169,3 +177,4 @@ class Datapath(wiring.Component):
             reg = Signal.like(src, name=f"{name}_{key}", reset_less=True)
             m.d.sync += reg.eq(src)
             m.d.comb += dst.eq(reg)
+        return start

@@ -6,12 +6,13 @@ activation streams free-flowing (no backpressure):
 
 * the activation input, beside the image header: one byte per cycle and one cycle per beat;
 * a weight panel (``N`` output channels, ``T = ceil(L/N)`` row tiles of ``K`` beats): one cycle
-  of the sequencer to start it, the array takes a tile's last beat ``max(K, N)`` cycles after
-  the previous one's, then drains (``SystolicArray`` latency ``+ N - 1``) through the residual
-  fetch and the requantizer(s); the next panel of the group starts once the feeder has issued
-  this one's beats (:class:`_Engine`), during the drain; the first job after the V, O, FFN1 and
-  FFN2 panels waits until they are written; the loader streams the next panel meanwhile
-  (header vectors plus ``K`` weight rows), and a panel waits for it when it is slower;
+  of the sequencer to start it and one of the start's register, the array takes a tile's last
+  beat ``max(K, N)`` cycles after the previous one's, then drains (``SystolicArray`` latency
+  ``+ N - 1``) through the residual fetch and the requantizer(s); the next panel of the group
+  starts once the feeder has issued this one's beats (:class:`_Engine`), during the drain; the
+  first job after the V, O, FFN1 and FFN2 panels waits until they are written; the loader
+  streams the next panel meanwhile (header vectors plus ``K`` weight rows), and a panel waits
+  for it when it is slower;
 * attention per head and query block (packed: after ``N + 2`` cycles that read the block's
   segment bounds): scores (``T`` tiles of ``head_dim`` beats), the softmax
   pass (``N / softmax_units`` rows of ``L`` per unit), ``P·V`` (``head_dim/N`` tiles of ``L``
@@ -53,6 +54,7 @@ from .image import (HEADER_BITS, LN_FIELDS, PANEL_FIELDS, PANEL_ROW, SCALAR_BITS
                     check_core_config, segment_table_beats, vector_beats)
 from .gemm import GemmEngine
 from .loader import ParameterLoader
+from .sequencer import Sequencer
 from .writeback import WriteBack
 
 __all__ = ["layer_cycles", "run_cycles", "breakdown", "utilization", "macs_per_layer",
@@ -78,6 +80,11 @@ _LN_FLAG = ParameterLoader.LN_WRITE_STAGES
 #: (``GemmEngine.FLAG_LAG``): the sequencer's start of a job, or its next state after the last
 #: job of a group, follows that much later.
 _ENGINE_LAG = GemmEngine.FLAG_LAG
+#: The job engine's start is registered as well (``Datapath._start_late``): it takes a job
+#: this much after the sequencer's start.
+_ENGINE_START = _LATE_START
+#: The sequencer acts on the softmax pass's ``done`` a cycle late (``Sequencer.SMAX_SEEN_LAG``).
+_SMAX_SEEN = Sequencer.SMAX_SEEN_LAG
 #: The scalar record's flag likewise (its registers are written a cycle after its last beat).
 _SCAL_FLAG = ParameterLoader.SCALAR_WRITE_STAGES
 
@@ -117,6 +124,7 @@ class _Engine:
         return self.done + _ENGINE_LAG
 
     def run(self, start, tiles, k, n, post):
+        start += _ENGINE_START            # the sequencer's start, registered
         queued = start < self.done
         ready = start + _feed(tiles, k, n)
         done = start + _gemm(tiles, k, n, post)
@@ -217,7 +225,7 @@ def _attention(config, seq_len, segments, eng, t):
     for kt, keys in key_spans(config, seq_len, segments) * config.heads:
         eng.run(t + bounds + _START, kt, hd, n, 0)
         t = max(eng.seen_done, sm_end)
-        sm_end = t + _softmax_pass(config, keys)
+        sm_end = t + _softmax_pass(config, keys) + _SMAX_SEEN
         if pending is not None:
             eng.run(t, hd // n, pending, n, rq)
             t = eng.seen_ready
