@@ -128,7 +128,7 @@ def test_board_clock_follows_the_configuration():
     assert top.spec == minilm
     faster = minilm.with_clock(60e6)
     assert (faster.clock, faster.sdram.clock, faster.router) == (60e6, 60e6, "router2")
-    assert board_spec("ulx3s-85f", preset("ulx3s-minilm")).clock == 100e6
+    assert board_spec("ulx3s-85f", preset("ulx3s-minilm")).clock == 125e6
 
 
 @pytest.mark.parametrize("field", ["prob_bits", "gelu_bits"])
