@@ -64,6 +64,9 @@ class Datapath(wiring.Component):
         The input is in (layer 0 starts) or a layer ended.
     """
 
+    #: Cycles from the sequencer's start of a pass or a job to the unit's (:meth:`_start_late`).
+    START_STAGES = 1
+
     def __init__(self, config, *, gate_idle=False):
         self._c = config
         self._gate = gate_idle
@@ -168,6 +171,7 @@ class Datapath(wiring.Component):
         ULX3S's worst paths at 125 MHz in several placements (8.36 ns into the softmax pass's
         key counter). The unit's ``done`` is hidden in the cycle its start reaches it (it may
         still stand from the unit's last task). Returns the registered start."""
+        assert Datapath.START_STAGES == 1           # the one register stage below
         start = Signal(name=f"{name}_start")
         m.d.sync += start.eq(ctl.start)
         m.d.comb += [unit.start.eq(start), ctl.done.eq(unit.done & ~start)]

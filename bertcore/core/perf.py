@@ -52,6 +52,7 @@ from bertcore.quant.model import check_segments
 
 from .image import (HEADER_BITS, LN_FIELDS, PANEL_FIELDS, PANEL_ROW, SCALAR_BITS,
                     check_core_config, segment_table_beats, vector_beats)
+from .datapath import Datapath
 from .gemm import GemmEngine
 from .loader import ParameterLoader
 from .sequencer import Sequencer
@@ -70,9 +71,9 @@ _RQ_DRAIN = WriteBack.RQ_STAGES + Requantizer.LATENCY
 #: The sequencer's cycle that starts a panel or a scores job (its ``PWAIT`` and ``SCORES``
 #: states), and the one that starts a layer (``LAYER``).
 _START = 1
-#: The datapath registers the start of the softmax, LayerNorm and output passes
-#: (``Datapath._start_late``): each starts this much after the sequencer's start.
-_LATE_START = 1
+#: The datapath registers the start of the job engine and of the softmax, LayerNorm and
+#: output passes (``Datapath._start_late``): each starts this much after the sequencer's start.
+_LATE_START = Datapath.START_STAGES
 #: A LayerNorm record's flag shows this long after its last beat is taken (the loader
 #: registers the record's writes into the parameter memory, and the flag with them).
 _LN_FLAG = ParameterLoader.LN_WRITE_STAGES
@@ -80,9 +81,6 @@ _LN_FLAG = ParameterLoader.LN_WRITE_STAGES
 #: (``GemmEngine.FLAG_LAG``): the sequencer's start of a job, or its next state after the last
 #: job of a group, follows that much later.
 _ENGINE_LAG = GemmEngine.FLAG_LAG
-#: The job engine's start is registered as well (``Datapath._start_late``): it takes a job
-#: this much after the sequencer's start.
-_ENGINE_START = _LATE_START
 #: The sequencer acts on the softmax pass's ``done`` a cycle late (``Sequencer.SMAX_SEEN_LAG``).
 _SMAX_SEEN = Sequencer.SMAX_SEEN_LAG
 #: The scalar record's flag likewise (its registers are written a cycle after its last beat).
@@ -124,7 +122,7 @@ class _Engine:
         return self.done + _ENGINE_LAG
 
     def run(self, start, tiles, k, n, post):
-        start += _ENGINE_START            # the sequencer's start, registered
+        start += _LATE_START              # the sequencer's start, registered
         queued = start < self.done
         ready = start + _feed(tiles, k, n)
         done = start + _gemm(tiles, k, n, post)
