@@ -66,8 +66,8 @@ class IntGELU(wiring.Component):
     c : ``In(signed(c_width))``
     q1 : ``In(signed(q1_width))``
         The i-GELU constants. They are registered once (not per stage) and used by stages 2, 5
-        and 7: change them only while no beat is in flight; beats entering two cycles after a
-        change see the new values.
+        and 7 (6 and not 7 with ECP5 DSPs): change them only while no beat is in flight; beats
+        entering two cycles after a change see the new values.
 
     Latency and throughput: fully pipelined, one beat per cycle; :attr:`latency` cycles from an
     input transfer to the output transfer of the same beat while ``o_stream.ready`` is high:
@@ -188,6 +188,9 @@ class IntGELU(wiring.Component):
         mul_en = en if self._multipliers == "lut" else None
         d = multiply_latency(self._multipliers, True)
         on_dsp = self._multipliers == "dsp" and uses_mult18x18d(platform)
+        if on_dsp:
+            c_1 = Signal(signed(self._c_width + 1), name="c_1_reg", reset_less=True)  # c - 1
+            m.d.sync += c_1.eq(self.c - 1)
 
         def sized(key, name):
             return Signal(signed(_signed_bits(*ranges[key])), name=name, reset_less=True)
@@ -222,20 +225,32 @@ class IntGELU(wiring.Component):
             # stage 5: w = t*t + c
             w = sized("w", f"w_{lane}")
             at(w.eq(sum((p << shift for p, shift in partials), c)))
-
             # stage 6: e = sign(x) * w
-            e = sized("e", f"e_{lane}")
-            at(e.eq(Mux(xs[4 + d] > 0, w, Mux(xs[4 + d] < 0, -w, 0))))
+            sign_pos, sign_neg = xs[4 + d] > 0, xs[4 + d] < 0
 
             # stage 7: v = floor(e / 2**GELU_SHIFT) + q1  (DSP operand register)
             v = sized("v", f"v_{lane}")
 
             # stage 8 (+d): partial products of x * v (DSP output registers); on ECP5 inside
-            # MULT18X18Ds, which load v and x from the register before xs[6] (xs[6] loads xs[5])
+            # MULT18X18Ds, which load v and x from the register before xs[6] (xs[6] loads xs[5]).
+            # There v itself is taken in stage 6, into a fabric register in place of e's, which
+            # the DSPs' operand registers load as they loaded e's sum before (the same value in
+            # the same cycle): no adder between a flip-flop and a DSP input, whose route may be
+            # long (e's sum into a DSP placed 4.7 ns of route away, 8.3 ns, was the ULX3S's one
+            # failing path in a placement at 125 MHz). So that stage 6 has one carry chain, as
+            # e's negation had, stage 5 also takes w - 1 (t*t + (c - 1)): for x < 0,
+            # floor(-w / 2**S) + q1 = q1 + ~((w - 1) >> S), as -ceil(w / 2**S) = ~floor((w - 1)
+            # / 2**S); for x > 0 (w >> S) + q1; for x = 0 q1.
             if on_dsp:
-                m.d.comb += v.eq((e >> GELU_SHIFT) + q1)
+                w_1 = Signal(signed(_signed_bits(ranges["w"][0] - 1, ranges["w"][1])),
+                             name=f"w_1_{lane}", reset_less=True)
+                at(w_1.eq(sum((p << shift for p, shift in partials), c_1)))
+                at(v.eq(Mux(sign_pos, (w >> GELU_SHIFT) + q1,
+                            Mux(sign_neg, q1 + ~(w_1 >> GELU_SHIFT), q1))))
                 partials = mult18x18d_products(m, xs[5], v, en=en, name=f"xv_dsp{lane}_")
             else:
+                e = sized("e", f"e_{lane}")
+                at(e.eq(Mux(sign_pos, w, Mux(sign_neg, -w, 0))))
                 at(v.eq((e >> GELU_SHIFT) + q1))
                 partials = self._registered_products(m, at, xs[6 + d], v, mul_en, "xv", lane)
 

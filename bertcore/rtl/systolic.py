@@ -9,9 +9,10 @@ stationary). One operand beat carries one ``k``: the A beat is column ``k`` of t
 right along the PE rows and B values down the PE columns; row ``i`` of A is delayed by ``i``
 registers and column ``j`` of B by ``j`` registers before the array (the skew), so that
 ``A[i, k]`` and ``B[k, j]`` meet in PE ``(i, j)``. A 3-bit control word (valid, first, last)
-travels with them, down column 0 and then right along every row, so every PE knows when an
-operand pair is real, when a tile starts (the accumulator is overwritten instead of added to)
-and when it ends.
+travels with them along the anti-diagonals (PE ``(i, j)`` sees it ``i + j`` cycles after PE
+``(0, 0)``, so all PEs of a diagonal share one chain of control registers), so every PE knows
+when an operand pair is real, when a tile starts (the accumulator is overwritten instead of
+added to) and when it ends.
 
 When a PE has accumulated the last ``k`` of a tile it copies the finished sum into its
 *result* register (the second buffer of the accumulator), so the next tile may accumulate in the
@@ -25,7 +26,8 @@ bubbles when an operand stream is not valid, and a tile's last beat waits (``rea
 the queue is full or the previous tile's result registers are still being read.
 
 Registers: per PE the operands (``a_shape + b_shape`` bits), the product, the accumulator and
-the result register (``acc_shape`` each) and 7 control bits; the skew holds
+the result register (``acc_shape`` each); for the control ``rows + cols`` words of 3 bits and
+as many done bits (one of each per anti-diagonal, one more stage each); the skew holds
 ``rows·(rows-1)/2`` A values and ``cols·(cols-1)/2`` B values. The queue
 (:class:`amaranth.lib.fifo.SyncFIFOBuffered`) is a memory of ``queue_depth - 1`` rows of
 ``cols·acc_shape + 1`` bits (block RAM) plus its read register.
@@ -101,49 +103,49 @@ _CONTROL = data.StructLayout({
 class _ProcessingElement(wiring.Component):
     """One multiply-accumulate cell of :class:`SystolicArray` (4 pipeline stages).
 
+    Its control arrives from the array's per-diagonal control registers (every PE of an
+    anti-diagonal ``i + j`` sees the same control word in the same cycle): ``control`` is the
+    word of the beat whose product is in the product register (stage 2), ``done`` says that the
+    accumulator holds a finished sum (stage 3).
+
     Parameters
     ----------
     a_shape, b_shape, product_shape, acc_shape : Shape
         Shapes of the operands, of their product and of the accumulator.
-    reports : bool
-        Whether the cell has the ``captured`` output (only the last column's cells need it).
 
     Members
     -------
-    a_in, b_in, control_in : In
-        Operands and control word from the left (A, control) and from above (B).
-    a_out, b_out, control_out : Out
+    a_in, b_in : In
+        Operands from the left (A) and from above (B).
+    a_out, b_out : Out
         The same, one cycle later (the stage-1 registers), to the right and below.
+    control : In(_CONTROL)
+        The control word of the product register's beat.
+    done : In(1)
+        The accumulator holds the finished sum of a tile (for this cycle only).
     result : Out(acc_shape)
         The sum of the last finished tile.
-    captured : Out(1)
-        High for the one cycle in which ``result`` first shows a newly finished tile (only
-        with ``reports``).
     """
 
-    #: Cycles from ``control_in.valid`` on a tile's last beat to ``result`` holding the tile.
+    #: Cycles from a tile's last beat in ``a_in``/``b_in`` to ``result`` holding the tile.
     LATENCY = 4
 
-    def __init__(self, a_shape, b_shape, product_shape, acc_shape, *, reports):
+    def __init__(self, a_shape, b_shape, product_shape, acc_shape):
         self._product_shape = product_shape
-        self._reports = reports
         try:
             mult18x18d_operand_shapes(a_shape, b_shape)
             self._dsp_fits = True
         except ValueError:
             self._dsp_fits = False
-        members = {
+        super().__init__({
             "a_in": In(a_shape),
             "b_in": In(b_shape),
-            "control_in": In(_CONTROL),
+            "control": In(_CONTROL),
+            "done": In(1),
             "a_out": Out(a_shape),
             "b_out": Out(b_shape),
-            "control_out": Out(_CONTROL),
             "result": Out(acc_shape),
-        }
-        if reports:
-            members["captured"] = Out(1)
-        super().__init__(members)
+        })
 
     def elaborate(self, platform):
         m = Module()
@@ -151,9 +153,8 @@ class _ProcessingElement(wiring.Component):
         # stage 1: operand registers (also the links to the neighbours)
         a = Signal.like(self.a_in, name="a", reset_less=True)
         b = Signal.like(self.b_in, name="b", reset_less=True)
-        control_1 = Signal(_CONTROL)
-        m.d.sync += [a.eq(self.a_in), b.eq(self.b_in), control_1.eq(self.control_in)]
-        m.d.comb += [self.a_out.eq(a), self.b_out.eq(b), self.control_out.eq(control_1)]
+        m.d.sync += [a.eq(self.a_in), b.eq(self.b_in)]
+        m.d.comb += [self.a_out.eq(a), self.b_out.eq(b)]
 
         # stage 2: product register; the multiplier sits between two registers. On ECP5 they
         # are the input and output registers of its MULT18X18D: the block's input registers
@@ -161,7 +162,6 @@ class _ProcessingElement(wiring.Component):
         # links to the neighbours, so no fabric path runs through the multiplier. Elsewhere the
         # multiplier reads the operand registers (one copy of them) and registers the product.
         product = Signal(self._product_shape)
-        control_2 = Signal(_CONTROL)
         if self._dsp_fits:
             on_dsp = uses_mult18x18d(platform)
             m.submodules.multiplier = multiplier = Multiplier(
@@ -177,25 +177,20 @@ class _ProcessingElement(wiring.Component):
             product_reg = Signal(self._product_shape, reset_less=True)
             m.d.sync += product_reg.eq(a * b)
             m.d.comb += product.eq(product_reg)
-        m.d.sync += control_2.eq(control_1)
 
         # stage 3: accumulate; the first k of a tile restarts from the product (the adder's
         # accumulator operand gated to 0, which the adder's LUTs absorb, rather than a
         # multiplexer after the adder)
         acc = Signal.like(self.result, name="acc", reset_less=True)
-        done = Signal()                 # acc holds a finished tile (for this cycle only)
-        with m.If(control_2.valid):
-            m.d.sync += acc.eq(Mux(control_2.first, 0, acc) + product)
-        m.d.sync += done.eq(control_2.valid & control_2.last)
+        with m.If(self.control.valid):
+            m.d.sync += acc.eq(Mux(self.control.first, 0, acc) + product)
 
         # stage 4: copy a finished sum to the result register; the next tile may already
         # accumulate in acc during this cycle
         result = Signal.like(self.result, name="result", reset_less=True)
-        with m.If(done):
+        with m.If(self.done):
             m.d.sync += result.eq(acc)
         m.d.comb += self.result.eq(result)
-        if self._reports:
-            m.d.sync += self.captured.eq(done)
         return m
 
 
@@ -517,27 +512,46 @@ class SystolicArray(wiring.Component):
         a_left = [skew(self.a.payload.data[i], i, f"a_skew_{i}") for i in range(rows)]
         b_top = [skew(self.b.payload.data[j], j, f"b_skew_{j}") for j in range(cols)]
 
-        # -- The PE grid: A and control flow right, B flows down, control also down column 0 --
+        # -- Control: one register chain along the anti-diagonals. The control word reaches
+        # PE (i, j) i + j cycles after PE (0, 0), the same cycle for every PE of a diagonal, so
+        # the PEs of a diagonal share its registers: ctl[d] is the stage-1 control word of
+        # diagonal d (the operands' cycle), ctl[d + 1] its stage-2 word (the product's), done[d]
+        # says that diagonal d's accumulators hold finished sums. (Per-PE copies, passed right
+        # along the rows, are equal flip-flops with equal inputs: yosys's opt_merge folds them
+        # into these chains anyway, while Verilator kept and evaluated all 7 of them per PE.)
+        diagonals = rows + cols - 1
+        ctl = []
+        value = control
+        for d in range(diagonals + 1):
+            reg = Signal(_CONTROL, name=f"ctl_{d}")
+            m.d.sync += reg.eq(value)
+            ctl.append(reg)
+            value = reg
+        done = []
+        for d in range(diagonals + 1):
+            reg = Signal(name=f"done_{d}")
+            m.d.sync += reg.eq(ctl[d + 1].valid & ctl[d + 1].last if d < diagonals
+                               else done[d - 1])
+            done.append(reg)
+
+        # -- The PE grid: A flows right, B flows down ----------------------------------------
         pes = [[None] * cols for _ in range(rows)]
         for i in range(rows):
             for j in range(cols):
                 pe = _ProcessingElement(self._a_shape, self._b_shape, self._product_shape,
-                                        self._acc_shape, reports=j == cols - 1)
+                                        self._acc_shape)
                 m.submodules[f"pe_{i}_{j}"] = pes[i][j] = pe
                 m.d.comb += [
                     pe.a_in.eq(a_left[i] if j == 0 else pes[i][j - 1].a_out),
                     pe.b_in.eq(b_top[j] if i == 0 else pes[i - 1][j].b_out),
+                    pe.control.eq(ctl[i + j + 1]),
+                    pe.done.eq(done[i + j]),
                 ]
-                if j > 0:
-                    m.d.comb += pe.control_in.eq(pes[i][j - 1].control_out)
-                elif i > 0:
-                    m.d.comb += pe.control_in.eq(pes[i - 1][0].control_out)
-                else:
-                    m.d.comb += pe.control_in.eq(control)
 
-        # -- Drain: row i of result registers enters the queue in the cycle in which PE
-        # (i, cols-1) reports its capture; tile_interval keeps these selects one-hot.
-        select = [pes[i][cols - 1].captured for i in range(rows)]
+        # -- Drain: row i of result registers enters the queue in the cycle after PE
+        # (i, cols-1) copied its sum (done of its diagonal one cycle later); tile_interval keeps
+        # these selects one-hot.
+        select = [done[i + cols] for i in range(rows)]
         m.d.comb += [
             queue_w.valid.eq(Cat(select).any()),
             queue_row.last.eq(select[rows - 1]),
