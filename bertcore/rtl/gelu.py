@@ -225,6 +225,7 @@ class IntGELU(wiring.Component):
             # stage 5: w = t*t + c
             w = sized("w", f"w_{lane}")
             at(w.eq(sum((p << shift for p, shift in partials), c)))
+
             # stage 6: e = sign(x) * w
             sign_pos, sign_neg = xs[4 + d] > 0, xs[4 + d] < 0
 

@@ -518,7 +518,7 @@ class SystolicArray(wiring.Component):
         # diagonal d (the operands' cycle), ctl[d + 1] its stage-2 word (the product's), done[d]
         # says that diagonal d's accumulators hold finished sums. (Per-PE copies, passed right
         # along the rows, are equal flip-flops with equal inputs: yosys's opt_merge folds them
-        # into these chains anyway, while Verilator kept and evaluated all 7 of them per PE.)
+        # into these chains anyway, while Verilator kept and evaluated all seven bits per PE.)
         diagonals = rows + cols - 1
         ctl = []
         value = control
