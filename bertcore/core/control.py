@@ -7,7 +7,7 @@ Datapath`, which it resets (``abort``) after every run and on every error.
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -257,15 +257,23 @@ class RunControl(wiring.Component):
         r_en = ~r_valid | b_load
         rd_blk = r_addr[IMAGE_BLOCK_BITS:]
         cap_sel = Signal(len(sizes), init=1)
+        # a captured beat is written a cycle later, from registers (the block's write enable,
+        # the address, the data): the capture's fire, behind the stream's valid and the
+        # control's failure flag, ran on into the DP16KDs' write enables (8.0-8.3 ns into WEA
+        # in two ULX3S placements at 125 MHz). A replay reads from address 0 on, so no beat is
+        # read before its late write has landed.
+        w_sel = Signal(len(sizes))
+        w_addr = Signal.like(cap_addr, reset_less=True)
+        w_data = Signal(bus + 1, reset_less=True)
+        m.d.sync += [w_sel.eq(Mux(p_fire & ~replay & cap_open, cap_sel, 0)),
+                     w_addr.eq(cap_addr), w_data.eq(self.s_param.payload.as_value())]
         for i, depth in enumerate(sizes):
             # the block's read data register b is the block RAM's own output register
             # (rtl.blockram: on ECP5 a DP16KD's, whose clock-to-out is ~1 ns instead of 5.8)
             m.submodules[f"image_{i}"] = image = BlockRam(bus + 1, depth)
-            with m.If(p_fire & ~replay & cap_open & cap_sel[i]):
-                m.d.comb += image.w_en.eq(1)
             # (the ports' addresses are as wide as their block: the low bits of the address)
-            m.d.comb += [image.w_data.eq(self.s_param.payload.as_value()),
-                         image.w_addr.eq(cap_addr), image.r_addr.eq(r_addr),
+            m.d.comb += [image.w_en.eq(w_sel[i]), image.w_data.eq(w_data),
+                         image.w_addr.eq(w_addr), image.r_addr.eq(r_addr),
                          image.r_en.eq(r_en), image.o_en.eq(b_load)]
             b_data.append(image.r_data)
         with m.If(p_fire & ~replay & cap_open):
