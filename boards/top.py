@@ -225,11 +225,11 @@ ORANGECRAB_CONFIG = preset("tiny").replace(array_rows=2, array_cols=2,
 
 BOARDS = {
     "ulx3s-85f": BoardSpec(
-        # 125 MHz: at this target the tiny core's final RTL routes at 126.1 MHz with nextpnr's
+        # 125 MHz: at this target the tiny core's final RTL routes at 129.2 MHz with nextpnr's
         # default seed (the board's build; the yowasp tools pinned in pyproject.toml, so every
-        # checkout places it alike), 101.3-129.6 over seeds 1-6, four of seven placements
-        # meeting it; a build that misses it can sweep seeds (`bertcore build --seed 1,2,3`)
-        # or ask for --clock 100 (the lowest of this round's placements: 101.3 MHz;
+        # checkout places it alike) and 127.7 with seed 2; the RTL before it 101.3-129.6 over
+        # seeds 1-6; a build that misses it can sweep seeds (`bertcore build --seed 1,2,3`)
+        # or ask for --clock 100 (the lowest placement of the last rounds: 101.3 MHz;
         # docs/boards.md, "Toward 100 MHz"; the slow build test holds 125)
         "ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", 25e6, 125e6,
         preset("tiny").replace(resident=True),

@@ -265,7 +265,8 @@ class RunControl(wiring.Component):
         w_sel = Signal(len(sizes))
         w_addr = Signal.like(cap_addr, reset_less=True)
         w_data = Signal(bus + 1, reset_less=True)
-        m.d.sync += [w_sel.eq(Mux(p_fire & ~replay & cap_open, cap_sel, 0)),
+        capture = p_fire & ~replay & cap_open
+        m.d.sync += [w_sel.eq(Mux(capture, cap_sel, 0)),
                      w_addr.eq(cap_addr), w_data.eq(self.s_param.payload.as_value())]
         for i, depth in enumerate(sizes):
             # the block's read data register b is the block RAM's own output register
@@ -276,7 +277,7 @@ class RunControl(wiring.Component):
                          image.w_addr.eq(w_addr), image.r_addr.eq(r_addr),
                          image.r_en.eq(r_en), image.o_en.eq(b_load)]
             b_data.append(image.r_data)
-        with m.If(p_fire & ~replay & cap_open):
+        with m.If(capture):
             m.d.sync += [cap_addr.eq(cap_addr + 1), cap_open.eq(cap_addr != total - 1)]
             with m.If(cap_addr[:IMAGE_BLOCK_BITS] == block - 1):
                 m.d.sync += cap_sel.eq(cap_sel << 1)

@@ -147,13 +147,15 @@ class IntGELU(wiring.Component):
         t = (min(u[0], 0), min(u[1], 0))                  # min(|x| + b, 0)
         sq = (0, max(t[0] * t[0], t[1] * t[1]))           # t*t
         w = (sq[0] + c[0], sq[1] + c[1])                  # t*t + c
+        w_1 = (w[0] - 1, w[1] - 1)                        # w - 1 (ECP5: for x < 0)
         mag = max(-w[0], w[1])
         e = (-mag, mag)                                   # sign(x) * w
         erf = (e[0] >> GELU_SHIFT, e[1] >> GELU_SHIFT)
         v = (erf[0] + q1[0], erf[1] + q1[1])              # erf + q1
         products = [xx * vv for xx in x for vv in v]
         y = (min(products), max(products))
-        return {"u": u, "t": t, "sq": sq, "w": w, "e": e, "erf": erf, "v": v, "y": y}
+        return {"u": u, "t": t, "sq": sq, "w": w, "w_1": w_1, "e": e, "erf": erf, "v": v,
+                "y": y}
 
     def _registered_products(self, m, at, a, b, mul_en, prefix, lane):
         """The partial products of ``a * b`` (:func:`dsp_partial_products` in the unit's style),
@@ -243,8 +245,7 @@ class IntGELU(wiring.Component):
             # floor(-w / 2**S) + q1 = q1 + ~((w - 1) >> S), as -ceil(w / 2**S) = ~floor((w - 1)
             # / 2**S); for x > 0 (w >> S) + q1; for x = 0 q1.
             if on_dsp:
-                w_1 = Signal(signed(_signed_bits(ranges["w"][0] - 1, ranges["w"][1])),
-                             name=f"w_1_{lane}", reset_less=True)
+                w_1 = sized("w_1", f"w_1_{lane}")
                 at(w_1.eq(sum((p << shift for p, shift in partials), c_1)))
                 at(v.eq(Mux(sign_pos, (w >> GELU_SHIFT) + q1,
                             Mux(sign_neg, q1 + ~(w_1 >> GELU_SHIFT), q1))))
