@@ -26,7 +26,8 @@ from bertcore.core.encoder import STATUS, EncoderCore, EncoderTop
 from bertcore.core.image import (FAIL_NO_IMAGE, MAGIC, ImageError, activation_beats,
                                  image_beats, image_schedule, pack_activations,
                                  pack_parameter_image, pack_segments, unpack_activations,
-                                 unpack_segments)
+                                 unpack_segments, vector_beats)
+from bertcore.core.image import _vector_words
 from bertcore.core.interp import run_image
 from bertcore.core.gemm import a_operand_shape, accumulator_range
 from bertcore.core.perf import array_beats, layer_cycles, run_cycles, utilization
@@ -110,6 +111,29 @@ def test_image_size_and_header(tiny_image):
     assert tiny_image[3] == len(tiny_image)
     kinds = [v.kind for v in image_schedule(TINY)]
     assert kinds[:2] == ["header", "scalars"] and kinds[-1] == "ln_bias"
+
+
+@pytest.mark.parametrize("bus", [24, 32, 40, 128])
+def test_image_weight_rows(tiny_int, bus):  # noqa: F811
+    """Each weight row is, at its place in the schedule, its vector of ``n`` int8 lanes (row k
+    of panel p holds W[p*n + j, k] in lane j) packed like any other vector: the packer writes
+    a panel's rows at once, checked here row by row against the per-vector packing, on buses
+    narrower than a row (24: two beats a row), equal to it and wider (padding)."""
+    cfg = TINY.replace(bus_width=bus)
+    model = core_model(tiny_int)
+    words = pack_parameter_image(model, cfg)
+    n, offset, rows = cfg.array_cols, 0, 0
+    for v in image_schedule(cfg):
+        beats = vector_beats(v.bits, bus)
+        if v.kind == "w":
+            w = model.t[f"layer.{v.layer}.{v.group}.w"]
+            lanes = [int(w[v.index * n + j, v.row]) for j in range(n)]
+            assert words[offset:offset + beats] == _vector_words(lanes, 8, bus), v
+            rows += 1
+        offset += beats
+    assert offset == len(words) == image_beats(cfg)
+    h, f = cfg.hidden, cfg.ffn        # q, k, v, o: h x h weights; ffn1 f x h; ffn2 h x f
+    assert rows == cfg.layers * (4 * h * h + 2 * f * h) // n
 
 
 @pytest.mark.parametrize("widths", [widths_param(w) for w in WIDTHS])

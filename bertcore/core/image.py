@@ -24,7 +24,7 @@ interpreter (:mod:`bertcore.core.interp` reads by them) all follow this descript
 
 import operator
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -274,27 +274,39 @@ def image_schedule(config):
                 ln1 / ln2, per chunk c of n channels: LN_FIELDS: ln_m (n x 16), ln_e (n x 8),
                     ln_bias (n x 64)
     """
+    vectors = []
+    for vec, count in _schedule_runs(config):
+        vectors += [vec] if count == 1 else [replace(vec, row=k) for k in range(count)]
+    return vectors
+
+
+def _schedule_runs(config):
+    """:func:`image_schedule` with each panel's weight rows as one entry: a list of
+    ``(vector, count)``, ``count`` vectors like ``vector`` in a row (rows ``0..count-1`` for
+    the weight rows, 1 otherwise). MiniLM's image has 670k vectors, almost all of them weight
+    rows: the beat count and the packer walk this list, about 8k entries, instead."""
     check_core_config(config)
     n = config.array_cols
-    vectors = [Vector("header", len(HEADER_FIELDS), 32)]
+    runs = [(Vector("header", len(HEADER_FIELDS), 32), 1)]
     for layer in range(config.layers):
-        vectors.append(Vector("scalars", SCALAR_WORDS, 32, layer))
+        runs.append((Vector("scalars", SCALAR_WORDS, 32, layer), 1))
         for group in PANEL_GROUPS:
             for p in range(panel_count(config, group)):
                 for f in PANEL_FIELDS:
-                    vectors.append(Vector(f.name, n, f.width, layer, group, p))
-                for k in range(panel_k(config, group)):
-                    vectors.append(Vector(PANEL_ROW.name, n, PANEL_ROW.width, layer, group, p, k))
+                    runs.append((Vector(f.name, n, f.width, layer, group, p), 1))
+                runs.append((Vector(PANEL_ROW.name, n, PANEL_ROW.width, layer, group, p),
+                             panel_k(config, group)))
             if group in LN_AFTER:
                 for c in range(config.hidden // n):
                     for f in LN_FIELDS:
-                        vectors.append(Vector(f.name, n, f.width, layer, LN_AFTER[group], c))
-    return vectors
+                        runs.append((Vector(f.name, n, f.width, layer, LN_AFTER[group], c), 1))
+    return runs
 
 
 def image_beats(config):
     """Total beats of the parameter image of ``config`` (header included)."""
-    return sum(vector_beats(v.bits, config.bus_width) for v in image_schedule(config))
+    return sum(count * vector_beats(v.bits, config.bus_width)
+               for v, count in _schedule_runs(config))
 
 
 def header_words(config):
@@ -322,6 +334,23 @@ def _vector_words(values, width, bus_width):
     beats = vector_beats(len(values) * width, bus_width)
     bus_mask = (1 << bus_width) - 1
     return [(raw >> (b * bus_width)) & bus_mask for b in range(beats)]
+
+
+def _row_words(w, bus_width):
+    """The weight rows of a panel as bus words: ``w`` is ``[n, K]`` (lane ``j``, row ``k``);
+    row ``k`` is one vector of ``n`` 8-bit lanes (:data:`PANEL_ROW`), lane ``j`` in bits
+    ``8j .. 8j+7``, padded to whole beats: :func:`_vector_words` of each row, done on bytes
+    (values keep their low 8 bits, as there)."""
+    assert PANEL_ROW.width == 8
+    rows = (torch.as_tensor(w, dtype=torch.int64) & 0xFF).to(torch.uint8).T
+    lanes = rows.shape[1]
+    beat_bytes = bus_width // 8
+    padded = torch.zeros((rows.shape[0], vector_beats(8 * lanes, bus_width) * beat_bytes),
+                         dtype=torch.uint8)
+    padded[:, :lanes] = rows
+    data = padded.numpy().tobytes()
+    return [int.from_bytes(data[i:i + beat_bytes], "little")
+            for i in range(0, len(data), beat_bytes)]
 
 
 def scalar_fields(int_model, layer):
@@ -382,7 +411,7 @@ def pack_parameter_image(int_model, config):
     total = image_beats(config)
     words = []
     cache = {}
-    for vec in image_schedule(config):
+    for vec, count in _schedule_runs(config):
         L = f"layer.{vec.layer}."
         if vec.kind == "header":
             values = header_words(config)
@@ -411,8 +440,10 @@ def pack_parameter_image(int_model, config):
                 rec[PANEL_ROW.name] = t[L + g + ".w"][ch].to(torch.int64)
                 cache = {key: rec}
             rec = cache[key]
-            values = (rec["w"][:, vec.row].tolist() if vec.kind == PANEL_ROW.name
-                      else rec[vec.kind])
+            if vec.kind == PANEL_ROW.name:          # all K rows of the panel at once
+                words += _row_words(rec["w"][:, :count], bus)
+                continue
+            values = rec[vec.kind]
         else:                               # a LayerNorm record (LN_FIELDS)
             ln = vec.group
             ch = slice(vec.index * n, (vec.index + 1) * n)
