@@ -4,7 +4,7 @@
 Quantizes all-MiniLM-L6-v2 (built-in calibration set), runs sentences through the `minilm` core
 in Verilator (`--simulator icarus` also works, slowly) with the parameter image streamed every
 inference, and compares the int8 outputs with the integer reference. The speed is given for the
-whole simulation (start-up and `$readmemh` of the image included) and for the runs alone, as wall
+whole simulation (start-up and the load of the image included) and for the runs alone, as wall
 time and as CPU time of the simulator process (independent of the machine's load).
 
     .venv/bin/python bench/rtl_minilm.py [--simulator verilator] [TEXT ...]
@@ -53,8 +53,9 @@ def main():
     n = res.total_cycles
     print(f"{args.simulator}: build {res.build_s:.1f} s (cached afterwards); whole simulation "
           f"{res.sim_s:.1f} s for {n} cycles = {n / res.sim_s:.0f} cycles/s (start-up and "
-          f"$readmemh included); runs alone {res.run_s:.1f} s = {n / res.run_s:.0f} cycles/s "
-          f"wall, {res.run_cpu_s:.1f} s CPU = {n / res.run_cpu_s:.0f} cycles/s")
+          f"the image load included); runs alone {res.run_s:.1f} s = "
+          f"{n / res.run_s:.0f} cycles/s wall, {res.run_cpu_s:.1f} s CPU = "
+          f"{n / res.run_cpu_s:.0f} cycles/s")
 
 
 if __name__ == "__main__":

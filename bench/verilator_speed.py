@@ -70,7 +70,7 @@ def main():
                   f"core cycles {cycles}")
         n = res.total_cycles
         print(f"{harness}: build {res.build_s:.0f} s (cached afterwards); whole simulation "
-              f"{res.sim_s:.2f} s (start-up and $readmemh included) = {n / res.sim_s:.0f} "
+              f"{res.sim_s:.2f} s (start-up and the image load included) = {n / res.sim_s:.0f} "
               "cycles/s")
         print(f"{harness}: runs {n} cycles in {res.run_s:.2f} s wall = {n / res.run_s:.0f} "
               f"cycles/s, {res.run_cpu_s:.2f} s CPU = {n / res.run_cpu_s:.0f} cycles/s",

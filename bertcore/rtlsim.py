@@ -1,22 +1,24 @@
 """Run the emitted encoder core in a Verilog simulator (Verilator or Icarus) on real inputs.
 
 The parameter image is replayed from the simulator side: a small hand-written Verilog wrapper
-(:data:`REPLAY_TOP`) reads the image with ``$readmemh`` (file given with ``+params=FILE``) into a
-ROM and streams it into ``s_axis_param`` at the start of every run, so Python is not in the loop
-for every weight beat. A harness drives the activation packets, reads the outputs and the
-counters: for Verilator runs without stalls or waveforms (``bertcore embed --backend rtl``, the
-benches) a C++ main linked with the Verilated model (:mod:`bertcore.rtlsim_main`), else cocotb
-(:mod:`bertcore.rtlsim_tb`), which the tests use for random backpressure; both follow the same
-protocol. One build per configuration, simulator and harness is cached under
-``rtlsim/`` of the cache directory (:func:`bertcore.cache.cache_dir`: ``$BERTCORE_CACHE`` or the
-user's cache directory): the image is a run-time file, so a new model of the same shape needs no
-rebuild.
+(:data:`REPLAY_TOP`) holds the image in a ROM and streams it into ``s_axis_param`` at the start of
+every run, so Python is not in the loop for every weight beat. Under cocotb the ROM is read
+with ``$readmemh`` (file given with ``+params=FILE``); the direct harness writes it itself from
+a binary file (``+params_bin=FILE``, :func:`image_file`). A harness drives the activation
+packets, reads the outputs and the counters: for Verilator runs without stalls or waveforms
+(``bertcore embed --backend rtl``, the benches) a C++ main linked with the Verilated model
+(:mod:`bertcore.rtlsim_main`), else cocotb (:mod:`bertcore.rtlsim_tb`), which the tests use for
+random backpressure; both follow the same protocol. One build per configuration, simulator and
+harness is cached under ``rtlsim/`` of the cache directory (:func:`bertcore.cache.cache_dir`:
+``$BERTCORE_CACHE`` or the user's cache directory): the image is a run-time file, so a new model
+of the same shape needs no rebuild.
 """
 
 import hashlib
 import json
 import os
 import shutil
+import struct
 import sys
 import tempfile
 import time
@@ -30,7 +32,7 @@ from .toolchain import (
     verilator_public_ports,
 )
 
-__all__ = ["REPLAY_TOP", "HARNESSES", "CoreSimulator", "SimResult", "core_options",
+__all__ = ["REPLAY_TOP", "HARNESSES", "CoreSimulator", "SimResult", "core_options", "image_file",
            "default_gate_idle"]
 
 #: How :class:`CoreSimulator` drives a run: "auto" (the C++ main for Verilator runs without
@@ -49,7 +51,7 @@ HARNESSES = ("auto", "cocotb", "direct")
 #: inputs that logic runs once per cycle (see the "MiniLM through the simulated core" section of
 #: docs/core.md for the figures).
 REPLAY_TOP = """\
-// bertcore simulation top: replays the parameter image from $readmemh into s_axis_param.
+// bertcore simulation top: replays the parameter image from a ROM into s_axis_param.
 `default_nettype none
 module bertcore_sim_top #(
     parameter integer BUS = 32,
@@ -72,12 +74,12 @@ module bertcore_sim_top #(
     output wire           error,
     output wire [31:0]    cycles{extra_ports}
 );
-    reg [BUS:0] rom [0:DEPTH-1];          // {tlast, tdata} per beat
+    reg [BUS:0] rom [0:DEPTH-1] /*verilator public*/;   // {tlast, tdata} per beat
     reg [8*1024-1:0] image_file;
     initial begin
         if ($value$plusargs("params=%s", image_file))
             $readmemh(image_file, rom);
-        else
+        else if (!$test$plusargs("params_bin="))   // the direct harness writes rom itself
             $display("bertcore_sim_top: no +params=FILE given");
     end
     // +param_period=P: at most one image beat every P cycles (tvalid rises P-1 cycles after
@@ -170,13 +172,28 @@ def replay_top(top):
     return text.replace("{extra_conns}", "".join(conns))
 
 
+def image_file(words, config):
+    """The parameter image as the direct harness reads it into the top's ROM
+    (``+params_bin=FILE``): ``BCIM``, the 32-bit limbs per beat and the number of beats
+    (little-endian 32-bit words), then each beat ``{last, word}`` (``bus_width + 1`` bits, the
+    flag set on the last beat) in little-endian limbs: what
+    :func:`bertcore.core.image.image_to_hex` gives ``$readmemh``, without the text."""
+    bus = config.bus_width
+    limbs = (bus + 32) // 32
+    mask = (1 << bus) - 1
+    beats = [(w & mask).to_bytes(4 * limbs, "little") for w in words]
+    if beats:
+        beats[-1] = ((words[-1] & mask) | 1 << bus).to_bytes(4 * limbs, "little")
+    return b"BCIM" + struct.pack("<II", limbs, len(beats)) + b"".join(beats)
+
+
 class SimResult:
     """Outputs of a simulation: per run the output words, the core's counters (``cycles``,
     ``array_beats``, ``layer_cycles``) and timings; ``failed`` is the cause code of a run that
     ended with a failure packet (0 for a result; :meth:`check` raises on one).
 
-    ``sim_s`` is the wall time of the whole simulation (simulator start-up, ``$readmemh`` of the
-    image, the harness); :attr:`run_s` and :attr:`run_cpu_s` cover only the runs, as wall time and
+    ``sim_s`` is the wall time of the whole simulation (simulator start-up, the image's load into
+    the ROM, the harness); :attr:`run_s` and :attr:`run_cpu_s` cover only the runs, as wall time and
     as CPU time of the simulator process (the figure that does not depend on the machine's load).
     """
 
@@ -436,8 +453,13 @@ class CoreSimulator:
             runs.append((length, list(table), list(words), activation_beats(length, cfg)))
         with tempfile.TemporaryDirectory(prefix="bertcore-rtlsim-") as tmp:
             tmp = Path(tmp)
-            (tmp / "params.hex").write_text(image_to_hex(image_words, cfg))
-            plusargs = [f"+params={tmp / 'params.hex'}", f"+param_period={param_period}"]
+            if harness == "direct":
+                (tmp / "params.bin").write_bytes(image_file(image_words, cfg))
+                plusargs = [f"+params_bin={tmp / 'params.bin'}"]
+            else:
+                (tmp / "params.hex").write_text(image_to_hex(image_words, cfg))
+                plusargs = [f"+params={tmp / 'params.hex'}"]
+            plusargs.append(f"+param_period={param_period}")
             progress(f"simulating {len(runs)} run(s) on {self.simulator}")
             t0 = time.time()
             if harness == "direct":

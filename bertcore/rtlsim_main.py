@@ -13,6 +13,10 @@ wait for ``busy`` to fall and one more cycle before the counters are read.
 
 Runs with random stalls or waveforms stay on cocotb, which the tests use for backpressure.
 
+The image goes into the top's ROM from a binary file (``+params_bin=FILE``,
+:func:`bertcore.rtlsim.image_file`) before the first evaluation; a file that does not fit the
+ROM ends the harness with exit code 2 and one line on stderr, before any cycle.
+
 The job is a text file (``+job=FILE``)::
 
     runs N
@@ -31,6 +35,7 @@ __all__ = ["HARNESS_CPP", "harness_source", "write_job"]
 #: filled in by :func:`harness_source`.
 HARNESS_CPP = r"""// bertcore: direct Verilator harness of bertcore_sim_top (bertcore.rtlsim_main)
 #include "Vtop.h"
+#include "Vtop_bertcore_sim_top.h"  // the ROM, public in the top (/*verilator public*/)
 #include "verilated.h"
 #include <chrono>
 #include <cstdint>
@@ -91,6 +96,44 @@ static std::string quote(const std::string& s) {
     return q + "\"";
 }
 
+// The parameter image straight into the top's ROM (+params_bin=FILE, written by
+// bertcore.rtlsim): "BCIM", then the 32-bit limbs per beat and the beats (little-endian
+// 32-bit words), then each beat's limbs, least significant first. $readmemh of the same
+// image as text took about a second for MiniLM's 680k beats (a character at a time).
+template <typename T> static size_t limbs_of(const T&) { return sizeof(T) > 4 ? 2 : 1; }
+template <std::size_t N> static size_t limbs_of(const VlWide<N>&) { return N; }
+template <typename T> static void put_limbs(T& e, const uint32_t* p) {
+    e = (T)(sizeof(T) > 4 ? (uint64_t)p[0] | (uint64_t)p[1] << 32 : p[0]);
+}
+template <std::size_t N> static void put_limbs(VlWide<N>& e, const uint32_t* p) {
+    for (std::size_t i = 0; i < N; i++) e[i] = p[i];
+}
+static std::string load_image(Vtop* top, const std::string& path) {
+    auto& rom = top->bertcore_sim_top->rom;
+    std::ifstream f(path, std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (!f.good() && !f.eof()) return "cannot read " + path;
+    auto u32 = [&](size_t at) {
+        uint32_t v = 0;
+        for (int b = 3; b >= 0; b--) v = v << 8 | (uint8_t)bytes[at + b];
+        return v;
+    };
+    if (bytes.size() < 12 || std::string(bytes.data(), 4) != "BCIM")
+        return path + " is not a bertcore image file";
+    size_t limbs = u32(4), beats = u32(8);
+    if (limbs != limbs_of(rom[0]) || bytes.size() != 12 + 4 * limbs * beats)
+        return path + ": its beats do not match the ROM's words";
+    if (beats > rom.size())
+        return "an image of " + std::to_string(beats) + " beats; the ROM holds "
+               + std::to_string(rom.size());
+    std::vector<uint32_t> beat(limbs);
+    for (size_t i = 0; i < beats; i++) {
+        for (size_t l = 0; l < limbs; l++) beat[l] = u32(12 + 4 * (i * limbs + l));
+        put_limbs(rom[i], beat.data());
+    }
+    return "";
+}
+
 struct Run { unsigned long rows, table, act, out_beats; unsigned long long max_cycles;
              std::vector<Word> words; };
 
@@ -122,6 +165,14 @@ int main(int argc, char** argv) {
     }
 
     Vtop* top = new Vtop{ctx};
+    std::string image_path = plusarg(ctx, "params_bin=");
+    if (!image_path.empty()) {
+        std::string bad = load_image(top, image_path);
+        if (!bad.empty()) {
+            fprintf(stderr, "bertcore harness: %s\n", bad.c_str());
+            return 2;
+        }
+    }
     unsigned long long cycle = 0;
     auto tick = [&]() { top->clk = 1; top->eval(); top->clk = 0; top->eval(); cycle++; };
     top->clk = 0;

@@ -84,6 +84,44 @@ def test_direct_harness_equals_cocotb():
             assert got["direct"] == got["cocotb"]
 
 
+def test_direct_harness_image_file(tmp_path):
+    """The direct harness writes the image into the top's ROM from :func:`image_file` (not
+    ``$readmemh``): beats as little-endian 32-bit limbs, ``tlast`` on the last. An image longer
+    than the ROM, a truncated file or another file are one error line, no run."""
+    import struct
+    import subprocess
+    import torch
+    from bertcore.checkpoint import BertError
+    from bertcore.config import preset
+    from bertcore.core.image import pack_activations, pack_parameter_image
+    from bertcore.rtlsim import CoreSimulator, image_file, random_model
+    from bertcore.rtlsim_main import write_job
+    cfg = preset("tiny")                                # 33-bit beats: two limbs each
+    data = image_file([5, 1 << 31, (1 << 32) + 7], cfg)
+    assert data[:12] == b"BCIM" + struct.pack("<II", 2, 3)
+    assert struct.unpack("<6I", data[12:]) == (5, 0, 1 << 31, 0, 7, 1)   # masked, tlast set
+    assert image_file([], cfg) == b"BCIM" + struct.pack("<II", 2, 0)
+    model = random_model(cfg)
+    words = pack_parameter_image(model, cfg)
+    sim = CoreSimulator(cfg, "verilator")
+    packet = (pack_activations(torch.zeros(3, cfg.hidden, dtype=torch.int64), cfg), 3)
+    assert sim.run(words, [packet]).runs[0]["failed"] == 0
+    with pytest.raises(BertError, match=rf"an image of {len(words) + 1} beats; the ROM holds "
+                                        rf"{len(words)}"):
+        sim.run(words + [0], [packet])
+    binary = sim._build_dirs["direct"] / "obj" / "sim"
+    write_job(tmp_path / "job.txt", [])
+    for content, why in [(image_file(words, cfg)[:-3], "its beats do not match the ROM's"),
+                         (b"\x00" * 64, "is not a bertcore image file")]:
+        (tmp_path / "p.bin").write_bytes(content)
+        done = subprocess.run([str(binary), f"+job={tmp_path / 'job.txt'}",
+                               f"+result={tmp_path / 'r.json'}",
+                               f"+params_bin={tmp_path / 'p.bin'}"],
+                              capture_output=True, text=True)
+        assert done.returncode == 2 and why in done.stderr, done.stderr
+        assert not (tmp_path / "r.json").exists()
+
+
 def test_gated_equals_ungated():
     """Verilator's default build, the idle passes on stopped clocks (``gate_idle``), runs as
     the plain core does: the same outputs, counters and simulated cycles, plain and packed
