@@ -16,6 +16,7 @@ of the same shape needs no rebuild.
 
 import hashlib
 import json
+import operator
 import os
 import shutil
 import struct
@@ -170,6 +171,19 @@ def replay_top(top):
         conns.append(f", .{name}({name})")
     text = REPLAY_TOP.replace("{extra_ports}", "".join(ports))
     return text.replace("{extra_conns}", "".join(conns))
+
+
+def _bus_words(words, bus_width):
+    """``words`` as a list of ints, each checked to fit a ``bus_width``-bit bus (one line of
+    error otherwise: the ROM's text or binary image would carry the excess bits into the
+    ``tlast`` flag or drop them)."""
+    try:
+        words = [operator.index(w) for w in words]
+    except TypeError:
+        raise BertError("the parameter image must be a sequence of integers (bus words)") from None
+    if any(w < 0 or w >> bus_width for w in words):
+        raise BertError(f"a parameter image word does not fit the {bus_width}-bit bus")
+    return words
 
 
 def image_file(words, config):
@@ -439,6 +453,7 @@ class CoreSimulator:
         """
         if not isinstance(param_period, int) or not 1 <= param_period < 1 << 16:
             raise BertError(f"param_period must be an integer in 1..65535, not {param_period!r}")
+        image_words = _bus_words(image_words, self.config.bus_width)
         from .core.image import activation_beats, image_to_hex
         harness = self.harness_for(stall)
         if harness not in self._build_dirs:

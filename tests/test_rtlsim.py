@@ -87,7 +87,8 @@ def test_direct_harness_equals_cocotb():
 def test_direct_harness_image_file(tmp_path):
     """The direct harness writes the image into the top's ROM from :func:`image_file` (not
     ``$readmemh``): beats as little-endian 32-bit limbs, ``tlast`` on the last. An image longer
-    than the ROM, a truncated file or another file are one error line, no run."""
+    than the ROM, a word wider than the bus, a truncated file or another file are one error
+    line, no run."""
     import struct
     import subprocess
     import torch
@@ -109,6 +110,13 @@ def test_direct_harness_image_file(tmp_path):
     with pytest.raises(BertError, match=rf"an image of {len(words) + 1} beats; the ROM holds "
                                         rf"{len(words)}"):
         sim.run(words + [0], [packet])
+    # words are integers that fit the bus (numpy's too), checked before any file is written
+    assert sim.run(np.array(words, dtype=np.uint64), [packet]).runs[0]["failed"] == 0
+    for bad, why in [([1 << 32] + words[1:], "does not fit the 32-bit bus"),
+                     (words[:-1] + [-1], "does not fit the 32-bit bus"),
+                     ([0.5] + words[1:], "must be a sequence of integers")]:
+        with pytest.raises(BertError, match=why):
+            sim.run(bad, [packet])
     binary = sim._build_dirs["direct"] / "obj" / "sim"
     write_job(tmp_path / "job.txt", [])
     for content, why in [(image_file(words, cfg)[:-3], "its beats do not match the ROM's"),
