@@ -444,6 +444,10 @@ class CoreSimulator:
             progress=lambda msg: None, param_period=1):
         """Run one inference per activation packet; returns a SimResult.
 
+        ``image_words``: the parameter image's bus words
+        (:func:`bertcore.core.image.pack_parameter_image`), integers of at most ``bus_width``
+        bits (anything else is a :class:`BertError`); the last carries ``tlast``.
+
         ``activation_packets``: ``(words, rows)`` per run (a plain packet), or ``(words, rows,
         table)`` with the words of a segment table (a packed run of ``rows`` rows in all; the
         table goes first, with ``tuser`` set: :func:`bertcore.core.image.pack_segments`).
