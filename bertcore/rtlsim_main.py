@@ -102,12 +102,6 @@ static std::string quote(const std::string& s) {
 // image as text took about a second for MiniLM's 680k beats (a character at a time).
 template <typename T> static size_t limbs_of(const T&) { return sizeof(T) > 4 ? 2 : 1; }
 template <std::size_t N> static size_t limbs_of(const VlWide<N>&) { return N; }
-template <typename T> static void put_limbs(T& e, const uint32_t* p) {
-    e = (T)(sizeof(T) > 4 ? (uint64_t)p[0] | (uint64_t)p[1] << 32 : p[0]);
-}
-template <std::size_t N> static void put_limbs(VlWide<N>& e, const uint32_t* p) {
-    for (std::size_t i = 0; i < N; i++) e[i] = p[i];
-}
 static std::string load_image(Vtop* top, const std::string& path) {
     auto& rom = top->bertcore_sim_top->rom;
     std::ifstream f(path, std::ios::binary);
@@ -126,10 +120,10 @@ static std::string load_image(Vtop* top, const std::string& path) {
     if (beats > rom.size())
         return "an image of " + std::to_string(beats) + " beats; the ROM holds "
                + std::to_string(rom.size());
-    std::vector<uint32_t> beat(limbs);
+    Word beat(limbs);
     for (size_t i = 0; i < beats; i++) {
         for (size_t l = 0; l < limbs; l++) beat[l] = u32(12 + 4 * (i * limbs + l));
-        put_limbs(rom[i], beat.data());
+        put(rom[i], beat);  // as the ports are written (an integer or a VlWide)
     }
     return "";
 }
